@@ -1,0 +1,1 @@
+//! AWS adapters: SQS queue, DynamoDB dispatch store and claim-check blobs.

@@ -1,0 +1,19 @@
+//! crcr shared library: the domain (allowlist, webhook verification, queue
+//! messages, `repository_dispatch` payloads, the dispatcher), its ports (small
+//! traits) and their adapters: SQLite for the embedded default, SQS and
+//! DynamoDB for AWS, GitHub through octocrab.
+
+pub mod allowlist;
+pub mod aws;
+pub mod client_payload;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod github;
+pub mod ingest;
+pub mod message;
+pub mod ports;
+pub mod signature;
+pub mod sqlite;
+#[cfg(feature = "standin")]
+pub mod standin;

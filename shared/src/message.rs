@@ -1,0 +1,89 @@
+//! Queue messages: versioned, tagged wire types. A DLQ message written by an
+//! older build stays readable: new shapes get a new variant (`DispatchV2`),
+//! old variants are kept and converted.
+//!
+//! Shape on the wire (JSON):
+//! `{"type":"dispatch_v1","delivery_id":"..","event":"pull_request","action":"opened",
+//!   "received_at_ms":1700000000000,"payload":{"inline":{...}}}`
+//! or with a claim check: `"payload":{"stored":{"key":"payload/<delivery>","bytes":1234}}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::domain::DeliveryId;
+
+/// A message on the dispatch queue.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum QueueMessage {
+    DispatchV1(DispatchV1),
+}
+
+/// A verified webhook to fan out.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DispatchV1 {
+    pub delivery_id: DeliveryId,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    pub action: Option<String>,
+    /// When ingest accepted it (ms since epoch).
+    pub received_at_ms: i64,
+    pub payload: PayloadRef,
+}
+
+/// The webhook payload: inline, or a claim check into the blob store when the
+/// message would pass the queue's size limit.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadRef {
+    Inline(Box<RawValue>),
+    Stored { key: String, bytes: usize },
+}
+
+/// Why a queue body could not be read as a [`QueueMessage`] (permanent: the
+/// message goes to the DLQ with this reason).
+#[derive(Debug, thiserror::Error)]
+#[error("queue message is not a known crcr message: {0}")]
+pub struct DecodeError(#[from] serde_json::Error);
+
+impl QueueMessage {
+    pub fn decode(body: &str) -> Result<Self, DecodeError> {
+        Ok(serde_json::from_str(body)?)
+    }
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("queue messages always serialize")
+    }
+}
+
+/// Blob key of a claim-checked payload.
+pub fn payload_blob_key(delivery: &DeliveryId) -> String {
+    format!("payload/{delivery}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_keeps_payload_bytes() {
+        let raw = RawValue::from_string(r#"{"a": 1,  "b":[true]}"#.into()).unwrap();
+        let m = QueueMessage::DispatchV1(DispatchV1 {
+            delivery_id: DeliveryId::parse("d-1").unwrap(),
+            event: "push".into(),
+            action: None,
+            received_at_ms: 5,
+            payload: PayloadRef::Inline(raw),
+        });
+        let body = m.encode();
+        assert!(body.starts_with(r#"{"type":"dispatch_v1","#), "{body}");
+        let QueueMessage::DispatchV1(back) = QueueMessage::decode(&body).unwrap();
+        let PayloadRef::Inline(p) = back.payload else { panic!("not inline") };
+        assert_eq!(p.get(), r#"{"a": 1,  "b":[true]}"#);
+    }
+
+    #[test]
+    fn unknown_versions_are_a_decode_error() {
+        let err = QueueMessage::decode(r#"{"type":"dispatch_v9"}"#).unwrap_err();
+        assert!(err.to_string().contains("dispatch_v9"), "{err}");
+    }
+}

@@ -1,0 +1,337 @@
+//! Ports: the small traits the domain talks to. Adapters implement them:
+//! SQLite (`crate::sqlite`, the embedded default) and SQS/DynamoDB
+//! (`crate::aws`); GitHub through octocrab (`crate::github`).
+//!
+//! Every adapter pair passes one contract suite (`shared/tests/contract.rs`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{DeliveryId, Level, RepoFullName};
+
+// ---------------------------------------------------------------- clock
+
+/// Wall clock in milliseconds since the Unix epoch. Tests use a settable one.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn new(start_ms: i64) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(start_ms))
+    }
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------- queue
+
+/// Errors of a queue adapter. All of them are "try again later" for the caller:
+/// ingest answers 503, a worker leaves the message to reappear.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    #[error("message of {size} bytes exceeds the queue's limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("receipt handle is not valid (message deleted or received again): {0}")]
+    BadReceipt(String),
+}
+
+/// Which queue of a pair: the source queue or its dead-letter queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueSide {
+    Source,
+    DeadLetter,
+}
+
+/// A message as received. `receive_count` counts this receive (first receive = 1),
+/// like SQS's `ApproximateReceiveCount`.
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    /// Stable message id (SQS `MessageId`).
+    pub message_id: String,
+    /// Handle for delete / change visibility of this receive.
+    pub receipt: String,
+    pub body: String,
+    pub receive_count: u32,
+    /// When the message was first sent to this queue (ms since epoch).
+    pub sent_at_ms: i64,
+    /// Why it was dead-lettered (only on DLQ messages written by crcr;
+    /// messages moved by SQS's own redrive have none).
+    pub dead_letter_reason: Option<String>,
+}
+
+/// An at-least-once queue with visibility timeout, receive count and a DLQ:
+/// SQS semantics. A message received and not deleted reappears after its
+/// visibility timeout; once received more than `max_receive_count` times it is
+/// moved to the dead-letter queue on the next receive.
+#[async_trait]
+pub trait EventQueue: Send + Sync {
+    /// Largest body the queue accepts, in bytes (SQS: 262,144).
+    fn max_message_bytes(&self) -> usize;
+    /// Durably enqueues `body` on the source queue; returns the message id.
+    async fn send(&self, body: &str) -> Result<String, QueueError>;
+    /// Receives up to `max` (1..=10) visible messages from `side`, hiding each
+    /// for `visibility`. Waits up to `wait` for at least one (long polling).
+    async fn receive(
+        &self,
+        side: QueueSide,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError>;
+    /// Deletes a received message (processing done).
+    async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError>;
+    /// Makes a received message visible again after `delay` (0 = now).
+    async fn change_visibility(
+        &self,
+        side: QueueSide,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError>;
+    /// Sends a copy of `msg` to the dead-letter queue carrying `reason`, then
+    /// deletes it from the source queue. The copy is on the DLQ before the
+    /// original is deleted, so a crash in between duplicates, never loses.
+    async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError>;
+    /// Number of messages (visible + in flight) on `side`; approximate on SQS.
+    async fn depth(&self, side: QueueSide) -> Result<u64, QueueError>;
+    /// Redrive: moves up to `limit` messages from the DLQ back to the source
+    /// queue, one by one (send to source, then delete from DLQ). Returns how
+    /// many moved.
+    async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {
+        let mut moved = 0;
+        while moved < limit {
+            let batch = self
+                .receive(QueueSide::DeadLetter, (limit - moved).min(10), Duration::from_secs(30), Duration::ZERO)
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                self.send(&m.body).await?;
+                self.delete(QueueSide::DeadLetter, &m.receipt).await?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+}
+
+// ---------------------------------------------------------------- blobs
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob store unavailable: {0}")]
+    Unavailable(String),
+    #[error("blob {0:?} not found")]
+    NotFound(String),
+}
+
+/// Claim-check storage for payloads too large for one queue message.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Stores `bytes` under `key` (overwrites). Durable when it returns.
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError>;
+    async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError>;
+}
+
+// ---------------------------------------------------------------- dispatch store
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// State of one (delivery, target) dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchStatus {
+    /// Claimed by a worker (under a lease) or waiting for a retry.
+    Pending,
+    /// GitHub answered 204: the downstream got it. Never sent again.
+    Dispatched,
+    /// Permanent failure (404, 422, ...): not retried.
+    Failed,
+}
+
+impl DispatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchStatus::Pending => "pending",
+            DispatchStatus::Dispatched => "dispatched",
+            DispatchStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "dispatched" => Some(Self::Dispatched),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What the relay knows about the event when it dispatches, stored with the
+/// record (the callbacks issue reads it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchMeta {
+    /// Webhook event (`pull_request`, `push`).
+    pub event: String,
+    /// Webhook action, when the event has one.
+    pub action: Option<String>,
+    pub head_sha: Option<String>,
+    pub pr_number: Option<u64>,
+    pub level: Level,
+}
+
+/// The durable record per (delivery id, target repository).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchRecord {
+    pub delivery_id: DeliveryId,
+    pub target: RepoFullName,
+    pub status: DispatchStatus,
+    /// Number of dispatch attempts started (claims).
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// While pending: the claim is held until this time (ms since epoch).
+    pub lease_until_ms: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// When GitHub answered 204 (ms since epoch).
+    pub dispatched_at_ms: Option<i64>,
+    pub payload_trimmed: bool,
+    pub meta: DispatchMeta,
+}
+
+/// Answer of [`DispatchStore::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller holds the lease and must finish with `finish`. `attempt` is
+    /// this attempt's number (1 = first).
+    Acquired { attempt: u32 },
+    /// Already got a 204: do not send again.
+    AlreadyDispatched,
+    /// Failed permanently before: do not send again.
+    AlreadyFailed,
+    /// Another worker holds an unexpired lease until `until_ms`.
+    Leased { until_ms: i64 },
+}
+
+/// How an attempt ended, written by [`DispatchStore::finish`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Dispatched { payload_trimmed: bool },
+    /// Permanent failure, with the reason.
+    Failed { reason: String },
+    /// Transient failure: stays pending, lease released so the next receive
+    /// of the message can claim it at once.
+    Retry { reason: String },
+}
+
+/// Durable per-(delivery, target) dispatch records: the idempotency keys of
+/// the dispatcher. All writes are conditional so two workers never both hold
+/// a target.
+#[async_trait]
+pub trait DispatchStore: Send + Sync {
+    /// Claims (delivery, target) for one attempt under a lease of `lease`:
+    /// creates the record if absent, or takes over a pending record whose
+    /// lease expired before `now_ms` (a dead attempt). Increments `attempts`.
+    async fn claim(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        meta: &DispatchMeta,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>;
+    /// Ends the attempt started by `claim`. Does nothing if the record is not
+    /// pending any more (a later attempt already finished it).
+    async fn finish(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        outcome: &AttemptOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// All records of one delivery, ordered by target.
+    async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError>;
+}
+
+// ---------------------------------------------------------------- GitHub
+
+/// A GitHub App installation id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InstallationId(pub u64);
+
+/// A failed GitHub call, classified once (see `crate::github::classify`).
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GitHubError {
+    /// Worth retrying: 5xx, timeouts, connection errors, 403/429 rate limits.
+    /// `retry_after` is GitHub's own hint (`Retry-After` or
+    /// `x-ratelimit-reset` - now) when it gave one.
+    #[error("transient GitHub error: {reason}")]
+    Transient { reason: String, retry_after: Option<Duration> },
+    /// Will not succeed by retrying: 404 (App not installed), 422, other 4xx.
+    #[error("GitHub rejected the request ({status}): {reason}")]
+    Permanent { status: u16, reason: String },
+}
+
+impl GitHubError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GitHubError::Transient { .. })
+    }
+}
+
+/// The GitHub App calls the dispatcher makes. Installation tokens are minted,
+/// cached and renewed inside the adapter.
+#[async_trait]
+pub trait GitHubApp: Send + Sync {
+    /// `GET /repos/{owner}/{repo}/installation`: `None` when the App is not
+    /// installed there (404).
+    async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError>;
+    /// `POST /repos/{owner}/{repo}/dispatches` with `body` (already within
+    /// GitHub's limits) and an installation token narrowed to `repo` with
+    /// `contents: write`.
+    async fn dispatch(
+        &self,
+        repo: &RepoFullName,
+        installation: InstallationId,
+        body: &serde_json::Value,
+    ) -> Result<(), GitHubError>;
+    /// Raw contents of a file (`GET /repos/{o}/{r}/contents/{path}?ref=`),
+    /// read with an installation token of `repo`.
+    async fn file_contents(
+        &self,
+        repo: &RepoFullName,
+        path: &str,
+        git_ref: &str,
+    ) -> Result<Vec<u8>, GitHubError>;
+}

@@ -1,0 +1,1 @@
+//! Local GitHub stand-in.
