@@ -1,1 +1,393 @@
-//! (in progress)
+//! The dispatcher: one queue message in, `repository_dispatch` to every
+//! allowlisted repository where the App is installed, once each.
+//!
+//! Per target: look up the installation (cached in the GitHub adapter),
+//! claim the (delivery, target) record under a lease, call GitHub with
+//! exponential backoff + jitter inside a bounded budget (honouring
+//! `Retry-After` / `x-ratelimit-reset`), and record the outcome. Targets run
+//! concurrently, at most `concurrency` at a time. A message whose targets all
+//! ended (dispatched, failed permanently, or not installed) is done; one with
+//! a transient failure goes back to the queue, and after `max_receive_count`
+//! receives to the DLQ with the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::allowlist::{AllowlistEntry, AllowlistProvider};
+use crate::client_payload::{self, DispatchBody};
+use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::message::{DispatchV1, PayloadRef, QueueMessage};
+use crate::ports::{
+    AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchStore, EventQueue, GitHubApp,
+    GitHubError, QueueError, QueueSide, ReceivedMessage,
+};
+
+/// Tunables, with their defaults.
+#[derive(Clone, Debug)]
+pub struct DispatcherSettings {
+    /// Targets dispatched at once per message (default 16).
+    pub concurrency: usize,
+    /// How long a claim on a target holds (default 60 s): longer than one
+    /// target's retry budget, so only a dead attempt's lease ever expires.
+    pub lease: Duration,
+    /// Time one target may spend retrying within one receive (default 20 s).
+    pub retry_budget: Duration,
+    /// Calls per target per receive, first included (default 4).
+    pub max_calls: usize,
+    /// First backoff delay (default 250 ms), doubling up to `max_backoff` (default 5 s), with jitter.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// SQS redrive `maxReceiveCount` of the queue (default 5): on that
+    /// receive a still-failing message goes to the DLQ with its reason.
+    pub max_receive_count: u32,
+    /// Delay before a requeued message is seen again, doubled per receive,
+    /// capped at 15 min (default 5 s), unless GitHub asked for longer.
+    pub requeue_base_delay: Duration,
+}
+
+impl Default for DispatcherSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            lease: Duration::from_secs(60),
+            retry_budget: Duration::from_secs(20),
+            max_calls: 4,
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+            max_receive_count: 5,
+            requeue_base_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What happened to one target in one processing of a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TargetOutcome {
+    /// GitHub answered 204 after `calls` calls in this receive.
+    Dispatched { attempt: u32, calls: u32 },
+    /// A previous attempt already dispatched it: nothing sent.
+    AlreadyDispatched,
+    /// The App is not installed on the repository: not a target.
+    NotInstalled,
+    /// Permanent failure, recorded; not retried.
+    Failed { reason: String },
+    AlreadyFailed,
+    /// Transient failure: the message will be received again.
+    Retry { reason: String, retry_after_ms: Option<u64> },
+}
+
+/// One target's line in a [`DeliveryReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReport {
+    pub repo: RepoFullName,
+    pub level: Level,
+    #[serde(flatten)]
+    pub outcome: TargetOutcome,
+}
+
+/// What one processing of a message did.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeliveryReport {
+    pub delivery_id: DeliveryId,
+    pub event: String,
+    pub action: Option<String>,
+    pub payload_trimmed: bool,
+    pub targets: Vec<TargetReport>,
+}
+
+/// The verdict on a message.
+#[derive(Debug)]
+pub enum MessageOutcome {
+    /// Every target ended (or the event needs no dispatch): delete it.
+    Done(DeliveryReport),
+    /// Some target failed transiently: receive it again later.
+    Retry { report: Option<DeliveryReport>, reason: String, delay: Option<Duration> },
+    /// The message can never be processed (unknown version, payload lost).
+    Poison { reason: String },
+}
+
+/// What to do with a received message, given its outcome.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Delete,
+    /// Make it visible again after `delay`.
+    Requeue { delay: Duration },
+    DeadLetter { reason: String },
+}
+
+/// Events and actions that are fanned out (CONTRACTS.md "Webhook input").
+pub fn is_dispatched(event: &str, action: Option<&str>) -> bool {
+    match event {
+        "push" => true,
+        "pull_request" => matches!(action, Some("opened" | "reopened" | "synchronize" | "closed")),
+        _ => false,
+    }
+}
+
+/// The dispatcher and the ports it needs.
+pub struct Dispatcher {
+    pub store: Arc<dyn DispatchStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub github: Arc<dyn GitHubApp>,
+    pub allowlist: Arc<AllowlistProvider>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: DispatcherSettings,
+}
+
+impl Dispatcher {
+    /// Decides what becomes of `msg` after `outcome`.
+    pub fn disposition(&self, msg: &ReceivedMessage, outcome: &MessageOutcome) -> Disposition {
+        match outcome {
+            MessageOutcome::Done(_) => Disposition::Delete,
+            MessageOutcome::Poison { reason } => Disposition::DeadLetter { reason: reason.clone() },
+            MessageOutcome::Retry { reason, delay, .. } => {
+                if msg.receive_count >= self.settings.max_receive_count {
+                    Disposition::DeadLetter {
+                        reason: format!("still failing after {} receives: {reason}", msg.receive_count),
+                    }
+                } else {
+                    let backoff = self
+                        .settings
+                        .requeue_base_delay
+                        .saturating_mul(1 << msg.receive_count.saturating_sub(1).min(16))
+                        .min(Duration::from_secs(900));
+                    Disposition::Requeue { delay: delay.map_or(backoff, |d| d.max(backoff)) }
+                }
+            }
+        }
+    }
+
+    /// Processes a received message and settles it on `queue` (the embedded
+    /// worker's loop; the Lambda maps dispositions to a batch response).
+    pub async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<MessageOutcome, QueueError> {
+        let outcome = self.process(&msg.body).await;
+        match self.disposition(msg, &outcome) {
+            Disposition::Delete => queue.delete(QueueSide::Source, &msg.receipt).await?,
+            Disposition::Requeue { delay } => queue.change_visibility(QueueSide::Source, &msg.receipt, delay).await?,
+            Disposition::DeadLetter { reason } => {
+                tracing::error!(message_id = %msg.message_id, %reason, metric = "dlq_sends", "message sent to the dead-letter queue");
+                queue.dead_letter(msg, &reason).await?
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Processes one queue body: fans the event out to its targets.
+    pub async fn process(&self, body: &str) -> MessageOutcome {
+        let msg = match QueueMessage::decode(body) {
+            Ok(QueueMessage::DispatchV1(m)) => m,
+            Err(e) => return MessageOutcome::Poison { reason: e.to_string() },
+        };
+        let span = tracing::info_span!("delivery", delivery_id = %msg.delivery_id, event = %msg.event,
+            action = msg.action.as_deref().unwrap_or(""));
+        self.process_dispatch(msg).instrument(span).await
+    }
+
+    async fn process_dispatch(&self, msg: DispatchV1) -> MessageOutcome {
+        let mut report = DeliveryReport {
+            delivery_id: msg.delivery_id.clone(),
+            event: msg.event.clone(),
+            action: msg.action.clone(),
+            payload_trimmed: false,
+            targets: vec![],
+        };
+        if !is_dispatched(&msg.event, msg.action.as_deref()) {
+            return MessageOutcome::Done(report);
+        }
+        let payload: Value = match self.load_payload(&msg.payload).await {
+            Ok(p) => p,
+            Err(LoadError::Gone(reason)) => return MessageOutcome::Poison { reason },
+            Err(LoadError::Unavailable(reason)) => {
+                return MessageOutcome::Retry { report: None, reason, delay: None };
+            }
+        };
+        let allowlist = match self.allowlist.current().await {
+            Ok(a) => a,
+            Err(e) => {
+                return MessageOutcome::Retry { report: None, reason: format!("no allowlist: {e}"), delay: None };
+            }
+        };
+        let body = client_payload::build(&msg.event, msg.delivery_id.as_str(), &payload);
+        report.payload_trimmed = matches!(&body, Ok(b) if b.trimmed);
+        let meta = |level| DispatchMeta {
+            event: msg.event.clone(),
+            action: msg.action.clone(),
+            head_sha: payload
+                .pointer("/pull_request/head/sha")
+                .or_else(|| payload.get("after"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            pr_number: payload.get("number").and_then(Value::as_u64),
+            level,
+        };
+        let body = &body;
+        let delivery = &msg.delivery_id;
+        report.targets = futures::stream::iter(allowlist.entries().iter().cloned())
+            .map(|entry| {
+                let meta = meta(entry.level);
+                let span = tracing::info_span!("target", target = %entry.repo);
+                async move {
+                    let outcome = self.dispatch_target(delivery, &entry, &meta, body).await;
+                    TargetReport { repo: entry.repo, level: entry.level, outcome }
+                }
+                .instrument(span)
+            })
+            .buffered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        let retrying: Vec<_> = report
+            .targets
+            .iter()
+            .filter_map(|t| match &t.outcome {
+                TargetOutcome::Retry { reason, retry_after_ms } => Some((t, reason, *retry_after_ms)),
+                _ => None,
+            })
+            .collect();
+        if retrying.is_empty() {
+            return MessageOutcome::Done(report);
+        }
+        let reason = retrying.iter().map(|(t, r, _)| format!("{}: {r}", t.repo)).collect::<Vec<_>>().join("; ");
+        let delay = retrying.iter().filter_map(|(_, _, ms)| *ms).max().map(Duration::from_millis);
+        MessageOutcome::Retry { report: Some(report), reason, delay }
+    }
+
+    async fn dispatch_target(
+        &self,
+        delivery: &DeliveryId,
+        entry: &AllowlistEntry,
+        meta: &DispatchMeta,
+        body: &Result<DispatchBody, client_payload::PayloadError>,
+    ) -> TargetOutcome {
+        let repo = &entry.repo;
+        let installation = match self.github.installation(repo).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return TargetOutcome::NotInstalled,
+            Err(e) => return retry_or_fail_unrecorded(e),
+        };
+        let attempt = match self.store.claim(delivery, repo, meta, self.clock.now_ms(), self.settings.lease).await {
+            Ok(Claim::Acquired { attempt }) => attempt,
+            Ok(Claim::AlreadyDispatched) => return TargetOutcome::AlreadyDispatched,
+            Ok(Claim::AlreadyFailed) => return TargetOutcome::AlreadyFailed,
+            Ok(Claim::Leased { until_ms }) => {
+                let wait = (until_ms - self.clock.now_ms()).max(0) as u64;
+                return TargetOutcome::Retry {
+                    reason: "another attempt holds this target".into(),
+                    retry_after_ms: Some(wait),
+                };
+            }
+            Err(e) => return TargetOutcome::Retry { reason: format!("dispatch store: {e}"), retry_after_ms: None },
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = format!("payload cannot be sent: {e}");
+                return self.finish(delivery, repo, AttemptOutcome::Failed { reason: reason.clone() }, TargetOutcome::Failed { reason }).await;
+            }
+        };
+        let mut calls = 0u32;
+        let started = tokio::time::Instant::now();
+        let budget = self.settings.retry_budget;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.settings.min_backoff)
+            .with_max_delay(self.settings.max_backoff)
+            .with_max_times(self.settings.max_calls.saturating_sub(1))
+            .with_jitter();
+        let result = (|| {
+            calls += 1;
+            tracing::debug!(attempt, call = calls, "repository_dispatch");
+            self.github.dispatch(repo, installation, &body.body)
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(GitHubError::is_transient)
+        .adjust(|e, next| {
+            let next = match e {
+                GitHubError::Transient { retry_after: Some(hint), .. } => next.map(|_| *hint),
+                _ => next,
+            }?;
+            // Only wait if the next call still fits in the budget.
+            (started.elapsed() + next <= budget).then_some(next)
+        })
+        .notify(|e, wait| tracing::warn!(attempt, error = %e, wait_ms = wait.as_millis() as u64, metric = "dispatch_retries", "retrying repository_dispatch"))
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(attempt, calls, trimmed = body.trimmed, "dispatched");
+                self.finish(
+                    delivery,
+                    repo,
+                    AttemptOutcome::Dispatched { payload_trimmed: body.trimmed },
+                    TargetOutcome::Dispatched { attempt, calls },
+                )
+                .await
+            }
+            Err(GitHubError::Permanent { reason, .. }) => {
+                tracing::warn!(attempt, %reason, "dispatch failed permanently");
+                self.finish(delivery, repo, AttemptOutcome::Failed { reason: reason.clone() }, TargetOutcome::Failed { reason }).await
+            }
+            Err(GitHubError::Transient { reason, retry_after }) => {
+                tracing::warn!(attempt, %reason, "dispatch still failing; message goes back to the queue");
+                self.finish(
+                    delivery,
+                    repo,
+                    AttemptOutcome::Retry { reason: reason.clone() },
+                    TargetOutcome::Retry { reason, retry_after_ms: retry_after.map(|d| d.as_millis() as u64) },
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records the attempt's end. A failed write is retried a few times: if it
+    /// still fails after a 204, the lease expiry would send the dispatch again,
+    /// so the message is retried to make the record right.
+    async fn finish(&self, delivery: &DeliveryId, repo: &RepoFullName, outcome: AttemptOutcome, report: TargetOutcome) -> TargetOutcome {
+        let write = || self.store.finish(delivery, repo, &outcome, self.clock.now_ms());
+        let backoff = ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(3);
+        match write.retry(backoff).sleep(tokio::time::sleep).await {
+            Ok(()) => report,
+            Err(e) => {
+                tracing::error!(error = %e, outcome = ?outcome, "could not record dispatch outcome");
+                TargetOutcome::Retry { reason: format!("dispatch store: {e}"), retry_after_ms: None }
+            }
+        }
+    }
+
+    async fn load_payload(&self, payload: &PayloadRef) -> Result<Value, LoadError> {
+        let bytes;
+        let text = match payload {
+            PayloadRef::Inline(raw) => raw.get(),
+            PayloadRef::Stored { key, .. } => {
+                bytes = self.blobs.get(key).await.map_err(|e| match e {
+                    BlobError::NotFound(_) => LoadError::Gone(format!("claim-checked payload lost: {e}")),
+                    BlobError::Unavailable(_) => LoadError::Unavailable(e.to_string()),
+                })?;
+                std::str::from_utf8(&bytes).map_err(|_| LoadError::Gone(format!("payload {key} is not UTF-8")))?
+            }
+        };
+        serde_json::from_str(text).map_err(|e| LoadError::Gone(format!("payload is not JSON: {e}")))
+    }
+}
+
+enum LoadError {
+    Gone(String),
+    Unavailable(String),
+}
+
+/// A failed installation lookup (before any record exists).
+fn retry_or_fail_unrecorded(e: GitHubError) -> TargetOutcome {
+    match e {
+        GitHubError::Transient { reason, retry_after } => TargetOutcome::Retry {
+            reason: format!("installation lookup: {reason}"),
+            retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+        },
+        GitHubError::Permanent { reason, .. } => TargetOutcome::Failed { reason: format!("installation lookup: {reason}") },
+    }
+}

@@ -1,1 +1,323 @@
-//! (in progress)
+//! GitHub App adapter on octocrab: installation lookup (cached), installation
+//! tokens narrowed to one repository (cached in memory until `expires_at`
+//! minus a margin, never persisted or logged), `repository_dispatch`, and
+//! file contents. octocrab is built without its `retry` feature, so it never
+//! re-sends by itself: [`classify`] is the single
+//! place that decides transient vs permanent, and the dispatcher's backoff
+//! the single retry loop.
+//!
+//! Rules used (GitHub REST docs): installation tokens last 1 h
+//! ("Create an installation access token for an app"); rate limits answer
+//! 403/429 with `Retry-After`, or `x-ratelimit-remaining: 0` and
+//! `x-ratelimit-reset` in epoch seconds ("Rate limits for the REST API").
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt;
+use octocrab::Octocrab;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use crate::domain::RepoFullName;
+use crate::ports::{GitHubApp, GitHubError, InstallationId};
+
+/// A token is used until this long before GitHub's `expires_at`.
+pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// Settings for [`GitHubAppClient`].
+#[derive(Clone)]
+pub struct GitHubAppConfig {
+    pub app_id: u64,
+    /// PEM of the App's RSA private key (PKCS#1 or PKCS#8).
+    pub private_key_pem: SecretString,
+    /// e.g. `https://api.github.com` (no trailing slash needed).
+    pub api_url: String,
+    /// How long an installation lookup is reused (found / not found).
+    pub installation_ttl: Duration,
+    pub not_installed_ttl: Duration,
+    /// Per-request read timeout (GitHub itself gives up after 10 s).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for GitHubAppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubAppConfig")
+            .field("app_id", &self.app_id)
+            .field("private_key_pem", &"<redacted>")
+            .field("api_url", &self.api_url)
+            .finish()
+    }
+}
+
+impl GitHubAppConfig {
+    pub fn new(app_id: u64, private_key_pem: String, api_url: String) -> Self {
+        Self {
+            app_id,
+            private_key_pem: SecretString::from(private_key_pem),
+            api_url,
+            installation_ttl: Duration::from_secs(600),
+            not_installed_ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Building the client failed (bad key or URL).
+#[derive(Debug, thiserror::Error)]
+pub enum GitHubConfigError {
+    #[error("GitHub App private key is not an RSA PEM key: {0}")]
+    BadKey(String),
+    #[error("GitHub API URL {url:?} is not usable: {error}")]
+    BadUrl { url: String, error: String },
+}
+
+struct CachedToken {
+    client: Octocrab,
+    /// Use until this instant (GitHub's expiry minus the margin).
+    use_until: Instant,
+}
+
+/// The GitHub App, as seen by the relay.
+pub struct GitHubAppClient {
+    app: Octocrab,
+    cfg: GitHubAppConfig,
+    installations: Mutex<HashMap<String, (Option<InstallationId>, Instant)>>,
+    /// Key: `<repo key>|<permission>`.
+    tokens: Mutex<HashMap<String, CachedToken>>,
+    /// Last `x-ratelimit-remaining` seen (-1 = none yet), for metrics.
+    rate_limit_remaining: AtomicI64,
+}
+
+impl GitHubAppClient {
+    pub fn new(cfg: GitHubAppConfig) -> Result<Self, GitHubConfigError> {
+        use secrecy::ExposeSecret;
+        let key = octocrab::jsonwebtoken::EncodingKey::from_rsa_pem(cfg.private_key_pem.expose_secret().as_bytes())
+            .map_err(|e| GitHubConfigError::BadKey(e.to_string()))?;
+        let bad_url = |e: String| GitHubConfigError::BadUrl { url: cfg.api_url.clone(), error: e };
+        let app = Octocrab::builder()
+            .base_uri(cfg.api_url.as_str())
+            .map_err(|e| bad_url(e.to_string()))?
+            .app(cfg.app_id.into(), key)
+            .set_connect_timeout(Some(Duration::from_secs(5)))
+            .set_read_timeout(Some(cfg.timeout))
+            .set_write_timeout(Some(cfg.timeout))
+            .build()
+            .map_err(|e| bad_url(e.to_string()))?;
+        Ok(Self {
+            app,
+            cfg,
+            installations: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            rate_limit_remaining: AtomicI64::new(-1),
+        })
+    }
+
+    /// Last `x-ratelimit-remaining` GitHub reported, if any.
+    pub fn rate_limit_remaining(&self) -> Option<i64> {
+        Some(self.rate_limit_remaining.load(Ordering::Relaxed)).filter(|n| *n >= 0)
+    }
+
+    /// An octocrab client authorised with a token narrowed to `repo` and
+    /// `permission` (e.g. `("contents", "write")`), minted if needed.
+    async fn token_client(
+        &self,
+        repo: &RepoFullName,
+        installation: InstallationId,
+        permission: (&str, &str),
+    ) -> Result<Octocrab, GitHubError> {
+        let key = format!("{}|{}:{}", repo.key(), permission.0, permission.1);
+        if let Some(t) = self.tokens.lock().expect("token cache").get(&key) {
+            if Instant::now() < t.use_until {
+                return Ok(t.client.clone());
+            }
+        }
+        let body = json!({"repositories": [repo.name()], "permissions": {permission.0: permission.1}});
+        let uri = format!("/app/installations/{}/access_tokens", installation.0);
+        let (status, headers, bytes) = self.send(self.app._post(uri, Some(&body)).await).await?;
+        if !status.is_success() {
+            return Err(classify(status, &headers, &bytes));
+        }
+        let token: octocrab::models::InstallationToken = serde_json::from_slice(&bytes)
+            .map_err(|e| GitHubError::Transient { reason: format!("unreadable token answer: {e}"), retry_after: None })?;
+        let lifetime = token
+            .expires_at
+            .as_deref()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| (t.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0) as u64)
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(3600));
+        let client = self
+            .app
+            .user_access_token(SecretString::from(token.token))
+            .map_err(|e| GitHubError::Transient { reason: e.to_string(), retry_after: None })?;
+        let use_until = Instant::now() + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN);
+        self.tokens.lock().expect("token cache").insert(key, CachedToken { client: client.clone(), use_until });
+        Ok(client)
+    }
+
+    fn forget_token(&self, repo: &RepoFullName) {
+        let prefix = format!("{}|", repo.key());
+        self.tokens.lock().expect("token cache").retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    /// Reads a response fully; transport errors are transient.
+    async fn send(
+        &self,
+        res: octocrab::Result<http::Response<http_body_util::combinators::BoxBody<Bytes, octocrab::Error>>>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
+        let res = res.map_err(|e| GitHubError::Transient { reason: format!("GitHub unreachable: {e}"), retry_after: None })?;
+        let (parts, body) = res.into_parts();
+        if let Some(n) = parts.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok()) {
+            self.rate_limit_remaining.store(n, Ordering::Relaxed);
+        }
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| GitHubError::Transient { reason: format!("GitHub answer cut short: {e}"), retry_after: None })?
+            .to_bytes();
+        Ok((parts.status, parts.headers, bytes))
+    }
+}
+
+/// Classifies a non-2xx GitHub answer, once, for every caller:
+/// - 5xx → transient;
+/// - 403/429 with `Retry-After` → transient, retry after that many seconds;
+/// - 403/429 with `x-ratelimit-remaining: 0` → transient until `x-ratelimit-reset`;
+/// - 429, or 403 whose message mentions a rate limit → transient;
+/// - 401 (token revoked or expired early) → transient (a new token is minted);
+/// - anything else (404 not installed / not found, 422, other 4xx) → permanent.
+pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GitHubError {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    let reason = format!("{} {}", status.as_u16(), message);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if status.is_server_error() {
+        return GitHubError::Transient { reason, retry_after: None };
+    }
+    if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(secs) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
+            return GitHubError::Transient { reason, retry_after: Some(Duration::from_secs(secs)) };
+        }
+        if header("x-ratelimit-remaining") == Some("0") {
+            let wait = header("x-ratelimit-reset")
+                .and_then(|v| v.parse::<i64>().ok())
+                .map(|reset| (reset - chrono::Utc::now().timestamp()).max(1) as u64)
+                .unwrap_or(60);
+            return GitHubError::Transient { reason, retry_after: Some(Duration::from_secs(wait)) };
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || message.to_ascii_lowercase().contains("rate limit") {
+            return GitHubError::Transient { reason, retry_after: None };
+        }
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return GitHubError::Transient { reason, retry_after: None };
+    }
+    GitHubError::Permanent { status: status.as_u16(), reason }
+}
+
+#[async_trait]
+impl GitHubApp for GitHubAppClient {
+    async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError> {
+        if let Some((found, at)) = self.installations.lock().expect("installation cache").get(repo.key()) {
+            let ttl = if found.is_some() { self.cfg.installation_ttl } else { self.cfg.not_installed_ttl };
+            if at.elapsed() < ttl {
+                return Ok(*found);
+            }
+        }
+        let uri = format!("/repos/{}/{}/installation", repo.owner(), repo.name());
+        let (status, headers, bytes) = self.send(self.app._get(uri).await).await?;
+        let found = match status {
+            s if s.is_success() => {
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| GitHubError::Transient {
+                    reason: format!("unreadable installation answer: {e}"),
+                    retry_after: None,
+                })?;
+                let id = v.get("id").and_then(Value::as_u64).ok_or_else(|| GitHubError::Transient {
+                    reason: "installation answer has no id".into(),
+                    retry_after: None,
+                })?;
+                Some(InstallationId(id))
+            }
+            StatusCode::NOT_FOUND => None,
+            _ => return Err(classify(status, &headers, &bytes)),
+        };
+        self.installations.lock().expect("installation cache").insert(repo.key().to_owned(), (found, Instant::now()));
+        Ok(found)
+    }
+
+    async fn dispatch(&self, repo: &RepoFullName, installation: InstallationId, body: &Value) -> Result<(), GitHubError> {
+        let client = self.token_client(repo, installation, ("contents", "write")).await?;
+        let uri = format!("/repos/{}/{}/dispatches", repo.owner(), repo.name());
+        let (status, headers, bytes) = self.send(client._post(uri, Some(body)).await).await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            self.forget_token(repo);
+        }
+        if status == StatusCode::NOT_FOUND {
+            // The App may have been removed from the repository: look it up again next time.
+            self.installations.lock().expect("installation cache").remove(repo.key());
+        }
+        Err(classify(status, &headers, &bytes))
+    }
+
+    async fn file_contents(&self, repo: &RepoFullName, path: &str, git_ref: &str) -> Result<Vec<u8>, GitHubError> {
+        let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
+            status: 404,
+            reason: format!("the App is not installed on {repo}"),
+        })?;
+        let client = self.token_client(repo, installation, ("contents", "read")).await?;
+        let uri = format!("/repos/{}/{}/contents/{}?ref={}", repo.owner(), repo.name(), path, git_ref);
+        let mut accept = HeaderMap::new();
+        accept.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.github.raw"));
+        let (status, headers, bytes) = self.send(client._get_with_headers(uri, Some(accept)).await).await?;
+        if status.is_success() {
+            Ok(bytes.to_vec())
+        } else {
+            Err(classify(status, &headers, &bytes))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(status: u16, headers: &[(&str, &str)], body: &str, transient: bool, retry_after: Option<u64>) {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        let e = classify(StatusCode::from_u16(status).unwrap(), &h, body.as_bytes());
+        assert_eq!(e.is_transient(), transient, "{status} {headers:?} {body} -> {e:?}");
+        if let GitHubError::Transient { retry_after: ra, .. } = &e {
+            assert_eq!(ra.map(|d| d.as_secs()), retry_after, "{status} {headers:?}");
+        }
+        assert!(e.to_string().contains(&status.to_string()), "{e}");
+    }
+
+    #[test]
+    fn classification_table() {
+        let reset = (chrono::Utc::now().timestamp() + 30).to_string();
+        check(502, &[], "bad gateway", true, None);
+        check(500, &[], r#"{"message":"Server Error"}"#, true, None);
+        check(403, &[("Retry-After", "2")], r#"{"message":"You have exceeded a secondary rate limit"}"#, true, Some(2));
+        check(429, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)], "{}", true, Some(30));
+        check(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1")], "{}", true, Some(1));
+        check(429, &[], "{}", true, None);
+        check(403, &[], r#"{"message":"API rate limit exceeded for installation"}"#, true, None);
+        check(401, &[], r#"{"message":"Bad credentials"}"#, true, None);
+        check(403, &[], r#"{"message":"Resource not accessible by integration"}"#, false, None);
+        check(404, &[], r#"{"message":"Not Found"}"#, false, None);
+        check(422, &[], r#"{"message":"Invalid request"}"#, false, None);
+    }
+}

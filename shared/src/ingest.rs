@@ -1,1 +1,284 @@
-//! (in progress)
+//! Ingest: the one axum [`Router`] served by the ingest Lambda (through
+//! `lambda_http`, which also decodes base64 bodies) and by `crcr serve`.
+//!
+//! `POST /github/webhook` answers (GitHub waits 10 s; it does not retry):
+//! - 401 bad or missing `X-Hub-Signature-256` (checked first, over the raw bytes);
+//! - 400 missing `X-GitHub-Event` / `X-GitHub-Delivery`, or a body that is not JSON;
+//! - 413 body over `max_body_bytes` (default 25 MB, GitHub's own cap);
+//! - 200 `{"ignored": why}` for `ping`, other repositories, events not acted on;
+//! - 202 `{"delivery_id", "message_id"}` once durably enqueued;
+//! - 503 when the queue (or the claim-check store) cannot take it, so the
+//!   delivery shows as failed in GitHub and can be redelivered.
+//!
+//! A payload too large for one queue message is stored in the blob store and
+//! the message carries its key (claim check).
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::dispatch::is_dispatched;
+use crate::domain::{DeliveryId, RepoFullName};
+use crate::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
+use crate::ports::{BlobStore, Clock, EventQueue};
+use crate::signature::{SignatureError, WebhookSecret};
+
+/// GitHub caps webhook payloads at 25 MB ("Webhook events and payloads").
+pub const DEFAULT_MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// What ingest needs.
+pub struct IngestState {
+    pub secret: WebhookSecret,
+    /// Only this repository's events are acted on.
+    pub upstream: RepoFullName,
+    pub queue: Arc<dyn EventQueue>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub clock: Arc<dyn Clock>,
+    pub max_body_bytes: usize,
+}
+
+/// Builds the ingest router (`POST /github/webhook`, `GET /healthz`).
+pub fn router(state: Arc<IngestState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/github/webhook", post(webhook))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// A refused delivery, with the status it is answered with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IngestError {
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("missing or invalid header {0}")]
+    BadHeader(&'static str),
+    #[error("body is not a JSON webhook payload: {0}")]
+    BadBody(String),
+}
+
+impl IngestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// A verified delivery and what to do with it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ignore { delivery_id: String, why: String },
+    /// `message` is the encoded [`QueueMessage`] with the payload inline.
+    Enqueue { delivery_id: DeliveryId, event: String, action: Option<String>, message: String, payload_start: usize },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    action: Option<String>,
+    repository: Option<EnvelopeRepo>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeRepo {
+    full_name: Option<String>,
+}
+
+/// Verifies and classifies one delivery: the pure, CPU-only part of ingest
+/// (benchmarked in `benches/ingest.rs`).
+pub fn verify_and_classify(
+    secret: &WebhookSecret,
+    upstream: &RepoFullName,
+    headers: &HeaderMap,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<Verdict, IngestError> {
+    secret.verify(headers.get("x-hub-signature-256").map(|v| v.as_bytes()), body)?;
+    let header = |name: &'static str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).ok_or(IngestError::BadHeader(name))
+    };
+    let event = header("x-github-event")?;
+    if event.len() > 100 || !event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(IngestError::BadHeader("x-github-event"));
+    }
+    let delivery_id = DeliveryId::parse(header("x-github-delivery")?).map_err(|_| IngestError::BadHeader("x-github-delivery"))?;
+    let form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form_payload;
+    let json_bytes: &[u8] = if form {
+        form_payload = form_urlencoded::parse(body)
+            .find(|(k, _)| k == "payload")
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(|| IngestError::BadBody("form body has no `payload` field".into()))?;
+        form_payload.as_bytes()
+    } else {
+        body
+    };
+    let text = std::str::from_utf8(json_bytes).map_err(|_| IngestError::BadBody("not UTF-8".into()))?;
+    // Parsing the envelope validates the whole document (serde_json rejects
+    // trailing data), so the text can be embedded in the message as is.
+    let env: Envelope = serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
+    let ignore = |why: String| Ok(Verdict::Ignore { delivery_id: delivery_id.to_string(), why });
+    if event == "ping" {
+        return ignore("ping".into());
+    }
+    let repo = env.repository.and_then(|r| r.full_name).unwrap_or_default();
+    if RepoFullName::parse(&repo).ok().as_ref() != Some(upstream) {
+        return ignore(format!("repository {repo:?} is not the upstream {upstream}"));
+    }
+    if !is_dispatched(event, env.action.as_deref()) {
+        let what = match &env.action {
+            Some(a) => format!("{event}.{a}"),
+            None => event.to_owned(),
+        };
+        return ignore(format!("{what} is not acted on"));
+    }
+    let head = serde_json::to_string(&json!({
+        "type": "dispatch_v1",
+        "delivery_id": delivery_id,
+        "event": event,
+        "action": env.action,
+        "received_at_ms": now_ms,
+    }))
+    .expect("JSON values serialize");
+    // `{...head fields...,"payload":{"inline":<payload>}}`
+    let mut message = String::with_capacity(head.len() + text.len() + 24);
+    message.push_str(&head[..head.len() - 1]);
+    message.push_str(r#","payload":{"inline":"#);
+    let payload_start = message.len();
+    message.push_str(text);
+    message.push_str("}}");
+    Ok(Verdict::Enqueue { delivery_id, event: event.to_owned(), action: env.action, message, payload_start })
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = std::time::Instant::now();
+    let verdict = match verify_and_classify(&st.secret, &st.upstream, &headers, &body, st.clock.now_ms()) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, metric = "webhooks", outcome = "rejected", "webhook refused");
+            return answer(e.status(), json!({"error": e.to_string()}));
+        }
+    };
+    let (delivery_id, event, action, mut message, payload_start) = match verdict {
+        Verdict::Ignore { delivery_id, why } => {
+            tracing::info!(%delivery_id, %why, metric = "webhooks", outcome = "ignored", "webhook ignored");
+            return answer(StatusCode::OK, json!({"ignored": why, "delivery_id": delivery_id}));
+        }
+        Verdict::Enqueue { delivery_id, event, action, message, payload_start } => {
+            (delivery_id, event, action, message, payload_start)
+        }
+    };
+    if message.len() > st.queue.max_message_bytes() {
+        // Claim check: store the payload, enqueue a reference.
+        let payload = &message[payload_start..message.len() - 2];
+        let key = payload_blob_key(&delivery_id);
+        if let Err(e) = st.blobs.put(&key, payload.as_bytes()).await {
+            tracing::error!(%delivery_id, error = %e, metric = "webhooks", outcome = "unavailable", "claim-check store refused payload");
+            return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "payload store unavailable"}));
+        }
+        message = QueueMessage::DispatchV1(DispatchV1 {
+            delivery_id: delivery_id.clone(),
+            event: event.clone(),
+            action: action.clone(),
+            received_at_ms: st.clock.now_ms(),
+            payload: PayloadRef::Stored { key, bytes: payload.len() },
+        })
+        .encode();
+    }
+    match st.queue.send(&message).await {
+        Ok(message_id) => {
+            tracing::info!(%delivery_id, %event, action = action.as_deref().unwrap_or(""), %message_id,
+                latency_us = started.elapsed().as_micros() as u64, metric = "webhooks", outcome = "enqueued", "webhook enqueued");
+            answer(StatusCode::ACCEPTED, json!({"delivery_id": delivery_id, "message_id": message_id}))
+        }
+        Err(e) => {
+            tracing::error!(%delivery_id, error = %e, metric = "webhooks", outcome = "unavailable", "queue refused webhook");
+            answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "queue unavailable; the delivery can be redelivered"}))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPENED: &str = include_str!("../../fixtures/webhooks/pull_request.opened.json");
+
+    fn headers(secret: &WebhookSecret, event: &str, body: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("X-Hub-Signature-256", secret.sign(body).parse().unwrap());
+        h.insert("x-github-event", event.parse().unwrap());
+        h.insert("X-GITHUB-DELIVERY", "72d3162e-cc78-11e3-81ab-4c9367dc0958".parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn enqueued_message_decodes_with_the_exact_payload() {
+        let s = WebhookSecret::new("s");
+        let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
+        let v = verify_and_classify(&s, &up, &headers(&s, "pull_request", OPENED.as_bytes()), OPENED.as_bytes(), 7).unwrap();
+        let Verdict::Enqueue { message, action, .. } = v else { panic!("{v:?}") };
+        assert_eq!(action.as_deref(), Some("opened"));
+        let QueueMessage::DispatchV1(m) = QueueMessage::decode(&message).unwrap();
+        assert_eq!(m.delivery_id.as_str(), "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+        assert_eq!(m.received_at_ms, 7);
+        let PayloadRef::Inline(p) = m.payload else { panic!() };
+        assert!(p.get() == OPENED.trim_end(), "payload bytes changed");
+    }
+
+    #[test]
+    fn form_encoded_delivery_is_signed_over_the_form_body() {
+        let s = WebhookSecret::new("s");
+        let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
+        let form: String = form_urlencoded::Serializer::new(String::new()).append_pair("payload", OPENED).finish();
+        let mut h = headers(&s, "pull_request", form.as_bytes());
+        h.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+        let v = verify_and_classify(&s, &up, &h, form.as_bytes(), 0).unwrap();
+        assert!(matches!(v, Verdict::Enqueue { .. }), "{v:?}");
+        // Signed over the JSON instead of the form: refused.
+        let mut h = headers(&s, "pull_request", OPENED.as_bytes());
+        h.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+        assert_eq!(verify_and_classify(&s, &up, &h, form.as_bytes(), 0), Err(IngestError::Signature(SignatureError::Mismatch)));
+    }
+
+    #[test]
+    fn refusals_and_ignores() {
+        let s = WebhookSecret::new("s");
+        let up = RepoFullName::parse("codertocat/hello-world").unwrap();
+        let body = OPENED.as_bytes();
+        let mut h = headers(&s, "pull_request", body);
+        h.remove("x-github-event");
+        assert_eq!(verify_and_classify(&s, &up, &h, body, 0), Err(IngestError::BadHeader("x-github-event")));
+        let mut h = headers(&s, "pull_request", body);
+        h.remove("x-github-delivery");
+        assert_eq!(verify_and_classify(&s, &up, &h, body, 0), Err(IngestError::BadHeader("x-github-delivery")));
+        let bad = b"{not json";
+        assert!(matches!(verify_and_classify(&s, &up, &headers(&s, "push", bad), bad, 0), Err(IngestError::BadBody(_))));
+        let trailing = format!("{OPENED} x");
+        assert!(matches!(
+            verify_and_classify(&s, &up, &headers(&s, "pull_request", trailing.as_bytes()), trailing.as_bytes(), 0),
+            Err(IngestError::BadBody(_))
+        ));
+        let other = RepoFullName::parse("pytorch/pytorch").unwrap();
+        let v = verify_and_classify(&s, &other, &headers(&s, "pull_request", body), body, 0).unwrap();
+        assert!(matches!(v, Verdict::Ignore { ref why, .. } if why.contains("not the upstream")), "{v:?}");
+        let v = verify_and_classify(&s, &up, &headers(&s, "issues", body), body, 0).unwrap();
+        assert!(matches!(v, Verdict::Ignore { ref why, .. } if why == "issues.opened is not acted on"), "{v:?}");
+    }
+}

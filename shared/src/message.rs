@@ -12,9 +12,10 @@ use serde_json::value::RawValue;
 
 use crate::domain::DeliveryId;
 
-/// A message on the dispatch queue.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// A message on the dispatch queue. The `type` field names the variant;
+/// (serde's internally tagged enums cannot carry a `RawValue`, so the tag is
+/// read and written by hand.)
+#[derive(Debug)]
 pub enum QueueMessage {
     DispatchV1(DispatchV1),
 }
@@ -43,15 +44,39 @@ pub enum PayloadRef {
 /// Why a queue body could not be read as a [`QueueMessage`] (permanent: the
 /// message goes to the DLQ with this reason).
 #[derive(Debug, thiserror::Error)]
-#[error("queue message is not a known crcr message: {0}")]
-pub struct DecodeError(#[from] serde_json::Error);
+pub enum DecodeError {
+    #[error("queue message is not JSON with a `type`: {0}")]
+    NoType(serde_json::Error),
+    #[error("queue message type {0:?} is not known to this build")]
+    UnknownType(String),
+    #[error("queue message of type {ty} is malformed: {error}")]
+    Malformed { ty: String, error: serde_json::Error },
+}
+
+#[derive(Deserialize)]
+struct Tag {
+    #[serde(rename = "type")]
+    ty: String,
+}
 
 impl QueueMessage {
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
-        Ok(serde_json::from_str(body)?)
+        let Tag { ty } = serde_json::from_str(body).map_err(DecodeError::NoType)?;
+        match ty.as_str() {
+            "dispatch_v1" => serde_json::from_str(body)
+                .map(QueueMessage::DispatchV1)
+                .map_err(|error| DecodeError::Malformed { ty, error }),
+            _ => Err(DecodeError::UnknownType(ty)),
+        }
     }
+
+    /// `{"type":"<variant>", ...fields}`.
     pub fn encode(&self) -> String {
-        serde_json::to_string(self).expect("queue messages always serialize")
+        let (ty, fields) = match self {
+            QueueMessage::DispatchV1(m) => ("dispatch_v1", serde_json::to_string(m)),
+        };
+        let fields = fields.expect("queue messages always serialize");
+        format!(r#"{{"type":"{ty}",{}"#, &fields[1..])
     }
 }
 

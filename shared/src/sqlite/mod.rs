@@ -1,1 +1,92 @@
-//! (in progress)
+//! SQLite adapters: the embedded default. One database file holds the queues
+//! (with their dead-letter queues), the dispatch records and claim-check blobs.
+//!
+//! Durability: WAL journal with `synchronous=NORMAL`: a committed write
+//! survives a crash of the process (what `crcr serve` needs); the last
+//! transactions may be lost on power loss. All access goes through one
+//! connection behind a mutex; each call is one short transaction.
+
+mod blobs;
+mod queue;
+mod store;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+pub use blobs::SqliteBlobStore;
+pub use queue::SqliteQueue;
+pub use store::SqliteDispatchStore;
+
+use crate::ports::StoreError;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS queue_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,                 -- "<name>" or "<name>-dlq"
+    message_id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT,
+    dead_letter_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_messages_visible ON queue_messages (queue, visible_at_ms, seq);
+CREATE TABLE IF NOT EXISTS dispatches (
+    delivery_id TEXT NOT NULL,
+    target_key TEXT NOT NULL,            -- lower-cased owner/repo
+    target TEXT NOT NULL,                -- as spelled in the allowlist
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    lease_until_ms INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    dispatched_at_ms INTEGER,
+    payload_trimmed INTEGER NOT NULL DEFAULT 0,
+    event TEXT NOT NULL,
+    action TEXT,
+    head_sha TEXT,
+    pr_number INTEGER,
+    level TEXT NOT NULL,
+    PRIMARY KEY (delivery_id, target_key)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    key TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+"#;
+
+/// A shared handle on the database file.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+    /// Woken on every send, so long-polling receivers in this process see new
+    /// messages at once.
+    sent: Arc<tokio::sync::Notify>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and its schema.
+    pub fn open(path: &Path) -> Result<Db, StoreError> {
+        let conn = Connection::open(path).map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(Db { conn: Arc::new(Mutex::new(conn)), sent: Arc::new(tokio::sync::Notify::new()) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every call is
+        // one transaction), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}

@@ -1,1 +1,286 @@
-//! Local GitHub stand-in.
+//! Local GitHub stand-in for `crcr demo` and the end-to-end tests.
+//!
+//! An axum server on `127.0.0.1:0` that keeps GitHub's real rules instead of
+//! answering 200 to everything:
+//!
+//! - App JWTs are checked with the public half of an RSA key generated at
+//!   start (RS256, `iss`, `iat`/`exp` rules, GitHub's 401 messages);
+//! - `GET /repos/{owner}/{repo}/installation` answers per repository (404
+//!   when the App is not installed there);
+//! - `POST /app/installations/{id}/access_tokens` mints `ghs_` tokens that
+//!   expire, optionally narrowed to repositories and permissions (422 when
+//!   asking for more than the installation has);
+//! - `POST /repos/{owner}/{repo}/dispatches` checks the token (live, covers
+//!   the repository, `contents: write`) and the body with GitHub's limits
+//!   (`event_type` 1..=100 characters, `client_payload` an object of at most
+//!   10 properties and at most 65,535 characters of JSON), then answers with
+//!   the faults queued for that repository, one per call, before a 204;
+//! - `GET /repos/{owner}/{repo}/contents/{path}` serves files put with
+//!   [`StandIn::put_file`], raw or as GitHub's JSON.
+//!
+//! Every answer carries `x-ratelimit-*` and `x-github-request-id` headers;
+//! every request is recorded ([`StandIn::requests`]) with the client's port,
+//! so connection reuse can be measured. The server stops when the last
+//! clone of the [`StandIn`] is dropped, or on [`StandIn::shutdown`].
+
+mod apps;
+mod jwt;
+mod repos;
+mod server;
+mod state;
+mod util;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use state::Shared;
+
+/// How to start a [`StandIn`].
+#[derive(Debug, Clone)]
+pub struct StandInOptions {
+    /// The App's ID (`iss` of its JWTs).
+    pub app_id: u64,
+    /// Lifetime of minted installation tokens (GitHub: 1 hour).
+    pub token_ttl: Duration,
+    /// Delay added before answering every request.
+    pub latency: Duration,
+}
+
+impl Default for StandInOptions {
+    fn default() -> Self {
+        StandInOptions { app_id: 424_242, token_ttl: Duration::from_secs(3600), latency: Duration::ZERO }
+    }
+}
+
+/// A failure to answer a dispatch with instead of success (see [`StandIn::inject`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// That status (500, 502, 503, ...) with a JSON message.
+    ServerError(u16),
+    /// 403 with `Retry-After` and "You have exceeded a secondary rate limit...".
+    SecondaryRateLimit { retry_after_s: u64 },
+    /// 429 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` = now + `reset_in_s`.
+    PrimaryRateLimit { reset_in_s: u64 },
+    /// The same primary rate limit answered as 403, which GitHub also does.
+    PrimaryRateLimitForbidden { reset_in_s: u64 },
+    /// 422 "Validation Failed".
+    Unprocessable,
+    /// Sleeps that long, then 504 "We couldn't respond to your request in time...".
+    Timeout(Duration),
+}
+
+/// How a request authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthKind {
+    /// No `Authorization` header.
+    None,
+    /// A valid App JWT.
+    AppJwt,
+    /// A live installation token.
+    InstallationToken,
+    /// Anything else: a refused JWT, an unknown or expired token, another scheme.
+    Invalid,
+}
+
+/// One request the stand-in answered.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    pub query: Option<String>,
+    pub status: u16,
+    pub auth: AuthKind,
+    /// The installation of the token used, if an installation token was used.
+    pub installation_id: Option<u64>,
+    /// `owner/repo` for `/repos/{owner}/{repo}/...` paths, as written in the path.
+    pub repo: Option<String>,
+    /// When the request arrived.
+    pub at: Instant,
+    /// `at` in milliseconds since the stand-in started.
+    pub at_ms: u64,
+    /// Time from arrival to the answer (latency and faults included).
+    pub duration: Duration,
+    /// The client's TCP port: one port per connection, so equal ports mean a reused connection.
+    pub peer_port: u16,
+    pub request_id: String,
+}
+
+/// One accepted (204) `repository_dispatch`.
+#[derive(Debug, Clone)]
+pub struct RecordedDispatch {
+    /// `owner/repo` as written in the path.
+    pub repo: String,
+    pub event_type: String,
+    /// The request body as sent (`event_type`, `client_payload`).
+    pub body: serde_json::Value,
+    /// The installation of the token used.
+    pub installation_id: u64,
+    pub at: Instant,
+    pub at_ms: u64,
+}
+
+/// A running stand-in. Clones share one server.
+#[derive(Clone)]
+pub struct StandIn {
+    shared: Arc<Shared>,
+    server: Arc<Server>,
+}
+
+/// Owns the stop signal: dropping the last handle drops the sender, which
+/// stops the server.
+struct Server {
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    addr: SocketAddr,
+}
+
+impl StandIn {
+    /// Generates the App key, binds `127.0.0.1:0` and starts serving on a tokio task.
+    pub async fn start(opts: StandInOptions) -> anyhow::Result<StandIn> {
+        let key = tokio::task::spawn_blocking(jwt::AppKey::generate).await??;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(
+            opts.app_id,
+            key,
+            format!("http://{addr}"),
+            opts.token_ttl,
+            opts.latency,
+        ));
+        let (stop, task) = server::spawn(listener, shared.clone());
+        Ok(StandIn { shared, server: Arc::new(Server { stop, task: Mutex::new(Some(task)), addr }) })
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    pub fn app_id(&self) -> u64 {
+        self.shared.app_id
+    }
+
+    /// The App's client ID, which GitHub also accepts as a JWT's `iss`.
+    pub fn client_id(&self) -> String {
+        self.shared.client_id.clone()
+    }
+
+    /// The App's private key, PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    pub fn private_key_pem(&self) -> String {
+        self.shared.key.private_pem().to_owned()
+    }
+
+    /// Installs the App on `owner/repo`: one installation per owner, the
+    /// repository added to it. Returns the installation id.
+    pub fn install(&self, repo: &str) -> u64 {
+        self.shared.world().install(repo)
+    }
+
+    /// Removes `owner/repo` from its installation; tokens stop reaching it.
+    pub fn uninstall(&self, repo: &str) {
+        self.shared.world().uninstall(repo)
+    }
+
+    /// Answers for `repo` as for a private repository (404 where a public
+    /// one gets 403) or a public one (the default).
+    pub fn set_private(&self, repo: &str, private: bool) {
+        let mut world = self.shared.world();
+        let lower = repo.to_ascii_lowercase();
+        world.known.insert(lower.clone());
+        if private {
+            world.private.insert(lower);
+        } else {
+            world.private.remove(&lower);
+        }
+    }
+
+    /// Stores a file served by the contents endpoint. `git_ref` may be a
+    /// branch, tag or SHA (`refs/heads/` is dropped); requests without `ref`
+    /// read branch `main`.
+    pub fn put_file(&self, repo: &str, path: &str, git_ref: &str, contents: &[u8]) {
+        let mut world = self.shared.world();
+        let lower = repo.to_ascii_lowercase();
+        world.known.insert(lower.clone());
+        let key = (lower, state::normalize_path(path), state::normalize_ref(Some(git_ref)));
+        world.files.insert(key, contents.to_vec());
+    }
+
+    /// Queues a fault for `repo` (case-insensitive): each valid dispatch to
+    /// it takes the oldest queued fault and answers with it; a 204 comes
+    /// only when the queue is empty.
+    pub fn inject(&self, repo: &str, fault: Fault) {
+        self.shared.world().faults.entry(repo.to_ascii_lowercase()).or_default().push_back(fault);
+    }
+
+    /// Faults still queued for `repo`.
+    pub fn pending_faults(&self, repo: &str) -> usize {
+        self.shared.world().faults.get(&repo.to_ascii_lowercase()).map_or(0, |q| q.len())
+    }
+
+    /// Delay added before answering every request from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.world().latency = latency;
+    }
+
+    /// The `x-ratelimit-limit` per identity and hour (default 5000; reported, not enforced).
+    pub fn set_rate_limit(&self, limit: u64) {
+        self.shared.world().rate_limit = limit;
+    }
+
+    /// Every request answered so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.world().requests.clone()
+    }
+
+    /// Every accepted dispatch so far, oldest first.
+    pub fn dispatches(&self) -> Vec<RecordedDispatch> {
+        self.shared.world().dispatches.clone()
+    }
+
+    /// Requests with `method` (any case) whose path starts with `path_prefix`.
+    pub fn count(&self, method: &str, path_prefix: &str) -> usize {
+        self.shared
+            .world()
+            .requests
+            .iter()
+            .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.starts_with(path_prefix))
+            .count()
+    }
+
+    /// Forgets recorded requests and dispatches (installations, tokens,
+    /// files and faults stay). For long runs, so the records stay small.
+    pub fn clear_records(&self) {
+        let mut world = self.shared.world();
+        world.requests.clear();
+        world.dispatches.clear();
+    }
+
+    /// Stops the server and waits (at most 5 s) for it to finish.
+    /// Requests still in flight are answered first.
+    pub async fn shutdown(&self) {
+        let _ = self.server.stop.send(true);
+        let task = self.server.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl std::fmt::Debug for StandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandIn")
+            .field("base_url", &self.shared.base_url)
+            .field("app_id", &self.shared.app_id)
+            .finish_non_exhaustive()
+    }
+}

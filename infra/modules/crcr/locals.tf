@@ -1,0 +1,33 @@
+# Derived values shared by several files.
+
+data "aws_region" "current" {}
+
+locals {
+  # AWS guidance for SQS event sources: the queue's visibility timeout should be
+  # at least 6x the consuming function's timeout, so a message is not handed to
+  # a second invocation while the first one (with retries of throttled
+  # invocations) may still be working on it.
+  dispatch_visibility_timeout  = 6 * var.dispatcher_timeout
+  reconcile_visibility_timeout = 6 * var.reconciler_timeout
+
+  # 14 days, SQS's maximum: the longest window an on-call engineer has to
+  # inspect and replay dead letters (crcr dlq list / replay).
+  dlq_retention_seconds = 1209600
+
+  # The code refuses bodies above 256 KiB (larger webhook payloads go through
+  # the claim check in the payloads table); the queue enforces it as well.
+  queue_max_message_size = 262144
+
+  function_names = {
+    ingest     = aws_lambda_function.ingest.function_name
+    dispatcher = aws_lambda_function.dispatcher.function_name
+    reconciler = aws_lambda_function.reconciler.function_name
+  }
+
+  # The public base URL of ingest, without a trailing slash.
+  ingest_base_url = (
+    var.ingest_endpoint == "function_url"
+    ? trimsuffix(aws_lambda_function_url.ingest[0].function_url, "/")
+    : aws_apigatewayv2_api.ingest[0].api_endpoint
+  )
+}

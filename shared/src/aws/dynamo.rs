@@ -1,0 +1,428 @@
+//! [`DispatchStore`] on DynamoDB: one item per (delivery id, target).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::Client;
+
+use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::ports::{
+    AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
+};
+
+use super::now_epoch_secs;
+
+/// Lifetime of a dispatch record: 30 days (in seconds) after its last write,
+/// written to `expires_at` for the table's TTL. Long enough to cover GitHub's
+/// redelivery window and the callbacks that read the records.
+pub const DISPATCH_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// How often `claim` starts over when the item changes under it (created,
+/// expired by TTL or taken over between its calls). Each round is at most
+/// three requests; in practice the first round decides.
+const CLAIM_ROUNDS: usize = 3;
+
+/// Attribute names of a dispatch item.
+mod attr {
+    pub const DELIVERY_ID: &str = "delivery_id";
+    pub const TARGET: &str = "target";
+    pub const TARGET_DISPLAY: &str = "target_display";
+    pub const STATUS: &str = "status";
+    pub const ATTEMPTS: &str = "attempts";
+    pub const LAST_ERROR: &str = "last_error";
+    pub const LEASE_UNTIL_MS: &str = "lease_until_ms";
+    pub const CREATED_AT_MS: &str = "created_at_ms";
+    pub const UPDATED_AT_MS: &str = "updated_at_ms";
+    pub const DISPATCHED_AT_MS: &str = "dispatched_at_ms";
+    pub const PAYLOAD_TRIMMED: &str = "payload_trimmed";
+    pub const EVENT: &str = "event";
+    pub const ACTION: &str = "action";
+    pub const HEAD_SHA: &str = "head_sha";
+    pub const PR_NUMBER: &str = "pr_number";
+    pub const LEVEL: &str = "level";
+    pub const EXPIRES_AT: &str = "expires_at";
+}
+
+/// Dispatch records in one DynamoDB table.
+///
+/// Table shape: partition key `delivery_id` (S), sort key `target` (S, the
+/// lower-cased [`RepoFullName::key`]); TTL enabled on `expires_at`. Item
+/// attributes, one per [`DispatchRecord`] field: `target_display` (S, the
+/// spelling as given), `status` (S: `pending` / `dispatched` / `failed`),
+/// `attempts` (N), `last_error` (S, absent = none), `lease_until_ms`,
+/// `created_at_ms`, `updated_at_ms` (N, ms since epoch), `dispatched_at_ms`
+/// (N, absent = none), `payload_trimmed` (BOOL), the [`DispatchMeta`] fields
+/// flat: `event` (S), `action` (S, optional), `head_sha` (S, optional),
+/// `pr_number` (N, optional), `level` (S, `L1`..`L4`); and `expires_at` (N,
+/// epoch **seconds**, wall clock + [`DISPATCH_TTL_SECS`] at each write).
+///
+/// Every write is conditional, so two workers never both hold a target. A
+/// finished attempt (any outcome) sets `lease_until_ms` to 0: no lease held.
+#[derive(Clone, Debug)]
+pub struct DynamoDispatchStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDispatchStore {
+    /// `table`: the table name (shape above).
+    pub fn new(client: Client, table: String) -> Self {
+        Self { client, table }
+    }
+
+    fn key(delivery: &DeliveryId, target: &RepoFullName) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            (attr::DELIVERY_ID.to_owned(), s(delivery.as_str())),
+            (attr::TARGET.to_owned(), s(target.key())),
+        ])
+    }
+
+    /// Creates the record for attempt 1. `Ok(None)`: created. `Ok(Some(item))`:
+    /// it exists already; `item` is the stored item when DynamoDB returned it.
+    async fn put_new(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        meta: &DispatchMeta,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Option<Option<HashMap<String, AttributeValue>>>, StoreError> {
+        let mut item = Self::key(delivery, target);
+        item.insert(attr::TARGET_DISPLAY.into(), s(target.as_str()));
+        item.insert(attr::STATUS.into(), s(DispatchStatus::Pending.as_str()));
+        item.insert(attr::ATTEMPTS.into(), n(1));
+        item.insert(attr::LEASE_UNTIL_MS.into(), n(lease_until_ms));
+        item.insert(attr::CREATED_AT_MS.into(), n(now_ms));
+        item.insert(attr::UPDATED_AT_MS.into(), n(now_ms));
+        item.insert(attr::PAYLOAD_TRIMMED.into(), AttributeValue::Bool(false));
+        item.insert(attr::EVENT.into(), s(&meta.event));
+        if let Some(a) = &meta.action {
+            item.insert(attr::ACTION.into(), s(a));
+        }
+        if let Some(h) = &meta.head_sha {
+            item.insert(attr::HEAD_SHA.into(), s(h));
+        }
+        if let Some(p) = meta.pr_number {
+            item.insert(attr::PR_NUMBER.into(), n(p));
+        }
+        item.insert(attr::LEVEL.into(), s(meta.level.as_str()));
+        item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + DISPATCH_TTL_SECS));
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(delivery_id)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(None),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                    Ok(Some(c.item.clone()))
+                }
+                _ => Err(unavailable("PutItem", e)),
+            },
+        }
+    }
+
+    /// Takes over a pending record whose lease expired before `now_ms`.
+    /// `Ok(Ok(attempt))`: taken, this is attempt number `attempt`.
+    /// `Ok(Err(item))`: lost the race; `item` is the stored item if returned.
+    async fn take_over(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Result<u32, Option<HashMap<String, AttributeValue>>>, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(delivery, target)))
+            .update_expression(
+                "SET #attempts = #attempts + :one, #lease = :lease, #updated = :now, #expires = :expires",
+            )
+            .condition_expression("#status = :pending AND #lease < :now")
+            .expression_attribute_names("#attempts", attr::ATTEMPTS)
+            .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
+            .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":lease", n(lease_until_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":expires", n(now_epoch_secs() + DISPATCH_TTL_SECS))
+            .expression_attribute_values(":pending", s(DispatchStatus::Pending.as_str()))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                Ok(Ok(get_u32(&item, attr::ATTEMPTS)?))
+            }
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
+                    c,
+                )) => Ok(Err(c.item.clone())),
+                _ => Err(unavailable("UpdateItem (lease takeover)", e)),
+            },
+        }
+    }
+
+    /// Consistent read of one record's item.
+    async fn get_item(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(delivery, target)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", e))?;
+        Ok(out.item)
+    }
+
+    /// The item returned with a failed condition, or a consistent read when
+    /// DynamoDB did not return it. `None`: the item does not exist.
+    async fn current(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        returned: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<Option<DispatchRecord>, StoreError> {
+        let item = match returned {
+            Some(item) if !item.is_empty() => Some(item),
+            _ => self.get_item(delivery, target).await?,
+        };
+        item.as_ref().map(parse_record).transpose()
+    }
+}
+
+/// The answer for an existing record another attempt holds or finished.
+fn settled(rec: &DispatchRecord) -> Claim {
+    match rec.status {
+        DispatchStatus::Dispatched => Claim::AlreadyDispatched,
+        DispatchStatus::Failed => Claim::AlreadyFailed,
+        DispatchStatus::Pending => Claim::Leased { until_ms: rec.lease_until_ms },
+    }
+}
+
+#[async_trait]
+impl DispatchStore for DynamoDispatchStore {
+    /// One conditional `PutItem` (`attribute_not_exists(delivery_id)`) for a
+    /// new record → `Acquired { attempt: 1 }`. If the record exists, its
+    /// stored item (returned with the failed condition, else a consistent
+    /// `GetItem`) decides: dispatched / failed / pending under a lease ending
+    /// at or after `now_ms` (`Leased`). A pending record whose lease ended
+    /// before `now_ms` is taken over with `UpdateItem` conditioned on
+    /// `#status = :pending AND lease_until_ms < :now` (attempts + 1, new
+    /// lease, the record's original meta kept); losing that race answers by
+    /// the winner's record (`Leased { until_ms: <its lease> }` while pending).
+    async fn claim(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        meta: &DispatchMeta,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let lease_until_ms = now_ms.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
+        for _ in 0..CLAIM_ROUNDS {
+            let Some(returned) = self.put_new(delivery, target, meta, now_ms, lease_until_ms).await? else {
+                return Ok(Claim::Acquired { attempt: 1 });
+            };
+            let Some(rec) = self.current(delivery, target, returned).await? else {
+                continue; // removed (TTL) since the put: create it again
+            };
+            if rec.status != DispatchStatus::Pending || rec.lease_until_ms >= now_ms {
+                return Ok(settled(&rec));
+            }
+            match self.take_over(delivery, target, now_ms, lease_until_ms).await? {
+                Ok(attempt) => return Ok(Claim::Acquired { attempt }),
+                Err(returned) => {
+                    if let Some(rec) = self.current(delivery, target, returned).await? {
+                        return Ok(settled(&rec));
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "dispatch record ({delivery}, {target}) kept appearing and vanishing during {CLAIM_ROUNDS} claim rounds"
+        )))
+    }
+
+    /// `UpdateItem` conditioned on `#status = :pending`; a failed condition
+    /// (finished by another attempt, or no record) is `Ok` and changes
+    /// nothing. Dispatched: status, `dispatched_at_ms`, `payload_trimmed`.
+    /// Failed: status, `last_error`. Retry: `last_error`, stays pending. All:
+    /// `updated_at_ms` = `now_ms`, `lease_until_ms` = 0 (lease released).
+    async fn finish(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        outcome: &AttemptOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(delivery, target)))
+            .condition_expression("#status = :pending")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
+            .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":pending", s(DispatchStatus::Pending.as_str()))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":expires", n(now_epoch_secs() + DISPATCH_TTL_SECS));
+        const COMMON: &str = "SET #lease = :zero, #updated = :now, #expires = :expires";
+        req = match outcome {
+            AttemptOutcome::Dispatched { payload_trimmed } => req
+                .update_expression(format!(
+                    "{COMMON}, #status = :status, #dispatched = :now, #trimmed = :trimmed"
+                ))
+                .expression_attribute_names("#dispatched", attr::DISPATCHED_AT_MS)
+                .expression_attribute_names("#trimmed", attr::PAYLOAD_TRIMMED)
+                .expression_attribute_values(":status", s(DispatchStatus::Dispatched.as_str()))
+                .expression_attribute_values(":trimmed", AttributeValue::Bool(*payload_trimmed)),
+            AttemptOutcome::Failed { reason } => req
+                .update_expression(format!("{COMMON}, #status = :status, #error = :error"))
+                .expression_attribute_names("#error", attr::LAST_ERROR)
+                .expression_attribute_values(":status", s(DispatchStatus::Failed.as_str()))
+                .expression_attribute_values(":error", s(reason)),
+            AttemptOutcome::Retry { reason } => req
+                .update_expression(format!("{COMMON}, #error = :error"))
+                .expression_attribute_names("#error", attr::LAST_ERROR)
+                .expression_attribute_values(":error", s(reason)),
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(unavailable("UpdateItem (finish)", e)),
+        }
+    }
+
+    /// `Query` on `delivery_id` with `ConsistentRead`, ascending by `target`
+    /// (the lower-cased key, the order of [`RepoFullName`]), all pages.
+    async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#d = :d")
+                .expression_attribute_names("#d", attr::DELIVERY_ID)
+                .expression_attribute_values(":d", s(delivery.as_str()))
+                .consistent_read(true)
+                .scan_index_forward(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", e))?;
+            for item in page.items.unwrap_or_default() {
+                out.push(parse_record(&item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------- items
+
+fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
+    StoreError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn corrupt(name: &str, why: &str) -> StoreError {
+    StoreError::Corrupt(format!("dispatch item attribute {name:?} {why}"))
+}
+
+fn opt_s(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<String>, StoreError> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+        Some(_) => Err(corrupt(name, "is not a string")),
+    }
+}
+
+fn get_s(item: &HashMap<String, AttributeValue>, name: &str) -> Result<String, StoreError> {
+    opt_s(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
+}
+
+fn opt_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<T>, StoreError> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| corrupt(name, "is out of range")),
+        Some(_) => Err(corrupt(name, "is not a number")),
+    }
+}
+
+fn get_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Result<T, StoreError> {
+    opt_n(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
+}
+
+fn get_u32(item: &HashMap<String, AttributeValue>, name: &str) -> Result<u32, StoreError> {
+    get_n(item, name)
+}
+
+fn parse_record(item: &HashMap<String, AttributeValue>) -> Result<DispatchRecord, StoreError> {
+    let delivery = get_s(item, attr::DELIVERY_ID)?;
+    let display = match opt_s(item, attr::TARGET_DISPLAY)? {
+        Some(d) => d,
+        None => get_s(item, attr::TARGET)?,
+    };
+    let status = get_s(item, attr::STATUS)?;
+    let level = get_s(item, attr::LEVEL)?;
+    Ok(DispatchRecord {
+        delivery_id: DeliveryId::parse(&delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        target: RepoFullName::parse(&display).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        status: DispatchStatus::parse(&status).ok_or_else(|| corrupt(attr::STATUS, "is not a known status"))?,
+        attempts: get_u32(item, attr::ATTEMPTS)?,
+        last_error: opt_s(item, attr::LAST_ERROR)?,
+        lease_until_ms: get_n(item, attr::LEASE_UNTIL_MS)?,
+        created_at_ms: get_n(item, attr::CREATED_AT_MS)?,
+        updated_at_ms: get_n(item, attr::UPDATED_AT_MS)?,
+        dispatched_at_ms: opt_n(item, attr::DISPATCHED_AT_MS)?,
+        payload_trimmed: match item.get(attr::PAYLOAD_TRIMMED) {
+            None => false,
+            Some(AttributeValue::Bool(b)) => *b,
+            Some(_) => return Err(corrupt(attr::PAYLOAD_TRIMMED, "is not a boolean")),
+        },
+        meta: DispatchMeta {
+            event: get_s(item, attr::EVENT)?,
+            action: opt_s(item, attr::ACTION)?,
+            head_sha: opt_s(item, attr::HEAD_SHA)?,
+            pr_number: opt_n(item, attr::PR_NUMBER)?,
+            level: Level::parse(&level).ok_or_else(|| corrupt(attr::LEVEL, "is not L1..L4"))?,
+        },
+    })
+}

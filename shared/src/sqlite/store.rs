@@ -1,0 +1,163 @@
+//! [`DispatchStore`] on SQLite: one row per (delivery id, lower-cased target);
+//! claims are conditional updates inside an immediate transaction.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::Db;
+use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::ports::{
+    AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
+};
+
+/// [`DispatchStore`] on SQLite.
+#[derive(Clone)]
+pub struct SqliteDispatchStore {
+    db: Db,
+}
+
+impl SqliteDispatchStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+const COLUMNS: &str = "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
+    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level";
+
+fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
+    let delivery: String = r.get(0)?;
+    let target: String = r.get(1)?;
+    let status: String = r.get(2)?;
+    let level: String = r.get(14)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("dispatch {delivery}/{target}: {what}"));
+    let parsed = (|| {
+        Ok(DispatchRecord {
+            delivery_id: DeliveryId::parse(&delivery).map_err(|e| corrupt(&e.to_string()))?,
+            target: RepoFullName::parse(&target).map_err(|e| corrupt(&e.to_string()))?,
+            status: DispatchStatus::parse(&status).ok_or_else(|| corrupt("unknown status"))?,
+            attempts: r.get(3).map_err(|e| corrupt(&e.to_string()))?,
+            last_error: r.get(4).map_err(|e| corrupt(&e.to_string()))?,
+            lease_until_ms: r.get(5).map_err(|e| corrupt(&e.to_string()))?,
+            created_at_ms: r.get(6).map_err(|e| corrupt(&e.to_string()))?,
+            updated_at_ms: r.get(7).map_err(|e| corrupt(&e.to_string()))?,
+            dispatched_at_ms: r.get(8).map_err(|e| corrupt(&e.to_string()))?,
+            payload_trimmed: r.get::<_, i64>(9).map_err(|e| corrupt(&e.to_string()))? != 0,
+            meta: DispatchMeta {
+                event: r.get(10).map_err(|e| corrupt(&e.to_string()))?,
+                action: r.get(11).map_err(|e| corrupt(&e.to_string()))?,
+                head_sha: r.get(12).map_err(|e| corrupt(&e.to_string()))?,
+                pr_number: r.get::<_, Option<i64>>(13).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
+                level: Level::parse(&level).ok_or_else(|| corrupt("unknown level"))?,
+            },
+        })
+    })();
+    Ok(parsed)
+}
+
+#[async_trait]
+impl DispatchStore for SqliteDispatchStore {
+    async fn claim(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        meta: &DispatchMeta,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let lease_until = now_ms + lease.as_millis() as i64;
+        let mut conn = self.db.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+        let existing: Option<(String, i64, u32)> = tx
+            .query_row(
+                "SELECT status, lease_until_ms, attempts FROM dispatches WHERE delivery_id = ?1 AND target_key = ?2",
+                params![delivery.as_str(), target.key()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(unavailable)?;
+        let claim = match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
+                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level)
+                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        delivery.as_str(),
+                        target.key(),
+                        target.as_str(),
+                        lease_until,
+                        now_ms,
+                        meta.event,
+                        meta.action,
+                        meta.head_sha,
+                        meta.pr_number.map(|n| n as i64),
+                        meta.level.as_str()
+                    ],
+                )
+                .map_err(unavailable)?;
+                Claim::Acquired { attempt: 1 }
+            }
+            Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
+                Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
+                Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
+                Some(DispatchStatus::Pending) if until > now_ms => Claim::Leased { until_ms: until },
+                Some(DispatchStatus::Pending) => {
+                    tx.execute(
+                        "UPDATE dispatches SET attempts = attempts + 1, lease_until_ms = ?3, updated_at_ms = ?4
+                         WHERE delivery_id = ?1 AND target_key = ?2",
+                        params![delivery.as_str(), target.key(), lease_until, now_ms],
+                    )
+                    .map_err(unavailable)?;
+                    Claim::Acquired { attempt: attempts + 1 }
+                }
+                None => return Err(StoreError::Corrupt(format!("dispatch {delivery}/{target}: status {status:?}"))),
+            },
+        };
+        tx.commit().map_err(unavailable)?;
+        Ok(claim)
+    }
+
+    async fn finish(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        outcome: &AttemptOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.db.lock();
+        let sql = "UPDATE dispatches SET status = ?3, last_error = COALESCE(?4, last_error), lease_until_ms = ?5,
+                   updated_at_ms = ?5, dispatched_at_ms = ?6, payload_trimmed = ?7
+                   WHERE delivery_id = ?1 AND target_key = ?2 AND status = 'pending'";
+        let (status, error, dispatched_at, trimmed) = match outcome {
+            AttemptOutcome::Dispatched { payload_trimmed } => ("dispatched", None, Some(now_ms), *payload_trimmed),
+            AttemptOutcome::Failed { reason } => ("failed", Some(reason.as_str()), None, false),
+            AttemptOutcome::Retry { reason } => ("pending", Some(reason.as_str()), None, false),
+        };
+        conn.execute(
+            sql,
+            params![delivery.as_str(), target.key(), status, error, now_ms, dispatched_at, trimmed as i64],
+        )
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM dispatches WHERE delivery_id = ?1 ORDER BY target_key"))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map([delivery.as_str()], record).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(unavailable)??);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,265 @@
+//! Repository endpoints (installation token required).
+//!
+//! - `POST /repos/{owner}/{repo}/dispatches`: token checks, then GitHub's
+//!   body validation, then the faults queued for the repository (one per
+//!   call), then 204 and a [`RecordedDispatch`].
+//! - `GET /repos/{owner}/{repo}/contents/{path}?ref=R`: raw bytes for
+//!   `Accept: application/vnd.github.raw` (or `.raw+json`, `.v3.raw`),
+//!   otherwise GitHub's JSON with base64 `content`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use super::server::{gh_error, require_installation, Auth, RequestId, NOT_ACCESSIBLE};
+use super::state::{self, Shared};
+use super::{util, Fault, RecordedDispatch};
+
+const DOC_DISPATCH: &str = "https://docs.github.com/rest/repos/repos#create-a-repository-dispatch-event";
+const DOC_CONTENTS: &str = "https://docs.github.com/rest/repos/contents#get-repository-content";
+const DOC_RATE_LIMITS: &str = "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api";
+const DOC_SECONDARY: &str =
+    "https://docs.github.com/free-pro-team@latest/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits";
+
+/// GitHub's limits on a dispatch.
+pub(crate) const MAX_EVENT_TYPE_CHARS: usize = 100;
+pub(crate) const MAX_CLIENT_PAYLOAD_PROPERTIES: usize = 10;
+pub(crate) const MAX_CLIENT_PAYLOAD_CHARS: usize = 65_535;
+
+/// GitHub's schema check of a dispatch body: `Err(message)` for a 422.
+pub(crate) fn validate_dispatch(body: &serde_json::Map<String, Value>) -> Result<(), String> {
+    let mut errors = Vec::new();
+    let mut unknown: Vec<&String> =
+        body.keys().filter(|k| *k != "event_type" && *k != "client_payload").collect();
+    unknown.sort();
+    match unknown.len() {
+        0 => {}
+        1 => errors.push(format!("\"{}\" is not a permitted key.", unknown[0])),
+        _ => {
+            let list: Vec<String> = unknown.iter().map(|k| format!("\"{k}\"")).collect();
+            errors.push(format!("{} are not permitted keys.", list.join(", ")));
+        }
+    }
+    match body.get("event_type") {
+        None => errors.push("\"event_type\" wasn't supplied.".to_owned()),
+        Some(Value::String(s)) => {
+            let n = s.chars().count();
+            if n > MAX_EVENT_TYPE_CHARS {
+                errors.push(format!("Only {MAX_EVENT_TYPE_CHARS} characters are allowed; {n} were supplied."));
+            } else if n == 0 {
+                errors.push("At least 1 character is required; 0 were supplied.".to_owned());
+            }
+        }
+        Some(other) => errors.push(format!(
+            "For 'properties/event_type', {} is not a string.",
+            util::ruby_inspect(other)
+        )),
+    }
+    match body.get("client_payload") {
+        None => {}
+        Some(Value::Object(map)) if map.len() > MAX_CLIENT_PAYLOAD_PROPERTIES => errors.push(format!(
+            "No more than {MAX_CLIENT_PAYLOAD_PROPERTIES} properties are allowed; {} were supplied.",
+            map.len()
+        )),
+        Some(Value::Object(_)) => {}
+        Some(other) => errors.push(format!(
+            "For 'properties/client_payload', {} is not an object.",
+            util::ruby_inspect(other)
+        )),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("Invalid request.\n\n{}", errors.join("\n")))
+    }
+}
+
+pub(crate) async fn dispatch(
+    State(shared): State<Arc<Shared>>,
+    Extension(auth): Extension<Auth>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let repo = format!("{owner}/{name}");
+    let access = match require_installation(&shared, &auth, &repo, DOC_DISPATCH) {
+        Ok(access) => access,
+        Err(resp) => return resp,
+    };
+    if access.permission.as_deref() != Some("write") && access.permission.as_deref() != Some("admin") {
+        return gh_error(403, NOT_ACCESSIBLE, DOC_DISPATCH);
+    }
+    let request = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => map,
+        _ => return gh_error(400, "Problems parsing JSON", DOC_DISPATCH),
+    };
+    if let Err(message) = validate_dispatch(&request) {
+        return gh_error(422, &message, DOC_DISPATCH);
+    }
+    if let Some(payload) = request.get("client_payload") {
+        if util::github_json_len(payload) > MAX_CLIENT_PAYLOAD_CHARS {
+            return gh_error(422, "client_payload is too large.", DOC_DISPATCH);
+        }
+    }
+
+    let fault = shared.world().faults.get_mut(&repo.to_ascii_lowercase()).and_then(|q| q.pop_front());
+    if let Some(fault) = fault {
+        return fault_response(fault, access.installation_id, &request_id).await;
+    }
+
+    let at = Instant::now();
+    let event_type = request.get("event_type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let record = RecordedDispatch {
+        repo,
+        event_type,
+        body: Value::Object(request),
+        installation_id: access.installation_id,
+        at,
+        at_ms: shared.ms_since_start(at),
+    };
+    shared.world().dispatches.push(record);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The answer GitHub gives for a fault.
+async fn fault_response(fault: Fault, installation_id: u64, request_id: &str) -> Response {
+    match fault {
+        Fault::ServerError(code) => {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let message = match code.as_u16() {
+                503 => "Service Unavailable",
+                _ => "Server Error",
+            };
+            (code, Json(json!({"message": message}))).into_response()
+        }
+        Fault::SecondaryRateLimit { retry_after_s } => {
+            let message = format!(
+                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. \
+                 If you reach out to GitHub Support for help, please include the request ID {request_id}."
+            );
+            let mut resp = gh_error(403, &message, DOC_SECONDARY);
+            insert(&mut resp, "retry-after", retry_after_s.to_string());
+            resp
+        }
+        Fault::PrimaryRateLimit { reset_in_s } => primary_limit(429, reset_in_s, installation_id),
+        Fault::PrimaryRateLimitForbidden { reset_in_s } => primary_limit(403, reset_in_s, installation_id),
+        Fault::Unprocessable => gh_error(422, "Validation Failed", DOC_DISPATCH),
+        Fault::Timeout(wait) => {
+            tokio::time::sleep(wait).await;
+            let message = "We couldn't respond to your request in time. Sorry about that. \
+                           Please try resubmitting your request and contact us if the problem persists.";
+            (StatusCode::GATEWAY_TIMEOUT, Json(json!({"message": message}))).into_response()
+        }
+    }
+}
+
+fn primary_limit(status: u16, reset_in_s: u64, installation_id: u64) -> Response {
+    let message = format!("API rate limit exceeded for installation ID {installation_id}.");
+    let mut resp = gh_error(status, &message, DOC_RATE_LIMITS);
+    insert(&mut resp, "x-ratelimit-remaining", "0".to_owned());
+    insert(&mut resp, "x-ratelimit-reset", (util::epoch_now() + reset_in_s).to_string());
+    resp
+}
+
+fn insert(resp: &mut Response, name: &'static str, value: String) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+pub(crate) async fn contents(
+    State(shared): State<Arc<Shared>>,
+    Extension(auth): Extension<Auth>,
+    Path((owner, name, path)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let repo = format!("{owner}/{name}");
+    let access = match require_installation(&shared, &auth, &repo, DOC_CONTENTS) {
+        Ok(access) => access,
+        Err(resp) => return resp,
+    };
+    if access.permission.as_deref().and_then(state::level).is_none() {
+        return gh_error(403, NOT_ACCESSIBLE, DOC_CONTENTS);
+    }
+    let path = state::normalize_path(&path);
+    let git_ref = state::normalize_ref(query.get("ref").map(String::as_str));
+    let file = {
+        let world = shared.world();
+        world.files.get(&(repo.to_ascii_lowercase(), path.clone(), git_ref.clone())).cloned()
+    };
+    let Some(file) = file else {
+        return gh_error(404, "Not Found", DOC_CONTENTS);
+    };
+
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("application/vnd.github.raw") || accept.contains("application/vnd.github.v3.raw") {
+        let mut resp = Response::new(Body::from(file));
+        insert(&mut resp, "content-type", "text/plain; charset=utf-8".to_owned());
+        insert(&mut resp, "x-github-media-type", "github.raw; format=raw".to_owned());
+        return resp;
+    }
+
+    let api = &shared.base_url;
+    let sha = util::git_blob_sha(&file);
+    let file_name = path.rsplit('/').next().unwrap_or(&path).to_owned();
+    let self_url = format!("{api}/repos/{repo}/contents/{path}?ref={git_ref}");
+    let html_url = format!("https://github.com/{repo}/blob/{git_ref}/{path}");
+    let git_url = format!("{api}/repos/{repo}/git/blobs/{sha}");
+    let body = json!({
+        "type": "file",
+        "encoding": "base64",
+        "size": file.len(),
+        "name": file_name,
+        "path": path,
+        "content": util::base64_wrapped(&file),
+        "sha": sha,
+        "url": self_url,
+        "git_url": git_url,
+        "html_url": html_url,
+        "download_url": format!("https://raw.githubusercontent.com/{repo}/{git_ref}/{path}"),
+        "_links": {"self": self_url, "git": git_url, "html": html_url},
+    });
+    Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_dispatch;
+    use serde_json::{json, Value};
+
+    fn check(v: Value) -> Result<(), String> {
+        validate_dispatch(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn dispatch_schema_messages() {
+        assert_eq!(check(json!({"event_type": "x"})), Ok(()));
+        assert_eq!(check(json!({"event_type": "x".repeat(100), "client_payload": {}})), Ok(()));
+        assert_eq!(
+            check(json!({"event_type": "x".repeat(101)})).unwrap_err(),
+            "Invalid request.\n\nOnly 100 characters are allowed; 101 were supplied."
+        );
+        assert_eq!(check(json!({})).unwrap_err(), "Invalid request.\n\n\"event_type\" wasn't supplied.");
+        assert_eq!(
+            check(json!({"b": 1, "a": 2})).unwrap_err(),
+            "Invalid request.\n\n\"a\", \"b\" are not permitted keys.\n\"event_type\" wasn't supplied."
+        );
+        let eleven: serde_json::Map<String, Value> = (0..11).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert_eq!(
+            check(json!({"event_type": "x", "client_payload": eleven})).unwrap_err(),
+            "Invalid request.\n\nNo more than 10 properties are allowed; 11 were supplied."
+        );
+        assert_eq!(
+            check(json!({"event_type": 5, "client_payload": null})).unwrap_err(),
+            "Invalid request.\n\nFor 'properties/event_type', 5 is not a string.\nFor 'properties/client_payload', nil is not an object."
+        );
+    }
+}

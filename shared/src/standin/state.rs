@@ -1,0 +1,257 @@
+//! The stand-in's world: installations and their repositories, minted
+//! installation tokens, files, queued faults, per-identity rate-limit
+//! windows, and the records of what was asked and answered.
+//!
+//! One `std::sync::Mutex` guards it all; no lock is held across an await.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::jwt::AppKey;
+use super::util;
+use super::{Fault, RecordedDispatch, RecordedRequest};
+
+/// What the App may do; installations get exactly this.
+pub(crate) const APP_PERMISSIONS: &[(&str, &str)] = &[
+    ("actions", "write"),
+    ("checks", "write"),
+    ("contents", "write"),
+    ("metadata", "read"),
+    ("pull_requests", "read"),
+];
+
+/// Webhook events the App subscribes to.
+pub(crate) const APP_EVENTS: &[&str] = &["check_run", "check_suite", "pull_request", "push"];
+
+/// The branch a contents request without `ref` reads.
+pub(crate) const DEFAULT_BRANCH: &str = "main";
+
+/// Everything the server tasks and the handle share.
+pub(crate) struct Shared {
+    pub app_id: u64,
+    pub client_id: String,
+    pub key: AppKey,
+    pub base_url: String,
+    pub started: Instant,
+    pub token_ttl: Duration,
+    inner: Mutex<World>,
+}
+
+pub(crate) struct World {
+    pub latency: Duration,
+    pub rate_limit: u64,
+    pub installations: Vec<Installation>,
+    pub tokens: HashMap<String, Token>,
+    /// (lower-case repo, path, ref) -> contents
+    pub files: HashMap<(String, String, String), Vec<u8>>,
+    /// lower-case repo -> faults still to answer with
+    pub faults: HashMap<String, VecDeque<Fault>>,
+    /// lower-case names of repositories answered as private (404 instead of 403)
+    pub private: HashSet<String>,
+    /// lower-case names of repositories that exist (installed once, given a file, ...)
+    pub known: HashSet<String>,
+    pub requests: Vec<RecordedRequest>,
+    pub dispatches: Vec<RecordedDispatch>,
+    /// identity -> (window start, Unix s; calls in the window)
+    pub rate: HashMap<String, (u64, u64)>,
+    next_installation: u64,
+    next_account: u64,
+    next_repo: u64,
+    next_request: u64,
+}
+
+pub(crate) struct Installation {
+    pub id: u64,
+    pub account_login: String,
+    pub account_id: u64,
+    pub created_at: u64,
+    pub repos: Vec<Repo>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Repo {
+    pub id: u64,
+    /// `owner/name` as first installed
+    pub full_name: String,
+}
+
+impl Repo {
+    pub(crate) fn name(&self) -> &str {
+        self.full_name.split_once('/').map_or(&*self.full_name, |(_, n)| n)
+    }
+}
+
+pub(crate) struct Token {
+    pub installation_id: u64,
+    /// lower-case full names the token is narrowed to; `None` = every
+    /// repository of the installation, now and later
+    pub repos: Option<HashSet<String>>,
+    pub permissions: BTreeMap<String, String>,
+    pub expires: Instant,
+}
+
+/// Ordinal of a permission level (`read` < `write` < `admin`).
+pub(crate) fn level(s: &str) -> Option<u8> {
+    match s {
+        "read" => Some(1),
+        "write" => Some(2),
+        "admin" => Some(3),
+        _ => None,
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(app_id: u64, key: AppKey, base_url: String, token_ttl: Duration, latency: Duration) -> Shared {
+        Shared {
+            app_id,
+            client_id: format!("Iv23li{}", util::random_alnum(14)),
+            key,
+            base_url,
+            started: Instant::now(),
+            token_ttl,
+            inner: Mutex::new(World {
+                latency,
+                rate_limit: 5000,
+                installations: Vec::new(),
+                tokens: HashMap::new(),
+                files: HashMap::new(),
+                faults: HashMap::new(),
+                private: HashSet::new(),
+                known: HashSet::new(),
+                requests: Vec::new(),
+                dispatches: Vec::new(),
+                rate: HashMap::new(),
+                next_installation: 40_000_001,
+                next_account: 90_000_001,
+                next_repo: 700_000_001,
+                next_request: 1,
+            }),
+        }
+    }
+
+    /// The world, locked. A panic while locked (a bug) does not poison the
+    /// stand-in for the rest of a test run.
+    pub(crate) fn world(&self) -> MutexGuard<'_, World> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn ms_since_start(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
+    }
+}
+
+impl World {
+    /// Installs the App on `repo` (`owner/name`): one installation per
+    /// owner, the repository added to it. Returns the installation id.
+    pub(crate) fn install(&mut self, repo: &str) -> u64 {
+        let (owner, _) = split_repo(repo);
+        let lower = repo.to_ascii_lowercase();
+        self.known.insert(lower.clone());
+        let idx = match self
+            .installations
+            .iter()
+            .position(|i| i.account_login.eq_ignore_ascii_case(owner))
+        {
+            Some(idx) => idx,
+            None => {
+                let inst = Installation {
+                    id: self.next_installation,
+                    account_login: owner.to_owned(),
+                    account_id: self.next_account,
+                    created_at: util::epoch_now(),
+                    repos: Vec::new(),
+                };
+                self.next_installation += 1;
+                self.next_account += 1;
+                self.installations.push(inst);
+                self.installations.len() - 1
+            }
+        };
+        let next_repo = &mut self.next_repo;
+        let inst = &mut self.installations[idx];
+        if !inst.repos.iter().any(|r| r.full_name.eq_ignore_ascii_case(repo)) {
+            inst.repos.push(Repo { id: *next_repo, full_name: repo.to_owned() });
+            *next_repo += 1;
+        }
+        inst.id
+    }
+
+    /// Removes `repo` from its installation (the owner unchecked it).
+    pub(crate) fn uninstall(&mut self, repo: &str) {
+        for inst in &mut self.installations {
+            inst.repos.retain(|r| !r.full_name.eq_ignore_ascii_case(repo));
+        }
+    }
+
+    pub(crate) fn installation_of(&self, repo: &str) -> Option<&Installation> {
+        self.installations
+            .iter()
+            .find(|i| i.repos.iter().any(|r| r.full_name.eq_ignore_ascii_case(repo)))
+    }
+
+    pub(crate) fn installation(&self, id: u64) -> Option<&Installation> {
+        self.installations.iter().find(|i| i.id == id)
+    }
+
+    /// A live token, or `None` when unknown or expired.
+    pub(crate) fn live_token(&self, token: &str, now: Instant) -> Option<&Token> {
+        self.tokens.get(token).filter(|t| t.expires > now)
+    }
+
+    /// Whether `token` reaches `repo` now (the repository is still in the
+    /// token's installation and inside the token's narrowing).
+    pub(crate) fn token_covers(&self, token: &Token, repo: &str) -> bool {
+        let lower = repo.to_ascii_lowercase();
+        let in_installation = self
+            .installation(token.installation_id)
+            .is_some_and(|i| i.repos.iter().any(|r| r.full_name.to_ascii_lowercase() == lower));
+        in_installation && token.repos.as_ref().is_none_or(|set| set.contains(&lower))
+    }
+
+    pub(crate) fn next_request_id(&mut self) -> String {
+        let n = self.next_request;
+        self.next_request += 1;
+        let salt = uuid::Uuid::new_v4().as_u128();
+        format!(
+            "{:04X}:{:04X}:{:X}:{:X}:{:08X}",
+            (salt >> 112) as u16,
+            (salt >> 96) as u16,
+            n,
+            (salt >> 64) as u32,
+            util::epoch_now() as u32
+        )
+    }
+
+    /// Counts a call against `identity`'s hourly window and returns
+    /// (limit, remaining, used, reset as Unix seconds).
+    pub(crate) fn count_call(&mut self, identity: &str, now_s: u64) -> (u64, u64, u64, u64) {
+        let window = self.rate.entry(identity.to_owned()).or_insert((now_s, 0));
+        if now_s >= window.0 + 3600 {
+            *window = (now_s, 0);
+        }
+        window.1 += 1;
+        let used = window.1;
+        (self.rate_limit, self.rate_limit.saturating_sub(used), used, window.0 + 3600)
+    }
+}
+
+/// `("owner", "name")` of `owner/name` (the whole text as owner when there is no slash).
+pub(crate) fn split_repo(repo: &str) -> (&str, &str) {
+    repo.split_once('/').unwrap_or((repo, ""))
+}
+
+/// A contents path without leading or trailing slashes.
+pub(crate) fn normalize_path(path: &str) -> String {
+    path.trim_matches('/').to_owned()
+}
+
+/// A ref as stored: `refs/heads/x` and `refs/tags/x` are `x`; none is the default branch.
+pub(crate) fn normalize_ref(git_ref: Option<&str>) -> String {
+    let r = git_ref.map(str::trim).filter(|r| !r.is_empty() && *r != "HEAD");
+    let r = r.unwrap_or(DEFAULT_BRANCH);
+    r.strip_prefix("refs/heads/")
+        .or_else(|| r.strip_prefix("refs/tags/"))
+        .unwrap_or(r)
+        .to_owned()
+}

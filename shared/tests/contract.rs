@@ -1,0 +1,790 @@
+//! Adapter contract suite: ONE set of cases, run against the SQLite adapters
+//! (the embedded default) and against the AWS adapters (SQS + DynamoDB) on
+//! moto's server.
+//!
+//! Run: `cargo test -p crcr-shared --test contract`. The AWS half needs moto:
+//!
+//! ```text
+//! python3 -m venv .venv && .venv/bin/pip install 'moto[server]==5.2.5'
+//! .venv/bin/moto_server -H 127.0.0.1 -p 5000 &
+//! ```
+//!
+//! (endpoint override: `CRCR_TEST_MOTO_URL`, default `http://127.0.0.1:5000`).
+//! A test that cannot reach moto fails; it never skips. Every AWS test
+//! creates its own uniquely named queues and tables, so tests run in parallel
+//! without resetting moto.
+//!
+//! Each case is a generic async fn over [`Backend`]; the `contract_suite!`
+//! macro instantiates one `#[tokio::test]` per case and backend.
+
+use std::collections::BTreeSet;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
+use crcr_shared::ports::{
+    AttemptOutcome, BlobError, BlobStore, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
+    EventQueue, QueueError, QueueSide,
+};
+
+// ================================================================ backends
+
+/// An adapter plus whatever must live as long as it (a temp file to remove).
+struct Fx<T> {
+    inner: T,
+    _guard: Option<TempDb>,
+}
+
+impl<T> Deref for Fx<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+/// Builds fresh, empty adapters of one backend: nothing is shared between
+/// two calls.
+trait Backend {
+    type Queue: EventQueue + 'static;
+    type Store: DispatchStore + 'static;
+    type Blobs: BlobStore + 'static;
+    /// A source queue whose messages move to its DLQ after `max_receive_count` receives.
+    async fn queue(max_receive_count: u32) -> Fx<Self::Queue>;
+    async fn store() -> Fx<Self::Store>;
+    async fn blobs() -> Fx<Self::Blobs>;
+}
+
+// ---------------------------------------------------------------- SQLite
+
+/// A database file in the temp dir, removed (with its WAL files) on drop.
+struct TempDb(std::path::PathBuf);
+
+impl TempDb {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("crcr-contract-{}.db", uuid::Uuid::new_v4().simple())))
+    }
+    fn open(&self) -> crcr_shared::sqlite::Db {
+        crcr_shared::sqlite::Db::open(&self.0).unwrap_or_else(|e| panic!("open SQLite {}: {e}", self.0.display()))
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+struct Sqlite;
+
+impl Backend for Sqlite {
+    type Queue = crcr_shared::sqlite::SqliteQueue;
+    type Store = crcr_shared::sqlite::SqliteDispatchStore;
+    type Blobs = crcr_shared::sqlite::SqliteBlobStore;
+
+    async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
+        let tmp = TempDb::new();
+        let q = crcr_shared::sqlite::SqliteQueue::new(tmp.open(), "contract", max_receive_count);
+        Fx { inner: q, _guard: Some(tmp) }
+    }
+    async fn store() -> Fx<Self::Store> {
+        let tmp = TempDb::new();
+        Fx { inner: crcr_shared::sqlite::SqliteDispatchStore::new(tmp.open()), _guard: Some(tmp) }
+    }
+    async fn blobs() -> Fx<Self::Blobs> {
+        let tmp = TempDb::new();
+        Fx { inner: crcr_shared::sqlite::SqliteBlobStore::new(tmp.open()), _guard: Some(tmp) }
+    }
+}
+
+// ---------------------------------------------------------------- AWS on moto
+
+struct Moto;
+
+const MOTO_DEFAULT_URL: &str = "http://127.0.0.1:5000";
+
+fn moto_url() -> String {
+    std::env::var("CRCR_TEST_MOTO_URL").unwrap_or_else(|_| MOTO_DEFAULT_URL.to_owned())
+}
+
+/// Fails the test (never skips) when moto does not answer, saying how to start it.
+async fn moto_config() -> aws_config::SdkConfig {
+    let url = moto_url();
+    let host = url.split("://").nth(1).unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
+    let reachable =
+        tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(host.as_str())).await;
+    match reachable {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("{}", moto_missing(&url, &e.to_string())),
+        Err(_) => panic!("{}", moto_missing(&url, "connect timed out after 3 s")),
+    }
+    let cfg = crcr_shared::aws::sdk_config(Some(&url)).await;
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some() {
+        return cfg;
+    }
+    // moto accepts any credentials; don't let the chain wander off to IMDS.
+    let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-contract-test");
+    cfg.to_builder()
+        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds))
+        .build()
+}
+
+fn moto_missing(url: &str, err: &str) -> String {
+    format!(
+        "moto is not reachable at {url} ({err}). The AWS half of the contract suite needs moto's server:\n  \
+         python3 -m venv .venv && .venv/bin/pip install 'moto[server]==5.2.5'\n  \
+         .venv/bin/moto_server -H 127.0.0.1 -p 5000 &\n\
+         (or point CRCR_TEST_MOTO_URL at a running one)"
+    )
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a DynamoDB table with string hash key `hash` and range key
+/// `range` of type `range_type`, TTL on `expires_at` (the shape the adapters
+/// document).
+async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    name: &str,
+    hash: &str,
+    range: &str,
+    range_type: aws_sdk_dynamodb::types::ScalarAttributeType,
+) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    };
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder().attribute_name(hash).attribute_type(ScalarAttributeType::S).build().unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder().attribute_name(range).attribute_type(range_type).build().unwrap(),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name(hash).key_type(KeyType::Hash).build().unwrap())
+        .key_schema(KeySchemaElement::builder().attribute_name(range).key_type(KeyType::Range).build().unwrap())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("enable TTL on {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+}
+
+impl Backend for Moto {
+    type Queue = crcr_shared::aws::SqsQueue;
+    type Store = crcr_shared::aws::DynamoDispatchStore;
+    type Blobs = crcr_shared::aws::DynamoBlobStore;
+
+    async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
+        use aws_sdk_sqs::error::DisplayErrorContext;
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let client = aws_sdk_sqs::Client::new(&moto_config().await);
+        let name = unique("crcr-contract");
+        let dlq_url = client
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create DLQ: {}", DisplayErrorContext(e)))
+            .queue_url
+            .expect("DLQ url");
+        let dlq_arn = client
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DLQ arn: {}", DisplayErrorContext(e)))
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .expect("DLQ arn");
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": max_receive_count.to_string(),
+        });
+        let queue_url = client
+            .create_queue()
+            .queue_name(&name)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .attributes(QueueAttributeName::MaximumMessageSize, "262144")
+            .attributes(QueueAttributeName::VisibilityTimeout, "30")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create queue: {}", DisplayErrorContext(e)))
+            .queue_url
+            .expect("queue url");
+        Fx { inner: crcr_shared::aws::SqsQueue::new(client, queue_url, dlq_url), _guard: None }
+    }
+
+    async fn store() -> Fx<Self::Store> {
+        let client = aws_sdk_dynamodb::Client::new(&moto_config().await);
+        let table = unique("crcr-dispatches");
+        create_table(&client, &table, "delivery_id", "target", aws_sdk_dynamodb::types::ScalarAttributeType::S).await;
+        Fx { inner: crcr_shared::aws::DynamoDispatchStore::new(client, table), _guard: None }
+    }
+
+    async fn blobs() -> Fx<Self::Blobs> {
+        let client = aws_sdk_dynamodb::Client::new(&moto_config().await);
+        let table = unique("crcr-blobs");
+        create_table(&client, &table, "key", "chunk", aws_sdk_dynamodb::types::ScalarAttributeType::N).await;
+        Fx { inner: crcr_shared::aws::DynamoBlobStore::new(client, table), _guard: None }
+    }
+}
+
+// ================================================================ helpers
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn body(tag: &str) -> String {
+    format!("{{\"type\":\"contract\",\"tag\":\"{tag}\",\"id\":\"{}\"}}", uuid::Uuid::new_v4())
+}
+
+fn delivery() -> DeliveryId {
+    DeliveryId::parse(&uuid::Uuid::new_v4().to_string()).unwrap()
+}
+
+fn repo(s: &str) -> RepoFullName {
+    RepoFullName::parse(s).unwrap()
+}
+
+fn meta() -> DispatchMeta {
+    DispatchMeta {
+        event: "pull_request".into(),
+        action: Some("synchronize".into()),
+        head_sha: Some("ec26c78d6d7e1b2a3c4d5e6f708192a3b4c5d6e7".into()),
+        pr_number: Some(12345),
+        level: Level::L3,
+    }
+}
+
+fn bare_meta() -> DispatchMeta {
+    DispatchMeta { event: "push".into(), action: None, head_sha: None, pr_number: None, level: Level::L1 }
+}
+
+async fn receive_all(q: &impl EventQueue, side: QueueSide, visibility: Duration) -> Vec<crcr_shared::ports::ReceivedMessage> {
+    q.receive(side, 10, visibility, Duration::ZERO).await.expect("receive")
+}
+
+async fn one_record(s: &impl DispatchStore, d: &DeliveryId) -> DispatchRecord {
+    let mut r = s.records(d).await.expect("records");
+    assert_eq!(r.len(), 1, "expected exactly one record for {d}: {r:?}");
+    r.pop().unwrap()
+}
+
+// ================================================================ queue cases
+
+mod cases {
+    use super::*;
+
+    /// send → receive (all fields) → delete → gone.
+    pub async fn queue_send_receive_delete<B: Backend>() {
+        let q = B::queue(5).await;
+        let b = body("srd");
+        let before = wall_ms();
+        let id = q.send(&b).await.expect("send");
+        let after = wall_ms();
+        let got = q.receive(QueueSide::Source, 10, LONG, Duration::from_secs(1)).await.expect("receive");
+        assert_eq!(got.len(), 1, "{got:?}");
+        let m = &got[0];
+        assert_eq!(m.message_id, id);
+        assert_eq!(m.body, b);
+        assert_eq!(m.receive_count, 1);
+        assert_eq!(m.dead_letter_reason, None);
+        assert!(
+            (before - 2_000..=after + 2_000).contains(&m.sent_at_ms),
+            "sent_at_ms {} not within [{before}, {after}] (±2 s)",
+            m.sent_at_ms
+        );
+        assert!(!m.receipt.is_empty());
+        // Hidden while in flight.
+        assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty());
+        q.delete(QueueSide::Source, &m.receipt).await.expect("delete");
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
+        assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty());
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
+    }
+
+    /// A received, undeleted message reappears after its visibility timeout,
+    /// with receive_count 2 and a new receipt.
+    pub async fn queue_visibility_timeout_redelivers<B: Backend>() {
+        let q = B::queue(5).await;
+        let b = body("vis");
+        let id = q.send(&b).await.unwrap();
+        let first = q.receive(QueueSide::Source, 1, Duration::from_secs(1), Duration::from_secs(1)).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].receive_count, 1);
+        assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty(), "visible during its timeout");
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let second = q.receive(QueueSide::Source, 1, LONG, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(second.len(), 1, "did not reappear after the visibility timeout");
+        assert_eq!(second[0].message_id, id);
+        assert_eq!(second[0].body, b);
+        assert_eq!(second[0].receive_count, 2);
+        assert_ne!(second[0].receipt, first[0].receipt);
+        q.delete(QueueSide::Source, &second[0].receipt).await.unwrap();
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
+    }
+
+    /// change_visibility(0) makes an in-flight message visible at once.
+    pub async fn queue_change_visibility_zero<B: Backend>() {
+        let q = B::queue(5).await;
+        let id = q.send(&body("cv")).await.unwrap();
+        let first = receive_all(&*q, QueueSide::Source, LONG).await;
+        assert_eq!(first.len(), 1);
+        assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty());
+        q.change_visibility(QueueSide::Source, &first[0].receipt, Duration::ZERO).await.expect("change visibility");
+        let started = std::time::Instant::now();
+        let again = q.receive(QueueSide::Source, 10, LONG, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(again.len(), 1, "not visible after change_visibility(0)");
+        assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
+        assert_eq!(again[0].message_id, id);
+        assert_eq!(again[0].receive_count, 2);
+    }
+
+    /// SQS redrive semantics, as moto 5.2.5 implements them: with
+    /// maxReceiveCount = n the message is delivered n times (receive_count
+    /// 1..=n); the (n+1)-th receive moves it to the DLQ instead of returning
+    /// it. On the DLQ it keeps its message id, body and sent time, has no
+    /// crcr reason, and its receive count carries on (first DLQ receive
+    /// reports n + 1).
+    pub async fn queue_moves_to_dlq_after_max_receives<B: Backend>() {
+        const MAX: u32 = 2;
+        let q = B::queue(MAX).await;
+        let b = body("dlq");
+        let id = q.send(&b).await.unwrap();
+        let mut sent_at = None;
+        for n in 1..=MAX {
+            let got = receive_all(&*q, QueueSide::Source, LONG).await;
+            assert_eq!(got.len(), 1, "receive {n} of {MAX} must still deliver");
+            assert_eq!(got[0].receive_count, n);
+            sent_at = Some(got[0].sent_at_ms);
+            q.change_visibility(QueueSide::Source, &got[0].receipt, Duration::ZERO).await.unwrap();
+        }
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0, "moved before receive {}", MAX + 1);
+        let got = receive_all(&*q, QueueSide::Source, LONG).await;
+        assert!(got.is_empty(), "receive {} returned it instead of moving it: {got:?}", MAX + 1);
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 1);
+        let dl = receive_all(&*q, QueueSide::DeadLetter, LONG).await;
+        assert_eq!(dl.len(), 1);
+        assert_eq!(dl[0].message_id, id);
+        assert_eq!(dl[0].body, b);
+        assert_eq!(Some(dl[0].sent_at_ms), sent_at, "sent time must be kept on the DLQ");
+        assert_eq!(dl[0].dead_letter_reason, None);
+        assert_eq!(dl[0].receive_count, MAX + 1, "receive count carries on into the DLQ (moto/SQS)");
+    }
+
+    /// dead_letter puts a copy with the reason on the DLQ and removes the original.
+    pub async fn queue_dead_letter_with_reason<B: Backend>() {
+        let q = B::queue(5).await;
+        let b = body("dl");
+        q.send(&b).await.unwrap();
+        let got = receive_all(&*q, QueueSide::Source, LONG).await;
+        assert_eq!(got.len(), 1);
+        let reason = "permanent: GitHub rejected the request (422): No ref found for: nope";
+        q.dead_letter(&got[0], reason).await.expect("dead_letter");
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0, "original still on the source queue");
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 1);
+        let dl = receive_all(&*q, QueueSide::DeadLetter, LONG).await;
+        assert_eq!(dl.len(), 1);
+        assert_eq!(dl[0].body, b);
+        assert_eq!(dl[0].dead_letter_reason.as_deref(), Some(reason));
+        assert_eq!(dl[0].receive_count, 1);
+    }
+
+    /// redrive moves DLQ messages back (bodies preserved, no reason), up to
+    /// the limit; the DLQ is empty after.
+    pub async fn queue_redrive_moves_back<B: Backend>() {
+        let q = B::queue(5).await;
+        let bodies: BTreeSet<String> = (0..3).map(|i| body(&format!("rd{i}"))).collect();
+        for b in &bodies {
+            q.send(b).await.unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let batch = q.receive(QueueSide::Source, 10, LONG, Duration::from_secs(1)).await.unwrap();
+            assert!(!batch.is_empty(), "only {} of 3 received", got.len());
+            got.extend(batch);
+        }
+        for m in &got {
+            q.dead_letter(m, "boom").await.unwrap();
+        }
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 3);
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
+        assert_eq!(q.redrive(2).await.expect("redrive"), 2, "limit not honoured");
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 1);
+        assert_eq!(q.redrive(10).await.expect("redrive"), 1);
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 3);
+        assert!(receive_all(&*q, QueueSide::DeadLetter, LONG).await.is_empty());
+        let mut back = Vec::new();
+        while back.len() < 3 {
+            let batch = q.receive(QueueSide::Source, 10, LONG, Duration::from_secs(1)).await.unwrap();
+            assert!(!batch.is_empty(), "only {} of 3 came back", back.len());
+            back.extend(batch);
+        }
+        let back_bodies: BTreeSet<String> = back.iter().map(|m| m.body.clone()).collect();
+        assert_eq!(back_bodies, bodies);
+        for m in &back {
+            assert_eq!(m.dead_letter_reason, None, "a redriven message is a new message");
+            assert_eq!(m.receive_count, 1);
+        }
+    }
+
+    /// depth counts visible and in-flight messages.
+    pub async fn queue_depth_counts<B: Backend>() {
+        let q = B::queue(5).await;
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
+        for i in 0..3 {
+            q.send(&body(&format!("d{i}"))).await.unwrap();
+        }
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 3);
+        let got = q.receive(QueueSide::Source, 1, LONG, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 3, "in-flight messages count");
+        q.delete(QueueSide::Source, &got[0].receipt).await.unwrap();
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 2);
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
+    }
+
+    /// A body of exactly max_message_bytes is accepted; one byte more is refused.
+    pub async fn queue_rejects_oversized<B: Backend>() {
+        let q = B::queue(5).await;
+        let max = q.max_message_bytes();
+        assert_eq!(max, 262_144, "SQS's classic 256 KiB limit");
+        match q.send(&"x".repeat(max + 1)).await {
+            Err(QueueError::TooLarge { size, limit }) => assert_eq!((size, limit), (max + 1, max)),
+            other => panic!("a body of {} bytes must be refused with TooLarge, got {other:?}", max + 1),
+        }
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
+        q.send(&"y".repeat(max)).await.expect("a body of exactly the limit is accepted");
+        let got = receive_all(&*q, QueueSide::Source, LONG).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body.len(), max);
+    }
+
+    // ============================================================ dispatch store cases
+
+    /// New key → Acquired{1}; again while leased (up to and including the
+    /// lease's last millisecond) → Leased{until}.
+    pub async fn store_claim_new_then_leased<B: Backend>() {
+        let s = B::store().await;
+        let (d, t) = (delivery(), repo("org/a"));
+        let now = 1_700_000_000_000;
+        assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+        let until = now + 60_000;
+        assert_eq!(s.claim(&d, &t, &meta(), now + 1, LONG).await.unwrap(), Claim::Leased { until_ms: until });
+        assert_eq!(s.claim(&d, &t, &meta(), until, LONG).await.unwrap(), Claim::Leased { until_ms: until });
+        // Another target of the same delivery is independent.
+        assert_eq!(s.claim(&d, &repo("org/b"), &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+        assert_eq!(one_record_of(&*s, &d, "org/a").await.attempts, 1);
+    }
+
+    async fn one_record_of(s: &impl DispatchStore, d: &DeliveryId, target: &str) -> DispatchRecord {
+        let all = s.records(d).await.unwrap();
+        let mut it = all.into_iter().filter(|r| r.target == repo(target));
+        let r = it.next().unwrap_or_else(|| panic!("no record for {target}"));
+        assert!(it.next().is_none(), "two records for {target}");
+        r
+    }
+
+    /// finish(Dispatched) → AlreadyDispatched, even long after the lease.
+    pub async fn store_dispatched_is_final<B: Backend>() {
+        let s = B::store().await;
+        let (d, t) = (delivery(), repo("org/a"));
+        let now = 1_700_000_000_000;
+        assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: false }, now + 10).await.unwrap();
+        assert_eq!(s.claim(&d, &t, &meta(), now + 20, LONG).await.unwrap(), Claim::AlreadyDispatched);
+        assert_eq!(s.claim(&d, &t, &meta(), now + 3_600_000, LONG).await.unwrap(), Claim::AlreadyDispatched);
+        let r = one_record(&*s, &d).await;
+        assert_eq!((r.status, r.attempts), (DispatchStatus::Dispatched, 1));
+    }
+
+    /// finish(Failed) → AlreadyFailed, even long after the lease.
+    pub async fn store_failed_is_final<B: Backend>() {
+        let s = B::store().await;
+        let (d, t) = (delivery(), repo("org/a"));
+        let now = 1_700_000_000_000;
+        assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+        let reason = "GitHub rejected the request (404): Not Found";
+        s.finish(&d, &t, &AttemptOutcome::Failed { reason: reason.into() }, now + 10).await.unwrap();
+        assert_eq!(s.claim(&d, &t, &meta(), now + 20, LONG).await.unwrap(), Claim::AlreadyFailed);
+        assert_eq!(s.claim(&d, &t, &meta(), now + 3_600_000, LONG).await.unwrap(), Claim::AlreadyFailed);
+        let r = one_record(&*s, &d).await;
+        assert_eq!(r.status, DispatchStatus::Failed);
+        assert_eq!(r.last_error.as_deref(), Some(reason));
+        assert_eq!(r.updated_at_ms, now + 10);
+        assert_eq!(r.dispatched_at_ms, None);
+    }
+
+    /// Retry keeps the record pending with the reason and releases the
+    /// lease: a claim right after (same instant, long before the lease
+    /// would have ended) → Acquired{2}.
+    pub async fn store_retry_releases_lease<B: Backend>() {
+        let s = B::store().await;
+        let (d, t) = (delivery(), repo("org/a"));
+        let now = 1_700_000_000_000;
+        assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+        s.finish(&d, &t, &AttemptOutcome::Retry { reason: "502 Bad Gateway".into() }, now + 5).await.unwrap();
+        let r = one_record(&*s, &d).await;
+        assert_eq!(r.status, DispatchStatus::Pending);
+        assert_eq!(r.last_error.as_deref(), Some("502 Bad Gateway"));
+        assert_eq!(r.updated_at_ms, now + 5);
+        assert_eq!(s.claim(&d, &t, &meta(), now + 5, LONG).await.unwrap(), Claim::Acquired { attempt: 2 });
+        assert_eq!(s.claim(&d, &t, &meta(), now + 6, LONG).await.unwrap(), Claim::Leased { until_ms: now + 5 + 60_000 });
+        let r = one_record(&*s, &d).await;
+        assert_eq!((r.status, r.attempts, r.lease_until_ms), (DispatchStatus::Pending, 2, now + 5 + 60_000));
+    }
+
+    /// An attempt that never finishes: once its lease has ended the next
+    /// claim takes over (Acquired{2}) under a new lease.
+    pub async fn store_expired_lease_taken_over<B: Backend>() {
+        let s = B::store().await;
+        let (d, t) = (delivery(), repo("org/a"));
+        let now = 1_700_000_000_000;
+        let lease = Duration::from_secs(30);
+        assert_eq!(s.claim(&d, &t, &meta(), now, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
+        assert_eq!(s.claim(&d, &t, &meta(), now + 10_000, lease).await.unwrap(), Claim::Leased { until_ms: now + 30_000 });
+        let later = now + 30_001;
+        assert_eq!(s.claim(&d, &t, &meta(), later, lease).await.unwrap(), Claim::Acquired { attempt: 2 });
+        assert_eq!(s.claim(&d, &t, &meta(), later + 1, lease).await.unwrap(), Claim::Leased { until_ms: later + 30_000 });
+        let r = one_record(&*s, &d).await;
+        assert_eq!((r.status, r.attempts, r.lease_until_ms), (DispatchStatus::Pending, 2, later + 30_000));
+        assert_eq!(r.created_at_ms, now);
+        assert_eq!(r.updated_at_ms, later);
+    }
+
+    /// Concurrent claims on one key: exactly one wins, for a new record and
+    /// for the takeover of an expired lease.
+    pub async fn store_concurrent_claims_one_winner<B: Backend>() {
+        const N: usize = 8;
+        let s = Arc::new(B::store().await);
+        let (d, t) = (delivery(), repo("org/race"));
+        let now = 1_700_000_000_000;
+        let race = |at: i64| {
+            let tasks: Vec<_> = (0..N)
+                .map(|_| {
+                    let (s, d, t) = (s.clone(), d.clone(), t.clone());
+                    tokio::spawn(async move { s.claim(&d, &t, &meta(), at, LONG).await.expect("claim") })
+                })
+                .collect();
+            async move {
+                let mut out = Vec::new();
+                for task in tasks {
+                    out.push(task.await.unwrap());
+                }
+                out
+            }
+        };
+        for (at, attempt) in [(now, 1), (now + 60_001, 2)] {
+            let results = race(at).await;
+            let won = results.iter().filter(|c| matches!(c, Claim::Acquired { .. })).count();
+            assert_eq!(won, 1, "claims at {at}: {results:?}");
+            assert!(results.contains(&Claim::Acquired { attempt }), "{results:?}");
+            for c in &results {
+                let ok = match c {
+                    Claim::Acquired { .. } => true,
+                    Claim::Leased { until_ms } => *until_ms == at + 60_000,
+                    _ => false,
+                };
+                assert!(ok, "a loser must see the winner's lease: {results:?}");
+            }
+            assert_eq!(one_record(&**s, &d).await.attempts, attempt);
+        }
+    }
+
+    /// finish by an attempt whose record another attempt already finished
+    /// changes nothing; finish without a record creates none.
+    pub async fn store_stale_finish_is_noop<B: Backend>() {
+        let s = B::store().await;
+        let (d, t) = (delivery(), repo("org/a"));
+        let now = 1_700_000_000_000;
+        let lease = Duration::from_secs(30);
+        assert_eq!(s.claim(&d, &t, &meta(), now, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
+        let later = now + 30_001;
+        assert_eq!(s.claim(&d, &t, &meta(), later, lease).await.unwrap(), Claim::Acquired { attempt: 2 });
+        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: true }, later + 100).await.unwrap();
+        let done = one_record(&*s, &d).await;
+        // The first attempt wakes up and reports: nothing changes.
+        s.finish(&d, &t, &AttemptOutcome::Failed { reason: "late".into() }, later + 200).await.expect("stale finish");
+        s.finish(&d, &t, &AttemptOutcome::Retry { reason: "late".into() }, later + 300).await.expect("stale finish");
+        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: false }, later + 400).await.unwrap();
+        assert_eq!(one_record(&*s, &d).await, done);
+        assert_eq!(done.status, DispatchStatus::Dispatched);
+        assert_eq!(done.dispatched_at_ms, Some(later + 100));
+        assert!(done.payload_trimmed);
+        // No record: finish is a no-op and creates none.
+        let other = delivery();
+        s.finish(&other, &t, &AttemptOutcome::Retry { reason: "x".into() }, now).await.expect("finish without record");
+        assert!(s.records(&other).await.unwrap().is_empty());
+    }
+
+    /// records() returns every field as written, ordered by the lower-cased
+    /// target; targets compare case-insensitively and keep the first spelling.
+    pub async fn store_records_round_trip<B: Backend>() {
+        let s = B::store().await;
+        let d = delivery();
+        let now = 1_700_000_000_000;
+        let lease = Duration::from_secs(45);
+        assert_eq!(s.claim(&d, &repo("Org/Repo"), &meta(), now, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
+        // Same repository, other spelling: the same record.
+        assert_eq!(
+            s.claim(&d, &repo("org/repo"), &bare_meta(), now + 1, lease).await.unwrap(),
+            Claim::Leased { until_ms: now + 45_000 }
+        );
+        assert_eq!(s.claim(&d, &repo("zeta/Last"), &bare_meta(), now + 2, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
+        assert_eq!(s.claim(&d, &repo("Alpha/first"), &meta(), now + 3, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
+        let expected_org = DispatchRecord {
+            delivery_id: d.clone(),
+            target: repo("Org/Repo"),
+            status: DispatchStatus::Pending,
+            attempts: 1,
+            last_error: None,
+            lease_until_ms: now + 45_000,
+            created_at_ms: now,
+            updated_at_ms: now,
+            dispatched_at_ms: None,
+            payload_trimmed: false,
+            meta: meta(),
+        };
+        let expected_zeta = DispatchRecord {
+            target: repo("zeta/Last"),
+            lease_until_ms: now + 2 + 45_000,
+            created_at_ms: now + 2,
+            updated_at_ms: now + 2,
+            meta: bare_meta(),
+            ..expected_org.clone()
+        };
+        let recs = s.records(&d).await.unwrap();
+        let order: Vec<&str> = recs.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(order, ["Alpha/first", "Org/Repo", "zeta/Last"], "ordered by lower-cased target, spelling kept");
+        assert_eq!(recs[1], expected_org);
+        assert_eq!(recs[1].target.as_str(), "Org/Repo");
+        assert_eq!(recs[2], expected_zeta);
+        assert_eq!(recs[2].meta, bare_meta());
+
+        s.finish(&d, &repo("ORG/REPO"), &AttemptOutcome::Dispatched { payload_trimmed: true }, now + 500).await.unwrap();
+        s.finish(&d, &repo("zeta/last"), &AttemptOutcome::Failed { reason: "422: Unprocessable".into() }, now + 600)
+            .await
+            .unwrap();
+        let recs = s.records(&d).await.unwrap();
+        let org = &recs[1];
+        assert_eq!(org.target.as_str(), "Org/Repo");
+        assert_eq!(
+            (org.status, org.attempts, org.dispatched_at_ms, org.payload_trimmed, org.updated_at_ms, org.created_at_ms),
+            (DispatchStatus::Dispatched, 1, Some(now + 500), true, now + 500, now)
+        );
+        assert_eq!(org.last_error, None);
+        assert_eq!(org.meta, meta());
+        let zeta = &recs[2];
+        assert_eq!(
+            (zeta.status, zeta.last_error.as_deref(), zeta.dispatched_at_ms, zeta.payload_trimmed, zeta.updated_at_ms),
+            (DispatchStatus::Failed, Some("422: Unprocessable"), None, false, now + 600)
+        );
+        assert_eq!(recs[0].status, DispatchStatus::Pending);
+        assert!(s.records(&delivery()).await.unwrap().is_empty(), "unknown delivery has no records");
+    }
+
+    // ============================================================ blob cases
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// 1 MB (several DynamoDB chunks) round trips byte for byte; a shorter
+    /// overwrite and an empty blob too.
+    pub async fn blob_round_trip<B: Backend>() {
+        let s = B::blobs().await;
+        let key = format!("payload/{}", uuid::Uuid::new_v4());
+        let big = pseudo_random(1_000_003, 7);
+        s.put(&key, &big).await.expect("put 1 MB");
+        let got = s.get(&key).await.expect("get 1 MB");
+        assert_eq!(got.len(), big.len());
+        assert!(got == big, "1 MB blob came back different");
+        let small = pseudo_random(1_234, 9);
+        s.put(&key, &small).await.expect("overwrite");
+        assert!(s.get(&key).await.unwrap() == small, "overwrite with a shorter blob");
+        let empty_key = format!("payload/{}", uuid::Uuid::new_v4());
+        s.put(&empty_key, b"").await.expect("put empty");
+        assert_eq!(s.get(&empty_key).await.unwrap(), Vec::<u8>::new());
+    }
+
+    pub async fn blob_not_found<B: Backend>() {
+        let s = B::blobs().await;
+        let key = format!("payload/{}", uuid::Uuid::new_v4());
+        match s.get(&key).await {
+            Err(BlobError::NotFound(k)) => assert_eq!(k, key),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+    }
+}
+
+// ================================================================ the suite, per backend
+
+macro_rules! contract_suite {
+    ($module:ident, $backend:ty, [$($case:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::cases::$case::<$backend>().await
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_cases {
+    ($module:ident, $backend:ty) => {
+        contract_suite!($module, $backend, [
+            queue_send_receive_delete,
+            queue_visibility_timeout_redelivers,
+            queue_change_visibility_zero,
+            queue_moves_to_dlq_after_max_receives,
+            queue_dead_letter_with_reason,
+            queue_redrive_moves_back,
+            queue_depth_counts,
+            queue_rejects_oversized,
+            store_claim_new_then_leased,
+            store_dispatched_is_final,
+            store_failed_is_final,
+            store_retry_releases_lease,
+            store_expired_lease_taken_over,
+            store_concurrent_claims_one_winner,
+            store_stale_finish_is_noop,
+            store_records_round_trip,
+            blob_round_trip,
+            blob_not_found,
+        ]);
+    };
+}
+
+all_cases!(sqlite, crate::Sqlite);
+all_cases!(aws, crate::Moto);
