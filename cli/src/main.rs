@@ -1,1 +1,95 @@
-fn main() {}
+//! `crcr`: the relay on one machine (`serve`), a self-contained demo
+//! (`demo`), and, later, on-call commands. Wiring only: the behaviour lives
+//! in `crcr-shared`.
+
+mod demo;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crcr_shared::config::{EmbeddedConfig, Env, RelayConfig};
+use crcr_shared::embedded::EmbeddedRelay;
+
+#[derive(Parser)]
+#[command(name = "crcr", version, about = "Cross-repository CI relay")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run ingest and the dispatcher in one process on SQLite (settings: CRCR_* environment, see README).
+    Serve,
+    /// Run the relay against a local GitHub stand-in with real webhook fixtures and print what it did.
+    Demo {
+        /// Also print the relay's logs.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("CRCR_LOG").unwrap_or_else(|_| default.into());
+    let json = std::env::var("CRCR_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve => {
+            init_tracing("info");
+            let env = Env::process();
+            let relay = RelayConfig::from_env(&env)?;
+            let emb = EmbeddedConfig::from_env(&env)?;
+            tracing::info!(config = ?relay, database = %emb.database.display(), listen = %emb.listen, "starting crcr serve");
+            let listener = tokio::net::TcpListener::bind(emb.listen)
+                .await
+                .with_context(|| format!("CRCR_LISTEN {}", emb.listen))?;
+            EmbeddedRelay::build(&relay, &emb)?
+                .run(listener, shutdown_signal())
+                .await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Demo { verbose } => {
+            init_tracing(if verbose { "info" } else { "off" });
+            let ok = demo::run().await?;
+            if ok {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight messages");
+}

@@ -10,6 +10,8 @@ raises, so a check never passes by not understanding an expression.
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,8 +31,13 @@ _DATA_REF = re.compile(r"\bdata\.(aws_[a-z0-9_]+)\.([a-z0-9_]+)")
 
 def parse_file(path: Path) -> dict:
     """Parse one .tf file (raises on a syntax error)."""
-    with path.open(encoding="utf-8") as f:
-        return hcl2.load(f, serialization_options=_OPTIONS)
+    return copy.deepcopy(_parse_text(path.read_text(encoding="utf-8")))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(text: str) -> dict:
+    # Cached by content: the mutation tests reload many near-identical copies.
+    return hcl2.loads(text, serialization_options=_OPTIONS)
 
 
 @dataclass

@@ -1,1 +1,358 @@
-//! (in progress)
+//! Configuration from `CRCR_*` environment variables, loaded once and
+//! validated at start-up: a missing or malformed setting stops start-up with
+//! an error naming it. `Debug` never prints a secret.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `CRCR_LISTEN` | `127.0.0.1:8080` | `crcr serve` address |
+//! | `CRCR_DATABASE` | `crcr.sqlite` | SQLite file (queue, store, blobs) |
+//! | `CRCR_UPSTREAM_REPO` | `pytorch/pytorch` | the only repository whose events are acted on |
+//! | `CRCR_WEBHOOK_SECRET` / `_FILE` | required | webhook secret (HMAC key) |
+//! | `CRCR_GITHUB_APP_ID` | required | GitHub App id |
+//! | `CRCR_GITHUB_APP_PRIVATE_KEY` / `_FILE` | required | App private key, PEM |
+//! | `CRCR_GITHUB_API_URL` | `https://api.github.com` | GitHub REST base URL |
+//! | `CRCR_ALLOWLIST_URL` or `CRCR_ALLOWLIST_FILE` | one required | `https://github.com/<o>/<r>/blob/<ref>/<path>` or a local path |
+//! | `CRCR_ALLOWLIST_TTL_SECS` | `300` | allowlist cache lifetime |
+//! | `CRCR_MAX_BODY_BYTES` | `26214400` | webhook body limit (GitHub caps at 25 MB) |
+//! | `CRCR_MAX_RECEIVE_COUNT` | `5` | receives before a message goes to the DLQ |
+//! | `CRCR_DISPATCH_CONCURRENCY` | `16` | targets dispatched at once per message |
+//! | `CRCR_RETRY_BUDGET_SECS` | `20` | time one target may retry within one receive |
+//! | `CRCR_REQUEUE_DELAY_SECS` | `5` | first delay before a failed message is retried (doubles) |
+//! | `CRCR_WORKERS` | `8` | messages processed at once by `crcr serve` |
+//! | `CRCR_VISIBILITY_TIMEOUT_SECS` | `60` | embedded queue visibility timeout |
+//!
+//! On AWS also: `CRCR_DISPATCH_QUEUE_URL`, `CRCR_DISPATCH_DLQ_URL`,
+//! `CRCR_DISPATCH_TABLE`, `CRCR_PAYLOAD_TABLE`, and `CRCR_AWS_ENDPOINT_URL`
+//! (an AWS emulator, for tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::allowlist::AllowlistSource;
+use crate::dispatch::DispatcherSettings;
+use crate::domain::RepoFullName;
+use crate::github::GitHubAppConfig;
+use crate::signature::WebhookSecret;
+
+/// A setting that stopped start-up.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("configuration {key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+fn err(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// Reads variables through `get` (the process environment in production).
+pub struct Env<'a> {
+    get: Box<dyn Fn(&str) -> Option<String> + 'a>,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(get: impl Fn(&str) -> Option<String> + 'a) -> Self {
+        Self { get: Box::new(get) }
+    }
+    pub fn process() -> Env<'static> {
+        Env::new(|k| std::env::var(k).ok())
+    }
+    pub fn opt(&self, key: &str) -> Option<String> {
+        (self.get)(key).filter(|v| !v.trim().is_empty())
+    }
+    pub fn required(&self, key: &str) -> Result<String, ConfigError> {
+        self.opt(key)
+            .ok_or_else(|| err(key, "is required but not set"))
+    }
+    pub fn parsed<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.opt(key) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|e| err(key, format!("{v:?} is not valid: {e}"))),
+        }
+    }
+    /// `KEY` or the contents of the file named by `KEY_FILE` (exactly one).
+    pub fn secret(&self, key: &str) -> Result<SecretString, ConfigError> {
+        let file_key = format!("{key}_FILE");
+        match (self.opt(key), self.opt(&file_key)) {
+            (Some(_), Some(_)) => Err(err(
+                key,
+                format!("set either {key} or {file_key}, not both"),
+            )),
+            (Some(v), None) => Ok(SecretString::from(v)),
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map(|s| SecretString::from(s.trim_end().to_owned()))
+                .map_err(|e| err(&file_key, format!("cannot read {path}: {e}"))),
+            (None, None) => Err(err(key, format!("is required (or {file_key})"))),
+        }
+    }
+}
+
+/// Settings every runtime (Lambda or `crcr serve`) shares.
+pub struct RelayConfig {
+    pub upstream: RepoFullName,
+    pub webhook_secret: WebhookSecret,
+    pub github: GitHubAppConfig,
+    pub allowlist: AllowlistSource,
+    pub allowlist_ttl: Duration,
+    pub max_body_bytes: usize,
+    pub dispatcher: DispatcherSettings,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("upstream", &self.upstream)
+            .field("webhook_secret", &self.webhook_secret)
+            .field("github", &self.github)
+            .field("allowlist", &self.allowlist)
+            .field("dispatcher", &self.dispatcher)
+            .finish()
+    }
+}
+
+impl RelayConfig {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let upstream_raw = env
+            .opt("CRCR_UPSTREAM_REPO")
+            .unwrap_or_else(|| "pytorch/pytorch".into());
+        let upstream = RepoFullName::parse(&upstream_raw)
+            .map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
+        let webhook_secret = WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret());
+        let app_id: u64 = env
+            .required("CRCR_GITHUB_APP_ID")?
+            .trim()
+            .parse()
+            .map_err(|_| err("CRCR_GITHUB_APP_ID", "must be a positive integer"))?;
+        let key = env.secret("CRCR_GITHUB_APP_PRIVATE_KEY")?;
+        if !key.expose_secret().contains("-----BEGIN") {
+            return Err(err(
+                "CRCR_GITHUB_APP_PRIVATE_KEY",
+                "is not a PEM key (no -----BEGIN line)",
+            ));
+        }
+        let api_url = env
+            .opt("CRCR_GITHUB_API_URL")
+            .unwrap_or_else(|| "https://api.github.com".into());
+        if !(api_url.starts_with("https://")
+            || api_url.starts_with("http://127.0.0.1")
+            || api_url.starts_with("http://localhost"))
+        {
+            return Err(err(
+                "CRCR_GITHUB_API_URL",
+                "must be https (plain http only for loopback)",
+            ));
+        }
+        let github = GitHubAppConfig::new(app_id, key.expose_secret().to_owned(), api_url);
+        let allowlist = match (
+            env.opt("CRCR_ALLOWLIST_URL"),
+            env.opt("CRCR_ALLOWLIST_FILE"),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "CRCR_ALLOWLIST_URL",
+                    "set either it or CRCR_ALLOWLIST_FILE, not both",
+                ))
+            }
+            (Some(url), None) => AllowlistSource::from_url(&url)
+                .map_err(|e| err("CRCR_ALLOWLIST_URL", e.to_string()))?,
+            (None, Some(path)) => AllowlistSource::File(PathBuf::from(path)),
+            (None, None) => {
+                return Err(err(
+                    "CRCR_ALLOWLIST_URL",
+                    "is required (or CRCR_ALLOWLIST_FILE)",
+                ))
+            }
+        };
+        let d = DispatcherSettings::default();
+        let dispatcher = DispatcherSettings {
+            concurrency: env.parsed("CRCR_DISPATCH_CONCURRENCY", d.concurrency)?,
+            max_receive_count: env.parsed("CRCR_MAX_RECEIVE_COUNT", d.max_receive_count)?,
+            retry_budget: Duration::from_secs(
+                env.parsed("CRCR_RETRY_BUDGET_SECS", d.retry_budget.as_secs())?,
+            ),
+            requeue_base_delay: Duration::from_secs_f64(env.parsed(
+                "CRCR_REQUEUE_DELAY_SECS",
+                d.requeue_base_delay.as_secs_f64(),
+            )?),
+            ..d
+        };
+        if dispatcher.concurrency == 0 {
+            return Err(err("CRCR_DISPATCH_CONCURRENCY", "must be at least 1"));
+        }
+        if dispatcher.max_receive_count == 0 {
+            return Err(err("CRCR_MAX_RECEIVE_COUNT", "must be at least 1"));
+        }
+        Ok(Self {
+            upstream,
+            webhook_secret,
+            github,
+            allowlist,
+            allowlist_ttl: Duration::from_secs(env.parsed("CRCR_ALLOWLIST_TTL_SECS", 300)?),
+            max_body_bytes: env
+                .parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?,
+            dispatcher,
+        })
+    }
+}
+
+/// `crcr serve` settings (embedded default).
+#[derive(Debug)]
+pub struct EmbeddedConfig {
+    pub listen: SocketAddr,
+    pub database: PathBuf,
+    pub workers: usize,
+    pub visibility_timeout: Duration,
+}
+
+impl EmbeddedConfig {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let workers = env.parsed("CRCR_WORKERS", 8usize)?;
+        if workers == 0 {
+            return Err(err("CRCR_WORKERS", "must be at least 1"));
+        }
+        Ok(Self {
+            listen: env.parsed("CRCR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            database: PathBuf::from(
+                env.opt("CRCR_DATABASE")
+                    .unwrap_or_else(|| "crcr.sqlite".into()),
+            ),
+            workers,
+            visibility_timeout: Duration::from_secs(
+                env.parsed("CRCR_VISIBILITY_TIMEOUT_SECS", 60)?,
+            ),
+        })
+    }
+}
+
+/// AWS resources (Lambda runtimes).
+#[derive(Debug, Clone)]
+pub struct AwsResources {
+    pub dispatch_queue_url: String,
+    pub dispatch_dlq_url: String,
+    pub dispatch_table: String,
+    pub payload_table: String,
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsResources {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            dispatch_queue_url: env.required("CRCR_DISPATCH_QUEUE_URL")?,
+            dispatch_dlq_url: env.required("CRCR_DISPATCH_DLQ_URL")?,
+            dispatch_table: env.required("CRCR_DISPATCH_TABLE")?,
+            payload_table: env.required("CRCR_PAYLOAD_TABLE")?,
+            endpoint_url: env.opt("CRCR_AWS_ENDPOINT_URL"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<RelayConfig, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RelayConfig::from_env(&Env::new(move |k| map.get(k).cloned()))
+    }
+
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----";
+    const BASE: &[(&str, &str)] = &[
+        ("CRCR_WEBHOOK_SECRET", "hunter2"),
+        ("CRCR_GITHUB_APP_ID", "42"),
+        ("CRCR_GITHUB_APP_PRIVATE_KEY", KEY),
+        ("CRCR_ALLOWLIST_FILE", "allowlist.yml"),
+    ];
+
+    fn check_err(extra: &[(&str, &str)], drop: &str, key: &str, problem: &str) {
+        let vars: Vec<_> = BASE
+            .iter()
+            .filter(|(k, _)| *k != drop)
+            .chain(extra)
+            .copied()
+            .collect();
+        let e = load(&vars).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.problem.contains(problem), "{e}");
+    }
+
+    #[test]
+    fn defaults_and_redaction() {
+        let c = load(BASE).unwrap();
+        assert_eq!(c.upstream.as_str(), "pytorch/pytorch");
+        assert_eq!(c.github.api_url, "https://api.github.com");
+        assert_eq!(c.dispatcher.max_receive_count, 5);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("abc"), "{dbg}");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        check_err(
+            &[],
+            "CRCR_WEBHOOK_SECRET",
+            "CRCR_WEBHOOK_SECRET",
+            "required",
+        );
+        check_err(&[], "CRCR_GITHUB_APP_ID", "CRCR_GITHUB_APP_ID", "required");
+        check_err(
+            &[("CRCR_GITHUB_APP_ID", "x")],
+            "CRCR_GITHUB_APP_ID",
+            "CRCR_GITHUB_APP_ID",
+            "positive integer",
+        );
+        check_err(
+            &[("CRCR_GITHUB_APP_PRIVATE_KEY", "nope")],
+            "CRCR_GITHUB_APP_PRIVATE_KEY",
+            "CRCR_GITHUB_APP_PRIVATE_KEY",
+            "PEM",
+        );
+        check_err(&[], "CRCR_ALLOWLIST_FILE", "CRCR_ALLOWLIST_URL", "required");
+        check_err(
+            &[("CRCR_ALLOWLIST_URL", "https://example.com/x")],
+            "CRCR_ALLOWLIST_FILE",
+            "CRCR_ALLOWLIST_URL",
+            "not https://github.com",
+        );
+        check_err(
+            &[("CRCR_UPSTREAM_REPO", "pytorch")],
+            "",
+            "CRCR_UPSTREAM_REPO",
+            "owner/repo",
+        );
+        check_err(
+            &[("CRCR_MAX_RECEIVE_COUNT", "0")],
+            "",
+            "CRCR_MAX_RECEIVE_COUNT",
+            "at least 1",
+        );
+        check_err(
+            &[("CRCR_GITHUB_API_URL", "http://evil.example")],
+            "",
+            "CRCR_GITHUB_API_URL",
+            "https",
+        );
+        check_err(
+            &[("CRCR_WEBHOOK_SECRET_FILE", "/nonexistent")],
+            "CRCR_WEBHOOK_SECRET",
+            "CRCR_WEBHOOK_SECRET_FILE",
+            "cannot read",
+        );
+    }
+}

@@ -9,6 +9,7 @@ pub mod client_payload;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod embedded;
 pub mod github;
 pub mod ingest;
 pub mod message;

@@ -24,7 +24,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
     }
 }
 
@@ -37,7 +40,8 @@ impl ManualClock {
         Self(std::sync::atomic::AtomicI64::new(start_ms))
     }
     pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -126,7 +130,12 @@ pub trait EventQueue: Send + Sync {
         let mut moved = 0;
         while moved < limit {
             let batch = self
-                .receive(QueueSide::DeadLetter, (limit - moved).min(10), Duration::from_secs(30), Duration::ZERO)
+                .receive(
+                    QueueSide::DeadLetter,
+                    (limit - moved).min(10),
+                    Duration::from_secs(30),
+                    Duration::ZERO,
+                )
                 .await?;
             if batch.is_empty() {
                 break;
@@ -248,12 +257,18 @@ pub enum Claim {
 /// How an attempt ended, written by [`DispatchStore::finish`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttemptOutcome {
-    Dispatched { payload_trimmed: bool },
+    Dispatched {
+        payload_trimmed: bool,
+    },
     /// Permanent failure, with the reason.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// Transient failure: stays pending, lease released so the next receive
     /// of the message can claim it at once.
-    Retry { reason: String },
+    Retry {
+        reason: String,
+    },
 }
 
 /// Durable per-(delivery, target) dispatch records: the idempotency keys of
@@ -298,7 +313,10 @@ pub enum GitHubError {
     /// `retry_after` is GitHub's own hint (`Retry-After` or
     /// `x-ratelimit-reset` - now) when it gave one.
     #[error("transient GitHub error: {reason}")]
-    Transient { reason: String, retry_after: Option<Duration> },
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// Will not succeed by retrying: 404 (App not installed), 422, other 4xx.
     #[error("GitHub rejected the request ({status}): {reason}")]
     Permanent { status: u16, reason: String },
@@ -316,7 +334,10 @@ impl GitHubError {
 pub trait GitHubApp: Send + Sync {
     /// `GET /repos/{owner}/{repo}/installation`: `None` when the App is not
     /// installed there (404).
-    async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError>;
+    async fn installation(
+        &self,
+        repo: &RepoFullName,
+    ) -> Result<Option<InstallationId>, GitHubError>;
     /// `POST /repos/{owner}/{repo}/dispatches` with `body` (already within
     /// GitHub's limits) and an installation token narrowed to `repo` with
     /// `contents: write`.

@@ -18,6 +18,11 @@ locals {
   # the claim check in the payloads table); the queue enforces it as well.
   queue_max_message_size = 262144
 
+  # DLQs take SQS's maximum (1 MiB): the code copies a failed message there
+  # with an extra reason attribute (up to ~1 KB), which must not push a
+  # message that was just under 256 KiB over the DLQ's limit.
+  dlq_max_message_size = 1048576
+
   function_names = {
     ingest     = aws_lambda_function.ingest.function_name
     dispatcher = aws_lambda_function.dispatcher.function_name

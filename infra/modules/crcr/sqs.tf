@@ -8,7 +8,7 @@
 resource "aws_sqs_queue" "dispatch_dlq" {
   name                      = "${var.name_prefix}-dispatch-dlq"
   message_retention_seconds = local.dlq_retention_seconds
-  max_message_size          = local.queue_max_message_size
+  max_message_size          = local.dlq_max_message_size
   sqs_managed_sse_enabled   = true # SSE-SQS: encrypted at rest, no key to manage
   tags                      = var.tags
 }
@@ -31,7 +31,7 @@ resource "aws_sqs_queue" "dispatch" {
 resource "aws_sqs_queue" "reconcile_dlq" {
   name                      = "${var.name_prefix}-reconcile-dlq"
   message_retention_seconds = local.dlq_retention_seconds
-  max_message_size          = local.queue_max_message_size
+  max_message_size          = local.dlq_max_message_size
   sqs_managed_sse_enabled   = true
   tags                      = var.tags
 }

@@ -109,7 +109,10 @@ impl DynamoDispatchStore {
             item.insert(attr::PR_NUMBER.into(), n(p));
         }
         item.insert(attr::LEVEL.into(), s(meta.level.as_str()));
-        item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + DISPATCH_TTL_SECS));
+        item.insert(
+            attr::EXPIRES_AT.into(),
+            n(now_epoch_secs() + DISPATCH_TTL_SECS),
+        );
         let res = self
             .client
             .put_item()
@@ -216,7 +219,9 @@ fn settled(rec: &DispatchRecord) -> Claim {
     match rec.status {
         DispatchStatus::Dispatched => Claim::AlreadyDispatched,
         DispatchStatus::Failed => Claim::AlreadyFailed,
-        DispatchStatus::Pending => Claim::Leased { until_ms: rec.lease_until_ms },
+        DispatchStatus::Pending => Claim::Leased {
+            until_ms: rec.lease_until_ms,
+        },
     }
 }
 
@@ -241,7 +246,10 @@ impl DispatchStore for DynamoDispatchStore {
     ) -> Result<Claim, StoreError> {
         let lease_until_ms = now_ms.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
         for _ in 0..CLAIM_ROUNDS {
-            let Some(returned) = self.put_new(delivery, target, meta, now_ms, lease_until_ms).await? else {
+            let Some(returned) = self
+                .put_new(delivery, target, meta, now_ms, lease_until_ms)
+                .await?
+            else {
                 return Ok(Claim::Acquired { attempt: 1 });
             };
             let Some(rec) = self.current(delivery, target, returned).await? else {
@@ -250,7 +258,10 @@ impl DispatchStore for DynamoDispatchStore {
             if rec.status != DispatchStatus::Pending || rec.lease_until_ms >= now_ms {
                 return Ok(settled(&rec));
             }
-            match self.take_over(delivery, target, now_ms, lease_until_ms).await? {
+            match self
+                .take_over(delivery, target, now_ms, lease_until_ms)
+                .await?
+            {
                 Ok(attempt) => return Ok(Claim::Acquired { attempt }),
                 Err(returned) => {
                     if let Some(rec) = self.current(delivery, target, returned).await? {
@@ -312,7 +323,12 @@ impl DispatchStore for DynamoDispatchStore {
         };
         match req.send().await {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(unavailable("UpdateItem (finish)", e)),
         }
     }
@@ -378,15 +394,24 @@ fn get_s(item: &HashMap<String, AttributeValue>, name: &str) -> Result<String, S
     opt_s(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
 }
 
-fn opt_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<T>, StoreError> {
+fn opt_n<T: std::str::FromStr>(
+    item: &HashMap<String, AttributeValue>,
+    name: &str,
+) -> Result<Option<T>, StoreError> {
     match item.get(name) {
         None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| corrupt(name, "is out of range")),
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| corrupt(name, "is out of range")),
         Some(_) => Err(corrupt(name, "is not a number")),
     }
 }
 
-fn get_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Result<T, StoreError> {
+fn get_n<T: std::str::FromStr>(
+    item: &HashMap<String, AttributeValue>,
+    name: &str,
+) -> Result<T, StoreError> {
     opt_n(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
 }
 
@@ -403,9 +428,11 @@ fn parse_record(item: &HashMap<String, AttributeValue>) -> Result<DispatchRecord
     let status = get_s(item, attr::STATUS)?;
     let level = get_s(item, attr::LEVEL)?;
     Ok(DispatchRecord {
-        delivery_id: DeliveryId::parse(&delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        delivery_id: DeliveryId::parse(&delivery)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         target: RepoFullName::parse(&display).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        status: DispatchStatus::parse(&status).ok_or_else(|| corrupt(attr::STATUS, "is not a known status"))?,
+        status: DispatchStatus::parse(&status)
+            .ok_or_else(|| corrupt(attr::STATUS, "is not a known status"))?,
         attempts: get_u32(item, attr::ATTEMPTS)?,
         last_error: opt_s(item, attr::LAST_ERROR)?,
         lease_until_ms: get_n(item, attr::LEASE_UNTIL_MS)?,

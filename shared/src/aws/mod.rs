@@ -13,7 +13,9 @@ mod sqs;
 
 pub use blobs::{DynamoBlobStore, BLOB_CHUNK_BYTES, BLOB_TTL_SECS};
 pub use dynamo::{DynamoDispatchStore, DISPATCH_TTL_SECS};
-pub use sqs::{SqsQueue, DEAD_LETTER_REASON_ATTR, DEAD_LETTER_REASON_MAX_CHARS, SQS_MAX_MESSAGE_BYTES};
+pub use sqs::{
+    SqsQueue, DEAD_LETTER_REASON_ATTR, DEAD_LETTER_REASON_MAX_CHARS, SQS_MAX_MESSAGE_BYTES,
+};
 
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, Region, SdkConfig};

@@ -72,12 +72,19 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) the database at `path` and its schema.
     pub fn open(path: &Path) -> Result<Db, StoreError> {
-        let conn = Connection::open(path).map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
+        let conn = Connection::open(path)
+            .map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
-        Ok(Db { conn: Arc::new(Mutex::new(conn)), sent: Arc::new(tokio::sync::Notify::new()) })
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+            sent: Arc::new(tokio::sync::Notify::new()),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {

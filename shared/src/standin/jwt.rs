@@ -174,8 +174,13 @@ mod tests {
 
     fn sign(key_pem: &str, header: Value, claims: Value) -> String {
         let pair = {
-            let b64: String = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
-            let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+            let b64: String = key_pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect();
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
             KeyPair::from_pkcs8(&der).unwrap()
         };
         let input = format!(
@@ -185,8 +190,13 @@ mod tests {
         );
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let mut sig = vec![0; pair.public_modulus_len()];
-        pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig)
-            .unwrap();
+        pair.sign(
+            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+            &rng,
+            input.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 
@@ -196,24 +206,102 @@ mod tests {
         let hdr = json!({"alg": "RS256", "typ": "JWT"});
         let now = 1_700_000_000_i64;
         let check = |claims: Value| {
-            check_app_jwt(&sign(key.private_pem(), hdr.clone(), claims), &key, 7, "Iv1.x", now)
+            check_app_jwt(
+                &sign(key.private_pem(), hdr.clone(), claims),
+                &key,
+                7,
+                "Iv1.x",
+                now,
+            )
         };
-        assert_eq!(check(json!({"iss": 7, "iat": now - 60, "exp": now + 540})), Ok(()));
-        assert_eq!(check(json!({"iss": "7", "iat": now - 60, "exp": now + 540})), Ok(()));
-        assert_eq!(check(json!({"iss": "Iv1.x", "iat": now, "exp": now + 600})), Ok(()));
-        assert_eq!(check(json!({"iat": now, "exp": now + 60})).unwrap_err().message, ISS_MISSING);
-        assert_eq!(check(json!({"iss": 8, "iat": now, "exp": now + 60})).unwrap_err().status, 404);
-        assert_eq!(check(json!({"iss": "x", "iat": now, "exp": now + 60})).unwrap_err().message, ISS_NOT_INTEGER);
-        assert_eq!(check(json!({"iss": 7, "iat": now + 61, "exp": now + 120})).unwrap_err().message, IAT_INVALID);
-        assert_eq!(check(json!({"iss": 7, "iat": 1.5, "exp": now + 120})).unwrap_err().message, IAT_INVALID);
-        assert_eq!(check(json!({"iss": 7, "iat": now - 700, "exp": now})).unwrap_err().message, EXP_INVALID);
-        assert_eq!(check(json!({"iss": 7, "iat": now - 60, "exp": now + 541})).unwrap_err().message, EXP_TOO_FAR);
-        assert_eq!(check(json!({"iss": 7, "iat": now + 30, "exp": now + 601})).unwrap_err().message, EXP_TOO_FAR);
-        let hs = sign(key.private_pem(), json!({"alg": "HS256"}), json!({"iss": 7, "iat": now, "exp": now + 60}));
-        assert_eq!(check_app_jwt(&hs, &key, 7, "Iv1.x", now).unwrap_err().message, DECODE_FAILED);
+        assert_eq!(
+            check(json!({"iss": 7, "iat": now - 60, "exp": now + 540})),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"iss": "7", "iat": now - 60, "exp": now + 540})),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"iss": "Iv1.x", "iat": now, "exp": now + 600})),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"iat": now, "exp": now + 60}))
+                .unwrap_err()
+                .message,
+            ISS_MISSING
+        );
+        assert_eq!(
+            check(json!({"iss": 8, "iat": now, "exp": now + 60}))
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(
+            check(json!({"iss": "x", "iat": now, "exp": now + 60}))
+                .unwrap_err()
+                .message,
+            ISS_NOT_INTEGER
+        );
+        assert_eq!(
+            check(json!({"iss": 7, "iat": now + 61, "exp": now + 120}))
+                .unwrap_err()
+                .message,
+            IAT_INVALID
+        );
+        assert_eq!(
+            check(json!({"iss": 7, "iat": 1.5, "exp": now + 120}))
+                .unwrap_err()
+                .message,
+            IAT_INVALID
+        );
+        assert_eq!(
+            check(json!({"iss": 7, "iat": now - 700, "exp": now}))
+                .unwrap_err()
+                .message,
+            EXP_INVALID
+        );
+        assert_eq!(
+            check(json!({"iss": 7, "iat": now - 60, "exp": now + 541}))
+                .unwrap_err()
+                .message,
+            EXP_TOO_FAR
+        );
+        assert_eq!(
+            check(json!({"iss": 7, "iat": now + 30, "exp": now + 601}))
+                .unwrap_err()
+                .message,
+            EXP_TOO_FAR
+        );
+        let hs = sign(
+            key.private_pem(),
+            json!({"alg": "HS256"}),
+            json!({"iss": 7, "iat": now, "exp": now + 60}),
+        );
+        assert_eq!(
+            check_app_jwt(&hs, &key, 7, "Iv1.x", now)
+                .unwrap_err()
+                .message,
+            DECODE_FAILED
+        );
         let other = AppKey::generate().unwrap();
-        let forged = sign(other.private_pem(), hdr.clone(), json!({"iss": 7, "iat": now, "exp": now + 60}));
-        assert_eq!(check_app_jwt(&forged, &key, 7, "Iv1.x", now).unwrap_err().message, DECODE_FAILED);
-        assert_eq!(check_app_jwt("a.b.c", &key, 7, "Iv1.x", now).unwrap_err().message, DECODE_FAILED);
+        let forged = sign(
+            other.private_pem(),
+            hdr.clone(),
+            json!({"iss": 7, "iat": now, "exp": now + 60}),
+        );
+        assert_eq!(
+            check_app_jwt(&forged, &key, 7, "Iv1.x", now)
+                .unwrap_err()
+                .message,
+            DECODE_FAILED
+        );
+        assert_eq!(
+            check_app_jwt("a.b.c", &key, 7, "Iv1.x", now)
+                .unwrap_err()
+                .message,
+            DECODE_FAILED
+        );
     }
 }

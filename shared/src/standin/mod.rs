@@ -52,7 +52,11 @@ pub struct StandInOptions {
 
 impl Default for StandInOptions {
     fn default() -> Self {
-        StandInOptions { app_id: 424_242, token_ttl: Duration::from_secs(3600), latency: Duration::ZERO }
+        StandInOptions {
+            app_id: 424_242,
+            token_ttl: Duration::from_secs(3600),
+            latency: Duration::ZERO,
+        }
     }
 }
 
@@ -153,7 +157,14 @@ impl StandIn {
             opts.latency,
         ));
         let (stop, task) = server::spawn(listener, shared.clone());
-        Ok(StandIn { shared, server: Arc::new(Server { stop, task: Mutex::new(Some(task)), addr }) })
+        Ok(StandIn {
+            shared,
+            server: Arc::new(Server {
+                stop,
+                task: Mutex::new(Some(task)),
+                addr,
+            }),
+        })
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
@@ -211,7 +222,11 @@ impl StandIn {
         let mut world = self.shared.world();
         let lower = repo.to_ascii_lowercase();
         world.known.insert(lower.clone());
-        let key = (lower, state::normalize_path(path), state::normalize_ref(Some(git_ref)));
+        let key = (
+            lower,
+            state::normalize_path(path),
+            state::normalize_ref(Some(git_ref)),
+        );
         world.files.insert(key, contents.to_vec());
     }
 
@@ -219,12 +234,21 @@ impl StandIn {
     /// it takes the oldest queued fault and answers with it; a 204 comes
     /// only when the queue is empty.
     pub fn inject(&self, repo: &str, fault: Fault) {
-        self.shared.world().faults.entry(repo.to_ascii_lowercase()).or_default().push_back(fault);
+        self.shared
+            .world()
+            .faults
+            .entry(repo.to_ascii_lowercase())
+            .or_default()
+            .push_back(fault);
     }
 
     /// Faults still queued for `repo`.
     pub fn pending_faults(&self, repo: &str) -> usize {
-        self.shared.world().faults.get(&repo.to_ascii_lowercase()).map_or(0, |q| q.len())
+        self.shared
+            .world()
+            .faults
+            .get(&repo.to_ascii_lowercase())
+            .map_or(0, |q| q.len())
     }
 
     /// Delay added before answering every request from now on.
@@ -269,7 +293,12 @@ impl StandIn {
     /// Requests still in flight are answered first.
     pub async fn shutdown(&self) {
         let _ = self.server.stop.send(true);
-        let task = self.server.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let task = self
+            .server
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(task) = task {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }

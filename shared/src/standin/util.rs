@@ -77,7 +77,11 @@ pub(crate) fn ruby_inspect(v: &Value) -> String {
             let inner: Vec<String> = map
                 .iter()
                 .map(|(k, v)| {
-                    format!("{} => {}", serde_json::to_string(k).unwrap_or_default(), ruby_inspect(v))
+                    format!(
+                        "{} => {}",
+                        serde_json::to_string(k).unwrap_or_default(),
+                        ruby_inspect(v)
+                    )
                 })
                 .collect();
             format!("{{{}}}", inner.join(", "))
@@ -106,7 +110,11 @@ pub(crate) fn git_blob_sha(contents: &[u8]) -> String {
     let mut ctx = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(format!("blob {}\0", contents.len()).as_bytes());
     ctx.update(contents);
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Standard base64 with a newline every 60 characters and at the end, as
@@ -144,14 +152,20 @@ mod tests {
 
     #[test]
     fn github_length_counts_rails_escapes() {
-        assert_eq!(github_json_len(&json!({"a": "<&>"})), "{\"a\":\"<&>\"}".len() + 15);
+        assert_eq!(
+            github_json_len(&json!({"a": "<&>"})),
+            "{\"a\":\"<&>\"}".len() + 15
+        );
         assert_eq!(github_json_len(&json!({"a": "é"})), 9);
     }
 
     #[test]
     fn blob_sha_matches_git() {
         // `printf 'hello\n' | git hash-object --stdin`
-        assert_eq!(git_blob_sha(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(
+            git_blob_sha(b"hello\n"),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
     }
 
     #[test]

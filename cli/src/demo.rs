@@ -1,0 +1,379 @@
+//! `crcr demo`: the relay on the embedded default against a local GitHub
+//! stand-in, fed real webhook fixtures (octokit/webhooks, MIT) signed with a
+//! generated secret, with PyTorch's real allowlist where the App is installed
+//! on half the repositories. Prints what happened per delivery, then checks
+//! it against what the stand-in received and what the store recorded; exits
+//! non-zero if they disagree.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use crcr_shared::allowlist::{Allowlist, AllowlistSource};
+use crcr_shared::config::{EmbeddedConfig, RelayConfig};
+use crcr_shared::dispatch::DispatcherSettings;
+use crcr_shared::domain::{DeliveryId, RepoFullName};
+use crcr_shared::embedded::EmbeddedRelay;
+use crcr_shared::github::GitHubAppConfig;
+use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_shared::signature::WebhookSecret;
+use crcr_shared::sqlite::SqliteDispatchStore;
+use crcr_shared::standin::{Fault, StandIn, StandInOptions};
+use serde_json::Value;
+
+const ALLOWLIST: &str = include_str!("../../fixtures/allowlist/pytorch-allowlist.yml");
+const UPSTREAM: &str = "Codertocat/Hello-World";
+/// Repositories of the allowlist where the demo installs the App.
+const INSTALLED: &[&str] = &[
+    "pytorch/crcr-test",
+    "Ascend/pytorch",
+    "vllm-project/vllm",
+    "google-pytorch/torch_tpu",
+    "riseproject-dev/pytorch-ci",
+];
+
+struct Delivery {
+    label: &'static str,
+    event: &'static str,
+    id: String,
+    body: Vec<u8>,
+    forged: bool,
+    /// Expected to be dispatched (202 and targets).
+    dispatched: bool,
+    redelivery: bool,
+}
+
+fn fixture(name: &str) -> &'static str {
+    match name {
+        "pull_request.opened" => include_str!("../../fixtures/webhooks/pull_request.opened.json"),
+        "pull_request.synchronize" => {
+            include_str!("../../fixtures/webhooks/pull_request.synchronize.json")
+        }
+        "pull_request.reopened" => {
+            include_str!("../../fixtures/webhooks/pull_request.reopened.json")
+        }
+        "pull_request.closed" => include_str!("../../fixtures/webhooks/pull_request.closed.json"),
+        "pull_request.labeled" => include_str!("../../fixtures/webhooks/pull_request.labeled.json"),
+        "push" => include_str!("../../fixtures/webhooks/push.json"),
+        "ping" => include_str!("../../fixtures/webhooks/ping.json"),
+        _ => unreachable!("unknown fixture {name}"),
+    }
+}
+
+fn deliveries() -> Vec<Delivery> {
+    let d = |label, event, fixture_name: &str, dispatched| Delivery {
+        label,
+        event,
+        id: uuid::Uuid::new_v4().to_string(),
+        body: fixture(fixture_name).as_bytes().to_vec(),
+        forged: false,
+        dispatched,
+        redelivery: false,
+    };
+    let mut big: Value =
+        serde_json::from_str(fixture("pull_request.synchronize")).expect("fixture is JSON");
+    // A long PR description, as real PyTorch PRs have: pushes client_payload past 65,535 characters.
+    big["pull_request"]["body"] = Value::String("A long description. ".repeat(4_000));
+    let mut list = vec![
+        d(
+            "pull_request.opened",
+            "pull_request",
+            "pull_request.opened",
+            true,
+        ),
+        d(
+            "pull_request.synchronize",
+            "pull_request",
+            "pull_request.synchronize",
+            true,
+        ),
+        Delivery {
+            body: serde_json::to_vec(&big).expect("JSON"),
+            ..d(
+                "pull_request.synchronize (80 KB body)",
+                "pull_request",
+                "pull_request.synchronize",
+                true,
+            )
+        },
+        d("push", "push", "push", true),
+        d(
+            "pull_request.closed",
+            "pull_request",
+            "pull_request.closed",
+            true,
+        ),
+        d(
+            "pull_request.reopened",
+            "pull_request",
+            "pull_request.reopened",
+            true,
+        ),
+        d(
+            "pull_request.labeled",
+            "pull_request",
+            "pull_request.labeled",
+            false,
+        ),
+        d("ping", "ping", "ping", false),
+    ];
+    let first = &list[0];
+    let redelivery = Delivery {
+        label: "redelivery of the first",
+        redelivery: true,
+        dispatched: false,
+        id: first.id.clone(),
+        ..d("", "pull_request", "pull_request.opened", false)
+    };
+    let forged = Delivery {
+        label: "forged signature",
+        forged: true,
+        ..d("", "pull_request", "pull_request.opened", false)
+    };
+    list.push(redelivery);
+    list.push(forged);
+    list
+}
+
+/// Runs the demo; `Ok(false)` when what the relay did differs from what was printed/expected.
+pub async fn run() -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let gh = StandIn::start(StandInOptions::default())
+        .await
+        .context("starting the GitHub stand-in")?;
+    for repo in INSTALLED {
+        gh.install(repo);
+    }
+    // Faults GitHub really produces: two 502s, then success; a secondary rate limit.
+    gh.inject("vllm-project/vllm", Fault::ServerError(502));
+    gh.inject("vllm-project/vllm", Fault::ServerError(502));
+    gh.inject(
+        "google-pytorch/torch_tpu",
+        Fault::SecondaryRateLimit { retry_after_s: 1 },
+    );
+
+    let dir = std::env::temp_dir().join(format!("crcr-demo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let allowlist_path = dir.join("allowlist.yml");
+    std::fs::write(&allowlist_path, ALLOWLIST)?;
+    let allowlist = Allowlist::parse(ALLOWLIST)?;
+    let secret = WebhookSecret::new(uuid::Uuid::new_v4().to_string());
+    let cfg = RelayConfig {
+        upstream: RepoFullName::parse(UPSTREAM)?,
+        webhook_secret: secret.clone(),
+        github: GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url()),
+        allowlist: AllowlistSource::File(allowlist_path),
+        allowlist_ttl: Duration::from_secs(300),
+        max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
+        dispatcher: DispatcherSettings {
+            requeue_base_delay: Duration::from_millis(500),
+            ..Default::default()
+        },
+    };
+    let emb = EmbeddedConfig {
+        listen: "127.0.0.1:0".parse()?,
+        database: dir.join("crcr.sqlite"),
+        workers: 8,
+        visibility_timeout: Duration::from_secs(60),
+    };
+    let relay = EmbeddedRelay::build(&cfg, &emb)?;
+    let store: Arc<SqliteDispatchStore> = relay.store.clone();
+    let queue = relay.queue.clone();
+    let listener = tokio::net::TcpListener::bind(emb.listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(relay.run(listener, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let installed: BTreeSet<RepoFullName> = INSTALLED
+        .iter()
+        .map(|r| RepoFullName::parse(r).expect("repo"))
+        .collect();
+    println!("crcr demo: relay on SQLite at {}", emb.database.display());
+    println!(
+        "           ingest http://{addr}/github/webhook, GitHub stand-in {}",
+        gh.base_url()
+    );
+    println!(
+        "allowlist:  PyTorch's ({} repositories, L1-L3); App installed on {} of them; upstream {UPSTREAM}",
+        allowlist.entries().len(),
+        installed.len()
+    );
+    println!("faults:     vllm-project/vllm answers 502 twice; google-pytorch/torch_tpu answers 403 secondary rate limit (Retry-After: 1)\n");
+
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/github/webhook");
+    let mut problems: Vec<String> = Vec::new();
+    for d in deliveries() {
+        let signature = if d.forged {
+            WebhookSecret::new("not-the-secret").sign(&d.body)
+        } else {
+            secret.sign(&d.body)
+        };
+        let before = gh.dispatches().len();
+        let t0 = Instant::now();
+        let res = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-github-event", d.event)
+            .header("x-github-delivery", &d.id)
+            .header("x-hub-signature-256", signature)
+            .body(d.body.clone())
+            .send()
+            .await?;
+        let ack = t0.elapsed();
+        let status = res.status().as_u16();
+        let answer: Value = res.json().await.unwrap_or(Value::Null);
+        let delivery = DeliveryId::parse(&d.id)?;
+        let expected_status = match (d.forged, d.dispatched || d.redelivery, d.event) {
+            (true, _, _) => 401,
+            (false, true, _) => 202,
+            _ => 200,
+        };
+        println!(
+            "{:<40} {} {:>4} ack {:>6.1} ms  delivery {}",
+            d.label,
+            status,
+            "",
+            ack.as_secs_f64() * 1e3,
+            &d.id[..8]
+        );
+        if status != expected_status {
+            problems.push(format!(
+                "{}: answered {status}, expected {expected_status} ({answer})",
+                d.label
+            ));
+        }
+        if let Some(why) = answer.get("ignored").and_then(Value::as_str) {
+            println!("    ignored: {why}");
+        }
+        // Wait until the queue is empty and every target of this delivery is settled.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let records = store.records(&delivery).await?;
+            let settled = records.iter().all(|r| r.status != DispatchStatus::Pending);
+            if queue.depth(QueueSide::Source).await? == 0 && settled {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{}: not settled after 30 s", d.label);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let new: Vec<_> = gh.dispatches()[before..].to_vec();
+        let records = store.records(&delivery).await?;
+        if d.dispatched {
+            let mut last = t0;
+            for entry in allowlist.entries() {
+                let record = records.iter().find(|r| r.target == entry.repo);
+                let sent: Vec<_> = new
+                    .iter()
+                    .filter(|x| RepoFullName::parse(&x.repo).ok().as_ref() == Some(&entry.repo))
+                    .collect();
+                let calls: Vec<u16> = gh
+                    .requests()
+                    .iter()
+                    .filter(|r| r.at >= t0 && r.method == "POST" && r.path.ends_with("/dispatches"))
+                    .filter(|r| {
+                        r.repo
+                            .as_deref()
+                            .and_then(|x| RepoFullName::parse(x).ok())
+                            .as_ref()
+                            == Some(&entry.repo)
+                    })
+                    .map(|r| r.status)
+                    .collect();
+                let line = match (record, sent.as_slice()) {
+                    (Some(r), [one]) if r.status == DispatchStatus::Dispatched => {
+                        last = last.max(one.at);
+                        let trimmed =
+                            one.body["client_payload"]["payload_trimmed"] == Value::Bool(true);
+                        if trimmed != r.payload_trimmed {
+                            problems
+                                .push(format!("{}: {} trimmed flag differs", d.label, entry.repo));
+                        }
+                        format!(
+                            "dispatched  (calls: {}){}",
+                            calls
+                                .iter()
+                                .map(u16::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            if trimmed { ", payload trimmed" } else { "" }
+                        )
+                    }
+                    (Some(r), []) if r.status == DispatchStatus::Failed => {
+                        format!("failed: {}", r.last_error.as_deref().unwrap_or("?"))
+                    }
+                    (None, []) if !installed.contains(&entry.repo) => {
+                        "not installed (App not installed; nothing sent)".to_owned()
+                    }
+                    (rec, sent) => {
+                        problems.push(format!(
+                            "{}: {} record {:?} but {} dispatches sent",
+                            d.label,
+                            entry.repo,
+                            rec.map(|r| r.status),
+                            sent.len()
+                        ));
+                        "MISMATCH".to_owned()
+                    }
+                };
+                println!("    {:<34} {}  {line}", entry.repo.as_str(), entry.level);
+            }
+            println!(
+                "    all targets settled {:.1} ms after the ack\n",
+                (last.saturating_duration_since(t0).saturating_sub(ack)).as_secs_f64() * 1e3
+            );
+        } else {
+            if !new.is_empty() {
+                problems.push(format!(
+                    "{}: {} dispatches sent, expected none",
+                    d.label,
+                    new.len()
+                ));
+            }
+            if d.redelivery {
+                println!(
+                    "    same delivery id: {} new dispatches (targets already dispatched)",
+                    new.len()
+                );
+            } else if d.forged {
+                println!(
+                    "    refused: {}",
+                    answer.get("error").and_then(Value::as_str).unwrap_or("")
+                );
+            }
+            if d.forged && !records.is_empty() {
+                problems.push("forged delivery left records".into());
+            }
+            println!();
+        }
+    }
+    let _ = stop_tx.send(());
+    server.await??;
+
+    let total = gh.dispatches().len();
+    println!("{} dispatches sent in {:.2} s; GitHub calls: {} installation lookups, {} tokens minted, {} dispatch calls",
+        total,
+        started.elapsed().as_secs_f64(),
+        gh.count("GET", "/repos/"),
+        gh.count("POST", "/app/installations/"),
+        gh.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/dispatches")).count(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    if problems.is_empty() {
+        println!(
+            "check: what is printed above is what the stand-in received and the store recorded."
+        );
+        Ok(true)
+    } else {
+        println!("check FAILED:");
+        for p in problems {
+            println!("  - {p}");
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,177 @@
+//! The embedded default: ingest and dispatcher workers in one process on one
+//! SQLite file (`crcr serve`, `crcr demo`, end-to-end tests).
+//!
+//! The worker loop receives up to `workers` messages at a time (long polling,
+//! woken by ingest's sends) and handles each on its own task; on shutdown it
+//! stops receiving and lets in-flight messages finish. A message whose
+//! process dies mid-way reappears after the visibility timeout, and its
+//! targets' leases let the next attempt take them over.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::allowlist::{AllowlistProvider, AllowlistSource};
+use crate::config::{EmbeddedConfig, RelayConfig};
+use crate::dispatch::Dispatcher;
+use crate::github::{GitHubAppClient, GitHubConfigError};
+use crate::ingest::{self, IngestState};
+use crate::ports::{EventQueue, GitHubApp, QueueSide, StoreError, SystemClock};
+use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteQueue};
+
+/// Start-up failures of the embedded relay.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("database: {0}")]
+    Database(#[from] StoreError),
+    #[error(transparent)]
+    GitHub(#[from] GitHubConfigError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The relay wired on SQLite.
+pub struct EmbeddedRelay {
+    pub db: Db,
+    pub queue: Arc<SqliteQueue>,
+    pub store: Arc<SqliteDispatchStore>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub router: Router,
+    pub workers: usize,
+    pub visibility_timeout: Duration,
+}
+
+/// Builds the GitHub client and the allowlist provider both runtimes use.
+pub fn github_and_allowlist(
+    cfg: &RelayConfig,
+) -> Result<(Arc<GitHubAppClient>, Arc<AllowlistProvider>), GitHubConfigError> {
+    let github = Arc::new(GitHubAppClient::new(cfg.github.clone())?);
+    let for_allowlist: Option<Arc<dyn GitHubApp>> = match cfg.allowlist {
+        AllowlistSource::GitHub { .. } => Some(github.clone()),
+        AllowlistSource::File(_) => None,
+    };
+    let allowlist = Arc::new(AllowlistProvider::new(
+        cfg.allowlist.clone(),
+        cfg.allowlist_ttl,
+        for_allowlist,
+    ));
+    Ok((github, allowlist))
+}
+
+impl EmbeddedRelay {
+    pub fn build(cfg: &RelayConfig, emb: &EmbeddedConfig) -> Result<Self, EmbeddedError> {
+        let db = Db::open(&emb.database)?;
+        let queue = Arc::new(SqliteQueue::new(
+            db.clone(),
+            "dispatch",
+            cfg.dispatcher.max_receive_count,
+        ));
+        let store = Arc::new(SqliteDispatchStore::new(db.clone()));
+        let blobs = Arc::new(SqliteBlobStore::new(db.clone()));
+        let (github, allowlist) = github_and_allowlist(cfg)?;
+        let dispatcher = Arc::new(Dispatcher {
+            store: store.clone(),
+            blobs: blobs.clone(),
+            github,
+            allowlist,
+            clock: Arc::new(SystemClock),
+            settings: cfg.dispatcher.clone(),
+        });
+        let router = ingest::router(Arc::new(IngestState {
+            secret: cfg.webhook_secret.clone(),
+            upstream: cfg.upstream.clone(),
+            queue: queue.clone(),
+            blobs,
+            clock: Arc::new(SystemClock),
+            max_body_bytes: cfg.max_body_bytes,
+        }));
+        Ok(Self {
+            db,
+            queue,
+            store,
+            dispatcher,
+            router,
+            workers: emb.workers,
+            visibility_timeout: emb.visibility_timeout,
+        })
+    }
+
+    /// Serves ingest on `listener` and runs the dispatcher workers until
+    /// `shutdown` resolves; then drains in-flight messages.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), EmbeddedError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let workers = tokio::spawn(run_workers(
+            self.queue.clone(),
+            self.dispatcher.clone(),
+            self.workers,
+            self.visibility_timeout,
+            stop_rx,
+        ));
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        server.await?;
+        let _ = workers.await;
+        Ok(())
+    }
+}
+
+/// The dispatcher worker loop; returns when `stop` turns true and in-flight
+/// messages are done.
+pub async fn run_workers(
+    queue: Arc<dyn EventQueue>,
+    dispatcher: Arc<Dispatcher>,
+    workers: usize,
+    visibility: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(workers));
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let Ok(first) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let mut held = vec![first];
+        while held.len() < 10 {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let received = tokio::select! {
+            r = queue.receive(QueueSide::Source, held.len(), visibility, Duration::from_secs(1)) => r,
+            _ = stop.changed() => break,
+        };
+        let messages = match received {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "dispatch queue receive failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for msg in messages {
+            let permit = held.pop().expect("one permit per received message");
+            let (queue, dispatcher) = (queue.clone(), dispatcher.clone());
+            tokio::spawn(async move {
+                if let Err(e) = dispatcher.handle(queue.as_ref(), &msg).await {
+                    tracing::error!(message_id = %msg.message_id, error = %e, "could not settle message; it will reappear");
+                }
+                drop(permit);
+            });
+        }
+    }
+    // Drain: wait for every in-flight message.
+    let _ = permits.acquire_many(workers as u32).await;
+}
