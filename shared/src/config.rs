@@ -100,6 +100,24 @@ impl<'a> Env<'a> {
     }
 }
 
+/// What ingest alone needs (the ingest Lambda reads only these).
+#[derive(Debug)]
+pub struct IngestConfig {
+    pub upstream: RepoFullName,
+    pub webhook_secret: WebhookSecret,
+    pub max_body_bytes: usize,
+}
+
+impl IngestConfig {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let upstream_raw = env.opt("CRCR_UPSTREAM_REPO").unwrap_or_else(|| "pytorch/pytorch".into());
+        let upstream = RepoFullName::parse(&upstream_raw).map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
+        let webhook_secret = WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret());
+        let max_body_bytes = env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?;
+        Ok(Self { upstream, webhook_secret, max_body_bytes })
+    }
+}
+
 /// Settings every runtime (Lambda or `crcr serve`) shares.
 pub struct RelayConfig {
     pub upstream: RepoFullName,

@@ -520,3 +520,41 @@ fn retry_or_fail_unrecorded(e: GitHubError) -> TargetOutcome {
         },
     }
 }
+
+/// Processes a batch delivered by an SQS event source mapping and returns
+/// the message ids to report as `batchItemFailures` (SQS partial batch
+/// response, `ReportBatchItemFailures`). Messages run concurrently. A message
+/// to retry has its visibility changed to the wanted delay and is reported;
+/// one to dead-letter is sent to the DLQ with its reason and not reported
+/// (if that send fails it is reported, so nothing is lost); an unexpected
+/// error always reports the message, never acks it silently.
+pub async fn process_sqs_batch(dispatcher: &Dispatcher, queue: &dyn EventQueue, batch: Vec<ReceivedMessage>) -> Vec<String> {
+    let results = futures::stream::iter(batch)
+        .map(|msg| async move {
+            let outcome = dispatcher.process(&msg.body).await;
+            let failed = match dispatcher.disposition(&msg, &outcome) {
+                Disposition::Delete => false,
+                Disposition::Requeue { delay } => {
+                    if let Err(e) = queue.change_visibility(QueueSide::Source, &msg.receipt, delay).await {
+                        tracing::warn!(message_id = %msg.message_id, error = %e, "could not delay retry; the queue's visibility timeout applies");
+                    }
+                    true
+                }
+                Disposition::DeadLetter { reason } => {
+                    tracing::error!(message_id = %msg.message_id, %reason, metric = "dlq_sends", "message sent to the dead-letter queue");
+                    match queue.dead_letter(&msg, &reason).await {
+                        Ok(()) => false,
+                        Err(e) => {
+                            tracing::error!(message_id = %msg.message_id, error = %e, "dead-letter send failed; message stays on the queue");
+                            true
+                        }
+                    }
+                }
+            };
+            failed.then_some(msg.message_id)
+        })
+        .buffer_unordered(10)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().flatten().collect()
+}

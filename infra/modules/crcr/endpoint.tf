@@ -28,7 +28,9 @@ resource "aws_lambda_function_url" "ingest" {
 }
 
 # Since October 2025 a public Function URL needs both statements: invoking the
-# URL, and invoking the function when the call comes through the URL.
+# URL, and invoking the function when the call comes through the URL. The
+# provider (>= 6.28) also adds both when it creates the URL, but those are not
+# in the state; these are, so the policy is visible here and removed with it.
 resource "aws_lambda_permission" "ingest_url" {
   #checkov:skip=CKV_AWS_301:Public on purpose: GitHub and downstream CI call it; requests are authenticated in code (HMAC / OIDC).
   count = local.use_function_url ? 1 : 0
