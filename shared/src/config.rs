@@ -110,11 +110,19 @@ pub struct IngestConfig {
 
 impl IngestConfig {
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
-        let upstream_raw = env.opt("CRCR_UPSTREAM_REPO").unwrap_or_else(|| "pytorch/pytorch".into());
-        let upstream = RepoFullName::parse(&upstream_raw).map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
+        let upstream_raw = env
+            .opt("CRCR_UPSTREAM_REPO")
+            .unwrap_or_else(|| "pytorch/pytorch".into());
+        let upstream = RepoFullName::parse(&upstream_raw)
+            .map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
         let webhook_secret = WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret());
-        let max_body_bytes = env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?;
-        Ok(Self { upstream, webhook_secret, max_body_bytes })
+        let max_body_bytes =
+            env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?;
+        Ok(Self {
+            upstream,
+            webhook_secret,
+            max_body_bytes,
+        })
     }
 }
 
@@ -259,7 +267,8 @@ impl EmbeddedConfig {
 #[derive(Debug, Clone)]
 pub struct AwsResources {
     pub dispatch_queue_url: String,
-    pub dispatch_dlq_url: String,
+    /// Needed by the dispatcher (it dead-letters with a reason); not by ingest.
+    pub dispatch_dlq_url: Option<String>,
     pub dispatch_table: String,
     pub payload_table: String,
     pub endpoint_url: Option<String>,
@@ -269,11 +278,18 @@ impl AwsResources {
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             dispatch_queue_url: env.required("CRCR_DISPATCH_QUEUE_URL")?,
-            dispatch_dlq_url: env.required("CRCR_DISPATCH_DLQ_URL")?,
+            dispatch_dlq_url: env.opt("CRCR_DISPATCH_DLQ_URL"),
             dispatch_table: env.required("CRCR_DISPATCH_TABLE")?,
             payload_table: env.required("CRCR_PAYLOAD_TABLE")?,
             endpoint_url: env.opt("CRCR_AWS_ENDPOINT_URL"),
         })
+    }
+
+    /// The DLQ URL, for the runtimes that dead-letter.
+    pub fn dlq_url(&self) -> Result<String, ConfigError> {
+        self.dispatch_dlq_url
+            .clone()
+            .ok_or_else(|| err("CRCR_DISPATCH_DLQ_URL", "is required by the dispatcher"))
     }
 }
 

@@ -528,7 +528,11 @@ fn retry_or_fail_unrecorded(e: GitHubError) -> TargetOutcome {
 /// one to dead-letter is sent to the DLQ with its reason and not reported
 /// (if that send fails it is reported, so nothing is lost); an unexpected
 /// error always reports the message, never acks it silently.
-pub async fn process_sqs_batch(dispatcher: &Dispatcher, queue: &dyn EventQueue, batch: Vec<ReceivedMessage>) -> Vec<String> {
+pub async fn process_sqs_batch(
+    dispatcher: &Dispatcher,
+    queue: &dyn EventQueue,
+    batch: Vec<ReceivedMessage>,
+) -> Vec<String> {
     let results = futures::stream::iter(batch)
         .map(|msg| async move {
             let outcome = dispatcher.process(&msg.body).await;

@@ -32,6 +32,11 @@ pub enum EmbeddedError {
     GitHub(#[from] GitHubConfigError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("CRCR_VISIBILITY_TIMEOUT_SECS ({visibility:?}) must be longer than CRCR_RETRY_BUDGET_SECS ({budget:?}): otherwise a message still being retried reappears and is taken by a second worker")]
+    VisibilityTooShort {
+        visibility: Duration,
+        budget: Duration,
+    },
 }
 
 /// The relay wired on SQLite.
@@ -64,6 +69,12 @@ pub fn github_and_allowlist(
 
 impl EmbeddedRelay {
     pub fn build(cfg: &RelayConfig, emb: &EmbeddedConfig) -> Result<Self, EmbeddedError> {
+        if emb.visibility_timeout <= cfg.dispatcher.retry_budget {
+            return Err(EmbeddedError::VisibilityTooShort {
+                visibility: emb.visibility_timeout,
+                budget: cfg.dispatcher.retry_budget,
+            });
+        }
         let db = Db::open(&emb.database)?;
         let queue = Arc::new(SqliteQueue::new(
             db.clone(),

@@ -676,14 +676,10 @@ async fn latency_is_added_to_every_answer() {
     let started = Instant::now();
     assert_eq!(call(&s, "GET", "/nowhere", &[], b"").await.status, 404);
     assert!(started.elapsed() >= Duration::from_millis(200));
+    // Without latency the server answers at once (measured server-side, so a
+    // busy test machine's connect time does not count).
     s.set_latency(Duration::ZERO);
-    let started = Instant::now();
     call(&s, "GET", "/nowhere", &[], b"").await;
-    assert!(
-        started.elapsed() < Duration::from_millis(150),
-        "{:?}",
-        started.elapsed()
-    );
     s.set_latency(Duration::from_millis(120));
     let started = Instant::now();
     call(&s, "GET", "/nowhere", &[], b"").await;
@@ -691,7 +687,7 @@ async fn latency_is_added_to_every_answer() {
     let d: Vec<Duration> = s.requests().iter().map(|r| r.duration).collect();
     assert!(
         d[0] >= Duration::from_millis(200)
-            && d[1] < Duration::from_millis(150)
+            && d[1] < Duration::from_millis(100)
             && d[2] >= Duration::from_millis(120),
         "{d:?}"
     );

@@ -1,1 +1,192 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: a relay on the embedded default (SQLite
+//! in a temp dir) in this process, a GitHub stand-in, signed deliveries of
+//! the real fixtures, and waiting until a delivery is settled.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crcr_shared::allowlist::{Allowlist, AllowlistSource};
+use crcr_shared::config::{EmbeddedConfig, RelayConfig};
+use crcr_shared::dispatch::DispatcherSettings;
+use crcr_shared::domain::{DeliveryId, RepoFullName};
+use crcr_shared::embedded::EmbeddedRelay;
+use crcr_shared::github::GitHubAppConfig;
+use crcr_shared::ports::{DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_shared::signature::WebhookSecret;
+use crcr_shared::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
+use crcr_shared::standin::StandIn;
+use serde_json::Value;
+
+/// The fixtures' repository, used as the upstream.
+pub const UPSTREAM: &str = "Codertocat/Hello-World";
+pub const PYTORCH_ALLOWLIST: &str = include_str!("../../fixtures/allowlist/pytorch-allowlist.yml");
+
+/// A webhook fixture's exact bytes.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/webhooks")
+        .join(format!("{name}.json"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// A relay on SQLite serving ingest on a loopback port, with its workers.
+pub struct Relay {
+    pub url: String,
+    pub secret: WebhookSecret,
+    pub dir: PathBuf,
+    pub store: Arc<SqliteDispatchStore>,
+    pub queue: Arc<SqliteQueue>,
+    pub allowlist: Allowlist,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The embedded queue's visibility timeout in these tests (longer than
+/// `test_settings().retry_budget`, as the relay requires).
+pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Settings fast enough for tests; the relay's real defaults otherwise.
+pub fn test_settings() -> DispatcherSettings {
+    DispatcherSettings {
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        requeue_base_delay: Duration::from_millis(200),
+        retry_budget: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+impl Relay {
+    /// Starts a relay in `dir` (created if needed; reuse it to restart on
+    /// the same database) talking to `gh`.
+    pub async fn start(
+        gh: &StandIn,
+        allowlist: &str,
+        settings: DispatcherSettings,
+        dir: Option<PathBuf>,
+        secret: &str,
+    ) -> Relay {
+        let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("crcr-e2e-{}", uuid())));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let allowlist_path = dir.join("allowlist.yml");
+        std::fs::write(&allowlist_path, allowlist).expect("write allowlist");
+        let secret = WebhookSecret::new(secret);
+        let cfg = RelayConfig {
+            upstream: RepoFullName::parse(UPSTREAM).unwrap(),
+            webhook_secret: secret.clone(),
+            github: GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url()),
+            allowlist: AllowlistSource::File(allowlist_path),
+            allowlist_ttl: Duration::from_secs(300),
+            max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
+            dispatcher: settings,
+        };
+        let emb = EmbeddedConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: dir.join("crcr.sqlite"),
+            workers: 8,
+            visibility_timeout: VISIBILITY_TIMEOUT,
+        };
+        let relay = EmbeddedRelay::build(&cfg, &emb).expect("relay builds");
+        let (store, queue) = (relay.store.clone(), relay.queue.clone());
+        let listener = tokio::net::TcpListener::bind(emb.listen).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            relay
+                .run(listener, async move {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("relay runs");
+        });
+        Relay {
+            url,
+            secret,
+            dir,
+            store,
+            queue,
+            allowlist: Allowlist::parse(allowlist).unwrap(),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Opens the relay's database on the side (e.g. to read a DLQ).
+    pub fn db(&self) -> Db {
+        Db::open(&self.dir.join("crcr.sqlite")).unwrap()
+    }
+
+    /// Posts `body` as GitHub would, signed with the relay's secret (or
+    /// another one when `forge`). Returns status and JSON answer.
+    pub async fn post(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: &[u8],
+        forge: bool,
+    ) -> (u16, Value) {
+        let signature = if forge {
+            WebhookSecret::new("forged").sign(body)
+        } else {
+            self.secret.sign(body)
+        };
+        let res = reqwest::Client::new()
+            .post(format!("{}/github/webhook", self.url))
+            .header("content-type", "application/json")
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", signature)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("relay reachable");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits (up to `within`) until the queue is empty and no record of
+    /// `delivery` is pending; returns its records.
+    pub async fn settled(&self, delivery: &str, within: Duration) -> Vec<DispatchRecord> {
+        let id = DeliveryId::parse(delivery).unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            let records = self.store.records(&id).await.unwrap();
+            let depth = self.queue.depth(QueueSide::Source).await.unwrap();
+            if depth == 0 && records.iter().all(|r| r.status != DispatchStatus::Pending) {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "delivery {delivery} not settled: depth {depth}, records {records:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops ingest and workers gracefully.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+pub fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Dispatches the stand-in accepted for `delivery`, by target (lower-cased).
+pub fn dispatched_to(gh: &StandIn, delivery: &str) -> Vec<String> {
+    let mut v: Vec<String> = gh
+        .dispatches()
+        .into_iter()
+        .filter(|d| d.body["client_payload"]["delivery_id"] == delivery)
+        .map(|d| d.repo.to_ascii_lowercase())
+        .collect();
+    v.sort();
+    v
+}

@@ -292,12 +292,11 @@ impl DispatchStore for DynamoDispatchStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key(delivery, target)))
-            .condition_expression("#status = :pending")
+            .condition_expression("attribute_exists(#status)")
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
             .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
             .expression_attribute_names("#expires", attr::EXPIRES_AT)
-            .expression_attribute_values(":pending", s(DispatchStatus::Pending.as_str()))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":expires", n(now_epoch_secs() + DISPATCH_TTL_SECS));

@@ -237,7 +237,7 @@ pub(crate) async fn contents(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if false && accept.contains("application/vnd.github.raw")
+    if accept.contains("application/vnd.github.raw")
         || accept.contains("application/vnd.github.v3.raw")
     {
         let mut resp = Response::new(Body::from(file));

@@ -151,6 +151,7 @@ fn resolve_auth(shared: &Shared, headers: &HeaderMap, now: Instant) -> Auth {
 }
 
 /// The rule for endpoints that need an App JWT (`/app/...`, installation lookups).
+#[allow(clippy::result_large_err)] // an axum Response, answered at once
 pub(crate) fn require_app(auth: &Auth) -> Result<(), Response> {
     match auth {
         Auth::App => Ok(()),
@@ -173,6 +174,7 @@ pub(crate) struct RepoAccess {
 /// reaches `repo`. Answers 401 without usable credentials, 404 for a
 /// repository that does not exist or is private and out of reach, 403
 /// "Resource not accessible by integration" for a public one out of reach.
+#[allow(clippy::result_large_err)] // an axum Response, answered at once
 pub(crate) fn require_installation(
     shared: &Shared,
     auth: &Auth,
