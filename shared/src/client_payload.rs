@@ -68,14 +68,17 @@ pub fn build(
     })
 }
 
-/// Characters of the compact JSON of `v` (GitHub counts characters, not bytes).
+/// Characters of `v`'s JSON as GitHub measures it: GitHub (Rails) encodes
+/// the payload with `<`, `>`, `&`, U+2028 and U+2029 escaped as `\uXXXX` (6
+/// characters each) and compares the length in characters, not bytes.
 pub fn json_chars(v: &Value) -> usize {
     let s = serde_json::to_string(v).expect("JSON values serialize");
-    if s.is_ascii() {
-        s.len()
-    } else {
-        s.chars().count()
-    }
+    s.chars()
+        .map(|c| match c {
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Paths kept in a trimmed payload: what downstream workflows read
@@ -202,6 +205,15 @@ mod tests {
         ] {
             assert_eq!(t.pointer(ptr), p.pointer(ptr), "{ptr}");
         }
+    }
+
+    #[test]
+    fn html_characters_count_as_githubs_escapes() {
+        assert_eq!(json_chars(&json!("a<b")), 2 + 1 + 6 + 1);
+        assert_eq!(json_chars(&json!("é")), 3);
+        // A body of '<' that fits as plain JSON but not as GitHub counts it is trimmed.
+        let p = json!({"pull_request": {"body": "<".repeat(20_000)}});
+        assert!(build("pull_request", "d", &p).unwrap().trimmed);
     }
 
     #[test]

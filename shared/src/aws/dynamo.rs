@@ -1,6 +1,5 @@
 //! [`DispatchStore`] on DynamoDB: one item per (delivery id, target).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,11 +7,12 @@ use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
-use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::domain::{DeliveryId, RepoFullName};
 use crate::ports::{
     AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
 };
 
+use super::dispatch_item::{attr, get_u32, key, n, new_item, parse_record, s, Item};
 use super::now_epoch_secs;
 
 /// Lifetime of a dispatch record: 30 days (in seconds) after its last write,
@@ -24,27 +24,6 @@ pub const DISPATCH_TTL_SECS: i64 = 30 * 24 * 3600;
 /// expired by TTL or taken over between its calls). Each round is at most
 /// three requests; in practice the first round decides.
 const CLAIM_ROUNDS: usize = 3;
-
-/// Attribute names of a dispatch item.
-mod attr {
-    pub const DELIVERY_ID: &str = "delivery_id";
-    pub const TARGET: &str = "target";
-    pub const TARGET_DISPLAY: &str = "target_display";
-    pub const STATUS: &str = "status";
-    pub const ATTEMPTS: &str = "attempts";
-    pub const LAST_ERROR: &str = "last_error";
-    pub const LEASE_UNTIL_MS: &str = "lease_until_ms";
-    pub const CREATED_AT_MS: &str = "created_at_ms";
-    pub const UPDATED_AT_MS: &str = "updated_at_ms";
-    pub const DISPATCHED_AT_MS: &str = "dispatched_at_ms";
-    pub const PAYLOAD_TRIMMED: &str = "payload_trimmed";
-    pub const EVENT: &str = "event";
-    pub const ACTION: &str = "action";
-    pub const HEAD_SHA: &str = "head_sha";
-    pub const PR_NUMBER: &str = "pr_number";
-    pub const LEVEL: &str = "level";
-    pub const EXPIRES_AT: &str = "expires_at";
-}
 
 /// Dispatch records in one DynamoDB table.
 ///
@@ -73,13 +52,6 @@ impl DynamoDispatchStore {
         Self { client, table }
     }
 
-    fn key(delivery: &DeliveryId, target: &RepoFullName) -> HashMap<String, AttributeValue> {
-        HashMap::from([
-            (attr::DELIVERY_ID.to_owned(), s(delivery.as_str())),
-            (attr::TARGET.to_owned(), s(target.key())),
-        ])
-    }
-
     /// Creates the record for attempt 1. `Ok(None)`: created. `Ok(Some(item))`:
     /// it exists already; `item` is the stored item when DynamoDB returned it.
     async fn put_new(
@@ -89,30 +61,8 @@ impl DynamoDispatchStore {
         meta: &DispatchMeta,
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> Result<Option<Option<HashMap<String, AttributeValue>>>, StoreError> {
-        let mut item = Self::key(delivery, target);
-        item.insert(attr::TARGET_DISPLAY.into(), s(target.as_str()));
-        item.insert(attr::STATUS.into(), s(DispatchStatus::Pending.as_str()));
-        item.insert(attr::ATTEMPTS.into(), n(1));
-        item.insert(attr::LEASE_UNTIL_MS.into(), n(lease_until_ms));
-        item.insert(attr::CREATED_AT_MS.into(), n(now_ms));
-        item.insert(attr::UPDATED_AT_MS.into(), n(now_ms));
-        item.insert(attr::PAYLOAD_TRIMMED.into(), AttributeValue::Bool(false));
-        item.insert(attr::EVENT.into(), s(&meta.event));
-        if let Some(a) = &meta.action {
-            item.insert(attr::ACTION.into(), s(a));
-        }
-        if let Some(h) = &meta.head_sha {
-            item.insert(attr::HEAD_SHA.into(), s(h));
-        }
-        if let Some(p) = meta.pr_number {
-            item.insert(attr::PR_NUMBER.into(), n(p));
-        }
-        item.insert(attr::LEVEL.into(), s(meta.level.as_str()));
-        item.insert(
-            attr::EXPIRES_AT.into(),
-            n(now_epoch_secs() + DISPATCH_TTL_SECS),
-        );
+    ) -> Result<Option<Option<Item>>, StoreError> {
+        let item = new_item(delivery, target, meta, now_ms, lease_until_ms);
         let res = self
             .client
             .put_item()
@@ -142,12 +92,12 @@ impl DynamoDispatchStore {
         target: &RepoFullName,
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> Result<Result<u32, Option<HashMap<String, AttributeValue>>>, StoreError> {
+    ) -> Result<Result<u32, Option<Item>>, StoreError> {
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(delivery, target)))
+            .set_key(Some(key(delivery, target)))
             .update_expression(
                 "SET #attempts = #attempts + :one, #lease = :lease, #updated = :now, #expires = :expires",
             )
@@ -185,12 +135,12 @@ impl DynamoDispatchStore {
         &self,
         delivery: &DeliveryId,
         target: &RepoFullName,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+    ) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(delivery, target)))
+            .set_key(Some(key(delivery, target)))
             .consistent_read(true)
             .send()
             .await
@@ -204,7 +154,7 @@ impl DynamoDispatchStore {
         &self,
         delivery: &DeliveryId,
         target: &RepoFullName,
-        returned: Option<HashMap<String, AttributeValue>>,
+        returned: Option<Item>,
     ) -> Result<Option<DispatchRecord>, StoreError> {
         let item = match returned {
             Some(item) if !item.is_empty() => Some(item),
@@ -291,12 +241,13 @@ impl DispatchStore for DynamoDispatchStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(delivery, target)))
-            .condition_expression("attribute_exists(#status)")
+            .set_key(Some(key(delivery, target)))
+            .condition_expression("#status = :pending")
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
             .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
             .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":pending", s(DispatchStatus::Pending.as_str()))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":expires", n(now_epoch_secs() + DISPATCH_TTL_SECS));
@@ -336,7 +287,7 @@ impl DispatchStore for DynamoDispatchStore {
     /// (the lower-cased key, the order of [`RepoFullName`]), all pages.
     async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError> {
         let mut out = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        let mut start: Option<Item> = None;
         loop {
             let page = self
                 .client
@@ -363,92 +314,6 @@ impl DispatchStore for DynamoDispatchStore {
     }
 }
 
-// ---------------------------------------------------------------- items
-
 fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
     StoreError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
-}
-
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn corrupt(name: &str, why: &str) -> StoreError {
-    StoreError::Corrupt(format!("dispatch item attribute {name:?} {why}"))
-}
-
-fn opt_s(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<String>, StoreError> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
-        Some(_) => Err(corrupt(name, "is not a string")),
-    }
-}
-
-fn get_s(item: &HashMap<String, AttributeValue>, name: &str) -> Result<String, StoreError> {
-    opt_s(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
-}
-
-fn opt_n<T: std::str::FromStr>(
-    item: &HashMap<String, AttributeValue>,
-    name: &str,
-) -> Result<Option<T>, StoreError> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::N(v)) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| corrupt(name, "is out of range")),
-        Some(_) => Err(corrupt(name, "is not a number")),
-    }
-}
-
-fn get_n<T: std::str::FromStr>(
-    item: &HashMap<String, AttributeValue>,
-    name: &str,
-) -> Result<T, StoreError> {
-    opt_n(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
-}
-
-fn get_u32(item: &HashMap<String, AttributeValue>, name: &str) -> Result<u32, StoreError> {
-    get_n(item, name)
-}
-
-fn parse_record(item: &HashMap<String, AttributeValue>) -> Result<DispatchRecord, StoreError> {
-    let delivery = get_s(item, attr::DELIVERY_ID)?;
-    let display = match opt_s(item, attr::TARGET_DISPLAY)? {
-        Some(d) => d,
-        None => get_s(item, attr::TARGET)?,
-    };
-    let status = get_s(item, attr::STATUS)?;
-    let level = get_s(item, attr::LEVEL)?;
-    Ok(DispatchRecord {
-        delivery_id: DeliveryId::parse(&delivery)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        target: RepoFullName::parse(&display).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        status: DispatchStatus::parse(&status)
-            .ok_or_else(|| corrupt(attr::STATUS, "is not a known status"))?,
-        attempts: get_u32(item, attr::ATTEMPTS)?,
-        last_error: opt_s(item, attr::LAST_ERROR)?,
-        lease_until_ms: get_n(item, attr::LEASE_UNTIL_MS)?,
-        created_at_ms: get_n(item, attr::CREATED_AT_MS)?,
-        updated_at_ms: get_n(item, attr::UPDATED_AT_MS)?,
-        dispatched_at_ms: opt_n(item, attr::DISPATCHED_AT_MS)?,
-        payload_trimmed: match item.get(attr::PAYLOAD_TRIMMED) {
-            None => false,
-            Some(AttributeValue::Bool(b)) => *b,
-            Some(_) => return Err(corrupt(attr::PAYLOAD_TRIMMED, "is not a boolean")),
-        },
-        meta: DispatchMeta {
-            event: get_s(item, attr::EVENT)?,
-            action: opt_s(item, attr::ACTION)?,
-            head_sha: opt_s(item, attr::HEAD_SHA)?,
-            pr_number: opt_n(item, attr::PR_NUMBER)?,
-            level: Level::parse(&level).ok_or_else(|| corrupt(attr::LEVEL, "is not L1..L4"))?,
-        },
-    })
 }

@@ -8,6 +8,7 @@
 //! runs against these adapters on moto's server and against the SQLite twins.
 
 mod blobs;
+mod dispatch_item;
 mod dynamo;
 mod sqs;
 

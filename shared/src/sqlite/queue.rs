@@ -102,10 +102,10 @@ impl SqliteQueue {
                     break;
                 }
                 if side == QueueSide::Source && count >= self.max_receive_count {
-                    // Redrive policy: received maxReceiveCount times already.
+                    // Redrive policy: received maxReceiveCount times already. Like
+                    // SQS, the message keeps its id, sent time and receive count.
                     tx.execute(
-                        "UPDATE queue_messages SET queue = ?2, receive_count = 0, visible_at_ms = ?3,
-                         receipt = NULL, sent_at_ms = ?3 WHERE seq = ?1",
+                        "UPDATE queue_messages SET queue = ?2, visible_at_ms = ?3, receipt = NULL WHERE seq = ?1",
                         params![seq, self.dlq, now],
                     )
                     .map_err(unavailable)?;

@@ -113,7 +113,9 @@ impl DispatchStore for SqliteDispatchStore {
             Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
                 Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
                 Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
-                Some(DispatchStatus::Pending) if until > now_ms => {
+                // A lease holds up to and including its last millisecond (as
+                // DynamoDB's `lease_until_ms < :now` take-over condition).
+                Some(DispatchStatus::Pending) if until >= now_ms => {
                     Claim::Leased { until_ms: until }
                 }
                 Some(DispatchStatus::Pending) => {
@@ -146,7 +148,8 @@ impl DispatchStore for SqliteDispatchStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let conn = self.db.lock();
-        let sql = "UPDATE dispatches SET status = ?3, last_error = COALESCE(?4, last_error), lease_until_ms = ?5,
+        // A finished attempt (any outcome) releases the lease: lease_until_ms = 0.
+        let sql = "UPDATE dispatches SET status = ?3, last_error = COALESCE(?4, last_error), lease_until_ms = 0,
                    updated_at_ms = ?5, dispatched_at_ms = ?6, payload_trimmed = ?7
                    WHERE delivery_id = ?1 AND target_key = ?2 AND status = 'pending'";
         let (status, error, dispatched_at, trimmed) = match outcome {
