@@ -71,51 +71,20 @@ fn deliveries() -> Vec<Delivery> {
         dispatched,
         redelivery: false,
     };
-    let mut big: Value =
-        serde_json::from_str(fixture("pull_request.synchronize")).expect("fixture is JSON");
+    let mut big: Value = serde_json::from_str(fixture("pull_request.synchronize")).expect("fixture is JSON");
     // A long PR description, as real PyTorch PRs have: pushes client_payload past 65,535 characters.
     big["pull_request"]["body"] = Value::String("A long description. ".repeat(4_000));
     let mut list = vec![
-        d(
-            "pull_request.opened",
-            "pull_request",
-            "pull_request.opened",
-            true,
-        ),
-        d(
-            "pull_request.synchronize",
-            "pull_request",
-            "pull_request.synchronize",
-            true,
-        ),
+        d("pull_request.opened", "pull_request", "pull_request.opened", true),
+        d("pull_request.synchronize", "pull_request", "pull_request.synchronize", true),
         Delivery {
             body: serde_json::to_vec(&big).expect("JSON"),
-            ..d(
-                "pull_request.synchronize (80 KB body)",
-                "pull_request",
-                "pull_request.synchronize",
-                true,
-            )
+            ..d("pull_request.synchronize (80 KB body)", "pull_request", "pull_request.synchronize", true)
         },
         d("push", "push", "push", true),
-        d(
-            "pull_request.closed",
-            "pull_request",
-            "pull_request.closed",
-            true,
-        ),
-        d(
-            "pull_request.reopened",
-            "pull_request",
-            "pull_request.reopened",
-            true,
-        ),
-        d(
-            "pull_request.labeled",
-            "pull_request",
-            "pull_request.labeled",
-            false,
-        ),
+        d("pull_request.closed", "pull_request", "pull_request.closed", true),
+        d("pull_request.reopened", "pull_request", "pull_request.reopened", true),
+        d("pull_request.labeled", "pull_request", "pull_request.labeled", false),
         d("ping", "ping", "ping", false),
     ];
     let first = &list[0];
@@ -126,11 +95,8 @@ fn deliveries() -> Vec<Delivery> {
         id: first.id.clone(),
         ..d("", "pull_request", "pull_request.opened", false)
     };
-    let forged = Delivery {
-        label: "forged signature",
-        forged: true,
-        ..d("", "pull_request", "pull_request.opened", false)
-    };
+    let forged =
+        Delivery { label: "forged signature", forged: true, ..d("", "pull_request", "pull_request.opened", false) };
     list.push(redelivery);
     list.push(forged);
     list
@@ -139,19 +105,14 @@ fn deliveries() -> Vec<Delivery> {
 /// Runs the demo; `Ok(false)` when what the relay did differs from what was printed/expected.
 pub async fn run() -> anyhow::Result<bool> {
     let started = Instant::now();
-    let gh = StandIn::start(StandInOptions::default())
-        .await
-        .context("starting the GitHub stand-in")?;
+    let gh = StandIn::start(StandInOptions::default()).await.context("starting the GitHub stand-in")?;
     for repo in INSTALLED {
         gh.install(repo);
     }
     // Faults GitHub really produces: two 502s, then success; a secondary rate limit.
     gh.inject("vllm-project/vllm", Fault::ServerError(502));
     gh.inject("vllm-project/vllm", Fault::ServerError(502));
-    gh.inject(
-        "google-pytorch/torch_tpu",
-        Fault::SecondaryRateLimit { retry_after_s: 1 },
-    );
+    gh.inject("google-pytorch/torch_tpu", Fault::SecondaryRateLimit { retry_after_s: 1 });
 
     let dir = std::env::temp_dir().join(format!("crcr-demo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
@@ -166,10 +127,7 @@ pub async fn run() -> anyhow::Result<bool> {
         allowlist: AllowlistSource::File(allowlist_path),
         allowlist_ttl: Duration::from_secs(300),
         max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
-        dispatcher: DispatcherSettings {
-            requeue_base_delay: Duration::from_millis(500),
-            ..Default::default()
-        },
+        dispatcher: DispatcherSettings { requeue_base_delay: Duration::from_millis(500), ..Default::default() },
     };
     let emb = EmbeddedConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -187,15 +145,9 @@ pub async fn run() -> anyhow::Result<bool> {
         let _ = stop_rx.await;
     }));
 
-    let installed: BTreeSet<RepoFullName> = INSTALLED
-        .iter()
-        .map(|r| RepoFullName::parse(r).expect("repo"))
-        .collect();
+    let installed: BTreeSet<RepoFullName> = INSTALLED.iter().map(|r| RepoFullName::parse(r).expect("repo")).collect();
     println!("crcr demo: relay on SQLite at {}", emb.database.display());
-    println!(
-        "           ingest http://{addr}/github/webhook, GitHub stand-in {}",
-        gh.base_url()
-    );
+    println!("           ingest http://{addr}/github/webhook, GitHub stand-in {}", gh.base_url());
     println!(
         "allowlist:  PyTorch's ({} repositories, L1-L3); App installed on {} of them; upstream {UPSTREAM}",
         allowlist.entries().len(),
@@ -207,11 +159,8 @@ pub async fn run() -> anyhow::Result<bool> {
     let url = format!("http://{addr}/github/webhook");
     let mut problems: Vec<String> = Vec::new();
     for d in deliveries() {
-        let signature = if d.forged {
-            WebhookSecret::new("not-the-secret").sign(&d.body)
-        } else {
-            secret.sign(&d.body)
-        };
+        let signature =
+            if d.forged { WebhookSecret::new("not-the-secret").sign(&d.body) } else { secret.sign(&d.body) };
         let before = gh.dispatches().len();
         let t0 = Instant::now();
         let res = http
@@ -241,10 +190,7 @@ pub async fn run() -> anyhow::Result<bool> {
             &d.id[..8]
         );
         if status != expected_status {
-            problems.push(format!(
-                "{}: answered {status}, expected {expected_status} ({answer})",
-                d.label
-            ));
+            problems.push(format!("{}: answered {status}, expected {expected_status} ({answer})", d.label));
         }
         if let Some(why) = answer.get("ignored").and_then(Value::as_str) {
             println!("    ignored: {why}");
@@ -268,39 +214,27 @@ pub async fn run() -> anyhow::Result<bool> {
             let mut last = t0;
             for entry in allowlist.entries() {
                 let record = records.iter().find(|r| r.target == entry.repo);
-                let sent: Vec<_> = new
-                    .iter()
-                    .filter(|x| RepoFullName::parse(&x.repo).ok().as_ref() == Some(&entry.repo))
-                    .collect();
+                let sent: Vec<_> =
+                    new.iter().filter(|x| RepoFullName::parse(&x.repo).ok().as_ref() == Some(&entry.repo)).collect();
                 let calls: Vec<u16> = gh
                     .requests()
                     .iter()
                     .filter(|r| r.at >= t0 && r.method == "POST" && r.path.ends_with("/dispatches"))
                     .filter(|r| {
-                        r.repo
-                            .as_deref()
-                            .and_then(|x| RepoFullName::parse(x).ok())
-                            .as_ref()
-                            == Some(&entry.repo)
+                        r.repo.as_deref().and_then(|x| RepoFullName::parse(x).ok()).as_ref() == Some(&entry.repo)
                     })
                     .map(|r| r.status)
                     .collect();
                 let line = match (record, sent.as_slice()) {
                     (Some(r), [one]) if r.status == DispatchStatus::Dispatched => {
                         last = last.max(one.at);
-                        let trimmed =
-                            one.body["client_payload"]["payload_trimmed"] == Value::Bool(true);
+                        let trimmed = one.body["client_payload"]["payload_trimmed"] == Value::Bool(true);
                         if trimmed != r.payload_trimmed {
-                            problems
-                                .push(format!("{}: {} trimmed flag differs", d.label, entry.repo));
+                            problems.push(format!("{}: {} trimmed flag differs", d.label, entry.repo));
                         }
                         format!(
                             "dispatched  (calls: {}){}",
-                            calls
-                                .iter()
-                                .map(u16::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", "),
+                            calls.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
                             if trimmed { ", payload trimmed" } else { "" }
                         )
                     }
@@ -329,22 +263,12 @@ pub async fn run() -> anyhow::Result<bool> {
             );
         } else {
             if !new.is_empty() {
-                problems.push(format!(
-                    "{}: {} dispatches sent, expected none",
-                    d.label,
-                    new.len()
-                ));
+                problems.push(format!("{}: {} dispatches sent, expected none", d.label, new.len()));
             }
             if d.redelivery {
-                println!(
-                    "    same delivery id: {} new dispatches (targets already dispatched)",
-                    new.len()
-                );
+                println!("    same delivery id: {} new dispatches (targets already dispatched)", new.len());
             } else if d.forged {
-                println!(
-                    "    refused: {}",
-                    answer.get("error").and_then(Value::as_str).unwrap_or("")
-                );
+                println!("    refused: {}", answer.get("error").and_then(Value::as_str).unwrap_or(""));
             }
             if d.forged && !records.is_empty() {
                 problems.push("forged delivery left records".into());
@@ -356,7 +280,8 @@ pub async fn run() -> anyhow::Result<bool> {
     server.await??;
 
     let total = gh.dispatches().len();
-    println!("{} dispatches sent in {:.2} s; GitHub calls: {} installation lookups, {} tokens minted, {} dispatch calls",
+    println!(
+        "{} dispatches sent in {:.2} s; GitHub calls: {} installation lookups, {} tokens minted, {} dispatch calls",
         total,
         started.elapsed().as_secs_f64(),
         gh.count("GET", "/repos/"),
@@ -365,9 +290,7 @@ pub async fn run() -> anyhow::Result<bool> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     if problems.is_empty() {
-        println!(
-            "check: what is printed above is what the stand-in received and the store recorded."
-        );
+        println!("check: what is printed above is what the stand-in received and the store recorded.");
         Ok(true)
     } else {
         println!("check FAILED:");

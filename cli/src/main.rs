@@ -29,18 +29,11 @@ enum Command {
 }
 
 fn init_tracing(default: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("CRCR_LOG").unwrap_or_else(|_| default.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRCR_LOG").unwrap_or_else(|_| default.into());
     let json = std::env::var("CRCR_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init();
+        builder.json().flatten_event(true).with_current_span(true).init();
     } else {
         builder.init();
     }
@@ -59,9 +52,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(emb.listen)
                 .await
                 .with_context(|| format!("CRCR_LISTEN {}", emb.listen))?;
-            EmbeddedRelay::build(&relay, &emb)?
-                .run(listener, shutdown_signal())
-                .await?;
+            EmbeddedRelay::build(&relay, &emb)?.run(listener, shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -83,8 +74,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             s.recv().await;
         }
     };

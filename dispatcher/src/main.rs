@@ -33,11 +33,7 @@ async fn main() -> Result<(), Error> {
     let aws = AwsResources::from_env(&env)?;
     let sdk = sdk_config(aws.endpoint_url.as_deref()).await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let queue = Arc::new(SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        aws.dispatch_queue_url.clone(),
-        aws.dlq_url()?,
-    ));
+    let queue = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), aws.dispatch_queue_url.clone(), aws.dlq_url()?));
     let (github, allowlist) = github_and_allowlist(&cfg)?;
     let dispatcher = Arc::new(Dispatcher {
         store: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table)),

@@ -16,11 +16,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     let cfg = IngestConfig::from_env(&env)?;
     let aws = AwsResources::from_env(&env)?;
     let sdk = sdk_config(aws.endpoint_url.as_deref()).await;
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        aws.dispatch_queue_url,
-        aws.dispatch_dlq_url.unwrap_or_default(),
-    );
+    let queue =
+        SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), aws.dispatch_queue_url, aws.dispatch_dlq_url.unwrap_or_default());
     // (ingest only sends: it never reads or writes the DLQ)
     let blobs = DynamoBlobStore::new(aws_sdk_dynamodb::Client::new(&sdk), aws.payload_table);
     let app = router(Arc::new(IngestState {

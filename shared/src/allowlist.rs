@@ -31,11 +31,7 @@ pub enum AllowlistError {
     #[error("allowlist entry {path}: {problem}")]
     BadEntry { path: String, problem: String },
     #[error("allowlist lists {repo} twice: at {first} and at {second}")]
-    Duplicate {
-        repo: String,
-        first: String,
-        second: String,
-    },
+    Duplicate { repo: String, first: String, second: String },
     #[error("allowlist URL {0:?} is not https://github.com/<owner>/<repo>/blob/<ref>/<path>")]
     BadUrl(String),
     #[error("cannot read allowlist file {path}: {error}")]
@@ -67,8 +63,7 @@ pub struct Allowlist {
 impl Allowlist {
     /// Parses YAML text (either shape; see the module docs).
     pub fn parse(text: &str) -> Result<Self, AllowlistError> {
-        let doc: Value =
-            serde_yaml_ng::from_str(text).map_err(|e| AllowlistError::Yaml(e.to_string()))?;
+        let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| AllowlistError::Yaml(e.to_string()))?;
         let version = hex::encode(&Sha256::digest(text.as_bytes())[..6]);
         let map = match doc {
             Value::Mapping(m) => m,
@@ -79,8 +74,7 @@ impl Allowlist {
         let mut where_seen: HashMap<RepoFullName, String> = HashMap::new();
         for (k, v) in map {
             let key = scalar(&k).unwrap_or_else(|| format!("{k:?}"));
-            let level =
-                Level::parse(&key).ok_or_else(|| AllowlistError::UnknownLevel(key.clone()))?;
+            let level = Level::parse(&key).ok_or_else(|| AllowlistError::UnknownLevel(key.clone()))?;
             let mut found = Vec::new();
             parse_level(level, &key, v, &mut found)?;
             for (entry, path) in found {
@@ -95,16 +89,8 @@ impl Allowlist {
                 entries.push(entry);
             }
         }
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.repo.clone(), i))
-            .collect();
-        Ok(Self {
-            entries,
-            index,
-            version,
-        })
+        let index = entries.iter().enumerate().map(|(i, e)| (e.repo.clone(), i)).collect();
+        Ok(Self { entries, index, version })
     }
 
     /// All entries, in file order.
@@ -130,10 +116,7 @@ fn scalar(v: &Value) -> Option<String> {
 }
 
 fn bad(path: &str, problem: impl Into<String>) -> AllowlistError {
-    AllowlistError::BadEntry {
-        path: path.to_owned(),
-        problem: problem.into(),
-    }
+    AllowlistError::BadEntry { path: path.to_owned(), problem: problem.into() }
 }
 
 fn parse_level(
@@ -160,17 +143,10 @@ fn parse_level(
                 } else {
                     // `device: {repo: oncalls}` or `device: [repo, ...]`.
                     if level != Level::L3 && level != Level::L4 {
-                        return Err(bad(
-                            &format!("{path}.{key}"),
-                            "device groups are only allowed under L3 and L4",
-                        ));
+                        return Err(bad(&format!("{path}.{key}"), "device groups are only allowed under L3 and L4"));
                     }
                     let device = key.clone();
-                    if device.is_empty()
-                        || !device
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                    {
+                    if device.is_empty() || !device.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                         return Err(bad(
                             &format!("{path}.{key}"),
                             "device names may only use letters, digits, '-', '_', '.'",
@@ -180,24 +156,14 @@ fn parse_level(
                     match v {
                         Value::Mapping(repos) => {
                             for (rk, rv) in repos {
-                                let repo = scalar(&rk)
-                                    .ok_or_else(|| bad(&p, "repository keys must be strings"))?;
+                                let repo = scalar(&rk).ok_or_else(|| bad(&p, "repository keys must be strings"))?;
                                 let ep = format!("{p}.{repo}");
-                                out.push((
-                                    entry(level, Some(device.clone()), &repo, &rv, &ep)?,
-                                    ep,
-                                ));
+                                out.push((entry(level, Some(device.clone()), &repo, &rv, &ep)?, ep));
                             }
                         }
                         Value::Sequence(items) => {
                             for (i, item) in items.into_iter().enumerate() {
-                                parse_item(
-                                    level,
-                                    Some(device.clone()),
-                                    &format!("{p}[{i}]"),
-                                    item,
-                                    out,
-                                )?;
+                                parse_item(level, Some(device.clone()), &format!("{p}[{i}]"), item, out)?;
                             }
                         }
                         _ => return Err(bad(&p, "a device must map repositories to oncalls")),
@@ -206,10 +172,7 @@ fn parse_level(
             }
             Ok(())
         }
-        _ => Err(bad(
-            path,
-            "a level must be a list of repositories or a mapping",
-        )),
+        _ => Err(bad(path, "a level must be a list of repositories or a mapping")),
     }
 }
 
@@ -221,10 +184,7 @@ fn parse_item(
     out: &mut Vec<(AllowlistEntry, String)>,
 ) -> Result<(), AllowlistError> {
     match item {
-        Value::String(repo) => out.push((
-            entry(level, device, &repo, &Value::Null, path)?,
-            path.to_owned(),
-        )),
+        Value::String(repo) => out.push((entry(level, device, &repo, &Value::Null, path)?, path.to_owned())),
         Value::Mapping(m) if m.len() == 1 => {
             let (k, v) = m.into_iter().next().expect("len is 1");
             let repo = scalar(&k).ok_or_else(|| bad(path, "repository must be a string"))?;
@@ -250,12 +210,7 @@ fn entry(
             .iter()
             .map(|i| scalar(i).ok_or_else(|| bad(path, "oncalls must be names")))
             .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(bad(
-                path,
-                "oncalls must be a list or a comma-separated string",
-            ))
-        }
+        _ => return Err(bad(path, "oncalls must be a list or a comma-separated string")),
     };
     let mut names = Vec::new();
     for o in raw {
@@ -268,12 +223,7 @@ fn entry(
         }
         names.push(n.to_owned());
     }
-    Ok(AllowlistEntry {
-        repo,
-        level,
-        device,
-        oncalls: names,
-    })
+    Ok(AllowlistEntry { repo, level, device, oncalls: names })
 }
 
 // ---------------------------------------------------------------- loading
@@ -297,24 +247,16 @@ impl AllowlistSource {
         let err = || AllowlistError::BadUrl(url.to_owned());
         let rest = url.strip_prefix("https://github.com/").ok_or_else(err)?;
         let mut parts = rest.splitn(5, '/');
-        let (Some(owner), Some(name), Some("blob"), Some(git_ref), Some(path)) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some(owner), Some(name), Some("blob"), Some(git_ref), Some(path)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(err());
         };
         if git_ref.is_empty() || path.is_empty() {
             return Err(err());
         }
         let repo = RepoFullName::parse(&format!("{owner}/{name}")).map_err(|_| err())?;
-        Ok(Self::GitHub {
-            repo,
-            git_ref: git_ref.to_owned(),
-            path: path.to_owned(),
-        })
+        Ok(Self::GitHub { repo, git_ref: git_ref.to_owned(), path: path.to_owned() })
     }
 }
 
@@ -372,16 +314,8 @@ impl AllowlistProvider {
         match self.load().await {
             Ok(list) => {
                 let list = Arc::new(list);
-                if last
-                    .as_ref()
-                    .map(|(l, _)| l.version() != list.version())
-                    .unwrap_or(true)
-                {
-                    tracing::info!(
-                        version = list.version(),
-                        repos = list.entries().len(),
-                        "allowlist loaded"
-                    );
+                if last.as_ref().map(|(l, _)| l.version() != list.version()).unwrap_or(true) {
+                    tracing::info!(version = list.version(), repos = list.entries().len(), "allowlist loaded");
                 }
                 *self.state.write().expect("allowlist lock") = Some((list.clone(), Instant::now()));
                 Ok(list)
@@ -393,8 +327,7 @@ impl AllowlistProvider {
                         tracing::error!(error = %e, version = list.version(), metric = "allowlist_refresh_failed",
                             "allowlist reload failed; serving the last good allowlist");
                         // Try again after another TTL rather than on every call.
-                        *self.state.write().expect("allowlist lock") =
-                            Some((list.clone(), Instant::now()));
+                        *self.state.write().expect("allowlist lock") = Some((list.clone(), Instant::now()));
                         Ok(list)
                     }
                     None => Err(e),
@@ -405,31 +338,18 @@ impl AllowlistProvider {
 
     async fn load(&self) -> Result<Allowlist, AllowlistError> {
         let text = match &self.source {
-            AllowlistSource::File(path) => {
-                tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| AllowlistError::Io {
-                        path: path.display().to_string(),
-                        error: e.to_string(),
-                    })?
-            }
-            AllowlistSource::GitHub {
-                repo,
-                git_ref,
-                path,
-            } => {
+            AllowlistSource::File(path) => tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| AllowlistError::Io { path: path.display().to_string(), error: e.to_string() })?,
+            AllowlistSource::GitHub { repo, git_ref, path } => {
                 let gh = self.github.as_ref().ok_or_else(|| {
                     AllowlistError::Fetch(GitHubError::Permanent {
                         status: 0,
                         reason: "no GitHub App configured".into(),
                     })
                 })?;
-                let bytes = gh
-                    .file_contents(repo, path, git_ref)
-                    .await
-                    .map_err(AllowlistError::Fetch)?;
-                String::from_utf8(bytes)
-                    .map_err(|_| AllowlistError::Yaml("file is not UTF-8".into()))?
+                let bytes = gh.file_contents(repo, path, git_ref).await.map_err(AllowlistError::Fetch)?;
+                String::from_utf8(bytes).map_err(|_| AllowlistError::Yaml("file is not UTF-8".into()))?
             }
         };
         Allowlist::parse(&text)
@@ -444,50 +364,27 @@ mod tests {
     const RFC: &str = include_str!("../../fixtures/allowlist/rfc-example-allowlist.yml");
 
     fn level_of(list: &Allowlist, repo: &str) -> Option<Level> {
-        list.get(&RepoFullName::parse(repo).unwrap())
-            .map(|e| e.level)
+        list.get(&RepoFullName::parse(repo).unwrap()).map(|e| e.level)
     }
 
     #[test]
     fn pytorch_shape() {
         let list = Allowlist::parse(PYTORCH).unwrap();
         assert_eq!(list.entries().len(), 10);
-        assert_eq!(
-            level_of(&list, "riseproject-dev/pytorch-ci"),
-            Some(Level::L1)
-        );
-        assert_eq!(
-            level_of(&list, "nvidia/PYTORCH-windows-ci"),
-            Some(Level::L1)
-        );
+        assert_eq!(level_of(&list, "riseproject-dev/pytorch-ci"), Some(Level::L1));
+        assert_eq!(level_of(&list, "nvidia/PYTORCH-windows-ci"), Some(Level::L1));
         assert_eq!(level_of(&list, "vllm-project/vllm"), Some(Level::L2));
-        let l3 = list
-            .get(&RepoFullName::parse("pytorch/crcr-test").unwrap())
-            .unwrap();
+        let l3 = list.get(&RepoFullName::parse("pytorch/crcr-test").unwrap()).unwrap();
         assert_eq!(l3.level, Level::L3);
         assert_eq!(l3.device.as_deref(), Some("crcr-test"));
-        assert_eq!(
-            l3.oncalls,
-            [
-                "atalman",
-                "can-gaa-hou",
-                "fffrog",
-                "jewelkm89",
-                "KarhouTam",
-                "subinz1"
-            ]
-        );
+        assert_eq!(l3.oncalls, ["atalman", "can-gaa-hou", "fffrog", "jewelkm89", "KarhouTam", "subinz1"]);
         assert_eq!(level_of(&list, "pytorch/pytorch"), None);
     }
 
     #[test]
     fn rfc_shape() {
         let list = Allowlist::parse(RFC).unwrap();
-        let got: Vec<_> = list
-            .entries()
-            .iter()
-            .map(|e| (e.repo.to_string(), e.level))
-            .collect();
+        let got: Vec<_> = list.entries().iter().map(|e| (e.repo.to_string(), e.level)).collect();
         assert_eq!(
             got,
             [
@@ -504,48 +401,27 @@ mod tests {
 
     fn check_err(text: &str, expected: &str) {
         let err = Allowlist::parse(text).unwrap_err().to_string();
-        assert!(
-            err.contains(expected),
-            "error {err:?} should contain {expected:?}"
-        );
+        assert!(err.contains(expected), "error {err:?} should contain {expected:?}");
     }
 
     #[test]
     fn invalid_files_name_the_entry() {
-        check_err(
-            "L1: [org/a, org/a]",
-            "lists org/a twice: at L1[0] and at L1[1]",
-        );
-        check_err(
-            "L1: [Org/A]\nL4:\n  - org/a: x",
-            "twice: at L1[0] and at L4[0]",
-        );
-        check_err(
-            "L1: [not-a-repo]",
-            "L1[0]: repository \"not-a-repo\" is not of the form owner/repo",
-        );
+        check_err("L1: [org/a, org/a]", "lists org/a twice: at L1[0] and at L1[1]");
+        check_err("L1: [Org/A]\nL4:\n  - org/a: x", "twice: at L1[0] and at L4[0]");
+        check_err("L1: [not-a-repo]", "L1[0]: repository \"not-a-repo\" is not of the form owner/repo");
         check_err("L5: [org/a]", "\"L5\" is not a level");
         check_err("L3:\n  dev:\n    org/x y: [a]", "L3.dev.org/x y");
-        check_err(
-            "L2:\n  gpu:\n    org/a: [a]",
-            "L2.gpu: device groups are only allowed under L3 and L4",
-        );
+        check_err("L2:\n  gpu:\n    org/a: [a]", "L2.gpu: device groups are only allowed under L3 and L4");
         check_err("L4:\n  - org/e: {a: 1}", "L4[0]: oncalls must be a list");
         check_err("L1: [org/a", "not valid YAML");
         check_err("- org/a", "mapping of levels");
-        check_err(
-            "L4:\n  - org/e: \"al ice\"",
-            "oncall \"al ice\" is not a GitHub login",
-        );
+        check_err("L4:\n  - org/e: \"al ice\"", "oncall \"al ice\" is not a GitHub login");
     }
 
     #[test]
     fn urls() {
         assert_eq!(
-            AllowlistSource::from_url(
-                "https://github.com/pytorch/pytorch/blob/main/.github/allowlist.yml"
-            )
-            .unwrap(),
+            AllowlistSource::from_url("https://github.com/pytorch/pytorch/blob/main/.github/allowlist.yml").unwrap(),
             AllowlistSource::GitHub {
                 repo: RepoFullName::parse("pytorch/pytorch").unwrap(),
                 git_ref: "main".into(),
@@ -563,8 +439,7 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_last_good_allowlist_when_reload_fails() {
-        let path =
-            std::env::temp_dir().join(format!("crcr-allowlist-{}.yml", uuid::Uuid::new_v4()));
+        let path = std::env::temp_dir().join(format!("crcr-allowlist-{}.yml", uuid::Uuid::new_v4()));
         std::fs::write(&path, "L1: [org/a]").unwrap();
         let p = AllowlistProvider::new(AllowlistSource::File(path.clone()), Duration::ZERO, None);
         let first = p.current().await.unwrap();
@@ -577,9 +452,6 @@ mod tests {
         assert_eq!(third.entries()[0].repo.as_str(), "org/b");
         std::fs::remove_file(&path).unwrap();
         let never = AllowlistProvider::new(AllowlistSource::File(path), Duration::ZERO, None);
-        assert!(matches!(
-            never.current().await,
-            Err(AllowlistError::Io { .. })
-        ));
+        assert!(matches!(never.current().await, Err(AllowlistError::Io { .. })));
     }
 }

@@ -37,20 +37,13 @@ pub struct DispatchBody {
 
 /// Builds the body for `event` / `delivery_id` / the upstream `payload`,
 /// trimming when the full payload would break GitHub's limits.
-pub fn build(
-    event: &str,
-    delivery_id: &str,
-    payload: &Value,
-) -> Result<DispatchBody, PayloadError> {
+pub fn build(event: &str, delivery_id: &str, payload: &Value) -> Result<DispatchBody, PayloadError> {
     if event.chars().count() > MAX_EVENT_TYPE_CHARS {
         return Err(PayloadError::EventTypeTooLong(event.to_owned()));
     }
     let full = json!({"event_type": event, "delivery_id": delivery_id, "payload": payload});
     if json_chars(&full) <= MAX_CLIENT_PAYLOAD_CHARS {
-        return Ok(DispatchBody {
-            body: json!({"event_type": event, "client_payload": full}),
-            trimmed: false,
-        });
+        return Ok(DispatchBody { body: json!({"event_type": event, "client_payload": full}), trimmed: false });
     }
     let client_payload = json!({
         "event_type": event,
@@ -62,10 +55,7 @@ pub fn build(
     if n > MAX_CLIENT_PAYLOAD_CHARS {
         return Err(PayloadError::TooLargeAfterTrim(n));
     }
-    Ok(DispatchBody {
-        body: json!({"event_type": event, "client_payload": client_payload}),
-        trimmed: true,
-    })
+    Ok(DispatchBody { body: json!({"event_type": event, "client_payload": client_payload}), trimmed: true })
 }
 
 /// Characters of `v`'s JSON as GitHub measures it: GitHub (Rails) encodes
@@ -110,15 +100,9 @@ pub fn trim(payload: &Value) -> Value {
             set_path(&mut out, path, v.clone());
         }
     }
-    if let Some(labels) = payload
-        .pointer("/pull_request/labels")
-        .and_then(Value::as_array)
-    {
-        let names: Vec<Value> = labels
-            .iter()
-            .filter_map(|l| l.get("name").cloned())
-            .map(|name| json!({ "name": name }))
-            .collect();
+    if let Some(labels) = payload.pointer("/pull_request/labels").and_then(Value::as_array) {
+        let names: Vec<Value> =
+            labels.iter().filter_map(|l| l.get("name").cloned()).map(|name| json!({ "name": name })).collect();
         set_path(&mut out, &["pull_request", "labels"], Value::Array(names));
     }
     out
@@ -137,9 +121,7 @@ fn set_path(out: &mut Value, path: &[&str], v: Value) {
             .entry(k.to_string())
             .or_insert_with(|| Value::Object(Map::new()));
     }
-    cur.as_object_mut()
-        .expect("built from objects")
-        .insert(path[path.len() - 1].to_string(), v);
+    cur.as_object_mut().expect("built from objects").insert(path[path.len() - 1].to_string(), v);
 }
 
 #[cfg(test)]
@@ -196,13 +178,7 @@ mod tests {
     fn trimmed_push_keeps_refs() {
         let p: Value = serde_json::from_str(PUSH).unwrap();
         let t = trim(&p);
-        for ptr in [
-            "/ref",
-            "/before",
-            "/after",
-            "/head_commit/id",
-            "/repository/full_name",
-        ] {
+        for ptr in ["/ref", "/before", "/after", "/head_commit/id", "/repository/full_name"] {
             assert_eq!(t.pointer(ptr), p.pointer(ptr), "{ptr}");
         }
     }
@@ -219,23 +195,14 @@ mod tests {
     #[test]
     fn labels_keep_names_only() {
         let p = json!({"pull_request": {"labels": [{"name": "ciflow/crcr/gpu", "color": "fff", "id": 1}]}});
-        assert_eq!(
-            trim(&p)["pull_request"]["labels"],
-            json!([{"name": "ciflow/crcr/gpu"}])
-        );
+        assert_eq!(trim(&p)["pull_request"]["labels"], json!([{"name": "ciflow/crcr/gpu"}]));
     }
 
     #[test]
     fn limits_that_cannot_be_met_are_errors() {
         let long = "e".repeat(101);
-        assert_eq!(
-            build(&long, "d", &json!({})).unwrap_err(),
-            PayloadError::EventTypeTooLong(long)
-        );
+        assert_eq!(build(&long, "d", &json!({})).unwrap_err(), PayloadError::EventTypeTooLong(long));
         let p = json!({"pull_request": {"labels": (0..5000).map(|i| json!({"name": format!("label-{i:06}")})).collect::<Vec<_>>()}});
-        assert!(matches!(
-            build("pull_request", "d", &p),
-            Err(PayloadError::TooLargeAfterTrim(_))
-        ));
+        assert!(matches!(build("pull_request", "d", &p), Err(PayloadError::TooLargeAfterTrim(_))));
     }
 }

@@ -15,7 +15,7 @@
 //! | `CRCR_ALLOWLIST_TTL_SECS` | `300` | allowlist cache lifetime |
 //! | `CRCR_MAX_BODY_BYTES` | `26214400` | webhook body limit (GitHub caps at 25 MB) |
 //! | `CRCR_MAX_RECEIVE_COUNT` | `5` | receives before a message goes to the DLQ |
-//! | `CRCR_DISPATCH_CONCURRENCY` | `16` | targets dispatched at once per message |
+//! | `CRCR_DISPATCH_CONCURRENCY` | `64` | targets dispatched at once per message |
 //! | `CRCR_RETRY_BUDGET_SECS` | `20` | time one target may retry within one receive |
 //! | `CRCR_REQUEUE_DELAY_SECS` | `5` | first delay before a failed message is retried (doubles) |
 //! | `CRCR_WORKERS` | `8` | messages processed at once by `crcr serve` |
@@ -46,10 +46,7 @@ pub struct ConfigError {
 }
 
 fn err(key: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        problem: problem.into(),
-    }
+    ConfigError { key: key.to_owned(), problem: problem.into() }
 }
 
 /// Reads variables through `get` (the process environment in production).
@@ -68,8 +65,7 @@ impl<'a> Env<'a> {
         (self.get)(key).filter(|v| !v.trim().is_empty())
     }
     pub fn required(&self, key: &str) -> Result<String, ConfigError> {
-        self.opt(key)
-            .ok_or_else(|| err(key, "is required but not set"))
+        self.opt(key).ok_or_else(|| err(key, "is required but not set"))
     }
     pub fn parsed<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T, ConfigError>
     where
@@ -77,20 +73,14 @@ impl<'a> Env<'a> {
     {
         match self.opt(key) {
             None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|e| err(key, format!("{v:?} is not valid: {e}"))),
+            Some(v) => v.trim().parse().map_err(|e| err(key, format!("{v:?} is not valid: {e}"))),
         }
     }
     /// `KEY` or the contents of the file named by `KEY_FILE` (exactly one).
     pub fn secret(&self, key: &str) -> Result<SecretString, ConfigError> {
         let file_key = format!("{key}_FILE");
         match (self.opt(key), self.opt(&file_key)) {
-            (Some(_), Some(_)) => Err(err(
-                key,
-                format!("set either {key} or {file_key}, not both"),
-            )),
+            (Some(_), Some(_)) => Err(err(key, format!("set either {key} or {file_key}, not both"))),
             (Some(v), None) => Ok(SecretString::from(v)),
             (None, Some(path)) => std::fs::read_to_string(&path)
                 .map(|s| SecretString::from(s.trim_end().to_owned()))
@@ -110,19 +100,11 @@ pub struct IngestConfig {
 
 impl IngestConfig {
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
-        let upstream_raw = env
-            .opt("CRCR_UPSTREAM_REPO")
-            .unwrap_or_else(|| "pytorch/pytorch".into());
-        let upstream = RepoFullName::parse(&upstream_raw)
-            .map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
+        let upstream_raw = env.opt("CRCR_UPSTREAM_REPO").unwrap_or_else(|| "pytorch/pytorch".into());
+        let upstream = RepoFullName::parse(&upstream_raw).map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
         let webhook_secret = WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret());
-        let max_body_bytes =
-            env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?;
-        Ok(Self {
-            upstream,
-            webhook_secret,
-            max_body_bytes,
-        })
+        let max_body_bytes = env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?;
+        Ok(Self { upstream, webhook_secret, max_body_bytes })
     }
 }
 
@@ -151,11 +133,8 @@ impl std::fmt::Debug for RelayConfig {
 
 impl RelayConfig {
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
-        let upstream_raw = env
-            .opt("CRCR_UPSTREAM_REPO")
-            .unwrap_or_else(|| "pytorch/pytorch".into());
-        let upstream = RepoFullName::parse(&upstream_raw)
-            .map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
+        let upstream_raw = env.opt("CRCR_UPSTREAM_REPO").unwrap_or_else(|| "pytorch/pytorch".into());
+        let upstream = RepoFullName::parse(&upstream_raw).map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
         let webhook_secret = WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret());
         let app_id: u64 = env
             .required("CRCR_GITHUB_APP_ID")?
@@ -164,55 +143,34 @@ impl RelayConfig {
             .map_err(|_| err("CRCR_GITHUB_APP_ID", "must be a positive integer"))?;
         let key = env.secret("CRCR_GITHUB_APP_PRIVATE_KEY")?;
         if !key.expose_secret().contains("-----BEGIN") {
-            return Err(err(
-                "CRCR_GITHUB_APP_PRIVATE_KEY",
-                "is not a PEM key (no -----BEGIN line)",
-            ));
+            return Err(err("CRCR_GITHUB_APP_PRIVATE_KEY", "is not a PEM key (no -----BEGIN line)"));
         }
-        let api_url = env
-            .opt("CRCR_GITHUB_API_URL")
-            .unwrap_or_else(|| "https://api.github.com".into());
+        let api_url = env.opt("CRCR_GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into());
         if !(api_url.starts_with("https://")
             || api_url.starts_with("http://127.0.0.1")
             || api_url.starts_with("http://localhost"))
         {
-            return Err(err(
-                "CRCR_GITHUB_API_URL",
-                "must be https (plain http only for loopback)",
-            ));
+            return Err(err("CRCR_GITHUB_API_URL", "must be https (plain http only for loopback)"));
         }
         let github = GitHubAppConfig::new(app_id, key.expose_secret().to_owned(), api_url);
-        let allowlist = match (
-            env.opt("CRCR_ALLOWLIST_URL"),
-            env.opt("CRCR_ALLOWLIST_FILE"),
-        ) {
+        let allowlist = match (env.opt("CRCR_ALLOWLIST_URL"), env.opt("CRCR_ALLOWLIST_FILE")) {
             (Some(_), Some(_)) => {
-                return Err(err(
-                    "CRCR_ALLOWLIST_URL",
-                    "set either it or CRCR_ALLOWLIST_FILE, not both",
-                ))
+                return Err(err("CRCR_ALLOWLIST_URL", "set either it or CRCR_ALLOWLIST_FILE, not both"))
             }
-            (Some(url), None) => AllowlistSource::from_url(&url)
-                .map_err(|e| err("CRCR_ALLOWLIST_URL", e.to_string()))?,
+            (Some(url), None) => {
+                AllowlistSource::from_url(&url).map_err(|e| err("CRCR_ALLOWLIST_URL", e.to_string()))?
+            }
             (None, Some(path)) => AllowlistSource::File(PathBuf::from(path)),
-            (None, None) => {
-                return Err(err(
-                    "CRCR_ALLOWLIST_URL",
-                    "is required (or CRCR_ALLOWLIST_FILE)",
-                ))
-            }
+            (None, None) => return Err(err("CRCR_ALLOWLIST_URL", "is required (or CRCR_ALLOWLIST_FILE)")),
         };
         let d = DispatcherSettings::default();
         let dispatcher = DispatcherSettings {
             concurrency: env.parsed("CRCR_DISPATCH_CONCURRENCY", d.concurrency)?,
             max_receive_count: env.parsed("CRCR_MAX_RECEIVE_COUNT", d.max_receive_count)?,
-            retry_budget: Duration::from_secs(
-                env.parsed("CRCR_RETRY_BUDGET_SECS", d.retry_budget.as_secs())?,
+            retry_budget: Duration::from_secs(env.parsed("CRCR_RETRY_BUDGET_SECS", d.retry_budget.as_secs())?),
+            requeue_base_delay: Duration::from_secs_f64(
+                env.parsed("CRCR_REQUEUE_DELAY_SECS", d.requeue_base_delay.as_secs_f64())?,
             ),
-            requeue_base_delay: Duration::from_secs_f64(env.parsed(
-                "CRCR_REQUEUE_DELAY_SECS",
-                d.requeue_base_delay.as_secs_f64(),
-            )?),
             ..d
         };
         if dispatcher.concurrency == 0 {
@@ -227,8 +185,7 @@ impl RelayConfig {
             github,
             allowlist,
             allowlist_ttl: Duration::from_secs(env.parsed("CRCR_ALLOWLIST_TTL_SECS", 300)?),
-            max_body_bytes: env
-                .parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?,
+            max_body_bytes: env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?,
             dispatcher,
         })
     }
@@ -251,14 +208,9 @@ impl EmbeddedConfig {
         }
         Ok(Self {
             listen: env.parsed("CRCR_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-            database: PathBuf::from(
-                env.opt("CRCR_DATABASE")
-                    .unwrap_or_else(|| "crcr.sqlite".into()),
-            ),
+            database: PathBuf::from(env.opt("CRCR_DATABASE").unwrap_or_else(|| "crcr.sqlite".into())),
             workers,
-            visibility_timeout: Duration::from_secs(
-                env.parsed("CRCR_VISIBILITY_TIMEOUT_SECS", 60)?,
-            ),
+            visibility_timeout: Duration::from_secs(env.parsed("CRCR_VISIBILITY_TIMEOUT_SECS", 60)?),
         })
     }
 }
@@ -287,9 +239,7 @@ impl AwsResources {
 
     /// The DLQ URL, for the runtimes that dead-letter.
     pub fn dlq_url(&self) -> Result<String, ConfigError> {
-        self.dispatch_dlq_url
-            .clone()
-            .ok_or_else(|| err("CRCR_DISPATCH_DLQ_URL", "is required by the dispatcher"))
+        self.dispatch_dlq_url.clone().ok_or_else(|| err("CRCR_DISPATCH_DLQ_URL", "is required by the dispatcher"))
     }
 }
 
@@ -299,10 +249,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<RelayConfig, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         RelayConfig::from_env(&Env::new(move |k| map.get(k).cloned()))
     }
 
@@ -315,12 +262,7 @@ mod tests {
     ];
 
     fn check_err(extra: &[(&str, &str)], drop: &str, key: &str, problem: &str) {
-        let vars: Vec<_> = BASE
-            .iter()
-            .filter(|(k, _)| *k != drop)
-            .chain(extra)
-            .copied()
-            .collect();
+        let vars: Vec<_> = BASE.iter().filter(|(k, _)| *k != drop).chain(extra).copied().collect();
         let e = load(&vars).unwrap_err();
         assert_eq!(e.key, key, "{e}");
         assert!(e.problem.contains(problem), "{e}");
@@ -338,19 +280,9 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        check_err(
-            &[],
-            "CRCR_WEBHOOK_SECRET",
-            "CRCR_WEBHOOK_SECRET",
-            "required",
-        );
+        check_err(&[], "CRCR_WEBHOOK_SECRET", "CRCR_WEBHOOK_SECRET", "required");
         check_err(&[], "CRCR_GITHUB_APP_ID", "CRCR_GITHUB_APP_ID", "required");
-        check_err(
-            &[("CRCR_GITHUB_APP_ID", "x")],
-            "CRCR_GITHUB_APP_ID",
-            "CRCR_GITHUB_APP_ID",
-            "positive integer",
-        );
+        check_err(&[("CRCR_GITHUB_APP_ID", "x")], "CRCR_GITHUB_APP_ID", "CRCR_GITHUB_APP_ID", "positive integer");
         check_err(
             &[("CRCR_GITHUB_APP_PRIVATE_KEY", "nope")],
             "CRCR_GITHUB_APP_PRIVATE_KEY",
@@ -364,24 +296,9 @@ mod tests {
             "CRCR_ALLOWLIST_URL",
             "not https://github.com",
         );
-        check_err(
-            &[("CRCR_UPSTREAM_REPO", "pytorch")],
-            "",
-            "CRCR_UPSTREAM_REPO",
-            "owner/repo",
-        );
-        check_err(
-            &[("CRCR_MAX_RECEIVE_COUNT", "0")],
-            "",
-            "CRCR_MAX_RECEIVE_COUNT",
-            "at least 1",
-        );
-        check_err(
-            &[("CRCR_GITHUB_API_URL", "http://evil.example")],
-            "",
-            "CRCR_GITHUB_API_URL",
-            "https",
-        );
+        check_err(&[("CRCR_UPSTREAM_REPO", "pytorch")], "", "CRCR_UPSTREAM_REPO", "owner/repo");
+        check_err(&[("CRCR_MAX_RECEIVE_COUNT", "0")], "", "CRCR_MAX_RECEIVE_COUNT", "at least 1");
+        check_err(&[("CRCR_GITHUB_API_URL", "http://evil.example")], "", "CRCR_GITHUB_API_URL", "https");
         check_err(
             &[("CRCR_WEBHOOK_SECRET_FILE", "/nonexistent")],
             "CRCR_WEBHOOK_SECRET",

@@ -24,14 +24,15 @@ use crate::client_payload::{self, DispatchBody};
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::message::{DispatchV1, PayloadRef, QueueMessage};
 use crate::ports::{
-    AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchStore, EventQueue,
-    GitHubApp, GitHubError, QueueError, QueueSide, ReceivedMessage,
+    AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchStore, EventQueue, GitHubApp,
+    GitHubError, QueueError, QueueSide, ReceivedMessage,
 };
 
 /// Tunables, with their defaults.
 #[derive(Clone, Debug)]
 pub struct DispatcherSettings {
-    /// Targets dispatched at once per message (default 16).
+    /// Targets dispatched at once per message (default 64, below GitHub's
+    /// guidance of at most 100 concurrent requests, "Rate limits for the REST API").
     pub concurrency: usize,
     /// How long a claim on a target holds (default 60 s): longer than one
     /// target's retry budget, so only a dead attempt's lease ever expires.
@@ -54,7 +55,7 @@ pub struct DispatcherSettings {
 impl Default for DispatcherSettings {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: 64,
             lease: Duration::from_secs(60),
             retry_budget: Duration::from_secs(20),
             max_calls: 4,
@@ -116,11 +117,7 @@ pub enum MessageOutcome {
     /// Every target ended (or the event needs no dispatch): delete it.
     Done(DeliveryReport),
     /// Some target failed transiently: receive it again later.
-    Retry {
-        report: Option<DeliveryReport>,
-        reason: String,
-        delay: Option<Duration>,
-    },
+    Retry { report: Option<DeliveryReport>, reason: String, delay: Option<Duration> },
     /// The message can never be processed (unknown version, payload lost).
     Poison { reason: String },
 }
@@ -142,10 +139,7 @@ pub enum Disposition {
 pub fn is_dispatched(event: &str, action: Option<&str>) -> bool {
     match event {
         "push" => true,
-        "pull_request" => matches!(
-            action,
-            Some("opened" | "reopened" | "synchronize" | "closed")
-        ),
+        "pull_request" => matches!(action, Some("opened" | "reopened" | "synchronize" | "closed")),
         _ => false,
     }
 }
@@ -165,16 +159,11 @@ impl Dispatcher {
     pub fn disposition(&self, msg: &ReceivedMessage, outcome: &MessageOutcome) -> Disposition {
         match outcome {
             MessageOutcome::Done(_) => Disposition::Delete,
-            MessageOutcome::Poison { reason } => Disposition::DeadLetter {
-                reason: reason.clone(),
-            },
+            MessageOutcome::Poison { reason } => Disposition::DeadLetter { reason: reason.clone() },
             MessageOutcome::Retry { reason, delay, .. } => {
                 if msg.receive_count >= self.settings.max_receive_count {
                     Disposition::DeadLetter {
-                        reason: format!(
-                            "still failing after {} receives: {reason}",
-                            msg.receive_count
-                        ),
+                        reason: format!("still failing after {} receives: {reason}", msg.receive_count),
                     }
                 } else {
                     let backoff = self
@@ -182,9 +171,7 @@ impl Dispatcher {
                         .requeue_base_delay
                         .saturating_mul(1 << msg.receive_count.saturating_sub(1).min(16))
                         .min(Duration::from_secs(900));
-                    Disposition::Requeue {
-                        delay: delay.map_or(backoff, |d| d.max(backoff)),
-                    }
+                    Disposition::Requeue { delay: delay.map_or(backoff, |d| d.max(backoff)) }
                 }
             }
         }
@@ -192,19 +179,11 @@ impl Dispatcher {
 
     /// Processes a received message and settles it on `queue` (the embedded
     /// worker's loop; the Lambda maps dispositions to a batch response).
-    pub async fn handle(
-        &self,
-        queue: &dyn EventQueue,
-        msg: &ReceivedMessage,
-    ) -> Result<MessageOutcome, QueueError> {
+    pub async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<MessageOutcome, QueueError> {
         let outcome = self.process(&msg.body).await;
         match self.disposition(msg, &outcome) {
             Disposition::Delete => queue.delete(QueueSide::Source, &msg.receipt).await?,
-            Disposition::Requeue { delay } => {
-                queue
-                    .change_visibility(QueueSide::Source, &msg.receipt, delay)
-                    .await?
-            }
+            Disposition::Requeue { delay } => queue.change_visibility(QueueSide::Source, &msg.receipt, delay).await?,
             Disposition::DeadLetter { reason } => {
                 tracing::error!(message_id = %msg.message_id, %reason, metric = "dlq_sends", "message sent to the dead-letter queue");
                 queue.dead_letter(msg, &reason).await?
@@ -217,11 +196,7 @@ impl Dispatcher {
     pub async fn process(&self, body: &str) -> MessageOutcome {
         let msg = match QueueMessage::decode(body) {
             Ok(QueueMessage::DispatchV1(m)) => m,
-            Err(e) => {
-                return MessageOutcome::Poison {
-                    reason: e.to_string(),
-                }
-            }
+            Err(e) => return MessageOutcome::Poison { reason: e.to_string() },
         };
         let span = tracing::info_span!("delivery", delivery_id = %msg.delivery_id, event = %msg.event,
             action = msg.action.as_deref().unwrap_or(""));
@@ -243,21 +218,13 @@ impl Dispatcher {
             Ok(p) => p,
             Err(LoadError::Gone(reason)) => return MessageOutcome::Poison { reason },
             Err(LoadError::Unavailable(reason)) => {
-                return MessageOutcome::Retry {
-                    report: None,
-                    reason,
-                    delay: None,
-                };
+                return MessageOutcome::Retry { report: None, reason, delay: None };
             }
         };
         let allowlist = match self.allowlist.current().await {
             Ok(a) => a,
             Err(e) => {
-                return MessageOutcome::Retry {
-                    report: None,
-                    reason: format!("no allowlist: {e}"),
-                    delay: None,
-                };
+                return MessageOutcome::Retry { report: None, reason: format!("no allowlist: {e}"), delay: None };
             }
         };
         let body = client_payload::build(&msg.event, msg.delivery_id.as_str(), &payload);
@@ -281,11 +248,7 @@ impl Dispatcher {
                 let span = tracing::info_span!("target", target = %entry.repo);
                 async move {
                     let outcome = self.dispatch_target(delivery, &entry, &meta, body).await;
-                    TargetReport {
-                        repo: entry.repo,
-                        level: entry.level,
-                        outcome,
-                    }
+                    TargetReport { repo: entry.repo, level: entry.level, outcome }
                 }
                 .instrument(span)
             })
@@ -296,31 +259,16 @@ impl Dispatcher {
             .targets
             .iter()
             .filter_map(|t| match &t.outcome {
-                TargetOutcome::Retry {
-                    reason,
-                    retry_after_ms,
-                } => Some((t, reason, *retry_after_ms)),
+                TargetOutcome::Retry { reason, retry_after_ms } => Some((t, reason, *retry_after_ms)),
                 _ => None,
             })
             .collect();
         if retrying.is_empty() {
             return MessageOutcome::Done(report);
         }
-        let reason = retrying
-            .iter()
-            .map(|(t, r, _)| format!("{}: {r}", t.repo))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let delay = retrying
-            .iter()
-            .filter_map(|(_, _, ms)| *ms)
-            .max()
-            .map(Duration::from_millis);
-        MessageOutcome::Retry {
-            report: Some(report),
-            reason,
-            delay,
-        }
+        let reason = retrying.iter().map(|(t, r, _)| format!("{}: {r}", t.repo)).collect::<Vec<_>>().join("; ");
+        let delay = retrying.iter().filter_map(|(_, _, ms)| *ms).max().map(Duration::from_millis);
+        MessageOutcome::Retry { report: Some(report), reason, delay }
     }
 
     async fn dispatch_target(
@@ -336,17 +284,7 @@ impl Dispatcher {
             Ok(None) => return TargetOutcome::NotInstalled,
             Err(e) => return retry_or_fail_unrecorded(e),
         };
-        let attempt = match self
-            .store
-            .claim(
-                delivery,
-                repo,
-                meta,
-                self.clock.now_ms(),
-                self.settings.lease,
-            )
-            .await
-        {
+        let attempt = match self.store.claim(delivery, repo, meta, self.clock.now_ms(), self.settings.lease).await {
             Ok(Claim::Acquired { attempt }) => attempt,
             Ok(Claim::AlreadyDispatched) => return TargetOutcome::AlreadyDispatched,
             Ok(Claim::AlreadyFailed) => return TargetOutcome::AlreadyFailed,
@@ -357,12 +295,7 @@ impl Dispatcher {
                     retry_after_ms: Some(wait),
                 };
             }
-            Err(e) => {
-                return TargetOutcome::Retry {
-                    reason: format!("dispatch store: {e}"),
-                    retry_after_ms: None,
-                }
-            }
+            Err(e) => return TargetOutcome::Retry { reason: format!("dispatch store: {e}"), retry_after_ms: None },
         };
         let body = match body {
             Ok(b) => b,
@@ -372,9 +305,7 @@ impl Dispatcher {
                     .finish(
                         delivery,
                         repo,
-                        AttemptOutcome::Failed {
-                            reason: reason.clone(),
-                        },
+                        AttemptOutcome::Failed { reason: reason.clone() },
                         TargetOutcome::Failed { reason },
                     )
                     .await;
@@ -412,9 +343,7 @@ impl Dispatcher {
                 self.finish(
                     delivery,
                     repo,
-                    AttemptOutcome::Dispatched {
-                        payload_trimmed: body.trimmed,
-                    },
+                    AttemptOutcome::Dispatched { payload_trimmed: body.trimmed },
                     TargetOutcome::Dispatched { attempt, calls },
                 )
                 .await
@@ -424,28 +353,18 @@ impl Dispatcher {
                 self.finish(
                     delivery,
                     repo,
-                    AttemptOutcome::Failed {
-                        reason: reason.clone(),
-                    },
+                    AttemptOutcome::Failed { reason: reason.clone() },
                     TargetOutcome::Failed { reason },
                 )
                 .await
             }
-            Err(GitHubError::Transient {
-                reason,
-                retry_after,
-            }) => {
+            Err(GitHubError::Transient { reason, retry_after }) => {
                 tracing::warn!(attempt, %reason, "dispatch still failing; message goes back to the queue");
                 self.finish(
                     delivery,
                     repo,
-                    AttemptOutcome::Retry {
-                        reason: reason.clone(),
-                    },
-                    TargetOutcome::Retry {
-                        reason,
-                        retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-                    },
+                    AttemptOutcome::Retry { reason: reason.clone() },
+                    TargetOutcome::Retry { reason, retry_after_ms: retry_after.map(|d| d.as_millis() as u64) },
                 )
                 .await
             }
@@ -462,21 +381,13 @@ impl Dispatcher {
         outcome: AttemptOutcome,
         report: TargetOutcome,
     ) -> TargetOutcome {
-        let write = || {
-            self.store
-                .finish(delivery, repo, &outcome, self.clock.now_ms())
-        };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_times(3);
+        let write = || self.store.finish(delivery, repo, &outcome, self.clock.now_ms());
+        let backoff = ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(3);
         match write.retry(backoff).sleep(tokio::time::sleep).await {
             Ok(()) => report,
             Err(e) => {
                 tracing::error!(error = %e, outcome = ?outcome, "could not record dispatch outcome");
-                TargetOutcome::Retry {
-                    reason: format!("dispatch store: {e}"),
-                    retry_after_ms: None,
-                }
+                TargetOutcome::Retry { reason: format!("dispatch store: {e}"), retry_after_ms: None }
             }
         }
     }
@@ -487,13 +398,10 @@ impl Dispatcher {
             PayloadRef::Inline(raw) => raw.get(),
             PayloadRef::Stored { key, .. } => {
                 bytes = self.blobs.get(key).await.map_err(|e| match e {
-                    BlobError::NotFound(_) => {
-                        LoadError::Gone(format!("claim-checked payload lost: {e}"))
-                    }
+                    BlobError::NotFound(_) => LoadError::Gone(format!("claim-checked payload lost: {e}")),
                     BlobError::Unavailable(_) => LoadError::Unavailable(e.to_string()),
                 })?;
-                std::str::from_utf8(&bytes)
-                    .map_err(|_| LoadError::Gone(format!("payload {key} is not UTF-8")))?
+                std::str::from_utf8(&bytes).map_err(|_| LoadError::Gone(format!("payload {key} is not UTF-8")))?
             }
         };
         serde_json::from_str(text).map_err(|e| LoadError::Gone(format!("payload is not JSON: {e}")))
@@ -508,16 +416,13 @@ enum LoadError {
 /// A failed installation lookup (before any record exists).
 fn retry_or_fail_unrecorded(e: GitHubError) -> TargetOutcome {
     match e {
-        GitHubError::Transient {
-            reason,
-            retry_after,
-        } => TargetOutcome::Retry {
+        GitHubError::Transient { reason, retry_after } => TargetOutcome::Retry {
             reason: format!("installation lookup: {reason}"),
             retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
         },
-        GitHubError::Permanent { reason, .. } => TargetOutcome::Failed {
-            reason: format!("installation lookup: {reason}"),
-        },
+        GitHubError::Permanent { reason, .. } => {
+            TargetOutcome::Failed { reason: format!("installation lookup: {reason}") }
+        }
     }
 }
 

@@ -28,8 +28,7 @@ impl DeliveryId {
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let ok = !s.is_empty()
             && s.len() <= 128
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -76,23 +75,17 @@ impl RepoFullName {
         let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(DomainError::BadRepo(s.to_owned()));
         };
-        let owner_ok = !owner.is_empty()
-            && owner.len() <= 39
-            && owner.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        let owner_ok =
+            !owner.is_empty() && owner.len() <= 39 && owner.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         let name_ok = !name.is_empty()
             && name.len() <= 100
             && name != "."
             && name != ".."
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !(owner_ok && name_ok) {
             return Err(DomainError::BadRepo(s.to_owned()));
         }
-        Ok(Self {
-            display: t.to_owned(),
-            key: t.to_ascii_lowercase(),
-        })
+        Ok(Self { display: t.to_owned(), key: t.to_ascii_lowercase() })
     }
     /// As spelled where it was read (for API paths and display).
     pub fn as_str(&self) -> &str {
@@ -199,21 +192,8 @@ mod tests {
 
     #[test]
     fn bad_repo_names_are_rejected_by_name() {
-        for bad in [
-            "",
-            "org",
-            "org/",
-            "/repo",
-            "a/b/c",
-            "org/re po",
-            "o rg/repo",
-            "org/..",
-        ] {
-            assert_eq!(
-                RepoFullName::parse(bad),
-                Err(DomainError::BadRepo(bad.into())),
-                "{bad}"
-            );
+        for bad in ["", "org", "org/", "/repo", "a/b/c", "org/re po", "o rg/repo", "org/.."] {
+            assert_eq!(RepoFullName::parse(bad), Err(DomainError::BadRepo(bad.into())), "{bad}");
         }
     }
 

@@ -33,10 +33,7 @@ pub enum EmbeddedError {
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     #[error("CRCR_VISIBILITY_TIMEOUT_SECS ({visibility:?}) must be longer than CRCR_RETRY_BUDGET_SECS ({budget:?}): otherwise a message still being retried reappears and is taken by a second worker")]
-    VisibilityTooShort {
-        visibility: Duration,
-        budget: Duration,
-    },
+    VisibilityTooShort { visibility: Duration, budget: Duration },
 }
 
 /// The relay wired on SQLite.
@@ -59,11 +56,7 @@ pub fn github_and_allowlist(
         AllowlistSource::GitHub { .. } => Some(github.clone()),
         AllowlistSource::File(_) => None,
     };
-    let allowlist = Arc::new(AllowlistProvider::new(
-        cfg.allowlist.clone(),
-        cfg.allowlist_ttl,
-        for_allowlist,
-    ));
+    let allowlist = Arc::new(AllowlistProvider::new(cfg.allowlist.clone(), cfg.allowlist_ttl, for_allowlist));
     Ok((github, allowlist))
 }
 
@@ -76,11 +69,7 @@ impl EmbeddedRelay {
             });
         }
         let db = Db::open(&emb.database)?;
-        let queue = Arc::new(SqliteQueue::new(
-            db.clone(),
-            "dispatch",
-            cfg.dispatcher.max_receive_count,
-        ));
+        let queue = Arc::new(SqliteQueue::new(db.clone(), "dispatch", cfg.dispatcher.max_receive_count));
         let store = Arc::new(SqliteDispatchStore::new(db.clone()));
         let blobs = Arc::new(SqliteBlobStore::new(db.clone()));
         let (github, allowlist) = github_and_allowlist(cfg)?;

@@ -97,14 +97,9 @@ pub struct GitHubAppClient {
 impl GitHubAppClient {
     pub fn new(cfg: GitHubAppConfig) -> Result<Self, GitHubConfigError> {
         use secrecy::ExposeSecret;
-        let key = octocrab::jsonwebtoken::EncodingKey::from_rsa_pem(
-            cfg.private_key_pem.expose_secret().as_bytes(),
-        )
-        .map_err(|e| GitHubConfigError::BadKey(e.to_string()))?;
-        let bad_url = |e: String| GitHubConfigError::BadUrl {
-            url: cfg.api_url.clone(),
-            error: e,
-        };
+        let key = octocrab::jsonwebtoken::EncodingKey::from_rsa_pem(cfg.private_key_pem.expose_secret().as_bytes())
+            .map_err(|e| GitHubConfigError::BadKey(e.to_string()))?;
+        let bad_url = |e: String| GitHubConfigError::BadUrl { url: cfg.api_url.clone(), error: e };
         let app = Octocrab::builder()
             .base_uri(cfg.api_url.as_str())
             .map_err(|e| bad_url(e.to_string()))?
@@ -142,18 +137,15 @@ impl GitHubAppClient {
                 return Ok(t.client.clone());
             }
         }
-        let body =
-            json!({"repositories": [repo.name()], "permissions": {permission.0: permission.1}});
+        let body = json!({"repositories": [repo.name()], "permissions": {permission.0: permission.1}});
         let uri = format!("/app/installations/{}/access_tokens", installation.0);
         let (status, headers, bytes) = self.send(self.app._post(uri, Some(&body)).await).await?;
         if !status.is_success() {
             return Err(classify(status, &headers, &bytes));
         }
-        let token: octocrab::models::InstallationToken =
-            serde_json::from_slice(&bytes).map_err(|e| GitHubError::Transient {
-                reason: format!("unreadable token answer: {e}"),
-                retry_after: None,
-            })?;
+        let token: octocrab::models::InstallationToken = serde_json::from_slice(&bytes).map_err(|e| {
+            GitHubError::Transient { reason: format!("unreadable token answer: {e}"), retry_after: None }
+        })?;
         let lifetime = token
             .expires_at
             .as_deref()
@@ -164,55 +156,32 @@ impl GitHubAppClient {
         let client = self
             .app
             .user_access_token(SecretString::from(token.token))
-            .map_err(|e| GitHubError::Transient {
-                reason: e.to_string(),
-                retry_after: None,
-            })?;
+            .map_err(|e| GitHubError::Transient { reason: e.to_string(), retry_after: None })?;
         let use_until = Instant::now() + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN);
-        self.tokens.lock().expect("token cache").insert(
-            key,
-            CachedToken {
-                client: client.clone(),
-                use_until,
-            },
-        );
+        self.tokens.lock().expect("token cache").insert(key, CachedToken { client: client.clone(), use_until });
         Ok(client)
     }
 
     fn forget_token(&self, repo: &RepoFullName) {
         let prefix = format!("{}|", repo.key());
-        self.tokens
-            .lock()
-            .expect("token cache")
-            .retain(|k, _| !k.starts_with(&prefix));
+        self.tokens.lock().expect("token cache").retain(|k, _| !k.starts_with(&prefix));
     }
 
     /// Reads a response fully; transport errors are transient.
     async fn send(
         &self,
-        res: octocrab::Result<
-            http::Response<http_body_util::combinators::BoxBody<Bytes, octocrab::Error>>,
-        >,
+        res: octocrab::Result<http::Response<http_body_util::combinators::BoxBody<Bytes, octocrab::Error>>>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
-        let res = res.map_err(|e| GitHubError::Transient {
-            reason: format!("GitHub unreachable: {e}"),
-            retry_after: None,
-        })?;
+        let res =
+            res.map_err(|e| GitHubError::Transient { reason: format!("GitHub unreachable: {e}"), retry_after: None })?;
         let (parts, body) = res.into_parts();
-        if let Some(n) = parts
-            .headers
-            .get("x-ratelimit-remaining")
-            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
-        {
+        if let Some(n) = parts.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok()) {
             self.rate_limit_remaining.store(n, Ordering::Relaxed);
         }
         let bytes = body
             .collect()
             .await
-            .map_err(|e| GitHubError::Transient {
-                reason: format!("GitHub answer cut short: {e}"),
-                retry_after: None,
-            })?
+            .map_err(|e| GitHubError::Transient { reason: format!("GitHub answer cut short: {e}"), retry_after: None })?
             .to_bytes();
         Ok((parts.status, parts.headers, bytes))
     }
@@ -231,73 +200,36 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GitHubE
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     let reason = format!("{} {}", status.as_u16(), message);
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if status.is_server_error() {
-        return GitHubError::Transient {
-            reason,
-            retry_after: None,
-        };
+        return GitHubError::Transient { reason, retry_after: None };
     }
     if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
         if let Some(secs) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
-            return GitHubError::Transient {
-                reason,
-                retry_after: Some(Duration::from_secs(secs)),
-            };
+            return GitHubError::Transient { reason, retry_after: Some(Duration::from_secs(secs)) };
         }
         if header("x-ratelimit-remaining") == Some("0") {
             let wait = header("x-ratelimit-reset")
                 .and_then(|v| v.parse::<i64>().ok())
                 .map(|reset| (reset - chrono::Utc::now().timestamp()).max(1) as u64)
                 .unwrap_or(60);
-            return GitHubError::Transient {
-                reason,
-                retry_after: Some(Duration::from_secs(wait)),
-            };
+            return GitHubError::Transient { reason, retry_after: Some(Duration::from_secs(wait)) };
         }
-        if status == StatusCode::TOO_MANY_REQUESTS
-            || message.to_ascii_lowercase().contains("rate limit")
-        {
-            return GitHubError::Transient {
-                reason,
-                retry_after: None,
-            };
+        if status == StatusCode::TOO_MANY_REQUESTS || message.to_ascii_lowercase().contains("rate limit") {
+            return GitHubError::Transient { reason, retry_after: None };
         }
     }
     if status == StatusCode::UNAUTHORIZED {
-        return GitHubError::Transient {
-            reason,
-            retry_after: None,
-        };
+        return GitHubError::Transient { reason, retry_after: None };
     }
-    GitHubError::Permanent {
-        status: status.as_u16(),
-        reason,
-    }
+    GitHubError::Permanent { status: status.as_u16(), reason }
 }
 
 #[async_trait]
 impl GitHubApp for GitHubAppClient {
-    async fn installation(
-        &self,
-        repo: &RepoFullName,
-    ) -> Result<Option<InstallationId>, GitHubError> {
-        if let Some((found, at)) = self
-            .installations
-            .lock()
-            .expect("installation cache")
-            .get(repo.key())
-        {
-            let ttl = if found.is_some() {
-                self.cfg.installation_ttl
-            } else {
-                self.cfg.not_installed_ttl
-            };
+    async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError> {
+        if let Some((found, at)) = self.installations.lock().expect("installation cache").get(repo.key()) {
+            let ttl = if found.is_some() { self.cfg.installation_ttl } else { self.cfg.not_installed_ttl };
             if at.elapsed() < ttl {
                 return Ok(*found);
             }
@@ -306,27 +238,20 @@ impl GitHubApp for GitHubAppClient {
         let (status, headers, bytes) = self.send(self.app._get(uri).await).await?;
         let found = match status {
             s if s.is_success() => {
-                let v: Value =
-                    serde_json::from_slice(&bytes).map_err(|e| GitHubError::Transient {
-                        reason: format!("unreadable installation answer: {e}"),
-                        retry_after: None,
-                    })?;
-                let id =
-                    v.get("id")
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| GitHubError::Transient {
-                            reason: "installation answer has no id".into(),
-                            retry_after: None,
-                        })?;
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| GitHubError::Transient {
+                    reason: format!("unreadable installation answer: {e}"),
+                    retry_after: None,
+                })?;
+                let id = v.get("id").and_then(Value::as_u64).ok_or_else(|| GitHubError::Transient {
+                    reason: "installation answer has no id".into(),
+                    retry_after: None,
+                })?;
                 Some(InstallationId(id))
             }
             StatusCode::NOT_FOUND => None,
             _ => return Err(classify(status, &headers, &bytes)),
         };
-        self.installations
-            .lock()
-            .expect("installation cache")
-            .insert(repo.key().to_owned(), (found, Instant::now()));
+        self.installations.lock().expect("installation cache").insert(repo.key().to_owned(), (found, Instant::now()));
         Ok(found)
     }
 
@@ -336,9 +261,7 @@ impl GitHubApp for GitHubAppClient {
         installation: InstallationId,
         body: &Value,
     ) -> Result<(), GitHubError> {
-        let client = self
-            .token_client(repo, installation, ("contents", "write"))
-            .await?;
+        let client = self.token_client(repo, installation, ("contents", "write")).await?;
         let uri = format!("/repos/{}/{}/dispatches", repo.owner(), repo.name());
         let (status, headers, bytes) = self.send(client._post(uri, Some(body)).await).await?;
         if status.is_success() {
@@ -349,45 +272,21 @@ impl GitHubApp for GitHubAppClient {
         }
         if status == StatusCode::NOT_FOUND {
             // The App may have been removed from the repository: look it up again next time.
-            self.installations
-                .lock()
-                .expect("installation cache")
-                .remove(repo.key());
+            self.installations.lock().expect("installation cache").remove(repo.key());
         }
         Err(classify(status, &headers, &bytes))
     }
 
-    async fn file_contents(
-        &self,
-        repo: &RepoFullName,
-        path: &str,
-        git_ref: &str,
-    ) -> Result<Vec<u8>, GitHubError> {
-        let installation =
-            self.installation(repo)
-                .await?
-                .ok_or_else(|| GitHubError::Permanent {
-                    status: 404,
-                    reason: format!("the App is not installed on {repo}"),
-                })?;
-        let client = self
-            .token_client(repo, installation, ("contents", "read"))
-            .await?;
-        let uri = format!(
-            "/repos/{}/{}/contents/{}?ref={}",
-            repo.owner(),
-            repo.name(),
-            path,
-            git_ref
-        );
+    async fn file_contents(&self, repo: &RepoFullName, path: &str, git_ref: &str) -> Result<Vec<u8>, GitHubError> {
+        let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
+            status: 404,
+            reason: format!("the App is not installed on {repo}"),
+        })?;
+        let client = self.token_client(repo, installation, ("contents", "read")).await?;
+        let uri = format!("/repos/{}/{}/contents/{}?ref={}", repo.owner(), repo.name(), path, git_ref);
         let mut accept = HeaderMap::new();
-        accept.insert(
-            http::header::ACCEPT,
-            http::HeaderValue::from_static("application/vnd.github.raw"),
-        );
-        let (status, headers, bytes) = self
-            .send(client._get_with_headers(uri, Some(accept)).await)
-            .await?;
+        accept.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.github.raw"));
+        let (status, headers, bytes) = self.send(client._get_with_headers(uri, Some(accept)).await).await?;
         if status.is_success() {
             Ok(bytes.to_vec())
         } else {
@@ -400,30 +299,14 @@ impl GitHubApp for GitHubAppClient {
 mod tests {
     use super::*;
 
-    fn check(
-        status: u16,
-        headers: &[(&str, &str)],
-        body: &str,
-        transient: bool,
-        retry_after: Option<u64>,
-    ) {
+    fn check(status: u16, headers: &[(&str, &str)], body: &str, transient: bool, retry_after: Option<u64>) {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
-            h.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         let e = classify(StatusCode::from_u16(status).unwrap(), &h, body.as_bytes());
-        assert_eq!(
-            e.is_transient(),
-            transient,
-            "{status} {headers:?} {body} -> {e:?}"
-        );
-        if let GitHubError::Transient {
-            retry_after: ra, ..
-        } = &e
-        {
+        assert_eq!(e.is_transient(), transient, "{status} {headers:?} {body} -> {e:?}");
+        if let GitHubError::Transient { retry_after: ra, .. } = &e {
             assert_eq!(ra.map(|d| d.as_secs()), retry_after, "{status} {headers:?}");
         }
         assert!(e.to_string().contains(&status.to_string()), "{e}");
@@ -434,46 +317,13 @@ mod tests {
         let reset = (chrono::Utc::now().timestamp() + 30).to_string();
         check(502, &[], "bad gateway", true, None);
         check(500, &[], r#"{"message":"Server Error"}"#, true, None);
-        check(
-            403,
-            &[("Retry-After", "2")],
-            r#"{"message":"You have exceeded a secondary rate limit"}"#,
-            true,
-            Some(2),
-        );
-        check(
-            429,
-            &[
-                ("x-ratelimit-remaining", "0"),
-                ("x-ratelimit-reset", &reset),
-            ],
-            "{}",
-            true,
-            Some(30),
-        );
-        check(
-            403,
-            &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1")],
-            "{}",
-            true,
-            Some(1),
-        );
+        check(403, &[("Retry-After", "2")], r#"{"message":"You have exceeded a secondary rate limit"}"#, true, Some(2));
+        check(429, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)], "{}", true, Some(30));
+        check(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1")], "{}", true, Some(1));
         check(429, &[], "{}", true, None);
-        check(
-            403,
-            &[],
-            r#"{"message":"API rate limit exceeded for installation"}"#,
-            true,
-            None,
-        );
+        check(403, &[], r#"{"message":"API rate limit exceeded for installation"}"#, true, None);
         check(401, &[], r#"{"message":"Bad credentials"}"#, true, None);
-        check(
-            403,
-            &[],
-            r#"{"message":"Resource not accessible by integration"}"#,
-            false,
-            None,
-        );
+        check(403, &[], r#"{"message":"Resource not accessible by integration"}"#, false, None);
         check(404, &[], r#"{"message":"Not Found"}"#, false, None);
         check(422, &[], r#"{"message":"Invalid request"}"#, false, None);
     }

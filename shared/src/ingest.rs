@@ -111,23 +111,16 @@ pub fn verify_and_classify(
     body: &[u8],
     now_ms: i64,
 ) -> Result<Verdict, IngestError> {
-    secret.verify(
-        headers.get("x-hub-signature-256").map(|v| v.as_bytes()),
-        body,
-    )?;
+    secret.verify(headers.get("x-hub-signature-256").map(|v| v.as_bytes()), body)?;
     let header = |name: &'static str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .ok_or(IngestError::BadHeader(name))
+        headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).ok_or(IngestError::BadHeader(name))
     };
     let event = header("x-github-event")?;
     if event.len() > 100 || !event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
         return Err(IngestError::BadHeader("x-github-event"));
     }
-    let delivery_id = DeliveryId::parse(header("x-github-delivery")?)
-        .map_err(|_| IngestError::BadHeader("x-github-delivery"))?;
+    let delivery_id =
+        DeliveryId::parse(header("x-github-delivery")?).map_err(|_| IngestError::BadHeader("x-github-delivery"))?;
     let form = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -142,26 +135,17 @@ pub fn verify_and_classify(
     } else {
         body
     };
-    let text =
-        std::str::from_utf8(json_bytes).map_err(|_| IngestError::BadBody("not UTF-8".into()))?;
+    let text = std::str::from_utf8(json_bytes).map_err(|_| IngestError::BadBody("not UTF-8".into()))?;
     // Parsing the envelope validates the whole document (serde_json rejects
     // trailing data), so the text can be embedded in the message as is.
-    let env: Envelope =
-        serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
-    let ignore = |why: String| {
-        Ok(Verdict::Ignore {
-            delivery_id: delivery_id.to_string(),
-            why,
-        })
-    };
+    let env: Envelope = serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
+    let ignore = |why: String| Ok(Verdict::Ignore { delivery_id: delivery_id.to_string(), why });
     if event == "ping" {
         return ignore("ping".into());
     }
     let repo = env.repository.and_then(|r| r.full_name).unwrap_or_default();
     if RepoFullName::parse(&repo).ok().as_ref() != Some(upstream) {
-        return ignore(format!(
-            "repository {repo:?} is not the upstream {upstream}"
-        ));
+        return ignore(format!("repository {repo:?} is not the upstream {upstream}"));
     }
     if !is_dispatched(event, env.action.as_deref()) {
         let what = match &env.action {
@@ -185,13 +169,7 @@ pub fn verify_and_classify(
     let payload_start = message.len();
     message.push_str(text);
     message.push_str("}}");
-    Ok(Verdict::Enqueue {
-        delivery_id,
-        event: event.to_owned(),
-        action: env.action,
-        message,
-        payload_start,
-    })
+    Ok(Verdict::Enqueue { delivery_id, event: event.to_owned(), action: env.action, message, payload_start })
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
@@ -200,13 +178,7 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
 
 async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = std::time::Instant::now();
-    let verdict = match verify_and_classify(
-        &st.secret,
-        &st.upstream,
-        &headers,
-        &body,
-        st.clock.now_ms(),
-    ) {
+    let verdict = match verify_and_classify(&st.secret, &st.upstream, &headers, &body, st.clock.now_ms()) {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, metric = "webhooks", outcome = "rejected", "webhook refused");
@@ -216,18 +188,11 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
     let (delivery_id, event, action, mut message, payload_start) = match verdict {
         Verdict::Ignore { delivery_id, why } => {
             tracing::info!(%delivery_id, %why, metric = "webhooks", outcome = "ignored", "webhook ignored");
-            return answer(
-                StatusCode::OK,
-                json!({"ignored": why, "delivery_id": delivery_id}),
-            );
+            return answer(StatusCode::OK, json!({"ignored": why, "delivery_id": delivery_id}));
         }
-        Verdict::Enqueue {
-            delivery_id,
-            event,
-            action,
-            message,
-            payload_start,
-        } => (delivery_id, event, action, message, payload_start),
+        Verdict::Enqueue { delivery_id, event, action, message, payload_start } => {
+            (delivery_id, event, action, message, payload_start)
+        }
     };
     if message.len() > st.queue.max_message_bytes() {
         // Claim check: store the payload, enqueue a reference.
@@ -235,20 +200,14 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
         let key = payload_blob_key(&delivery_id);
         if let Err(e) = st.blobs.put(&key, payload.as_bytes()).await {
             tracing::error!(%delivery_id, error = %e, metric = "webhooks", outcome = "unavailable", "claim-check store refused payload");
-            return answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "payload store unavailable"}),
-            );
+            return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "payload store unavailable"}));
         }
         message = QueueMessage::DispatchV1(DispatchV1 {
             delivery_id: delivery_id.clone(),
             event: event.clone(),
             action: action.clone(),
             received_at_ms: st.clock.now_ms(),
-            payload: PayloadRef::Stored {
-                key,
-                bytes: payload.len(),
-            },
+            payload: PayloadRef::Stored { key, bytes: payload.len() },
         })
         .encode();
     }
@@ -256,10 +215,7 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
         Ok(message_id) => {
             tracing::info!(%delivery_id, %event, action = action.as_deref().unwrap_or(""), %message_id,
                 latency_us = started.elapsed().as_micros() as u64, metric = "webhooks", outcome = "enqueued", "webhook enqueued");
-            answer(
-                StatusCode::ACCEPTED,
-                json!({"delivery_id": delivery_id, "message_id": message_id}),
-            )
+            answer(StatusCode::ACCEPTED, json!({"delivery_id": delivery_id, "message_id": message_id}))
         }
         Err(e) => {
             tracing::error!(%delivery_id, error = %e, metric = "webhooks", outcome = "unavailable", "queue refused webhook");
@@ -281,10 +237,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("X-Hub-Signature-256", secret.sign(body).parse().unwrap());
         h.insert("x-github-event", event.parse().unwrap());
-        h.insert(
-            "X-GITHUB-DELIVERY",
-            "72d3162e-cc78-11e3-81ab-4c9367dc0958".parse().unwrap(),
-        );
+        h.insert("X-GITHUB-DELIVERY", "72d3162e-cc78-11e3-81ab-4c9367dc0958".parse().unwrap());
         h
     }
 
@@ -292,30 +245,14 @@ mod tests {
     fn enqueued_message_decodes_with_the_exact_payload() {
         let s = WebhookSecret::new("s");
         let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
-        let v = verify_and_classify(
-            &s,
-            &up,
-            &headers(&s, "pull_request", OPENED.as_bytes()),
-            OPENED.as_bytes(),
-            7,
-        )
-        .unwrap();
-        let Verdict::Enqueue {
-            message, action, ..
-        } = v
-        else {
-            panic!("{v:?}")
-        };
+        let v = verify_and_classify(&s, &up, &headers(&s, "pull_request", OPENED.as_bytes()), OPENED.as_bytes(), 7)
+            .unwrap();
+        let Verdict::Enqueue { message, action, .. } = v else { panic!("{v:?}") };
         assert_eq!(action.as_deref(), Some("opened"));
         let QueueMessage::DispatchV1(m) = QueueMessage::decode(&message).unwrap();
-        assert_eq!(
-            m.delivery_id.as_str(),
-            "72d3162e-cc78-11e3-81ab-4c9367dc0958"
-        );
+        assert_eq!(m.delivery_id.as_str(), "72d3162e-cc78-11e3-81ab-4c9367dc0958");
         assert_eq!(m.received_at_ms, 7);
-        let PayloadRef::Inline(p) = m.payload else {
-            panic!()
-        };
+        let PayloadRef::Inline(p) = m.payload else { panic!() };
         assert!(p.get() == OPENED.trim_end(), "payload bytes changed");
     }
 
@@ -323,22 +260,14 @@ mod tests {
     fn form_encoded_delivery_is_signed_over_the_form_body() {
         let s = WebhookSecret::new("s");
         let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
-        let form: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("payload", OPENED)
-            .finish();
+        let form: String = form_urlencoded::Serializer::new(String::new()).append_pair("payload", OPENED).finish();
         let mut h = headers(&s, "pull_request", form.as_bytes());
-        h.insert(
-            "content-type",
-            "application/x-www-form-urlencoded".parse().unwrap(),
-        );
+        h.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
         let v = verify_and_classify(&s, &up, &h, form.as_bytes(), 0).unwrap();
         assert!(matches!(v, Verdict::Enqueue { .. }), "{v:?}");
         // Signed over the JSON instead of the form: refused.
         let mut h = headers(&s, "pull_request", OPENED.as_bytes());
-        h.insert(
-            "content-type",
-            "application/x-www-form-urlencoded".parse().unwrap(),
-        );
+        h.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
         assert_eq!(
             verify_and_classify(&s, &up, &h, form.as_bytes(), 0),
             Err(IngestError::Signature(SignatureError::Mismatch))
@@ -352,16 +281,10 @@ mod tests {
         let body = OPENED.as_bytes();
         let mut h = headers(&s, "pull_request", body);
         h.remove("x-github-event");
-        assert_eq!(
-            verify_and_classify(&s, &up, &h, body, 0),
-            Err(IngestError::BadHeader("x-github-event"))
-        );
+        assert_eq!(verify_and_classify(&s, &up, &h, body, 0), Err(IngestError::BadHeader("x-github-event")));
         let mut h = headers(&s, "pull_request", body);
         h.remove("x-github-delivery");
-        assert_eq!(
-            verify_and_classify(&s, &up, &h, body, 0),
-            Err(IngestError::BadHeader("x-github-delivery"))
-        );
+        assert_eq!(verify_and_classify(&s, &up, &h, body, 0), Err(IngestError::BadHeader("x-github-delivery")));
         let bad = b"{not json";
         assert!(matches!(
             verify_and_classify(&s, &up, &headers(&s, "push", bad), bad, 0),
@@ -369,26 +292,13 @@ mod tests {
         ));
         let trailing = format!("{OPENED} x");
         assert!(matches!(
-            verify_and_classify(
-                &s,
-                &up,
-                &headers(&s, "pull_request", trailing.as_bytes()),
-                trailing.as_bytes(),
-                0
-            ),
+            verify_and_classify(&s, &up, &headers(&s, "pull_request", trailing.as_bytes()), trailing.as_bytes(), 0),
             Err(IngestError::BadBody(_))
         ));
         let other = RepoFullName::parse("pytorch/pytorch").unwrap();
-        let v =
-            verify_and_classify(&s, &other, &headers(&s, "pull_request", body), body, 0).unwrap();
-        assert!(
-            matches!(v, Verdict::Ignore { ref why, .. } if why.contains("not the upstream")),
-            "{v:?}"
-        );
+        let v = verify_and_classify(&s, &other, &headers(&s, "pull_request", body), body, 0).unwrap();
+        assert!(matches!(v, Verdict::Ignore { ref why, .. } if why.contains("not the upstream")), "{v:?}");
         let v = verify_and_classify(&s, &up, &headers(&s, "issues", body), body, 0).unwrap();
-        assert!(
-            matches!(v, Verdict::Ignore { ref why, .. } if why == "issues.opened is not acted on"),
-            "{v:?}"
-        );
+        assert!(matches!(v, Verdict::Ignore { ref why, .. } if why == "issues.opened is not acted on"), "{v:?}");
     }
 }

@@ -50,10 +50,7 @@ pub enum DecodeError {
     #[error("queue message type {0:?} is not known to this build")]
     UnknownType(String),
     #[error("queue message of type {ty} is malformed: {error}")]
-    Malformed {
-        ty: String,
-        error: serde_json::Error,
-    },
+    Malformed { ty: String, error: serde_json::Error },
 }
 
 #[derive(Deserialize)]
@@ -105,9 +102,7 @@ mod tests {
         let body = m.encode();
         assert!(body.starts_with(r#"{"type":"dispatch_v1","#), "{body}");
         let QueueMessage::DispatchV1(back) = QueueMessage::decode(&body).unwrap();
-        let PayloadRef::Inline(p) = back.payload else {
-            panic!("not inline")
-        };
+        let PayloadRef::Inline(p) = back.payload else { panic!("not inline") };
         assert_eq!(p.get(), r#"{"a": 1,  "b":[true]}"#);
     }
 

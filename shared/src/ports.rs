@@ -24,10 +24,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
     }
 }
 
@@ -40,8 +37,7 @@ impl ManualClock {
         Self(std::sync::atomic::AtomicI64::new(start_ms))
     }
     pub fn advance(&self, by: Duration) {
-        self.0
-            .fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -111,12 +107,7 @@ pub trait EventQueue: Send + Sync {
     /// Deletes a received message (processing done).
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError>;
     /// Makes a received message visible again after `delay` (0 = now).
-    async fn change_visibility(
-        &self,
-        side: QueueSide,
-        receipt: &str,
-        delay: Duration,
-    ) -> Result<(), QueueError>;
+    async fn change_visibility(&self, side: QueueSide, receipt: &str, delay: Duration) -> Result<(), QueueError>;
     /// Sends a copy of `msg` to the dead-letter queue carrying `reason`, then
     /// deletes it from the source queue. The copy is on the DLQ before the
     /// original is deleted, so a crash in between duplicates, never loses.
@@ -134,7 +125,9 @@ pub trait EventQueue: Send + Sync {
                     QueueSide::DeadLetter,
                     (limit - moved).min(10),
                     Duration::from_secs(30),
-                    Duration::ZERO,
+                    // Up to 1 s: SQS may answer a zero-wait receive with
+                    // nothing from a non-empty queue (short polling samples).
+                    Duration::from_secs(1),
                 )
                 .await?;
             if batch.is_empty() {
@@ -313,10 +306,7 @@ pub enum GitHubError {
     /// `retry_after` is GitHub's own hint (`Retry-After` or
     /// `x-ratelimit-reset` - now) when it gave one.
     #[error("transient GitHub error: {reason}")]
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
+    Transient { reason: String, retry_after: Option<Duration> },
     /// Will not succeed by retrying: 404 (App not installed), 422, other 4xx.
     #[error("GitHub rejected the request ({status}): {reason}")]
     Permanent { status: u16, reason: String },
@@ -334,10 +324,7 @@ impl GitHubError {
 pub trait GitHubApp: Send + Sync {
     /// `GET /repos/{owner}/{repo}/installation`: `None` when the App is not
     /// installed there (404).
-    async fn installation(
-        &self,
-        repo: &RepoFullName,
-    ) -> Result<Option<InstallationId>, GitHubError>;
+    async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError>;
     /// `POST /repos/{owner}/{repo}/dispatches` with `body` (already within
     /// GitHub's limits) and an installation token narrowed to `repo` with
     /// `contents: write`.
@@ -349,10 +336,5 @@ pub trait GitHubApp: Send + Sync {
     ) -> Result<(), GitHubError>;
     /// Raw contents of a file (`GET /repos/{o}/{r}/contents/{path}?ref=`),
     /// read with an installation token of `repo`.
-    async fn file_contents(
-        &self,
-        repo: &RepoFullName,
-        path: &str,
-        git_ref: &str,
-    ) -> Result<Vec<u8>, GitHubError>;
+    async fn file_contents(&self, repo: &RepoFullName, path: &str, git_ref: &str) -> Result<Vec<u8>, GitHubError>;
 }

@@ -37,9 +37,7 @@ impl WebhookSecret {
     /// Verifies `header` (the `X-Hub-Signature-256` value, if any) over `body`.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<(), SignatureError> {
         let header = header.ok_or(SignatureError::Missing)?;
-        let hex_mac = header
-            .strip_prefix(b"sha256=")
-            .ok_or(SignatureError::Malformed)?;
+        let hex_mac = header.strip_prefix(b"sha256=").ok_or(SignatureError::Malformed)?;
         if hex_mac.len() != 64 {
             return Err(SignatureError::Malformed);
         }
@@ -47,8 +45,7 @@ impl WebhookSecret {
         hex::decode_to_slice(hex_mac, &mut mac_bytes).map_err(|_| SignatureError::Malformed)?;
         let mut mac = self.mac();
         mac.update(body);
-        mac.verify_slice(&mac_bytes)
-            .map_err(|_| SignatureError::Mismatch)
+        mac.verify_slice(&mac_bytes).map_err(|_| SignatureError::Mismatch)
     }
 
     /// `sha256=<hex>` for `body`, as GitHub would send it (for tests and the demo).
@@ -59,8 +56,7 @@ impl WebhookSecret {
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(self.0.expose_secret().as_bytes())
-            .expect("HMAC accepts keys of any length")
+        Hmac::<Sha256>::new_from_slice(self.0.expose_secret().as_bytes()).expect("HMAC accepts keys of any length")
     }
 }
 
@@ -70,11 +66,7 @@ mod tests {
 
     fn check(header: Option<&str>, body: &[u8], expected: Result<(), SignatureError>) {
         let s = WebhookSecret::new("It's a Secret to Everybody");
-        assert_eq!(
-            s.verify(header.map(str::as_bytes), body),
-            expected,
-            "{header:?}"
-        );
+        assert_eq!(s.verify(header.map(str::as_bytes), body), expected, "{header:?}");
     }
 
     #[test]
@@ -92,26 +84,10 @@ mod tests {
         let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         check(None, b"Hello, World!", Err(SignatureError::Missing));
         check(Some(good), b"Hello, World?", Err(SignatureError::Mismatch));
-        check(
-            Some("sha1=0123456789abcdef0123456789abcdef01234567"),
-            b"x",
-            Err(SignatureError::Malformed),
-        );
-        check(
-            Some(&good.replace("sha256=", "")),
-            b"Hello, World!",
-            Err(SignatureError::Malformed),
-        );
-        check(
-            Some(&good.replace('7', "z")),
-            b"Hello, World!",
-            Err(SignatureError::Malformed),
-        );
-        check(
-            Some(&good[..good.len() - 2]),
-            b"Hello, World!",
-            Err(SignatureError::Malformed),
-        );
+        check(Some("sha1=0123456789abcdef0123456789abcdef01234567"), b"x", Err(SignatureError::Malformed));
+        check(Some(&good.replace("sha256=", "")), b"Hello, World!", Err(SignatureError::Malformed));
+        check(Some(&good.replace('7', "z")), b"Hello, World!", Err(SignatureError::Malformed));
+        check(Some(&good[..good.len() - 2]), b"Hello, World!", Err(SignatureError::Malformed));
         check(Some(""), b"", Err(SignatureError::Malformed));
     }
 

@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::ports::{
-    AttemptOutcome, BlobError, BlobStore, Claim, DispatchMeta, DispatchRecord, DispatchStatus,
-    DispatchStore, EventQueue, QueueError, QueueSide,
+    AttemptOutcome, BlobError, BlobStore, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
+    EventQueue, QueueError, QueueSide,
 };
 
 // ================================================================ backends
@@ -62,14 +62,10 @@ struct TempDb(std::path::PathBuf);
 
 impl TempDb {
     fn new() -> Self {
-        Self(std::env::temp_dir().join(format!(
-            "crcr-contract-{}.db",
-            uuid::Uuid::new_v4().simple()
-        )))
+        Self(std::env::temp_dir().join(format!("crcr-contract-{}.db", uuid::Uuid::new_v4().simple())))
     }
     fn open(&self) -> crcr_shared::sqlite::Db {
-        crcr_shared::sqlite::Db::open(&self.0)
-            .unwrap_or_else(|e| panic!("open SQLite {}: {e}", self.0.display()))
+        crcr_shared::sqlite::Db::open(&self.0).unwrap_or_else(|e| panic!("open SQLite {}: {e}", self.0.display()))
     }
 }
 
@@ -93,24 +89,15 @@ impl Backend for Sqlite {
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
         let tmp = TempDb::new();
         let q = crcr_shared::sqlite::SqliteQueue::new(tmp.open(), "contract", max_receive_count);
-        Fx {
-            inner: q,
-            _guard: Some(tmp),
-        }
+        Fx { inner: q, _guard: Some(tmp) }
     }
     async fn store() -> Fx<Self::Store> {
         let tmp = TempDb::new();
-        Fx {
-            inner: crcr_shared::sqlite::SqliteDispatchStore::new(tmp.open()),
-            _guard: Some(tmp),
-        }
+        Fx { inner: crcr_shared::sqlite::SqliteDispatchStore::new(tmp.open()), _guard: Some(tmp) }
     }
     async fn blobs() -> Fx<Self::Blobs> {
         let tmp = TempDb::new();
-        Fx {
-            inner: crcr_shared::sqlite::SqliteBlobStore::new(tmp.open()),
-            _guard: Some(tmp),
-        }
+        Fx { inner: crcr_shared::sqlite::SqliteBlobStore::new(tmp.open()), _guard: Some(tmp) }
     }
 }
 
@@ -127,36 +114,20 @@ fn moto_url() -> String {
 /// Fails the test (never skips) when moto does not answer, saying how to start it.
 async fn moto_config() -> aws_config::SdkConfig {
     let url = moto_url();
-    let host = url
-        .split("://")
-        .nth(1)
-        .unwrap_or(&url)
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let reachable = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect(host.as_str()),
-    )
-    .await;
+    let host = url.split("://").nth(1).unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
+    let reachable = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(host.as_str())).await;
     match reachable {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => panic!("{}", moto_missing(&url, &e.to_string())),
         Err(_) => panic!("{}", moto_missing(&url, "connect timed out after 3 s")),
     }
     let cfg = crcr_shared::aws::sdk_config(Some(&url)).await;
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
-        && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some()
-    {
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some() {
         return cfg;
     }
     // moto accepts any credentials; don't let the chain wander off to IMDS.
-    let creds =
-        aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-contract-test");
-    cfg.to_builder()
-        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds))
-        .build()
+    let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-contract-test");
+    cfg.to_builder().credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds)).build()
 }
 
 fn moto_missing(url: &str, err: &str) -> String {
@@ -183,67 +154,32 @@ async fn create_table(
     range_type: aws_sdk_dynamodb::types::ScalarAttributeType,
 ) {
     use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        TimeToLiveSpecification,
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
     };
     client
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(hash)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
+            AttributeDefinition::builder().attribute_name(hash).attribute_type(ScalarAttributeType::S).build().unwrap(),
         )
         .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(range)
-                .attribute_type(range_type)
-                .build()
-                .unwrap(),
+            AttributeDefinition::builder().attribute_name(range).attribute_type(range_type).build().unwrap(),
         )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(hash)
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(range)
-                .key_type(KeyType::Range)
-                .build()
-                .unwrap(),
-        )
+        .key_schema(KeySchemaElement::builder().attribute_name(hash).key_type(KeyType::Hash).build().unwrap())
+        .key_schema(KeySchemaElement::builder().attribute_name(range).key_type(KeyType::Range).build().unwrap())
         .send()
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "create table {name}: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )
-        });
+        .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
     client
         .update_time_to_live()
         .table_name(name)
         .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .enabled(true)
-                .attribute_name("expires_at")
-                .build()
-                .unwrap(),
+            TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().unwrap(),
         )
         .send()
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "enable TTL on {name}: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )
-        });
+        .unwrap_or_else(|e| panic!("enable TTL on {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
 }
 
 /// Starts (on the test's runtime) an HTTP proxy to `upstream` that forwards
@@ -258,18 +194,10 @@ async fn create_table(
 /// restores the per-request atomicity the adapter relies on, while claims
 /// still interleave request by request as they do on DynamoDB.
 async fn atomic_proxy(upstream: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind proxy");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().unwrap();
-    let upstream_host = upstream
-        .split("://")
-        .nth(1)
-        .unwrap_or(&upstream)
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let upstream_host =
+        upstream.split("://").nth(1).unwrap_or(&upstream).split('/').next().unwrap_or_default().to_owned();
     let lock = Arc::new(tokio::sync::Mutex::new(()));
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let (lock, host) = (lock.clone(), upstream_host.clone());
@@ -287,49 +215,28 @@ async fn atomic_proxy(upstream: String) -> String {
 async fn forward(host: &str, req: axum::extract::Request) -> axum::response::Response {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .expect("request body");
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let body = axum::body::to_bytes(body, usize::MAX).await.expect("request body");
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut raw = format!(
         "{} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
         parts.method,
         body.len()
     );
     for (name, value) in &parts.headers {
-        if !matches!(
-            name.as_str(),
-            "host" | "connection" | "content-length" | "transfer-encoding"
-        ) {
-            raw.push_str(&format!(
-                "{name}: {}\r\n",
-                value.to_str().expect("ASCII header")
-            ));
+        if !matches!(name.as_str(), "host" | "connection" | "content-length" | "transfer-encoding") {
+            raw.push_str(&format!("{name}: {}\r\n", value.to_str().expect("ASCII header")));
         }
     }
     raw.push_str("\r\n");
-    let mut conn = tokio::net::TcpStream::connect(host)
-        .await
-        .expect("connect to moto");
+    let mut conn = tokio::net::TcpStream::connect(host).await.expect("connect to moto");
     conn.write_all(raw.as_bytes()).await.unwrap();
     conn.write_all(&body).await.unwrap();
     let mut resp = Vec::new();
     conn.read_to_end(&mut resp).await.expect("moto response");
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
     let head = std::str::from_utf8(&resp[..split]).expect("UTF-8 response head");
     let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status");
+    let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
     let mut out = axum::response::Response::builder().status(status);
     let mut content_length = None;
     for line in lines {
@@ -337,9 +244,9 @@ async fn forward(host: &str, req: axum::extract::Request) -> axum::response::Res
         let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
         match name.as_str() {
             "content-length" => content_length = value.parse::<usize>().ok(),
-            "transfer-encoding" => panic!(
-                "moto answered with transfer-encoding {value}: the proxy expects content-length"
-            ),
+            "transfer-encoding" => {
+                panic!("moto answered with transfer-encoding {value}: the proxy expects content-length")
+            }
             "connection" | "keep-alive" => {}
             _ => out = out.header(name, value),
         }
@@ -395,50 +302,24 @@ impl Backend for Moto {
             .unwrap_or_else(|e| panic!("create queue: {}", DisplayErrorContext(e)))
             .queue_url
             .expect("queue url");
-        Fx {
-            inner: crcr_shared::aws::SqsQueue::new(client, queue_url, dlq_url),
-            _guard: None,
-        }
+        Fx { inner: crcr_shared::aws::SqsQueue::new(client, queue_url, dlq_url), _guard: None }
     }
 
     async fn store() -> Fx<Self::Store> {
         // Through a proxy that forwards one request at a time: see `atomic_proxy`.
         let cfg = moto_config().await;
-        let proxied = cfg
-            .to_builder()
-            .endpoint_url(atomic_proxy(moto_url()).await)
-            .build();
+        let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-dispatches");
-        create_table(
-            &client,
-            &table,
-            "delivery_id",
-            "target",
-            aws_sdk_dynamodb::types::ScalarAttributeType::S,
-        )
-        .await;
-        Fx {
-            inner: crcr_shared::aws::DynamoDispatchStore::new(client, table),
-            _guard: None,
-        }
+        create_table(&client, &table, "delivery_id", "target", aws_sdk_dynamodb::types::ScalarAttributeType::S).await;
+        Fx { inner: crcr_shared::aws::DynamoDispatchStore::new(client, table), _guard: None }
     }
 
     async fn blobs() -> Fx<Self::Blobs> {
         let client = aws_sdk_dynamodb::Client::new(&moto_config().await);
         let table = unique("crcr-blobs");
-        create_table(
-            &client,
-            &table,
-            "key",
-            "chunk",
-            aws_sdk_dynamodb::types::ScalarAttributeType::N,
-        )
-        .await;
-        Fx {
-            inner: crcr_shared::aws::DynamoBlobStore::new(client, table),
-            _guard: None,
-        }
+        create_table(&client, &table, "key", "chunk", aws_sdk_dynamodb::types::ScalarAttributeType::N).await;
+        Fx { inner: crcr_shared::aws::DynamoBlobStore::new(client, table), _guard: None }
     }
 }
 
@@ -447,17 +328,11 @@ impl Backend for Moto {
 const LONG: Duration = Duration::from_secs(60);
 
 fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 fn body(tag: &str) -> String {
-    format!(
-        "{{\"type\":\"contract\",\"tag\":\"{tag}\",\"id\":\"{}\"}}",
-        uuid::Uuid::new_v4()
-    )
+    format!("{{\"type\":\"contract\",\"tag\":\"{tag}\",\"id\":\"{}\"}}", uuid::Uuid::new_v4())
 }
 
 fn delivery() -> DeliveryId {
@@ -479,13 +354,7 @@ fn meta() -> DispatchMeta {
 }
 
 fn bare_meta() -> DispatchMeta {
-    DispatchMeta {
-        event: "push".into(),
-        action: None,
-        head_sha: None,
-        pr_number: None,
-        level: Level::L1,
-    }
+    DispatchMeta { event: "push".into(), action: None, head_sha: None, pr_number: None, level: Level::L1 }
 }
 
 async fn receive_all(
@@ -493,9 +362,7 @@ async fn receive_all(
     side: QueueSide,
     visibility: Duration,
 ) -> Vec<crcr_shared::ports::ReceivedMessage> {
-    q.receive(side, 10, visibility, Duration::ZERO)
-        .await
-        .expect("receive")
+    q.receive(side, 10, visibility, Duration::ZERO).await.expect("receive")
 }
 
 async fn one_record(s: &impl DispatchStore, d: &DeliveryId) -> DispatchRecord {
@@ -516,10 +383,7 @@ mod cases {
         let before = wall_ms();
         let id = q.send(&b).await.expect("send");
         let after = wall_ms();
-        let got = q
-            .receive(QueueSide::Source, 10, LONG, Duration::from_secs(1))
-            .await
-            .expect("receive");
+        let got = q.receive(QueueSide::Source, 10, LONG, Duration::from_secs(1)).await.expect("receive");
         assert_eq!(got.len(), 1, "{got:?}");
         let m = &got[0];
         assert_eq!(m.message_id, id);
@@ -534,9 +398,7 @@ mod cases {
         assert!(!m.receipt.is_empty());
         // Hidden while in flight.
         assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty());
-        q.delete(QueueSide::Source, &m.receipt)
-            .await
-            .expect("delete");
+        q.delete(QueueSide::Source, &m.receipt).await.expect("delete");
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
         assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty());
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
@@ -548,38 +410,18 @@ mod cases {
         let q = B::queue(5).await;
         let b = body("vis");
         let id = q.send(&b).await.unwrap();
-        let first = q
-            .receive(
-                QueueSide::Source,
-                1,
-                Duration::from_secs(1),
-                Duration::from_secs(1),
-            )
-            .await
-            .unwrap();
+        let first = q.receive(QueueSide::Source, 1, Duration::from_secs(1), Duration::from_secs(1)).await.unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].receive_count, 1);
-        assert!(
-            receive_all(&*q, QueueSide::Source, LONG).await.is_empty(),
-            "visible during its timeout"
-        );
+        assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty(), "visible during its timeout");
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let second = q
-            .receive(QueueSide::Source, 1, LONG, Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!(
-            second.len(),
-            1,
-            "did not reappear after the visibility timeout"
-        );
+        let second = q.receive(QueueSide::Source, 1, LONG, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(second.len(), 1, "did not reappear after the visibility timeout");
         assert_eq!(second[0].message_id, id);
         assert_eq!(second[0].body, b);
         assert_eq!(second[0].receive_count, 2);
         assert_ne!(second[0].receipt, first[0].receipt);
-        q.delete(QueueSide::Source, &second[0].receipt)
-            .await
-            .unwrap();
+        q.delete(QueueSide::Source, &second[0].receipt).await.unwrap();
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
     }
 
@@ -590,20 +432,11 @@ mod cases {
         let first = receive_all(&*q, QueueSide::Source, LONG).await;
         assert_eq!(first.len(), 1);
         assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty());
-        q.change_visibility(QueueSide::Source, &first[0].receipt, Duration::ZERO)
-            .await
-            .expect("change visibility");
+        q.change_visibility(QueueSide::Source, &first[0].receipt, Duration::ZERO).await.expect("change visibility");
         let started = std::time::Instant::now();
-        let again = q
-            .receive(QueueSide::Source, 10, LONG, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let again = q.receive(QueueSide::Source, 10, LONG, Duration::from_secs(2)).await.unwrap();
         assert_eq!(again.len(), 1, "not visible after change_visibility(0)");
-        assert!(
-            started.elapsed() < Duration::from_millis(1_500),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
         assert_eq!(again[0].message_id, id);
         assert_eq!(again[0].receive_count, 2);
     }
@@ -625,39 +458,20 @@ mod cases {
             assert_eq!(got.len(), 1, "receive {n} of {MAX} must still deliver");
             assert_eq!(got[0].receive_count, n);
             sent_at = Some(got[0].sent_at_ms);
-            q.change_visibility(QueueSide::Source, &got[0].receipt, Duration::ZERO)
-                .await
-                .unwrap();
+            q.change_visibility(QueueSide::Source, &got[0].receipt, Duration::ZERO).await.unwrap();
         }
-        assert_eq!(
-            q.depth(QueueSide::DeadLetter).await.unwrap(),
-            0,
-            "moved before receive {}",
-            MAX + 1
-        );
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0, "moved before receive {}", MAX + 1);
         let got = receive_all(&*q, QueueSide::Source, LONG).await;
-        assert!(
-            got.is_empty(),
-            "receive {} returned it instead of moving it: {got:?}",
-            MAX + 1
-        );
+        assert!(got.is_empty(), "receive {} returned it instead of moving it: {got:?}", MAX + 1);
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 1);
         let dl = receive_all(&*q, QueueSide::DeadLetter, LONG).await;
         assert_eq!(dl.len(), 1);
         assert_eq!(dl[0].message_id, id);
         assert_eq!(dl[0].body, b);
-        assert_eq!(
-            Some(dl[0].sent_at_ms),
-            sent_at,
-            "sent time must be kept on the DLQ"
-        );
+        assert_eq!(Some(dl[0].sent_at_ms), sent_at, "sent time must be kept on the DLQ");
         assert_eq!(dl[0].dead_letter_reason, None);
-        assert_eq!(
-            dl[0].receive_count,
-            MAX + 1,
-            "receive count carries on into the DLQ (moto/SQS)"
-        );
+        assert_eq!(dl[0].receive_count, MAX + 1, "receive count carries on into the DLQ (moto/SQS)");
     }
 
     /// dead_letter puts a copy with the reason on the DLQ and removes the original.
@@ -669,11 +483,7 @@ mod cases {
         assert_eq!(got.len(), 1);
         let reason = "permanent: GitHub rejected the request (422): No ref found for: nope";
         q.dead_letter(&got[0], reason).await.expect("dead_letter");
-        assert_eq!(
-            q.depth(QueueSide::Source).await.unwrap(),
-            0,
-            "original still on the source queue"
-        );
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0, "original still on the source queue");
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 1);
         let dl = receive_all(&*q, QueueSide::DeadLetter, LONG).await;
         assert_eq!(dl.len(), 1);
@@ -692,10 +502,7 @@ mod cases {
         }
         let mut got = Vec::new();
         while got.len() < 3 {
-            let batch = q
-                .receive(QueueSide::Source, 10, LONG, Duration::from_secs(1))
-                .await
-                .unwrap();
+            let batch = q.receive(QueueSide::Source, 10, LONG, Duration::from_secs(1)).await.unwrap();
             assert!(!batch.is_empty(), "only {} of 3 received", got.len());
             got.extend(batch);
         }
@@ -704,34 +511,22 @@ mod cases {
         }
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 3);
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
-        assert_eq!(
-            q.redrive(2).await.expect("redrive"),
-            2,
-            "limit not honoured"
-        );
+        assert_eq!(q.redrive(2).await.expect("redrive"), 2, "limit not honoured");
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 1);
         assert_eq!(q.redrive(10).await.expect("redrive"), 1);
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 3);
-        assert!(receive_all(&*q, QueueSide::DeadLetter, LONG)
-            .await
-            .is_empty());
+        assert!(receive_all(&*q, QueueSide::DeadLetter, LONG).await.is_empty());
         let mut back = Vec::new();
         while back.len() < 3 {
-            let batch = q
-                .receive(QueueSide::Source, 10, LONG, Duration::from_secs(1))
-                .await
-                .unwrap();
+            let batch = q.receive(QueueSide::Source, 10, LONG, Duration::from_secs(1)).await.unwrap();
             assert!(!batch.is_empty(), "only {} of 3 came back", back.len());
             back.extend(batch);
         }
         let back_bodies: BTreeSet<String> = back.iter().map(|m| m.body.clone()).collect();
         assert_eq!(back_bodies, bodies);
         for m in &back {
-            assert_eq!(
-                m.dead_letter_reason, None,
-                "a redriven message is a new message"
-            );
+            assert_eq!(m.dead_letter_reason, None, "a redriven message is a new message");
             assert_eq!(m.receive_count, 1);
         }
     }
@@ -744,16 +539,9 @@ mod cases {
             q.send(&body(&format!("d{i}"))).await.unwrap();
         }
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 3);
-        let got = q
-            .receive(QueueSide::Source, 1, LONG, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let got = q.receive(QueueSide::Source, 1, LONG, Duration::from_secs(1)).await.unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(
-            q.depth(QueueSide::Source).await.unwrap(),
-            3,
-            "in-flight messages count"
-        );
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 3, "in-flight messages count");
         q.delete(QueueSide::Source, &got[0].receipt).await.unwrap();
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 2);
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
@@ -766,15 +554,10 @@ mod cases {
         assert_eq!(max, 262_144, "SQS's classic 256 KiB limit");
         match q.send(&"x".repeat(max + 1)).await {
             Err(QueueError::TooLarge { size, limit }) => assert_eq!((size, limit), (max + 1, max)),
-            other => panic!(
-                "a body of {} bytes must be refused with TooLarge, got {other:?}",
-                max + 1
-            ),
+            other => panic!("a body of {} bytes must be refused with TooLarge, got {other:?}", max + 1),
         }
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
-        q.send(&"y".repeat(max))
-            .await
-            .expect("a body of exactly the limit is accepted");
+        q.send(&"y".repeat(max)).await.expect("a body of exactly the limit is accepted");
         let got = receive_all(&*q, QueueSide::Source, LONG).await;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].body.len(), max);
@@ -788,35 +571,19 @@ mod cases {
         let s = B::store().await;
         let (d, t) = (delivery(), repo("org/a"));
         let now = 1_700_000_000_000;
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now, LONG).await.unwrap(),
-            Claim::Acquired { attempt: 1 }
-        );
+        assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
         let until = now + 60_000;
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now + 1, LONG).await.unwrap(),
-            Claim::Leased { until_ms: until }
-        );
-        assert_eq!(
-            s.claim(&d, &t, &meta(), until, LONG).await.unwrap(),
-            Claim::Leased { until_ms: until }
-        );
+        assert_eq!(s.claim(&d, &t, &meta(), now + 1, LONG).await.unwrap(), Claim::Leased { until_ms: until });
+        assert_eq!(s.claim(&d, &t, &meta(), until, LONG).await.unwrap(), Claim::Leased { until_ms: until });
         // Another target of the same delivery is independent.
-        assert_eq!(
-            s.claim(&d, &repo("org/b"), &meta(), now, LONG)
-                .await
-                .unwrap(),
-            Claim::Acquired { attempt: 1 }
-        );
+        assert_eq!(s.claim(&d, &repo("org/b"), &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
         assert_eq!(one_record_of(&*s, &d, "org/a").await.attempts, 1);
     }
 
     async fn one_record_of(s: &impl DispatchStore, d: &DeliveryId, target: &str) -> DispatchRecord {
         let all = s.records(d).await.unwrap();
         let mut it = all.into_iter().filter(|r| r.target == repo(target));
-        let r = it
-            .next()
-            .unwrap_or_else(|| panic!("no record for {target}"));
+        let r = it.next().unwrap_or_else(|| panic!("no record for {target}"));
         assert!(it.next().is_none(), "two records for {target}");
         r
     }
@@ -826,30 +593,10 @@ mod cases {
         let s = B::store().await;
         let (d, t) = (delivery(), repo("org/a"));
         let now = 1_700_000_000_000;
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now, LONG).await.unwrap(),
-            Claim::Acquired { attempt: 1 }
-        );
-        s.finish(
-            &d,
-            &t,
-            &AttemptOutcome::Dispatched {
-                payload_trimmed: false,
-            },
-            now + 10,
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now + 20, LONG).await.unwrap(),
-            Claim::AlreadyDispatched
-        );
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now + 3_600_000, LONG)
-                .await
-                .unwrap(),
-            Claim::AlreadyDispatched
-        );
+        assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: false }, now + 10).await.unwrap();
+        assert_eq!(s.claim(&d, &t, &meta(), now + 20, LONG).await.unwrap(), Claim::AlreadyDispatched);
+        assert_eq!(s.claim(&d, &t, &meta(), now + 3_600_000, LONG).await.unwrap(), Claim::AlreadyDispatched);
         let r = one_record(&*s, &d).await;
         assert_eq!((r.status, r.attempts), (DispatchStatus::Dispatched, 1));
     }
@@ -859,31 +606,11 @@ mod cases {
         let s = B::store().await;
         let (d, t) = (delivery(), repo("org/a"));
         let now = 1_700_000_000_000;
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now, LONG).await.unwrap(),
-            Claim::Acquired { attempt: 1 }
-        );
+        assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
         let reason = "GitHub rejected the request (404): Not Found";
-        s.finish(
-            &d,
-            &t,
-            &AttemptOutcome::Failed {
-                reason: reason.into(),
-            },
-            now + 10,
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now + 20, LONG).await.unwrap(),
-            Claim::AlreadyFailed
-        );
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now + 3_600_000, LONG)
-                .await
-                .unwrap(),
-            Claim::AlreadyFailed
-        );
+        s.finish(&d, &t, &AttemptOutcome::Failed { reason: reason.into() }, now + 10).await.unwrap();
+        assert_eq!(s.claim(&d, &t, &meta(), now + 20, LONG).await.unwrap(), Claim::AlreadyFailed);
+        assert_eq!(s.claim(&d, &t, &meta(), now + 3_600_000, LONG).await.unwrap(), Claim::AlreadyFailed);
         let r = one_record(&*s, &d).await;
         assert_eq!(r.status, DispatchStatus::Failed);
         assert_eq!(r.last_error.as_deref(), Some(reason));
@@ -898,39 +625,19 @@ mod cases {
         let s = B::store().await;
         let (d, t) = (delivery(), repo("org/a"));
         let now = 1_700_000_000_000;
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now, LONG).await.unwrap(),
-            Claim::Acquired { attempt: 1 }
-        );
-        s.finish(
-            &d,
-            &t,
-            &AttemptOutcome::Retry {
-                reason: "502 Bad Gateway".into(),
-            },
-            now + 5,
-        )
-        .await
-        .unwrap();
+        assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+        s.finish(&d, &t, &AttemptOutcome::Retry { reason: "502 Bad Gateway".into() }, now + 5).await.unwrap();
         let r = one_record(&*s, &d).await;
         assert_eq!(r.status, DispatchStatus::Pending);
         assert_eq!(r.last_error.as_deref(), Some("502 Bad Gateway"));
         assert_eq!(r.updated_at_ms, now + 5);
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now + 5, LONG).await.unwrap(),
-            Claim::Acquired { attempt: 2 }
-        );
+        assert_eq!(s.claim(&d, &t, &meta(), now + 5, LONG).await.unwrap(), Claim::Acquired { attempt: 2 });
         assert_eq!(
             s.claim(&d, &t, &meta(), now + 6, LONG).await.unwrap(),
-            Claim::Leased {
-                until_ms: now + 5 + 60_000
-            }
+            Claim::Leased { until_ms: now + 5 + 60_000 }
         );
         let r = one_record(&*s, &d).await;
-        assert_eq!(
-            (r.status, r.attempts, r.lease_until_ms),
-            (DispatchStatus::Pending, 2, now + 5 + 60_000)
-        );
+        assert_eq!((r.status, r.attempts, r.lease_until_ms), (DispatchStatus::Pending, 2, now + 5 + 60_000));
     }
 
     /// An attempt that never finishes: once its lease has ended the next
@@ -940,32 +647,19 @@ mod cases {
         let (d, t) = (delivery(), repo("org/a"));
         let now = 1_700_000_000_000;
         let lease = Duration::from_secs(30);
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now, lease).await.unwrap(),
-            Claim::Acquired { attempt: 1 }
-        );
+        assert_eq!(s.claim(&d, &t, &meta(), now, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
         assert_eq!(
             s.claim(&d, &t, &meta(), now + 10_000, lease).await.unwrap(),
-            Claim::Leased {
-                until_ms: now + 30_000
-            }
+            Claim::Leased { until_ms: now + 30_000 }
         );
         let later = now + 30_001;
-        assert_eq!(
-            s.claim(&d, &t, &meta(), later, lease).await.unwrap(),
-            Claim::Acquired { attempt: 2 }
-        );
+        assert_eq!(s.claim(&d, &t, &meta(), later, lease).await.unwrap(), Claim::Acquired { attempt: 2 });
         assert_eq!(
             s.claim(&d, &t, &meta(), later + 1, lease).await.unwrap(),
-            Claim::Leased {
-                until_ms: later + 30_000
-            }
+            Claim::Leased { until_ms: later + 30_000 }
         );
         let r = one_record(&*s, &d).await;
-        assert_eq!(
-            (r.status, r.attempts, r.lease_until_ms),
-            (DispatchStatus::Pending, 2, later + 30_000)
-        );
+        assert_eq!((r.status, r.attempts, r.lease_until_ms), (DispatchStatus::Pending, 2, later + 30_000));
         assert_eq!(r.created_at_ms, now);
         assert_eq!(r.updated_at_ms, later);
     }
@@ -981,9 +675,7 @@ mod cases {
             let tasks: Vec<_> = (0..N)
                 .map(|_| {
                     let (s, d, t) = (s.clone(), d.clone(), t.clone());
-                    tokio::spawn(
-                        async move { s.claim(&d, &t, &meta(), at, LONG).await.expect("claim") },
-                    )
+                    tokio::spawn(async move { s.claim(&d, &t, &meta(), at, LONG).await.expect("claim") })
                 })
                 .collect();
             async move {
@@ -996,15 +688,9 @@ mod cases {
         };
         for (at, attempt) in [(now, 1), (now + 60_001, 2)] {
             let results = race(at).await;
-            let won = results
-                .iter()
-                .filter(|c| matches!(c, Claim::Acquired { .. }))
-                .count();
+            let won = results.iter().filter(|c| matches!(c, Claim::Acquired { .. })).count();
             assert_eq!(won, 1, "claims at {at}: {results:?}");
-            assert!(
-                results.contains(&Claim::Acquired { attempt }),
-                "{results:?}"
-            );
+            assert!(results.contains(&Claim::Acquired { attempt }), "{results:?}");
             for c in &results {
                 let ok = match c {
                     Claim::Acquired { .. } => true,
@@ -1024,71 +710,22 @@ mod cases {
         let (d, t) = (delivery(), repo("org/a"));
         let now = 1_700_000_000_000;
         let lease = Duration::from_secs(30);
-        assert_eq!(
-            s.claim(&d, &t, &meta(), now, lease).await.unwrap(),
-            Claim::Acquired { attempt: 1 }
-        );
+        assert_eq!(s.claim(&d, &t, &meta(), now, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
         let later = now + 30_001;
-        assert_eq!(
-            s.claim(&d, &t, &meta(), later, lease).await.unwrap(),
-            Claim::Acquired { attempt: 2 }
-        );
-        s.finish(
-            &d,
-            &t,
-            &AttemptOutcome::Dispatched {
-                payload_trimmed: true,
-            },
-            later + 100,
-        )
-        .await
-        .unwrap();
+        assert_eq!(s.claim(&d, &t, &meta(), later, lease).await.unwrap(), Claim::Acquired { attempt: 2 });
+        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: true }, later + 100).await.unwrap();
         let done = one_record(&*s, &d).await;
         // The first attempt wakes up and reports: nothing changes.
-        s.finish(
-            &d,
-            &t,
-            &AttemptOutcome::Failed {
-                reason: "late".into(),
-            },
-            later + 200,
-        )
-        .await
-        .expect("stale finish");
-        s.finish(
-            &d,
-            &t,
-            &AttemptOutcome::Retry {
-                reason: "late".into(),
-            },
-            later + 300,
-        )
-        .await
-        .expect("stale finish");
-        s.finish(
-            &d,
-            &t,
-            &AttemptOutcome::Dispatched {
-                payload_trimmed: false,
-            },
-            later + 400,
-        )
-        .await
-        .unwrap();
+        s.finish(&d, &t, &AttemptOutcome::Failed { reason: "late".into() }, later + 200).await.expect("stale finish");
+        s.finish(&d, &t, &AttemptOutcome::Retry { reason: "late".into() }, later + 300).await.expect("stale finish");
+        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: false }, later + 400).await.unwrap();
         assert_eq!(one_record(&*s, &d).await, done);
         assert_eq!(done.status, DispatchStatus::Dispatched);
         assert_eq!(done.dispatched_at_ms, Some(later + 100));
         assert!(done.payload_trimmed);
         // No record: finish is a no-op and creates none.
         let other = delivery();
-        s.finish(
-            &other,
-            &t,
-            &AttemptOutcome::Retry { reason: "x".into() },
-            now,
-        )
-        .await
-        .expect("finish without record");
+        s.finish(&other, &t, &AttemptOutcome::Retry { reason: "x".into() }, now).await.expect("finish without record");
         assert!(s.records(&other).await.unwrap().is_empty());
     }
 
@@ -1099,31 +736,18 @@ mod cases {
         let d = delivery();
         let now = 1_700_000_000_000;
         let lease = Duration::from_secs(45);
-        assert_eq!(
-            s.claim(&d, &repo("Org/Repo"), &meta(), now, lease)
-                .await
-                .unwrap(),
-            Claim::Acquired { attempt: 1 }
-        );
+        assert_eq!(s.claim(&d, &repo("Org/Repo"), &meta(), now, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
         // Same repository, other spelling: the same record.
         assert_eq!(
-            s.claim(&d, &repo("org/repo"), &bare_meta(), now + 1, lease)
-                .await
-                .unwrap(),
-            Claim::Leased {
-                until_ms: now + 45_000
-            }
+            s.claim(&d, &repo("org/repo"), &bare_meta(), now + 1, lease).await.unwrap(),
+            Claim::Leased { until_ms: now + 45_000 }
         );
         assert_eq!(
-            s.claim(&d, &repo("zeta/Last"), &bare_meta(), now + 2, lease)
-                .await
-                .unwrap(),
+            s.claim(&d, &repo("zeta/Last"), &bare_meta(), now + 2, lease).await.unwrap(),
             Claim::Acquired { attempt: 1 }
         );
         assert_eq!(
-            s.claim(&d, &repo("Alpha/first"), &meta(), now + 3, lease)
-                .await
-                .unwrap(),
+            s.claim(&d, &repo("Alpha/first"), &meta(), now + 3, lease).await.unwrap(),
             Claim::Acquired { attempt: 1 }
         );
         let expected_org = DispatchRecord {
@@ -1149,81 +773,34 @@ mod cases {
         };
         let recs = s.records(&d).await.unwrap();
         let order: Vec<&str> = recs.iter().map(|r| r.target.as_str()).collect();
-        assert_eq!(
-            order,
-            ["Alpha/first", "Org/Repo", "zeta/Last"],
-            "ordered by lower-cased target, spelling kept"
-        );
+        assert_eq!(order, ["Alpha/first", "Org/Repo", "zeta/Last"], "ordered by lower-cased target, spelling kept");
         assert_eq!(recs[1], expected_org);
         assert_eq!(recs[1].target.as_str(), "Org/Repo");
         assert_eq!(recs[2], expected_zeta);
         assert_eq!(recs[2].meta, bare_meta());
 
-        s.finish(
-            &d,
-            &repo("ORG/REPO"),
-            &AttemptOutcome::Dispatched {
-                payload_trimmed: true,
-            },
-            now + 500,
-        )
-        .await
-        .unwrap();
-        s.finish(
-            &d,
-            &repo("zeta/last"),
-            &AttemptOutcome::Failed {
-                reason: "422: Unprocessable".into(),
-            },
-            now + 600,
-        )
-        .await
-        .unwrap();
+        s.finish(&d, &repo("ORG/REPO"), &AttemptOutcome::Dispatched { payload_trimmed: true }, now + 500)
+            .await
+            .unwrap();
+        s.finish(&d, &repo("zeta/last"), &AttemptOutcome::Failed { reason: "422: Unprocessable".into() }, now + 600)
+            .await
+            .unwrap();
         let recs = s.records(&d).await.unwrap();
         let org = &recs[1];
         assert_eq!(org.target.as_str(), "Org/Repo");
         assert_eq!(
-            (
-                org.status,
-                org.attempts,
-                org.dispatched_at_ms,
-                org.payload_trimmed,
-                org.updated_at_ms,
-                org.created_at_ms
-            ),
-            (
-                DispatchStatus::Dispatched,
-                1,
-                Some(now + 500),
-                true,
-                now + 500,
-                now
-            )
+            (org.status, org.attempts, org.dispatched_at_ms, org.payload_trimmed, org.updated_at_ms, org.created_at_ms),
+            (DispatchStatus::Dispatched, 1, Some(now + 500), true, now + 500, now)
         );
         assert_eq!(org.last_error, None);
         assert_eq!(org.meta, meta());
         let zeta = &recs[2];
         assert_eq!(
-            (
-                zeta.status,
-                zeta.last_error.as_deref(),
-                zeta.dispatched_at_ms,
-                zeta.payload_trimmed,
-                zeta.updated_at_ms
-            ),
-            (
-                DispatchStatus::Failed,
-                Some("422: Unprocessable"),
-                None,
-                false,
-                now + 600
-            )
+            (zeta.status, zeta.last_error.as_deref(), zeta.dispatched_at_ms, zeta.payload_trimmed, zeta.updated_at_ms),
+            (DispatchStatus::Failed, Some("422: Unprocessable"), None, false, now + 600)
         );
         assert_eq!(recs[0].status, DispatchStatus::Pending);
-        assert!(
-            s.records(&delivery()).await.unwrap().is_empty(),
-            "unknown delivery has no records"
-        );
+        assert!(s.records(&delivery()).await.unwrap().is_empty(), "unknown delivery has no records");
     }
 
     // ============================================================ blob cases
@@ -1232,9 +809,7 @@ mod cases {
         let mut x = seed;
         (0..len)
             .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 (x >> 56) as u8
             })
             .collect()
@@ -1252,10 +827,7 @@ mod cases {
         assert!(got == big, "1 MB blob came back different");
         let small = pseudo_random(1_234, 9);
         s.put(&key, &small).await.expect("overwrite");
-        assert!(
-            s.get(&key).await.unwrap() == small,
-            "overwrite with a shorter blob"
-        );
+        assert!(s.get(&key).await.unwrap() == small, "overwrite with a shorter blob");
         let empty_key = format!("payload/{}", uuid::Uuid::new_v4());
         s.put(&empty_key, b"").await.expect("put empty");
         assert_eq!(s.get(&empty_key).await.unwrap(), Vec::<u8>::new());

@@ -29,34 +29,19 @@ struct Resp {
 
 impl Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     fn message(&self) -> String {
-        self.json()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.json()["message"].as_str().unwrap_or_default().to_owned()
     }
 }
 
-fn request_bytes(
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    close: bool,
-) -> Vec<u8> {
-    let mut out = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
     if close {
         out.push_str("Connection: close\r\n");
     }
@@ -93,14 +78,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Resp {
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     buf.drain(..head_end + 4);
     let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -120,8 +98,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Resp {
                 let have = buf.len() + 1;
                 fill(stream, buf, have).await;
             };
-            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
-                .unwrap();
+            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16).unwrap();
             buf.drain(..line_end + 2);
             fill(stream, buf, size + 2).await;
             body.extend(buf.drain(..size));
@@ -133,49 +110,23 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Resp {
     } else {
         Vec::new()
     };
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    Resp { status, headers, body }
 }
 
 /// One request on a fresh connection.
-async fn call(
-    s: &StandIn,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
+async fn call(s: &StandIn, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut stream = TcpStream::connect(s.local_addr()).await.expect("connect");
-    stream
-        .write_all(&request_bytes(method, path, headers, body, true))
-        .await
-        .unwrap();
+    stream.write_all(&request_bytes(method, path, headers, body, true)).await.unwrap();
     read_response(&mut stream, &mut Vec::new()).await
 }
 
 async fn post_json(s: &StandIn, path: &str, auth: &str, body: &Value) -> Resp {
     let bytes = serde_json::to_vec(body).unwrap();
-    call(
-        s,
-        "POST",
-        path,
-        &[
-            ("Authorization", auth),
-            ("Content-Type", "application/json"),
-        ],
-        &bytes,
-    )
-    .await
+    call(s, "POST", path, &[("Authorization", auth), ("Content-Type", "application/json")], &bytes).await
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 fn jwt_with(pem: &str, claims: Value) -> String {
@@ -185,16 +136,11 @@ fn jwt_with(pem: &str, claims: Value) -> String {
 
 /// An App JWT as octocrab makes it (iat = now - 60, exp = now + 9 min).
 fn app_jwt(s: &StandIn) -> String {
-    jwt_with(
-        &s.private_key_pem(),
-        json!({"iss": s.app_id(), "iat": now() - 60, "exp": now() + 540}),
-    )
+    jwt_with(&s.private_key_pem(), json!({"iss": s.app_id(), "iat": now() - 60, "exp": now() + 540}))
 }
 
 async fn start() -> StandIn {
-    StandIn::start(StandInOptions::default())
-        .await
-        .expect("stand-in starts")
+    StandIn::start(StandInOptions::default()).await.expect("stand-in starts")
 }
 
 /// Mints an installation token through the HTTP API; panics unless 201.
@@ -206,25 +152,14 @@ async fn mint(s: &StandIn, installation: u64, body: Value) -> String {
 }
 
 async fn dispatch(s: &StandIn, repo: &str, token: &str, body: &Value) -> Resp {
-    post_json(
-        s,
-        &format!("/repos/{repo}/dispatches"),
-        &format!("token {token}"),
-        body,
-    )
-    .await
+    post_json(s, &format!("/repos/{repo}/dispatches"), &format!("token {token}"), body).await
 }
 
 /// octocrab as the App (the workspace builds octocrab without its `retry`
 /// feature, so it never re-sends on its own).
 fn octocrab_app(s: &StandIn) -> Octocrab {
     let key = EncodingKey::from_rsa_pem(s.private_key_pem().as_bytes()).unwrap();
-    Octocrab::builder()
-        .base_uri(s.base_url())
-        .unwrap()
-        .app(AppId(s.app_id()), key)
-        .build()
-        .unwrap()
+    Octocrab::builder().base_uri(s.base_url()).unwrap().app(AppId(s.app_id()), key).build().unwrap()
 }
 
 fn github_error(e: octocrab::Error) -> (u16, String) {
@@ -244,23 +179,14 @@ async fn octocrab_app_jwt_is_accepted_and_installation_lookup_answers_200_or_404
     assert_ne!(s.install("other/gamma"), id);
     let app = octocrab_app(&s);
 
-    let inst = app
-        .apps()
-        .get_repository_installation("org", "ALPHA")
-        .await
-        .expect("installed");
+    let inst = app.apps().get_repository_installation("org", "ALPHA").await.expect("installed");
     assert_eq!(inst.id.0, id);
     assert_eq!(inst.app_id.map(|a| a.0), Some(s.app_id()));
     assert_eq!(inst.account.login, "Org");
     assert_eq!(inst.repository_selection.as_deref(), Some("selected"));
     assert_eq!(inst.permissions.contents.as_deref(), Some("write"));
 
-    let (status, message) = github_error(
-        app.apps()
-            .get_repository_installation("org", "missing")
-            .await
-            .unwrap_err(),
-    );
+    let (status, message) = github_error(app.apps().get_repository_installation("org", "missing").await.unwrap_err());
     assert_eq!((status, message.as_str()), (404, "Not Found"));
 
     let raw = call(
@@ -279,10 +205,7 @@ async fn octocrab_app_jwt_is_accepted_and_installation_lookup_answers_200_or_404
     let reqs = s.requests();
     assert_eq!(reqs.len(), 3);
     assert!(reqs.iter().all(|r| r.auth == AuthKind::AppJwt), "{reqs:?}");
-    assert_eq!(
-        reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
-        vec![200, 404, 404]
-    );
+    assert_eq!(reqs.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200, 404, 404]);
     assert_eq!(reqs[0].repo.as_deref(), Some("org/ALPHA"));
     assert_eq!(s.count("get", "/repos/org/missing/"), 2);
 }
@@ -310,62 +233,30 @@ async fn refused_app_jwts_get_githubs_401_messages() {
         ("not-a-jwt".to_owned(), 401, "A JSON web token could not be decoded"),
     ];
     for (token, status, message) in &cases {
-        let r = call(
-            &s,
-            "GET",
-            "/repos/org/a/installation",
-            &[("Authorization", &format!("Bearer {token}"))],
-            b"",
-        )
-        .await;
-        assert_eq!(
-            (r.status, r.message().as_str()),
-            (*status, *message),
-            "token {token}"
-        );
-        assert_eq!(
-            r.json()["documentation_url"],
-            "https://docs.github.com/rest"
-        );
+        let r =
+            call(&s, "GET", "/repos/org/a/installation", &[("Authorization", &format!("Bearer {token}"))], b"").await;
+        assert_eq!((r.status, r.message().as_str()), (*status, *message), "token {token}");
+        assert_eq!(r.json()["documentation_url"], "https://docs.github.com/rest");
     }
     // The same JWT rules guard token minting; a valid one passes there too.
-    let r = post_json(
-        &s,
-        "/app/installations/40000001/access_tokens",
-        &format!("Bearer {}", cases[0].0),
-        &json!({}),
-    )
-    .await;
+    let r =
+        post_json(&s, "/app/installations/40000001/access_tokens", &format!("Bearer {}", cases[0].0), &json!({})).await;
     assert_eq!(r.status, 401);
-    let ok = call(
-        &s,
-        "GET",
-        "/repos/org/a/installation",
-        &[("Authorization", &format!("Bearer {}", app_jwt(&s)))],
-        b"",
-    )
-    .await;
+    let ok =
+        call(&s, "GET", "/repos/org/a/installation", &[("Authorization", &format!("Bearer {}", app_jwt(&s)))], b"")
+            .await;
     assert_eq!(ok.status, 200);
     // The App ID as a string and the client ID are valid issuers.
     for iss in [json!(s.app_id().to_string()), json!(s.client_id())] {
         let token = jwt_with(&pem, json!({"iss": iss, "iat": t - 60, "exp": t + 540}));
-        let r = call(
-            &s,
-            "GET",
-            "/repos/org/a/installation",
-            &[("Authorization", &format!("Bearer {token}"))],
-            b"",
-        )
-        .await;
+        let r =
+            call(&s, "GET", "/repos/org/a/installation", &[("Authorization", &format!("Bearer {token}"))], b"").await;
         assert_eq!(r.status, 200, "iss {iss}");
     }
     let no_auth = call(&s, "GET", "/repos/org/a/installation", &[], b"").await;
     assert_eq!(no_auth.status, 401);
     let kinds: Vec<AuthKind> = s.requests().iter().map(|r| r.auth).collect();
-    assert_eq!(
-        kinds.iter().filter(|k| **k == AuthKind::Invalid).count(),
-        cases.len() + 1
-    );
+    assert_eq!(kinds.iter().filter(|k| **k == AuthKind::Invalid).count(), cases.len() + 1);
     assert_eq!(kinds.last(), Some(&AuthKind::None));
 }
 
@@ -378,13 +269,7 @@ async fn token_minting_follows_githubs_rules() {
     let jwt = format!("Bearer {}", app_jwt(&s));
     let path = format!("/app/installations/{id}/access_tokens");
 
-    let r = post_json(
-        &s,
-        &path,
-        &jwt,
-        &json!({"repositories": ["a"], "permissions": {"contents": "write"}}),
-    )
-    .await;
+    let r = post_json(&s, &path, &jwt, &json!({"repositories": ["a"], "permissions": {"contents": "write"}})).await;
     assert_eq!(r.status, 201);
     let body = r.json();
     assert!(body["token"].as_str().unwrap().starts_with("ghs_"));
@@ -395,36 +280,44 @@ async fn token_minting_follows_githubs_rules() {
     assert!(expires.ends_with('Z') && expires.len() == 20, "{expires}");
 
     let cases = [
-        (json!({"repositories": ["c"]}), 422,
-         "There is at least one repository that does not exist or is not accessible to the parent installation."),
-        (json!({"repository_ids": [1]}), 422,
-         "There is at least one repository that does not exist or is not accessible to the parent installation."),
-        (json!({"permissions": {"contents": "admin"}}), 422, "The permissions requested are not granted to this installation."),
-        (json!({"permissions": {"issues": "write"}}), 422, "The permissions requested are not granted to this installation."),
-        (json!({"repositories": "a"}), 422, "Invalid request.\n\nFor 'properties/repositories', \"a\" is not an array."),
+        (
+            json!({"repositories": ["c"]}),
+            422,
+            "There is at least one repository that does not exist or is not accessible to the parent installation.",
+        ),
+        (
+            json!({"repository_ids": [1]}),
+            422,
+            "There is at least one repository that does not exist or is not accessible to the parent installation.",
+        ),
+        (
+            json!({"permissions": {"contents": "admin"}}),
+            422,
+            "The permissions requested are not granted to this installation.",
+        ),
+        (
+            json!({"permissions": {"issues": "write"}}),
+            422,
+            "The permissions requested are not granted to this installation.",
+        ),
+        (
+            json!({"repositories": "a"}),
+            422,
+            "Invalid request.\n\nFor 'properties/repositories', \"a\" is not an array.",
+        ),
     ];
     for (req, status, message) in &cases {
         let r = post_json(&s, &path, &jwt, req).await;
-        assert_eq!(
-            (r.status, r.message().as_str()),
-            (*status, *message),
-            "{req}"
-        );
+        assert_eq!((r.status, r.message().as_str()), (*status, *message), "{req}");
     }
     let r = call(&s, "POST", &path, &[("Authorization", &jwt)], b"{oops").await;
-    assert_eq!(
-        (r.status, r.message().as_str()),
-        (400, "Problems parsing JSON")
-    );
+    assert_eq!((r.status, r.message().as_str()), (400, "Problems parsing JSON"));
     let r = post_json(&s, "/app/installations/999/access_tokens", &jwt, &json!({})).await;
     assert_eq!((r.status, r.message().as_str()), (404, "Not Found"));
     // An installation token cannot mint tokens.
     let token = mint(&s, id, json!({})).await;
     let r = post_json(&s, &path, &format!("token {token}"), &json!({})).await;
-    assert_eq!(
-        (r.status, r.message().as_str()),
-        (401, "A JSON web token could not be decoded")
-    );
+    assert_eq!((r.status, r.message().as_str()), (401, "A JSON web token could not be decoded"));
 }
 
 #[tokio::test]
@@ -432,20 +325,12 @@ async fn a_token_narrowed_to_repo_a_cannot_dispatch_to_repo_b() {
     let s = start().await;
     let id = s.install("org/a");
     s.install("org/b");
-    let only_a = mint(
-        &s,
-        id,
-        json!({"repositories": ["a"], "permissions": {"contents": "write"}}),
-    )
-    .await;
+    let only_a = mint(&s, id, json!({"repositories": ["a"], "permissions": {"contents": "write"}})).await;
     let body = json!({"event_type": "pull_request", "client_payload": {"n": 1}});
 
     assert_eq!(dispatch(&s, "org/a", &only_a, &body).await.status, 204);
     let r = dispatch(&s, "org/b", &only_a, &body).await;
-    assert_eq!(
-        (r.status, r.message().as_str()),
-        (403, "Resource not accessible by integration")
-    );
+    assert_eq!((r.status, r.message().as_str()), (403, "Resource not accessible by integration"));
     s.set_private("org/b", true);
     let r = dispatch(&s, "org/b", &only_a, &body).await;
     assert_eq!((r.status, r.message().as_str()), (404, "Not Found"));
@@ -457,50 +342,25 @@ async fn a_token_narrowed_to_repo_a_cannot_dispatch_to_repo_b() {
     assert_eq!(dispatch(&s, "org/b", &all, &body).await.status, 204);
     let read_only = mint(&s, id, json!({"permissions": {"contents": "read"}})).await;
     let r = dispatch(&s, "org/a", &read_only, &body).await;
-    assert_eq!(
-        (r.status, r.message().as_str()),
-        (403, "Resource not accessible by integration")
-    );
+    assert_eq!((r.status, r.message().as_str()), (403, "Resource not accessible by integration"));
     // Unknown tokens and JWTs are refused too.
-    let r = dispatch(
-        &s,
-        "org/a",
-        "ghs_000000000000000000000000000000000000",
-        &body,
-    )
-    .await;
+    let r = dispatch(&s, "org/a", "ghs_000000000000000000000000000000000000", &body).await;
     assert_eq!((r.status, r.message().as_str()), (401, "Bad credentials"));
-    let r = post_json(
-        &s,
-        "/repos/org/a/dispatches",
-        &format!("Bearer {}", app_jwt(&s)),
-        &body,
-    )
-    .await;
+    let r = post_json(&s, "/repos/org/a/dispatches", &format!("Bearer {}", app_jwt(&s)), &body).await;
     assert_eq!(r.status, 403);
     // Uninstalling cuts even an existing token off.
     s.uninstall("org/a");
     assert_eq!(dispatch(&s, "org/a", &all, &body).await.status, 403);
 
     let ds = s.dispatches();
-    assert_eq!(
-        ds.iter().map(|d| d.repo.as_str()).collect::<Vec<_>>(),
-        vec!["org/a", "org/b"]
-    );
-    assert!(ds
-        .iter()
-        .all(|d| d.installation_id == id && d.event_type == "pull_request"));
+    assert_eq!(ds.iter().map(|d| d.repo.as_str()).collect::<Vec<_>>(), vec!["org/a", "org/b"]);
+    assert!(ds.iter().all(|d| d.installation_id == id && d.event_type == "pull_request"));
     assert_eq!(ds[0].body, body);
 }
 
 #[tokio::test]
 async fn an_expired_installation_token_gets_401_bad_credentials() {
-    let s = StandIn::start(StandInOptions {
-        token_ttl: Duration::from_secs(1),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let s = StandIn::start(StandInOptions { token_ttl: Duration::from_secs(1), ..Default::default() }).await.unwrap();
     let id = s.install("org/a");
     let token = mint(&s, id, json!({"repositories": ["a"]})).await;
     let body = json!({"event_type": "push"});
@@ -512,11 +372,7 @@ async fn an_expired_installation_token_gets_401_bad_credentials() {
         json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401"})
     );
     let reqs = s.requests();
-    let auths: Vec<AuthKind> = reqs
-        .iter()
-        .filter(|r| r.path.ends_with("/dispatches"))
-        .map(|r| r.auth)
-        .collect();
+    let auths: Vec<AuthKind> = reqs.iter().filter(|r| r.path.ends_with("/dispatches")).map(|r| r.auth).collect();
     assert_eq!(auths, vec![AuthKind::InstallationToken, AuthKind::Invalid]);
     assert_eq!(s.dispatches().len(), 1);
 }
@@ -526,12 +382,8 @@ async fn dispatch_limits_answer_422_with_githubs_messages() {
     let s = start().await;
     let id = s.install("org/a");
     let token = mint(&s, id, json!({})).await;
-    let keys = |n: usize| -> Value {
-        (0..n)
-            .map(|i| (format!("k{i}"), json!(i)))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    };
+    let keys =
+        |n: usize| -> Value { (0..n).map(|i| (format!("k{i}"), json!(i))).collect::<serde_json::Map<_, _>>().into() };
     // A payload whose compact JSON is exactly `len` characters.
     let sized = |len: usize| json!({"p": "x".repeat(len - "{\"p\":\"\"}".len())});
     assert_eq!(serde_json::to_string(&sized(65_535)).unwrap().len(), 65_535);
@@ -545,26 +397,14 @@ async fn dispatch_limits_answer_422_with_githubs_messages() {
             json!({"event_type": "e", "client_payload": keys(11)}),
             "Invalid request.\n\nNo more than 10 properties are allowed; 11 were supplied.",
         ),
-        (
-            json!({"event_type": "e", "client_payload": sized(65_536)}),
-            "client_payload is too large.",
-        ),
-        (
-            json!({"event_type": "e", "client_payload": {"p": "<".repeat(11_000)}}),
-            "client_payload is too large.",
-        ),
-        (
-            json!({"client_payload": {}}),
-            "Invalid request.\n\n\"event_type\" wasn't supplied.",
-        ),
+        (json!({"event_type": "e", "client_payload": sized(65_536)}), "client_payload is too large."),
+        (json!({"event_type": "e", "client_payload": {"p": "<".repeat(11_000)}}), "client_payload is too large."),
+        (json!({"client_payload": {}}), "Invalid request.\n\n\"event_type\" wasn't supplied."),
         (
             json!({"event_type": "e", "client_payload": "text"}),
             "Invalid request.\n\nFor 'properties/client_payload', \"text\" is not an object.",
         ),
-        (
-            json!({"event_type": "e", "ref": "main"}),
-            "Invalid request.\n\n\"ref\" is not a permitted key.",
-        ),
+        (json!({"event_type": "e", "ref": "main"}), "Invalid request.\n\n\"ref\" is not a permitted key."),
     ];
     for (body, message) in &refused {
         let r = dispatch(&s, "org/a", &token, body).await;
@@ -584,18 +424,8 @@ async fn dispatch_limits_answer_422_with_githubs_messages() {
         assert_eq!(dispatch(&s, "org/a", &token, body).await.status, 204);
     }
     assert_eq!(s.dispatches().len(), 3);
-    let r = call(
-        &s,
-        "POST",
-        "/repos/org/a/dispatches",
-        &[("Authorization", &format!("token {token}"))],
-        b"nope",
-    )
-    .await;
-    assert_eq!(
-        (r.status, r.message().as_str()),
-        (400, "Problems parsing JSON")
-    );
+    let r = call(&s, "POST", "/repos/org/a/dispatches", &[("Authorization", &format!("token {token}"))], b"nope").await;
+    assert_eq!((r.status, r.message().as_str()), (400, "Problems parsing JSON"));
 }
 
 #[tokio::test]
@@ -623,15 +453,8 @@ async fn faults_are_consumed_in_order_then_204() {
     let r = dispatch(&s, "org/a", &token, &body).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.header("retry-after"), Some("2"));
-    assert!(
-        r.message()
-            .starts_with("You have exceeded a secondary rate limit."),
-        "{}",
-        r.message()
-    );
-    assert!(r
-        .message()
-        .contains(r.header("x-github-request-id").unwrap()));
+    assert!(r.message().starts_with("You have exceeded a secondary rate limit."), "{}", r.message());
+    assert!(r.message().contains(r.header("x-github-request-id").unwrap()));
     assert_ne!(r.header("x-ratelimit-remaining"), Some("0"));
     for (status, reset_in) in [(429, 60), (403, 30)] {
         let r = dispatch(&s, "org/a", &token, &body).await;
@@ -639,10 +462,7 @@ async fn faults_are_consumed_in_order_then_204() {
         assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
         let reset: i64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
         assert!((reset - now() - reset_in).abs() <= 2, "reset {reset}");
-        assert_eq!(
-            r.message(),
-            format!("API rate limit exceeded for installation ID {id}.")
-        );
+        assert_eq!(r.message(), format!("API rate limit exceeded for installation ID {id}."));
     }
     assert_eq!(dispatch(&s, "org/a", &token, &body).await.status, 422);
     let started = Instant::now();
@@ -652,27 +472,15 @@ async fn faults_are_consumed_in_order_then_204() {
     assert_eq!(s.pending_faults("org/a"), 0);
     assert_eq!(dispatch(&s, "org/a", &token, &body).await.status, 204);
 
-    let statuses: Vec<u16> = s
-        .requests()
-        .iter()
-        .filter(|r| r.repo.as_deref() == Some("org/a"))
-        .map(|r| r.status)
-        .collect();
+    let statuses: Vec<u16> =
+        s.requests().iter().filter(|r| r.repo.as_deref() == Some("org/a")).map(|r| r.status).collect();
     assert_eq!(statuses, vec![422, 502, 403, 429, 403, 422, 504, 204]);
-    assert_eq!(
-        s.dispatches().iter().filter(|d| d.repo == "org/a").count(),
-        1
-    );
+    assert_eq!(s.dispatches().iter().filter(|d| d.repo == "org/a").count(), 1);
 }
 
 #[tokio::test]
 async fn latency_is_added_to_every_answer() {
-    let s = StandIn::start(StandInOptions {
-        latency: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let s = StandIn::start(StandInOptions { latency: Duration::from_millis(200), ..Default::default() }).await.unwrap();
     let started = Instant::now();
     assert_eq!(call(&s, "GET", "/nowhere", &[], b"").await.status, 404);
     assert!(started.elapsed() >= Duration::from_millis(200));
@@ -686,9 +494,7 @@ async fn latency_is_added_to_every_answer() {
     assert!(started.elapsed() >= Duration::from_millis(120));
     let d: Vec<Duration> = s.requests().iter().map(|r| r.duration).collect();
     assert!(
-        d[0] >= Duration::from_millis(200)
-            && d[1] < Duration::from_millis(100)
-            && d[2] >= Duration::from_millis(120),
+        d[0] >= Duration::from_millis(200) && d[1] < Duration::from_millis(100) && d[2] >= Duration::from_millis(120),
         "{d:?}"
     );
 }
@@ -699,18 +505,8 @@ async fn contents_are_served_raw_and_as_json() {
     let id = s.install("pytorch/pytorch");
     let yaml = b"L1:\n  - org/a\n";
     s.put_file("pytorch/pytorch", ".github/allowlist.yml", "main", yaml);
-    s.put_file(
-        "pytorch/pytorch",
-        ".github/allowlist.yml",
-        "refs/heads/next",
-        b"L2: []\n",
-    );
-    let token = mint(
-        &s,
-        id,
-        json!({"repositories": ["pytorch"], "permissions": {"contents": "read"}}),
-    )
-    .await;
+    s.put_file("pytorch/pytorch", ".github/allowlist.yml", "refs/heads/next", b"L2: []\n");
+    let token = mint(&s, id, json!({"repositories": ["pytorch"], "permissions": {"contents": "read"}})).await;
     let auth = format!("Bearer {token}");
     let path = "/repos/pytorch/pytorch/contents/.github/allowlist.yml";
 
@@ -718,34 +514,18 @@ async fn contents_are_served_raw_and_as_json() {
         &s,
         "GET",
         &format!("{path}?ref=main"),
-        &[
-            ("Authorization", &auth),
-            ("Accept", "application/vnd.github.raw+json"),
-        ],
+        &[("Authorization", &auth), ("Accept", "application/vnd.github.raw+json")],
         b"",
     )
     .await;
     assert_eq!((raw.status, raw.body.as_slice()), (200, &yaml[..]));
-    let raw = call(
-        &s,
-        "GET",
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Accept", "application/vnd.github.raw"),
-        ],
-        b"",
-    )
-    .await;
+    let raw = call(&s, "GET", path, &[("Authorization", &auth), ("Accept", "application/vnd.github.raw")], b"").await;
     assert_eq!(raw.body, yaml, "no ref reads main");
     let next = call(
         &s,
         "GET",
         &format!("{path}?ref=next"),
-        &[
-            ("Authorization", &auth),
-            ("Accept", "application/vnd.github.raw"),
-        ],
+        &[("Authorization", &auth), ("Accept", "application/vnd.github.raw")],
         b"",
     )
     .await;
@@ -755,41 +535,20 @@ async fn contents_are_served_raw_and_as_json() {
         &s,
         "GET",
         &format!("{path}?ref=main"),
-        &[
-            ("Authorization", &auth),
-            ("Accept", "application/vnd.github+json"),
-        ],
+        &[("Authorization", &auth), ("Accept", "application/vnd.github+json")],
         b"",
     )
     .await;
     assert_eq!(j.status, 200);
     let v = j.json();
-    assert_eq!(
-        (v["type"].as_str(), v["encoding"].as_str()),
-        (Some("file"), Some("base64"))
-    );
-    assert_eq!(
-        (v["name"].as_str(), v["path"].as_str()),
-        (Some("allowlist.yml"), Some(".github/allowlist.yml"))
-    );
+    assert_eq!((v["type"].as_str(), v["encoding"].as_str()), (Some("file"), Some("base64")));
+    assert_eq!((v["name"].as_str(), v["path"].as_str()), (Some("allowlist.yml"), Some(".github/allowlist.yml")));
     assert_eq!(v["size"], yaml.len());
     let b64: String = v["content"].as_str().unwrap().split('\n').collect();
-    assert_eq!(
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap(),
-        yaml
-    );
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(b64).unwrap(), yaml);
     assert_eq!(v["sha"].as_str().unwrap().len(), 40);
 
-    let missing = call(
-        &s,
-        "GET",
-        &format!("{path}?ref=gone"),
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let missing = call(&s, "GET", &format!("{path}?ref=gone"), &[("Authorization", &auth)], b"").await;
     assert_eq!(
         missing.json()["documentation_url"],
         "https://docs.github.com/rest/repos/contents#get-repository-content"
@@ -798,14 +557,7 @@ async fn contents_are_served_raw_and_as_json() {
     let anonymous = call(&s, "GET", path, &[], b"").await;
     assert_eq!(anonymous.status, 401);
     let narrowed = mint(&s, s.install("org/a"), json!({})).await;
-    let other_owner = call(
-        &s,
-        "GET",
-        path,
-        &[("Authorization", &format!("token {narrowed}"))],
-        b"",
-    )
-    .await;
+    let other_owner = call(&s, "GET", path, &[("Authorization", &format!("token {narrowed}"))], b"").await;
     assert_eq!(other_owner.status, 403);
 }
 
@@ -816,30 +568,16 @@ async fn every_answer_has_githubs_headers_and_unknown_routes_are_404_json() {
     let jwt = format!("Bearer {}", app_jwt(&s));
     let mut ids = Vec::new();
     for i in 0..4 {
-        let r = call(
-            &s,
-            "GET",
-            "/repos/o/r/installation",
-            &[("Authorization", &jwt)],
-            b"",
-        )
-        .await;
+        let r = call(&s, "GET", "/repos/o/r/installation", &[("Authorization", &jwt)], b"").await;
         assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
-        assert_eq!(
-            r.header("x-ratelimit-remaining"),
-            Some((2u64.saturating_sub(i)).to_string().as_str())
-        );
+        assert_eq!(r.header("x-ratelimit-remaining"), Some((2u64.saturating_sub(i)).to_string().as_str()));
         let reset: i64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
         assert!(reset > now() + 3500 && reset <= now() + 3600);
         ids.push(r.header("x-github-request-id").unwrap().to_owned());
     }
     let unique: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), 4, "request ids are unique: {ids:?}");
-    for (method, path) in [
-        ("GET", "/nope"),
-        ("DELETE", "/repos/o/r/dispatches"),
-        ("GET", "/repos/o/r/contents"),
-    ] {
+    for (method, path) in [("GET", "/nope"), ("DELETE", "/repos/o/r/dispatches"), ("GET", "/repos/o/r/contents")] {
         let r = call(&s, method, path, &[], b"").await;
         assert_eq!(r.status, 404, "{method} {path}");
         assert_eq!(
@@ -856,9 +594,7 @@ async fn keep_alive_connections_are_reused_and_recorded_by_peer_port() {
     let mut conn = TcpStream::connect(s.local_addr()).await.unwrap();
     let mut buf = Vec::new();
     for _ in 0..3 {
-        conn.write_all(&request_bytes("GET", "/keep", &[], b"", false))
-            .await
-            .unwrap();
+        conn.write_all(&request_bytes("GET", "/keep", &[], b"", false)).await.unwrap();
         assert_eq!(read_response(&mut conn, &mut buf).await.status, 404);
     }
     call(&s, "GET", "/fresh", &[], b"").await;
@@ -874,16 +610,8 @@ async fn octocrab_end_to_end_mints_a_narrowed_token_and_dispatches_over_one_conn
     let id = s.install("downstream/npu");
     s.install("downstream/other");
     let app = octocrab_app(&s);
-    let inst = app
-        .apps()
-        .get_repository_installation("downstream", "npu")
-        .await
-        .unwrap();
-    let crab = app
-        .installation_builder(inst.id)
-        .repositories(vec!["npu".to_owned()])
-        .build()
-        .unwrap();
+    let inst = app.apps().get_repository_installation("downstream", "npu").await.unwrap();
+    let crab = app.installation_builder(inst.id).repositories(vec!["npu".to_owned()]).build().unwrap();
     for n in 0..3 {
         crab.repos("downstream", "npu")
             .dispatches()
@@ -893,40 +621,17 @@ async fn octocrab_end_to_end_mints_a_narrowed_token_and_dispatches_over_one_conn
             .await
             .expect("dispatch accepted");
     }
-    let (status, message) = github_error(
-        crab.repos("downstream", "other")
-            .dispatches()
-            .create("push")
-            .send()
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(
-        (status, message.as_str()),
-        (403, "Resource not accessible by integration")
-    );
+    let (status, message) =
+        github_error(crab.repos("downstream", "other").dispatches().create("push").send().await.unwrap_err());
+    assert_eq!((status, message.as_str()), (403, "Resource not accessible by integration"));
 
-    assert_eq!(
-        s.count("POST", "/app/installations/"),
-        1,
-        "one token, reused"
-    );
+    assert_eq!(s.count("POST", "/app/installations/"), 1, "one token, reused");
     let ds = s.dispatches();
     assert_eq!(ds.len(), 3);
-    assert!(ds
-        .iter()
-        .all(|d| d.installation_id == id && d.repo == "downstream/npu"));
-    assert_eq!(
-        ds[2].body,
-        json!({"event_type": "pull_request", "client_payload": {"n": 2}})
-    );
+    assert!(ds.iter().all(|d| d.installation_id == id && d.repo == "downstream/npu"));
+    assert_eq!(ds[2].body, json!({"event_type": "pull_request", "client_payload": {"n": 2}}));
     let ports: std::collections::HashSet<u16> = s.requests().iter().map(|r| r.peer_port).collect();
-    assert_eq!(
-        ports.len(),
-        1,
-        "octocrab kept one connection alive: {:?}",
-        s.requests()
-    );
+    assert_eq!(ports.len(), 1, "octocrab kept one connection alive: {:?}", s.requests());
 }
 
 #[tokio::test]
@@ -934,27 +639,17 @@ async fn the_server_stops_on_shutdown_and_when_the_last_handle_is_dropped() {
     let s = start().await;
     let addr = s.local_addr();
     s.shutdown().await;
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "closed after shutdown()"
-    );
+    assert!(TcpStream::connect(addr).await.is_err(), "closed after shutdown()");
 
     let s = start().await;
     let addr = s.local_addr();
     let clone = s.clone();
     drop(s);
-    assert_eq!(
-        call(&clone, "GET", "/x", &[], b"").await.status,
-        404,
-        "a clone keeps it running"
-    );
+    assert_eq!(call(&clone, "GET", "/x", &[], b"").await.status, 404, "a clone keeps it running");
     drop(clone);
     let deadline = Instant::now() + Duration::from_secs(5);
     while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "still listening after the last handle was dropped"
-        );
+        assert!(Instant::now() < deadline, "still listening after the last handle was dropped");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

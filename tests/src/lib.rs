@@ -24,9 +24,7 @@ pub const PYTORCH_ALLOWLIST: &str = include_str!("../../fixtures/allowlist/pytor
 
 /// A webhook fixture's exact bytes.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/webhooks")
-        .join(format!("{name}.json"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/webhooks").join(format!("{name}.json"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
@@ -119,18 +117,8 @@ impl Relay {
 
     /// Posts `body` as GitHub would, signed with the relay's secret (or
     /// another one when `forge`). Returns status and JSON answer.
-    pub async fn post(
-        &self,
-        event: &str,
-        delivery: &str,
-        body: &[u8],
-        forge: bool,
-    ) -> (u16, Value) {
-        let signature = if forge {
-            WebhookSecret::new("forged").sign(body)
-        } else {
-            self.secret.sign(body)
-        };
+    pub async fn post(&self, event: &str, delivery: &str, body: &[u8], forge: bool) -> (u16, Value) {
+        let signature = if forge { WebhookSecret::new("forged").sign(body) } else { self.secret.sign(body) };
         let res = reqwest::Client::new()
             .post(format!("{}/github/webhook", self.url))
             .header("content-type", "application/json")
@@ -156,10 +144,7 @@ impl Relay {
             if depth == 0 && records.iter().all(|r| r.status != DispatchStatus::Pending) {
                 return records;
             }
-            assert!(
-                Instant::now() < deadline,
-                "delivery {delivery} not settled: depth {depth}, records {records:?}"
-            );
+            assert!(Instant::now() < deadline, "delivery {delivery} not settled: depth {depth}, records {records:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -25,11 +25,7 @@ fn a_dispatcher_killed_mid_batch_and_restarted_loses_nothing_and_duplicates_noth
     });
     // GIVEN targets dispatched one at a time, and org2/three's call hanging
     gh.inject("org2/three", Fault::Timeout(Duration::from_secs(30)));
-    let settings = DispatcherSettings {
-        concurrency: 1,
-        lease: Duration::from_secs(2),
-        ..test_settings()
-    };
+    let settings = DispatcherSettings { concurrency: 1, lease: Duration::from_secs(2), ..test_settings() };
     let dir = std::env::temp_dir().join(format!("crcr-crash-{}", uuid()));
     let delivery = uuid();
 
@@ -37,19 +33,10 @@ fn a_dispatcher_killed_mid_batch_and_restarted_loses_nothing_and_duplicates_noth
     let first = tokio::runtime::Runtime::new().unwrap();
     let relay = first.block_on(async {
         let relay = Relay::start(&gh, ALLOWLIST, settings.clone(), Some(dir.clone()), "s").await;
-        assert_eq!(
-            relay
-                .post("push", &delivery, &fixture("push"), false)
-                .await
-                .0,
-            202
-        );
+        assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while dispatched_to(&gh, &delivery).len() < 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "first two targets never dispatched"
-            );
+            assert!(std::time::Instant::now() < deadline, "first two targets never dispatched");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -63,17 +50,9 @@ fn a_dispatcher_killed_mid_batch_and_restarted_loses_nothing_and_duplicates_noth
     let second = tokio::runtime::Runtime::new().unwrap();
     second.block_on(async {
         let relay = Relay::start(&gh, ALLOWLIST, settings, Some(dir.clone()), "s").await;
-        let records = relay
-            .settled(&delivery, VISIBILITY_TIMEOUT + Duration::from_secs(15))
-            .await;
-        assert_eq!(
-            dispatched_to(&gh, &delivery),
-            ["org1/one", "org1/two", "org2/three", "org3/four"]
-        );
-        let attempts: Vec<_> = records
-            .iter()
-            .map(|r| (r.target.key().to_owned(), r.status, r.attempts))
-            .collect();
+        let records = relay.settled(&delivery, VISIBILITY_TIMEOUT + Duration::from_secs(15)).await;
+        assert_eq!(dispatched_to(&gh, &delivery), ["org1/one", "org1/two", "org2/three", "org3/four"]);
+        let attempts: Vec<_> = records.iter().map(|r| (r.target.key().to_owned(), r.status, r.attempts)).collect();
         assert_eq!(
             attempts,
             [

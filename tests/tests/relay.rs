@@ -25,11 +25,7 @@ async fn standin() -> StandIn {
 fn dispatch_calls(gh: &StandIn, repo: &str) -> Vec<(u16, u64)> {
     gh.requests()
         .into_iter()
-        .filter(|r| {
-            r.method == "POST"
-                && r.path
-                    .eq_ignore_ascii_case(&format!("/repos/{repo}/dispatches"))
-        })
+        .filter(|r| r.method == "POST" && r.path.eq_ignore_ascii_case(&format!("/repos/{repo}/dispatches")))
         .map(|r| (r.status, r.at_ms))
         .collect()
 }
@@ -50,40 +46,19 @@ async fn dispatches_exactly_to_allowlisted_and_installed_repos_with_the_payload(
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["delivery_id"], delivery.as_str());
     let records = relay.settled(&delivery, Duration::from_secs(20)).await;
-    assert_eq!(
-        dispatched_to(&gh, &delivery),
-        ["pytorch/crcr-test", "vllm-project/vllm"]
-    );
+    assert_eq!(dispatched_to(&gh, &delivery), ["pytorch/crcr-test", "vllm-project/vllm"]);
     assert_eq!(records.len(), 2);
-    assert!(records
-        .iter()
-        .all(|r| r.status == DispatchStatus::Dispatched && r.attempts == 1));
-    let l3 = records
-        .iter()
-        .find(|r| r.target.as_str() == "pytorch/crcr-test")
-        .unwrap();
+    assert!(records.iter().all(|r| r.status == DispatchStatus::Dispatched && r.attempts == 1));
+    let l3 = records.iter().find(|r| r.target.as_str() == "pytorch/crcr-test").unwrap();
     assert_eq!(l3.meta.level, crcr_shared::domain::Level::L3);
     assert_eq!(l3.meta.pr_number, Some(2));
-    assert_eq!(
-        l3.meta.head_sha.as_deref(),
-        Some("ec26c3e57ca3a959ca5aad62de7213c562f8c821")
-    );
-    let sent = gh
-        .dispatches()
-        .into_iter()
-        .find(|d| d.repo == "vllm-project/vllm")
-        .unwrap();
+    assert_eq!(l3.meta.head_sha.as_deref(), Some("ec26c3e57ca3a959ca5aad62de7213c562f8c821"));
+    let sent = gh.dispatches().into_iter().find(|d| d.repo == "vllm-project/vllm").unwrap();
     assert_eq!(sent.body["event_type"], "pull_request");
     assert_eq!(sent.body["client_payload"]["event_type"], "pull_request");
-    assert_eq!(
-        sent.body["client_payload"]["delivery_id"],
-        delivery.as_str()
-    );
+    assert_eq!(sent.body["client_payload"]["delivery_id"], delivery.as_str());
     let upstream: Value = serde_json::from_slice(&body).unwrap();
-    assert!(
-        sent.body["client_payload"]["payload"] == upstream,
-        "payload differs from the webhook's"
-    );
+    assert!(sent.body["client_payload"]["payload"] == upstream, "payload differs from the webhook's");
     assert!(sent.body["client_payload"].get("payload_trimmed").is_none());
     relay.stop().await;
 }
@@ -96,26 +71,12 @@ async fn a_target_failing_three_times_with_502_gets_exactly_one_dispatch() {
     }
     let relay = Relay::start(&gh, SMALL_ALLOWLIST, test_settings(), None, "s").await;
     let delivery = uuid();
-    assert_eq!(
-        relay
-            .post("push", &delivery, &fixture("push"), false)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
     let records = relay.settled(&delivery, Duration::from_secs(20)).await;
-    assert_eq!(
-        dispatched_to(&gh, &delivery),
-        ["org1/one", "org1/two", "org2/three", "org3/four"]
-    );
-    let calls: Vec<u16> = dispatch_calls(&gh, "org1/two")
-        .into_iter()
-        .map(|c| c.0)
-        .collect();
+    assert_eq!(dispatched_to(&gh, &delivery), ["org1/one", "org1/two", "org2/three", "org3/four"]);
+    let calls: Vec<u16> = dispatch_calls(&gh, "org1/two").into_iter().map(|c| c.0).collect();
     assert_eq!(calls, [502, 502, 502, 204]);
-    assert!(records
-        .iter()
-        .all(|r| r.status == DispatchStatus::Dispatched));
+    assert!(records.iter().all(|r| r.status == DispatchStatus::Dispatched));
     relay.stop().await;
 }
 
@@ -126,28 +87,14 @@ async fn retry_after_and_rate_limit_reset_are_waited_out() {
     gh.inject("org2/three", Fault::PrimaryRateLimit { reset_in_s: 1 });
     let relay = Relay::start(&gh, SMALL_ALLOWLIST, test_settings(), None, "s").await;
     let delivery = uuid();
-    assert_eq!(
-        relay
-            .post("push", &delivery, &fixture("push"), false)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
     relay.settled(&delivery, Duration::from_secs(20)).await;
     let one = dispatch_calls(&gh, "org1/one");
     assert_eq!(one.iter().map(|c| c.0).collect::<Vec<_>>(), [403, 204]);
-    assert!(
-        one[1].1 - one[0].1 >= 2000,
-        "Retry-After: 2 honoured, waited {} ms",
-        one[1].1 - one[0].1
-    );
+    assert!(one[1].1 - one[0].1 >= 2000, "Retry-After: 2 honoured, waited {} ms", one[1].1 - one[0].1);
     let three = dispatch_calls(&gh, "org2/three");
     assert_eq!(three.iter().map(|c| c.0).collect::<Vec<_>>(), [429, 204]);
-    assert!(
-        three[1].1 - three[0].1 >= 900,
-        "x-ratelimit-reset honoured, waited {} ms",
-        three[1].1 - three[0].1
-    );
+    assert!(three[1].1 - three[0].1 >= 900, "x-ratelimit-reset honoured, waited {} ms", three[1].1 - three[0].1);
     assert_eq!(dispatched_to(&gh, &delivery).len(), 4);
     relay.stop().await;
 }
@@ -158,43 +105,24 @@ async fn a_redelivery_sends_nothing_new_and_steady_state_makes_one_call_per_targ
     let relay = Relay::start(&gh, SMALL_ALLOWLIST, test_settings(), None, "s").await;
     let first = uuid();
     let body = fixture("pull_request.synchronize");
-    assert_eq!(
-        relay.post("pull_request", &first, &body, false).await.0,
-        202
-    );
+    assert_eq!(relay.post("pull_request", &first, &body, false).await.0, 202);
     relay.settled(&first, Duration::from_secs(20)).await;
     let calls_after_first = gh.requests().len();
     // Same X-GitHub-Delivery again (GitHub's "Redeliver"): accepted, nothing sent.
-    assert_eq!(
-        relay.post("pull_request", &first, &body, false).await.0,
-        202
-    );
+    assert_eq!(relay.post("pull_request", &first, &body, false).await.0, 202);
     relay.settled(&first, Duration::from_secs(20)).await;
     assert_eq!(dispatched_to(&gh, &first).len(), 4);
-    let new_calls: Vec<_> = gh.requests()[calls_after_first..]
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
-    assert!(
-        new_calls.is_empty(),
-        "redelivery made GitHub calls: {new_calls:?}"
-    );
+    let new_calls: Vec<_> =
+        gh.requests()[calls_after_first..].iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert!(new_calls.is_empty(), "redelivery made GitHub calls: {new_calls:?}");
     // A new delivery: installations and tokens are cached, so one call per target.
     let second = uuid();
-    assert_eq!(
-        relay.post("pull_request", &second, &body, false).await.0,
-        202
-    );
+    assert_eq!(relay.post("pull_request", &second, &body, false).await.0, 202);
     relay.settled(&second, Duration::from_secs(20)).await;
-    let second_calls: Vec<_> = gh.requests()[calls_after_first..]
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let second_calls: Vec<_> =
+        gh.requests()[calls_after_first..].iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     assert_eq!(second_calls.len(), 4, "{second_calls:?}");
-    assert!(
-        second_calls.iter().all(|c| c.ends_with("/dispatches")),
-        "{second_calls:?}"
-    );
+    assert!(second_calls.iter().all(|c| c.ends_with("/dispatches")), "{second_calls:?}");
     relay.stop().await;
 }
 
@@ -204,58 +132,27 @@ async fn a_message_that_always_fails_ends_in_the_dlq_with_its_reason() {
     for _ in 0..20 {
         gh.inject("org3/four", Fault::ServerError(503));
     }
-    let settings = DispatcherSettings {
-        max_calls: 2,
-        max_receive_count: 3,
-        ..test_settings()
-    };
+    let settings = DispatcherSettings { max_calls: 2, max_receive_count: 3, ..test_settings() };
     let relay = Relay::start(&gh, SMALL_ALLOWLIST, settings, None, "s").await;
     let delivery = uuid();
-    assert_eq!(
-        relay
-            .post("push", &delivery, &fixture("push"), false)
-            .await
-            .0,
-        202
-    );
+    assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
     let dlq = SqliteQueue::new(relay.db(), "dispatch", 3);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while dlq.depth(QueueSide::DeadLetter).await.unwrap() == 0 {
         assert!(std::time::Instant::now() < deadline, "never dead-lettered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let records = relay
-        .store
-        .records(&crcr_shared::domain::DeliveryId::parse(&delivery).unwrap())
-        .await
-        .unwrap();
-    let dead = dlq
-        .receive(
-            QueueSide::DeadLetter,
-            10,
-            Duration::from_secs(30),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let records = relay.store.records(&crcr_shared::domain::DeliveryId::parse(&delivery).unwrap()).await.unwrap();
+    let dead = dlq.receive(QueueSide::DeadLetter, 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
     assert_eq!(dead.len(), 1);
     let reason = dead[0].dead_letter_reason.as_deref().unwrap();
-    assert!(
-        reason.contains("after 3 receives") && reason.contains("org3/four: 503"),
-        "{reason}"
-    );
+    assert!(reason.contains("after 3 receives") && reason.contains("org3/four: 503"), "{reason}");
     assert!(dead[0].body.contains(&delivery));
     // Three receives x two calls; the other targets were dispatched once, on the first receive.
     assert_eq!(dispatch_calls(&gh, "org3/four").len(), 6);
-    assert_eq!(
-        dispatched_to(&gh, &delivery),
-        ["org1/one", "org1/two", "org2/three"]
-    );
+    assert_eq!(dispatched_to(&gh, &delivery), ["org1/one", "org1/two", "org2/three"]);
     // The stuck target stays pending (a replay can take it) with its last error and attempt count.
-    let four = records
-        .iter()
-        .find(|r| r.target.key() == "org3/four")
-        .unwrap();
+    let four = records.iter().find(|r| r.target.key() == "org3/four").unwrap();
     assert_eq!((four.status, four.attempts), (DispatchStatus::Pending, 3));
     assert_eq!(four.last_error.as_deref(), Some("503 Service Unavailable"));
     assert_eq!(relay.queue.depth(QueueSide::Source).await.unwrap(), 0);
@@ -267,14 +164,7 @@ async fn forged_signature_is_refused_and_nothing_is_enqueued() {
     let gh = standin().await;
     let relay = Relay::start(&gh, SMALL_ALLOWLIST, test_settings(), None, "s").await;
     let delivery = uuid();
-    let (status, answer) = relay
-        .post(
-            "pull_request",
-            &delivery,
-            &fixture("pull_request.opened"),
-            true,
-        )
-        .await;
+    let (status, answer) = relay.post("pull_request", &delivery, &fixture("pull_request.opened"), true).await;
     assert_eq!(status, 401, "{answer}");
     assert_eq!(relay.queue.depth(QueueSide::Source).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -290,15 +180,10 @@ async fn an_event_too_large_for_one_message_is_claim_checked_and_trimmed() {
     payload["pull_request"]["body"] = Value::String("x".repeat(400_000)); // > SQS's 256 KiB
     let body = serde_json::to_vec(&payload).unwrap();
     let delivery = uuid();
-    assert_eq!(
-        relay.post("pull_request", &delivery, &body, false).await.0,
-        202
-    );
+    assert_eq!(relay.post("pull_request", &delivery, &body, false).await.0, 202);
     let records = relay.settled(&delivery, Duration::from_secs(20)).await;
     assert_eq!(records.len(), 4);
-    assert!(records
-        .iter()
-        .all(|r| r.status == DispatchStatus::Dispatched && r.payload_trimmed));
+    assert!(records.iter().all(|r| r.status == DispatchStatus::Dispatched && r.payload_trimmed));
     for d in gh.dispatches() {
         assert_eq!(d.body["client_payload"]["payload_trimmed"], true);
         assert_eq!(
@@ -323,14 +208,7 @@ async fn ignored_events_answer_200_and_dispatch_nothing() {
         assert_eq!(status, 200, "{name}: {answer}");
         assert!(answer["ignored"].is_string(), "{name}: {answer}");
     }
-    let (status, _) = relay
-        .post(
-            "pull_request",
-            "not a guid!",
-            &fixture("pull_request.opened"),
-            false,
-        )
-        .await;
+    let (status, _) = relay.post("pull_request", "not a guid!", &fixture("pull_request.opened"), false).await;
     assert_eq!(status, 400);
     assert_eq!(relay.queue.depth(QueueSide::Source).await.unwrap(), 0);
     relay.stop().await;

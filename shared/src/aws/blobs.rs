@@ -51,20 +51,11 @@ impl DynamoBlobStore {
         Self { client, table }
     }
 
-    async fn put_chunk(
-        &self,
-        key: &str,
-        index: usize,
-        data: &[u8],
-        chunks: Option<usize>,
-    ) -> Result<(), BlobError> {
+    async fn put_chunk(&self, key: &str, index: usize, data: &[u8], chunks: Option<usize>) -> Result<(), BlobError> {
         let mut item = HashMap::from([
             ("key".to_owned(), AttributeValue::S(key.to_owned())),
             ("chunk".to_owned(), AttributeValue::N(index.to_string())),
-            (
-                "expires_at".to_owned(),
-                AttributeValue::N((now_epoch_secs() + BLOB_TTL_SECS).to_string()),
-            ),
+            ("expires_at".to_owned(), AttributeValue::N((now_epoch_secs() + BLOB_TTL_SECS).to_string())),
         ]);
         if !data.is_empty() {
             item.insert("data".to_owned(), AttributeValue::B(Blob::new(data)));
@@ -93,16 +84,11 @@ impl BlobStore for DynamoBlobStore {
     /// last. Overwriting with a shorter blob leaves the old tail chunks until
     /// their TTL; `get` ignores them.
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
-        let chunks: Vec<&[u8]> = if bytes.is_empty() {
-            vec![&[][..]]
-        } else {
-            bytes.chunks(BLOB_CHUNK_BYTES).collect()
-        };
+        let chunks: Vec<&[u8]> =
+            if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(BLOB_CHUNK_BYTES).collect() };
         let count = chunks.len();
         stream::iter(chunks.iter().enumerate().skip(1).map(Ok))
-            .try_for_each_concurrent(PUT_CONCURRENCY, |(i, data)| {
-                self.put_chunk(key, i, data, None)
-            })
+            .try_for_each_concurrent(PUT_CONCURRENCY, |(i, data)| self.put_chunk(key, i, data, None))
             .await?;
         self.put_chunk(key, 0, chunks[0], Some(count)).await
     }
@@ -132,29 +118,21 @@ impl BlobStore for DynamoBlobStore {
                     Some(AttributeValue::N(v)) => v.parse::<usize>().ok(),
                     _ => None,
                 }
-                .ok_or_else(|| {
-                    BlobError::Unavailable(format!(
-                        "blob {key:?}: chunk item without a valid `chunk`"
-                    ))
-                })?;
+                .ok_or_else(|| BlobError::Unavailable(format!("blob {key:?}: chunk item without a valid `chunk`")))?;
                 if index == 0 {
                     count = match item.get("chunks") {
                         Some(AttributeValue::N(v)) => v.parse::<usize>().ok(),
                         _ => None,
                     };
                     if count.is_none() {
-                        return Err(BlobError::Unavailable(format!(
-                            "blob {key:?}: chunk 0 has no valid `chunks`"
-                        )));
+                        return Err(BlobError::Unavailable(format!("blob {key:?}: chunk 0 has no valid `chunks`")));
                     }
                 }
                 let data = match item.remove("data") {
                     Some(AttributeValue::B(b)) => b.into_inner(),
                     None => Vec::new(),
                     Some(_) => {
-                        return Err(BlobError::Unavailable(format!(
-                            "blob {key:?}: chunk {index} `data` is not binary"
-                        )))
+                        return Err(BlobError::Unavailable(format!("blob {key:?}: chunk {index} `data` is not binary")))
                     }
                 };
                 parts.insert(index, data);
@@ -169,9 +147,9 @@ impl BlobStore for DynamoBlobStore {
         };
         let mut out = Vec::with_capacity(count * BLOB_CHUNK_BYTES);
         for i in 0..count {
-            let part = parts.remove(&i).ok_or_else(|| {
-                BlobError::Unavailable(format!("blob {key:?}: chunk {i} of {count} is missing"))
-            })?;
+            let part = parts
+                .remove(&i)
+                .ok_or_else(|| BlobError::Unavailable(format!("blob {key:?}: chunk {i} of {count} is missing")))?;
             out.extend_from_slice(&part);
         }
         Ok(out)

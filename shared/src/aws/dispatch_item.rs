@@ -37,10 +37,7 @@ pub(super) mod attr {
 
 /// The primary key: `delivery_id` + lower-cased `target`.
 pub(super) fn key(delivery: &DeliveryId, target: &RepoFullName) -> Item {
-    HashMap::from([
-        (attr::DELIVERY_ID.to_owned(), s(delivery.as_str())),
-        (attr::TARGET.to_owned(), s(target.key())),
-    ])
+    HashMap::from([(attr::DELIVERY_ID.to_owned(), s(delivery.as_str())), (attr::TARGET.to_owned(), s(target.key()))])
 }
 
 /// The item of a new record: pending, attempt 1, leased until `lease_until_ms`.
@@ -70,10 +67,7 @@ pub(super) fn new_item(
         item.insert(attr::PR_NUMBER.into(), n(p));
     }
     item.insert(attr::LEVEL.into(), s(meta.level.as_str()));
-    item.insert(
-        attr::EXPIRES_AT.into(),
-        n(now_epoch_secs() + DISPATCH_TTL_SECS),
-    );
+    item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + DISPATCH_TTL_SECS));
     item
 }
 
@@ -104,10 +98,7 @@ fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
 fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
     match item.get(name) {
         None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::N(v)) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| corrupt(name, "is out of range")),
+        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| corrupt(name, "is out of range")),
         Some(_) => Err(corrupt(name, "is not a number")),
     }
 }
@@ -129,11 +120,9 @@ pub(super) fn parse_record(item: &Item) -> Result<DispatchRecord, StoreError> {
     let status = get_s(item, attr::STATUS)?;
     let level = get_s(item, attr::LEVEL)?;
     Ok(DispatchRecord {
-        delivery_id: DeliveryId::parse(&delivery)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        delivery_id: DeliveryId::parse(&delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         target: RepoFullName::parse(&display).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        status: DispatchStatus::parse(&status)
-            .ok_or_else(|| corrupt(attr::STATUS, "is not a known status"))?,
+        status: DispatchStatus::parse(&status).ok_or_else(|| corrupt(attr::STATUS, "is not a known status"))?,
         attempts: get_u32(item, attr::ATTEMPTS)?,
         last_error: opt_s(item, attr::LAST_ERROR)?,
         lease_until_ms: get_n(item, attr::LEASE_UNTIL_MS)?,

@@ -8,9 +8,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use aws_sdk_dynamodb::Client;
 
 use crate::domain::{DeliveryId, RepoFullName};
-use crate::ports::{
-    AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
-};
+use crate::ports::{AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError};
 
 use super::dispatch_item::{attr, get_u32, key, n, new_item, parse_record, s, Item};
 use super::now_epoch_secs;
@@ -122,20 +120,16 @@ impl DynamoDispatchStore {
                 Ok(Ok(get_u32(&item, attr::ATTEMPTS)?))
             }
             Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
-                    c,
-                )) => Ok(Err(c.item.clone())),
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    Ok(Err(c.item.clone()))
+                }
                 _ => Err(unavailable("UpdateItem (lease takeover)", e)),
             },
         }
     }
 
     /// Consistent read of one record's item.
-    async fn get_item(
-        &self,
-        delivery: &DeliveryId,
-        target: &RepoFullName,
-    ) -> Result<Option<Item>, StoreError> {
+    async fn get_item(&self, delivery: &DeliveryId, target: &RepoFullName) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -169,9 +163,7 @@ fn settled(rec: &DispatchRecord) -> Claim {
     match rec.status {
         DispatchStatus::Dispatched => Claim::AlreadyDispatched,
         DispatchStatus::Failed => Claim::AlreadyFailed,
-        DispatchStatus::Pending => Claim::Leased {
-            until_ms: rec.lease_until_ms,
-        },
+        DispatchStatus::Pending => Claim::Leased { until_ms: rec.lease_until_ms },
     }
 }
 
@@ -196,10 +188,7 @@ impl DispatchStore for DynamoDispatchStore {
     ) -> Result<Claim, StoreError> {
         let lease_until_ms = now_ms.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
         for _ in 0..CLAIM_ROUNDS {
-            let Some(returned) = self
-                .put_new(delivery, target, meta, now_ms, lease_until_ms)
-                .await?
-            else {
+            let Some(returned) = self.put_new(delivery, target, meta, now_ms, lease_until_ms).await? else {
                 return Ok(Claim::Acquired { attempt: 1 });
             };
             let Some(rec) = self.current(delivery, target, returned).await? else {
@@ -208,10 +197,7 @@ impl DispatchStore for DynamoDispatchStore {
             if rec.status != DispatchStatus::Pending || rec.lease_until_ms >= now_ms {
                 return Ok(settled(&rec));
             }
-            match self
-                .take_over(delivery, target, now_ms, lease_until_ms)
-                .await?
-            {
+            match self.take_over(delivery, target, now_ms, lease_until_ms).await? {
                 Ok(attempt) => return Ok(Claim::Acquired { attempt }),
                 Err(returned) => {
                     if let Some(rec) = self.current(delivery, target, returned).await? {
@@ -254,9 +240,7 @@ impl DispatchStore for DynamoDispatchStore {
         const COMMON: &str = "SET #lease = :zero, #updated = :now, #expires = :expires";
         req = match outcome {
             AttemptOutcome::Dispatched { payload_trimmed } => req
-                .update_expression(format!(
-                    "{COMMON}, #status = :status, #dispatched = :now, #trimmed = :trimmed"
-                ))
+                .update_expression(format!("{COMMON}, #status = :status, #dispatched = :now, #trimmed = :trimmed"))
                 .expression_attribute_names("#dispatched", attr::DISPATCHED_AT_MS)
                 .expression_attribute_names("#trimmed", attr::PAYLOAD_TRIMMED)
                 .expression_attribute_values(":status", s(DispatchStatus::Dispatched.as_str()))
@@ -273,12 +257,7 @@ impl DispatchStore for DynamoDispatchStore {
         };
         match req.send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
             Err(e) => Err(unavailable("UpdateItem (finish)", e)),
         }
     }

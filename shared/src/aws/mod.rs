@@ -14,9 +14,7 @@ mod sqs;
 
 pub use blobs::{DynamoBlobStore, BLOB_CHUNK_BYTES, BLOB_TTL_SECS};
 pub use dynamo::{DynamoDispatchStore, DISPATCH_TTL_SECS};
-pub use sqs::{
-    SqsQueue, DEAD_LETTER_REASON_ATTR, DEAD_LETTER_REASON_MAX_CHARS, SQS_MAX_MESSAGE_BYTES,
-};
+pub use sqs::{SqsQueue, DEAD_LETTER_REASON_ATTR, DEAD_LETTER_REASON_MAX_CHARS, SQS_MAX_MESSAGE_BYTES};
 
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -41,11 +39,10 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
     match endpoint_url {
         None => loader.load().await,
         Some(url) => {
-            let region = RegionProviderChain::first_try(
-                aws_config::environment::EnvironmentVariableRegionProvider::new(),
-            )
-            .or_else(aws_config::profile::region::ProfileFileRegionProvider::new())
-            .or_else(Region::new(LOCAL_DEFAULT_REGION));
+            let region =
+                RegionProviderChain::first_try(aws_config::environment::EnvironmentVariableRegionProvider::new())
+                    .or_else(aws_config::profile::region::ProfileFileRegionProvider::new())
+                    .or_else(Region::new(LOCAL_DEFAULT_REGION));
             loader.endpoint_url(url).region(region).load().await
         }
     }
@@ -53,8 +50,5 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
 
 /// Current wall-clock time in seconds since the Unix epoch (for TTL attributes).
 fn now_epoch_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

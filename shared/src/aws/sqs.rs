@@ -42,9 +42,10 @@ const MAX_VISIBILITY_SECS: u64 = 43_200;
 /// message to the DLQ after `n` receives is SQS's own job: the adapter does
 /// not count receives itself. SQS (and moto 5.2.5) deliver a message with
 /// `ApproximateReceiveCount` 1..=n and move it to the DLQ on the receive
-/// after the n-th, keeping its message id, body, `SentTimestamp` and receive
-/// count (so its first receive from the DLQ reports n + 1); such messages
-/// have no [`DEAD_LETTER_REASON_ATTR`].
+/// after the n-th (that receive does not return it), keeping its message
+/// id, body and `SentTimestamp` (documented by SQS for standard queues).
+/// moto also keeps the receive count, so the first receive from the DLQ
+/// reports n + 1. Such messages have no [`DEAD_LETTER_REASON_ATTR`].
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
     client: Client,
@@ -56,11 +57,7 @@ impl SqsQueue {
     /// `queue_url` / `dlq_url`: the queue URLs as returned by `GetQueueUrl`
     /// (`https://sqs.<region>.amazonaws.com/<account>/<name>`).
     pub fn new(client: Client, queue_url: String, dlq_url: String) -> Self {
-        Self {
-            client,
-            queue_url,
-            dlq_url,
-        }
+        Self { client, queue_url, dlq_url }
     }
 
     fn url(&self, side: QueueSide) -> &str {
@@ -72,10 +69,7 @@ impl SqsQueue {
 
     fn check_size(&self, body: &str) -> Result<(), QueueError> {
         if body.len() > SQS_MAX_MESSAGE_BYTES {
-            return Err(QueueError::TooLarge {
-                size: body.len(),
-                limit: SQS_MAX_MESSAGE_BYTES,
-            });
+            return Err(QueueError::TooLarge { size: body.len(), limit: SQS_MAX_MESSAGE_BYTES });
         }
         Ok(())
     }
@@ -107,19 +101,12 @@ fn convert(m: aws_sdk_sqs::types::Message) -> Result<ReceivedMessage, QueueError
         .get(&MessageSystemAttributeName::ApproximateReceiveCount)
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(1);
-    let sent_at_ms = attrs
-        .get(&MessageSystemAttributeName::SentTimestamp)
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
-    let dead_letter_reason = m
-        .message_attributes
-        .unwrap_or_default()
-        .remove(DEAD_LETTER_REASON_ATTR)
-        .and_then(|v| v.string_value);
+    let sent_at_ms =
+        attrs.get(&MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let dead_letter_reason =
+        m.message_attributes.unwrap_or_default().remove(DEAD_LETTER_REASON_ATTR).and_then(|v| v.string_value);
     let (Some(message_id), Some(receipt)) = (m.message_id, m.receipt_handle) else {
-        return Err(QueueError::Unavailable(
-            "SQS returned a message without id or receipt handle".into(),
-        ));
+        return Err(QueueError::Unavailable("SQS returned a message without id or receipt handle".into()));
     };
     Ok(ReceivedMessage {
         message_id,
@@ -151,8 +138,7 @@ impl EventQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| unavailable("SendMessage", e))?;
-        out.message_id
-            .ok_or_else(|| QueueError::Unavailable("SQS SendMessage returned no message id".into()))
+        out.message_id.ok_or_else(|| QueueError::Unavailable("SQS SendMessage returned no message id".into()))
     }
 
     /// `ReceiveMessage`: `max` clamped to 1..=10, `visibility` and `wait` in
@@ -178,28 +164,14 @@ impl EventQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| unavailable("ReceiveMessage", e))?;
-        out.messages
-            .unwrap_or_default()
-            .into_iter()
-            .map(convert)
-            .collect()
+        out.messages.unwrap_or_default().into_iter().map(convert).collect()
     }
 
     /// `DeleteMessage`; an invalid receipt handle is [`QueueError::BadReceipt`].
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError> {
-        match self
-            .client
-            .delete_message()
-            .queue_url(self.url(side))
-            .receipt_handle(receipt)
-            .send()
-            .await
-        {
+        match self.client.delete_message().queue_url(self.url(side)).receipt_handle(receipt).send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_receipt_handle_is_invalid()) =>
-            {
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_receipt_handle_is_invalid()) => {
                 Err(QueueError::BadReceipt(DisplayErrorContext(e).to_string()))
             }
             Err(e) => Err(unavailable("DeleteMessage", e)),
@@ -209,12 +181,7 @@ impl EventQueue for SqsQueue {
     /// `ChangeMessageVisibility` with `delay` in whole seconds rounded up
     /// (≤ 43,200 s). An invalid receipt or a message no longer in flight is
     /// [`QueueError::BadReceipt`].
-    async fn change_visibility(
-        &self,
-        side: QueueSide,
-        receipt: &str,
-        delay: Duration,
-    ) -> Result<(), QueueError> {
+    async fn change_visibility(&self, side: QueueSide, receipt: &str, delay: Duration) -> Result<(), QueueError> {
         match self
             .client
             .change_message_visibility()
@@ -226,9 +193,8 @@ impl EventQueue for SqsQueue {
         {
             Ok(_) => Ok(()),
             Err(e)
-                if e.as_service_error().is_some_and(|s| {
-                    s.is_receipt_handle_is_invalid() || s.is_message_not_inflight()
-                }) =>
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_receipt_handle_is_invalid() || s.is_message_not_inflight()) =>
             {
                 Err(QueueError::BadReceipt(DisplayErrorContext(e).to_string()))
             }
@@ -244,11 +210,7 @@ impl EventQueue for SqsQueue {
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         let reason = truncate_chars(reason, DEAD_LETTER_REASON_MAX_CHARS);
         // SQS rejects empty String attribute values.
-        let reason = if reason.is_empty() {
-            "(no reason given)"
-        } else {
-            reason
-        };
+        let reason = if reason.is_empty() { "(no reason given)" } else { reason };
         let attr = MessageAttributeValue::builder()
             .data_type("String")
             .string_value(reason)
@@ -290,9 +252,9 @@ impl EventQueue for SqsQueue {
         let get = |k: &QueueAttributeName| -> Result<u64, QueueError> {
             match attrs.get(k) {
                 None => Ok(0),
-                Some(v) => v.parse::<u64>().map_err(|_| {
-                    QueueError::Unavailable(format!("SQS returned {k:?} = {v:?}, not a number"))
-                }),
+                Some(v) => v
+                    .parse::<u64>()
+                    .map_err(|_| QueueError::Unavailable(format!("SQS returned {k:?} = {v:?}, not a number"))),
             }
         };
         Ok(get(&QueueAttributeName::ApproximateNumberOfMessages)?
@@ -317,9 +279,6 @@ mod tests {
     fn reasons_truncate_on_char_boundaries() {
         assert_eq!(truncate_chars("héllo", 2), "hé");
         assert_eq!(truncate_chars("abc", 10), "abc");
-        assert_eq!(
-            truncate_chars(&"é".repeat(1_500), 1_000).chars().count(),
-            1_000
-        );
+        assert_eq!(truncate_chars(&"é".repeat(1_500), 1_000).chars().count(), 1_000);
     }
 }

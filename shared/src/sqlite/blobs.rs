@@ -34,9 +34,7 @@ impl BlobStore for SqliteBlobStore {
     async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
         self.db
             .lock()
-            .query_row("SELECT data FROM blobs WHERE key = ?1", [key], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
+            .query_row("SELECT data FROM blobs WHERE key = ?1", [key], |r| r.get::<_, Vec<u8>>(0))
             .optional()
             .map_err(|e| BlobError::Unavailable(e.to_string()))?
             .ok_or_else(|| BlobError::NotFound(key.to_owned()))

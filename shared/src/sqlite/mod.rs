@@ -72,19 +72,19 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) the database at `path` and its schema.
     pub fn open(path: &Path) -> Result<Db, StoreError> {
-        let conn = Connection::open(path)
-            .map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(unavailable)?;
+        let conn = Connection::open(path).map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
+        // No checkpoint inside a request's commit: `checkpointer` runs them
+        // on its own connection and thread (a checkpoint copies the WAL and
+        // fsyncs, which would otherwise stall an ingest answer now and then).
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
-        Ok(Db {
-            conn: Arc::new(Mutex::new(conn)),
-            sent: Arc::new(tokio::sync::Notify::new()),
-        })
+        let conn = Arc::new(Mutex::new(conn));
+        checkpointer(path.to_owned(), Arc::downgrade(&conn))?;
+        Ok(Db { conn, sent: Arc::new(tokio::sync::Notify::new()) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -92,6 +92,25 @@ impl Db {
         // one transaction), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Every 100 ms while any handle on the database lives: a PASSIVE
+/// checkpoint, which never blocks writers. Once all frames are copied the
+/// next writer restarts the WAL from its start, and `journal_size_limit`
+/// (64 MiB) truncates a WAL that grew during a burst.
+fn checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Connection>>) -> Result<(), StoreError> {
+    let conn = Connection::open(&path).map_err(unavailable)?;
+    conn.busy_timeout(std::time::Duration::from_millis(100)).map_err(unavailable)?;
+    std::thread::Builder::new()
+        .name("crcr-sqlite-checkpoint".into())
+        .spawn(move || {
+            while alive.strong_count() > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        })
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {

@@ -30,12 +30,7 @@ impl SqliteQueue {
     /// `name` e.g. `"dispatch"`; its DLQ is `"<name>-dlq"`. `max_receive_count`
     /// as SQS's redrive policy (>= 1).
     pub fn new(db: Db, name: &str, max_receive_count: u32) -> Self {
-        Self {
-            db,
-            name: name.to_owned(),
-            dlq: format!("{name}-dlq"),
-            max_receive_count: max_receive_count.max(1),
-        }
+        Self { db, name: name.to_owned(), dlq: format!("{name}-dlq"), max_receive_count: max_receive_count.max(1) }
     }
 
     fn queue_name(&self, side: QueueSide) -> &str {
@@ -45,12 +40,7 @@ impl SqliteQueue {
         }
     }
 
-    fn insert(
-        conn: &Connection,
-        queue: &str,
-        body: &str,
-        reason: Option<&str>,
-    ) -> Result<String, QueueError> {
+    fn insert(conn: &Connection, queue: &str, body: &str, reason: Option<&str>) -> Result<String, QueueError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = SystemClock.now_ms();
         conn.execute(
@@ -70,9 +60,7 @@ impl SqliteQueue {
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let queue = self.queue_name(side);
         let mut conn = self.db.lock();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
         let now = SystemClock.now_ms();
         let mut out = Vec::new();
         {
@@ -145,10 +133,7 @@ impl EventQueue for SqliteQueue {
 
     async fn send(&self, body: &str) -> Result<String, QueueError> {
         if body.len() > MAX_MESSAGE_BYTES {
-            return Err(QueueError::TooLarge {
-                size: body.len(),
-                limit: MAX_MESSAGE_BYTES,
-            });
+            return Err(QueueError::TooLarge { size: body.len(), limit: MAX_MESSAGE_BYTES });
         }
         let id = Self::insert(&self.db.lock(), &self.name, body, None)?;
         self.db.sent.notify_waiters();
@@ -193,22 +178,13 @@ impl EventQueue for SqliteQueue {
         Ok(())
     }
 
-    async fn change_visibility(
-        &self,
-        side: QueueSide,
-        receipt: &str,
-        delay: Duration,
-    ) -> Result<(), QueueError> {
+    async fn change_visibility(&self, side: QueueSide, receipt: &str, delay: Duration) -> Result<(), QueueError> {
         let n = self
             .db
             .lock()
             .execute(
                 "UPDATE queue_messages SET visible_at_ms = ?3 WHERE queue = ?1 AND receipt = ?2",
-                params![
-                    self.queue_name(side),
-                    receipt,
-                    SystemClock.now_ms() + delay.as_millis() as i64
-                ],
+                params![self.queue_name(side), receipt, SystemClock.now_ms() + delay.as_millis() as i64],
             )
             .map_err(unavailable)?;
         if n == 0 {
@@ -235,19 +211,16 @@ impl EventQueue for SqliteQueue {
         let Some(seq) = existing else {
             return Err(QueueError::BadReceipt(msg.receipt.clone()));
         };
-        tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [seq])
-            .map_err(unavailable)?;
+        tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [seq]).map_err(unavailable)?;
         tx.commit().map_err(unavailable)
     }
 
     async fn depth(&self, side: QueueSide) -> Result<u64, QueueError> {
         self.db
             .lock()
-            .query_row(
-                "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1",
-                [self.queue_name(side)],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT COUNT(*) FROM queue_messages WHERE queue = ?1", [self.queue_name(side)], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
             .map_err(unavailable)
     }

@@ -8,9 +8,7 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::Db;
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::ports::{
-    AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
-};
+use crate::ports::{AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError};
 
 /// [`DispatchStore`] on SQLite.
 #[derive(Clone)]
@@ -28,8 +26,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-const COLUMNS: &str =
-    "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
+const COLUMNS: &str = "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
     updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level";
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
@@ -54,10 +51,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
                 event: r.get(10).map_err(|e| corrupt(&e.to_string()))?,
                 action: r.get(11).map_err(|e| corrupt(&e.to_string()))?,
                 head_sha: r.get(12).map_err(|e| corrupt(&e.to_string()))?,
-                pr_number: r
-                    .get::<_, Option<i64>>(13)
-                    .map_err(|e| corrupt(&e.to_string()))?
-                    .map(|n| n as u64),
+                pr_number: r.get::<_, Option<i64>>(13).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
                 level: Level::parse(&level).ok_or_else(|| corrupt("unknown level"))?,
             },
         })
@@ -77,9 +71,7 @@ impl DispatchStore for SqliteDispatchStore {
     ) -> Result<Claim, StoreError> {
         let lease_until = now_ms + lease.as_millis() as i64;
         let mut conn = self.db.lock();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
         let existing: Option<(String, i64, u32)> = tx
             .query_row(
                 "SELECT status, lease_until_ms, attempts FROM dispatches WHERE delivery_id = ?1 AND target_key = ?2",
@@ -115,9 +107,7 @@ impl DispatchStore for SqliteDispatchStore {
                 Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
                 // A lease holds up to and including its last millisecond (as
                 // DynamoDB's `lease_until_ms < :now` take-over condition).
-                Some(DispatchStatus::Pending) if until >= now_ms => {
-                    Claim::Leased { until_ms: until }
-                }
+                Some(DispatchStatus::Pending) if until >= now_ms => Claim::Leased { until_ms: until },
                 Some(DispatchStatus::Pending) => {
                     tx.execute(
                         "UPDATE dispatches SET attempts = attempts + 1, lease_until_ms = ?3, updated_at_ms = ?4
@@ -125,15 +115,9 @@ impl DispatchStore for SqliteDispatchStore {
                         params![delivery.as_str(), target.key(), lease_until, now_ms],
                     )
                     .map_err(unavailable)?;
-                    Claim::Acquired {
-                        attempt: attempts + 1,
-                    }
+                    Claim::Acquired { attempt: attempts + 1 }
                 }
-                None => {
-                    return Err(StoreError::Corrupt(format!(
-                        "dispatch {delivery}/{target}: status {status:?}"
-                    )))
-                }
+                None => return Err(StoreError::Corrupt(format!("dispatch {delivery}/{target}: status {status:?}"))),
             },
         };
         tx.commit().map_err(unavailable)?;
@@ -153,23 +137,13 @@ impl DispatchStore for SqliteDispatchStore {
                    updated_at_ms = ?5, dispatched_at_ms = ?6, payload_trimmed = ?7
                    WHERE delivery_id = ?1 AND target_key = ?2 AND status = 'pending'";
         let (status, error, dispatched_at, trimmed) = match outcome {
-            AttemptOutcome::Dispatched { payload_trimmed } => {
-                ("dispatched", None, Some(now_ms), *payload_trimmed)
-            }
+            AttemptOutcome::Dispatched { payload_trimmed } => ("dispatched", None, Some(now_ms), *payload_trimmed),
             AttemptOutcome::Failed { reason } => ("failed", Some(reason.as_str()), None, false),
             AttemptOutcome::Retry { reason } => ("pending", Some(reason.as_str()), None, false),
         };
         conn.execute(
             sql,
-            params![
-                delivery.as_str(),
-                target.key(),
-                status,
-                error,
-                now_ms,
-                dispatched_at,
-                trimmed as i64
-            ],
+            params![delivery.as_str(), target.key(), status, error, now_ms, dispatched_at, trimmed as i64],
         )
         .map_err(unavailable)?;
         Ok(())
@@ -178,13 +152,9 @@ impl DispatchStore for SqliteDispatchStore {
     async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError> {
         let conn = self.db.lock();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM dispatches WHERE delivery_id = ?1 ORDER BY target_key"
-            ))
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM dispatches WHERE delivery_id = ?1 ORDER BY target_key"))
             .map_err(unavailable)?;
-        let rows = stmt
-            .query_map([delivery.as_str()], record)
-            .map_err(unavailable)?;
+        let rows = stmt.query_map([delivery.as_str()], record).map_err(unavailable)?;
         let mut out = Vec::new();
         for r in rows {
             out.push(r.map_err(unavailable)??);

@@ -23,12 +23,10 @@ use super::util;
 
 const DOC_REPO_INSTALLATION: &str =
     "https://docs.github.com/rest/apps/apps#get-a-repository-installation-for-the-authenticated-app";
-const DOC_CREATE_TOKEN: &str =
-    "https://docs.github.com/rest/apps/apps#create-an-installation-access-token-for-an-app";
+const DOC_CREATE_TOKEN: &str = "https://docs.github.com/rest/apps/apps#create-an-installation-access-token-for-an-app";
 const REPOS_NOT_ACCESSIBLE: &str =
     "There is at least one repository that does not exist or is not accessible to the parent installation.";
-const PERMISSIONS_NOT_GRANTED: &str =
-    "The permissions requested are not granted to this installation.";
+const PERMISSIONS_NOT_GRANTED: &str = "The permissions requested are not granted to this installation.";
 
 pub(crate) async fn repo_installation(
     State(shared): State<Arc<Shared>>,
@@ -46,10 +44,7 @@ pub(crate) async fn repo_installation(
 }
 
 fn app_permissions() -> Map<String, Value> {
-    APP_PERMISSIONS
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), json!(v)))
-        .collect()
+    APP_PERMISSIONS.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect()
 }
 
 fn account_json(shared: &Shared, login: &str, id: u64) -> Value {
@@ -111,10 +106,8 @@ fn repository_json(shared: &Shared, inst: &Installation, repo: &Repo, private: b
 }
 
 fn invalid(property: &str, value: &Value, expected: &str) -> Response {
-    let message = format!(
-        "Invalid request.\n\nFor 'properties/{property}', {} is not {expected}.",
-        util::ruby_inspect(value)
-    );
+    let message =
+        format!("Invalid request.\n\nFor 'properties/{property}', {} is not {expected}.", util::ruby_inspect(value));
     gh_error(422, &message, DOC_CREATE_TOKEN)
 }
 
@@ -196,11 +189,7 @@ pub(crate) async fn create_token(
     let narrowed = !names.is_empty() || !ids.is_empty();
     let mut chosen: Vec<Repo> = Vec::new();
     for name in &names {
-        match inst
-            .repos
-            .iter()
-            .find(|r| r.name().eq_ignore_ascii_case(name))
-        {
+        match inst.repos.iter().find(|r| r.name().eq_ignore_ascii_case(name)) {
             Some(r) => chosen.push(r.clone()),
             None => return gh_error(422, REPOS_NOT_ACCESSIBLE, DOC_CREATE_TOKEN),
         }
@@ -215,18 +204,13 @@ pub(crate) async fn create_token(
     chosen.dedup_by_key(|r| r.id);
 
     // Permissions: never more than the installation has.
-    let granted: BTreeMap<String, String> = APP_PERMISSIONS
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let granted: BTreeMap<String, String> =
+        APP_PERMISSIONS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     let permissions = if asked.is_empty() {
         granted
     } else {
         for (k, v) in &asked {
-            let ok = match (
-                state::level(v),
-                granted.get(k).and_then(|g| state::level(g)),
-            ) {
+            let ok = match (state::level(v), granted.get(k).and_then(|g| state::level(g))) {
                 (Some(want), Some(have)) => want <= have,
                 _ => false,
             };
@@ -239,14 +223,7 @@ pub(crate) async fn create_token(
 
     let repos_json: Vec<Value> = chosen
         .iter()
-        .map(|r| {
-            repository_json(
-                &shared,
-                inst,
-                r,
-                world.private.contains(&r.full_name.to_ascii_lowercase()),
-            )
-        })
+        .map(|r| repository_json(&shared, inst, r, world.private.contains(&r.full_name.to_ascii_lowercase())))
         .collect();
     let token = format!("ghs_{}", util::random_alnum(36));
     let expires_at = util::rfc3339(util::epoch_now() + shared.token_ttl.as_secs());
@@ -259,20 +236,11 @@ pub(crate) async fn create_token(
     if narrowed {
         answer["repositories"] = Value::Array(repos_json);
     }
-    let covered: Option<HashSet<String>> = narrowed.then(|| {
-        chosen
-            .iter()
-            .map(|r| r.full_name.to_ascii_lowercase())
-            .collect()
-    });
+    let covered: Option<HashSet<String>> =
+        narrowed.then(|| chosen.iter().map(|r| r.full_name.to_ascii_lowercase()).collect());
     world.tokens.insert(
         token,
-        Token {
-            installation_id: id,
-            repos: covered,
-            permissions,
-            expires: Instant::now() + shared.token_ttl,
-        },
+        Token { installation_id: id, repos: covered, permissions, expires: Instant::now() + shared.token_ttl },
     );
     (StatusCode::CREATED, Json(answer)).into_response()
 }

@@ -39,15 +39,11 @@ impl AppKey {
     /// A fresh RSA 2048 key (takes tens to hundreds of milliseconds: call it
     /// off the async threads).
     pub(crate) fn generate() -> anyhow::Result<AppKey> {
-        let pair = KeyPair::generate(KeySize::Rsa2048)
-            .map_err(|e| anyhow::anyhow!("generating the stand-in App key: {e}"))?;
-        let pkcs8: Pkcs8V1Der<'static> = pair
-            .as_der()
-            .map_err(|e| anyhow::anyhow!("encoding the stand-in App key: {e}"))?;
-        Ok(AppKey {
-            private_pem: pem("PRIVATE KEY", pkcs8.as_ref()),
-            public_der: pair.public_key().as_ref().to_vec(),
-        })
+        let pair =
+            KeyPair::generate(KeySize::Rsa2048).map_err(|e| anyhow::anyhow!("generating the stand-in App key: {e}"))?;
+        let pkcs8: Pkcs8V1Der<'static> =
+            pair.as_der().map_err(|e| anyhow::anyhow!("encoding the stand-in App key: {e}"))?;
+        Ok(AppKey { private_pem: pem("PRIVATE KEY", pkcs8.as_ref()), public_der: pair.public_key().as_ref().to_vec() })
     }
 
     /// The private key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
@@ -56,9 +52,7 @@ impl AppKey {
     }
 
     fn verifies(&self, signing_input: &[u8], signature: &[u8]) -> bool {
-        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &self.public_der)
-            .verify(signing_input, signature)
-            .is_ok()
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &self.public_der).verify(signing_input, signature).is_ok()
     }
 }
 
@@ -92,9 +86,7 @@ pub(crate) fn looks_like_jwt(token: &str) -> bool {
 }
 
 fn b64url(segment: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(segment.trim_end_matches('='))
-        .ok()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).ok()
 }
 
 fn json_segment(segment: &str) -> Option<serde_json::Map<String, Value>> {
@@ -174,29 +166,15 @@ mod tests {
 
     fn sign(key_pem: &str, header: Value, claims: Value) -> String {
         let pair = {
-            let b64: String = key_pem
-                .lines()
-                .filter(|l| !l.starts_with("-----"))
-                .collect();
-            let der = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap();
+            let b64: String = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
             KeyPair::from_pkcs8(&der).unwrap()
         };
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let mut sig = vec![0; pair.public_modulus_len()];
-        pair.sign(
-            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-            &rng,
-            input.as_bytes(),
-            &mut sig,
-        )
-        .unwrap();
+        pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig).unwrap();
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 
@@ -205,103 +183,23 @@ mod tests {
         let key = AppKey::generate().unwrap();
         let hdr = json!({"alg": "RS256", "typ": "JWT"});
         let now = 1_700_000_000_i64;
-        let check = |claims: Value| {
-            check_app_jwt(
-                &sign(key.private_pem(), hdr.clone(), claims),
-                &key,
-                7,
-                "Iv1.x",
-                now,
-            )
-        };
-        assert_eq!(
-            check(json!({"iss": 7, "iat": now - 60, "exp": now + 540})),
-            Ok(())
-        );
-        assert_eq!(
-            check(json!({"iss": "7", "iat": now - 60, "exp": now + 540})),
-            Ok(())
-        );
-        assert_eq!(
-            check(json!({"iss": "Iv1.x", "iat": now, "exp": now + 600})),
-            Ok(())
-        );
-        assert_eq!(
-            check(json!({"iat": now, "exp": now + 60}))
-                .unwrap_err()
-                .message,
-            ISS_MISSING
-        );
-        assert_eq!(
-            check(json!({"iss": 8, "iat": now, "exp": now + 60}))
-                .unwrap_err()
-                .status,
-            404
-        );
-        assert_eq!(
-            check(json!({"iss": "x", "iat": now, "exp": now + 60}))
-                .unwrap_err()
-                .message,
-            ISS_NOT_INTEGER
-        );
-        assert_eq!(
-            check(json!({"iss": 7, "iat": now + 61, "exp": now + 120}))
-                .unwrap_err()
-                .message,
-            IAT_INVALID
-        );
-        assert_eq!(
-            check(json!({"iss": 7, "iat": 1.5, "exp": now + 120}))
-                .unwrap_err()
-                .message,
-            IAT_INVALID
-        );
-        assert_eq!(
-            check(json!({"iss": 7, "iat": now - 700, "exp": now}))
-                .unwrap_err()
-                .message,
-            EXP_INVALID
-        );
-        assert_eq!(
-            check(json!({"iss": 7, "iat": now - 60, "exp": now + 541}))
-                .unwrap_err()
-                .message,
-            EXP_TOO_FAR
-        );
-        assert_eq!(
-            check(json!({"iss": 7, "iat": now + 30, "exp": now + 601}))
-                .unwrap_err()
-                .message,
-            EXP_TOO_FAR
-        );
-        let hs = sign(
-            key.private_pem(),
-            json!({"alg": "HS256"}),
-            json!({"iss": 7, "iat": now, "exp": now + 60}),
-        );
-        assert_eq!(
-            check_app_jwt(&hs, &key, 7, "Iv1.x", now)
-                .unwrap_err()
-                .message,
-            DECODE_FAILED
-        );
+        let check = |claims: Value| check_app_jwt(&sign(key.private_pem(), hdr.clone(), claims), &key, 7, "Iv1.x", now);
+        assert_eq!(check(json!({"iss": 7, "iat": now - 60, "exp": now + 540})), Ok(()));
+        assert_eq!(check(json!({"iss": "7", "iat": now - 60, "exp": now + 540})), Ok(()));
+        assert_eq!(check(json!({"iss": "Iv1.x", "iat": now, "exp": now + 600})), Ok(()));
+        assert_eq!(check(json!({"iat": now, "exp": now + 60})).unwrap_err().message, ISS_MISSING);
+        assert_eq!(check(json!({"iss": 8, "iat": now, "exp": now + 60})).unwrap_err().status, 404);
+        assert_eq!(check(json!({"iss": "x", "iat": now, "exp": now + 60})).unwrap_err().message, ISS_NOT_INTEGER);
+        assert_eq!(check(json!({"iss": 7, "iat": now + 61, "exp": now + 120})).unwrap_err().message, IAT_INVALID);
+        assert_eq!(check(json!({"iss": 7, "iat": 1.5, "exp": now + 120})).unwrap_err().message, IAT_INVALID);
+        assert_eq!(check(json!({"iss": 7, "iat": now - 700, "exp": now})).unwrap_err().message, EXP_INVALID);
+        assert_eq!(check(json!({"iss": 7, "iat": now - 60, "exp": now + 541})).unwrap_err().message, EXP_TOO_FAR);
+        assert_eq!(check(json!({"iss": 7, "iat": now + 30, "exp": now + 601})).unwrap_err().message, EXP_TOO_FAR);
+        let hs = sign(key.private_pem(), json!({"alg": "HS256"}), json!({"iss": 7, "iat": now, "exp": now + 60}));
+        assert_eq!(check_app_jwt(&hs, &key, 7, "Iv1.x", now).unwrap_err().message, DECODE_FAILED);
         let other = AppKey::generate().unwrap();
-        let forged = sign(
-            other.private_pem(),
-            hdr.clone(),
-            json!({"iss": 7, "iat": now, "exp": now + 60}),
-        );
-        assert_eq!(
-            check_app_jwt(&forged, &key, 7, "Iv1.x", now)
-                .unwrap_err()
-                .message,
-            DECODE_FAILED
-        );
-        assert_eq!(
-            check_app_jwt("a.b.c", &key, 7, "Iv1.x", now)
-                .unwrap_err()
-                .message,
-            DECODE_FAILED
-        );
+        let forged = sign(other.private_pem(), hdr.clone(), json!({"iss": 7, "iat": now, "exp": now + 60}));
+        assert_eq!(check_app_jwt(&forged, &key, 7, "Iv1.x", now).unwrap_err().message, DECODE_FAILED);
+        assert_eq!(check_app_jwt("a.b.c", &key, 7, "Iv1.x", now).unwrap_err().message, DECODE_FAILED);
     }
 }

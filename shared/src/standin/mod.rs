@@ -52,11 +52,7 @@ pub struct StandInOptions {
 
 impl Default for StandInOptions {
     fn default() -> Self {
-        StandInOptions {
-            app_id: 424_242,
-            token_ttl: Duration::from_secs(3600),
-            latency: Duration::ZERO,
-        }
+        StandInOptions { app_id: 424_242, token_ttl: Duration::from_secs(3600), latency: Duration::ZERO }
     }
 }
 
@@ -149,22 +145,9 @@ impl StandIn {
         let key = tokio::task::spawn_blocking(jwt::AppKey::generate).await??;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(
-            opts.app_id,
-            key,
-            format!("http://{addr}"),
-            opts.token_ttl,
-            opts.latency,
-        ));
+        let shared = Arc::new(Shared::new(opts.app_id, key, format!("http://{addr}"), opts.token_ttl, opts.latency));
         let (stop, task) = server::spawn(listener, shared.clone());
-        Ok(StandIn {
-            shared,
-            server: Arc::new(Server {
-                stop,
-                task: Mutex::new(Some(task)),
-                addr,
-            }),
-        })
+        Ok(StandIn { shared, server: Arc::new(Server { stop, task: Mutex::new(Some(task)), addr }) })
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
@@ -222,11 +205,7 @@ impl StandIn {
         let mut world = self.shared.world();
         let lower = repo.to_ascii_lowercase();
         world.known.insert(lower.clone());
-        let key = (
-            lower,
-            state::normalize_path(path),
-            state::normalize_ref(Some(git_ref)),
-        );
+        let key = (lower, state::normalize_path(path), state::normalize_ref(Some(git_ref)));
         world.files.insert(key, contents.to_vec());
     }
 
@@ -234,21 +213,12 @@ impl StandIn {
     /// it takes the oldest queued fault and answers with it; a 204 comes
     /// only when the queue is empty.
     pub fn inject(&self, repo: &str, fault: Fault) {
-        self.shared
-            .world()
-            .faults
-            .entry(repo.to_ascii_lowercase())
-            .or_default()
-            .push_back(fault);
+        self.shared.world().faults.entry(repo.to_ascii_lowercase()).or_default().push_back(fault);
     }
 
     /// Faults still queued for `repo`.
     pub fn pending_faults(&self, repo: &str) -> usize {
-        self.shared
-            .world()
-            .faults
-            .get(&repo.to_ascii_lowercase())
-            .map_or(0, |q| q.len())
+        self.shared.world().faults.get(&repo.to_ascii_lowercase()).map_or(0, |q| q.len())
     }
 
     /// Delay added before answering every request from now on.
@@ -293,12 +263,7 @@ impl StandIn {
     /// Requests still in flight are answered first.
     pub async fn shutdown(&self) {
         let _ = self.server.stop.send(true);
-        let task = self
-            .server
-            .task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let task = self.server.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }

@@ -22,11 +22,9 @@ use super::server::{gh_error, require_installation, Auth, RequestId, NOT_ACCESSI
 use super::state::{self, Shared};
 use super::{util, Fault, RecordedDispatch};
 
-const DOC_DISPATCH: &str =
-    "https://docs.github.com/rest/repos/repos#create-a-repository-dispatch-event";
+const DOC_DISPATCH: &str = "https://docs.github.com/rest/repos/repos#create-a-repository-dispatch-event";
 const DOC_CONTENTS: &str = "https://docs.github.com/rest/repos/contents#get-repository-content";
-const DOC_RATE_LIMITS: &str =
-    "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api";
+const DOC_RATE_LIMITS: &str = "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api";
 const DOC_SECONDARY: &str =
     "https://docs.github.com/free-pro-team@latest/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits";
 
@@ -38,10 +36,7 @@ pub(crate) const MAX_CLIENT_PAYLOAD_CHARS: usize = 65_535;
 /// GitHub's schema check of a dispatch body: `Err(message)` for a 422.
 pub(crate) fn validate_dispatch(body: &serde_json::Map<String, Value>) -> Result<(), String> {
     let mut errors = Vec::new();
-    let mut unknown: Vec<&String> = body
-        .keys()
-        .filter(|k| *k != "event_type" && *k != "client_payload")
-        .collect();
+    let mut unknown: Vec<&String> = body.keys().filter(|k| *k != "event_type" && *k != "client_payload").collect();
     unknown.sort();
     match unknown.len() {
         0 => {}
@@ -56,17 +51,14 @@ pub(crate) fn validate_dispatch(body: &serde_json::Map<String, Value>) -> Result
         Some(Value::String(s)) => {
             let n = s.chars().count();
             if n > MAX_EVENT_TYPE_CHARS {
-                errors.push(format!(
-                    "Only {MAX_EVENT_TYPE_CHARS} characters are allowed; {n} were supplied."
-                ));
+                errors.push(format!("Only {MAX_EVENT_TYPE_CHARS} characters are allowed; {n} were supplied."));
             } else if n == 0 {
                 errors.push("At least 1 character is required; 0 were supplied.".to_owned());
             }
         }
-        Some(other) => errors.push(format!(
-            "For 'properties/event_type', {} is not a string.",
-            util::ruby_inspect(other)
-        )),
+        Some(other) => {
+            errors.push(format!("For 'properties/event_type', {} is not a string.", util::ruby_inspect(other)))
+        }
     }
     match body.get("client_payload") {
         None => {}
@@ -75,10 +67,9 @@ pub(crate) fn validate_dispatch(body: &serde_json::Map<String, Value>) -> Result
             map.len()
         )),
         Some(Value::Object(_)) => {}
-        Some(other) => errors.push(format!(
-            "For 'properties/client_payload', {} is not an object.",
-            util::ruby_inspect(other)
-        )),
+        Some(other) => {
+            errors.push(format!("For 'properties/client_payload', {} is not an object.", util::ruby_inspect(other)))
+        }
     }
     if errors.is_empty() {
         Ok(())
@@ -99,9 +90,7 @@ pub(crate) async fn dispatch(
         Ok(access) => access,
         Err(resp) => return resp,
     };
-    if access.permission.as_deref() != Some("write")
-        && access.permission.as_deref() != Some("admin")
-    {
+    if access.permission.as_deref() != Some("write") && access.permission.as_deref() != Some("admin") {
         return gh_error(403, NOT_ACCESSIBLE, DOC_DISPATCH);
     }
     let request = match serde_json::from_slice::<Value>(&body) {
@@ -117,21 +106,13 @@ pub(crate) async fn dispatch(
         }
     }
 
-    let fault = shared
-        .world()
-        .faults
-        .get_mut(&repo.to_ascii_lowercase())
-        .and_then(|q| q.pop_front());
+    let fault = shared.world().faults.get_mut(&repo.to_ascii_lowercase()).and_then(|q| q.pop_front());
     if let Some(fault) = fault {
         return fault_response(fault, access.installation_id, &request_id).await;
     }
 
     let at = Instant::now();
-    let event_type = request
-        .get("event_type")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let event_type = request.get("event_type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let record = RecordedDispatch {
         repo,
         event_type,
@@ -165,19 +146,13 @@ async fn fault_response(fault: Fault, installation_id: u64, request_id: &str) ->
             resp
         }
         Fault::PrimaryRateLimit { reset_in_s } => primary_limit(429, reset_in_s, installation_id),
-        Fault::PrimaryRateLimitForbidden { reset_in_s } => {
-            primary_limit(403, reset_in_s, installation_id)
-        }
+        Fault::PrimaryRateLimitForbidden { reset_in_s } => primary_limit(403, reset_in_s, installation_id),
         Fault::Unprocessable => gh_error(422, "Validation Failed", DOC_DISPATCH),
         Fault::Timeout(wait) => {
             tokio::time::sleep(wait).await;
             let message = "We couldn't respond to your request in time. Sorry about that. \
                            Please try resubmitting your request and contact us if the problem persists.";
-            (
-                StatusCode::GATEWAY_TIMEOUT,
-                Json(json!({"message": message})),
-            )
-                .into_response()
+            (StatusCode::GATEWAY_TIMEOUT, Json(json!({"message": message}))).into_response()
         }
     }
 }
@@ -186,11 +161,7 @@ fn primary_limit(status: u16, reset_in_s: u64, installation_id: u64) -> Response
     let message = format!("API rate limit exceeded for installation ID {installation_id}.");
     let mut resp = gh_error(status, &message, DOC_RATE_LIMITS);
     insert(&mut resp, "x-ratelimit-remaining", "0".to_owned());
-    insert(
-        &mut resp,
-        "x-ratelimit-reset",
-        (util::epoch_now() + reset_in_s).to_string(),
-    );
+    insert(&mut resp, "x-ratelimit-reset", (util::epoch_now() + reset_in_s).to_string());
     resp
 }
 
@@ -212,45 +183,24 @@ pub(crate) async fn contents(
         Ok(access) => access,
         Err(resp) => return resp,
     };
-    if access
-        .permission
-        .as_deref()
-        .and_then(state::level)
-        .is_none()
-    {
+    if access.permission.as_deref().and_then(state::level).is_none() {
         return gh_error(403, NOT_ACCESSIBLE, DOC_CONTENTS);
     }
     let path = state::normalize_path(&path);
     let git_ref = state::normalize_ref(query.get("ref").map(String::as_str));
     let file = {
         let world = shared.world();
-        world
-            .files
-            .get(&(repo.to_ascii_lowercase(), path.clone(), git_ref.clone()))
-            .cloned()
+        world.files.get(&(repo.to_ascii_lowercase(), path.clone(), git_ref.clone())).cloned()
     };
     let Some(file) = file else {
         return gh_error(404, "Not Found", DOC_CONTENTS);
     };
 
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if accept.contains("application/vnd.github.raw")
-        || accept.contains("application/vnd.github.v3.raw")
-    {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("application/vnd.github.raw") || accept.contains("application/vnd.github.v3.raw") {
         let mut resp = Response::new(Body::from(file));
-        insert(
-            &mut resp,
-            "content-type",
-            "text/plain; charset=utf-8".to_owned(),
-        );
-        insert(
-            &mut resp,
-            "x-github-media-type",
-            "github.raw; format=raw".to_owned(),
-        );
+        insert(&mut resp, "content-type", "text/plain; charset=utf-8".to_owned());
+        insert(&mut resp, "x-github-media-type", "github.raw; format=raw".to_owned());
         return resp;
     }
 
@@ -289,24 +239,17 @@ mod tests {
     #[test]
     fn dispatch_schema_messages() {
         assert_eq!(check(json!({"event_type": "x"})), Ok(()));
-        assert_eq!(
-            check(json!({"event_type": "x".repeat(100), "client_payload": {}})),
-            Ok(())
-        );
+        assert_eq!(check(json!({"event_type": "x".repeat(100), "client_payload": {}})), Ok(()));
         assert_eq!(
             check(json!({"event_type": "x".repeat(101)})).unwrap_err(),
             "Invalid request.\n\nOnly 100 characters are allowed; 101 were supplied."
         );
-        assert_eq!(
-            check(json!({})).unwrap_err(),
-            "Invalid request.\n\n\"event_type\" wasn't supplied."
-        );
+        assert_eq!(check(json!({})).unwrap_err(), "Invalid request.\n\n\"event_type\" wasn't supplied.");
         assert_eq!(
             check(json!({"b": 1, "a": 2})).unwrap_err(),
             "Invalid request.\n\n\"a\", \"b\" are not permitted keys.\n\"event_type\" wasn't supplied."
         );
-        let eleven: serde_json::Map<String, Value> =
-            (0..11).map(|i| (format!("k{i}"), json!(i))).collect();
+        let eleven: serde_json::Map<String, Value> = (0..11).map(|i| (format!("k{i}"), json!(i))).collect();
         assert_eq!(
             check(json!({"event_type": "x", "client_payload": eleven})).unwrap_err(),
             "Invalid request.\n\nNo more than 10 properties are allowed; 11 were supplied."

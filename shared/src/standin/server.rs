@@ -26,24 +26,18 @@ pub(crate) const DOC_REST: &str = "https://docs.github.com/rest";
 
 /// Starts serving `listener`; the server stops when the returned sender
 /// says `true` or is dropped.
-pub(crate) fn spawn(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-) -> (watch::Sender<bool>, JoinHandle<()>) {
+pub(crate) fn spawn(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> (watch::Sender<bool>, JoinHandle<()>) {
     let (stop, mut stopped) = watch::channel(false);
     let app = router(shared);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
     let task = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        })
-        .await;
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "GitHub stand-in server ended with an error");
         }
@@ -53,19 +47,10 @@ pub(crate) fn spawn(
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route(
-            "/repos/{owner}/{repo}/installation",
-            get(apps::repo_installation),
-        )
-        .route(
-            "/app/installations/{id}/access_tokens",
-            post(apps::create_token),
-        )
+        .route("/repos/{owner}/{repo}/installation", get(apps::repo_installation))
+        .route("/app/installations/{id}/access_tokens", post(apps::create_token))
         .route("/repos/{owner}/{repo}/dispatches", post(repos::dispatch))
-        .route(
-            "/repos/{owner}/{repo}/contents/{*path}",
-            get(repos::contents),
-        )
+        .route("/repos/{owner}/{repo}/contents/{*path}", get(repos::contents))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), around))
@@ -123,29 +108,18 @@ fn resolve_auth(shared: &Shared, headers: &HeaderMap, now: Instant) -> Auth {
     };
     let (scheme, credential) = value.trim().split_once(' ').unwrap_or((value, ""));
     let credential = credential.trim();
-    if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
-        || credential.is_empty()
-    {
+    if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")) || credential.is_empty() {
         return Auth::BadToken;
     }
     if jwt::looks_like_jwt(credential) {
         let now_s = util::epoch_now() as i64;
-        return match jwt::check_app_jwt(
-            credential,
-            &shared.key,
-            shared.app_id,
-            &shared.client_id,
-            now_s,
-        ) {
+        return match jwt::check_app_jwt(credential, &shared.key, shared.app_id, &shared.client_id, now_s) {
             Ok(()) => Auth::App,
             Err(rejection) => Auth::BadJwt(rejection),
         };
     }
     match shared.world().live_token(credential, now) {
-        Some(t) => Auth::Installation {
-            token: credential.to_owned(),
-            installation_id: t.installation_id,
-        },
+        Some(t) => Auth::Installation { token: credential.to_owned(), installation_id: t.installation_id },
         None => Auth::BadToken,
     }
 }
@@ -157,9 +131,7 @@ pub(crate) fn require_app(auth: &Auth) -> Result<(), Response> {
         Auth::App => Ok(()),
         Auth::BadJwt(r) => Err(gh_error(r.status, r.message, DOC_REST)),
         // GitHub tries to read any other credential as a JWT here.
-        Auth::Installation { .. } | Auth::BadToken => {
-            Err(gh_error(401, jwt::DECODE_FAILED, DOC_REST))
-        }
+        Auth::Installation { .. } | Auth::BadToken => Err(gh_error(401, jwt::DECODE_FAILED, DOC_REST)),
         Auth::None => Err(gh_error(401, "Requires authentication", DOC_REST)),
     }
 }
@@ -203,10 +175,7 @@ pub(crate) fn require_installation(
             gh_error(403, NOT_ACCESSIBLE, doc)
         });
     }
-    Ok(RepoAccess {
-        installation_id: t.installation_id,
-        permission: t.permissions.get("contents").cloned(),
-    })
+    Ok(RepoAccess { installation_id: t.installation_id, permission: t.permissions.get("contents").cloned() })
 }
 
 pub(crate) const NOT_ACCESSIBLE: &str = "Resource not accessible by integration";
@@ -226,10 +195,7 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let peer_port = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(0, |c| c.0.port());
+    let peer_port = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(0, |c| c.0.port());
     let auth = resolve_auth(&shared, req.headers(), arrived);
     let (latency, request_id) = {
         let mut world = shared.world();
@@ -245,9 +211,7 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
 
     let identity = match &auth {
         Auth::App => "app".to_owned(),
-        Auth::Installation {
-            installation_id, ..
-        } => format!("installation:{installation_id}"),
+        Auth::Installation { installation_id, .. } => format!("installation:{installation_id}"),
         _ => format!("anonymous:{peer_port}"),
     };
     let now_s = util::epoch_now();
@@ -271,9 +235,7 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     set("server", "github.com".to_owned());
 
     let installation_id = match &auth {
-        Auth::Installation {
-            installation_id, ..
-        } => Some(*installation_id),
+        Auth::Installation { installation_id, .. } => Some(*installation_id),
         _ => None,
     };
     let record = RecordedRequest {
@@ -300,10 +262,7 @@ mod tests {
 
     #[test]
     fn repo_is_read_from_repository_paths_only() {
-        assert_eq!(
-            repo_of_path("/repos/Org/Repo/dispatches").as_deref(),
-            Some("Org/Repo")
-        );
+        assert_eq!(repo_of_path("/repos/Org/Repo/dispatches").as_deref(), Some("Org/Repo"));
         assert_eq!(repo_of_path("/repos/o/r").as_deref(), Some("o/r"));
         assert_eq!(repo_of_path("/repos/o"), None);
         assert_eq!(repo_of_path("/app/installations/1/access_tokens"), None);

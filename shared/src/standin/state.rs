@@ -78,9 +78,7 @@ pub(crate) struct Repo {
 
 impl Repo {
     pub(crate) fn name(&self) -> &str {
-        self.full_name
-            .split_once('/')
-            .map_or(&*self.full_name, |(_, n)| n)
+        self.full_name.split_once('/').map_or(&*self.full_name, |(_, n)| n)
     }
 }
 
@@ -104,13 +102,7 @@ pub(crate) fn level(s: &str) -> Option<u8> {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        app_id: u64,
-        key: AppKey,
-        base_url: String,
-        token_ttl: Duration,
-        latency: Duration,
-    ) -> Shared {
+    pub(crate) fn new(app_id: u64, key: AppKey, base_url: String, token_ttl: Duration, latency: Duration) -> Shared {
         Shared {
             app_id,
             client_id: format!("Iv23li{}", util::random_alnum(14)),
@@ -156,11 +148,7 @@ impl World {
         let (owner, _) = split_repo(repo);
         let lower = repo.to_ascii_lowercase();
         self.known.insert(lower.clone());
-        let idx = match self
-            .installations
-            .iter()
-            .position(|i| i.account_login.eq_ignore_ascii_case(owner))
-        {
+        let idx = match self.installations.iter().position(|i| i.account_login.eq_ignore_ascii_case(owner)) {
             Some(idx) => idx,
             None => {
                 let inst = Installation {
@@ -178,15 +166,8 @@ impl World {
         };
         let next_repo = &mut self.next_repo;
         let inst = &mut self.installations[idx];
-        if !inst
-            .repos
-            .iter()
-            .any(|r| r.full_name.eq_ignore_ascii_case(repo))
-        {
-            inst.repos.push(Repo {
-                id: *next_repo,
-                full_name: repo.to_owned(),
-            });
+        if !inst.repos.iter().any(|r| r.full_name.eq_ignore_ascii_case(repo)) {
+            inst.repos.push(Repo { id: *next_repo, full_name: repo.to_owned() });
             *next_repo += 1;
         }
         inst.id
@@ -195,17 +176,12 @@ impl World {
     /// Removes `repo` from its installation (the owner unchecked it).
     pub(crate) fn uninstall(&mut self, repo: &str) {
         for inst in &mut self.installations {
-            inst.repos
-                .retain(|r| !r.full_name.eq_ignore_ascii_case(repo));
+            inst.repos.retain(|r| !r.full_name.eq_ignore_ascii_case(repo));
         }
     }
 
     pub(crate) fn installation_of(&self, repo: &str) -> Option<&Installation> {
-        self.installations.iter().find(|i| {
-            i.repos
-                .iter()
-                .any(|r| r.full_name.eq_ignore_ascii_case(repo))
-        })
+        self.installations.iter().find(|i| i.repos.iter().any(|r| r.full_name.eq_ignore_ascii_case(repo)))
     }
 
     pub(crate) fn installation(&self, id: u64) -> Option<&Installation> {
@@ -221,11 +197,9 @@ impl World {
     /// token's installation and inside the token's narrowing).
     pub(crate) fn token_covers(&self, token: &Token, repo: &str) -> bool {
         let lower = repo.to_ascii_lowercase();
-        let in_installation = self.installation(token.installation_id).is_some_and(|i| {
-            i.repos
-                .iter()
-                .any(|r| r.full_name.to_ascii_lowercase() == lower)
-        });
+        let in_installation = self
+            .installation(token.installation_id)
+            .is_some_and(|i| i.repos.iter().any(|r| r.full_name.to_ascii_lowercase() == lower));
         in_installation && token.repos.as_ref().is_none_or(|set| set.contains(&lower))
     }
 
@@ -252,12 +226,7 @@ impl World {
         }
         window.1 += 1;
         let used = window.1;
-        (
-            self.rate_limit,
-            self.rate_limit.saturating_sub(used),
-            used,
-            window.0 + 3600,
-        )
+        (self.rate_limit, self.rate_limit.saturating_sub(used), used, window.0 + 3600)
     }
 }
 
@@ -273,12 +242,7 @@ pub(crate) fn normalize_path(path: &str) -> String {
 
 /// A ref as stored: `refs/heads/x` and `refs/tags/x` are `x`; none is the default branch.
 pub(crate) fn normalize_ref(git_ref: Option<&str>) -> String {
-    let r = git_ref
-        .map(str::trim)
-        .filter(|r| !r.is_empty() && *r != "HEAD");
+    let r = git_ref.map(str::trim).filter(|r| !r.is_empty() && *r != "HEAD");
     let r = r.unwrap_or(DEFAULT_BRANCH);
-    r.strip_prefix("refs/heads/")
-        .or_else(|| r.strip_prefix("refs/tags/"))
-        .unwrap_or(r)
-        .to_owned()
+    r.strip_prefix("refs/heads/").or_else(|| r.strip_prefix("refs/tags/")).unwrap_or(r).to_owned()
 }

@@ -9,10 +9,7 @@ use serde_json::Value;
 
 /// Seconds since the Unix epoch, now.
 pub(crate) fn epoch_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }
 
 /// `2016-07-11T22:14:10Z` for a Unix time in seconds (UTC, whole seconds), the
@@ -21,12 +18,7 @@ pub(crate) fn rfc3339(epoch_s: u64) -> String {
     let days = (epoch_s / 86_400) as i64;
     let rem = epoch_s % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's
@@ -76,13 +68,7 @@ pub(crate) fn ruby_inspect(v: &Value) -> String {
         Value::Object(map) => {
             let inner: Vec<String> = map
                 .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{} => {}",
-                        serde_json::to_string(k).unwrap_or_default(),
-                        ruby_inspect(v)
-                    )
-                })
+                .map(|(k, v)| format!("{} => {}", serde_json::to_string(k).unwrap_or_default(), ruby_inspect(v)))
                 .collect();
             format!("{{{}}}", inner.join(", "))
         }
@@ -110,11 +96,7 @@ pub(crate) fn git_blob_sha(contents: &[u8]) -> String {
     let mut ctx = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(format!("blob {}\0", contents.len()).as_bytes());
     ctx.update(contents);
-    ctx.finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Standard base64 with a newline every 60 characters and at the end, as
@@ -152,20 +134,14 @@ mod tests {
 
     #[test]
     fn github_length_counts_rails_escapes() {
-        assert_eq!(
-            github_json_len(&json!({"a": "<&>"})),
-            "{\"a\":\"<&>\"}".len() + 15
-        );
+        assert_eq!(github_json_len(&json!({"a": "<&>"})), "{\"a\":\"<&>\"}".len() + 15);
         assert_eq!(github_json_len(&json!({"a": "é"})), 9);
     }
 
     #[test]
     fn blob_sha_matches_git() {
         // `printf 'hello\n' | git hash-object --stdin`
-        assert_eq!(
-            git_blob_sha(b"hello\n"),
-            "ce013625030ba8dba906f756967f9e9ca394464a"
-        );
+        assert_eq!(git_blob_sha(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
     }
 
     #[test]
