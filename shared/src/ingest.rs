@@ -230,6 +230,83 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::{BlobError, QueueError, QueueSide, ReceivedMessage, SystemClock};
+    use async_trait::async_trait;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    /// A queue that is down, and a blob store that is down.
+    struct Down;
+
+    #[async_trait]
+    impl EventQueue for Down {
+        fn max_message_bytes(&self) -> usize {
+            262_144
+        }
+        async fn send(&self, _: &str) -> Result<String, QueueError> {
+            Err(QueueError::Unavailable("connection refused".into()))
+        }
+        async fn receive(
+            &self,
+            _: QueueSide,
+            _: usize,
+            _: Duration,
+            _: Duration,
+        ) -> Result<Vec<ReceivedMessage>, QueueError> {
+            unreachable!()
+        }
+        async fn delete(&self, _: QueueSide, _: &str) -> Result<(), QueueError> {
+            unreachable!()
+        }
+        async fn change_visibility(&self, _: QueueSide, _: &str, _: Duration) -> Result<(), QueueError> {
+            unreachable!()
+        }
+        async fn dead_letter(&self, _: &ReceivedMessage, _: &str) -> Result<(), QueueError> {
+            unreachable!()
+        }
+        async fn depth(&self, _: QueueSide) -> Result<u64, QueueError> {
+            unreachable!()
+        }
+    }
+
+    #[async_trait]
+    impl BlobStore for Down {
+        async fn put(&self, _: &str, _: &[u8]) -> Result<(), BlobError> {
+            Err(BlobError::Unavailable("throttled".into()))
+        }
+        async fn get(&self, _: &str) -> Result<Vec<u8>, BlobError> {
+            unreachable!()
+        }
+    }
+
+    async fn answer_of(max_body_bytes: usize, body: Vec<u8>) -> u16 {
+        let secret = WebhookSecret::new("s");
+        let app = router(Arc::new(IngestState {
+            secret: secret.clone(),
+            upstream: RepoFullName::parse("Codertocat/Hello-World").unwrap(),
+            queue: Arc::new(Down),
+            blobs: Arc::new(Down),
+            clock: Arc::new(SystemClock),
+            max_body_bytes,
+        }));
+        let req = http::Request::post("/github/webhook")
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", "d-1")
+            .header("x-hub-signature-256", secret.sign(&body))
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        app.oneshot(req).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn over_the_size_limit_is_413_and_a_queue_outage_is_503() {
+        assert_eq!(answer_of(1000, OPENED.as_bytes().to_vec()).await, 413);
+        assert_eq!(answer_of(DEFAULT_MAX_BODY_BYTES, OPENED.as_bytes().to_vec()).await, 503);
+        // Too big for one message and the claim-check store is down: 503 too, never dropped.
+        let mut big: serde_json::Value = serde_json::from_str(OPENED).unwrap();
+        big["pull_request"]["body"] = serde_json::Value::String("x".repeat(300_000));
+        assert_eq!(answer_of(DEFAULT_MAX_BODY_BYTES, serde_json::to_vec(&big).unwrap()).await, 503);
+    }
 
     const OPENED: &str = include_str!("../../fixtures/webhooks/pull_request.opened.json");
 

@@ -213,3 +213,36 @@ async fn ignored_events_answer_200_and_dispatch_nothing() {
     assert_eq!(relay.queue.depth(QueueSide::Source).await.unwrap(), 0);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn allowlist_is_read_from_github_and_the_last_good_one_is_kept_when_a_reload_fails() {
+    use crcr_shared::allowlist::{AllowlistProvider, AllowlistSource};
+    use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
+    use std::sync::Arc;
+    let gh = standin().await;
+    gh.install("pytorch/pytorch");
+    gh.put_file("pytorch/pytorch", ".github/allowlist.yml", "main", PYTORCH_ALLOWLIST.as_bytes());
+    let client =
+        Arc::new(GitHubAppClient::new(GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url())).unwrap());
+    let source =
+        AllowlistSource::from_url("https://github.com/pytorch/pytorch/blob/main/.github/allowlist.yml").unwrap();
+    let provider = AllowlistProvider::new(source, Duration::ZERO, Some(client));
+    let first = provider.current().await.unwrap();
+    assert_eq!(first.entries().len(), 10);
+    // A broken edit lands upstream: the relay keeps serving the last good allowlist.
+    gh.put_file("pytorch/pytorch", ".github/allowlist.yml", "main", b"L1: [org/a, org/a]\n");
+    let second = provider.current().await.unwrap();
+    assert_eq!(second.version(), first.version());
+    assert_eq!(provider.refresh_failures(), 1);
+    let reads: Vec<_> = gh
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/repos/pytorch/pytorch/contents/"))
+        .map(|r| (r.status, r.auth))
+        .collect();
+    assert_eq!(reads.len(), 2);
+    assert!(
+        reads.iter().all(|(s, a)| *s == 200 && *a == crcr_shared::standin::AuthKind::InstallationToken),
+        "{reads:?}"
+    );
+}
