@@ -12,6 +12,7 @@ pub mod domain;
 pub mod embedded;
 pub mod github;
 pub mod ingest;
+pub mod lifecycle;
 pub mod message;
 pub mod ports;
 pub mod signature;

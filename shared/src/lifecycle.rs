@@ -1,0 +1,176 @@
+//! Downstream job lifecycle (CONTRACTS.md "Callback input"): per
+//! (delivery id, repository, run_id, run_attempt, job_name) a job moves
+//! DISPATCHED (the dispatch record) → IN_PROGRESS → COMPLETED, never
+//! backwards. Each state change writes, in the same atomic write, a HUD
+//! outbox item (CONTRACTS.md "HUD output"): the outbox is what HUD sync
+//! sends, so no result is lost between the state change and HUD.
+//!
+//! A re-run (`run_attempt` + 1) is a new key and starts its own lifecycle.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::ports::StoreError;
+
+/// Identity of one downstream job run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobKey {
+    pub delivery_id: DeliveryId,
+    pub repo: RepoFullName,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub job_name: String,
+}
+
+impl JobKey {
+    /// Stable text form, used as a storage sort key:
+    /// `<repo key>|<run_id>|<run_attempt>|<job_name>`.
+    pub fn sort_key(&self) -> String {
+        format!("{}|{}|{}|{}", self.repo.key(), self.run_id, self.run_attempt, self.job_name)
+    }
+}
+
+/// Lifecycle state after DISPATCHED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    InProgress,
+    Completed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::InProgress => "in_progress",
+            JobState::Completed => "completed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "in_progress" => Some(Self::InProgress),
+            "completed" => Some(Self::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// A job's stored state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub key: JobKey,
+    pub state: JobState,
+    pub level: Level,
+    /// When the relay dispatched the event (ms since epoch), if it did
+    /// (`nightly` / `periodic` jobs have no dispatch).
+    pub dispatched_at_ms: Option<i64>,
+    pub in_progress_at_ms: Option<i64>,
+    pub completed_at_ms: Option<i64>,
+    /// GitHub check-run conclusion, when completed.
+    pub conclusion: Option<String>,
+    /// Seconds from DISPATCHED to IN_PROGRESS; `None` when a side is unknown.
+    pub queue_time_s: Option<f64>,
+    /// Seconds from IN_PROGRESS to COMPLETED; `None` when a side is unknown.
+    pub execution_time_s: Option<f64>,
+    pub workflow_name: Option<String>,
+    pub url: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// HUD sync state of an outbox item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HudSync {
+    /// Not yet accepted by HUD (never tried, or 5xx / timeout so far).
+    Pending,
+    /// HUD answered 2xx: never sent again.
+    Sent,
+    /// HUD answered 4xx: the record is bad; kept with HUD's answer.
+    Rejected,
+}
+
+impl HudSync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HudSync::Pending => "pending",
+            HudSync::Sent => "sent",
+            HudSync::Rejected => "rejected",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "sent" => Some(Self::Sent),
+            "rejected" => Some(Self::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// One HUD record to deliver (`POST <HUD>/crcr/results`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// `<delivery id>|<job sort key>|<state>`: one item per state change.
+    pub id: String,
+    pub delivery_id: DeliveryId,
+    /// The exact JSON body HUD receives.
+    pub body: Value,
+    pub sync: HudSync,
+    pub attempts: u32,
+    /// HUD's last answer or the transport error.
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl OutboxItem {
+    pub fn id_for(key: &JobKey, state: JobState) -> String {
+        format!("{}|{}|{}", key.delivery_id, key.sort_key(), state.as_str())
+    }
+}
+
+/// A callback that broke the lifecycle contract, kept for `crcr trace`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub delivery_id: DeliveryId,
+    pub repo: RepoFullName,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// Durable job lifecycle + HUD outbox. Writes are conditional so duplicates
+/// and out-of-order callbacks never move a job backwards.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError>;
+    /// Writes `record` (its `state` is the new state) and `outbox` in one
+    /// atomic write, only if the job's stored state is `expected` (`None` =
+    /// no job yet). Returns `false`, changing nothing, when it is not.
+    async fn transition(
+        &self,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+    ) -> Result<bool, StoreError>;
+    async fn record_violation(&self, violation: &Violation) -> Result<(), StoreError>;
+    /// Jobs of one delivery, ordered by sort key.
+    async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError>;
+    async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError>;
+    /// Outbox items of one delivery, oldest first.
+    async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Up to `limit` pending outbox items, oldest first.
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Records one delivery attempt's result; `sync` Sent / Rejected are final
+    /// (a later call does not change a final item).
+    async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
+    /// IN_PROGRESS jobs last changed before `before_ms` (for the timeout sweep).
+    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+}
+
+/// `queue_time` / `execution_time` in seconds from two instants (ms); `None`
+/// when a side is unknown; never negative (clock skew between downstream
+/// and relay clamps to 0).
+pub fn seconds_between(from_ms: Option<i64>, to_ms: Option<i64>) -> Option<f64> {
+    Some(((to_ms? - from_ms?).max(0) as f64) / 1000.0)
+}
