@@ -7,6 +7,7 @@
 //! connection behind a mutex; each call is one short transaction.
 
 mod blobs;
+mod jobs;
 mod queue;
 mod store;
 
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 pub use blobs::SqliteBlobStore;
+pub use jobs::SqliteJobStore;
 pub use queue::SqliteQueue;
 pub use store::SqliteDispatchStore;
 
@@ -82,6 +84,7 @@ impl Db {
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(jobs::SCHEMA).map_err(unavailable)?;
         let conn = Arc::new(Mutex::new(conn));
         checkpointer(path.to_owned(), Arc::downgrade(&conn))?;
         Ok(Db { conn, sent: Arc::new(tokio::sync::Notify::new()) })
