@@ -4,6 +4,7 @@
 //! DynamoDB for AWS, GitHub through octocrab.
 
 pub mod allowlist;
+pub mod callback;
 pub mod aws;
 pub mod client_payload;
 pub mod config;
