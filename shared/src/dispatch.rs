@@ -196,6 +196,11 @@ impl Dispatcher {
     pub async fn process(&self, body: &str) -> MessageOutcome {
         let msg = match QueueMessage::decode(body) {
             Ok(QueueMessage::DispatchV1(m)) => m,
+            Ok(QueueMessage::CallbackV1(_)) => {
+                return MessageOutcome::Poison {
+                    reason: "a callback_v1 message does not belong on the dispatch queue".into(),
+                }
+            }
             Err(e) => return MessageOutcome::Poison { reason: e.to_string() },
         };
         let span = tracing::info_span!("delivery", delivery_id = %msg.delivery_id, event = %msg.event,

@@ -125,11 +125,11 @@ impl EmbeddedRelay {
     }
 }
 
-/// The dispatcher worker loop; returns when `stop` turns true and in-flight
+/// A queue worker loop (dispatcher or reconciler); returns when `stop` turns true and in-flight
 /// messages are done.
 pub async fn run_workers(
     queue: Arc<dyn EventQueue>,
-    dispatcher: Arc<Dispatcher>,
+    dispatcher: Arc<dyn crate::reconcile::MessageHandler>,
     workers: usize,
     visibility: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,

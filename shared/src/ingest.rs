@@ -326,7 +326,7 @@ mod tests {
             .unwrap();
         let Verdict::Enqueue { message, action, .. } = v else { panic!("{v:?}") };
         assert_eq!(action.as_deref(), Some("opened"));
-        let QueueMessage::DispatchV1(m) = QueueMessage::decode(&message).unwrap();
+        let QueueMessage::DispatchV1(m) = QueueMessage::decode(&message).unwrap() else { panic!("not dispatch_v1") };
         assert_eq!(m.delivery_id.as_str(), "72d3162e-cc78-11e3-81ab-4c9367dc0958");
         assert_eq!(m.received_at_ms, 7);
         let PayloadRef::Inline(p) = m.payload else { panic!() };

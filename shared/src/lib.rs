@@ -4,18 +4,23 @@
 //! DynamoDB for AWS, GitHub through octocrab.
 
 pub mod allowlist;
-pub mod callback;
 pub mod aws;
+pub mod callback;
+pub mod callback_route;
 pub mod client_payload;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod embedded;
 pub mod github;
+pub mod hud;
 pub mod ingest;
 pub mod lifecycle;
 pub mod message;
+pub mod oidc;
+pub mod ops;
 pub mod ports;
+pub mod reconcile;
 pub mod signature;
 pub mod sqlite;
 #[cfg(feature = "standin")]

@@ -17,7 +17,26 @@ use crate::domain::DeliveryId;
 /// read and written by hand.)
 #[derive(Debug)]
 pub enum QueueMessage {
+    /// On the dispatch queue: a verified webhook to fan out.
     DispatchV1(DispatchV1),
+    /// On the reconcile queue: an accepted downstream callback.
+    CallbackV1(CallbackV1),
+}
+
+/// An accepted callback (token verified, identity allowed, body valid,
+/// lifecycle plausible at request time), for the reconciler.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CallbackV1 {
+    /// When ingest accepted it (ms since epoch): the relay's own clock, used
+    /// for the trusted timing figures.
+    pub received_at_ms: i64,
+    /// The verified repository (from the OIDC token, never from the body).
+    pub repo: crate::domain::RepoFullName,
+    pub level: crate::domain::Level,
+    /// `github_actions` or `buildkite`.
+    pub issuer: String,
+    /// The callback body exactly as received.
+    pub body: Box<RawValue>,
 }
 
 /// A verified webhook to fan out.
@@ -66,6 +85,9 @@ impl QueueMessage {
             "dispatch_v1" => serde_json::from_str(body)
                 .map(QueueMessage::DispatchV1)
                 .map_err(|error| DecodeError::Malformed { ty, error }),
+            "callback_v1" => serde_json::from_str(body)
+                .map(QueueMessage::CallbackV1)
+                .map_err(|error| DecodeError::Malformed { ty, error }),
             _ => Err(DecodeError::UnknownType(ty)),
         }
     }
@@ -74,6 +96,7 @@ impl QueueMessage {
     pub fn encode(&self) -> String {
         let (ty, fields) = match self {
             QueueMessage::DispatchV1(m) => ("dispatch_v1", serde_json::to_string(m)),
+            QueueMessage::CallbackV1(m) => ("callback_v1", serde_json::to_string(m)),
         };
         let fields = fields.expect("queue messages always serialize");
         format!(r#"{{"type":"{ty}",{}"#, &fields[1..])
@@ -101,7 +124,7 @@ mod tests {
         });
         let body = m.encode();
         assert!(body.starts_with(r#"{"type":"dispatch_v1","#), "{body}");
-        let QueueMessage::DispatchV1(back) = QueueMessage::decode(&body).unwrap();
+        let QueueMessage::DispatchV1(back) = QueueMessage::decode(&body).unwrap() else { panic!("not dispatch_v1") };
         let PayloadRef::Inline(p) = back.payload else { panic!("not inline") };
         assert_eq!(p.get(), r#"{"a": 1,  "b":[true]}"#);
     }

@@ -1,0 +1,163 @@
+//! `POST /github/callback`: downstream CI reports a job's state with an OIDC
+//! token (`Authorization: Bearer <JWT>`). Answers:
+//! - 401 bad token (signature, algorithm, issuer, audience, time, replayed `jti`);
+//! - 403 identity not allowed (not allowlisted, L1, unmapped Buildkite pipeline);
+//! - 429 over the per-repository rate limit (default 100/min), with `Retry-After`;
+//! - 400 a body that breaks the schema (the error names the field);
+//! - 409 a lifecycle violation knowable now (never dispatched there, repeated
+//!   `in_progress`, `completed` without `in_progress`, repeated `completed`);
+//! - 202 durably enqueued for the reconciler; 503 when the queue or store is down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::allowlist::AllowlistProvider;
+use crate::callback;
+use crate::domain::Level;
+use crate::lifecycle::JobStore;
+use crate::message::{CallbackV1, QueueMessage};
+use crate::oidc::{bearer_token, body_digest, OidcVerifier};
+use crate::ports::{Clock, DispatchStore, EventQueue, StoreError};
+
+/// Callback bodies are small (a client_payload is at most 65,535 characters).
+pub const MAX_CALLBACK_BYTES: usize = 1024 * 1024;
+
+/// Per-repository callback rate limit.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Counts one callback of `repo` at `now_ms`; `Some(wait)` when over the limit.
+    async fn hit(&self, repo: &str, now_ms: i64) -> Result<Option<Duration>, StoreError>;
+}
+
+/// Fixed one-minute windows in this process: right for `crcr serve` (one
+/// process); Lambda instances need a shared counter.
+pub struct InMemoryRateLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<String, (i64, u32)>>,
+}
+
+impl InMemoryRateLimiter {
+    pub fn new(per_minute: u32) -> Self {
+        Self { per_minute, windows: Mutex::new(HashMap::new()) }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for InMemoryRateLimiter {
+    async fn hit(&self, repo: &str, now_ms: i64) -> Result<Option<Duration>, StoreError> {
+        let window = now_ms / 60_000;
+        let mut w = self.windows.lock().expect("rate limiter lock");
+        w.retain(|_, (win, _)| *win >= window);
+        let e = w.entry(repo.to_owned()).or_insert((window, 0));
+        e.1 += 1;
+        Ok((e.1 > self.per_minute).then(|| Duration::from_millis((60_000 - now_ms % 60_000) as u64)))
+    }
+}
+
+/// What the callback route needs.
+pub struct CallbackState {
+    pub verifier: Arc<OidcVerifier>,
+    pub allowlist: Arc<AllowlistProvider>,
+    pub dispatches: Arc<dyn DispatchStore>,
+    pub jobs: Arc<dyn JobStore>,
+    /// The reconcile queue.
+    pub queue: Arc<dyn EventQueue>,
+    pub rate: Arc<dyn RateLimiter>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// `POST /github/callback`.
+pub fn router(state: Arc<CallbackState>) -> Router {
+    Router::new()
+        .route("/github/callback", post(callback))
+        .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
+        .with_state(state)
+}
+
+fn answer(status: StatusCode, error: &str, reason: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": error, "reason": reason.to_string()}))).into_response()
+}
+
+async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let reject = |status: StatusCode, code: &'static str, reason: String| {
+        tracing::warn!(%reason, code, metric = "callback_rejections", "callback refused");
+        answer(status, code, reason)
+    };
+    let token = match bearer_token(headers.get(http::header::AUTHORIZATION)) {
+        Ok(t) => t,
+        Err(e) => return reject(e.status(), e.code(), e.to_string()),
+    };
+    let identity = match st.verifier.verify(token, &body_digest(&body)).await {
+        Ok(i) => i,
+        Err(e) => return reject(e.status(), e.code(), e.to_string()),
+    };
+    let repo = identity.repo.clone();
+    let allowlist = match st.allowlist.current().await {
+        Ok(a) => a,
+        Err(e) => return reject(StatusCode::SERVICE_UNAVAILABLE, "allowlist_unavailable", e.to_string()),
+    };
+    let level = match allowlist.get(&repo) {
+        None => return reject(StatusCode::FORBIDDEN, "not_allowlisted", format!("{repo} is not in the allowlist")),
+        Some(e) if e.level < Level::L2 => {
+            return reject(
+                StatusCode::FORBIDDEN,
+                "level",
+                format!("{repo} is {}: callbacks need L2 or higher", e.level),
+            )
+        }
+        Some(e) => e.level,
+    };
+    match st.rate.hit(repo.key(), st.clock.now_ms()).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            let mut res = reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("{repo} is over its callback rate limit"),
+            );
+            res.headers_mut().insert("retry-after", wait.as_secs().max(1).into());
+            return res;
+        }
+        Err(e) => return reject(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
+    let cb = match callback::parse(&body) {
+        Ok((cb, _)) => cb,
+        Err(e) => return reject(StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
+    };
+    match callback::precheck(&cb, &repo, st.dispatches.as_ref(), st.jobs.as_ref()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return reject(StatusCode::CONFLICT, "lifecycle", reason),
+        Err(e) => return reject(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
+    let raw = match std::str::from_utf8(&body).ok().and_then(|s| RawValue::from_string(s.to_owned()).ok()) {
+        Some(r) => r,
+        None => return reject(StatusCode::BAD_REQUEST, "bad_body", "body is not UTF-8 JSON".into()),
+    };
+    let message = QueueMessage::CallbackV1(CallbackV1 {
+        received_at_ms: st.clock.now_ms(),
+        repo: repo.clone(),
+        level,
+        issuer: identity.issuer.as_str().to_owned(),
+        body: raw,
+    });
+    match st.queue.send(&message.encode()).await {
+        Ok(message_id) => {
+            tracing::info!(delivery_id = %cb.delivery_id, %repo, status = cb.status.as_str(), run_id = cb.run_id,
+                job = %cb.job_name, metric = "callbacks", outcome = "accepted", "callback accepted");
+            (StatusCode::ACCEPTED, Json(json!({"delivery_id": cb.delivery_id, "message_id": message_id})))
+                .into_response()
+        }
+        Err(e) => reject(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string()),
+    }
+}
