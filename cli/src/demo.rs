@@ -128,6 +128,7 @@ pub async fn run() -> anyhow::Result<bool> {
         allowlist_ttl: Duration::from_secs(300),
         max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
         dispatcher: DispatcherSettings { requeue_base_delay: Duration::from_millis(500), ..Default::default() },
+        callbacks: Default::default(),
     };
     let emb = EmbeddedConfig {
         listen: "127.0.0.1:0".parse()?,

@@ -108,6 +108,94 @@ impl IngestConfig {
     }
 }
 
+/// Callbacks, the reconciler and HUD sync.
+pub struct CallbackConfig {
+    pub oidc: crate::oidc::OidcConfig,
+    /// HUD API base URL and bot key; `None`: records wait in the outbox.
+    pub hud: Option<(String, SecretString)>,
+    pub rate_per_min: u32,
+    pub reconciler: crate::reconcile::ReconcilerSettings,
+    /// How often the sweep (timeouts + HUD sync) runs in `crcr serve`.
+    pub sweep_interval: Duration,
+}
+
+impl std::fmt::Debug for CallbackConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackConfig")
+            .field("oidc", &self.oidc)
+            .field("hud_url", &self.hud.as_ref().map(|h| &h.0))
+            .field("rate_per_min", &self.rate_per_min)
+            .field("reconciler", &self.reconciler)
+            .finish()
+    }
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        Self {
+            oidc: Default::default(),
+            hud: None,
+            rate_per_min: 100,
+            reconciler: Default::default(),
+            sweep_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl CallbackConfig {
+    /// `CRCR_OIDC_AUDIENCE`, `CRCR_OIDC_GITHUB_ISSUER` / `_JWKS_URL`,
+    /// `CRCR_OIDC_BUILDKITE_ISSUER` / `_JWKS_URL`, `CRCR_BUILDKITE_PIPELINES_FILE`
+    /// (JSON `{"<org id>/<pipeline id>": {"repo": "o/r", "required_claims": {..}}}`),
+    /// `CRCR_HUD_URL`, `CRCR_HUD_BOT_KEY` / `_FILE`, `CRCR_CALLBACK_RATE_PER_MIN`,
+    /// `CRCR_JOB_TIMEOUT_SECS`, `CRCR_SWEEP_INTERVAL_SECS`.
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        use crate::oidc::TrustAnchor;
+        let d = Self::default();
+        let mut oidc = d.oidc.clone();
+        if let Some(a) = env.opt("CRCR_OIDC_AUDIENCE") {
+            oidc.audience = a;
+        }
+        let anchor = |issuer_key: &str, jwks_key: &str, default: Option<TrustAnchor>| -> Option<TrustAnchor> {
+            let mut a = match env.opt(issuer_key) {
+                Some(i) => TrustAnchor::new(i),
+                None => default?,
+            };
+            if let Some(j) = env.opt(jwks_key) {
+                a.jwks_url = j;
+            }
+            Some(a)
+        };
+        oidc.github_actions = anchor("CRCR_OIDC_GITHUB_ISSUER", "CRCR_OIDC_GITHUB_JWKS_URL", oidc.github_actions);
+        oidc.buildkite = anchor("CRCR_OIDC_BUILDKITE_ISSUER", "CRCR_OIDC_BUILDKITE_JWKS_URL", oidc.buildkite);
+        if let Some(path) = env.opt("CRCR_BUILDKITE_PIPELINES_FILE") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| err("CRCR_BUILDKITE_PIPELINES_FILE", format!("cannot read {path}: {e}")))?;
+            oidc.buildkite_pipelines = serde_json::from_str(&text)
+                .map_err(|e| err("CRCR_BUILDKITE_PIPELINES_FILE", format!("{path} is not a pipeline map: {e}")))?;
+        }
+        let hud = match env.opt("CRCR_HUD_URL") {
+            None => None,
+            Some(url) => {
+                crate::hud::HudClient::new(&url, SecretString::from(String::new()))
+                    .map_err(|e| err("CRCR_HUD_URL", e.to_string()))?;
+                Some((url, env.secret("CRCR_HUD_BOT_KEY")?))
+            }
+        };
+        let rate_per_min = env.parsed("CRCR_CALLBACK_RATE_PER_MIN", d.rate_per_min)?;
+        if rate_per_min == 0 {
+            return Err(err("CRCR_CALLBACK_RATE_PER_MIN", "must be at least 1"));
+        }
+        let reconciler = crate::reconcile::ReconcilerSettings {
+            job_timeout: Duration::from_secs(env.parsed("CRCR_JOB_TIMEOUT_SECS", d.reconciler.job_timeout.as_secs())?),
+            max_receive_count: env.parsed("CRCR_MAX_RECEIVE_COUNT", d.reconciler.max_receive_count)?,
+            ..d.reconciler
+        };
+        let sweep_interval =
+            Duration::from_secs_f64(env.parsed("CRCR_SWEEP_INTERVAL_SECS", d.sweep_interval.as_secs_f64())?);
+        Ok(Self { oidc, hud, rate_per_min, reconciler, sweep_interval })
+    }
+}
+
 /// Settings every runtime (Lambda or `crcr serve`) shares.
 pub struct RelayConfig {
     pub upstream: RepoFullName,
@@ -117,6 +205,7 @@ pub struct RelayConfig {
     pub allowlist_ttl: Duration,
     pub max_body_bytes: usize,
     pub dispatcher: DispatcherSettings,
+    pub callbacks: CallbackConfig,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -127,6 +216,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("github", &self.github)
             .field("allowlist", &self.allowlist)
             .field("dispatcher", &self.dispatcher)
+            .field("callbacks", &self.callbacks)
             .finish()
     }
 }
@@ -187,6 +277,7 @@ impl RelayConfig {
             allowlist_ttl: Duration::from_secs(env.parsed("CRCR_ALLOWLIST_TTL_SECS", 300)?),
             max_body_bytes: env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?,
             dispatcher,
+            callbacks: CallbackConfig::from_env(env)?,
         })
     }
 }

@@ -21,7 +21,7 @@ use crate::dispatch::Dispatcher;
 use crate::github::{GitHubAppClient, GitHubConfigError};
 use crate::ingest::{self, IngestState};
 use crate::ports::{EventQueue, GitHubApp, QueueSide, StoreError, SystemClock};
-use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteQueue};
+use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteJobStore, SqliteQueue};
 
 /// Start-up failures of the embedded relay.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,10 @@ pub enum EmbeddedError {
     Database(#[from] StoreError),
     #[error(transparent)]
     GitHub(#[from] GitHubConfigError),
+    #[error("OIDC: {0}")]
+    Oidc(String),
+    #[error(transparent)]
+    Hud(#[from] crate::hud::HudUrlError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     #[error("CRCR_VISIBILITY_TIMEOUT_SECS ({visibility:?}) must be longer than CRCR_RETRY_BUDGET_SECS ({budget:?}): otherwise a message still being retried reappears and is taken by a second worker")]
@@ -42,6 +46,10 @@ pub struct EmbeddedRelay {
     pub queue: Arc<SqliteQueue>,
     pub store: Arc<SqliteDispatchStore>,
     pub dispatcher: Arc<Dispatcher>,
+    pub reconcile_queue: Arc<SqliteQueue>,
+    pub jobs: Arc<SqliteJobStore>,
+    pub reconciler: Arc<crate::reconcile::Reconciler>,
+    pub sweep_interval: Duration,
     pub router: Router,
     pub workers: usize,
     pub visibility_timeout: Duration,
@@ -81,6 +89,34 @@ impl EmbeddedRelay {
             clock: Arc::new(SystemClock),
             settings: cfg.dispatcher.clone(),
         });
+        let clock: Arc<dyn crate::ports::Clock> = Arc::new(SystemClock);
+        let reconcile_queue =
+            Arc::new(SqliteQueue::new(db.clone(), "reconcile", cfg.callbacks.reconciler.max_receive_count));
+        let jobs = Arc::new(SqliteJobStore::new(db.clone()));
+        let fetcher = crate::oidc::OctocrabJwksFetcher::new(Duration::from_secs(5))
+            .map_err(|e| EmbeddedError::Oidc(e.to_string()))?;
+        let verifier = crate::oidc::OidcVerifier::new(cfg.callbacks.oidc.clone(), Arc::new(fetcher), clock.clone())
+            .map_err(|e| EmbeddedError::Oidc(e.to_string()))?;
+        let hud: Arc<dyn crate::hud::Hud> = match &cfg.callbacks.hud {
+            Some((url, key)) => Arc::new(crate::hud::HudClient::new(url, key.clone())?),
+            None => Arc::new(crate::hud::NoHud),
+        };
+        let reconciler = Arc::new(crate::reconcile::Reconciler {
+            dispatches: store.clone(),
+            jobs: jobs.clone(),
+            hud,
+            clock: clock.clone(),
+            settings: cfg.callbacks.reconciler.clone(),
+        });
+        let callbacks = crate::callback_route::router(Arc::new(crate::callback_route::CallbackState {
+            verifier: Arc::new(verifier),
+            allowlist: dispatcher.allowlist.clone(),
+            dispatches: store.clone(),
+            jobs: jobs.clone(),
+            queue: reconcile_queue.clone(),
+            rate: Arc::new(crate::callback_route::InMemoryRateLimiter::new(cfg.callbacks.rate_per_min)),
+            clock,
+        }));
         let router = ingest::router(Arc::new(IngestState {
             secret: cfg.webhook_secret.clone(),
             upstream: cfg.upstream.clone(),
@@ -88,12 +124,17 @@ impl EmbeddedRelay {
             blobs,
             clock: Arc::new(SystemClock),
             max_body_bytes: cfg.max_body_bytes,
-        }));
+        }))
+        .merge(callbacks);
         Ok(Self {
             db,
             queue,
             store,
             dispatcher,
+            reconcile_queue,
+            jobs,
+            reconciler,
+            sweep_interval: cfg.callbacks.sweep_interval,
             router,
             workers: emb.workers,
             visibility_timeout: emb.visibility_timeout,
@@ -115,13 +156,53 @@ impl EmbeddedRelay {
             self.visibility_timeout,
             stop_rx,
         ));
+        let reconcile_workers = tokio::spawn(run_workers(
+            self.reconcile_queue.clone(),
+            self.reconciler.clone(),
+            4,
+            self.visibility_timeout,
+            stop_tx.subscribe(),
+        ));
+        let sweeper = tokio::spawn(run_sweeps(self.reconciler.clone(), self.sweep_interval, stop_tx.subscribe()));
         let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
         server.await?;
         let _ = workers.await;
+        let _ = reconcile_workers.await;
+        let _ = sweeper.await;
         Ok(())
+    }
+}
+
+/// Runs the reconciler's sweep (timeouts, HUD outbox) every `interval`
+/// until `stop` turns true. One sweeper per process, so an outbox item is
+/// never sent by two senders at once.
+pub async fn run_sweeps(
+    reconciler: Arc<crate::reconcile::Reconciler>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        match reconciler.sweep().await {
+            Ok((0, r)) if r == Default::default() => {}
+            Ok((timed_out, r)) => tracing::info!(
+                timed_out,
+                hud_sent = r.sent,
+                hud_rejected = r.rejected,
+                hud_pending = r.still_pending,
+                metric = "hud_sync",
+                "sweep"
+            ),
+            Err(e) => tracing::error!(error = %e, "sweep failed; retrying next interval"),
+        }
     }
 }
 

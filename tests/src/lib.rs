@@ -2,6 +2,8 @@
 //! in a temp dir) in this process, a GitHub stand-in, signed deliveries of
 //! the real fixtures, and waiting until a delivery is settled.
 
+pub mod issuer;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +67,18 @@ impl Relay {
         dir: Option<PathBuf>,
         secret: &str,
     ) -> Relay {
+        Self::start_with(gh, allowlist, settings, dir, secret, Default::default()).await
+    }
+
+    /// [`Relay::start`] with callback / reconciler / HUD settings.
+    pub async fn start_with(
+        gh: &StandIn,
+        allowlist: &str,
+        settings: DispatcherSettings,
+        dir: Option<PathBuf>,
+        secret: &str,
+        callbacks: crcr_shared::config::CallbackConfig,
+    ) -> Relay {
         let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("crcr-e2e-{}", uuid())));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let allowlist_path = dir.join("allowlist.yml");
@@ -78,6 +92,7 @@ impl Relay {
             allowlist_ttl: Duration::from_secs(300),
             max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
             dispatcher: settings,
+            callbacks,
         };
         let emb = EmbeddedConfig {
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -1,0 +1,211 @@
+//! Callbacks end to end through the relay on the embedded default: a local
+//! OIDC issuer (real RSA key, JWKS), the GitHub stand-in, and a local HUD.
+//! Downstream jobs report in_progress then completed; HUD receives both
+//! records with the relay's own timings; forged, unauthorised, duplicate,
+//! out-of-order and malformed callbacks change nothing; HUD outages lose
+//! nothing and send nothing twice; stale jobs time out.
+
+use std::time::Duration;
+
+use crcr_shared::config::CallbackConfig;
+use crcr_shared::domain::DeliveryId;
+use crcr_shared::lifecycle::{HudSync, JobState, JobStore};
+use crcr_shared::oidc::TrustAnchor;
+use crcr_shared::reconcile::ReconcilerSettings;
+use crcr_shared::sqlite::SqliteJobStore;
+use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_tests::issuer::{Hud, Issuer};
+use crcr_tests::*;
+use serde_json::{json, Value};
+
+const ALLOWLIST: &str = "L1:\n  - org1/one\nL2:\n  - org2/two\nL3:\n  gpu:\n    org3/three: [alice]\n";
+
+struct World {
+    gh: StandIn,
+    issuer: Issuer,
+    hud: Hud,
+    relay: Relay,
+    delivery: String,
+}
+
+async fn world(job_timeout: Duration) -> World {
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    for r in ["org1/one", "org2/two", "org3/three"] {
+        gh.install(r);
+    }
+    let issuer = Issuer::start().await;
+    let hud = Hud::start().await;
+    let mut callbacks = CallbackConfig::default();
+    callbacks.oidc.github_actions = Some(TrustAnchor::new(issuer.url.clone()));
+    callbacks.oidc.buildkite = None;
+    callbacks.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
+    callbacks.sweep_interval = Duration::from_millis(200);
+    callbacks.reconciler = ReconcilerSettings { job_timeout, ..Default::default() };
+    let relay = Relay::start_with(&gh, ALLOWLIST, test_settings(), None, "s", callbacks).await;
+    let delivery = uuid();
+    assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
+    relay.settled(&delivery, Duration::from_secs(20)).await;
+    World { gh, issuer, hud, relay, delivery }
+}
+
+fn body(delivery: &str, status: &str, conclusion: Option<&str>, attempt: u32) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_type": "push", "delivery_id": delivery, "payload": {"ref": "refs/heads/main"},
+        "workflow": {"schema_version": "1", "status": status, "conclusion": conclusion, "name": "CI",
+            "url": "https://github.com/org2/two/actions/runs/123", "run_id": "123", "run_attempt": attempt.to_string(),
+            "job_name": "build", "check_run_id": "456", "started_at": null, "completed_at": null}
+    }))
+    .unwrap()
+}
+
+async fn call(w: &World, token: &str, body: &[u8]) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/github/callback", w.relay.url))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn jobs(w: &World) -> SqliteJobStore {
+    SqliteJobStore::new(w.relay.db())
+}
+
+#[tokio::test]
+async fn in_progress_then_completed_reaches_hud_with_trusted_figures() {
+    let w = world(Duration::from_secs(6 * 3600)).await;
+    let started = body(&w.delivery, "in_progress", None, 1);
+    let (s, a) = call(&w, &w.issuer.token("org2/two", "22"), &started).await;
+    assert_eq!(s, 202, "{a}");
+    wait_for("the in_progress HUD record", || w.hud.received().len() == 1).await;
+    let done = body(&w.delivery, "completed", Some("success"), 1);
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &done).await.0, 202);
+    wait_for("the completed HUD record", || w.hud.received().len() == 2).await;
+    let got = w.hud.received();
+    assert!(got.iter().all(|(_, key, _)| key == "hud-bot-key"));
+    let (first, second) = (&got[0].2, &got[1].2);
+    assert_eq!(first["trusted"]["verified_repo"], "org2/two");
+    assert_eq!(first["trusted"]["downstream_repo_level"], "L2");
+    assert!(first["trusted"]["ci_metrics"]["queue_time"].as_f64().unwrap() >= 0.0);
+    assert!(first["trusted"]["ci_metrics"]["execution_time"].is_null());
+    assert!(second["trusted"]["ci_metrics"]["execution_time"].as_f64().unwrap() >= 0.0);
+    let sent: Value = serde_json::from_slice(&done).unwrap();
+    assert_eq!(second["untrusted"]["callback_payload"], sent);
+    // Job record: completed with both figures; outbox all sent.
+    let id = DeliveryId::parse(&w.delivery).unwrap();
+    let job = &jobs(&w).jobs(&id).await.unwrap()[0];
+    assert_eq!((job.state, job.conclusion.as_deref()), (JobState::Completed, Some("success")));
+    assert!(jobs(&w).outbox(&id).await.unwrap().iter().all(|o| o.sync == HudSync::Sent));
+
+    // Duplicates and out-of-order: 409 at request time, nothing changes, HUD gets nothing more.
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &started).await.0, 409);
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &done).await.0, 409);
+    // A re-run starts its own lifecycle: completed without in_progress is refused, in_progress accepted.
+    assert_eq!(
+        call(&w, &w.issuer.token("org2/two", "22"), &body(&w.delivery, "completed", Some("failure"), 2)).await.0,
+        409
+    );
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &body(&w.delivery, "in_progress", None, 2)).await.0, 202);
+    wait_for("the re-run's HUD record", || w.hud.received().len() == 3).await;
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn refused_callbacks_change_nothing() {
+    let w = world(Duration::from_secs(6 * 3600)).await;
+    let started = body(&w.delivery, "in_progress", None, 1);
+    let other = Issuer::start().await; // a key the relay does not trust, same claims
+    let forged = other.token("org2/two", "22").replace(&other.url, &w.issuer.url);
+    let cases: Vec<(&str, String, Vec<u8>, u16)> = vec![
+        ("no token", String::new(), started.clone(), 401),
+        ("garbage token", "not.a.jwt".into(), started.clone(), 401),
+        ("token from another issuer", other.token("org2/two", "22"), started.clone(), 401),
+        ("forged signature", forged, started.clone(), 401),
+        ("L1 repository", w.issuer.token("org1/one", "11"), started.clone(), 403),
+        ("repository not in the allowlist", w.issuer.token("evil/repo", "66"), started.clone(), 403),
+        ("never dispatched", w.issuer.token("org2/two", "22"), body(&uuid(), "in_progress", None, 1), 409),
+        ("bad body", w.issuer.token("org2/two", "22"), b"{\"event_type\": \"push\"}".to_vec(), 400),
+        (
+            "completed without in_progress",
+            w.issuer.token("org3/three", "33"),
+            body(&w.delivery, "completed", Some("success"), 1),
+            409,
+        ),
+    ];
+    for (what, token, b, want) in cases {
+        let (s, a) = call(&w, &token, &b).await;
+        assert_eq!(s, want, "{what}: {a}");
+        if want == 400 {
+            assert!(a["reason"].as_str().unwrap().contains("delivery_id"), "{what}: {a}");
+        }
+    }
+    // The same repository name with another repository_id (re-created repo): refused once bound.
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &started).await.0, 202);
+    assert_eq!(
+        call(&w, &w.issuer.token("org2/two", "999"), &body(&w.delivery, "completed", Some("success"), 1)).await.0,
+        403
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let id = DeliveryId::parse(&w.delivery).unwrap();
+    assert_eq!(jobs(&w).jobs(&id).await.unwrap().len(), 1);
+    assert_eq!(w.hud.received().len(), 1);
+    let _ = w.gh;
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn hud_outage_loses_nothing_and_sends_nothing_twice_and_4xx_is_kept_as_rejected() {
+    let w = world(Duration::from_secs(6 * 3600)).await;
+    // GIVEN HUD down for the next 7 calls (each sync pass tries 3 times)
+    w.hud.answer(&[503, 502, 503, 500, 503, 503, 504]);
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &body(&w.delivery, "in_progress", None, 1)).await.0, 202);
+    wait_for("HUD to take the record after its outage", || w.hud.received().iter().any(|r| r.0 == 200)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let got = w.hud.received();
+    assert_eq!(got.iter().filter(|r| r.0 == 200).count(), 1, "sent exactly once after the 2xx");
+    assert_eq!(got.len(), 8);
+    // A 4xx: kept as rejected with HUD's answer, not retried.
+    w.hud.answer(&[422]);
+    assert_eq!(call(&w, &w.issuer.token("org3/three", "33"), &body(&w.delivery, "in_progress", None, 1)).await.0, 202);
+    wait_for("the 422", || w.hud.received().len() == 9).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(w.hud.received().len(), 9, "a rejected record is not resent");
+    let outbox = jobs(&w).outbox(&DeliveryId::parse(&w.delivery).unwrap()).await.unwrap();
+    let rejected: Vec<_> = outbox.iter().filter(|o| o.sync == HudSync::Rejected).collect();
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].last_error.as_deref().unwrap().contains("422"), "{:?}", rejected[0]);
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_left_in_progress_past_the_timeout_is_closed_as_timed_out() {
+    let w = world(Duration::from_secs(1)).await;
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &body(&w.delivery, "in_progress", None, 1)).await.0, 202);
+    wait_for("the timed_out HUD record", || w.hud.received().len() == 2).await;
+    let id = DeliveryId::parse(&w.delivery).unwrap();
+    let job = &jobs(&w).jobs(&id).await.unwrap()[0];
+    assert_eq!((job.state, job.conclusion.as_deref()), (JobState::Completed, Some("timed_out")));
+    assert!(job.execution_time_s.unwrap() >= 1.0);
+    assert_eq!(
+        w.hud.received()[1].2["untrusted"]["callback_payload"]["relay_note"].as_str().map(|s| s.contains("timed_out")),
+        Some(true)
+    );
+    // A late completed callback for it is a violation and changes nothing.
+    assert_eq!(
+        call(&w, &w.issuer.token("org2/two", "22"), &body(&w.delivery, "completed", Some("success"), 1)).await.0,
+        409
+    );
+    w.relay.stop().await;
+}
