@@ -1,8 +1,9 @@
 //! `crcr`: the relay on one machine (`serve`), a self-contained demo
-//! (`demo`), and, later, on-call commands. Wiring only: the behaviour lives
-//! in `crcr-shared`.
+//! (`demo`), and the on-call commands (`dlq`, `status`, `allowlist`).
+//! Wiring only: the behaviour lives in `crcr-shared`.
 
 mod demo;
+mod ops;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -25,6 +26,15 @@ enum Command {
         /// Also print the relay's logs.
         #[arg(long)]
         verbose: bool,
+    },
+    /// Inspect, replay or purge a dead-letter queue (SQLite file, or --aws).
+    Dlq(ops::DlqArgs),
+    /// Queue depths, oldest messages, dispatch outcomes of the last hour, allowlist in use.
+    Status(ops::StatusArgs),
+    /// Review an allowlist (validate, show, diff against the one in use).
+    Allowlist {
+        #[command(subcommand)]
+        command: ops::AllowlistCommand,
     },
 }
 
@@ -64,6 +74,31 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 std::process::exit(1)
             }
+        }
+        // On-call commands: logs only when CRCR_LOG asks for them.
+        Command::Dlq(args) => {
+            init_tracing("off");
+            exit_with(ops::run_dlq(args, &Env::process(), &mut std::io::stdout().lock()).await)
+        }
+        Command::Status(args) => {
+            init_tracing("off");
+            exit_with(ops::run_status(args, &Env::process(), &mut std::io::stdout().lock()).await)
+        }
+        Command::Allowlist { command } => {
+            init_tracing("off");
+            exit_with(ops::run_allowlist(command, &Env::process(), &mut std::io::stdout().lock()).await)
+        }
+    }
+}
+
+/// Ends an on-call command with its exit code (errors: message on stderr, 1).
+fn exit_with(code: anyhow::Result<i32>) -> anyhow::Result<()> {
+    match code {
+        Ok(0) => Ok(()),
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1)
         }
     }
 }

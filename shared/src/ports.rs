@@ -85,6 +85,23 @@ pub struct ReceivedMessage {
     pub dead_letter_reason: Option<String>,
 }
 
+/// What [`EventQueue::stats`] reports about one side of a queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Messages that can be received now (SQS `ApproximateNumberOfMessages`).
+    pub visible: u64,
+    /// Messages received and not yet deleted or released
+    /// (`ApproximateNumberOfMessagesNotVisible`), including ones waiting out a
+    /// retry delay set with `change_visibility`.
+    pub in_flight: u64,
+    /// Messages sent with a delay, not yet receivable (`ApproximateNumberOfMessagesDelayed`).
+    pub delayed: u64,
+    /// When the oldest message on this side was sent (ms since epoch), when
+    /// the adapter can tell without receiving (SQLite: yes; SQS: no, that is
+    /// CloudWatch's `ApproximateAgeOfOldestMessage`).
+    pub oldest_sent_at_ms: Option<i64>,
+}
+
 /// An at-least-once queue with visibility timeout, receive count and a DLQ:
 /// SQS semantics. A message received and not deleted reappears after its
 /// visibility timeout; once received more than `max_receive_count` times it is
@@ -114,6 +131,12 @@ pub trait EventQueue: Send + Sync {
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError>;
     /// Number of messages (visible + in flight) on `side`; approximate on SQS.
     async fn depth(&self, side: QueueSide) -> Result<u64, QueueError>;
+    /// Figures about `side` for on-call tools (`crcr status`). The default
+    /// knows only [`EventQueue::depth`]: everything counted as visible, no
+    /// oldest-message time.
+    async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError> {
+        Ok(QueueStats { visible: self.depth(side).await?, ..QueueStats::default() })
+    }
     /// Redrive: moves up to `limit` messages from the DLQ back to the source
     /// queue, one by one (send to source, then delete from DLQ). Returns how
     /// many moved.
@@ -291,6 +314,28 @@ pub trait DispatchStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// All records of one delivery, ordered by target.
     async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError>;
+    /// Counts of the records last written at or after `since_ms`, by status
+    /// (`crcr status`); `now_ms` tells leases still held from expired ones.
+    /// For on-call tools, not the dispatch path: an adapter may read the whole
+    /// table. The default says the store cannot count.
+    async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {
+        let _ = (since_ms, now_ms);
+        Err(StoreError::Unavailable("this dispatch store cannot count outcomes".into()))
+    }
+}
+
+/// Answer of [`DispatchStore::outcome_counts`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchCounts {
+    /// GitHub answered 204.
+    pub dispatched: u64,
+    /// Failed permanently (404, 422, ...).
+    pub failed: u64,
+    /// Not finished: `in_progress` of them under a live lease (an attempt is
+    /// running), the rest waiting for the message's next receive, on the DLQ,
+    /// or left by an attempt that died.
+    pub pending: u64,
+    pub in_progress: u64,
 }
 
 // ---------------------------------------------------------------- GitHub

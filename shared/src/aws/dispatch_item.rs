@@ -91,7 +91,7 @@ fn opt_s(item: &Item, name: &str) -> Result<Option<String>, StoreError> {
     }
 }
 
-fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
+pub(super) fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
     opt_s(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
 }
 
@@ -103,7 +103,7 @@ fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, Sto
     }
 }
 
-fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T, StoreError> {
+pub(super) fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T, StoreError> {
     opt_n(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
 }
 

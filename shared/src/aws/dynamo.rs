@@ -8,9 +8,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use aws_sdk_dynamodb::Client;
 
 use crate::domain::{DeliveryId, RepoFullName};
-use crate::ports::{AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError};
+use crate::ports::{
+    AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
+};
 
-use super::dispatch_item::{attr, get_u32, key, n, new_item, parse_record, s, Item};
+use super::dispatch_item::{attr, get_n, get_s, get_u32, key, n, new_item, parse_record, s, Item};
 use super::now_epoch_secs;
 
 /// Lifetime of a dispatch record: 30 days (in seconds) after its last write,
@@ -290,6 +292,51 @@ impl DispatchStore for DynamoDispatchStore {
             }
         }
         Ok(out)
+    }
+
+    /// A `Scan` of the whole table, all pages, filtered on
+    /// `updated_at_ms >= since_ms` and projecting `status` and
+    /// `lease_until_ms`: O(table) in read capacity and time (a filter does
+    /// not reduce what DynamoDB reads). Fine for an on-call command run by
+    /// hand; not for anything on the dispatch path. Eventually consistent.
+    async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {
+        let mut counts = DispatchCounts::default();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#updated >= :since")
+                .projection_expression("#status, #lease")
+                .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
+                .expression_attribute_names("#status", attr::STATUS)
+                .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
+                .expression_attribute_values(":since", n(since_ms))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Scan", e))?;
+            for item in page.items.unwrap_or_default() {
+                let status = get_s(&item, attr::STATUS)?;
+                match DispatchStatus::parse(&status) {
+                    Some(DispatchStatus::Dispatched) => counts.dispatched += 1,
+                    Some(DispatchStatus::Failed) => counts.failed += 1,
+                    Some(DispatchStatus::Pending) => {
+                        counts.pending += 1;
+                        if get_n::<i64>(&item, attr::LEASE_UNTIL_MS)? >= now_ms {
+                            counts.in_progress += 1;
+                        }
+                    }
+                    None => return Err(StoreError::Corrupt(format!("dispatch status {status:?}"))),
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(counts)
     }
 }
 

@@ -8,7 +8,7 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
-use crate::ports::{EventQueue, QueueError, QueueSide, ReceivedMessage};
+use crate::ports::{EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage};
 
 /// Largest message body the adapter sends, in bytes: 262,144 (256 KiB).
 ///
@@ -259,6 +259,40 @@ impl EventQueue for SqsQueue {
         };
         Ok(get(&QueueAttributeName::ApproximateNumberOfMessages)?
             + get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?)
+    }
+
+    /// `GetQueueAttributes`: `ApproximateNumberOfMessages`,
+    /// `ApproximateNumberOfMessagesNotVisible` and
+    /// `ApproximateNumberOfMessagesDelayed` (approximate, like
+    /// [`EventQueue::depth`]). The age of the oldest message is not an SQS
+    /// queue attribute (it is the CloudWatch metric
+    /// `ApproximateAgeOfOldestMessage`): `oldest_sent_at_ms` is `None`.
+    async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(self.url(side))
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetQueueAttributes", e))?;
+        let attrs = out.attributes.unwrap_or_default();
+        let get = |k: QueueAttributeName| -> Result<u64, QueueError> {
+            match attrs.get(&k) {
+                None => Ok(0),
+                Some(v) => v
+                    .parse::<u64>()
+                    .map_err(|_| QueueError::Unavailable(format!("SQS returned {k:?} = {v:?}, not a number"))),
+            }
+        };
+        Ok(QueueStats {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages)?,
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?,
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed)?,
+            oldest_sent_at_ms: None,
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Db;
-use crate::ports::{Clock, EventQueue, QueueError, QueueSide, ReceivedMessage, SystemClock};
+use crate::ports::{Clock, EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage, SystemClock};
 
 /// Same limit as SQS (262,144 bytes), so the embedded default exercises the
 /// claim-check path exactly where AWS would.
@@ -222,6 +222,28 @@ impl EventQueue for SqliteQueue {
                 r.get::<_, i64>(0)
             })
             .map(|n| n as u64)
+            .map_err(unavailable)
+    }
+
+    /// Exact figures from one query: visible (`visible_at_ms` reached),
+    /// in flight (hidden; the embedded queue has no delayed sends, so
+    /// `delayed` is 0) and the oldest `sent_at_ms`.
+    async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError> {
+        self.db
+            .lock()
+            .query_row(
+                "SELECT COALESCE(SUM(visible_at_ms <= ?2), 0), COALESCE(SUM(visible_at_ms > ?2), 0), MIN(sent_at_ms)
+                 FROM queue_messages WHERE queue = ?1",
+                params![self.queue_name(side), SystemClock.now_ms()],
+                |r| {
+                    Ok(QueueStats {
+                        visible: r.get::<_, i64>(0)? as u64,
+                        in_flight: r.get::<_, i64>(1)? as u64,
+                        delayed: 0,
+                        oldest_sent_at_ms: r.get(2)?,
+                    })
+                },
+            )
             .map_err(unavailable)
     }
 }

@@ -8,7 +8,9 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::Db;
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::ports::{AttemptOutcome, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError};
+use crate::ports::{
+    AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
+};
 
 /// [`DispatchStore`] on SQLite.
 #[derive(Clone)]
@@ -160,5 +162,36 @@ impl DispatchStore for SqliteDispatchStore {
             out.push(r.map_err(unavailable)??);
         }
         Ok(out)
+    }
+
+    /// One `GROUP BY status` over the records with `updated_at_ms >= since_ms`
+    /// (a table scan; fine for on-call use).
+    async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT status, COUNT(*), COALESCE(SUM(lease_until_ms >= ?2), 0) FROM dispatches
+                 WHERE updated_at_ms >= ?1 GROUP BY status",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![since_ms, now_ms], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+            })
+            .map_err(unavailable)?;
+        let mut counts = DispatchCounts::default();
+        for row in rows {
+            let (status, n, leased) = row.map_err(unavailable)?;
+            match DispatchStatus::parse(&status) {
+                Some(DispatchStatus::Dispatched) => counts.dispatched += n,
+                Some(DispatchStatus::Failed) => counts.failed += n,
+                Some(DispatchStatus::Pending) => {
+                    counts.pending += n;
+                    counts.in_progress += leased;
+                }
+                None => return Err(StoreError::Corrupt(format!("dispatch status {status:?}"))),
+            }
+        }
+        Ok(counts)
     }
 }

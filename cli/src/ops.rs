@@ -1,0 +1,451 @@
+//! On-call commands: `crcr dlq list|show|replay|purge`, `crcr status`,
+//! `crcr allowlist check`. Wiring only: flags → `crcr_shared::ops` → text
+//! (tables for people) or JSON (`--json`, for scripts) on stdout; errors and
+//! progress on stderr. Exit codes: 0 done, 1 failed (or partly failed), 2
+//! refused (purge without `--yes`).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use crcr_shared::allowlist::{Allowlist, AllowlistSource};
+use crcr_shared::config::Env;
+use crcr_shared::domain::RepoFullName;
+use crcr_shared::ops::allowlist::{diff, render_check, AllowlistSummary, CheckReport};
+use crcr_shared::ops::backend::{self, OpsPorts, QueueName};
+use crcr_shared::ops::dlq::{self, Dlq, DlqFilter, Progress, ReplayOptions, ScanOptions};
+use crcr_shared::ops::status::{self, AllowlistStatus, StatusOptions};
+use crcr_shared::ops::{parse_duration, parse_rate};
+use crcr_shared::ports::{Clock, SystemClock};
+use serde::Serialize;
+
+/// Exit code of a command that was refused (purge without `--yes`).
+pub const EXIT_REFUSED: i32 = 2;
+
+// ---------------------------------------------------------------- arguments
+
+/// Where the relay's queues and records are.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// The SQLite file of `crcr serve`.
+    #[arg(long, global = true, env = "CRCR_DATABASE", default_value = "crcr.sqlite")]
+    pub database: PathBuf,
+    /// Work on AWS instead: SQS and DynamoDB named by CRCR_DISPATCH_QUEUE_URL, CRCR_DISPATCH_DLQ_URL
+    /// (or CRCR_RECONCILE_QUEUE_URL, CRCR_RECONCILE_DLQ_URL), CRCR_DISPATCH_TABLE, CRCR_PAYLOAD_TABLE and
+    /// CRCR_AWS_ENDPOINT_URL, with the usual AWS credential chain.
+    #[arg(long, global = true)]
+    pub aws: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueArg {
+    Dispatch,
+    Reconcile,
+}
+
+impl From<QueueArg> for QueueName {
+    fn from(q: QueueArg) -> Self {
+        match q {
+            QueueArg::Dispatch => QueueName::Dispatch,
+            QueueArg::Reconcile => QueueName::Reconcile,
+        }
+    }
+}
+
+/// `crcr dlq ...`
+#[derive(Args, Debug)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Which queue's dead-letter queue.
+    #[arg(long, global = true, value_enum, default_value = "dispatch")]
+    pub queue: QueueArg,
+    /// Read at most this many DLQ messages.
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub max_scan: usize,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// One row per DLQ message: ids, event, PR or ref, age, receives, failure class and reason, targets still
+    /// pending. Reads the DLQ with a short hold and releases every message: nothing is lost or left hidden.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message in full (decoded body, claim-checked payload) with its attempt history.
+    Show {
+        /// A DLQ message id or a delivery id (X-GitHub-Delivery).
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move matching messages back to the source queue, one by one (send the copy, then delete the original).
+    /// Targets already dispatched are not dispatched again.
+    Replay {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Show what would move; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many moves: N/s, N/m or N/h (0 = no limit).
+        #[arg(long, default_value = "10/s", value_parser = parse_rate_arg)]
+        rate: Rate,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete matching messages judged unrecoverable. Without --yes, only lists what it would delete.
+    Purge {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which messages (all when none given).
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Event, or event.action (pull_request, pull_request.opened, push).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// A target repository (owner/repo) of the delivery.
+    #[arg(long, value_parser = parse_repo)]
+    pub repo: Option<RepoFullName>,
+    /// Only events accepted within this long (90s, 15m, 2h, 3d, 1h30m).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Text in the failure reason (case-insensitive).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// A message id or delivery id (repeatable).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// At most this many messages (oldest first).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// Moves per second; `None`: no limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate(pub Option<f64>);
+
+fn parse_rate_arg(s: &str) -> Result<Rate, String> {
+    parse_rate(s).map(Rate)
+}
+
+fn parse_repo(s: &str) -> Result<RepoFullName, String> {
+    RepoFullName::parse(s).map_err(|e| e.to_string())
+}
+
+impl From<&FilterArgs> for DlqFilter {
+    fn from(f: &FilterArgs) -> Self {
+        DlqFilter {
+            event: f.event.clone(),
+            repo: f.repo.clone(),
+            since: f.since,
+            reason: f.reason.clone(),
+            ids: f.ids.clone(),
+            limit: f.limit,
+        }
+    }
+}
+
+/// `crcr status`
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Dispatch outcomes over this window.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub window: std::time::Duration,
+    /// Never read the DLQ (on SQS the age of its oldest message is then unknown).
+    #[arg(long)]
+    pub no_peek: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AllowlistCommand {
+    /// Validate an allowlist; print its levels, devices and oncalls, and the changes against the one in use.
+    Check {
+        /// A file, a https://github.com/<owner>/<repo>/blob/<ref>/<path> URL, or another https URL.
+        source: String,
+        /// Compare against this one instead of the allowlist in use (CRCR_ALLOWLIST_FILE or CRCR_ALLOWLIST_URL).
+        #[arg(long)]
+        against: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+// ---------------------------------------------------------------- running
+
+async fn open(b: &BackendArgs, queue: QueueName, env: &Env<'_>) -> anyhow::Result<OpsPorts> {
+    Ok(if b.aws {
+        backend::aws(env, queue).await?
+    } else {
+        let max_receive_count = env.parsed("CRCR_MAX_RECEIVE_COUNT", 5u32)?;
+        backend::sqlite(&b.database, queue, max_receive_count)?
+    })
+}
+
+fn json_out(out: &mut dyn Write, v: &impl Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A progress line on stderr: rewritten in place on a terminal, else every
+/// 100 messages and at the end.
+fn progress_printer(verb: &'static str) -> impl FnMut(Progress) + Send {
+    let tty = std::io::stderr().is_terminal();
+    move |p: Progress| {
+        let line = format!("{verb} {}/{}: ok {}, skipped {}, failed {}", p.done, p.total, p.ok, p.skipped, p.failed);
+        if tty {
+            eprint!("\r{line}");
+            if p.done == p.total {
+                eprintln!();
+            }
+        } else if p.done % 100 == 0 || p.done == p.total {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Runs `crcr dlq ...`; returns the exit code.
+pub async fn run_dlq(args: DlqArgs, env: &Env<'_>, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let ports = open(&args.backend, args.queue.into(), env).await?;
+    let clock = SystemClock;
+    let d = Dlq { queue: &*ports.queue, store: &*ports.store, blobs: Some(&*ports.blobs), clock: &clock };
+    let scan = ScanOptions { max_messages: args.max_scan, ..ScanOptions::peek() };
+    let work = ScanOptions { max_messages: args.max_scan, ..ScanOptions::work() };
+    match args.command {
+        DlqCommand::List { filter, json } => {
+            let l = d.list(&(&filter).into(), &scan).await.with_context(|| ports.description.clone())?;
+            if json {
+                json_out(out, &l)?;
+            } else {
+                write!(out, "{}", dlq::render_listing(&l))?;
+            }
+            Ok(0)
+        }
+        DlqCommand::Show { id, json } => {
+            let r = d.show(&id, &scan).await.with_context(|| ports.description.clone())?;
+            if json {
+                json_out(out, &r)?;
+            } else {
+                write!(out, "{}", dlq::render_show(&r, clock.now_ms()))?;
+            }
+            Ok(if r.messages.is_empty() { 1 } else { 0 })
+        }
+        DlqCommand::Replay { filter, dry_run, rate, json } => {
+            let opts = ReplayOptions { dry_run, rate_per_sec: rate.0 };
+            let mut progress = progress_printer("replay");
+            let r = d
+                .replay(&(&filter).into(), &work, &opts, &mut progress)
+                .await
+                .with_context(|| ports.description.clone())?;
+            if json {
+                json_out(out, &r)?;
+            } else {
+                write!(out, "{}", dlq::render_move_report(&r, "moved"))?;
+            }
+            Ok(if r.failed.is_empty() && r.skipped.is_empty() { 0 } else { 1 })
+        }
+        DlqCommand::Purge { filter, yes, json } => {
+            let opts = ReplayOptions { dry_run: !yes, rate_per_sec: None };
+            let mut progress = progress_printer("purge");
+            let r = d
+                .purge(&(&filter).into(), &work, &opts, &mut progress)
+                .await
+                .with_context(|| ports.description.clone())?;
+            if json {
+                json_out(out, &r)?;
+            } else {
+                write!(out, "{}", dlq::render_move_report(&r, "removed"))?;
+            }
+            if !yes {
+                eprintln!(
+                    "refusing to purge without --yes: nothing was removed ({} message(s) listed above would be)",
+                    r.done.len()
+                );
+                return Ok(EXIT_REFUSED);
+            }
+            Ok(if r.failed.is_empty() && r.skipped.is_empty() { 0 } else { 1 })
+        }
+    }
+}
+
+/// Runs `crcr status`; returns the exit code (1 when a section could not be read).
+pub async fn run_status(args: StatusArgs, env: &Env<'_>, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let dispatch = open(&args.backend, QueueName::Dispatch, env).await?;
+    let opts = StatusOptions { window: args.window, peek_dlq: !args.no_peek };
+    let mut report =
+        status::status(&[(QueueName::Dispatch.as_str(), &*dispatch.queue)], &*dispatch.store, &SystemClock, &opts)
+            .await;
+    report.allowlist = match in_use_source(env) {
+        None => None,
+        Some(source) => Some(match load_allowlist(&source, env).await {
+            Ok(list) => AllowlistStatus { source, summary: Some(AllowlistSummary::of(&list)), error: None },
+            Err(e) => AllowlistStatus { source, summary: None, error: Some(format!("{e:#}")) },
+        }),
+    };
+    if args.json {
+        json_out(out, &report)?;
+    } else {
+        write!(out, "{}", status::render_status(&report))?;
+    }
+    Ok(if report.has_errors() { 1 } else { 0 })
+}
+
+/// Runs `crcr allowlist ...`; returns the exit code (1 when the allowlist is not valid).
+pub async fn run_allowlist(cmd: AllowlistCommand, env: &Env<'_>, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let AllowlistCommand::Check { source, against, json } = cmd;
+    let proposed = match load_allowlist(&source, env).await {
+        Ok(l) => l,
+        Err(e) => {
+            if json {
+                json_out(out, &serde_json::json!({ "source": source, "valid": false, "error": format!("{e:#}") }))?;
+            } else {
+                writeln!(out, "{source}: NOT VALID: {e:#}")?;
+            }
+            return Ok(1);
+        }
+    };
+    let against = against.or_else(|| in_use_source(env));
+    let (diff, against_error) = match &against {
+        None => (None, None),
+        Some(a) => match load_allowlist(a, env).await {
+            Ok(current) => (Some(diff(&current, &proposed)), None),
+            Err(e) => (None, Some(format!("the allowlist in use ({a}) cannot be read: {e:#}"))),
+        },
+    };
+    let report = CheckReport {
+        source: source.clone(),
+        summary: AllowlistSummary::of(&proposed),
+        against: against.filter(|_| diff.is_some()),
+        diff,
+        against_error,
+    };
+    if json {
+        json_out(out, &report)?;
+    } else {
+        write!(out, "{}", render_check(&report))?;
+    }
+    Ok(0)
+}
+
+// ---------------------------------------------------------------- allowlists
+
+/// The allowlist the relay is configured with (`CRCR_ALLOWLIST_FILE` or `CRCR_ALLOWLIST_URL`).
+fn in_use_source(env: &Env<'_>) -> Option<String> {
+    env.opt("CRCR_ALLOWLIST_FILE").or_else(|| env.opt("CRCR_ALLOWLIST_URL"))
+}
+
+/// Reads and validates an allowlist from a file, a GitHub file URL (through
+/// the App when CRCR_GITHUB_APP_ID and its key are set, else anonymously
+/// from raw.githubusercontent.com, which serves public repositories) or
+/// another https URL.
+async fn load_allowlist(source: &str, env: &Env<'_>) -> anyhow::Result<Allowlist> {
+    let text = if source.starts_with("https://") || source.starts_with("http://") {
+        fetch(source, env).await?
+    } else {
+        std::fs::read_to_string(source).with_context(|| format!("cannot read {source}"))?
+    };
+    Ok(Allowlist::parse(&text)?)
+}
+
+async fn fetch(url: &str, env: &Env<'_>) -> anyhow::Result<String> {
+    if let Ok(AllowlistSource::GitHub { repo, git_ref, path }) = AllowlistSource::from_url(url) {
+        if let Some(text) = crcr_shared::ops::allowlist::fetch_with_app(env, url).await? {
+            return Ok(text);
+        }
+        let raw = format!("https://raw.githubusercontent.com/{}/{}/{git_ref}/{path}", repo.owner(), repo.name());
+        return get(&raw).await;
+    }
+    get(url).await
+}
+
+async fn get(url: &str) -> anyhow::Result<String> {
+    let res = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .user_agent("crcr-allowlist-check")
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if !res.status().is_success() {
+        bail!("GET {url}: {}", res.status());
+    }
+    Ok(res.text().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct T {
+        #[command(subcommand)]
+        c: C,
+    }
+    #[derive(Subcommand, Debug)]
+    enum C {
+        Dlq(DlqArgs),
+        Status(StatusArgs),
+    }
+
+    #[test]
+    fn flags_parse() {
+        let t = T::try_parse_from([
+            "crcr",
+            "dlq",
+            "replay",
+            "--event",
+            "pull_request.opened",
+            "--repo",
+            "Org/Repo",
+            "--since",
+            "2h",
+            "--rate",
+            "5/s",
+            "--limit",
+            "3",
+            "--dry-run",
+            "--database",
+            "x.sqlite",
+        ])
+        .unwrap();
+        let C::Dlq(d) = t.c else { panic!() };
+        assert_eq!(d.backend.database, PathBuf::from("x.sqlite"));
+        assert_eq!(d.queue, QueueArg::Dispatch);
+        let DlqCommand::Replay { filter, dry_run, rate, .. } = d.command else { panic!() };
+        assert!(dry_run);
+        assert_eq!(rate, Rate(Some(5.0)));
+        assert_eq!(filter.since, Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(filter.repo.unwrap().key(), "org/repo");
+        assert!(T::try_parse_from(["crcr", "dlq", "list", "--since", "2 hours"]).is_err());
+        assert!(T::try_parse_from(["crcr", "dlq", "list", "--repo", "nope"]).is_err());
+        assert!(T::try_parse_from(["crcr", "dlq", "list", "--queue", "other"]).is_err());
+        let t = T::try_parse_from(["crcr", "dlq", "--aws", "purge", "--yes", "--queue", "reconcile"]).unwrap();
+        let C::Dlq(d) = t.c else { panic!() };
+        assert!(d.backend.aws);
+        assert_eq!(d.queue, QueueArg::Reconcile);
+        let t = T::try_parse_from(["crcr", "status", "--json", "--window", "30m"]).unwrap();
+        let C::Status(s) = t.c else { panic!() };
+        assert_eq!(s.window, std::time::Duration::from_secs(1800));
+    }
+}
