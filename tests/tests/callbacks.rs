@@ -108,6 +108,13 @@ async fn in_progress_then_completed_reaches_hud_with_trusted_figures() {
     let job = &jobs(&w).jobs(&id).await.unwrap()[0];
     assert_eq!((job.state, job.conclusion.as_deref()), (JobState::Completed, Some("success")));
     assert!(jobs(&w).outbox(&id).await.unwrap().iter().all(|o| o.sync == HudSync::Sent));
+    // crcr trace shows the whole chain.
+    let t = crcr_shared::trace::trace(&id, w.relay.store.as_ref(), &jobs(&w)).await.unwrap();
+    assert_eq!((t.dispatches.len(), t.jobs.len(), t.hud.len()), (3, 1, 2));
+    let text = t.render();
+    for needle in ["org2/two", "L2", "dispatched", "completed (success)", "queue ", "sent"] {
+        assert!(text.contains(needle), "trace lacks {needle:?}:\n{text}");
+    }
 
     // Duplicates and out-of-order: 409 at request time, nothing changes, HUD gets nothing more.
     assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &started).await.0, 409);

@@ -1,0 +1,106 @@
+//! `crcr trace <delivery-id>`: the whole chain of one delivery — per target,
+//! the dispatch outcome and attempts; per job, its lifecycle with
+//! timestamps, figures and HUD sync state; and refused callbacks — from the
+//! stores of either runtime.
+
+use serde::Serialize;
+
+use crate::domain::DeliveryId;
+use crate::lifecycle::{JobRecord, JobStore, OutboxItem, Violation};
+use crate::ports::{DispatchRecord, DispatchStore, StoreError};
+
+/// Everything the relay recorded about one delivery.
+#[derive(Debug, Serialize)]
+pub struct Trace {
+    pub delivery_id: DeliveryId,
+    pub dispatches: Vec<DispatchRecord>,
+    pub jobs: Vec<JobRecord>,
+    pub hud: Vec<OutboxItem>,
+    pub violations: Vec<Violation>,
+}
+
+pub async fn trace(
+    delivery: &DeliveryId,
+    dispatches: &dyn DispatchStore,
+    jobs: &dyn JobStore,
+) -> Result<Trace, StoreError> {
+    Ok(Trace {
+        delivery_id: delivery.clone(),
+        dispatches: dispatches.records(delivery).await?,
+        jobs: jobs.jobs(delivery).await?,
+        hud: jobs.outbox(delivery).await?,
+        violations: jobs.violations(delivery).await?,
+    })
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn secs(s: Option<f64>) -> String {
+    s.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "-".into())
+}
+
+impl Trace {
+    /// The trace as text for people.
+    pub fn render(&self) -> String {
+        let mut out = format!("delivery {}\n", self.delivery_id);
+        if self.dispatches.is_empty() && self.jobs.is_empty() {
+            out.push_str("  nothing recorded (not dispatched: ignored, refused, or not yet processed)\n");
+            return out;
+        }
+        out.push_str("dispatches:\n");
+        for d in &self.dispatches {
+            out.push_str(&format!(
+                "  {:<40} {:<3} {:<10} attempts {}  dispatched {}{}{}\n",
+                d.target.as_str(),
+                d.meta.level.as_str(),
+                d.status.as_str(),
+                d.attempts,
+                time(d.dispatched_at_ms),
+                if d.payload_trimmed { "  (payload trimmed)" } else { "" },
+                d.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
+            ));
+        }
+        if !self.jobs.is_empty() {
+            out.push_str("jobs:\n");
+        }
+        for j in &self.jobs {
+            out.push_str(&format!(
+                "  {} run {} attempt {} job {:?}: {}{}\n    dispatched {}  in progress {}  completed {}  queue {}  execution {}\n",
+                j.key.repo,
+                j.key.run_id,
+                j.key.run_attempt,
+                j.key.job_name,
+                j.state.as_str(),
+                j.conclusion.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
+                time(j.dispatched_at_ms),
+                time(j.in_progress_at_ms),
+                time(j.completed_at_ms),
+                secs(j.queue_time_s),
+                secs(j.execution_time_s),
+            ));
+        }
+        if !self.hud.is_empty() {
+            out.push_str("HUD records:\n");
+        }
+        for h in &self.hud {
+            out.push_str(&format!(
+                "  {:<9} attempts {}  {}{}\n",
+                h.sync.as_str(),
+                h.attempts,
+                h.id.split('|').skip(1).collect::<Vec<_>>().join(" "),
+                h.last_error.as_ref().map(|e| format!("  last answer: {e}")).unwrap_or_default()
+            ));
+        }
+        if !self.violations.is_empty() {
+            out.push_str("refused callbacks:\n");
+        }
+        for v in &self.violations {
+            out.push_str(&format!("  {} {}: {}\n", time(Some(v.at_ms)), v.repo, v.reason));
+        }
+        out
+    }
+}
