@@ -31,6 +31,15 @@ enum Command {
     Dlq(ops::DlqArgs),
     /// Queue depths, oldest messages, dispatch outcomes of the last hour, allowlist in use.
     Status(ops::StatusArgs),
+    /// The whole chain of one delivery: dispatches, jobs, HUD records, refused callbacks.
+    Trace {
+        delivery_id: String,
+        /// The SQLite file of `crcr serve`.
+        #[arg(long, env = "CRCR_DATABASE", default_value = "crcr.sqlite")]
+        database: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Review an allowlist (validate, show, diff against the one in use).
     Allowlist {
         #[command(subcommand)]
@@ -83,6 +92,25 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(args) => {
             init_tracing("off");
             exit_with(ops::run_status(args, &Env::process(), &mut std::io::stdout().lock()).await)
+        }
+        Command::Trace { delivery_id, database, json } => {
+            init_tracing("off");
+            let id = crcr_shared::domain::DeliveryId::parse(&delivery_id)?;
+            anyhow::ensure!(
+                database.exists(),
+                "no database at {} (set --database or CRCR_DATABASE)",
+                database.display()
+            );
+            let db = crcr_shared::sqlite::Db::open(&database)?;
+            let dispatches = crcr_shared::sqlite::SqliteDispatchStore::new(db.clone());
+            let jobs = crcr_shared::sqlite::SqliteJobStore::new(db);
+            let t = crcr_shared::trace::trace(&id, &dispatches, &jobs).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", t.render());
+            }
+            Ok(())
         }
         Command::Allowlist { command } => {
             init_tracing("off");
