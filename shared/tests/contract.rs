@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
+use crcr_shared::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crcr_shared::ports::{
     AttemptOutcome, BlobError, BlobStore, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
     EventQueue, QueueError, QueueSide,
@@ -49,10 +50,12 @@ trait Backend {
     type Queue: EventQueue + 'static;
     type Store: DispatchStore + 'static;
     type Blobs: BlobStore + 'static;
+    type Jobs: JobStore + 'static;
     /// A source queue whose messages move to its DLQ after `max_receive_count` receives.
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue>;
     async fn store() -> Fx<Self::Store>;
     async fn blobs() -> Fx<Self::Blobs>;
+    async fn jobs() -> Fx<Self::Jobs>;
 }
 
 // ---------------------------------------------------------------- SQLite
@@ -85,6 +88,7 @@ impl Backend for Sqlite {
     type Queue = crcr_shared::sqlite::SqliteQueue;
     type Store = crcr_shared::sqlite::SqliteDispatchStore;
     type Blobs = crcr_shared::sqlite::SqliteBlobStore;
+    type Jobs = crcr_shared::sqlite::SqliteJobStore;
 
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
         let tmp = TempDb::new();
@@ -98,6 +102,10 @@ impl Backend for Sqlite {
     async fn blobs() -> Fx<Self::Blobs> {
         let tmp = TempDb::new();
         Fx { inner: crcr_shared::sqlite::SqliteBlobStore::new(tmp.open()), _guard: Some(tmp) }
+    }
+    async fn jobs() -> Fx<Self::Jobs> {
+        let tmp = TempDb::new();
+        Fx { inner: crcr_shared::sqlite::SqliteJobStore::new(tmp.open()), _guard: Some(tmp) }
     }
 }
 
@@ -182,6 +190,52 @@ async fn create_table(
         .unwrap_or_else(|e| panic!("enable TTL on {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
 }
 
+/// Creates the jobs table as infra/modules/crcr/dynamodb.tf does: hash key
+/// `pk` (S), range key `sk` (S), GSI `by_status` on `status` (S) +
+/// `updated_at` (N) projecting all attributes, TTL on `expires_at`.
+async fn create_jobs_table(client: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::error::DisplayErrorContext;
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+        ScalarAttributeType, TimeToLiveSpecification,
+    };
+    let def = |n: &str, t: ScalarAttributeType| {
+        AttributeDefinition::builder().attribute_name(n).attribute_type(t).build().unwrap()
+    };
+    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(def("pk", ScalarAttributeType::S))
+        .attribute_definitions(def("sk", ScalarAttributeType::S))
+        .attribute_definitions(def("status", ScalarAttributeType::S))
+        .attribute_definitions(def("updated_at", ScalarAttributeType::N))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(crcr_shared::aws::JOBS_BY_STATUS_INDEX)
+                .key_schema(key("status", KeyType::Hash))
+                .key_schema(key("updated_at", KeyType::Range))
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create table {name}: {}", DisplayErrorContext(e)));
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("enable TTL on {name}: {}", DisplayErrorContext(e)));
+}
+
 /// Starts (on the test's runtime) an HTTP proxy to `upstream` that forwards
 /// one request at a time, and returns its URL.
 ///
@@ -262,6 +316,7 @@ impl Backend for Moto {
     type Queue = crcr_shared::aws::SqsQueue;
     type Store = crcr_shared::aws::DynamoDispatchStore;
     type Blobs = crcr_shared::aws::DynamoBlobStore;
+    type Jobs = crcr_shared::aws::DynamoJobStore;
 
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
         use aws_sdk_sqs::error::DisplayErrorContext;
@@ -320,6 +375,20 @@ impl Backend for Moto {
         let table = unique("crcr-blobs");
         create_table(&client, &table, "key", "chunk", aws_sdk_dynamodb::types::ScalarAttributeType::N).await;
         Fx { inner: crcr_shared::aws::DynamoBlobStore::new(client, table), _guard: None }
+    }
+
+    async fn jobs() -> Fx<Self::Jobs> {
+        // Through the one-request-at-a-time proxy (see `atomic_proxy`): moto
+        // 5.2.5's TransactWriteItems checks its conditions, then writes, with
+        // no lock; and it rolls a cancelled transaction back by restoring a
+        // copy of the whole table taken before it, which would also undo a
+        // concurrent transaction's writes.
+        let cfg = moto_config().await;
+        let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
+        let client = aws_sdk_dynamodb::Client::new(&proxied);
+        let table = unique("crcr-jobs");
+        create_jobs_table(&client, &table).await;
+        Fx { inner: crcr_shared::aws::DynamoJobStore::new(client, table), _guard: None }
     }
 }
 
@@ -841,6 +910,446 @@ mod cases {
             other => panic!("expected NotFound, got {other:?}"),
         }
     }
+
+    // ============================================================ job store cases
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn job_key(d: &DeliveryId, repo_name: &str, run_attempt: u32, job_name: &str) -> JobKey {
+        JobKey {
+            delivery_id: d.clone(),
+            repo: repo(repo_name),
+            run_id: 9_876_543_210,
+            run_attempt,
+            job_name: job_name.into(),
+        }
+    }
+
+    /// IN_PROGRESS at `at`, dispatched 30.5 s before.
+    fn started(key: &JobKey, at: i64) -> JobRecord {
+        JobRecord {
+            key: key.clone(),
+            state: JobState::InProgress,
+            level: Level::L2,
+            dispatched_at_ms: Some(at - 30_500),
+            in_progress_at_ms: Some(at),
+            completed_at_ms: None,
+            conclusion: None,
+            queue_time_s: Some(30.5),
+            execution_time_s: None,
+            workflow_name: Some("pull".into()),
+            url: Some(format!("https://github.com/{}/actions/runs/{}", key.repo, key.run_id)),
+            updated_at_ms: at,
+        }
+    }
+
+    /// `prev` COMPLETED at `at`.
+    fn finished(prev: &JobRecord, at: i64, conclusion: &str) -> JobRecord {
+        JobRecord {
+            state: JobState::Completed,
+            completed_at_ms: Some(at),
+            conclusion: Some(conclusion.into()),
+            execution_time_s: Some((at - prev.in_progress_at_ms.unwrap()) as f64 / 1000.0),
+            updated_at_ms: at,
+            ..prev.clone()
+        }
+    }
+
+    /// The outbox item of `rec`'s state change, created at `rec.updated_at_ms`.
+    fn hud(rec: &JobRecord) -> OutboxItem {
+        let at = rec.updated_at_ms;
+        OutboxItem {
+            id: OutboxItem::id_for(&rec.key, rec.state),
+            delivery_id: rec.key.delivery_id.clone(),
+            body: serde_json::json!({
+                "delivery_id": rec.key.delivery_id,
+                "repo": rec.key.repo,
+                "run_id": rec.key.run_id,
+                "run_attempt": rec.key.run_attempt,
+                "job_name": rec.key.job_name,
+                "status": rec.state.as_str(),
+                "at_ms": at,
+                "queue_time": rec.queue_time_s,
+            }),
+            sync: HudSync::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at_ms: at,
+            updated_at_ms: at,
+        }
+    }
+
+    /// Applies `rec` from `expected`, asserting that the store accepted it.
+    async fn apply(s: &impl JobStore, expected: Option<JobState>, rec: &JobRecord) -> OutboxItem {
+        let ob = hud(rec);
+        assert!(s.transition(expected, rec, &ob).await.expect("transition"), "{expected:?} -> {:?} refused", rec.state);
+        ob
+    }
+
+    async fn one_outbox(s: &impl JobStore, id: &str) -> OutboxItem {
+        let d = DeliveryId::parse(id.split('|').next().unwrap()).unwrap();
+        let all = s.outbox(&d).await.expect("outbox");
+        let mut it = all.into_iter().filter(|o| o.id == id);
+        let o = it.next().unwrap_or_else(|| panic!("no outbox item {id}"));
+        assert!(it.next().is_none(), "two outbox items {id}");
+        o
+    }
+
+    /// A new job: transition(None → IN_PROGRESS) applies; the record and one
+    /// pending outbox item are there.
+    pub async fn jobs_new_job_in_progress<B: Backend>() {
+        let s = B::jobs().await;
+        let d = delivery();
+        let key = job_key(&d, "pytorch/pytorch", 1, "build");
+        assert_eq!(s.get(&key).await.unwrap(), None);
+        let rec = started(&key, T0);
+        let ob = apply(&*s, None, &rec).await;
+        assert_eq!(s.get(&key).await.unwrap(), Some(rec.clone()));
+        assert_eq!(s.jobs(&d).await.unwrap(), vec![rec]);
+        assert_eq!(s.outbox(&d).await.unwrap(), vec![ob.clone()]);
+        assert_eq!(s.pending_outbox(10).await.unwrap(), vec![ob]);
+    }
+
+    /// IN_PROGRESS again (expected None, the job exists) → false; the
+    /// record and the outbox are unchanged.
+    pub async fn jobs_repeated_in_progress_is_noop<B: Backend>() {
+        let s = B::jobs().await;
+        let d = delivery();
+        let key = job_key(&d, "pytorch/pytorch", 1, "build");
+        let rec = started(&key, T0);
+        let ob = apply(&*s, None, &rec).await;
+        let again = started(&key, T0 + 5_000);
+        assert!(!s.transition(None, &again, &hud(&again)).await.unwrap(), "duplicate IN_PROGRESS applied");
+        assert_eq!(s.get(&key).await.unwrap(), Some(rec));
+        assert_eq!(s.outbox(&d).await.unwrap(), vec![ob]);
+    }
+
+    /// COMPLETED from IN_PROGRESS applies (two outbox items); a repeated
+    /// COMPLETED, or any transition expecting an older state, does not.
+    pub async fn jobs_completed_after_in_progress<B: Backend>() {
+        let s = B::jobs().await;
+        let d = delivery();
+        let key = job_key(&d, "pytorch/pytorch", 1, "test (default, 1, 5)");
+        let rec = started(&key, T0);
+        let ob1 = apply(&*s, None, &rec).await;
+        let done = finished(&rec, T0 + 600_000, "success");
+        let ob2 = apply(&*s, Some(JobState::InProgress), &done).await;
+        assert_eq!(s.get(&key).await.unwrap(), Some(done.clone()));
+        assert_eq!(s.outbox(&d).await.unwrap(), vec![ob1.clone(), ob2.clone()]);
+        // Repeated COMPLETED (another conclusion, later): refused.
+        let late = finished(&rec, T0 + 700_000, "failure");
+        assert!(!s.transition(Some(JobState::InProgress), &late, &hud(&late)).await.unwrap());
+        // IN_PROGRESS after COMPLETED: refused, never backwards.
+        let back = started(&key, T0 + 800_000);
+        assert!(!s.transition(None, &back, &hud(&back)).await.unwrap());
+        assert_eq!(s.get(&key).await.unwrap(), Some(done));
+        assert_eq!(s.outbox(&d).await.unwrap(), vec![ob1, ob2]);
+    }
+
+    /// A transition expecting a state on a job that does not exist → false;
+    /// nothing is written.
+    pub async fn jobs_transition_on_absent_job_is_noop<B: Backend>() {
+        let s = B::jobs().await;
+        let d = delivery();
+        let key = job_key(&d, "pytorch/pytorch", 1, "build");
+        let done = finished(&started(&key, T0), T0 + 1_000, "success");
+        assert!(!s.transition(Some(JobState::InProgress), &done, &hud(&done)).await.unwrap());
+        assert!(!s.transition(Some(JobState::Completed), &done, &hud(&done)).await.unwrap());
+        assert_eq!(s.get(&key).await.unwrap(), None);
+        assert!(s.jobs(&d).await.unwrap().is_empty());
+        assert!(s.outbox(&d).await.unwrap().is_empty());
+        assert!(s.pending_outbox(10).await.unwrap().is_empty());
+    }
+
+    /// A re-run (run_attempt + 1) and another job of the same run are keys of
+    /// their own; jobs() lists them by sort key.
+    pub async fn jobs_rerun_attempt_is_separate_key<B: Backend>() {
+        let s = B::jobs().await;
+        let d = delivery();
+        let first = job_key(&d, "pytorch/pytorch", 1, "build");
+        let rec1 = started(&first, T0);
+        apply(&*s, None, &rec1).await;
+        let done1 = finished(&rec1, T0 + 60_000, "failure");
+        apply(&*s, Some(JobState::InProgress), &done1).await;
+        let rerun = JobKey { run_attempt: 2, ..first.clone() };
+        let rec2 = started(&rerun, T0 + 120_000);
+        apply(&*s, None, &rec2).await;
+        let other = job_key(&d, "pytorch/pytorch", 1, "lint");
+        let rec3 = started(&other, T0 + 1_000);
+        apply(&*s, None, &rec3).await;
+        assert_eq!(s.get(&first).await.unwrap(), Some(done1.clone()));
+        assert_eq!(s.get(&rerun).await.unwrap(), Some(rec2.clone()));
+        let mut expected = vec![done1, rec2, rec3];
+        expected.sort_by_key(|r| r.key.sort_key());
+        assert_eq!(s.jobs(&d).await.unwrap(), expected, "ordered by sort key");
+        assert_eq!(s.outbox(&d).await.unwrap().len(), 4);
+    }
+
+    /// Concurrent identical transitions: exactly one applies, one outbox
+    /// item each, for the new job and for its completion.
+    pub async fn jobs_concurrent_transitions_one_winner<B: Backend>() {
+        const N: usize = 8;
+        let s = Arc::new(B::jobs().await);
+        let d = delivery();
+        let key = job_key(&d, "pytorch/pytorch", 1, "build");
+        let rec = started(&key, T0);
+        let done = finished(&rec, T0 + 90_000, "success");
+        for (expected, target) in [(None, rec.clone()), (Some(JobState::InProgress), done.clone())] {
+            let tasks: Vec<_> = (0..N)
+                .map(|_| {
+                    let (s, target) = (s.clone(), target.clone());
+                    tokio::spawn(
+                        async move { s.transition(expected, &target, &hud(&target)).await.expect("transition") },
+                    )
+                })
+                .collect();
+            let mut applied = 0;
+            for task in tasks {
+                applied += usize::from(task.await.unwrap());
+            }
+            assert_eq!(applied, 1, "{N} concurrent {expected:?} -> {:?}", target.state);
+            assert_eq!(s.get(&key).await.unwrap(), Some(target));
+        }
+        assert_eq!(s.outbox(&d).await.unwrap(), vec![hud(&rec), hud(&done)]);
+    }
+
+    /// mark_outbox counts attempts; Sent and Rejected are final: later marks
+    /// change nothing. A mark without an error keeps the previous one. An
+    /// unknown id is a no-op that creates nothing.
+    pub async fn jobs_outbox_sent_and_rejected_are_final<B: Backend>() {
+        let s = B::jobs().await;
+        let d = delivery();
+        let rec = started(&job_key(&d, "pytorch/pytorch", 1, "build"), T0);
+        let ob = apply(&*s, None, &rec).await;
+        s.mark_outbox(&ob.id, HudSync::Pending, Some("HUD answered 503"), T0 + 10).await.unwrap();
+        let after_retry = one_outbox(&*s, &ob.id).await;
+        assert_eq!(
+            after_retry,
+            OutboxItem {
+                attempts: 1,
+                last_error: Some("HUD answered 503".into()),
+                updated_at_ms: T0 + 10,
+                ..ob.clone()
+            }
+        );
+        assert_eq!(s.pending_outbox(10).await.unwrap(), vec![after_retry.clone()]);
+        s.mark_outbox(&ob.id, HudSync::Sent, None, T0 + 20).await.unwrap();
+        let sent = one_outbox(&*s, &ob.id).await;
+        assert_eq!(sent, OutboxItem { sync: HudSync::Sent, attempts: 2, updated_at_ms: T0 + 20, ..after_retry });
+        for (sync, error) in
+            [(HudSync::Pending, Some("late 503")), (HudSync::Rejected, Some("422")), (HudSync::Sent, None)]
+        {
+            s.mark_outbox(&ob.id, sync, error, T0 + 30).await.unwrap();
+            assert_eq!(one_outbox(&*s, &ob.id).await, sent, "a final item changed by {sync:?}");
+        }
+        assert!(s.pending_outbox(10).await.unwrap().is_empty(), "a sent item is not pending");
+
+        let done = finished(&rec, T0 + 1_000, "success");
+        let ob2 = apply(&*s, Some(JobState::InProgress), &done).await;
+        s.mark_outbox(&ob2.id, HudSync::Rejected, Some("HUD answered 422: bad run_id"), T0 + 1_010).await.unwrap();
+        let rejected = one_outbox(&*s, &ob2.id).await;
+        assert_eq!(
+            rejected,
+            OutboxItem {
+                sync: HudSync::Rejected,
+                attempts: 1,
+                last_error: Some("HUD answered 422: bad run_id".into()),
+                updated_at_ms: T0 + 1_010,
+                ..ob2
+            }
+        );
+        s.mark_outbox(&rejected.id, HudSync::Sent, None, T0 + 1_020).await.unwrap();
+        s.mark_outbox(&rejected.id, HudSync::Pending, Some("x"), T0 + 1_030).await.unwrap();
+        assert_eq!(one_outbox(&*s, &rejected.id).await, rejected);
+        assert!(s.pending_outbox(10).await.unwrap().is_empty());
+
+        let other = delivery();
+        let unknown = OutboxItem::id_for(&job_key(&other, "org/repo", 1, "build"), JobState::InProgress);
+        s.mark_outbox(&unknown, HudSync::Sent, None, T0).await.expect("mark an unknown id");
+        s.mark_outbox("not-an-outbox-id", HudSync::Pending, Some("x"), T0).await.expect("mark a malformed id");
+        assert!(s.outbox(&other).await.unwrap().is_empty());
+        assert_eq!(s.outbox(&d).await.unwrap(), vec![sent, rejected]);
+    }
+
+    /// pending_outbox: only pending items, across deliveries, oldest created
+    /// first (a retried item keeps its place), ties by id; `limit` respected.
+    pub async fn jobs_pending_outbox_oldest_first<B: Backend>() {
+        let s = B::jobs().await;
+        let (d1, d2, d3) = (delivery(), delivery(), delivery());
+        // (delivery, job, created at), written out of creation order.
+        let plan = [
+            (&d1, "a", T0 + 300),
+            (&d2, "b", T0 + 100),
+            (&d1, "c", T0 + 500),
+            (&d3, "d", T0 + 200),
+            (&d2, "e", T0 + 400),
+            (&d1, "f", T0 + 200),
+        ];
+        let mut obs = std::collections::HashMap::new();
+        for (d, name, at) in plan {
+            let rec = started(&job_key(d, "pytorch/pytorch", 1, name), at);
+            // Last changed in the reverse order of creation: the order is by creation.
+            let ob = OutboxItem { updated_at_ms: T0 + 10_000 - (at - T0), ..hud(&rec) };
+            assert!(s.transition(None, &rec, &ob).await.unwrap());
+            obs.insert(name, ob);
+        }
+        // The oldest is retried last: it stays first.
+        s.mark_outbox(&obs["b"].id, HudSync::Pending, Some("timeout"), T0 + 20_000).await.unwrap();
+        s.mark_outbox(&obs["a"].id, HudSync::Sent, None, T0 + 901).await.unwrap();
+        s.mark_outbox(&obs["c"].id, HudSync::Rejected, Some("400"), T0 + 902).await.unwrap();
+        let retried = OutboxItem {
+            attempts: 1,
+            last_error: Some("timeout".into()),
+            updated_at_ms: T0 + 20_000,
+            ..obs["b"].clone()
+        };
+        let (mut tie1, mut tie2) = (obs["d"].clone(), obs["f"].clone());
+        if tie2.id < tie1.id {
+            std::mem::swap(&mut tie1, &mut tie2);
+        }
+        let all = vec![retried, tie1, tie2, obs["e"].clone()];
+        assert_eq!(s.pending_outbox(10).await.unwrap(), all);
+        for limit in [4, 3, 2, 1, 0] {
+            assert_eq!(s.pending_outbox(limit).await.unwrap(), all[..limit].to_vec(), "limit {limit}");
+        }
+    }
+
+    /// in_progress_before: IN_PROGRESS jobs last changed strictly before the
+    /// instant, oldest first, up to `limit`; completed and recent jobs are not.
+    pub async fn jobs_in_progress_before_only_old_in_progress<B: Backend>() {
+        let s = B::jobs().await;
+        let (d1, d2) = (delivery(), delivery());
+        let old = started(&job_key(&d1, "pytorch/pytorch", 1, "old"), T0);
+        let older = started(&job_key(&d2, "org/repo", 3, "older"), T0 - 50_000);
+        let middle = started(&job_key(&d1, "pytorch/pytorch", 1, "middle"), T0 + 1_000);
+        let recent = started(&job_key(&d1, "pytorch/pytorch", 1, "recent"), T0 + 5_000);
+        let was_old = started(&job_key(&d2, "org/repo", 3, "done"), T0 - 60_000);
+        for rec in [&old, &older, &middle, &recent, &was_old] {
+            apply(&*s, None, rec).await;
+        }
+        apply(&*s, Some(JobState::InProgress), &finished(&was_old, T0 - 40_000, "success")).await;
+        assert_eq!(s.in_progress_before(T0 + 3_000, 10).await.unwrap(), vec![older.clone(), old.clone(), middle]);
+        assert_eq!(s.in_progress_before(T0 + 1_000, 10).await.unwrap(), vec![older.clone(), old.clone()]);
+        assert_eq!(s.in_progress_before(T0 + 60_000, 2).await.unwrap(), vec![older.clone(), old]);
+        assert_eq!(s.in_progress_before(T0 - 50_000, 10).await.unwrap(), vec![]);
+        assert_eq!(s.in_progress_before(T0 + 60_000, 0).await.unwrap(), vec![]);
+        assert_eq!(s.in_progress_before(T0 + 60_000, 10).await.unwrap().len(), 4);
+    }
+
+    /// Violations come back per delivery with every field, oldest first.
+    pub async fn jobs_violations_round_trip<B: Backend>() {
+        let s = B::jobs().await;
+        let (d, other) = (delivery(), delivery());
+        let v1 = Violation {
+            delivery_id: d.clone(),
+            repo: repo("PyTorch/PyTorch"),
+            reason: "COMPLETED for run 42 attempt 1 job \"build\" without IN_PROGRESS".into(),
+            at_ms: T0 + 10,
+        };
+        let v2 = Violation {
+            repo: repo("pytorch/vision"),
+            reason: "IN_PROGRESS after COMPLETED — ignored ✓".into(),
+            at_ms: T0 + 20,
+            ..v1.clone()
+        };
+        let v3 = Violation { delivery_id: other.clone(), at_ms: T0 + 15, ..v1.clone() };
+        for v in [&v1, &v2, &v3] {
+            s.record_violation(v).await.expect("record violation");
+        }
+        let got = s.violations(&d).await.unwrap();
+        assert_eq!(got, vec![v1, v2]);
+        assert_eq!(got[0].repo.as_str(), "PyTorch/PyTorch", "spelling kept");
+        assert_eq!(s.violations(&other).await.unwrap(), vec![v3]);
+        assert!(s.violations(&delivery()).await.unwrap().is_empty());
+        assert!(s.jobs(&d).await.unwrap().is_empty(), "violations are not jobs");
+        assert!(s.outbox(&d).await.unwrap().is_empty(), "violations are not outbox items");
+    }
+
+    /// Every JobRecord and OutboxItem field round trips: f64 figures, large
+    /// run ids, the repository's spelling, Option fields None and Some, a
+    /// nested JSON body.
+    pub async fn jobs_records_round_trip<B: Backend>() {
+        let s = B::jobs().await;
+        let d = delivery();
+        let key = JobKey {
+            delivery_id: d.clone(),
+            repo: repo("PyTorch/PyTorch"),
+            run_id: 12_345_678_901_234,
+            run_attempt: 3,
+            job_name: "linux-jammy-py3.10-gcc11 / test (default, 1, 5, lf.linux.4xlarge) #2".into(),
+        };
+        let full_started = JobRecord {
+            key: key.clone(),
+            state: JobState::InProgress,
+            level: Level::L4,
+            dispatched_at_ms: Some(T0 - 1),
+            in_progress_at_ms: Some(T0 + 333),
+            completed_at_ms: None,
+            conclusion: None,
+            queue_time_s: Some(0.334),
+            execution_time_s: None,
+            workflow_name: Some("trunk / linux-jammy".into()),
+            url: Some("https://github.com/PyTorch/PyTorch/actions/runs/12345678901234/job/1?pr=1&x=%20".into()),
+            updated_at_ms: T0 + 333,
+        };
+        let full = JobRecord {
+            state: JobState::Completed,
+            completed_at_ms: Some(T0 + 3_600_123),
+            conclusion: Some("cancelled".into()),
+            queue_time_s: Some(1.0 / 3.0),
+            execution_time_s: Some(12_345.678_901_234_5),
+            updated_at_ms: T0 + 3_600_123,
+            ..full_started.clone()
+        };
+        let bare_key = JobKey { repo: repo("org/nightly"), run_attempt: 1, job_name: "nightly".into(), ..key.clone() };
+        let bare = JobRecord {
+            key: bare_key.clone(),
+            state: JobState::InProgress,
+            level: Level::L1,
+            dispatched_at_ms: None,
+            in_progress_at_ms: None,
+            completed_at_ms: None,
+            conclusion: None,
+            queue_time_s: None,
+            execution_time_s: None,
+            workflow_name: None,
+            url: None,
+            updated_at_ms: 0,
+        };
+        let ob1 = apply(&*s, None, &full_started).await;
+        let ob2 = OutboxItem {
+            id: OutboxItem::id_for(&key, JobState::Completed),
+            delivery_id: d.clone(),
+            body: serde_json::json!({
+                "event": "completed",
+                "figures": {"queue_time": 0.25, "execution_time": 12345.5, "none": null},
+                "labels": ["ciflow/trunk", "ünïcödé ✓"],
+                "ok": true,
+                "n": -7,
+            }),
+            sync: HudSync::Pending,
+            attempts: 2,
+            last_error: Some("carried over".into()),
+            created_at_ms: T0 + 3_600_123,
+            updated_at_ms: T0 + 3_600_200,
+        };
+        assert!(s.transition(Some(JobState::InProgress), &full, &ob2).await.unwrap());
+        let ob3 = apply(&*s, None, &bare).await;
+        assert_eq!(s.get(&key).await.unwrap(), Some(full.clone()));
+        assert_eq!(s.get(&bare_key).await.unwrap(), Some(bare.clone()));
+        let got = s.get(&key).await.unwrap().unwrap();
+        assert_eq!(got.key.repo.as_str(), "PyTorch/PyTorch", "spelling kept");
+        assert_eq!(got.execution_time_s.map(f64::to_bits), Some(12_345.678_901_234_5f64.to_bits()));
+        assert_eq!(got.queue_time_s.map(f64::to_bits), Some((1.0f64 / 3.0).to_bits()));
+        let mut expected = vec![full, bare];
+        expected.sort_by_key(|r| r.key.sort_key());
+        assert_eq!(s.jobs(&d).await.unwrap(), expected);
+        let mut outbox = vec![ob1, ob2, ob3];
+        outbox.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        assert_eq!(s.outbox(&d).await.unwrap(), outbox);
+        let absent = JobKey { run_attempt: 4, ..key };
+        assert_eq!(s.get(&absent).await.unwrap(), None);
+    }
 }
 
 // ================================================================ the suite, per backend
@@ -882,6 +1391,17 @@ macro_rules! all_cases {
                 store_records_round_trip,
                 blob_round_trip,
                 blob_not_found,
+                jobs_new_job_in_progress,
+                jobs_repeated_in_progress_is_noop,
+                jobs_completed_after_in_progress,
+                jobs_transition_on_absent_job_is_noop,
+                jobs_rerun_attempt_is_separate_key,
+                jobs_concurrent_transitions_one_winner,
+                jobs_outbox_sent_and_rejected_are_final,
+                jobs_pending_outbox_oldest_first,
+                jobs_in_progress_before_only_old_in_progress,
+                jobs_violations_round_trip,
+                jobs_records_round_trip,
             ]
         );
     };

@@ -1,0 +1,622 @@
+//! [`JobStore`] on DynamoDB: job lifecycle records, their HUD outbox items
+//! and lifecycle violations, as three kinds of item in one table.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::Client;
+
+use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crate::ports::StoreError;
+
+use super::dispatch_item::{n, s, Item};
+use super::now_epoch_secs;
+
+/// Lifetime of every item of the jobs table: 90 days (in seconds) after its
+/// last write, written to `expires_at` for the table's TTL.
+pub const JOB_TTL_SECS: i64 = 90 * 24 * 3600;
+
+/// Name of the global secondary index on (`status`, `updated_at`).
+pub const JOBS_BY_STATUS_INDEX: &str = "by_status";
+
+/// How often `transition` sends its transaction again when DynamoDB cancels
+/// it only for `TransactionConflict` (another transaction or write on one of
+/// its items in flight); the retry then decides by the conditions.
+const TRANSACTION_ROUNDS: usize = 5;
+
+/// Items per page asked of DynamoDB for the by-status sweeps.
+const MAX_PAGE: usize = 1000;
+
+/// Sort key prefixes of the three item kinds.
+const JOB_PREFIX: &str = "job#";
+const HUD_PREFIX: &str = "hud#";
+const VIOLATION_PREFIX: &str = "violation#";
+
+/// `status` values of outbox items (job items carry [`JobState::as_str`]).
+const HUD_STATUS_PREFIX: &str = "hud_";
+
+/// Attribute names of the jobs table's items.
+mod attr {
+    pub const PK: &str = "pk";
+    pub const SK: &str = "sk";
+    /// GSI hash key: job state, or `hud_<sync>` for an outbox item.
+    pub const STATUS: &str = "status";
+    /// GSI range key (N, ms): a job's `updated_at_ms`; an outbox item's
+    /// `created_at_ms` (its place in the HUD queue, which never changes).
+    pub const UPDATED_AT: &str = "updated_at";
+    pub const EXPIRES_AT: &str = "expires_at";
+    // Job items.
+    pub const REPO: &str = "repo";
+    pub const RUN_ID: &str = "run_id";
+    pub const RUN_ATTEMPT: &str = "run_attempt";
+    pub const JOB_NAME: &str = "job_name";
+    pub const LEVEL: &str = "level";
+    pub const DISPATCHED_AT_MS: &str = "dispatched_at_ms";
+    pub const IN_PROGRESS_AT_MS: &str = "in_progress_at_ms";
+    pub const COMPLETED_AT_MS: &str = "completed_at_ms";
+    pub const CONCLUSION: &str = "conclusion";
+    pub const QUEUE_TIME_S: &str = "queue_time_s";
+    pub const EXECUTION_TIME_S: &str = "execution_time_s";
+    pub const WORKFLOW_NAME: &str = "workflow_name";
+    pub const URL: &str = "url";
+    // Outbox items.
+    pub const ID: &str = "id";
+    pub const BODY: &str = "body";
+    pub const ATTEMPTS: &str = "attempts";
+    pub const LAST_ERROR: &str = "last_error";
+    pub const CREATED_AT_MS: &str = "created_at_ms";
+    pub const UPDATED_AT_MS: &str = "updated_at_ms";
+    // Violation items (plus `repo`).
+    pub const REASON: &str = "reason";
+    pub const AT_MS: &str = "at_ms";
+}
+
+/// Job lifecycle, HUD outbox and violations in one DynamoDB table.
+///
+/// Table shape (infra `jobs`): partition key `pk` (S), sort key `sk` (S);
+/// global secondary index [`JOBS_BY_STATUS_INDEX`] on `status` (S) +
+/// `updated_at` (N), projection ALL; TTL on `expires_at`. Every item has
+/// `pk` = the delivery id and `expires_at` (N, epoch **seconds**, wall clock
+/// + [`JOB_TTL_SECS`] at each write). By `sk` prefix:
+///
+/// - **job** `job#<JobKey::sort_key>`: `repo` (S, as spelled), `run_id`,
+///   `run_attempt` (N), `job_name` (S), `status` (S, [`JobState::as_str`]),
+///   `level` (S), `updated_at` (N, the record's `updated_at_ms`), and when
+///   set: `dispatched_at_ms`, `in_progress_at_ms`, `completed_at_ms` (N),
+///   `conclusion` (S), `queue_time_s`, `execution_time_s` (N, the shortest
+///   decimal that reads back as the same `f64`), `workflow_name`, `url` (S);
+/// - **outbox** `hud#<OutboxItem::id>`: `id` (S), `body` (S, the JSON text),
+///   `status` (S, `hud_pending` / `hud_sent` / `hud_rejected`), `attempts`
+///   (N), `last_error` (S, absent = none), `created_at_ms`, `updated_at_ms`
+///   (N), and `updated_at` (N) = `created_at_ms`: the GSI orders pending
+///   items by when they were created ("oldest first"), not by their last
+///   attempt. An outbox id starts with `<delivery id>|`, which is how
+///   [`JobStore::mark_outbox`] finds the item from the id alone;
+/// - **violation** `violation#<at_ms, 20 digits>#<uuid>`: `repo`, `reason`
+///   (S), `at_ms` (N). No `status`: not in the GSI.
+///
+/// A transition is one `TransactWriteItems` (job + outbox item, both
+/// conditional), so the two are written together or not at all.
+///
+/// The sweeps ([`JobStore::pending_outbox`], [`JobStore::in_progress_before`])
+/// query the GSI and are eventually consistent (a GSI has no consistent
+/// reads): an item changed a moment ago may still show in its old status.
+/// The per-delivery reads query the table with `ConsistentRead`.
+#[derive(Clone, Debug)]
+pub struct DynamoJobStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoJobStore {
+    /// `table`: the table name (shape above).
+    pub fn new(client: Client, table: String) -> Self {
+        Self { client, table }
+    }
+
+    /// Every item of partition `pk` whose `sk` begins with `prefix`, in `sk`
+    /// order: `Query` with `ConsistentRead`, all pages.
+    async fn query_prefix(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#pk", attr::PK)
+                .expression_attribute_names("#sk", attr::SK)
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+                .scan_index_forward(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", e))?;
+            out.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the GSI for `status` (optionally `updated_at < before`),
+    /// ascending by `updated_at`, page by page. `more(items so far, next
+    /// item)` says whether to take the next item; reading stops at the first
+    /// it refuses or at the end.
+    async fn by_status(
+        &self,
+        status: &str,
+        before: Option<i64>,
+        page_size: usize,
+        mut more: impl FnMut(&[Item], &Item) -> bool,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut req = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(JOBS_BY_STATUS_INDEX)
+                .expression_attribute_names("#status", attr::STATUS)
+                .expression_attribute_values(":status", s(status))
+                .scan_index_forward(true)
+                .limit(page_size.clamp(1, MAX_PAGE) as i32)
+                .set_exclusive_start_key(start.take());
+            req = match before {
+                None => req.key_condition_expression("#status = :status"),
+                Some(b) => req
+                    .key_condition_expression("#status = :status AND #updated < :before")
+                    .expression_attribute_names("#updated", attr::UPDATED_AT)
+                    .expression_attribute_values(":before", n(b)),
+            };
+            let page = req.send().await.map_err(|e| unavailable("Query (by_status)", e))?;
+            for item in page.items.unwrap_or_default() {
+                if !more(&out, &item) {
+                    return Ok(out);
+                }
+                out.push(item);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One `TransactWriteItems` round. `Ok(Some(applied))`: decided;
+    /// `Ok(None)`: cancelled only by conflicting writes in flight, try again.
+    async fn transact(&self, job: TransactWriteItem, outbox: TransactWriteItem) -> Result<Option<bool>, StoreError> {
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(job)
+            .transact_items(outbox)
+            // Idempotent for 10 minutes: the SDK's own retry of a request
+            // that did succeed (timeout on the answer) answers success
+            // instead of failing the conditions against its own write.
+            .client_request_token(uuid::Uuid::new_v4().to_string())
+            .send()
+            .await;
+        let e = match res {
+            Ok(_) => return Ok(Some(true)),
+            Err(e) => e,
+        };
+        let decided = match e.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                let codes: Vec<&str> = c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
+                let known = |code: &&str| matches!(*code, "None" | "ConditionalCheckFailed" | "TransactionConflict");
+                if codes.is_empty() || !codes.iter().all(known) {
+                    None
+                } else if codes.contains(&"ConditionalCheckFailed") {
+                    Some(Some(false))
+                } else if codes.contains(&"TransactionConflict") {
+                    Some(None)
+                } else {
+                    None
+                }
+            }
+            Some(TransactWriteItemsError::TransactionInProgressException(_)) => Some(None),
+            _ => None,
+        };
+        decided.ok_or_else(|| unavailable("TransactWriteItems", e))
+    }
+}
+
+/// A conditional `Put` of `item`: `expected` = `None` → `attribute_not_exists(pk)`;
+/// `Some(state)` → `status = <state>`.
+fn conditional_put(table: &str, item: Item, expected: Option<JobState>) -> Result<TransactWriteItem, StoreError> {
+    let put = Put::builder().table_name(table).set_item(Some(item));
+    let put = match expected {
+        None => put.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", attr::PK),
+        Some(state) => put
+            .condition_expression("#status = :expected")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_values(":expected", s(state.as_str())),
+    };
+    let put = put.build().map_err(|e| StoreError::Unavailable(format!("DynamoDB Put request: {e}")))?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+#[async_trait]
+impl JobStore for DynamoJobStore {
+    /// `GetItem` with `ConsistentRead`.
+    async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(primary_key(key.delivery_id.as_str(), format!("{JOB_PREFIX}{}", key.sort_key()))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", e))?;
+        out.item.as_ref().map(parse_job).transpose()
+    }
+
+    /// One `TransactWriteItems`: `Put` of the job item conditioned on
+    /// `attribute_not_exists(pk)` (`expected` = `None`) or `#status =
+    /// :expected`, and `Put` of the outbox item conditioned on
+    /// `attribute_not_exists(pk)`. Cancelled for a failed condition →
+    /// `Ok(false)`, nothing written. Cancelled only by `TransactionConflict`
+    /// (a concurrent transaction on the same item) → sent again, up to
+    /// [`TRANSACTION_ROUNDS`] times. The outbox id must start with
+    /// `<outbox.delivery_id>|` ([`OutboxItem::id_for`]); another id is
+    /// refused as [`StoreError::Corrupt`].
+    async fn transition(
+        &self,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+    ) -> Result<bool, StoreError> {
+        if outbox_pk(&outbox.id) != Some(outbox.delivery_id.as_str()) {
+            return Err(StoreError::Corrupt(format!(
+                "outbox item id {:?} does not start with its delivery id {:?} and '|'",
+                outbox.id, outbox.delivery_id
+            )));
+        }
+        let job_item = job_item(record)?;
+        let outbox_item = outbox_item(outbox);
+        for round in 0..TRANSACTION_ROUNDS {
+            if round > 0 {
+                // Jittered backoff: 20..40 ms, 40..80 ms, ...
+                let base = 20u64 << (round - 1).min(4);
+                let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(base)) as u64;
+                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+            }
+            let job = conditional_put(&self.table, job_item.clone(), expected)?;
+            let hud = conditional_put(&self.table, outbox_item.clone(), None)?;
+            if let Some(applied) = self.transact(job, hud).await? {
+                return Ok(applied);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "job {} transition: TransactWriteItems cancelled by conflicting writes {TRANSACTION_ROUNDS} times",
+            record.key.sort_key()
+        )))
+    }
+
+    /// `PutItem` of a violation item (a new `sk` each time).
+    async fn record_violation(&self, v: &Violation) -> Result<(), StoreError> {
+        let sk = format!("{VIOLATION_PREFIX}{:020}#{}", v.at_ms.max(0), uuid::Uuid::new_v4().simple());
+        let mut item = primary_key(v.delivery_id.as_str(), sk);
+        item.insert(attr::REPO.into(), s(v.repo.as_str()));
+        item.insert(attr::REASON.into(), s(&v.reason));
+        item.insert(attr::AT_MS.into(), n(v.at_ms));
+        item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + JOB_TTL_SECS));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem (violation)", e))?;
+        Ok(())
+    }
+
+    /// `Query` on `pk` with `begins_with(sk, "job#")`, `ConsistentRead`, all
+    /// pages: ordered by sort key.
+    async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError> {
+        self.query_prefix(delivery.as_str(), JOB_PREFIX).await?.iter().map(parse_job).collect()
+    }
+
+    /// `Query` on `pk` with `begins_with(sk, "violation#")`, `ConsistentRead`,
+    /// all pages: ordered by `at_ms` (same-millisecond violations in no
+    /// particular order).
+    async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError> {
+        self.query_prefix(delivery.as_str(), VIOLATION_PREFIX).await?.iter().map(parse_violation).collect()
+    }
+
+    /// `Query` on `pk` with `begins_with(sk, "hud#")`, `ConsistentRead`, all
+    /// pages; sorted by (`created_at_ms`, `id`).
+    async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut items: Vec<OutboxItem> = self
+            .query_prefix(delivery.as_str(), HUD_PREFIX)
+            .await?
+            .iter()
+            .map(parse_outbox)
+            .collect::<Result<_, _>>()?;
+        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(items)
+    }
+
+    /// `Query` on the GSI, `status = hud_pending`, ascending by `updated_at`
+    /// (= `created_at_ms` for outbox items), up to `limit` items plus any
+    /// sharing the last one's `created_at_ms`, then sorted by
+    /// (`created_at_ms`, `id`) and cut to `limit`: the same order as the
+    /// SQLite twin even when creation times tie. Eventually consistent.
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let status = hud_status(HudSync::Pending);
+        let items = self
+            .by_status(&status, None, limit + 1, |got, next| {
+                got.len() < limit || gsi_sort(next) == got.get(limit - 1).and_then(gsi_sort)
+            })
+            .await?;
+        let mut items: Vec<OutboxItem> = items.iter().map(parse_outbox).collect::<Result<_, _>>()?;
+        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        items.truncate(limit);
+        Ok(items)
+    }
+
+    /// `UpdateItem` on the item `hud#<id>` of partition `<id up to the first
+    /// '|'>`, conditioned on `#status = hud_pending`: sets the new status,
+    /// `attempts + 1`, `updated_at_ms`, `expires_at`, and `last_error` when
+    /// `error` is given (else the previous one stays). A failed condition
+    /// (final already, or no such item) is `Ok` and changes nothing.
+    async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
+        let Some(pk) = outbox_pk(id) else {
+            return Ok(()); // no outbox item has such an id
+        };
+        let mut update = String::from(
+            "SET #status = :status, #attempts = #attempts + :one, #updated_ms = :now, #expires = :expires",
+        );
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
+            .condition_expression("#status = :pending")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#attempts", attr::ATTEMPTS)
+            .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":status", s(&hud_status(sync)))
+            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS));
+        if let Some(error) = error {
+            update.push_str(", #error = :error");
+            req = req
+                .expression_attribute_names("#error", attr::LAST_ERROR)
+                .expression_attribute_values(":error", s(error));
+        }
+        match req.update_expression(update).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(unavailable("UpdateItem (mark outbox)", e)),
+        }
+    }
+
+    /// `Query` on the GSI, `status = in_progress AND updated_at < before_ms`,
+    /// ascending by `updated_at`, up to `limit` items. Eventually consistent.
+    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let items =
+            self.by_status(JobState::InProgress.as_str(), Some(before_ms), limit, |got, _| got.len() < limit).await?;
+        items.iter().map(parse_job).collect()
+    }
+}
+
+// ---------------------------------------------------------------- items
+
+fn primary_key(pk: &str, sk: String) -> Item {
+    HashMap::from([(attr::PK.to_owned(), s(pk)), (attr::SK.to_owned(), AttributeValue::S(sk))])
+}
+
+/// The delivery id an outbox id starts with (`<delivery id>|...`).
+fn outbox_pk(id: &str) -> Option<&str> {
+    id.split_once('|').map(|(pk, _)| pk).filter(|pk| DeliveryId::parse(pk).is_ok())
+}
+
+fn hud_status(sync: HudSync) -> String {
+    format!("{HUD_STATUS_PREFIX}{}", sync.as_str())
+}
+
+/// The GSI sort value of an item, if it has a numeric one.
+fn gsi_sort(item: &Item) -> Option<&str> {
+    match item.get(attr::UPDATED_AT) {
+        Some(AttributeValue::N(v)) => Some(v.as_str()),
+        _ => None,
+    }
+}
+
+/// A finite `f64` as a DynamoDB number: Rust's shortest decimal that parses
+/// back to the same value (no exponent; DynamoDB keeps 38 significant digits).
+fn float(name: &str, v: f64) -> Result<AttributeValue, StoreError> {
+    if v.is_finite() {
+        Ok(n(v))
+    } else {
+        Err(StoreError::Corrupt(format!("job attribute {name:?}: {v} cannot be stored (not a finite number)")))
+    }
+}
+
+fn job_item(r: &JobRecord) -> Result<Item, StoreError> {
+    let k = &r.key;
+    let mut item = primary_key(k.delivery_id.as_str(), format!("{JOB_PREFIX}{}", k.sort_key()));
+    item.insert(attr::REPO.into(), s(k.repo.as_str()));
+    item.insert(attr::RUN_ID.into(), n(k.run_id));
+    item.insert(attr::RUN_ATTEMPT.into(), n(k.run_attempt));
+    item.insert(attr::JOB_NAME.into(), s(&k.job_name));
+    item.insert(attr::STATUS.into(), s(r.state.as_str()));
+    item.insert(attr::LEVEL.into(), s(r.level.as_str()));
+    item.insert(attr::UPDATED_AT.into(), n(r.updated_at_ms));
+    item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + JOB_TTL_SECS));
+    for (name, v) in [
+        (attr::DISPATCHED_AT_MS, r.dispatched_at_ms),
+        (attr::IN_PROGRESS_AT_MS, r.in_progress_at_ms),
+        (attr::COMPLETED_AT_MS, r.completed_at_ms),
+    ] {
+        if let Some(v) = v {
+            item.insert(name.into(), n(v));
+        }
+    }
+    for (name, v) in [(attr::QUEUE_TIME_S, r.queue_time_s), (attr::EXECUTION_TIME_S, r.execution_time_s)] {
+        if let Some(v) = v {
+            item.insert(name.into(), float(name, v)?);
+        }
+    }
+    for (name, v) in [(attr::CONCLUSION, &r.conclusion), (attr::WORKFLOW_NAME, &r.workflow_name), (attr::URL, &r.url)] {
+        if let Some(v) = v {
+            item.insert(name.into(), s(v));
+        }
+    }
+    Ok(item)
+}
+
+fn outbox_item(o: &OutboxItem) -> Item {
+    let mut item = primary_key(o.delivery_id.as_str(), format!("{HUD_PREFIX}{}", o.id));
+    item.insert(attr::ID.into(), s(&o.id));
+    item.insert(attr::BODY.into(), s(&o.body.to_string()));
+    item.insert(attr::STATUS.into(), s(&hud_status(o.sync)));
+    item.insert(attr::ATTEMPTS.into(), n(o.attempts));
+    if let Some(e) = &o.last_error {
+        item.insert(attr::LAST_ERROR.into(), s(e));
+    }
+    item.insert(attr::CREATED_AT_MS.into(), n(o.created_at_ms));
+    item.insert(attr::UPDATED_AT_MS.into(), n(o.updated_at_ms));
+    item.insert(attr::UPDATED_AT.into(), n(o.created_at_ms));
+    item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + JOB_TTL_SECS));
+    item
+}
+
+fn corrupt(name: &str, why: &str) -> StoreError {
+    StoreError::Corrupt(format!("jobs table item attribute {name:?} {why}"))
+}
+
+fn opt_s(item: &Item, name: &str) -> Result<Option<String>, StoreError> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+        Some(_) => Err(corrupt(name, "is not a string")),
+    }
+}
+
+fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
+    opt_s(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
+}
+
+fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| corrupt(name, "is out of range")),
+        Some(_) => Err(corrupt(name, "is not a number")),
+    }
+}
+
+fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T, StoreError> {
+    opt_n(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
+}
+
+fn delivery_of(item: &Item) -> Result<DeliveryId, StoreError> {
+    DeliveryId::parse(&get_s(item, attr::PK)?).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn repo_of(item: &Item) -> Result<RepoFullName, StoreError> {
+    RepoFullName::parse(&get_s(item, attr::REPO)?).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_job(item: &Item) -> Result<JobRecord, StoreError> {
+    let state = get_s(item, attr::STATUS)?;
+    let level = get_s(item, attr::LEVEL)?;
+    Ok(JobRecord {
+        key: JobKey {
+            delivery_id: delivery_of(item)?,
+            repo: repo_of(item)?,
+            run_id: get_n(item, attr::RUN_ID)?,
+            run_attempt: get_n(item, attr::RUN_ATTEMPT)?,
+            job_name: get_s(item, attr::JOB_NAME)?,
+        },
+        state: JobState::parse(&state).ok_or_else(|| corrupt(attr::STATUS, "is not a job state"))?,
+        level: Level::parse(&level).ok_or_else(|| corrupt(attr::LEVEL, "is not L1..L4"))?,
+        dispatched_at_ms: opt_n(item, attr::DISPATCHED_AT_MS)?,
+        in_progress_at_ms: opt_n(item, attr::IN_PROGRESS_AT_MS)?,
+        completed_at_ms: opt_n(item, attr::COMPLETED_AT_MS)?,
+        conclusion: opt_s(item, attr::CONCLUSION)?,
+        queue_time_s: opt_n(item, attr::QUEUE_TIME_S)?,
+        execution_time_s: opt_n(item, attr::EXECUTION_TIME_S)?,
+        workflow_name: opt_s(item, attr::WORKFLOW_NAME)?,
+        url: opt_s(item, attr::URL)?,
+        updated_at_ms: get_n(item, attr::UPDATED_AT)?,
+    })
+}
+
+fn parse_outbox(item: &Item) -> Result<OutboxItem, StoreError> {
+    let status = get_s(item, attr::STATUS)?;
+    let sync = status
+        .strip_prefix(HUD_STATUS_PREFIX)
+        .and_then(HudSync::parse)
+        .ok_or_else(|| corrupt(attr::STATUS, "is not an outbox status"))?;
+    let body = get_s(item, attr::BODY)?;
+    Ok(OutboxItem {
+        id: get_s(item, attr::ID)?,
+        delivery_id: delivery_of(item)?,
+        body: serde_json::from_str(&body).map_err(|e| corrupt(attr::BODY, &format!("is not JSON: {e}")))?,
+        sync,
+        attempts: get_n(item, attr::ATTEMPTS)?,
+        last_error: opt_s(item, attr::LAST_ERROR)?,
+        created_at_ms: get_n(item, attr::CREATED_AT_MS)?,
+        updated_at_ms: get_n(item, attr::UPDATED_AT_MS)?,
+    })
+}
+
+fn parse_violation(item: &Item) -> Result<Violation, StoreError> {
+    Ok(Violation {
+        delivery_id: delivery_of(item)?,
+        repo: repo_of(item)?,
+        reason: get_s(item, attr::REASON)?,
+        at_ms: get_n(item, attr::AT_MS)?,
+    })
+}
+
+fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
+    StoreError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_pk_is_the_delivery_prefix() {
+        assert_eq!(outbox_pk("abc-1|org/repo|1|1|build|in_progress"), Some("abc-1"));
+        assert_eq!(outbox_pk("no-separator"), None);
+        assert_eq!(outbox_pk("bad id|x"), None);
+    }
+
+    #[test]
+    fn floats_round_trip_through_their_number_text() {
+        for v in [0.0, 0.1, 1.0 / 3.0, 12_345.678, 86_400.5, 1e-7, 123_456_789.123_456_78] {
+            let AttributeValue::N(text) = float("x", v).unwrap() else { panic!("not N") };
+            assert_eq!(text.parse::<f64>().unwrap(), v, "{text}");
+            assert!(!text.contains('e'), "{text}");
+        }
+        assert!(float("x", f64::NAN).is_err());
+        assert!(float("x", f64::INFINITY).is_err());
+    }
+}
