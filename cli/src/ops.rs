@@ -217,7 +217,7 @@ fn progress_printer(verb: &'static str) -> impl FnMut(Progress) + Send {
             if p.done == p.total {
                 eprintln!();
             }
-        } else if p.done % 100 == 0 || p.done == p.total {
+        } else if p.done.rem_euclid(100) == 0 || p.done == p.total {
             eprintln!("{line}");
         }
     }
@@ -406,6 +406,131 @@ mod tests {
     enum C {
         Dlq(DlqArgs),
         Status(StatusArgs),
+        Allowlist {
+            #[command(subcommand)]
+            command: AllowlistCommand,
+        },
+    }
+
+    fn env(vars: &[(&str, String)]) -> Env<'static> {
+        let map: std::collections::HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        Env::new(move |k| map.get(k).cloned())
+    }
+
+    /// Runs `crcr <args>` (the on-call subcommands) and returns (exit code, stdout).
+    async fn run(args: &[&str], env: &Env<'_>) -> anyhow::Result<(i32, String)> {
+        let t = T::try_parse_from(std::iter::once("crcr").chain(args.iter().copied()))?;
+        let mut out = Vec::new();
+        let code = match t.c {
+            C::Dlq(a) => run_dlq(a, env, &mut out).await?,
+            C::Status(a) => run_status(a, env, &mut out).await?,
+            C::Allowlist { command } => run_allowlist(command, env, &mut out).await?,
+        };
+        Ok((code, String::from_utf8(out)?))
+    }
+
+    /// A database file with one dead-lettered push and one message waiting on the source queue.
+    async fn database() -> (PathBuf, String) {
+        use crcr_shared::ports::{EventQueue, QueueSide};
+        let path = std::env::temp_dir().join(format!("crcr-cli-ops-{}.sqlite", uuid::Uuid::new_v4().simple()));
+        let q = crcr_shared::sqlite::SqliteQueue::new(crcr_shared::sqlite::Db::open(&path).unwrap(), "dispatch", 5);
+        let delivery = uuid::Uuid::new_v4().to_string();
+        let body = format!(
+            r#"{{"type":"dispatch_v1","delivery_id":"{delivery}","event":"push","action":null,"received_at_ms":{},"payload":{{"inline":{{"ref":"refs/heads/main"}}}}}}"#,
+            SystemClock.now_ms()
+        );
+        q.send(&body).await.unwrap();
+        let m = q
+            .receive(QueueSide::Source, 1, std::time::Duration::from_secs(30), std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        q.dead_letter(&m[0], "still failing after 5 receives: org/a: 503 Service Unavailable").await.unwrap();
+        q.send(r#"{"type":"dispatch_v1"}"#).await.unwrap();
+        (path, delivery)
+    }
+
+    #[tokio::test]
+    async fn dlq_commands_on_a_database_file() {
+        let (path, delivery) = database().await;
+        let db = path.to_str().unwrap().to_owned();
+        let e = env(&[]);
+        let d = ["--database", db.as_str()];
+        let run = |args: &[&str]| {
+            let args: Vec<String> = args.iter().copied().chain(d).map(str::to_owned).collect();
+            let e = &e;
+            async move { run(&args.iter().map(String::as_str).collect::<Vec<_>>(), e).await }
+        };
+
+        let (code, text) = run(&["dlq", "list"]).await.unwrap();
+        assert_eq!(code, 0);
+        assert!(text.contains(&delivery) && text.contains("refs/heads/main") && text.contains("org/a: 503"), "{text}");
+        let (_, json) = run(&["dlq", "list", "--json", "--event", "push"]).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["messages"][0]["delivery_id"], delivery.as_str());
+        assert_eq!(v["messages"][0]["failure_class"], "retries_exhausted");
+        let (_, none) = run(&["dlq", "list", "--json", "--event", "pull_request"]).await.unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&none).unwrap()["matched"], 0);
+
+        let (code, text) = run(&["dlq", "show", &delivery]).await.unwrap();
+        assert_eq!(code, 0);
+        assert!(text.contains("attempt history") && text.contains("\"ref\": \"refs/heads/main\""), "{text}");
+        assert_eq!(run(&["dlq", "show", "no-such-message"]).await.unwrap().0, 1);
+
+        let (code, text) = run(&["status", "--json"]).await.unwrap();
+        assert_eq!(code, 0, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["queues"][0]["source"]["depth"], 1);
+        assert_eq!(v["queues"][0]["dead_letter"]["depth"], 1);
+        assert_eq!(v["dispatches"]["counts"]["dispatched"], 0);
+
+        let (code, text) = run(&["dlq", "purge"]).await.unwrap();
+        assert_eq!(code, EXIT_REFUSED, "purge without --yes refuses");
+        assert!(text.contains("would be removed") && text.contains(&delivery), "{text}");
+        let (code, text) = run(&["dlq", "replay", "--dry-run"]).await.unwrap();
+        assert_eq!(code, 0);
+        assert!(text.contains("dry run: 1 would be moved, nothing changed"), "{text}");
+        let (code, text) = run(&["dlq", "purge", "--yes", "--id", &delivery]).await.unwrap();
+        assert_eq!(code, 0);
+        assert!(text.contains("removed:") && text.contains("1 removed, 0 skipped, 0 failed"), "{text}");
+        let (_, json) = run(&["dlq", "list", "--json"]).await.unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&json).unwrap()["scanned"], 0);
+
+        let missing = format!("{db}.nope");
+        let err = super::tests::run(&["dlq", "list", "--database", &missing], &e).await.unwrap_err();
+        assert!(err.to_string().contains("no database at"), "{err}");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{db}{suffix}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn allowlist_check_against_a_file() {
+        let dir = std::env::temp_dir().join(format!("crcr-cli-allowlist-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old, new, bad) = (dir.join("old.yml"), dir.join("new.yml"), dir.join("bad.yml"));
+        std::fs::write(&old, "L1:\n  - org/a\n  - org/b\n").unwrap();
+        std::fs::write(&new, "L1:\n  - org/a\nL3:\n  gpu:\n    org/c: [alice]\n").unwrap();
+        std::fs::write(&bad, "L1: [org/a, org/a]\n").unwrap();
+        let e = env(&[("CRCR_ALLOWLIST_FILE", old.display().to_string())]);
+        let (code, text) = run(&["allowlist", "check", new.to_str().unwrap()], &e).await.unwrap();
+        assert_eq!(code, 0);
+        assert!(text.contains("valid") && text.contains("gpu: org/c") && text.contains("@alice"), "{text}");
+        assert!(
+            text.contains("  + org/c (L3, device gpu, oncalls @alice)") && text.contains("  - org/b (was L1)"),
+            "{text}"
+        );
+        let (code, text) = run(&["allowlist", "check", bad.to_str().unwrap()], &e).await.unwrap();
+        assert_eq!(code, 1);
+        assert!(text.contains("NOT VALID") && text.contains("twice"), "{text}");
+        let (_, json) =
+            run(&["allowlist", "check", new.to_str().unwrap(), "--against", new.to_str().unwrap(), "--json"], &e)
+                .await
+                .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["diff"]["unchanged"], 2);
+        assert_eq!(v["summary"]["levels"]["L3"], 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

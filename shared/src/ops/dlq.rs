@@ -87,6 +87,9 @@ impl ScanOptions {
     }
 }
 
+/// (selected, not selected) messages with what the caller keeps of each.
+type Split<T> = (Vec<(T, DlqMessage)>, Vec<(T, DlqMessage)>);
+
 /// Which DLQ messages a command applies to. Empty = all.
 #[derive(Clone, Debug, Default)]
 pub struct DlqFilter {
@@ -154,7 +157,7 @@ impl DlqFilter {
 
     /// Splits `messages` into (selected, not selected): the matching ones,
     /// oldest event first, at most `limit` of them.
-    fn select<T>(&self, messages: Vec<(T, DlqMessage)>, now_ms: i64) -> (Vec<(T, DlqMessage)>, Vec<(T, DlqMessage)>) {
+    fn select<T>(&self, messages: Vec<(T, DlqMessage)>, now_ms: i64) -> Split<T> {
         let (mut hit, mut rest): (Vec<_>, Vec<_>) = messages.into_iter().partition(|(_, m)| self.matches(m, now_ms));
         hit.sort_by_key(|(_, m)| (m.event_time_ms(), m.sent_at_ms));
         if let Some(limit) = self.limit {
@@ -957,10 +960,17 @@ impl<'a> Dlq<'a> {
                     }
                     Ok(new_id) => match self.queue.delete(QueueSide::DeadLetter, &msg.receipt).await {
                         Ok(()) => report.done.push(moved(&m, Some(new_id))),
-                        Err(e) => report.failed.push(not_moved(
-                            format!("copied to the source queue as {new_id}, but the delete from the DLQ failed: {e}"),
-                            true,
-                        )),
+                        Err(e) => {
+                            report.failed.push(not_moved(
+                                format!(
+                                    "copied to the source queue as {new_id}, but the delete from the DLQ failed: {e} \
+                                     (on both queues now; replaying or purging it again is safe)"
+                                ),
+                                true,
+                            ));
+                            // Visible again for the next replay or purge.
+                            release_failures.extend(release(self.queue, std::iter::once(&msg)).await);
+                        }
                     },
                 },
                 Action::Purge => match self.queue.delete(QueueSide::DeadLetter, &msg.receipt).await {
@@ -988,20 +998,27 @@ impl MoveReport {
 /// `moved` or `removed`.
 pub fn render_move_report(r: &MoveReport, verb: &str) -> String {
     let mut out = String::new();
-    let would = if r.dry_run { format!("would be {verb}") } else { verb.to_owned() };
+    let with_new_id = r.done.iter().any(|m| m.new_message_id.is_some());
     if !r.done.is_empty() {
-        let mut t = Table::new(["MESSAGE ID", "DELIVERY ID", "EVENT", "PENDING TARGETS", "NEW MESSAGE ID"]);
+        let mut headers = vec!["MESSAGE ID", "DELIVERY ID", "EVENT", "PENDING TARGETS"];
+        if with_new_id {
+            headers.push("NEW MESSAGE ID");
+        }
+        let mut t = Table::new(headers);
         for m in &r.done {
             let pending: Vec<&str> = m.pending_targets.iter().map(|t| t.as_str()).collect();
-            t.row([
+            let mut row = vec![
                 m.message_id.clone(),
                 m.delivery_id.as_ref().map_or_else(|| "-".into(), |d| d.to_string()),
                 m.event.clone(),
                 if pending.is_empty() { "-".into() } else { pending.join(",") },
-                m.new_message_id.clone().unwrap_or_else(|| "-".into()),
-            ]);
+            ];
+            if with_new_id {
+                row.push(m.new_message_id.clone().unwrap_or_else(|| "-".into()));
+            }
+            t.row(row);
         }
-        out.push_str(&format!("{would}:\n"));
+        out.push_str(&format!("{}:\n", if r.dry_run { format!("would be {verb}") } else { verb.to_owned() }));
         out.push_str(&t.render());
     }
     for (what, list) in [("skipped", &r.skipped), ("failed", &r.failed)] {
@@ -1014,16 +1031,22 @@ pub fn render_move_report(r: &MoveReport, verb: &str) -> String {
             ));
         }
     }
-    out.push_str(&format!(
-        "{}{} {verb}, {} skipped, {} failed ({} selected of {} read{})\n",
-        if r.dry_run { "dry run: " } else { "" },
-        r.done.len(),
-        r.skipped.len(),
-        r.failed.len(),
+    let scope = format!(
+        "{} selected of {} read{}",
         r.selected,
         r.scanned,
         if r.scan_truncated { "; stopped at --max-scan, there may be more" } else { "" }
-    ));
+    );
+    if r.dry_run {
+        out.push_str(&format!("dry run: {} would be {verb}, nothing changed ({scope})\n", r.done.len()));
+    } else {
+        out.push_str(&format!(
+            "{} {verb}, {} skipped, {} failed ({scope})\n",
+            r.done.len(),
+            r.skipped.len(),
+            r.failed.len()
+        ));
+    }
     for f in &r.release_failures {
         out.push_str(&format!("warning: could not release {f} (it reappears when its hold ends)\n"));
     }
