@@ -29,7 +29,7 @@ enum Command {
     },
     /// Inspect, replay or purge a dead-letter queue (SQLite file, or --aws).
     Dlq(ops::DlqArgs),
-    /// Queue depths, oldest messages, dispatch outcomes of the last hour, allowlist in use.
+    /// Queue and DLQ depths, oldest messages, dispatch outcomes of the last hour, allowlist in use.
     Status(ops::StatusArgs),
     /// The whole chain of one delivery: dispatches, jobs, HUD records, refused callbacks.
     Trace {

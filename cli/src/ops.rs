@@ -168,7 +168,7 @@ pub struct StatusArgs {
     /// Dispatch outcomes over this window.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub window: std::time::Duration,
-    /// Never read the DLQ (on SQS the age of its oldest message is then unknown).
+    /// Never read the DLQs (on SQS the age of their oldest message is then unknown).
     #[arg(long)]
     pub no_peek: bool,
     #[arg(long)]
@@ -290,10 +290,19 @@ pub async fn run_dlq(args: DlqArgs, env: &Env<'_>, out: &mut dyn Write) -> anyho
 /// Runs `crcr status`; returns the exit code (1 when a section could not be read).
 pub async fn run_status(args: StatusArgs, env: &Env<'_>, out: &mut dyn Write) -> anyhow::Result<i32> {
     let dispatch = open(&args.backend, QueueName::Dispatch, env).await?;
+    // The reconcile queue too: always in the SQLite file; on AWS when its URLs are set.
+    let reconcile = match open(&args.backend, QueueName::Reconcile, env).await {
+        Ok(p) => Some(p),
+        Err(_) if args.backend.aws => None,
+        Err(e) => return Err(e),
+    };
+    let mut queues: Vec<(&str, &dyn crcr_shared::ports::EventQueue)> =
+        vec![(QueueName::Dispatch.as_str(), &*dispatch.queue)];
+    if let Some(r) = &reconcile {
+        queues.push((QueueName::Reconcile.as_str(), &*r.queue));
+    }
     let opts = StatusOptions { window: args.window, peek_dlq: !args.no_peek };
-    let mut report =
-        status::status(&[(QueueName::Dispatch.as_str(), &*dispatch.queue)], &*dispatch.store, &SystemClock, &opts)
-            .await;
+    let mut report = status::status(&queues, &*dispatch.store, &SystemClock, &opts).await;
     report.allowlist = match in_use_source(env) {
         None => None,
         Some(source) => Some(match load_allowlist(&source, env).await {
@@ -482,6 +491,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["queues"][0]["source"]["depth"], 1);
         assert_eq!(v["queues"][0]["dead_letter"]["depth"], 1);
+        assert_eq!(v["queues"][1]["name"], "reconcile");
+        assert_eq!(v["queues"][1]["source"]["depth"], 0);
         assert_eq!(v["dispatches"]["counts"]["dispatched"], 0);
 
         let (code, text) = run(&["dlq", "purge"]).await.unwrap();
