@@ -22,7 +22,7 @@ pub mod ops;
 pub mod ports;
 pub mod reconcile;
 pub mod signature;
-pub mod trace;
 pub mod sqlite;
 #[cfg(feature = "standin")]
 pub mod standin;
+pub mod trace;
