@@ -10,6 +10,7 @@ use crcr_shared::config::{AwsResources, Env, RelayConfig};
 use crcr_shared::dispatch::{process_sqs_batch, Dispatcher};
 use crcr_shared::embedded::github_and_allowlist;
 use crcr_shared::ports::{ReceivedMessage, SystemClock};
+use crcr_shared::secrets::process_env_with_secrets;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 /// SQS record → received message (`ApproximateReceiveCount`, `SentTimestamp` attributes).
@@ -28,10 +29,12 @@ fn received(m: aws_lambda_events::sqs::SqsMessage) -> ReceivedMessage {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let env = Env::process();
+    let sdk = sdk_config(Env::process().opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
+    // The webhook secret and the App's private key come from CRCR_SECRETS_ARN
+    // (read once, here) when set.
+    let env = process_env_with_secrets(&sdk).await?;
     let cfg = RelayConfig::from_env(&env)?;
     let aws = AwsResources::from_env(&env)?;
-    let sdk = sdk_config(aws.endpoint_url.as_deref()).await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let queue = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), aws.dispatch_queue_url.clone(), aws.dlq_url()?));
     let (github, allowlist) = github_and_allowlist(&cfg)?;
