@@ -25,8 +25,9 @@
 Both need what scripts/test sets up (the zips, moto, the venv's
 cargo-lambda), so they run only with CRCR_PACKAGE_TESTS=1 (scripts/test's
 packaging step sets it) and are skipped otherwise (e.g. in .ci/infra-check,
-which runs every test of this directory). With CRCR_PACKAGE_TESTS=1 nothing
-skips: a missing zip, tool or server fails.
+which runs every test of this directory). With CRCR_PACKAGE_TESTS=1 a missing
+zip, tool or server fails; the only skip is the smoke test of zips built for
+arm64 (CRCR_LAMBDA_ARCH=arm64), which cannot run on an x86_64 machine.
 
 Environment: CRCR_LAMBDA_DIR (default <target dir>/lambda), CRCR_LAMBDA_ARCH
 (x86_64 | arm64, default x86_64), CRCR_TEST_MOTO_URL (default
