@@ -184,6 +184,36 @@ pub trait BlobStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError>;
 }
 
+// ---------------------------------------------------------------- small state
+
+/// Small named values that must survive restarts and be shared by every
+/// instance of the relay (the redeliver cursor, for one). SQLite table `kv`
+/// in `crcr serve`; the DynamoDB `kv` table (`pk` S, `value` S) on AWS.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// The value stored under `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Stores `value` under `key` (overwrites). Durable when it returns.
+    async fn put(&self, key: &str, value: &str) -> Result<(), StoreError>;
+}
+
+/// [`StateStore`] in process memory (tests, one-shot CLI runs).
+#[derive(Debug, Default)]
+pub struct InMemoryStateStore {
+    map: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+#[async_trait]
+impl StateStore for InMemoryStateStore {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.map.lock().expect("state store").get(key).cloned())
+    }
+    async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.map.lock().expect("state store").insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------- dispatch store
 
 #[derive(Debug, thiserror::Error)]
