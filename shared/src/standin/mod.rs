@@ -24,6 +24,7 @@
 //! clone of the [`StandIn`] is dropped, or on [`StandIn::shutdown`].
 
 mod apps;
+pub mod issuer;
 mod jwt;
 mod repos;
 mod server;
