@@ -295,6 +295,33 @@ impl GitHubApp for GitHubAppClient {
     }
 }
 
+/// The App's webhook delivery log, with the App JWT (`crcr redeliver`).
+#[async_trait]
+impl crate::redeliver::HookDeliveries for GitHubAppClient {
+    async fn list_page(
+        &self,
+        per_page: u8,
+        cursor: Option<&str>,
+    ) -> Result<crate::redeliver::DeliveryPage, crate::redeliver::HookError> {
+        let uri = crate::redeliver::list_uri(per_page, cursor);
+        let (status, headers, bytes) = self.send(self.app._get(uri).await).await?;
+        if !status.is_success() {
+            return Err(crate::redeliver::hook_error(status, &headers, &bytes));
+        }
+        crate::redeliver::parse_page(&headers, &bytes)
+    }
+
+    async fn redeliver(&self, delivery_id: u64) -> Result<(), crate::redeliver::HookError> {
+        let uri = format!("/app/hook/deliveries/{delivery_id}/attempts");
+        let (status, headers, bytes) = self.send(self.app._post(uri, None::<&()>).await).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(crate::redeliver::hook_error(status, &headers, &bytes))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

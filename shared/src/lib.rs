@@ -21,6 +21,7 @@ pub mod oidc;
 pub mod ops;
 pub mod ports;
 pub mod reconcile;
+pub mod redeliver;
 pub mod secrets;
 pub mod signature;
 pub mod sqlite;

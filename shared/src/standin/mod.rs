@@ -16,7 +16,10 @@
 //!   10 properties and at most 65,535 characters of JSON), then answers with
 //!   the faults queued for that repository, one per call, before a 204;
 //! - `GET /repos/{owner}/{repo}/contents/{path}` serves files put with
-//!   [`StandIn::put_file`], raw or as GitHub's JSON.
+//!   [`StandIn::put_file`], raw or as GitHub's JSON;
+//! - `GET /app/hook/deliveries` and `POST /app/hook/deliveries/{id}/attempts`:
+//!   the App's webhook delivery log and redelivery, with GitHub's paging and
+//!   3-day window ([`StandIn::add_hook_delivery`], [`StandIn::redelivery_requests`]).
 //!
 //! Every answer carries `x-ratelimit-*` and `x-github-request-id` headers;
 //! every request is recorded ([`StandIn::requests`]) with the client's port,
@@ -24,6 +27,7 @@
 //! clone of the [`StandIn`] is dropped, or on [`StandIn::shutdown`].
 
 mod apps;
+mod hooks;
 pub mod issuer;
 mod jwt;
 mod repos;
@@ -38,6 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use hooks::{HookDeliveryEntry, HookDeliverySeed, RedeliveryRequest, HOOK_RETENTION};
 use state::Shared;
 
 /// How to start a [`StandIn`].

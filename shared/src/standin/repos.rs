@@ -126,7 +126,7 @@ pub(crate) async fn dispatch(
 }
 
 /// The answer GitHub gives for a fault.
-async fn fault_response(fault: Fault, installation_id: u64, request_id: &str) -> Response {
+pub(crate) async fn fault_response(fault: Fault, installation_id: u64, request_id: &str) -> Response {
     match fault {
         Fault::ServerError(code) => {
             let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::jwt::{self, Rejection};
 use super::state::Shared;
-use super::{apps, repos, util, AuthKind, RecordedRequest};
+use super::{apps, hooks, repos, util, AuthKind, RecordedRequest};
 
 pub(crate) const DOC_REST: &str = "https://docs.github.com/rest";
 
@@ -49,6 +49,8 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/repos/{owner}/{repo}/installation", get(apps::repo_installation))
         .route("/app/installations/{id}/access_tokens", post(apps::create_token))
+        .route("/app/hook/deliveries", get(hooks::list))
+        .route("/app/hook/deliveries/{delivery_id}/attempts", post(hooks::redeliver))
         .route("/repos/{owner}/{repo}/dispatches", post(repos::dispatch))
         .route("/repos/{owner}/{repo}/contents/{*path}", get(repos::contents))
         .fallback(not_found)

@@ -52,6 +52,8 @@ pub(crate) struct World {
     /// lower-case names of repositories that exist (installed once, given a file, ...)
     pub known: HashSet<String>,
     pub requests: Vec<RecordedRequest>,
+    /// The App's webhook delivery log (`/app/hook/deliveries`)
+    pub hooks: super::hooks::HookLog,
     pub dispatches: Vec<RecordedDispatch>,
     /// identity -> (window start, Unix s; calls in the window)
     pub rate: HashMap<String, (u64, u64)>,
@@ -120,6 +122,7 @@ impl Shared {
                 private: HashSet::new(),
                 known: HashSet::new(),
                 requests: Vec::new(),
+                hooks: Default::default(),
                 dispatches: Vec::new(),
                 rate: HashMap::new(),
                 next_installation: 40_000_001,

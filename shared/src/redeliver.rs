@@ -1,0 +1,832 @@
+//! Missed-delivery recovery: ask GitHub to redeliver the App's webhook
+//! deliveries that never reached the relay.
+//!
+//! GitHub does not retry a failed webhook delivery by itself; the App's
+//! delivery log is the only way to get one again (GitHub docs, "Handling
+//! failed webhook deliveries"). A run:
+//!
+//! 1. reads the log newest → oldest (`GET /app/hook/deliveries`, App JWT,
+//!    [`RedeliverSettings::per_page`] a page, cursor paging) down to the
+//!    scan's lower bound: where the last complete run stopped (minus
+//!    [`CURSOR_OVERLAP`]) or, on a first run or with `--since`, that far
+//!    back (default [`DEFAULT_SINCE`]) — never beyond GitHub's 3-day window
+//!    ([`GITHUB_WINDOW`] minus [`WINDOW_MARGIN`]);
+//! 2. groups the deliveries by GUID (`X-GitHub-Delivery`: the original and
+//!    its redeliveries share it). A GUID counts as delivered when any of its
+//!    attempts got a 2xx `status_code`;
+//! 3. asks GitHub to redeliver (`POST /app/hook/deliveries/{id}/attempts`)
+//!    the newest delivery of each GUID that was not delivered, oldest GUID
+//!    first (events reach the relay in their original order), once per run,
+//!    waiting [`RedeliverSettings::request_interval`] between requests
+//!    (GitHub, "Best practices for using the REST API": wait at least one
+//!    second between mutative requests);
+//! 4. remembers, in the [`StateStore`] under [`STATE_KEY`], how far the log
+//!    was read and which GUIDs it asked for (attempts, delivery id). A GUID
+//!    whose redelivery has not shown up yet is not asked for again; one
+//!    whose redelivery failed again is asked for again, at most
+//!    [`RedeliverSettings::max_attempts`] times in all (default 3: a
+//!    receiver that refused the same event three times will refuse it a
+//!    fourth; on-call takes it from there, see `docs/RUNBOOK.md`).
+//!
+//! The cursor advances only after a complete run (every page down to the
+//! lower bound read, no transient error, no request left undone), so a
+//! failure never skips deliveries; the GUIDs already asked for are saved
+//! after each request, so a run that dies never asks twice. Two runs at
+//! once (a CLI run during `crcr serve`'s schedule) may ask for one GUID
+//! twice; the relay's per-delivery idempotency makes that harmless.
+//!
+//! Runs from `crcr redeliver`, every `CRCR_REDELIVER_INTERVAL_SECS` inside
+//! `crcr serve` ([`run_periodic`]), and on AWS from a scheduled Lambda
+//! ([`Redeliverer::run_scheduled`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::github::{classify, GitHubAppClient, GitHubAppConfig, GitHubConfigError};
+use crate::ops::{format_age, format_time, table::Table};
+use crate::ports::{Clock, GitHubError, StateStore, StoreError, SystemClock};
+
+/// How far back GitHub keeps and redelivers deliveries: 3 days (GitHub
+/// docs, "Redelivering webhooks").
+pub const GITHUB_WINDOW: Duration = Duration::from_secs(3 * 86_400);
+/// A run stays this far inside [`GITHUB_WINDOW`]: a delivery listed at
+/// 2 days 23:59 would be refused (422) by the time it is asked for.
+pub const WINDOW_MARGIN: Duration = Duration::from_secs(10 * 60);
+/// How far back a run looks when no cursor is stored and `--since` is not given.
+pub const DEFAULT_SINCE: Duration = Duration::from_secs(6 * 3600);
+/// A run that starts from the stored cursor re-reads this much before it,
+/// in case GitHub lists a delivery slightly out of `delivered_at` order.
+pub const CURSOR_OVERLAP: Duration = Duration::from_secs(10 * 60);
+/// The [`StateStore`] key of the stored cursor and requested GUIDs.
+pub const STATE_KEY: &str = "redeliver";
+/// The version of the stored JSON value this code writes and reads.
+pub const STATE_VERSION: u64 = 1;
+/// At most this many requested GUIDs are remembered (oldest forgotten
+/// first): about 100 bytes each, so the value stays far below DynamoDB's
+/// 400 KB item limit.
+pub const MAX_REMEMBERED: usize = 2000;
+
+// ---------------------------------------------------------------- port
+
+/// One entry of the App's delivery log ("Simple webhook delivery").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HookDelivery {
+    /// The delivery's id (what redelivery is asked for).
+    pub id: u64,
+    /// `X-GitHub-Delivery`, shared by the original and its redeliveries.
+    pub guid: String,
+    /// `delivered_at`, ms since the epoch.
+    pub delivered_at_ms: i64,
+    pub redelivery: bool,
+    /// GitHub's text (`OK`, `Invalid HTTP Response: 503`, ...).
+    pub status: String,
+    /// The receiver's HTTP status (0: nothing answered).
+    pub status_code: u16,
+    pub event: String,
+    pub action: Option<String>,
+    pub installation_id: Option<u64>,
+    pub repository_id: Option<u64>,
+}
+
+impl HookDelivery {
+    /// Whether this attempt reached the receiver (a 2xx answer).
+    pub fn delivered(&self) -> bool {
+        (200..300).contains(&self.status_code)
+    }
+}
+
+/// One page of the delivery log, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<HookDelivery>,
+    /// The `cursor` of the `Link: <...>; rel="next"` URL; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A failed call to the delivery log, classified for the run.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HookError {
+    /// 401, or a 403 that is not a rate limit: GitHub refused the App JWT.
+    #[error(
+        "GitHub refused the App's credentials ({status}: {message}). The App's webhook delivery log needs a JWT \
+         of the App that owns the webhook (CRCR_GITHUB_APP_ID with its private key, and a correct clock): no \
+         App permission grants it and installation tokens do not work (GitHub docs, \"REST API endpoints for \
+         GitHub App webhooks\")"
+    )]
+    Refused { status: u16, message: String },
+    /// 404: no delivery with that id (or the App has no webhook).
+    #[error("not found (404): {0}")]
+    NotFound(String),
+    /// 422 (e.g. older than 3 days) and other 4xx: asking again will not help.
+    #[error("GitHub rejected the request ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// 5xx, timeouts, rate limits, unreadable answers: a later run may succeed.
+    /// `retry_after` is GitHub's own hint when it gave one.
+    #[error("transient GitHub error: {reason}")]
+    Transient { reason: String, retry_after: Option<Duration> },
+}
+
+impl From<GitHubError> for HookError {
+    fn from(e: GitHubError) -> Self {
+        match e {
+            GitHubError::Transient { reason, retry_after } => HookError::Transient { reason, retry_after },
+            GitHubError::Permanent { status: 404, reason } => HookError::NotFound(reason),
+            GitHubError::Permanent { status: 403, reason } => HookError::Refused { status: 403, message: reason },
+            GitHubError::Permanent { status, reason } => HookError::Rejected { status, message: reason },
+        }
+    }
+}
+
+/// Classifies a non-2xx answer of the delivery-log endpoints: 401 →
+/// [`HookError::Refused`] (an App JWT is not renewed by retrying, unlike an
+/// installation token); the rest as [`classify`] does, 403 rate limits
+/// transient and other 403s refused.
+pub fn hook_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> HookError {
+    match classify(status, headers, body) {
+        GitHubError::Transient { reason, .. } if status == StatusCode::UNAUTHORIZED => {
+            HookError::Refused { status: 401, message: reason }
+        }
+        other => other.into(),
+    }
+}
+
+/// The App's webhook delivery log (GitHub docs, "REST API endpoints for
+/// GitHub App webhooks"); both calls authenticate with the App JWT.
+#[async_trait]
+pub trait HookDeliveries: Send + Sync {
+    /// `GET /app/hook/deliveries?per_page=N[&cursor=C]`: one page (N in
+    /// 1..=100), newest first.
+    async fn list_page(&self, per_page: u8, cursor: Option<&str>) -> Result<DeliveryPage, HookError>;
+    /// `POST /app/hook/deliveries/{delivery_id}/attempts`: GitHub answers
+    /// 202 and redelivers shortly after, as a new delivery of the same GUID.
+    async fn redeliver(&self, delivery_id: u64) -> Result<(), HookError>;
+}
+
+/// The path and query of one page: `/app/hook/deliveries?per_page=N[&cursor=C]`.
+pub fn list_uri(per_page: u8, cursor: Option<&str>) -> String {
+    let mut uri = format!("/app/hook/deliveries?per_page={per_page}");
+    if let Some(c) = cursor {
+        uri.push_str("&cursor=");
+        uri.extend(form_urlencoded::byte_serialize(c.as_bytes()));
+    }
+    uri
+}
+
+/// The `cursor` query parameter of the `rel="next"` URL of a `Link` header.
+pub fn next_cursor(link: &str) -> Option<String> {
+    link.split(',').find(|part| part.contains("rel=\"next\"")).and_then(|part| {
+        let url = part.split_once('<')?.1.split_once('>')?.0;
+        let query = url.split_once('?')?.1;
+        form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "cursor").map(|(_, v)| v.into_owned())
+    })
+}
+
+#[derive(Deserialize)]
+struct WireDelivery {
+    id: u64,
+    guid: String,
+    delivered_at: String,
+    #[serde(default)]
+    redelivery: bool,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    status_code: Option<u16>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    installation_id: Option<u64>,
+    #[serde(default)]
+    repository_id: Option<u64>,
+}
+
+/// Reads a 200 answer of `GET /app/hook/deliveries`: the JSON array and the
+/// `Link` header. An unreadable answer is transient (a later run reads it again).
+pub fn parse_page(headers: &HeaderMap, body: &[u8]) -> Result<DeliveryPage, HookError> {
+    let bad =
+        |what: String| HookError::Transient { reason: format!("unreadable delivery list: {what}"), retry_after: None };
+    let wire: Vec<WireDelivery> = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let mut deliveries = Vec::with_capacity(wire.len());
+    for w in wire {
+        let at = chrono::DateTime::parse_from_rfc3339(&w.delivered_at)
+            .map_err(|e| bad(format!("delivered_at {:?} of delivery {}: {e}", w.delivered_at, w.id)))?;
+        deliveries.push(HookDelivery {
+            id: w.id,
+            guid: w.guid,
+            delivered_at_ms: at.timestamp_millis(),
+            redelivery: w.redelivery,
+            status: w.status.unwrap_or_default(),
+            status_code: w.status_code.unwrap_or(0),
+            event: w.event.unwrap_or_default(),
+            action: w.action,
+            installation_id: w.installation_id,
+            repository_id: w.repository_id,
+        });
+    }
+    let next_cursor = headers.get(http::header::LINK).and_then(|v| v.to_str().ok()).and_then(next_cursor);
+    Ok(DeliveryPage { deliveries, next_cursor })
+}
+
+// ---------------------------------------------------------------- settings and state
+
+/// Limits of one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedeliverSettings {
+    /// Deliveries per page (GitHub: 1..=100).
+    pub per_page: u8,
+    /// Pages read at most; a run that stops here is incomplete (the cursor stays).
+    pub max_pages: usize,
+    /// Redeliveries asked for at most; the rest wait for the next run.
+    pub max_redeliveries: usize,
+    /// Redelivery requests per GUID over all runs (the first included).
+    pub max_attempts: u32,
+    /// Pause between two redelivery requests (GitHub asks for ≥ 1 s between
+    /// mutative requests).
+    pub request_interval: Duration,
+    /// Wall time a run may take; what is left waits for the next run.
+    pub time_budget: Duration,
+}
+
+impl Default for RedeliverSettings {
+    fn default() -> Self {
+        Self {
+            per_page: 100,
+            max_pages: 300,
+            max_redeliveries: 200,
+            max_attempts: 3,
+            request_interval: Duration::from_secs(1),
+            time_budget: Duration::from_secs(270),
+        }
+    }
+}
+
+/// What one run is asked to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Look back this far instead of from the stored cursor (capped at the
+    /// 3-day window). `None`: from the cursor, or [`DEFAULT_SINCE`] without one.
+    pub since: Option<Duration>,
+    /// Report what would be asked for; ask for nothing and store nothing.
+    pub dry_run: bool,
+}
+
+/// The stored value (JSON, versioned): how far the log was read and the
+/// GUIDs asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredState {
+    version: u64,
+    /// `delivered_at` (ms) of the newest delivery read by the last complete run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scanned_to_ms: Option<i64>,
+    /// GUID → what was asked for it.
+    #[serde(default)]
+    requested: BTreeMap<String, Requested>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Requested {
+    /// Redelivery requests made for the GUID.
+    n: u32,
+    /// The delivery id last asked for.
+    id: u64,
+    /// When (ms since the epoch, relay clock).
+    at_ms: i64,
+}
+
+/// Errors that stop a run before it reports.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeliverError {
+    #[error("redeliver state: {0}")]
+    State(#[from] StoreError),
+    #[error(
+        "redeliver state {STATE_KEY:?} has version {found}, this crcr reads version {STATE_VERSION}: \
+         upgrade crcr (nothing was changed)"
+    )]
+    StateVersion { found: u64 },
+}
+
+// ---------------------------------------------------------------- report
+
+/// What a run did about one GUID that was not delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum GuidOutcome {
+    /// GitHub accepted the redelivery request (202); `attempt` counts the
+    /// requests for this GUID over all runs.
+    Requested { attempt: u32 },
+    /// Dry run: this request would have been made.
+    WouldRequest { attempt: u32 },
+    /// Asked for before and no newer attempt is listed yet.
+    AlreadyRequested,
+    /// Asked for [`RedeliverSettings::max_attempts`] times already.
+    GaveUp { attempts: u32 },
+    /// Its newest attempt is older than `--since` or the 3-day window.
+    TooOld,
+    /// Not asked for in this run (limit, time budget, or the run stopped).
+    Deferred,
+    /// The request failed.
+    Error { error: String },
+}
+
+/// One GUID without a successful attempt, with its newest attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GuidRow {
+    pub guid: String,
+    pub event: String,
+    pub action: Option<String>,
+    /// The newest delivery's id (the one asked for).
+    pub delivery_id: u64,
+    pub delivered_at_ms: i64,
+    pub status_code: u16,
+    /// Failed attempts listed.
+    pub attempts: usize,
+    #[serde(flatten)]
+    pub outcome: GuidOutcome,
+}
+
+/// What a run read and did. `complete` runs advanced the cursor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RedeliverReport {
+    pub dry_run: bool,
+    /// The scan's lower bound (ms since the epoch).
+    pub from_ms: i64,
+    /// Whether the lower bound came from the stored cursor.
+    pub from_cursor: bool,
+    /// Pages read.
+    pub pages: usize,
+    /// Deliveries listed on those pages.
+    pub deliveries: usize,
+    /// GUIDs with a newest attempt at or after `from_ms`.
+    pub guids: usize,
+    /// Of those, GUIDs without a 2xx attempt.
+    pub failed: usize,
+    /// Redelivery requests GitHub accepted (dry run: that would be made).
+    pub redelivered: usize,
+    /// GUIDs with a failed attempt that also have a 2xx one (nothing to do).
+    pub skipped_ok: usize,
+    /// Failed GUIDs already asked for, with no newer attempt listed.
+    pub skipped_requested: usize,
+    /// Failed GUIDs asked for `max_attempts` times already.
+    pub skipped_gave_up: usize,
+    /// Failed GUIDs outside `--since` or the 3-day window.
+    pub skipped_too_old: usize,
+    /// Every run reads to its lower bound and asks for everything it found;
+    /// `false` when it stopped early (error, limit, budget).
+    pub complete: bool,
+    /// The stored cursor after the run (ms), when one is stored.
+    pub cursor_ms: Option<i64>,
+    /// GUIDs without a successful attempt, oldest first.
+    pub rows: Vec<GuidRow>,
+    /// What went wrong (listing pages, requests); empty when nothing did.
+    pub errors: Vec<String>,
+}
+
+impl RedeliverReport {
+    /// The report for people: a summary, one row per GUID not delivered,
+    /// and the errors. `now_ms` gives the ages.
+    pub fn render(&self, now_ms: i64) -> String {
+        let mut out = format!(
+            "{}read {} page(s), {} deliveries back to {} ({} ago{})\n",
+            if self.dry_run { "dry run: " } else { "" },
+            self.pages,
+            self.deliveries,
+            format_time(self.from_ms),
+            format_age(now_ms - self.from_ms),
+            if self.from_cursor { ", where the last complete run stopped" } else { "" },
+        );
+        out.push_str(&format!(
+            "{} GUID(s), {} without a successful attempt; {} {}; skipped: {} already OK, {} already requested, \
+             {} given up, {} too old\n",
+            self.guids,
+            self.failed,
+            if self.dry_run { "would redeliver" } else { "redelivered" },
+            self.redelivered,
+            self.skipped_ok,
+            self.skipped_requested,
+            self.skipped_gave_up,
+            self.skipped_too_old,
+        ));
+        if !self.rows.is_empty() {
+            let mut t = Table::new(["GUID", "EVENT", "DELIVERY", "AGE", "STATUS", "FAILED", "OUTCOME"]);
+            for r in &self.rows {
+                let event = match &r.action {
+                    Some(a) => format!("{}.{a}", r.event),
+                    None => r.event.clone(),
+                };
+                let outcome = match &r.outcome {
+                    GuidOutcome::Requested { attempt } => format!("redelivery requested (attempt {attempt})"),
+                    GuidOutcome::WouldRequest { attempt } => format!("would request (attempt {attempt})"),
+                    GuidOutcome::AlreadyRequested => "already requested, waiting for GitHub".to_owned(),
+                    GuidOutcome::GaveUp { attempts } => format!("gave up after {attempts} requests"),
+                    GuidOutcome::TooOld => "too old".to_owned(),
+                    GuidOutcome::Deferred => "left for the next run".to_owned(),
+                    GuidOutcome::Error { error } => format!("error: {error}"),
+                };
+                t.row([
+                    r.guid.clone(),
+                    event,
+                    r.delivery_id.to_string(),
+                    format_age(now_ms - r.delivered_at_ms),
+                    r.status_code.to_string(),
+                    r.attempts.to_string(),
+                    outcome,
+                ]);
+            }
+            out.push_str(&t.max_cell(80).render());
+        }
+        if !self.complete {
+            out.push_str("incomplete: the cursor stays where it was; the next run reads these deliveries again\n");
+        }
+        for e in &self.errors {
+            out.push_str(&format!("error: {e}\n"));
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------- the job
+
+/// Missed-delivery recovery, wired to its ports.
+pub struct Redeliverer {
+    pub deliveries: Arc<dyn HookDeliveries>,
+    pub state: Arc<dyn StateStore>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: RedeliverSettings,
+}
+
+/// Per-GUID view of the deliveries read.
+struct GuidView<'a> {
+    newest: &'a HookDelivery,
+    delivered: bool,
+    failed_attempts: usize,
+}
+
+impl Redeliverer {
+    /// With the system clock and [`RedeliverSettings::default`].
+    pub fn new(deliveries: Arc<dyn HookDeliveries>, state: Arc<dyn StateStore>) -> Self {
+        Self { deliveries, state, clock: Arc::new(SystemClock), settings: RedeliverSettings::default() }
+    }
+
+    /// On the GitHub App's own client (App JWT from `cfg`): the wiring
+    /// `crcr redeliver`, `crcr serve` and the scheduled Lambda share.
+    pub fn for_app(cfg: &GitHubAppConfig, state: Arc<dyn StateStore>) -> Result<Self, GitHubConfigError> {
+        Ok(Self::new(Arc::new(GitHubAppClient::new(cfg.clone())?), state))
+    }
+
+    async fn load_state(&self) -> Result<StoredState, RedeliverError> {
+        let Some(text) = self.state.get(STATE_KEY).await? else {
+            return Ok(StoredState { version: STATE_VERSION, ..Default::default() });
+        };
+        let version = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
+        match version {
+            Some(found) if found > STATE_VERSION => Err(RedeliverError::StateVersion { found }),
+            _ => Ok(serde_json::from_str::<StoredState>(&text).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, key = STATE_KEY, "redeliver state unreadable; starting afresh");
+                StoredState { version: STATE_VERSION, ..Default::default() }
+            })),
+        }
+    }
+
+    async fn save_state(&self, state: &StoredState) -> Result<(), RedeliverError> {
+        let text = serde_json::to_string(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(self.state.put(STATE_KEY, &text).await?)
+    }
+
+    /// One run (see the module docs). `Err` only when the state cannot be
+    /// read or written; GitHub's failures are in the report's `errors`.
+    pub async fn run(&self, opts: &RunOptions) -> Result<RedeliverReport, RedeliverError> {
+        let started = tokio::time::Instant::now();
+        let s = &self.settings;
+        let now = self.clock.now_ms();
+        let mut state = self.load_state().await?;
+        let ms = |d: Duration| d.as_millis() as i64;
+        let window_floor = now - ms(GITHUB_WINDOW.saturating_sub(WINDOW_MARGIN));
+        let since_floor = (now - ms(opts.since.unwrap_or(DEFAULT_SINCE))).max(window_floor);
+        let cursor_floor = state.scanned_to_ms.filter(|_| opts.since.is_none()).map(|c| c - ms(CURSOR_OVERLAP));
+        let (lower, too_old_floor) = match cursor_floor {
+            Some(c) => (c.max(window_floor), window_floor),
+            None => (since_floor, since_floor),
+        };
+        let mut report = RedeliverReport {
+            dry_run: opts.dry_run,
+            from_ms: lower,
+            from_cursor: cursor_floor.is_some_and(|c| c >= window_floor),
+            ..Default::default()
+        };
+        // Whether the cursor may advance after this run.
+        let mut complete = true;
+
+        // 1. Read the log down to `lower`.
+        let mut read: Vec<HookDelivery> = Vec::new();
+        let mut page_cursor: Option<String> = None;
+        let mut refused = false;
+        loop {
+            if report.pages >= s.max_pages || started.elapsed() > s.time_budget {
+                report.errors.push(format!(
+                    "stopped after {} page(s) ({} deliveries) before reaching {}: page or time limit",
+                    report.pages,
+                    report.deliveries,
+                    format_time(lower)
+                ));
+                complete = false;
+                break;
+            }
+            let page = match self.deliveries.list_page(s.per_page, page_cursor.as_deref()).await {
+                Ok(page) => page,
+                Err(e) => {
+                    refused = matches!(e, HookError::Refused { .. });
+                    report.errors.push(format!("listing deliveries (page {}): {e}", report.pages + 1));
+                    complete = false;
+                    break;
+                }
+            };
+            report.pages += 1;
+            report.deliveries += page.deliveries.len();
+            let oldest = page.deliveries.iter().map(|d| d.delivered_at_ms).min();
+            read.extend(page.deliveries);
+            match (oldest, page.next_cursor) {
+                (Some(oldest), Some(next)) if oldest >= lower => page_cursor = Some(next),
+                _ => break,
+            }
+        }
+
+        // 2. Group by GUID.
+        let mut by_guid: BTreeMap<&str, GuidView<'_>> = BTreeMap::new();
+        for d in &read {
+            let v = by_guid.entry(&d.guid).or_insert(GuidView { newest: d, delivered: false, failed_attempts: 0 });
+            if d.id > v.newest.id {
+                v.newest = d;
+            }
+            if d.delivered() {
+                v.delivered = true;
+            } else {
+                v.failed_attempts += 1;
+            }
+        }
+        let mut candidates: Vec<(&str, &GuidView<'_>)> = Vec::new();
+        for (guid, v) in &by_guid {
+            let at = v.newest.delivered_at_ms;
+            if at >= lower {
+                report.guids += 1;
+            }
+            if v.delivered {
+                if v.failed_attempts > 0 && at >= too_old_floor {
+                    report.skipped_ok += 1;
+                }
+                state.requested.remove(*guid);
+                continue;
+            }
+            if at >= lower {
+                report.failed += 1;
+                candidates.push((guid, v));
+            } else if at < too_old_floor {
+                report.skipped_too_old += 1;
+                report.rows.push(row(v, GuidOutcome::TooOld));
+            }
+            // Between the window and the cursor: handled by an earlier run.
+        }
+        candidates.sort_by_key(|(_, v)| (v.newest.delivered_at_ms, v.newest.id));
+
+        // 3. Ask for redelivery.
+        let mut asked = 0usize;
+        let mut stop: Option<&'static str> = refused.then_some("GitHub refused the App's credentials");
+        for (guid, v) in candidates {
+            let d = v.newest;
+            let previous = state.requested.get(guid).cloned();
+            if previous.as_ref().is_some_and(|p| p.id >= d.id) {
+                report.skipped_requested += 1;
+                report.rows.push(row(v, GuidOutcome::AlreadyRequested));
+                continue;
+            }
+            let attempt = previous.as_ref().map_or(1, |p| p.n + 1);
+            if attempt > s.max_attempts {
+                report.skipped_gave_up += 1;
+                tracing::warn!(guid, delivery_id = d.id, event = %d.event, attempts = attempt - 1,
+                    metric = "redeliver_gave_up", "redelivery keeps failing; not asking again");
+                report.rows.push(row(v, GuidOutcome::GaveUp { attempts: attempt - 1 }));
+                continue;
+            }
+            if stop.is_none() && (asked >= s.max_redeliveries || started.elapsed() > s.time_budget) {
+                stop = Some("redelivery limit or time budget reached");
+            }
+            if stop.is_some() {
+                complete = false;
+                report.rows.push(row(v, GuidOutcome::Deferred));
+                continue;
+            }
+            if opts.dry_run {
+                report.redelivered += 1;
+                report.rows.push(row(v, GuidOutcome::WouldRequest { attempt }));
+                continue;
+            }
+            if asked > 0 {
+                tokio::time::sleep(s.request_interval).await;
+            }
+            asked += 1;
+            match self.deliveries.redeliver(d.id).await {
+                Ok(()) => {
+                    tracing::info!(guid, delivery_id = d.id, event = %d.event, attempt, "asked GitHub to redeliver");
+                    report.redelivered += 1;
+                    state.requested.insert(guid.to_owned(), Requested { n: attempt, id: d.id, at_ms: now });
+                    self.save_state(&state).await?;
+                    report.rows.push(row(v, GuidOutcome::Requested { attempt }));
+                }
+                Err(e) => {
+                    tracing::warn!(guid, delivery_id = d.id, error = %e, "redelivery request failed");
+                    match &e {
+                        HookError::Transient { retry_after, .. } => {
+                            complete = false;
+                            if retry_after.is_some() {
+                                stop = Some("rate limited by GitHub");
+                            }
+                        }
+                        HookError::Refused { .. } => {
+                            complete = false;
+                            stop = Some("GitHub refused the App's credentials");
+                        }
+                        // Asking again will not help: count it as given up.
+                        HookError::NotFound(_) | HookError::Rejected { .. } => {
+                            state
+                                .requested
+                                .insert(guid.to_owned(), Requested { n: s.max_attempts, id: d.id, at_ms: now });
+                        }
+                    }
+                    report.errors.push(format!("redelivering {guid} (delivery {}): {e}", d.id));
+                    report.rows.push(row(v, GuidOutcome::Error { error: e.to_string() }));
+                }
+            }
+        }
+        if let Some(why) = stop.filter(|_| !refused) {
+            tracing::warn!(reason = why, "redeliver run stopped asking; the rest waits for the next run");
+        }
+
+        // 4. Remember.
+        report.complete = complete;
+        if !opts.dry_run {
+            let forget_before = now - ms(GITHUB_WINDOW);
+            state.requested.retain(|_, r| r.at_ms >= forget_before);
+            if state.requested.len() > MAX_REMEMBERED {
+                let mut by_age: Vec<(i64, String)> =
+                    state.requested.iter().map(|(g, r)| (r.at_ms, g.clone())).collect();
+                by_age.sort();
+                for (_, g) in by_age.into_iter().take(state.requested.len() - MAX_REMEMBERED) {
+                    state.requested.remove(&g);
+                }
+            }
+            if complete {
+                let newest = read.iter().map(|d| d.delivered_at_ms).max();
+                state.scanned_to_ms = match (state.scanned_to_ms, newest) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            state.version = STATE_VERSION;
+            self.save_state(&state).await?;
+            report.cursor_ms = state.scanned_to_ms;
+        } else {
+            report.cursor_ms = state.scanned_to_ms;
+        }
+        Ok(report)
+    }
+
+    /// A scheduled run (`crcr serve`, the scheduled Lambda): from the stored
+    /// cursor, not a dry run; logs a summary (`metric=redeliver`) and every
+    /// error.
+    pub async fn run_scheduled(&self) -> Result<RedeliverReport, RedeliverError> {
+        let report = self.run(&RunOptions::default()).await?;
+        for e in &report.errors {
+            tracing::error!(error = %e, "redeliver");
+        }
+        if report.pages > 0 || !report.errors.is_empty() {
+            tracing::info!(
+                pages = report.pages,
+                deliveries = report.deliveries,
+                failed = report.failed,
+                redelivered = report.redelivered,
+                skipped_ok = report.skipped_ok,
+                skipped_requested = report.skipped_requested,
+                skipped_gave_up = report.skipped_gave_up,
+                skipped_too_old = report.skipped_too_old,
+                errors = report.errors.len(),
+                complete = report.complete,
+                metric = "redeliver",
+                "redeliver run"
+            );
+        }
+        Ok(report)
+    }
+}
+
+fn row(v: &GuidView<'_>, outcome: GuidOutcome) -> GuidRow {
+    let d = v.newest;
+    GuidRow {
+        guid: d.guid.clone(),
+        event: d.event.clone(),
+        action: d.action.clone(),
+        delivery_id: d.id,
+        delivered_at_ms: d.delivered_at_ms,
+        status_code: d.status_code,
+        attempts: v.failed_attempts,
+        outcome,
+    }
+}
+
+/// Runs [`Redeliverer::run_scheduled`] now and then every `interval` until
+/// `stop` turns true (or its sender is dropped); a zero `interval` returns
+/// at once (disabled). A run in progress is abandoned on stop: the GUIDs it
+/// asked for are already saved.
+pub async fn run_periodic(
+    redeliverer: Arc<Redeliverer>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        tokio::select! {
+            r = redeliverer.run_scheduled() => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "redeliver run failed; retrying next interval");
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_cursor_is_read_from_the_link_header() {
+        let link = "<https://api.github.com/app/hook/deliveries?per_page=2&cursor=v1_12077215967>; rel=\"next\"";
+        assert_eq!(next_cursor(link).as_deref(), Some("v1_12077215967"));
+        let two = "<https://x/app/hook/deliveries?cursor=a%2Bb&per_page=2>; rel=\"next\", <https://x/?cursor=z>; rel=\"first\"";
+        assert_eq!(next_cursor(two).as_deref(), Some("a+b"));
+        assert_eq!(next_cursor("<https://x/?cursor=z>; rel=\"first\""), None);
+        assert_eq!(list_uri(100, Some("a+b")), "/app/hook/deliveries?per_page=100&cursor=a%2Bb");
+        assert_eq!(list_uri(30, None), "/app/hook/deliveries?per_page=30");
+    }
+
+    #[test]
+    fn a_page_is_parsed_from_githubs_shape() {
+        let body = br#"[{"id": 12, "guid": "0b989ba4-242f-11e5-81e1-c7b6966d2516",
+            "delivered_at": "2019-06-03T00:57:16Z", "redelivery": false, "duration": 0.27,
+            "status": "OK", "status_code": 200, "event": "issues", "action": "opened",
+            "installation_id": 123, "repository_id": 456, "throttled_at": null},
+            {"id": 11, "guid": "g2", "delivered_at": "2019-06-03T00:57:10Z", "redelivery": true,
+            "duration": 10.0, "status": "failed to connect", "status_code": 0, "event": "push",
+            "action": null, "installation_id": null, "repository_id": null}]"#;
+        let page = parse_page(&HeaderMap::new(), body).unwrap();
+        assert_eq!(page.next_cursor, None);
+        assert_eq!(page.deliveries.len(), 2);
+        let d = &page.deliveries[0];
+        assert_eq!((d.id, d.status_code, d.delivered()), (12, 200, true));
+        assert_eq!(d.delivered_at_ms, 1_559_523_436_000);
+        assert_eq!(d.action.as_deref(), Some("opened"));
+        assert!(!page.deliveries[1].delivered() && page.deliveries[1].redelivery);
+        assert!(matches!(parse_page(&HeaderMap::new(), b"{}"), Err(HookError::Transient { .. })));
+    }
+
+    #[test]
+    fn refusals_name_the_credentials_and_rate_limits_stay_transient() {
+        let e = hook_error(StatusCode::UNAUTHORIZED, &HeaderMap::new(), br#"{"message":"Bad credentials"}"#);
+        assert!(matches!(e, HookError::Refused { status: 401, .. }), "{e:?}");
+        assert!(e.to_string().contains("CRCR_GITHUB_APP_ID"), "{e}");
+        let e = hook_error(StatusCode::FORBIDDEN, &HeaderMap::new(), br#"{"message":"Forbidden"}"#);
+        assert!(matches!(e, HookError::Refused { status: 403, .. }), "{e:?}");
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "3".parse().unwrap());
+        let e = hook_error(StatusCode::FORBIDDEN, &h, br#"{"message":"secondary rate limit"}"#);
+        assert_eq!(
+            e,
+            HookError::Transient {
+                reason: "403 secondary rate limit".into(),
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+        assert!(matches!(hook_error(StatusCode::NOT_FOUND, &HeaderMap::new(), b"{}"), HookError::NotFound(_)));
+        assert!(matches!(
+            hook_error(StatusCode::UNPROCESSABLE_ENTITY, &HeaderMap::new(), b"{}"),
+            HookError::Rejected { status: 422, .. }
+        ));
+        assert!(matches!(hook_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b""), HookError::Transient { .. }));
+    }
+}
