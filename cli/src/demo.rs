@@ -4,6 +4,13 @@
 //! on half the repositories. Prints what happened per delivery, then checks
 //! it against what the stand-in received and what the store recorded; exits
 //! non-zero if they disagree.
+//!
+//! Then the downstream side: simulated CI jobs of two dispatched L2/L3
+//! repositories call back (`in_progress`, then `completed`) with OIDC tokens
+//! from a local issuer (real RSA key, JWKS endpoint); refused callbacks (an
+//! L1 repository, a repeated `completed`, a forged token) change nothing; a
+//! local HUD receives the records; an L2 target that never calls back is
+//! reported "never started"; `crcr trace` shows the chain.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,16 +18,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use crcr_shared::allowlist::{Allowlist, AllowlistSource};
+use crcr_shared::config::CallbackConfig;
 use crcr_shared::config::{EmbeddedConfig, RelayConfig};
 use crcr_shared::dispatch::DispatcherSettings;
 use crcr_shared::domain::{DeliveryId, RepoFullName};
 use crcr_shared::embedded::EmbeddedRelay;
 use crcr_shared::github::GitHubAppConfig;
+use crcr_shared::lifecycle::JobStore;
+use crcr_shared::oidc::TrustAnchor;
 use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_shared::reconcile::{Reconciler, ReconcilerSettings};
 use crcr_shared::signature::WebhookSecret;
 use crcr_shared::sqlite::SqliteDispatchStore;
+use crcr_shared::standin::issuer::{Hud, Issuer};
 use crcr_shared::standin::{Fault, StandIn, StandInOptions};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const ALLOWLIST: &str = include_str!("../../fixtures/allowlist/pytorch-allowlist.yml");
 const UPSTREAM: &str = "Codertocat/Hello-World";
@@ -113,6 +125,8 @@ pub async fn run() -> anyhow::Result<bool> {
     gh.inject("vllm-project/vllm", Fault::ServerError(502));
     gh.inject("vllm-project/vllm", Fault::ServerError(502));
     gh.inject("google-pytorch/torch_tpu", Fault::SecondaryRateLimit { retry_after_s: 1 });
+    let issuer = Issuer::start().await;
+    let hud = Hud::start().await;
 
     let dir = std::env::temp_dir().join(format!("crcr-demo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
@@ -128,7 +142,7 @@ pub async fn run() -> anyhow::Result<bool> {
         allowlist_ttl: Duration::from_secs(300),
         max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
         dispatcher: DispatcherSettings { requeue_base_delay: Duration::from_millis(500), ..Default::default() },
-        callbacks: Default::default(),
+        callbacks: demo_callbacks(&issuer, &hud),
     };
     let emb = EmbeddedConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -139,6 +153,7 @@ pub async fn run() -> anyhow::Result<bool> {
     let relay = EmbeddedRelay::build(&cfg, &emb)?;
     let store: Arc<SqliteDispatchStore> = relay.store.clone();
     let queue = relay.queue.clone();
+    let (jobs, reconciler) = (relay.jobs.clone(), relay.reconciler.clone());
     let listener = tokio::net::TcpListener::bind(emb.listen).await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -159,7 +174,9 @@ pub async fn run() -> anyhow::Result<bool> {
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/github/webhook");
     let mut problems: Vec<String> = Vec::new();
-    for d in deliveries() {
+    let deliveries = deliveries();
+    let first_delivery = deliveries[0].id.clone();
+    for d in deliveries {
         let signature =
             if d.forged { WebhookSecret::new("not-the-secret").sign(&d.body) } else { secret.sign(&d.body) };
         let before = gh.dispatches().len();
@@ -277,6 +294,9 @@ pub async fn run() -> anyhow::Result<bool> {
             println!();
         }
     }
+    let downstream = Downstream { http: &http, url: format!("http://{addr}/github/callback"), issuer: &issuer };
+    downstream_ci(&downstream, &first_delivery, &hud, jobs.as_ref(), store.as_ref(), &reconciler, &mut problems)
+        .await?;
     let _ = stop_tx.send(());
     server.await??;
 
@@ -300,4 +320,161 @@ pub async fn run() -> anyhow::Result<bool> {
         }
         Ok(false)
     }
+}
+
+/// Callbacks trust the local issuer; HUD is the local one; the sweep runs
+/// every 200 ms; a dispatch with no callback after 2 s counts as "never
+/// started" (1 h in production).
+fn demo_callbacks(issuer: &Issuer, hud: &Hud) -> CallbackConfig {
+    let mut c = CallbackConfig::default();
+    c.oidc.github_actions = Some(TrustAnchor::new(issuer.url.clone()));
+    c.oidc.buildkite = None;
+    c.hud = Some((hud.url.clone(), uuid::Uuid::new_v4().to_string().into()));
+    c.sweep_interval = Duration::from_millis(200);
+    c.reconciler = ReconcilerSettings { never_started_after: Duration::from_secs(2), ..Default::default() };
+    c
+}
+
+/// The downstream CI's side of the demo: where it calls back and with which tokens.
+struct Downstream<'a> {
+    http: &'a reqwest::Client,
+    url: String,
+    issuer: &'a Issuer,
+}
+
+/// Repository ids the local issuer puts in its tokens (GitHub's are immutable numbers).
+fn repository_id(repo: &str) -> String {
+    (repo.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)) % 1_000_000_000).to_string()
+}
+
+impl Downstream<'_> {
+    /// One callback as the PyTorch callback action sends it (CONTRACTS.md
+    /// "Callback input"); `token`: `None` → a valid one for `repo`.
+    async fn call(&self, repo: &str, token: Option<String>, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let token = token.unwrap_or_else(|| self.issuer.token(repo, &repository_id(repo)));
+        let res = self.http.post(&self.url).bearer_auth(token).json(body).send().await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+fn callback_body(delivery: &str, repo: &str, status: &str, conclusion: Option<&str>) -> Value {
+    json!({
+        "event_type": "pull_request", "delivery_id": delivery,
+        "payload": {"action": "opened", "pull_request": {"number": 2}},
+        "workflow": {"schema_version": "1", "status": status, "conclusion": conclusion, "name": "PyTorch CI",
+            "url": format!("https://github.com/{repo}/actions/runs/4242"), "run_id": "4242", "run_attempt": "1",
+            "job_name": "test (default, 1, 1)", "check_run_id": null, "started_at": null, "completed_at": null}
+    })
+}
+
+/// Two downstream jobs report in and finish; refused callbacks change
+/// nothing; HUD gets one record per state change; a silent L2 target is
+/// reported never started; the trace of the delivery closes the demo.
+async fn downstream_ci(
+    ds: &Downstream<'_>,
+    delivery: &str,
+    hud: &Hud,
+    jobs: &dyn JobStore,
+    store: &dyn DispatchStore,
+    reconciler: &Reconciler,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    const JOBS: &[&str] = &["Ascend/pytorch", "pytorch/crcr-test"];
+    println!("downstream CI: jobs of {} call back for delivery {}", JOBS.join(" and "), &delivery[..8]);
+    let mut expect = |what: &str, got: (u16, Value), want: u16| {
+        println!(
+            "    {what:<50} {}{}",
+            got.0,
+            got.1.get("reason").and_then(Value::as_str).map(|e| format!("  {e}")).unwrap_or_default()
+        );
+        if got.0 != want {
+            problems.push(format!("callback {what}: answered {}, expected {want} ({})", got.0, got.1));
+        }
+    };
+    for repo in JOBS {
+        let got = ds.call(repo, None, &callback_body(delivery, repo, "in_progress", None)).await?;
+        expect(&format!("{repo}: in_progress"), got, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (repo, conclusion) in JOBS.iter().zip(["success", "failure"]) {
+        let got = ds.call(repo, None, &callback_body(delivery, repo, "completed", Some(conclusion))).await?;
+        expect(&format!("{repo}: completed ({conclusion})"), got, 202);
+    }
+    let l1 = "google-pytorch/torch_tpu";
+    let got = ds.call(l1, None, &callback_body(delivery, l1, "in_progress", None)).await?;
+    expect(&format!("{l1} (L1): in_progress"), got, 403);
+    let repeated = callback_body(delivery, JOBS[0], "completed", Some("success"));
+    expect(&format!("{}: completed again", JOBS[0]), ds.call(JOBS[0], None, &repeated).await?, 409);
+    // A valid token with one character of its RS256 signature changed.
+    let mut forged: Vec<char> = ds.issuer.token(JOBS[0], &repository_id(JOBS[0])).chars().collect();
+    let i = forged.len() - 10;
+    forged[i] = if forged[i] == 'A' { 'B' } else { 'A' };
+    let forged = Some(forged.into_iter().collect());
+    expect("forged token (signature altered)", ds.call(JOBS[0], forged, &repeated).await?, 401);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hud.received().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the sweep run once more: nothing further may arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = hud.received();
+    println!("HUD received {} records:", received.len());
+    for (_, _, body) in &received {
+        let t = &body["trusted"];
+        let w = &body["untrusted"]["callback_payload"]["workflow"];
+        println!(
+            "    {:<20} {:<3} {:<11} {:<8} queue_time {:>6} s  execution_time {:>6} s",
+            t["verified_repo"].as_str().unwrap_or("?"),
+            t["downstream_repo_level"].as_str().unwrap_or("?"),
+            w["status"].as_str().unwrap_or("?"),
+            w["conclusion"].as_str().unwrap_or("-"),
+            t["ci_metrics"]["queue_time"].as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "null".into()),
+            t["ci_metrics"]["execution_time"].as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "null".into()),
+        );
+    }
+    let per_repo = |repo: &str| received.iter().filter(|(_, _, b)| b["trusted"]["verified_repo"] == repo).count();
+    if received.len() != 4 || JOBS.iter().any(|r| per_repo(r) != 2) {
+        problems.push(format!("HUD received {} records, expected 2 per job", received.len()));
+    }
+    for (_, _, b) in &received {
+        let completed = b["untrusted"]["callback_payload"]["workflow"]["status"] == "completed";
+        let m = &b["trusted"]["ci_metrics"];
+        let ok = m["queue_time"].as_f64().is_some_and(|q| q >= 0.0)
+            && if completed {
+                m["execution_time"].as_f64().is_some_and(|e| e >= 0.3)
+            } else {
+                m["execution_time"].is_null()
+            };
+        if !ok {
+            problems.push(format!("HUD record with wrong figures: {b}"));
+        }
+    }
+
+    // The other dispatched L2+ targets never called back.
+    tokio::time::sleep(reconciler.settings.never_started_after).await;
+    let id = DeliveryId::parse(delivery)?;
+    let never: Vec<_> =
+        reconciler.never_started().await?.into_iter().filter(|n| n.delivery_id == id).map(|n| n.target).collect();
+    println!(
+        "never started (dispatched, no callback after {} s): {}",
+        reconciler.settings.never_started_after.as_secs(),
+        never.iter().map(RepoFullName::as_str).collect::<Vec<_>>().join(", ")
+    );
+    let expected: Vec<RepoFullName> = store
+        .records(&id)
+        .await?
+        .into_iter()
+        .filter(|r| r.status == DispatchStatus::Dispatched && r.meta.level >= crcr_shared::domain::Level::L2)
+        .map(|r| r.target)
+        .filter(|t| !JOBS.iter().any(|j| RepoFullName::parse(j).ok().as_ref() == Some(t)))
+        .collect();
+    if never != expected || never.is_empty() {
+        problems.push(format!("never started: {never:?}, expected {expected:?}"));
+    }
+    println!("\n$ crcr trace {delivery}");
+    print!("{}", crcr_shared::trace::trace(&id, store, jobs).await?.render());
+    println!();
+    Ok(())
 }

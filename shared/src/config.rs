@@ -147,7 +147,7 @@ impl CallbackConfig {
     /// `CRCR_OIDC_BUILDKITE_ISSUER` / `_JWKS_URL`, `CRCR_BUILDKITE_PIPELINES_FILE`
     /// (JSON `{"<org id>/<pipeline id>": {"repo": "o/r", "required_claims": {..}}}`),
     /// `CRCR_HUD_URL`, `CRCR_HUD_BOT_KEY` / `_FILE`, `CRCR_CALLBACK_RATE_PER_MIN`,
-    /// `CRCR_JOB_TIMEOUT_SECS`, `CRCR_SWEEP_INTERVAL_SECS`.
+    /// `CRCR_JOB_TIMEOUT_SECS`, `CRCR_NEVER_STARTED_SECS`, `CRCR_SWEEP_INTERVAL_SECS`.
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         use crate::oidc::TrustAnchor;
         let d = Self::default();
@@ -188,6 +188,9 @@ impl CallbackConfig {
         let reconciler = crate::reconcile::ReconcilerSettings {
             job_timeout: Duration::from_secs(env.parsed("CRCR_JOB_TIMEOUT_SECS", d.reconciler.job_timeout.as_secs())?),
             max_receive_count: env.parsed("CRCR_MAX_RECEIVE_COUNT", d.reconciler.max_receive_count)?,
+            never_started_after: Duration::from_secs(
+                env.parsed("CRCR_NEVER_STARTED_SECS", d.reconciler.never_started_after.as_secs())?,
+            ),
             ..d.reconciler
         };
         let sweep_interval =

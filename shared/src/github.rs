@@ -322,6 +322,26 @@ impl crate::redeliver::HookDeliveries for GitHubAppClient {
     }
 }
 
+#[async_trait]
+impl crate::ports::CommitLookup for GitHubAppClient {
+    /// With an installation token of `repo` narrowed to `contents: read`
+    /// (the App must be installed on the upstream repository).
+    async fn commit_exists(&self, repo: &RepoFullName, sha: &str) -> Result<bool, GitHubError> {
+        let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
+            status: 404,
+            reason: format!("the App is not installed on {repo}"),
+        })?;
+        let client = self.token_client(repo, installation, ("contents", "read")).await?;
+        let uri = format!("/repos/{}/{}/commits/{}", repo.owner(), repo.name(), sha);
+        let (status, headers, bytes) = self.send(client._get(uri).await).await?;
+        match status {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
+            _ => Err(classify(status, &headers, &bytes)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

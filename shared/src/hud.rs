@@ -91,7 +91,7 @@ impl Hud for HudClient {
 }
 
 /// Counts of one sync pass.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SyncReport {
     pub sent: usize,
     pub rejected: usize,

@@ -8,6 +8,7 @@ pub mod aws;
 pub mod callback;
 pub mod callback_route;
 pub mod client_payload;
+pub mod commits;
 pub mod config;
 pub mod dispatch;
 pub mod domain;

@@ -352,6 +352,16 @@ pub trait DispatchStore: Send + Sync {
         let _ = (since_ms, now_ms);
         Err(StoreError::Unavailable("this dispatch store cannot count outcomes".into()))
     }
+    /// Up to `limit` records GitHub accepted (status dispatched) whose
+    /// `dispatched_at_ms` is in `[from_ms, to_ms)`, oldest first: the
+    /// "dispatched but never started" sweep reads these. Served by an index
+    /// (SQLite) or a sparse GSI by dispatch day (DynamoDB), not a scan.
+    async fn dispatched_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DispatchRecord>, StoreError>;
 }
 
 /// Answer of [`DispatchStore::outcome_counts`].
@@ -391,6 +401,16 @@ impl GitHubError {
     pub fn is_transient(&self) -> bool {
         matches!(self, GitHubError::Transient { .. })
     }
+}
+
+/// Whether a commit exists on a repository (the reconciler checks the
+/// upstream commit SHA a `nightly` / `periodic` callback names).
+#[async_trait]
+pub trait CommitLookup: Send + Sync {
+    /// `GET /repos/{owner}/{repo}/commits/{sha}`: `Ok(true)` on 200,
+    /// `Ok(false)` when GitHub answers 404 or 422 ("No commit found for SHA"),
+    /// `Err` for anything else (the caller decides what an outage means).
+    async fn commit_exists(&self, repo: &RepoFullName, sha: &str) -> Result<bool, GitHubError>;
 }
 
 /// The GitHub App calls the dispatcher makes. Installation tokens are minted,

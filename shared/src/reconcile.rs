@@ -1,7 +1,17 @@
 //! The reconciler: applies accepted callbacks from the reconcile queue to
 //! the job lifecycle (conditional writes + HUD outbox), syncs the outbox to
-//! HUD, and sweeps jobs left IN_PROGRESS past the timeout (default 6 h) to
-//! COMPLETED `timed_out`, with a HUD record.
+//! HUD, and sweeps:
+//! - jobs left IN_PROGRESS past the timeout (default 6 h) → COMPLETED
+//!   `timed_out`, with a HUD record;
+//! - L2+ targets GitHub accepted a dispatch for but that never called back
+//!   within the deadline (default 1 h) → reported as "dispatched but never
+//!   started" (`repository_dispatch` gives no run id, and only fires
+//!   workflows on the default branch, so a silent downstream is the usual
+//!   failure).
+//!
+//! `nightly` / `periodic` callbacks name an upstream commit SHA: the
+//! reconciler checks it exists upstream (cached; on GitHub errors it accepts
+//! and logs).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +19,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
-use crate::callback::{self, hud_body, Reconciled};
+use serde::Serialize;
+
+use crate::callback::{self, hud_body, CallbackKind, Reconciled};
+use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::hud::{sync_outbox, Hud, SyncReport};
-use crate::lifecycle::{seconds_between, HudSync, JobState, JobStore, OutboxItem};
+use crate::lifecycle::{seconds_between, HudSync, JobState, JobStore, OutboxItem, Violation};
 use crate::message::QueueMessage;
-use crate::ports::{Clock, DispatchStore, EventQueue, QueueError, QueueSide, ReceivedMessage, StoreError};
+use crate::ports::{
+    Clock, CommitLookup, DispatchStore, EventQueue, QueueError, QueueSide, ReceivedMessage, StoreError,
+};
 
 /// Tunables, with their defaults.
 #[derive(Clone, Debug)]
@@ -24,12 +39,48 @@ pub struct ReconcilerSettings {
     pub max_receive_count: u32,
     /// Outbox items per HUD sync pass (default 100).
     pub hud_batch: usize,
+    /// An L2+ target dispatched this long ago with no callback is "never
+    /// started" (default 1 h).
+    pub never_started_after: Duration,
+    /// How far back past that deadline the sweep looks (default 24 h).
+    pub never_started_lookback: Duration,
 }
 
 impl Default for ReconcilerSettings {
     fn default() -> Self {
-        Self { job_timeout: Duration::from_secs(6 * 3600), max_receive_count: 5, hud_batch: 100 }
+        Self {
+            job_timeout: Duration::from_secs(6 * 3600),
+            max_receive_count: 5,
+            hud_batch: 100,
+            never_started_after: Duration::from_secs(3600),
+            never_started_lookback: Duration::from_secs(24 * 3600),
+        }
     }
+}
+
+/// Dispatched records the never-started sweep reads per pass.
+const NEVER_STARTED_SCAN_LIMIT: usize = 1000;
+
+/// One L2+ target that GitHub accepted a dispatch for and that never called back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NeverStarted {
+    pub delivery_id: DeliveryId,
+    pub target: RepoFullName,
+    pub level: Level,
+    /// When GitHub answered 204 (ms since epoch).
+    pub dispatched_at_ms: i64,
+}
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SweepReport {
+    /// IN_PROGRESS jobs closed as `timed_out`.
+    pub timed_out: usize,
+    /// Dispatched L2+ targets with no callback after the deadline, within the lookback.
+    pub never_started: Vec<NeverStarted>,
+    /// Why the never-started check could not run this time (the rest of the sweep did).
+    pub never_started_error: Option<String>,
+    pub hud: SyncReport,
 }
 
 /// Processes one queue message; implemented by the dispatcher and the reconciler.
@@ -46,6 +97,10 @@ pub struct Reconciler {
     pub hud: Arc<dyn Hud>,
     pub clock: Arc<dyn Clock>,
     pub settings: ReconcilerSettings,
+    /// The upstream repository (`nightly` / `periodic` SHAs are its commits).
+    pub upstream: RepoFullName,
+    /// Commit existence, cached ([`crate::commits::CachedCommitLookup`]).
+    pub commits: Arc<dyn CommitLookup>,
 }
 
 /// Result of processing one reconcile message.
@@ -74,6 +129,29 @@ impl Reconciler {
         let span = tracing::info_span!("callback", delivery_id = %cb.delivery_id, repo = %msg.repo, run_id = cb.run_id,
             run_attempt = cb.run_attempt, job = %cb.job_name, status = cb.status.as_str());
         let _g = span.enter();
+        if cb.kind == CallbackKind::Scheduled {
+            match self.commits.commit_exists(&self.upstream, cb.delivery_id.as_str()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let reason = format!("commit {} does not exist on {}", cb.delivery_id, self.upstream);
+                    let violation = Violation {
+                        delivery_id: cb.delivery_id.clone(),
+                        repo: msg.repo.clone(),
+                        reason: format!(
+                            "{reason} (run {} attempt {} job {:?})",
+                            cb.run_id, cb.run_attempt, cb.job_name
+                        ),
+                        at_ms: msg.received_at_ms,
+                    };
+                    if let Err(e) = self.jobs.record_violation(&violation).await {
+                        return ReconcileOutcome::Retry(e.to_string());
+                    }
+                    tracing::warn!(%reason, metric = "callback_rejections", "scheduled callback for an unknown commit; nothing recorded");
+                    return ReconcileOutcome::Done(Reconciled::Violation(reason));
+                }
+                Err(e) => tracing::warn!(error = %e, "could not check the commit on GitHub; accepting the callback"),
+            }
+        }
         match callback::reconcile(
             &cb,
             &value,
@@ -100,12 +178,43 @@ impl Reconciler {
         }
     }
 
-    /// One pass of the scheduled work: time out stale IN_PROGRESS jobs, then
-    /// sync the HUD outbox. Returns (jobs timed out, HUD sync figures).
-    pub async fn sweep(&self) -> Result<(usize, SyncReport), StoreError> {
+    /// Dispatched L2+ targets with no callback (no job of theirs for that
+    /// delivery) whose dispatch is between `never_started_after +
+    /// never_started_lookback` and `never_started_after` old, oldest first.
+    pub async fn never_started(&self) -> Result<Vec<NeverStarted>, StoreError> {
+        let now = self.clock.now_ms();
+        let to = now - self.settings.never_started_after.as_millis() as i64;
+        let from = to - self.settings.never_started_lookback.as_millis() as i64;
+        let mut out = Vec::new();
+        let mut jobs_of: std::collections::HashMap<DeliveryId, Vec<RepoFullName>> = Default::default();
+        for rec in self.dispatches.dispatched_between(from, to, NEVER_STARTED_SCAN_LIMIT).await? {
+            if rec.meta.level < Level::L2 {
+                continue;
+            }
+            if !jobs_of.contains_key(&rec.delivery_id) {
+                let repos = self.jobs.jobs(&rec.delivery_id).await?.into_iter().map(|j| j.key.repo).collect();
+                jobs_of.insert(rec.delivery_id.clone(), repos);
+            }
+            if !jobs_of[&rec.delivery_id].contains(&rec.target) {
+                out.push(NeverStarted {
+                    dispatched_at_ms: rec.dispatched_at_ms.unwrap_or(rec.updated_at_ms),
+                    delivery_id: rec.delivery_id,
+                    target: rec.target,
+                    level: rec.meta.level,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pass of the scheduled work: time out stale IN_PROGRESS jobs, look
+    /// for never-started dispatches, then sync the HUD outbox. A failing
+    /// never-started check is reported in the result and does not stop the
+    /// rest; a failing job store stops the sweep (the next one retries).
+    pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
         let now = self.clock.now_ms();
         let cutoff = now - self.settings.job_timeout.as_millis() as i64;
-        let mut timed_out = 0;
         for mut job in self.jobs.in_progress_before(cutoff, 500).await? {
             job.state = JobState::Completed;
             job.completed_at_ms = Some(now);
@@ -125,12 +234,32 @@ impl Reconciler {
             };
             if self.jobs.transition(Some(JobState::InProgress), &job, &outbox).await? {
                 tracing::warn!(delivery_id = %job.key.delivery_id, repo = %job.key.repo, job = %job.key.job_name, metric = "jobs_timed_out", "job timed out");
-                timed_out += 1;
+                report.timed_out += 1;
             }
         }
-        let hud =
+        match self.never_started().await {
+            Ok(list) => {
+                if !list.is_empty() {
+                    let sample: Vec<String> =
+                        list.iter().take(10).map(|n| format!("{} -> {}", n.delivery_id, n.target)).collect();
+                    tracing::warn!(
+                        count = list.len(),
+                        ?sample,
+                        after_s = self.settings.never_started_after.as_secs(),
+                        metric = "never_started_dispatches",
+                        "dispatched but never started: no callback from these targets; see crcr trace <delivery id>"
+                    );
+                }
+                report.never_started = list;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "never-started check failed; the rest of the sweep goes on");
+                report.never_started_error = Some(e.to_string());
+            }
+        }
+        report.hud =
             sync_outbox(self.jobs.as_ref(), self.hud.as_ref(), self.clock.as_ref(), self.settings.hud_batch).await?;
-        Ok((timed_out, hud))
+        Ok(report)
     }
 }
 

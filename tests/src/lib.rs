@@ -3,6 +3,7 @@
 //! the real fixtures, and waiting until a delivery is settled.
 
 pub mod issuer;
+pub mod moto;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct Relay {
     pub dir: PathBuf,
     pub store: Arc<SqliteDispatchStore>,
     pub queue: Arc<SqliteQueue>,
+    /// The relay's reconciler (to run a sweep step on demand).
+    pub reconciler: Arc<crcr_shared::reconcile::Reconciler>,
     pub allowlist: Allowlist,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -101,7 +104,7 @@ impl Relay {
             visibility_timeout: VISIBILITY_TIMEOUT,
         };
         let relay = EmbeddedRelay::build(&cfg, &emb).expect("relay builds");
-        let (store, queue) = (relay.store.clone(), relay.queue.clone());
+        let (store, queue, reconciler) = (relay.store.clone(), relay.queue.clone(), relay.reconciler.clone());
         let listener = tokio::net::TcpListener::bind(emb.listen).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -119,6 +122,7 @@ impl Relay {
             dir,
             store,
             queue,
+            reconciler,
             allowlist: Allowlist::parse(allowlist).unwrap(),
             stop: Some(tx),
             task: Some(task),

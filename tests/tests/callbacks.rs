@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crcr_shared::config::CallbackConfig;
-use crcr_shared::domain::DeliveryId;
+use crcr_shared::domain::{DeliveryId, Level};
 use crcr_shared::lifecycle::{HudSync, JobState, JobStore};
 use crcr_shared::oidc::TrustAnchor;
 use crcr_shared::reconcile::ReconcilerSettings;
@@ -29,9 +29,18 @@ struct World {
 }
 
 async fn world(job_timeout: Duration) -> World {
+    world_with(ReconcilerSettings { job_timeout, ..Default::default() }, true).await
+}
+
+/// A world with these reconciler settings; `upstream_installed`: whether the
+/// App is installed on the upstream repository (commit checks need it).
+async fn world_with(reconciler: ReconcilerSettings, upstream_installed: bool) -> World {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
     for r in ["org1/one", "org2/two", "org3/three"] {
         gh.install(r);
+    }
+    if upstream_installed {
+        gh.install(UPSTREAM);
     }
     let issuer = Issuer::start().await;
     let hud = Hud::start().await;
@@ -40,7 +49,7 @@ async fn world(job_timeout: Duration) -> World {
     callbacks.oidc.buildkite = None;
     callbacks.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
     callbacks.sweep_interval = Duration::from_millis(200);
-    callbacks.reconciler = ReconcilerSettings { job_timeout, ..Default::default() };
+    callbacks.reconciler = reconciler;
     let relay = Relay::start_with(&gh, ALLOWLIST, test_settings(), None, "s", callbacks).await;
     let delivery = uuid();
     assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
@@ -215,4 +224,69 @@ async fn a_job_left_in_progress_past_the_timeout_is_closed_as_timed_out() {
         409
     );
     w.relay.stop().await;
+}
+
+/// An L2+ target GitHub accepted the dispatch for but that never called back
+/// within the deadline is reported "never started"; one that called back,
+/// and an L1 target (no callbacks expected), are not.
+#[tokio::test]
+async fn a_dispatch_with_no_callback_is_reported_never_started() {
+    let settings = ReconcilerSettings { never_started_after: Duration::from_secs(1), ..Default::default() };
+    let w = world_with(settings, true).await;
+    let started = body(&w.delivery, "in_progress", None, 1);
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &started).await.0, 202);
+    wait_for("the in_progress HUD record", || w.hud.received().len() == 1).await;
+    assert_eq!(w.relay.reconciler.never_started().await.unwrap(), vec![], "not yet past the deadline");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let late = w.relay.reconciler.never_started().await.unwrap();
+    let got: Vec<(String, &str, Level)> =
+        late.iter().map(|n| (n.delivery_id.to_string(), n.target.as_str(), n.level)).collect();
+    assert_eq!(got, vec![(w.delivery.clone(), "org3/three", Level::L3)]);
+    let report = w.relay.reconciler.sweep().await.unwrap();
+    assert_eq!(report.never_started, late);
+    assert_eq!(report.never_started_error, None);
+}
+
+/// `nightly` callbacks name an upstream commit: a known SHA is recorded and
+/// reaches HUD; an unknown one is a recorded violation and HUD gets nothing;
+/// when GitHub cannot answer (App not installed upstream) the callback is
+/// accepted.
+#[tokio::test]
+async fn nightly_callbacks_are_checked_against_upstream_commits() {
+    let nightly = |sha: &str| {
+        serde_json::to_vec(&json!({
+            "event_type": "nightly", "delivery_id": sha, "payload": {},
+            "workflow": {"schema_version": 1, "status": "completed", "conclusion": "success", "name": "nightly",
+                "url": "https://github.com/org2/two/actions/runs/9", "run_id": 9, "run_attempt": 1, "job_name": "test"}
+        }))
+        .unwrap()
+    };
+    let (known, unknown) = ("a".repeat(40), "b".repeat(40));
+    let w = world_with(ReconcilerSettings::default(), true).await;
+    w.gh.put_commit(UPSTREAM, &known);
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &nightly(&unknown)).await.0, 202);
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &nightly(&known)).await.0, 202);
+    wait_for("the known commit's HUD record", || w.hud.received().len() == 1).await;
+    let got = w.hud.received();
+    assert_eq!(got[0].2["untrusted"]["callback_payload"]["delivery_id"], known.as_str());
+    let (known_id, unknown_id) = (DeliveryId::parse(&known).unwrap(), DeliveryId::parse(&unknown).unwrap());
+    assert_eq!(jobs(&w).jobs(&known_id).await.unwrap()[0].state, JobState::Completed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let violations = loop {
+        let v = jobs(&w).violations(&unknown_id).await.unwrap();
+        if !v.is_empty() || std::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].reason.contains("does not exist on"), "{}", violations[0].reason);
+    assert_eq!(jobs(&w).jobs(&unknown_id).await.unwrap(), vec![]);
+    assert_eq!(w.gh.count("GET", &format!("/repos/{UPSTREAM}/commits/")), 2);
+
+    // GitHub cannot answer: accepted and recorded.
+    let w = world_with(ReconcilerSettings::default(), false).await;
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &nightly(&unknown)).await.0, 202);
+    wait_for("the HUD record despite GitHub", || w.hud.received().len() == 1).await;
+    assert_eq!(jobs(&w).jobs(&unknown_id).await.unwrap()[0].state, JobState::Completed);
 }

@@ -33,6 +33,9 @@ pub(super) mod attr {
     pub const PR_NUMBER: &str = "pr_number";
     pub const LEVEL: &str = "level";
     pub const EXPIRES_AT: &str = "expires_at";
+    /// `YYYY-MM-DD` (UTC) of `dispatched_at_ms`, set with it: the partition
+    /// key of the sparse GSI `by_dispatch_day` (see `DISPATCH_DAY_INDEX`).
+    pub const DISPATCH_DAY: &str = "dispatch_day";
 }
 
 /// The primary key: `delivery_id` + lower-cased `target`.

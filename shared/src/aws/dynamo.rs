@@ -20,6 +20,17 @@ use super::now_epoch_secs;
 /// redelivery window and the callbacks that read the records.
 pub const DISPATCH_TTL_SECS: i64 = 30 * 24 * 3600;
 
+/// The sparse GSI of the dispatch table that serves
+/// [`DispatchStore::dispatched_between`]: partition key `dispatch_day` (S,
+/// UTC `YYYY-MM-DD`), sort key `dispatched_at_ms` (N), projection ALL. Only
+/// dispatched records carry `dispatch_day`, so only they are in the index.
+pub const DISPATCH_DAY_INDEX: &str = "by_dispatch_day";
+
+/// UTC day (`YYYY-MM-DD`) of an instant in ms since the epoch.
+pub fn dispatch_day(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%d").to_string()
+}
+
 /// How often `claim` starts over when the item changes under it (created,
 /// expired by TTL or taken over between its calls). Each round is at most
 /// three requests; in practice the first round decides.
@@ -242,8 +253,12 @@ impl DispatchStore for DynamoDispatchStore {
         const COMMON: &str = "SET #lease = :zero, #updated = :now, #expires = :expires";
         req = match outcome {
             AttemptOutcome::Dispatched { payload_trimmed } => req
-                .update_expression(format!("{COMMON}, #status = :status, #dispatched = :now, #trimmed = :trimmed"))
+                .update_expression(format!(
+                    "{COMMON}, #status = :status, #dispatched = :now, #trimmed = :trimmed, #day = :day"
+                ))
                 .expression_attribute_names("#dispatched", attr::DISPATCHED_AT_MS)
+                .expression_attribute_names("#day", attr::DISPATCH_DAY)
+                .expression_attribute_values(":day", s(&dispatch_day(now_ms)))
                 .expression_attribute_names("#trimmed", attr::PAYLOAD_TRIMMED)
                 .expression_attribute_values(":status", s(DispatchStatus::Dispatched.as_str()))
                 .expression_attribute_values(":trimmed", AttributeValue::Bool(*payload_trimmed)),
@@ -290,6 +305,56 @@ impl DispatchStore for DynamoDispatchStore {
                 Some(k) if !k.is_empty() => start = Some(k),
                 _ => break,
             }
+        }
+        Ok(out)
+    }
+
+    /// One `Query` per UTC day of the range on [`DISPATCH_DAY_INDEX`]
+    /// (`dispatch_day = :day AND dispatched_at_ms BETWEEN`), oldest first,
+    /// stopping at `limit`. Eventually consistent (a GSI is).
+    async fn dispatched_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DispatchRecord>, StoreError> {
+        const DAY_MS: i64 = 24 * 3600 * 1000;
+        let mut out = Vec::new();
+        if to_ms <= from_ms {
+            return Ok(out);
+        }
+        let mut day_start = from_ms.div_euclid(DAY_MS) * DAY_MS;
+        while day_start < to_ms && out.len() < limit {
+            let mut start: Option<Item> = None;
+            loop {
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(DISPATCH_DAY_INDEX)
+                    .key_condition_expression("#day = :day AND #at BETWEEN :from AND :last")
+                    .expression_attribute_names("#day", attr::DISPATCH_DAY)
+                    .expression_attribute_names("#at", attr::DISPATCHED_AT_MS)
+                    .expression_attribute_values(":day", s(&dispatch_day(day_start)))
+                    .expression_attribute_values(":from", n(from_ms))
+                    .expression_attribute_values(":last", n(to_ms - 1))
+                    .scan_index_forward(true)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("Query (by_dispatch_day)", e))?;
+                for item in page.items.unwrap_or_default() {
+                    let rec = parse_record(&item)?;
+                    if rec.status == DispatchStatus::Dispatched && out.len() < limit {
+                        out.push(rec);
+                    }
+                }
+                match page.last_evaluated_key {
+                    Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                    _ => break,
+                }
+            }
+            day_start += DAY_MS;
         }
         Ok(out)
     }

@@ -8,7 +8,6 @@
 
 mod blobs;
 mod jobs;
-mod kv;
 mod queue;
 mod store;
 
@@ -19,7 +18,6 @@ use rusqlite::Connection;
 
 pub use blobs::SqliteBlobStore;
 pub use jobs::SqliteJobStore;
-pub use kv::SqliteKv;
 pub use queue::SqliteQueue;
 pub use store::SqliteDispatchStore;
 
@@ -57,6 +55,8 @@ CREATE TABLE IF NOT EXISTS dispatches (
     level TEXT NOT NULL,
     PRIMARY KEY (delivery_id, target_key)
 );
+CREATE INDEX IF NOT EXISTS dispatches_dispatched_at ON dispatches (dispatched_at_ms)
+    WHERE dispatched_at_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS blobs (
     key TEXT PRIMARY KEY,
     data BLOB NOT NULL,
@@ -87,7 +87,6 @@ impl Db {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         conn.execute_batch(jobs::SCHEMA).map_err(unavailable)?;
-        conn.execute_batch(kv::SCHEMA).map_err(unavailable)?;
         let conn = Arc::new(Mutex::new(conn));
         checkpointer(path.to_owned(), Arc::downgrade(&conn))?;
         Ok(Db { conn, sent: Arc::new(tokio::sync::Notify::new()) })

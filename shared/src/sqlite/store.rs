@@ -164,6 +164,28 @@ impl DispatchStore for SqliteDispatchStore {
         Ok(out)
     }
 
+    /// Reads the partial index on `dispatched_at_ms`.
+    async fn dispatched_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DispatchRecord>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM dispatches WHERE dispatched_at_ms IS NOT NULL AND dispatched_at_ms >= ?1
+                 AND dispatched_at_ms < ?2 AND status = 'dispatched' ORDER BY dispatched_at_ms LIMIT ?3"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map(params![from_ms, to_ms, limit as i64], record).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(unavailable)??);
+        }
+        Ok(out)
+    }
+
     /// One `GROUP BY status` over the records with `updated_at_ms >= since_ms`
     /// (a table scan; fine for on-call use).
     async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {

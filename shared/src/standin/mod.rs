@@ -215,6 +215,14 @@ impl StandIn {
         world.files.insert(key, contents.to_vec());
     }
 
+    /// Makes commit `sha` exist on `repo` (`GET /repos/{o}/{r}/commits/{sha}`).
+    pub fn put_commit(&self, repo: &str, sha: &str) {
+        let mut world = self.shared.world();
+        let lower = repo.to_ascii_lowercase();
+        world.known.insert(lower.clone());
+        world.commits.insert((lower, sha.to_ascii_lowercase()));
+    }
+
     /// Queues a fault for `repo` (case-insensitive): each valid dispatch to
     /// it takes the oldest queued fault and answers with it; a 204 comes
     /// only when the queue is empty.

@@ -24,6 +24,7 @@ use super::{util, Fault, RecordedDispatch};
 
 const DOC_DISPATCH: &str = "https://docs.github.com/rest/repos/repos#create-a-repository-dispatch-event";
 const DOC_CONTENTS: &str = "https://docs.github.com/rest/repos/contents#get-repository-content";
+const DOC_COMMIT: &str = "https://docs.github.com/rest/commits/commits#get-a-commit";
 const DOC_RATE_LIMITS: &str = "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api";
 const DOC_SECONDARY: &str =
     "https://docs.github.com/free-pro-team@latest/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits";
@@ -169,6 +170,32 @@ fn insert(resp: &mut Response, name: &'static str, value: String) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         resp.headers_mut().insert(name, v);
     }
+}
+
+/// `GET /repos/{owner}/{repo}/commits/{ref}` for a full SHA: 200 with the
+/// commit's `sha` when it exists, 422 "No commit found for SHA: <sha>" when
+/// it does not (GitHub's answer), 404 without access to the repository.
+pub(crate) async fn commit(
+    State(shared): State<Arc<Shared>>,
+    Extension(auth): Extension<Auth>,
+    Path((owner, name, sha)): Path<(String, String, String)>,
+) -> Response {
+    let repo = format!("{owner}/{name}");
+    let access = match require_installation(&shared, &auth, &repo, DOC_COMMIT) {
+        Ok(access) => access,
+        Err(resp) => return resp,
+    };
+    if access.permission.as_deref().and_then(state::level).is_none() {
+        return gh_error(403, NOT_ACCESSIBLE, DOC_COMMIT);
+    }
+    let exists = shared.world().commits.contains(&(repo.to_ascii_lowercase(), sha.to_ascii_lowercase()));
+    if !exists {
+        return gh_error(422, &format!("No commit found for SHA: {sha}"), DOC_COMMIT);
+    }
+    let api = &shared.base_url;
+    Json(json!({"sha": sha.to_ascii_lowercase(), "url": format!("{api}/repos/{repo}/commits/{sha}"),
+        "html_url": format!("https://github.com/{repo}/commit/{sha}")}))
+    .into_response()
 }
 
 pub(crate) async fn contents(

@@ -53,6 +53,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/app/hook/deliveries/{delivery_id}/attempts", post(hooks::redeliver))
         .route("/repos/{owner}/{repo}/dispatches", post(repos::dispatch))
         .route("/repos/{owner}/{repo}/contents/{*path}", get(repos::contents))
+        .route("/repos/{owner}/{repo}/commits/{sha}", get(repos::commit))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), around))

@@ -45,6 +45,8 @@ pub(crate) struct World {
     pub tokens: HashMap<String, Token>,
     /// (lower-case repo, path, ref) -> contents
     pub files: HashMap<(String, String, String), Vec<u8>>,
+    /// (lower-case repo, lower-case commit SHA) of the commits that exist
+    pub commits: HashSet<(String, String)>,
     /// lower-case repo -> faults still to answer with
     pub faults: HashMap<String, VecDeque<Fault>>,
     /// lower-case names of repositories answered as private (404 instead of 403)
@@ -118,6 +120,7 @@ impl Shared {
                 installations: Vec::new(),
                 tokens: HashMap::new(),
                 files: HashMap::new(),
+                commits: HashSet::new(),
                 faults: HashMap::new(),
                 private: HashSet::new(),
                 known: HashSet::new(),
