@@ -21,7 +21,7 @@ use crate::dispatch::Dispatcher;
 use crate::github::{GitHubAppClient, GitHubConfigError};
 use crate::ingest::{self, IngestState};
 use crate::ports::{EventQueue, GitHubApp, QueueSide, StoreError, SystemClock};
-use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteJobStore, SqliteQueue};
+use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteJobStore, SqliteKv, SqliteQueue};
 
 /// Start-up failures of the embedded relay.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,9 @@ pub struct EmbeddedRelay {
     pub reconcile_queue: Arc<SqliteQueue>,
     pub jobs: Arc<SqliteJobStore>,
     pub reconciler: Arc<crate::reconcile::Reconciler>,
+    /// Small named values shared by the relay's tasks (SQLite table `kv`),
+    /// e.g. the redeliver cursor.
+    pub state: Arc<dyn crate::ports::StateStore>,
     pub sweep_interval: Duration,
     pub router: Router,
     pub workers: usize,
@@ -66,6 +69,35 @@ pub fn github_and_allowlist(
     };
     let allowlist = Arc::new(AllowlistProvider::new(cfg.allowlist.clone(), cfg.allowlist_ttl, for_allowlist));
     Ok((github, allowlist))
+}
+
+/// The OIDC verifier both runtimes use: keys fetched from each issuer's
+/// JWKS URL (5 s connect / read timeouts), `repository_id` bindings and the
+/// `jti` replay guard in the given stores (SQLite or DynamoDB `kv`; they
+/// must be shared by every instance of the relay).
+pub fn oidc_verifier(
+    cfg: &crate::config::CallbackConfig,
+    clock: Arc<dyn crate::ports::Clock>,
+    bindings: Arc<dyn crate::oidc::IdentityBindings>,
+    replay: Arc<dyn crate::oidc::ReplayGuard>,
+) -> Result<crate::oidc::OidcVerifier, EmbeddedError> {
+    let fetcher = crate::oidc::OctocrabJwksFetcher::new(Duration::from_secs(5))
+        .map_err(|e| EmbeddedError::Oidc(e.to_string()))?;
+    let verifier = crate::oidc::OidcVerifier::new(cfg.oidc.clone(), Arc::new(fetcher), clock)
+        .map_err(|e| EmbeddedError::Oidc(e.to_string()))?;
+    Ok(verifier.with_identity_bindings(bindings).with_replay_guard(replay))
+}
+
+/// The HUD client both runtimes use: `CRCR_HUD_URL` + bot key, or
+/// [`crate::hud::NoHud`] (records wait in the outbox) when no URL is set.
+/// Errors: the URL is not https (http only on loopback).
+pub fn hud_from_config(
+    cfg: &crate::config::CallbackConfig,
+) -> Result<Arc<dyn crate::hud::Hud>, crate::hud::HudUrlError> {
+    Ok(match &cfg.hud {
+        Some((url, key)) => Arc::new(crate::hud::HudClient::new(url, key.clone())?),
+        None => Arc::new(crate::hud::NoHud),
+    })
 }
 
 impl EmbeddedRelay {
@@ -93,14 +125,10 @@ impl EmbeddedRelay {
         let reconcile_queue =
             Arc::new(SqliteQueue::new(db.clone(), "reconcile", cfg.callbacks.reconciler.max_receive_count));
         let jobs = Arc::new(SqliteJobStore::new(db.clone()));
-        let fetcher = crate::oidc::OctocrabJwksFetcher::new(Duration::from_secs(5))
-            .map_err(|e| EmbeddedError::Oidc(e.to_string()))?;
-        let verifier = crate::oidc::OidcVerifier::new(cfg.callbacks.oidc.clone(), Arc::new(fetcher), clock.clone())
-            .map_err(|e| EmbeddedError::Oidc(e.to_string()))?;
-        let hud: Arc<dyn crate::hud::Hud> = match &cfg.callbacks.hud {
-            Some((url, key)) => Arc::new(crate::hud::HudClient::new(url, key.clone())?),
-            None => Arc::new(crate::hud::NoHud),
-        };
+        // Bindings, used jtis, rate windows and state survive restarts (table `kv`).
+        let kv = Arc::new(SqliteKv::new(db.clone(), clock.clone()).with_rate_per_min(cfg.callbacks.rate_per_min));
+        let verifier = oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?;
+        let hud = hud_from_config(&cfg.callbacks)?;
         let reconciler = Arc::new(crate::reconcile::Reconciler {
             dispatches: store.clone(),
             jobs: jobs.clone(),
@@ -116,7 +144,7 @@ impl EmbeddedRelay {
             dispatches: store.clone(),
             jobs: jobs.clone(),
             queue: reconcile_queue.clone(),
-            rate: Arc::new(crate::callback_route::InMemoryRateLimiter::new(cfg.callbacks.rate_per_min)),
+            rate: kv.clone(),
             clock,
         }));
         let router = ingest::router(Arc::new(IngestState {
@@ -136,6 +164,7 @@ impl EmbeddedRelay {
             reconcile_queue,
             jobs,
             reconciler,
+            state: kv,
             sweep_interval: cfg.callbacks.sweep_interval,
             router,
             workers: emb.workers,

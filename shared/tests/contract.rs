@@ -22,11 +22,13 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crcr_shared::callback_route::RateLimiter;
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crcr_shared::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
 use crcr_shared::ports::{
-    AttemptOutcome, BlobError, BlobStore, Claim, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
-    EventQueue, QueueError, QueueSide,
+    AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
+    EventQueue, ManualClock, QueueError, QueueSide, StateStore,
 };
 
 // ================================================================ backends
@@ -51,11 +53,17 @@ trait Backend {
     type Store: DispatchStore + 'static;
     type Blobs: BlobStore + 'static;
     type Jobs: JobStore + 'static;
+    /// The small stores (bindings, replay guard, rate limiter, state) in one adapter.
+    type Kv: IdentityBindings + ReplayGuard + RateLimiter + StateStore + 'static;
     /// A source queue whose messages move to its DLQ after `max_receive_count` receives.
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue>;
     async fn store() -> Fx<Self::Store>;
     async fn blobs() -> Fx<Self::Blobs>;
     async fn jobs() -> Fx<Self::Jobs>;
+    /// Two instances of the small stores on ONE table / database file (two
+    /// Lambda instances, or `crcr serve` before and after a restart), both
+    /// judging expiry by `clock`, `rate_per_min` callbacks per minute.
+    async fn kv_pair(clock: Arc<ManualClock>, rate_per_min: u32) -> Fx<(Self::Kv, Self::Kv)>;
 }
 
 // ---------------------------------------------------------------- SQLite
@@ -89,6 +97,7 @@ impl Backend for Sqlite {
     type Store = crcr_shared::sqlite::SqliteDispatchStore;
     type Blobs = crcr_shared::sqlite::SqliteBlobStore;
     type Jobs = crcr_shared::sqlite::SqliteJobStore;
+    type Kv = crcr_shared::sqlite::SqliteKv;
 
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
         let tmp = TempDb::new();
@@ -106,6 +115,11 @@ impl Backend for Sqlite {
     async fn jobs() -> Fx<Self::Jobs> {
         let tmp = TempDb::new();
         Fx { inner: crcr_shared::sqlite::SqliteJobStore::new(tmp.open()), _guard: Some(tmp) }
+    }
+    async fn kv_pair(clock: Arc<ManualClock>, rate_per_min: u32) -> Fx<(Self::Kv, Self::Kv)> {
+        let tmp = TempDb::new();
+        let kv = |db| crcr_shared::sqlite::SqliteKv::new(db, clock.clone()).with_rate_per_min(rate_per_min);
+        Fx { inner: (kv(tmp.open()), kv(tmp.open())), _guard: Some(tmp) }
     }
 }
 
@@ -349,6 +363,7 @@ impl Backend for Moto {
     type Store = crcr_shared::aws::DynamoDispatchStore;
     type Blobs = crcr_shared::aws::DynamoBlobStore;
     type Jobs = crcr_shared::aws::DynamoJobStore;
+    type Kv = crcr_shared::aws::DynamoKv;
 
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
         use aws_sdk_sqs::error::DisplayErrorContext;
@@ -422,6 +437,50 @@ impl Backend for Moto {
         create_jobs_table(&client, &table).await;
         Fx { inner: crcr_shared::aws::DynamoJobStore::new(client, table), _guard: None }
     }
+
+    async fn kv_pair(clock: Arc<ManualClock>, rate_per_min: u32) -> Fx<(Self::Kv, Self::Kv)> {
+        // Through the one-request-at-a-time proxy (see `atomic_proxy`): the
+        // replay guard's conditional put must be atomic, as on DynamoDB.
+        let cfg = moto_config().await;
+        let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
+        let client = aws_sdk_dynamodb::Client::new(&proxied);
+        let table = unique("crcr-kv");
+        create_kv_table(&client, &table).await;
+        let kv = || {
+            crcr_shared::aws::DynamoKv::new(client.clone(), table.clone(), clock.clone())
+                .with_rate_per_min(rate_per_min)
+        };
+        Fx { inner: (kv(), kv()), _guard: None }
+    }
+}
+
+/// Creates the kv table as infra/modules/crcr/dynamodb.tf does: hash key
+/// `pk` (S) only, TTL on `expires_at`.
+async fn create_kv_table(client: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::error::DisplayErrorContext;
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    };
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap(),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create table {name}: {}", DisplayErrorContext(e)));
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("enable TTL on {name}: {}", DisplayErrorContext(e)));
 }
 
 // ================================================================ helpers
@@ -1417,6 +1476,97 @@ mod cases {
         let absent = JobKey { run_attempt: 4, ..key };
         assert_eq!(s.get(&absent).await.unwrap(), None);
     }
+
+    // ------------------------------------------------------------ small stores (kv)
+
+    /// A wall-clock start in the middle of a rate-limit minute (10 s in).
+    fn kv_clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::new(wall_ms() / 60_000 * 60_000 + 10_000))
+    }
+
+    /// A binding is written once (repository names compare case-insensitively)
+    /// and both instances see it.
+    pub async fn kv_binding_written_once<B: Backend>() {
+        let kv = B::kv_pair(kv_clock(), 100).await;
+        let (a, b) = (&kv.0, &kv.1);
+        let r = repo(&format!("Org/Repo-{}", uuid::Uuid::new_v4().simple()));
+        let lower = repo(&r.as_str().to_ascii_lowercase());
+        assert_eq!(IdentityBindings::get(a, &r).await.unwrap(), None);
+        assert_eq!(a.put_if_absent(&r, "111").await.unwrap(), "111");
+        assert_eq!(b.put_if_absent(&lower, "222").await.unwrap(), "111", "the first binding stays");
+        assert_eq!(IdentityBindings::get(b, &lower).await.unwrap().as_deref(), Some("111"));
+        assert_eq!(IdentityBindings::get(a, &repo("org/other")).await.unwrap(), None);
+    }
+
+    /// First use → First; same body → SameBody; other body → DifferentBody
+    /// (on either instance); once the record's expiry has passed it counts
+    /// as absent (whether or not TTL deleted it) → First again.
+    pub async fn kv_replay_guard<B: Backend>() {
+        let clock = kv_clock();
+        let kv = B::kv_pair(clock.clone(), 100).await;
+        let (a, b) = (&kv.0, &kv.1);
+        let jti = format!("https://issuer.example|{}", uuid::Uuid::new_v4());
+        let (x, y) = ([1u8; 32], [2u8; 32]);
+        let exp = clock.now_ms() / 1000 + 100;
+        assert_eq!(a.check_and_record(&jti, &x, exp).await.unwrap(), ReplayVerdict::First);
+        assert_eq!(a.check_and_record(&jti, &x, exp).await.unwrap(), ReplayVerdict::SameBody);
+        assert_eq!(b.check_and_record(&jti, &x, exp).await.unwrap(), ReplayVerdict::SameBody);
+        assert_eq!(b.check_and_record(&jti, &y, exp).await.unwrap(), ReplayVerdict::DifferentBody);
+        assert_eq!(a.check_and_record("another|jti", &y, exp).await.unwrap(), ReplayVerdict::First);
+        clock.advance(Duration::from_secs(99));
+        assert_eq!(a.check_and_record(&jti, &y, exp).await.unwrap(), ReplayVerdict::DifferentBody, "still live");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(a.check_and_record(&jti, &y, exp + 200).await.unwrap(), ReplayVerdict::First, "expired");
+        assert_eq!(b.check_and_record(&jti, &y, exp + 200).await.unwrap(), ReplayVerdict::SameBody);
+        assert_eq!(b.check_and_record(&jti, &x, exp + 200).await.unwrap(), ReplayVerdict::DifferentBody);
+    }
+
+    /// Concurrent first uses of one jti (both instances): exactly one First.
+    pub async fn kv_replay_concurrent_first_use<B: Backend>() {
+        let kv = B::kv_pair(kv_clock(), 100).await;
+        let jti = format!("iss|{}", uuid::Uuid::new_v4());
+        let exp = wall_ms() / 1000 + 300;
+        let calls = (0..8).map(|i| {
+            let store: &B::Kv = if i % 2 == 0 { &kv.0 } else { &kv.1 };
+            store.check_and_record(&jti, &[7u8; 32], exp)
+        });
+        let verdicts: Vec<ReplayVerdict> =
+            futures::future::join_all(calls).await.into_iter().map(|v| v.expect("check_and_record")).collect();
+        let firsts = verdicts.iter().filter(|v| **v == ReplayVerdict::First).count();
+        assert_eq!(firsts, 1, "{verdicts:?}");
+        assert!(verdicts.iter().all(|v| *v != ReplayVerdict::DifferentBody), "{verdicts:?}");
+    }
+
+    /// The limit counts hits of both instances in one window; over it the
+    /// answer is the time to the window's end; the next window starts at 0.
+    pub async fn kv_rate_limit_shared_and_windowed<B: Backend>() {
+        let clock = kv_clock();
+        let kv = B::kv_pair(clock.clone(), 3).await;
+        let (a, b) = (&kv.0, &kv.1);
+        let r = format!("org/rate-{}", uuid::Uuid::new_v4().simple());
+        let now = clock.now_ms();
+        assert_eq!(a.hit(&r, now).await.unwrap(), None);
+        assert_eq!(b.hit(&r, now + 1_000).await.unwrap(), None);
+        assert_eq!(a.hit(&r, now + 2_000).await.unwrap(), None);
+        assert_eq!(b.hit(&r, now + 5_000).await.unwrap(), Some(Duration::from_secs(45)), "10 s + 5 s into the minute");
+        assert_eq!(a.hit(&r, now + 5_000).await.unwrap(), Some(Duration::from_secs(45)));
+        assert_eq!(a.hit("org/someone-else", now + 5_000).await.unwrap(), None, "per repository");
+        assert_eq!(b.hit(&r, now + 50_000).await.unwrap(), None, "next window");
+        assert_eq!(a.hit(&r, now + 50_001).await.unwrap(), None);
+    }
+
+    /// State values: absent, put, get (other instance too), overwrite.
+    pub async fn kv_state_put_get_overwrite<B: Backend>() {
+        let kv = B::kv_pair(kv_clock(), 100).await;
+        let (a, b) = (&kv.0, &kv.1);
+        let key = format!("redeliver-cursor-{}", uuid::Uuid::new_v4().simple());
+        assert_eq!(StateStore::get(a, &key).await.unwrap(), None);
+        a.put(&key, "2024-01-01T00:00:00Z").await.unwrap();
+        assert_eq!(StateStore::get(b, &key).await.unwrap().as_deref(), Some("2024-01-01T00:00:00Z"));
+        b.put(&key, "{\"cursor\": 42}").await.unwrap();
+        assert_eq!(StateStore::get(a, &key).await.unwrap().as_deref(), Some("{\"cursor\": 42}"));
+        assert_eq!(StateStore::get(a, "absent").await.unwrap(), None);
+    }
 }
 
 // ================================================================ the suite, per backend
@@ -1470,6 +1620,11 @@ macro_rules! all_cases {
                 jobs_in_progress_before_only_old_in_progress,
                 jobs_violations_round_trip,
                 jobs_records_round_trip,
+                kv_binding_written_once,
+                kv_replay_guard,
+                kv_replay_concurrent_first_use,
+                kv_rate_limit_shared_and_windowed,
+                kv_state_put_get_overwrite,
             ]
         );
     };

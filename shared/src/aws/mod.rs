@@ -11,11 +11,13 @@ mod blobs;
 mod dispatch_item;
 mod dynamo;
 mod jobs;
+mod kv;
 mod sqs;
 
 pub use blobs::{DynamoBlobStore, BLOB_CHUNK_BYTES, BLOB_TTL_SECS};
 pub use dynamo::{dispatch_day, DynamoDispatchStore, DISPATCH_DAY_INDEX, DISPATCH_TTL_SECS};
 pub use jobs::{DynamoJobStore, JOBS_BY_STATUS_INDEX, JOB_TTL_SECS};
+pub use kv::{prefix as kv_prefix, DynamoKv, RATE_WINDOW_TTL_SLACK_SECS};
 pub use sqs::{SqsQueue, DEAD_LETTER_REASON_ATTR, DEAD_LETTER_REASON_MAX_CHARS, SQS_MAX_MESSAGE_BYTES};
 
 use aws_config::meta::region::RegionProviderChain;

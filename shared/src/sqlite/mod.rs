@@ -8,6 +8,7 @@
 
 mod blobs;
 mod jobs;
+mod kv;
 mod queue;
 mod store;
 
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 
 pub use blobs::SqliteBlobStore;
 pub use jobs::SqliteJobStore;
+pub use kv::SqliteKv;
 pub use queue::SqliteQueue;
 pub use store::SqliteDispatchStore;
 
@@ -87,6 +89,7 @@ impl Db {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         conn.execute_batch(jobs::SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(kv::SCHEMA).map_err(unavailable)?;
         let conn = Arc::new(Mutex::new(conn));
         checkpointer(path.to_owned(), Arc::downgrade(&conn))?;
         Ok(Db { conn, sent: Arc::new(tokio::sync::Notify::new()) })
