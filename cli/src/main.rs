@@ -4,6 +4,7 @@
 
 mod demo;
 mod ops;
+mod redeliver;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask GitHub to redeliver the App's webhook deliveries that failed (past 3 days at most).
+    Redeliver(redeliver::RedeliverArgs),
     /// Review an allowlist (validate, show, diff against the one in use).
     Allowlist {
         #[command(subcommand)]
@@ -71,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(emb.listen)
                 .await
                 .with_context(|| format!("CRCR_LISTEN {}", emb.listen))?;
-            EmbeddedRelay::build(&relay, &emb)?.run(listener, shutdown_signal()).await?;
+            EmbeddedRelay::build(&relay, &emb)?
+                .with_redeliver_interval(crcr_shared::config::redeliver_interval(&env)?)
+                .run(listener, shutdown_signal())
+                .await?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -111,6 +117,10 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", t.render());
             }
             Ok(())
+        }
+        Command::Redeliver(args) => {
+            init_tracing("off");
+            exit_with(redeliver::run(args, &Env::process(), &mut std::io::stdout().lock()).await)
         }
         Command::Allowlist { command } => {
             init_tracing("off");

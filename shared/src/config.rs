@@ -20,6 +20,7 @@
 //! | `CRCR_REQUEUE_DELAY_SECS` | `5` | first delay before a failed message is retried (doubles) |
 //! | `CRCR_WORKERS` | `8` | messages processed at once by `crcr serve` |
 //! | `CRCR_VISIBILITY_TIMEOUT_SECS` | `60` | embedded queue visibility timeout |
+//! | `CRCR_REDELIVER_INTERVAL_SECS` | `600` | how often `crcr serve` asks GitHub for missed deliveries (0: never) |
 //!
 //! On AWS also: `CRCR_DISPATCH_QUEUE_URL`, `CRCR_DISPATCH_DLQ_URL`,
 //! `CRCR_DISPATCH_TABLE`, `CRCR_PAYLOAD_TABLE`, and `CRCR_AWS_ENDPOINT_URL`
@@ -307,6 +308,13 @@ impl EmbeddedConfig {
             visibility_timeout: Duration::from_secs(env.parsed("CRCR_VISIBILITY_TIMEOUT_SECS", 60)?),
         })
     }
+}
+
+/// `CRCR_REDELIVER_INTERVAL_SECS` (seconds, default 600, 0 disables): how
+/// often `crcr serve` asks GitHub to redeliver the webhook deliveries that
+/// failed (`crate::redeliver`; the scheduled Lambda has its own schedule).
+pub fn redeliver_interval(env: &Env<'_>) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(env.parsed("CRCR_REDELIVER_INTERVAL_SECS", 600)?))
 }
 
 /// AWS resources (Lambda runtimes).

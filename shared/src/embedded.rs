@@ -52,6 +52,11 @@ pub struct EmbeddedRelay {
     /// Small named values shared by the relay's tasks (SQLite table `kv`),
     /// e.g. the redeliver cursor.
     pub state: Arc<dyn crate::ports::StateStore>,
+    /// Missed-delivery recovery on the App's own client and `state`.
+    pub redeliver: Arc<crate::redeliver::Redeliverer>,
+    /// How often [`EmbeddedRelay::run`] runs it (zero: never; see
+    /// [`EmbeddedRelay::with_redeliver_interval`]).
+    pub redeliver_interval: Duration,
     pub sweep_interval: Duration,
     pub router: Router,
     pub workers: usize,
@@ -156,6 +161,7 @@ impl EmbeddedRelay {
             max_body_bytes: cfg.max_body_bytes,
         }))
         .merge(callbacks);
+        let redeliver = Arc::new(crate::redeliver::Redeliverer::for_app(&cfg.github, kv.clone())?);
         Ok(Self {
             db,
             queue,
@@ -165,11 +171,22 @@ impl EmbeddedRelay {
             jobs,
             reconciler,
             state: kv,
+            redeliver,
+            redeliver_interval: Duration::ZERO,
             sweep_interval: cfg.callbacks.sweep_interval,
             router,
             workers: emb.workers,
             visibility_timeout: emb.visibility_timeout,
         })
+    }
+
+    /// Asks GitHub for missed deliveries every `interval` while running
+    /// (`crate::redeliver::run_periodic`; the first run at start-up). Zero,
+    /// the default of [`EmbeddedRelay::build`], never does; `crcr serve`
+    /// passes `CRCR_REDELIVER_INTERVAL_SECS`.
+    pub fn with_redeliver_interval(mut self, interval: Duration) -> Self {
+        self.redeliver_interval = interval;
+        self
     }
 
     /// Serves ingest on `listener` and runs the dispatcher workers until
@@ -195,6 +212,11 @@ impl EmbeddedRelay {
             stop_tx.subscribe(),
         ));
         let sweeper = tokio::spawn(run_sweeps(self.reconciler.clone(), self.sweep_interval, stop_tx.subscribe()));
+        let redeliverer = tokio::spawn(crate::redeliver::run_periodic(
+            self.redeliver.clone(),
+            self.redeliver_interval,
+            stop_tx.subscribe(),
+        ));
         let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -203,6 +225,7 @@ impl EmbeddedRelay {
         let _ = workers.await;
         let _ = reconcile_workers.await;
         let _ = sweeper.await;
+        let _ = redeliverer.await;
         Ok(())
     }
 }

@@ -369,7 +369,8 @@ pub struct RedeliverReport {
     pub failed: usize,
     /// Redelivery requests GitHub accepted (dry run: that would be made).
     pub redelivered: usize,
-    /// GUIDs with a failed attempt that also have a 2xx one (nothing to do).
+    /// GUIDs with a 2xx attempt that failed before (on the pages read, or
+    /// asked for by an earlier run): nothing to do.
     pub skipped_ok: usize,
     /// Failed GUIDs already asked for, with no newer attempt listed.
     pub skipped_requested: usize,
@@ -579,10 +580,11 @@ impl Redeliverer {
                 report.guids += 1;
             }
             if v.delivered {
-                if v.failed_attempts > 0 && at >= too_old_floor {
+                // Failed once, delivered since: on this run's pages, or asked for by an earlier run.
+                let asked_before = state.requested.remove(*guid).is_some();
+                if asked_before || (v.failed_attempts > 0 && at >= too_old_floor) {
                     report.skipped_ok += 1;
                 }
-                state.requested.remove(*guid);
                 continue;
             }
             if at >= lower {

@@ -1,0 +1,459 @@
+//! Missed-delivery recovery (`crcr_shared::redeliver`) through the real
+//! adapter (`GitHubAppClient`, App JWT) against the GitHub stand-in's
+//! delivery log.
+//!
+//! Run: `cargo test -p crcr-shared --features standin --test redeliver`
+#![cfg(feature = "standin")]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crcr_shared::config::{github_app_from_env, redeliver_interval, Env};
+use crcr_shared::github::GitHubAppConfig;
+use crcr_shared::ports::{InMemoryStateStore, StateStore};
+use crcr_shared::redeliver::{
+    run_periodic, GuidOutcome, RedeliverError, RedeliverReport, RedeliverSettings, Redeliverer, RunOptions, STATE_KEY,
+};
+use crcr_shared::standin::{Fault, HookDeliverySeed, StandIn, StandInOptions};
+use serde_json::Value;
+
+const MIN: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+async fn start() -> StandIn {
+    StandIn::start(StandInOptions::default()).await.expect("stand-in starts")
+}
+
+/// A redeliverer on the stand-in with 5 deliveries a page and no pause.
+fn redeliverer(s: &StandIn, state: &Arc<InMemoryStateStore>) -> Redeliverer {
+    let cfg = GitHubAppConfig::new(s.app_id(), s.private_key_pem(), s.base_url());
+    let mut r = Redeliverer::for_app(&cfg, state.clone()).expect("client builds");
+    r.settings = RedeliverSettings { per_page: 5, request_interval: Duration::ZERO, ..Default::default() };
+    r
+}
+
+/// Puts a delivery of `guid` made `age` ago in the log; returns its id.
+fn seed(s: &StandIn, guid: &str, status_code: u16, age: Duration) -> u64 {
+    s.add_hook_delivery(
+        HookDeliverySeed::new(guid, "pull_request", status_code, SystemTime::now() - age).action("opened"),
+    )
+}
+
+/// GUIDs of the redelivery requests GitHub accepted, in order.
+fn accepted(s: &StandIn) -> Vec<String> {
+    s.redelivery_requests().into_iter().filter(|r| r.status == 202).filter_map(|r| r.guid).collect()
+}
+
+fn outcomes(report: &RedeliverReport) -> HashMap<String, GuidOutcome> {
+    report.rows.iter().map(|r| (r.guid.clone(), r.outcome.clone())).collect()
+}
+
+async fn run(r: &Redeliverer, since: Option<Duration>, dry_run: bool) -> RedeliverReport {
+    r.run(&RunOptions { since, dry_run }).await.expect("state store works")
+}
+
+/// The log of the main scenario (newest first; 5 a page):
+///
+/// | page | GUID | attempts |
+/// |---|---|---|
+/// | 1 | ok-1 | 200 (10 min) |
+/// | 1 | a | 502 (1 h) |
+/// | 1 | b | 502 (2 h), then a redelivery 200 (1.5 h) |
+/// | 1-2 | d | 502 (3 h), then a redelivery 502 (2.5 h) |
+/// | 2 | fill-1..3 | 200 (3.5 h .. 4.5 h) |
+/// | 2 | e | 0, failed to connect (5 h) |
+/// | 3 | fill-4 | 200 (5.5 h) |
+/// | 3 | f, h | 502 (7 h, 8 h): older than the default 6 h |
+/// | 3 | ok-2 | 200 (9 h) |
+/// | 3 | j | 502 (2 days) |
+/// | 4 | k | 502 (2.5 days) |
+/// | 4 | edge | 502 (3 days - 5 min): listed, but too close to GitHub's 3 days |
+/// | - | ancient | 502 (3 days + 1 h): no longer listed |
+struct Scenario {
+    ids: HashMap<&'static str, u64>,
+}
+
+fn scenario(s: &StandIn) -> Scenario {
+    let mut ids = HashMap::new();
+    for (guid, status, age) in [
+        ("ok-1", 200, 10 * MIN),
+        ("a", 502, HOUR),
+        ("b", 502, 2 * HOUR),
+        ("d", 502, 3 * HOUR),
+        ("fill-1", 200, 210 * MIN),
+        ("fill-2", 200, 4 * HOUR),
+        ("fill-3", 200, 270 * MIN),
+        ("e", 0, 5 * HOUR),
+        ("fill-4", 200, 330 * MIN),
+        ("f", 502, 7 * HOUR),
+        ("h", 502, 8 * HOUR),
+        ("ok-2", 200, 9 * HOUR),
+        ("j", 502, 2 * DAY),
+        ("k", 502, 60 * HOUR),
+        ("edge", 502, 3 * DAY - 5 * MIN),
+        ("ancient", 502, 3 * DAY + HOUR),
+    ] {
+        ids.insert(guid, seed(s, guid, status, age));
+    }
+    // Redeliveries (same GUID, newer attempts).
+    let b_ok = s.add_hook_delivery(HookDeliverySeed {
+        redelivery: true,
+        ..HookDeliverySeed::new("b", "pull_request", 200, SystemTime::now() - 90 * MIN)
+    });
+    ids.insert("b-redelivered", b_ok);
+    let d_again = s.add_hook_delivery(HookDeliverySeed {
+        redelivery: true,
+        ..HookDeliverySeed::new("d", "pull_request", 502, SystemTime::now() - 150 * MIN)
+    });
+    ids.insert("d-redelivered", d_again);
+    Scenario { ids }
+}
+
+#[tokio::test]
+async fn reads_pages_to_six_hours_and_asks_once_per_failed_guid_for_its_newest_attempt() {
+    let s = start().await;
+    let sc = scenario(&s);
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+
+    let report = run(&r, None, false).await;
+
+    // Pages 1-3 reach past 6 h; page 4 is never read.
+    assert_eq!((report.pages, report.deliveries), (3, 15), "{report:#?}");
+    assert_eq!(s.count("GET", "/app/hook/deliveries"), 3);
+    // Oldest first, each once, the newest attempt of each (d: its redelivery).
+    assert_eq!(accepted(&s), ["e", "d", "a"]);
+    let asked: Vec<u64> = s.redelivery_requests().iter().map(|r| r.delivery_id).collect();
+    assert_eq!(asked, [sc.ids["e"], sc.ids["d-redelivered"], sc.ids["a"]]);
+    assert_eq!(report.failed, 3);
+    assert_eq!(report.redelivered, 3);
+    assert_eq!(report.skipped_ok, 1, "b failed, then was redelivered OK");
+    assert_eq!(report.skipped_too_old, 3, "f, h and j are older than 6 h");
+    assert_eq!(report.guids, 9);
+    assert!(report.complete && report.errors.is_empty(), "{report:#?}");
+    let o = outcomes(&report);
+    assert_eq!(o["a"], GuidOutcome::Requested { attempt: 1 });
+    assert_eq!(o["f"], GuidOutcome::TooOld);
+    assert!(!o.contains_key("b") && !o.contains_key("ok-1"));
+    let d_row = report.rows.iter().find(|r| r.guid == "d").unwrap();
+    assert_eq!((d_row.attempts, d_row.delivery_id), (2, sc.ids["d-redelivered"]));
+
+    // The stored value: versioned JSON with the cursor and the GUIDs asked for.
+    let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored["version"], 1);
+    assert_eq!(stored["requested"]["a"]["n"], 1);
+    assert_eq!(stored["requested"]["d"]["id"], sc.ids["d-redelivered"]);
+    assert!(stored["requested"].get("b").is_none());
+    assert_eq!(Some(stored["scanned_to_ms"].as_i64().unwrap()), report.cursor_ms);
+
+    let text = report.render(chrono::Utc::now().timestamp_millis());
+    assert!(text.contains("read 3 page(s), 15 deliveries"), "{text}");
+    assert!(text.contains("redelivery requested (attempt 1)") && text.contains("too old"), "{text}");
+}
+
+#[tokio::test]
+async fn since_reaches_further_back_but_never_past_githubs_three_days() {
+    let s = start().await;
+    let sc = scenario(&s);
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+
+    let report = run(&r, Some(5 * DAY), false).await;
+
+    // Everything listed is read (4 pages); "ancient" is not listed at all.
+    assert_eq!((report.pages, report.deliveries), (4, 17), "{report:#?}");
+    assert_eq!(accepted(&s), ["k", "j", "h", "f", "e", "d", "a"]);
+    let o = outcomes(&report);
+    assert_eq!(o["edge"], GuidOutcome::TooOld, "5 min inside GitHub's 3 days is too close to ask");
+    assert!(!o.contains_key("ancient"));
+    assert!(!s
+        .redelivery_requests()
+        .iter()
+        .any(|r| r.delivery_id == sc.ids["edge"] || r.delivery_id == sc.ids["ancient"]));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    // A narrower --since: only the last 90 minutes (a was already asked for: nothing new).
+    let narrow = run(&r, Some(90 * MIN), false).await;
+    assert_eq!(accepted(&s).len(), 7, "nothing asked twice");
+    assert_eq!(narrow.skipped_ok, 7, "all seven were redelivered OK");
+    assert!(!narrow.from_cursor);
+}
+
+#[tokio::test]
+async fn a_dry_run_asks_for_nothing_and_stores_nothing() {
+    let s = start().await;
+    scenario(&s);
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+
+    let dry = run(&r, None, true).await;
+    assert!(dry.dry_run);
+    assert_eq!(dry.redelivered, 3);
+    assert!(s.redelivery_requests().is_empty());
+    assert_eq!(state.get(STATE_KEY).await.unwrap(), None);
+    assert_eq!(outcomes(&dry)["a"], GuidOutcome::WouldRequest { attempt: 1 });
+    assert!(dry.render(0).starts_with("dry run: "));
+
+    // The real run then asks for the same three.
+    run(&r, None, false).await;
+    assert_eq!(accepted(&s), ["e", "d", "a"]);
+}
+
+#[tokio::test]
+async fn a_second_run_asks_for_nothing_new_and_starts_from_the_cursor() {
+    let s = start().await;
+    scenario(&s);
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+    let first = run(&r, None, false).await;
+    assert_eq!(first.redelivered, 3);
+    // GitHub redelivered them (the stand-in answers 200 by default).
+
+    let second = run(&r, None, false).await;
+    assert_eq!(accepted(&s).len(), 3, "nothing asked again");
+    assert!(second.from_cursor);
+    assert_eq!(second.pages, 1, "only what is newer than the cursor (minus the overlap) is read");
+    assert_eq!(second.skipped_ok, 3, "e, d and a now have an OK redelivery");
+    assert_eq!(second.redelivered, 0);
+    assert!(second.cursor_ms >= first.cursor_ms);
+
+    // A new failure after the cursor is found by the next run.
+    seed(&s, "late", 503, Duration::from_secs(1));
+    let third = run(&r, None, false).await;
+    assert_eq!(third.redelivered, 1);
+    assert_eq!(accepted(&s).last().map(String::as_str), Some("late"));
+}
+
+#[tokio::test]
+async fn a_guid_whose_redelivery_fails_again_is_retried_up_to_the_cap() {
+    let s = start().await;
+    let first_id = seed(&s, "stubborn", 502, HOUR);
+    s.queue_redelivery_outcomes([502, 502, 502, 502]);
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+
+    for attempt in 1..=3 {
+        let report = run(&r, None, false).await;
+        assert_eq!(outcomes(&report)["stubborn"], GuidOutcome::Requested { attempt }, "{report:#?}");
+    }
+    let fourth = run(&r, None, false).await;
+    assert_eq!(outcomes(&fourth)["stubborn"], GuidOutcome::GaveUp { attempts: 3 });
+    assert_eq!(fourth.skipped_gave_up, 1);
+    let fifth = run(&r, None, false).await;
+    assert_eq!(fifth.skipped_gave_up, 1);
+
+    let asked: Vec<u64> = s.redelivery_requests().iter().map(|r| r.delivery_id).collect();
+    assert_eq!(asked.len(), 3, "three requests in all");
+    assert_eq!(asked[0], first_id);
+    assert!(asked[1] > asked[0] && asked[2] > asked[1], "each time the newest (redelivered) attempt: {asked:?}");
+}
+
+#[tokio::test]
+async fn a_redelivery_not_listed_yet_is_not_asked_for_again() {
+    let s = start().await;
+    // The App's webhook answers only when told to, so GitHub's redelivery
+    // (and the new log entry) stays pending meanwhile.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let receiver = {
+        let release = release.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let release = release.clone();
+                async move {
+                    let _ = release.acquire().await.map(|p| p.forget());
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    s.set_app_webhook(&url, "secret");
+    s.add_hook_delivery(
+        HookDeliverySeed::new("slow", "push", 502, SystemTime::now() - MIN).payload(br#"{"ref":"refs/heads/main"}"#),
+    );
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+
+    assert_eq!(run(&r, None, false).await.redelivered, 1);
+    let waiting = run(&r, None, false).await;
+    assert_eq!(outcomes(&waiting)["slow"], GuidOutcome::AlreadyRequested);
+    assert_eq!(waiting.skipped_requested, 1);
+    assert_eq!(s.redelivery_requests().len(), 1);
+
+    release.add_permits(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.hook_deliveries().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "redelivery never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let done = run(&r, None, false).await;
+    assert_eq!((done.skipped_ok, done.failed), (1, 0));
+    assert_eq!(s.redelivery_requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_5xx_on_a_page_is_reported_and_the_cursor_stays_before_the_unread_pages() {
+    let s = start().await;
+    seed(&s, "old-fail", 502, 30 * MIN);
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+    // A first complete run leaves a cursor (and gets old-fail redelivered, now).
+    let first = run(&r, None, false).await;
+    let cursor = first.cursor_ms.expect("a cursor");
+
+    // Newer than the cursor, older than that redelivery: 12 deliveries, every
+    // 4th failed (new-0, new-4, new-8). Pages: [r, new-0..3] [new-4..8] [new-9..11, old-fail].
+    for i in 0..12u32 {
+        seed(&s, &format!("new-{i}"), if i % 4 == 0 { 502 } else { 200 }, (2 + i) * MIN);
+    }
+    s.inject_hook_list_fault(1, Fault::ServerError(502));
+    let failed = run(&r, None, false).await;
+    assert!(!failed.complete);
+    assert_eq!(failed.pages, 1);
+    assert_eq!(failed.errors.len(), 1, "{:?}", failed.errors);
+    assert!(failed.errors[0].contains("page 2") && failed.errors[0].contains("502"), "{}", failed.errors[0]);
+    assert_eq!(failed.cursor_ms, Some(cursor), "not advanced past the unread pages");
+    let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored["scanned_to_ms"].as_i64(), Some(cursor));
+    // What page 1 showed was still asked for.
+    assert_eq!(failed.redelivered, 1, "{failed:#?}");
+
+    // The next run reads the rest again from the old cursor and asks only for what it had not.
+    let next = run(&r, None, false).await;
+    assert!(next.complete && next.errors.is_empty(), "{next:#?}");
+    assert!(next.pages >= 3);
+    let new_asked: Vec<String> = accepted(&s).into_iter().filter(|g| g.starts_with("new-")).collect();
+    assert_eq!(new_asked, ["new-0", "new-8", "new-4"]);
+    assert!(next.cursor_ms > Some(cursor));
+}
+
+#[tokio::test]
+async fn a_rate_limited_request_stops_the_run_and_the_rest_waits() {
+    let s = start().await;
+    scenario(&s);
+    s.inject_redelivery_fault(Fault::SecondaryRateLimit { retry_after_s: 60 });
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+
+    let limited = run(&r, None, false).await;
+    assert_eq!(s.redelivery_requests().len(), 1, "no request after the rate limit");
+    assert!(!limited.complete);
+    assert_eq!(limited.cursor_ms, None);
+    let o = outcomes(&limited);
+    assert!(matches!(o["e"], GuidOutcome::Error { .. }), "{o:?}");
+    assert_eq!((&o["d"], &o["a"]), (&GuidOutcome::Deferred, &GuidOutcome::Deferred));
+
+    let later = run(&r, None, false).await;
+    assert!(later.complete);
+    assert_eq!(accepted(&s), ["e", "d", "a"]);
+}
+
+#[tokio::test]
+async fn requests_are_spaced_by_the_request_interval() {
+    let s = start().await;
+    for i in 0..3 {
+        seed(&s, &format!("g{i}"), 502, (i + 1) * MIN);
+    }
+    let state = Arc::new(InMemoryStateStore::default());
+    let mut r = redeliverer(&s, &state);
+    r.settings.request_interval = Duration::from_millis(150);
+    run(&r, None, false).await;
+    let at: Vec<u64> = s.redelivery_requests().iter().map(|r| r.at_ms).collect();
+    assert_eq!(at.len(), 3);
+    assert!(at.windows(2).all(|w| w[1] - w[0] >= 140), "{at:?}");
+}
+
+#[tokio::test]
+async fn refused_credentials_are_reported_with_what_the_app_needs() {
+    let s = start().await;
+    seed(&s, "g", 502, MIN);
+    let other = start().await; // another App's key
+    let cfg = GitHubAppConfig::new(s.app_id(), other.private_key_pem(), s.base_url());
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = Redeliverer::for_app(&cfg, state.clone()).unwrap();
+
+    let report = run(&r, None, false).await;
+    assert!(!report.complete);
+    assert_eq!(report.errors.len(), 1);
+    let e = &report.errors[0];
+    assert!(e.contains("401") && e.contains("CRCR_GITHUB_APP_ID"), "{e}");
+    assert!(e.contains("installation tokens do not work"), "{e}");
+    assert!(s.redelivery_requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_state_of_a_newer_version_is_refused_untouched_and_a_corrupt_one_restarts() {
+    let s = start().await;
+    seed(&s, "g", 502, MIN);
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = redeliverer(&s, &state);
+
+    let newer = r#"{"version":2,"whatever":true}"#;
+    state.put(STATE_KEY, newer).await.unwrap();
+    let e = r.run(&RunOptions::default()).await.unwrap_err();
+    assert!(matches!(e, RedeliverError::StateVersion { found: 2 }), "{e}");
+    assert_eq!(state.get(STATE_KEY).await.unwrap().as_deref(), Some(newer));
+    assert!(s.redelivery_requests().is_empty());
+
+    state.put(STATE_KEY, "{not json").await.unwrap();
+    let report = run(&r, None, false).await;
+    assert_eq!(report.redelivered, 1);
+    let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored["version"], 1);
+}
+
+#[tokio::test]
+async fn the_periodic_task_runs_at_once_then_every_interval_until_stopped() {
+    let s = start().await;
+    seed(&s, "g", 502, MIN);
+    let state = Arc::new(InMemoryStateStore::default());
+    let r = Arc::new(redeliverer(&s, &state));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(run_periodic(r.clone(), Duration::from_millis(200), stopped));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.count("GET", "/app/hook/deliveries") < 3 {
+        assert!(std::time::Instant::now() < deadline, "the task does not run every interval");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted(&s), ["g"], "asked for once, over several runs");
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap();
+    let after = s.count("GET", "/app/hook/deliveries");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.count("GET", "/app/hook/deliveries"), after, "no run after stop");
+
+    // Zero disables it.
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::time::timeout(Duration::from_secs(1), run_periodic(r, Duration::ZERO, stopped))
+        .await
+        .expect("returns at once");
+}
+
+#[test]
+fn settings_are_read_from_the_environment() {
+    let vars = |pairs: &'static [(&'static str, &'static str)]| {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        Env::new(move |k| map.get(k).map(|v| v.to_string()))
+    };
+    assert_eq!(redeliver_interval(&vars(&[])).unwrap(), Duration::from_secs(600));
+    assert_eq!(redeliver_interval(&vars(&[("CRCR_REDELIVER_INTERVAL_SECS", "0")])).unwrap(), Duration::ZERO);
+    let e = redeliver_interval(&vars(&[("CRCR_REDELIVER_INTERVAL_SECS", "soon")])).unwrap_err();
+    assert_eq!(e.key, "CRCR_REDELIVER_INTERVAL_SECS");
+
+    let key = "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----";
+    let app = github_app_from_env(&Env::new(move |k| match k {
+        "CRCR_GITHUB_APP_ID" => Some("42".into()),
+        "CRCR_GITHUB_APP_PRIVATE_KEY" => Some(key.into()),
+        _ => None,
+    }))
+    .unwrap();
+    assert_eq!((app.app_id, app.api_url.as_str()), (42, "https://api.github.com"));
+    let e = github_app_from_env(&vars(&[("CRCR_GITHUB_APP_ID", "42")])).unwrap_err();
+    assert_eq!(e.key, "CRCR_GITHUB_APP_PRIVATE_KEY");
+}
