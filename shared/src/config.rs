@@ -200,6 +200,30 @@ impl CallbackConfig {
     }
 }
 
+/// The GitHub App settings alone (`crcr redeliver` needs no more):
+/// `CRCR_GITHUB_APP_ID`, `CRCR_GITHUB_APP_PRIVATE_KEY` / `_FILE` (PEM),
+/// `CRCR_GITHUB_API_URL` (default `https://api.github.com`; https, plain
+/// http only for loopback).
+pub fn github_app_from_env(env: &Env<'_>) -> Result<GitHubAppConfig, ConfigError> {
+    let app_id: u64 = env
+        .required("CRCR_GITHUB_APP_ID")?
+        .trim()
+        .parse()
+        .map_err(|_| err("CRCR_GITHUB_APP_ID", "must be a positive integer"))?;
+    let key = env.secret("CRCR_GITHUB_APP_PRIVATE_KEY")?;
+    if !key.expose_secret().contains("-----BEGIN") {
+        return Err(err("CRCR_GITHUB_APP_PRIVATE_KEY", "is not a PEM key (no -----BEGIN line)"));
+    }
+    let api_url = env.opt("CRCR_GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into());
+    if !(api_url.starts_with("https://")
+        || api_url.starts_with("http://127.0.0.1")
+        || api_url.starts_with("http://localhost"))
+    {
+        return Err(err("CRCR_GITHUB_API_URL", "must be https (plain http only for loopback)"));
+    }
+    Ok(GitHubAppConfig::new(app_id, key.expose_secret().to_owned(), api_url))
+}
+
 /// Settings every runtime (Lambda or `crcr serve`) shares.
 pub struct RelayConfig {
     pub upstream: RepoFullName,
@@ -230,23 +254,7 @@ impl RelayConfig {
         let upstream_raw = env.opt("CRCR_UPSTREAM_REPO").unwrap_or_else(|| "pytorch/pytorch".into());
         let upstream = RepoFullName::parse(&upstream_raw).map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
         let webhook_secret = WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret());
-        let app_id: u64 = env
-            .required("CRCR_GITHUB_APP_ID")?
-            .trim()
-            .parse()
-            .map_err(|_| err("CRCR_GITHUB_APP_ID", "must be a positive integer"))?;
-        let key = env.secret("CRCR_GITHUB_APP_PRIVATE_KEY")?;
-        if !key.expose_secret().contains("-----BEGIN") {
-            return Err(err("CRCR_GITHUB_APP_PRIVATE_KEY", "is not a PEM key (no -----BEGIN line)"));
-        }
-        let api_url = env.opt("CRCR_GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into());
-        if !(api_url.starts_with("https://")
-            || api_url.starts_with("http://127.0.0.1")
-            || api_url.starts_with("http://localhost"))
-        {
-            return Err(err("CRCR_GITHUB_API_URL", "must be https (plain http only for loopback)"));
-        }
-        let github = GitHubAppConfig::new(app_id, key.expose_secret().to_owned(), api_url);
+        let github = github_app_from_env(env)?;
         let allowlist = match (env.opt("CRCR_ALLOWLIST_URL"), env.opt("CRCR_ALLOWLIST_FILE")) {
             (Some(_), Some(_)) => {
                 return Err(err("CRCR_ALLOWLIST_URL", "set either it or CRCR_ALLOWLIST_FILE, not both"))
