@@ -30,7 +30,8 @@ enum Command {
     },
     /// Inspect, replay or purge a dead-letter queue (SQLite file, or --aws).
     Dlq(ops::DlqArgs),
-    /// Queue and DLQ depths, oldest messages, dispatch outcomes of the last hour, allowlist in use.
+    /// Queue and DLQ depths, oldest messages, dispatch outcomes and callbacks of the last hour, HUD outbox backlog,
+    /// allowlist version.
     Status(ops::StatusArgs),
     /// The whole chain of one delivery: dispatches, jobs, HUD records, refused callbacks.
     Trace {
@@ -51,17 +52,12 @@ enum Command {
 }
 
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CRCR_LOG").unwrap_or_else(|_| default.into());
-    let json = std::env::var("CRCR_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).with_current_span(true).init();
-    } else {
-        builder.init();
-    }
+    use crcr_shared::metrics::{init_logs, LogFormat};
+    init_logs(default, LogFormat::from_env(), std::io::stderr);
 }
 
 #[tokio::main]
+/// Logs on stderr: `CRCR_LOG` filter (else `default`), `CRCR_LOG_FORMAT=json` for JSON lines.
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

@@ -165,7 +165,7 @@ impl From<&FilterArgs> for DlqFilter {
 pub struct StatusArgs {
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// Dispatch outcomes over this window.
+    /// Dispatch outcomes and callbacks over this window.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub window: std::time::Duration,
     /// Never read the DLQs (on SQS the age of their oldest message is then unknown).
@@ -302,13 +302,19 @@ pub async fn run_status(args: StatusArgs, env: &Env<'_>, out: &mut dyn Write) ->
         queues.push((QueueName::Reconcile.as_str(), &*r.queue));
     }
     let opts = StatusOptions { window: args.window, peek_dlq: !args.no_peek };
-    let mut report = status::status(&queues, &*dispatch.store, &SystemClock, &opts).await;
+    let jobs = status::job_store(args.backend.aws, &args.backend.database, env).await?;
+    let mut report = status::status(&queues, &*dispatch.store, jobs.as_deref(), &SystemClock, &opts).await;
     report.allowlist = match in_use_source(env) {
         None => None,
-        Some(source) => Some(match load_allowlist(&source, env).await {
-            Ok(list) => AllowlistStatus { source, summary: Some(AllowlistSummary::of(&list)), error: None },
-            Err(e) => AllowlistStatus { source, summary: None, error: Some(format!("{e:#}")) },
-        }),
+        Some(source) => {
+            let read_at_ms = SystemClock.now_ms();
+            Some(match load_allowlist(&source, env).await {
+                Ok(list) => {
+                    AllowlistStatus { source, read_at_ms, summary: Some(AllowlistSummary::of(&list)), error: None }
+                }
+                Err(e) => AllowlistStatus { source, read_at_ms, summary: None, error: Some(format!("{e:#}")) },
+            })
+        }
     };
     if args.json {
         json_out(out, &report)?;
@@ -494,6 +500,9 @@ mod tests {
         assert_eq!(v["queues"][1]["name"], "reconcile");
         assert_eq!(v["queues"][1]["source"]["depth"], 0);
         assert_eq!(v["dispatches"]["counts"]["dispatched"], 0);
+        assert_eq!(v["callbacks"]["counts"]["in_progress"], 0);
+        assert_eq!(v["hud_outbox"]["pending"], 0);
+        assert_eq!(v["hud_outbox"]["oldest_created_at_ms"], serde_json::Value::Null);
 
         let (code, text) = run(&["dlq", "purge"]).await.unwrap();
         assert_eq!(code, EXIT_REFUSED, "purge without --yes refuses");

@@ -92,6 +92,7 @@ fn answer(status: StatusCode, error: &str, reason: impl std::fmt::Display) -> Re
 async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body: Bytes) -> Response {
     let reject = |status: StatusCode, code: &'static str, reason: String| {
         tracing::warn!(%reason, code, metric = "callback_rejections", "callback refused");
+        ::metrics::counter!(crate::metrics::CALLBACK_REJECTIONS, "reason" => code).increment(1);
         answer(status, code, reason)
     };
     let token = match bearer_token(headers.get(http::header::AUTHORIZATION)) {
@@ -155,6 +156,7 @@ async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body
         Ok(message_id) => {
             tracing::info!(delivery_id = %cb.delivery_id, %repo, status = cb.status.as_str(), run_id = cb.run_id,
                 job = %cb.job_name, metric = "callbacks", outcome = "accepted", "callback accepted");
+            ::metrics::counter!(crate::metrics::CALLBACKS_ACCEPTED, "status" => cb.status.as_str()).increment(1);
             (StatusCode::ACCEPTED, Json(json!({"delivery_id": cb.delivery_id, "message_id": message_id})))
                 .into_response()
         }

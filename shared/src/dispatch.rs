@@ -92,6 +92,21 @@ pub enum TargetOutcome {
     },
 }
 
+impl TargetOutcome {
+    /// The outcome class counted in [`crate::metrics::DISPATCHES`] (label
+    /// `outcome`): the variant's snake_case name.
+    pub fn class(&self) -> &'static str {
+        match self {
+            TargetOutcome::Dispatched { .. } => "dispatched",
+            TargetOutcome::AlreadyDispatched => "already_dispatched",
+            TargetOutcome::NotInstalled => "not_installed",
+            TargetOutcome::Failed { .. } => "failed",
+            TargetOutcome::AlreadyFailed => "already_failed",
+            TargetOutcome::Retry { .. } => "retry",
+        }
+    }
+}
+
 /// One target's line in a [`DeliveryReport`].
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetReport {
@@ -180,13 +195,15 @@ impl Dispatcher {
     /// Processes a received message and settles it on `queue` (the embedded
     /// worker's loop; the Lambda maps dispositions to a batch response).
     pub async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<MessageOutcome, QueueError> {
-        let outcome = self.process(&msg.body).await;
+        let span = tracing::info_span!("message", message_id = %msg.message_id, receive_count = msg.receive_count);
+        let outcome = self.process(&msg.body).instrument(span).await;
         match self.disposition(msg, &outcome) {
             Disposition::Delete => queue.delete(QueueSide::Source, &msg.receipt).await?,
             Disposition::Requeue { delay } => queue.change_visibility(QueueSide::Source, &msg.receipt, delay).await?,
             Disposition::DeadLetter { reason } => {
                 tracing::error!(message_id = %msg.message_id, %reason, metric = "dlq_sends", "message sent to the dead-letter queue");
-                queue.dead_letter(msg, &reason).await?
+                queue.dead_letter(msg, &reason).await?;
+                ::metrics::counter!(crate::metrics::DLQ_SENDS, "queue" => "dispatch").increment(1);
             }
         }
         Ok(outcome)
@@ -250,7 +267,7 @@ impl Dispatcher {
         report.targets = futures::stream::iter(allowlist.entries().iter().cloned())
             .map(|entry| {
                 let meta = meta(entry.level);
-                let span = tracing::info_span!("target", target = %entry.repo);
+                let span = tracing::info_span!("target", repo = %entry.repo, attempt = tracing::field::Empty);
                 async move {
                     let outcome = self.dispatch_target(delivery, &entry, &meta, body).await;
                     TargetReport { repo: entry.repo, level: entry.level, outcome }
@@ -260,6 +277,9 @@ impl Dispatcher {
             .buffered(self.settings.concurrency.max(1))
             .collect()
             .await;
+        for t in &report.targets {
+            ::metrics::counter!(crate::metrics::DISPATCHES, "outcome" => t.outcome.class()).increment(1);
+        }
         let retrying: Vec<_> = report
             .targets
             .iter()
@@ -290,7 +310,10 @@ impl Dispatcher {
             Err(e) => return retry_or_fail_unrecorded(e),
         };
         let attempt = match self.store.claim(delivery, repo, meta, self.clock.now_ms(), self.settings.lease).await {
-            Ok(Claim::Acquired { attempt }) => attempt,
+            Ok(Claim::Acquired { attempt }) => {
+                tracing::Span::current().record("attempt", attempt);
+                attempt
+            }
             Ok(Claim::AlreadyDispatched) => return TargetOutcome::AlreadyDispatched,
             Ok(Claim::AlreadyFailed) => return TargetOutcome::AlreadyFailed,
             Ok(Claim::Leased { until_ms }) => {
@@ -340,7 +363,10 @@ impl Dispatcher {
             // Only wait if the next call still fits in the budget.
             (started.elapsed() + next <= budget).then_some(next)
         })
-        .notify(|e, wait| tracing::warn!(attempt, error = %e, wait_ms = wait.as_millis() as u64, metric = "dispatch_retries", "retrying repository_dispatch"))
+        .notify(|e, wait| {
+            ::metrics::counter!(crate::metrics::DISPATCH_RETRIES).increment(1);
+            tracing::warn!(attempt, error = %e, wait_ms = wait.as_millis() as u64, metric = "dispatch_retries", "retrying repository_dispatch")
+        })
         .await;
         match result {
             Ok(()) => {

@@ -160,7 +160,8 @@ impl EmbeddedRelay {
             clock: Arc::new(SystemClock),
             max_body_bytes: cfg.max_body_bytes,
         }))
-        .merge(callbacks);
+        .merge(callbacks)
+        .merge(crate::metrics::prometheus_router());
         let redeliver = Arc::new(crate::redeliver::Redeliverer::for_app(&cfg.github, kv.clone())?);
         Ok(Self {
             db,

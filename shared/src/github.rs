@@ -177,6 +177,7 @@ impl GitHubAppClient {
         let (parts, body) = res.into_parts();
         if let Some(n) = parts.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok()) {
             self.rate_limit_remaining.store(n, Ordering::Relaxed);
+            ::metrics::gauge!(crate::metrics::GITHUB_RATE_LIMIT_REMAINING).set(n as f64);
         }
         let bytes = body
             .collect()

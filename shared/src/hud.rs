@@ -100,6 +100,8 @@ pub struct SyncReport {
 
 /// Sends up to `limit` pending outbox items, each with a few quick retries
 /// (backon, exponential with jitter). Items HUD could not take stay pending.
+/// Counts each item's result in [`crate::metrics::HUD_SYNC`], then sets the
+/// backlog and lag gauges from [`JobStore::outbox_backlog`].
 pub async fn sync_outbox(
     jobs: &dyn JobStore,
     hud: &dyn Hud,
@@ -122,21 +124,39 @@ pub async fn sync_outbox(
         match result {
             Ok(()) => {
                 jobs.mark_outbox(&item.id, HudSync::Sent, None, now).await?;
+                ::metrics::counter!(crate::metrics::HUD_SYNC, "result" => "sent").increment(1);
                 report.sent += 1;
             }
             Err(e @ HudError::Rejected { .. }) => {
                 tracing::error!(outbox_id = %item.id, delivery_id = %item.delivery_id, error = %e, metric = "hud_rejected", "HUD rejected a record");
                 jobs.mark_outbox(&item.id, HudSync::Rejected, Some(&e.to_string()), now).await?;
+                ::metrics::counter!(crate::metrics::HUD_SYNC, "result" => "rejected").increment(1);
                 report.rejected += 1;
             }
             Err(e) => {
                 tracing::warn!(outbox_id = %item.id, error = %e, metric = "hud_sync_failures", "HUD unavailable; record stays pending");
                 jobs.mark_outbox(&item.id, HudSync::Pending, Some(&e.to_string()), now).await?;
+                ::metrics::counter!(crate::metrics::HUD_SYNC, "result" => "failed").increment(1);
                 report.still_pending += 1;
             }
         }
     }
+    record_backlog(jobs, clock.now_ms()).await;
     Ok(report)
+}
+
+/// Sets the [`crate::metrics::HUD_OUTBOX_BACKLOG`] and
+/// [`crate::metrics::HUD_OUTBOX_LAG`] gauges from the store (after a pass).
+/// A store that cannot tell is logged; the gauges keep their last values.
+async fn record_backlog(jobs: &dyn JobStore, now_ms: i64) {
+    match jobs.outbox_backlog().await {
+        Ok(b) => {
+            let lag_s = b.oldest_created_at_ms.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+            ::metrics::gauge!(crate::metrics::HUD_OUTBOX_BACKLOG).set(b.pending as f64);
+            ::metrics::gauge!(crate::metrics::HUD_OUTBOX_LAG).set(lag_s);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the HUD outbox backlog"),
+    }
 }
 
 /// No HUD configured: records wait in the outbox (logged once per pass).

@@ -79,16 +79,12 @@ impl IngestError {
 pub enum Verdict {
     Ignore {
         delivery_id: String,
+        /// `X-GitHub-Event` (the header is not covered by the signature).
+        event: String,
         why: String,
     },
     /// `message` is the encoded [`QueueMessage`] with the payload inline.
-    Enqueue {
-        delivery_id: DeliveryId,
-        event: String,
-        action: Option<String>,
-        message: String,
-        payload_start: usize,
-    },
+    Enqueue { delivery_id: DeliveryId, event: String, action: Option<String>, message: String, payload_start: usize },
 }
 
 #[derive(Deserialize)]
@@ -139,7 +135,8 @@ pub fn verify_and_classify(
     // Parsing the envelope validates the whole document (serde_json rejects
     // trailing data), so the text can be embedded in the message as is.
     let env: Envelope = serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
-    let ignore = |why: String| Ok(Verdict::Ignore { delivery_id: delivery_id.to_string(), why });
+    let ignore =
+        |why: String| Ok(Verdict::Ignore { delivery_id: delivery_id.to_string(), event: event.to_owned(), why });
     if event == "ping" {
         return ignore("ping".into());
     }
@@ -176,18 +173,36 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Counts a delivery's answer: [`crate::metrics::WEBHOOKS`] and
+/// [`crate::metrics::INGEST_LATENCY`] (seconds since `started`). `event` is
+/// the `X-GitHub-Event` header, which the signature does not cover: only
+/// the events the relay knows are label values (others count as `other`),
+/// so a replayed body under made-up event names cannot add series.
+fn count_webhook(event: &str, outcome: &'static str, started: std::time::Instant) {
+    const KNOWN: [&str; 6] = ["pull_request", "push", "ping", "check_run", "check_suite", "unknown"];
+    let event: &'static str = KNOWN.into_iter().find(|k| *k == event).unwrap_or("other");
+    ::metrics::counter!(crate::metrics::WEBHOOKS, "event" => event, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(crate::metrics::INGEST_LATENCY, "outcome" => outcome).record(started.elapsed().as_secs_f64());
+}
+
 async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = std::time::Instant::now();
     let verdict = match verify_and_classify(&st.secret, &st.upstream, &headers, &body, st.clock.now_ms()) {
         Ok(v) => v,
         Err(e) => {
-            tracing::warn!(error = %e, metric = "webhooks", outcome = "rejected", "webhook refused");
+            let outcome = match e {
+                IngestError::Signature(_) => "bad_signature",
+                _ => "bad_request",
+            };
+            tracing::warn!(error = %e, metric = "webhooks", outcome, "webhook refused");
+            count_webhook("unknown", outcome, started);
             return answer(e.status(), json!({"error": e.to_string()}));
         }
     };
     let (delivery_id, event, action, mut message, payload_start) = match verdict {
-        Verdict::Ignore { delivery_id, why } => {
-            tracing::info!(%delivery_id, %why, metric = "webhooks", outcome = "ignored", "webhook ignored");
+        Verdict::Ignore { delivery_id, event, why } => {
+            tracing::info!(%delivery_id, %event, %why, metric = "webhooks", outcome = "ignored", "webhook ignored");
+            count_webhook(&event, "ignored", started);
             return answer(StatusCode::OK, json!({"ignored": why, "delivery_id": delivery_id}));
         }
         Verdict::Enqueue { delivery_id, event, action, message, payload_start } => {
@@ -199,7 +214,8 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
         let payload = &message[payload_start..message.len() - 2];
         let key = payload_blob_key(&delivery_id);
         if let Err(e) = st.blobs.put(&key, payload.as_bytes()).await {
-            tracing::error!(%delivery_id, error = %e, metric = "webhooks", outcome = "unavailable", "claim-check store refused payload");
+            tracing::error!(%delivery_id, %event, error = %e, metric = "webhooks", outcome = "unavailable", "claim-check store refused payload");
+            count_webhook(&event, "unavailable", started);
             return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "payload store unavailable"}));
         }
         message = QueueMessage::DispatchV1(DispatchV1 {
@@ -215,10 +231,12 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
         Ok(message_id) => {
             tracing::info!(%delivery_id, %event, action = action.as_deref().unwrap_or(""), %message_id,
                 latency_us = started.elapsed().as_micros() as u64, metric = "webhooks", outcome = "enqueued", "webhook enqueued");
+            count_webhook(&event, "enqueued", started);
             answer(StatusCode::ACCEPTED, json!({"delivery_id": delivery_id, "message_id": message_id}))
         }
         Err(e) => {
-            tracing::error!(%delivery_id, error = %e, metric = "webhooks", outcome = "unavailable", "queue refused webhook");
+            tracing::error!(%delivery_id, %event, error = %e, metric = "webhooks", outcome = "unavailable", "queue refused webhook");
+            count_webhook(&event, "unavailable", started);
             answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "queue unavailable; the delivery can be redelivered"}),

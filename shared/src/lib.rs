@@ -18,6 +18,7 @@ pub mod hud;
 pub mod ingest;
 pub mod lifecycle;
 pub mod message;
+pub mod metrics;
 pub mod oidc;
 pub mod ops;
 pub mod ports;

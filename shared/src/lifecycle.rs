@@ -166,6 +166,50 @@ pub trait JobStore: Send + Sync {
     async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
     /// IN_PROGRESS jobs last changed before `before_ms` (for the timeout sweep).
     async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+    /// How many outbox items are pending and when the oldest of them was
+    /// created: the HUD backlog and lag (metrics after each sync pass,
+    /// `crcr status`). Cheap: an index read on both adapters. The default
+    /// says the store cannot tell.
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        Err(StoreError::Unavailable("this job store cannot count its outbox".into()))
+    }
+    /// Callback activity at or after `since_ms` (relay clock), for on-call
+    /// tools (`crcr status`), not the callback path: an adapter may read the
+    /// whole table (DynamoDB: a Scan). The default says the store cannot count.
+    async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError> {
+        let _ = since_ms;
+        Err(StoreError::Unavailable("this job store cannot count callbacks".into()))
+    }
+}
+
+/// Answer of [`JobStore::outbox_backlog`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxBacklog {
+    /// Outbox items in [`HudSync::Pending`].
+    pub pending: u64,
+    /// `created_at_ms` of the oldest pending item (ms since epoch); `None`
+    /// when nothing is pending.
+    pub oldest_created_at_ms: Option<i64>,
+}
+
+/// Answer of [`JobStore::callback_counts`]: what the reconciler applied in
+/// the window, from the job records (their relay-clock times) and the
+/// recorded violations. Callbacks refused at request time (401/403/429/400,
+/// 409 before enqueueing) are not stored, so not counted here: they are in
+/// the `CallbackRejections` metric.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackCounts {
+    /// `in_progress` callbacks applied: jobs whose IN_PROGRESS time is in the window.
+    pub in_progress: u64,
+    /// `completed` callbacks applied: jobs whose COMPLETED time is in the
+    /// window, except those with conclusion `timed_out`.
+    pub completed: u64,
+    /// Jobs completed in the window with conclusion `timed_out`: closed by
+    /// the timeout sweep (or reported so by the downstream).
+    pub timed_out: u64,
+    /// Lifecycle violations the reconciler recorded in the window (nothing
+    /// changed for them).
+    pub violations: u64,
 }
 
 /// `queue_time` / `execution_time` in seconds from two instants (ms); `None`

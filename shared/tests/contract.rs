@@ -24,7 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crcr_shared::callback_route::RateLimiter;
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crcr_shared::lifecycle::{
+    CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
+};
 use crcr_shared::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
 use crcr_shared::ports::{
     AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
@@ -1391,6 +1393,67 @@ mod cases {
         assert!(s.outbox(&d).await.unwrap().is_empty(), "violations are not outbox items");
     }
 
+    /// outbox_backlog: the pending items across deliveries and the creation
+    /// time of the oldest of them; sent and rejected items leave the
+    /// backlog, a retried item stays with its creation time.
+    pub async fn jobs_outbox_backlog_counts_pending<B: Backend>() {
+        let s = B::jobs().await;
+        assert_eq!(s.outbox_backlog().await.unwrap(), OutboxBacklog::default(), "empty store");
+        let (d1, d2) = (delivery(), delivery());
+        let a = started(&job_key(&d1, "org/a", 1, "a"), T0 + 100);
+        let a_started = apply(&*s, None, &a).await;
+        let b = apply(&*s, None, &started(&job_key(&d2, "org/b", 1, "b"), T0 + 200)).await;
+        let c = apply(&*s, None, &started(&job_key(&d2, "org/b", 1, "c"), T0 + 300)).await;
+        apply(&*s, Some(JobState::InProgress), &finished(&a, T0 + 400, "success")).await;
+        let backlog = |pending, oldest| OutboxBacklog { pending, oldest_created_at_ms: Some(oldest) };
+        assert_eq!(s.outbox_backlog().await.unwrap(), backlog(4, T0 + 100));
+        s.mark_outbox(&a_started.id, HudSync::Sent, None, T0 + 500).await.unwrap();
+        assert_eq!(s.outbox_backlog().await.unwrap(), backlog(3, T0 + 200));
+        s.mark_outbox(&b.id, HudSync::Rejected, Some("422"), T0 + 501).await.unwrap();
+        assert_eq!(s.outbox_backlog().await.unwrap(), backlog(2, T0 + 300));
+        s.mark_outbox(&c.id, HudSync::Pending, Some("503"), T0 + 502).await.unwrap();
+        assert_eq!(s.outbox_backlog().await.unwrap(), backlog(2, T0 + 300), "a retried item keeps its place");
+    }
+
+    /// callback_counts: jobs whose IN_PROGRESS / COMPLETED time is at or
+    /// after the instant (timed-out completions apart) and violations
+    /// recorded at or after it.
+    pub async fn jobs_callback_counts_window<B: Backend>() {
+        let s = B::jobs().await;
+        let (d1, d2) = (delivery(), delivery());
+        let both = |rec: JobRecord, done_at: i64, conclusion: &'static str| {
+            let s = &s;
+            async move {
+                apply(&**s, None, &rec).await;
+                apply(&**s, Some(JobState::InProgress), &finished(&rec, done_at, conclusion)).await;
+            }
+        };
+        both(started(&job_key(&d1, "org/a", 1, "old"), T0 - 5_000), T0 - 1_000, "success").await;
+        both(started(&job_key(&d1, "org/a", 1, "straddles"), T0 - 2_000), T0 + 1_000, "failure").await;
+        apply(&*s, None, &started(&job_key(&d2, "org/b", 1, "running"), T0 + 500)).await;
+        both(started(&job_key(&d2, "org/b", 2, "done"), T0 + 600), T0 + 700, "success").await;
+        both(started(&job_key(&d2, "org/b", 1, "zombie"), T0 - 10_000), T0 + 800, "timed_out").await;
+        for (d, at) in [(&d1, T0 - 1), (&d1, T0 + 5), (&d2, T0 + 9)] {
+            let v = Violation {
+                delivery_id: d.clone(),
+                repo: repo("org/a"),
+                reason: "repeated completed".into(),
+                at_ms: at,
+            };
+            s.record_violation(&v).await.unwrap();
+        }
+        let counts = |in_progress, completed, timed_out, violations| CallbackCounts {
+            in_progress,
+            completed,
+            timed_out,
+            violations,
+        };
+        assert_eq!(s.callback_counts(T0).await.unwrap(), counts(2, 2, 1, 2));
+        assert_eq!(s.callback_counts(T0 - 10_000).await.unwrap(), counts(5, 3, 1, 3));
+        assert_eq!(s.callback_counts(T0 + 700).await.unwrap(), counts(0, 2, 1, 0));
+        assert_eq!(s.callback_counts(T0 + 10_000).await.unwrap(), CallbackCounts::default());
+    }
+
     /// Every JobRecord and OutboxItem field round trips: f64 figures, large
     /// run ids, the repository's spelling, Option fields None and Some, a
     /// nested JSON body.
@@ -1619,6 +1682,8 @@ macro_rules! all_cases {
                 jobs_pending_outbox_oldest_first,
                 jobs_in_progress_before_only_old_in_progress,
                 jobs_violations_round_trip,
+                jobs_outbox_backlog_counts_pending,
+                jobs_callback_counts_window,
                 jobs_records_round_trip,
                 kv_binding_written_once,
                 kv_replay_guard,

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use crcr_shared::allowlist::{Allowlist, AllowlistProvider};
 use crcr_shared::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
+use crcr_shared::lifecycle::{CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crcr_shared::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
 use crcr_shared::ops::dlq::{Dlq, DlqFilter, FailureClass, Progress, ReplayOptions, ScanOptions};
 use crcr_shared::ops::status::{status, StatusOptions};
@@ -37,6 +38,7 @@ enum Kind {
 /// queues and tables (moto), fresh for each test.
 struct World {
     queue: Arc<dyn EventQueue>,
+    jobs: Arc<dyn JobStore>,
     store: Arc<dyn DispatchStore>,
     blobs: Arc<dyn BlobStore>,
     _tmp: Option<TempDb>,
@@ -70,6 +72,7 @@ async fn world(kind: Kind, redrive: u32) -> World {
             World {
                 queue: Arc::new(crcr_shared::sqlite::SqliteQueue::new(db.clone(), "dispatch", redrive)),
                 store: Arc::new(crcr_shared::sqlite::SqliteDispatchStore::new(db.clone())),
+                jobs: Arc::new(crcr_shared::sqlite::SqliteJobStore::new(db.clone())),
                 blobs: Arc::new(crcr_shared::sqlite::SqliteBlobStore::new(db)),
                 _tmp: Some(tmp),
             }
@@ -87,6 +90,7 @@ async fn world(kind: Kind, redrive: u32) -> World {
             World {
                 queue: Arc::new(crcr_shared::aws::SqsQueue::new(sqs, queue_url, dlq_url)),
                 store: Arc::new(crcr_shared::aws::DynamoDispatchStore::new(dynamo.clone(), table)),
+                jobs: Arc::new(crcr_shared::aws::DynamoJobStore::new(dynamo.clone(), jobs_table(&dynamo).await)),
                 blobs: Arc::new(crcr_shared::aws::DynamoBlobStore::new(dynamo, blobs)),
                 _tmp: None,
             }
@@ -185,6 +189,37 @@ async fn create_table(
         .send()
         .await
         .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+}
+
+/// A jobs table shaped as infra/modules/crcr/dynamodb.tf makes it: `pk`,
+/// `sk` (S), GSI `by_status` on `status` (S) + `updated_at` (N), projection ALL.
+async fn jobs_table(client: &aws_sdk_dynamodb::Client) -> String {
+    use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    };
+    let name = unique("crcr-ops-jobs");
+    let def = |n: &str, t| AttributeDefinition::builder().attribute_name(n).attribute_type(t).build().unwrap();
+    let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
+    let index = GlobalSecondaryIndex::builder()
+        .index_name(crcr_shared::aws::JOBS_BY_STATUS_INDEX)
+        .key_schema(key("status", KeyType::Hash))
+        .key_schema(key("updated_at", KeyType::Range))
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .build()
+        .unwrap();
+    client
+        .create_table()
+        .table_name(&name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_attribute_definitions(Some(vec![def("pk", S), def("sk", S), def("status", S), def("updated_at", N)]))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .global_secondary_indexes(index)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+    name
 }
 
 // ================================================================ helpers
@@ -824,7 +859,10 @@ mod cases {
         )
         .await;
 
-        let r = status(&[("dispatch", &*w.queue)], &*w.store, &SystemClock, &StatusOptions::default()).await;
+        seed_jobs(&*w.jobs, now).await;
+
+        let r = status(&[("dispatch", &*w.queue)], &*w.store, Some(&*w.jobs), &SystemClock, &StatusOptions::default())
+            .await;
         assert!(!r.has_errors(), "{r:?}");
         let q = &r.queues[0];
         assert_eq!((q.source.depth, q.source.visible, q.source.in_flight), (3, 2, 1), "{q:?}");
@@ -844,11 +882,106 @@ mod cases {
         }
         assert_eq!(r.dispatches.counts, Some(DispatchCounts { dispatched: 2, failed: 1, pending: 2, in_progress: 1 }));
         let wide = StatusOptions { window: Duration::from_secs(3 * 3600), ..Default::default() };
-        let r3 = status(&[("dispatch", &*w.queue)], &*w.store, &SystemClock, &wide).await;
-        assert_eq!(r3.dispatches.counts.unwrap().dispatched, 3, "the 2 h old record is inside a 3 h window");
+        let r3 = status(&[("dispatch", &*w.queue)], &*w.store, Some(&*w.jobs), &SystemClock, &wide).await;
+        assert_eq!(r3.dispatches.counts.as_ref().unwrap().dispatched, 3, "the 2 h old record is inside a 3 h window");
+        let callbacks = |in_progress, completed, timed_out, violations| CallbackCounts {
+            in_progress,
+            completed,
+            timed_out,
+            violations,
+        };
+        assert_eq!(r.callbacks.as_ref().unwrap().counts, Some(callbacks(2, 1, 1, 1)), "{r:?}");
+        assert_eq!(r3.callbacks.as_ref().unwrap().counts, Some(callbacks(3, 2, 1, 2)), "{r3:?}");
+        let hud = r.hud_outbox.as_ref().unwrap();
+        assert_eq!((hud.pending, hud.oldest_created_at_ms, &hud.error), (3, Some(now - 60_000), &None), "{hud:?}");
+        let age = hud.oldest_age_ms.unwrap();
+        assert!((60_000..120_000).contains(&age), "{hud:?}");
+        let without_jobs = status(&[("dispatch", &*w.queue)], &*w.store, None, &SystemClock, &wide).await;
+        assert_eq!((without_jobs.callbacks, without_jobs.hud_outbox), (None, None));
         assert_eq!(stats(&*w.queue, QueueSide::DeadLetter).await.visible, 2, "status released its DLQ peek");
         let text = crcr_shared::ops::status::render_status(&r);
         assert!(text.contains("dispatched 2  failed 1  pending 2 (in progress 1, waiting 1)"), "{text}");
+        assert!(text.contains("in_progress 2  completed 1  timed out 1  lifecycle violations 1"), "{text}");
+        assert!(text.contains("HUD outbox: 3 pending, oldest 1m0"), "{text}");
+    }
+
+    /// Jobs as the reconciler leaves them, relative to `now` (ms): in the
+    /// last hour 2 IN_PROGRESS and 1 COMPLETED callbacks applied, 1 job
+    /// timed out, 1 violation; 3 HUD records pending (oldest 60 s old).
+    /// Between 1 h and 3 h ago: 1 more job started and completed, 1 more
+    /// violation.
+    async fn seed_jobs(jobs: &dyn JobStore, now: i64) {
+        let (d1, d2) = (delivery(), delivery());
+        let running = job(jobs, &d1, "running", now - 60_000, None).await;
+        let done = job(jobs, &d1, "done", now - 120_000, Some((now - 30_000, "success"))).await;
+        let zombie = job(jobs, &d2, "zombie", now - 7 * 3_600_000, Some((now - 10_000, "timed_out"))).await;
+        let old = job(jobs, &d2, "old", now - 150 * 60_000, Some((now - 120 * 60_000, "failure"))).await;
+        assert_eq!(running.len() + done.len() + zombie.len() + old.len(), 7);
+        jobs.mark_outbox(&done[0], HudSync::Sent, None, now).await.unwrap();
+        jobs.mark_outbox(&zombie[0], HudSync::Rejected, Some("422"), now).await.unwrap();
+        for id in &old {
+            jobs.mark_outbox(id, HudSync::Sent, None, now).await.unwrap();
+        }
+        for at in [now - 5_000, now - 2 * 3_600_000 + 60_000] {
+            let v = Violation {
+                delivery_id: d2.clone(),
+                repo: repo("org/a"),
+                reason: "repeated completed".into(),
+                at_ms: at,
+            };
+            jobs.record_violation(&v).await.unwrap();
+        }
+    }
+
+    /// Applies IN_PROGRESS at `started` and, when given, COMPLETED at
+    /// `done.0` with conclusion `done.1`, each with its HUD outbox item;
+    /// returns the outbox ids.
+    async fn job(
+        jobs: &dyn JobStore,
+        d: &DeliveryId,
+        name: &str,
+        started: i64,
+        done: Option<(i64, &str)>,
+    ) -> Vec<String> {
+        let key =
+            JobKey { delivery_id: d.clone(), repo: repo("org/a"), run_id: 7, run_attempt: 1, job_name: name.into() };
+        let mut rec = JobRecord {
+            key,
+            state: JobState::InProgress,
+            level: Level::L2,
+            dispatched_at_ms: Some(started - 1_000),
+            in_progress_at_ms: Some(started),
+            completed_at_ms: None,
+            conclusion: None,
+            queue_time_s: Some(1.0),
+            execution_time_s: None,
+            workflow_name: None,
+            url: None,
+            updated_at_ms: started,
+        };
+        let outbox = |rec: &JobRecord| OutboxItem {
+            id: OutboxItem::id_for(&rec.key, rec.state),
+            delivery_id: d.clone(),
+            body: serde_json::json!({"job": name}),
+            sync: HudSync::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at_ms: rec.updated_at_ms,
+            updated_at_ms: rec.updated_at_ms,
+        };
+        let first = outbox(&rec);
+        assert!(jobs.transition(None, &rec, &first).await.unwrap());
+        let mut ids = vec![first.id];
+        if let Some((at, conclusion)) = done {
+            rec.state = JobState::Completed;
+            rec.completed_at_ms = Some(at);
+            rec.conclusion = Some(conclusion.into());
+            rec.updated_at_ms = at;
+            let second = outbox(&rec);
+            assert!(jobs.transition(Some(JobState::InProgress), &rec, &second).await.unwrap());
+            ids.push(second.id);
+        }
+        ids
     }
 }
 

@@ -21,6 +21,15 @@
 # - CKV_AWS_272 (code signing): zips are built and deployed by the same
 #   operator from this repository; no signing profile exists for them.
 
+# Log format: every function has logging_config.log_format = "JSON", so Lambda
+# sets AWS_LAMBDA_LOG_FORMAT=JSON and the Rust runtime's subscriber
+# (lambda_runtime::tracing::init_default_subscriber) writes one JSON object per
+# line, with the fields of the enclosing spans (delivery_id, event, repo,
+# attempt) under "span"/"spans"; Lambda's own platform lines are JSON too. The
+# custom metrics are CloudWatch Embedded Metric Format documents, JSON lines of
+# their own on stdout, which CloudWatch Logs turns into metrics in
+# var.metrics_namespace.
+
 # --- log groups ----------------------------------------------------------------
 # Created before the functions (default /aws/lambda/<name> group) so retention
 # applies and the roles need no logs:CreateLogGroup.
@@ -128,6 +137,12 @@ resource "aws_lambda_function" "ingest" {
     mode = "Active"
   }
 
+  # JSON log lines (see "log format" at the top of this file).
+  logging_config {
+    log_format = "JSON"
+    log_group  = aws_cloudwatch_log_group.ingest.name
+  }
+
   tags       = var.tags
   depends_on = [aws_cloudwatch_log_group.ingest, aws_iam_role_policy.ingest]
 }
@@ -156,6 +171,12 @@ resource "aws_lambda_function" "dispatcher" {
     mode = "Active"
   }
 
+  # JSON log lines (see "log format" at the top of this file).
+  logging_config {
+    log_format = "JSON"
+    log_group  = aws_cloudwatch_log_group.dispatcher.name
+  }
+
   tags       = var.tags
   depends_on = [aws_cloudwatch_log_group.dispatcher, aws_iam_role_policy.dispatcher]
 }
@@ -182,6 +203,12 @@ resource "aws_lambda_function" "reconciler" {
 
   tracing_config {
     mode = "Active"
+  }
+
+  # JSON log lines (see "log format" at the top of this file).
+  logging_config {
+    log_format = "JSON"
+    log_group  = aws_cloudwatch_log_group.reconciler.name
   }
 
   tags       = var.tags

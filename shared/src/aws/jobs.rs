@@ -7,11 +7,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, Select, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
 
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crate::lifecycle::{
+    CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
+};
 use crate::ports::StoreError;
 
 use super::dispatch_item::{n, s, Item};
@@ -420,6 +422,96 @@ impl JobStore for DynamoJobStore {
         let items =
             self.by_status(JobState::InProgress.as_str(), Some(before_ms), limit, |got, _| got.len() < limit).await?;
         items.iter().map(parse_job).collect()
+    }
+
+    /// Two `Query`s on the GSI, `status = hud_pending`: one with
+    /// `Select=COUNT` over all pages (the count), one for the first item in
+    /// `updated_at` order (= the oldest `created_at_ms`). Eventually
+    /// consistent, like every GSI read.
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let status = hud_status(HudSync::Pending);
+        let mut pending = 0u64;
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(JOBS_BY_STATUS_INDEX)
+                .key_condition_expression("#status = :status")
+                .expression_attribute_names("#status", attr::STATUS)
+                .expression_attribute_values(":status", s(&status))
+                .select(Select::Count)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query (outbox backlog count)", e))?;
+            pending += page.count.max(0) as u64;
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        let oldest = self.by_status(&status, None, 1, |got, _| got.is_empty()).await?;
+        let oldest_created_at_ms = match oldest.first() {
+            Some(item) => Some(get_n(item, attr::UPDATED_AT)?),
+            None => None,
+        };
+        Ok(OutboxBacklog { pending, oldest_created_at_ms })
+    }
+
+    /// `Scan` of the whole table (all pages) for job items changed in the
+    /// window and violation items recorded in it, projecting only the times
+    /// and the conclusion: O(table) in read capacity (a filter does not
+    /// reduce what DynamoDB reads), for on-call commands only. Eventually
+    /// consistent.
+    async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError> {
+        let mut counts = CallbackCounts::default();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression(
+                    "(begins_with(#sk, :job) AND #updated >= :since) OR (begins_with(#sk, :violation) AND #at >= :since)",
+                )
+                .projection_expression("#sk, #in_progress, #completed, #conclusion, #at")
+                .expression_attribute_names("#sk", attr::SK)
+                .expression_attribute_names("#updated", attr::UPDATED_AT)
+                .expression_attribute_names("#at", attr::AT_MS)
+                .expression_attribute_names("#in_progress", attr::IN_PROGRESS_AT_MS)
+                .expression_attribute_names("#completed", attr::COMPLETED_AT_MS)
+                .expression_attribute_names("#conclusion", attr::CONCLUSION)
+                .expression_attribute_values(":job", s(JOB_PREFIX))
+                .expression_attribute_values(":violation", s(VIOLATION_PREFIX))
+                .expression_attribute_values(":since", n(since_ms))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Scan (callback counts)", e))?;
+            for item in page.items.unwrap_or_default() {
+                if get_s(&item, attr::SK)?.starts_with(VIOLATION_PREFIX) {
+                    counts.violations += 1;
+                    continue;
+                }
+                if opt_n::<i64>(&item, attr::IN_PROGRESS_AT_MS)?.is_some_and(|t| t >= since_ms) {
+                    counts.in_progress += 1;
+                }
+                if opt_n::<i64>(&item, attr::COMPLETED_AT_MS)?.is_some_and(|t| t >= since_ms) {
+                    if opt_s(&item, attr::CONCLUSION)?.as_deref() == Some("timed_out") {
+                        counts.timed_out += 1;
+                    } else {
+                        counts.completed += 1;
+                    }
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(counts)
     }
 }
 

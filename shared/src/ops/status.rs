@@ -1,11 +1,13 @@
-//! `crcr status`: queue depths and oldest messages, dispatch outcomes over a
-//! recent window, and the allowlist in use. Each section is read on its own:
-//! one that cannot be read carries its error and the others are still shown.
+//! `crcr status`: queue depths and oldest messages, dispatch outcomes and
+//! callbacks over a recent window, the HUD outbox backlog, and the
+//! allowlist. Each section is read on its own: one that cannot be read
+//! carries its error and the others are still shown.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lifecycle::{CallbackCounts, JobStore};
 use crate::ports::{Clock, DispatchCounts, DispatchStore, EventQueue, QueueSide};
 
 use super::allowlist::AllowlistSummary;
@@ -47,11 +49,40 @@ pub struct DispatchWindow {
     pub error: Option<String>,
 }
 
-/// The allowlist the relay is configured with, as read now.
+/// Callbacks the reconciler applied within the window (from the job
+/// store; see [`CallbackCounts`] for what is and is not counted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackWindow {
+    pub since_ms: i64,
+    pub window_secs: u64,
+    pub counts: Option<CallbackCounts>,
+    pub error: Option<String>,
+}
+
+/// The HUD outbox: results accepted from downstream CI not yet taken by HUD.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HudOutboxStatus {
+    /// Items pending (never sent, or HUD answered 5xx / nothing so far).
+    pub pending: u64,
+    /// When the oldest pending item was created (ms since epoch).
+    pub oldest_created_at_ms: Option<i64>,
+    /// Its age at `generated_at_ms`: how far behind HUD is.
+    pub oldest_age_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// The allowlist the relay is configured with (`CRCR_ALLOWLIST_FILE` or
+/// `CRCR_ALLOWLIST_URL`), as `crcr status` itself read it at `read_at_ms`.
+/// The relay reloads it every `CRCR_ALLOWLIST_TTL_SECS` (and keeps its last
+/// good one when a reload fails), so the version a running relay holds can
+/// lag by that long; the relay's own loaded version and load time are in its
+/// `allowlist loaded version=...` log line and the `AllowlistLoaded` metric.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllowlistStatus {
     /// The file path or URL it was read from.
     pub source: String,
+    /// When `crcr status` read it (ms since epoch).
+    pub read_at_ms: i64,
     pub summary: Option<AllowlistSummary>,
     pub error: Option<String>,
 }
@@ -62,6 +93,10 @@ pub struct StatusReport {
     pub generated_at_ms: i64,
     pub queues: Vec<QueueStatus>,
     pub dispatches: DispatchWindow,
+    /// `None` when no job store is configured (AWS without `CRCR_JOBS_TABLE`).
+    pub callbacks: Option<CallbackWindow>,
+    /// `None` when no job store is configured.
+    pub hud_outbox: Option<HudOutboxStatus>,
     pub allowlist: Option<AllowlistStatus>,
 }
 
@@ -70,6 +105,8 @@ impl StatusReport {
     pub fn has_errors(&self) -> bool {
         self.queues.iter().any(|q| q.source.error.is_some() || q.dead_letter.error.is_some())
             || self.dispatches.error.is_some()
+            || self.callbacks.as_ref().is_some_and(|c| c.error.is_some())
+            || self.hud_outbox.as_ref().is_some_and(|h| h.error.is_some())
             || self.allowlist.as_ref().is_some_and(|a| a.error.is_some())
     }
 }
@@ -77,7 +114,7 @@ impl StatusReport {
 /// How `status` reads.
 #[derive(Clone, Debug)]
 pub struct StatusOptions {
-    /// Dispatch outcomes over this window (default 1 h).
+    /// Dispatch outcomes and callbacks over this window (default 1 h).
     pub window: Duration,
     /// When the adapter cannot tell the oldest DLQ message (SQS), read the
     /// DLQ to find it (a peek: every message released at once). Default on.
@@ -88,6 +125,31 @@ impl Default for StatusOptions {
     fn default() -> Self {
         Self { window: Duration::from_secs(3600), peek_dlq: true }
     }
+}
+
+/// The job store `crcr status` reads callbacks and the HUD outbox from:
+/// the SQLite file at `database` (which must exist), or with `aws` the
+/// DynamoDB table named by `CRCR_JOBS_TABLE` (`None` when it is not set;
+/// `CRCR_AWS_ENDPOINT_URL` for an emulator; usual credential chain).
+pub async fn job_store(
+    aws: bool,
+    database: &std::path::Path,
+    env: &crate::config::Env<'_>,
+) -> Result<Option<Box<dyn JobStore>>, super::backend::BackendError> {
+    use super::backend::BackendError;
+    if aws {
+        let Some(table) = env.opt("CRCR_JOBS_TABLE") else {
+            return Ok(None);
+        };
+        let sdk = crate::aws::sdk_config(env.opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
+        return Ok(Some(Box::new(crate::aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), table))));
+    }
+    if !database.is_file() {
+        return Err(BackendError::NoDatabase(database.display().to_string()));
+    }
+    let db = crate::sqlite::Db::open(database)
+        .map_err(|e| BackendError::Database { path: database.display().to_string(), error: e.to_string() })?;
+    Ok(Some(Box::new(crate::sqlite::SqliteJobStore::new(db))))
 }
 
 async fn side(queue: &dyn EventQueue, which: QueueSide, now_ms: i64, peek: bool) -> SideStatus {
@@ -123,11 +185,12 @@ async fn side(queue: &dyn EventQueue, which: QueueSide, now_ms: i64, peek: bool)
     s
 }
 
-/// Reads the figures of `queues` (name, queue pair) and `store`; the caller
-/// adds the allowlist.
+/// Reads the figures of `queues` (name, queue pair), `store` and `jobs`
+/// (callbacks and HUD outbox, when given); the caller adds the allowlist.
 pub async fn status(
     queues: &[(&str, &dyn EventQueue)],
     store: &dyn DispatchStore,
+    jobs: Option<&dyn JobStore>,
     clock: &dyn Clock,
     opts: &StatusOptions,
 ) -> StatusReport {
@@ -145,10 +208,36 @@ pub async fn status(
         Ok(c) => (Some(c), None),
         Err(e) => (None, Some(e.to_string())),
     };
+    let (callbacks, hud_outbox) = match jobs {
+        None => (None, None),
+        Some(jobs) => {
+            let callbacks = match jobs.callback_counts(since_ms).await {
+                Ok(c) => CallbackWindow { since_ms, window_secs: opts.window.as_secs(), counts: Some(c), error: None },
+                Err(e) => CallbackWindow {
+                    since_ms,
+                    window_secs: opts.window.as_secs(),
+                    counts: None,
+                    error: Some(e.to_string()),
+                },
+            };
+            let hud = match jobs.outbox_backlog().await {
+                Ok(b) => HudOutboxStatus {
+                    pending: b.pending,
+                    oldest_created_at_ms: b.oldest_created_at_ms,
+                    oldest_age_ms: b.oldest_created_at_ms.map(|t| (now - t).max(0)),
+                    error: None,
+                },
+                Err(e) => HudOutboxStatus { error: Some(e.to_string()), ..Default::default() },
+            };
+            (Some(callbacks), Some(hud))
+        }
+    };
     StatusReport {
         generated_at_ms: now,
         queues: out,
         dispatches: DispatchWindow { since_ms, window_secs: opts.window.as_secs(), counts, error },
+        callbacks,
+        hud_outbox,
         allowlist: None,
     }
 }
@@ -195,15 +284,40 @@ pub fn render_status(r: &StatusReport) -> String {
         (None, Some(e)) => out.push_str(&format!("  error: {e}\n")),
         (None, None) => out.push_str("  unknown\n"),
     }
+    match &r.callbacks {
+        None => out.push_str("\ncallbacks: no job store (on AWS set CRCR_JOBS_TABLE)\n"),
+        Some(c) => {
+            out.push_str(&format!("\ncallbacks applied in the last {}:\n", format_age(c.window_secs as i64 * 1000)));
+            match (&c.counts, &c.error) {
+                (Some(n), _) => out.push_str(&format!(
+                    "  in_progress {}  completed {}  timed out {}  lifecycle violations {}\n",
+                    n.in_progress, n.completed, n.timed_out, n.violations
+                )),
+                (None, e) => out.push_str(&format!("  error: {}\n", e.as_deref().unwrap_or("unknown"))),
+            }
+        }
+    }
+    if let Some(h) = &r.hud_outbox {
+        match (&h.error, h.oldest_age_ms) {
+            (Some(e), _) => out.push_str(&format!("HUD outbox: error: {e}\n")),
+            (None, Some(age)) => {
+                out.push_str(&format!("HUD outbox: {} pending, oldest {} ago\n", h.pending, format_age(age)))
+            }
+            (None, None) => out.push_str(&format!("HUD outbox: {} pending\n", h.pending)),
+        }
+    }
     match &r.allowlist {
         None => out.push_str("\nallowlist: not configured (CRCR_ALLOWLIST_FILE or CRCR_ALLOWLIST_URL)\n"),
         Some(a) => match (&a.summary, &a.error) {
             (Some(s), _) => out.push_str(&format!(
-                "\nallowlist: version {} from {} ({} repositories: {})\n",
+                "\nallowlist: version {} from {} ({} repositories: {}), as read by crcr status at {}\n  \
+                 (a running relay reloads it every CRCR_ALLOWLIST_TTL_SECS; its loaded version: log \
+                 `allowlist loaded`, metric AllowlistLoaded)\n",
                 s.version,
                 a.source,
                 s.repos,
-                s.levels_text()
+                s.levels_text(),
+                format_time(a.read_at_ms)
             )),
             (None, e) => out.push_str(&format!(
                 "\nallowlist: {} cannot be read: {}\n",

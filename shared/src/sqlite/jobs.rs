@@ -7,7 +7,9 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::Db;
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crate::lifecycle::{
+    CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
+};
 use crate::ports::StoreError;
 
 pub(super) const SCHEMA: &str = r#"
@@ -304,5 +306,35 @@ impl JobStore for SqliteJobStore {
             .map_err(unavailable)?;
         let rows = stmt.query_map(params![before_ms, limit as i64], job).map_err(unavailable)?;
         collect(rows)
+    }
+
+    /// `COUNT` and `MIN(created_at_ms)` over the pending items (index `hud_outbox_pending`).
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let (pending, oldest_created_at_ms) = self
+            .db
+            .lock()
+            .query_row("SELECT COUNT(*), MIN(created_at_ms) FROM hud_outbox WHERE sync = 'pending'", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))
+            })
+            .map_err(unavailable)?;
+        Ok(OutboxBacklog { pending, oldest_created_at_ms })
+    }
+
+    async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError> {
+        let conn = self.db.lock();
+        let (in_progress, completed, timed_out) = conn
+            .query_row(
+                "SELECT COALESCE(SUM(in_progress_at_ms >= ?1), 0),
+                        COALESCE(SUM(completed_at_ms >= ?1 AND COALESCE(conclusion, '') <> 'timed_out'), 0),
+                        COALESCE(SUM(completed_at_ms >= ?1 AND conclusion = 'timed_out'), 0)
+                 FROM jobs WHERE updated_at_ms >= ?1",
+                [since_ms],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+            )
+            .map_err(unavailable)?;
+        let violations = conn
+            .query_row("SELECT COUNT(*) FROM violations WHERE at_ms >= ?1", [since_ms], |r| r.get::<_, i64>(0))
+            .map_err(unavailable)? as u64;
+        Ok(CallbackCounts { in_progress, completed, timed_out, violations })
     }
 }

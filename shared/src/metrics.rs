@@ -1,0 +1,360 @@
+//! Observability wiring: the relay's metric names, the two metric exporters,
+//! and the log subscriber.
+//!
+//! Domain code records through the [`metrics`] facade
+//! (`metrics::counter!(metrics::WEBHOOKS, "event" => e, "outcome" => o)`),
+//! never through an exporter. One recorder is installed per process:
+//!
+//! - `crcr serve`: Prometheus text, served at `GET /metrics` by the relay's
+//!   own router ([`init_prometheus`], [`prometheus_router`]; feature
+//!   `prometheus`). metrics-exporter-prometheus is built without its HTTP
+//!   listener and push gateway.
+//! - Lambda: CloudWatch Embedded Metric Format (EMF) documents on stdout,
+//!   flushed once per invocation ([`init_emf`], [`flush_emf`],
+//!   [`flush_emf_after_each_request`]), through `metrics_cloudwatch_embedded`.
+//!   Namespace `crcr` unless `CRCR_METRICS_NAMESPACE` says otherwise. A
+//!   metric's labels become its EMF dimensions (one EMF document per label
+//!   set, "Specification: Embedded metric format", CloudWatch user guide);
+//!   a metric without labels is emitted with an empty dimension set
+//!   (`"Dimensions": [[]]`, which the specification allows), which is what
+//!   the alarms of `infra/modules/crcr/alarms.tf` read for
+//!   [`HUD_OUTBOX_BACKLOG`], [`NEVER_STARTED_DISPATCHES`] and
+//!   [`GITHUB_RATE_LIMIT_REMAINING`] (`custom_metric_dimensions` = `{}`).
+//!
+//! Names are the same in both exporters (CloudWatch style, as the alarms
+//! name them). Label values are always from small fixed sets (never a
+//! repository, delivery id or anything a caller sends unverified), so the
+//! number of series and of CloudWatch custom metrics stays bounded.
+
+use std::sync::OnceLock;
+
+// ---------------------------------------------------------------- names
+
+/// Counter: webhook deliveries answered by ingest (`POST /github/webhook`).
+/// Labels: `event` (`X-GitHub-Event` of a verified delivery; `unknown` when
+/// the delivery was refused before its headers could be trusted) and
+/// `outcome`: `enqueued` (202), `ignored` (200: ping, other repository, event
+/// not acted on), `bad_signature` (401), `bad_request` (400), `unavailable`
+/// (503: queue or claim-check store down). Bodies over the size limit are
+/// refused (413) before the handler runs and are not counted.
+pub const WEBHOOKS: &str = "Webhooks";
+
+/// Histogram, seconds: time from a webhook request reaching the ingest
+/// handler to its answer (verification, classification, claim check and the
+/// durable enqueue). Label `outcome` as in [`WEBHOOKS`]. Prometheus buckets:
+/// [`INGEST_LATENCY_BUCKETS`].
+pub const INGEST_LATENCY: &str = "IngestLatency";
+
+/// Bucket bounds (seconds) of [`INGEST_LATENCY`] in Prometheus: 1 ms to 10 s
+/// (GitHub gives up on a delivery after 10 s, "Troubleshooting webhooks").
+pub const INGEST_LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Counter: targets handled by the dispatcher, one per (target, receive of
+/// the message). Label `outcome`: `dispatched` (GitHub answered 204),
+/// `already_dispatched` / `already_failed` (an earlier attempt settled it;
+/// nothing sent), `not_installed` (404 from the installation lookup),
+/// `failed` (permanent: 404/422 from the dispatch, payload refused),
+/// `retry` (still failing transiently at the end of the receive; the message
+/// comes back).
+pub const DISPATCHES: &str = "Dispatches";
+
+/// Counter: `repository_dispatch` calls made again after a transient failure
+/// (5xx, timeout, 401, 403/429 rate limit) within one receive, i.e. the
+/// backoff waits of the dispatcher. No labels.
+pub const DISPATCH_RETRIES: &str = "DispatchRetries";
+
+/// Gauge: the last `x-ratelimit-remaining` GitHub answered with (requests
+/// left in the current rate-limit window of the identity that made the
+/// call; "Rate limits for the REST API", GitHub docs). No labels (alarm
+/// `github-rate-limit-low`).
+pub const GITHUB_RATE_LIMIT_REMAINING: &str = "GitHubRateLimitRemaining";
+
+/// Counter: messages the relay itself sent to a dead-letter queue (with a
+/// reason). Label `queue`: `dispatch` or `reconcile`. Messages moved by SQS's
+/// own redrive policy (a consumer that crashed on them) are not counted
+/// here; see the `dlq-not-empty` alarms.
+pub const DLQ_SENDS: &str = "DlqSends";
+
+/// Counter: callbacks accepted (202) at `POST /github/callback` and enqueued
+/// for the reconciler. Label `status`: `in_progress` or `completed`.
+pub const CALLBACKS_ACCEPTED: &str = "CallbacksAccepted";
+
+/// Counter: callbacks refused. Label `reason`: the refusal's stable code,
+/// e.g. `expired`, `bad_signature`, `replay`, `wrong_audience` (401),
+/// `not_allowlisted`, `level`, `identity_not_allowed` (403), `rate_limited`
+/// (429), `bad_body` (400), `lifecycle` (409 at request time, or a lifecycle
+/// violation found by the reconciler), `queue_unavailable` /
+/// `store_unavailable` / `allowlist_unavailable` (503).
+pub const CALLBACK_REJECTIONS: &str = "CallbackRejections";
+
+/// Counter: HUD outbox items sent to HUD by a sync pass, by `result`:
+/// `sent` (2xx, final), `rejected` (4xx, final, kept with HUD's answer),
+/// `failed` (5xx, timeout, no HUD configured: stays pending for the next pass).
+pub const HUD_SYNC: &str = "HudSync";
+
+/// Gauge: HUD outbox items still pending after the last sync pass. No labels
+/// (alarm `hud-outbox-backlog`).
+pub const HUD_OUTBOX_BACKLOG: &str = "HudOutboxBacklog";
+
+/// Gauge, seconds: age of the oldest pending HUD outbox item after the last
+/// sync pass (0 when none is pending): how far behind HUD is.
+pub const HUD_OUTBOX_LAG: &str = "HudOutboxLag";
+
+/// Gauge: dispatched targets of L2+ repositories with no callback after the
+/// deadline (default 1 h), as found by the last sweep. No labels (alarm
+/// `never-started-dispatches`, which sums it over 15 minutes with threshold 0).
+pub const NEVER_STARTED_DISPATCHES: &str = "NeverStartedDispatches";
+
+/// Gauge, seconds since the Unix epoch: when this process loaded the
+/// allowlist version named by label `version` (its content hash, as in the
+/// `allowlist loaded version=...` log line and `crcr status`). The series
+/// with the newest time is the version in use.
+pub const ALLOWLIST_LOADED: &str = "AllowlistLoaded";
+
+/// Every metric name, for exporters and docs.
+pub const ALL: &[&str] = &[
+    WEBHOOKS,
+    INGEST_LATENCY,
+    DISPATCHES,
+    DISPATCH_RETRIES,
+    GITHUB_RATE_LIMIT_REMAINING,
+    DLQ_SENDS,
+    CALLBACKS_ACCEPTED,
+    CALLBACK_REJECTIONS,
+    HUD_SYNC,
+    HUD_OUTBOX_BACKLOG,
+    HUD_OUTBOX_LAG,
+    NEVER_STARTED_DISPATCHES,
+    ALLOWLIST_LOADED,
+];
+
+/// Records that this process loaded allowlist `version` now (see
+/// [`ALLOWLIST_LOADED`]).
+pub fn allowlist_loaded(version: &str) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    metrics::gauge!(ALLOWLIST_LOADED, "version" => version.to_owned()).set(now.as_secs_f64().floor());
+}
+
+/// Registers units and help texts with the installed recorder (Prometheus
+/// `# HELP` lines; EMF `Unit`s, "MetricDatum", CloudWatch API reference).
+fn describe() {
+    use metrics::Unit;
+    metrics::describe_counter!(WEBHOOKS, Unit::Count, "Webhook deliveries answered by ingest, by event and outcome");
+    metrics::describe_histogram!(INGEST_LATENCY, Unit::Seconds, "Time to answer a webhook delivery");
+    metrics::describe_counter!(DISPATCHES, Unit::Count, "Dispatch targets handled per receive, by outcome");
+    metrics::describe_counter!(DISPATCH_RETRIES, Unit::Count, "repository_dispatch calls retried within a receive");
+    metrics::describe_gauge!(GITHUB_RATE_LIMIT_REMAINING, Unit::Count, "Last x-ratelimit-remaining from GitHub");
+    metrics::describe_counter!(DLQ_SENDS, Unit::Count, "Messages sent to a dead-letter queue, by queue");
+    metrics::describe_counter!(CALLBACKS_ACCEPTED, Unit::Count, "Callbacks accepted, by status");
+    metrics::describe_counter!(CALLBACK_REJECTIONS, Unit::Count, "Callbacks refused, by reason");
+    metrics::describe_counter!(HUD_SYNC, Unit::Count, "HUD outbox items tried, by result");
+    metrics::describe_gauge!(HUD_OUTBOX_BACKLOG, Unit::Count, "HUD outbox items pending");
+    metrics::describe_gauge!(HUD_OUTBOX_LAG, Unit::Seconds, "Age of the oldest pending HUD outbox item");
+    metrics::describe_gauge!(NEVER_STARTED_DISPATCHES, Unit::Count, "Dispatches with no callback after the deadline");
+    metrics::describe_gauge!(ALLOWLIST_LOADED, Unit::Seconds, "When the allowlist version was loaded (epoch s)");
+}
+
+/// Metric exporter set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Another recorder was installed first in this process.
+    #[error("a metrics recorder is already installed in this process: {0}")]
+    AlreadyInstalled(String),
+    /// A bad exporter setting.
+    #[error("metrics exporter: {0}")]
+    Exporter(String),
+}
+
+// ---------------------------------------------------------------- Prometheus (crcr serve)
+
+#[cfg(feature = "prometheus")]
+static PROMETHEUS: OnceLock<Result<metrics_exporter_prometheus::PrometheusHandle, String>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as this process's recorder, once; later
+/// calls return the same handle. The handle's `render()` is the Prometheus
+/// text exposition format. Histograms are drained into their buckets every
+/// 5 s by a background thread (and at each render), so memory stays bounded
+/// when nobody scrapes.
+///
+/// Errors: [`MetricsError::AlreadyInstalled`] when another recorder was
+/// installed first (then metrics are not exported).
+#[cfg(feature = "prometheus")]
+pub fn init_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, MetricsError> {
+    PROMETHEUS
+        .get_or_init(|| {
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(INGEST_LATENCY.to_owned()), INGEST_LATENCY_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+            describe();
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("crcr-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(handle)
+        })
+        .clone()
+        .map_err(MetricsError::AlreadyInstalled)
+}
+
+/// `GET /metrics`: the metrics of this process in the Prometheus text
+/// format (`text/plain; version=0.0.4`, "Exposition formats", Prometheus
+/// docs), or 503 with the reason when no Prometheus recorder could be
+/// installed ([`init_prometheus`]).
+#[cfg(feature = "prometheus")]
+pub fn prometheus_router() -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let handle = init_prometheus().map_err(|e| e.to_string());
+    if let Err(e) = &handle {
+        tracing::warn!(error = %e, "GET /metrics will answer 503");
+    }
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                match handle {
+                    Ok(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+                }
+            }
+        }),
+    )
+}
+
+/// Without the `prometheus` feature (the Lambda binaries) the embedded
+/// router has no `/metrics` route.
+#[cfg(not(feature = "prometheus"))]
+pub fn prometheus_router() -> axum::Router {
+    axum::Router::new()
+}
+
+// ---------------------------------------------------------------- CloudWatch EMF (Lambda)
+
+/// The CloudWatch namespace setting and its default (infra variable
+/// `metrics_namespace`, default `crcr`).
+pub const NAMESPACE_ENV: &str = "CRCR_METRICS_NAMESPACE";
+pub const DEFAULT_NAMESPACE: &str = "crcr";
+
+static EMF: OnceLock<&'static metrics_cloudwatch_embedded::Collector> = OnceLock::new();
+
+/// Installs the EMF collector as this process's recorder with CloudWatch
+/// namespace `namespace`, no default dimensions, and zero counter deltas
+/// left out of each flush. Once per process: a second call returns the
+/// collector of the first (with its namespace).
+///
+/// Errors: [`MetricsError::AlreadyInstalled`] when another recorder was
+/// installed first; [`MetricsError::Exporter`] for an empty namespace.
+pub fn init_emf(namespace: &str) -> Result<&'static metrics_cloudwatch_embedded::Collector, MetricsError> {
+    if let Some(c) = EMF.get() {
+        return Ok(c);
+    }
+    if namespace.trim().is_empty() {
+        return Err(MetricsError::Exporter(format!("{NAMESPACE_ENV} must not be empty")));
+    }
+    let collector = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(namespace.to_owned())
+        .init()
+        .map_err(|e| MetricsError::AlreadyInstalled(e.to_string()))?;
+    let collector = *EMF.get_or_init(|| collector);
+    describe();
+    Ok(collector)
+}
+
+/// [`init_emf`] with the namespace from `CRCR_METRICS_NAMESPACE` (default
+/// `crcr`); a failure is logged, not fatal (the function runs without
+/// custom metrics). What each Lambda `main` calls once at start-up.
+pub fn init_emf_from_env() {
+    let namespace = std::env::var(NAMESPACE_ENV).unwrap_or_else(|_| DEFAULT_NAMESPACE.to_owned());
+    if let Err(e) = init_emf(&namespace) {
+        tracing::error!(error = %e, "CloudWatch EMF metrics disabled");
+    }
+}
+
+/// Writes the metrics recorded since the last flush to `out` as EMF
+/// documents, one JSON object per line (one per label set; counters as the
+/// delta since the last flush, gauges as their last value, histograms as
+/// the array of values recorded, at most 100 per flush, the EMF limit).
+/// Does nothing before [`init_emf`].
+pub fn flush_emf_to(out: impl std::io::Write) -> std::io::Result<()> {
+    match EMF.get() {
+        Some(c) => c.flush(out),
+        None => Ok(()),
+    }
+}
+
+/// [`flush_emf_to`] stdout, where Lambda sends lines to CloudWatch Logs,
+/// which extracts the metrics. Call once at the end of each invocation
+/// (before the answer: a frozen or timed-out function flushes nothing,
+/// "Using the embedded metric format with Lambda"). A write error is logged.
+pub fn flush_emf() {
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    if let Err(e) = flush_emf_to(&mut lock).and_then(|()| std::io::Write::flush(&mut lock)) {
+        tracing::error!(error = %e, "could not write EMF metrics to stdout");
+    }
+}
+
+/// `router` with [`flush_emf`] after each request: for the ingest Lambda,
+/// where `lambda_http` turns each invocation into one request (a Lambda
+/// instance runs one invocation at a time).
+pub fn flush_emf_after_each_request(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::map_response(|res: axum::response::Response| async move {
+        flush_emf();
+        res
+    }))
+}
+
+// ---------------------------------------------------------------- logs
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (tracing-subscriber's default format).
+    Text,
+    /// One JSON object per line: the event's fields at the top level, plus
+    /// `span` (the innermost span's fields) and `spans` (every enclosing
+    /// span, outermost first), so a line of a delivery's processing carries
+    /// its `delivery_id`, `event`, `repo` and `attempt` from its spans.
+    Json,
+}
+
+impl LogFormat {
+    /// `CRCR_LOG_FORMAT`: `json` → [`LogFormat::Json`], anything else (or
+    /// unset) → [`LogFormat::Text`].
+    pub fn from_env() -> Self {
+        match std::env::var("CRCR_LOG_FORMAT").as_deref() {
+            Ok("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        }
+    }
+}
+
+/// Installs the process's log subscriber (`crcr` commands): filter from
+/// `CRCR_LOG` (tracing `EnvFilter` syntax) or `default_filter`, lines in
+/// `format` to `writer`. Returns `false` when a subscriber was already
+/// installed (this one is then dropped). Secrets never reach the lines:
+/// configuration types redact them in `Debug`, and tokens are never logged.
+pub fn init_logs<W>(default_filter: &str, format: LogFormat, writer: W) -> bool
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRCR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init().is_ok()
+        }
+        LogFormat::Text => builder.try_init().is_ok(),
+    }
+}
