@@ -340,13 +340,19 @@ def check_table_keys(m: Module) -> None:
             want.update(k for k in (gsi.get("hash_key"), gsi.get("range_key")) if k)
         # DynamoDB rejects attribute definitions that no key uses.
         assert set(attrs) == want, f"table {name}: attributes {sorted(attrs)} != key attributes {sorted(want)}"
-    jobs = m.resource("aws_dynamodb_table", "jobs")
-    gsis = {g["name"]: g for g in jobs.get("global_secondary_index", [])}
-    assert "by_status" in gsis, "jobs: GSI by_status missing"
-    g = gsis["by_status"]
-    attrs = {a["name"]: a["type"] for a in jobs["attribute"]}
-    assert (g.get("hash_key"), g.get("range_key")) == ("status", "updated_at"), "jobs: by_status keys"
-    assert (attrs["status"], attrs["updated_at"]) == ("S", "N"), "jobs: by_status key types"
+    # The GSIs the code queries: table -> (index, hash key, range key, their types).
+    for table, index, keys, types in (
+        ("jobs", "by_status", ("status", "updated_at"), ("S", "N")),
+        ("dispatches", "by_dispatch_day", ("dispatch_day", "dispatched_at_ms"), ("S", "N")),
+    ):
+        body = m.resource("aws_dynamodb_table", table)
+        gsis = {g["name"]: g for g in body.get("global_secondary_index", [])}
+        assert index in gsis, f"{table}: GSI {index} missing"
+        g = gsis[index]
+        attrs = {a["name"]: a["type"] for a in body["attribute"]}
+        assert (g.get("hash_key"), g.get("range_key")) == keys, f"{table}: {index} keys"
+        assert (attrs[keys[0]], attrs[keys[1]]) == types, f"{table}: {index} key types"
+        assert g.get("projection_type") == "ALL", f"{table}: {index} must project all attributes"
 
 
 def check_tables_pitr(m: Module) -> None:

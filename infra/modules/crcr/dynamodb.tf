@@ -10,6 +10,9 @@
 
 # Per-(delivery, target) dispatch records: pending / dispatched / failed,
 # attempts, last error. The DISPATCHED state the callbacks read.
+# GSI by_dispatch_day: sparse (only dispatched records carry dispatch_day, the
+# UTC day of dispatched_at_ms); the reconciler's never-started sweep queries a
+# day or two of it instead of scanning the table.
 resource "aws_dynamodb_table" "dispatches" {
   #checkov:skip=CKV_AWS_119:Encrypted with the AWS managed aws/dynamodb KMS key; a customer managed key adds cost and key-policy upkeep for no extra control here.
   name                        = "${var.name_prefix}-dispatches"
@@ -26,6 +29,23 @@ resource "aws_dynamodb_table" "dispatches" {
   attribute {
     name = "target"
     type = "S"
+  }
+
+  attribute {
+    name = "dispatch_day"
+    type = "S"
+  }
+
+  attribute {
+    name = "dispatched_at_ms"
+    type = "N"
+  }
+
+  global_secondary_index {
+    name            = "by_dispatch_day"
+    hash_key        = "dispatch_day"
+    range_key       = "dispatched_at_ms"
+    projection_type = "ALL"
   }
 
   ttl {

@@ -203,11 +203,12 @@ data "aws_iam_policy_document" "reconciler" {
     resources = [aws_dynamodb_table.jobs.arn, "${aws_dynamodb_table.jobs.arn}/index/by_status"]
   }
 
-  # DISPATCHED records: read for figures, flagged when never started.
+  # DISPATCHED records: read for figures; the never-started sweep queries
+  # the by_dispatch_day index.
   statement {
     sid       = "DispatchRecords"
-    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query"]
-    resources = [aws_dynamodb_table.dispatches.arn]
+    actions   = ["dynamodb:GetItem", "dynamodb:Query"]
+    resources = [aws_dynamodb_table.dispatches.arn, "${aws_dynamodb_table.dispatches.arn}/index/by_dispatch_day"]
   }
 
   # Redeliver cursor, commit-exists cache.
