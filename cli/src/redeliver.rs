@@ -56,3 +56,83 @@ pub async fn run(args: RedeliverArgs, env: &Env<'_>, out: &mut impl Write) -> an
     }
     Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use crcr_shared::standin::{HookDeliverySeed, StandIn, StandInOptions};
+
+    use super::*;
+
+    /// The App settings of `gh`, signing with `key`.
+    fn app_env(gh: &StandIn, key: String) -> Env<'static> {
+        let (id, url) = (gh.app_id().to_string(), gh.base_url());
+        Env::new(move |k| match k {
+            "CRCR_GITHUB_APP_ID" => Some(id.clone()),
+            "CRCR_GITHUB_APP_PRIVATE_KEY" => Some(key.clone()),
+            "CRCR_GITHUB_API_URL" => Some(url.clone()),
+            _ => None,
+        })
+    }
+
+    fn args(database: PathBuf, json: bool, dry_run: bool) -> RedeliverArgs {
+        RedeliverArgs { since: None, dry_run, json, database }
+    }
+
+    #[tokio::test]
+    async fn prints_a_table_then_json_and_keeps_the_cursor_in_the_database() {
+        let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+        let ten_min_ago = SystemTime::now() - Duration::from_secs(600);
+        gh.add_hook_delivery(HookDeliverySeed::new("guid-1", "pull_request", 502, ten_min_ago).action("opened"));
+        let env = app_env(&gh, gh.private_key_pem());
+        let dir = std::env::temp_dir().join(format!("crcr-redeliver-cli-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let database = dir.join("crcr.sqlite");
+        crcr_shared::sqlite::Db::open(&database).unwrap();
+
+        let mut out = Vec::new();
+        assert_eq!(run(args(database.clone(), false, true), &env, &mut out).await.unwrap(), 0);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("dry run: read 1 page(s), 1 deliveries"), "{text}");
+        assert!(text.contains("guid-1") && text.contains("pull_request.opened"), "{text}");
+        assert!(text.contains("would request (attempt 1)"), "{text}");
+        assert!(gh.redelivery_requests().is_empty());
+
+        let mut out = Vec::new();
+        assert_eq!(run(args(database.clone(), false, false), &env, &mut out).await.unwrap(), 0);
+        assert!(String::from_utf8(out).unwrap().contains("redelivery requested (attempt 1)"));
+        assert_eq!(gh.redelivery_requests().len(), 1);
+
+        // The next run starts from the cursor kept in the database.
+        let mut out = Vec::new();
+        assert_eq!(run(args(database, true, false), &env, &mut out).await.unwrap(), 0);
+        let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(report["from_cursor"], true);
+        assert_eq!((report["redelivered"].as_u64(), report["skipped_ok"].as_u64()), (Some(0), Some(1)));
+        assert_eq!(gh.redelivery_requests().len(), 1);
+
+        // Without the database nothing is remembered: the same GUID is seen
+        // afresh (now delivered, so still nothing to ask for).
+        let mut out = Vec::new();
+        assert_eq!(run(args(dir.join("missing.sqlite"), true, false), &env, &mut out).await.unwrap(), 0);
+        let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(report["from_cursor"], false);
+        assert!(!dir.join("missing.sqlite").exists(), "no database file is created");
+    }
+
+    #[tokio::test]
+    async fn github_refusing_the_app_exits_1_with_the_reason() {
+        let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+        let other = StandIn::start(StandInOptions::default()).await.unwrap();
+        let env = app_env(&gh, other.private_key_pem());
+        let mut out = Vec::new();
+        let code = run(args(PathBuf::from("/nonexistent/crcr.sqlite"), false, false), &env, &mut out).await.unwrap();
+        assert_eq!(code, 1);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("error: listing deliveries (page 1): GitHub refused the App's credentials (401"),
+            "{text}"
+        );
+    }
+}
