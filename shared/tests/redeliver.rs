@@ -26,12 +26,14 @@ async fn start() -> StandIn {
     StandIn::start(StandInOptions::default()).await.expect("stand-in starts")
 }
 
-/// A redeliverer on the stand-in with 5 deliveries a page and no pause.
-fn redeliverer(s: &StandIn, state: &Arc<InMemoryStateStore>) -> Redeliverer {
+/// A redeliverer on the stand-in with 5 deliveries a page, no pause, and its
+/// state store (in memory).
+fn redeliverer(s: &StandIn) -> (Redeliverer, Arc<InMemoryStateStore>) {
     let cfg = GitHubAppConfig::new(s.app_id(), s.private_key_pem(), s.base_url());
+    let state = Arc::new(InMemoryStateStore::default());
     let mut r = Redeliverer::for_app(&cfg, state.clone()).expect("client builds");
     r.settings = RedeliverSettings { per_page: 5, request_interval: Duration::ZERO, ..Default::default() };
-    r
+    (r, state)
 }
 
 /// Puts a delivery of `guid` made `age` ago in the log; returns its id.
@@ -115,8 +117,7 @@ fn scenario(s: &StandIn) -> Scenario {
 async fn reads_pages_to_six_hours_and_asks_once_per_failed_guid_for_its_newest_attempt() {
     let s = start().await;
     let sc = scenario(&s);
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, state) = redeliverer(&s);
 
     let report = run(&r, None, false).await;
 
@@ -157,8 +158,7 @@ async fn reads_pages_to_six_hours_and_asks_once_per_failed_guid_for_its_newest_a
 async fn since_reaches_further_back_but_never_past_githubs_three_days() {
     let s = start().await;
     let sc = scenario(&s);
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, _state) = redeliverer(&s);
 
     let report = run(&r, Some(5 * DAY), false).await;
 
@@ -185,8 +185,7 @@ async fn since_reaches_further_back_but_never_past_githubs_three_days() {
 async fn a_dry_run_asks_for_nothing_and_stores_nothing() {
     let s = start().await;
     scenario(&s);
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, state) = redeliverer(&s);
 
     let dry = run(&r, None, true).await;
     assert!(dry.dry_run);
@@ -205,8 +204,7 @@ async fn a_dry_run_asks_for_nothing_and_stores_nothing() {
 async fn a_second_run_asks_for_nothing_new_and_starts_from_the_cursor() {
     let s = start().await;
     scenario(&s);
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, _state) = redeliverer(&s);
     let first = run(&r, None, false).await;
     assert_eq!(first.redelivered, 3);
     // GitHub redelivered them (the stand-in answers 200 by default).
@@ -231,8 +229,7 @@ async fn a_guid_whose_redelivery_fails_again_is_retried_up_to_the_cap() {
     let s = start().await;
     let first_id = seed(&s, "stubborn", 502, HOUR);
     s.queue_redelivery_outcomes([502, 502, 502, 502]);
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, _state) = redeliverer(&s);
 
     for attempt in 1..=3 {
         let report = run(&r, None, false).await;
@@ -276,8 +273,7 @@ async fn a_redelivery_not_listed_yet_is_not_asked_for_again() {
     s.add_hook_delivery(
         HookDeliverySeed::new("slow", "push", 502, SystemTime::now() - MIN).payload(br#"{"ref":"refs/heads/main"}"#),
     );
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, _state) = redeliverer(&s);
 
     assert_eq!(run(&r, None, false).await.redelivered, 1);
     let waiting = run(&r, None, false).await;
@@ -300,8 +296,7 @@ async fn a_redelivery_not_listed_yet_is_not_asked_for_again() {
 async fn a_5xx_on_a_page_is_reported_and_the_cursor_stays_before_the_unread_pages() {
     let s = start().await;
     seed(&s, "old-fail", 502, 30 * MIN);
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, state) = redeliverer(&s);
     // A first complete run leaves a cursor (and gets old-fail redelivered, now).
     let first = run(&r, None, false).await;
     let cursor = first.cursor_ms.expect("a cursor");
@@ -337,8 +332,7 @@ async fn a_rate_limited_request_stops_the_run_and_the_rest_waits() {
     let s = start().await;
     scenario(&s);
     s.inject_redelivery_fault(Fault::SecondaryRateLimit { retry_after_s: 60 });
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, _state) = redeliverer(&s);
 
     let limited = run(&r, None, false).await;
     assert_eq!(s.redelivery_requests().len(), 1, "no request after the rate limit");
@@ -359,8 +353,7 @@ async fn requests_are_spaced_by_the_request_interval() {
     for i in 0..3 {
         seed(&s, &format!("g{i}"), 502, (i + 1) * MIN);
     }
-    let state = Arc::new(InMemoryStateStore::default());
-    let mut r = redeliverer(&s, &state);
+    let (mut r, _state) = redeliverer(&s);
     r.settings.request_interval = Duration::from_millis(150);
     run(&r, None, false).await;
     let at: Vec<u64> = s.redelivery_requests().iter().map(|r| r.at_ms).collect();
@@ -374,8 +367,7 @@ async fn refused_credentials_are_reported_with_what_the_app_needs() {
     seed(&s, "g", 502, MIN);
     let other = start().await; // another App's key
     let cfg = GitHubAppConfig::new(s.app_id(), other.private_key_pem(), s.base_url());
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = Redeliverer::for_app(&cfg, state.clone()).unwrap();
+    let r = Redeliverer::for_app(&cfg, Arc::new(InMemoryStateStore::default())).unwrap();
 
     let report = run(&r, None, false).await;
     assert!(!report.complete);
@@ -390,8 +382,7 @@ async fn refused_credentials_are_reported_with_what_the_app_needs() {
 async fn a_state_of_a_newer_version_is_refused_untouched_and_a_corrupt_one_restarts() {
     let s = start().await;
     seed(&s, "g", 502, MIN);
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = redeliverer(&s, &state);
+    let (r, state) = redeliverer(&s);
 
     let newer = r#"{"version":2,"whatever":true}"#;
     state.put(STATE_KEY, newer).await.unwrap();
@@ -411,8 +402,7 @@ async fn a_state_of_a_newer_version_is_refused_untouched_and_a_corrupt_one_resta
 async fn the_periodic_task_runs_at_once_then_every_interval_until_stopped() {
     let s = start().await;
     seed(&s, "g", 502, MIN);
-    let state = Arc::new(InMemoryStateStore::default());
-    let r = Arc::new(redeliverer(&s, &state));
+    let r = Arc::new(redeliverer(&s).0);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(run_periodic(r.clone(), Duration::from_millis(200), stopped));
 
