@@ -33,12 +33,24 @@ enum Command {
     /// Queue and DLQ depths, oldest messages, dispatch outcomes and callbacks of the last hour, HUD outbox backlog,
     /// allowlist version.
     Status(ops::StatusArgs),
-    /// The whole chain of one delivery: dispatches, jobs, HUD records, refused callbacks.
+    /// The whole chain of one delivery: dispatches, jobs, HUD records, refused callbacks (SQLite file, or --aws).
     Trace {
         delivery_id: String,
         /// The SQLite file of `crcr serve`.
         #[arg(long, env = "CRCR_DATABASE", default_value = "crcr.sqlite")]
         database: std::path::PathBuf,
+        /// Read the DynamoDB dispatch and jobs tables instead (usual AWS credential chain).
+        #[arg(long)]
+        aws: bool,
+        /// With --aws: the dispatch table.
+        #[arg(long, env = "CRCR_DISPATCH_TABLE")]
+        dispatch_table: Option<String>,
+        /// With --aws: the jobs table.
+        #[arg(long, env = "CRCR_JOBS_TABLE")]
+        jobs_table: Option<String>,
+        /// With --aws: an AWS emulator's endpoint (tests); unset on AWS.
+        #[arg(long, env = "CRCR_AWS_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -95,18 +107,21 @@ async fn main() -> anyhow::Result<()> {
             init_tracing("off");
             exit_with(ops::run_status(args, &Env::process(), &mut std::io::stdout().lock()).await)
         }
-        Command::Trace { delivery_id, database, json } => {
+        Command::Trace { delivery_id, database, aws, dispatch_table, jobs_table, endpoint_url, json } => {
             init_tracing("off");
             let id = crcr_shared::domain::DeliveryId::parse(&delivery_id)?;
-            anyhow::ensure!(
-                database.exists(),
-                "no database at {} (set --database or CRCR_DATABASE)",
-                database.display()
-            );
-            let db = crcr_shared::sqlite::Db::open(&database)?;
-            let dispatches = crcr_shared::sqlite::SqliteDispatchStore::new(db.clone());
-            let jobs = crcr_shared::sqlite::SqliteJobStore::new(db);
-            let t = crcr_shared::trace::trace(&id, &dispatches, &jobs).await?;
+            let stores = if aws {
+                let res = crcr_shared::config::AwsResources {
+                    dispatch_table,
+                    jobs_table,
+                    endpoint_url,
+                    ..Default::default()
+                };
+                crcr_shared::trace::TraceStores::aws(&res).await?
+            } else {
+                crcr_shared::trace::TraceStores::sqlite(&database)?
+            };
+            let t = stores.trace(&id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&t)?);
             } else {

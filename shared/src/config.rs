@@ -23,8 +23,10 @@
 //! | `CRCR_REDELIVER_INTERVAL_SECS` | `600` | how often `crcr serve` asks GitHub for missed deliveries (0: never) |
 //!
 //! On AWS also: `CRCR_DISPATCH_QUEUE_URL`, `CRCR_DISPATCH_DLQ_URL`,
-//! `CRCR_DISPATCH_TABLE`, `CRCR_PAYLOAD_TABLE`, and `CRCR_AWS_ENDPOINT_URL`
-//! (an AWS emulator, for tests).
+//! `CRCR_DISPATCH_TABLE`, `CRCR_PAYLOAD_TABLE`, `CRCR_RECONCILE_QUEUE_URL`,
+//! `CRCR_RECONCILE_DLQ_URL`, `CRCR_JOBS_TABLE`, `CRCR_KV_TABLE` (which
+//! function needs which: [`AwsResources`]), and `CRCR_AWS_ENDPOINT_URL` (an
+//! AWS emulator, for tests).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -325,31 +327,89 @@ pub fn redeliver_interval(env: &Env<'_>) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(env.parsed("CRCR_REDELIVER_INTERVAL_SECS", 600)?))
 }
 
-/// AWS resources (Lambda runtimes).
-#[derive(Debug, Clone)]
+/// AWS resources (Lambda runtimes, on-call commands with `--aws`), named by
+/// the variables infra/modules/crcr/lambda.tf sets. Each function reads
+/// only what it uses, so every resource is optional here and the accessor
+/// of each (e.g. [`AwsResources::jobs_table`]) fails, naming the variable
+/// and who needs it, when it is not set:
+///
+/// | variable | ingest | dispatcher | reconciler |
+/// |---|---|---|---|
+/// | `CRCR_DISPATCH_QUEUE_URL` | yes | yes | |
+/// | `CRCR_DISPATCH_DLQ_URL` | | yes | |
+/// | `CRCR_DISPATCH_TABLE` | yes | yes | yes |
+/// | `CRCR_PAYLOAD_TABLE` | yes | yes | |
+/// | `CRCR_RECONCILE_QUEUE_URL` | yes | | yes |
+/// | `CRCR_RECONCILE_DLQ_URL` | | | yes |
+/// | `CRCR_JOBS_TABLE` | yes | | yes |
+/// | `CRCR_KV_TABLE` | yes | | yes |
+///
+/// `CRCR_AWS_ENDPOINT_URL`: an AWS emulator (tests); unset on AWS.
+#[derive(Debug, Clone, Default)]
 pub struct AwsResources {
-    pub dispatch_queue_url: String,
-    /// Needed by the dispatcher (it dead-letters with a reason); not by ingest.
+    pub dispatch_queue_url: Option<String>,
     pub dispatch_dlq_url: Option<String>,
-    pub dispatch_table: String,
-    pub payload_table: String,
+    pub dispatch_table: Option<String>,
+    pub payload_table: Option<String>,
+    pub reconcile_queue_url: Option<String>,
+    pub reconcile_dlq_url: Option<String>,
+    pub jobs_table: Option<String>,
+    pub kv_table: Option<String>,
     pub endpoint_url: Option<String>,
 }
 
 impl AwsResources {
+    /// Reads the variables above; never fails (a missing one is reported by
+    /// its accessor, for the function that needs it).
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
-            dispatch_queue_url: env.required("CRCR_DISPATCH_QUEUE_URL")?,
+            dispatch_queue_url: env.opt("CRCR_DISPATCH_QUEUE_URL"),
             dispatch_dlq_url: env.opt("CRCR_DISPATCH_DLQ_URL"),
-            dispatch_table: env.required("CRCR_DISPATCH_TABLE")?,
-            payload_table: env.required("CRCR_PAYLOAD_TABLE")?,
+            dispatch_table: env.opt("CRCR_DISPATCH_TABLE"),
+            payload_table: env.opt("CRCR_PAYLOAD_TABLE"),
+            reconcile_queue_url: env.opt("CRCR_RECONCILE_QUEUE_URL"),
+            reconcile_dlq_url: env.opt("CRCR_RECONCILE_DLQ_URL"),
+            jobs_table: env.opt("CRCR_JOBS_TABLE"),
+            kv_table: env.opt("CRCR_KV_TABLE"),
             endpoint_url: env.opt("CRCR_AWS_ENDPOINT_URL"),
         })
     }
 
-    /// The DLQ URL, for the runtimes that dead-letter.
+    fn need(value: &Option<String>, key: &str, by: &str) -> Result<String, ConfigError> {
+        value.clone().ok_or_else(|| err(key, format!("is required by {by}")))
+    }
+
+    /// `CRCR_DISPATCH_QUEUE_URL`; `by` names the function or command (for the error).
+    pub fn dispatch_queue_url(&self, by: &str) -> Result<String, ConfigError> {
+        Self::need(&self.dispatch_queue_url, "CRCR_DISPATCH_QUEUE_URL", by)
+    }
+    /// `CRCR_DISPATCH_DLQ_URL` (the dispatcher dead-letters with a reason).
     pub fn dlq_url(&self) -> Result<String, ConfigError> {
-        self.dispatch_dlq_url.clone().ok_or_else(|| err("CRCR_DISPATCH_DLQ_URL", "is required by the dispatcher"))
+        Self::need(&self.dispatch_dlq_url, "CRCR_DISPATCH_DLQ_URL", "the dispatcher")
+    }
+    /// `CRCR_DISPATCH_TABLE`.
+    pub fn dispatch_table(&self, by: &str) -> Result<String, ConfigError> {
+        Self::need(&self.dispatch_table, "CRCR_DISPATCH_TABLE", by)
+    }
+    /// `CRCR_PAYLOAD_TABLE` (claim-checked webhook payloads).
+    pub fn payload_table(&self, by: &str) -> Result<String, ConfigError> {
+        Self::need(&self.payload_table, "CRCR_PAYLOAD_TABLE", by)
+    }
+    /// `CRCR_RECONCILE_QUEUE_URL` (accepted callbacks).
+    pub fn reconcile_queue_url(&self, by: &str) -> Result<String, ConfigError> {
+        Self::need(&self.reconcile_queue_url, "CRCR_RECONCILE_QUEUE_URL", by)
+    }
+    /// `CRCR_RECONCILE_DLQ_URL` (the reconciler dead-letters with a reason).
+    pub fn reconcile_dlq_url(&self, by: &str) -> Result<String, ConfigError> {
+        Self::need(&self.reconcile_dlq_url, "CRCR_RECONCILE_DLQ_URL", by)
+    }
+    /// `CRCR_JOBS_TABLE` (job lifecycle, HUD outbox, violations).
+    pub fn jobs_table(&self, by: &str) -> Result<String, ConfigError> {
+        Self::need(&self.jobs_table, "CRCR_JOBS_TABLE", by)
+    }
+    /// `CRCR_KV_TABLE` (identity bindings, used `jti`s, rate windows, small state).
+    pub fn kv_table(&self, by: &str) -> Result<String, ConfigError> {
+        Self::need(&self.kv_table, "CRCR_KV_TABLE", by)
     }
 }
 
@@ -386,6 +446,17 @@ mod tests {
         assert_eq!(c.dispatcher.max_receive_count, 5);
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2") && !dbg.contains("abc"), "{dbg}");
+    }
+
+    #[test]
+    fn aws_resources_name_the_missing_variable_and_who_needs_it() {
+        let env = Env::new(|k| (k == "CRCR_JOBS_TABLE").then(|| "jobs".to_owned()));
+        let r = AwsResources::from_env(&env).unwrap();
+        assert_eq!(r.jobs_table("the reconciler function").unwrap(), "jobs");
+        let e = r.kv_table("the ingest function").unwrap_err();
+        assert_eq!((e.key.as_str(), e.problem.as_str()), ("CRCR_KV_TABLE", "is required by the ingest function"));
+        assert_eq!(r.reconcile_dlq_url("x").unwrap_err().key, "CRCR_RECONCILE_DLQ_URL");
+        assert_eq!(r.dlq_url().unwrap_err().key, "CRCR_DISPATCH_DLQ_URL");
     }
 
     #[test]

@@ -1,13 +1,71 @@
 //! `crcr trace <delivery-id>`: the whole chain of one delivery — per target,
 //! the dispatch outcome and attempts; per job, its lifecycle with
 //! timestamps, figures and HUD sync state; and refused callbacks — from the
-//! stores of either runtime.
+//! stores of either runtime: the SQLite file of `crcr serve`
+//! ([`TraceStores::sqlite`]) or the DynamoDB dispatch and jobs tables
+//! ([`TraceStores::aws`], `crcr trace --aws`).
+
+use std::path::Path;
 
 use serde::Serialize;
 
+use crate::config::{AwsResources, ConfigError};
 use crate::domain::DeliveryId;
 use crate::lifecycle::{JobRecord, JobStore, OutboxItem, Violation};
 use crate::ports::{DispatchRecord, DispatchStore, StoreError};
+
+/// Why the stores could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("no database at {0} (give --database PATH or set CRCR_DATABASE)")]
+    NoDatabase(String),
+    #[error("database {path}: {error}")]
+    Database { path: String, error: StoreError },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// The two stores a trace reads.
+pub struct TraceStores {
+    pub dispatches: Box<dyn DispatchStore>,
+    pub jobs: Box<dyn JobStore>,
+}
+
+impl TraceStores {
+    /// The SQLite file of `crcr serve` at `path`, which must exist (a wrong
+    /// path must not create an empty database and report "nothing recorded").
+    pub fn sqlite(path: &Path) -> Result<Self, TraceError> {
+        if !path.is_file() {
+            return Err(TraceError::NoDatabase(path.display().to_string()));
+        }
+        let db = crate::sqlite::Db::open(path)
+            .map_err(|error| TraceError::Database { path: path.display().to_string(), error })?;
+        Ok(Self {
+            dispatches: Box::new(crate::sqlite::SqliteDispatchStore::new(db.clone())),
+            jobs: Box::new(crate::sqlite::SqliteJobStore::new(db)),
+        })
+    }
+
+    /// DynamoDB: `CRCR_DISPATCH_TABLE` and `CRCR_JOBS_TABLE` (errors name
+    /// the missing one), through `CRCR_AWS_ENDPOINT_URL` when set (an
+    /// emulator), with the usual AWS credential chain. Reads are `Query`s
+    /// with `ConsistentRead` on the delivery id (no scan).
+    pub async fn aws(res: &AwsResources) -> Result<Self, TraceError> {
+        const BY: &str = "crcr trace --aws";
+        let (dispatch_table, jobs_table) = (res.dispatch_table(BY)?, res.jobs_table(BY)?);
+        let sdk = crate::aws::sdk_config(res.endpoint_url.as_deref()).await;
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        Ok(Self {
+            dispatches: Box::new(crate::aws::DynamoDispatchStore::new(dynamo.clone(), dispatch_table)),
+            jobs: Box::new(crate::aws::DynamoJobStore::new(dynamo, jobs_table)),
+        })
+    }
+
+    /// The trace of `delivery` from these stores.
+    pub async fn trace(&self, delivery: &DeliveryId) -> Result<Trace, StoreError> {
+        trace(delivery, self.dispatches.as_ref(), self.jobs.as_ref()).await
+    }
+}
 
 /// Everything the relay recorded about one delivery.
 #[derive(Debug, Serialize)]
@@ -19,6 +77,8 @@ pub struct Trace {
     pub violations: Vec<Violation>,
 }
 
+/// Reads everything recorded about `delivery`: dispatch records, jobs, HUD
+/// outbox items and lifecycle violations.
 pub async fn trace(
     delivery: &DeliveryId,
     dispatches: &dyn DispatchStore,

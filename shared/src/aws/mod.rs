@@ -13,6 +13,7 @@ mod dynamo;
 mod jobs;
 mod kv;
 mod sqs;
+pub mod wiring;
 
 pub use blobs::{DynamoBlobStore, BLOB_CHUNK_BYTES, BLOB_TTL_SECS};
 pub use dynamo::{dispatch_day, DynamoDispatchStore, DISPATCH_DAY_INDEX, DISPATCH_TTL_SECS};

@@ -69,9 +69,10 @@ pub fn sqlite(path: &Path, queue: QueueName, max_receive_count: u32) -> Result<O
 /// `CRCR_DISPATCH_TABLE`, `CRCR_PAYLOAD_TABLE`, and `CRCR_AWS_ENDPOINT_URL`
 /// for an emulator.
 pub async fn aws(env: &Env<'_>, queue: QueueName) -> Result<OpsPorts, BackendError> {
+    const BY: &str = "the on-call commands with --aws";
     let res = AwsResources::from_env(env)?;
     let (queue_url, dlq_url) = match queue {
-        QueueName::Dispatch => (res.dispatch_queue_url.clone(), res.dlq_url()?),
+        QueueName::Dispatch => (res.dispatch_queue_url(BY)?, res.dlq_url()?),
         QueueName::Reconcile => (env.required("CRCR_RECONCILE_QUEUE_URL")?, env.required("CRCR_RECONCILE_DLQ_URL")?),
     };
     let sdk = crate::aws::sdk_config(res.endpoint_url.as_deref()).await;
@@ -79,7 +80,7 @@ pub async fn aws(env: &Env<'_>, queue: QueueName) -> Result<OpsPorts, BackendErr
     Ok(OpsPorts {
         description: format!("aws:{queue_url}"),
         queue: Box::new(crate::aws::SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), queue_url, dlq_url)),
-        store: Box::new(crate::aws::DynamoDispatchStore::new(dynamo.clone(), res.dispatch_table)),
-        blobs: Box::new(crate::aws::DynamoBlobStore::new(dynamo, res.payload_table)),
+        store: Box::new(crate::aws::DynamoDispatchStore::new(dynamo.clone(), res.dispatch_table(BY)?)),
+        blobs: Box::new(crate::aws::DynamoBlobStore::new(dynamo, res.payload_table(BY)?)),
     })
 }

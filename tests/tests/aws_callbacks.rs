@@ -1,0 +1,348 @@
+//! Callbacks on the AWS path, on moto, through exactly what the Lambda
+//! functions run (`crcr_shared::aws::wiring`): a signed webhook through the
+//! ingest function's router → dispatch queue (SQS) → the dispatcher
+//! function's batch handler → dispatch records (DynamoDB); then
+//! `in_progress` and `completed` callbacks with OIDC tokens of a local
+//! issuer through the same router → reconcile queue → the reconciler
+//! function's handler (SQS batches, then a scheduled sweep) → job records
+//! and HUD outbox (DynamoDB) → a local HUD. Also: a replayed `jti` with
+//! another body, the rate limit shared through the kv table, a poison
+//! reconcile message, unknown scheduled tasks, and `crcr trace --aws`.
+//! Needs moto's server (scripts/test starts it).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsEvent;
+use axum::Router;
+use crcr_shared::aws::wiring::{
+    dispatcher_function, ingest_router, reconciler_function, sqs_batch_response, ReconcilerEventError,
+    ReconcilerFunction,
+};
+use crcr_shared::aws::SqsQueue;
+use crcr_shared::config::{AwsResources, Env};
+use crcr_shared::domain::DeliveryId;
+use crcr_shared::lifecycle::{HudSync, JobState};
+use crcr_shared::ports::{DispatchStatus, EventQueue, QueueSide, ReceivedMessage};
+use crcr_shared::signature::WebhookSecret;
+use crcr_shared::standin::issuer::{Hud, Issuer};
+use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_shared::trace::TraceStores;
+use crcr_tests::moto::{self, Resources};
+use crcr_tests::{fixture, uuid, UPSTREAM};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const ALLOWLIST: &str = "L1:\n  - org1/one\nL2:\n  - org2/two\nL3:\n  gpu:\n    org3/three: [alice]\n";
+const SECRET: &str = "aws-callbacks";
+const RATE_PER_MIN: u32 = 3;
+
+/// Everything one test runs against.
+struct World {
+    gh: StandIn,
+    issuer: Issuer,
+    hud: Hud,
+    res: Resources,
+    sdk: aws_config::SdkConfig,
+    /// The ingest function's router.
+    ingest: Router,
+    reconciler: ReconcilerFunction,
+    /// Holds the allowlist file; removed on drop.
+    dir: std::path::PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The environment the Lambda functions would get (infra/modules/crcr/lambda.tf
+/// plus the secret's values), pointing at the stand-ins and moto's resources.
+fn lambda_env(gh: &StandIn, issuer: &Issuer, hud: &Hud, res: &Resources, allowlist: &std::path::Path) -> Env<'static> {
+    let mut vars: HashMap<String, String> = res.env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    for (k, v) in [
+        ("CRCR_UPSTREAM_REPO", UPSTREAM.to_owned()),
+        ("CRCR_WEBHOOK_SECRET", SECRET.to_owned()),
+        ("CRCR_GITHUB_APP_ID", gh.app_id().to_string()),
+        ("CRCR_GITHUB_APP_PRIVATE_KEY", gh.private_key_pem()),
+        ("CRCR_GITHUB_API_URL", gh.base_url()),
+        ("CRCR_ALLOWLIST_FILE", allowlist.display().to_string()),
+        ("CRCR_OIDC_GITHUB_ISSUER", issuer.url.clone()),
+        ("CRCR_HUD_URL", hud.url.clone()),
+        ("CRCR_HUD_BOT_KEY", "hud-bot-key".to_owned()),
+        ("CRCR_CALLBACK_RATE_PER_MIN", RATE_PER_MIN.to_string()),
+        ("CRCR_MAX_RECEIVE_COUNT", "3".to_owned()),
+    ] {
+        vars.insert(k.to_owned(), v);
+    }
+    Env::new(move |k| vars.get(k).cloned())
+}
+
+async fn world() -> World {
+    let sdk = moto::sdk().await;
+    let res = Resources::create(&sdk, 3).await;
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    for r in ["org1/one", "org2/two", "org3/three"] {
+        gh.install(r);
+    }
+    let (issuer, hud) = (Issuer::start().await, Hud::start().await);
+    let dir = std::env::temp_dir().join(format!("crcr-aws-callbacks-{}", uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let allowlist = dir.join("allowlist.yml");
+    std::fs::write(&allowlist, ALLOWLIST).unwrap();
+    let env = lambda_env(&gh, &issuer, &hud, &res, &allowlist);
+    let ingest = ingest_router(&env, &sdk).expect("ingest function wiring");
+    let reconciler = reconciler_function(&env, &sdk).expect("reconciler function wiring");
+    World { gh, issuer, hud, res, sdk, ingest, reconciler, dir }
+}
+
+impl World {
+    fn env(&self) -> Env<'static> {
+        lambda_env(&self.gh, &self.issuer, &self.hud, &self.res, &self.dir.join("allowlist.yml"))
+    }
+
+    fn reconcile_queue(&self) -> SqsQueue {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        SqsQueue::new(sqs, self.res.reconcile_queue_url.clone(), self.res.reconcile_dlq_url.clone())
+    }
+
+    /// A signed push through the ingest router, then the dispatcher function
+    /// until the dispatch queue is empty. Returns the delivery id.
+    async fn dispatched_push(&self) -> String {
+        let delivery = uuid();
+        let body = fixture("push");
+        let req = http::Request::post("/github/webhook")
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", &delivery)
+            .header("X-Hub-Signature-256", WebhookSecret::new(SECRET).sign(&body))
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        assert_eq!(self.ingest.clone().oneshot(req).await.unwrap().status(), 202);
+        let (dispatcher, queue) = dispatcher_function(&self.env(), &self.sdk).expect("dispatcher function wiring");
+        while let Some((event, batch)) = lambda_event(queue.as_ref()).await {
+            let event: SqsEvent = serde_json::from_value(event).unwrap();
+            let response = sqs_batch_response(dispatcher.as_ref(), queue.as_ref(), event).await;
+            settle(queue.as_ref(), &batch, &serde_json::to_value(response).unwrap()).await;
+        }
+        delivery
+    }
+
+    /// Runs the reconciler function on the reconcile queue until it is empty.
+    async fn reconcile(&self) {
+        let queue = self.reconcile_queue();
+        while let Some((event, batch)) = lambda_event(&queue).await {
+            let response = self.reconciler.handle(event).await.expect("SQS batch handled");
+            settle(&queue, &batch, &response).await;
+        }
+    }
+
+    /// `POST /github/callback` through the ingest router.
+    async fn call(&self, token: &str, body: &[u8]) -> (u16, http::HeaderMap, Value) {
+        let req = http::Request::post("/github/callback")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_vec()))
+            .unwrap();
+        let res = self.ingest.clone().oneshot(req).await.unwrap();
+        let (status, headers) = (res.status().as_u16(), res.headers().clone());
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn reconcile_depth(&self) -> u64 {
+        self.reconcile_queue().depth(QueueSide::Source).await.unwrap()
+    }
+}
+
+/// Receives up to 10 messages as the event source mapping would and builds
+/// the Lambda SQS event for them; `None` when the queue is empty.
+async fn lambda_event(queue: &SqsQueue) -> Option<(Value, Vec<ReceivedMessage>)> {
+    let batch = queue.receive(QueueSide::Source, 10, Duration::from_secs(30), Duration::from_secs(1)).await.unwrap();
+    if batch.is_empty() {
+        assert_eq!(queue.depth(QueueSide::Source).await.unwrap(), 0, "messages left in flight");
+        return None;
+    }
+    let records: Vec<Value> = batch
+        .iter()
+        .map(|m| {
+            json!({
+                "messageId": m.message_id, "receiptHandle": m.receipt, "body": m.body,
+                "attributes": {"ApproximateReceiveCount": m.receive_count.to_string(),
+                               "SentTimestamp": m.sent_at_ms.to_string()},
+                "messageAttributes": {}, "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:test"
+            })
+        })
+        .collect();
+    Some((json!({ "Records": records }), batch))
+}
+
+/// What Lambda does with a partial batch response: deletes every message
+/// not listed in `batchItemFailures` (the listed ones reappear).
+async fn settle(queue: &SqsQueue, batch: &[ReceivedMessage], response: &Value) {
+    let failed: Vec<&str> = response["batchItemFailures"]
+        .as_array()
+        .expect("a partial batch response")
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect();
+    assert!(failed.is_empty(), "messages failed: {failed:?} ({response})");
+    for m in batch.iter().filter(|m| !failed.contains(&m.message_id.as_str())) {
+        let _ = queue.delete(QueueSide::Source, &m.receipt).await;
+    }
+}
+
+fn body(delivery: &str, status: &str, conclusion: Option<&str>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_type": "push", "delivery_id": delivery, "payload": {"ref": "refs/heads/main"},
+        "workflow": {"schema_version": "1", "status": status, "conclusion": conclusion, "name": "CI",
+            "url": "https://github.com/org2/two/actions/runs/123", "run_id": "123", "run_attempt": "1",
+            "job_name": "build", "check_run_id": "456", "started_at": null, "completed_at": null}
+    }))
+    .unwrap()
+}
+
+fn aws_for_trace(w: &World) -> AwsResources {
+    AwsResources {
+        dispatch_table: Some(w.res.dispatch_table.clone()),
+        jobs_table: Some(w.res.jobs_table.clone()),
+        endpoint_url: Some(moto::url()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_through_the_lambda_wiring_reach_hud_and_trace() {
+    let w = world().await;
+    // GIVEN a push dispatched to every installed allowlisted repository
+    let delivery = w.dispatched_push().await;
+    let id = DeliveryId::parse(&delivery).unwrap();
+    let stores = TraceStores::aws(&aws_for_trace(&w)).await.unwrap();
+    let records = stores.dispatches.records(&id).await.unwrap();
+    let targets: Vec<_> = records.iter().map(|r| (r.target.key().to_owned(), r.status)).collect();
+    assert_eq!(
+        targets,
+        [
+            ("org1/one".to_owned(), DispatchStatus::Dispatched),
+            ("org2/two".to_owned(), DispatchStatus::Dispatched),
+            ("org3/three".to_owned(), DispatchStatus::Dispatched),
+        ]
+    );
+
+    // WHEN org2/two's job reports in_progress, then completed, each reconciled from the queue
+    let started = body(&delivery, "in_progress", None);
+    let started_token = w.issuer.token("org2/two", "22");
+    let (s, _, a) = w.call(&started_token, &started).await;
+    assert_eq!(s, 202, "{a}");
+    w.reconcile().await;
+    let done = body(&delivery, "completed", Some("success"));
+    let (s, _, a) = w.call(&w.issuer.token("org2/two", "22"), &done).await;
+    assert_eq!(s, 202, "{a}");
+    w.reconcile().await;
+
+    // THEN the job is completed in DynamoDB and, after a scheduled sweep, HUD has exactly two records
+    let jobs = stores.jobs.jobs(&id).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!((jobs[0].state, jobs[0].conclusion.as_deref()), (JobState::Completed, Some("success")));
+    assert!(w.hud.received().is_empty(), "HUD is synced by the sweep, not by the callback");
+    let report = w.reconciler.handle(json!({"task": "sweep"})).await.expect("sweep");
+    assert_eq!(report["report"]["hud"]["sent"], 2, "{report}");
+    let got = w.hud.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|(status, key, _)| *status == 200 && key == "hud-bot-key"));
+    let (first, second) = (&got[0].2, &got[1].2);
+    for r in [first, second] {
+        assert_eq!(r["trusted"]["verified_repo"], "org2/two");
+        assert_eq!(r["trusted"]["downstream_repo_level"], "L2");
+    }
+    assert!(first["trusted"]["ci_metrics"]["queue_time"].as_f64().unwrap() >= 0.0, "{first}");
+    assert!(first["trusted"]["ci_metrics"]["execution_time"].is_null(), "{first}");
+    assert!(second["trusted"]["ci_metrics"]["execution_time"].as_f64().unwrap() >= 0.0, "{second}");
+    assert_eq!(second["untrusted"]["callback_payload"], serde_json::from_slice::<Value>(&done).unwrap());
+    assert_eq!(jobs[0].queue_time_s, first["trusted"]["ci_metrics"]["queue_time"].as_f64());
+    assert_eq!(jobs[0].execution_time_s, second["trusted"]["ci_metrics"]["execution_time"].as_f64());
+    let again = w.reconciler.handle(json!({"task": "sweep"})).await.expect("sweep");
+    assert_eq!(again["report"]["hud"]["sent"], 0, "sent once: {again}");
+    assert_eq!(w.hud.received().len(), 2);
+
+    // AND `crcr trace --aws` shows the chain
+    let t = stores.trace(&id).await.unwrap();
+    assert_eq!((t.dispatches.len(), t.jobs.len(), t.hud.len()), (3, 1, 2));
+    assert!(t.hud.iter().all(|h| h.sync == HudSync::Sent));
+    let text = t.render();
+    for needle in ["org2/two", "L2", "dispatched", "completed (success)", "queue ", "sent"] {
+        assert!(text.contains(needle), "trace lacks {needle:?}:\n{text}");
+    }
+    let as_json = serde_json::to_value(&t).unwrap();
+    assert_eq!(as_json["jobs"][0]["state"], "completed");
+    let missing = TraceStores::aws(&AwsResources { jobs_table: None, ..aws_for_trace(&w) }).await.err().unwrap();
+    assert!(missing.to_string().contains("CRCR_JOBS_TABLE"), "{missing}");
+
+    // AND a replayed jti with another body is refused and nothing is enqueued
+    let (s, _, a) = w.call(&started_token, &done).await;
+    assert_eq!((s, a["error"].as_str()), (401, Some("replay")), "{a}");
+    assert_eq!(w.reconcile_depth().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_poison_messages_and_scheduled_tasks() {
+    let w = world().await;
+    let delivery = w.dispatched_push().await;
+
+    // The rate limit: RATE_PER_MIN callbacks of org3/three per minute window
+    // (counted in the kv table, before the lifecycle check), then 429.
+    let wall_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    if wall_ms() % 60_000 > 50_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - wall_ms() % 60_000 + 100)).await;
+    }
+    let completed = body(&delivery, "completed", Some("success")); // without in_progress: 409, but counted
+    for _ in 0..RATE_PER_MIN {
+        let (s, _, a) = w.call(&w.issuer.token("org3/three", "33"), &completed).await;
+        assert_eq!(s, 409, "{a}");
+    }
+    let (s, headers, a) = w.call(&w.issuer.token("org3/three", "33"), &completed).await;
+    assert_eq!(s, 429, "{a}");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    // Another instance of the ingest function shares the count (same kv table).
+    let other = ingest_router(&w.env(), &w.sdk).unwrap();
+    let req = http::Request::post("/github/callback")
+        .header("authorization", format!("Bearer {}", w.issuer.token("org3/three", "33")))
+        .body(axum::body::Body::from(completed.clone()))
+        .unwrap();
+    assert_eq!(other.oneshot(req).await.unwrap().status(), 429);
+    assert_eq!(w.reconcile_depth().await, 0, "nothing enqueued");
+
+    // A poison message on the reconcile queue ends in its DLQ with the reason.
+    let queue = w.reconcile_queue();
+    queue.send("{\"kind\": \"not a relay message\"}").await.unwrap();
+    w.reconcile().await;
+    let dead = queue.receive(QueueSide::DeadLetter, 10, Duration::from_secs(30), Duration::from_secs(1)).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].body, "{\"kind\": \"not a relay message\"}");
+    let reason = dead[0].dead_letter_reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("not JSON with a `type`"), "{reason}");
+
+    // Each function names the variable it misses.
+    for (var, who) in [("CRCR_KV_TABLE", "ingest"), ("CRCR_RECONCILE_QUEUE_URL", "ingest")] {
+        let full = w.env();
+        let e = ingest_router(&Env::new(move |k| if k == var { None } else { full.opt(k) }), &w.sdk).err().unwrap();
+        assert!(e.to_string().contains(var) && e.to_string().contains(who), "{e}");
+    }
+    for var in ["CRCR_RECONCILE_DLQ_URL", "CRCR_JOBS_TABLE", "CRCR_KV_TABLE"] {
+        let full = w.env();
+        let without = Env::new(move |k| if k == var { None } else { full.opt(k) });
+        let e = reconciler_function(&without, &w.sdk).err().unwrap();
+        assert!(e.to_string().contains(var) && e.to_string().contains("reconciler"), "{e}");
+    }
+
+    // Scheduled tasks: sweep works; redeliver is not wired yet; anything else is named.
+    assert!(w.reconciler.handle(json!({"task": "sweep"})).await.is_ok());
+    let e = w.reconciler.handle(json!({"task": "redeliver"})).await.unwrap_err();
+    assert!(matches!(e, ReconcilerEventError::NotWired(_)) && e.to_string() == "redeliver task not wired yet", "{e}");
+    let e = w.reconciler.handle(json!({"task": "vacuum"})).await.unwrap_err();
+    assert!(e.to_string().contains("\"vacuum\""), "{e}");
+    let e = w.reconciler.handle(json!({"detail-type": "Scheduled Event"})).await.unwrap_err();
+    assert!(matches!(e, ReconcilerEventError::UnknownEvent(_)), "{e}");
+}
