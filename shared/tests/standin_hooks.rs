@@ -12,6 +12,9 @@ use crcr_shared::standin::{Fault, HookDeliverySeed, StandIn, StandInOptions};
 use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
+/// What a webhook receiver got: event, delivery GUID, signature, body.
+type Received = (String, String, String, Vec<u8>);
+
 async fn start() -> StandIn {
     StandIn::start(StandInOptions::default()).await.expect("stand-in starts")
 }
@@ -215,7 +218,7 @@ async fn faults_can_be_queued_for_either_endpoint() {
 #[tokio::test]
 async fn with_the_apps_webhook_set_a_redelivery_is_posted_signed_and_its_answer_recorded() {
     let s = start().await;
-    let seen: Arc<Mutex<Vec<(String, String, String, Vec<u8>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
     let receiver = {
         let seen = seen.clone();
         axum::Router::new().route(
