@@ -430,33 +430,23 @@ impl JobStore for DynamoJobStore {
     /// consistent, like every GSI read.
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
         let status = hud_status(HudSync::Pending);
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(JOBS_BY_STATUS_INDEX)
+            .key_condition_expression("#status = :status")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_values(":status", s(&status))
+            .select(Select::Count)
+            .into_paginator()
+            .send();
         let mut pending = 0u64;
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(JOBS_BY_STATUS_INDEX)
-                .key_condition_expression("#status = :status")
-                .expression_attribute_names("#status", attr::STATUS)
-                .expression_attribute_values(":status", s(&status))
-                .select(Select::Count)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query (outbox backlog count)", e))?;
-            pending += page.count.max(0) as u64;
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
+        while let Some(page) = pages.next().await {
+            pending += page.map_err(|e| unavailable("Query (outbox backlog count)", e))?.count.max(0) as u64;
         }
         let oldest = self.by_status(&status, None, 1, |got, _| got.is_empty()).await?;
-        let oldest_created_at_ms = match oldest.first() {
-            Some(item) => Some(get_n(item, attr::UPDATED_AT)?),
-            None => None,
-        };
+        let oldest_created_at_ms = oldest.first().map(|item| get_n(item, attr::UPDATED_AT)).transpose()?;
         Ok(OutboxBacklog { pending, oldest_created_at_ms })
     }
 
@@ -466,49 +456,41 @@ impl JobStore for DynamoJobStore {
     /// reduce what DynamoDB reads), for on-call commands only. Eventually
     /// consistent.
     async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError> {
+        let mut items = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression(
+                "(begins_with(#sk, :job) AND #updated >= :since) OR (begins_with(#sk, :violation) AND #at >= :since)",
+            )
+            .projection_expression("#sk, #in_progress, #completed, #conclusion, #at")
+            .expression_attribute_names("#sk", attr::SK)
+            .expression_attribute_names("#updated", attr::UPDATED_AT)
+            .expression_attribute_names("#at", attr::AT_MS)
+            .expression_attribute_names("#in_progress", attr::IN_PROGRESS_AT_MS)
+            .expression_attribute_names("#completed", attr::COMPLETED_AT_MS)
+            .expression_attribute_names("#conclusion", attr::CONCLUSION)
+            .expression_attribute_values(":job", s(JOB_PREFIX))
+            .expression_attribute_values(":violation", s(VIOLATION_PREFIX))
+            .expression_attribute_values(":since", n(since_ms))
+            .into_paginator()
+            .items()
+            .send();
         let mut counts = CallbackCounts::default();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression(
-                    "(begins_with(#sk, :job) AND #updated >= :since) OR (begins_with(#sk, :violation) AND #at >= :since)",
-                )
-                .projection_expression("#sk, #in_progress, #completed, #conclusion, #at")
-                .expression_attribute_names("#sk", attr::SK)
-                .expression_attribute_names("#updated", attr::UPDATED_AT)
-                .expression_attribute_names("#at", attr::AT_MS)
-                .expression_attribute_names("#in_progress", attr::IN_PROGRESS_AT_MS)
-                .expression_attribute_names("#completed", attr::COMPLETED_AT_MS)
-                .expression_attribute_names("#conclusion", attr::CONCLUSION)
-                .expression_attribute_values(":job", s(JOB_PREFIX))
-                .expression_attribute_values(":violation", s(VIOLATION_PREFIX))
-                .expression_attribute_values(":since", n(since_ms))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Scan (callback counts)", e))?;
-            for item in page.items.unwrap_or_default() {
-                if get_s(&item, attr::SK)?.starts_with(VIOLATION_PREFIX) {
-                    counts.violations += 1;
-                    continue;
-                }
-                if opt_n::<i64>(&item, attr::IN_PROGRESS_AT_MS)?.is_some_and(|t| t >= since_ms) {
-                    counts.in_progress += 1;
-                }
-                if opt_n::<i64>(&item, attr::COMPLETED_AT_MS)?.is_some_and(|t| t >= since_ms) {
-                    if opt_s(&item, attr::CONCLUSION)?.as_deref() == Some("timed_out") {
-                        counts.timed_out += 1;
-                    } else {
-                        counts.completed += 1;
-                    }
-                }
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| unavailable("Scan (callback counts)", e))?;
+            if get_s(&item, attr::SK)?.starts_with(VIOLATION_PREFIX) {
+                counts.violations += 1;
+                continue;
             }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
+            if opt_n::<i64>(&item, attr::IN_PROGRESS_AT_MS)?.is_some_and(|t| t >= since_ms) {
+                counts.in_progress += 1;
+            }
+            if opt_n::<i64>(&item, attr::COMPLETED_AT_MS)?.is_some_and(|t| t >= since_ms) {
+                match opt_s(&item, attr::CONCLUSION)?.as_deref() {
+                    Some("timed_out") => counts.timed_out += 1,
+                    _ => counts.completed += 1,
+                }
             }
         }
         Ok(counts)
