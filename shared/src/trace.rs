@@ -9,21 +9,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::{AwsResources, ConfigError};
+use crate::config::AwsResources;
 use crate::domain::DeliveryId;
 use crate::lifecycle::{JobRecord, JobStore, OutboxItem, Violation};
+use crate::ops::backend::BackendError;
 use crate::ports::{DispatchRecord, DispatchStore, StoreError};
-
-/// Why the stores could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum TraceError {
-    #[error("no database at {0} (give --database PATH or set CRCR_DATABASE)")]
-    NoDatabase(String),
-    #[error("database {path}: {error}")]
-    Database { path: String, error: StoreError },
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-}
 
 /// The two stores a trace reads.
 pub struct TraceStores {
@@ -34,12 +24,12 @@ pub struct TraceStores {
 impl TraceStores {
     /// The SQLite file of `crcr serve` at `path`, which must exist (a wrong
     /// path must not create an empty database and report "nothing recorded").
-    pub fn sqlite(path: &Path) -> Result<Self, TraceError> {
+    pub fn sqlite(path: &Path) -> Result<Self, BackendError> {
         if !path.is_file() {
-            return Err(TraceError::NoDatabase(path.display().to_string()));
+            return Err(BackendError::NoDatabase(path.display().to_string()));
         }
         let db = crate::sqlite::Db::open(path)
-            .map_err(|error| TraceError::Database { path: path.display().to_string(), error })?;
+            .map_err(|e| BackendError::Database { path: path.display().to_string(), error: e.to_string() })?;
         Ok(Self {
             dispatches: Box::new(crate::sqlite::SqliteDispatchStore::new(db.clone())),
             jobs: Box::new(crate::sqlite::SqliteJobStore::new(db)),
@@ -50,7 +40,7 @@ impl TraceStores {
     /// the missing one), through `CRCR_AWS_ENDPOINT_URL` when set (an
     /// emulator), with the usual AWS credential chain. Reads are `Query`s
     /// with `ConsistentRead` on the delivery id (no scan).
-    pub async fn aws(res: &AwsResources) -> Result<Self, TraceError> {
+    pub async fn aws(res: &AwsResources) -> Result<Self, BackendError> {
         const BY: &str = "crcr trace --aws";
         let (dispatch_table, jobs_table) = (res.dispatch_table(BY)?, res.jobs_table(BY)?);
         let sdk = crate::aws::sdk_config(res.endpoint_url.as_deref()).await;

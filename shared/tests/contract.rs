@@ -447,42 +447,15 @@ impl Backend for Moto {
         let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-kv");
-        create_kv_table(&client, &table).await;
+        // The kv table as infra/modules/crcr/dynamodb.tf creates it: hash key `pk` (S), TTL.
+        let pk = ("pk", aws_sdk_dynamodb::types::ScalarAttributeType::S);
+        crcr_shared::standin::moto::table(&proxied, &table, pk, None, None).await;
         let kv = || {
             crcr_shared::aws::DynamoKv::new(client.clone(), table.clone(), clock.clone())
                 .with_rate_per_min(rate_per_min)
         };
         Fx { inner: (kv(), kv()), _guard: None }
     }
-}
-
-/// Creates the kv table as infra/modules/crcr/dynamodb.tf does: hash key
-/// `pk` (S) only, TTL on `expires_at`.
-async fn create_kv_table(client: &aws_sdk_dynamodb::Client, name: &str) {
-    use aws_sdk_dynamodb::error::DisplayErrorContext;
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
-    };
-    client
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap(),
-        )
-        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create table {name}: {}", DisplayErrorContext(e)));
-    client
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("enable TTL on {name}: {}", DisplayErrorContext(e)));
 }
 
 // ================================================================ helpers

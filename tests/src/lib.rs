@@ -3,7 +3,6 @@
 //! the real fixtures, and waiting until a delivery is settled.
 
 pub mod issuer;
-pub mod moto;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -30,6 +30,7 @@ mod apps;
 mod hooks;
 pub mod issuer;
 mod jwt;
+pub mod moto;
 mod repos;
 mod server;
 mod state;

@@ -1,7 +1,9 @@
-//! The relay's AWS resources on moto's server, shaped as
+//! The relay's AWS resources on moto's server (an AWS emulator), shaped as
 //! infra/modules/crcr creates them (queues with DLQs and redrive, tables
 //! with their keys, GSIs and TTL), uniquely named per call so tests run in
-//! parallel. A test that cannot reach moto fails; it never skips.
+//! parallel. For tests: a helper that cannot reach moto panics (a test that
+//! needs moto fails, it never skips); setup failures panic with the SDK's
+//! error.
 
 use std::time::Duration;
 
@@ -28,8 +30,8 @@ pub async fn sdk() -> SdkConfig {
         matches!(reachable, Ok(Ok(_))),
         "moto is not reachable at {url}: run scripts/test, or start `.venv/bin/moto_server -H 127.0.0.1 -p 5000`"
     );
-    let cfg = crcr_shared::aws::sdk_config(Some(&url)).await;
-    let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-tests");
+    let cfg = crate::aws::sdk_config(Some(&url)).await;
+    let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-standin-moto");
     cfg.to_builder().credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds)).build()
 }
 
@@ -139,10 +141,10 @@ impl Resources {
             jobs_table: format!("jobs-{id}"),
             kv_table: format!("kv-{id}"),
         };
-        let day_index = (crcr_shared::aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N));
+        let day_index = (crate::aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N));
         table(sdk, &r.dispatch_table, ("delivery_id", S), Some(("target", S)), Some(day_index)).await;
         table(sdk, &r.payload_table, ("key", S), Some(("chunk", N)), None).await;
-        let status_index = (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
+        let status_index = (crate::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
         table(sdk, &r.jobs_table, ("pk", S), Some(("sk", S)), Some(status_index)).await;
         table(sdk, &r.kv_table, ("pk", S), None, None).await;
         r
