@@ -250,7 +250,9 @@ pub struct RedeliverSettings {
     /// Pause between two redelivery requests (GitHub asks for ≥ 1 s between
     /// mutative requests).
     pub request_interval: Duration,
-    /// Wall time a run may take; what is left waits for the next run.
+    /// Wall time a run may take; what is left waits for the next run. The
+    /// default (90 s; checked between requests, each of which may take up
+    /// to GitHub's 10 s) fits the reconciler Lambda's default 120 s timeout.
     pub time_budget: Duration,
 }
 
@@ -262,7 +264,7 @@ impl Default for RedeliverSettings {
             max_redeliveries: 200,
             max_attempts: 3,
             request_interval: Duration::from_secs(1),
-            time_budget: Duration::from_secs(270),
+            time_budget: Duration::from_secs(90),
         }
     }
 }
