@@ -12,9 +12,10 @@ use crcr_shared::secrets::process_env_with_secrets;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
+    crcr_shared::metrics::init_emf_from_env();
     let sdk = sdk_config(Env::process().opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
     // The webhook secret and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here) when set.
     let env = process_env_with_secrets(&sdk).await?;
-    lambda_http::run(ingest_router(&env, &sdk)?).await
+    lambda_http::run(crcr_shared::metrics::flush_emf_after_each_request(ingest_router(&env, &sdk)?)).await
 }

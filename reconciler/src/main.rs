@@ -15,6 +15,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    crcr_shared::metrics::init_emf_from_env();
     let sdk = sdk_config(Env::process().opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
     // The HUD bot key and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here): a missing secret or permission fails the cold start
@@ -23,7 +24,11 @@ async fn main() -> Result<(), Error> {
     let function = Arc::new(reconciler_function(&env, &sdk)?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let function = function.clone();
-        async move { Ok::<_, Error>(function.handle(event.payload).await?) }
+        async move {
+            let out = function.handle(event.payload).await;
+            crcr_shared::metrics::flush_emf();
+            Ok::<_, Error>(out?)
+        }
     }))
     .await
 }

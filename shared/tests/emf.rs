@@ -54,8 +54,8 @@ fn check_document(doc: &Value) -> (String, Vec<String>, BTreeMap<String, (Option
     (namespace, set, metrics)
 }
 
-#[test]
-fn emf_documents_follow_the_specification_and_feed_the_alarms() {
+#[tokio::test]
+async fn emf_documents_follow_the_specification_and_feed_the_alarms() {
     // Nothing is written before the recorder is installed.
     assert!(flush().is_empty());
     let collector = init_emf(m::DEFAULT_NAMESPACE).expect("first recorder of this process");
@@ -109,4 +109,21 @@ fn emf_documents_follow_the_specification_and_feed_the_alarms() {
     assert_eq!(names, ["GitHubRateLimitRemaining", "HudOutboxBacklog", "HudOutboxLag", "NeverStartedDispatches"]);
     assert_eq!(parsed[0].2["HudOutboxBacklog"].1, Value::from(0.0));
     assert!(parsed[0].1.is_empty());
+
+    // The ingest Lambda's router flushes (to stdout) after each request, so
+    // what a request recorded is gone from the next flush.
+    use tower::ServiceExt;
+    let app = m::flush_emf_after_each_request(axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async {
+            metrics::counter!(m::WEBHOOKS, "event" => "ping", "outcome" => "ignored").increment(1);
+            "ok"
+        }),
+    ));
+    let res = app.oneshot(http::Request::get("/").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let docs = flush();
+    assert!(docs.iter().all(|d| d.get("Webhooks").is_none()), "already flushed by the middleware: {docs:?}");
+    metrics::counter!(m::WEBHOOKS, "event" => "ping", "outcome" => "ignored").increment(1);
+    assert!(flush().iter().any(|d| d["Webhooks"] == 1 && d["event"] == "ping"), "recorded outside a request: kept");
 }
