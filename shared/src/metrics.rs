@@ -84,7 +84,8 @@ pub const CALLBACKS_ACCEPTED: &str = "CallbacksAccepted";
 /// e.g. `expired`, `bad_signature`, `replay`, `wrong_audience` (401),
 /// `not_allowlisted`, `level`, `identity_not_allowed` (403), `rate_limited`
 /// (429), `bad_body` (400), `lifecycle` (409 at request time, or a lifecycle
-/// violation found by the reconciler), `queue_unavailable` /
+/// violation found by the reconciler), `unknown_commit` (a nightly/periodic
+/// callback for a commit the upstream does not have), `queue_unavailable` /
 /// `store_unavailable` / `allowlist_unavailable` (503).
 pub const CALLBACK_REJECTIONS: &str = "CallbackRejections";
 
