@@ -7,6 +7,7 @@ pub mod allowlist;
 pub mod aws;
 pub mod callback;
 pub mod callback_route;
+pub mod checks;
 pub mod client_payload;
 pub mod commits;
 pub mod config;

@@ -1,0 +1,351 @@
+//! Upstream check runs for L3/L4 downstream jobs (CONTRACTS.md "Upstream
+//! check runs", issue 4): what a job's check run on the upstream pull
+//! request looks like, which jobs get one, and the [`CheckRuns`] port that
+//! creates and updates it.
+//!
+//! - Name `crcr/<owner>/<repo>/<workflow>/<job>`, at most [`MAX_NAME_CHARS`]
+//!   characters; a longer one keeps its head and ends with `~` and 10 hex
+//!   digits of the SHA-256 of the full name, so it is stable and two long
+//!   names never collide.
+//! - `external_id` `<run_id>:<pr number>` (`<run_id>:` without a PR), so a
+//!   re-run request can find the downstream run.
+//! - `details_url`: the downstream job's URL.
+//! - `output.title` / `output.summary` within GitHub's 65,535 bytes, cut at
+//!   a char boundary ("Create a check run": `output.summary` "Maximum length:
+//!   65535 characters", which GitHub counts in bytes: github/rest-api-description#5399).
+//! - Status: IN_PROGRESS → `in_progress`; COMPLETED → `completed` with the
+//!   job's conclusion (the callback schema already restricts it to
+//!   [`crate::callback::CONCLUSIONS`]).
+//! - Who gets one: L4 always; L3 only when the pull request carries
+//!   `ciflow/crcr/<device>` (or the older `ciflow/oot/<device>`), `<device>`
+//!   being the repository's L3 device key in the allowlist. This slice reads
+//!   the labels of the event that was dispatched; `labeled` after the
+//!   dispatch is the next slice.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{Level, RepoFullName};
+use crate::lifecycle::{JobRecord, JobState};
+use crate::ports::GitHubError;
+
+/// Longest check-run name the relay sends, in characters. GitHub's REST
+/// docs ("Create a check run") state no maximum for `name`; 255 is the
+/// limit GitHub applies to its other short check-run strings (annotation
+/// `title`), and what the stand-in enforces.
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// GitHub's limit on `output.summary` (and `output.text`), in bytes
+/// ("Create a check run": 65,535).
+pub const MAX_OUTPUT_BYTES: usize = 65_535;
+
+/// Hex digits of the SHA-256 suffix a truncated name ends with.
+const NAME_HASH_HEX: usize = 10;
+
+/// Label prefixes that ask for L3 check runs: `ciflow/crcr/<device>`, and
+/// the older `ciflow/oot/<device>`.
+pub const LABEL_PREFIXES: &[&str] = &["ciflow/crcr/", "ciflow/oot/"];
+
+/// The check-run name of a downstream job: `crcr/<owner>/<repo>/<workflow>/<job>`,
+/// at most [`MAX_NAME_CHARS`] characters (longer ones: head + `~` + 10 hex
+/// digits of SHA-256 of the full name). Same inputs, same name.
+pub fn check_run_name(repo: &RepoFullName, workflow: &str, job: &str) -> String {
+    let full = format!("crcr/{}/{}/{}", repo.as_str(), workflow, job);
+    if full.chars().count() <= MAX_NAME_CHARS {
+        return full;
+    }
+    let digest = hex::encode(Sha256::digest(full.as_bytes()));
+    let head: String = full.chars().take(MAX_NAME_CHARS - NAME_HASH_HEX - 1).collect();
+    format!("{head}~{}", &digest[..NAME_HASH_HEX])
+}
+
+/// `external_id` of a job's check run: `<run_id>:<pr number>`, or
+/// `<run_id>:` when the event had no pull request (a push).
+pub fn external_id(run_id: u64, pr_number: Option<u64>) -> String {
+    match pr_number {
+        Some(pr) => format!("{run_id}:{pr}"),
+        None => format!("{run_id}:"),
+    }
+}
+
+/// The longest prefix of `s` of at most `max_bytes` bytes that ends on a
+/// char boundary.
+pub fn truncate_utf8(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Whether a job of a repository at `level` gets an upstream check run:
+/// L4 always; L3 when `labels` hold `ciflow/crcr/<device>` or
+/// `ciflow/oot/<device>` for the repository's allowlist `device`
+/// (compared case-insensitively, as GitHub label names are); never below L3
+/// (CONTRACTS.md "Allowlist" table).
+pub fn wants_check_run<S: AsRef<str>>(level: Level, device: Option<&str>, labels: &[S]) -> bool {
+    match level {
+        Level::L4 => true,
+        Level::L3 => device.is_some_and(|device| {
+            labels.iter().any(|l| {
+                let l = l.as_ref();
+                LABEL_PREFIXES.iter().any(|p| {
+                    l.len() == p.len() + device.len()
+                        && l[..p.len()].eq_ignore_ascii_case(p)
+                        && l.get(p.len()..).is_some_and(|d| d.eq_ignore_ascii_case(device))
+                })
+            })
+        }),
+        _ => false,
+    }
+}
+
+/// The label names of a `pull_request` webhook payload
+/// (`pull_request.labels[].name`); none for other events.
+pub fn pr_labels(payload: &Value) -> Vec<String> {
+    payload
+        .pointer("/pull_request/labels")
+        .and_then(Value::as_array)
+        .map(|labels| labels.iter().filter_map(|l| l.get("name")?.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Check-run `status` values the relay sends (GitHub also knows `queued`,
+/// and `waiting` / `requested` / `pending`, which only GitHub Actions sets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    InProgress,
+    Completed,
+}
+
+/// `output` of a check run: `title` and `summary` (Markdown), each within
+/// [`MAX_OUTPUT_BYTES`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOutput {
+    pub title: String,
+    pub summary: String,
+}
+
+/// The body of `POST /repos/{o}/{r}/check-runs` and (without `head_sha`
+/// changes) `PATCH /repos/{o}/{r}/check-runs/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRunRequest {
+    pub name: String,
+    /// The upstream commit (40 hex digits).
+    pub head_sha: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_url: Option<String>,
+    pub external_id: String,
+    pub status: CheckStatus,
+    /// Set exactly when `status` is completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conclusion: Option<String>,
+    /// ISO 8601 (`YYYY-MM-DDTHH:MM:SSZ`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    pub output: CheckOutput,
+}
+
+fn iso(ms: Option<i64>) -> Option<String> {
+    ms.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// The check run showing `job` on upstream commit `head_sha` of pull
+/// request `pr_number`. Title and summary name the job, its state and its
+/// timings (relay clock), within [`MAX_OUTPUT_BYTES`].
+pub fn check_run_for(job: &JobRecord, head_sha: &str, pr_number: Option<u64>) -> CheckRunRequest {
+    let workflow = job.workflow_name.as_deref().unwrap_or("workflow");
+    let name = check_run_name(&job.key.repo, workflow, &job.key.job_name);
+    let (status, conclusion) = match job.state {
+        JobState::InProgress => (CheckStatus::InProgress, None),
+        JobState::Completed => {
+            (CheckStatus::Completed, Some(job.conclusion.clone().unwrap_or_else(|| "neutral".into())))
+        }
+    };
+    let state = conclusion.as_deref().unwrap_or("in progress");
+    let title = format!("{} {}: {}", job.key.repo, job.key.job_name, state);
+    let mut summary = format!(
+        "Downstream job `{}` of workflow `{}` in `{}` (run {}, attempt {}, level {}): **{}**.",
+        job.key.job_name,
+        workflow,
+        job.key.repo,
+        job.key.run_id,
+        job.key.run_attempt,
+        job.level.as_str(),
+        state
+    );
+    if let Some(q) = job.queue_time_s {
+        summary.push_str(&format!("\n\nQueue time: {q:.1} s."));
+    }
+    if let Some(e) = job.execution_time_s {
+        summary.push_str(&format!("\n\nExecution time: {e:.1} s."));
+    }
+    CheckRunRequest {
+        name,
+        head_sha: head_sha.to_owned(),
+        details_url: job.url.clone(),
+        external_id: external_id(job.key.run_id, pr_number),
+        status,
+        conclusion,
+        started_at: iso(job.in_progress_at_ms),
+        completed_at: if job.state == JobState::Completed { iso(job.completed_at_ms) } else { None },
+        output: CheckOutput {
+            title: truncate_utf8(&title, MAX_OUTPUT_BYTES).to_owned(),
+            summary: truncate_utf8(&summary, MAX_OUTPUT_BYTES).to_owned(),
+        },
+    }
+}
+
+/// Creates and updates check runs on the upstream repository, with an
+/// installation token narrowed to that repository and `checks: write`
+/// (GitHub REST "Create a check run" / "Update a check run"). Errors are
+/// classified once ([`crate::github::classify`]): transient (5xx, rate
+/// limits, 401) or permanent (404 not installed, 422 validation, other 4xx).
+#[async_trait]
+pub trait CheckRuns: Send + Sync {
+    /// `POST /repos/{o}/{r}/check-runs`; returns the check run's id.
+    async fn create_check_run(&self, repo: &RepoFullName, run: &CheckRunRequest) -> Result<u64, GitHubError>;
+    /// `PATCH /repos/{o}/{r}/check-runs/{id}` with `run` (status,
+    /// conclusion, output, ...).
+    async fn update_check_run(&self, repo: &RepoFullName, id: u64, run: &CheckRunRequest) -> Result<(), GitHubError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::DeliveryId;
+    use crate::lifecycle::JobKey;
+
+    fn repo(s: &str) -> RepoFullName {
+        RepoFullName::parse(s).unwrap()
+    }
+
+    fn job(state: JobState, conclusion: Option<&str>) -> JobRecord {
+        JobRecord {
+            key: JobKey {
+                delivery_id: DeliveryId::parse("d-1").unwrap(),
+                repo: repo("org4/four"),
+                run_id: 123,
+                run_attempt: 2,
+                job_name: "build".into(),
+            },
+            state,
+            level: Level::L4,
+            dispatched_at_ms: Some(1_700_000_000_000),
+            in_progress_at_ms: Some(1_700_000_001_500),
+            completed_at_ms: conclusion.map(|_| 1_700_000_061_500),
+            conclusion: conclusion.map(str::to_owned),
+            queue_time_s: Some(1.5),
+            execution_time_s: conclusion.map(|_| 60.0),
+            workflow_name: Some("CI".into()),
+            url: Some("https://github.com/org4/four/actions/runs/123/job/9".into()),
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn short_names_are_kept_whole() {
+        assert_eq!(check_run_name(&repo("Org/Repo"), "CI", "build (linux)"), "crcr/Org/Repo/CI/build (linux)");
+    }
+
+    #[test]
+    fn long_names_are_cut_stably_with_a_hash_suffix() {
+        let long_a = format!("{}a", "x".repeat(400));
+        let long_b = format!("{}b", "x".repeat(400));
+        let a = check_run_name(&repo("o/r"), "CI", &long_a);
+        let b = check_run_name(&repo("o/r"), "CI", &long_b);
+        assert_eq!(a.chars().count(), MAX_NAME_CHARS);
+        assert_eq!(b.chars().count(), MAX_NAME_CHARS);
+        assert_ne!(a, b, "two long names that differ only past the cut must not collide");
+        assert_eq!(a, check_run_name(&repo("o/r"), "CI", &long_a), "stable");
+        assert!(a.starts_with("crcr/o/r/CI/xxx"));
+        assert_eq!(a.as_bytes()[MAX_NAME_CHARS - NAME_HASH_HEX - 1], b'~');
+        // Multi-byte characters count as one each and are never split.
+        let wide = check_run_name(&repo("o/r"), "CI", &"é".repeat(300));
+        assert_eq!(wide.chars().count(), MAX_NAME_CHARS);
+        // Exactly at the limit: kept whole.
+        let exact = "j".repeat(MAX_NAME_CHARS - "crcr/o/r/CI/".len());
+        assert_eq!(check_run_name(&repo("o/r"), "CI", &exact), format!("crcr/o/r/CI/{exact}"));
+    }
+
+    #[test]
+    fn external_id_is_run_and_pr() {
+        assert_eq!(external_id(123, Some(45)), "123:45");
+        assert_eq!(external_id(123, None), "123:");
+    }
+
+    #[test]
+    fn truncation_keeps_char_boundaries() {
+        assert_eq!(truncate_utf8("abc", 5), "abc");
+        assert_eq!(truncate_utf8("abcdef", 3), "abc");
+        assert_eq!(truncate_utf8("aé", 2), "a", "é is 2 bytes: cut before it");
+        let big = "€".repeat(30_000); // 90,000 bytes
+        let cut = truncate_utf8(&big, MAX_OUTPUT_BYTES);
+        assert!(cut.len() <= MAX_OUTPUT_BYTES && cut.len() > MAX_OUTPUT_BYTES - 3);
+    }
+
+    #[test]
+    fn l4_always_l3_only_with_its_device_label() {
+        let none: [&str; 0] = [];
+        assert!(wants_check_run(Level::L4, None, &none));
+        assert!(!wants_check_run(Level::L3, Some("gpu"), &none));
+        assert!(wants_check_run(Level::L3, Some("gpu"), &["ciflow/crcr/gpu"]));
+        assert!(wants_check_run(Level::L3, Some("gpu"), &["ciflow/oot/gpu"]));
+        assert!(wants_check_run(Level::L3, Some("gpu"), &["CIFlow/CRCR/GPU"]));
+        assert!(!wants_check_run(Level::L3, Some("gpu"), &["ciflow/crcr/npu"]));
+        assert!(!wants_check_run(Level::L3, Some("gpu"), &["ciflow/crcr/gpu2", "ciflow/trunk"]));
+        assert!(!wants_check_run(Level::L3, None, &["ciflow/crcr/gpu"]));
+        assert!(!wants_check_run(Level::L2, Some("gpu"), &["ciflow/crcr/gpu"]));
+        assert!(!wants_check_run(Level::L1, None, &none));
+    }
+
+    #[test]
+    fn labels_are_read_from_the_pull_request() {
+        let p =
+            serde_json::json!({"pull_request": {"labels": [{"name": "ciflow/crcr/gpu"}, {"id": 1}, {"name": "x"}]}});
+        assert_eq!(pr_labels(&p), vec!["ciflow/crcr/gpu", "x"]);
+        assert!(pr_labels(&serde_json::json!({"ref": "refs/heads/main"})).is_empty());
+    }
+
+    #[test]
+    fn in_progress_and_completed_map_to_github_values() {
+        let sha = "a".repeat(40);
+        let run = check_run_for(&job(JobState::InProgress, None), &sha, Some(7));
+        assert_eq!(run.name, "crcr/org4/four/CI/build");
+        assert_eq!(run.status, CheckStatus::InProgress);
+        assert_eq!(run.conclusion, None);
+        assert_eq!(run.external_id, "123:7");
+        assert_eq!(run.details_url.as_deref(), Some("https://github.com/org4/four/actions/runs/123/job/9"));
+        assert_eq!(run.started_at.as_deref(), Some("2023-11-14T22:13:21Z"));
+        assert_eq!(run.completed_at, None);
+        let body = serde_json::to_value(&run).unwrap();
+        assert_eq!(body["status"], "in_progress");
+        assert!(body.get("conclusion").is_none(), "no conclusion while in progress: {body}");
+
+        let done = check_run_for(&job(JobState::Completed, Some("failure")), &sha, Some(7));
+        assert_eq!(done.status, CheckStatus::Completed);
+        assert_eq!(done.conclusion.as_deref(), Some("failure"));
+        assert_eq!(done.completed_at.as_deref(), Some("2023-11-14T22:14:21Z"));
+        assert_eq!(done.name, run.name, "the same check run name through the lifecycle");
+        assert!(done.output.summary.contains("Execution time: 60.0 s"), "{}", done.output.summary);
+        assert_eq!(serde_json::to_value(&done).unwrap()["status"], "completed");
+    }
+
+    #[test]
+    fn output_stays_within_githubs_limit() {
+        let mut j = job(JobState::InProgress, None);
+        j.key.job_name = "€".repeat(40_000);
+        let run = check_run_for(&j, &"b".repeat(40), None);
+        assert!(run.output.title.len() <= MAX_OUTPUT_BYTES);
+        assert!(run.output.summary.len() <= MAX_OUTPUT_BYTES);
+        assert!(run.name.chars().count() <= MAX_NAME_CHARS);
+    }
+}
