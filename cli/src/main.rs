@@ -63,13 +63,13 @@ enum Command {
     },
 }
 
+/// Logs on stderr: `CRCR_LOG` filter (else `default`), `CRCR_LOG_FORMAT=json` for JSON lines.
 fn init_tracing(default: &str) {
     use crcr_shared::metrics::{init_logs, LogFormat};
     init_logs(default, LogFormat::from_env(), std::io::stderr);
 }
 
 #[tokio::main]
-/// Logs on stderr: `CRCR_LOG` filter (else `default`), `CRCR_LOG_FORMAT=json` for JSON lines.
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

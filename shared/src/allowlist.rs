@@ -316,6 +316,7 @@ impl AllowlistProvider {
                 let list = Arc::new(list);
                 if last.as_ref().map(|(l, _)| l.version() != list.version()).unwrap_or(true) {
                     tracing::info!(version = list.version(), repos = list.entries().len(), "allowlist loaded");
+                    crate::metrics::allowlist_loaded(list.version());
                 }
                 *self.state.write().expect("allowlist lock") = Some((list.clone(), Instant::now()));
                 Ok(list)

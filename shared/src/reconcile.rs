@@ -146,6 +146,7 @@ impl Reconciler {
                     if let Err(e) = self.jobs.record_violation(&violation).await {
                         return ReconcileOutcome::Retry(e.to_string());
                     }
+                    ::metrics::counter!(crate::metrics::CALLBACK_REJECTIONS, "reason" => "unknown_commit").increment(1);
                     tracing::warn!(%reason, metric = "callback_rejections", "scheduled callback for an unknown commit; nothing recorded");
                     return ReconcileOutcome::Done(Reconciled::Violation(reason));
                 }
@@ -169,6 +170,7 @@ impl Reconciler {
                         tracing::info!(queue_time_s = ?job.queue_time_s, execution_time_s = ?job.execution_time_s, "job state recorded")
                     }
                     Reconciled::Violation(reason) => {
+                        ::metrics::counter!(crate::metrics::CALLBACK_REJECTIONS, "reason" => "lifecycle").increment(1);
                         tracing::warn!(%reason, metric = "callback_rejections", "lifecycle violation; nothing changed")
                     }
                 }
@@ -239,6 +241,8 @@ impl Reconciler {
         }
         match self.never_started().await {
             Ok(list) => {
+                // Every sweep, 0 included, so the alarm clears.
+                ::metrics::gauge!(crate::metrics::NEVER_STARTED_DISPATCHES).set(list.len() as f64);
                 if !list.is_empty() {
                     let sample: Vec<String> =
                         list.iter().take(10).map(|n| format!("{} -> {}", n.delivery_id, n.target)).collect();
@@ -268,9 +272,17 @@ impl MessageHandler for Reconciler {
     async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<(), QueueError> {
         match self.process(&msg.body).await {
             ReconcileOutcome::Done(_) => queue.delete(QueueSide::Source, &msg.receipt).await,
-            ReconcileOutcome::Poison(reason) => queue.dead_letter(msg, &reason).await,
+            ReconcileOutcome::Poison(reason) => {
+                queue.dead_letter(msg, &reason).await?;
+                ::metrics::counter!(crate::metrics::DLQ_SENDS, "queue" => "reconcile").increment(1);
+                Ok(())
+            }
             ReconcileOutcome::Retry(reason) if msg.receive_count >= self.settings.max_receive_count => {
-                queue.dead_letter(msg, &format!("still failing after {} receives: {reason}", msg.receive_count)).await
+                queue
+                    .dead_letter(msg, &format!("still failing after {} receives: {reason}", msg.receive_count))
+                    .await?;
+                ::metrics::counter!(crate::metrics::DLQ_SENDS, "queue" => "reconcile").increment(1);
+                Ok(())
             }
             ReconcileOutcome::Retry(_) => {
                 let delay = Duration::from_secs(1 << msg.receive_count.min(8));

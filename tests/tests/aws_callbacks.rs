@@ -27,7 +27,7 @@ use crcr_shared::ports::{DispatchStatus, EventQueue, QueueSide, ReceivedMessage}
 use crcr_shared::signature::WebhookSecret;
 use crcr_shared::standin::issuer::{Hud, Issuer};
 use crcr_shared::standin::moto::{self, Resources};
-use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_shared::standin::{HookDeliverySeed, StandIn, StandInOptions};
 use crcr_shared::trace::TraceStores;
 use crcr_tests::{fixture, uuid, UPSTREAM};
 use serde_json::{json, Value};
@@ -337,10 +337,20 @@ async fn rate_limit_poison_messages_and_scheduled_tasks() {
         assert!(e.to_string().contains(var) && e.to_string().contains("reconciler"), "{e}");
     }
 
-    // Scheduled tasks: sweep works; redeliver is not wired yet; anything else is named.
+    // Scheduled tasks: sweep works; redeliver asks GitHub (the stand-in) to
+    // redeliver the failed delivery only, and its cursor lands in the kv
+    // table; anything else is named.
     assert!(w.reconciler.handle(json!({"task": "sweep"})).await.is_ok());
-    let e = w.reconciler.handle(json!({"task": "redeliver"})).await.unwrap_err();
-    assert!(matches!(e, ReconcilerEventError::NotWired(_)) && e.to_string() == "redeliver task not wired yet", "{e}");
+    let recent = std::time::SystemTime::now() - Duration::from_secs(600);
+    w.gh.add_hook_delivery(HookDeliverySeed::new("guid-ok", "push", 202, recent));
+    let failed = w.gh.add_hook_delivery(HookDeliverySeed::new("guid-failed", "push", 502, recent));
+    let out = w.reconciler.handle(json!({"task": "redeliver"})).await.unwrap();
+    assert_eq!(out["report"]["redelivered"], 1, "{out}");
+    let asked: Vec<u64> = w.gh.redelivery_requests().iter().map(|r| r.delivery_id).collect();
+    assert_eq!(asked, vec![failed]);
+    assert!(w.reconciler.state.get("redeliver").await.unwrap().is_some(), "cursor kept in the kv table");
+    w.reconciler.handle(json!({"task": "redeliver"})).await.unwrap();
+    assert_eq!(w.gh.redelivery_requests().len(), 1, "a second run asks for nothing new");
     let e = w.reconciler.handle(json!({"task": "vacuum"})).await.unwrap_err();
     assert!(e.to_string().contains("\"vacuum\""), "{e}");
     let e = w.reconciler.handle(json!({"detail-type": "Scheduled Event"})).await.unwrap_err();

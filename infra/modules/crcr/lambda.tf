@@ -74,6 +74,7 @@ locals {
     CRCR_JOBS_TABLE          = aws_dynamodb_table.jobs.name
     CRCR_KV_TABLE            = aws_dynamodb_table.kv.name
     CRCR_SECRETS_ARN         = var.secrets_arn
+    CRCR_METRICS_NAMESPACE   = var.metrics_namespace
     CRCR_OIDC_AUDIENCE       = var.oidc_audience
   }
 
@@ -91,6 +92,7 @@ locals {
     CRCR_KV_TABLE           = aws_dynamodb_table.kv.name
     CRCR_MAX_RECEIVE_COUNT  = tostring(var.max_receive_count)
     CRCR_SECRETS_ARN        = var.secrets_arn
+    CRCR_METRICS_NAMESPACE  = var.metrics_namespace
   }
 
   # Consume callbacks (lifecycle, HUD outbox, check runs), run the sweeps and
@@ -106,6 +108,7 @@ locals {
     CRCR_KV_TABLE            = aws_dynamodb_table.kv.name
     CRCR_MAX_RECEIVE_COUNT   = tostring(var.max_receive_count)
     CRCR_SECRETS_ARN         = var.secrets_arn
+    CRCR_METRICS_NAMESPACE   = var.metrics_namespace
     CRCR_HUD_URL             = var.hud_url
   }
 }

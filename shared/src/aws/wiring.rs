@@ -162,6 +162,8 @@ pub struct ReconcilerFunction {
     pub queue: Arc<SqsQueue>,
     /// `CRCR_KV_TABLE` (e.g. the redeliver cursor).
     pub state: Arc<dyn StateStore>,
+    /// Missed-delivery recovery (`{"task": "redeliver"}`), its cursor in `state`.
+    pub redeliver: crate::redeliver::Redeliverer,
 }
 
 /// The reconciler function from the environment: job records in
@@ -183,10 +185,11 @@ pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerF
         clock: clock.clone(),
         settings: cfg.callbacks.reconciler.clone(),
         upstream: cfg.upstream.clone(),
-        commits: Arc::new(crate::commits::CachedCommitLookup::new(github, clock.clone())),
+        commits: Arc::new(crate::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
     });
-    let state = Arc::new(DynamoKv::new(dynamo, aws.kv_table(RECONCILER)?, clock));
-    Ok(ReconcilerFunction { reconciler, queue, state })
+    let state: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo, aws.kv_table(RECONCILER)?, clock));
+    let redeliver = crate::redeliver::Redeliverer::new(github, state.clone());
+    Ok(ReconcilerFunction { reconciler, queue, state, redeliver })
 }
 
 /// Why a reconciler invocation failed (Lambda reports it; a scheduled run is
@@ -199,8 +202,8 @@ pub enum ReconcilerEventError {
     UnknownEvent(String),
     #[error("unknown scheduled task {0:?} (known: sweep, redeliver)")]
     UnknownTask(String),
-    #[error("{0} task not wired yet")]
-    NotWired(&'static str),
+    #[error("redeliver task: {0}")]
+    Redeliver(#[from] crate::redeliver::RedeliverError),
     #[error("sweep failed: {0}")]
     Sweep(#[from] StoreError),
 }
@@ -213,7 +216,9 @@ impl ReconcilerFunction {
     ///   (`{"batchItemFailures": [{"itemIdentifier": <message id>}]}`);
     /// - an EventBridge schedule whose target input is `{"task": "sweep"}`
     ///   (timeouts, never-started dispatches, HUD outbox → its figures as
-    ///   JSON) or `{"task": "redeliver"}` (infra/modules/crcr/schedules.tf).
+    ///   JSON) or `{"task": "redeliver"}` (ask GitHub to redeliver webhook
+    ///   deliveries that failed: [`crate::redeliver`]; its report as JSON)
+    ///   (infra/modules/crcr/schedules.tf).
     pub async fn handle(&self, event: Value) -> Result<Value, ReconcilerEventError> {
         if event.get("Records").is_some() {
             let batch: SqsEvent =
@@ -227,9 +232,12 @@ impl ReconcilerFunction {
                 log_sweep(&report);
                 Ok(json!({"task": "sweep", "report": report}))
             }
-            // REDELIVER HOOK (the lead wires shared/src/redeliver.rs here,
-            // with `self.state` for its cursor).
-            Some("redeliver") => Err(ReconcilerEventError::NotWired("redeliver")),
+            Some("redeliver") => {
+                // Logs its own summary; GitHub errors are in the report (the
+                // next tick retries), Err only when the state store failed.
+                let report = self.redeliver.run_scheduled().await?;
+                Ok(json!({"task": "redeliver", "report": report}))
+            }
             Some(other) => Err(ReconcilerEventError::UnknownTask(other.to_owned())),
             None => {
                 let mut shape: Vec<&str> =
