@@ -169,7 +169,7 @@ pub struct ReconcilerFunction {
 /// The reconciler function from the environment: job records in
 /// `CRCR_JOBS_TABLE`, DISPATCHED records read from `CRCR_DISPATCH_TABLE`,
 /// the reconcile queue and its DLQ, `CRCR_KV_TABLE`, HUD from `CRCR_HUD_URL`
-/// + the bot key (no URL: records wait in the outbox), upstream commits
+/// and the bot key (no URL: records wait in the outbox), upstream commits
 /// looked up with the GitHub App ([`RelayConfig`]).
 pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerFunction, WiringError> {
     let cfg = RelayConfig::from_env(env)?;
