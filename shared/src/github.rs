@@ -343,6 +343,65 @@ impl crate::ports::CommitLookup for GitHubAppClient {
     }
 }
 
+/// Upstream check runs (issue 4), with an installation token of the
+/// upstream repository narrowed to `checks: write`.
+#[async_trait]
+impl crate::checks::CheckRuns for GitHubAppClient {
+    async fn create_check_run(
+        &self,
+        repo: &RepoFullName,
+        run: &crate::checks::CheckRunRequest,
+    ) -> Result<u64, GitHubError> {
+        let client = self.checks_client(repo).await?;
+        let uri = format!("/repos/{}/{}/check-runs", repo.owner(), repo.name());
+        let (status, headers, bytes) = self.send(client._post(uri, Some(run)).await).await?;
+        if !status.is_success() {
+            return Err(self.checks_error(repo, status, &headers, &bytes));
+        }
+        serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v.get("id")?.as_u64()).ok_or_else(|| {
+            GitHubError::Transient { reason: "check run answer has no id".into(), retry_after: None }
+        })
+    }
+
+    async fn update_check_run(
+        &self,
+        repo: &RepoFullName,
+        id: u64,
+        run: &crate::checks::CheckRunRequest,
+    ) -> Result<(), GitHubError> {
+        let client = self.checks_client(repo).await?;
+        let uri = format!("/repos/{}/{}/check-runs/{id}", repo.owner(), repo.name());
+        let (status, headers, bytes) = self.send(client._patch(uri, Some(run)).await).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(self.checks_error(repo, status, &headers, &bytes))
+        }
+    }
+}
+
+impl GitHubAppClient {
+    /// A client with a token of `repo` narrowed to `checks: write`.
+    async fn checks_client(&self, repo: &RepoFullName) -> Result<Octocrab, GitHubError> {
+        let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
+            status: 404,
+            reason: format!("the App is not installed on {repo}"),
+        })?;
+        self.token_client(repo, installation, ("checks", "write")).await
+    }
+
+    /// [`classify`], forgetting the token on 401 and the installation on 404.
+    fn checks_error(&self, repo: &RepoFullName, status: StatusCode, headers: &HeaderMap, bytes: &[u8]) -> GitHubError {
+        if status == StatusCode::UNAUTHORIZED {
+            self.forget_token(repo);
+        }
+        if status == StatusCode::NOT_FOUND {
+            self.installations.lock().expect("installation cache").remove(repo.key());
+        }
+        classify(status, headers, bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,9 @@
 //!   [`StandIn::put_file`], raw or as GitHub's JSON;
 //! - `GET /app/hook/deliveries` and `POST /app/hook/deliveries/{id}/attempts`:
 //!   the App's webhook delivery log and redelivery, with GitHub's paging and
-//!   3-day window ([`StandIn::add_hook_delivery`], [`StandIn::redelivery_requests`]).
+//!   3-day window ([`StandIn::add_hook_delivery`], [`StandIn::redelivery_requests`]);
+//! - `POST /repos/{owner}/{repo}/check-runs` and `PATCH .../check-runs/{id}`
+//!   with GitHub's validation and `checks: write` ([`StandIn::check_runs`]).
 //!
 //! Every answer carries `x-ratelimit-*` and `x-github-request-id` headers;
 //! every request is recorded ([`StandIn::requests`]) with the client's port,
@@ -27,6 +29,7 @@
 //! clone of the [`StandIn`] is dropped, or on [`StandIn::shutdown`].
 
 mod apps;
+mod checks;
 mod hooks;
 pub mod issuer;
 mod jwt;
@@ -131,6 +134,30 @@ pub struct RecordedDispatch {
     pub at_ms: u64,
 }
 
+/// A check run as the stand-in holds it after its create and updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCheckRun {
+    pub id: u64,
+    /// `owner/repo` as written in the create path.
+    pub repo: String,
+    /// The installation of the token that created it.
+    pub installation_id: u64,
+    pub name: String,
+    /// Lower-case 40-hex SHA.
+    pub head_sha: String,
+    /// `queued` (GitHub's default), `in_progress`, `completed`, ...
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub details_url: Option<String>,
+    pub external_id: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub output_title: Option<String>,
+    pub output_summary: Option<String>,
+    /// Accepted `PATCH`es so far.
+    pub updates: u32,
+}
+
 /// A running stand-in. Clones share one server.
 #[derive(Clone)]
 pub struct StandIn {
@@ -225,8 +252,9 @@ impl StandIn {
     }
 
     /// Queues a fault for `repo` (case-insensitive): each valid dispatch to
-    /// it takes the oldest queued fault and answers with it; a 204 comes
-    /// only when the queue is empty.
+    /// it (and each valid check-run create or update on it) takes the oldest
+    /// queued fault and answers with it; success comes only when the queue
+    /// is empty.
     pub fn inject(&self, repo: &str, fault: Fault) {
         self.shared.world().faults.entry(repo.to_ascii_lowercase()).or_default().push_back(fault);
     }
@@ -254,6 +282,12 @@ impl StandIn {
     /// Every accepted dispatch so far, oldest first.
     pub fn dispatches(&self) -> Vec<RecordedDispatch> {
         self.shared.world().dispatches.clone()
+    }
+
+    /// The check runs created on `repo` (case-insensitive), oldest first,
+    /// as their last accepted update left them.
+    pub fn check_runs(&self, repo: &str) -> Vec<RecordedCheckRun> {
+        self.shared.world().check_runs.iter().filter(|r| r.repo.eq_ignore_ascii_case(repo)).cloned().collect()
     }
 
     /// Requests with `method` (any case) whose path starts with `path_prefix`.

@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use serde_json::json;
@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::jwt::{self, Rejection};
 use super::state::Shared;
-use super::{apps, hooks, repos, util, AuthKind, RecordedRequest};
+use super::{apps, checks, hooks, repos, util, AuthKind, RecordedRequest};
 
 pub(crate) const DOC_REST: &str = "https://docs.github.com/rest";
 
@@ -54,6 +54,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{owner}/{repo}/dispatches", post(repos::dispatch))
         .route("/repos/{owner}/{repo}/contents/{*path}", get(repos::contents))
         .route("/repos/{owner}/{repo}/commits/{sha}", get(repos::commit))
+        .route("/repos/{owner}/{repo}/check-runs", post(checks::create))
+        .route("/repos/{owner}/{repo}/check-runs/{id}", patch(checks::update))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), around))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::jwt::AppKey;
 use super::util;
-use super::{Fault, RecordedDispatch, RecordedRequest};
+use super::{Fault, RecordedCheckRun, RecordedDispatch, RecordedRequest};
 
 /// What the App may do; installations get exactly this.
 pub(crate) const APP_PERMISSIONS: &[(&str, &str)] = &[
@@ -57,6 +57,8 @@ pub(crate) struct World {
     /// The App's webhook delivery log (`/app/hook/deliveries`)
     pub hooks: super::hooks::HookLog,
     pub dispatches: Vec<RecordedDispatch>,
+    /// Check runs created (and updated in place), oldest first
+    pub check_runs: Vec<RecordedCheckRun>,
     /// identity -> (window start, Unix s; calls in the window)
     pub rate: HashMap<String, (u64, u64)>,
     next_installation: u64,
@@ -127,6 +129,7 @@ impl Shared {
                 requests: Vec::new(),
                 hooks: Default::default(),
                 dispatches: Vec::new(),
+                check_runs: Vec::new(),
                 rate: HashMap::new(),
                 next_installation: 40_000_001,
                 next_account: 90_000_001,
