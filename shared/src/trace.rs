@@ -65,7 +65,24 @@ pub struct Trace {
     pub jobs: Vec<JobRecord>,
     pub hud: Vec<OutboxItem>,
     pub violations: Vec<Violation>,
+    /// L2+ targets GitHub accepted the dispatch for that have not called
+    /// back (no job recorded), with how long ago they were dispatched (s).
+    /// Past the reconciler's deadline (`CRCR_NEVER_STARTED_SECS`, default
+    /// 1 h) these are the "dispatched but never started" ones.
+    pub silent_targets: Vec<SilentTarget>,
 }
+
+/// A dispatched L2+ target with no callback yet.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SilentTarget {
+    pub target: crate::domain::RepoFullName,
+    pub dispatched_at_ms: i64,
+    /// Seconds between the dispatch and the trace.
+    pub silent_for_s: i64,
+}
+
+/// The reconciler's default "never started" deadline, used by `render`.
+const NEVER_STARTED_DEFAULT_S: i64 = 3600;
 
 /// Reads everything recorded about `delivery`: dispatch records, jobs, HUD
 /// outbox items and lifecycle violations.
@@ -74,12 +91,25 @@ pub async fn trace(
     dispatches: &dyn DispatchStore,
     jobs: &dyn JobStore,
 ) -> Result<Trace, StoreError> {
+    let dispatches = dispatches.records(delivery).await?;
+    let jobs_of_delivery = jobs.jobs(delivery).await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let silent_targets = dispatches
+        .iter()
+        .filter(|d| d.status == crate::ports::DispatchStatus::Dispatched && d.meta.level >= crate::domain::Level::L2)
+        .filter(|d| !jobs_of_delivery.iter().any(|j| j.key.repo == d.target))
+        .map(|d| {
+            let at = d.dispatched_at_ms.unwrap_or(d.updated_at_ms);
+            SilentTarget { target: d.target.clone(), dispatched_at_ms: at, silent_for_s: (now_ms - at).max(0) / 1000 }
+        })
+        .collect();
     Ok(Trace {
         delivery_id: delivery.clone(),
-        dispatches: dispatches.records(delivery).await?,
-        jobs: jobs.jobs(delivery).await?,
+        dispatches,
+        jobs: jobs_of_delivery,
         hud: jobs.outbox(delivery).await?,
         violations: jobs.violations(delivery).await?,
+        silent_targets,
     })
 }
 
@@ -113,6 +143,17 @@ impl Trace {
                 if d.payload_trimmed { "  (payload trimmed)" } else { "" },
                 d.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
             ));
+            if let Some(s) = self.silent_targets.iter().find(|s| s.target == d.target) {
+                out.push_str(&if s.silent_for_s >= NEVER_STARTED_DEFAULT_S {
+                    format!(
+                        "    never started: no callback {} s after the dispatch (repository_dispatch fires only \
+                         workflows on the downstream's default branch; ask its oncall)\n",
+                        s.silent_for_s
+                    )
+                } else {
+                    format!("    no callback yet ({} s since the dispatch)\n", s.silent_for_s)
+                });
+            }
         }
         if !self.jobs.is_empty() {
             out.push_str("jobs:\n");

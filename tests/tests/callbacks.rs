@@ -245,6 +245,12 @@ async fn a_dispatch_with_no_callback_is_reported_never_started() {
     let report = w.relay.reconciler.sweep().await.unwrap();
     assert_eq!(report.never_started, late);
     assert_eq!(report.never_started_error, None);
+    // crcr trace shows the silent target.
+    let id = DeliveryId::parse(&w.delivery).unwrap();
+    let t = crcr_shared::trace::trace(&id, w.relay.store.as_ref(), &jobs(&w)).await.unwrap();
+    let silent: Vec<&str> = t.silent_targets.iter().map(|s| s.target.as_str()).collect();
+    assert_eq!(silent, vec!["org3/three"]);
+    assert!(t.render().contains("no callback yet"), "{}", t.render());
 }
 
 /// `nightly` callbacks name an upstream commit: a known SHA is recorded and
