@@ -129,159 +129,28 @@ impl Backend for Sqlite {
 
 struct Moto;
 
-const MOTO_DEFAULT_URL: &str = "http://127.0.0.1:5000";
+use crcr_shared::standin::moto::{self, Attr};
+
+/// moto's SDK configuration; fails the test (never skips) when moto does not answer.
+async fn moto_config() -> aws_config::SdkConfig {
+    moto::sdk().await
+}
 
 fn moto_url() -> String {
-    std::env::var("CRCR_TEST_MOTO_URL").unwrap_or_else(|_| MOTO_DEFAULT_URL.to_owned())
-}
-
-/// Fails the test (never skips) when moto does not answer, saying how to start it.
-async fn moto_config() -> aws_config::SdkConfig {
-    let url = moto_url();
-    let host = url.split("://").nth(1).unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
-    let reachable = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(host.as_str())).await;
-    match reachable {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => panic!("{}", moto_missing(&url, &e.to_string())),
-        Err(_) => panic!("{}", moto_missing(&url, "connect timed out after 3 s")),
-    }
-    let cfg = crcr_shared::aws::sdk_config(Some(&url)).await;
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some() {
-        return cfg;
-    }
-    // moto accepts any credentials; don't let the chain wander off to IMDS.
-    let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-contract-test");
-    cfg.to_builder().credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds)).build()
-}
-
-fn moto_missing(url: &str, err: &str) -> String {
-    format!(
-        "moto is not reachable at {url} ({err}). The AWS half of the contract suite needs moto's server:\n  \
-         python3 -m venv .venv && .venv/bin/pip install 'moto[server]==5.2.5'\n  \
-         .venv/bin/moto_server -H 127.0.0.1 -p 5000 &\n\
-         (or point CRCR_TEST_MOTO_URL at a running one)"
-    )
+    moto::url()
 }
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Creates a DynamoDB table with string hash key `hash` and range key
-/// `range` of type `range_type`, TTL on `expires_at` (the shape the adapters
-/// document).
-async fn create_table(
-    client: &aws_sdk_dynamodb::Client,
-    name: &str,
-    hash: &str,
-    range: &str,
-    range_type: aws_sdk_dynamodb::types::ScalarAttributeType,
-) {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
-    };
-    client
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder().attribute_name(hash).attribute_type(ScalarAttributeType::S).build().unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder().attribute_name(range).attribute_type(range_type).build().unwrap(),
-        )
-        .key_schema(KeySchemaElement::builder().attribute_name(hash).key_type(KeyType::Hash).build().unwrap())
-        .key_schema(KeySchemaElement::builder().attribute_name(range).key_type(KeyType::Range).build().unwrap())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
-    client
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("enable TTL on {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
-}
+const S: aws_sdk_dynamodb::types::ScalarAttributeType = aws_sdk_dynamodb::types::ScalarAttributeType::S;
+const N: aws_sdk_dynamodb::types::ScalarAttributeType = aws_sdk_dynamodb::types::ScalarAttributeType::N;
 
-/// Creates the jobs table as infra/modules/crcr/dynamodb.tf does: hash key
-/// `pk` (S), range key `sk` (S), GSI `by_status` on `status` (S) +
-/// `updated_at` (N) projecting all attributes, TTL on `expires_at`.
-async fn create_jobs_table(client: &aws_sdk_dynamodb::Client, name: &str) {
-    use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
-    create_table_with_index(
-        client,
-        name,
-        ("pk", S),
-        ("sk", S),
-        (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N)),
-    )
-    .await
-}
-
-/// Creates the dispatch table as infra/modules/crcr/dynamodb.tf does: hash
-/// key `delivery_id` (S), range key `target` (S), sparse GSI
-/// `by_dispatch_day` on `dispatch_day` (S) + `dispatched_at_ms` (N)
-/// projecting all attributes, TTL on `expires_at`.
-async fn create_dispatch_table(client: &aws_sdk_dynamodb::Client, name: &str) {
-    use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
-    let index = (crcr_shared::aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N));
-    create_table_with_index(client, name, ("delivery_id", S), ("target", S), index).await
-}
-
-type Attr<'a> = (&'a str, aws_sdk_dynamodb::types::ScalarAttributeType);
-
-/// A table with hash + range key, one GSI (hash + range, projection ALL)
-/// and TTL on `expires_at`.
-async fn create_table_with_index(
-    client: &aws_sdk_dynamodb::Client,
-    name: &str,
-    hash: Attr<'_>,
-    range: Attr<'_>,
-    (index, index_hash, index_range): (&str, Attr<'_>, Attr<'_>),
-) {
-    use aws_sdk_dynamodb::error::DisplayErrorContext;
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-        ScalarAttributeType, TimeToLiveSpecification,
-    };
-    let def = |n: &str, t: ScalarAttributeType| {
-        AttributeDefinition::builder().attribute_name(n).attribute_type(t).build().unwrap()
-    };
-    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
-    client
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(def(hash.0, hash.1.clone()))
-        .attribute_definitions(def(range.0, range.1.clone()))
-        .attribute_definitions(def(index_hash.0, index_hash.1.clone()))
-        .attribute_definitions(def(index_range.0, index_range.1.clone()))
-        .key_schema(key(hash.0, KeyType::Hash))
-        .key_schema(key(range.0, KeyType::Range))
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(index)
-                .key_schema(key(index_hash.0, KeyType::Hash))
-                .key_schema(key(index_range.0, KeyType::Range))
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create table {name}: {}", DisplayErrorContext(e)));
-    client
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder().enabled(true).attribute_name("expires_at").build().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("enable TTL on {name}: {}", DisplayErrorContext(e)));
+/// The dispatch table as infra/modules/crcr/dynamodb.tf creates it: hash
+/// key `delivery_id`, range key `target`, sparse GSI `by_dispatch_day`.
+fn dispatch_table_index() -> (&'static str, Attr<'static>, Attr<'static>) {
+    (crcr_shared::aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N))
 }
 
 /// Starts (on the test's runtime) an HTTP proxy to `upstream` that forwards
@@ -415,14 +284,15 @@ impl Backend for Moto {
         let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-dispatches");
-        create_dispatch_table(&client, &table).await;
+        moto::table(&proxied, &table, ("delivery_id", S), Some(("target", S)), Some(dispatch_table_index())).await;
         Fx { inner: crcr_shared::aws::DynamoDispatchStore::new(client, table), _guard: None }
     }
 
     async fn blobs() -> Fx<Self::Blobs> {
-        let client = aws_sdk_dynamodb::Client::new(&moto_config().await);
+        let cfg = moto_config().await;
+        let client = aws_sdk_dynamodb::Client::new(&cfg);
         let table = unique("crcr-blobs");
-        create_table(&client, &table, "key", "chunk", aws_sdk_dynamodb::types::ScalarAttributeType::N).await;
+        moto::table(&cfg, &table, ("key", S), Some(("chunk", N)), None).await;
         Fx { inner: crcr_shared::aws::DynamoBlobStore::new(client, table), _guard: None }
     }
 
@@ -436,7 +306,8 @@ impl Backend for Moto {
         let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-jobs");
-        create_jobs_table(&client, &table).await;
+        let index = (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
+        moto::table(&proxied, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
         Fx { inner: crcr_shared::aws::DynamoJobStore::new(client, table), _guard: None }
     }
 
@@ -448,8 +319,7 @@ impl Backend for Moto {
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-kv");
         // The kv table as infra/modules/crcr/dynamodb.tf creates it: hash key `pk` (S), TTL.
-        let pk = ("pk", aws_sdk_dynamodb::types::ScalarAttributeType::S);
-        crcr_shared::standin::moto::table(&proxied, &table, pk, None, None).await;
+        moto::table(&proxied, &table, ("pk", S), None, None).await;
         let kv = || {
             crcr_shared::aws::DynamoKv::new(client.clone(), table.clone(), clock.clone())
                 .with_rate_per_min(rate_per_min)
