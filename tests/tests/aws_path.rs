@@ -7,83 +7,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
 use crcr_shared::allowlist::{Allowlist, AllowlistProvider};
-use crcr_shared::aws::{sdk_config, DynamoBlobStore, DynamoDispatchStore, SqsQueue};
+use crcr_shared::aws::{DynamoBlobStore, DynamoDispatchStore, SqsQueue};
 use crcr_shared::dispatch::{process_sqs_batch, Dispatcher, DispatcherSettings};
 use crcr_shared::domain::{DeliveryId, RepoFullName};
 use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_shared::ingest::{router, IngestState};
 use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide, SystemClock};
 use crcr_shared::signature::WebhookSecret;
+use crcr_shared::standin::moto;
 use crcr_shared::standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::{dispatched_to, fixture, uuid, UPSTREAM};
 use tower::ServiceExt;
 
-async fn moto() -> aws_config::SdkConfig {
-    let url = std::env::var("CRCR_TEST_MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    let reachable =
-        tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(url.trim_start_matches("http://")))
-            .await;
-    assert!(
-        matches!(reachable, Ok(Ok(_))),
-        "moto is not reachable at {url}: run scripts/test, or start `.venv/bin/moto_server -H 127.0.0.1 -p 5000`"
-    );
-    let cfg = sdk_config(Some(&url)).await;
-    // moto accepts any credentials; don't let the default chain wander off to IMDS.
-    let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-e2e");
-    cfg.to_builder().credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds)).build()
-}
-
-async fn table(db: &aws_sdk_dynamodb::Client, name: &str, hash: &str, range: &str, range_type: ScalarAttributeType) {
-    db.create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder().attribute_name(hash).attribute_type(ScalarAttributeType::S).build().unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder().attribute_name(range).attribute_type(range_type).build().unwrap(),
-        )
-        .key_schema(KeySchemaElement::builder().attribute_name(hash).key_type(KeyType::Hash).build().unwrap())
-        .key_schema(KeySchemaElement::builder().attribute_name(range).key_type(KeyType::Range).build().unwrap())
-        .send()
-        .await
-        .expect("create table");
-}
-
 #[tokio::test]
 async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
-    let sdk = moto().await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let db = aws_sdk_dynamodb::Client::new(&sdk);
-    let id = uuid();
-    let dlq_url = sqs.create_queue().queue_name(format!("dlq-{id}")).send().await.unwrap().queue_url.unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(format!("q-{id}"))
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-            format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"3"}}"#),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let (dispatch_table, payload_table) = (format!("dispatches-{id}"), format!("payloads-{id}"));
-    table(&db, &dispatch_table, "delivery_id", "target", ScalarAttributeType::S).await;
-    table(&db, &payload_table, "key", "chunk", ScalarAttributeType::N).await;
+    let sdk = moto::sdk().await;
+    let res = moto::Resources::create(&sdk, 3).await;
+    let (sqs, db) = (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
+    let (queue_url, dlq_url) = (res.dispatch_queue_url.clone(), res.dispatch_dlq_url.clone());
+    let (dispatch_table, payload_table) = (res.dispatch_table.clone(), res.payload_table.clone());
     let queue = Arc::new(SqsQueue::new(sqs.clone(), queue_url.clone(), dlq_url.clone()));
     let store = Arc::new(DynamoDispatchStore::new(db.clone(), dispatch_table));
     let blobs = Arc::new(DynamoBlobStore::new(db.clone(), payload_table));
