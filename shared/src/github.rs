@@ -358,9 +358,10 @@ impl crate::checks::CheckRuns for GitHubAppClient {
         if !status.is_success() {
             return Err(self.checks_error(repo, status, &headers, &bytes));
         }
-        serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v.get("id")?.as_u64()).ok_or_else(|| {
-            GitHubError::Transient { reason: "check run answer has no id".into(), retry_after: None }
-        })
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("id")?.as_u64())
+            .ok_or_else(|| GitHubError::Transient { reason: "check run answer has no id".into(), retry_after: None })
     }
 
     async fn update_check_run(
