@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Level, RepoFullName};
-use crate::lifecycle::{JobRecord, JobState};
-use crate::ports::GitHubError;
+use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::lifecycle::{CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crate::ports::{Clock, GitHubError, StoreError};
 
 /// Longest check-run name the relay sends, in characters. GitHub's REST
 /// docs ("Create a check run") state no maximum for `name`; 255 is the
@@ -216,6 +216,138 @@ pub trait CheckRuns: Send + Sync {
     /// `PATCH /repos/{o}/{r}/check-runs/{id}` with `run` (status,
     /// conclusion, output, ...).
     async fn update_check_run(&self, repo: &RepoFullName, id: u64, run: &CheckRunRequest) -> Result<(), GitHubError>;
+}
+
+/// Where the check runs of one dispatched job go: the upstream repository,
+/// the commit and pull request of the dispatched event (from the dispatch
+/// record, never from the callback body).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckRunTarget {
+    pub upstream: RepoFullName,
+    /// 40-hex upstream commit SHA.
+    pub head_sha: String,
+    pub pr_number: Option<u64>,
+}
+
+impl CheckRunTarget {
+    /// The check-run outbox item showing `job` as it is now (pending,
+    /// version 1; an existing item keeps its GitHub id, see
+    /// [`JobStore::transition_with_check_run`]).
+    pub fn item(&self, job: &JobRecord) -> CheckRunItem {
+        CheckRunItem {
+            id: CheckRunItem::id_for(&job.key),
+            delivery_id: job.key.delivery_id.clone(),
+            repo: self.upstream.clone(),
+            request: check_run_for(job, &self.head_sha, self.pr_number),
+            version: 1,
+            check_run_id: None,
+            sync: HudSync::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at_ms: job.updated_at_ms,
+            updated_at_ms: job.updated_at_ms,
+        }
+    }
+}
+
+/// A [`JobStore`] whose transitions also upsert the job's check-run item
+/// (same atomic write): how the reconciler adds check runs to the lifecycle
+/// code without changing it. Every other call goes to `inner`.
+pub struct WithCheckRun<'a> {
+    pub inner: &'a dyn JobStore,
+    pub target: CheckRunTarget,
+}
+
+#[async_trait]
+impl JobStore for WithCheckRun<'_> {
+    async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn transition(
+        &self,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+    ) -> Result<bool, StoreError> {
+        self.inner.transition_with_check_run(expected, record, outbox, &self.target.item(record)).await
+    }
+    async fn record_violation(&self, violation: &Violation) -> Result<(), StoreError> {
+        self.inner.record_violation(violation).await
+    }
+    async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError> {
+        self.inner.jobs(delivery).await
+    }
+    async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError> {
+        self.inner.violations(delivery).await
+    }
+    async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
+        self.inner.outbox(delivery).await
+    }
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        self.inner.pending_outbox(limit).await
+    }
+    async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
+        self.inner.mark_outbox(id, sync, error, now_ms).await
+    }
+    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        self.inner.in_progress_before(before_ms, limit).await
+    }
+}
+
+/// Counts of one check-run sync pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CheckSyncReport {
+    /// Check runs created on GitHub.
+    pub created: usize,
+    /// Existing check runs updated.
+    pub updated: usize,
+    /// GitHub answered 4xx: kept as rejected with its answer.
+    pub rejected: usize,
+    /// 5xx, rate limits, no answer: pending for the next sweep.
+    pub still_pending: usize,
+}
+
+/// Sends up to `limit` pending check-run items: creates the check run once
+/// (remembering GitHub's id), then updates it. 2xx → sent (for that
+/// version); permanent errors (4xx) → rejected with GitHub's answer (shown
+/// by `crcr trace`); transient ones → pending until a later sweep. A create
+/// GitHub took whose id could not be stored is created again next time
+/// (GitHub shows the newest check run of a name, so the copy is harmless).
+pub async fn sync_check_runs(
+    jobs: &dyn JobStore,
+    checks: &dyn CheckRuns,
+    clock: &dyn Clock,
+    limit: usize,
+) -> Result<CheckSyncReport, StoreError> {
+    let mut report = CheckSyncReport::default();
+    for item in jobs.pending_check_runs(limit).await? {
+        let result = match item.check_run_id {
+            None => checks.create_check_run(&item.repo, &item.request).await.map(Some),
+            Some(id) => checks.update_check_run(&item.repo, id, &item.request).await.map(|()| None),
+        };
+        let now = clock.now_ms();
+        match result {
+            Ok(created) => {
+                jobs.mark_check_run(&item.id, item.version, created, HudSync::Sent, None, now).await?;
+                if created.is_some() {
+                    report.created += 1;
+                } else {
+                    report.updated += 1;
+                }
+            }
+            Err(e @ GitHubError::Permanent { .. }) => {
+                tracing::error!(check_run_item = %item.id, delivery_id = %item.delivery_id, error = %e, metric = "check_run_rejected", "GitHub refused a check run");
+                jobs.mark_check_run(&item.id, item.version, None, HudSync::Rejected, Some(&e.to_string()), now).await?;
+                report.rejected += 1;
+            }
+            Err(e) => {
+                tracing::warn!(check_run_item = %item.id, error = %e, metric = "check_run_sync_failures", "GitHub unavailable; check run stays pending");
+                jobs.mark_check_run(&item.id, item.version, None, HudSync::Pending, Some(&e.to_string()), now).await?;
+                report.still_pending += 1;
+            }
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -141,7 +141,8 @@ impl EmbeddedRelay {
             clock: clock.clone(),
             settings: cfg.callbacks.reconciler.clone(),
             upstream: cfg.upstream.clone(),
-            commits: Arc::new(crate::commits::CachedCommitLookup::new(github, clock.clone())),
+            commits: Arc::new(crate::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
+            checks: Some(github),
         });
         let callbacks = crate::callback_route::router(Arc::new(crate::callback_route::CallbackState {
             verifier: Arc::new(verifier),

@@ -372,7 +372,13 @@ impl crate::checks::CheckRuns for GitHubAppClient {
     ) -> Result<(), GitHubError> {
         let client = self.checks_client(repo).await?;
         let uri = format!("/repos/{}/{}/check-runs/{id}", repo.owner(), repo.name());
-        let (status, headers, bytes) = self.send(client._patch(uri, Some(run)).await).await?;
+        // "Update a check run" takes no `head_sha`: a check run stays on its commit.
+        let mut body =
+            serde_json::to_value(run).map_err(|e| GitHubError::Permanent { status: 0, reason: e.to_string() })?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("head_sha");
+        }
+        let (status, headers, bytes) = self.send(client._patch(uri, Some(&body)).await).await?;
         if status.is_success() {
             Ok(())
         } else {

@@ -130,6 +130,38 @@ impl OutboxItem {
     }
 }
 
+/// One upstream check run to create, then keep up to date (issue 4; see
+/// [`crate::checks`]): one item per job, written in the same atomic write
+/// as the job's transition, synced by the sweep like the HUD outbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckRunItem {
+    /// `<delivery id>|<job sort key>` ([`CheckRunItem::id_for`]).
+    pub id: String,
+    pub delivery_id: DeliveryId,
+    /// The upstream repository the check run is on.
+    pub repo: RepoFullName,
+    /// The check run as it should be now (body of the create / update).
+    pub request: crate::checks::CheckRunRequest,
+    /// Bumped by each state change; a sync result is final only for the
+    /// version it sent (a newer state stays pending).
+    pub version: u32,
+    /// GitHub's id once created: later syncs update it instead of creating.
+    pub check_run_id: Option<u64>,
+    /// Pending (not yet in GitHub's hands at this version), sent, or
+    /// rejected (GitHub answered 4xx; `last_error` has its answer).
+    pub sync: HudSync,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl CheckRunItem {
+    pub fn id_for(key: &JobKey) -> String {
+        format!("{}|{}", key.delivery_id, key.sort_key())
+    }
+}
+
 /// A callback that broke the lifecycle contract, kept for `crcr trace`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
@@ -166,6 +198,47 @@ pub trait JobStore: Send + Sync {
     async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
     /// IN_PROGRESS jobs last changed before `before_ms` (for the timeout sweep).
     async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+    /// [`JobStore::transition`] that also upserts `check` in the same atomic
+    /// write: a new item is stored as given (version 1); an existing one
+    /// (same id) takes `check.request`, version + 1 and sync pending, and
+    /// keeps its `check_run_id`, `attempts` and `created_at_ms`. The default
+    /// says the store keeps no check-run outbox.
+    async fn transition_with_check_run(
+        &self,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+        check: &CheckRunItem,
+    ) -> Result<bool, StoreError> {
+        let _ = (expected, record, outbox, check);
+        Err(StoreError::Unavailable("this job store keeps no check-run outbox".into()))
+    }
+    /// Up to `limit` pending check-run items, oldest first.
+    async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+    /// Check-run items of one delivery (for `crcr trace` and the timeout sweep).
+    async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError> {
+        let _ = delivery;
+        Ok(Vec::new())
+    }
+    /// Records one sync attempt of version `version` of item `id`: stores
+    /// `check_run_id` when given (never unsets it), counts the attempt and
+    /// `error`; sets `sync` only while the item is still at `version` and
+    /// pending (a newer state written meanwhile stays pending).
+    async fn mark_check_run(
+        &self,
+        id: &str,
+        version: u32,
+        check_run_id: Option<u64>,
+        sync: HudSync,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let _ = (id, version, check_run_id, sync, error, now_ms);
+        Err(StoreError::Unavailable("this job store keeps no check-run outbox".into()))
+    }
     /// How many outbox items are pending and when the oldest of them was
     /// created: the HUD backlog and lag (metrics after each sync pass,
     /// `crcr status`). Cheap: an index read on both adapters. The default

@@ -81,6 +81,10 @@ pub struct SweepReport {
     /// Why the never-started check could not run this time (the rest of the sweep did).
     pub never_started_error: Option<String>,
     pub hud: SyncReport,
+    /// Upstream check runs synced (issue 4).
+    pub check_runs: crate::checks::CheckSyncReport,
+    /// Why the check-run sync could not run this time (HUD sync did).
+    pub check_runs_error: Option<String>,
 }
 
 /// Processes one queue message; implemented by the dispatcher and the reconciler.
@@ -101,6 +105,9 @@ pub struct Reconciler {
     pub upstream: RepoFullName,
     /// Commit existence, cached ([`crate::commits::CachedCommitLookup`]).
     pub commits: Arc<dyn CommitLookup>,
+    /// Upstream check runs of L3/L4 jobs ([`crate::checks`]); `None`: the
+    /// items wait in the check-run outbox.
+    pub checks: Option<Arc<dyn crate::checks::CheckRuns>>,
 }
 
 /// Result of processing one reconcile message.
@@ -153,16 +160,24 @@ impl Reconciler {
                 Err(e) => tracing::warn!(error = %e, "could not check the commit on GitHub; accepting the callback"),
             }
         }
-        match callback::reconcile(
-            &cb,
-            &value,
-            &msg.repo,
-            msg.level,
-            msg.received_at_ms,
-            self.dispatches.as_ref(),
-            self.jobs.as_ref(),
-        )
-        .await
+        let target = if cb.kind == CallbackKind::Dispatched && msg.level >= Level::L3 {
+            match self.check_run_target(&cb.delivery_id, &msg.repo, msg.level).await {
+                Ok(t) => t,
+                Err(e) => return ReconcileOutcome::Retry(e.to_string()),
+            }
+        } else {
+            None
+        };
+        let with_check;
+        let jobs: &dyn JobStore = match target {
+            Some(target) => {
+                with_check = crate::checks::WithCheckRun { inner: self.jobs.as_ref(), target };
+                &with_check
+            }
+            None => self.jobs.as_ref(),
+        };
+        match callback::reconcile(&cb, &value, &msg.repo, msg.level, msg.received_at_ms, self.dispatches.as_ref(), jobs)
+            .await
         {
             Ok(r) => {
                 match &r {
@@ -178,6 +193,31 @@ impl Reconciler {
             }
             Err(e) => ReconcileOutcome::Retry(e.to_string()),
         }
+    }
+
+    /// Where the check run of a job of `repo` (at `level`) for `delivery`
+    /// goes, when it gets one: L4 always, L3 when the dispatch recorded the
+    /// device label ([`crate::checks::wants_check_run`]); the commit and
+    /// pull request come from the dispatch record. `None`: no check run (or
+    /// no dispatch with a head SHA, which the lifecycle refuses anyway).
+    async fn check_run_target(
+        &self,
+        delivery: &DeliveryId,
+        repo: &RepoFullName,
+        level: Level,
+    ) -> Result<Option<crate::checks::CheckRunTarget>, StoreError> {
+        let Some(rec) = self.dispatches.records(delivery).await?.into_iter().find(|r| &r.target == repo) else {
+            return Ok(None);
+        };
+        if level < Level::L4 {
+            // L3: the per-commit "wanted" flag set at dispatch is the next step.
+            return Ok(None);
+        }
+        Ok(rec.meta.head_sha.map(|head_sha| crate::checks::CheckRunTarget {
+            upstream: self.upstream.clone(),
+            head_sha,
+            pr_number: rec.meta.pr_number,
+        }))
     }
 
     /// Dispatched L2+ targets with no callback (no job of theirs for that
@@ -234,7 +274,24 @@ impl Reconciler {
                 created_at_ms: now,
                 updated_at_ms: now,
             };
-            if self.jobs.transition(Some(JobState::InProgress), &job, &outbox).await? {
+            let check = self
+                .jobs
+                .check_runs(&job.key.delivery_id)
+                .await?
+                .into_iter()
+                .find(|c| c.id == crate::lifecycle::CheckRunItem::id_for(&job.key))
+                .map(|mut c| {
+                    let external_id = c.request.external_id.clone();
+                    c.request = crate::checks::check_run_for(&job, &c.request.head_sha, None);
+                    c.request.external_id = external_id;
+                    c.updated_at_ms = now;
+                    c
+                });
+            let moved = match &check {
+                Some(c) => self.jobs.transition_with_check_run(Some(JobState::InProgress), &job, &outbox, c).await?,
+                None => self.jobs.transition(Some(JobState::InProgress), &job, &outbox).await?,
+            };
+            if moved {
                 tracing::warn!(delivery_id = %job.key.delivery_id, repo = %job.key.repo, job = %job.key.job_name, metric = "jobs_timed_out", "job timed out");
                 report.timed_out += 1;
             }
@@ -263,6 +320,22 @@ impl Reconciler {
         }
         report.hud =
             sync_outbox(self.jobs.as_ref(), self.hud.as_ref(), self.clock.as_ref(), self.settings.hud_batch).await?;
+        if let Some(checks) = &self.checks {
+            let synced = crate::checks::sync_check_runs(
+                self.jobs.as_ref(),
+                checks.as_ref(),
+                self.clock.as_ref(),
+                self.settings.hud_batch,
+            )
+            .await;
+            match synced {
+                Ok(r) => report.check_runs = r,
+                Err(e) => {
+                    tracing::error!(error = %e, "check-run sync failed; the next sweep retries");
+                    report.check_runs_error = Some(e.to_string());
+                }
+            }
+        }
         Ok(report)
     }
 }

@@ -1142,6 +1142,81 @@ mod cases {
         assert_eq!(s.outbox(&d).await.unwrap(), vec![sent, rejected]);
     }
 
+    /// Check-run outbox (issue 4): the item is upserted with the job's
+    /// transition (one atomic write; a refused transition writes nothing),
+    /// keeps GitHub's id, attempts and creation time across versions; a sync
+    /// result of an older version leaves a newer one pending; sent and
+    /// rejected leave the pending list.
+    pub async fn jobs_check_run_outbox<B: Backend>() {
+        use crcr_shared::checks::CheckRunTarget;
+        use crcr_shared::lifecycle::CheckRunItem;
+        let s = B::jobs().await;
+        let d = delivery();
+        let target = CheckRunTarget {
+            upstream: repo("pytorch/pytorch"),
+            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            pr_number: Some(42),
+        };
+        let rec = started(&job_key(&d, "org/l4", 1, "build"), T0);
+        let first = target.item(&rec);
+        assert!(s.transition_with_check_run(None, &rec, &hud(&rec), &first).await.unwrap());
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![first.clone()]);
+        let mine = |items: Vec<CheckRunItem>| items.into_iter().filter(|c| c.delivery_id == d).collect::<Vec<_>>();
+        assert_eq!(mine(s.pending_check_runs(100).await.unwrap()), vec![first.clone()]);
+
+        s.mark_check_run(&first.id, 1, None, HudSync::Pending, Some("GitHub 502"), T0 + 5).await.unwrap();
+        s.mark_check_run(&first.id, 1, Some(77), HudSync::Sent, None, T0 + 10).await.unwrap();
+        let sent = CheckRunItem {
+            check_run_id: Some(77),
+            sync: HudSync::Sent,
+            attempts: 2,
+            last_error: Some("GitHub 502".into()),
+            updated_at_ms: T0 + 10,
+            ..first.clone()
+        };
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![sent.clone()]);
+        assert!(mine(s.pending_check_runs(100).await.unwrap()).is_empty());
+
+        // A refused transition (wrong expected state) leaves the item alone.
+        let done = finished(&rec, T0 + 1_000, "failure");
+        let second = target.item(&done);
+        assert!(!s.transition_with_check_run(None, &done, &hud(&done), &second).await.unwrap());
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![sent.clone()]);
+        // The completed transition moves it to version 2, pending, same GitHub id.
+        assert!(s.transition_with_check_run(Some(JobState::InProgress), &done, &hud(&done), &second).await.unwrap());
+        let moved = CheckRunItem {
+            request: second.request.clone(),
+            version: 2,
+            sync: HudSync::Pending,
+            updated_at_ms: T0 + 1_000,
+            ..sent.clone()
+        };
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![moved.clone()]);
+        assert_eq!(s.get(&done.key).await.unwrap(), Some(done.clone()), "the job moved in the same write");
+        // The answer to version 1 arriving late leaves version 2 pending.
+        s.mark_check_run(&first.id, 1, None, HudSync::Sent, None, T0 + 1_010).await.unwrap();
+        let still = CheckRunItem { attempts: 3, updated_at_ms: T0 + 1_010, ..moved };
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![still.clone()]);
+        assert_eq!(mine(s.pending_check_runs(100).await.unwrap()), vec![still.clone()]);
+        s.mark_check_run(&first.id, 2, None, HudSync::Rejected, Some("422 No commit found"), T0 + 1_020).await.unwrap();
+        let rejected = CheckRunItem {
+            sync: HudSync::Rejected,
+            attempts: 4,
+            last_error: Some("422 No commit found".into()),
+            updated_at_ms: T0 + 1_020,
+            ..still
+        };
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![rejected]);
+        assert!(mine(s.pending_check_runs(100).await.unwrap()).is_empty());
+        // Unknown or malformed ids change nothing and are not errors.
+        s.mark_check_run("not-an-id", 1, Some(1), HudSync::Sent, None, T0).await.unwrap();
+        let other = delivery();
+        s.mark_check_run(&CheckRunItem::id_for(&job_key(&other, "o/r", 1, "b")), 1, None, HudSync::Sent, None, T0)
+            .await
+            .unwrap();
+        assert!(s.check_runs(&other).await.unwrap().is_empty());
+    }
+
     /// pending_outbox: only pending items, across deliveries, oldest created
     /// first (a retried item keeps its place), ties by id; `limit` respected.
     pub async fn jobs_pending_outbox_oldest_first<B: Backend>() {
@@ -1528,6 +1603,7 @@ macro_rules! all_cases {
                 jobs_outbox_backlog_counts_pending,
                 jobs_callback_counts_window,
                 jobs_records_round_trip,
+                jobs_check_run_outbox,
                 kv_binding_written_once,
                 kv_replay_guard,
                 kv_replay_concurrent_first_use,

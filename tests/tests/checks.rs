@@ -1,6 +1,20 @@
 //! Upstream check runs (issue 4): the GitHub App client's check-run calls
 //! against the GitHub stand-in, which keeps GitHub's rules (token narrowed
-//! to `checks: write`, body validation, faults).
+//! to `checks: write`, body validation, faults); and end to end through a
+//! relay on the embedded default (local OIDC issuer, local HUD): an L4 job's
+//! callbacks drive one check run on the upstream head SHA from in progress
+//! to its conclusion, an L3 job without its label gets none, a GitHub 5xx
+//! on create is retried by the sweep and creates exactly one check run.
+
+use std::time::Duration;
+
+use crcr_shared::config::CallbackConfig;
+use crcr_shared::lifecycle::{HudSync, JobStore};
+use crcr_shared::oidc::TrustAnchor;
+use crcr_shared::sqlite::SqliteJobStore;
+use crcr_tests::issuer::{Hud, Issuer};
+use crcr_tests::{fixture, test_settings, uuid, Relay};
+use serde_json::{json, Value};
 
 use crcr_shared::checks::{check_run_for, CheckRuns};
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
@@ -153,4 +167,172 @@ async fn standin_refuses_tokens_without_checks_write() {
     assert_eq!(res.status().as_u16(), 200);
     let runs = gh.check_runs(UPSTREAM);
     assert_eq!((runs[0].status.as_str(), runs[0].conclusion.as_deref()), ("completed", Some("failure")));
+}
+
+const ALLOWLIST: &str = "L2:\n  - org2/two\nL3:\n  gpu:\n    org3/three: [alice]\nL4:\n  - org4/four: \"bob\"\n";
+
+struct World {
+    gh: StandIn,
+    issuer: Issuer,
+    hud: Hud,
+    relay: Relay,
+    delivery: String,
+    head_sha: String,
+}
+
+/// A relay that dispatched the `pull_request.opened` fixture (with `labels`
+/// as the PR's labels) to the allowlist's repositories.
+async fn world(labels: &[&str]) -> World {
+    world_with(labels, Duration::from_secs(6 * 3600)).await
+}
+
+/// [`world`] with the reconciler's job timeout.
+async fn world_with(labels: &[&str], job_timeout: Duration) -> World {
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    for r in ["org2/two", "org3/three", "org4/four", UPSTREAM] {
+        gh.install(r);
+    }
+    let issuer = Issuer::start().await;
+    let hud = Hud::start().await;
+    let mut callbacks = CallbackConfig::default();
+    callbacks.oidc.github_actions = Some(TrustAnchor::new(issuer.url.clone()));
+    callbacks.oidc.buildkite = None;
+    callbacks.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
+    callbacks.sweep_interval = Duration::from_millis(200);
+    callbacks.reconciler.job_timeout = job_timeout;
+    let relay = Relay::start_with(&gh, ALLOWLIST, test_settings(), None, "s", callbacks).await;
+    let mut event: Value = serde_json::from_slice(&fixture("pull_request.opened")).unwrap();
+    event["pull_request"]["labels"] = labels.iter().map(|l| json!({"name": l, "color": "fff"})).collect();
+    let head_sha = event["pull_request"]["head"]["sha"].as_str().unwrap().to_owned();
+    let delivery = uuid();
+    let (status, answer) = relay.post("pull_request", &delivery, &serde_json::to_vec(&event).unwrap(), false).await;
+    assert_eq!(status, 202, "{answer}");
+    relay.settled(&delivery, Duration::from_secs(20)).await;
+    World { gh, issuer, hud, relay, delivery, head_sha }
+}
+
+fn callback(w: &World, repo: &str, status: &str, conclusion: Option<&str>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_type": "pull_request", "delivery_id": w.delivery, "payload": {"number": 2},
+        "workflow": {"schema_version": "1", "status": status, "conclusion": conclusion, "name": "CI",
+            "url": format!("https://github.com/{repo}/actions/runs/555"), "run_id": "555", "run_attempt": "1",
+            "job_name": "build", "check_run_id": "9", "started_at": null, "completed_at": null}
+    }))
+    .unwrap()
+}
+
+async fn call(w: &World, repo: &str, repo_id: &str, body: &[u8]) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/github/callback", w.relay.url))
+        .header("authorization", format!("Bearer {}", w.issuer.token(repo, repo_id)))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn l4_job_drives_one_check_run_from_in_progress_to_its_conclusion() {
+    let w = world(&[]).await;
+    assert_eq!(call(&w, "org4/four", "44", &callback(&w, "org4/four", "in_progress", None)).await, 202);
+    wait_for("the in-progress check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    let run = &w.gh.check_runs(UPSTREAM)[0];
+    assert_eq!(run.name, "crcr/org4/four/CI/build");
+    assert_eq!(run.head_sha, w.head_sha);
+    assert_eq!(run.status, "in_progress");
+    assert_eq!(run.external_id.as_deref(), Some("555:2"));
+    assert_eq!(run.details_url.as_deref(), Some("https://github.com/org4/four/actions/runs/555"));
+
+    assert_eq!(call(&w, "org4/four", "44", &callback(&w, "org4/four", "completed", Some("failure"))).await, 202);
+    wait_for("the completed check run", || w.gh.check_runs(UPSTREAM)[0].status == "completed").await;
+    let jobs = SqliteJobStore::new(w.relay.db());
+    let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while jobs.check_runs(&id).await.unwrap()[0].sync != HudSync::Sent {
+        assert!(std::time::Instant::now() < deadline, "the check-run item was never marked sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runs = w.gh.check_runs(UPSTREAM);
+    assert_eq!(runs.len(), 1, "the same check run, updated: {runs:?}");
+    assert_eq!(runs[0].conclusion.as_deref(), Some("failure"));
+    assert_eq!(runs[0].updates, 1);
+    let items = jobs.check_runs(&id).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!((items[0].sync, items[0].check_run_id, items[0].version), (HudSync::Sent, Some(runs[0].id), 2));
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn l3_job_without_its_label_gets_no_check_run() {
+    let w = world(&["ciflow/crcr/npu", "ciflow/trunk"]).await;
+    assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "in_progress", None)).await, 202);
+    assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "completed", Some("success"))).await, 202);
+    let jobs = SqliteJobStore::new(w.relay.db());
+    let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
+    wait_for("both HUD records", || w.hud.received().len() == 2).await;
+    let report = w.relay.reconciler.sweep().await.unwrap();
+    assert_eq!(report.check_runs, Default::default());
+    assert!(jobs.check_runs(&id).await.unwrap().is_empty());
+    assert!(w.gh.check_runs(UPSTREAM).is_empty());
+    assert_eq!(w.gh.count("POST", &format!("/repos/{UPSTREAM}/check-runs")), 0);
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_github_5xx_on_create_is_retried_and_creates_exactly_one_check_run() {
+    let w = world(&[]).await;
+    w.gh.inject(UPSTREAM, Fault::ServerError(502));
+    w.gh.inject(UPSTREAM, Fault::ServerError(503));
+    assert_eq!(call(&w, "org4/four", "44", &callback(&w, "org4/four", "in_progress", None)).await, 202);
+    wait_for("the check run after two 5xx", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    assert_eq!(w.gh.pending_faults(UPSTREAM), 0);
+    let posts: Vec<u16> =
+        w.gh.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/check-runs"))
+            .map(|r| r.status)
+            .collect();
+    assert_eq!(posts, vec![502, 503, 201]);
+    // Once the relay recorded GitHub's id, more sweeps send nothing more.
+    let jobs = SqliteJobStore::new(w.relay.db());
+    let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while jobs.check_runs(&id).await.unwrap()[0].sync != HudSync::Sent {
+        assert!(std::time::Instant::now() < deadline, "the check-run item was never marked sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..3 {
+        w.relay.reconciler.sweep().await.unwrap();
+    }
+    assert_eq!(w.gh.check_runs(UPSTREAM).len(), 1);
+    assert_eq!(w.gh.count("POST", &format!("/repos/{UPSTREAM}/check-runs")), 3);
+    let item = &jobs.check_runs(&id).await.unwrap()[0];
+    assert_eq!((item.sync, item.attempts), (HudSync::Sent, 3));
+    assert!(item.last_error.as_deref().is_some_and(|e| e.contains("503")), "{item:?}");
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_timed_out_job_completes_its_check_run_as_timed_out() {
+    let w = world_with(&[], Duration::from_secs(1)).await;
+    assert_eq!(call(&w, "org4/four", "44", &callback(&w, "org4/four", "in_progress", None)).await, 202);
+    wait_for("the in-progress check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    // No completed callback: the sweep closes the job and its check run.
+    wait_for("the timed-out check run", || w.gh.check_runs(UPSTREAM)[0].status == "completed").await;
+    let runs = w.gh.check_runs(UPSTREAM);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].conclusion.as_deref(), Some("timed_out"));
+    assert_eq!(runs[0].external_id.as_deref(), Some("555:2"), "the external id is kept");
+    w.relay.stop().await;
 }

@@ -7,12 +7,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, Select, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, Select, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::lifecycle::{
-    CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
+    CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
 };
 use crate::ports::StoreError;
 
@@ -38,6 +38,10 @@ const MAX_PAGE: usize = 1000;
 const JOB_PREFIX: &str = "job#";
 const HUD_PREFIX: &str = "hud#";
 const VIOLATION_PREFIX: &str = "violation#";
+const CHECK_PREFIX: &str = "chk#";
+
+/// `status` values of check-run items (`chk_pending`, `chk_sent`, `chk_rejected`).
+const CHECK_STATUS_PREFIX: &str = "chk_";
 
 /// `status` values of outbox items (job items carry [`JobState::as_str`]).
 const HUD_STATUS_PREFIX: &str = "hud_";
@@ -73,6 +77,10 @@ mod attr {
     pub const LAST_ERROR: &str = "last_error";
     pub const CREATED_AT_MS: &str = "created_at_ms";
     pub const UPDATED_AT_MS: &str = "updated_at_ms";
+    // Check-run items (plus `id`, `repo`, `attempts`, `last_error`, `created_at_ms`, `updated_at_ms`).
+    pub const REQUEST: &str = "request";
+    pub const VERSION: &str = "version";
+    pub const CHECK_RUN_ID: &str = "check_run_id";
     // Violation items (plus `repo`).
     pub const REASON: &str = "reason";
     pub const AT_MS: &str = "at_ms";
@@ -99,6 +107,13 @@ mod attr {
 ///   items by when they were created ("oldest first"), not by their last
 ///   attempt. An outbox id starts with `<delivery id>|`, which is how
 ///   [`JobStore::mark_outbox`] finds the item from the id alone;
+/// - **check run** `chk#<CheckRunItem::id>` (issue 4): `id`, `repo` (S, the
+///   upstream), `request` (S, the check run's JSON), `version`, `attempts`
+///   (N), `check_run_id` (N, once GitHub created it), `last_error` (S),
+///   `status` (S, `chk_pending` / `chk_sent` / `chk_rejected`),
+///   `created_at_ms`, `updated_at_ms` (N), `updated_at` (N) = `created_at_ms`;
+///   upserted by [`JobStore::transition_with_check_run`] in the same
+///   transaction as the job;
 /// - **violation** `violation#<at_ms, 20 digits>#<uuid>`: `repo`, `reason`
 ///   (S), `at_ms` (N). No `status`: not in the GSI.
 ///
@@ -196,14 +211,61 @@ impl DynamoJobStore {
         }
     }
 
+    /// The transition's transaction: job + HUD outbox item (+ check-run
+    /// upsert), retried on `TransactionConflict` only (see [`JobStore::transition`]).
+    async fn write_transition(
+        &self,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+        check: Option<&CheckRunItem>,
+    ) -> Result<bool, StoreError> {
+        if outbox_pk(&outbox.id) != Some(outbox.delivery_id.as_str()) {
+            return Err(StoreError::Corrupt(format!(
+                "outbox item id {:?} does not start with its delivery id {:?} and '|'",
+                outbox.id, outbox.delivery_id
+            )));
+        }
+        if let Some(c) = check {
+            if outbox_pk(&c.id) != Some(c.delivery_id.as_str()) {
+                return Err(StoreError::Corrupt(format!(
+                    "check-run item id {:?} does not start with its delivery id",
+                    c.id
+                )));
+            }
+        }
+        let job_item = job_item(record)?;
+        let outbox_item = outbox_item(outbox);
+        let check_update = check.map(|c| check_upsert(&self.table, c)).transpose()?;
+        for round in 0..TRANSACTION_ROUNDS {
+            if round > 0 {
+                // Jittered backoff: 20..40 ms, 40..80 ms, ...
+                let base = 20u64 << (round - 1).min(4);
+                let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(base)) as u64;
+                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+            }
+            let mut items = vec![
+                conditional_put(&self.table, job_item.clone(), expected)?,
+                conditional_put(&self.table, outbox_item.clone(), None)?,
+            ];
+            items.extend(check_update.clone());
+            if let Some(applied) = self.transact(items).await? {
+                return Ok(applied);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "job {} transition: TransactWriteItems cancelled by conflicting writes {TRANSACTION_ROUNDS} times",
+            record.key.sort_key()
+        )))
+    }
+
     /// One `TransactWriteItems` round. `Ok(Some(applied))`: decided;
     /// `Ok(None)`: cancelled only by conflicting writes in flight, try again.
-    async fn transact(&self, job: TransactWriteItem, outbox: TransactWriteItem) -> Result<Option<bool>, StoreError> {
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Option<bool>, StoreError> {
         let res = self
             .client
             .transact_write_items()
-            .transact_items(job)
-            .transact_items(outbox)
+            .set_transact_items(Some(items))
             // Idempotent for 10 minutes: the SDK's own retry of a request
             // that did succeed (timeout on the answer) answers success
             // instead of failing the conditions against its own write.
@@ -281,31 +343,114 @@ impl JobStore for DynamoJobStore {
         record: &JobRecord,
         outbox: &OutboxItem,
     ) -> Result<bool, StoreError> {
-        if outbox_pk(&outbox.id) != Some(outbox.delivery_id.as_str()) {
-            return Err(StoreError::Corrupt(format!(
-                "outbox item id {:?} does not start with its delivery id {:?} and '|'",
-                outbox.id, outbox.delivery_id
-            )));
+        self.write_transition(expected, record, outbox, None).await
+    }
+
+    /// [`JobStore::transition`] with a third item in the transaction: an
+    /// `Update` of the check-run item that creates it or moves it to the new
+    /// request (`version` + 1, `chk_pending`), keeping `check_run_id`,
+    /// `attempts` and `created_at_ms` (`if_not_exists`).
+    async fn transition_with_check_run(
+        &self,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+        check: &CheckRunItem,
+    ) -> Result<bool, StoreError> {
+        self.write_transition(expected, record, outbox, Some(check)).await
+    }
+
+    /// `Query` on the GSI, `status = chk_pending`, oldest first, up to `limit`.
+    async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        let job_item = job_item(record)?;
-        let outbox_item = outbox_item(outbox);
-        for round in 0..TRANSACTION_ROUNDS {
-            if round > 0 {
-                // Jittered backoff: 20..40 ms, 40..80 ms, ...
-                let base = 20u64 << (round - 1).min(4);
-                let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(base)) as u64;
-                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
-            }
-            let job = conditional_put(&self.table, job_item.clone(), expected)?;
-            let hud = conditional_put(&self.table, outbox_item.clone(), None)?;
-            if let Some(applied) = self.transact(job, hud).await? {
-                return Ok(applied);
-            }
+        let status = format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str());
+        let items = self.by_status(&status, None, limit, |got, _| got.len() < limit).await?;
+        items.iter().map(parse_check).collect()
+    }
+
+    /// `Query` on `pk` with `begins_with(sk, "chk#")`, `ConsistentRead`.
+    async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError> {
+        let mut items: Vec<CheckRunItem> = self
+            .query_prefix(delivery.as_str(), CHECK_PREFIX)
+            .await?
+            .iter()
+            .map(parse_check)
+            .collect::<Result<_, _>>()?;
+        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(items)
+    }
+
+    /// Two `UpdateItem`s on `chk#<id>`: the attempt (`attempts` + 1,
+    /// `check_run_id` and `last_error` when given, `updated_at_ms`), then,
+    /// for a final `sync`, the status conditioned on `version = :version AND
+    /// status = chk_pending` (a failed condition changes nothing).
+    async fn mark_check_run(
+        &self,
+        id: &str,
+        version: u32,
+        check_run_id: Option<u64>,
+        sync: HudSync,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Some(pk) = outbox_pk(id) else {
+            return Ok(());
+        };
+        let key = primary_key(pk, format!("{CHECK_PREFIX}{id}"));
+        let mut update = String::from("SET #attempts = #attempts + :one, #updated_ms = :now, #expires = :expires");
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.clone()))
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .expression_attribute_names("#attempts", attr::ATTEMPTS)
+            .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS));
+        if let Some(cid) = check_run_id {
+            update.push_str(", #cid = :cid");
+            req =
+                req.expression_attribute_names("#cid", attr::CHECK_RUN_ID).expression_attribute_values(":cid", n(cid));
         }
-        Err(StoreError::Unavailable(format!(
-            "job {} transition: TransactWriteItems cancelled by conflicting writes {TRANSACTION_ROUNDS} times",
-            record.key.sort_key()
-        )))
+        if let Some(error) = error {
+            update.push_str(", #error = :error");
+            req = req
+                .expression_attribute_names("#error", attr::LAST_ERROR)
+                .expression_attribute_values(":error", s(error));
+        }
+        match req.update_expression(update).send().await {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => return Ok(()),
+            Err(e) => return Err(unavailable("UpdateItem (mark check run)", e)),
+        }
+        if sync == HudSync::Pending {
+            return Ok(());
+        }
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .update_expression("SET #status = :status")
+            .condition_expression("#version = :version AND #status = :pending")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#version", attr::VERSION)
+            .expression_attribute_values(":status", s(&format!("{CHECK_STATUS_PREFIX}{}", sync.as_str())))
+            .expression_attribute_values(":pending", s(&format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
+            .expression_attribute_values(":version", n(version))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(unavailable("UpdateItem (check run status)", e)),
+        }
     }
 
     /// `PutItem` of a violation item (a new `sk` each time).
@@ -577,6 +722,65 @@ fn outbox_item(o: &OutboxItem) -> Item {
     item.insert(attr::UPDATED_AT.into(), n(o.created_at_ms));
     item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + JOB_TTL_SECS));
     item
+}
+
+/// The transaction `Update` that creates or moves a check-run item.
+fn check_upsert(table: &str, c: &CheckRunItem) -> Result<TransactWriteItem, StoreError> {
+    let request = serde_json::to_string(&c.request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let update = Update::builder()
+        .table_name(table)
+        .set_key(Some(primary_key(c.delivery_id.as_str(), format!("{CHECK_PREFIX}{}", c.id))))
+        .update_expression(
+            "SET #id = :id, #repo = :repo, #request = :request, #status = :pending, \
+             #version = if_not_exists(#version, :zero) + :one, #attempts = if_not_exists(#attempts, :zero), \
+             #created = if_not_exists(#created, :created), #updated = if_not_exists(#updated, :created), \
+             #updated_ms = :updated_ms, #expires = :expires",
+        )
+        .expression_attribute_names("#id", attr::ID)
+        .expression_attribute_names("#repo", attr::REPO)
+        .expression_attribute_names("#request", attr::REQUEST)
+        .expression_attribute_names("#status", attr::STATUS)
+        .expression_attribute_names("#version", attr::VERSION)
+        .expression_attribute_names("#attempts", attr::ATTEMPTS)
+        .expression_attribute_names("#created", attr::CREATED_AT_MS)
+        .expression_attribute_names("#updated", attr::UPDATED_AT)
+        .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
+        .expression_attribute_names("#expires", attr::EXPIRES_AT)
+        .expression_attribute_values(":id", s(&c.id))
+        .expression_attribute_values(":repo", s(c.repo.as_str()))
+        .expression_attribute_values(":request", s(&request))
+        .expression_attribute_values(":pending", s(&format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
+        .expression_attribute_values(":zero", n(0))
+        .expression_attribute_values(":one", n(1))
+        .expression_attribute_values(":created", n(c.created_at_ms))
+        .expression_attribute_values(":updated_ms", n(c.updated_at_ms))
+        .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS))
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("DynamoDB Update request: {e}")))?;
+    Ok(TransactWriteItem::builder().update(update).build())
+}
+
+fn parse_check(item: &Item) -> Result<CheckRunItem, StoreError> {
+    let status = get_s(item, attr::STATUS)?;
+    let sync = status
+        .strip_prefix(CHECK_STATUS_PREFIX)
+        .and_then(HudSync::parse)
+        .ok_or_else(|| corrupt(attr::STATUS, "is not a check-run status"))?;
+    let request = get_s(item, attr::REQUEST)?;
+    Ok(CheckRunItem {
+        id: get_s(item, attr::ID)?,
+        delivery_id: delivery_of(item)?,
+        repo: repo_of(item)?,
+        request: serde_json::from_str(&request)
+            .map_err(|e| corrupt(attr::REQUEST, &format!("is not a check run: {e}")))?,
+        version: get_n(item, attr::VERSION)?,
+        check_run_id: opt_n(item, attr::CHECK_RUN_ID)?,
+        sync,
+        attempts: get_n(item, attr::ATTEMPTS)?,
+        last_error: opt_s(item, attr::LAST_ERROR)?,
+        created_at_ms: get_n(item, attr::CREATED_AT_MS)?,
+        updated_at_ms: get_n(item, attr::UPDATED_AT_MS)?,
+    })
 }
 
 fn corrupt(name: &str, why: &str) -> StoreError {

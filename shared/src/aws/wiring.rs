@@ -186,6 +186,7 @@ pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerF
         settings: cfg.callbacks.reconciler.clone(),
         upstream: cfg.upstream.clone(),
         commits: Arc::new(crate::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
+        checks: Some(github.clone()),
     });
     let state: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo, aws.kv_table(RECONCILER)?, clock));
     let redeliver = crate::redeliver::Redeliverer::new(github, state.clone());

@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::Db;
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::lifecycle::{
-    CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
+    CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
 };
 use crate::ports::StoreError;
 
@@ -54,6 +54,21 @@ CREATE TABLE IF NOT EXISTS violations (
     at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS violations_delivery ON violations (delivery_id);
+CREATE TABLE IF NOT EXISTS check_outbox (
+    id TEXT PRIMARY KEY,                 -- CheckRunItem::id_for
+    delivery_id TEXT NOT NULL,
+    repo TEXT NOT NULL,                  -- the upstream repository
+    request TEXT NOT NULL,               -- CheckRunRequest JSON
+    version INTEGER NOT NULL,
+    check_run_id INTEGER,
+    sync TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS check_outbox_pending ON check_outbox (sync, created_at_ms);
+CREATE INDEX IF NOT EXISTS check_outbox_delivery ON check_outbox (delivery_id);
 "#;
 
 /// [`JobStore`] on SQLite.
@@ -130,6 +145,32 @@ fn outbox_item(r: &Row<'_>) -> rusqlite::Result<Result<OutboxItem, StoreError>> 
     Ok(parsed)
 }
 
+const CHECK_COLUMNS: &str =
+    "id, delivery_id, repo, request, version, check_run_id, sync, attempts, last_error, created_at_ms, updated_at_ms";
+
+fn check_item(r: &Row<'_>) -> rusqlite::Result<Result<CheckRunItem, StoreError>> {
+    let id: String = r.get(0)?;
+    let (delivery, repo, request, sync): (String, String, String, String) =
+        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(6)?);
+    let corrupt = |what: String| StoreError::Corrupt(format!("check-run item {id}: {what}"));
+    let parsed = (|| {
+        Ok(CheckRunItem {
+            delivery_id: DeliveryId::parse(&delivery).map_err(|e| corrupt(e.to_string()))?,
+            repo: RepoFullName::parse(&repo).map_err(|e| corrupt(e.to_string()))?,
+            request: serde_json::from_str(&request).map_err(|e| corrupt(e.to_string()))?,
+            version: r.get(4).map_err(|e| corrupt(e.to_string()))?,
+            check_run_id: r.get::<_, Option<i64>>(5).map_err(|e| corrupt(e.to_string()))?.map(|n| n as u64),
+            sync: HudSync::parse(&sync).ok_or_else(|| corrupt("sync state".into()))?,
+            attempts: r.get(7).map_err(|e| corrupt(e.to_string()))?,
+            last_error: r.get(8).map_err(|e| corrupt(e.to_string()))?,
+            created_at_ms: r.get(9).map_err(|e| corrupt(e.to_string()))?,
+            updated_at_ms: r.get(10).map_err(|e| corrupt(e.to_string()))?,
+            id: id.clone(),
+        })
+    })();
+    Ok(parsed)
+}
+
 const OUTBOX_COLUMNS: &str = "id, delivery_id, body, sync, attempts, last_error, created_at_ms, updated_at_ms";
 
 fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<Result<T, StoreError>>>) -> Result<Vec<T>, StoreError> {
@@ -140,25 +181,15 @@ fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<Result<T, StoreError>>
     Ok(out)
 }
 
-#[async_trait]
-impl JobStore for SqliteJobStore {
-    async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError> {
-        let conn = self.db.lock();
-        conn.query_row(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 AND sort_key = ?2"),
-            params![key.delivery_id.as_str(), key.sort_key()],
-            job,
-        )
-        .optional()
-        .map_err(unavailable)?
-        .transpose()
-    }
-
-    async fn transition(
+impl SqliteJobStore {
+    /// The transition, its HUD outbox item and (when given) the check-run
+    /// item upsert, in one transaction.
+    fn write_transition(
         &self,
         expected: Option<JobState>,
         record: &JobRecord,
         outbox: &OutboxItem,
+        check: Option<&CheckRunItem>,
     ) -> Result<bool, StoreError> {
         let mut conn = self.db.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
@@ -222,8 +253,107 @@ impl JobStore for SqliteJobStore {
             ],
         )
         .map_err(unavailable)?;
+        if let Some(c) = check {
+            tx.execute(
+                &format!(
+                    "INSERT INTO check_outbox ({CHECK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 1, ?5, 'pending', ?6, ?7, ?8, ?9)
+                     ON CONFLICT (id) DO UPDATE SET request = excluded.request, version = version + 1,
+                        sync = 'pending', updated_at_ms = excluded.updated_at_ms"
+                ),
+                params![
+                    c.id,
+                    c.delivery_id.as_str(),
+                    c.repo.as_str(),
+                    serde_json::to_string(&c.request).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    c.check_run_id.map(|n| n as i64),
+                    c.attempts,
+                    c.last_error,
+                    c.created_at_ms,
+                    c.updated_at_ms
+                ],
+            )
+            .map_err(unavailable)?;
+        }
         tx.commit().map_err(unavailable)?;
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteJobStore {
+    async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError> {
+        let conn = self.db.lock();
+        conn.query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 AND sort_key = ?2"),
+            params![key.delivery_id.as_str(), key.sort_key()],
+            job,
+        )
+        .optional()
+        .map_err(unavailable)?
+        .transpose()
+    }
+
+    async fn transition(
+        &self,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+    ) -> Result<bool, StoreError> {
+        self.write_transition(expected, record, outbox, None)
+    }
+
+    async fn transition_with_check_run(
+        &self,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+        check: &CheckRunItem,
+    ) -> Result<bool, StoreError> {
+        self.write_transition(expected, record, outbox, Some(check))
+    }
+
+    async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {CHECK_COLUMNS} FROM check_outbox WHERE sync = 'pending' ORDER BY created_at_ms, id LIMIT ?1"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map([limit as i64], check_item).map_err(unavailable)?;
+        collect(rows)
+    }
+
+    async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {CHECK_COLUMNS} FROM check_outbox WHERE delivery_id = ?1 ORDER BY created_at_ms, id"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map([delivery.as_str()], check_item).map_err(unavailable)?;
+        collect(rows)
+    }
+
+    async fn mark_check_run(
+        &self,
+        id: &str,
+        version: u32,
+        check_run_id: Option<u64>,
+        sync: HudSync,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.db
+            .lock()
+            .execute(
+                "UPDATE check_outbox SET check_run_id = COALESCE(?3, check_run_id), attempts = attempts + 1,
+                    last_error = COALESCE(?5, last_error), updated_at_ms = ?6,
+                    sync = CASE WHEN version = ?2 AND sync = 'pending' THEN ?4 ELSE sync END
+                 WHERE id = ?1",
+                params![id, version, check_run_id.map(|n| n as i64), sync.as_str(), error, now_ms],
+            )
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn record_violation(&self, v: &Violation) -> Result<(), StoreError> {
