@@ -78,148 +78,18 @@ async fn world(kind: Kind, redrive: u32) -> World {
             }
         }
         Kind::Moto => {
-            let cfg = moto_config().await;
-            let sqs = aws_sdk_sqs::Client::new(&cfg);
-            let (queue_url, dlq_url) = create_queues(&sqs, redrive).await;
-            let dynamo = aws_sdk_dynamodb::Client::new(&cfg);
-            let table = unique("crcr-ops-dispatches");
-            create_table(&dynamo, &table, "delivery_id", "target", aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .await;
-            let blobs = unique("crcr-ops-blobs");
-            create_table(&dynamo, &blobs, "key", "chunk", aws_sdk_dynamodb::types::ScalarAttributeType::N).await;
+            let cfg = crcr_shared::standin::moto::sdk().await;
+            let res = crcr_shared::standin::moto::Resources::create(&cfg, redrive).await;
+            let (sqs, dynamo) = (aws_sdk_sqs::Client::new(&cfg), aws_sdk_dynamodb::Client::new(&cfg));
             World {
-                queue: Arc::new(crcr_shared::aws::SqsQueue::new(sqs, queue_url, dlq_url)),
-                store: Arc::new(crcr_shared::aws::DynamoDispatchStore::new(dynamo.clone(), table)),
-                jobs: Arc::new(crcr_shared::aws::DynamoJobStore::new(dynamo.clone(), jobs_table(&dynamo).await)),
-                blobs: Arc::new(crcr_shared::aws::DynamoBlobStore::new(dynamo, blobs)),
+                queue: Arc::new(crcr_shared::aws::SqsQueue::new(sqs, res.dispatch_queue_url, res.dispatch_dlq_url)),
+                store: Arc::new(crcr_shared::aws::DynamoDispatchStore::new(dynamo.clone(), res.dispatch_table)),
+                jobs: Arc::new(crcr_shared::aws::DynamoJobStore::new(dynamo.clone(), res.jobs_table)),
+                blobs: Arc::new(crcr_shared::aws::DynamoBlobStore::new(dynamo, res.payload_table)),
                 _tmp: None,
             }
         }
     }
-}
-
-fn moto_url() -> String {
-    std::env::var("CRCR_TEST_MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".to_owned())
-}
-
-/// Fails the test (never skips) when moto does not answer.
-async fn moto_config() -> aws_config::SdkConfig {
-    let url = moto_url();
-    let host = url.split("://").nth(1).unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
-    match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(host.as_str())).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            panic!("moto is not reachable at {url} ({e}); start it: .venv/bin/moto_server -H 127.0.0.1 -p 5000 &")
-        }
-        Err(_) => {
-            panic!("moto is not reachable at {url} (connect timed out); start it: .venv/bin/moto_server -p 5000 &")
-        }
-    }
-    let cfg = crcr_shared::aws::sdk_config(Some(&url)).await;
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some() {
-        return cfg;
-    }
-    let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-ops-test");
-    cfg.to_builder().credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds)).build()
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// A source queue with a redrive policy to its own DLQ (as `infra/` creates them).
-async fn create_queues(client: &aws_sdk_sqs::Client, redrive: u32) -> (String, String) {
-    use aws_sdk_sqs::error::DisplayErrorContext;
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let name = unique("crcr-ops");
-    let dlq_url = client
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create DLQ: {}", DisplayErrorContext(e)))
-        .queue_url
-        .expect("DLQ url");
-    let dlq_arn = client
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("DLQ arn: {}", DisplayErrorContext(e)))
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .expect("DLQ arn");
-    let policy = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": redrive.to_string() });
-    let queue_url = client
-        .create_queue()
-        .queue_name(&name)
-        .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
-        .attributes(QueueAttributeName::MaximumMessageSize, "262144")
-        .attributes(QueueAttributeName::VisibilityTimeout, "30")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create queue: {}", DisplayErrorContext(e)))
-        .queue_url
-        .expect("queue url");
-    (queue_url, dlq_url)
-}
-
-async fn create_table(
-    client: &aws_sdk_dynamodb::Client,
-    name: &str,
-    hash: &str,
-    range: &str,
-    range_type: aws_sdk_dynamodb::types::ScalarAttributeType,
-) {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
-    client
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder().attribute_name(hash).attribute_type(ScalarAttributeType::S).build().unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder().attribute_name(range).attribute_type(range_type).build().unwrap(),
-        )
-        .key_schema(KeySchemaElement::builder().attribute_name(hash).key_type(KeyType::Hash).build().unwrap())
-        .key_schema(KeySchemaElement::builder().attribute_name(range).key_type(KeyType::Range).build().unwrap())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
-}
-
-/// A jobs table shaped as infra/modules/crcr/dynamodb.tf makes it: `pk`,
-/// `sk` (S), GSI `by_status` on `status` (S) + `updated_at` (N), projection ALL.
-async fn jobs_table(client: &aws_sdk_dynamodb::Client) -> String {
-    use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    };
-    let name = unique("crcr-ops-jobs");
-    let def = |n: &str, t| AttributeDefinition::builder().attribute_name(n).attribute_type(t).build().unwrap();
-    let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
-    let index = GlobalSecondaryIndex::builder()
-        .index_name(crcr_shared::aws::JOBS_BY_STATUS_INDEX)
-        .key_schema(key("status", KeyType::Hash))
-        .key_schema(key("updated_at", KeyType::Range))
-        .projection(Projection::builder().projection_type(ProjectionType::All).build())
-        .build()
-        .unwrap();
-    client
-        .create_table()
-        .table_name(&name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .set_attribute_definitions(Some(vec![def("pk", S), def("sk", S), def("status", S), def("updated_at", N)]))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .global_secondary_indexes(index)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
-    name
 }
 
 // ================================================================ helpers
