@@ -1,6 +1,7 @@
 //! `crcr trace <delivery-id>`: the whole chain of one delivery — per target,
 //! the dispatch outcome and attempts; per job, its lifecycle with
-//! timestamps, figures and HUD sync state; and refused callbacks — from the
+//! timestamps, figures and HUD sync state; its upstream check run (L3/L4);
+//! and refused callbacks — from the
 //! stores of either runtime: the SQLite file of `crcr serve`
 //! ([`TraceStores::sqlite`]) or the DynamoDB dispatch and jobs tables
 //! ([`TraceStores::aws`], `crcr trace --aws`).
@@ -11,7 +12,7 @@ use serde::Serialize;
 
 use crate::config::AwsResources;
 use crate::domain::DeliveryId;
-use crate::lifecycle::{JobRecord, JobStore, OutboxItem, Violation};
+use crate::lifecycle::{CheckRunItem, JobRecord, JobStore, OutboxItem, Violation};
 use crate::ops::backend::BackendError;
 use crate::ports::{DispatchRecord, DispatchStore, StoreError};
 
@@ -64,6 +65,9 @@ pub struct Trace {
     pub dispatches: Vec<DispatchRecord>,
     pub jobs: Vec<JobRecord>,
     pub hud: Vec<OutboxItem>,
+    /// Upstream check runs of the delivery's L3/L4 jobs: sync state,
+    /// GitHub's id, GitHub's last answer.
+    pub check_runs: Vec<CheckRunItem>,
     pub violations: Vec<Violation>,
     /// L2+ targets GitHub accepted the dispatch for that have not called
     /// back (no job recorded), with how long ago they were dispatched (s).
@@ -108,6 +112,7 @@ pub async fn trace(
         dispatches,
         jobs: jobs_of_delivery,
         hud: jobs.outbox(delivery).await?,
+        check_runs: jobs.check_runs(delivery).await?,
         violations: jobs.violations(delivery).await?,
         silent_targets,
     })
@@ -184,6 +189,26 @@ impl Trace {
                 h.attempts,
                 h.id.split('|').skip(1).collect::<Vec<_>>().join(" "),
                 h.last_error.as_ref().map(|e| format!("  last answer: {e}")).unwrap_or_default()
+            ));
+        }
+        if !self.check_runs.is_empty() {
+            out.push_str("upstream check runs:\n");
+        }
+        for c in &self.check_runs {
+            out.push_str(&format!(
+                "  {:<9} {} on {} {} ({}{})  check run {}  attempts {}{}\n",
+                c.sync.as_str(),
+                c.request.name,
+                c.repo,
+                c.request.head_sha.chars().take(12).collect::<String>(),
+                serde_json::to_value(c.request.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                c.request.conclusion.as_ref().map(|x| format!(": {x}")).unwrap_or_default(),
+                c.check_run_id.map_or_else(|| "not created".to_owned(), |id| id.to_string()),
+                c.attempts,
+                c.last_error.as_ref().map(|e| format!("  last answer: {e}")).unwrap_or_default()
             ));
         }
         if !self.violations.is_empty() {

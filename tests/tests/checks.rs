@@ -336,3 +336,26 @@ async fn a_timed_out_job_completes_its_check_run_as_timed_out() {
     assert_eq!(runs[0].external_id.as_deref(), Some("555:2"), "the external id is kept");
     w.relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_check_run_github_refuses_is_rejected_with_its_answer_and_hud_still_gets_the_job() {
+    let w = world(&[]).await;
+    w.gh.inject(UPSTREAM, Fault::Unprocessable);
+    assert_eq!(call(&w, "org4/four", "44", &callback(&w, "org4/four", "in_progress", None)).await, 202);
+    wait_for("the HUD record", || w.hud.received().len() == 1).await;
+    let jobs = SqliteJobStore::new(w.relay.db());
+    let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while jobs.check_runs(&id).await.unwrap().first().is_none_or(|c| c.sync != HudSync::Rejected) {
+        assert!(std::time::Instant::now() < deadline, "the check-run item was never rejected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w.gh.check_runs(UPSTREAM).is_empty());
+    let t = crcr_shared::trace::trace(&id, w.relay.store.as_ref(), &jobs).await.unwrap();
+    let text = t.render();
+    assert!(text.contains("upstream check runs:"), "{text}");
+    assert!(text.contains("rejected  crcr/org4/four/CI/build"), "{text}");
+    assert!(text.contains("422 Validation Failed"), "{text}");
+    assert_eq!(t.check_runs.len(), 1);
+    w.relay.stop().await;
+}
