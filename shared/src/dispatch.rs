@@ -251,7 +251,8 @@ impl Dispatcher {
         };
         let body = client_payload::build(&msg.event, msg.delivery_id.as_str(), &payload);
         report.payload_trimmed = matches!(&body, Ok(b) if b.trimmed);
-        let meta = |level| DispatchMeta {
+        let labels = crate::checks::pr_labels(&payload);
+        let meta = |entry: &AllowlistEntry| DispatchMeta {
             event: msg.event.clone(),
             action: msg.action.clone(),
             head_sha: payload
@@ -260,13 +261,14 @@ impl Dispatcher {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             pr_number: payload.get("number").and_then(Value::as_u64),
-            level,
+            level: entry.level,
+            check_run: crate::checks::wants_check_run(entry.level, entry.device.as_deref(), &labels),
         };
         let body = &body;
         let delivery = &msg.delivery_id;
         report.targets = futures::stream::iter(allowlist.entries().iter().cloned())
             .map(|entry| {
-                let meta = meta(entry.level);
+                let meta = meta(&entry);
                 let span = tracing::info_span!("target", repo = %entry.repo, attempt = tracing::field::Empty);
                 async move {
                     let outcome = self.dispatch_target(delivery, &entry, &meta, body).await;

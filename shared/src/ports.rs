@@ -265,6 +265,12 @@ pub struct DispatchMeta {
     pub head_sha: Option<String>,
     pub pr_number: Option<u64>,
     pub level: Level,
+    /// Whether this target's jobs get an upstream check run (issue 4): L4
+    /// always; L3 when the dispatched pull request carried the device label
+    /// ([`crate::checks::wants_check_run`]). Set at dispatch; records
+    /// written before it existed read as `false`.
+    #[serde(default)]
+    pub check_run: bool,
 }
 
 /// The durable record per (delivery id, target repository).

@@ -209,8 +209,7 @@ impl Reconciler {
         let Some(rec) = self.dispatches.records(delivery).await?.into_iter().find(|r| &r.target == repo) else {
             return Ok(None);
         };
-        if level < Level::L4 {
-            // L3: the per-commit "wanted" flag set at dispatch is the next step.
+        if !(level == Level::L4 || rec.meta.check_run) {
             return Ok(None);
         }
         Ok(rec.meta.head_sha.map(|head_sha| crate::checks::CheckRunTarget {

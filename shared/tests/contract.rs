@@ -355,11 +355,19 @@ fn meta() -> DispatchMeta {
         head_sha: Some("ec26c78d6d7e1b2a3c4d5e6f708192a3b4c5d6e7".into()),
         pr_number: Some(12345),
         level: Level::L3,
+        check_run: true,
     }
 }
 
 fn bare_meta() -> DispatchMeta {
-    DispatchMeta { event: "push".into(), action: None, head_sha: None, pr_number: None, level: Level::L1 }
+    DispatchMeta {
+        event: "push".into(),
+        action: None,
+        head_sha: None,
+        pr_number: None,
+        level: Level::L1,
+        check_run: false,
+    }
 }
 
 async fn receive_all(

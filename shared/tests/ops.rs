@@ -164,6 +164,7 @@ fn meta(event: &str, action: Option<&str>, pr: Option<u64>) -> DispatchMeta {
         head_sha: None,
         pr_number: pr,
         level: Level::L1,
+        check_run: false,
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crcr_shared::config::CallbackConfig;
 use crcr_shared::lifecycle::{HudSync, JobStore};
 use crcr_shared::oidc::TrustAnchor;
+use crcr_shared::ports::DispatchStore;
 use crcr_shared::sqlite::SqliteJobStore;
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::{fixture, test_settings, uuid, Relay};
@@ -358,4 +359,20 @@ async fn a_check_run_github_refuses_is_rejected_with_its_answer_and_hud_still_ge
     assert!(text.contains("422 Validation Failed"), "{text}");
     assert_eq!(t.check_runs.len(), 1);
     w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn l3_job_gets_a_check_run_when_its_label_was_on_the_pr_at_dispatch() {
+    for label in ["ciflow/crcr/gpu", "ciflow/oot/gpu"] {
+        let w = world(&["ciflow/trunk", label]).await;
+        let records =
+            w.relay.store.records(&crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap()).await.unwrap();
+        let wanted: Vec<(&str, bool)> = records.iter().map(|r| (r.target.as_str(), r.meta.check_run)).collect();
+        assert_eq!(wanted, vec![("org2/two", false), ("org3/three", true), ("org4/four", true)], "{label}");
+        assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "in_progress", None)).await, 202);
+        wait_for("the L3 check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+        let run = &w.gh.check_runs(UPSTREAM)[0];
+        assert_eq!((run.name.as_str(), run.head_sha.as_str()), ("crcr/org3/three/CI/build", w.head_sha.as_str()));
+        w.relay.stop().await;
+    }
 }

@@ -32,6 +32,8 @@ pub(super) mod attr {
     pub const HEAD_SHA: &str = "head_sha";
     pub const PR_NUMBER: &str = "pr_number";
     pub const LEVEL: &str = "level";
+    /// BOOL, [`crate::ports::DispatchMeta::check_run`] (absent = false).
+    pub const CHECK_RUN: &str = "check_run";
     pub const EXPIRES_AT: &str = "expires_at";
     /// `YYYY-MM-DD` (UTC) of `dispatched_at_ms`, set with it: the partition
     /// key of the sparse GSI `by_dispatch_day` (see `DISPATCH_DAY_INDEX`).
@@ -70,6 +72,7 @@ pub(super) fn new_item(
         item.insert(attr::PR_NUMBER.into(), n(p));
     }
     item.insert(attr::LEVEL.into(), s(meta.level.as_str()));
+    item.insert(attr::CHECK_RUN.into(), AttributeValue::Bool(meta.check_run));
     item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + DISPATCH_TTL_SECS));
     item
 }
@@ -143,6 +146,11 @@ pub(super) fn parse_record(item: &Item) -> Result<DispatchRecord, StoreError> {
             head_sha: opt_s(item, attr::HEAD_SHA)?,
             pr_number: opt_n(item, attr::PR_NUMBER)?,
             level: Level::parse(&level).ok_or_else(|| corrupt(attr::LEVEL, "is not L1..L4"))?,
+            check_run: match item.get(attr::CHECK_RUN) {
+                None => false,
+                Some(AttributeValue::Bool(b)) => *b,
+                Some(_) => return Err(corrupt(attr::CHECK_RUN, "is not a boolean")),
+            },
         },
     })
 }

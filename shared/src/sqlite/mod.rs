@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS dispatches (
     head_sha TEXT,
     pr_number INTEGER,
     level TEXT NOT NULL,
+    check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run
     PRIMARY KEY (delivery_id, target_key)
 );
 CREATE INDEX IF NOT EXISTS dispatches_dispatched_at ON dispatches (dispatched_at_ms)
@@ -88,6 +89,16 @@ impl Db {
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        // Files written before `dispatches.check_run` existed get the column.
+        let has_check_run: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('dispatches') WHERE name = 'check_run'", [], |r| {
+                r.get::<_, i64>(0).map(|n| n > 0)
+            })
+            .map_err(unavailable)?;
+        if !has_check_run {
+            conn.execute_batch("ALTER TABLE dispatches ADD COLUMN check_run INTEGER NOT NULL DEFAULT 0")
+                .map_err(unavailable)?;
+        }
         conn.execute_batch(jobs::SCHEMA).map_err(unavailable)?;
         conn.execute_batch(kv::SCHEMA).map_err(unavailable)?;
         let conn = Arc::new(Mutex::new(conn));

@@ -29,7 +29,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 const COLUMNS: &str = "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
-    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level";
+    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run";
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
     let delivery: String = r.get(0)?;
@@ -55,6 +55,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
                 head_sha: r.get(12).map_err(|e| corrupt(&e.to_string()))?,
                 pr_number: r.get::<_, Option<i64>>(13).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
                 level: Level::parse(&level).ok_or_else(|| corrupt("unknown level"))?,
+                check_run: r.get::<_, i64>(15).map_err(|e| corrupt(&e.to_string()))? != 0,
             },
         })
     })();
@@ -86,8 +87,8 @@ impl DispatchStore for SqliteDispatchStore {
             None => {
                 tx.execute(
                     "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
-                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level)
-                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run)
+                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     params![
                         delivery.as_str(),
                         target.key(),
@@ -98,7 +99,8 @@ impl DispatchStore for SqliteDispatchStore {
                         meta.action,
                         meta.head_sha,
                         meta.pr_number.map(|n| n as i64),
-                        meta.level.as_str()
+                        meta.level.as_str(),
+                        meta.check_run
                     ],
                 )
                 .map_err(unavailable)?;
