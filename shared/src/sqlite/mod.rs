@@ -135,3 +135,40 @@ fn checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Connectio
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{DeliveryId, RepoFullName};
+    use crate::ports::DispatchStore;
+
+    /// A file written before `dispatches.check_run` existed opens, gains the
+    /// column, and its records read as `check_run: false`.
+    #[tokio::test]
+    async fn old_files_gain_the_check_run_column() {
+        let path = std::env::temp_dir().join(format!("crcr-migrate-{}.sqlite", uuid::Uuid::new_v4()));
+        let old_schema = SCHEMA.replace("    check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run\n", "");
+        assert_ne!(old_schema, SCHEMA);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&old_schema).unwrap();
+            conn.execute(
+                "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
+                    created_at_ms, updated_at_ms, event, level)
+                 VALUES ('d-1', 'org/a', 'org/a', 'dispatched', 1, 0, 1, 1, 'push', 'L4')",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let records = SqliteDispatchStore::new(db.clone()).records(&DeliveryId::parse("d-1").unwrap()).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].target, RepoFullName::parse("org/a").unwrap());
+        assert!(!records[0].meta.check_run);
+        drop(db);
+        Db::open(&path).expect("a second open finds the column and changes nothing");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}
