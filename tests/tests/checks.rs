@@ -243,6 +243,16 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the delivery's first check-run item is in `sync` (the relay
+/// records GitHub's answer just after the stand-in does).
+async fn wait_item(jobs: &SqliteJobStore, id: &crcr_shared::domain::DeliveryId, sync: HudSync) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while jobs.check_runs(id).await.unwrap().first().is_none_or(|c| c.sync != sync) {
+        assert!(std::time::Instant::now() < deadline, "the check-run item never reached {sync:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn l4_job_drives_one_check_run_from_in_progress_to_its_conclusion() {
     let w = world(&[]).await;
@@ -259,11 +269,7 @@ async fn l4_job_drives_one_check_run_from_in_progress_to_its_conclusion() {
     wait_for("the completed check run", || w.gh.check_runs(UPSTREAM)[0].status == "completed").await;
     let jobs = SqliteJobStore::new(w.relay.db());
     let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while jobs.check_runs(&id).await.unwrap()[0].sync != HudSync::Sent {
-        assert!(std::time::Instant::now() < deadline, "the check-run item was never marked sent");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_item(&jobs, &id, HudSync::Sent).await;
     let runs = w.gh.check_runs(UPSTREAM);
     assert_eq!(runs.len(), 1, "the same check run, updated: {runs:?}");
     assert_eq!(runs[0].conclusion.as_deref(), Some("failure"));
@@ -308,11 +314,7 @@ async fn a_github_5xx_on_create_is_retried_and_creates_exactly_one_check_run() {
     // Once the relay recorded GitHub's id, more sweeps send nothing more.
     let jobs = SqliteJobStore::new(w.relay.db());
     let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while jobs.check_runs(&id).await.unwrap()[0].sync != HudSync::Sent {
-        assert!(std::time::Instant::now() < deadline, "the check-run item was never marked sent");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_item(&jobs, &id, HudSync::Sent).await;
     for _ in 0..3 {
         w.relay.reconciler.sweep().await.unwrap();
     }
@@ -346,11 +348,7 @@ async fn a_check_run_github_refuses_is_rejected_with_its_answer_and_hud_still_ge
     wait_for("the HUD record", || w.hud.received().len() == 1).await;
     let jobs = SqliteJobStore::new(w.relay.db());
     let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while jobs.check_runs(&id).await.unwrap().first().is_none_or(|c| c.sync != HudSync::Rejected) {
-        assert!(std::time::Instant::now() < deadline, "the check-run item was never rejected");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_item(&jobs, &id, HudSync::Rejected).await;
     assert!(w.gh.check_runs(UPSTREAM).is_empty());
     let t = crcr_shared::trace::trace(&id, w.relay.store.as_ref(), &jobs).await.unwrap();
     let text = t.render();

@@ -760,12 +760,14 @@ fn check_upsert(table: &str, c: &CheckRunItem) -> Result<TransactWriteItem, Stor
     Ok(TransactWriteItem::builder().update(update).build())
 }
 
+/// The sync state in an item's `status` (`<prefix><HudSync>`); `why` names
+/// the item kind when it is not one.
+fn sync_of(item: &Item, prefix: &str, why: &str) -> Result<HudSync, StoreError> {
+    get_s(item, attr::STATUS)?.strip_prefix(prefix).and_then(HudSync::parse).ok_or_else(|| corrupt(attr::STATUS, why))
+}
+
 fn parse_check(item: &Item) -> Result<CheckRunItem, StoreError> {
-    let status = get_s(item, attr::STATUS)?;
-    let sync = status
-        .strip_prefix(CHECK_STATUS_PREFIX)
-        .and_then(HudSync::parse)
-        .ok_or_else(|| corrupt(attr::STATUS, "is not a check-run status"))?;
+    let sync = sync_of(item, CHECK_STATUS_PREFIX, "is not a check-run status")?;
     let request = get_s(item, attr::REQUEST)?;
     Ok(CheckRunItem {
         id: get_s(item, attr::ID)?,
@@ -845,11 +847,7 @@ fn parse_job(item: &Item) -> Result<JobRecord, StoreError> {
 }
 
 fn parse_outbox(item: &Item) -> Result<OutboxItem, StoreError> {
-    let status = get_s(item, attr::STATUS)?;
-    let sync = status
-        .strip_prefix(HUD_STATUS_PREFIX)
-        .and_then(HudSync::parse)
-        .ok_or_else(|| corrupt(attr::STATUS, "is not an outbox status"))?;
+    let sync = sync_of(item, HUD_STATUS_PREFIX, "is not an outbox status")?;
     let body = get_s(item, attr::BODY)?;
     Ok(OutboxItem {
         id: get_s(item, attr::ID)?,
