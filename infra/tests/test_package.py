@@ -274,21 +274,69 @@ def aws():
         urllib.request.urlopen(moto_url() + "/moto-api/", timeout=3).close()
     except OSError as e:
         pytest.fail(f"moto is not reachable at {moto_url()} ({e}); scripts/test starts it")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     run = uuid.uuid4().hex[:10]
     sqs, ddb, sm = boto3.client("sqs", **kw), boto3.client("dynamodb", **kw), boto3.client("secretsmanager", **kw)
     queue = sqs.create_queue(QueueName=f"crcr-smoke-{run}-dispatch")["QueueUrl"]
+    reconcile_queue = sqs.create_queue(QueueName=f"crcr-smoke-{run}-reconcile")["QueueUrl"]
     tables = {}
-    for name, keys in {"dispatches": (("delivery_id", "S"), ("target", "S")), "payloads": (("key", "S"), ("chunk", "N"))}.items():
+    for name, keys in {
+        "dispatches": (("delivery_id", "S"), ("target", "S")),
+        "payloads": (("key", "S"), ("chunk", "N")),
+        "jobs": (("pk", "S"), ("sk", "S")),
+        "kv": (("pk", "S"),),
+    }.items():
         tables[name] = f"crcr-smoke-{run}-{name}"
         ddb.create_table(
             TableName=tables[name],
             BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": keys[0][0], "KeyType": "HASH"}, {"AttributeName": keys[1][0], "KeyType": "RANGE"}],
+            KeySchema=[{"AttributeName": k, "KeyType": t} for (k, _), t in zip(keys, ("HASH", "RANGE"))],
             AttributeDefinitions=[{"AttributeName": k, "AttributeType": t} for k, t in keys],
         )
     secret = f"smoke-{uuid.uuid4().hex}".encode()
-    arn = sm.create_secret(Name=f"crcr/smoke-{run}", SecretString=json.dumps({"webhook_secret": secret.decode()}))["ARN"]
-    return {"sqs": sqs, "queue": queue, "tables": tables, "secret": secret, "secret_arn": arn, "kw": kw}
+    # The secret as the Terraform's operator fills it: the webhook secret and
+    # the App's private key (ingest verifies callbacks' repositories with the App).
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    value = {"webhook_secret": secret.decode(), "github_app_private_key": key.decode()}
+    arn = sm.create_secret(Name=f"crcr/smoke-{run}", SecretString=json.dumps(value))["ARN"]
+    return {
+        "sqs": sqs, "queue": queue, "reconcile_queue": reconcile_queue, "tables": tables,
+        "secret": secret, "secret_arn": arn, "kw": kw,
+    }  # fmt: skip
+
+
+def smoke_environment(aws) -> dict[str, str]:
+    """The ingest function's CRCR_* environment as infra/modules/crcr/lambda.tf
+    sets it, with moto's resources."""
+    return {
+        "CRCR_UPSTREAM_REPO": UPSTREAM,
+        "CRCR_GITHUB_APP_ID": "12345",
+        "CRCR_ALLOWLIST_URL": "https://github.com/pytorch/pytorch/blob/main/.github/crcr-allowlist.yml",
+        "CRCR_DISPATCH_QUEUE_URL": aws["queue"],
+        "CRCR_RECONCILE_QUEUE_URL": aws["reconcile_queue"],
+        "CRCR_DISPATCH_TABLE": aws["tables"]["dispatches"],
+        "CRCR_PAYLOAD_TABLE": aws["tables"]["payloads"],
+        "CRCR_JOBS_TABLE": aws["tables"]["jobs"],
+        "CRCR_KV_TABLE": aws["tables"]["kv"],
+        "CRCR_SECRETS_ARN": aws["secret_arn"],
+        "CRCR_METRICS_NAMESPACE": "crcr",
+        "CRCR_OIDC_AUDIENCE": "pytorch-cross-repo-ci-relay",
+    }
+
+
+def test_ingest_environment_matches_the_terraform():
+    """The smoke test runs the ingest zip with the variables the Terraform
+    gives the function: no more, no fewer."""
+    text = (ROOT / "infra" / "modules" / "crcr" / "lambda.tf").read_text()
+    block = re.search(r"ingest_environment = \{(.*?)\n  \}", text, re.S)
+    assert block, "ingest_environment not found in lambda.tf"
+    terraform = set(re.findall(r"^\s*(CRCR_[A-Z_]+)\s*=", block.group(1), re.M))
+    fake = {"queue": "", "reconcile_queue": "", "tables": {t: "" for t in ("dispatches", "payloads", "jobs", "kv")}, "secret_arn": ""}
+    assert set(smoke_environment(fake)) == terraform
 
 
 @pytest.fixture(scope="module")
@@ -330,13 +378,12 @@ def watch(aws, tmp_path_factory):
             AWS_LAMBDA_FUNCTION_NAME="ingest",
             AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
             AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
-            # what the Terraform sets (infra/modules/crcr/lambda.tf), pointed at moto
+            # what the Terraform sets (infra/modules/crcr/lambda.tf, ingest_environment;
+            # test_ingest_environment_matches_the_terraform checks the names), pointed
+            # at moto; GitHub at a closed loopback port: webhooks never call it
             CRCR_AWS_ENDPOINT_URL=moto_url(),
-            CRCR_UPSTREAM_REPO=UPSTREAM,
-            CRCR_SECRETS_ARN=aws["secret_arn"],
-            CRCR_DISPATCH_QUEUE_URL=aws["queue"],
-            CRCR_DISPATCH_TABLE=aws["tables"]["dispatches"],
-            CRCR_PAYLOAD_TABLE=aws["tables"]["payloads"],
+            CRCR_GITHUB_API_URL="http://127.0.0.1:9",
+            **smoke_environment(aws),
             RUST_LOG="info",
         )
         function_log = work / "ingest.log"
