@@ -24,10 +24,11 @@ use serde::Serialize;
 use crate::callback::{self, hud_body, CallbackKind, Reconciled};
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::hud::{sync_outbox, Hud, SyncReport};
-use crate::lifecycle::{seconds_between, HudSync, JobState, JobStore, OutboxItem, Violation};
+use crate::lifecycle::{seconds_between, HudSync, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crate::message::QueueMessage;
 use crate::ports::{
-    Clock, CommitLookup, DispatchStore, EventQueue, QueueError, QueueSide, ReceivedMessage, StoreError,
+    Clock, CommitLookup, DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueError, QueueSide,
+    ReceivedMessage, StoreError,
 };
 
 /// Tunables, with their defaults.
@@ -60,6 +61,18 @@ impl Default for ReconcilerSettings {
 
 /// Dispatched records the never-started sweep reads per pass.
 const NEVER_STARTED_SCAN_LIMIT: usize = 1000;
+
+/// When `rec` is waiting for a callback: GitHub accepted the dispatch
+/// (status dispatched), the target is L2+ (L1 repositories send none), and
+/// `jobs` (the delivery's jobs) holds no job of the target. Returns when it
+/// was dispatched (ms since epoch). The never-started sweep and `crcr trace`
+/// both decide with this.
+pub fn awaiting_callback(rec: &DispatchRecord, jobs: &[JobRecord]) -> Option<i64> {
+    let waiting = rec.status == DispatchStatus::Dispatched
+        && rec.meta.level >= Level::L2
+        && !jobs.iter().any(|j| j.key.repo == rec.target);
+    waiting.then(|| rec.dispatched_at_ms.unwrap_or(rec.updated_at_ms))
+}
 
 /// One L2+ target that GitHub accepted a dispatch for and that never called back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -227,18 +240,17 @@ impl Reconciler {
         let to = now - self.settings.never_started_after.as_millis() as i64;
         let from = to - self.settings.never_started_lookback.as_millis() as i64;
         let mut out = Vec::new();
-        let mut jobs_of: std::collections::HashMap<DeliveryId, Vec<RepoFullName>> = Default::default();
+        let mut jobs_of: std::collections::HashMap<DeliveryId, Vec<JobRecord>> = Default::default();
         for rec in self.dispatches.dispatched_between(from, to, NEVER_STARTED_SCAN_LIMIT).await? {
             if rec.meta.level < Level::L2 {
-                continue;
+                continue; // no job lookup for L1 targets
             }
             if !jobs_of.contains_key(&rec.delivery_id) {
-                let repos = self.jobs.jobs(&rec.delivery_id).await?.into_iter().map(|j| j.key.repo).collect();
-                jobs_of.insert(rec.delivery_id.clone(), repos);
+                jobs_of.insert(rec.delivery_id.clone(), self.jobs.jobs(&rec.delivery_id).await?);
             }
-            if !jobs_of[&rec.delivery_id].contains(&rec.target) {
+            if let Some(dispatched_at_ms) = awaiting_callback(&rec, &jobs_of[&rec.delivery_id]) {
                 out.push(NeverStarted {
-                    dispatched_at_ms: rec.dispatched_at_ms.unwrap_or(rec.updated_at_ms),
+                    dispatched_at_ms,
                     delivery_id: rec.delivery_id,
                     target: rec.target,
                     level: rec.meta.level,

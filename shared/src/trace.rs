@@ -100,11 +100,13 @@ pub async fn trace(
     let now_ms = chrono::Utc::now().timestamp_millis();
     let silent_targets = dispatches
         .iter()
-        .filter(|d| d.status == crate::ports::DispatchStatus::Dispatched && d.meta.level >= crate::domain::Level::L2)
-        .filter(|d| !jobs_of_delivery.iter().any(|j| j.key.repo == d.target))
-        .map(|d| {
-            let at = d.dispatched_at_ms.unwrap_or(d.updated_at_ms);
-            SilentTarget { target: d.target.clone(), dispatched_at_ms: at, silent_for_s: (now_ms - at).max(0) / 1000 }
+        .filter_map(|d| {
+            let at = crate::reconcile::awaiting_callback(d, &jobs_of_delivery)?;
+            Some(SilentTarget {
+                target: d.target.clone(),
+                dispatched_at_ms: at,
+                silent_for_s: (now_ms - at).max(0) / 1000,
+            })
         })
         .collect();
     Ok(Trace {

@@ -136,6 +136,22 @@ impl DynamoJobStore {
         Self { client, table }
     }
 
+    /// The items of `delivery` under `prefix` ([`Self::query_prefix`]),
+    /// parsed, sorted by `created` ((`created_at_ms`, `id`): the order of
+    /// the SQLite twin).
+    async fn query_in_creation_order<T>(
+        &self,
+        delivery: &DeliveryId,
+        prefix: &str,
+        parse: impl Fn(&Item) -> Result<T, StoreError>,
+        created: impl Fn(&T) -> (i64, &str),
+    ) -> Result<Vec<T>, StoreError> {
+        let mut items: Vec<T> =
+            self.query_prefix(delivery.as_str(), prefix).await?.iter().map(parse).collect::<Result<_, _>>()?;
+        items.sort_by(|a, b| created(a).cmp(&created(b)));
+        Ok(items)
+    }
+
     /// Every item of partition `pk` whose `sk` begins with `prefix`, in `sk`
     /// order: `Query` with `ConsistentRead`, all pages.
     async fn query_prefix(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
@@ -370,16 +386,10 @@ impl JobStore for DynamoJobStore {
         items.iter().map(parse_check).collect()
     }
 
-    /// `Query` on `pk` with `begins_with(sk, "chk#")`, `ConsistentRead`.
+    /// `Query` on `pk` with `begins_with(sk, "chk#")`, `ConsistentRead`;
+    /// sorted by (`created_at_ms`, `id`).
     async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError> {
-        let mut items: Vec<CheckRunItem> = self
-            .query_prefix(delivery.as_str(), CHECK_PREFIX)
-            .await?
-            .iter()
-            .map(parse_check)
-            .collect::<Result<_, _>>()?;
-        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-        Ok(items)
+        self.query_in_creation_order(delivery, CHECK_PREFIX, parse_check, |c| (c.created_at_ms, &c.id)).await
     }
 
     /// Two `UpdateItem`s on `chk#<id>`: the attempt (`attempts` + 1,
@@ -487,14 +497,7 @@ impl JobStore for DynamoJobStore {
     /// `Query` on `pk` with `begins_with(sk, "hud#")`, `ConsistentRead`, all
     /// pages; sorted by (`created_at_ms`, `id`).
     async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
-        let mut items: Vec<OutboxItem> = self
-            .query_prefix(delivery.as_str(), HUD_PREFIX)
-            .await?
-            .iter()
-            .map(parse_outbox)
-            .collect::<Result<_, _>>()?;
-        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-        Ok(items)
+        self.query_in_creation_order(delivery, HUD_PREFIX, parse_outbox, |o| (o.created_at_ms, &o.id)).await
     }
 
     /// `Query` on the GSI, `status = hud_pending`, ascending by `updated_at`
