@@ -66,6 +66,7 @@ fn callback(c: &mut Criterion) {
         pr_number: None,
         level: Level::L2,
         check_run: false,
+        device: None,
     };
     rt.block_on(async {
         let now = chrono::Utc::now().timestamp_millis();

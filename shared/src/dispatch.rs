@@ -263,6 +263,7 @@ impl Dispatcher {
             pr_number: payload.get("number").and_then(Value::as_u64),
             level: entry.level,
             check_run: crate::checks::wants_check_run(entry.level, entry.device.as_deref(), &labels),
+            device: entry.device.clone(),
         };
         let body = &body;
         let delivery = &msg.delivery_id;

@@ -24,6 +24,7 @@ pub mod oidc;
 pub mod ops;
 pub mod ports;
 pub mod reconcile;
+pub mod runs;
 pub mod redeliver;
 pub mod secrets;
 pub mod signature;

@@ -213,6 +213,18 @@ pub trait JobStore: Send + Sync {
         let _ = (expected, record, outbox, check);
         Err(StoreError::Unavailable("this job store keeps no check-run outbox".into()))
     }
+    /// Writes `check` outside a job transition, only forward: stores it as
+    /// given when no item has its id; replaces an existing item's request
+    /// (version + 1, sync pending, keeping `check_run_id`, `attempts` and
+    /// `created_at_ms`) only when the stored request's status is
+    /// `in_progress` and `check.request`'s is `completed`. Returns whether it
+    /// wrote. For check runs decided after the job moved: a label added
+    /// later (backfill from stored job state), a superseded head or a closed
+    /// pull request. The default says the store keeps no check-run outbox.
+    async fn advance_check_run(&self, check: &CheckRunItem) -> Result<bool, StoreError> {
+        let _ = check;
+        Err(StoreError::Unavailable("this job store keeps no check-run outbox".into()))
+    }
     /// Up to `limit` pending check-run items, oldest first.
     async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
         let _ = limit;

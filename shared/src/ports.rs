@@ -271,6 +271,11 @@ pub struct DispatchMeta {
     /// written before it existed read as `false`.
     #[serde(default)]
     pub check_run: bool,
+    /// The repository's L3 device key in the allowlist (`ciflow/crcr/<device>`
+    /// asks for its check runs), when it has one. Records written before it
+    /// existed read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// The durable record per (delivery id, target repository).
@@ -368,6 +373,17 @@ pub trait DispatchStore: Send + Sync {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<DispatchRecord>, StoreError>;
+    /// Up to `limit` records (any status) whose `meta.head_sha` is
+    /// `head_sha` (40 hex digits, compared as given), oldest `created_at_ms`
+    /// first: how `labeled`, `synchronize`, `closed` and the `rerequested`
+    /// events find the relay's own records of an upstream commit (fork PRs
+    /// included, whose check-run events carry no pull request). Served by an
+    /// index (SQLite) or a sparse GSI `by_head_sha` (DynamoDB), not a scan.
+    /// The default says the store has no such index.
+    async fn records_for_commit(&self, head_sha: &str, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
+        let _ = (head_sha, limit);
+        Err(StoreError::Unavailable("this dispatch store cannot look records up by commit".into()))
+    }
 }
 
 /// Answer of [`DispatchStore::outcome_counts`].

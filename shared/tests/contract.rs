@@ -356,6 +356,7 @@ fn meta() -> DispatchMeta {
         pr_number: Some(12345),
         level: Level::L3,
         check_run: true,
+        device: None,
     }
 }
 
@@ -367,6 +368,7 @@ fn bare_meta() -> DispatchMeta {
         pr_number: None,
         level: Level::L1,
         check_run: false,
+        device: None,
     }
 }
 

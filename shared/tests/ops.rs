@@ -165,6 +165,7 @@ fn meta(event: &str, action: Option<&str>, pr: Option<u64>) -> DispatchMeta {
         pr_number: pr,
         level: Level::L1,
         check_run: false,
+        device: None,
     }
 }
 

@@ -151,6 +151,7 @@ pub(super) fn parse_record(item: &Item) -> Result<DispatchRecord, StoreError> {
                 Some(AttributeValue::Bool(b)) => *b,
                 Some(_) => return Err(corrupt(attr::CHECK_RUN, "is not a boolean")),
             },
+            device: None,
         },
     })
 }

@@ -56,6 +56,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
                 pr_number: r.get::<_, Option<i64>>(13).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
                 level: Level::parse(&level).ok_or_else(|| corrupt("unknown level"))?,
                 check_run: r.get::<_, i64>(15).map_err(|e| corrupt(&e.to_string()))? != 0,
+                device: None,
             },
         })
     })();
