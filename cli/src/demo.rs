@@ -11,6 +11,11 @@
 //! L1 repository, a repeated `completed`, a forged token) change nothing; a
 //! local HUD receives the records; an L2 target that never calls back is
 //! reported "never started"; `crcr trace` shows the chain.
+//!
+//! Last, upstream check runs (issue 4): the L3 repository's label is added
+//! after its job finished, so its check run is backfilled with the job's
+//! conclusion; a "Re-run" on that check run re-runs the downstream run's
+//! failed jobs.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -54,6 +59,8 @@ struct Delivery {
     /// Expected to be dispatched (202 and targets).
     dispatched: bool,
     redelivery: bool,
+    /// Acted on by the reconciler only (202, no dispatch): `labeled`.
+    reconciler_only: bool,
 }
 
 fn fixture(name: &str) -> &'static str {
@@ -68,6 +75,7 @@ fn fixture(name: &str) -> &'static str {
         "pull_request.closed" => include_str!("../../fixtures/webhooks/pull_request.closed.json"),
         "pull_request.labeled" => include_str!("../../fixtures/webhooks/pull_request.labeled.json"),
         "push" => include_str!("../../fixtures/webhooks/push.json"),
+        "check_run.rerequested" => include_str!("../../fixtures/webhooks/check_run.rerequested.json"),
         "ping" => include_str!("../../fixtures/webhooks/ping.json"),
         _ => unreachable!("unknown fixture {name}"),
     }
@@ -82,6 +90,7 @@ fn deliveries() -> Vec<Delivery> {
         forged: false,
         dispatched,
         redelivery: false,
+        reconciler_only: false,
     };
     let mut big: Value = serde_json::from_str(fixture("pull_request.synchronize")).expect("fixture is JSON");
     // A long PR description, as real PyTorch PRs have: pushes client_payload past 65,535 characters.
@@ -96,7 +105,7 @@ fn deliveries() -> Vec<Delivery> {
         d("push", "push", "push", true),
         d("pull_request.closed", "pull_request", "pull_request.closed", true),
         d("pull_request.reopened", "pull_request", "pull_request.reopened", true),
-        d("pull_request.labeled", "pull_request", "pull_request.labeled", false),
+        Delivery { reconciler_only: true, ..d("pull_request.labeled", "pull_request", "pull_request.labeled", false) },
         d("ping", "ping", "ping", false),
     ];
     let first = &list[0];
@@ -121,6 +130,8 @@ pub async fn run() -> anyhow::Result<bool> {
     for repo in INSTALLED {
         gh.install(repo);
     }
+    // And on the upstream repository, where it creates check runs.
+    gh.install(UPSTREAM);
     // Faults GitHub really produces: two 502s, then success; a secondary rate limit.
     gh.inject("vllm-project/vllm", Fault::ServerError(502));
     gh.inject("vllm-project/vllm", Fault::ServerError(502));
@@ -175,7 +186,9 @@ pub async fn run() -> anyhow::Result<bool> {
     let url = format!("http://{addr}/github/webhook");
     let mut problems: Vec<String> = Vec::new();
     let deliveries = deliveries();
-    let first_delivery = deliveries[0].id.clone();
+    // The downstream jobs answer the reopened PR's dispatch: `closed` ended
+    // tracking of that head's earlier dispatches.
+    let tracked_delivery = deliveries[5].id.clone();
     for d in deliveries {
         let signature =
             if d.forged { WebhookSecret::new("not-the-secret").sign(&d.body) } else { secret.sign(&d.body) };
@@ -194,7 +207,7 @@ pub async fn run() -> anyhow::Result<bool> {
         let status = res.status().as_u16();
         let answer: Value = res.json().await.unwrap_or(Value::Null);
         let delivery = DeliveryId::parse(&d.id)?;
-        let expected_status = match (d.forged, d.dispatched || d.redelivery, d.event) {
+        let expected_status = match (d.forged, d.dispatched || d.redelivery || d.reconciler_only, d.event) {
             (true, _, _) => 401,
             (false, true, _) => 202,
             _ => 200,
@@ -285,6 +298,8 @@ pub async fn run() -> anyhow::Result<bool> {
             }
             if d.redelivery {
                 println!("    same delivery id: {} new dispatches (targets already dispatched)", new.len());
+            } else if d.reconciler_only {
+                println!("    for the reconciler (labels; label {:?} asks for no check runs)", "bug");
             } else if d.forged {
                 println!("    refused: {}", answer.get("error").and_then(Value::as_str).unwrap_or(""));
             }
@@ -295,8 +310,10 @@ pub async fn run() -> anyhow::Result<bool> {
         }
     }
     let downstream = Downstream { http: &http, url: format!("http://{addr}/github/callback"), issuer: &issuer };
-    downstream_ci(&downstream, &first_delivery, &hud, jobs.as_ref(), store.as_ref(), &reconciler, &mut problems)
+    downstream_ci(&downstream, &tracked_delivery, &hud, jobs.as_ref(), store.as_ref(), &reconciler, &mut problems)
         .await?;
+    let upstream_events = UpstreamEvents { http: &http, url: &url, secret: &secret, gh: &gh };
+    check_runs_scenario(&upstream_events, &mut problems).await?;
     let _ = stop_tx.send(());
     server.await??;
 
@@ -475,6 +492,95 @@ async fn downstream_ci(
     }
     println!("\n$ crcr trace {delivery}");
     print!("{}", crcr_shared::trace::trace(&id, store, jobs).await?.render());
+    println!();
+    Ok(())
+}
+
+/// Where the demo posts upstream webhooks (signed like GitHub).
+struct UpstreamEvents<'a> {
+    http: &'a reqwest::Client,
+    url: &'a str,
+    secret: &'a WebhookSecret,
+    gh: &'a StandIn,
+}
+
+impl UpstreamEvents<'_> {
+    async fn post(&self, event: &str, body: &Value) -> anyhow::Result<u16> {
+        let body = serde_json::to_vec(body)?;
+        let res = self
+            .http
+            .post(self.url)
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+            .header("x-hub-signature-256", self.secret.sign(&body))
+            .body(body)
+            .send()
+            .await?;
+        Ok(res.status().as_u16())
+    }
+
+    async fn wait(&self, what: &str, mut done: impl FnMut(&StandIn) -> bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(self.gh) {
+            if Instant::now() > deadline {
+                bail!("{what}: not seen on the GitHub stand-in after 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The L3 repository `pytorch/crcr-test` (device `crcr-test`) finished its
+/// job without the label on the PR, so no check run; `ciflow/crcr/crcr-test`
+/// is added afterwards and the check run appears with the job's
+/// conclusion; "Re-run" on it re-runs the downstream run's failed jobs.
+async fn check_runs_scenario(ev: &UpstreamEvents<'_>, problems: &mut Vec<String>) -> anyhow::Result<()> {
+    const L3: &str = "pytorch/crcr-test";
+    println!("upstream check runs: {L3} (L3, device crcr-test) finished without its label on the PR");
+    let before = ev.gh.check_runs(UPSTREAM).len();
+    if before != 0 {
+        problems.push(format!("{before} check runs before the label, expected none (L3 without its label)"));
+    }
+    let mut labeled: Value = serde_json::from_str(fixture("pull_request.labeled"))?;
+    labeled["label"]["name"] = json!("ciflow/crcr/crcr-test");
+    let status = ev.post("pull_request", &labeled).await?;
+    println!("    pull_request.labeled ciflow/crcr/crcr-test          {status}");
+    ev.wait("the backfilled check run", |gh| gh.check_runs(UPSTREAM).len() == 1).await?;
+    let run = ev.gh.check_runs(UPSTREAM).remove(0);
+    println!(
+        "    check run on {UPSTREAM}@{}: {:?} {} {} (external_id {})",
+        &run.head_sha[..8],
+        run.name,
+        run.status,
+        run.conclusion.as_deref().unwrap_or("-"),
+        run.external_id.as_deref().unwrap_or("-")
+    );
+    if (run.status.as_str(), run.conclusion.as_deref()) != ("completed", Some("failure")) {
+        problems
+            .push(format!("backfilled check run is {} {:?}, expected completed failure", run.status, run.conclusion));
+    }
+    // "Re-run" on the PR page: GitHub sends check_run.rerequested (its
+    // `pull_requests` is empty, as for a fork PR: found by head SHA).
+    ev.gh.add_workflow_run(L3, 4242, "completed", Some("failure"));
+    let mut rerequested: Value = serde_json::from_str(fixture("check_run.rerequested"))?;
+    rerequested["repository"]["full_name"] = json!(UPSTREAM);
+    rerequested["check_run"]["id"] = json!(run.id);
+    rerequested["check_run"]["name"] = json!(run.name);
+    rerequested["check_run"]["external_id"] = json!(run.external_id);
+    rerequested["check_run"]["head_sha"] = json!(run.head_sha);
+    let status = ev.post("check_run", &rerequested).await?;
+    println!("    check_run.rerequested                               {status}");
+    ev.wait("the re-run request", |gh| !gh.run_requests(L3).is_empty()).await?;
+    for r in ev.gh.run_requests(L3) {
+        println!("    GitHub received: POST /repos/{L3}/actions/runs/{}/{} -> {}", r.run_id, r.kind, r.status);
+    }
+    let asked: Vec<(String, u64, u16)> =
+        ev.gh.run_requests(L3).into_iter().map(|r| (r.kind, r.run_id, r.status)).collect();
+    if asked != vec![("rerun-failed-jobs".to_owned(), 4242, 201)] {
+        problems.push(format!("re-run requests {asked:?}, expected rerun-failed-jobs of run 4242 once"));
+    }
     println!();
     Ok(())
 }

@@ -345,6 +345,7 @@ def check_table_keys(m: Module) -> None:
     for table, index, keys, types in (
         ("jobs", "by_status", ("status", "updated_at"), ("S", "N")),
         ("dispatches", "by_dispatch_day", ("dispatch_day", "dispatched_at_ms"), ("S", "N")),
+        ("dispatches", "by_head_sha", ("head_sha", "created_at_ms"), ("S", "N")),
     ):
         body = m.resource("aws_dynamodb_table", table)
         gsis = {g["name"]: g for g in body.get("global_secondary_index", [])}
@@ -354,6 +355,28 @@ def check_table_keys(m: Module) -> None:
         assert (g.get("hash_key"), g.get("range_key")) == keys, f"{table}: {index} keys"
         assert (attrs[keys[0]], attrs[keys[1]]) == types, f"{table}: {index} key types"
         assert g.get("projection_type") == "ALL", f"{table}: {index} must project all attributes"
+
+
+# The GSIs each function queries: (function, table, index).
+INDEX_QUERIES = (
+    ("reconciler", "jobs", "by_status"),
+    ("reconciler", "dispatches", "by_dispatch_day"),
+    ("reconciler", "dispatches", "by_head_sha"),
+)
+
+
+def check_index_queries(m: Module) -> None:
+    """Each function may Query the GSIs its code reads (a table's ARN does
+    not cover its indexes)."""
+    for fn, table, index in INDEX_QUERIES:
+        arn = "${aws_dynamodb_table." + table + ".arn}/index/" + index
+        stmts = policy_doc_of_role(m, function_role(m, fn))
+        allowed = [
+            st for st in stmts
+            if st.get("effect", "Allow") == "Allow" and arn in st.get("resources", [])
+            and "dynamodb:Query" in st.get("actions", [])
+        ]
+        assert allowed, f"{fn}: no dynamodb:Query on {arn}"
 
 
 def check_tables_pitr(m: Module) -> None:
@@ -651,6 +674,7 @@ CHECKS = [
     check_visibility_timeouts,
     check_tables_exist,
     check_table_keys,
+    check_index_queries,
     check_tables_pitr,
     check_tables_ttl,
     check_tables_sse,
@@ -761,6 +785,13 @@ MUTATIONS = [
      'name = "chunk"\n    type = "N"', 'name = "chunk"\n    type = "S"', check_table_keys),
     ("GSI removed", "dynamodb.tf", 'name            = "by_status"', 'name            = "by_state"',
      check_table_keys),
+    ("by_head_sha GSI renamed", "dynamodb.tf", 'name            = "by_head_sha"', 'name            = "by_commit"',
+     check_table_keys),
+    ("by_head_sha sorted by update", "dynamodb.tf",
+     'hash_key        = "head_sha"\n    range_key       = "created_at_ms"',
+     'hash_key        = "head_sha"\n    range_key       = "dispatched_at_ms"', check_table_keys),
+    ("by_head_sha Query not granted", "iam.tf",
+     '      "${aws_dynamodb_table.dispatches.arn}/index/by_head_sha",\n', "", check_index_queries),
     ("table missing", "dynamodb.tf", 'resource "aws_dynamodb_table" "kv"', 'resource "aws_dynamodb_table" "state"',
      check_tables_exist),
     ("deletion protection fixed", "dynamodb.tf",

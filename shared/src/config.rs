@@ -150,7 +150,8 @@ impl CallbackConfig {
     /// `CRCR_OIDC_BUILDKITE_ISSUER` / `_JWKS_URL`, `CRCR_BUILDKITE_PIPELINES_FILE`
     /// (JSON `{"<org id>/<pipeline id>": {"repo": "o/r", "required_claims": {..}}}`),
     /// `CRCR_HUD_URL`, `CRCR_HUD_BOT_KEY` / `_FILE`, `CRCR_CALLBACK_RATE_PER_MIN`,
-    /// `CRCR_JOB_TIMEOUT_SECS`, `CRCR_NEVER_STARTED_SECS`, `CRCR_SWEEP_INTERVAL_SECS`.
+    /// `CRCR_JOB_TIMEOUT_SECS`, `CRCR_NEVER_STARTED_SECS`, `CRCR_SWEEP_INTERVAL_SECS`,
+    /// `CRCR_CANCEL_ON_CLOSE` (`true` / `false`).
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         use crate::oidc::TrustAnchor;
         let d = Self::default();
@@ -194,6 +195,7 @@ impl CallbackConfig {
             never_started_after: Duration::from_secs(
                 env.parsed("CRCR_NEVER_STARTED_SECS", d.reconciler.never_started_after.as_secs())?,
             ),
+            cancel_on_close: env.parsed("CRCR_CANCEL_ON_CLOSE", d.reconciler.cancel_on_close)?,
             ..d.reconciler
         };
         let sweep_interval =

@@ -211,15 +211,16 @@ impl Dispatcher {
 
     /// Processes one queue body: fans the event out to its targets.
     pub async fn process(&self, body: &str) -> MessageOutcome {
-        let msg = match QueueMessage::decode(body) {
-            Ok(QueueMessage::DispatchV1(m)) => m,
-            Ok(QueueMessage::CallbackV1(_)) => {
-                return MessageOutcome::Poison {
-                    reason: "a callback_v1 message does not belong on the dispatch queue".into(),
-                }
-            }
-            Err(e) => return MessageOutcome::Poison { reason: e.to_string() },
-        };
+        let msg =
+            match QueueMessage::decode(body) {
+                Ok(QueueMessage::DispatchV1(m)) => m,
+                Ok(QueueMessage::CallbackV1(_) | QueueMessage::UpstreamV1(_)) => return MessageOutcome::Poison {
+                    reason:
+                        "a reconcile-queue message (callback_v1 / upstream_v1) does not belong on the dispatch queue"
+                            .into(),
+                },
+                Err(e) => return MessageOutcome::Poison { reason: e.to_string() },
+            };
         let span = tracing::info_span!("delivery", delivery_id = %msg.delivery_id, event = %msg.event,
             action = msg.action.as_deref().unwrap_or(""));
         self.process_dispatch(msg).instrument(span).await

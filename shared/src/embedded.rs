@@ -142,7 +142,9 @@ impl EmbeddedRelay {
             settings: cfg.callbacks.reconciler.clone(),
             upstream: cfg.upstream.clone(),
             commits: Arc::new(crate::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
-            checks: Some(github),
+            checks: Some(github.clone()),
+            runs: Some(github),
+            state: kv.clone(),
         });
         let callbacks = crate::callback_route::router(Arc::new(crate::callback_route::CallbackState {
             verifier: Arc::new(verifier),
@@ -160,6 +162,7 @@ impl EmbeddedRelay {
             blobs,
             clock: Arc::new(SystemClock),
             max_body_bytes: cfg.max_body_bytes,
+            reconcile: Some(reconcile_queue.clone()),
         }))
         .merge(callbacks)
         .merge(crate::metrics::prometheus_router());

@@ -390,11 +390,18 @@ impl crate::checks::CheckRuns for GitHubAppClient {
 impl GitHubAppClient {
     /// A client with a token of `repo` narrowed to `checks: write`.
     async fn checks_client(&self, repo: &RepoFullName) -> Result<Octocrab, GitHubError> {
+        self.repo_client(repo, ("checks", "write")).await
+    }
+
+    /// A client with a token of `repo` narrowed to `permission`, the
+    /// installation looked up (cached); 404 permanent when the App is not
+    /// installed there.
+    async fn repo_client(&self, repo: &RepoFullName, permission: (&str, &str)) -> Result<Octocrab, GitHubError> {
         let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
             status: 404,
             reason: format!("the App is not installed on {repo}"),
         })?;
-        self.token_client(repo, installation, ("checks", "write")).await
+        self.token_client(repo, installation, permission).await
     }
 
     /// [`classify`], forgetting the token on 401 and the installation on 404.
@@ -407,6 +414,81 @@ impl GitHubAppClient {
         }
         classify(status, headers, bytes)
     }
+}
+
+/// Downstream workflow runs (issue 4), with an installation token of the
+/// downstream repository narrowed to `actions: write` (GitHub REST
+/// "Workflow runs": re-run 201, cancel 202).
+#[async_trait]
+impl crate::runs::WorkflowRuns for GitHubAppClient {
+    async fn rerun_failed_jobs(
+        &self,
+        repo: &RepoFullName,
+        run_id: u64,
+    ) -> Result<crate::runs::RunRequest, GitHubError> {
+        self.run_request(repo, run_id, "rerun-failed-jobs").await
+    }
+
+    async fn rerun(&self, repo: &RepoFullName, run_id: u64) -> Result<crate::runs::RunRequest, GitHubError> {
+        self.run_request(repo, run_id, "rerun").await
+    }
+
+    async fn cancel(&self, repo: &RepoFullName, run_id: u64) -> Result<crate::runs::RunRequest, GitHubError> {
+        self.run_request(repo, run_id, "cancel").await
+    }
+}
+
+impl GitHubAppClient {
+    /// `POST /repos/{o}/{r}/actions/runs/{run_id}/{action}` (`rerun`,
+    /// `rerun-failed-jobs` or `cancel`), answered by [`run_answer`].
+    async fn run_request(
+        &self,
+        repo: &RepoFullName,
+        run_id: u64,
+        action: &str,
+    ) -> Result<crate::runs::RunRequest, GitHubError> {
+        let client = self.repo_client(repo, ("actions", "write")).await?;
+        let uri = format!("/repos/{}/{}/actions/runs/{run_id}/{action}", repo.owner(), repo.name());
+        let (status, headers, bytes) = self.send(client._post(uri, None::<&()>).await).await?;
+        run_answer(status, &headers, &bytes, action == "cancel").map_err(|_| {
+            // Forget the token on 401 and the installation on 404, as for check runs.
+            self.checks_error(repo, status, &headers, &bytes)
+        })
+    }
+}
+
+/// What a re-run (`cancel` false) or cancel (`cancel` true) answer means:
+/// 2xx → [`Accepted`](crate::runs::RunRequest::Accepted); a 403 that
+/// [`classify`] does not read as a rate limit and whose message says
+/// "already running" (GitHub: "This workflow is already running") →
+/// [`AlreadyRunning`](crate::runs::RunRequest::AlreadyRunning); 409 on a
+/// cancel ("Cannot cancel a workflow run that is completed.") →
+/// [`AlreadyCompleted`](crate::runs::RunRequest::AlreadyCompleted);
+/// anything else → [`classify`].
+fn run_answer(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    cancel: bool,
+) -> Result<crate::runs::RunRequest, GitHubError> {
+    use crate::runs::RunRequest;
+    if status.is_success() {
+        return Ok(RunRequest::Accepted);
+    }
+    if cancel && status == StatusCode::CONFLICT {
+        return Ok(RunRequest::AlreadyCompleted);
+    }
+    let error = classify(status, headers, body);
+    if status == StatusCode::FORBIDDEN && !error.is_transient() {
+        let message = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_ascii_lowercase))
+            .unwrap_or_default();
+        if message.contains("already running") {
+            return Ok(RunRequest::AlreadyRunning);
+        }
+    }
+    Err(error)
 }
 
 #[cfg(test)]
@@ -440,5 +522,33 @@ mod tests {
         check(403, &[], r#"{"message":"Resource not accessible by integration"}"#, false, None);
         check(404, &[], r#"{"message":"Not Found"}"#, false, None);
         check(422, &[], r#"{"message":"Invalid request"}"#, false, None);
+    }
+
+    #[test]
+    fn run_answers() {
+        use crate::runs::RunRequest;
+        let answer = |status: u16, headers: &[(&str, &str)], body: &str, cancel: bool| {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            run_answer(StatusCode::from_u16(status).unwrap(), &h, body.as_bytes(), cancel)
+        };
+        let running = r#"{"message":"This workflow is already running"}"#;
+        let completed = r#"{"message":"Cannot cancel a workflow run that is completed."}"#;
+        assert_eq!(answer(201, &[], "{}", false).unwrap(), RunRequest::Accepted);
+        assert_eq!(answer(202, &[], "{}", true).unwrap(), RunRequest::Accepted);
+        assert_eq!(answer(403, &[], running, false).unwrap(), RunRequest::AlreadyRunning);
+        assert_eq!(answer(409, &[], completed, true).unwrap(), RunRequest::AlreadyCompleted);
+        // A 409 on a re-run is not "already completed".
+        assert!(matches!(answer(409, &[], completed, false), Err(GitHubError::Permanent { status: 409, .. })));
+        // A rate limit stays a rate limit, whatever the message says.
+        assert!(answer(403, &[("Retry-After", "5")], running, false).unwrap_err().is_transient());
+        assert!(answer(403, &[("x-ratelimit-remaining", "0")], running, false).unwrap_err().is_transient());
+        assert!(answer(403, &[], r#"{"message":"API rate limit exceeded"}"#, false).unwrap_err().is_transient());
+        let denied = r#"{"message":"Resource not accessible by integration"}"#;
+        assert!(matches!(answer(403, &[], denied, false), Err(GitHubError::Permanent { status: 403, .. })));
+        assert!(matches!(answer(404, &[], r#"{"message":"Not Found"}"#, true), Err(GitHubError::Permanent { .. })));
+        assert!(answer(502, &[], "bad gateway", true).unwrap_err().is_transient());
     }
 }

@@ -42,6 +42,10 @@ pub struct IngestState {
     pub blobs: Arc<dyn BlobStore>,
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
+    /// The reconcile queue, for the events the reconciler acts on
+    /// ([`crate::upstream`]); `None`: they are answered 200 and ignored,
+    /// saying so.
+    pub reconcile: Option<Arc<dyn EventQueue>>,
 }
 
 /// Builds the ingest router (`POST /github/webhook`, `GET /healthz`).
@@ -83,8 +87,21 @@ pub enum Verdict {
         event: String,
         why: String,
     },
-    /// `message` is the encoded [`QueueMessage`] with the payload inline.
-    Enqueue { delivery_id: DeliveryId, event: String, action: Option<String>, message: String, payload_start: usize },
+    /// `message` is the encoded [`QueueMessage`] with the payload inline,
+    /// for the dispatch queue; `upstream`, when the reconciler acts on the
+    /// event too (`synchronize`, `closed`), its `upstream_v1` message for
+    /// the reconcile queue.
+    Enqueue {
+        delivery_id: DeliveryId,
+        event: String,
+        action: Option<String>,
+        message: String,
+        payload_start: usize,
+        upstream: Option<String>,
+    },
+    /// An event only the reconciler acts on (`labeled`, `rerequested`):
+    /// its `upstream_v1` message for the reconcile queue.
+    Reconcile { delivery_id: DeliveryId, event: String, action: Option<String>, message: String },
 }
 
 #[derive(Deserialize)]
@@ -144,7 +161,26 @@ pub fn verify_and_classify(
     if RepoFullName::parse(&repo).ok().as_ref() != Some(upstream) {
         return ignore(format!("repository {repo:?} is not the upstream {upstream}"));
     }
-    if !is_dispatched(event, env.action.as_deref()) {
+    let dispatched = is_dispatched(event, env.action.as_deref());
+    let upstream = if crate::upstream::is_upstream(event, env.action.as_deref()) {
+        let payload: serde_json::Value = serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
+        let parsed = crate::upstream::parse_event(event, env.action.as_deref(), &payload)
+            .map_err(|e| IngestError::BadBody(e.to_string()))?;
+        parsed.map(|event| {
+            QueueMessage::UpstreamV1(crate::upstream::UpstreamV1 {
+                delivery_id: delivery_id.clone(),
+                received_at_ms: now_ms,
+                event,
+            })
+            .encode()
+        })
+    } else {
+        None
+    };
+    if !dispatched {
+        if let Some(message) = upstream {
+            return Ok(Verdict::Reconcile { delivery_id, event: event.to_owned(), action: env.action, message });
+        }
         let what = match &env.action {
             Some(a) => format!("{event}.{a}"),
             None => event.to_owned(),
@@ -166,7 +202,7 @@ pub fn verify_and_classify(
     let payload_start = message.len();
     message.push_str(text);
     message.push_str("}}");
-    Ok(Verdict::Enqueue { delivery_id, event: event.to_owned(), action: env.action, message, payload_start })
+    Ok(Verdict::Enqueue { delivery_id, event: event.to_owned(), action: env.action, message, payload_start, upstream })
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
@@ -183,6 +219,32 @@ fn count_webhook(event: &str, outcome: &'static str, started: std::time::Instant
     let event: &'static str = KNOWN.into_iter().find(|k| *k == event).unwrap_or("other");
     ::metrics::counter!(crate::metrics::WEBHOOKS, "event" => event, "outcome" => outcome).increment(1);
     ::metrics::histogram!(crate::metrics::INGEST_LATENCY, "outcome" => outcome).record(started.elapsed().as_secs_f64());
+}
+
+const NO_RECONCILE_QUEUE: &str = "no reconcile queue is configured for events the reconciler acts on";
+
+/// Puts an `upstream_v1` message on the reconcile queue: `Ok(None)` when
+/// ingest has none (logged), `Err` the 503 to answer when it refused.
+async fn send_upstream(
+    st: &IngestState,
+    delivery_id: &DeliveryId,
+    event: &str,
+    message: &str,
+) -> Result<Option<String>, Response> {
+    let Some(queue) = &st.reconcile else {
+        tracing::warn!(%delivery_id, %event, why = NO_RECONCILE_QUEUE, "reconciler part of the webhook ignored");
+        return Ok(None);
+    };
+    match queue.send(message).await {
+        Ok(id) => Ok(Some(id)),
+        Err(e) => {
+            tracing::error!(%delivery_id, %event, error = %e, metric = "webhooks", outcome = "unavailable", "reconcile queue refused webhook");
+            Err(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "queue unavailable; the delivery can be redelivered"}),
+            ))
+        }
+    }
 }
 
 async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -205,7 +267,34 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
             count_webhook(&event, "ignored", started);
             return answer(StatusCode::OK, json!({"ignored": why, "delivery_id": delivery_id}));
         }
-        Verdict::Enqueue { delivery_id, event, action, message, payload_start } => {
+        Verdict::Reconcile { delivery_id, event, action, message } => {
+            return match send_upstream(&st, &delivery_id, &event, &message).await {
+                Ok(Some(message_id)) => {
+                    tracing::info!(%delivery_id, %event, action = action.as_deref().unwrap_or(""), %message_id,
+                        metric = "webhooks", outcome = "enqueued", "webhook enqueued for the reconciler");
+                    count_webhook(&event, "enqueued", started);
+                    answer(StatusCode::ACCEPTED, json!({"delivery_id": delivery_id, "message_id": message_id}))
+                }
+                Ok(None) => {
+                    count_webhook(&event, "ignored", started);
+                    answer(StatusCode::OK, json!({"ignored": NO_RECONCILE_QUEUE, "delivery_id": delivery_id}))
+                }
+                Err(resp) => {
+                    count_webhook(&event, "unavailable", started);
+                    resp
+                }
+            };
+        }
+        Verdict::Enqueue { delivery_id, event, action, message, payload_start, upstream } => {
+            // The reconciler's part first: if it cannot be queued the
+            // delivery fails (503) before anything was fanned out, and its
+            // redelivery does both (each side is idempotent per delivery).
+            if let Some(up) = upstream {
+                if let Err(resp) = send_upstream(&st, &delivery_id, &event, &up).await {
+                    count_webhook(&event, "unavailable", started);
+                    return resp;
+                }
+            }
             (delivery_id, event, action, message, payload_start)
         }
     };
@@ -306,6 +395,7 @@ mod tests {
             blobs: Arc::new(Down),
             clock: Arc::new(SystemClock),
             max_body_bytes,
+            reconcile: None,
         }));
         let req = http::Request::post("/github/webhook")
             .header("x-github-event", "pull_request")
@@ -349,6 +439,43 @@ mod tests {
         assert_eq!(m.received_at_ms, 7);
         let PayloadRef::Inline(p) = m.payload else { panic!() };
         assert!(p.get() == OPENED.trim_end(), "payload bytes changed");
+    }
+
+    #[test]
+    fn reconciler_events_get_an_upstream_message() {
+        let s = WebhookSecret::new("s");
+        let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
+        let classify = |event: &str, body: &str| {
+            verify_and_classify(&s, &up, &headers(&s, event, body.as_bytes()), body.as_bytes(), 9).unwrap()
+        };
+        let upstream_of = |message: &str| match QueueMessage::decode(message).unwrap() {
+            QueueMessage::UpstreamV1(u) => u,
+            other => panic!("not upstream_v1: {other:?}"),
+        };
+        // labeled: the reconciler only.
+        let labeled = include_str!("../../fixtures/webhooks/pull_request.labeled.json");
+        let Verdict::Reconcile { message, .. } = classify("pull_request", labeled) else { panic!("labeled") };
+        let u = upstream_of(&message);
+        assert_eq!((u.delivery_id.as_str(), u.received_at_ms), ("72d3162e-cc78-11e3-81ab-4c9367dc0958", 9));
+        assert_eq!(u.event.name(), "pull_request.labeled");
+        // synchronize: dispatched and the reconciler's part.
+        let sync = include_str!("../../fixtures/webhooks/pull_request.synchronize.json");
+        let Verdict::Enqueue { message, upstream: Some(up_msg), .. } = classify("pull_request", sync) else {
+            panic!("synchronize")
+        };
+        assert!(matches!(QueueMessage::decode(&message).unwrap(), QueueMessage::DispatchV1(_)));
+        assert_eq!(upstream_of(&up_msg).event.head_sha(), "f95f852bd8fca8fcc58a9a2d6c842781e32a215e");
+        // opened: dispatched only.
+        assert!(matches!(classify("pull_request", OPENED), Verdict::Enqueue { upstream: None, .. }));
+        // check_suite.rerequested: the reconciler only.
+        let suite = include_str!("../../fixtures/webhooks/check_suite.rerequested.json");
+        assert!(matches!(classify("check_suite", suite), Verdict::Reconcile { .. }));
+        // A labeled payload without its label: 400 naming the field.
+        let mut v: serde_json::Value = serde_json::from_str(labeled).unwrap();
+        v.as_object_mut().unwrap().remove("label");
+        let body = serde_json::to_vec(&v).unwrap();
+        let err = verify_and_classify(&s, &up, &headers(&s, "pull_request", &body), &body, 0).unwrap_err();
+        assert_eq!(err, IngestError::BadBody("pull_request.labeled payload has no valid /label/name".into()));
     }
 
     #[test]

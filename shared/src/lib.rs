@@ -32,3 +32,4 @@ pub mod sqlite;
 #[cfg(feature = "standin")]
 pub mod standin;
 pub mod trace;
+pub mod upstream;

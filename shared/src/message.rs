@@ -21,6 +21,10 @@ pub enum QueueMessage {
     DispatchV1(DispatchV1),
     /// On the reconcile queue: an accepted downstream callback.
     CallbackV1(CallbackV1),
+    /// On the reconcile queue: an upstream event the reconciler acts on
+    /// (labels, superseded heads, closed PRs, re-run requests; see
+    /// [`crate::upstream`]).
+    UpstreamV1(crate::upstream::UpstreamV1),
 }
 
 /// An accepted callback (token verified, identity allowed, body valid,
@@ -88,6 +92,9 @@ impl QueueMessage {
             "callback_v1" => serde_json::from_str(body)
                 .map(QueueMessage::CallbackV1)
                 .map_err(|error| DecodeError::Malformed { ty, error }),
+            "upstream_v1" => serde_json::from_str(body)
+                .map(QueueMessage::UpstreamV1)
+                .map_err(|error| DecodeError::Malformed { ty, error }),
             _ => Err(DecodeError::UnknownType(ty)),
         }
     }
@@ -97,6 +104,7 @@ impl QueueMessage {
         let (ty, fields) = match self {
             QueueMessage::DispatchV1(m) => ("dispatch_v1", serde_json::to_string(m)),
             QueueMessage::CallbackV1(m) => ("callback_v1", serde_json::to_string(m)),
+            QueueMessage::UpstreamV1(m) => ("upstream_v1", serde_json::to_string(m)),
         };
         let fields = fields.expect("queue messages always serialize");
         format!(r#"{{"type":"{ty}",{}"#, &fields[1..])

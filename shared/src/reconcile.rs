@@ -45,6 +45,9 @@ pub struct ReconcilerSettings {
     pub never_started_after: Duration,
     /// How far back past that deadline the sweep looks (default 24 h).
     pub never_started_lookback: Duration,
+    /// On `pull_request.closed`, cancel the L3+ downstream runs of the PR's
+    /// head still in progress (`CRCR_CANCEL_ON_CLOSE`, default false).
+    pub cancel_on_close: bool,
 }
 
 impl Default for ReconcilerSettings {
@@ -55,6 +58,7 @@ impl Default for ReconcilerSettings {
             hud_batch: 100,
             never_started_after: Duration::from_secs(3600),
             never_started_lookback: Duration::from_secs(24 * 3600),
+            cancel_on_close: false,
         }
     }
 }
@@ -121,12 +125,21 @@ pub struct Reconciler {
     /// Upstream check runs of L3/L4 jobs ([`crate::checks`]); `None`: the
     /// items wait in the check-run outbox.
     pub checks: Option<Arc<dyn crate::checks::CheckRuns>>,
+    /// Re-runs and cancels downstream runs ([`crate::upstream`]); `None`:
+    /// re-run requests are received again until one is configured, then
+    /// dead-lettered with the reason.
+    pub runs: Option<Arc<dyn crate::runs::WorkflowRuns>>,
+    /// Per-commit records ("check run wanted", tracking ended, re-run
+    /// markers; [`crate::upstream`]): SQLite or DynamoDB `kv`.
+    pub state: Arc<dyn crate::ports::StateStore>,
 }
 
 /// Result of processing one reconcile message.
 #[derive(Debug)]
 pub enum ReconcileOutcome {
     Done(Reconciled),
+    /// An upstream event was applied ([`crate::upstream`]).
+    Upstream(crate::upstream::UpstreamReport),
     /// The store was unavailable: receive it again.
     Retry(String),
     /// Never processable.
@@ -137,6 +150,19 @@ impl Reconciler {
     pub async fn process(&self, body: &str) -> ReconcileOutcome {
         let msg = match QueueMessage::decode(body) {
             Ok(QueueMessage::CallbackV1(m)) => m,
+            Ok(QueueMessage::UpstreamV1(u)) => {
+                let span = tracing::info_span!("upstream", delivery_id = %u.delivery_id, event = u.event.name(), head_sha = u.event.head_sha());
+                let _g = span.enter();
+                return match self.apply_upstream(&u).await {
+                    Ok(report) => {
+                        if let Some(why) = &report.ignored {
+                            tracing::info!(%why, "upstream event: nothing to do");
+                        }
+                        ReconcileOutcome::Upstream(report)
+                    }
+                    Err(e) => ReconcileOutcome::Retry(e.to_string()),
+                };
+            }
             Ok(QueueMessage::DispatchV1(_)) => {
                 return ReconcileOutcome::Poison("a dispatch_v1 message does not belong on the reconcile queue".into())
             }
@@ -181,6 +207,7 @@ impl Reconciler {
         } else {
             None
         };
+        let without_check_run = cb.kind == CallbackKind::Dispatched && msg.level == Level::L3 && target.is_none();
         let with_check;
         let jobs: &dyn JobStore = match target {
             Some(target) => {
@@ -193,6 +220,14 @@ impl Reconciler {
             .await
         {
             Ok(r) => {
+                if let (Reconciled::Applied(job), true) = (&r, without_check_run) {
+                    // A `labeled` applied between the check above and the
+                    // write found no job to backfill: look again now the job
+                    // is stored (the label record is written before its backfill).
+                    if let Err(e) = self.late_label_check_run(job).await {
+                        return ReconcileOutcome::Retry(e.to_string());
+                    }
+                }
                 match &r {
                     Reconciled::Applied(job) => {
                         tracing::info!(queue_time_s = ?job.queue_time_s, execution_time_s = ?job.execution_time_s, "job state recorded")
@@ -209,10 +244,12 @@ impl Reconciler {
     }
 
     /// Where the check run of a job of `repo` (at `level`) for `delivery`
-    /// goes, when it gets one: L4 always, L3 when the dispatch recorded the
-    /// device label ([`crate::checks::wants_check_run`]); the commit and
-    /// pull request come from the dispatch record. `None`: no check run (or
-    /// no dispatch with a head SHA, which the lifecycle refuses anyway).
+    /// goes, when it gets one: L4 always; L3 when the dispatch recorded the
+    /// device label ([`crate::checks::wants_check_run`]) or `labeled` later
+    /// recorded it for the commit ([`crate::upstream::wanted`]); never for
+    /// a dispatch no longer tracked (superseded head, closed PR). The commit
+    /// and pull request come from the dispatch record. `None`: no check run
+    /// (or no dispatch with a head SHA, which the lifecycle refuses anyway).
     async fn check_run_target(
         &self,
         delivery: &DeliveryId,
@@ -222,18 +259,42 @@ impl Reconciler {
         let Some(rec) = self.dispatches.records(delivery).await?.into_iter().find(|r| &r.target == repo) else {
             return Ok(None);
         };
-        if !(level == Level::L4 || rec.meta.check_run) {
+        let Some(head_sha) = rec.meta.head_sha.clone() else { return Ok(None) };
+        if let Some(t) = crate::upstream::tracking(self.state.as_ref(), &head_sha).await? {
+            if t.untracks(&rec) {
+                return Ok(None);
+            }
+        }
+        if !(level == Level::L4 || rec.meta.check_run || self.wanted_later(&rec, level).await?) {
             return Ok(None);
         }
-        Ok(rec.meta.head_sha.map(|head_sha| crate::checks::CheckRunTarget {
+        Ok(Some(crate::checks::CheckRunTarget {
             upstream: self.upstream.clone(),
             head_sha,
             pr_number: rec.meta.pr_number,
         }))
     }
 
+    /// The check run of an L3 `job` stored without one, when `labeled`
+    /// recorded its device for the commit meanwhile ([`JobStore::advance_check_run`]).
+    async fn late_label_check_run(&self, job: &JobRecord) -> Result<(), StoreError> {
+        if let Some(target) = self.check_run_target(&job.key.delivery_id, &job.key.repo, job.level).await? {
+            self.jobs.advance_check_run(&target.item(job)).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `labeled` recorded `ciflow/crcr/<device>` for the commit of
+    /// an L3 dispatch `rec` after it was dispatched.
+    async fn wanted_later(&self, rec: &DispatchRecord, level: Level) -> Result<bool, StoreError> {
+        match (level, &rec.meta.device, &rec.meta.head_sha) {
+            (Level::L3, Some(device), Some(sha)) => crate::upstream::wanted(self.state.as_ref(), sha, device).await,
+            _ => Ok(false),
+        }
+    }
+
     /// Dispatched L2+ targets with no callback (no job of theirs for that
-    /// delivery) whose dispatch is between `never_started_after +
+    /// delivery), still tracked (not a superseded head or closed PR), whose dispatch is between `never_started_after +
     /// never_started_lookback` and `never_started_after` old, oldest first.
     pub async fn never_started(&self) -> Result<Vec<NeverStarted>, StoreError> {
         let now = self.clock.now_ms();
@@ -241,6 +302,7 @@ impl Reconciler {
         let from = to - self.settings.never_started_lookback.as_millis() as i64;
         let mut out = Vec::new();
         let mut jobs_of: std::collections::HashMap<DeliveryId, Vec<JobRecord>> = Default::default();
+        let mut tracking_of: std::collections::HashMap<String, Option<crate::upstream::Tracking>> = Default::default();
         for rec in self.dispatches.dispatched_between(from, to, NEVER_STARTED_SCAN_LIMIT).await? {
             if rec.meta.level < Level::L2 {
                 continue; // no job lookup for L1 targets
@@ -249,6 +311,14 @@ impl Reconciler {
                 jobs_of.insert(rec.delivery_id.clone(), self.jobs.jobs(&rec.delivery_id).await?);
             }
             if let Some(dispatched_at_ms) = awaiting_callback(&rec, &jobs_of[&rec.delivery_id]) {
+                if let Some(sha) = &rec.meta.head_sha {
+                    if !tracking_of.contains_key(sha) {
+                        tracking_of.insert(sha.clone(), crate::upstream::tracking(self.state.as_ref(), sha).await?);
+                    }
+                    if tracking_of[sha].as_ref().is_some_and(|t| t.untracks(&rec)) {
+                        continue; // superseded head or closed PR: not waited for
+                    }
+                }
                 out.push(NeverStarted {
                     dispatched_at_ms,
                     delivery_id: rec.delivery_id,
@@ -290,7 +360,12 @@ impl Reconciler {
                 .check_runs(&job.key.delivery_id)
                 .await?
                 .into_iter()
-                .find(|c| c.id == crate::lifecycle::CheckRunItem::id_for(&job.key))
+                .find(|c| {
+                    // Only a check run still in progress: one closed as
+                    // superseded stays closed.
+                    c.id == crate::lifecycle::CheckRunItem::id_for(&job.key)
+                        && c.request.status == crate::checks::CheckStatus::InProgress
+                })
                 .map(|mut c| {
                     let external_id = c.request.external_id.clone();
                     c.request = crate::checks::check_run_for(&job, &c.request.head_sha, None);
@@ -355,7 +430,9 @@ impl Reconciler {
 impl MessageHandler for Reconciler {
     async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<(), QueueError> {
         match self.process(&msg.body).await {
-            ReconcileOutcome::Done(_) => queue.delete(QueueSide::Source, &msg.receipt).await,
+            ReconcileOutcome::Done(_) | ReconcileOutcome::Upstream(_) => {
+                queue.delete(QueueSide::Source, &msg.receipt).await
+            }
             ReconcileOutcome::Poison(reason) => {
                 queue.dead_letter(msg, &reason).await?;
                 ::metrics::counter!(crate::metrics::DLQ_SENDS, "queue" => "reconcile").increment(1);

@@ -129,7 +129,7 @@ impl Backend for Sqlite {
 
 struct Moto;
 
-use crcr_shared::standin::moto::{self, Attr};
+use crcr_shared::standin::moto;
 
 /// moto's SDK configuration; fails the test (never skips) when moto does not answer.
 async fn moto_config() -> aws_config::SdkConfig {
@@ -146,12 +146,6 @@ fn unique(prefix: &str) -> String {
 
 const S: aws_sdk_dynamodb::types::ScalarAttributeType = aws_sdk_dynamodb::types::ScalarAttributeType::S;
 const N: aws_sdk_dynamodb::types::ScalarAttributeType = aws_sdk_dynamodb::types::ScalarAttributeType::N;
-
-/// The dispatch table as infra/modules/crcr/dynamodb.tf creates it: hash
-/// key `delivery_id`, range key `target`, sparse GSI `by_dispatch_day`.
-fn dispatch_table_index() -> (&'static str, Attr<'static>, Attr<'static>) {
-    (crcr_shared::aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N))
-}
 
 /// Starts (on the test's runtime) an HTTP proxy to `upstream` that forwards
 /// one request at a time, and returns its URL.
@@ -284,7 +278,8 @@ impl Backend for Moto {
         let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-dispatches");
-        moto::table(&proxied, &table, ("delivery_id", S), Some(("target", S)), Some(dispatch_table_index())).await;
+        // As infra/modules/crcr/dynamodb.tf creates it (both sparse GSIs).
+        moto::dispatch_table(&proxied, &table).await;
         Fx { inner: crcr_shared::aws::DynamoDispatchStore::new(client, table), _guard: None }
     }
 
@@ -615,6 +610,91 @@ mod cases {
         assert_eq!(list(midnight + 60_001, midnight + 3_600_000, 100).await, vec![]);
     }
 
+    /// A random 40-hex commit id.
+    fn sha() -> String {
+        format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())[..40].to_owned()
+    }
+
+    /// `records_for_commit` lists the records (any status) of one commit,
+    /// oldest created first, ties by delivery id then lower-cased target;
+    /// `limit` cuts the list (also inside a tie); other commits and records
+    /// without a commit are not listed. `meta.device` round-trips.
+    pub async fn dispatch_records_for_commit<B: Backend>() {
+        let s = B::store().await;
+        let (sha_a, sha_b) = (sha(), sha());
+        let mut ds = [delivery(), delivery()];
+        ds.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let [lo, hi] = ds;
+        let other = delivery();
+        let on = |sha: &str, device: Option<&str>| DispatchMeta {
+            head_sha: Some(sha.to_owned()),
+            device: device.map(str::to_owned),
+            ..meta()
+        };
+        let t = 1_700_000_000_000;
+        // (delivery, target, meta, created at), claimed out of the expected order.
+        let plan = [
+            (&hi, "org/b", on(&sha_a, None), t + 100),
+            (&other, "org/x", on(&sha_b, Some("b200")), t + 75),
+            (&lo, "org/z", on(&sha_a, Some("h100")), t + 100),
+            (&other, "org/y", bare_meta(), t + 80),
+            (&hi, "Org/A", on(&sha_a, None), t + 100),
+            (&lo, "org/late", on(&sha_a, Some("mi300")), t + 200),
+            (&hi, "org/c", on(&sha_a, None), t + 50),
+        ];
+        for (d, target, m, at) in &plan {
+            assert_eq!(s.claim(d, &repo(target), m, *at, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+        }
+        let finish = |d: &DeliveryId, target: &str, outcome: AttemptOutcome, at: i64| {
+            let (s, d, target) = (&s, d.clone(), repo(target));
+            async move { s.finish(&d, &target, &outcome, at).await.unwrap() }
+        };
+        finish(&hi, "org/c", AttemptOutcome::Failed { reason: "404".into() }, t + 300).await;
+        finish(&lo, "org/z", AttemptOutcome::Dispatched { payload_trimmed: false }, t + 301).await;
+        finish(&hi, "org/b", AttemptOutcome::Retry { reason: "502".into() }, t + 302).await;
+        finish(&lo, "org/late", AttemptOutcome::Dispatched { payload_trimmed: true }, t + 303).await;
+
+        let mut stored = Vec::new();
+        for d in [&lo, &hi, &other] {
+            stored.extend(s.records(d).await.unwrap());
+        }
+        let find = |d: &DeliveryId, target: &str| {
+            stored
+                .iter()
+                .find(|r| &r.delivery_id == d && r.target.key() == target)
+                .unwrap_or_else(|| panic!("no record {d}/{target}"))
+                .clone()
+        };
+        let (c, z, a, b, late) =
+            (find(&hi, "org/c"), find(&lo, "org/z"), find(&hi, "org/a"), find(&hi, "org/b"), find(&lo, "org/late"));
+        assert_eq!(
+            [c.status, z.status, a.status, b.status, late.status],
+            [
+                DispatchStatus::Failed,
+                DispatchStatus::Dispatched,
+                DispatchStatus::Pending,
+                DispatchStatus::Pending,
+                DispatchStatus::Dispatched
+            ]
+        );
+        assert_eq!(z.meta, on(&sha_a, Some("h100")), "meta with a device round-trips");
+        assert_eq!(late.meta.device.as_deref(), Some("mi300"));
+        assert_eq!(a.meta, on(&sha_a, None), "meta without a device round-trips");
+        assert_eq!(find(&other, "org/y").meta, bare_meta());
+        let all_a = vec![c.clone(), z.clone(), a.clone(), b.clone(), late.clone()];
+
+        assert_eq!(s.records_for_commit(&sha_a, 100).await.unwrap(), all_a, "created order, ties by delivery, target");
+        assert_eq!(s.records_for_commit(&sha_a, 5).await.unwrap(), all_a, "limit = count");
+        assert_eq!(s.records_for_commit(&sha_a, 3).await.unwrap(), all_a[..3].to_vec(), "limit inside a tie");
+        assert_eq!(s.records_for_commit(&sha_a, 2).await.unwrap(), all_a[..2].to_vec(), "limit inside a tie");
+        assert_eq!(s.records_for_commit(&sha_a, 1).await.unwrap(), vec![c]);
+        assert_eq!(s.records_for_commit(&sha_a, 0).await.unwrap(), vec![]);
+        assert_eq!(s.records_for_commit(&sha_b, 100).await.unwrap(), vec![find(&other, "org/x")]);
+        assert_eq!(find(&other, "org/x").meta.device.as_deref(), Some("b200"));
+        assert_eq!(s.records_for_commit(&sha(), 100).await.unwrap(), vec![], "unknown commit");
+        assert_eq!(s.records_for_commit("", 100).await.unwrap(), vec![], "empty commit id");
+    }
+
     /// New key → Acquired{1}; again while leased (up to and including the
     /// lease's last millisecond) → Leased{until}.
     pub async fn store_claim_new_then_leased<B: Backend>() {
@@ -894,9 +974,9 @@ mod cases {
 
     // ============================================================ job store cases
 
-    const T0: i64 = 1_700_000_000_000;
+    pub(super) const T0: i64 = 1_700_000_000_000;
 
-    fn job_key(d: &DeliveryId, repo_name: &str, run_attempt: u32, job_name: &str) -> JobKey {
+    pub(super) fn job_key(d: &DeliveryId, repo_name: &str, run_attempt: u32, job_name: &str) -> JobKey {
         JobKey {
             delivery_id: d.clone(),
             repo: repo(repo_name),
@@ -907,7 +987,7 @@ mod cases {
     }
 
     /// IN_PROGRESS at `at`, dispatched 30.5 s before.
-    fn started(key: &JobKey, at: i64) -> JobRecord {
+    pub(super) fn started(key: &JobKey, at: i64) -> JobRecord {
         JobRecord {
             key: key.clone(),
             state: JobState::InProgress,
@@ -925,7 +1005,7 @@ mod cases {
     }
 
     /// `prev` COMPLETED at `at`.
-    fn finished(prev: &JobRecord, at: i64, conclusion: &str) -> JobRecord {
+    pub(super) fn finished(prev: &JobRecord, at: i64, conclusion: &str) -> JobRecord {
         JobRecord {
             state: JobState::Completed,
             completed_at_ms: Some(at),
@@ -1225,6 +1305,84 @@ mod cases {
             .await
             .unwrap();
         assert!(s.check_runs(&other).await.unwrap().is_empty());
+    }
+
+    /// advance_check_run (issue 4): stores an absent item as given; moves an
+    /// existing one only from an in-progress request to a completed one
+    /// (version + 1, pending; GitHub's id, attempts, last error and creation
+    /// time kept); anything else → false and nothing changes. An item
+    /// written by transition_with_check_run advances the same way.
+    pub async fn jobs_advance_check_run<B: Backend>() {
+        use crcr_shared::checks::{CheckRunTarget, CheckStatus};
+        use crcr_shared::lifecycle::CheckRunItem;
+        let s = B::jobs().await;
+        let d = delivery();
+        let target = CheckRunTarget {
+            upstream: repo("pytorch/pytorch"),
+            head_sha: "89abcdef0123456789abcdef0123456789abcdef".into(),
+            pr_number: Some(7),
+        };
+        let rec = started(&job_key(&d, "org/l3", 1, "build"), T0);
+        let first = target.item(&rec);
+        assert_eq!(first.request.status, CheckStatus::InProgress);
+        assert!(s.advance_check_run(&first).await.unwrap(), "absent: inserted");
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![first.clone()], "stored as given");
+        let mine = |items: Vec<CheckRunItem>| items.into_iter().filter(|c| c.delivery_id == d).collect::<Vec<_>>();
+        assert_eq!(mine(s.pending_check_runs(100).await.unwrap()), vec![first.clone()]);
+
+        // in_progress again (another request, later): refused.
+        let mut again = target.item(&started(&rec.key, T0 + 50));
+        again.request.output.title = "another title".into();
+        assert!(!s.advance_check_run(&again).await.unwrap(), "in_progress -> in_progress");
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![first.clone()]);
+
+        s.mark_check_run(&first.id, 1, None, HudSync::Pending, Some("GitHub 502"), T0 + 5).await.unwrap();
+        s.mark_check_run(&first.id, 1, Some(77), HudSync::Sent, None, T0 + 10).await.unwrap();
+        let sent = CheckRunItem {
+            check_run_id: Some(77),
+            sync: HudSync::Sent,
+            attempts: 2,
+            last_error: Some("GitHub 502".into()),
+            updated_at_ms: T0 + 10,
+            ..first.clone()
+        };
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![sent.clone()]);
+
+        // in_progress -> completed: version 2, pending, the rest kept.
+        let done = finished(&rec, T0 + 1_000, "cancelled");
+        let completed = target.item(&done);
+        assert_eq!(completed.request.status, CheckStatus::Completed);
+        assert!(s.advance_check_run(&completed).await.unwrap(), "in_progress -> completed");
+        let moved = CheckRunItem {
+            request: completed.request.clone(),
+            version: 2,
+            sync: HudSync::Pending,
+            updated_at_ms: T0 + 1_000,
+            ..sent
+        };
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![moved.clone()]);
+        assert_eq!(mine(s.pending_check_runs(100).await.unwrap()), vec![moved.clone()]);
+
+        // completed -> completed (another conclusion) and completed -> in_progress: refused.
+        let other_end = target.item(&finished(&rec, T0 + 2_000, "success"));
+        assert!(!s.advance_check_run(&other_end).await.unwrap(), "completed -> completed");
+        assert!(!s.advance_check_run(&again).await.unwrap(), "completed -> in_progress");
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![moved.clone()]);
+
+        // An item written with a transition (in progress) advances too; one
+        // absent and already completed is stored as given.
+        let rec2 = started(&job_key(&d, "org/l3", 1, "test"), T0 + 100);
+        let by_transition = target.item(&rec2);
+        assert!(s.transition_with_check_run(None, &rec2, &hud(&rec2), &by_transition).await.unwrap());
+        let done2 = target.item(&finished(&rec2, T0 + 3_000, "success"));
+        assert!(s.advance_check_run(&done2).await.unwrap(), "in_progress (from a transition) -> completed");
+        let moved2 =
+            CheckRunItem { request: done2.request.clone(), version: 2, updated_at_ms: T0 + 3_000, ..by_transition };
+        let rec3 = finished(&started(&job_key(&d, "org/l3", 1, "lint"), T0 + 200), T0 + 4_000, "failure");
+        let backfill = CheckRunItem { version: 3, attempts: 1, ..target.item(&rec3) };
+        assert!(s.advance_check_run(&backfill).await.unwrap(), "absent, completed: inserted");
+        assert!(!s.advance_check_run(&backfill).await.unwrap(), "the same again: completed -> completed");
+        assert_eq!(s.check_runs(&d).await.unwrap(), vec![moved, moved2, backfill]);
     }
 
     /// pending_outbox: only pending items, across deliveries, oldest created
@@ -1598,6 +1756,7 @@ macro_rules! all_cases {
                 store_stale_finish_is_noop,
                 store_records_round_trip,
                 store_dispatched_between,
+                dispatch_records_for_commit,
                 blob_round_trip,
                 blob_not_found,
                 jobs_new_job_in_progress,
@@ -1614,6 +1773,7 @@ macro_rules! all_cases {
                 jobs_callback_counts_window,
                 jobs_records_round_trip,
                 jobs_check_run_outbox,
+                jobs_advance_check_run,
                 kv_binding_written_once,
                 kv_replay_guard,
                 kv_replay_concurrent_first_use,
@@ -1626,3 +1786,63 @@ macro_rules! all_cases {
 
 all_cases!(sqlite, crate::Sqlite);
 all_cases!(aws, crate::Moto);
+
+// ================================================================ DynamoDB only
+
+/// Check-run items written before `request_status` existed (no such
+/// attribute): `advance_check_run` reads the status inside `request`, so an
+/// in-progress one still moves to completed and a completed one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_advance_check_run_on_items_without_request_status() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use crcr_shared::checks::CheckRunTarget;
+    use crcr_shared::lifecycle::CheckRunItem;
+    let cfg = moto_config().await;
+    let client = aws_sdk_dynamodb::Client::new(&cfg);
+    let table = unique("crcr-jobs");
+    let index = (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
+    moto::table(&cfg, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
+    let s = crcr_shared::aws::DynamoJobStore::new(client.clone(), table.clone());
+    let d = delivery();
+    let target = CheckRunTarget {
+        upstream: repo("pytorch/pytorch"),
+        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        pr_number: None,
+    };
+    let job = |name: &str| cases::started(&cases::job_key(&d, "org/l3", 1, name), cases::T0);
+    let (running, done) = (job("running"), cases::finished(&job("done"), cases::T0 + 500, "success"));
+    for rec in [&running, &done] {
+        assert!(s.advance_check_run(&target.item(rec)).await.unwrap());
+        let removed = client
+            .update_item()
+            .table_name(&table)
+            .key("pk", AttributeValue::S(d.to_string()))
+            .key("sk", AttributeValue::S(format!("chk#{}", CheckRunItem::id_for(&rec.key))))
+            .update_expression("REMOVE request_status")
+            .condition_expression("attribute_exists(request_status)")
+            .send()
+            .await;
+        assert!(removed.is_ok(), "the item has no request_status to remove: {removed:?}");
+    }
+    let before = s.check_runs(&d).await.unwrap();
+    let completed = target.item(&cases::finished(&running, cases::T0 + 1_000, "failure"));
+    assert!(s.advance_check_run(&completed).await.unwrap(), "old in_progress item -> completed");
+    let again = target.item(&cases::finished(&done, cases::T0 + 2_000, "failure"));
+    assert!(!s.advance_check_run(&again).await.unwrap(), "old completed item -> completed");
+    let after = s.check_runs(&d).await.unwrap();
+    let moved =
+        CheckRunItem { request: completed.request, version: 2, updated_at_ms: cases::T0 + 1_000, ..before[0].clone() };
+    assert_eq!(after, vec![moved, before[1].clone()]);
+    let stored = client
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S(d.to_string()))
+        .key("sk", AttributeValue::S(format!("chk#{}", CheckRunItem::id_for(&running.key))))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(stored.get("request_status"), Some(&AttributeValue::S("completed".into())), "written when moved");
+}

@@ -69,6 +69,7 @@ async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
         blobs,
         clock: Arc::new(SystemClock),
         max_body_bytes: 6 * 1024 * 1024,
+        reconcile: None,
     }));
     let body = fixture("pull_request.opened");
     let delivery = uuid();

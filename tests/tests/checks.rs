@@ -189,6 +189,11 @@ async fn world(labels: &[&str]) -> World {
 
 /// [`world`] with the reconciler's job timeout.
 async fn world_with(labels: &[&str], job_timeout: Duration) -> World {
+    world_cfg(labels, |c| c.reconciler.job_timeout = job_timeout).await
+}
+
+/// [`world`] with callback / reconciler settings changed by `tweak`.
+async fn world_cfg(labels: &[&str], tweak: impl FnOnce(&mut CallbackConfig)) -> World {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
     for r in ["org2/two", "org3/three", "org4/four", UPSTREAM] {
         gh.install(r);
@@ -200,7 +205,7 @@ async fn world_with(labels: &[&str], job_timeout: Duration) -> World {
     callbacks.oidc.buildkite = None;
     callbacks.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
     callbacks.sweep_interval = Duration::from_millis(200);
-    callbacks.reconciler.job_timeout = job_timeout;
+    tweak(&mut callbacks);
     let relay = Relay::start_with(&gh, ALLOWLIST, test_settings(), None, "s", callbacks).await;
     let mut event: Value = serde_json::from_slice(&fixture("pull_request.opened")).unwrap();
     event["pull_request"]["labels"] = labels.iter().map(|l| json!({"name": l, "color": "fff"})).collect();
@@ -373,4 +378,333 @@ async fn l3_job_gets_a_check_run_when_its_label_was_on_the_pr_at_dispatch() {
         assert_eq!((run.name.as_str(), run.head_sha.as_str()), ("crcr/org3/three/CI/build", w.head_sha.as_str()));
         w.relay.stop().await;
     }
+}
+
+// ------------------------------------------------------------ issue 4: labels, re-runs, closed / superseded
+
+/// A callback of job `job` of run `run_id` of `repo` for `delivery`.
+fn job_callback(delivery: &str, repo: &str, run_id: u64, job: &str, status: &str, conclusion: Option<&str>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_type": "pull_request", "delivery_id": delivery, "payload": {"number": 2},
+        "workflow": {"schema_version": "1", "status": status, "conclusion": conclusion, "name": "CI",
+            "url": format!("https://github.com/{repo}/actions/runs/{run_id}"), "run_id": run_id.to_string(),
+            "run_attempt": "1", "job_name": job, "check_run_id": "9", "started_at": null, "completed_at": null}
+    }))
+    .unwrap()
+}
+
+/// Posts a signed upstream webhook built from fixture `name`, changed by `edit`; returns its delivery id.
+async fn post_event(w: &World, event: &str, name: &str, edit: impl FnOnce(&mut Value)) -> String {
+    let mut v: Value = serde_json::from_slice(&fixture(name)).unwrap();
+    v["repository"]["full_name"] = json!(UPSTREAM);
+    edit(&mut v);
+    let delivery = uuid();
+    let (status, answer) = w.relay.post(event, &delivery, &serde_json::to_vec(&v).unwrap(), false).await;
+    assert_eq!(status, 202, "{event} {name}: {answer}");
+    delivery
+}
+
+async fn label(w: &World, sha: &str, label: &str) {
+    post_event(w, "pull_request", "pull_request.labeled", |v| {
+        v["label"]["name"] = json!(label);
+        v["pull_request"]["head"]["sha"] = json!(sha);
+    })
+    .await;
+}
+
+/// Waits until the reconcile queue is empty (every upstream event and callback applied).
+async fn reconciled(w: &World) {
+    use crcr_shared::ports::{EventQueue, QueueSide};
+    let q = crcr_shared::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while q.depth(QueueSide::Source).await.unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the reconcile queue never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0, "nothing dead-lettered");
+}
+
+fn runs_named(w: &World, name: &str) -> Vec<crcr_shared::standin::RecordedCheckRun> {
+    w.gh.check_runs(UPSTREAM).into_iter().filter(|r| r.name == name).collect()
+}
+
+#[tokio::test]
+async fn label_added_while_the_l3_job_runs_backfills_its_check_run() {
+    let w = world(&[]).await;
+    let d = w.delivery.clone();
+    assert_eq!(
+        call(&w, "org3/three", "33", &job_callback(&d, "org3/three", 555, "build", "in_progress", None)).await,
+        202
+    );
+    reconciled(&w).await;
+    assert!(w.gh.check_runs(UPSTREAM).is_empty(), "no label yet: no check run");
+    label(&w, &w.head_sha, "ciflow/crcr/GPU").await;
+    wait_for("the backfilled check run", || runs_named(&w, "crcr/org3/three/CI/build").len() == 1).await;
+    assert_eq!(runs_named(&w, "crcr/org3/three/CI/build")[0].status, "in_progress");
+    assert_eq!(
+        call(&w, "org3/three", "33", &job_callback(&d, "org3/three", 555, "build", "completed", Some("success"))).await,
+        202
+    );
+    wait_for("the completed check run", || runs_named(&w, "crcr/org3/three/CI/build")[0].status == "completed").await;
+    let runs = runs_named(&w, "crcr/org3/three/CI/build");
+    assert_eq!((runs.len(), runs[0].conclusion.as_deref()), (1, Some("success")));
+    // Another device's label and an unrelated label change nothing.
+    label(&w, &w.head_sha, "ciflow/crcr/npu").await;
+    label(&w, &w.head_sha, "bug").await;
+    reconciled(&w).await;
+    assert_eq!(w.gh.check_runs(UPSTREAM).len(), 1);
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn label_added_after_the_l3_job_finished_creates_its_final_check_run() {
+    let w = world(&[]).await;
+    let d = w.delivery.clone();
+    for (status, conclusion) in [("in_progress", None), ("completed", Some("failure"))] {
+        assert_eq!(
+            call(&w, "org3/three", "33", &job_callback(&d, "org3/three", 555, "build", status, conclusion)).await,
+            202
+        );
+    }
+    reconciled(&w).await;
+    assert!(w.gh.check_runs(UPSTREAM).is_empty());
+    label(&w, &w.head_sha, "ciflow/oot/gpu").await;
+    wait_for("the backfilled check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    let run = &w.gh.check_runs(UPSTREAM)[0];
+    assert_eq!((run.status.as_str(), run.conclusion.as_deref()), ("completed", Some("failure")));
+    assert_eq!(run.head_sha, w.head_sha);
+    // The same label again (a redelivery): still one check run.
+    label(&w, &w.head_sha, "ciflow/oot/gpu").await;
+    reconciled(&w).await;
+    w.relay.reconciler.sweep().await.unwrap();
+    assert_eq!(w.gh.count("POST", &format!("/repos/{UPSTREAM}/check-runs")), 1);
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn reopen_with_stale_labels_keeps_the_commits_check_run_wish() {
+    let w = world(&[]).await;
+    label(&w, &w.head_sha, "ciflow/crcr/gpu").await;
+    reconciled(&w).await;
+    // Reopened: the payload's labels are stale (no label), as a downstream echo would be.
+    let mut event: Value = serde_json::from_slice(&fixture("pull_request.reopened")).unwrap();
+    event["pull_request"]["labels"] = json!([]);
+    event["pull_request"]["head"]["sha"] = json!(w.head_sha);
+    let reopened = uuid();
+    let (status, answer) = w.relay.post("pull_request", &reopened, &serde_json::to_vec(&event).unwrap(), false).await;
+    assert_eq!(status, 202, "{answer}");
+    let records = w.relay.settled(&reopened, Duration::from_secs(20)).await;
+    let l3 = records.iter().find(|r| r.target.as_str() == "org3/three").unwrap();
+    assert!(!l3.meta.check_run, "the reopened payload carried no label");
+    assert_eq!(l3.meta.device.as_deref(), Some("gpu"));
+    assert_eq!(
+        call(&w, "org3/three", "33", &job_callback(&reopened, "org3/three", 556, "build", "in_progress", None)).await,
+        202
+    );
+    wait_for("the L3 check run of the reopened dispatch", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    assert_eq!(w.gh.check_runs(UPSTREAM)[0].external_id.as_deref(), Some("556:2"));
+    w.relay.stop().await;
+}
+
+/// An L4 job of run `run_id` completed with `conclusion`, its check run synced.
+async fn finished_l4_job(w: &World, run_id: u64, job: &str, conclusion: &str) {
+    for (status, c) in [("in_progress", None), ("completed", Some(conclusion))] {
+        assert_eq!(
+            call(w, "org4/four", "44", &job_callback(&w.delivery, "org4/four", run_id, job, status, c)).await,
+            202
+        );
+    }
+    let name = format!("crcr/org4/four/CI/{job}");
+    wait_for("the completed check run", || runs_named(w, &name).first().is_some_and(|r| r.status == "completed")).await;
+}
+
+#[tokio::test]
+async fn check_run_rerequested_reruns_the_failed_jobs_and_already_running_is_not_an_error() {
+    let w = world(&[]).await;
+    w.gh.add_workflow_run("org4/four", 555, "completed", Some("failure"));
+    finished_l4_job(&w, 555, "build", "failure").await;
+    let run = runs_named(&w, "crcr/org4/four/CI/build").remove(0);
+    // The real payload has an empty `pull_requests` (as for a fork PR): found by head SHA.
+    async fn rerequest(w: &World, run: &crcr_shared::standin::RecordedCheckRun) {
+        post_event(w, "check_run", "check_run.rerequested", |v| {
+            assert_eq!(v["check_run"]["pull_requests"], json!([]));
+            v["check_run"]["id"] = json!(run.id);
+            v["check_run"]["name"] = json!(run.name);
+            v["check_run"]["external_id"] = json!(run.external_id);
+            v["check_run"]["head_sha"] = json!(run.head_sha);
+        })
+        .await;
+    }
+    rerequest(&w, &run).await;
+    wait_for("the re-run", || !w.gh.run_requests("org4/four").is_empty()).await;
+    reconciled(&w).await;
+    let calls = w.gh.run_requests("org4/four");
+    assert_eq!(calls.len(), 1);
+    assert_eq!((calls[0].kind.as_str(), calls[0].run_id, calls[0].status), ("rerun-failed-jobs", 555, 201));
+    // Asked again while the re-run runs: GitHub's 403 "already running" is not an error.
+    rerequest(&w, &run).await;
+    wait_for("the second request", || w.gh.run_requests("org4/four").len() == 2).await;
+    reconciled(&w).await;
+    assert_eq!(w.gh.run_requests("org4/four")[1].status, 403);
+    // A check run that is not crcr's, or an unknown run: nothing asked.
+    post_event(&w, "check_run", "check_run.rerequested", |v| v["check_run"]["head_sha"] = json!(w.head_sha)).await;
+    let other = "999:2".to_owned();
+    post_event(&w, "check_run", "check_run.rerequested", |v| {
+        v["check_run"]["name"] = json!("crcr/org4/four/CI/build");
+        v["check_run"]["external_id"] = json!(other);
+        v["check_run"]["head_sha"] = json!(w.head_sha);
+    })
+    .await;
+    reconciled(&w).await;
+    assert_eq!(w.gh.run_requests("org4/four").len(), 2);
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn check_suite_rerequested_reruns_each_distinct_run_once() {
+    let w = world(&["ciflow/crcr/gpu"]).await;
+    w.gh.add_workflow_run("org4/four", 555, "completed", Some("failure"));
+    w.gh.add_workflow_run("org3/three", 777, "completed", Some("success"));
+    w.gh.add_workflow_run("org2/two", 222, "completed", Some("failure"));
+    // Two jobs of one L4 run, one L3 job (label at dispatch), one L2 job (no check run).
+    finished_l4_job(&w, 555, "build", "failure").await;
+    finished_l4_job(&w, 555, "test", "success").await;
+    let d = w.delivery.clone();
+    for (status, c) in [("in_progress", None), ("completed", Some("success"))] {
+        assert_eq!(call(&w, "org3/three", "33", &job_callback(&d, "org3/three", 777, "lint", status, c)).await, 202);
+        assert_eq!(call(&w, "org2/two", "22", &job_callback(&d, "org2/two", 222, "build", status, c)).await, 202);
+    }
+    reconciled(&w).await;
+    let sha = w.head_sha.clone();
+    let suite =
+        post_event(&w, "check_suite", "check_suite.rerequested", |v| v["check_suite"]["head_sha"] = json!(sha)).await;
+    wait_for("both re-runs", || w.gh.run_requests("org4/four").len() + w.gh.run_requests("org3/three").len() == 2)
+        .await;
+    reconciled(&w).await;
+    // The same delivery again (a redelivery): no run is asked twice.
+    let mut v: Value = serde_json::from_slice(&fixture("check_suite.rerequested")).unwrap();
+    v["check_suite"]["head_sha"] = json!(w.head_sha);
+    let (status, _) = w.relay.post("check_suite", &suite, &serde_json::to_vec(&v).unwrap(), false).await;
+    assert_eq!(status, 202);
+    reconciled(&w).await;
+    let four = w.gh.run_requests("org4/four");
+    let three = w.gh.run_requests("org3/three");
+    assert_eq!(four.iter().map(|c| (c.kind.as_str(), c.run_id)).collect::<Vec<_>>(), vec![("rerun", 555)]);
+    assert_eq!(three.iter().map(|c| (c.kind.as_str(), c.run_id)).collect::<Vec<_>>(), vec![("rerun", 777)]);
+    assert!(w.gh.run_requests("org2/two").is_empty(), "L2 runs are never re-run");
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_check_run_update_github_failed_is_driven_to_the_jobs_final_state() {
+    let w = world(&[]).await;
+    let d = w.delivery.clone();
+    assert_eq!(
+        call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "in_progress", None)).await,
+        202
+    );
+    wait_for("the in-progress check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    let jobs = SqliteJobStore::new(w.relay.db());
+    let id = DeliveryId::parse(&d).unwrap();
+    wait_item(&jobs, &id, HudSync::Sent).await;
+    // GitHub fails the update three times: the check run is left in progress on GitHub for a while.
+    for code in [502, 503, 500] {
+        w.gh.inject(UPSTREAM, Fault::ServerError(code));
+    }
+    assert_eq!(
+        call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "completed", Some("success"))).await,
+        202
+    );
+    wait_for("the completed check run", || w.gh.check_runs(UPSTREAM)[0].status == "completed").await;
+    let runs = w.gh.check_runs(UPSTREAM);
+    assert_eq!((runs.len(), runs[0].conclusion.as_deref()), (1, Some("success")));
+    let patches: Vec<u16> = w.gh.requests().into_iter().filter(|r| r.method == "PATCH").map(|r| r.status).collect();
+    assert_eq!(patches, vec![502, 503, 500, 200]);
+    w.relay.stop().await;
+}
+
+async fn closed_world(cancel: bool) -> World {
+    let w = world_cfg(&[], |c| c.reconciler.cancel_on_close = cancel).await;
+    w.gh.add_workflow_run("org4/four", 555, "in_progress", None);
+    let d = w.delivery.clone();
+    assert_eq!(
+        call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "in_progress", None)).await,
+        202
+    );
+    wait_for("the in-progress check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    let sha = w.head_sha.clone();
+    post_event(&w, "pull_request", "pull_request.closed", |v| v["pull_request"]["head"]["sha"] = json!(sha)).await;
+    wait_for("the closed check run", || w.gh.check_runs(UPSTREAM)[0].status == "completed").await;
+    reconciled(&w).await;
+    w
+}
+
+#[tokio::test]
+async fn closed_pr_stops_tracking_and_cancels_only_when_asked() {
+    for cancel in [false, true] {
+        let w = closed_world(cancel).await;
+        let run = &w.gh.check_runs(UPSTREAM)[0];
+        assert_eq!(run.conclusion.as_deref(), Some("cancelled"), "cancel={cancel}");
+        let cancels = w.gh.run_requests("org4/four");
+        if cancel {
+            assert_eq!(
+                cancels.iter().map(|c| (c.kind.as_str(), c.run_id, c.status)).collect::<Vec<_>>(),
+                vec![("cancel", 555, 202)]
+            );
+        } else {
+            assert!(cancels.is_empty(), "{cancels:?}");
+        }
+        // The downstream job's later result reaches HUD, not the closed check run.
+        let d = w.delivery.clone();
+        assert_eq!(
+            call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "completed", Some("success")))
+                .await,
+            202
+        );
+        wait_for("both HUD records", || w.hud.received().len() == 2).await;
+        w.relay.reconciler.sweep().await.unwrap();
+        let runs = w.gh.check_runs(UPSTREAM);
+        assert_eq!((runs.len(), runs[0].conclusion.as_deref()), (1, Some("cancelled")));
+        w.relay.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn synchronize_supersedes_the_old_heads_jobs() {
+    let w = world_cfg(&[], |c| c.reconciler.never_started_after = Duration::from_millis(1)).await;
+    let d = w.delivery.clone();
+    assert_eq!(
+        call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "in_progress", None)).await,
+        202
+    );
+    wait_for("the in-progress check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    // Before: the silent L2 and L3 targets of this head are never started.
+    let silent = |r: &crcr_shared::reconcile::SweepReport| -> Vec<String> {
+        r.never_started.iter().filter(|n| n.delivery_id.as_str() == d).map(|n| n.target.to_string()).collect()
+    };
+    assert_eq!(silent(&w.relay.reconciler.sweep().await.unwrap()), vec!["org2/two", "org3/three"]);
+    let old = w.head_sha.clone();
+    let new_sha = "1111111111111111111111111111111111111111";
+    post_event(&w, "pull_request", "pull_request.synchronize", |v| {
+        v["before"] = json!(old);
+        v["after"] = json!(new_sha);
+        v["pull_request"]["head"]["sha"] = json!(new_sha);
+    })
+    .await;
+    wait_for("the superseded check run", || w.gh.check_runs(UPSTREAM)[0].status == "completed").await;
+    let run = &w.gh.check_runs(UPSTREAM)[0];
+    assert_eq!((run.head_sha.as_str(), run.conclusion.as_deref()), (old.as_str(), Some("cancelled")));
+    let text = run.output_summary.clone().unwrap_or_default();
+    assert!(text.contains(&format!("superseded by {new_sha}")), "{text}");
+    // After: the old head's silent targets are not waited for any more.
+    assert!(silent(&w.relay.reconciler.sweep().await.unwrap()).is_empty());
+    // A late result of the old head reaches HUD, not the superseded check run.
+    assert_eq!(
+        call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "completed", Some("success"))).await,
+        202
+    );
+    wait_for("both HUD records", || w.hud.received().len() == 2).await;
+    w.relay.reconciler.sweep().await.unwrap();
+    assert_eq!(w.gh.check_runs(UPSTREAM)[0].conclusion.as_deref(), Some("cancelled"));
+    w.relay.stop().await;
 }

@@ -200,7 +200,7 @@ async fn ignored_events_answer_200_and_dispatch_nothing() {
     let relay = Relay::start(&gh, SMALL_ALLOWLIST, test_settings(), None, "s").await;
     for (event, name) in [
         ("ping", "ping"),
-        ("pull_request", "pull_request.labeled"),
+        ("pull_request", "pull_request.unlabeled"),
         ("check_run", "check_run.completed"),
         ("installation", "installation.created"),
     ] {
@@ -210,7 +210,11 @@ async fn ignored_events_answer_200_and_dispatch_nothing() {
     }
     let (status, _) = relay.post("pull_request", "not a guid!", &fixture("pull_request.opened"), false).await;
     assert_eq!(status, 400);
+    // `labeled` is the reconciler's (check runs), never fanned out.
+    let (status, answer) = relay.post("pull_request", &uuid(), &fixture("pull_request.labeled"), false).await;
+    assert_eq!(status, 202, "{answer}");
     assert_eq!(relay.queue.depth(QueueSide::Source).await.unwrap(), 0);
+    assert!(gh.dispatches().is_empty());
     relay.stop().await;
 }
 

@@ -13,6 +13,10 @@
 # GSI by_dispatch_day: sparse (only dispatched records carry dispatch_day, the
 # UTC day of dispatched_at_ms); the reconciler's never-started sweep queries a
 # day or two of it instead of scanning the table.
+# GSI by_head_sha: sparse (only records of an event with a commit carry
+# head_sha), sorted by created_at_ms; labeled / synchronize / closed /
+# rerequested events find the relay's records of an upstream commit with one
+# query instead of a scan.
 resource "aws_dynamodb_table" "dispatches" {
   #checkov:skip=CKV_AWS_119:Encrypted with the AWS managed aws/dynamodb KMS key; a customer managed key adds cost and key-policy upkeep for no extra control here.
   name                        = "${var.name_prefix}-dispatches"
@@ -41,10 +45,27 @@ resource "aws_dynamodb_table" "dispatches" {
     type = "N"
   }
 
+  attribute {
+    name = "head_sha"
+    type = "S"
+  }
+
+  attribute {
+    name = "created_at_ms"
+    type = "N"
+  }
+
   global_secondary_index {
     name            = "by_dispatch_day"
     hash_key        = "dispatch_day"
     range_key       = "dispatched_at_ms"
+    projection_type = "ALL"
+  }
+
+  global_secondary_index {
+    name            = "by_head_sha"
+    hash_key        = "head_sha"
+    range_key       = "created_at_ms"
     projection_type = "ALL"
   }
 

@@ -204,11 +204,16 @@ data "aws_iam_policy_document" "reconciler" {
   }
 
   # DISPATCHED records: read for figures; the never-started sweep queries
-  # the by_dispatch_day index.
+  # the by_dispatch_day index; labeled / synchronize / closed / rerequested
+  # events find a commit's records in the by_head_sha index.
   statement {
-    sid       = "DispatchRecords"
-    actions   = ["dynamodb:GetItem", "dynamodb:Query"]
-    resources = [aws_dynamodb_table.dispatches.arn, "${aws_dynamodb_table.dispatches.arn}/index/by_dispatch_day"]
+    sid     = "DispatchRecords"
+    actions = ["dynamodb:GetItem", "dynamodb:Query"]
+    resources = [
+      aws_dynamodb_table.dispatches.arn,
+      "${aws_dynamodb_table.dispatches.arn}/index/by_dispatch_day",
+      "${aws_dynamodb_table.dispatches.arn}/index/by_head_sha",
+    ]
   }
 
   # Redeliver cursor, commit-exists cache.

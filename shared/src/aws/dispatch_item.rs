@@ -29,11 +29,16 @@ pub(super) mod attr {
     pub const PAYLOAD_TRIMMED: &str = "payload_trimmed";
     pub const EVENT: &str = "event";
     pub const ACTION: &str = "action";
+    /// S, [`crate::ports::DispatchMeta::head_sha`] (absent = none, and for an
+    /// empty one: a GSI key cannot be empty). The partition key of the sparse
+    /// GSI `by_head_sha` (see `HEAD_SHA_INDEX`), sort key `created_at_ms`.
     pub const HEAD_SHA: &str = "head_sha";
     pub const PR_NUMBER: &str = "pr_number";
     pub const LEVEL: &str = "level";
     /// BOOL, [`crate::ports::DispatchMeta::check_run`] (absent = false).
     pub const CHECK_RUN: &str = "check_run";
+    /// S, [`crate::ports::DispatchMeta::device`] (absent = none).
+    pub const DEVICE: &str = "device";
     pub const EXPIRES_AT: &str = "expires_at";
     /// `YYYY-MM-DD` (UTC) of `dispatched_at_ms`, set with it: the partition
     /// key of the sparse GSI `by_dispatch_day` (see `DISPATCH_DAY_INDEX`).
@@ -65,7 +70,9 @@ pub(super) fn new_item(
     if let Some(a) = &meta.action {
         item.insert(attr::ACTION.into(), s(a));
     }
-    if let Some(h) = &meta.head_sha {
+    // DynamoDB refuses an empty string as an index key: an empty head_sha
+    // (no commit) is stored as none.
+    if let Some(h) = meta.head_sha.as_deref().filter(|h| !h.is_empty()) {
         item.insert(attr::HEAD_SHA.into(), s(h));
     }
     if let Some(p) = meta.pr_number {
@@ -73,6 +80,9 @@ pub(super) fn new_item(
     }
     item.insert(attr::LEVEL.into(), s(meta.level.as_str()));
     item.insert(attr::CHECK_RUN.into(), AttributeValue::Bool(meta.check_run));
+    if let Some(d) = &meta.device {
+        item.insert(attr::DEVICE.into(), s(d));
+    }
     item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + DISPATCH_TTL_SECS));
     item
 }
@@ -151,7 +161,7 @@ pub(super) fn parse_record(item: &Item) -> Result<DispatchRecord, StoreError> {
                 Some(AttributeValue::Bool(b)) => *b,
                 Some(_) => return Err(corrupt(attr::CHECK_RUN, "is not a boolean")),
             },
-            device: None,
+            device: opt_s(item, attr::DEVICE)?,
         },
     })
 }

@@ -26,6 +26,17 @@ pub const DISPATCH_TTL_SECS: i64 = 30 * 24 * 3600;
 /// dispatched records carry `dispatch_day`, so only they are in the index.
 pub const DISPATCH_DAY_INDEX: &str = "by_dispatch_day";
 
+/// The sparse GSI of the dispatch table that serves
+/// [`DispatchStore::records_for_commit`]: partition key `head_sha` (S, the
+/// upstream commit as the event gave it), sort key `created_at_ms` (N, ms
+/// since epoch), projection ALL. Records without a commit carry no
+/// `head_sha`, so they are not in the index.
+pub const HEAD_SHA_INDEX: &str = "by_head_sha";
+
+/// Items asked of DynamoDB per page of a [`HEAD_SHA_INDEX`] query (its most
+/// is 1 MB of items per page whatever this says).
+const MAX_PAGE: usize = 1000;
+
 /// UTC day (`YYYY-MM-DD`) of an instant in ms since the epoch.
 pub fn dispatch_day(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%d").to_string()
@@ -46,8 +57,14 @@ const CLAIM_ROUNDS: usize = 3;
 /// `created_at_ms`, `updated_at_ms` (N, ms since epoch), `dispatched_at_ms`
 /// (N, absent = none), `payload_trimmed` (BOOL), the [`DispatchMeta`] fields
 /// flat: `event` (S), `action` (S, optional), `head_sha` (S, optional),
-/// `pr_number` (N, optional), `level` (S, `L1`..`L4`); and `expires_at` (N,
-/// epoch **seconds**, wall clock + [`DISPATCH_TTL_SECS`] at each write).
+/// `pr_number` (N, optional), `level` (S, `L1`..`L4`), `check_run` (BOOL,
+/// absent = false), `device` (S, optional); `dispatch_day` (S, UTC
+/// `YYYY-MM-DD` of `dispatched_at_ms`, once dispatched); and `expires_at`
+/// (N, epoch **seconds**, wall clock + [`DISPATCH_TTL_SECS`] at each write).
+/// Two sparse GSIs, projection ALL: [`DISPATCH_DAY_INDEX`] (hash
+/// `dispatch_day`, range `dispatched_at_ms`) and [`HEAD_SHA_INDEX`] (hash
+/// `head_sha`, range `created_at_ms`). An empty `head_sha` is not stored (a
+/// GSI key cannot be an empty string): such a record reads back with none.
 ///
 /// Every write is conditional, so two workers never both hold a target. A
 /// finished attempt (any outcome) sets `lease_until_ms` to 0: no lease held.
@@ -169,6 +186,29 @@ impl DynamoDispatchStore {
         };
         item.as_ref().map(parse_record).transpose()
     }
+}
+
+/// Whether `next`, read from [`HEAD_SHA_INDEX`] after `kept` (ascending by
+/// `created_at_ms`, ties in no particular order), may still be among the
+/// first `limit` records in [`in_commit_order`]: always while fewer than
+/// `limit` are kept; past that, only a tie of the `limit`-th one.
+fn within_commit_limit(kept: &[DispatchRecord], limit: usize, next: &DispatchRecord) -> bool {
+    kept.len() < limit
+        || limit.checked_sub(1).and_then(|i| kept.get(i)).is_some_and(|last| last.created_at_ms == next.created_at_ms)
+}
+
+/// `records` sorted by (`created_at_ms`, delivery id, target key), cut to
+/// `limit`: the order of [`DispatchStore::records_for_commit`].
+fn in_commit_order(mut records: Vec<DispatchRecord>, limit: usize) -> Vec<DispatchRecord> {
+    records.sort_by(|a, b| {
+        (a.created_at_ms, a.delivery_id.as_str(), a.target.key()).cmp(&(
+            b.created_at_ms,
+            b.delivery_id.as_str(),
+            b.target.key(),
+        ))
+    });
+    records.truncate(limit);
+    records
 }
 
 /// The answer for an existing record another attempt holds or finished.
@@ -359,6 +399,50 @@ impl DispatchStore for DynamoDispatchStore {
         Ok(out)
     }
 
+    /// `Query` on [`HEAD_SHA_INDEX`] (`head_sha = :sha`), ascending by
+    /// `created_at_ms`, page after page (`LastEvaluatedKey`) until `limit`
+    /// records plus any sharing the last one's `created_at_ms`, then sorted
+    /// by (`created_at_ms`, delivery id, target key) and cut to `limit`: the
+    /// SQLite twin's order even when creation times tie. Eventually
+    /// consistent (a GSI has no consistent reads): a record claimed a moment
+    /// ago may be missing, or show an older status. An empty `head_sha`
+    /// matches nothing (no item can carry it).
+    async fn records_for_commit(&self, head_sha: &str, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
+        let mut out: Vec<DispatchRecord> = Vec::new();
+        if head_sha.is_empty() || limit == 0 {
+            return Ok(out);
+        }
+        let mut start: Option<Item> = None;
+        'pages: loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(HEAD_SHA_INDEX)
+                .key_condition_expression("#sha = :sha")
+                .expression_attribute_names("#sha", attr::HEAD_SHA)
+                .expression_attribute_values(":sha", s(head_sha))
+                .scan_index_forward(true)
+                .limit(limit.saturating_add(1).min(MAX_PAGE) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query (by_head_sha)", e))?;
+            for item in page.items.unwrap_or_default() {
+                let rec = parse_record(&item)?;
+                if !within_commit_limit(&out, limit, &rec) {
+                    break 'pages;
+                }
+                out.push(rec);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(in_commit_order(out, limit))
+    }
+
     /// A `Scan` of the whole table, all pages, filtered on
     /// `updated_at_ms >= since_ms` and projecting `status` and
     /// `lease_until_ms`: O(table) in read capacity and time (a filter does
@@ -407,4 +491,60 @@ impl DispatchStore for DynamoDispatchStore {
 
 fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
     StoreError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Level;
+
+    fn rec(delivery: &str, target: &str, created_at_ms: i64) -> DispatchRecord {
+        DispatchRecord {
+            delivery_id: DeliveryId::parse(delivery).unwrap(),
+            target: RepoFullName::parse(target).unwrap(),
+            status: DispatchStatus::Pending,
+            attempts: 1,
+            last_error: None,
+            lease_until_ms: 0,
+            created_at_ms,
+            updated_at_ms: created_at_ms,
+            dispatched_at_ms: None,
+            payload_trimmed: false,
+            meta: DispatchMeta {
+                event: "push".into(),
+                action: None,
+                head_sha: Some("ab".repeat(20)),
+                pr_number: None,
+                level: Level::L4,
+                check_run: false,
+                device: None,
+            },
+        }
+    }
+
+    /// Records as the GSI may return them (ascending `created_at_ms`, ties
+    /// in any order), read as `records_for_commit` reads pages: for every
+    /// `limit`, the first `limit` of the commit order, ties included.
+    #[test]
+    fn commit_order_breaks_ties_by_delivery_then_target() {
+        let expected = [
+            rec("d-1", "org/c", 50),
+            rec("d-1", "org/z", 100),
+            rec("d-2", "Org/A", 100),
+            rec("d-2", "org/b", 100),
+            rec("d-1", "org/late", 200),
+        ];
+        let as_read = [&expected[0], &expected[3], &expected[2], &expected[1], &expected[4]];
+        for limit in 0..=expected.len() + 1 {
+            let mut kept = Vec::new();
+            for next in as_read {
+                if !within_commit_limit(&kept, limit, next) {
+                    break;
+                }
+                kept.push(next.clone());
+            }
+            let want = &expected[..limit.min(expected.len())];
+            assert_eq!(in_commit_order(kept, limit), want, "limit {limit}");
+        }
+    }
 }

@@ -10,6 +10,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, Select, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 
+use crate::checks::CheckStatus;
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::lifecycle::{
     CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
@@ -81,6 +82,11 @@ mod attr {
     pub const REQUEST: &str = "request";
     pub const VERSION: &str = "version";
     pub const CHECK_RUN_ID: &str = "check_run_id";
+    /// S, the `status` of `request` (`in_progress` / `completed`): what
+    /// [`crate::lifecycle::JobStore::advance_check_run`]'s condition reads.
+    /// Items written before it existed lack it; the condition then looks
+    /// into `request` itself.
+    pub const REQUEST_STATUS: &str = "request_status";
     // Violation items (plus `repo`).
     pub const REASON: &str = "reason";
     pub const AT_MS: &str = "at_ms";
@@ -108,12 +114,14 @@ mod attr {
 ///   attempt. An outbox id starts with `<delivery id>|`, which is how
 ///   [`JobStore::mark_outbox`] finds the item from the id alone;
 /// - **check run** `chk#<CheckRunItem::id>` (issue 4): `id`, `repo` (S, the
-///   upstream), `request` (S, the check run's JSON), `version`, `attempts`
-///   (N), `check_run_id` (N, once GitHub created it), `last_error` (S),
-///   `status` (S, `chk_pending` / `chk_sent` / `chk_rejected`),
-///   `created_at_ms`, `updated_at_ms` (N), `updated_at` (N) = `created_at_ms`;
-///   upserted by [`JobStore::transition_with_check_run`] in the same
-///   transaction as the job;
+///   upstream), `request` (S, the check run's JSON), `request_status` (S,
+///   the request's `status`: `in_progress` / `completed`; absent on items
+///   written before it existed), `version`, `attempts` (N), `check_run_id`
+///   (N, once GitHub created it), `last_error` (S), `status` (S,
+///   `chk_pending` / `chk_sent` / `chk_rejected`), `created_at_ms`,
+///   `updated_at_ms` (N), `updated_at` (N) = `created_at_ms`; upserted by
+///   [`JobStore::transition_with_check_run`] in the same transaction as the
+///   job, or written alone by [`JobStore::advance_check_run`];
 /// - **violation** `violation#<at_ms, 20 digits>#<uuid>`: `repo`, `reason`
 ///   (S), `at_ms` (N). No `status`: not in the GSI.
 ///
@@ -374,6 +382,80 @@ impl JobStore for DynamoJobStore {
         check: &CheckRunItem,
     ) -> Result<bool, StoreError> {
         self.write_transition(expected, record, outbox, Some(check)).await
+    }
+
+    /// Up to two conditional writes on `chk#<id>`: a `PutItem` of `check` as
+    /// given (`version` and `sync` included) conditioned on
+    /// `attribute_not_exists(pk)` → `true`. When the item exists and
+    /// `check.request` is completed: an `UpdateItem` of `request`,
+    /// `request_status`, `version + 1`, `status = chk_pending`,
+    /// `updated_at_ms`, `expires_at` (the rest kept) conditioned on the
+    /// stored request being in progress (`request_status = in_progress`, or
+    /// for an item written before `request_status` existed, its `request`
+    /// JSON containing `"status":"in_progress"`) → `true`. A failed
+    /// condition (`ConditionalCheckFailed`) → `false`, nothing written. The
+    /// id must start with `<check.delivery_id>|` ([`CheckRunItem::id_for`]);
+    /// another id is refused as [`StoreError::Corrupt`].
+    async fn advance_check_run(&self, check: &CheckRunItem) -> Result<bool, StoreError> {
+        if outbox_pk(&check.id) != Some(check.delivery_id.as_str()) {
+            return Err(StoreError::Corrupt(format!(
+                "check-run item id {:?} does not start with its delivery id {:?} and '|'",
+                check.id, check.delivery_id
+            )));
+        }
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(check_item(check)?))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", attr::PK)
+            .send()
+            .await;
+        match res {
+            Ok(_) => return Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+            Err(e) => return Err(unavailable("PutItem (new check run)", e)),
+        }
+        if check.request.status != CheckStatus::Completed {
+            return Ok(false); // only in_progress -> completed moves an existing item
+        }
+        let in_progress = request_status(CheckStatus::InProgress)?;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(primary_key(check.delivery_id.as_str(), format!("{CHECK_PREFIX}{}", check.id))))
+            .update_expression(
+                "SET #request = :request, #rs = :rs, #version = #version + :one, #status = :pending, \
+                 #updated_ms = :updated_ms, #expires = :expires",
+            )
+            .condition_expression(
+                "#rs = :in_progress OR (attribute_not_exists(#rs) AND contains(#request, :in_progress_json))",
+            )
+            .expression_attribute_names("#request", attr::REQUEST)
+            .expression_attribute_names("#rs", attr::REQUEST_STATUS)
+            .expression_attribute_names("#version", attr::VERSION)
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":request", s(&request_json(check)?))
+            .expression_attribute_values(":rs", s(&request_status(check.request.status)?))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":pending", s(&format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
+            .expression_attribute_values(":updated_ms", n(check.updated_at_ms))
+            .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS))
+            .expression_attribute_values(":in_progress", s(&in_progress))
+            // serde_json's compact form of the request's top-level `status`
+            // (a string value's quotes are escaped, so only the key matches).
+            .expression_attribute_values(":in_progress_json", s(&format!("\"status\":\"{in_progress}\"")))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(unavailable("UpdateItem (advance check run)", e)),
+        }
     }
 
     /// `Query` on the GSI, `status = chk_pending`, oldest first, up to `limit`.
@@ -727,14 +809,53 @@ fn outbox_item(o: &OutboxItem) -> Item {
     item
 }
 
+/// The JSON text stored in a check-run item's `request`.
+fn request_json(c: &CheckRunItem) -> Result<String, StoreError> {
+    serde_json::to_string(&c.request)
+        .map_err(|e| StoreError::Corrupt(format!("check-run item {}: request cannot be written as JSON: {e}", c.id)))
+}
+
+/// A check-run status as stored in `request_status` (and inside `request`):
+/// its serde name, e.g. `in_progress`.
+fn request_status(status: CheckStatus) -> Result<String, StoreError> {
+    match serde_json::to_value(status) {
+        Ok(serde_json::Value::String(name)) => Ok(name),
+        other => Err(StoreError::Corrupt(format!("check-run status {status:?} serializes as {other:?}, not a string"))),
+    }
+}
+
+/// The whole item of a new check-run item, as given (`version`, `sync`,
+/// `attempts` included).
+fn check_item(c: &CheckRunItem) -> Result<Item, StoreError> {
+    let mut item = primary_key(c.delivery_id.as_str(), format!("{CHECK_PREFIX}{}", c.id));
+    item.insert(attr::ID.into(), s(&c.id));
+    item.insert(attr::REPO.into(), s(c.repo.as_str()));
+    item.insert(attr::REQUEST.into(), s(&request_json(c)?));
+    item.insert(attr::REQUEST_STATUS.into(), s(&request_status(c.request.status)?));
+    item.insert(attr::STATUS.into(), s(&format!("{CHECK_STATUS_PREFIX}{}", c.sync.as_str())));
+    item.insert(attr::VERSION.into(), n(c.version));
+    item.insert(attr::ATTEMPTS.into(), n(c.attempts));
+    if let Some(id) = c.check_run_id {
+        item.insert(attr::CHECK_RUN_ID.into(), n(id));
+    }
+    if let Some(e) = &c.last_error {
+        item.insert(attr::LAST_ERROR.into(), s(e));
+    }
+    item.insert(attr::CREATED_AT_MS.into(), n(c.created_at_ms));
+    item.insert(attr::UPDATED_AT_MS.into(), n(c.updated_at_ms));
+    item.insert(attr::UPDATED_AT.into(), n(c.created_at_ms));
+    item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + JOB_TTL_SECS));
+    Ok(item)
+}
+
 /// The transaction `Update` that creates or moves a check-run item.
 fn check_upsert(table: &str, c: &CheckRunItem) -> Result<TransactWriteItem, StoreError> {
-    let request = serde_json::to_string(&c.request).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let request = request_json(c)?;
     let update = Update::builder()
         .table_name(table)
         .set_key(Some(primary_key(c.delivery_id.as_str(), format!("{CHECK_PREFIX}{}", c.id))))
         .update_expression(
-            "SET #id = :id, #repo = :repo, #request = :request, #status = :pending, \
+            "SET #id = :id, #repo = :repo, #request = :request, #rs = :rs, #status = :pending, \
              #version = if_not_exists(#version, :zero) + :one, #attempts = if_not_exists(#attempts, :zero), \
              #created = if_not_exists(#created, :created), #updated = if_not_exists(#updated, :created), \
              #updated_ms = :updated_ms, #expires = :expires",
@@ -742,6 +863,7 @@ fn check_upsert(table: &str, c: &CheckRunItem) -> Result<TransactWriteItem, Stor
         .expression_attribute_names("#id", attr::ID)
         .expression_attribute_names("#repo", attr::REPO)
         .expression_attribute_names("#request", attr::REQUEST)
+        .expression_attribute_names("#rs", attr::REQUEST_STATUS)
         .expression_attribute_names("#status", attr::STATUS)
         .expression_attribute_names("#version", attr::VERSION)
         .expression_attribute_names("#attempts", attr::ATTEMPTS)
@@ -752,6 +874,7 @@ fn check_upsert(table: &str, c: &CheckRunItem) -> Result<TransactWriteItem, Stor
         .expression_attribute_values(":id", s(&c.id))
         .expression_attribute_values(":repo", s(c.repo.as_str()))
         .expression_attribute_values(":request", s(&request))
+        .expression_attribute_values(":rs", s(&request_status(c.request.status)?))
         .expression_attribute_values(":pending", s(&format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
         .expression_attribute_values(":zero", n(0))
         .expression_attribute_values(":one", n(1))
@@ -886,6 +1009,34 @@ mod tests {
         assert_eq!(outbox_pk("abc-1|org/repo|1|1|build|in_progress"), Some("abc-1"));
         assert_eq!(outbox_pk("no-separator"), None);
         assert_eq!(outbox_pk("bad id|x"), None);
+    }
+
+    /// The fallback condition of `advance_check_run` for items without
+    /// `request_status` looks for `"status":"in_progress"` in the stored
+    /// JSON: it is there for an in-progress request, and absent from a
+    /// completed one even when its text fields quote that very string.
+    #[test]
+    fn in_progress_marker_matches_only_the_request_status() {
+        use crate::checks::{CheckOutput, CheckRunRequest};
+        let in_progress = request_status(CheckStatus::InProgress).unwrap();
+        assert_eq!(in_progress, "in_progress");
+        assert_eq!(request_status(CheckStatus::Completed).unwrap(), "completed");
+        let marker = format!("\"status\":\"{in_progress}\"");
+        let tricky = format!("{marker} {{{marker}}}");
+        let request = |status, conclusion: Option<&str>| CheckRunRequest {
+            name: tricky.clone(),
+            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            details_url: None,
+            external_id: tricky.clone(),
+            status,
+            conclusion: conclusion.map(str::to_owned),
+            started_at: None,
+            completed_at: None,
+            output: CheckOutput { title: tricky.clone(), summary: tricky.clone() },
+        };
+        let json = |r: &CheckRunRequest| serde_json::to_string(r).unwrap();
+        assert!(json(&request(CheckStatus::InProgress, None)).contains(&marker));
+        assert!(!json(&request(CheckStatus::Completed, Some("success"))).contains(&marker));
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod sqs;
 pub mod wiring;
 
 pub use blobs::{DynamoBlobStore, BLOB_CHUNK_BYTES, BLOB_TTL_SECS};
-pub use dynamo::{dispatch_day, DynamoDispatchStore, DISPATCH_DAY_INDEX, DISPATCH_TTL_SECS};
+pub use dynamo::{dispatch_day, DynamoDispatchStore, DISPATCH_DAY_INDEX, DISPATCH_TTL_SECS, HEAD_SHA_INDEX};
 pub use jobs::{DynamoJobStore, JOBS_BY_STATUS_INDEX, JOB_TTL_SECS};
 pub use kv::{prefix as kv_prefix, DynamoKv, RATE_WINDOW_TTL_SLACK_SECS};
 pub use sqs::{SqsQueue, DEAD_LETTER_REASON_ATTR, DEAD_LETTER_REASON_MAX_CHARS, SQS_MAX_MESSAGE_BYTES};

@@ -67,7 +67,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // Ingest only sends: it never reads or writes a DLQ.
     let dispatch_queue = SqsQueue::new(sqs.clone(), aws.dispatch_queue_url(INGEST)?, String::new());
-    let reconcile_queue = SqsQueue::new(sqs, aws.reconcile_queue_url(INGEST)?, String::new());
+    let reconcile_queue = Arc::new(SqsQueue::new(sqs, aws.reconcile_queue_url(INGEST)?, String::new()));
     let webhooks = crate::ingest::router(Arc::new(IngestState {
         secret: cfg.webhook_secret.clone(),
         upstream: cfg.upstream.clone(),
@@ -75,6 +75,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
         blobs: Arc::new(DynamoBlobStore::new(dynamo.clone(), aws.payload_table(INGEST)?)),
         clock: clock.clone(),
         max_body_bytes: cfg.max_body_bytes,
+        reconcile: Some(reconcile_queue.clone()),
     }));
     let kv = Arc::new(
         DynamoKv::new(dynamo.clone(), aws.kv_table(INGEST)?, clock.clone())
@@ -86,7 +87,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
         allowlist,
         dispatches: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(INGEST)?)),
         jobs: Arc::new(DynamoJobStore::new(dynamo, aws.jobs_table(INGEST)?)),
-        queue: Arc::new(reconcile_queue),
+        queue: reconcile_queue,
         rate: kv,
         clock,
     }));
@@ -178,6 +179,7 @@ pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerF
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let queue = Arc::new(SqsQueue::new(sqs, aws.reconcile_queue_url(RECONCILER)?, aws.reconcile_dlq_url(RECONCILER)?));
     let github = Arc::new(crate::github::GitHubAppClient::new(cfg.github.clone())?);
+    let state: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo.clone(), aws.kv_table(RECONCILER)?, clock.clone()));
     let reconciler = Arc::new(Reconciler {
         dispatches: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(RECONCILER)?)),
         jobs: Arc::new(DynamoJobStore::new(dynamo.clone(), aws.jobs_table(RECONCILER)?)),
@@ -187,8 +189,9 @@ pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerF
         upstream: cfg.upstream.clone(),
         commits: Arc::new(crate::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
         checks: Some(github.clone()),
+        runs: Some(github.clone()),
+        state: state.clone(),
     });
-    let state: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo, aws.kv_table(RECONCILER)?, clock));
     let redeliver = crate::redeliver::Redeliverer::new(github, state.clone());
     Ok(ReconcilerFunction { reconciler, queue, state, redeliver })
 }

@@ -395,6 +395,13 @@ impl<'a> Dlq<'a> {
                 m.head_sha = pr.and_then(|p| p.head.as_ref()).and_then(|h| h.sha.clone()).or(peek.after);
                 m.git_ref = peek.git_ref;
             }
+            Ok(QueueMessage::UpstreamV1(u)) => {
+                m.event = Some(u.event.name().to_owned());
+                m.pr_number = u.event.pr_number();
+                m.head_sha = Some(u.event.head_sha().to_owned());
+                m.delivery_id = Some(u.delivery_id);
+                m.received_at_ms = Some(u.received_at_ms);
+            }
             // Other message types (e.g. the reconcile queue's): described
             // from the fields they have in common.
             #[allow(unreachable_patterns)]

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::Db;
+use crate::checks::{CheckRunRequest, CheckStatus};
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::lifecycle::{
     CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
@@ -310,6 +311,63 @@ impl JobStore for SqliteJobStore {
         check: &CheckRunItem,
     ) -> Result<bool, StoreError> {
         self.write_transition(expected, record, outbox, Some(check))
+    }
+
+    /// One immediate transaction: reads the stored item's `request`; none →
+    /// `INSERT` of `check` as given (every column, `version` and `sync`
+    /// included); stored request `in_progress` and `check.request`
+    /// `completed` → `UPDATE` of `request`, `version + 1`, `sync =
+    /// 'pending'`, `updated_at_ms` (the other columns kept); otherwise no
+    /// write. A stored request that is not a check run's JSON is
+    /// [`StoreError::Corrupt`].
+    async fn advance_check_run(&self, check: &CheckRunItem) -> Result<bool, StoreError> {
+        let request = serde_json::to_string(&check.request)
+            .map_err(|e| StoreError::Corrupt(format!("check-run item {}: request: {e}", check.id)))?;
+        let mut conn = self.db.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+        let stored: Option<String> = tx
+            .query_row("SELECT request FROM check_outbox WHERE id = ?1", [&check.id], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        match stored {
+            None => {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO check_outbox ({CHECK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ),
+                    params![
+                        check.id,
+                        check.delivery_id.as_str(),
+                        check.repo.as_str(),
+                        request,
+                        check.version,
+                        check.check_run_id.map(|n| n as i64),
+                        check.sync.as_str(),
+                        check.attempts,
+                        check.last_error,
+                        check.created_at_ms,
+                        check.updated_at_ms
+                    ],
+                )
+                .map_err(unavailable)?;
+            }
+            Some(stored) => {
+                let stored: CheckRunRequest = serde_json::from_str(&stored).map_err(|e| {
+                    StoreError::Corrupt(format!("check-run item {}: stored request is not a check run: {e}", check.id))
+                })?;
+                if !(stored.status == CheckStatus::InProgress && check.request.status == CheckStatus::Completed) {
+                    return Ok(false); // the transaction rolls back on drop; nothing was written
+                }
+                tx.execute(
+                    "UPDATE check_outbox SET request = ?2, version = version + 1, sync = 'pending', updated_at_ms = ?3
+                     WHERE id = ?1",
+                    params![check.id, request, check.updated_at_ms],
+                )
+                .map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(true)
     }
 
     async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {

@@ -56,16 +56,25 @@ CREATE TABLE IF NOT EXISTS dispatches (
     pr_number INTEGER,
     level TEXT NOT NULL,
     check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run
+    device TEXT,                         -- DispatchMeta::device
     PRIMARY KEY (delivery_id, target_key)
 );
 CREATE INDEX IF NOT EXISTS dispatches_dispatched_at ON dispatches (dispatched_at_ms)
     WHERE dispatched_at_ms IS NOT NULL;
+-- DispatchStore::records_for_commit: in its order, so no sort step.
+CREATE INDEX IF NOT EXISTS dispatches_head_sha ON dispatches (head_sha, created_at_ms, delivery_id, target_key)
+    WHERE head_sha IS NOT NULL;
 CREATE TABLE IF NOT EXISTS blobs (
     key TEXT PRIMARY KEY,
     data BLOB NOT NULL,
     created_at_ms INTEGER NOT NULL
 );
 "#;
+
+/// Columns of `dispatches` added after its first release: (name, type and
+/// default as in [`SCHEMA`]). [`Db::open`] adds the missing ones to an older
+/// file, so its existing rows read the default (`check_run` 0, `device` NULL).
+const ADDED_DISPATCH_COLUMNS: [(&str, &str); 2] = [("check_run", "INTEGER NOT NULL DEFAULT 0"), ("device", "TEXT")];
 
 /// A shared handle on the database file.
 #[derive(Clone)]
@@ -89,15 +98,17 @@ impl Db {
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
-        // Files written before `dispatches.check_run` existed get the column.
-        let has_check_run: bool = conn
-            .query_row("SELECT COUNT(*) FROM pragma_table_info('dispatches') WHERE name = 'check_run'", [], |r| {
-                r.get::<_, i64>(0).map(|n| n > 0)
-            })
-            .map_err(unavailable)?;
-        if !has_check_run {
-            conn.execute_batch("ALTER TABLE dispatches ADD COLUMN check_run INTEGER NOT NULL DEFAULT 0")
+        // Files written before a column of `dispatches` existed get it.
+        for (column, ddl) in ADDED_DISPATCH_COLUMNS {
+            let present: bool = conn
+                .query_row("SELECT COUNT(*) FROM pragma_table_info('dispatches') WHERE name = ?1", [column], |r| {
+                    r.get::<_, i64>(0).map(|n| n > 0)
+                })
                 .map_err(unavailable)?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE dispatches ADD COLUMN {column} {ddl}"))
+                    .map_err(|e| unavailable(format!("add column dispatches.{column}: {e}")))?;
+            }
         }
         conn.execute_batch(jobs::SCHEMA).map_err(unavailable)?;
         conn.execute_batch(kv::SCHEMA).map_err(unavailable)?;
@@ -142,31 +153,57 @@ mod tests {
     use crate::domain::{DeliveryId, RepoFullName};
     use crate::ports::DispatchStore;
 
-    /// A file written before `dispatches.check_run` existed opens, gains the
-    /// column, and its records read as `check_run: false`.
+    /// A file written before `dispatches.check_run`, `dispatches.device` and
+    /// the head_sha index existed opens, gains them, and its records read as
+    /// `check_run: false`, `device: None` and are found by commit.
     #[tokio::test]
-    async fn old_files_gain_the_check_run_column() {
+    async fn old_files_gain_the_added_columns_and_index() {
         let path = std::env::temp_dir().join(format!("crcr-migrate-{}.sqlite", uuid::Uuid::new_v4()));
-        let old_schema = SCHEMA.replace("    check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run\n", "");
-        assert_ne!(old_schema, SCHEMA);
+        let index = "-- DispatchStore::records_for_commit: in its order, so no sort step.
+CREATE INDEX IF NOT EXISTS dispatches_head_sha ON dispatches (head_sha, created_at_ms, delivery_id, target_key)
+    WHERE head_sha IS NOT NULL;
+";
+        let mut old_schema = SCHEMA.to_owned();
+        for part in [
+            "    check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run\n",
+            "    device TEXT,                         -- DispatchMeta::device\n",
+            index,
+        ] {
+            assert!(old_schema.contains(part), "SCHEMA no longer contains {part:?}");
+            old_schema = old_schema.replace(part, "");
+        }
+        let sha = "ec26c78d6d7e1b2a3c4d5e6f708192a3b4c5d6e7";
         {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(&old_schema).unwrap();
             conn.execute(
                 "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
-                    created_at_ms, updated_at_ms, event, level)
-                 VALUES ('d-1', 'org/a', 'org/a', 'dispatched', 1, 0, 1, 1, 'push', 'L4')",
-                [],
+                    created_at_ms, updated_at_ms, event, head_sha, level)
+                 VALUES ('d-1', 'org/a', 'org/a', 'dispatched', 1, 0, 1, 1, 'push', ?1, 'L4')",
+                [sha],
             )
             .unwrap();
         }
         let db = Db::open(&path).unwrap();
-        let records = SqliteDispatchStore::new(db.clone()).records(&DeliveryId::parse("d-1").unwrap()).await.unwrap();
+        let store = SqliteDispatchStore::new(db.clone());
+        let records = store.records(&DeliveryId::parse("d-1").unwrap()).await.unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].target, RepoFullName::parse("org/a").unwrap());
         assert!(!records[0].meta.check_run);
+        assert_eq!(records[0].meta.device, None);
+        assert_eq!(store.records_for_commit(sha, 10).await.unwrap(), records);
+        let indexed: i64 = db
+            .lock()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'dispatches_head_sha'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 1, "the head_sha index was not created");
+        drop(store);
         drop(db);
-        Db::open(&path).expect("a second open finds the column and changes nothing");
+        Db::open(&path).expect("a second open finds the columns and changes nothing");
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }

@@ -29,7 +29,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 const COLUMNS: &str = "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
-    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run";
+    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run, device";
+
+/// The tail of [`DispatchStore::records_for_commit`]'s query (`?1` the
+/// commit, `?2` the limit): the order of the index `dispatches_head_sha`.
+const FOR_COMMIT: &str = "WHERE head_sha = ?1 ORDER BY created_at_ms, delivery_id, target_key LIMIT ?2";
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
     let delivery: String = r.get(0)?;
@@ -56,7 +60,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
                 pr_number: r.get::<_, Option<i64>>(13).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
                 level: Level::parse(&level).ok_or_else(|| corrupt("unknown level"))?,
                 check_run: r.get::<_, i64>(15).map_err(|e| corrupt(&e.to_string()))? != 0,
-                device: None,
+                device: r.get(16).map_err(|e| corrupt(&e.to_string()))?,
             },
         })
     })();
@@ -88,8 +92,8 @@ impl DispatchStore for SqliteDispatchStore {
             None => {
                 tx.execute(
                     "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
-                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run)
-                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device)
+                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                     params![
                         delivery.as_str(),
                         target.key(),
@@ -101,7 +105,8 @@ impl DispatchStore for SqliteDispatchStore {
                         meta.head_sha,
                         meta.pr_number.map(|n| n as i64),
                         meta.level.as_str(),
-                        meta.check_run
+                        meta.check_run,
+                        meta.device
                     ],
                 )
                 .map_err(unavailable)?;
@@ -189,6 +194,26 @@ impl DispatchStore for SqliteDispatchStore {
         Ok(out)
     }
 
+    /// Reads the partial index `dispatches_head_sha` (head_sha, created_at_ms,
+    /// delivery_id, target_key): rows in the answer's order, no sort step.
+    /// An empty `head_sha` matches nothing (no commit has that id; the
+    /// DynamoDB twin cannot index an empty string).
+    async fn records_for_commit(&self, head_sha: &str, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
+        if head_sha.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let conn = self.db.lock();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}")).map_err(unavailable)?;
+        let rows =
+            stmt.query_map(params![head_sha, i64::try_from(limit).unwrap_or(i64::MAX)], record).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(unavailable)??);
+        }
+        Ok(out)
+    }
+
     /// One `GROUP BY status` over the records with `updated_at_ms >= since_ms`
     /// (a table scan; fine for on-call use).
     async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {
@@ -218,5 +243,31 @@ impl DispatchStore for SqliteDispatchStore {
             }
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `records_for_commit` is answered from `dispatches_head_sha`, in index
+    /// order: no table scan, no temporary sort.
+    #[test]
+    fn records_for_commit_reads_the_head_sha_index() {
+        let path = std::env::temp_dir().join(format!("crcr-plan-{}.sqlite", uuid::Uuid::new_v4()));
+        let db = Db::open(&path).unwrap();
+        let plan: Vec<String> = {
+            let conn = db.lock();
+            let mut stmt =
+                conn.prepare(&format!("EXPLAIN QUERY PLAN SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}")).unwrap();
+            let rows = stmt.query_map(params!["ab", 10], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert!(plan.iter().any(|step| step.contains("USING INDEX dispatches_head_sha")), "{plan:?}");
+        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE") || step.starts_with("SCAN")), "{plan:?}");
+        drop(db);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }

@@ -1,37 +1,51 @@
-//! Check-run endpoints (installation token with `checks: write` required):
+//! Check-run endpoints (installation token required):
 //!
-//! - `POST /repos/{owner}/{repo}/check-runs`: 201 with the check run's `id`;
-//! - `PATCH /repos/{owner}/{repo}/check-runs/{id}`: 200 (404 for an id not
-//!   of that repository).
+//! - `POST /repos/{owner}/{repo}/check-runs` (`checks: write`): 201 with the
+//!   check run's `id` and `check_suite.id` (the App's suite of the head SHA,
+//!   created with its first check run);
+//! - `PATCH /repos/{owner}/{repo}/check-runs/{id}` (`checks: write`): 200
+//!   (404 for an id not of that repository);
+//! - `GET /repos/{owner}/{repo}/check-suites/{check_suite_id}/check-runs`
+//!   ("List check runs in a check suite": `checks: read` on a private
+//!   repository, pull access on a public one): 200 `{"total_count",
+//!   "check_runs"}`, 404 for a suite not of that repository.
 //!
-//! Both validate the body as GitHub does ("Create a check run" / "Update a
-//! check run", 422 with GitHub's messages): `name` required (create) and at
-//! most [`crate::checks::MAX_NAME_CHARS`] characters, `head_sha` required
-//! (create) and a full 40-hex SHA ("No commit found for SHA"), `status`
-//! and `conclusion` among GitHub's values, `conclusion` required when
-//! `status` is `completed` (and a `conclusion` alone completes the run),
-//! `stale` refused (only GitHub sets it), `output.title` / `output.summary`
-//! required in an `output`, `summary` / `text` at most 65,535 bytes. Then
-//! the faults queued for the repository ([`super::StandIn::inject`]) are
-//! answered, one per call, before the change is recorded.
+//! Create and update validate the body as GitHub does ("Create a check run"
+//! / "Update a check run", 422 with GitHub's messages): `name` required
+//! (create) and at most [`crate::checks::MAX_NAME_CHARS`] characters,
+//! `head_sha` required (create) and a full 40-hex SHA ("No commit found for
+//! SHA"), `status` and `conclusion` among GitHub's values, `conclusion`
+//! required when `status` is `completed` (and a `conclusion` alone completes
+//! the run), `stale` refused (only GitHub sets it), `output.title` /
+//! `output.summary` required in an `output`, `summary` / `text` at most
+//! 65,535 bytes. Then the faults queued for the repository
+//! ([`super::StandIn::inject`]) are answered, one per call, before the
+//! change is recorded. The listing takes no faults.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 
 use super::repos::fault_response;
 use super::server::{gh_error, require_installation, Auth, RequestId, NOT_ACCESSIBLE};
-use super::state::{self, Shared};
+use super::state::Shared;
 use super::{util, RecordedCheckRun};
 use crate::checks::{MAX_NAME_CHARS, MAX_OUTPUT_BYTES};
 
 const DOC_CREATE: &str = "https://docs.github.com/rest/checks/runs#create-a-check-run";
 const DOC_UPDATE: &str = "https://docs.github.com/rest/checks/runs#update-a-check-run";
+const DOC_LIST_IN_SUITE: &str = "https://docs.github.com/rest/checks/runs#list-check-runs-in-a-check-suite";
+
+/// GitHub's paging of lists: 30 per page unless `per_page` (at most 100) says otherwise.
+const DEFAULT_PER_PAGE: usize = 30;
+const MAX_PER_PAGE: usize = 100;
 
 /// `status` values GitHub knows (`waiting`, `requested`, `pending`: GitHub Actions only).
 const STATUSES: &[&str] = &["queued", "in_progress", "completed", "waiting", "requested", "pending"];
@@ -142,13 +156,7 @@ async fn admit(
     let doc = if create { DOC_CREATE } else { DOC_UPDATE };
     let access = require_installation(shared, auth, repo, doc)?;
     let can_write = match auth {
-        Auth::Installation { token, .. } => shared
-            .world()
-            .tokens
-            .get(token)
-            .and_then(|t| t.permissions.get("checks"))
-            .and_then(|p| state::level(p))
-            .is_some_and(|l| l >= 2),
+        Auth::Installation { token, .. } => shared.world().token_level(token, "checks").is_some_and(|l| l >= 2),
         _ => false,
     };
     if !can_write {
@@ -202,13 +210,20 @@ fn apply(run: &mut RecordedCheckRun, body: &Map<String, Value>) {
     }
 }
 
-fn answer(status: StatusCode, shared: &Shared, run: &RecordedCheckRun) -> Response {
+/// A check run as GitHub shows it (the fields the relay reads, and a few more).
+fn check_run_json(shared: &Shared, run: &RecordedCheckRun) -> Value {
     let url = format!("{}/repos/{}/check-runs/{}", shared.base_url, run.repo, run.id);
-    let body = json!({"id": run.id, "head_sha": run.head_sha, "name": run.name, "status": run.status,
+    json!({"id": run.id, "head_sha": run.head_sha, "name": run.name, "status": run.status,
         "conclusion": run.conclusion, "external_id": run.external_id, "details_url": run.details_url, "url": url,
+        "html_url": format!("https://github.com/{}/runs/{}", run.repo, run.id),
         "started_at": run.started_at, "completed_at": run.completed_at,
-        "output": {"title": run.output_title, "summary": run.output_summary}});
-    (status, Json(body)).into_response()
+        "output": {"title": run.output_title, "summary": run.output_summary},
+        "check_suite": {"id": run.check_suite_id},
+        "app": {"id": shared.app_id, "slug": "crcr-stand-in"}})
+}
+
+fn answer(status: StatusCode, shared: &Shared, run: &RecordedCheckRun) -> Response {
+    (status, Json(check_run_json(shared, run))).into_response()
 }
 
 pub(crate) async fn create(
@@ -225,12 +240,14 @@ pub(crate) async fn create(
     };
     let mut world = shared.world();
     let id = 1_000_000 + world.check_runs.len() as u64;
+    let head_sha = text(&request, "head_sha").unwrap_or_default().to_ascii_lowercase();
+    let check_suite_id = world.check_suite_for(&repo, &head_sha);
     let mut run = RecordedCheckRun {
         id,
         repo,
         installation_id,
         name: String::new(),
-        head_sha: text(&request, "head_sha").unwrap_or_default().to_ascii_lowercase(),
+        head_sha,
         status: "queued".into(),
         conclusion: None,
         details_url: None,
@@ -240,6 +257,7 @@ pub(crate) async fn create(
         output_title: None,
         output_summary: None,
         updates: 0,
+        check_suite_id,
     };
     apply(&mut run, &request);
     world.check_runs.push(run.clone());
@@ -275,6 +293,102 @@ pub(crate) async fn update(
     answer(StatusCode::OK, &shared, &run)
 }
 
+/// The check runs of a suite that `GET .../check-suites/{id}/check-runs`
+/// lists, in creation order: those with `check_name` and `status` when
+/// given; with `filter=latest` (GitHub's default) only the most recent
+/// check run of each name, with `filter=all` every one.
+fn in_suite<'a>(
+    runs: impl Iterator<Item = &'a RecordedCheckRun>,
+    check_name: Option<&str>,
+    status: Option<&str>,
+    all: bool,
+) -> Vec<&'a RecordedCheckRun> {
+    let matching: Vec<&RecordedCheckRun> = runs
+        .filter(|r| check_name.is_none_or(|n| r.name == n))
+        .filter(|r| status.is_none_or(|s| r.status == s))
+        .collect();
+    if all {
+        return matching;
+    }
+    let mut newest: HashMap<&str, u64> = HashMap::new();
+    for r in &matching {
+        let id = newest.entry(r.name.as_str()).or_insert(r.id);
+        *id = (*id).max(r.id);
+    }
+    matching.into_iter().filter(|r| newest.get(r.name.as_str()) == Some(&r.id)).collect()
+}
+
+/// `GET /repos/{owner}/{repo}/check-suites/{check_suite_id}/check-runs`
+/// ("List check runs in a check suite"): a token that reaches the
+/// repository, with `checks: read` (or `write`) when the repository is
+/// private (GitHub: "checks:read permission on a private repository or
+/// pull access to a public repository"; the stand-in still wants a token
+/// on a public one); 404 for a suite not of that repository. Query:
+/// `check_name`, `status`, `filter` (`latest`, the default, or `all`),
+/// `per_page` (30 by default, at most 100) and `page`; `total_count`
+/// counts every match, `check_runs` holds the page, and a `Link` header
+/// with `rel="next"` points at the next page when there is one.
+pub(crate) async fn list_in_suite(
+    State(shared): State<Arc<Shared>>,
+    Extension(auth): Extension<Auth>,
+    Path((owner, name, suite)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let repo = format!("{owner}/{name}");
+    if let Err(resp) = require_installation(&shared, &auth, &repo, DOC_LIST_IN_SUITE) {
+        return resp;
+    }
+    let world = shared.world();
+    if world.private.contains(&repo.to_ascii_lowercase()) {
+        let can_read = match &auth {
+            Auth::Installation { token, .. } => world.token_level(token, "checks").is_some_and(|l| l >= 1),
+            _ => false,
+        };
+        if !can_read {
+            drop(world);
+            return gh_error(403, NOT_ACCESSIBLE, DOC_LIST_IN_SUITE);
+        }
+    }
+    let suite_of_repo = suite
+        .parse::<u64>()
+        .ok()
+        .filter(|id| world.check_suites.iter().any(|((r, _), s)| s == id && r.eq_ignore_ascii_case(&repo)));
+    let Some(suite) = suite_of_repo else {
+        drop(world);
+        return gh_error(404, "Not Found", DOC_LIST_IN_SUITE);
+    };
+    let runs = world.check_runs.iter().filter(|r| r.check_suite_id == suite && r.repo.eq_ignore_ascii_case(&repo));
+    let all = query.get("filter").is_some_and(|f| f == "all");
+    let listed =
+        in_suite(runs, query.get("check_name").map(String::as_str), query.get("status").map(String::as_str), all);
+    let per_page = query
+        .get("per_page")
+        .and_then(|n| n.parse::<usize>().ok())
+        .map_or(DEFAULT_PER_PAGE, |n| n.clamp(1, MAX_PER_PAGE));
+    let page = query.get("page").and_then(|n| n.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let total = listed.len();
+    let items: Vec<Value> =
+        listed.iter().skip((page - 1) * per_page).take(per_page).map(|r| check_run_json(&shared, r)).collect();
+    drop(world);
+    let mut resp = Json(json!({"total_count": total, "check_runs": items})).into_response();
+    if page * per_page < total {
+        let mut next: Vec<(String, String)> = query
+            .iter()
+            .filter(|(k, _)| *k != "page" && *k != "per_page")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        next.sort();
+        next.push(("per_page".into(), per_page.to_string()));
+        next.push(("page".into(), (page + 1).to_string()));
+        let q = form_urlencoded::Serializer::new(String::new()).extend_pairs(next).finish();
+        let link = format!("<{}/repos/{repo}/check-suites/{suite}/check-runs?{q}>; rel=\"next\"", shared.base_url);
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            resp.headers_mut().insert("link", v);
+        }
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +421,37 @@ mod tests {
         let big = check(json!({"output": {"title": "t", "summary": "é".repeat(40_000)}}), false).unwrap_err();
         assert!(big.contains("Only 65535 characters are allowed; 80000 were supplied."), "{big}");
         assert!(check(json!({"output": {"summary": "s"}}), false).unwrap_err().contains("\"title\" wasn't supplied."));
+    }
+
+    fn run(id: u64, name: &str, status: &str) -> RecordedCheckRun {
+        RecordedCheckRun {
+            id,
+            repo: "o/r".into(),
+            installation_id: 1,
+            name: name.into(),
+            head_sha: "a".repeat(40),
+            status: status.into(),
+            conclusion: None,
+            details_url: None,
+            external_id: None,
+            started_at: None,
+            completed_at: None,
+            output_title: None,
+            output_summary: None,
+            updates: 0,
+            check_suite_id: 7,
+        }
+    }
+
+    #[test]
+    fn suite_listing_keeps_the_latest_run_of_each_name_unless_all() {
+        let runs = [run(1, "a", "completed"), run(2, "b", "in_progress"), run(3, "a", "queued")];
+        let ids = |v: Vec<&RecordedCheckRun>| v.iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(in_suite(runs.iter(), None, None, false)), vec![2, 3]);
+        assert_eq!(ids(in_suite(runs.iter(), None, None, true)), vec![1, 2, 3]);
+        assert_eq!(ids(in_suite(runs.iter(), Some("a"), None, true)), vec![1, 3]);
+        // The stand-in filters before keeping the latest: the newest completed `a` is run 1.
+        assert_eq!(ids(in_suite(runs.iter(), None, Some("completed"), false)), vec![1]);
+        assert!(in_suite(runs.iter(), Some("c"), None, true).is_empty());
     }
 }

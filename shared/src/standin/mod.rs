@@ -21,7 +21,14 @@
 //!   the App's webhook delivery log and redelivery, with GitHub's paging and
 //!   3-day window ([`StandIn::add_hook_delivery`], [`StandIn::redelivery_requests`]);
 //! - `POST /repos/{owner}/{repo}/check-runs` and `PATCH .../check-runs/{id}`
-//!   with GitHub's validation and `checks: write` ([`StandIn::check_runs`]).
+//!   with GitHub's validation and `checks: write` ([`StandIn::check_runs`]);
+//!   each check run lands in the App's check suite of its head SHA
+//!   ([`StandIn::check_suite_id`]), listed by
+//!   `GET /repos/{owner}/{repo}/check-suites/{id}/check-runs`;
+//! - `POST /repos/{owner}/{repo}/actions/runs/{run_id}/rerun`,
+//!   `.../rerun-failed-jobs` and `.../cancel` with `actions: write`, on the
+//!   workflow runs put with [`StandIn::add_workflow_run`]
+//!   ([`StandIn::run_requests`]).
 //!
 //! Every answer carries `x-ratelimit-*` and `x-github-request-id` headers;
 //! every request is recorded ([`StandIn::requests`]) with the client's port,
@@ -35,6 +42,7 @@ pub mod issuer;
 mod jwt;
 pub mod moto;
 mod repos;
+mod runs;
 mod server;
 mod state;
 mod util;
@@ -156,6 +164,41 @@ pub struct RecordedCheckRun {
     pub output_summary: Option<String>,
     /// Accepted `PATCH`es so far.
     pub updates: u32,
+    /// The check suite GitHub put it in: a check run created by the App
+    /// joins the App's check suite of its head SHA, created with the first
+    /// one ("Create a check run"; one suite per App, repository and SHA).
+    /// See [`StandIn::check_suite_id`].
+    pub check_suite_id: u64,
+}
+
+/// A workflow run as the stand-in holds it (what
+/// `GET /repos/{o}/{r}/actions/runs/{run_id}` would show).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowRunState {
+    /// `queued`, `in_progress`, `completed`, ... (GitHub's run statuses).
+    pub status: String,
+    /// Set when `status` is `completed` (`success`, `failure`, `cancelled`, ...).
+    pub conclusion: Option<String>,
+    /// 1 for the first attempt; each accepted re-run adds one.
+    pub run_attempt: u32,
+}
+
+/// One re-run or cancel request on a workflow run that passed the token
+/// checks (a live installation token covering the repository, with
+/// `actions: write`), whatever it was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRunRequest {
+    /// `owner/repo` as written in the path.
+    pub repo: String,
+    /// `rerun`, `rerun-failed-jobs` or `cancel` (the last path segment).
+    pub kind: String,
+    pub run_id: u64,
+    /// The HTTP status answered (201, 202, 403, 404, 409, or an injected fault's).
+    pub status: u16,
+    /// The installation of the token used.
+    pub installation_id: u64,
+    pub at: Instant,
+    pub at_ms: u64,
 }
 
 /// A running stand-in. Clones share one server.
@@ -252,9 +295,9 @@ impl StandIn {
     }
 
     /// Queues a fault for `repo` (case-insensitive): each valid dispatch to
-    /// it (and each valid check-run create or update on it) takes the oldest
-    /// queued fault and answers with it; success comes only when the queue
-    /// is empty.
+    /// it (and each valid check-run create or update, workflow-run re-run or
+    /// cancel on it) takes the oldest queued fault and answers with it;
+    /// success comes only when the queue is empty.
     pub fn inject(&self, repo: &str, fault: Fault) {
         self.shared.world().faults.entry(repo.to_ascii_lowercase()).or_default().push_back(fault);
     }
@@ -290,6 +333,42 @@ impl StandIn {
         self.shared.world().check_runs.iter().filter(|r| r.repo.eq_ignore_ascii_case(repo)).cloned().collect()
     }
 
+    /// The id of the App's check suite on `repo` (case-insensitive) for
+    /// commit `head_sha` (any case): the suite every check run the App
+    /// creates on that commit joins. `None` before the first check run on
+    /// that commit. Ids are stable for the stand-in's life.
+    pub fn check_suite_id(&self, repo: &str, head_sha: &str) -> Option<u64> {
+        let key = (repo.to_ascii_lowercase(), head_sha.to_ascii_lowercase());
+        self.shared.world().check_suites.get(&key).copied()
+    }
+
+    /// Puts workflow run `run_id` on `repo` (replacing one with that id),
+    /// at attempt 1. `status` is one of GitHub's run statuses: `queued`,
+    /// `in_progress`, `completed`, `waiting`, `requested` or `pending`
+    /// (panics otherwise, to catch typos in tests); `conclusion` goes with
+    /// `completed` (`success`, `failure`, `cancelled`, ...).
+    pub fn add_workflow_run(&self, repo: &str, run_id: u64, status: &str, conclusion: Option<&str>) {
+        assert!(runs::RUN_STATUSES.contains(&status), "not a GitHub workflow run status: {status:?}");
+        let mut world = self.shared.world();
+        let lower = repo.to_ascii_lowercase();
+        world.known.insert(lower.clone());
+        let run =
+            WorkflowRunState { status: status.to_owned(), conclusion: conclusion.map(str::to_owned), run_attempt: 1 };
+        world.workflow_runs.insert((lower, run_id), run);
+    }
+
+    /// Workflow run `run_id` of `repo` (case-insensitive) as re-runs and
+    /// cancels left it, or `None` when it was never put.
+    pub fn workflow_run(&self, repo: &str, run_id: u64) -> Option<WorkflowRunState> {
+        self.shared.world().workflow_runs.get(&(repo.to_ascii_lowercase(), run_id)).cloned()
+    }
+
+    /// The re-run and cancel requests on `repo` (case-insensitive) that
+    /// passed the token checks, oldest first, with what they were answered.
+    pub fn run_requests(&self, repo: &str) -> Vec<RecordedRunRequest> {
+        self.shared.world().run_requests.iter().filter(|r| r.repo.eq_ignore_ascii_case(repo)).cloned().collect()
+    }
+
     /// Requests with `method` (any case) whose path starts with `path_prefix`.
     pub fn count(&self, method: &str, path_prefix: &str) -> usize {
         self.shared
@@ -300,12 +379,14 @@ impl StandIn {
             .count()
     }
 
-    /// Forgets recorded requests and dispatches (installations, tokens,
-    /// files and faults stay). For long runs, so the records stay small.
+    /// Forgets recorded requests, dispatches and run requests
+    /// (installations, tokens, files, faults, check runs and workflow runs
+    /// stay). For long runs, so the records stay small.
     pub fn clear_records(&self) {
         let mut world = self.shared.world();
         world.requests.clear();
         world.dispatches.clear();
+        world.run_requests.clear();
     }
 
     /// Stops the server and waits (at most 5 s) for it to finish.

@@ -63,40 +63,75 @@ pub async fn queue_pair(sdk: &SdkConfig, name: &str, max_receive_count: u32) -> 
 /// A key attribute: name and type.
 pub type Attr<'a> = (&'a str, ScalarAttributeType);
 
+/// A global secondary index: name, hash key, range key (projection ALL).
+pub type Index<'a> = (&'a str, Attr<'a>, Attr<'a>);
+
 /// A table: hash key, optional range key, optional GSI (name, hash, range;
-/// projection ALL), TTL on `expires_at`.
-pub async fn table(
+/// projection ALL), TTL on `expires_at`. See [`table_with_indexes`] for
+/// more than one GSI.
+pub async fn table(sdk: &SdkConfig, name: &str, hash: Attr<'_>, range: Option<Attr<'_>>, index: Option<Index<'_>>) {
+    table_with_indexes(sdk, name, hash, range, index.as_slice()).await
+}
+
+/// The dispatch table as infra/modules/crcr/dynamodb.tf creates it: hash
+/// key `delivery_id` (S), range key `target` (S), the sparse GSIs
+/// [`crate::aws::DISPATCH_DAY_INDEX`] (`dispatch_day` S + `dispatched_at_ms`
+/// N) and [`crate::aws::HEAD_SHA_INDEX`] (`head_sha` S + `created_at_ms` N),
+/// TTL on `expires_at`.
+pub async fn dispatch_table(sdk: &SdkConfig, name: &str) {
+    use ScalarAttributeType::{N, S};
+    let indexes = [
+        (crate::aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N)),
+        (crate::aws::HEAD_SHA_INDEX, ("head_sha", S), ("created_at_ms", N)),
+    ];
+    table_with_indexes(sdk, name, ("delivery_id", S), Some(("target", S)), &indexes).await
+}
+
+/// A table: hash key, optional range key, any number of GSIs (projection
+/// ALL), TTL on `expires_at`. Each key attribute is defined once, however
+/// many keys use it.
+pub async fn table_with_indexes(
     sdk: &SdkConfig,
     name: &str,
     hash: Attr<'_>,
     range: Option<Attr<'_>>,
-    index: Option<(&str, Attr<'_>, Attr<'_>)>,
+    indexes: &[Index<'_>],
 ) {
     let db = aws_sdk_dynamodb::Client::new(sdk);
-    let def = |(n, t): &Attr<'_>| AttributeDefinition::builder().attribute_name(*n).attribute_type(t.clone()).build();
     let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
+    let mut defined: Vec<&Attr<'_>> = Vec::new();
+    for attr in std::iter::once(&hash).chain(&range).chain(indexes.iter().flat_map(|(_, h, r)| [h, r])) {
+        match defined.iter().find(|d| d.0 == attr.0) {
+            Some(d) => assert_eq!(d.1, attr.1, "table {name}: key attribute {} used with two types", attr.0),
+            None => defined.push(attr),
+        }
+    }
     let mut req = db
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(def(&hash).unwrap())
+        .set_attribute_definitions(Some(
+            defined
+                .iter()
+                .map(|(n, t)| {
+                    AttributeDefinition::builder().attribute_name(*n).attribute_type(t.clone()).build().unwrap()
+                })
+                .collect(),
+        ))
         .key_schema(key(hash.0, KeyType::Hash));
     if let Some(r) = &range {
-        req = req.attribute_definitions(def(r).unwrap()).key_schema(key(r.0, KeyType::Range));
+        req = req.key_schema(key(r.0, KeyType::Range));
     }
-    if let Some((index, ih, ir)) = &index {
-        req = req
-            .attribute_definitions(def(ih).unwrap())
-            .attribute_definitions(def(ir).unwrap())
-            .global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name(*index)
-                    .key_schema(key(ih.0, KeyType::Hash))
-                    .key_schema(key(ir.0, KeyType::Range))
-                    .projection(Projection::builder().projection_type(ProjectionType::All).build())
-                    .build()
-                    .unwrap(),
-            );
+    for (index, ih, ir) in indexes {
+        req = req.global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(*index)
+                .key_schema(key(ih.0, KeyType::Hash))
+                .key_schema(key(ir.0, KeyType::Range))
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .unwrap(),
+        );
     }
     req.send().await.unwrap_or_else(|e| panic!("create table {name}: {}", DisplayErrorContext(e)));
     db.update_time_to_live()
@@ -141,8 +176,7 @@ impl Resources {
             jobs_table: format!("jobs-{id}"),
             kv_table: format!("kv-{id}"),
         };
-        let day_index = (crate::aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N));
-        table(sdk, &r.dispatch_table, ("delivery_id", S), Some(("target", S)), Some(day_index)).await;
+        dispatch_table(sdk, &r.dispatch_table).await;
         table(sdk, &r.payload_table, ("key", S), Some(("chunk", N)), None).await;
         let status_index = (crate::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
         table(sdk, &r.jobs_table, ("pk", S), Some(("sk", S)), Some(status_index)).await;

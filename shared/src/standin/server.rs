@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::jwt::{self, Rejection};
 use super::state::Shared;
-use super::{apps, checks, hooks, repos, util, AuthKind, RecordedRequest};
+use super::{apps, checks, hooks, repos, runs, util, AuthKind, RecordedRequest};
 
 pub(crate) const DOC_REST: &str = "https://docs.github.com/rest";
 
@@ -56,6 +56,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{owner}/{repo}/commits/{sha}", get(repos::commit))
         .route("/repos/{owner}/{repo}/check-runs", post(checks::create))
         .route("/repos/{owner}/{repo}/check-runs/{id}", patch(checks::update))
+        .route("/repos/{owner}/{repo}/check-suites/{check_suite_id}/check-runs", get(checks::list_in_suite))
+        .route("/repos/{owner}/{repo}/actions/runs/{run_id}/rerun", post(runs::rerun))
+        .route("/repos/{owner}/{repo}/actions/runs/{run_id}/rerun-failed-jobs", post(runs::rerun_failed_jobs))
+        .route("/repos/{owner}/{repo}/actions/runs/{run_id}/cancel", post(runs::cancel))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), around))

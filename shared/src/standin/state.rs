@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::jwt::AppKey;
 use super::util;
-use super::{Fault, RecordedCheckRun, RecordedDispatch, RecordedRequest};
+use super::{Fault, RecordedCheckRun, RecordedDispatch, RecordedRequest, RecordedRunRequest, WorkflowRunState};
 
 /// What the App may do; installations get exactly this.
 pub(crate) const APP_PERMISSIONS: &[(&str, &str)] = &[
@@ -59,12 +59,19 @@ pub(crate) struct World {
     pub dispatches: Vec<RecordedDispatch>,
     /// Check runs created (and updated in place), oldest first
     pub check_runs: Vec<RecordedCheckRun>,
+    /// (lower-case repo, lower-case head SHA) -> id of the App's check suite there
+    pub check_suites: HashMap<(String, String), u64>,
+    /// (lower-case repo, run id) -> workflow run
+    pub workflow_runs: HashMap<(String, u64), WorkflowRunState>,
+    /// Re-run and cancel requests that passed the token checks, oldest first
+    pub run_requests: Vec<RecordedRunRequest>,
     /// identity -> (window start, Unix s; calls in the window)
     pub rate: HashMap<String, (u64, u64)>,
     next_installation: u64,
     next_account: u64,
     next_repo: u64,
     next_request: u64,
+    next_check_suite: u64,
 }
 
 pub(crate) struct Installation {
@@ -130,11 +137,15 @@ impl Shared {
                 hooks: Default::default(),
                 dispatches: Vec::new(),
                 check_runs: Vec::new(),
+                check_suites: HashMap::new(),
+                workflow_runs: HashMap::new(),
+                run_requests: Vec::new(),
                 rate: HashMap::new(),
                 next_installation: 40_000_001,
                 next_account: 90_000_001,
                 next_repo: 700_000_001,
                 next_request: 1,
+                next_check_suite: 3_000_000_001,
             }),
         }
     }
@@ -210,6 +221,26 @@ impl World {
             .installation(token.installation_id)
             .is_some_and(|i| i.repos.iter().any(|r| r.full_name.to_ascii_lowercase() == lower));
         in_installation && token.repos.as_ref().is_none_or(|set| set.contains(&lower))
+    }
+
+    /// The id of the App's check suite on `repo` for `head_sha`, created
+    /// (with the next id) on first use: GitHub puts every check run an App
+    /// creates on a commit into that App's one suite for the commit.
+    pub(crate) fn check_suite_for(&mut self, repo: &str, head_sha: &str) -> u64 {
+        let key = (repo.to_ascii_lowercase(), head_sha.to_ascii_lowercase());
+        if let Some(id) = self.check_suites.get(&key) {
+            return *id;
+        }
+        let id = self.next_check_suite;
+        self.next_check_suite += 1;
+        self.check_suites.insert(key, id);
+        id
+    }
+
+    /// The level (see [`level`]) of permission `name` of the installation
+    /// token `token`, `None` when the token does not have it.
+    pub(crate) fn token_level(&self, token: &str, name: &str) -> Option<u8> {
+        self.tokens.get(token).and_then(|t| t.permissions.get(name)).and_then(|p| level(p))
     }
 
     pub(crate) fn next_request_id(&mut self) -> String {
