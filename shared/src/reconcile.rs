@@ -307,6 +307,9 @@ impl Reconciler {
             if rec.meta.level < Level::L2 {
                 continue; // no job lookup for L1 targets
             }
+            if rec.meta.event == "pull_request" && rec.meta.action.as_deref() == Some("closed") {
+                continue; // downstreams run on `closed` only for post-merge work, if at all: not owed
+            }
             if !jobs_of.contains_key(&rec.delivery_id) {
                 jobs_of.insert(rec.delivery_id.clone(), self.jobs.jobs(&rec.delivery_id).await?);
             }

@@ -624,7 +624,11 @@ async fn a_check_run_update_github_failed_is_driven_to_the_jobs_final_state() {
 }
 
 async fn closed_world(cancel: bool) -> World {
-    let w = world_cfg(&[], |c| c.reconciler.cancel_on_close = cancel).await;
+    let w = world_cfg(&[], |c| {
+        c.reconciler.cancel_on_close = cancel;
+        c.reconciler.never_started_after = Duration::from_millis(1);
+    })
+    .await;
     w.gh.add_workflow_run("org4/four", 555, "in_progress", None);
     let d = w.delivery.clone();
     assert_eq!(
@@ -654,6 +658,10 @@ async fn closed_pr_stops_tracking_and_cancels_only_when_asked() {
         } else {
             assert!(cancels.is_empty(), "{cancels:?}");
         }
+        // Nothing is owed any more: the opened dispatch is untracked, the
+        // closed one's silent targets (post-merge work only) are not "never started".
+        let report = w.relay.reconciler.sweep().await.unwrap();
+        assert!(report.never_started.is_empty(), "{:?}", report.never_started);
         // The downstream job's later result reaches HUD, not the closed check run.
         let d = w.delivery.clone();
         assert_eq!(
