@@ -326,6 +326,13 @@ pub async fn sync_check_runs(
             Some(id) => checks.update_check_run(&item.repo, id, &item.request).await.map(|()| None),
         };
         let now = clock.now_ms();
+        let counted = match &result {
+            Ok(Some(_)) => "created",
+            Ok(None) => "updated",
+            Err(GitHubError::Permanent { .. }) => "rejected",
+            Err(_) => "failed",
+        };
+        ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => counted).increment(1);
         match result {
             Ok(created) => {
                 jobs.mark_check_run(&item.id, item.version, created, HudSync::Sent, None, now).await?;

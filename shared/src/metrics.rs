@@ -113,6 +113,24 @@ pub const NEVER_STARTED_DISPATCHES: &str = "NeverStartedDispatches";
 /// with the newest time is the version in use.
 pub const ALLOWLIST_LOADED: &str = "AllowlistLoaded";
 
+/// Counter: upstream check-run items sent to GitHub by a sync pass, by
+/// `result`: `created`, `updated` (2xx), `rejected` (4xx, final, kept with
+/// GitHub's answer), `failed` (5xx, rate limit: pending for the next pass).
+pub const CHECK_RUN_SYNC: &str = "CheckRunSync";
+
+/// Counter: upstream events applied by the reconciler (`crate::upstream`),
+/// by `event` (`pull_request.labeled`, `pull_request.synchronize`,
+/// `pull_request.closed`, `check_run.rerequested`, `check_suite.rerequested`)
+/// and `outcome`: `applied`, `ignored` (nothing of the relay's concerned),
+/// `retry` (store or GitHub unavailable: received again).
+pub const UPSTREAM_EVENTS: &str = "UpstreamEvents";
+
+/// Counter: downstream workflow-run requests (`crate::runs`), by `kind`
+/// (`rerun-failed-jobs`, `rerun`, `cancel`) and `result`: `accepted`,
+/// `already_running`, `already_completed`, `refused` (4xx, logged, not
+/// retried), `failed` (5xx: the event is received again).
+pub const RUN_REQUESTS: &str = "RunRequests";
+
 /// Every metric name, for exporters and docs.
 pub const ALL: &[&str] = &[
     WEBHOOKS,
@@ -128,6 +146,9 @@ pub const ALL: &[&str] = &[
     HUD_OUTBOX_LAG,
     NEVER_STARTED_DISPATCHES,
     ALLOWLIST_LOADED,
+    CHECK_RUN_SYNC,
+    UPSTREAM_EVENTS,
+    RUN_REQUESTS,
 ];
 
 /// Records that this process loaded allowlist `version` now (see
@@ -154,6 +175,9 @@ fn describe() {
     metrics::describe_gauge!(HUD_OUTBOX_LAG, Unit::Seconds, "Age of the oldest pending HUD outbox item");
     metrics::describe_gauge!(NEVER_STARTED_DISPATCHES, Unit::Count, "Dispatches with no callback after the deadline");
     metrics::describe_gauge!(ALLOWLIST_LOADED, Unit::Seconds, "When the allowlist version was loaded (epoch s)");
+    metrics::describe_counter!(CHECK_RUN_SYNC, Unit::Count, "Upstream check-run items tried, by result");
+    metrics::describe_counter!(UPSTREAM_EVENTS, Unit::Count, "Upstream events applied by the reconciler, by outcome");
+    metrics::describe_counter!(RUN_REQUESTS, Unit::Count, "Downstream re-run / cancel requests, by kind and result");
 }
 
 /// Metric exporter set-up failed.

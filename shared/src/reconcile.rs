@@ -152,15 +152,23 @@ impl Reconciler {
             Ok(QueueMessage::CallbackV1(m)) => m,
             Ok(QueueMessage::UpstreamV1(u)) => {
                 let span = tracing::info_span!("upstream", delivery_id = %u.delivery_id, event = u.event.name(), head_sha = u.event.head_sha());
-                let _g = span.enter();
-                return match self.apply_upstream(&u).await {
+                let event = u.event.name();
+                return match tracing::Instrument::instrument(self.apply_upstream(&u), span.clone()).await {
                     Ok(report) => {
+                        let outcome = if report.ignored.is_some() { "ignored" } else { "applied" };
                         if let Some(why) = &report.ignored {
-                            tracing::info!(%why, "upstream event: nothing to do");
+                            span.in_scope(|| tracing::info!(%why, "upstream event: nothing to do"));
                         }
+                        ::metrics::counter!(crate::metrics::UPSTREAM_EVENTS, "event" => event, "outcome" => outcome)
+                            .increment(1);
                         ReconcileOutcome::Upstream(report)
                     }
-                    Err(e) => ReconcileOutcome::Retry(e.to_string()),
+                    Err(e) => {
+                        ::metrics::counter!(crate::metrics::UPSTREAM_EVENTS, "event" => event, "outcome" => "retry")
+                            .increment(1);
+                        span.in_scope(|| tracing::warn!(error = %e, "upstream event: will be received again"));
+                        ReconcileOutcome::Retry(e.to_string())
+                    }
                 };
             }
             Ok(QueueMessage::DispatchV1(_)) => {

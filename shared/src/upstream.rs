@@ -466,8 +466,16 @@ fn settle(
     answer: Result<RunRequest, GitHubError>,
     repo: RepoFullName,
     run_id: u64,
-    what: &str,
+    what: &'static str,
 ) -> Result<RunAction, UpstreamError> {
+    let result = match &answer {
+        Ok(RunRequest::Accepted) => "accepted",
+        Ok(RunRequest::AlreadyRunning) => "already_running",
+        Ok(RunRequest::AlreadyCompleted) => "already_completed",
+        Err(GitHubError::Permanent { .. }) => "refused",
+        Err(_) => "failed",
+    };
+    ::metrics::counter!(crate::metrics::RUN_REQUESTS, "kind" => what, "result" => result).increment(1);
     match answer {
         Ok(result) => {
             tracing::info!(%repo, run_id, what, ?result, "downstream run request");

@@ -167,6 +167,25 @@ async fn metrics_endpoint_and_json_logs_report_what_a_scenario_did() {
     assert_eq!(m.samples.get("HudOutboxLag"), Some(&0.0), "{text}");
     assert_eq!(m.of_type("counter"), expected_counters, "nothing new was counted:\n{text}");
 
+    // An upstream event for the reconciler: a suite re-run of a commit the
+    // relay has no check run on is applied as "ignored".
+    let suite = fixture("check_suite.rerequested");
+    assert_eq!(relay.post("check_suite", &uuid(), &suite, false).await.0, 202);
+    let key = r#"UpstreamEvents{event="check_suite.rerequested",outcome="ignored"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        let (text, m) = scrape(&relay).await;
+        if m.samples.contains_key(key) {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{key} never counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut expected_counters = expected_counters;
+    expected_counters.insert(key.to_owned(), 1.0);
+    expected_counters.insert(r#"Webhooks{event="check_suite",outcome="enqueued"}"#.to_owned(), 1.0);
+    assert_eq!(m.of_type("counter"), expected_counters);
+
     // JSON logs: the lines of the delivery's processing carry its fields.
     let lines = logs.json();
     let of_delivery: Vec<&Value> = lines
