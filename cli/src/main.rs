@@ -48,6 +48,9 @@ enum Command {
         /// With --aws: the jobs table.
         #[arg(long, env = "CRCR_JOBS_TABLE")]
         jobs_table: Option<String>,
+        /// With --aws: the kv table, to show dispatches no longer tracked (superseded head, closed PR).
+        #[arg(long, env = "CRCR_KV_TABLE")]
+        kv_table: Option<String>,
         /// With --aws: an AWS emulator's endpoint (tests); unset on AWS.
         #[arg(long, env = "CRCR_AWS_ENDPOINT_URL")]
         endpoint_url: Option<String>,
@@ -107,13 +110,14 @@ async fn main() -> anyhow::Result<()> {
             init_tracing("off");
             exit_with(ops::run_status(args, &Env::process(), &mut std::io::stdout().lock()).await)
         }
-        Command::Trace { delivery_id, database, aws, dispatch_table, jobs_table, endpoint_url, json } => {
+        Command::Trace { delivery_id, database, aws, dispatch_table, jobs_table, kv_table, endpoint_url, json } => {
             init_tracing("off");
             let id = crcr_shared::domain::DeliveryId::parse(&delivery_id)?;
             let stores = if aws {
                 let res = crcr_shared::config::AwsResources {
                     dispatch_table,
                     jobs_table,
+                    kv_table,
                     endpoint_url,
                     ..Default::default()
                 };

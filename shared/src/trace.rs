@@ -16,10 +16,13 @@ use crate::lifecycle::{CheckRunItem, JobRecord, JobStore, OutboxItem, Violation}
 use crate::ops::backend::BackendError;
 use crate::ports::{DispatchRecord, DispatchStore, StoreError};
 
-/// The two stores a trace reads.
+/// The stores a trace reads.
 pub struct TraceStores {
     pub dispatches: Box<dyn DispatchStore>,
     pub jobs: Box<dyn JobStore>,
+    /// The per-commit records of [`crate::upstream`] (SQLite / DynamoDB
+    /// `kv`): whether a dispatch is still tracked. `None`: not shown.
+    pub state: Option<Box<dyn crate::ports::StateStore>>,
 }
 
 impl TraceStores {
@@ -33,12 +36,14 @@ impl TraceStores {
             .map_err(|e| BackendError::Database { path: path.display().to_string(), error: e.to_string() })?;
         Ok(Self {
             dispatches: Box::new(crate::sqlite::SqliteDispatchStore::new(db.clone())),
-            jobs: Box::new(crate::sqlite::SqliteJobStore::new(db)),
+            jobs: Box::new(crate::sqlite::SqliteJobStore::new(db.clone())),
+            state: Some(Box::new(crate::sqlite::SqliteKv::new(db, std::sync::Arc::new(crate::ports::SystemClock)))),
         })
     }
 
     /// DynamoDB: `CRCR_DISPATCH_TABLE` and `CRCR_JOBS_TABLE` (errors name
-    /// the missing one), through `CRCR_AWS_ENDPOINT_URL` when set (an
+    /// the missing one), and `CRCR_KV_TABLE` when set (whether dispatches are
+    /// still tracked), through `CRCR_AWS_ENDPOINT_URL` when set (an
     /// emulator), with the usual AWS credential chain. Reads are `Query`s
     /// with `ConsistentRead` on the delivery id (no scan).
     pub async fn aws(res: &AwsResources) -> Result<Self, BackendError> {
@@ -46,15 +51,23 @@ impl TraceStores {
         let (dispatch_table, jobs_table) = (res.dispatch_table(BY)?, res.jobs_table(BY)?);
         let sdk = crate::aws::sdk_config(res.endpoint_url.as_deref()).await;
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let state: Option<Box<dyn crate::ports::StateStore>> = res.kv_table.clone().map(|t| {
+            Box::new(crate::aws::DynamoKv::new(dynamo.clone(), t, std::sync::Arc::new(crate::ports::SystemClock))) as _
+        });
         Ok(Self {
             dispatches: Box::new(crate::aws::DynamoDispatchStore::new(dynamo.clone(), dispatch_table)),
             jobs: Box::new(crate::aws::DynamoJobStore::new(dynamo, jobs_table)),
+            state,
         })
     }
 
     /// The trace of `delivery` from these stores.
     pub async fn trace(&self, delivery: &DeliveryId) -> Result<Trace, StoreError> {
-        trace(delivery, self.dispatches.as_ref(), self.jobs.as_ref()).await
+        let mut t = trace(delivery, self.dispatches.as_ref(), self.jobs.as_ref()).await?;
+        if let Some(state) = &self.state {
+            t.add_tracking(state.as_ref()).await?;
+        }
+        Ok(t)
     }
 }
 
@@ -74,6 +87,18 @@ pub struct Trace {
     /// Past the reconciler's deadline (`CRCR_NEVER_STARTED_SECS`, default
     /// 1 h) these are the "dispatched but never started" ones.
     pub silent_targets: Vec<SilentTarget>,
+    /// Targets whose dispatch is no longer tracked (a superseded head or a
+    /// closed pull request, [`crate::upstream::Tracking`]), with why; filled
+    /// by [`Trace::add_tracking`].
+    pub not_tracked: Vec<NotTracked>,
+}
+
+/// A dispatch the relay stopped following.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct NotTracked {
+    pub target: crate::domain::RepoFullName,
+    /// "superseded by <sha> (pull request #N)" or "pull request #N closed".
+    pub reason: String,
 }
 
 /// A dispatched L2+ target with no callback yet.
@@ -117,6 +142,7 @@ pub async fn trace(
         check_runs: jobs.check_runs(delivery).await?,
         violations: jobs.violations(delivery).await?,
         silent_targets,
+        not_tracked: Vec::new(),
     })
 }
 
@@ -131,6 +157,22 @@ fn secs(s: Option<f64>) -> String {
 }
 
 impl Trace {
+    /// Marks the dispatches the relay stopped following (per commit, in
+    /// `state`); they are not waited for, so they leave `silent_targets`.
+    pub async fn add_tracking(&mut self, state: &dyn crate::ports::StateStore) -> Result<(), StoreError> {
+        for d in &self.dispatches {
+            let Some(sha) = &d.meta.head_sha else { continue };
+            if let Some(t) = crate::upstream::tracking(state, sha).await? {
+                if t.untracks(d) {
+                    self.not_tracked.push(NotTracked { target: d.target.clone(), reason: t.reason.clone() });
+                }
+            }
+        }
+        let not_tracked = &self.not_tracked;
+        self.silent_targets.retain(|s| !not_tracked.iter().any(|n| n.target == s.target));
+        Ok(())
+    }
+
     /// The trace as text for people.
     pub fn render(&self) -> String {
         let mut out = format!("delivery {}\n", self.delivery_id);
@@ -150,6 +192,9 @@ impl Trace {
                 if d.payload_trimmed { "  (payload trimmed)" } else { "" },
                 d.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
             ));
+            if let Some(n) = self.not_tracked.iter().find(|n| n.target == d.target) {
+                out.push_str(&format!("    not tracked any more: {}\n", n.reason));
+            }
             if let Some(s) = self.silent_targets.iter().find(|s| s.target == d.target) {
                 out.push_str(&if s.silent_for_s >= NEVER_STARTED_DEFAULT_S {
                     format!(

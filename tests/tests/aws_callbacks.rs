@@ -7,7 +7,11 @@
 //! function's handler (SQS batches, then a scheduled sweep) → job records
 //! and HUD outbox (DynamoDB) → a local HUD. Also: a replayed `jti` with
 //! another body, the rate limit shared through the kv table, a poison
-//! reconcile message, unknown scheduled tasks, and `crcr trace --aws`.
+//! reconcile message, unknown scheduled tasks, and `crcr trace --aws`; and
+//! upstream events (`upstream_v1` on the reconcile queue): a device label
+//! added after an L3 job failed backfills its upstream check run (found by
+//! head SHA through the `by_head_sha` GSI), re-requesting that check run
+//! re-runs the downstream run's failed jobs.
 //! Needs moto's server (scripts/test starts it).
 
 use std::collections::HashMap;
@@ -23,12 +27,14 @@ use crcr_shared::aws::SqsQueue;
 use crcr_shared::config::{AwsResources, Env};
 use crcr_shared::domain::DeliveryId;
 use crcr_shared::lifecycle::{HudSync, JobState};
+use crcr_shared::message::QueueMessage;
 use crcr_shared::ports::{DispatchStatus, EventQueue, QueueSide, ReceivedMessage};
 use crcr_shared::signature::WebhookSecret;
 use crcr_shared::standin::issuer::{Hud, Issuer};
 use crcr_shared::standin::moto::{self, Resources};
 use crcr_shared::standin::{HookDeliverySeed, StandIn, StandInOptions};
 use crcr_shared::trace::TraceStores;
+use crcr_shared::upstream::{UpstreamEvent, UpstreamV1};
 use crcr_tests::{fixture, uuid, UPSTREAM};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -110,15 +116,30 @@ impl World {
     /// A signed push through the ingest router, then the dispatcher function
     /// until the dispatch queue is empty. Returns the delivery id.
     async fn dispatched_push(&self) -> String {
+        self.dispatched("push", fixture("push")).await
+    }
+
+    /// A signed `event` webhook with `body` through the ingest router; its
+    /// delivery id and answer.
+    async fn webhook(&self, event: &str, body: Vec<u8>) -> (String, u16, Value) {
         let delivery = uuid();
-        let body = fixture("push");
         let req = http::Request::post("/github/webhook")
-            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Event", event)
             .header("X-GitHub-Delivery", &delivery)
             .header("X-Hub-Signature-256", WebhookSecret::new(SECRET).sign(&body))
             .body(axum::body::Body::from(body))
             .unwrap();
-        assert_eq!(self.ingest.clone().oneshot(req).await.unwrap().status(), 202);
+        let res = self.ingest.clone().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (delivery, status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// [`World::webhook`] (answered 202), then the dispatcher function until
+    /// the dispatch queue is empty. Returns the delivery id.
+    async fn dispatched(&self, event: &str, body: Vec<u8>) -> String {
+        let (delivery, status, answer) = self.webhook(event, body).await;
+        assert_eq!(status, 202, "{answer}");
         let (dispatcher, queue) = dispatcher_function(&self.env(), &self.sdk).expect("dispatcher function wiring");
         while let Some((event, batch)) = lambda_event(queue.as_ref()).await {
             let event: SqsEvent = serde_json::from_value(event).unwrap();
@@ -152,6 +173,22 @@ impl World {
 
     async fn reconcile_depth(&self) -> u64 {
         self.reconcile_queue().depth(QueueSide::Source).await.unwrap()
+    }
+
+    /// Expects exactly one message on the reconcile queue, an `upstream_v1`;
+    /// runs the reconciler function on it (one SQS batch) and returns it.
+    async fn reconcile_one_upstream(&self) -> UpstreamV1 {
+        let queue = self.reconcile_queue();
+        let (event, batch) = lambda_event(&queue).await.expect("a message on the reconcile queue");
+        assert_eq!(batch.len(), 1, "{batch:?}");
+        let message = match QueueMessage::decode(&batch[0].body) {
+            Ok(QueueMessage::UpstreamV1(m)) => m,
+            other => panic!("not an upstream_v1 message: {other:?}"),
+        };
+        let response = self.reconciler.handle(event).await.expect("SQS batch handled");
+        settle(&queue, &batch, &response).await;
+        assert_eq!(self.reconcile_depth().await, 0);
+        message
     }
 }
 
@@ -199,6 +236,17 @@ fn body(delivery: &str, status: &str, conclusion: Option<&str>) -> Vec<u8> {
         "workflow": {"schema_version": "1", "status": status, "conclusion": conclusion, "name": "CI",
             "url": "https://github.com/org2/two/actions/runs/123", "run_id": "123", "run_attempt": "1",
             "job_name": "build", "check_run_id": "456", "started_at": null, "completed_at": null}
+    }))
+    .unwrap()
+}
+
+/// A callback of job `build` of run `run_id` of org3/three for pull-request delivery `delivery`.
+fn l3_callback(delivery: &str, run_id: u64, status: &str, conclusion: Option<&str>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_type": "pull_request", "delivery_id": delivery, "payload": {"number": 2},
+        "workflow": {"schema_version": "1", "status": status, "conclusion": conclusion, "name": "CI",
+            "url": format!("https://github.com/org3/three/actions/runs/{run_id}"), "run_id": run_id.to_string(),
+            "run_attempt": "1", "job_name": "build", "check_run_id": "9", "started_at": null, "completed_at": null}
     }))
     .unwrap()
 }
@@ -355,4 +403,84 @@ async fn rate_limit_poison_messages_and_scheduled_tasks() {
     assert!(e.to_string().contains("\"vacuum\""), "{e}");
     let e = w.reconciler.handle(json!({"detail-type": "Scheduled Event"})).await.unwrap_err();
     assert!(matches!(e, ReconcilerEventError::UnknownEvent(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_after_the_l3_job_failed_backfills_its_check_run_and_a_rerequest_reruns_the_failed_jobs() {
+    const RUN: u64 = 555;
+    let w = world().await;
+    w.gh.install(UPSTREAM);
+    // GIVEN a pull request opened without labels, dispatched by the dispatcher function
+    let opened = fixture("pull_request.opened");
+    let opened_json: Value = serde_json::from_slice(&opened).unwrap();
+    assert_eq!(opened_json["pull_request"]["labels"], json!([]));
+    let head_sha = opened_json["pull_request"]["head"]["sha"].as_str().unwrap().to_owned();
+    let delivery = w.dispatched("pull_request", opened).await;
+    let id = DeliveryId::parse(&delivery).unwrap();
+    let stores = TraceStores::aws(&aws_for_trace(&w)).await.unwrap();
+    let for_commit = stores.dispatches.records_for_commit(&head_sha, 50).await.unwrap();
+    let l3: Vec<_> = for_commit.iter().filter(|r| r.target.key() == "org3/three").collect();
+    assert_eq!(l3.len(), 1, "found by head SHA (GSI by_head_sha): {for_commit:?}");
+    assert_eq!(
+        (l3[0].delivery_id.clone(), l3[0].status, l3[0].meta.check_run, l3[0].meta.device.as_deref()),
+        (id.clone(), DispatchStatus::Dispatched, false, Some("gpu"))
+    );
+
+    // AND its L3 job ran and failed, each callback reconciled from the queue
+    for (status, conclusion) in [("in_progress", None), ("completed", Some("failure"))] {
+        let (s, _, a) =
+            w.call(&w.issuer.token("org3/three", "33"), &l3_callback(&delivery, RUN, status, conclusion)).await;
+        assert_eq!(s, 202, "{a}");
+        w.reconcile().await;
+    }
+    let jobs = stores.jobs.jobs(&id).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!((jobs[0].state, jobs[0].conclusion.as_deref()), (JobState::Completed, Some("failure")));
+    let swept = w.reconciler.handle(json!({"task": "sweep"})).await.expect("sweep");
+    assert!(w.gh.check_runs(UPSTREAM).is_empty(), "no label yet: no check run ({swept})");
+
+    // WHEN the device's label is added (an event only the reconciler acts on)
+    let mut labeled: Value = serde_json::from_slice(&fixture("pull_request.labeled")).unwrap();
+    labeled["label"]["name"] = json!("ciflow/crcr/gpu");
+    labeled["pull_request"]["head"]["sha"] = json!(head_sha);
+    labeled["repository"]["full_name"] = json!(UPSTREAM);
+    let (labeled_delivery, s, a) = w.webhook("pull_request", serde_json::to_vec(&labeled).unwrap()).await;
+    assert_eq!(s, 202, "{a}");
+    assert_eq!(w.reconcile_depth().await, 1, "one upstream_v1 message");
+    let message = w.reconcile_one_upstream().await;
+    assert_eq!(message.delivery_id, DeliveryId::parse(&labeled_delivery).unwrap());
+    assert_eq!(
+        message.event,
+        UpstreamEvent::Labeled { pr_number: 2, head_sha: head_sha.clone(), label: "ciflow/crcr/gpu".into() }
+    );
+    let swept = w.reconciler.handle(json!({"task": "sweep"})).await.expect("sweep");
+
+    // THEN the upstream has exactly one check run for the job, completed as it ended
+    let runs = w.gh.check_runs(UPSTREAM);
+    assert_eq!(runs.len(), 1, "{runs:?} ({swept})");
+    let run = runs[0].clone();
+    assert_eq!(
+        (run.name.as_str(), run.head_sha.as_str(), run.status.as_str(), run.conclusion.as_deref()),
+        ("crcr/org3/three/CI/build", head_sha.as_str(), "completed", Some("failure"))
+    );
+    w.reconciler.handle(json!({"task": "sweep"})).await.expect("sweep");
+    assert_eq!(w.gh.count("POST", &format!("/repos/{UPSTREAM}/check-runs")), 1, "created once");
+
+    // WHEN its check run is re-requested on the upstream
+    w.gh.add_workflow_run("org3/three", RUN, "completed", Some("failure"));
+    let mut rerequested: Value = serde_json::from_slice(&fixture("check_run.rerequested")).unwrap();
+    rerequested["repository"]["full_name"] = json!(UPSTREAM);
+    rerequested["check_run"]["id"] = json!(run.id);
+    rerequested["check_run"]["name"] = json!(run.name);
+    rerequested["check_run"]["external_id"] = json!(run.external_id);
+    rerequested["check_run"]["head_sha"] = json!(run.head_sha);
+    let (_, s, a) = w.webhook("check_run", serde_json::to_vec(&rerequested).unwrap()).await;
+    assert_eq!(s, 202, "{a}");
+    let message = w.reconcile_one_upstream().await;
+    assert!(matches!(message.event, UpstreamEvent::CheckRunRerequested { check_run_id, .. } if check_run_id == run.id));
+
+    // THEN the failed jobs of that downstream run are re-run, once
+    let calls = w.gh.run_requests("org3/three");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!((calls[0].kind.as_str(), calls[0].run_id, calls[0].status), ("rerun-failed-jobs", RUN, 201));
 }

@@ -706,6 +706,13 @@ async fn synchronize_supersedes_the_old_heads_jobs() {
     assert!(text.contains(&format!("superseded by {new_sha}")), "{text}");
     // After: the old head's silent targets are not waited for any more.
     assert!(silent(&w.relay.reconciler.sweep().await.unwrap()).is_empty());
+    // `crcr trace` says so, per target.
+    let stores = crcr_shared::trace::TraceStores::sqlite(&w.relay.dir.join("crcr.sqlite")).unwrap();
+    let t = stores.trace(&DeliveryId::parse(&d).unwrap()).await.unwrap();
+    assert!(t.silent_targets.is_empty(), "{:?}", t.silent_targets);
+    assert_eq!(t.not_tracked.len(), 3, "{:?}", t.not_tracked);
+    let text = t.render();
+    assert!(text.contains(&format!("not tracked any more: superseded by {new_sha} (pull request #2)")), "{text}");
     // A late result of the old head reaches HUD, not the superseded check run.
     assert_eq!(
         call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "completed", Some("success"))).await,
