@@ -731,7 +731,7 @@ mod cases {
         )
         .await;
 
-        seed_jobs(&*w.jobs, now).await;
+        let running_delivery = seed_jobs(&*w.jobs, now).await;
 
         let r = status(&[("dispatch", &*w.queue)], &*w.store, Some(&*w.jobs), &SystemClock, &StatusOptions::default())
             .await;
@@ -768,8 +768,24 @@ mod cases {
         assert_eq!((hud.pending, hud.oldest_created_at_ms, &hud.error), (3, Some(now - 60_000), &None), "{hud:?}");
         let age = hud.oldest_age_ms.unwrap();
         assert!((60_000..120_000).contains(&age), "{hud:?}");
+        let checks = r.check_runs.as_ref().unwrap();
+        assert_eq!((checks.pending, checks.more, checks.oldest_created_at_ms), (0, false, None), "{checks:?}");
+        // One check run waiting for GitHub (a label added after the job ran).
+        let target = crcr_shared::checks::CheckRunTarget {
+            upstream: repo("pytorch/pytorch"),
+            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            pr_number: Some(1),
+        };
+        let running =
+            w.jobs.jobs(&running_delivery).await.unwrap().into_iter().find(|j| j.key.job_name == "running").unwrap();
+        assert!(w.jobs.advance_check_run(&target.item(&running)).await.unwrap());
+        let r2 = status(&[("dispatch", &*w.queue)], &*w.store, Some(&*w.jobs), &SystemClock, &StatusOptions::default())
+            .await;
+        let checks = r2.check_runs.as_ref().unwrap();
+        assert_eq!((checks.pending, checks.oldest_created_at_ms), (1, Some(running.updated_at_ms)), "{checks:?}");
+        assert!(crcr_shared::ops::status::render_status(&r2).contains("check runs: 1 pending for GitHub, oldest"));
         let without_jobs = status(&[("dispatch", &*w.queue)], &*w.store, None, &SystemClock, &wide).await;
-        assert_eq!((without_jobs.callbacks, without_jobs.hud_outbox), (None, None));
+        assert_eq!((without_jobs.callbacks, without_jobs.hud_outbox, without_jobs.check_runs), (None, None, None));
         assert_eq!(stats(&*w.queue, QueueSide::DeadLetter).await.visible, 2, "status released its DLQ peek");
         let text = crcr_shared::ops::status::render_status(&r);
         assert!(text.contains("dispatched 2  failed 1  pending 2 (in progress 1, waiting 1)"), "{text}");
@@ -782,7 +798,8 @@ mod cases {
     /// timed out, 1 violation; 3 HUD records pending (oldest 60 s old).
     /// Between 1 h and 3 h ago: 1 more job started and completed, 1 more
     /// violation.
-    async fn seed_jobs(jobs: &dyn JobStore, now: i64) {
+    /// Returns the delivery of the job still running.
+    async fn seed_jobs(jobs: &dyn JobStore, now: i64) -> DeliveryId {
         let (d1, d2) = (delivery(), delivery());
         let running = job(jobs, &d1, "running", now - 60_000, None).await;
         let done = job(jobs, &d1, "done", now - 120_000, Some((now - 30_000, "success"))).await;
@@ -803,6 +820,7 @@ mod cases {
             };
             jobs.record_violation(&v).await.unwrap();
         }
+        d1
     }
 
     /// Applies IN_PROGRESS at `started` and, when given, COMPLETED at

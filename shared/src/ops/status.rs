@@ -1,5 +1,5 @@
 //! `crcr status`: queue depths and oldest messages, dispatch outcomes and
-//! callbacks over a recent window, the HUD outbox backlog, and the
+//! callbacks over a recent window, the HUD and check-run outbox backlogs, and the
 //! allowlist. Each section is read on its own: one that cannot be read
 //! carries its error and the others are still shown.
 
@@ -71,6 +71,25 @@ pub struct HudOutboxStatus {
     pub error: Option<String>,
 }
 
+/// Upstream check runs (issue 4) waiting for GitHub: the check-run outbox
+/// items still pending (never sent at their current version, or GitHub
+/// answered 5xx / rate limit so far).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRunOutboxStatus {
+    /// Pending items, counted up to [`CHECK_RUN_COUNT_LIMIT`].
+    pub pending: u64,
+    /// More than [`CHECK_RUN_COUNT_LIMIT`] are pending.
+    pub more: bool,
+    /// When the oldest pending item was created (ms since epoch).
+    pub oldest_created_at_ms: Option<i64>,
+    /// Its age at `generated_at_ms`.
+    pub oldest_age_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Pending check-run items `crcr status` reads at most (oldest first).
+pub const CHECK_RUN_COUNT_LIMIT: usize = 1000;
+
 /// The allowlist the relay is configured with (`CRCR_ALLOWLIST_FILE` or
 /// `CRCR_ALLOWLIST_URL`), as `crcr status` itself read it at `read_at_ms`.
 /// The relay reloads it every `CRCR_ALLOWLIST_TTL_SECS` (and keeps its last
@@ -97,6 +116,9 @@ pub struct StatusReport {
     pub callbacks: Option<CallbackWindow>,
     /// `None` when no job store is configured.
     pub hud_outbox: Option<HudOutboxStatus>,
+    /// `None` when no job store is configured.
+    #[serde(default)]
+    pub check_runs: Option<CheckRunOutboxStatus>,
     pub allowlist: Option<AllowlistStatus>,
 }
 
@@ -107,6 +129,7 @@ impl StatusReport {
             || self.dispatches.error.is_some()
             || self.callbacks.as_ref().is_some_and(|c| c.error.is_some())
             || self.hud_outbox.as_ref().is_some_and(|h| h.error.is_some())
+            || self.check_runs.as_ref().is_some_and(|c| c.error.is_some())
             || self.allowlist.as_ref().is_some_and(|a| a.error.is_some())
     }
 }
@@ -208,8 +231,8 @@ pub async fn status(
         Ok(c) => (Some(c), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let (callbacks, hud_outbox) = match jobs {
-        None => (None, None),
+    let (callbacks, hud_outbox, check_runs) = match jobs {
+        None => (None, None, None),
         Some(jobs) => {
             let callbacks = match jobs.callback_counts(since_ms).await {
                 Ok(c) => CallbackWindow { since_ms, window_secs: opts.window.as_secs(), counts: Some(c), error: None },
@@ -229,7 +252,20 @@ pub async fn status(
                 },
                 Err(e) => HudOutboxStatus { error: Some(e.to_string()), ..Default::default() },
             };
-            (Some(callbacks), Some(hud))
+            let checks = match jobs.pending_check_runs(CHECK_RUN_COUNT_LIMIT + 1).await {
+                Ok(items) => {
+                    let oldest = items.first().map(|c| c.created_at_ms);
+                    CheckRunOutboxStatus {
+                        pending: items.len().min(CHECK_RUN_COUNT_LIMIT) as u64,
+                        more: items.len() > CHECK_RUN_COUNT_LIMIT,
+                        oldest_created_at_ms: oldest,
+                        oldest_age_ms: oldest.map(|t| (now - t).max(0)),
+                        error: None,
+                    }
+                }
+                Err(e) => CheckRunOutboxStatus { error: Some(e.to_string()), ..Default::default() },
+            };
+            (Some(callbacks), Some(hud), Some(checks))
         }
     };
     StatusReport {
@@ -238,6 +274,7 @@ pub async fn status(
         dispatches: DispatchWindow { since_ms, window_secs: opts.window.as_secs(), counts, error },
         callbacks,
         hud_outbox,
+        check_runs,
         allowlist: None,
     }
 }
@@ -304,6 +341,18 @@ pub fn render_status(r: &StatusReport) -> String {
                 out.push_str(&format!("HUD outbox: {} pending, oldest {} ago\n", h.pending, format_age(age)))
             }
             (None, None) => out.push_str(&format!("HUD outbox: {} pending\n", h.pending)),
+        }
+    }
+    if let Some(c) = &r.check_runs {
+        let more = if c.more { "+" } else { "" };
+        match (&c.error, c.oldest_age_ms) {
+            (Some(e), _) => out.push_str(&format!("check runs: error: {e}\n")),
+            (None, Some(age)) => out.push_str(&format!(
+                "check runs: {}{more} pending for GitHub, oldest {} ago\n",
+                c.pending,
+                format_age(age)
+            )),
+            (None, None) => out.push_str(&format!("check runs: {} pending for GitHub\n", c.pending)),
         }
     }
     match &r.allowlist {
