@@ -195,12 +195,21 @@ pub trait StateStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Stores `value` under `key` (overwrites). Durable when it returns.
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Takes (or renews) the lease `key` for `holder` for `ttl` (whole
+    /// seconds, at least 1): `true` when no one else holds an unexpired lease
+    /// on it. One conditional write, so of two callers at once exactly one
+    /// gets it. A crashed holder's lease simply expires.
+    async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Gives the lease `key` back if `holder` still holds it (else nothing).
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError>;
 }
 
 /// [`StateStore`] in process memory (tests, one-shot CLI runs).
 #[derive(Debug, Default)]
 pub struct InMemoryStateStore {
     map: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// key → (holder, expires at).
+    leases: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
 
 #[async_trait]
@@ -210,6 +219,22 @@ impl StateStore for InMemoryStateStore {
     }
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.map.lock().expect("state store").insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+    async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().expect("state store");
+        let free = leases.get(key).is_none_or(|(h, until)| h == holder || *until <= now);
+        if free {
+            leases.insert(key.to_owned(), (holder.to_owned(), now + ttl.max(Duration::from_secs(1))));
+        }
+        Ok(free)
+    }
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().expect("state store");
+        if leases.get(key).is_some_and(|(h, _)| h == holder) {
+            leases.remove(key);
+        }
         Ok(())
     }
 }

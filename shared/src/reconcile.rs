@@ -63,6 +63,15 @@ impl Default for ReconcilerSettings {
     }
 }
 
+/// The [`crate::ports::StateStore`] lease that lets one sweep at a time send
+/// the HUD and check-run outboxes.
+pub const OUTBOX_LEASE_KEY: &str = "sweep/outboxes";
+
+/// How long the outbox lease holds (5 min): longer than a sync pass of 100
+/// HUD records and 100 check runs; a sweep that died releases nothing and
+/// blocks the next ones at most this long.
+pub const OUTBOX_LEASE: Duration = Duration::from_secs(300);
+
 /// Dispatched records the never-started sweep reads per pass.
 const NEVER_STARTED_SCAN_LIMIT: usize = 1000;
 
@@ -102,6 +111,9 @@ pub struct SweepReport {
     pub check_runs: crate::checks::CheckSyncReport,
     /// Why the check-run sync could not run this time (HUD sync did).
     pub check_runs_error: Option<String>,
+    /// Another sweep held the outbox lease: this one sent nothing to HUD or
+    /// GitHub (timeouts and the never-started check still ran).
+    pub outboxes_skipped: bool,
 }
 
 /// Processes one queue message; implemented by the dispatcher and the reconciler.
@@ -342,7 +354,8 @@ impl Reconciler {
     }
 
     /// One pass of the scheduled work: time out stale IN_PROGRESS jobs, look
-    /// for never-started dispatches, then sync the HUD outbox. A failing
+    /// for never-started dispatches, then, under the outbox lease
+    /// ([`OUTBOX_LEASE_KEY`]), sync the HUD and check-run outboxes. A failing
     /// never-started check is reported in the result and does not stop the
     /// rest; a failing job store stops the sweep (the next one retries).
     pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
@@ -415,6 +428,29 @@ impl Reconciler {
                 report.never_started_error = Some(e.to_string());
             }
         }
+        // One sender at a time (two overlapping scheduled sweeps on AWS
+        // would both create the same check run and both post to HUD).
+        let holder = uuid::Uuid::new_v4().to_string();
+        match self.state.try_lease(OUTBOX_LEASE_KEY, &holder, OUTBOX_LEASE).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("another sweep is sending the HUD and check-run outboxes; skipped this time");
+                report.outboxes_skipped = true;
+                return Ok(report);
+            }
+            // Without the kv store, sending twice beats not sending.
+            Err(e) => tracing::warn!(error = %e, "outbox lease unavailable; sending without it"),
+        }
+        let sent = self.sync_outboxes(&mut report).await;
+        if let Err(e) = self.state.release_lease(OUTBOX_LEASE_KEY, &holder).await {
+            tracing::warn!(error = %e, "could not release the outbox lease; it expires by itself");
+        }
+        sent?;
+        Ok(report)
+    }
+
+    /// HUD sync, then check-run sync (under the outbox lease).
+    async fn sync_outboxes(&self, report: &mut SweepReport) -> Result<(), StoreError> {
         report.hud =
             sync_outbox(self.jobs.as_ref(), self.hud.as_ref(), self.clock.as_ref(), self.settings.hud_batch).await?;
         if let Some(checks) = &self.checks {
@@ -433,7 +469,7 @@ impl Reconciler {
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 }
 

@@ -1716,6 +1716,35 @@ mod cases {
         assert_eq!(StateStore::get(a, &key).await.unwrap().as_deref(), Some("{\"cursor\": 42}"));
         assert_eq!(StateStore::get(a, "absent").await.unwrap(), None);
     }
+
+    /// Leases: one holder at a time across instances; the holder renews;
+    /// release by another holder does nothing; released or expired → free.
+    pub async fn kv_lease_one_holder<B: Backend>() {
+        let clock = kv_clock();
+        let kv = B::kv_pair(clock.clone(), 100).await;
+        let (a, b) = (&kv.0, &kv.1);
+        let key = format!("sweep/{}", uuid::Uuid::new_v4().simple());
+        let ttl = Duration::from_secs(60);
+        assert!(a.try_lease(&key, "one", ttl).await.unwrap());
+        assert!(!b.try_lease(&key, "two", ttl).await.unwrap(), "held by one");
+        assert!(b.try_lease(&key, "one", ttl).await.unwrap(), "the holder renews, from any instance");
+        b.release_lease(&key, "two").await.unwrap();
+        assert!(!a.try_lease(&key, "two", ttl).await.unwrap(), "not released by someone else");
+        a.release_lease(&key, "one").await.unwrap();
+        assert!(b.try_lease(&key, "two", ttl).await.unwrap(), "released");
+        assert_eq!(StateStore::get(a, &key).await.unwrap(), None, "leases are not state values");
+        clock.advance(Duration::from_secs(61));
+        assert!(a.try_lease(&key, "three", ttl).await.unwrap(), "expired");
+        // Eight at once, on both instances: exactly one gets it.
+        let contended = format!("sweep/{}", uuid::Uuid::new_v4().simple());
+        let calls = (0..8).map(|i| {
+            let store: &B::Kv = if i % 2 == 0 { &kv.0 } else { &kv.1 };
+            let (contended, holder) = (contended.clone(), format!("h{i}"));
+            async move { store.try_lease(&contended, &holder, ttl).await.expect("try_lease") }
+        });
+        let won = futures::future::join_all(calls).await.into_iter().filter(|w| *w).count();
+        assert_eq!(won, 1);
+    }
 }
 
 // ================================================================ the suite, per backend
@@ -1779,6 +1808,7 @@ macro_rules! all_cases {
                 kv_replay_concurrent_first_use,
                 kv_rate_limit_shared_and_windowed,
                 kv_state_put_get_overwrite,
+                kv_lease_one_holder,
             ]
         );
     };

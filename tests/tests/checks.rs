@@ -723,3 +723,33 @@ async fn synchronize_supersedes_the_old_heads_jobs() {
     assert_eq!(w.gh.check_runs(UPSTREAM)[0].conclusion.as_deref(), Some("cancelled"));
     w.relay.stop().await;
 }
+
+#[tokio::test]
+async fn one_sweep_at_a_time_sends_the_outboxes() {
+    use crcr_shared::ports::StateStore;
+    let w = world(&[]).await;
+    // Another sweep (another Lambda instance) holds the outbox lease.
+    let kv = crcr_shared::sqlite::SqliteKv::new(w.relay.db(), std::sync::Arc::new(crcr_shared::ports::SystemClock));
+    let key = crcr_shared::reconcile::OUTBOX_LEASE_KEY;
+    let other = "another-sweep";
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !kv.try_lease(key, other, Duration::from_secs(600)).await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the relay's sweeper never released the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = w.delivery.clone();
+    assert_eq!(
+        call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "in_progress", None)).await,
+        202
+    );
+    reconciled(&w).await;
+    let report = w.relay.reconciler.sweep().await.unwrap();
+    assert!(report.outboxes_skipped, "{report:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await; // three more background sweeps
+    assert!(w.gh.check_runs(UPSTREAM).is_empty(), "nothing sent while another sweep holds the lease");
+    assert!(w.hud.received().is_empty());
+    kv.release_lease(key, other).await.unwrap();
+    wait_for("the check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    wait_for("the HUD record", || w.hud.received().len() == 1).await;
+    w.relay.stop().await;
+}

@@ -28,6 +28,8 @@ pub mod prefix {
     pub const RATE: &str = "rate#";
     /// `state#<key>` → `value`.
     pub const STATE: &str = "state#";
+    /// `lease#<key>` → `value` (the holder), `expires_at`.
+    pub const LEASE: &str = "lease#";
 }
 
 /// How long a rate-limit window's counter outlives its window (seconds), so
@@ -137,6 +139,9 @@ impl DynamoKv {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if condition.contains("#exp") {
             req = req.expression_attribute_names("#exp", attr::EXPIRES_AT);
+        }
+        if condition.contains("#v") {
+            req = req.expression_attribute_names("#v", attr::VALUE);
         }
         for (name, value) in values {
             req = req.expression_attribute_values(*name, value.clone());
@@ -276,5 +281,38 @@ impl StateStore for DynamoKv {
             .await
             .map_err(|e| unavailable("PutItem", e))?;
         Ok(())
+    }
+
+    /// `PutItem` of `lease#<key>` (value = holder, `expires_at` = now + ttl,
+    /// also the table's TTL attribute) conditioned on `attribute_not_exists(pk)
+    /// OR expires_at < :now OR value = :holder`.
+    async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms().div_euclid(1000);
+        let mut item = Self::key(format!("{}{key}", prefix::LEASE));
+        item.insert(attr::VALUE.into(), s(holder));
+        item.insert(attr::EXPIRES_AT.into(), n(now + ttl.as_secs().max(1) as i64));
+        let condition = "attribute_not_exists(#pk) OR #exp < :now OR #v = :holder";
+        let taken = self.put_unless(item, condition, &[(":now", n(now)), (":holder", s(holder))]).await?;
+        Ok(taken.is_none())
+    }
+
+    /// `DeleteItem` of `lease#<key>` conditioned on `value = :holder` (a
+    /// failed condition: someone else's lease, left alone).
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(format!("{}{key}", prefix::LEASE))))
+            .condition_expression("#v = :holder")
+            .expression_attribute_names("#v", attr::VALUE)
+            .expression_attribute_values(":holder", s(holder))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(unavailable("DeleteItem (lease)", e)),
+        }
     }
 }

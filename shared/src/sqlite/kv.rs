@@ -154,4 +154,27 @@ impl StateStore for SqliteKv {
             tx.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)", params![key, value]).map(|_| ())
         })
     }
+
+    /// In one immediate transaction (which first deletes expired rows):
+    /// insert `lease#<key>` = holder, or renew it when `holder` has it.
+    async fn try_lease(&self, key: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let key = format!("{}{key}", prefix::LEASE);
+        let now = self.now_s();
+        let until = now + ttl.as_secs().max(1) as i64;
+        self.write(now, |tx| {
+            tx.execute(
+                "INSERT INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE kv.value = excluded.value",
+                params![key, holder, until],
+            )
+            .map(|changed| changed == 1)
+        })
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let key = format!("{}{key}", prefix::LEASE);
+        self.write(self.now_s(), |tx| {
+            tx.execute("DELETE FROM kv WHERE key = ?1 AND value = ?2", params![key, holder]).map(|_| ())
+        })
+    }
 }
