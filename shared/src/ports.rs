@@ -195,6 +195,10 @@ pub trait StateStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Stores `value` under `key` (overwrites). Durable when it returns.
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// [`StateStore::put`] for `ttl` (whole seconds): after that `get` reads
+    /// `None` and the store removes it (SQLite on its next write, DynamoDB by
+    /// TTL). For per-commit records that only matter for a while.
+    async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
     /// Takes (or renews) the lease `key` for `holder` for `ttl` (whole
     /// seconds, at least 1): `true` when no one else holds an unexpired lease
     /// on it. One conditional write, so of two callers at once exactly one
@@ -207,7 +211,8 @@ pub trait StateStore: Send + Sync {
 /// [`StateStore`] in process memory (tests, one-shot CLI runs).
 #[derive(Debug, Default)]
 pub struct InMemoryStateStore {
-    map: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// key → (value, expires at).
+    map: std::sync::Mutex<std::collections::HashMap<String, (String, Option<std::time::Instant>)>>,
     /// key → (holder, expires at).
     leases: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
@@ -215,10 +220,17 @@ pub struct InMemoryStateStore {
 #[async_trait]
 impl StateStore for InMemoryStateStore {
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.map.lock().expect("state store").get(key).cloned())
+        let now = std::time::Instant::now();
+        let map = self.map.lock().expect("state store");
+        Ok(map.get(key).filter(|(_, until)| until.is_none_or(|u| u > now)).map(|(v, _)| v.clone()))
     }
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.map.lock().expect("state store").insert(key.to_owned(), value.to_owned());
+        self.map.lock().expect("state store").insert(key.to_owned(), (value.to_owned(), None));
+        Ok(())
+    }
+    async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let until = std::time::Instant::now() + ttl;
+        self.map.lock().expect("state store").insert(key.to_owned(), (value.to_owned(), Some(until)));
         Ok(())
     }
     async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {

@@ -23,7 +23,7 @@
 //! Small per-commit records live in the [`StateStore`] (SQLite / DynamoDB
 //! `kv`): `check_wanted/<sha>/<device>` and `commit_untracked/<sha>`
 //! (see [`Tracking`]), and `rerun/<delivery>/<repo>/<run_id>` markers so a
-//! suite re-run reaches each run once.
+//! suite re-run reaches each run once; each kept [`RECORD_TTL`] (30 days).
 
 use std::collections::BTreeSet;
 
@@ -36,6 +36,11 @@ use crate::lifecycle::{CheckRunItem, JobState};
 use crate::ports::{DispatchRecord, GitHubError, StateStore, StoreError};
 use crate::reconcile::Reconciler;
 use crate::runs::RunRequest;
+
+/// How long the per-commit records are kept (30 days: GitHub re-runs a
+/// workflow run up to 30 days after it started, "Re-running workflows and
+/// jobs"; dispatch records live as long).
+pub const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// Dispatch records read per commit (a PR head is dispatched a handful of
 /// times: opened, labeled re-dispatches, reopened, closed).
@@ -309,7 +314,7 @@ impl Reconciler {
         };
         // The record first, then the backfill: a callback applied meanwhile
         // reads the record after its own write (see `Reconciler::process`).
-        self.state.put(&wanted_key(sha, &device), &pr.to_string()).await?;
+        self.state.put_expiring(&wanted_key(sha, &device), &pr.to_string(), RECORD_TTL).await?;
         let (recs, _) = self.tracked_records(sha).await?;
         for rec in recs {
             let device_matches = rec.meta.device.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(&device));
@@ -341,7 +346,8 @@ impl Reconciler {
         let mut report = UpstreamReport::default();
         let record =
             Tracking { before_ms: msg.received_at_ms, by_delivery: msg.delivery_id.clone(), reason: reason.to_owned() };
-        self.state.put(&tracking_key(sha), &serde_json::to_string(&record).expect("tracking serializes")).await?;
+        let value = serde_json::to_string(&record).expect("tracking serializes");
+        self.state.put_expiring(&tracking_key(sha), &value, RECORD_TTL).await?;
         let now = self.clock.now_ms();
         let mut to_cancel = BTreeSet::new();
         for rec in self.dispatches.records_for_commit(sha, RECORDS_PER_COMMIT).await? {
@@ -445,7 +451,7 @@ impl Reconciler {
                 continue; // this suite re-run already reached it (message received again)
             }
             let action = self.rerun(Rerun::Whole, repo, run_id).await?;
-            self.state.put(&marker, &self.clock.now_ms().to_string()).await?;
+            self.state.put_expiring(&marker, &self.clock.now_ms().to_string(), RECORD_TTL).await?;
             report.runs.push(action);
         }
         Ok(report)

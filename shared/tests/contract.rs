@@ -1717,6 +1717,26 @@ mod cases {
         assert_eq!(StateStore::get(a, "absent").await.unwrap(), None);
     }
 
+    /// An expiring value reads back until its time, then as absent (on
+    /// both instances, whether or not the store removed it yet); `put`
+    /// makes it permanent again.
+    pub async fn kv_state_expiring<B: Backend>() {
+        let clock = kv_clock();
+        let kv = B::kv_pair(clock.clone(), 100).await;
+        let (a, b) = (&kv.0, &kv.1);
+        let key = format!("check_wanted/{}/gpu", uuid::Uuid::new_v4().simple());
+        a.put_expiring(&key, "42", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(StateStore::get(b, &key).await.unwrap().as_deref(), Some("42"));
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(StateStore::get(a, &key).await.unwrap().as_deref(), Some("42"), "still live");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(StateStore::get(a, &key).await.unwrap(), None, "expired");
+        assert_eq!(StateStore::get(b, &key).await.unwrap(), None);
+        b.put(&key, "43").await.unwrap();
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(StateStore::get(a, &key).await.unwrap().as_deref(), Some("43"), "put: no expiry");
+    }
+
     /// Leases: one holder at a time across instances; the holder renews;
     /// release by another holder does nothing; released or expired → free.
     pub async fn kv_lease_one_holder<B: Backend>() {
@@ -1808,6 +1828,7 @@ macro_rules! all_cases {
                 kv_replay_concurrent_first_use,
                 kv_rate_limit_shared_and_windowed,
                 kv_state_put_get_overwrite,
+                kv_state_expiring,
                 kv_lease_one_holder,
             ]
         );

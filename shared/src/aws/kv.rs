@@ -261,12 +261,41 @@ impl RateLimiter for DynamoKv {
 
 #[async_trait]
 impl StateStore for DynamoKv {
-    /// `GetItem` (consistent) of `state#<key>`.
+    /// `GetItem` (consistent) of `state#<key>`; an item whose `expires_at`
+    /// has passed reads as absent (TTL deletes it within days, not at once).
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let now = self.clock.now_ms().div_euclid(1000);
         match self.get_item(format!("{}{key}", prefix::STATE)).await? {
-            Some(item) => string_attr(&item, attr::VALUE).map(Some),
+            Some(item) => {
+                let expired = match item.get(attr::EXPIRES_AT) {
+                    Some(AttributeValue::N(v)) => v.parse::<i64>().is_ok_and(|t| t < now),
+                    _ => false,
+                };
+                if expired {
+                    Ok(None)
+                } else {
+                    string_attr(&item, attr::VALUE).map(Some)
+                }
+            }
             None => Ok(None),
         }
+    }
+
+    /// Unconditional `PutItem` of `state#<key>` with `expires_at` (the
+    /// table's TTL attribute) = now + `ttl`.
+    async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let now = self.clock.now_ms().div_euclid(1000);
+        let mut item = Self::key(format!("{}{key}", prefix::STATE));
+        item.insert(attr::VALUE.into(), s(value));
+        item.insert(attr::EXPIRES_AT.into(), n(now + ttl.as_secs() as i64));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem", e))?;
+        Ok(())
     }
 
     /// Unconditional `PutItem` of `state#<key>`.

@@ -144,8 +144,30 @@ impl RateLimiter for SqliteKv {
 
 #[async_trait]
 impl StateStore for SqliteKv {
+    /// Not expired (`expires_at` NULL or not yet past).
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.read(&format!("{}{key}", prefix::STATE))
+        self.db
+            .lock()
+            .query_row(
+                "SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at >= ?2)",
+                params![format!("{}{key}", prefix::STATE), self.now_s()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
+    }
+
+    async fn put_expiring(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError> {
+        let key = format!("{}{key}", prefix::STATE);
+        let now = self.now_s();
+        let until = now + ttl.as_secs() as i64;
+        self.write(now, |tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3)",
+                params![key, value, until],
+            )
+            .map(|_| ())
+        })
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
