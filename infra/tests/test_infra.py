@@ -54,6 +54,7 @@ ENVIRONMENT = {
     "CRCR_HUD_URL",
     "CRCR_OIDC_AUDIENCE",
     "CRCR_METRICS_NAMESPACE",
+    "CRCR_OUTBOX_LEASE_SECS",
 }
 
 DLQ_RETENTION_SECONDS = 1209600  # 14 days
@@ -365,6 +366,26 @@ INDEX_QUERIES = (
 )
 
 
+# (function, table, action) the code needs beyond reads and writes of items.
+TABLE_ACTIONS = (
+    # The sweep gives its outbox lease back (DynamoKv::release_lease).
+    ("reconciler", "kv", "dynamodb:DeleteItem"),
+)
+
+
+def check_table_actions(m: Module) -> None:
+    """Each function may call the table actions its code uses (moto does not
+    check IAM, so the Rust tests cannot catch a missing grant)."""
+    for fn, table, action in TABLE_ACTIONS:
+        arn = "${aws_dynamodb_table." + table + ".arn}"
+        stmts = policy_doc_of_role(m, function_role(m, fn))
+        allowed = [
+            st for st in stmts
+            if st.get("effect", "Allow") == "Allow" and arn in st.get("resources", []) and action in st.get("actions", [])
+        ]
+        assert allowed, f"{fn}: no {action} on {arn}"
+
+
 def check_index_queries(m: Module) -> None:
     """Each function may Query the GSIs its code reads (a table's ARN does
     not cover its indexes)."""
@@ -536,6 +557,10 @@ def check_environment(m: Module) -> None:
     assert hud == ["reconciler"], f"CRCR_HUD_URL given to {hud}: only the reconciler talks to HUD"
     oidc = [fn for fn, env in envs.items() if "CRCR_OIDC_AUDIENCE" in env]
     assert oidc == ["ingest"], f"CRCR_OIDC_AUDIENCE given to {oidc}: only ingest verifies callback tokens"
+    # The sweep's outbox lease must cover a whole sweep: the reconciler's timeout.
+    lease = [fn for fn, env in envs.items() if "CRCR_OUTBOX_LEASE_SECS" in env]
+    assert lease == ["reconciler"], f"CRCR_OUTBOX_LEASE_SECS given to {lease}: only the reconciler sweeps"
+    assert "var.reconciler_timeout" in envs["reconciler"]["CRCR_OUTBOX_LEASE_SECS"]
 
 
 def check_functions(m: Module) -> None:
@@ -675,6 +700,7 @@ CHECKS = [
     check_tables_exist,
     check_table_keys,
     check_index_queries,
+    check_table_actions,
     check_tables_pitr,
     check_tables_ttl,
     check_tables_sse,
@@ -792,6 +818,8 @@ MUTATIONS = [
      'hash_key        = "head_sha"\n    range_key       = "dispatched_at_ms"', check_table_keys),
     ("by_head_sha Query not granted", "iam.tf",
      '      "${aws_dynamodb_table.dispatches.arn}/index/by_head_sha",\n', "", check_index_queries),
+    ("lease release not granted", "iam.tf",
+     '"dynamodb:UpdateItem", "dynamodb:DeleteItem"]', '"dynamodb:UpdateItem"]', check_table_actions),
     ("table missing", "dynamodb.tf", 'resource "aws_dynamodb_table" "kv"', 'resource "aws_dynamodb_table" "state"',
      check_tables_exist),
     ("deletion protection fixed", "dynamodb.tf",

@@ -67,6 +67,7 @@ fn callback(c: &mut Criterion) {
         level: Level::L2,
         check_run: false,
         device: None,
+        received_at_ms: None,
     };
     rt.block_on(async {
         let now = chrono::Utc::now().timestamp_millis();

@@ -151,7 +151,7 @@ impl CallbackConfig {
     /// (JSON `{"<org id>/<pipeline id>": {"repo": "o/r", "required_claims": {..}}}`),
     /// `CRCR_HUD_URL`, `CRCR_HUD_BOT_KEY` / `_FILE`, `CRCR_CALLBACK_RATE_PER_MIN`,
     /// `CRCR_JOB_TIMEOUT_SECS`, `CRCR_NEVER_STARTED_SECS`, `CRCR_SWEEP_INTERVAL_SECS`,
-    /// `CRCR_CANCEL_ON_CLOSE` (`true` / `false`).
+    /// `CRCR_CANCEL_ON_CLOSE` (`true` / `false`), `CRCR_OUTBOX_LEASE_SECS`.
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         use crate::oidc::TrustAnchor;
         let d = Self::default();
@@ -196,6 +196,9 @@ impl CallbackConfig {
                 env.parsed("CRCR_NEVER_STARTED_SECS", d.reconciler.never_started_after.as_secs())?,
             ),
             cancel_on_close: env.parsed("CRCR_CANCEL_ON_CLOSE", d.reconciler.cancel_on_close)?,
+            outbox_lease: Duration::from_secs(
+                env.parsed("CRCR_OUTBOX_LEASE_SECS", d.reconciler.outbox_lease.as_secs())?.max(1),
+            ),
             ..d.reconciler
         };
         let sweep_interval =

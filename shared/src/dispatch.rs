@@ -265,6 +265,7 @@ impl Dispatcher {
             level: entry.level,
             check_run: crate::checks::wants_check_run(entry.level, entry.device.as_deref(), &labels),
             device: entry.device.clone(),
+            received_at_ms: Some(msg.received_at_ms),
         };
         let body = &body;
         let delivery = &msg.delivery_id;

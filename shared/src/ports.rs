@@ -313,6 +313,12 @@ pub struct DispatchMeta {
     /// existed read as `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// When ingest accepted the dispatched webhook (ms since epoch, relay
+    /// clock): orders dispatches against a later `synchronize` / `closed`
+    /// ([`crate::upstream::Tracking`]) however late the dispatcher ran.
+    /// Records written before it existed read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at_ms: Option<i64>,
 }
 
 /// The durable record per (delivery id, target repository).

@@ -48,6 +48,11 @@ pub struct ReconcilerSettings {
     /// On `pull_request.closed`, cancel the L3+ downstream runs of the PR's
     /// head still in progress (`CRCR_CANCEL_ON_CLOSE`, default false).
     pub cancel_on_close: bool,
+    /// How long a sweep holds the outbox lease ([`OUTBOX_LEASE_KEY`];
+    /// `CRCR_OUTBOX_LEASE_SECS`, default 300 s): at least as long as a sweep
+    /// can run (on Lambda: the function timeout, which infra passes), so two
+    /// never overlap; a sweep that died blocks the next ones at most this long.
+    pub outbox_lease: Duration,
 }
 
 impl Default for ReconcilerSettings {
@@ -59,18 +64,21 @@ impl Default for ReconcilerSettings {
             never_started_after: Duration::from_secs(3600),
             never_started_lookback: Duration::from_secs(24 * 3600),
             cancel_on_close: false,
+            outbox_lease: Duration::from_secs(300),
         }
     }
 }
 
+/// Shortest wait before an upstream event whose GitHub call failed
+/// transiently is received again (60 s), and the longest (15 min, SQS's
+/// largest message delay): rate limits and outages last minutes, not the
+/// seconds a store hiccup does.
+const GITHUB_RETRY_MIN: Duration = Duration::from_secs(60);
+const GITHUB_RETRY_MAX: Duration = Duration::from_secs(900);
+
 /// The [`crate::ports::StateStore`] lease that lets one sweep at a time send
 /// the HUD and check-run outboxes.
 pub const OUTBOX_LEASE_KEY: &str = "sweep/outboxes";
-
-/// How long the outbox lease holds (5 min): longer than a sync pass of 100
-/// HUD records and 100 check runs; a sweep that died releases nothing and
-/// blocks the next ones at most this long.
-pub const OUTBOX_LEASE: Duration = Duration::from_secs(300);
 
 /// Dispatched records the never-started sweep reads per pass.
 const NEVER_STARTED_SCAN_LIMIT: usize = 1000;
@@ -154,6 +162,13 @@ pub enum ReconcileOutcome {
     Upstream(crate::upstream::UpstreamReport),
     /// The store was unavailable: receive it again.
     Retry(String),
+    /// GitHub was unavailable or rate-limited an upstream event's call:
+    /// receive it again after at least `after` (GitHub's own hint when it
+    /// gave one, else 60 s; at most 15 min).
+    RetryAfter {
+        reason: String,
+        after: Duration,
+    },
     /// Never processable.
     Poison(String),
 }
@@ -179,7 +194,17 @@ impl Reconciler {
                         ::metrics::counter!(crate::metrics::UPSTREAM_EVENTS, "event" => event, "outcome" => "retry")
                             .increment(1);
                         span.in_scope(|| tracing::warn!(error = %e, "upstream event: will be received again"));
-                        ReconcileOutcome::Retry(e.to_string())
+                        match &e {
+                            crate::upstream::UpstreamError::GitHub { error, .. } => {
+                                let hint = match error {
+                                    crate::ports::GitHubError::Transient { retry_after, .. } => *retry_after,
+                                    _ => None,
+                                };
+                                let after = hint.unwrap_or(GITHUB_RETRY_MIN).clamp(GITHUB_RETRY_MIN, GITHUB_RETRY_MAX);
+                                ReconcileOutcome::RetryAfter { reason: e.to_string(), after }
+                            }
+                            _ => ReconcileOutcome::Retry(e.to_string()),
+                        }
                     }
                 };
             }
@@ -228,6 +253,7 @@ impl Reconciler {
             None
         };
         let without_check_run = cb.kind == CallbackKind::Dispatched && msg.level == Level::L3 && target.is_none();
+        let with_check_run = target.is_some();
         let with_check;
         let jobs: &dyn JobStore = match target {
             Some(target) => {
@@ -240,12 +266,22 @@ impl Reconciler {
             .await
         {
             Ok(r) => {
-                if let (Reconciled::Applied(job), true) = (&r, without_check_run) {
-                    // A `labeled` applied between the check above and the
-                    // write found no job to backfill: look again now the job
-                    // is stored (the label record is written before its backfill).
-                    if let Err(e) = self.late_label_check_run(job).await {
-                        return ReconcileOutcome::Retry(e.to_string());
+                if let Reconciled::Applied(job) = &r {
+                    // A `labeled` / `synchronize` / `closed` applied between
+                    // the check above and the write did not see this job:
+                    // look again now it is stored (each of them writes its
+                    // per-commit record before it reads the jobs). The job
+                    // is recorded whatever happens here: a failure is logged,
+                    // not retried (a retry would be a repeated callback).
+                    let late = if without_check_run {
+                        self.late_label_check_run(job).await
+                    } else if with_check_run {
+                        self.untracked_meanwhile(job).await
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = late {
+                        tracing::error!(error = %e, "could not look again at the commit's check-run records; the job is recorded");
                     }
                 }
                 match &r {
@@ -300,6 +336,27 @@ impl Reconciler {
     async fn late_label_check_run(&self, job: &JobRecord) -> Result<(), StoreError> {
         if let Some(target) = self.check_run_target(&job.key.delivery_id, &job.key.repo, job.level).await? {
             self.jobs.advance_check_run(&target.item(job)).await?;
+        }
+        Ok(())
+    }
+
+    /// Completes the in-progress check run of `job` as `cancelled` when its
+    /// dispatch stopped being tracked (superseded, closed) while the job's
+    /// transition was written ([`crate::upstream::untracked_item`]).
+    async fn untracked_meanwhile(&self, job: &JobRecord) -> Result<(), StoreError> {
+        let recs = self.dispatches.records(&job.key.delivery_id).await?;
+        let Some(rec) = recs.iter().find(|r| r.target == job.key.repo) else { return Ok(()) };
+        let Some(sha) = &rec.meta.head_sha else { return Ok(()) };
+        let Some(t) = crate::upstream::tracking(self.state.as_ref(), sha).await? else { return Ok(()) };
+        if !t.untracks(rec) {
+            return Ok(());
+        }
+        let id = crate::lifecycle::CheckRunItem::id_for(&job.key);
+        let items = self.jobs.check_runs(&job.key.delivery_id).await?;
+        if let Some(item) =
+            items.into_iter().find(|c| c.id == id && c.request.status == crate::checks::CheckStatus::InProgress)
+        {
+            self.jobs.advance_check_run(&crate::upstream::untracked_item(item, &t.reason, self.clock.now_ms())).await?;
         }
         Ok(())
     }
@@ -431,7 +488,7 @@ impl Reconciler {
         // One sender at a time (two overlapping scheduled sweeps on AWS
         // would both create the same check run and both post to HUD).
         let holder = uuid::Uuid::new_v4().to_string();
-        match self.state.try_lease(OUTBOX_LEASE_KEY, &holder, OUTBOX_LEASE).await {
+        match self.state.try_lease(OUTBOX_LEASE_KEY, &holder, self.settings.outbox_lease).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!("another sweep is sending the HUD and check-run outboxes; skipped this time");
@@ -485,7 +542,9 @@ impl MessageHandler for Reconciler {
                 ::metrics::counter!(crate::metrics::DLQ_SENDS, "queue" => "reconcile").increment(1);
                 Ok(())
             }
-            ReconcileOutcome::Retry(reason) if msg.receive_count >= self.settings.max_receive_count => {
+            ReconcileOutcome::Retry(reason) | ReconcileOutcome::RetryAfter { reason, .. }
+                if msg.receive_count >= self.settings.max_receive_count =>
+            {
                 queue
                     .dead_letter(msg, &format!("still failing after {} receives: {reason}", msg.receive_count))
                     .await?;
@@ -494,6 +553,10 @@ impl MessageHandler for Reconciler {
             }
             ReconcileOutcome::Retry(_) => {
                 let delay = Duration::from_secs(1 << msg.receive_count.min(8));
+                queue.change_visibility(QueueSide::Source, &msg.receipt, delay).await
+            }
+            ReconcileOutcome::RetryAfter { after, .. } => {
+                let delay = after.max(Duration::from_secs(1 << msg.receive_count.min(8)));
                 queue.change_visibility(QueueSide::Source, &msg.receipt, delay).await
             }
         }

@@ -200,9 +200,13 @@ pub struct Tracking {
 }
 
 impl Tracking {
-    /// Whether `rec` is no longer tracked under this record.
+    /// Whether `rec` is no longer tracked under this record: another
+    /// delivery's dispatch whose webhook ingest accepted before `before_ms`
+    /// (both ingest's clock; records without that time use when the
+    /// dispatcher first claimed the target).
     pub fn untracks(&self, rec: &DispatchRecord) -> bool {
-        rec.delivery_id != self.by_delivery && rec.created_at_ms < self.before_ms
+        let accepted_at = rec.meta.received_at_ms.unwrap_or(rec.created_at_ms);
+        rec.delivery_id != self.by_delivery && accepted_at < self.before_ms
     }
 }
 
@@ -290,20 +294,20 @@ impl Reconciler {
                 let reason = format!("pull request #{pr_number} {}", if *merged { "merged" } else { "closed" });
                 self.untrack(msg, head_sha, &reason, self.settings.cancel_on_close).await
             }
-            UpstreamEvent::CheckRunRerequested { name, external_id, head_sha, .. } => {
-                self.check_run_rerequested(name, external_id, head_sha).await
+            UpstreamEvent::CheckRunRerequested { check_run_id, name, external_id, head_sha } => {
+                self.check_run_rerequested(*check_run_id, name, external_id, head_sha).await
             }
             UpstreamEvent::CheckSuiteRerequested { head_sha, .. } => self.check_suite_rerequested(msg, head_sha).await,
         }
     }
 
-    /// The commit's dispatch records that are still tracked, with the
-    /// number of untracked ones.
-    async fn tracked_records(&self, sha: &str) -> Result<(Vec<DispatchRecord>, usize), StoreError> {
-        let recs = self.dispatches.records_for_commit(sha, RECORDS_PER_COMMIT).await?;
-        let Some(t) = tracking(self.state.as_ref(), sha).await? else { return Ok((recs, 0)) };
-        let (untracked, tracked): (Vec<_>, Vec<_>) = recs.into_iter().partition(|r| t.untracks(r));
-        Ok((tracked, untracked.len()))
+    /// The commit's dispatch records that are still tracked.
+    async fn tracked_records(&self, sha: &str) -> Result<Vec<DispatchRecord>, StoreError> {
+        let mut recs = self.dispatches.records_for_commit(sha, RECORDS_PER_COMMIT).await?;
+        if let Some(t) = tracking(self.state.as_ref(), sha).await? {
+            recs.retain(|r| !t.untracks(r));
+        }
+        Ok(recs)
     }
 
     async fn labeled(&self, pr: u64, sha: &str, label: &str) -> Result<UpstreamReport, UpstreamError> {
@@ -315,7 +319,7 @@ impl Reconciler {
         // The record first, then the backfill: a callback applied meanwhile
         // reads the record after its own write (see `Reconciler::process`).
         self.state.put_expiring(&wanted_key(sha, &device), &pr.to_string(), RECORD_TTL).await?;
-        let (recs, _) = self.tracked_records(sha).await?;
+        let recs = self.tracked_records(sha).await?;
         for rec in recs {
             let device_matches = rec.meta.device.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(&device));
             if rec.meta.level != Level::L3 || !device_matches || rec.meta.check_run {
@@ -346,8 +350,18 @@ impl Reconciler {
         let mut report = UpstreamReport::default();
         let record =
             Tracking { before_ms: msg.received_at_ms, by_delivery: msg.delivery_id.clone(), reason: reason.to_owned() };
-        let value = serde_json::to_string(&record).expect("tracking serializes");
-        self.state.put_expiring(&tracking_key(sha), &value, RECORD_TTL).await?;
+        let record = match tracking(self.state.as_ref(), sha).await? {
+            // The same webhook again (redelivered, or received again): its
+            // first time stands, or a reopen in between would be untracked.
+            Some(stored) if stored.by_delivery == record.by_delivery => stored,
+            // Applied out of order: a later end of tracking stands.
+            Some(stored) if stored.before_ms >= record.before_ms => stored,
+            _ => {
+                let value = serde_json::to_string(&record).expect("tracking serializes");
+                self.state.put_expiring(&tracking_key(sha), &value, RECORD_TTL).await?;
+                record
+            }
+        };
         let now = self.clock.now_ms();
         let mut to_cancel = BTreeSet::new();
         for rec in self.dispatches.records_for_commit(sha, RECORDS_PER_COMMIT).await? {
@@ -355,22 +369,12 @@ impl Reconciler {
                 continue;
             }
             report.untracked += 1;
-            for mut item in self.jobs.check_runs(&rec.delivery_id).await? {
+            for item in self.jobs.check_runs(&rec.delivery_id).await? {
                 let of_target = item.id.starts_with(&format!("{}|{}|", rec.delivery_id, rec.target.key()));
                 if item.request.status != CheckStatus::InProgress || !of_target {
                     continue;
                 }
-                let r = &mut item.request;
-                r.status = CheckStatus::Completed;
-                r.conclusion = Some("cancelled".into());
-                r.completed_at = chrono::DateTime::from_timestamp_millis(now)
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-                r.output.title = format!("{}: not tracked any more", rec.target);
-                r.output.summary = format!(
-                    "crcr stopped following this downstream job: {reason}. Results of this commit are no longer current."
-                );
-                item.updated_at_ms = now;
-                if self.jobs.advance_check_run(&item).await? {
+                if self.jobs.advance_check_run(&untracked_item(item, &record.reason, now)).await? {
                     report.check_runs_closed += 1;
                 }
             }
@@ -391,8 +395,14 @@ impl Reconciler {
         Ok(report)
     }
 
+    /// The downstream run of a re-requested check run: the relay's own
+    /// record of that check run (by GitHub's id) on a tracked L3+ dispatch
+    /// of the commit; for one whose id the relay did not keep, the
+    /// `<run_id>` of its `external_id`, on a target its name
+    /// (`crcr/<owner>/<repo>/...`) names, that has a job of that run.
     async fn check_run_rerequested(
         &self,
+        check_run_id: u64,
         name: &str,
         external_id: &str,
         sha: &str,
@@ -402,27 +412,31 @@ impl Reconciler {
             report.ignored = Some(format!("check run {name:?} is not one of crcr's"));
             return Ok(report);
         }
-        let Some(run_id) = external_id.split_once(':').and_then(|(run, _)| run.parse::<u64>().ok()) else {
-            report.ignored = Some(format!("external_id {external_id:?} is not <run_id>:<pr>"));
-            return Ok(report);
-        };
-        let (recs, _) = self.tracked_records(sha).await?;
+        let from_external_id = external_id.split_once(':').and_then(|(run, _)| run.parse::<u64>().ok());
+        let recs = self.tracked_records(sha).await?;
         let mut found = None;
         for rec in recs.iter().filter(|r| r.meta.level >= Level::L3) {
-            if self
-                .jobs
-                .jobs(&rec.delivery_id)
-                .await?
-                .iter()
-                .any(|j| j.key.repo == rec.target && j.key.run_id == run_id)
-            {
-                found = Some(rec.target.clone());
+            let prefix = format!("{}|{}|", rec.delivery_id, rec.target.key());
+            let items = self.jobs.check_runs(&rec.delivery_id).await?;
+            let by_id = items.iter().find(|c| c.check_run_id == Some(check_run_id) && c.id.starts_with(&prefix));
+            if let Some(run) = by_id.and_then(|c| c.request.external_id.split_once(':')?.0.parse::<u64>().ok()) {
+                found = Some((rec.target.clone(), run));
                 break;
             }
+            let named = name.len() > 5 && name[5..].to_ascii_lowercase().starts_with(&format!("{}/", rec.target.key()));
+            if let (Some(run), true) = (from_external_id, named) {
+                let jobs = self.jobs.jobs(&rec.delivery_id).await?;
+                if jobs.iter().any(|j| j.key.repo == rec.target && j.key.run_id == run) {
+                    found = Some((rec.target.clone(), run));
+                    break;
+                }
+            }
         }
-        let Some(repo) = found else {
-            report.ignored =
-                Some(format!("no tracked L3/L4 job of run {run_id} on commit {sha} in the relay's records"));
+        let Some((repo, run_id)) = found else {
+            report.ignored = Some(format!(
+                "check run {check_run_id} ({name:?}, external_id {external_id:?}) is not a tracked L3/L4 job of \
+                 commit {sha} in the relay's records"
+            ));
             return Ok(report);
         };
         report.runs.push(self.rerun(Rerun::FailedJobs, repo, run_id).await?);
@@ -431,7 +445,7 @@ impl Reconciler {
 
     async fn check_suite_rerequested(&self, msg: &UpstreamV1, sha: &str) -> Result<UpstreamReport, UpstreamError> {
         let mut report = UpstreamReport::default();
-        let (recs, _) = self.tracked_records(sha).await?;
+        let recs = self.tracked_records(sha).await?;
         let mut runs = BTreeSet::new();
         for rec in recs.iter().filter(|r| r.meta.level >= Level::L3) {
             let items: BTreeSet<String> =
@@ -464,6 +478,23 @@ impl Reconciler {
             Rerun::Whole => settle(runs.rerun(&repo, run_id).await, repo, run_id, "rerun"),
         }
     }
+}
+
+/// `item` (a check run in progress) completed as `cancelled` because the
+/// relay stopped following its job for `reason` (superseded, closed).
+pub fn untracked_item(mut item: CheckRunItem, reason: &str, now_ms: i64) -> CheckRunItem {
+    let r = &mut item.request;
+    r.status = CheckStatus::Completed;
+    r.conclusion = Some("cancelled".into());
+    r.completed_at =
+        chrono::DateTime::from_timestamp_millis(now_ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    r.output.title =
+        crate::checks::truncate_utf8(&format!("{}: not tracked any more", r.name), crate::checks::MAX_OUTPUT_BYTES)
+            .to_owned();
+    r.output.summary =
+        format!("crcr stopped following this downstream job: {reason}. Results of this commit are no longer current.");
+    item.updated_at_ms = now_ms;
+    item
 }
 
 /// GitHub's answer to a re-run / cancel: taken (or nothing to do), refused
@@ -554,6 +585,43 @@ mod tests {
         let mut v: Value = serde_json::from_str(LABELED).unwrap();
         v.as_object_mut().unwrap().remove("label");
         assert_eq!(parse_event("pull_request", Some("labeled"), &v).unwrap_err().pointer, "/label/name");
+    }
+
+    #[test]
+    fn tracking_orders_by_when_ingest_accepted_the_dispatched_webhook() {
+        let d = |s: &str| DeliveryId::parse(s).unwrap();
+        let t = Tracking { before_ms: 1_000, by_delivery: d("closed"), reason: "pull request #2 closed".into() };
+        let rec = |delivery: &str, received: Option<i64>, created: i64| DispatchRecord {
+            delivery_id: d(delivery),
+            target: RepoFullName::parse("org/a").unwrap(),
+            status: crate::ports::DispatchStatus::Dispatched,
+            attempts: 1,
+            last_error: None,
+            lease_until_ms: 0,
+            created_at_ms: created,
+            updated_at_ms: created,
+            dispatched_at_ms: Some(created),
+            payload_trimmed: false,
+            meta: crate::ports::DispatchMeta {
+                event: "pull_request".into(),
+                action: Some("opened".into()),
+                head_sha: Some("a".repeat(40)),
+                pr_number: Some(2),
+                level: Level::L4,
+                check_run: true,
+                device: None,
+                received_at_ms: received,
+            },
+        };
+        // Accepted before the close, dispatched long after it (a backlog): untracked.
+        assert!(t.untracks(&rec("opened", Some(500), 5_000)));
+        // Accepted after the close (a reopen): tracked.
+        assert!(!t.untracks(&rec("reopened", Some(1_500), 1_600)));
+        // The closing delivery's own dispatches stay tracked.
+        assert!(!t.untracks(&rec("closed", Some(900), 950)));
+        // Records without the ingest time: the claim time decides.
+        assert!(t.untracks(&rec("old", None, 999)));
+        assert!(!t.untracks(&rec("old", None, 1_000)));
     }
 
     #[test]

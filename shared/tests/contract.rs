@@ -352,6 +352,7 @@ fn meta() -> DispatchMeta {
         level: Level::L3,
         check_run: true,
         device: None,
+        received_at_ms: Some(1_700_000_000_123),
     }
 }
 
@@ -364,6 +365,7 @@ fn bare_meta() -> DispatchMeta {
         level: Level::L1,
         check_run: false,
         device: None,
+        received_at_ms: None,
     }
 }
 

@@ -166,6 +166,7 @@ fn meta(event: &str, action: Option<&str>, pr: Option<u64>) -> DispatchMeta {
         level: Level::L1,
         check_run: false,
         device: None,
+        received_at_ms: None,
     }
 }
 

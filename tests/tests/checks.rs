@@ -555,8 +555,57 @@ async fn check_run_rerequested_reruns_the_failed_jobs_and_already_running_is_not
         v["check_run"]["head_sha"] = json!(w.head_sha);
     })
     .await;
+    // Run 555 named on another target (org3/three has no job of it), with
+    // an id the relay does not know: nothing asked.
+    post_event(&w, "check_run", "check_run.rerequested", |v| {
+        v["check_run"]["id"] = json!(987_654);
+        v["check_run"]["name"] = json!("crcr/org3/three/CI/build");
+        v["check_run"]["external_id"] = json!("555:2");
+        v["check_run"]["head_sha"] = json!(w.head_sha);
+    })
+    .await;
     reconciled(&w).await;
     assert_eq!(w.gh.run_requests("org4/four").len(), 2);
+    // The relay's own record of the check run (GitHub's id) wins over a
+    // changed external_id.
+    let id = run.id;
+    post_event(&w, "check_run", "check_run.rerequested", |v| {
+        v["check_run"]["id"] = json!(id);
+        v["check_run"]["name"] = json!("crcr/org4/four/CI/build");
+        v["check_run"]["external_id"] = json!("not-a-run");
+        v["check_run"]["head_sha"] = json!(w.head_sha);
+    })
+    .await;
+    wait_for("the request found by check run id", || w.gh.run_requests("org4/four").len() == 3).await;
+    assert_eq!(w.gh.run_requests("org4/four")[2].run_id, 555);
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_rerun_waits_at_least_a_minute_before_it_is_tried_again() {
+    use crcr_shared::ports::{EventQueue, QueueSide};
+    let w = world(&[]).await;
+    w.gh.add_workflow_run("org4/four", 555, "completed", Some("failure"));
+    finished_l4_job(&w, 555, "build", "failure").await;
+    let run = runs_named(&w, "crcr/org4/four/CI/build").remove(0);
+    w.gh.inject("org4/four", Fault::SecondaryRateLimit { retry_after_s: 1 });
+    post_event(&w, "check_run", "check_run.rerequested", |v| {
+        v["check_run"]["id"] = json!(run.id);
+        v["check_run"]["name"] = json!(run.name);
+        v["check_run"]["external_id"] = json!(run.external_id);
+        v["check_run"]["head_sha"] = json!(run.head_sha);
+    })
+    .await;
+    wait_for("the rate-limited request", || !w.gh.run_requests("org4/four").is_empty()).await;
+    assert_eq!(w.gh.run_requests("org4/four")[0].status, 403);
+    // Not dropped, not dead-lettered: waiting on the queue (hidden), and not
+    // tried again after the 2 s a store hiccup would wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let q = crcr_shared::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
+    let source = q.stats(QueueSide::Source).await.unwrap();
+    assert_eq!((source.visible, source.in_flight), (0, 1), "{source:?}");
+    assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
+    assert_eq!(w.gh.run_requests("org4/four").len(), 1);
     w.relay.stop().await;
 }
 
@@ -751,5 +800,37 @@ async fn one_sweep_at_a_time_sends_the_outboxes() {
     kv.release_lease(key, other).await.unwrap();
     wait_for("the check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
     wait_for("the HUD record", || w.hud.received().len() == 1).await;
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_close_does_not_untrack_the_reopened_pr() {
+    let w = world(&[]).await;
+    let sha = w.head_sha.clone();
+    let closed =
+        post_event(&w, "pull_request", "pull_request.closed", |v| v["pull_request"]["head"]["sha"] = json!(sha)).await;
+    reconciled(&w).await;
+    // Reopened at the same head: its dispatch is tracked, its L4 job gets a check run.
+    let mut event: Value = serde_json::from_slice(&fixture("pull_request.reopened")).unwrap();
+    event["pull_request"]["head"]["sha"] = json!(w.head_sha);
+    let reopened = uuid();
+    let (status, _) = w.relay.post("pull_request", &reopened, &serde_json::to_vec(&event).unwrap(), false).await;
+    assert_eq!(status, 202);
+    w.relay.settled(&reopened, Duration::from_secs(20)).await;
+    assert_eq!(
+        call(&w, "org4/four", "44", &job_callback(&reopened, "org4/four", 556, "build", "in_progress", None)).await,
+        202
+    );
+    wait_for("the reopened PR's check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
+    // GitHub redelivers the old `closed` (same delivery id): it changes nothing.
+    let mut v: Value = serde_json::from_slice(&fixture("pull_request.closed")).unwrap();
+    v["repository"]["full_name"] = json!(UPSTREAM);
+    v["pull_request"]["head"]["sha"] = json!(w.head_sha);
+    let (status, _) = w.relay.post("pull_request", &closed, &serde_json::to_vec(&v).unwrap(), false).await;
+    assert_eq!(status, 202);
+    reconciled(&w).await;
+    w.relay.reconciler.sweep().await.unwrap();
+    let run = &w.gh.check_runs(UPSTREAM)[0];
+    assert_eq!((run.status.as_str(), run.conclusion.as_deref()), ("in_progress", None), "{run:?}");
     w.relay.stop().await;
 }

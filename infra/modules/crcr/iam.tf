@@ -216,10 +216,11 @@ data "aws_iam_policy_document" "reconciler" {
     ]
   }
 
-  # Redeliver cursor, commit-exists cache.
+  # Redeliver cursor, per-commit check-run records; the sweep's outbox lease
+  # (taken with a conditional PutItem, given back with a conditional DeleteItem).
   statement {
     sid       = "SmallState"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.kv.arn]
   }
 }

@@ -110,6 +110,9 @@ locals {
     CRCR_SECRETS_ARN         = var.secrets_arn
     CRCR_METRICS_NAMESPACE   = var.metrics_namespace
     CRCR_HUD_URL             = var.hud_url
+    # A sweep cannot outlive its invocation: the outbox lease lasts exactly
+    # that long, so a sweep killed by the timeout blocks the next one no longer.
+    CRCR_OUTBOX_LEASE_SECS = tostring(var.reconciler_timeout)
   }
 }
 

@@ -39,6 +39,8 @@ pub(super) mod attr {
     pub const CHECK_RUN: &str = "check_run";
     /// S, [`crate::ports::DispatchMeta::device`] (absent = none).
     pub const DEVICE: &str = "device";
+    /// N, [`crate::ports::DispatchMeta::received_at_ms`] (absent = none).
+    pub const RECEIVED_AT_MS: &str = "received_at_ms";
     pub const EXPIRES_AT: &str = "expires_at";
     /// `YYYY-MM-DD` (UTC) of `dispatched_at_ms`, set with it: the partition
     /// key of the sparse GSI `by_dispatch_day` (see `DISPATCH_DAY_INDEX`).
@@ -82,6 +84,9 @@ pub(super) fn new_item(
     item.insert(attr::CHECK_RUN.into(), AttributeValue::Bool(meta.check_run));
     if let Some(d) = &meta.device {
         item.insert(attr::DEVICE.into(), s(d));
+    }
+    if let Some(t) = meta.received_at_ms {
+        item.insert(attr::RECEIVED_AT_MS.into(), n(t));
     }
     item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + DISPATCH_TTL_SECS));
     item
@@ -162,6 +167,7 @@ pub(super) fn parse_record(item: &Item) -> Result<DispatchRecord, StoreError> {
                 Some(_) => return Err(corrupt(attr::CHECK_RUN, "is not a boolean")),
             },
             device: opt_s(item, attr::DEVICE)?,
+            received_at_ms: opt_n(item, attr::RECEIVED_AT_MS)?,
         },
     })
 }

@@ -518,6 +518,7 @@ mod tests {
                 level: Level::L4,
                 check_run: false,
                 device: None,
+                received_at_ms: None,
             },
         }
     }

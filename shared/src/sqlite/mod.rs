@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS dispatches (
     level TEXT NOT NULL,
     check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run
     device TEXT,                         -- DispatchMeta::device
+    received_at_ms INTEGER,              -- DispatchMeta::received_at_ms
     PRIMARY KEY (delivery_id, target_key)
 );
 CREATE INDEX IF NOT EXISTS dispatches_dispatched_at ON dispatches (dispatched_at_ms)
@@ -73,8 +74,10 @@ CREATE TABLE IF NOT EXISTS blobs (
 
 /// Columns of `dispatches` added after its first release: (name, type and
 /// default as in [`SCHEMA`]). [`Db::open`] adds the missing ones to an older
-/// file, so its existing rows read the default (`check_run` 0, `device` NULL).
-const ADDED_DISPATCH_COLUMNS: [(&str, &str); 2] = [("check_run", "INTEGER NOT NULL DEFAULT 0"), ("device", "TEXT")];
+/// file, so its existing rows read the default (`check_run` 0, `device` and
+/// `received_at_ms` NULL).
+const ADDED_DISPATCH_COLUMNS: [(&str, &str); 3] =
+    [("check_run", "INTEGER NOT NULL DEFAULT 0"), ("device", "TEXT"), ("received_at_ms", "INTEGER")];
 
 /// A shared handle on the database file.
 #[derive(Clone)]
@@ -167,6 +170,7 @@ CREATE INDEX IF NOT EXISTS dispatches_head_sha ON dispatches (head_sha, created_
         for part in [
             "    check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run\n",
             "    device TEXT,                         -- DispatchMeta::device\n",
+            "    received_at_ms INTEGER,              -- DispatchMeta::received_at_ms\n",
             index,
         ] {
             assert!(old_schema.contains(part), "SCHEMA no longer contains {part:?}");
@@ -191,6 +195,7 @@ CREATE INDEX IF NOT EXISTS dispatches_head_sha ON dispatches (head_sha, created_
         assert_eq!(records[0].target, RepoFullName::parse("org/a").unwrap());
         assert!(!records[0].meta.check_run);
         assert_eq!(records[0].meta.device, None);
+        assert_eq!(records[0].meta.received_at_ms, None);
         assert_eq!(store.records_for_commit(sha, 10).await.unwrap(), records);
         let indexed: i64 = db
             .lock()

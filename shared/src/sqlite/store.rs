@@ -29,7 +29,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 const COLUMNS: &str = "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
-    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run, device";
+    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run, device, received_at_ms";
 
 /// The tail of [`DispatchStore::records_for_commit`]'s query (`?1` the
 /// commit, `?2` the limit): the order of the index `dispatches_head_sha`.
@@ -61,6 +61,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
                 level: Level::parse(&level).ok_or_else(|| corrupt("unknown level"))?,
                 check_run: r.get::<_, i64>(15).map_err(|e| corrupt(&e.to_string()))? != 0,
                 device: r.get(16).map_err(|e| corrupt(&e.to_string()))?,
+                received_at_ms: r.get(17).map_err(|e| corrupt(&e.to_string()))?,
             },
         })
     })();
@@ -92,8 +93,9 @@ impl DispatchStore for SqliteDispatchStore {
             None => {
                 tx.execute(
                     "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
-                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device)
-                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device,
+                        received_at_ms)
+                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                     params![
                         delivery.as_str(),
                         target.key(),
@@ -106,7 +108,8 @@ impl DispatchStore for SqliteDispatchStore {
                         meta.pr_number.map(|n| n as i64),
                         meta.level.as_str(),
                         meta.check_run,
-                        meta.device
+                        meta.device,
+                        meta.received_at_ms
                     ],
                 )
                 .map_err(unavailable)?;
