@@ -371,8 +371,10 @@ impl Reconciler {
     }
 
     /// Dispatched L2+ targets with no callback (no job of theirs for that
-    /// delivery), still tracked (not a superseded head or closed PR), whose dispatch is between `never_started_after +
-    /// never_started_lookback` and `never_started_after` old, oldest first.
+    /// delivery), still tracked (not a superseded head or closed PR; not the
+    /// `closed` delivery itself), whose dispatch is between
+    /// `never_started_after + never_started_lookback` and
+    /// `never_started_after` old, oldest first.
     pub async fn never_started(&self) -> Result<Vec<NeverStarted>, StoreError> {
         let now = self.clock.now_ms();
         let to = now - self.settings.never_started_after.as_millis() as i64;

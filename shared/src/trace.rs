@@ -97,7 +97,7 @@ pub struct Trace {
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct NotTracked {
     pub target: crate::domain::RepoFullName,
-    /// "superseded by <sha> (pull request #N)" or "pull request #N closed".
+    /// `superseded by <sha> (pull request #N)` or `pull request #N closed`.
     pub reason: String,
 }
 

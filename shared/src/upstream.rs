@@ -7,7 +7,7 @@
 //! | `pull_request.labeled` `ciflow/crcr/<device>` (or `ciflow/oot/<device>`) | records "check run wanted" for the PR's head commit and that device, then backfills check runs of that commit's L3 jobs of that device from their stored state |
 //! | `pull_request.synchronize` | the previous head (`before`) is superseded: its in-flight jobs stop being tracked, their in-progress check runs complete as `cancelled` ("superseded") |
 //! | `pull_request.closed` | the same for the PR's head; with `CRCR_CANCEL_ON_CLOSE=true` also cancels the L3+ downstream runs still in progress |
-//! | `check_run.rerequested` of a `crcr/...` check run | `rerun-failed-jobs` of the downstream run named by its `external_id` |
+//! | `check_run.rerequested` of a `crcr/...` check run | `rerun-failed-jobs` of its downstream run: the relay's record of that check run (GitHub's id), else the `<run_id>` of its `external_id` on the target its name names |
 //! | `check_suite.rerequested` | `rerun` of every distinct downstream run with a check run on that commit, once |
 //!
 //! Ingest extracts a small typed [`UpstreamEvent`] from the verified payload
@@ -15,7 +15,7 @@
 //! message is always far below the queue's size limit.
 //!
 //! Everything is found from the relay's own records by the upstream commit
-//! SHA ([`DispatchStore::records_for_commit`]): check-run events of fork
+//! SHA ([`crate::ports::DispatchStore::records_for_commit`]): check-run events of fork
 //! PRs carry an empty `pull_requests` list. Only L3+ repositories are ever
 //! re-run or cancelled, with an installation token narrowed to that
 //! repository and `actions: write` ([`crate::runs::WorkflowRuns`]).
@@ -194,7 +194,7 @@ pub struct Tracking {
     /// The delivery that ended it (its own dispatches stay tracked: a
     /// `closed` delivery is dispatched too, for post-merge runs).
     pub by_delivery: DeliveryId,
-    /// Why, for logs and `crcr trace`: "superseded by <sha> (pull request #N)"
+    /// Why, for logs and `crcr trace`: `superseded by <sha> (pull request #N)`
     /// or "pull request #N closed".
     pub reason: String,
 }
