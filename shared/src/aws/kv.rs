@@ -97,6 +97,23 @@ impl DynamoKv {
         self
     }
 
+    /// Unconditional `PutItem` of `state#<key>`, with `expires_at` (epoch s) when given.
+    async fn put_state(&self, key: &str, value: &str, expires_at: Option<i64>) -> Result<(), StoreError> {
+        let mut item = Self::key(format!("{}{key}", prefix::STATE));
+        item.insert(attr::VALUE.into(), s(value));
+        if let Some(t) = expires_at {
+            item.insert(attr::EXPIRES_AT.into(), n(t));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem", e))?;
+        Ok(())
+    }
+
     fn key(pk: String) -> Item {
         Item::from([(attr::PK.to_owned(), AttributeValue::S(pk))])
     }
@@ -285,31 +302,12 @@ impl StateStore for DynamoKv {
     /// table's TTL attribute) = now + `ttl`.
     async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
         let now = self.clock.now_ms().div_euclid(1000);
-        let mut item = Self::key(format!("{}{key}", prefix::STATE));
-        item.insert(attr::VALUE.into(), s(value));
-        item.insert(attr::EXPIRES_AT.into(), n(now + ttl.as_secs() as i64));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("PutItem", e))?;
-        Ok(())
+        self.put_state(key, value, Some(now + ttl.as_secs() as i64)).await
     }
 
     /// Unconditional `PutItem` of `state#<key>`.
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let mut item = Self::key(format!("{}{key}", prefix::STATE));
-        item.insert(attr::VALUE.into(), s(value));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("PutItem", e))?;
-        Ok(())
+        self.put_state(key, value, None).await
     }
 
     /// `PutItem` of `lease#<key>` (value = holder, `expires_at` = now + ttl,

@@ -74,6 +74,18 @@ impl SqliteKv {
             .map_err(unavailable)
     }
 
+    /// `state#<key>` = `value`, expiring at `expires_at` (epoch s) when given.
+    fn put_state(&self, key: &str, value: &str, expires_at: Option<i64>) -> Result<(), StoreError> {
+        let key = format!("{}{key}", prefix::STATE);
+        self.write(self.now_s(), |tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3)",
+                params![key, value, expires_at],
+            )
+            .map(|_| ())
+        })
+    }
+
     fn now_s(&self) -> i64 {
         self.clock.now_ms().div_euclid(1000)
     }
@@ -158,23 +170,11 @@ impl StateStore for SqliteKv {
     }
 
     async fn put_expiring(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError> {
-        let key = format!("{}{key}", prefix::STATE);
-        let now = self.now_s();
-        let until = now + ttl.as_secs() as i64;
-        self.write(now, |tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3)",
-                params![key, value, until],
-            )
-            .map(|_| ())
-        })
+        self.put_state(key, value, Some(self.now_s() + ttl.as_secs() as i64))
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let key = format!("{}{key}", prefix::STATE);
-        self.write(self.now_s(), |tx| {
-            tx.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)", params![key, value]).map(|_| ())
-        })
+        self.put_state(key, value, None)
     }
 
     /// In one immediate transaction (which first deletes expired rows):
