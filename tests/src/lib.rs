@@ -193,3 +193,39 @@ pub fn dispatched_to(gh: &StandIn, delivery: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Callback settings for an end-to-end relay: tokens of `issuer` (the GitHub
+/// Actions trust anchor; no Buildkite), results to `hud` with the bot key
+/// `hud-bot-key`, a sweep every 200 ms; reconciler defaults.
+pub fn callback_config(issuer: &issuer::Issuer, hud: &issuer::Hud) -> crcr_shared::config::CallbackConfig {
+    let mut c = crcr_shared::config::CallbackConfig::default();
+    c.oidc.github_actions = Some(crcr_shared::oidc::TrustAnchor::new(issuer.url.clone()));
+    c.oidc.buildkite = None;
+    c.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
+    c.sweep_interval = Duration::from_millis(200);
+    c
+}
+
+/// `POST <relay>/github/callback` with `Bearer <token>` and `body`: the status
+/// and the JSON answer (`Null` when not JSON).
+pub async fn post_callback(relay: &Relay, token: &str, body: &[u8]) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/github/callback", relay.url))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("relay reachable");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits up to 15 s for `f` to hold; panics naming `what` otherwise.
+pub async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

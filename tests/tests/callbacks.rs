@@ -7,10 +7,8 @@
 
 use std::time::Duration;
 
-use crcr_shared::config::CallbackConfig;
 use crcr_shared::domain::{DeliveryId, Level};
 use crcr_shared::lifecycle::{HudSync, JobState, JobStore};
-use crcr_shared::oidc::TrustAnchor;
 use crcr_shared::reconcile::ReconcilerSettings;
 use crcr_shared::sqlite::SqliteJobStore;
 use crcr_shared::standin::{StandIn, StandInOptions};
@@ -44,11 +42,7 @@ async fn world_with(reconciler: ReconcilerSettings, upstream_installed: bool) ->
     }
     let issuer = Issuer::start().await;
     let hud = Hud::start().await;
-    let mut callbacks = CallbackConfig::default();
-    callbacks.oidc.github_actions = Some(TrustAnchor::new(issuer.url.clone()));
-    callbacks.oidc.buildkite = None;
-    callbacks.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
-    callbacks.sweep_interval = Duration::from_millis(200);
+    let mut callbacks = callback_config(&issuer, &hud);
     callbacks.reconciler = reconciler;
     let relay = Relay::start_with(&gh, ALLOWLIST, test_settings(), None, "s", callbacks).await;
     let delivery = uuid();
@@ -68,24 +62,7 @@ fn body(delivery: &str, status: &str, conclusion: Option<&str>, attempt: u32) ->
 }
 
 async fn call(w: &World, token: &str, body: &[u8]) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .post(format!("{}/github/callback", w.relay.url))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    post_callback(&w.relay, token, body).await
 }
 
 fn jobs(w: &World) -> SqliteJobStore {

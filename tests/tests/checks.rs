@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use crcr_shared::config::CallbackConfig;
 use crcr_shared::lifecycle::{HudSync, JobStore};
-use crcr_shared::oidc::TrustAnchor;
 use crcr_shared::ports::DispatchStore;
 use crcr_shared::sqlite::SqliteJobStore;
 use crcr_tests::issuer::{Hud, Issuer};
-use crcr_tests::{fixture, test_settings, uuid, Relay};
+use crcr_tests::{callback_config, fixture, post_callback, test_settings, uuid, wait_for, Relay};
 use serde_json::{json, Value};
 
 use crcr_shared::checks::{check_run_for, CheckRuns};
@@ -200,11 +199,7 @@ async fn world_cfg(labels: &[&str], tweak: impl FnOnce(&mut CallbackConfig)) -> 
     }
     let issuer = Issuer::start().await;
     let hud = Hud::start().await;
-    let mut callbacks = CallbackConfig::default();
-    callbacks.oidc.github_actions = Some(TrustAnchor::new(issuer.url.clone()));
-    callbacks.oidc.buildkite = None;
-    callbacks.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
-    callbacks.sweep_interval = Duration::from_millis(200);
+    let mut callbacks = callback_config(&issuer, &hud);
     tweak(&mut callbacks);
     let relay = Relay::start_with(&gh, ALLOWLIST, test_settings(), None, "s", callbacks).await;
     let mut event: Value = serde_json::from_slice(&fixture("pull_request.opened")).unwrap();
@@ -228,24 +223,7 @@ fn callback(w: &World, repo: &str, status: &str, conclusion: Option<&str>) -> Ve
 }
 
 async fn call(w: &World, repo: &str, repo_id: &str, body: &[u8]) -> u16 {
-    reqwest::Client::new()
-        .post(format!("{}/github/callback", w.relay.url))
-        .header("authorization", format!("Bearer {}", w.issuer.token(repo, repo_id)))
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    post_callback(&w.relay, &w.issuer.token(repo, repo_id), body).await.0
 }
 
 /// Waits until the delivery's first check-run item is in `sync` (the relay
