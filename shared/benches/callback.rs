@@ -74,7 +74,7 @@ fn callback(c: &mut Criterion) {
         relay.store.claim(&delivery, &repo, &meta, now, Duration::from_secs(60)).await.unwrap();
         relay
             .store
-            .finish(&delivery, &repo, &AttemptOutcome::Dispatched { payload_trimmed: false }, now)
+            .finish(&delivery, &repo, 1, &AttemptOutcome::Dispatched { payload_trimmed: false }, now)
             .await
             .unwrap();
     });

@@ -338,6 +338,7 @@ impl Dispatcher {
                     .finish(
                         delivery,
                         repo,
+                        attempt,
                         AttemptOutcome::Failed { reason: reason.clone() },
                         TargetOutcome::Failed { reason },
                     )
@@ -379,6 +380,7 @@ impl Dispatcher {
                 self.finish(
                     delivery,
                     repo,
+                    attempt,
                     AttemptOutcome::Dispatched { payload_trimmed: body.trimmed },
                     TargetOutcome::Dispatched { attempt, calls },
                 )
@@ -389,6 +391,7 @@ impl Dispatcher {
                 self.finish(
                     delivery,
                     repo,
+                    attempt,
                     AttemptOutcome::Failed { reason: reason.clone() },
                     TargetOutcome::Failed { reason },
                 )
@@ -399,6 +402,7 @@ impl Dispatcher {
                 self.finish(
                     delivery,
                     repo,
+                    attempt,
                     AttemptOutcome::Retry { reason: reason.clone() },
                     TargetOutcome::Retry { reason, retry_after_ms: retry_after.map(|d| d.as_millis() as u64) },
                 )
@@ -414,10 +418,11 @@ impl Dispatcher {
         &self,
         delivery: &DeliveryId,
         repo: &RepoFullName,
+        attempt: u32,
         outcome: AttemptOutcome,
         report: TargetOutcome,
     ) -> TargetOutcome {
-        let write = || self.store.finish(delivery, repo, &outcome, self.clock.now_ms());
+        let write = || self.store.finish(delivery, repo, attempt, &outcome, self.clock.now_ms());
         let backoff = ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(3);
         match write.retry(backoff).sleep(tokio::time::sleep).await {
             Ok(()) => report,

@@ -387,12 +387,17 @@ pub trait DispatchStore: Send + Sync {
         now_ms: i64,
         lease: Duration,
     ) -> Result<Claim, StoreError>;
-    /// Ends the attempt started by `claim`. Does nothing if the record is not
-    /// pending any more (a later attempt already finished it).
+    /// Ends attempt number `attempt` (from [`Claim::Acquired`]). Does nothing
+    /// if the record is not pending any more (an attempt already finished
+    /// it); a `Failed` or `Retry` of an attempt whose lease expired and was
+    /// taken over by a later one (`attempts` moved on) does nothing either,
+    /// so it never releases the newer attempt's lease. A `Dispatched` is
+    /// always recorded while pending: GitHub took it, whichever attempt sent it.
     async fn finish(
         &self,
         delivery: &DeliveryId,
         target: &RepoFullName,
+        attempt: u32,
         outcome: &AttemptOutcome,
         now_ms: i64,
     ) -> Result<(), StoreError>;

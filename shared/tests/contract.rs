@@ -588,12 +588,12 @@ mod cases {
             let t = repo(&format!("org/ok{i}"));
             let when = midnight + offset;
             assert_eq!(s.claim(&d, &t, &meta(), when - 10, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
-            s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: false }, when).await.unwrap();
+            s.finish(&d, &t, 1, &AttemptOutcome::Dispatched { payload_trimmed: false }, when).await.unwrap();
             at.push((t, when));
         }
         let (failed, pending) = (repo("org/failed"), repo("org/pending"));
         s.claim(&d, &failed, &meta(), midnight - 50, LONG).await.unwrap();
-        s.finish(&d, &failed, &AttemptOutcome::Failed { reason: "404".into() }, midnight - 40).await.unwrap();
+        s.finish(&d, &failed, 1, &AttemptOutcome::Failed { reason: "404".into() }, midnight - 40).await.unwrap();
         s.claim(&d, &pending, &meta(), midnight - 30, LONG).await.unwrap();
         let list = |from: i64, to: i64, limit: usize| {
             let s = &s;
@@ -649,7 +649,7 @@ mod cases {
         }
         let finish = |d: &DeliveryId, target: &str, outcome: AttemptOutcome, at: i64| {
             let (s, d, target) = (&s, d.clone(), repo(target));
-            async move { s.finish(&d, &target, &outcome, at).await.unwrap() }
+            async move { s.finish(&d, &target, 1, &outcome, at).await.unwrap() }
         };
         finish(&hi, "org/c", AttemptOutcome::Failed { reason: "404".into() }, t + 300).await;
         finish(&lo, "org/z", AttemptOutcome::Dispatched { payload_trimmed: false }, t + 301).await;
@@ -726,7 +726,7 @@ mod cases {
         let (d, t) = (delivery(), repo("org/a"));
         let now = 1_700_000_000_000;
         assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
-        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: false }, now + 10).await.unwrap();
+        s.finish(&d, &t, 1, &AttemptOutcome::Dispatched { payload_trimmed: false }, now + 10).await.unwrap();
         assert_eq!(s.claim(&d, &t, &meta(), now + 20, LONG).await.unwrap(), Claim::AlreadyDispatched);
         assert_eq!(s.claim(&d, &t, &meta(), now + 3_600_000, LONG).await.unwrap(), Claim::AlreadyDispatched);
         let r = one_record(&*s, &d).await;
@@ -740,7 +740,7 @@ mod cases {
         let now = 1_700_000_000_000;
         assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
         let reason = "GitHub rejected the request (404): Not Found";
-        s.finish(&d, &t, &AttemptOutcome::Failed { reason: reason.into() }, now + 10).await.unwrap();
+        s.finish(&d, &t, 1, &AttemptOutcome::Failed { reason: reason.into() }, now + 10).await.unwrap();
         assert_eq!(s.claim(&d, &t, &meta(), now + 20, LONG).await.unwrap(), Claim::AlreadyFailed);
         assert_eq!(s.claim(&d, &t, &meta(), now + 3_600_000, LONG).await.unwrap(), Claim::AlreadyFailed);
         let r = one_record(&*s, &d).await;
@@ -758,7 +758,7 @@ mod cases {
         let (d, t) = (delivery(), repo("org/a"));
         let now = 1_700_000_000_000;
         assert_eq!(s.claim(&d, &t, &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
-        s.finish(&d, &t, &AttemptOutcome::Retry { reason: "502 Bad Gateway".into() }, now + 5).await.unwrap();
+        s.finish(&d, &t, 1, &AttemptOutcome::Retry { reason: "502 Bad Gateway".into() }, now + 5).await.unwrap();
         let r = one_record(&*s, &d).await;
         assert_eq!(r.status, DispatchStatus::Pending);
         assert_eq!(r.last_error.as_deref(), Some("502 Bad Gateway"));
@@ -845,19 +845,41 @@ mod cases {
         assert_eq!(s.claim(&d, &t, &meta(), now, lease).await.unwrap(), Claim::Acquired { attempt: 1 });
         let later = now + 30_001;
         assert_eq!(s.claim(&d, &t, &meta(), later, lease).await.unwrap(), Claim::Acquired { attempt: 2 });
-        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: true }, later + 100).await.unwrap();
+        // Attempt 1 (its lease expired) wakes up with a 5xx while attempt 2
+        // runs: attempt 2 keeps the record and its lease.
+        s.finish(&d, &t, 1, &AttemptOutcome::Retry { reason: "late 502".into() }, later + 50).await.expect("stale");
+        s.finish(&d, &t, 1, &AttemptOutcome::Failed { reason: "late 422".into() }, later + 60).await.expect("stale");
+        let running = one_record(&*s, &d).await;
+        assert_eq!((running.status, running.attempts), (DispatchStatus::Pending, 2));
+        assert_eq!(running.lease_until_ms, later + 30_000, "attempt 2's lease is not released");
+        assert_eq!(running.last_error, None);
+        assert_eq!(
+            s.claim(&d, &t, &meta(), later + 70, lease).await.unwrap(),
+            Claim::Leased { until_ms: later + 30_000 }
+        );
+        s.finish(&d, &t, 2, &AttemptOutcome::Dispatched { payload_trimmed: true }, later + 100).await.unwrap();
         let done = one_record(&*s, &d).await;
-        // The first attempt wakes up and reports: nothing changes.
-        s.finish(&d, &t, &AttemptOutcome::Failed { reason: "late".into() }, later + 200).await.expect("stale finish");
-        s.finish(&d, &t, &AttemptOutcome::Retry { reason: "late".into() }, later + 300).await.expect("stale finish");
-        s.finish(&d, &t, &AttemptOutcome::Dispatched { payload_trimmed: false }, later + 400).await.unwrap();
+        // Once finished, nothing changes it.
+        s.finish(&d, &t, 1, &AttemptOutcome::Failed { reason: "late".into() }, later + 200)
+            .await
+            .expect("stale finish");
+        s.finish(&d, &t, 2, &AttemptOutcome::Retry { reason: "late".into() }, later + 300).await.expect("stale finish");
+        s.finish(&d, &t, 1, &AttemptOutcome::Dispatched { payload_trimmed: false }, later + 400).await.unwrap();
         assert_eq!(one_record(&*s, &d).await, done);
         assert_eq!(done.status, DispatchStatus::Dispatched);
         assert_eq!(done.dispatched_at_ms, Some(later + 100));
         assert!(done.payload_trimmed);
+        // A 204 an expired attempt got is recorded: GitHub took it.
+        let (d2, t2) = (delivery(), repo("org/b"));
+        s.claim(&d2, &t2, &meta(), now, lease).await.unwrap();
+        s.claim(&d2, &t2, &meta(), later, lease).await.unwrap();
+        s.finish(&d2, &t2, 1, &AttemptOutcome::Dispatched { payload_trimmed: false }, later + 10).await.unwrap();
+        assert_eq!(one_record(&*s, &d2).await.status, DispatchStatus::Dispatched);
         // No record: finish is a no-op and creates none.
         let other = delivery();
-        s.finish(&other, &t, &AttemptOutcome::Retry { reason: "x".into() }, now).await.expect("finish without record");
+        s.finish(&other, &t, 1, &AttemptOutcome::Retry { reason: "x".into() }, now)
+            .await
+            .expect("finish without record");
         assert!(s.records(&other).await.unwrap().is_empty());
     }
 
@@ -911,10 +933,10 @@ mod cases {
         assert_eq!(recs[2], expected_zeta);
         assert_eq!(recs[2].meta, bare_meta());
 
-        s.finish(&d, &repo("ORG/REPO"), &AttemptOutcome::Dispatched { payload_trimmed: true }, now + 500)
+        s.finish(&d, &repo("ORG/REPO"), 1, &AttemptOutcome::Dispatched { payload_trimmed: true }, now + 500)
             .await
             .unwrap();
-        s.finish(&d, &repo("zeta/last"), &AttemptOutcome::Failed { reason: "422: Unprocessable".into() }, now + 600)
+        s.finish(&d, &repo("zeta/last"), 1, &AttemptOutcome::Failed { reason: "422: Unprocessable".into() }, now + 600)
             .await
             .unwrap();
         let recs = s.records(&d).await.unwrap();

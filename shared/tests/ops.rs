@@ -180,8 +180,8 @@ async fn attempt(
     outcome: AttemptOutcome,
 ) {
     let claim = s.claim(d, &repo(target), m, at_ms, Duration::from_secs(60)).await.unwrap();
-    assert!(matches!(claim, Claim::Acquired { .. }), "{claim:?}");
-    s.finish(d, &repo(target), &outcome, at_ms).await.unwrap();
+    let Claim::Acquired { attempt } = claim else { panic!("{claim:?}") };
+    s.finish(d, &repo(target), attempt, &outcome, at_ms).await.unwrap();
 }
 
 async fn stats(q: &dyn EventQueue, side: QueueSide) -> QueueStats {

@@ -273,6 +273,7 @@ impl DispatchStore for DynamoDispatchStore {
         &self,
         delivery: &DeliveryId,
         target: &RepoFullName,
+        attempt: u32,
         outcome: &AttemptOutcome,
         now_ms: i64,
     ) -> Result<(), StoreError> {
@@ -281,7 +282,6 @@ impl DispatchStore for DynamoDispatchStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(delivery, target)))
-            .condition_expression("#status = :pending")
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
             .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
@@ -291,6 +291,15 @@ impl DispatchStore for DynamoDispatchStore {
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":expires", n(now_epoch_secs() + DISPATCH_TTL_SECS));
         const COMMON: &str = "SET #lease = :zero, #updated = :now, #expires = :expires";
+        // A 204 is recorded whichever attempt got it; anything else only by
+        // the attempt that still holds the record.
+        req = match outcome {
+            AttemptOutcome::Dispatched { .. } => req.condition_expression("#status = :pending"),
+            _ => req
+                .condition_expression("#status = :pending AND #attempts = :attempt")
+                .expression_attribute_names("#attempts", attr::ATTEMPTS)
+                .expression_attribute_values(":attempt", n(attempt)),
+        };
         req = match outcome {
             AttemptOutcome::Dispatched { payload_trimmed } => req
                 .update_expression(format!(

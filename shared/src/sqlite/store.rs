@@ -141,14 +141,17 @@ impl DispatchStore for SqliteDispatchStore {
         &self,
         delivery: &DeliveryId,
         target: &RepoFullName,
+        attempt: u32,
         outcome: &AttemptOutcome,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let conn = self.db.lock();
         // A finished attempt (any outcome) releases the lease: lease_until_ms = 0.
+        // ?8: whether only attempt ?9 may write (all outcomes but a 204).
         let sql = "UPDATE dispatches SET status = ?3, last_error = COALESCE(?4, last_error), lease_until_ms = 0,
                    updated_at_ms = ?5, dispatched_at_ms = ?6, payload_trimmed = ?7
-                   WHERE delivery_id = ?1 AND target_key = ?2 AND status = 'pending'";
+                   WHERE delivery_id = ?1 AND target_key = ?2 AND status = 'pending' AND (?8 = 0 OR attempts = ?9)";
+        let own_attempt_only = !matches!(outcome, AttemptOutcome::Dispatched { .. });
         let (status, error, dispatched_at, trimmed) = match outcome {
             AttemptOutcome::Dispatched { payload_trimmed } => ("dispatched", None, Some(now_ms), *payload_trimmed),
             AttemptOutcome::Failed { reason } => ("failed", Some(reason.as_str()), None, false),
@@ -156,7 +159,17 @@ impl DispatchStore for SqliteDispatchStore {
         };
         conn.execute(
             sql,
-            params![delivery.as_str(), target.key(), status, error, now_ms, dispatched_at, trimmed as i64],
+            params![
+                delivery.as_str(),
+                target.key(),
+                status,
+                error,
+                now_ms,
+                dispatched_at,
+                trimmed as i64,
+                own_attempt_only as i64,
+                attempt
+            ],
         )
         .map_err(unavailable)?;
         Ok(())
