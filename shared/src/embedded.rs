@@ -251,13 +251,17 @@ pub async fn run_sweeps(
             _ = stop.changed() => break,
         }
         match reconciler.sweep().await {
-            Ok(r) if r.timed_out == 0 && r.hud == Default::default() => {}
+            Ok(r) if r.timed_out == 0 && r.hud == Default::default() && r.check_runs == Default::default() => {}
             Ok(r) => tracing::info!(
                 timed_out = r.timed_out,
                 never_started = r.never_started.len(),
                 hud_sent = r.hud.sent,
                 hud_rejected = r.hud.rejected,
                 hud_pending = r.hud.still_pending,
+                check_runs_created = r.check_runs.created,
+                check_runs_updated = r.check_runs.updated,
+                check_runs_rejected = r.check_runs.rejected,
+                check_runs_pending = r.check_runs.still_pending,
                 metric = "hud_sync",
                 "sweep"
             ),

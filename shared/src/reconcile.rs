@@ -49,9 +49,11 @@ pub struct ReconcilerSettings {
     /// head still in progress (`CRCR_CANCEL_ON_CLOSE`, default false).
     pub cancel_on_close: bool,
     /// How long a sweep holds the outbox lease ([`OUTBOX_LEASE_KEY`];
-    /// `CRCR_OUTBOX_LEASE_SECS`, default 300 s): at least as long as a sweep
+    /// `CRCR_OUTBOX_LEASE_SECS`, default 60 s): at least as long as a sweep
     /// can run (on Lambda: the function timeout, which infra passes), so two
-    /// never overlap; a sweep that died blocks the next ones at most this long.
+    /// never overlap; a sweep that died blocks the next ones at most this
+    /// long (`crcr serve` sweeps one at a time anyway: the default only
+    /// bounds the wait after a crash).
     pub outbox_lease: Duration,
 }
 
@@ -64,7 +66,7 @@ impl Default for ReconcilerSettings {
             never_started_after: Duration::from_secs(3600),
             never_started_lookback: Duration::from_secs(24 * 3600),
             cancel_on_close: false,
-            outbox_lease: Duration::from_secs(300),
+            outbox_lease: Duration::from_secs(60),
         }
     }
 }
