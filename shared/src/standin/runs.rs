@@ -58,6 +58,11 @@ enum Kind {
 }
 
 impl Kind {
+    /// The kind named by the last path segment.
+    fn parse(segment: &str) -> Option<Self> {
+        [Kind::Rerun, Kind::RerunFailedJobs, Kind::Cancel].into_iter().find(|k| k.as_str() == segment)
+    }
+
     /// The last path segment, as recorded.
     fn as_str(self) -> &'static str {
         match self {
@@ -76,31 +81,18 @@ impl Kind {
     }
 }
 
-pub(crate) async fn rerun(
+/// `POST /repos/{owner}/{repo}/actions/runs/{run_id}/{rerun | rerun-failed-jobs | cancel}`;
+/// any other last segment is a path GitHub does not have (404).
+pub(crate) async fn request(
     State(shared): State<Arc<Shared>>,
     Extension(auth): Extension<Auth>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    Path((owner, name, run_id)): Path<(String, String, String)>,
+    Path((owner, name, run_id, action)): Path<(String, String, String, String)>,
 ) -> Response {
-    handle(&shared, &auth, &request_id, format!("{owner}/{name}"), &run_id, Kind::Rerun).await
-}
-
-pub(crate) async fn rerun_failed_jobs(
-    State(shared): State<Arc<Shared>>,
-    Extension(auth): Extension<Auth>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    Path((owner, name, run_id)): Path<(String, String, String)>,
-) -> Response {
-    handle(&shared, &auth, &request_id, format!("{owner}/{name}"), &run_id, Kind::RerunFailedJobs).await
-}
-
-pub(crate) async fn cancel(
-    State(shared): State<Arc<Shared>>,
-    Extension(auth): Extension<Auth>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    Path((owner, name, run_id)): Path<(String, String, String)>,
-) -> Response {
-    handle(&shared, &auth, &request_id, format!("{owner}/{name}"), &run_id, Kind::Cancel).await
+    let Some(kind) = Kind::parse(&action) else {
+        return super::server::not_found().await;
+    };
+    handle(&shared, &auth, &request_id, format!("{owner}/{name}"), &run_id, kind).await
 }
 
 /// Token checks, faults, then the run's state change; records the call

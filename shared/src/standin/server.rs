@@ -57,16 +57,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{owner}/{repo}/check-runs", post(checks::create))
         .route("/repos/{owner}/{repo}/check-runs/{id}", patch(checks::update))
         .route("/repos/{owner}/{repo}/check-suites/{check_suite_id}/check-runs", get(checks::list_in_suite))
-        .route("/repos/{owner}/{repo}/actions/runs/{run_id}/rerun", post(runs::rerun))
-        .route("/repos/{owner}/{repo}/actions/runs/{run_id}/rerun-failed-jobs", post(runs::rerun_failed_jobs))
-        .route("/repos/{owner}/{repo}/actions/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/repos/{owner}/{repo}/actions/runs/{run_id}/{action}", post(runs::request))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), around))
         .with_state(shared)
 }
 
-async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     gh_error(404, "Not Found", DOC_REST)
 }
 
