@@ -356,7 +356,7 @@ impl crate::checks::CheckRuns for GitHubAppClient {
         let uri = format!("/repos/{}/{}/check-runs", repo.owner(), repo.name());
         let (status, headers, bytes) = self.send(client._post(uri, Some(run)).await).await?;
         if !status.is_success() {
-            return Err(self.checks_error(repo, status, &headers, &bytes));
+            return Err(self.repo_call_error(repo, status, &headers, &bytes));
         }
         serde_json::from_slice::<Value>(&bytes)
             .ok()
@@ -382,7 +382,7 @@ impl crate::checks::CheckRuns for GitHubAppClient {
         if status.is_success() {
             Ok(())
         } else {
-            Err(self.checks_error(repo, status, &headers, &bytes))
+            Err(self.repo_call_error(repo, status, &headers, &bytes))
         }
     }
 }
@@ -405,7 +405,13 @@ impl GitHubAppClient {
     }
 
     /// [`classify`], forgetting the token on 401 and the installation on 404.
-    fn checks_error(&self, repo: &RepoFullName, status: StatusCode, headers: &HeaderMap, bytes: &[u8]) -> GitHubError {
+    fn repo_call_error(
+        &self,
+        repo: &RepoFullName,
+        status: StatusCode,
+        headers: &HeaderMap,
+        bytes: &[u8],
+    ) -> GitHubError {
         if status == StatusCode::UNAUTHORIZED {
             self.forget_token(repo);
         }
@@ -451,8 +457,8 @@ impl GitHubAppClient {
         let uri = format!("/repos/{}/{}/actions/runs/{run_id}/{action}", repo.owner(), repo.name());
         let (status, headers, bytes) = self.send(client._post(uri, None::<&()>).await).await?;
         run_answer(status, &headers, &bytes, action == "cancel").map_err(|_| {
-            // Forget the token on 401 and the installation on 404, as for check runs.
-            self.checks_error(repo, status, &headers, &bytes)
+            // Forget the token on 401 and the installation on 404.
+            self.repo_call_error(repo, status, &headers, &bytes)
         })
     }
 }

@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::Db;
-use crate::checks::{CheckRunRequest, CheckStatus};
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::lifecycle::{
     CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
@@ -255,29 +254,45 @@ impl SqliteJobStore {
         )
         .map_err(unavailable)?;
         if let Some(c) = check {
-            tx.execute(
-                &format!(
-                    "INSERT INTO check_outbox ({CHECK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 1, ?5, 'pending', ?6, ?7, ?8, ?9)
-                     ON CONFLICT (id) DO UPDATE SET request = excluded.request, version = version + 1,
-                        sync = 'pending', updated_at_ms = excluded.updated_at_ms"
-                ),
-                params![
-                    c.id,
-                    c.delivery_id.as_str(),
-                    c.repo.as_str(),
-                    serde_json::to_string(&c.request).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    c.check_run_id.map(|n| n as i64),
-                    c.attempts,
-                    c.last_error,
-                    c.created_at_ms,
-                    c.updated_at_ms
-                ],
-            )
-            .map_err(unavailable)?;
+            upsert_check(&tx, c, false)?;
         }
         tx.commit().map_err(unavailable)?;
         Ok(true)
     }
+}
+
+/// Inserts check-run item `c` as given or, when one with its id exists,
+/// takes its request with version + 1, sync pending and its
+/// `updated_at_ms` (GitHub's id, attempts, last error and creation time
+/// kept). With `forward_only`, the existing one is changed only from an
+/// in-progress request to a completed one. Returns the rows written (0 or 1).
+fn upsert_check(conn: &rusqlite::Connection, c: &CheckRunItem, forward_only: bool) -> Result<usize, StoreError> {
+    let request = serde_json::to_string(&c.request)
+        .map_err(|e| StoreError::Corrupt(format!("check-run item {}: request: {e}", c.id)))?;
+    conn.execute(
+        &format!(
+            "INSERT INTO check_outbox ({CHECK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (id) DO UPDATE SET request = excluded.request, version = version + 1,
+                sync = 'pending', updated_at_ms = excluded.updated_at_ms
+             WHERE ?12 = 0 OR (json_extract(check_outbox.request, '$.status') = 'in_progress'
+                AND json_extract(excluded.request, '$.status') = 'completed')"
+        ),
+        params![
+            c.id,
+            c.delivery_id.as_str(),
+            c.repo.as_str(),
+            request,
+            c.version,
+            c.check_run_id.map(|n| n as i64),
+            c.sync.as_str(),
+            c.attempts,
+            c.last_error,
+            c.created_at_ms,
+            c.updated_at_ms,
+            forward_only as i64
+        ],
+    )
+    .map_err(unavailable)
 }
 
 #[async_trait]
@@ -320,54 +335,11 @@ impl JobStore for SqliteJobStore {
     /// 'pending'`, `updated_at_ms` (the other columns kept); otherwise no
     /// write. A stored request that is not a check run's JSON is
     /// [`StoreError::Corrupt`].
+    /// One upsert, its update conditioned on the stored request being in
+    /// progress and the new one completed (`json_extract` of `status`).
     async fn advance_check_run(&self, check: &CheckRunItem) -> Result<bool, StoreError> {
-        let request = serde_json::to_string(&check.request)
-            .map_err(|e| StoreError::Corrupt(format!("check-run item {}: request: {e}", check.id)))?;
-        let mut conn = self.db.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
-        let stored: Option<String> = tx
-            .query_row("SELECT request FROM check_outbox WHERE id = ?1", [&check.id], |r| r.get(0))
-            .optional()
-            .map_err(unavailable)?;
-        match stored {
-            None => {
-                tx.execute(
-                    &format!(
-                        "INSERT INTO check_outbox ({CHECK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-                    ),
-                    params![
-                        check.id,
-                        check.delivery_id.as_str(),
-                        check.repo.as_str(),
-                        request,
-                        check.version,
-                        check.check_run_id.map(|n| n as i64),
-                        check.sync.as_str(),
-                        check.attempts,
-                        check.last_error,
-                        check.created_at_ms,
-                        check.updated_at_ms
-                    ],
-                )
-                .map_err(unavailable)?;
-            }
-            Some(stored) => {
-                let stored: CheckRunRequest = serde_json::from_str(&stored).map_err(|e| {
-                    StoreError::Corrupt(format!("check-run item {}: stored request is not a check run: {e}", check.id))
-                })?;
-                if !(stored.status == CheckStatus::InProgress && check.request.status == CheckStatus::Completed) {
-                    return Ok(false); // the transaction rolls back on drop; nothing was written
-                }
-                tx.execute(
-                    "UPDATE check_outbox SET request = ?2, version = version + 1, sync = 'pending', updated_at_ms = ?3
-                     WHERE id = ?1",
-                    params![check.id, request, check.updated_at_ms],
-                )
-                .map_err(unavailable)?;
-            }
-        }
-        tx.commit().map_err(unavailable)?;
-        Ok(true)
+        let conn = self.db.lock();
+        Ok(upsert_check(&conn, check, true)? == 1)
     }
 
     async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
