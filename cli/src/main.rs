@@ -4,6 +4,7 @@
 
 mod demo;
 mod ops;
+mod progress;
 mod redeliver;
 
 use anyhow::Context;
@@ -57,6 +58,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// HUD records the relay gave up on: put them back in the outbox (SQLite file, or --aws).
+    Hud(ops::HudArgs),
     /// Ask GitHub to redeliver the App's webhook deliveries that failed (past 3 days at most).
     Redeliver(redeliver::RedeliverArgs),
     /// Review an allowlist (validate, show, diff against the one in use).
@@ -109,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(args) => {
             init_tracing("off");
             exit_with(ops::run_status(args, &Env::process(), &mut std::io::stdout().lock()).await)
+        }
+        Command::Hud(args) => {
+            init_tracing("off");
+            exit_with(ops::run_hud(args, &Env::process(), &mut std::io::stdout().lock()).await)
         }
         Command::Trace { delivery_id, database, aws, dispatch_table, jobs_table, kv_table, endpoint_url, json } => {
             init_tracing("off");

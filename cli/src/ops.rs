@@ -1,10 +1,10 @@
-//! On-call commands: `crcr dlq list|show|replay|purge`, `crcr status`,
+//! On-call commands: `crcr dlq list|show|replay|purge`, `crcr status`, `crcr hud retry`,
 //! `crcr allowlist check`. Wiring only: flags → `crcr_shared::ops` → text
-//! (tables for people) or JSON (`--json`, for scripts) on stdout; errors and
-//! progress on stderr. Exit codes: 0 done, 1 failed (or partly failed), 2
+//! (tables for people) or JSON (`--json`, for scripts) on stdout; errors on
+//! stderr, and a progress bar there for people (`crate::progress`). Exit codes: 0 done, 1 failed (or partly failed), 2
 //! refused (purge without `--yes`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -14,11 +14,14 @@ use crcr_shared::config::Env;
 use crcr_shared::domain::RepoFullName;
 use crcr_shared::ops::allowlist::{diff, render_check, AllowlistSummary, CheckReport};
 use crcr_shared::ops::backend::{self, OpsPorts, QueueName};
-use crcr_shared::ops::dlq::{self, Dlq, DlqFilter, Progress, ReplayOptions, ScanOptions};
+use crcr_shared::ops::dlq::{self, Dlq, DlqFilter, ReplayOptions, ScanOptions};
+use crcr_shared::ops::hud::{self as hud_ops, HudRetryFilter};
 use crcr_shared::ops::status::{self, AllowlistStatus, StatusOptions};
 use crcr_shared::ops::{parse_duration, parse_rate};
 use crcr_shared::ports::{Clock, SystemClock};
 use serde::Serialize;
+
+use crate::progress::progress_for;
 
 /// Exit code of a command that was refused (purge without `--yes`).
 pub const EXIT_REFUSED: i32 = 2;
@@ -175,6 +178,44 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `crcr hud ...`
+#[derive(Args, Debug)]
+pub struct HudArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(subcommand)]
+    pub command: HudCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HudCommand {
+    /// Put HUD records parked as failed (HUD kept answering 5xx or nothing past CRCR_HUD_MAX_ATTEMPTS /
+    /// CRCR_HUD_MAX_AGE_SECS) back in the outbox: the relay's next sweeps send them, in each job's lifecycle order.
+    /// The jobs table is CRCR_JOBS_TABLE with --aws.
+    Retry {
+        /// Only this delivery's records (X-GitHub-Delivery, or the commit SHA of a nightly/periodic job).
+        #[arg(long)]
+        delivery: Option<String>,
+        /// Only records of this downstream repository (owner/repo).
+        #[arg(long, value_parser = parse_repo)]
+        repo: Option<RepoFullName>,
+        /// Only records written within this long (90s, 15m, 2h, 3d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Rejected records (HUD answered 4xx) too.
+        #[arg(long)]
+        rejected: bool,
+        /// Read at most this many parked records (of each state).
+        #[arg(long, default_value_t = 10_000)]
+        max_scan: usize,
+        /// Show what would be put back; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AllowlistCommand {
     /// Validate an allowlist; print its levels, devices and oncalls, and the changes against the one in use.
@@ -206,23 +247,6 @@ fn json_out(out: &mut dyn Write, v: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress line on stderr: rewritten in place on a terminal, else every
-/// 100 messages and at the end.
-fn progress_printer(verb: &'static str) -> impl FnMut(Progress) + Send {
-    let tty = std::io::stderr().is_terminal();
-    move |p: Progress| {
-        let line = format!("{verb} {}/{}: ok {}, skipped {}, failed {}", p.done, p.total, p.ok, p.skipped, p.failed);
-        if tty {
-            eprint!("\r{line}");
-            if p.done == p.total {
-                eprintln!();
-            }
-        } else if p.done.rem_euclid(100) == 0 || p.done == p.total {
-            eprintln!("{line}");
-        }
-    }
-}
-
 /// Runs `crcr dlq ...`; returns the exit code.
 pub async fn run_dlq(args: DlqArgs, env: &Env<'_>, out: &mut dyn Write) -> anyhow::Result<i32> {
     let ports = open(&args.backend, args.queue.into(), env).await?;
@@ -251,9 +275,9 @@ pub async fn run_dlq(args: DlqArgs, env: &Env<'_>, out: &mut dyn Write) -> anyho
         }
         DlqCommand::Replay { filter, dry_run, rate, json } => {
             let opts = ReplayOptions { dry_run, rate_per_sec: rate.0 };
-            let mut progress = progress_printer("replay");
+            let mut progress = progress_for(json, "replay");
             let r = d
-                .replay(&(&filter).into(), &work, &opts, &mut progress)
+                .replay(&(&filter).into(), &work, &opts, &mut *progress)
                 .await
                 .with_context(|| ports.description.clone())?;
             if json {
@@ -265,9 +289,9 @@ pub async fn run_dlq(args: DlqArgs, env: &Env<'_>, out: &mut dyn Write) -> anyho
         }
         DlqCommand::Purge { filter, yes, json } => {
             let opts = ReplayOptions { dry_run: !yes, rate_per_sec: None };
-            let mut progress = progress_printer("purge");
+            let mut progress = progress_for(json, "purge");
             let r = d
-                .purge(&(&filter).into(), &work, &opts, &mut progress)
+                .purge(&(&filter).into(), &work, &opts, &mut *progress)
                 .await
                 .with_context(|| ports.description.clone())?;
             if json {
@@ -325,6 +349,33 @@ pub async fn run_status(args: StatusArgs, env: &Env<'_>, out: &mut dyn Write) ->
 }
 
 /// Runs `crcr allowlist ...`; returns the exit code (1 when the allowlist is not valid).
+/// `crcr hud retry`: exit 0 (also when nothing matched), 1 when the job
+/// store cannot be opened or read.
+pub async fn run_hud(args: HudArgs, env: &Env<'_>, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let HudCommand::Retry { delivery, repo, since, rejected, max_scan, dry_run, json } = args.command;
+    let jobs = status::job_store(args.backend.aws, &args.backend.database, env)
+        .await?
+        .context("--aws needs CRCR_JOBS_TABLE (the jobs table)")?;
+    let now = SystemClock.now_ms();
+    let filter = HudRetryFilter {
+        delivery: delivery
+            .map(|d| crcr_shared::domain::DeliveryId::parse(&d))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--delivery: {e}"))?,
+        repo,
+        created_since_ms: since.map(|s| now - s.as_millis() as i64),
+        include_rejected: rejected,
+    };
+    let mut progress = progress_for(json, "hud retry");
+    let report = hud_ops::retry(&*jobs, &filter, max_scan, dry_run, now, &mut *progress).await?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(out, "{}", hud_ops::render(&report))?;
+    }
+    Ok(0)
+}
+
 pub async fn run_allowlist(cmd: AllowlistCommand, env: &Env<'_>, out: &mut dyn Write) -> anyhow::Result<i32> {
     let AllowlistCommand::Check { source, against, json } = cmd;
     let proposed = match load_allowlist(&source, env).await {

@@ -1,7 +1,7 @@
 //! `crcr redeliver`: ask GitHub to redeliver the App's webhook deliveries
 //! that never got a 2xx answer. Wiring only: flags and `CRCR_GITHUB_*` →
 //! `crcr_shared::redeliver` → a table for people or JSON (`--json`) on
-//! stdout. Exit codes: 0 done, 1 something failed (listed in the output).
+//! stdout, a progress bar on stderr for people (`crate::progress`). Exit codes: 0 done, 1 something failed (listed in the output).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,7 +47,10 @@ pub async fn run(args: RedeliverArgs, env: &Env<'_>, out: &mut impl Write) -> an
         Arc::new(InMemoryStateStore::default())
     };
     let redeliverer = Redeliverer::for_app(&app, state)?;
-    let report = redeliverer.run(&RunOptions { since: args.since, dry_run: args.dry_run }).await?;
+    let mut progress = crate::progress::progress_for(args.json, "redeliver");
+    let report =
+        redeliverer.run_with_progress(&RunOptions { since: args.since, dry_run: args.dry_run }, &mut *progress).await?;
+    drop(progress);
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;

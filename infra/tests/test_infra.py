@@ -55,12 +55,15 @@ ENVIRONMENT = {
     "CRCR_OIDC_AUDIENCE",
     "CRCR_METRICS_NAMESPACE",
     "CRCR_OUTBOX_LEASE_SECS",
+    "CRCR_HUD_MAX_ATTEMPTS",
+    "CRCR_HUD_MAX_AGE_SECS",
 }
 
 DLQ_RETENTION_SECONDS = 1209600  # 14 days
 CUSTOM_METRICS = {
     # metric -> comparison that fires the alarm
     "HudOutboxBacklog": "GreaterThanThreshold",
+    "HudOutboxFailed": "GreaterThanThreshold",
     "NeverStartedDispatches": "GreaterThanThreshold",
     "GitHubRateLimitRemaining": "LessThanThreshold",
 }

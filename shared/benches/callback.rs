@@ -53,6 +53,7 @@ fn callback(c: &mut Criterion) {
             database: dir.join("crcr.sqlite"),
             workers: 1,
             visibility_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
         };
         (EmbeddedRelay::build(&cfg, &emb).unwrap(), issuer, gh)
     });
@@ -82,7 +83,7 @@ fn callback(c: &mut Criterion) {
         "event_type": "push", "delivery_id": delivery.as_str(), "payload": {"ref": "refs/heads/main"},
         "workflow": {"schema_version": "1", "status": "in_progress", "conclusion": null, "name": "CI",
             "url": "https://github.com/org2/two/actions/runs/123", "run_id": "123", "run_attempt": "1",
-            "job_name": "build", "check_run_id": null, "started_at": null, "completed_at": null}
+            "job_name": "build", "check_run_id": "456", "started_at": null, "completed_at": null}
     }))
     .unwrap();
     let request = |token: String| {

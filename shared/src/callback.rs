@@ -10,7 +10,7 @@
 use serde_json::{json, Value};
 
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::lifecycle::{seconds_between, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crate::lifecycle::{seconds_between, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crate::ports::{DispatchStatus, DispatchStore, StoreError};
 
 /// Conclusions GitHub accepts for a completed check run (REST docs, "Create a
@@ -49,7 +49,11 @@ pub struct Callback {
     pub run_id: u64,
     pub run_attempt: u32,
     pub job_name: String,
-    pub workflow_name: Option<String>,
+    /// `workflow.name`, required and non-empty: part of HUD's row key.
+    pub workflow_name: String,
+    /// `workflow.check_run_id` as HUD keys it (`String(wf.check_run_id)`): a
+    /// non-empty string as sent, or a non-negative integer in decimal.
+    pub check_run_id: String,
     pub url: Option<String>,
 }
 
@@ -85,7 +89,38 @@ fn number_field(v: &Value, field: &'static str) -> Result<u64, SchemaError> {
     }
 }
 
+/// `workflow.check_run_id`: a non-empty string (what the callback action
+/// sends: `job.check_run_id`, or `"<run_id>-<run_attempt>"` when the runner
+/// has none) or a non-negative integer, at most 200 characters.
+fn check_run_id_field(w: &Value) -> Result<String, SchemaError> {
+    const FIELD: &str = "workflow.check_run_id";
+    let id = match w.get("check_run_id") {
+        Some(Value::String(s)) if s.is_empty() => return Err(bad(FIELD, "must not be empty")),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(n) => n.to_string(),
+            None => return Err(bad(FIELD, "must be a non-negative integer or a string")),
+        },
+        None | Some(Value::Null) => return Err(bad(FIELD, "is required (HUD refuses a record without it)")),
+        Some(_) => return Err(bad(FIELD, "must be a string or a number")),
+    };
+    if id.len() > 200 {
+        return Err(bad(FIELD, "must be at most 200 characters"));
+    }
+    Ok(id)
+}
+
 /// Parses and validates a callback body.
+///
+/// Besides the schema above, `workflow.job_name`, `workflow.check_run_id`
+/// and `workflow.name` are required: torchci's HUD handler
+/// (`extractDynamoRecord` in `torchci/lib/crcr/crcrUtils.ts`,
+/// pytorch/test-infra) answers 400 without `job_name` or `check_run_id` and
+/// keys its row by `verified_repo/delivery_id/workflow.name/job_name/check_run_id`,
+/// and the Python relay (`_parse_callback_body` in
+/// `aws/lambda/cross_repo_ci_relay/callback/callback_handler.py`) answers 400
+/// without `workflow.name`. Refusing them here answers the caller at request
+/// time instead of leaving a record HUD will refuse in the outbox.
 pub fn parse(body: &[u8]) -> Result<(Callback, Value), SchemaError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| bad("body", format!("not JSON: {e}")))?;
     if !v.is_object() {
@@ -141,6 +176,12 @@ pub fn parse(body: &[u8]) -> Result<(Callback, Value), SchemaError> {
     if job_name.is_empty() || job_name.len() > 200 {
         return Err(bad("workflow.job_name", "must be 1 to 200 characters"));
     }
+    let check_run_id = check_run_id_field(w)?;
+    let workflow_name = match string_field(w, "workflow.name")? {
+        Some("") => return Err(bad("workflow.name", "must not be empty")),
+        Some(n) => n.to_owned(),
+        None => return Err(bad("workflow.name", "is required (part of HUD's row key)")),
+    };
     let url = string_field(w, "workflow.url")?.map(str::to_owned);
     if url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
         return Err(bad("workflow.url", "must be an https URL"));
@@ -154,7 +195,8 @@ pub fn parse(body: &[u8]) -> Result<(Callback, Value), SchemaError> {
         run_id: number_field(w, "workflow.run_id")?,
         run_attempt: run_attempt as u32,
         job_name: job_name.to_owned(),
-        workflow_name: string_field(w, "workflow.name")?.map(str::to_owned),
+        workflow_name,
+        check_run_id,
         url,
     };
     Ok((cb, v))
@@ -248,7 +290,7 @@ pub async fn reconcile(
         conclusion: None,
         queue_time_s: None,
         execution_time_s: None,
-        workflow_name: cb.workflow_name.clone(),
+        workflow_name: Some(cb.workflow_name.clone()),
         url: cb.url.clone(),
         updated_at_ms: received_at_ms,
     });
@@ -265,16 +307,7 @@ pub async fn reconcile(
             record.execution_time_s = seconds_between(record.in_progress_at_ms, record.completed_at_ms);
         }
     }
-    let outbox = OutboxItem {
-        id: OutboxItem::id_for(&key, cb.status),
-        delivery_id: cb.delivery_id.clone(),
-        body: hud_body(&record, body),
-        sync: HudSync::Pending,
-        attempts: 0,
-        last_error: None,
-        created_at_ms: received_at_ms,
-        updated_at_ms: received_at_ms,
-    };
+    let outbox = OutboxItem::pending(&key, cb.status, hud_body(&record, body), received_at_ms);
     if jobs.transition(current.map(|j| j.state), &record, &outbox).await? {
         Ok(Reconciled::Applied(record))
     } else {
@@ -316,12 +349,14 @@ mod tests {
     #[test]
     fn numbers_as_strings_and_the_schema() {
         let (cb, _) = parse(&body(json!({"schema_version": "1", "status": "completed", "conclusion": "success",
-            "name": "CI", "url": "https://github.com/o/r/actions/runs/123", "run_id": "123", "run_attempt": 2, "job_name": "build"})))
+            "name": "CI", "url": "https://github.com/o/r/actions/runs/123", "run_id": "123", "run_attempt": 2,
+            "job_name": "build", "check_run_id": "456"})))
         .unwrap();
         assert_eq!((cb.run_id, cb.run_attempt, cb.status), (123, 2, JobState::Completed));
-        let base =
-            json!({"schema_version": "1", "status": "in_progress", "run_id": 1, "run_attempt": 1, "job_name": "b"});
-        assert!(parse(&body(base.clone())).is_ok());
+        assert_eq!((cb.workflow_name.as_str(), cb.check_run_id.as_str()), ("CI", "456"));
+        let base = json!({"schema_version": "1", "status": "in_progress", "run_id": 1, "run_attempt": 1,
+            "job_name": "b", "name": "CI", "check_run_id": 7});
+        assert_eq!(parse(&body(base.clone())).unwrap().0.check_run_id, "7");
         let with = |k: &str, v: Value| {
             let mut w = base.clone();
             w[k] = v;
@@ -334,6 +369,24 @@ mod tests {
         check_err(with("run_attempt", json!(0)), "workflow.run_attempt");
         check_err(with("job_name", json!("")), "workflow.job_name");
         check_err(with("url", json!("http://evil")), "workflow.url");
+        // HUD's row key (torchci lib/crcr/crcrUtils.ts extractDynamoRecord).
+        let without = |k: &str| {
+            let mut w = base.clone();
+            w.as_object_mut().unwrap().remove(k);
+            w
+        };
+        check_err(without("check_run_id"), "workflow.check_run_id");
+        check_err(with("check_run_id", Value::Null), "workflow.check_run_id");
+        check_err(with("check_run_id", json!("")), "workflow.check_run_id");
+        check_err(with("check_run_id", json!(-1)), "workflow.check_run_id");
+        check_err(with("check_run_id", json!(true)), "workflow.check_run_id");
+        check_err(without("name"), "workflow.name");
+        check_err(with("name", Value::Null), "workflow.name");
+        check_err(with("name", json!("")), "workflow.name");
+        check_err(with("name", json!(3)), "workflow.name");
+        // The action's fallback when the runner has no check run id.
+        assert_eq!(parse(&body(with("check_run_id", json!("123-1")))).unwrap().0.check_run_id, "123-1");
+        assert_eq!(parse(&body(with("check_run_id", json!(0)))).unwrap().0.check_run_id, "0");
         check_err(with("conclusion", json!("success")), "workflow.conclusion");
         let mut done = with("status", json!("completed"));
         check_err(done.clone(), "workflow.conclusion");
@@ -345,9 +398,8 @@ mod tests {
 
     #[test]
     fn lifecycle_table() {
-        let (cb, _) = parse(&body(
-            json!({"schema_version": 1, "status": "in_progress", "run_id": 1, "run_attempt": 1, "job_name": "b"}),
-        ))
+        let (cb, _) = parse(&body(json!({"schema_version": 1, "status": "in_progress", "run_id": 1, "run_attempt": 1,
+            "job_name": "b", "name": "CI", "check_run_id": "1-1"})))
         .unwrap();
         let done = Callback { status: JobState::Completed, conclusion: Some("success".into()), ..cb.clone() };
         let nightly = Callback { kind: CallbackKind::Scheduled, ..done.clone() };

@@ -1,11 +1,25 @@
 //! `POST /github/callback`: downstream CI reports a job's state with an OIDC
 //! token (`Authorization: Bearer <JWT>`). Answers:
 //! - 401 bad token (signature, algorithm, issuer, audience, time, replayed `jti`);
-//! - 403 identity not allowed (not allowlisted, L1, unmapped Buildkite pipeline);
+//! - 403 identity not allowed (unmapped Buildkite pipeline or a required
+//!   Buildkite claim not met, a GitHub repository re-created under another
+//!   `repository_id`);
+//! - 200 `{"ok": true, "status": "ignored", "reason": "..."}` for a valid
+//!   token of a repository that is not in the allowlist or is L1: nothing is
+//!   enqueued (metric `CallbacksIgnored`). The Python relay answers these so
+//!   (`_verify_access` / `handle` in pytorch/test-infra
+//!   `aws/lambda/cross_repo_ci_relay/callback/callback_handler.py`) and the
+//!   callback action fails the downstream step on a 4xx, so a repository
+//!   whose level changes keeps green CI;
 //! - 429 over the per-repository rate limit (default 100/min), with `Retry-After`;
 //! - 400 a body that breaks the schema (the error names the field);
 //! - 409 a lifecycle violation knowable now (never dispatched there, repeated
 //!   `in_progress`, `completed` without `in_progress`, repeated `completed`);
+//! - 422 `{"error": "unknown_commit", ...}` a `nightly` / `periodic` callback
+//!   naming a commit SHA the upstream repository does not have (looked up
+//!   through [`CallbackState::commits`], cached; when GitHub cannot answer
+//!   within [`COMMIT_CHECK_TIMEOUT`] the callback is accepted and the
+//!   reconciler checks again);
 //! - 202 durably enqueued for the reconciler; 503 when the queue or store is down.
 
 use std::collections::HashMap;
@@ -24,14 +38,21 @@ use serde_json::value::RawValue;
 
 use crate::allowlist::AllowlistProvider;
 use crate::callback;
-use crate::domain::Level;
+use crate::domain::{Level, RepoFullName};
 use crate::lifecycle::JobStore;
 use crate::message::{CallbackV1, QueueMessage};
 use crate::oidc::{bearer_token, body_digest, OidcVerifier};
-use crate::ports::{Clock, DispatchStore, EventQueue, StoreError};
+use crate::ports::{Clock, CommitLookup, DispatchStore, EventQueue, StoreError};
 
 /// Callback bodies are small (a client_payload is at most 65,535 characters).
 pub const MAX_CALLBACK_BYTES: usize = 1024 * 1024;
+
+/// How long the request-time commit check of a `nightly` / `periodic`
+/// callback may take; past it the callback is accepted (202) as when GitHub
+/// answers with an error, and the reconciler checks again. The callback
+/// action gives the whole request 10 s (`MAX_TIME`, curl `--max-time`, in
+/// pytorch/test-infra `.github/actions/cross-repo-ci-relay-callback/report_callback.py`).
+pub const COMMIT_CHECK_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Per-repository callback rate limit.
 #[async_trait]
@@ -75,12 +96,20 @@ pub struct CallbackState {
     pub queue: Arc<dyn EventQueue>,
     pub rate: Arc<dyn RateLimiter>,
     pub clock: Arc<dyn Clock>,
+    /// Commit existence for `nightly` / `periodic` callbacks, cached
+    /// ([`crate::commits::CachedCommitLookup`]; share it with the reconciler).
+    pub commits: Arc<dyn CommitLookup>,
+    /// The upstream repository (`CRCR_UPSTREAM_REPO`) those commits must be on.
+    pub upstream: RepoFullName,
 }
 
 /// `POST /github/callback`.
 pub fn router(state: Arc<CallbackState>) -> Router {
     Router::new()
         .route("/github/callback", post(callback))
+        // The callback action's default `callback-url` ends in a slash (its
+        // report_callback.py strips it; a workflow that curls it may not).
+        .route("/github/callback/", post(callback))
         .layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES))
         .with_state(state)
 }
@@ -108,14 +137,17 @@ async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body
         Ok(a) => a,
         Err(e) => return reject(StatusCode::SERVICE_UNAVAILABLE, "allowlist_unavailable", e.to_string()),
     };
+    // Ignored, not refused: the Python relay's `_verify_access` / `handle`
+    // (callback/callback_handler.py) answer 200 {"ok": true, "status": "ignored"}.
+    let ignore = |code: &'static str, reason: String| {
+        tracing::info!(%repo, %reason, code, metric = "callbacks_ignored", "callback ignored");
+        ::metrics::counter!(crate::metrics::CALLBACKS_IGNORED, "reason" => code).increment(1);
+        (StatusCode::OK, Json(json!({"ok": true, "status": "ignored", "reason": reason}))).into_response()
+    };
     let level = match allowlist.get(&repo) {
-        None => return reject(StatusCode::FORBIDDEN, "not_allowlisted", format!("{repo} is not in the allowlist")),
+        None => return ignore("not_allowlisted", format!("{repo} is not in the allowlist")),
         Some(e) if e.level < Level::L2 => {
-            return reject(
-                StatusCode::FORBIDDEN,
-                "level",
-                format!("{repo} is {}: callbacks need L2 or higher", e.level),
-            )
+            return ignore("level", format!("{repo} is {}: results are taken from L2 and higher", e.level))
         }
         Some(e) => e.level,
     };
@@ -140,6 +172,24 @@ async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body
         Ok(Ok(())) => {}
         Ok(Err(reason)) => return reject(StatusCode::CONFLICT, "lifecycle", reason),
         Err(e) => return reject(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
+    if cb.kind == callback::CallbackKind::Scheduled {
+        let sha = cb.delivery_id.as_str();
+        match tokio::time::timeout(COMMIT_CHECK_TIMEOUT, st.commits.commit_exists(&st.upstream, sha)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                return reject(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_commit",
+                    format!("commit {sha} does not exist on {}", st.upstream),
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, %sha, "could not check the commit on GitHub; accepting the callback")
+            }
+            Err(_) => tracing::warn!(%sha, timeout_s = COMMIT_CHECK_TIMEOUT.as_secs(),
+                "GitHub did not answer the commit check in time; accepting the callback"),
+        }
     }
     let raw = match std::str::from_utf8(&body).ok().and_then(|s| RawValue::from_string(s.to_owned()).ok()) {
         Some(r) => r,

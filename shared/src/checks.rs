@@ -283,11 +283,27 @@ impl JobStore for WithCheckRun<'_> {
     async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
         self.inner.outbox(delivery).await
     }
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        self.inner.pending_outbox(limit).await
+    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        self.inner.pending_outbox(now_ms, limit).await
     }
-    async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
-        self.inner.mark_outbox(id, sync, error, now_ms).await
+    async fn mark_outbox(
+        &self,
+        id: &str,
+        sync: HudSync,
+        error: Option<&str>,
+        next_attempt_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_outbox(id, sync, error, next_attempt_at_ms, now_ms).await
+    }
+    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+        self.inner.defer_outbox(id, next_attempt_at_ms).await
+    }
+    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        self.inner.outbox_in(sync, limit).await
+    }
+    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.inner.requeue_outbox(id, now_ms).await
     }
     async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         self.inner.in_progress_before(before_ms, limit).await

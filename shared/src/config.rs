@@ -148,10 +148,15 @@ impl Default for CallbackConfig {
 impl CallbackConfig {
     /// `CRCR_OIDC_AUDIENCE`, `CRCR_OIDC_GITHUB_ISSUER` / `_JWKS_URL`,
     /// `CRCR_OIDC_BUILDKITE_ISSUER` / `_JWKS_URL`, `CRCR_BUILDKITE_PIPELINES_FILE`
-    /// (JSON `{"<org id>/<pipeline id>": {"repo": "o/r", "required_claims": {..}}}`),
+    /// (PyTorch's `ci_providers.yml`, YAML: `providers.buildkite.repo_map` of
+    /// `<org id>/<pipeline id>` → `owner/repo` or `{repo, required_claims:
+    /// {claim: [allowed values]}}`; the legacy `buildkite:` section and crcr's
+    /// earlier flat JSON map are read too: [`crate::oidc::buildkite`]),
     /// `CRCR_HUD_URL`, `CRCR_HUD_BOT_KEY` / `_FILE`, `CRCR_CALLBACK_RATE_PER_MIN`,
     /// `CRCR_JOB_TIMEOUT_SECS`, `CRCR_NEVER_STARTED_SECS`, `CRCR_SWEEP_INTERVAL_SECS`,
-    /// `CRCR_CANCEL_ON_CLOSE` (`true` / `false`), `CRCR_OUTBOX_LEASE_SECS`.
+    /// `CRCR_CANCEL_ON_CLOSE` (`true` / `false`), `CRCR_OUTBOX_LEASE_SECS`,
+    /// `CRCR_HUD_BACKOFF_SECS`, `CRCR_HUD_MAX_BACKOFF_SECS`,
+    /// `CRCR_HUD_MAX_ATTEMPTS`, `CRCR_HUD_MAX_AGE_SECS`.
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         use crate::oidc::TrustAnchor;
         let d = Self::default();
@@ -174,8 +179,8 @@ impl CallbackConfig {
         if let Some(path) = env.opt("CRCR_BUILDKITE_PIPELINES_FILE") {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| err("CRCR_BUILDKITE_PIPELINES_FILE", format!("cannot read {path}: {e}")))?;
-            oidc.buildkite_pipelines = serde_json::from_str(&text)
-                .map_err(|e| err("CRCR_BUILDKITE_PIPELINES_FILE", format!("{path} is not a pipeline map: {e}")))?;
+            oidc.buildkite_pipelines = crate::oidc::parse_buildkite_pipelines(&text)
+                .map_err(|e| err("CRCR_BUILDKITE_PIPELINES_FILE", format!("{path}: {e}")))?;
         }
         let hud = match env.opt("CRCR_HUD_URL") {
             None => None,
@@ -199,12 +204,35 @@ impl CallbackConfig {
             outbox_lease: Duration::from_secs(
                 env.parsed("CRCR_OUTBOX_LEASE_SECS", d.reconciler.outbox_lease.as_secs())?.max(1),
             ),
+            hud_retry: hud_retry_policy(env, d.reconciler.hud_retry)?,
             ..d.reconciler
         };
         let sweep_interval =
             Duration::from_secs_f64(env.parsed("CRCR_SWEEP_INTERVAL_SECS", d.sweep_interval.as_secs_f64())?);
         Ok(Self { oidc, hud, rate_per_min, reconciler, sweep_interval })
     }
+}
+
+/// `CRCR_HUD_BACKOFF_SECS`, `CRCR_HUD_MAX_BACKOFF_SECS`,
+/// `CRCR_HUD_MAX_ATTEMPTS` and `CRCR_HUD_MAX_AGE_SECS` over `d`
+/// ([`crate::hud::HudRetryPolicy`]); each at least 1.
+fn hud_retry_policy(env: &Env<'_>, d: crate::hud::HudRetryPolicy) -> Result<crate::hud::HudRetryPolicy, ConfigError> {
+    let secs = |key: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        match env.parsed(key, default.as_secs())? {
+            0 => Err(err(key, "must be at least 1")),
+            s => Ok(Duration::from_secs(s)),
+        }
+    };
+    let max_attempts = env.parsed("CRCR_HUD_MAX_ATTEMPTS", d.max_attempts)?;
+    if max_attempts == 0 {
+        return Err(err("CRCR_HUD_MAX_ATTEMPTS", "must be at least 1"));
+    }
+    Ok(crate::hud::HudRetryPolicy {
+        first_backoff: secs("CRCR_HUD_BACKOFF_SECS", d.first_backoff)?,
+        max_backoff: secs("CRCR_HUD_MAX_BACKOFF_SECS", d.max_backoff)?,
+        max_attempts,
+        max_age: secs("CRCR_HUD_MAX_AGE_SECS", d.max_age)?,
+    })
 }
 
 /// The GitHub App settings alone (`crcr redeliver` needs no more):
@@ -308,6 +336,11 @@ pub struct EmbeddedConfig {
     pub database: PathBuf,
     pub workers: usize,
     pub visibility_timeout: Duration,
+    /// After SIGTERM / Ctrl-C: how long in-flight work may go on before the
+    /// process stops anyway (`CRCR_SHUTDOWN_GRACE_SECS`, default 3 s; what is
+    /// left is taken up at the next start: messages reappear after their
+    /// visibility timeout, HUD and check-run records stay pending).
+    pub shutdown_grace: Duration,
 }
 
 impl EmbeddedConfig {
@@ -321,6 +354,7 @@ impl EmbeddedConfig {
             database: PathBuf::from(env.opt("CRCR_DATABASE").unwrap_or_else(|| "crcr.sqlite".into())),
             workers,
             visibility_timeout: Duration::from_secs(env.parsed("CRCR_VISIBILITY_TIMEOUT_SECS", 60)?),
+            shutdown_grace: Duration::from_secs_f64(env.parsed("CRCR_SHUTDOWN_GRACE_SECS", 3.0)?),
         })
     }
 }
@@ -462,6 +496,24 @@ mod tests {
         assert_eq!((e.key.as_str(), e.problem.as_str()), ("CRCR_KV_TABLE", "is required by the ingest function"));
         assert_eq!(r.reconcile_dlq_url("x").unwrap_err().key, "CRCR_RECONCILE_DLQ_URL");
         assert_eq!(r.dlq_url().unwrap_err().key, "CRCR_DISPATCH_DLQ_URL");
+    }
+
+    #[test]
+    fn buildkite_pipelines_file_is_pytorchs_ci_providers_yml() {
+        let real = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/ci_providers.yml");
+        let c = load(&[BASE, &[("CRCR_BUILDKITE_PIPELINES_FILE", real)]].concat()).unwrap();
+        let p = &c.callbacks.oidc.buildkite_pipelines
+            ["018b5ec5-c236-4037-ba08-d8a5d29bcdae/018cdabc-d930-49f6-9085-634c4cb582ed"];
+        assert_eq!((p.repo.as_str(), &p.required_claims["build_branch"]), ("vllm-project/vllm", &vec!["main".into()]));
+        let bad = std::env::temp_dir().join(format!("crcr-bk-{}.yml", std::process::id()));
+        std::fs::write(
+            &bad,
+            "providers:\n  buildkite:\n    repo_map:\n      org/pipe: {repo: a/b, required_claim: {x: y}}\n",
+        )
+        .unwrap();
+        let bad_path = bad.to_str().unwrap().to_owned();
+        check_err(&[("CRCR_BUILDKITE_PIPELINES_FILE", &bad_path)], "", "CRCR_BUILDKITE_PIPELINES_FILE", "\"org/pipe\"");
+        std::fs::remove_file(bad).unwrap();
     }
 
     #[test]

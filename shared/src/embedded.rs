@@ -7,7 +7,7 @@
 //! process dies mid-way reappears after the visibility timeout, and its
 //! targets' leases let the next attempt take them over.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +61,9 @@ pub struct EmbeddedRelay {
     pub router: Router,
     pub workers: usize,
     pub visibility_timeout: Duration,
+    /// How long [`EmbeddedRelay::run`] lets in-flight work finish after the
+    /// shutdown signal before it returns anyway (`CRCR_SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
 }
 
 /// Builds the GitHub client and the allowlist provider both runtimes use.
@@ -134,6 +137,9 @@ impl EmbeddedRelay {
         let kv = Arc::new(SqliteKv::new(db.clone(), clock.clone()).with_rate_per_min(cfg.callbacks.rate_per_min));
         let verifier = oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?;
         let hud = hud_from_config(&cfg.callbacks)?;
+        // One cache for the callback route's and the reconciler's commit checks.
+        let commits: Arc<dyn crate::ports::CommitLookup> =
+            Arc::new(crate::commits::CachedCommitLookup::new(github.clone(), clock.clone()));
         let reconciler = Arc::new(crate::reconcile::Reconciler {
             dispatches: store.clone(),
             jobs: jobs.clone(),
@@ -141,7 +147,7 @@ impl EmbeddedRelay {
             clock: clock.clone(),
             settings: cfg.callbacks.reconciler.clone(),
             upstream: cfg.upstream.clone(),
-            commits: Arc::new(crate::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
+            commits: commits.clone(),
             checks: Some(github.clone()),
             runs: Some(github),
             state: kv.clone(),
@@ -154,6 +160,8 @@ impl EmbeddedRelay {
             queue: reconcile_queue.clone(),
             rate: kv.clone(),
             clock,
+            commits,
+            upstream: cfg.upstream.clone(),
         }));
         let router = ingest::router(Arc::new(IngestState {
             secret: cfg.webhook_secret.clone(),
@@ -182,6 +190,7 @@ impl EmbeddedRelay {
             router,
             workers: emb.workers,
             visibility_timeout: emb.visibility_timeout,
+            shutdown_grace: emb.shutdown_grace,
         })
     }
 
@@ -194,43 +203,83 @@ impl EmbeddedRelay {
         self
     }
 
-    /// Serves ingest on `listener` and runs the dispatcher workers until
-    /// `shutdown` resolves; then drains in-flight messages.
+    /// Serves ingest on `listener` and runs the dispatcher workers, the
+    /// reconciler, the sweeps and the redeliver task until `shutdown`
+    /// resolves. Then ingest stops taking requests, a sweep stops sending
+    /// ([`crate::reconcile::Reconciler::sweep_until`]) and in-flight
+    /// messages get [`EmbeddedRelay::shutdown_grace`] to finish; whatever is
+    /// still running after that is dropped and taken up at the next start
+    /// (messages reappear after their visibility timeout, dispatch leases
+    /// expire, HUD and check-run records stay pending), so the process stops
+    /// within about the grace period whatever it was doing.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), EmbeddedError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let workers = tokio::spawn(run_workers(
+        let stop_tx = Arc::new(stop_tx);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(run_workers(
             self.queue.clone(),
             self.dispatcher.clone(),
             self.workers,
             self.visibility_timeout,
             stop_rx,
         ));
-        let reconcile_workers = tokio::spawn(run_workers(
+        tasks.spawn(run_workers(
             self.reconcile_queue.clone(),
             self.reconciler.clone(),
             4,
             self.visibility_timeout,
             stop_tx.subscribe(),
         ));
-        let sweeper = tokio::spawn(run_sweeps(self.reconciler.clone(), self.sweep_interval, stop_tx.subscribe()));
-        let redeliverer = tokio::spawn(crate::redeliver::run_periodic(
+        tasks.spawn(run_sweeps(self.reconciler.clone(), self.sweep_interval, stop_tx.subscribe()));
+        tasks.spawn(crate::redeliver::run_periodic(
             self.redeliver.clone(),
             self.redeliver_interval,
             stop_tx.subscribe(),
         ));
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        server.await?;
-        let _ = workers.await;
-        let _ = reconcile_workers.await;
-        let _ = sweeper.await;
-        let _ = redeliverer.await;
+        let signalled = stop_tx.clone();
+        let mut server = tokio::spawn(
+            axum::serve(listener, self.router)
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    let _ = signalled.send(true);
+                })
+                .into_future(),
+        );
+        let mut stopped = stop_tx.subscribe();
+        let served = tokio::select! {
+            served = &mut server => Some(served),
+            _ = stopped.wait_for(|s| *s) => None,
+        };
+        // The server ended by itself (an error): stop the rest too.
+        let _ = stop_tx.send(true);
+        let grace = self.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            let served = match served {
+                Some(s) => s,
+                None => (&mut server).await,
+            };
+            while tasks.join_next().await.is_some() {}
+            served
+        })
+        .await;
+        match drained {
+            Ok(served) => {
+                served.map_err(|e| std::io::Error::other(format!("the HTTP server task failed: {e}")))??;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    grace_s = grace.as_secs_f64(),
+                    tasks = tasks.len(),
+                    "shutdown grace over: stopping with work in flight; it is taken up at the next start"
+                );
+                server.abort();
+                tasks.abort_all();
+            }
+        }
         Ok(())
     }
 }
@@ -250,7 +299,13 @@ pub async fn run_sweeps(
             _ = tick.tick() => {}
             _ = stop.changed() => break,
         }
-        match reconciler.sweep().await {
+        let mut stopping = stop.clone();
+        let report = reconciler
+            .sweep_until(async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            })
+            .await;
+        match report {
             Ok(r) if r.timed_out == 0 && r.hud == Default::default() && r.check_runs == Default::default() => {}
             Ok(r) => tracing::info!(
                 timed_out = r.timed_out,

@@ -88,6 +88,11 @@ pub enum HudSync {
     Sent,
     /// HUD answered 4xx: the record is bad; kept with HUD's answer.
     Rejected,
+    /// Parked: HUD kept failing it (5xx or no answer) past the attempt or
+    /// age limit ([`crate::hud::HudRetryPolicy`]); kept with HUD's last
+    /// answer, never sent by the sweep again, only by `crcr hud retry`
+    /// ([`JobStore::requeue_outbox`]). (A check-run item never takes it.)
+    Failed,
 }
 
 impl HudSync {
@@ -96,6 +101,7 @@ impl HudSync {
             HudSync::Pending => "pending",
             HudSync::Sent => "sent",
             HudSync::Rejected => "rejected",
+            HudSync::Failed => "failed",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -103,6 +109,7 @@ impl HudSync {
             "pending" => Some(Self::Pending),
             "sent" => Some(Self::Sent),
             "rejected" => Some(Self::Rejected),
+            "failed" => Some(Self::Failed),
             _ => None,
         }
     }
@@ -122,11 +129,45 @@ pub struct OutboxItem {
     pub last_error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// While pending: when the sweep may send it next (ms since epoch; the
+    /// creation time at first, then the backoff after each failed attempt,
+    /// [`crate::hud::HudRetryPolicy`]). Records due now go first, so a
+    /// record HUD keeps refusing never delays the others.
+    #[serde(default)]
+    pub next_attempt_at_ms: i64,
 }
 
 impl OutboxItem {
     pub fn id_for(key: &JobKey, state: JobState) -> String {
         format!("{}|{}|{}", key.delivery_id, key.sort_key(), state.as_str())
+    }
+
+    /// A new, pending record of `key`'s move to `state` written at `at_ms`
+    /// (created, last changed and due then), with HUD's `body`.
+    pub fn pending(key: &JobKey, state: JobState, body: Value, at_ms: i64) -> Self {
+        OutboxItem {
+            id: Self::id_for(key, state),
+            delivery_id: key.delivery_id.clone(),
+            body,
+            sync: HudSync::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            next_attempt_at_ms: at_ms,
+        }
+    }
+
+    /// The job this record belongs to: its id without the `|<state>` suffix
+    /// (`<delivery id>|<job sort key>`, the same as [`CheckRunItem::id_for`]).
+    pub fn job_id(&self) -> &str {
+        self.id.rsplit_once('|').map_or(self.id.as_str(), |(job, _)| job)
+    }
+
+    /// The lifecycle state this record reports (the id's last segment);
+    /// `None` for an id not written by [`OutboxItem::id_for`].
+    pub fn state(&self) -> Option<JobState> {
+        self.id.rsplit_once('|').and_then(|(_, s)| JobState::parse(s))
     }
 }
 
@@ -191,11 +232,36 @@ pub trait JobStore: Send + Sync {
     async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError>;
     /// Outbox items of one delivery, oldest first.
     async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError>;
-    /// Up to `limit` pending outbox items, oldest first.
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
-    /// Records one delivery attempt's result; `sync` Sent / Rejected are final
-    /// (a later call does not change a final item).
-    async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError>;
+    /// Up to `limit` pending outbox items due at `now_ms` (their
+    /// `next_attempt_at_ms` is not later), the earliest due first (ties: the
+    /// oldest created, then by id), across deliveries.
+    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Records one delivery attempt's result on a pending item: counts the
+    /// attempt, keeps `error` as the last answer (when given), and sets
+    /// `sync`; when it stays Pending, the next attempt is at
+    /// `next_attempt_at_ms` (`None`: now; a final mark leaves the item's
+    /// `next_attempt_at_ms` as it was). Sent, Rejected and Failed are
+    /// final for the sweep: a later call does not change such an item.
+    async fn mark_outbox(
+        &self,
+        id: &str,
+        sync: HudSync,
+        error: Option<&str>,
+        next_attempt_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Moves a pending item's next attempt to `next_attempt_at_ms` without
+    /// counting an attempt: a record waiting for an earlier record of its
+    /// job (lifecycle order) steps aside instead of holding a place among
+    /// the due ones. An item not pending is left as it is.
+    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError>;
+    /// Up to `limit` outbox items in state `sync` (Failed or Rejected, for
+    /// `crcr hud retry` and `crcr status`), oldest created first.
+    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Puts a final item (Sent, Rejected or Failed) back in the queue: sync
+    /// Pending, attempts 0, due at `now_ms`, its last answer kept. Returns
+    /// `false`, changing nothing, when the item is unknown or already pending.
+    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
     /// IN_PROGRESS jobs last changed before `before_ms` (for the timeout sweep).
     async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// [`JobStore::transition`] that also upserts `check` in the same atomic
@@ -275,6 +341,10 @@ pub struct OutboxBacklog {
     /// `created_at_ms` of the oldest pending item (ms since epoch); `None`
     /// when nothing is pending.
     pub oldest_created_at_ms: Option<i64>,
+    /// Outbox items parked in [`HudSync::Failed`] (HUD kept failing them
+    /// past the limits): each waits for `crcr hud retry`.
+    #[serde(default)]
+    pub failed: u64,
 }
 
 /// Answer of [`JobStore::callback_counts`]: what the reconciler applied in

@@ -18,7 +18,7 @@
 //!   a metric without labels is emitted with an empty dimension set
 //!   (`"Dimensions": [[]]`, which the specification allows), which is what
 //!   the alarms of `infra/modules/crcr/alarms.tf` read for
-//!   [`HUD_OUTBOX_BACKLOG`], [`NEVER_STARTED_DISPATCHES`] and
+//!   [`HUD_OUTBOX_BACKLOG`], [`HUD_OUTBOX_FAILED`], [`NEVER_STARTED_DISPATCHES`] and
 //!   [`GITHUB_RATE_LIMIT_REMAINING`] (`custom_metric_dimensions` = `{}`).
 //!
 //! Names are the same in both exporters (CloudWatch style, as the alarms
@@ -82,17 +82,34 @@ pub const CALLBACKS_ACCEPTED: &str = "CallbacksAccepted";
 
 /// Counter: callbacks refused. Label `reason`: the refusal's stable code,
 /// e.g. `expired`, `bad_signature`, `replay`, `wrong_audience` (401),
-/// `not_allowlisted`, `level`, `identity_not_allowed` (403), `rate_limited`
+/// `identity_not_allowed`, `repository_id_mismatch` (403), `rate_limited`
 /// (429), `bad_body` (400), `lifecycle` (409 at request time, or a lifecycle
 /// violation found by the reconciler), `unknown_commit` (a nightly/periodic
-/// callback for a commit the upstream does not have), `queue_unavailable` /
+/// callback for a commit the upstream does not have: 422 at request time, or
+/// found by the reconciler when GitHub could not answer then), `queue_unavailable` /
 /// `store_unavailable` / `allowlist_unavailable` (503).
 pub const CALLBACK_REJECTIONS: &str = "CallbackRejections";
 
+/// Counter: callbacks with a valid token answered 200 `{"ok": true,
+/// "status": "ignored"}` and not enqueued, as the Python relay answers them
+/// (`_verify_access` / `handle` in pytorch/test-infra
+/// `aws/lambda/cross_repo_ci_relay/callback/callback_handler.py`), so the
+/// downstream CI step stays green. Label `reason`: `not_allowlisted` (the
+/// verified repository is not in the allowlist) or `level` (it is L1).
+pub const CALLBACKS_IGNORED: &str = "CallbacksIgnored";
+
 /// Counter: HUD outbox items sent to HUD by a sync pass, by `result`:
 /// `sent` (2xx, final), `rejected` (4xx, final, kept with HUD's answer),
-/// `failed` (5xx, timeout, no HUD configured: stays pending for the next pass).
+/// `failed` (5xx, timeout, no HUD configured: stays pending, tried again
+/// after its backoff), `parked` (failed past the attempt or age limit:
+/// parked as failed until `crcr hud retry`; see [`HUD_OUTBOX_FAILED`]).
 pub const HUD_SYNC: &str = "HudSync";
+
+/// Gauge: HUD outbox items parked as failed (HUD kept refusing them with
+/// 5xx or gave no answer past `CRCR_HUD_MAX_ATTEMPTS` /
+/// `CRCR_HUD_MAX_AGE_SECS`), after the last sync pass. No labels (alarm
+/// `hud-outbox-failed`, threshold 0). `crcr hud retry` sends them again.
+pub const HUD_OUTBOX_FAILED: &str = "HudOutboxFailed";
 
 /// Gauge: HUD outbox items still pending after the last sync pass. No labels
 /// (alarm `hud-outbox-backlog`).
@@ -141,9 +158,11 @@ pub const ALL: &[&str] = &[
     DLQ_SENDS,
     CALLBACKS_ACCEPTED,
     CALLBACK_REJECTIONS,
+    CALLBACKS_IGNORED,
     HUD_SYNC,
     HUD_OUTBOX_BACKLOG,
     HUD_OUTBOX_LAG,
+    HUD_OUTBOX_FAILED,
     NEVER_STARTED_DISPATCHES,
     ALLOWLIST_LOADED,
     CHECK_RUN_SYNC,
@@ -170,9 +189,11 @@ fn describe() {
     metrics::describe_counter!(DLQ_SENDS, Unit::Count, "Messages sent to a dead-letter queue, by queue");
     metrics::describe_counter!(CALLBACKS_ACCEPTED, Unit::Count, "Callbacks accepted, by status");
     metrics::describe_counter!(CALLBACK_REJECTIONS, Unit::Count, "Callbacks refused, by reason");
+    metrics::describe_counter!(CALLBACKS_IGNORED, Unit::Count, "Callbacks of L1 or unlisted repositories ignored");
     metrics::describe_counter!(HUD_SYNC, Unit::Count, "HUD outbox items tried, by result");
     metrics::describe_gauge!(HUD_OUTBOX_BACKLOG, Unit::Count, "HUD outbox items pending");
     metrics::describe_gauge!(HUD_OUTBOX_LAG, Unit::Seconds, "Age of the oldest pending HUD outbox item");
+    metrics::describe_gauge!(HUD_OUTBOX_FAILED, Unit::Count, "HUD outbox items parked as failed (crcr hud retry)");
     metrics::describe_gauge!(NEVER_STARTED_DISPATCHES, Unit::Count, "Dispatches with no callback after the deadline");
     metrics::describe_gauge!(ALLOWLIST_LOADED, Unit::Seconds, "When the allowlist version was loaded (epoch s)");
     metrics::describe_counter!(CHECK_RUN_SYNC, Unit::Count, "Upstream check-run items tried, by result");

@@ -17,14 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::json;
-
 use serde::Serialize;
 
 use crate::callback::{self, hud_body, CallbackKind, Reconciled};
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::hud::{sync_outbox, Hud, SyncReport};
-use crate::lifecycle::{seconds_between, HudSync, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crate::hud::{sync_outbox, timed_out_callback_body, Hud, HudRetryPolicy, SyncReport};
+use crate::lifecycle::{seconds_between, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crate::message::QueueMessage;
 use crate::ports::{
     Clock, CommitLookup, DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueError, QueueSide,
@@ -40,6 +38,8 @@ pub struct ReconcilerSettings {
     pub max_receive_count: u32,
     /// Outbox items per HUD sync pass (default 100).
     pub hud_batch: usize,
+    /// Backoff and limits of records HUD fails ([`HudRetryPolicy`]).
+    pub hud_retry: HudRetryPolicy,
     /// An L2+ target dispatched this long ago with no callback is "never
     /// started" (default 1 h).
     pub never_started_after: Duration,
@@ -63,6 +63,7 @@ impl Default for ReconcilerSettings {
             job_timeout: Duration::from_secs(6 * 3600),
             max_receive_count: 5,
             hud_batch: 100,
+            hud_retry: HudRetryPolicy::default(),
             never_started_after: Duration::from_secs(3600),
             never_started_lookback: Duration::from_secs(24 * 3600),
             cancel_on_close: false,
@@ -124,6 +125,9 @@ pub struct SweepReport {
     /// Another sweep held the outbox lease: this one sent nothing to HUD or
     /// GitHub (timeouts and the never-started check still ran).
     pub outboxes_skipped: bool,
+    /// Shutdown came while it was sending ([`Reconciler::sweep_until`]): the
+    /// rest waits for the next start.
+    pub interrupted: bool,
 }
 
 /// Processes one queue message; implemented by the dispatcher and the reconciler.
@@ -420,6 +424,16 @@ impl Reconciler {
     /// never-started check is reported in the result and does not stop the
     /// rest; a failing job store stops the sweep (the next one retries).
     pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        self.sweep_until(std::future::pending()).await
+    }
+
+    /// [`Reconciler::sweep`] that gives up sending as soon as `stop`
+    /// resolves (shutdown): the HUD and check-run requests in flight are
+    /// dropped, their records stay pending for the next start, and the
+    /// outbox lease is given back, so a restart sends at once
+    /// ([`SweepReport::interrupted`]). The store-only steps before it run to
+    /// their end (they are quick).
+    pub async fn sweep_until(&self, stop: impl std::future::Future<Output = ()>) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         let now = self.clock.now_ms();
         let cutoff = now - self.settings.job_timeout.as_millis() as i64;
@@ -429,17 +443,20 @@ impl Reconciler {
             job.conclusion = Some("timed_out".into());
             job.execution_time_s = seconds_between(job.in_progress_at_ms, job.completed_at_ms);
             job.updated_at_ms = now;
-            let note = json!({"relay_note": format!("no completed callback within {} s; closed as timed_out", self.settings.job_timeout.as_secs())});
-            let outbox = OutboxItem {
-                id: OutboxItem::id_for(&job.key, JobState::Completed),
-                delivery_id: job.key.delivery_id.clone(),
-                body: hud_body(&job, &note),
-                sync: HudSync::Pending,
-                attempts: 0,
-                last_error: None,
-                created_at_ms: now,
-                updated_at_ms: now,
-            };
+            // The job's last accepted callback body is its `in_progress`
+            // record's, written in the same transaction as that state.
+            let outbox_items = self.jobs.outbox(&job.key.delivery_id).await?;
+            let started = OutboxItem::id_for(&job.key, JobState::InProgress);
+            let last_body = outbox_items
+                .iter()
+                .find(|o| o.id == started)
+                .and_then(|o| o.body.pointer("/untrusted/callback_payload"));
+            if last_body.is_none() {
+                tracing::warn!(delivery_id = %job.key.delivery_id, repo = %job.key.repo, job = %job.key.job_name,
+                    "no in_progress record for a timed-out job; its HUD record is built from the job");
+            }
+            let body = hud_body(&job, &timed_out_callback_body(last_body, &job, now));
+            let outbox = OutboxItem::pending(&job.key, JobState::Completed, body, now);
             let check = self
                 .jobs
                 .check_runs(&job.key.delivery_id)
@@ -502,7 +519,17 @@ impl Reconciler {
             // Without the kv store, sending twice beats not sending.
             Err(e) => tracing::warn!(error = %e, "outbox lease unavailable; sending without it"),
         }
-        let sent = self.sync_outboxes(&mut report).await;
+        let mut synced = SweepReport::default();
+        let sent = tokio::select! {
+            sent = self.sync_outboxes(&mut synced) => sent,
+            () = stop => {
+                tracing::info!("shutting down: the sweep stops sending; unsent records stay pending");
+                report.interrupted = true;
+                Ok(())
+            }
+        };
+        (report.hud, report.check_runs, report.check_runs_error) =
+            (synced.hud, synced.check_runs, synced.check_runs_error);
         if let Err(e) = self.state.release_lease(OUTBOX_LEASE_KEY, &holder).await {
             tracing::warn!(error = %e, "could not release the outbox lease; it expires by itself");
         }
@@ -512,8 +539,14 @@ impl Reconciler {
 
     /// HUD sync, then check-run sync (under the outbox lease).
     async fn sync_outboxes(&self, report: &mut SweepReport) -> Result<(), StoreError> {
-        report.hud =
-            sync_outbox(self.jobs.as_ref(), self.hud.as_ref(), self.clock.as_ref(), self.settings.hud_batch).await?;
+        report.hud = sync_outbox(
+            self.jobs.as_ref(),
+            self.hud.as_ref(),
+            self.clock.as_ref(),
+            &self.settings.hud_retry,
+            self.settings.hud_batch,
+        )
+        .await?;
         if let Some(checks) = &self.checks {
             let synced = crate::checks::sync_check_runs(
                 self.jobs.as_ref(),

@@ -48,6 +48,7 @@ use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::github::{classify, GitHubAppClient, GitHubAppConfig, GitHubConfigError};
+use crate::ops::progress::{NoProgress, Progress};
 use crate::ops::{format_age, format_time, table::Table};
 use crate::ports::{Clock, GitHubError, StateStore, StoreError, SystemClock};
 
@@ -507,6 +508,20 @@ impl Redeliverer {
     /// One run (see the module docs). `Err` only when the state cannot be
     /// read or written; GitHub's failures are in the report's `errors`.
     pub async fn run(&self, opts: &RunOptions) -> Result<RedeliverReport, RedeliverError> {
+        self.run_with_progress(opts, &mut NoProgress).await
+    }
+
+    /// [`Redeliverer::run`], reporting to `progress` in two phases: reading
+    /// the delivery log (`start(None)`, `inc(1)` per page, a `message` with
+    /// the pages and deliveries read), then the failed GUIDs
+    /// (`start(Some(n))`, `inc(1)` per GUID decided: asked for, skipped or
+    /// left for the next run, one second apart when asked for, a `message`
+    /// with the tallies); `finish` at the end.
+    pub async fn run_with_progress(
+        &self,
+        opts: &RunOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<RedeliverReport, RedeliverError> {
         let started = tokio::time::Instant::now();
         let s = &self.settings;
         let now = self.clock.now_ms();
@@ -529,6 +544,7 @@ impl Redeliverer {
         let mut complete = true;
 
         // 1. Read the log down to `lower`.
+        progress.start(None);
         let mut read: Vec<HookDelivery> = Vec::new();
         let mut page_cursor: Option<String> = None;
         let mut refused = false;
@@ -554,6 +570,8 @@ impl Redeliverer {
             };
             report.pages += 1;
             report.deliveries += page.deliveries.len();
+            progress.inc(1);
+            progress.message(&format!("read {} page(s), {} deliveries", report.pages, report.deliveries));
             let oldest = page.deliveries.iter().map(|d| d.delivered_at_ms).min();
             read.extend(page.deliveries);
             match (oldest, page.next_cursor) {
@@ -601,9 +619,16 @@ impl Redeliverer {
         candidates.sort_by_key(|(_, v)| (v.newest.delivered_at_ms, v.newest.id));
 
         // 3. Ask for redelivery.
+        let candidates_n = candidates.len();
+        progress.start(Some(candidates_n as u64));
         let mut asked = 0usize;
         let mut stop: Option<&'static str> = refused.then_some("GitHub refused the App's credentials");
-        for (guid, v) in candidates {
+        for (i, (guid, v)) in candidates.into_iter().enumerate() {
+            // The previous GUID is decided (each arm below ends with `continue` or falls through).
+            if i > 0 {
+                progress.inc(1);
+                progress.message(&tally(&report));
+            }
             let d = v.newest;
             let previous = state.requested.get(guid).cloned();
             if previous.as_ref().is_some_and(|p| p.id >= d.id) {
@@ -669,6 +694,11 @@ impl Redeliverer {
                 }
             }
         }
+        if candidates_n > 0 {
+            progress.inc(1);
+            progress.message(&tally(&report));
+        }
+        progress.finish();
         if let Some(why) = stop.filter(|_| !refused) {
             tracing::warn!(reason = why, "redeliver run stopped asking; the rest waits for the next run");
         }
@@ -728,6 +758,12 @@ impl Redeliverer {
         }
         Ok(report)
     }
+}
+
+/// The progress message of the redelivery phase.
+fn tally(r: &RedeliverReport) -> String {
+    let skipped = r.skipped_requested + r.skipped_gave_up;
+    format!("requested {}, skipped {skipped}, errors {}", r.redelivered, r.errors.len())
 }
 
 fn row(v: &GuidView<'_>, outcome: GuidOutcome) -> GuidRow {

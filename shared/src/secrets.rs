@@ -16,6 +16,12 @@
 //! reported by the configuration as `CRCR_WEBHOOK_SECRET ... required`.
 //! Other keys are ignored.
 //!
+//! The Python relay's secret can be used as it is: its key names
+//! ([`SECRET_KEY_ALIASES`]: `GITHUB_APP_SECRET`, `GITHUB_APP_PRIVATE_KEY`,
+//! `HUD_BOT_KEY`) are read for a value whose crcr key is absent. When both
+//! names are present, crcr's own key wins and the alias is not read at all
+//! (docs/MIGRATING.md).
+//!
 //! Without `CRCR_SECRETS_ARN` nothing is fetched and the environment is used
 //! as it is (`crcr serve`, tests).
 //!
@@ -39,6 +45,18 @@ pub const SECRET_KEYS: &[(&str, &str)] = &[
     ("hud_bot_key", "CRCR_HUD_BOT_KEY"),
 ];
 
+/// The Python relay's JSON key → crcr's key for the same value. Source:
+/// pytorch/test-infra `aws/lambda/cross_repo_ci_relay/utils/config.py`
+/// (`RelaySecrets.from_aws`, which also reads `REDIS_LOGIN`: crcr has no
+/// Redis, so that key is ignored). An alias is read only when crcr's own key
+/// is absent from the secret; its value is checked the same way (a
+/// non-empty string).
+pub const SECRET_KEY_ALIASES: &[(&str, &str)] = &[
+    ("GITHUB_APP_SECRET", "webhook_secret"),
+    ("GITHUB_APP_PRIVATE_KEY", "github_app_private_key"),
+    ("HUD_BOT_KEY", "hud_bot_key"),
+];
+
 /// Why the secret could not be used. Never contains a secret value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -53,6 +71,8 @@ pub enum SecretsError {
 #[derive(Default)]
 pub struct Secrets {
     values: HashMap<&'static str, SecretString>,
+    /// Variable → the JSON key its value came from (crcr's or an alias).
+    keys: HashMap<&'static str, &'static str>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -65,8 +85,9 @@ impl std::fmt::Debug for Secrets {
 
 impl Secrets {
     /// Parses a `SecretString`: a JSON object whose known keys
-    /// ([`SECRET_KEYS`]) have non-empty string values. The error never
-    /// quotes the input.
+    /// ([`SECRET_KEYS`], or when one is absent its Python relay alias from
+    /// [`SECRET_KEY_ALIASES`]) have non-empty string values. The error
+    /// names the key and never quotes the input.
     pub fn parse(secret_string: &str) -> Result<Self, String> {
         let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(secret_string).map_err(|e| {
             format!(
@@ -77,17 +98,24 @@ impl Secrets {
             )
         })?;
         let mut values = HashMap::new();
-        for (key, var) in SECRET_KEYS {
-            match object.get(*key) {
-                None => {}
-                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+        let mut keys = HashMap::new();
+        for (own, var) in SECRET_KEYS {
+            let alias = SECRET_KEY_ALIASES.iter().find(|(_, k)| k == own).map(|(alias, _)| *alias);
+            let Some((key, value)) =
+                std::iter::once(*own).chain(alias).find_map(|key| object.get(key).map(|value| (key, value)))
+            else {
+                continue;
+            };
+            match value {
+                serde_json::Value::String(s) if !s.trim().is_empty() => {
                     values.insert(*var, SecretString::from(s.clone()));
+                    keys.insert(*var, key);
                 }
-                Some(serde_json::Value::String(_)) => return Err(format!("key {key:?} is empty")),
-                Some(_) => return Err(format!("key {key:?} is not a string")),
+                serde_json::Value::String(_) => return Err(format!("key {key:?} is empty")),
+                _ => return Err(format!("key {key:?} is not a string")),
             }
         }
-        Ok(Self { values })
+        Ok(Self { values, keys })
     }
 
     /// The value for `var` (e.g. `CRCR_WEBHOOK_SECRET`), if the secret had it.
@@ -95,11 +123,14 @@ impl Secrets {
         self.values.get(var)
     }
 
-    /// The JSON keys the secret provided (for a start-up log line).
+    /// The JSON keys the secret provided, in [`SECRET_KEYS`] order, each as
+    /// written in the secret (crcr's name, or the Python relay's alias it
+    /// was read from); for a start-up log line.
     pub fn keys(&self) -> Vec<&'static str> {
-        SECRET_KEYS.iter().filter(|(_, var)| self.values.contains_key(var)).map(|(k, _)| *k).collect()
+        SECRET_KEYS.iter().filter_map(|(_, var)| self.keys.get(var).copied()).collect()
     }
 
+    /// No value was read (no `CRCR_SECRETS_ARN`, or no known key in it).
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
@@ -201,6 +232,44 @@ mod tests {
         assert_eq!(env.opt("CRCR_GITHUB_APP_PRIVATE_KEY_FILE").as_deref(), Some("/key.pem"));
         let cfg = IngestConfig::from_env(&env).unwrap();
         assert_eq!(cfg.upstream.as_str(), "Codertocat/Hello-World");
+    }
+
+    /// The Python relay's secret (`GITHUB_APP_SECRET`, `GITHUB_APP_PRIVATE_KEY`,
+    /// `REDIS_LOGIN`, `HUD_BOT_KEY`) works as it is.
+    #[test]
+    fn the_python_relays_key_names_are_read_as_aliases() {
+        let python = serde_json::json!({
+            "GITHUB_APP_SECRET": "py-webhook",
+            "GITHUB_APP_PRIVATE_KEY": KEY,
+            "REDIS_LOGIN": "default:pw",
+            "HUD_BOT_KEY": "py-hud",
+        })
+        .to_string();
+        let secrets = Secrets::parse(&python).unwrap();
+        assert_eq!(secrets.keys(), ["GITHUB_APP_SECRET", "GITHUB_APP_PRIVATE_KEY", "HUD_BOT_KEY"]);
+        let env = secrets.layer(map_env(&[("CRCR_GITHUB_APP_ID", "42"), ("CRCR_ALLOWLIST_FILE", "allowlist.yml")]));
+        assert_eq!(env.opt("CRCR_WEBHOOK_SECRET").as_deref(), Some("py-webhook"));
+        assert_eq!(env.opt("CRCR_HUD_BOT_KEY").as_deref(), Some("py-hud"));
+        let cfg = RelayConfig::from_env(&env).unwrap();
+        assert_eq!(cfg.github.private_key_pem.expose_secret(), KEY);
+        assert_eq!(env.opt("REDIS_LOGIN"), None, "no Redis in crcr: ignored");
+    }
+
+    /// crcr's own key wins over the alias; the alias is then not even checked.
+    #[test]
+    fn crcrs_own_key_wins_over_the_alias() {
+        let both = r#"{"webhook_secret": "crcr", "GITHUB_APP_SECRET": "python",
+                       "hud_bot_key": "crcr-hud", "HUD_BOT_KEY": 7, "GITHUB_APP_PRIVATE_KEY": "pem"}"#;
+        let secrets = Secrets::parse(both).unwrap();
+        assert_eq!(secrets.keys(), ["webhook_secret", "GITHUB_APP_PRIVATE_KEY", "hud_bot_key"]);
+        assert_eq!(secrets.get("CRCR_WEBHOOK_SECRET").unwrap().expose_secret(), "crcr");
+        assert_eq!(secrets.get("CRCR_HUD_BOT_KEY").unwrap().expose_secret(), "crcr-hud");
+        assert_eq!(secrets.get("CRCR_GITHUB_APP_PRIVATE_KEY").unwrap().expose_secret(), "pem");
+        // An alias that is read is checked like crcr's key, and named in the error.
+        let e = Secrets::parse(r#"{"GITHUB_APP_SECRET": ""}"#).unwrap_err();
+        assert!(e.contains("\"GITHUB_APP_SECRET\" is empty"), "{e}");
+        let e = Secrets::parse(r#"{"HUD_BOT_KEY": 424242}"#).unwrap_err();
+        assert!(e.contains("\"HUD_BOT_KEY\" is not a string") && !e.contains("424242"), "{e}");
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::config::AwsResources;
 use crate::domain::DeliveryId;
-use crate::lifecycle::{CheckRunItem, JobRecord, JobStore, OutboxItem, Violation};
+use crate::lifecycle::{CheckRunItem, HudSync, JobRecord, JobStore, OutboxItem, Violation};
 use crate::ops::backend::BackendError;
 use crate::ports::{DispatchRecord, DispatchStore, StoreError};
 
@@ -230,8 +230,13 @@ impl Trace {
             out.push_str("HUD records:\n");
         }
         for h in &self.hud {
+            let next = match h.sync {
+                HudSync::Pending if h.attempts > 0 => format!("  next attempt {}", time(Some(h.next_attempt_at_ms))),
+                HudSync::Failed => "  (parked: crcr hud retry)".to_owned(),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "  {:<9} attempts {}  {}{}\n",
+                "  {:<9} attempts {}  {}{}{next}\n",
                 h.sync.as_str(),
                 h.attempts,
                 h.id.split('|').skip(1).collect::<Vec<_>>().join(" "),

@@ -1061,6 +1061,7 @@ mod cases {
             last_error: None,
             created_at_ms: at,
             updated_at_ms: at,
+            next_attempt_at_ms: at,
         }
     }
 
@@ -1092,7 +1093,7 @@ mod cases {
         assert_eq!(s.get(&key).await.unwrap(), Some(rec.clone()));
         assert_eq!(s.jobs(&d).await.unwrap(), vec![rec]);
         assert_eq!(s.outbox(&d).await.unwrap(), vec![ob.clone()]);
-        assert_eq!(s.pending_outbox(10).await.unwrap(), vec![ob]);
+        assert_eq!(s.pending_outbox(i64::MAX, 10).await.unwrap(), vec![ob]);
     }
 
     /// IN_PROGRESS again (expected None, the job exists) → false; the
@@ -1143,7 +1144,7 @@ mod cases {
         assert_eq!(s.get(&key).await.unwrap(), None);
         assert!(s.jobs(&d).await.unwrap().is_empty());
         assert!(s.outbox(&d).await.unwrap().is_empty());
-        assert!(s.pending_outbox(10).await.unwrap().is_empty());
+        assert!(s.pending_outbox(i64::MAX, 10).await.unwrap().is_empty());
     }
 
     /// A re-run (run_attempt + 1) and another job of the same run are keys of
@@ -1206,7 +1207,7 @@ mod cases {
         let d = delivery();
         let rec = started(&job_key(&d, "pytorch/pytorch", 1, "build"), T0);
         let ob = apply(&*s, None, &rec).await;
-        s.mark_outbox(&ob.id, HudSync::Pending, Some("HUD answered 503"), T0 + 10).await.unwrap();
+        s.mark_outbox(&ob.id, HudSync::Pending, Some("HUD answered 503"), None, T0 + 10).await.unwrap();
         let after_retry = one_outbox(&*s, &ob.id).await;
         assert_eq!(
             after_retry,
@@ -1214,24 +1215,27 @@ mod cases {
                 attempts: 1,
                 last_error: Some("HUD answered 503".into()),
                 updated_at_ms: T0 + 10,
+                next_attempt_at_ms: T0 + 10,
                 ..ob.clone()
             }
         );
-        assert_eq!(s.pending_outbox(10).await.unwrap(), vec![after_retry.clone()]);
-        s.mark_outbox(&ob.id, HudSync::Sent, None, T0 + 20).await.unwrap();
+        assert_eq!(s.pending_outbox(i64::MAX, 10).await.unwrap(), vec![after_retry.clone()]);
+        s.mark_outbox(&ob.id, HudSync::Sent, None, None, T0 + 20).await.unwrap();
         let sent = one_outbox(&*s, &ob.id).await;
         assert_eq!(sent, OutboxItem { sync: HudSync::Sent, attempts: 2, updated_at_ms: T0 + 20, ..after_retry });
         for (sync, error) in
             [(HudSync::Pending, Some("late 503")), (HudSync::Rejected, Some("422")), (HudSync::Sent, None)]
         {
-            s.mark_outbox(&ob.id, sync, error, T0 + 30).await.unwrap();
+            s.mark_outbox(&ob.id, sync, error, None, T0 + 30).await.unwrap();
             assert_eq!(one_outbox(&*s, &ob.id).await, sent, "a final item changed by {sync:?}");
         }
-        assert!(s.pending_outbox(10).await.unwrap().is_empty(), "a sent item is not pending");
+        assert!(s.pending_outbox(i64::MAX, 10).await.unwrap().is_empty(), "a sent item is not pending");
 
         let done = finished(&rec, T0 + 1_000, "success");
         let ob2 = apply(&*s, Some(JobState::InProgress), &done).await;
-        s.mark_outbox(&ob2.id, HudSync::Rejected, Some("HUD answered 422: bad run_id"), T0 + 1_010).await.unwrap();
+        s.mark_outbox(&ob2.id, HudSync::Rejected, Some("HUD answered 422: bad run_id"), None, T0 + 1_010)
+            .await
+            .unwrap();
         let rejected = one_outbox(&*s, &ob2.id).await;
         assert_eq!(
             rejected,
@@ -1243,15 +1247,15 @@ mod cases {
                 ..ob2
             }
         );
-        s.mark_outbox(&rejected.id, HudSync::Sent, None, T0 + 1_020).await.unwrap();
-        s.mark_outbox(&rejected.id, HudSync::Pending, Some("x"), T0 + 1_030).await.unwrap();
+        s.mark_outbox(&rejected.id, HudSync::Sent, None, None, T0 + 1_020).await.unwrap();
+        s.mark_outbox(&rejected.id, HudSync::Pending, Some("x"), None, T0 + 1_030).await.unwrap();
         assert_eq!(one_outbox(&*s, &rejected.id).await, rejected);
-        assert!(s.pending_outbox(10).await.unwrap().is_empty());
+        assert!(s.pending_outbox(i64::MAX, 10).await.unwrap().is_empty());
 
         let other = delivery();
         let unknown = OutboxItem::id_for(&job_key(&other, "org/repo", 1, "build"), JobState::InProgress);
-        s.mark_outbox(&unknown, HudSync::Sent, None, T0).await.expect("mark an unknown id");
-        s.mark_outbox("not-an-outbox-id", HudSync::Pending, Some("x"), T0).await.expect("mark a malformed id");
+        s.mark_outbox(&unknown, HudSync::Sent, None, None, T0).await.expect("mark an unknown id");
+        s.mark_outbox("not-an-outbox-id", HudSync::Pending, Some("x"), None, T0).await.expect("mark a malformed id");
         assert!(s.outbox(&other).await.unwrap().is_empty());
         assert_eq!(s.outbox(&d).await.unwrap(), vec![sent, rejected]);
     }
@@ -1409,9 +1413,12 @@ mod cases {
         assert_eq!(s.check_runs(&d).await.unwrap(), vec![moved, moved2, backfill]);
     }
 
-    /// pending_outbox: only pending items, across deliveries, oldest created
-    /// first (a retried item keeps its place), ties by id; `limit` respected.
-    pub async fn jobs_pending_outbox_oldest_first<B: Backend>() {
+    /// pending_outbox: only pending items due at the instant, across
+    /// deliveries, the earliest due first (a new item is due when created;
+    /// a retried one when its backoff ends, so it moves back), ties by
+    /// creation then id; `limit` respected; defer_outbox moves an item's
+    /// turn without counting an attempt.
+    pub async fn jobs_pending_outbox_due_first<B: Backend>() {
         let s = B::jobs().await;
         let (d1, d2, d3) = (delivery(), delivery(), delivery());
         // (delivery, job, created at), written out of creation order.
@@ -1426,30 +1433,109 @@ mod cases {
         let mut obs = std::collections::HashMap::new();
         for (d, name, at) in plan {
             let rec = started(&job_key(d, "pytorch/pytorch", 1, name), at);
-            // Last changed in the reverse order of creation: the order is by creation.
+            // Last changed in the reverse order of creation: the order is by due time.
             let ob = OutboxItem { updated_at_ms: T0 + 10_000 - (at - T0), ..hud(&rec) };
             assert!(s.transition(None, &rec, &ob).await.unwrap());
             obs.insert(name, ob);
         }
-        // The oldest is retried last: it stays first.
-        s.mark_outbox(&obs["b"].id, HudSync::Pending, Some("timeout"), T0 + 20_000).await.unwrap();
-        s.mark_outbox(&obs["a"].id, HudSync::Sent, None, T0 + 901).await.unwrap();
-        s.mark_outbox(&obs["c"].id, HudSync::Rejected, Some("400"), T0 + 902).await.unwrap();
+        // The oldest failed and backs off until T0 + 20 s: it goes last.
+        s.mark_outbox(&obs["b"].id, HudSync::Pending, Some("timeout"), Some(T0 + 20_000), T0 + 900).await.unwrap();
+        s.mark_outbox(&obs["a"].id, HudSync::Sent, None, None, T0 + 901).await.unwrap();
+        s.mark_outbox(&obs["c"].id, HudSync::Rejected, Some("400"), None, T0 + 902).await.unwrap();
         let retried = OutboxItem {
             attempts: 1,
             last_error: Some("timeout".into()),
-            updated_at_ms: T0 + 20_000,
+            updated_at_ms: T0 + 900,
+            next_attempt_at_ms: T0 + 20_000,
             ..obs["b"].clone()
         };
         let (mut tie1, mut tie2) = (obs["d"].clone(), obs["f"].clone());
         if tie2.id < tie1.id {
             std::mem::swap(&mut tie1, &mut tie2);
         }
-        let all = vec![retried, tie1, tie2, obs["e"].clone()];
-        assert_eq!(s.pending_outbox(10).await.unwrap(), all);
+        let all = vec![tie1.clone(), tie2.clone(), obs["e"].clone(), retried.clone()];
+        assert_eq!(s.pending_outbox(i64::MAX, 10).await.unwrap(), all);
         for limit in [4, 3, 2, 1, 0] {
-            assert_eq!(s.pending_outbox(limit).await.unwrap(), all[..limit].to_vec(), "limit {limit}");
+            assert_eq!(s.pending_outbox(i64::MAX, limit).await.unwrap(), all[..limit].to_vec(), "limit {limit}");
         }
+        assert_eq!(s.pending_outbox(T0 + 400, 10).await.unwrap(), all[..3].to_vec(), "due by T0 + 400");
+        assert_eq!(s.pending_outbox(T0 + 399, 10).await.unwrap(), all[..2].to_vec(), "due by T0 + 399");
+        assert_eq!(s.pending_outbox(T0 + 19_999, 10).await.unwrap(), all[..3].to_vec(), "b not due yet");
+        assert_eq!(s.pending_outbox(T0 + 20_000, 10).await.unwrap(), all, "b due at its next attempt");
+        // Deferred: the next attempt moves, no attempt is counted.
+        s.defer_outbox(&tie1.id, T0 + 30_000).await.unwrap();
+        let deferred = OutboxItem { next_attempt_at_ms: T0 + 30_000, ..tie1 };
+        assert_eq!(
+            s.pending_outbox(i64::MAX, 10).await.unwrap(),
+            vec![tie2, obs["e"].clone(), retried, deferred.clone()]
+        );
+        // A final item is not deferred.
+        s.defer_outbox(&obs["a"].id, T0).await.unwrap();
+        assert_eq!(one_outbox(&*s, &obs["a"].id).await.sync, HudSync::Sent);
+    }
+
+    /// Failed parks an item: not pending, final for the sweep, listed by
+    /// outbox_in(Failed) with its last answer and counted by the backlog;
+    /// requeue_outbox puts it (or a sent or rejected one) back, due now
+    /// with attempts 0, and refuses a pending or unknown id.
+    pub async fn jobs_outbox_failed_and_requeue<B: Backend>() {
+        let s = B::jobs().await;
+        let (d1, d2) = (delivery(), delivery());
+        let a = apply(&*s, None, &started(&job_key(&d1, "org/a", 1, "a"), T0 + 100)).await;
+        let b = apply(&*s, None, &started(&job_key(&d2, "org/b", 1, "b"), T0 + 200)).await;
+        let c = apply(&*s, None, &started(&job_key(&d2, "org/b", 1, "c"), T0 + 300)).await;
+        s.mark_outbox(&b.id, HudSync::Pending, Some("HUD answered 500"), Some(T0 + 5_000), T0 + 250).await.unwrap();
+        s.mark_outbox(&b.id, HudSync::Failed, Some("HUD answered 500 again"), None, T0 + 6_000).await.unwrap();
+        s.mark_outbox(&a.id, HudSync::Failed, Some("no answer"), None, T0 + 6_001).await.unwrap();
+        s.mark_outbox(&c.id, HudSync::Rejected, Some("HUD answered 400"), None, T0 + 6_002).await.unwrap();
+        let failed_b = OutboxItem {
+            sync: HudSync::Failed,
+            attempts: 2,
+            last_error: Some("HUD answered 500 again".into()),
+            updated_at_ms: T0 + 6_000,
+            next_attempt_at_ms: T0 + 5_000,
+            ..b.clone()
+        };
+        let failed_a = OutboxItem {
+            sync: HudSync::Failed,
+            attempts: 1,
+            last_error: Some("no answer".into()),
+            updated_at_ms: T0 + 6_001,
+            ..a.clone()
+        };
+        assert_eq!(one_outbox(&*s, &b.id).await, failed_b);
+        assert!(s.pending_outbox(i64::MAX, 10).await.unwrap().is_empty());
+        assert_eq!(s.outbox_in(HudSync::Failed, 10).await.unwrap(), vec![failed_a.clone(), failed_b.clone()]);
+        assert_eq!(s.outbox_in(HudSync::Failed, 1).await.unwrap(), vec![failed_a.clone()]);
+        assert_eq!(s.outbox_in(HudSync::Rejected, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            s.outbox_backlog().await.unwrap(),
+            OutboxBacklog { pending: 0, oldest_created_at_ms: None, failed: 2 }
+        );
+        // Final for the sweep.
+        s.mark_outbox(&b.id, HudSync::Sent, None, None, T0 + 7_000).await.unwrap();
+        assert_eq!(one_outbox(&*s, &b.id).await, failed_b);
+        // Back in the queue, due now, its last answer kept.
+        assert!(s.requeue_outbox(&b.id, T0 + 8_000).await.unwrap());
+        let requeued = OutboxItem {
+            sync: HudSync::Pending,
+            attempts: 0,
+            updated_at_ms: T0 + 8_000,
+            next_attempt_at_ms: T0 + 8_000,
+            ..failed_b
+        };
+        assert_eq!(s.pending_outbox(i64::MAX, 10).await.unwrap(), vec![requeued.clone()]);
+        assert!(!s.requeue_outbox(&b.id, T0 + 8_001).await.unwrap(), "already pending");
+        assert_eq!(one_outbox(&*s, &b.id).await, requeued);
+        assert!(s.requeue_outbox(&c.id, T0 + 8_002).await.unwrap(), "a rejected item too");
+        let unknown = OutboxItem::id_for(&job_key(&delivery(), "org/x", 1, "x"), JobState::InProgress);
+        assert!(!s.requeue_outbox(&unknown, T0).await.unwrap());
+        assert!(!s.requeue_outbox("no-separator", T0).await.unwrap());
+        assert_eq!(s.outbox_in(HudSync::Failed, 10).await.unwrap(), vec![failed_a]);
+        assert_eq!(
+            s.outbox_backlog().await.unwrap(),
+            OutboxBacklog { pending: 2, oldest_created_at_ms: Some(T0 + 200), failed: 1 }
+        );
     }
 
     /// in_progress_before: IN_PROGRESS jobs last changed strictly before the
@@ -1515,14 +1601,20 @@ mod cases {
         let b = apply(&*s, None, &started(&job_key(&d2, "org/b", 1, "b"), T0 + 200)).await;
         let c = apply(&*s, None, &started(&job_key(&d2, "org/b", 1, "c"), T0 + 300)).await;
         apply(&*s, Some(JobState::InProgress), &finished(&a, T0 + 400, "success")).await;
-        let backlog = |pending, oldest| OutboxBacklog { pending, oldest_created_at_ms: Some(oldest) };
+        let backlog = |pending, oldest| OutboxBacklog { pending, oldest_created_at_ms: Some(oldest), failed: 0 };
         assert_eq!(s.outbox_backlog().await.unwrap(), backlog(4, T0 + 100));
-        s.mark_outbox(&a_started.id, HudSync::Sent, None, T0 + 500).await.unwrap();
+        s.mark_outbox(&a_started.id, HudSync::Sent, None, None, T0 + 500).await.unwrap();
         assert_eq!(s.outbox_backlog().await.unwrap(), backlog(3, T0 + 200));
-        s.mark_outbox(&b.id, HudSync::Rejected, Some("422"), T0 + 501).await.unwrap();
+        s.mark_outbox(&b.id, HudSync::Rejected, Some("422"), None, T0 + 501).await.unwrap();
         assert_eq!(s.outbox_backlog().await.unwrap(), backlog(2, T0 + 300));
-        s.mark_outbox(&c.id, HudSync::Pending, Some("503"), T0 + 502).await.unwrap();
+        s.mark_outbox(&c.id, HudSync::Pending, Some("503"), None, T0 + 502).await.unwrap();
         assert_eq!(s.outbox_backlog().await.unwrap(), backlog(2, T0 + 300), "a retried item keeps its place");
+        s.mark_outbox(&c.id, HudSync::Failed, Some("503"), None, T0 + 503).await.unwrap();
+        assert_eq!(
+            s.outbox_backlog().await.unwrap(),
+            OutboxBacklog { pending: 1, oldest_created_at_ms: Some(T0 + 400), failed: 1 },
+            "a parked item leaves the backlog and is counted as failed"
+        );
     }
 
     /// callback_counts: jobs whose IN_PROGRESS / COMPLETED time is at or
@@ -1631,6 +1723,7 @@ mod cases {
             last_error: Some("carried over".into()),
             created_at_ms: T0 + 3_600_123,
             updated_at_ms: T0 + 3_600_200,
+            next_attempt_at_ms: T0 + 3_700_000,
         };
         assert!(s.transition(Some(JobState::InProgress), &full, &ob2).await.unwrap());
         let ob3 = apply(&*s, None, &bare).await;
@@ -1839,7 +1932,8 @@ macro_rules! all_cases {
                 jobs_rerun_attempt_is_separate_key,
                 jobs_concurrent_transitions_one_winner,
                 jobs_outbox_sent_and_rejected_are_final,
-                jobs_pending_outbox_oldest_first,
+                jobs_pending_outbox_due_first,
+                jobs_outbox_failed_and_requeue,
                 jobs_in_progress_before_only_old_in_progress,
                 jobs_violations_round_trip,
                 jobs_outbox_backlog_counts_pending,

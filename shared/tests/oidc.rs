@@ -189,7 +189,7 @@ fn default_config(gha: &LocalIssuer, bk: &LocalIssuer) -> OidcConfig {
         format!("{ORG}/{PIPELINE}"),
         BuildkitePipeline {
             repo: RepoFullName::parse("acme/accel-ci").unwrap(),
-            required_claims: [("build_branch".to_owned(), json!("main"))].into(),
+            required_claims: [("build_branch".to_owned(), vec!["main".to_owned()])].into(),
         },
     );
     pipelines.insert(

@@ -18,7 +18,8 @@ use crcr_shared::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::lifecycle::{CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crcr_shared::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
-use crcr_shared::ops::dlq::{Dlq, DlqFilter, FailureClass, Progress, ReplayOptions, ScanOptions};
+use crcr_shared::ops::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
+use crcr_shared::ops::progress::{NoProgress, ProgressEvent, ProgressLog};
 use crcr_shared::ops::status::{status, StatusOptions};
 use crcr_shared::ports::{
     AttemptOutcome, BlobStore, Claim, DispatchCounts, DispatchMeta, DispatchStatus, DispatchStore, EventQueue,
@@ -209,8 +210,8 @@ async fn bodies(q: &dyn EventQueue, side: QueueSide) -> Vec<String> {
     out
 }
 
-fn no_progress() -> impl FnMut(Progress) + Send {
-    |_| {}
+fn no_progress() -> NoProgress {
+    NoProgress
 }
 
 fn ids(l: &[crcr_shared::ops::dlq::DlqMessage]) -> Vec<String> {
@@ -562,8 +563,10 @@ mod cases {
         let before = bodies(&*w.queue, QueueSide::DeadLetter).await;
         let push = DlqFilter { event: Some("push".into()), ..Default::default() };
         let dry = ReplayOptions { dry_run: true, rate_per_sec: None };
-        let r = w.dlq().replay(&push, &ScanOptions::work(), &dry, &mut no_progress()).await.unwrap();
+        let mut log = ProgressLog::default();
+        let r = w.dlq().replay(&push, &ScanOptions::work(), &dry, &mut log).await.unwrap();
         assert!(r.dry_run);
+        assert_eq!(log, ProgressLog::default(), "a dry run is over at once: no progress");
         assert_eq!((r.selected, r.done.len(), r.scanned), (2, 2, 4));
         assert_eq!(w.queue.depth(QueueSide::Source).await.unwrap(), 0, "dry run sends nothing");
         assert_eq!(
@@ -572,16 +575,18 @@ mod cases {
             "dry run: all four still there and visible"
         );
 
-        let mut seen = Vec::new();
+        let mut log = ProgressLog::default();
         let started = std::time::Instant::now();
         let opts = ReplayOptions { dry_run: false, rate_per_sec: Some(20.0) };
-        let r = w.dlq().replay(&push, &ScanOptions::work(), &opts, &mut |p| seen.push(p)).await.unwrap();
+        let r = w.dlq().replay(&push, &ScanOptions::work(), &opts, &mut log).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(50), "2 moves at 20/s take at least 50 ms");
         assert_eq!((r.done.len(), r.skipped.len(), r.failed.len()), (2, 0, 0), "{r:?}");
         assert_eq!(ids_of(&r.done), [dead.d2.to_string(), dead.d4.to_string()]);
         assert!(r.done.iter().all(|m| m.new_message_id.is_some()));
-        assert_eq!(seen.last().copied(), Some(Progress { done: 2, total: 2, ok: 2, skipped: 0, failed: 0 }));
-        assert_eq!(seen.len(), 2);
+        // The two selected of four read, one step each, with the tallies.
+        let ok = |n: u32| ProgressEvent::Message(format!("ok {n}, skipped 0, failed 0"));
+        use ProgressEvent::{Finish, Inc, Start};
+        assert_eq!(log.events, [Start(Some(2)), Inc(1), ok(1), Inc(1), ok(2), Finish]);
         let on_source = bodies(&*w.queue, QueueSide::Source).await;
         let left = bodies(&*w.queue, QueueSide::DeadLetter).await;
         assert_eq!(on_source.len(), 2);
@@ -609,8 +614,11 @@ mod cases {
         let r = w.dlq().purge(&bad, &ScanOptions::work(), &dry, &mut no_progress()).await.unwrap();
         assert_eq!((r.selected, r.done.len()), (1, 1));
         assert_eq!(stats(&*w.queue, QueueSide::DeadLetter).await.visible, 4);
-        let r = w.dlq().purge(&bad, &ScanOptions::work(), &ReplayOptions::default(), &mut no_progress()).await.unwrap();
+        let mut log = ProgressLog::default();
+        let r = w.dlq().purge(&bad, &ScanOptions::work(), &ReplayOptions::default(), &mut log).await.unwrap();
         assert_eq!((r.done.len(), r.failed.len()), (1, 0));
+        assert_eq!((log.starts(), log.position()), (vec![Some(1)], 1));
+        assert!(log.finished_once() && log.last_message() == Some("ok 1, skipped 0, failed 0"), "{log:?}");
         let left = bodies(&*w.queue, QueueSide::DeadLetter).await;
         assert_eq!(left.len(), 3);
         assert!(!left.contains(&dead.m3_body));
@@ -807,10 +815,10 @@ mod cases {
         let zombie = job(jobs, &d2, "zombie", now - 7 * 3_600_000, Some((now - 10_000, "timed_out"))).await;
         let old = job(jobs, &d2, "old", now - 150 * 60_000, Some((now - 120 * 60_000, "failure"))).await;
         assert_eq!(running.len() + done.len() + zombie.len() + old.len(), 7);
-        jobs.mark_outbox(&done[0], HudSync::Sent, None, now).await.unwrap();
-        jobs.mark_outbox(&zombie[0], HudSync::Rejected, Some("422"), now).await.unwrap();
+        jobs.mark_outbox(&done[0], HudSync::Sent, None, None, now).await.unwrap();
+        jobs.mark_outbox(&zombie[0], HudSync::Rejected, Some("422"), None, now).await.unwrap();
         for id in &old {
-            jobs.mark_outbox(id, HudSync::Sent, None, now).await.unwrap();
+            jobs.mark_outbox(id, HudSync::Sent, None, None, now).await.unwrap();
         }
         for at in [now - 5_000, now - 2 * 3_600_000 + 60_000] {
             let v = Violation {
@@ -859,6 +867,7 @@ mod cases {
             last_error: None,
             created_at_ms: rec.updated_at_ms,
             updated_at_ms: rec.updated_at_ms,
+            next_attempt_at_ms: rec.updated_at_ms,
         };
         let first = outbox(&rec);
         assert!(jobs.transition(None, &rec, &first).await.unwrap());

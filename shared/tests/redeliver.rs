@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crcr_shared::config::{github_app_from_env, redeliver_interval, Env};
 use crcr_shared::github::GitHubAppConfig;
+use crcr_shared::ops::progress::{ProgressEvent, ProgressLog};
 use crcr_shared::ports::{InMemoryStateStore, StateStore};
 use crcr_shared::redeliver::{
     run_periodic, GuidOutcome, RedeliverError, RedeliverReport, RedeliverSettings, Redeliverer, RunOptions, STATE_KEY,
@@ -152,6 +153,65 @@ async fn reads_pages_to_six_hours_and_asks_once_per_failed_guid_for_its_newest_a
     let text = report.render(chrono::Utc::now().timestamp_millis());
     assert!(text.contains("read 3 page(s), 15 deliveries"), "{text}");
     assert!(text.contains("redelivery requested (attempt 1)") && text.contains("too old"), "{text}");
+}
+
+/// `crcr redeliver`'s progress: one step per page read (total unknown),
+/// then one per failed GUID (total known), with the tallies.
+#[tokio::test]
+async fn reports_progress_per_page_then_per_failed_guid() {
+    let s = start().await;
+    scenario(&s);
+    let (r, _state) = redeliverer(&s);
+    let mut log = ProgressLog::default();
+    let report = r.run_with_progress(&RunOptions::default(), &mut log).await.unwrap();
+    assert_eq!((report.pages, report.redelivered), (3, 3));
+    use ProgressEvent::{Finish, Inc, Message, Start};
+    let msg = |m: &str| Message(m.to_owned());
+    assert_eq!(
+        log.events,
+        [
+            Start(None),
+            Inc(1),
+            msg("read 1 page(s), 5 deliveries"),
+            Inc(1),
+            msg("read 2 page(s), 10 deliveries"),
+            Inc(1),
+            msg("read 3 page(s), 15 deliveries"),
+            Start(Some(3)),
+            Inc(1),
+            msg("requested 1, skipped 0, errors 0"),
+            Inc(1),
+            msg("requested 2, skipped 0, errors 0"),
+            Inc(1),
+            msg("requested 3, skipped 0, errors 0"),
+            Finish,
+        ]
+    );
+
+    // Nothing left to ask for (GitHub redelivered them): an empty second phase.
+    let mut again = ProgressLog::default();
+    r.run_with_progress(&RunOptions::default(), &mut again).await.unwrap();
+    assert_eq!((again.starts(), again.position()), (vec![None, Some(0)], 0));
+    assert!(again.finished_once());
+}
+
+/// A GUID decided without a request (here: given up after 3 failed
+/// redeliveries) is a step too, counted as skipped.
+#[tokio::test]
+async fn progress_counts_skipped_guids() {
+    let s = start().await;
+    seed(&s, "stubborn", 502, HOUR);
+    s.queue_redelivery_outcomes([502, 502, 502]);
+    let (r, _state) = redeliverer(&s);
+    for _ in 1..=3 {
+        run(&r, None, false).await;
+    }
+    let mut log = ProgressLog::default();
+    let report = r.run_with_progress(&RunOptions::default(), &mut log).await.unwrap();
+    assert_eq!(report.skipped_gave_up, 1);
+    assert_eq!((log.starts(), log.position()), (vec![None, Some(1)], 1));
+    assert_eq!(log.last_message(), Some("requested 0, skipped 1, errors 0"));
+    assert!(log.finished_once());
 }
 
 #[tokio::test]

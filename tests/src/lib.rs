@@ -101,6 +101,7 @@ impl Relay {
             database: dir.join("crcr.sqlite"),
             workers: 8,
             visibility_timeout: VISIBILITY_TIMEOUT,
+            shutdown_grace: Duration::from_secs(10),
         };
         let relay = EmbeddedRelay::build(&cfg, &emb).expect("relay builds");
         let (store, queue, reconciler) = (relay.store.clone(), relay.queue.clone(), relay.reconciler.clone());
@@ -196,14 +197,26 @@ pub fn dispatched_to(gh: &StandIn, delivery: &str) -> Vec<String> {
 
 /// Callback settings for an end-to-end relay: tokens of `issuer` (the GitHub
 /// Actions trust anchor; no Buildkite), results to `hud` with the bot key
-/// `hud-bot-key`, a sweep every 200 ms; reconciler defaults.
+/// `hud-bot-key`, a sweep every 200 ms; reconciler defaults but the HUD
+/// backoff ([`test_hud_retry`]).
 pub fn callback_config(issuer: &issuer::Issuer, hud: &issuer::Hud) -> crcr_shared::config::CallbackConfig {
     let mut c = crcr_shared::config::CallbackConfig::default();
     c.oidc.github_actions = Some(crcr_shared::oidc::TrustAnchor::new(issuer.url.clone()));
     c.oidc.buildkite = None;
     c.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
     c.sweep_interval = Duration::from_millis(200);
+    c.reconciler.hud_retry = test_hud_retry();
     c
+}
+
+/// HUD backoff on the tests' time scale: 100 ms after the first failure,
+/// doubling to at most 400 ms (production: 30 s to 30 min); the same limits.
+pub fn test_hud_retry() -> crcr_shared::hud::HudRetryPolicy {
+    crcr_shared::hud::HudRetryPolicy {
+        first_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(400),
+        ..Default::default()
+    }
 }
 
 /// `POST <relay>/github/callback` with `Bearer <token>` and `body`: the status

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crcr_shared::dispatch::DispatcherSettings;
 use crcr_shared::ops::backend::{self, OpsPorts, QueueName};
 use crcr_shared::ops::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
+use crcr_shared::ops::progress::NoProgress;
 use crcr_shared::ports::{DispatchStatus, QueueSide, SystemClock};
 use crcr_shared::standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
@@ -87,7 +88,7 @@ async fn a_delivery_dead_lettered_by_an_outage_is_replayed_to_the_undispatched_t
             &DlqFilter { event: Some("push".into()), ..Default::default() },
             &ScanOptions::work(),
             &ReplayOptions::default(),
-            &mut |_| {},
+            &mut NoProgress,
         )
         .await
         .unwrap();
@@ -126,7 +127,7 @@ async fn a_replay_that_died_between_send_and_delete_dispatches_nothing_twice() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let r = loop {
         let r = dlq(&p)
-            .replay(&DlqFilter::default(), &ScanOptions::work(), &ReplayOptions::default(), &mut |_| {})
+            .replay(&DlqFilter::default(), &ScanOptions::work(), &ReplayOptions::default(), &mut NoProgress)
             .await
             .unwrap();
         if !r.done.is_empty() {

@@ -126,6 +126,27 @@ resource "aws_cloudwatch_metric_alarm" "hud_outbox_backlog" {
   tags                = var.tags
 }
 
+# HUD records parked as failed: HUD kept answering 5xx (or nothing) for one
+# record past CRCR_HUD_MAX_ATTEMPTS / CRCR_HUD_MAX_AGE_SECS (torchci answers 500
+# to a body it cannot read, so a 5xx is not always transient). The other
+# records keep flowing; these wait for `crcr hud retry --aws` (RUNBOOK).
+resource "aws_cloudwatch_metric_alarm" "hud_outbox_failed" {
+  alarm_name          = "${var.name_prefix}-hud-outbox-failed"
+  alarm_description   = "HUD records parked as failed (crcr status --aws; crcr hud retry --aws)."
+  namespace           = var.metrics_namespace
+  metric_name         = "HudOutboxFailed"
+  dimensions          = var.custom_metric_dimensions
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.hud_outbox_failed_threshold
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+  tags                = var.tags
+}
+
 # repository_dispatch was accepted (204) but no callback ever came: the
 # downstream workflow is missing, disabled or not on the default branch.
 resource "aws_cloudwatch_metric_alarm" "never_started_dispatches" {

@@ -110,6 +110,8 @@ locals {
     CRCR_SECRETS_ARN         = var.secrets_arn
     CRCR_METRICS_NAMESPACE   = var.metrics_namespace
     CRCR_HUD_URL             = var.hud_url
+    CRCR_HUD_MAX_ATTEMPTS    = tostring(var.hud_max_attempts)
+    CRCR_HUD_MAX_AGE_SECS    = tostring(var.hud_max_age_seconds)
     # A sweep cannot outlive its invocation: the outbox lease lasts exactly
     # that long, so a sweep killed by the timeout blocks the next one no longer.
     CRCR_OUTBOX_LEASE_SECS = tostring(var.reconciler_timeout)

@@ -342,6 +342,24 @@ variable "hud_outbox_backlog_threshold" {
   default     = 100
 }
 
+variable "hud_outbox_failed_threshold" {
+  description = "Alarm when more than this many HUD records are parked as failed (custom metric HudOutboxFailed)."
+  type        = number
+  default     = 0
+}
+
+variable "hud_max_attempts" {
+  description = "HUD answers 5xx (or nothing) this many times for one record: the record is parked as failed (CRCR_HUD_MAX_ATTEMPTS)."
+  type        = number
+  default     = 12
+}
+
+variable "hud_max_age_seconds" {
+  description = "A HUD record still not accepted this long after it was written is parked as failed (CRCR_HUD_MAX_AGE_SECS)."
+  type        = number
+  default     = 86400
+}
+
 variable "never_started_threshold" {
   description = "Alarm when a sweep reports more than this many dispatches never started downstream (custom metric NeverStartedDispatches)."
   type        = number

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{AttributeValue, Put, Select, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 
@@ -53,8 +54,9 @@ mod attr {
     pub const SK: &str = "sk";
     /// GSI hash key: job state, or `hud_<sync>` for an outbox item.
     pub const STATUS: &str = "status";
-    /// GSI range key (N, ms): a job's `updated_at_ms`; an outbox item's
-    /// `created_at_ms` (its place in the HUD queue, which never changes).
+    /// GSI range key (N, ms): a job's `updated_at_ms`; a pending outbox
+    /// item's `next_attempt_at_ms` (its place in the HUD queue: due first),
+    /// a final one's `created_at_ms`.
     pub const UPDATED_AT: &str = "updated_at";
     pub const EXPIRES_AT: &str = "expires_at";
     // Job items.
@@ -78,6 +80,9 @@ mod attr {
     pub const LAST_ERROR: &str = "last_error";
     pub const CREATED_AT_MS: &str = "created_at_ms";
     pub const UPDATED_AT_MS: &str = "updated_at_ms";
+    /// N, ms: [`crate::lifecycle::OutboxItem::next_attempt_at_ms`]; absent
+    /// on items written before it existed (read as `created_at_ms`).
+    pub const NEXT_ATTEMPT_AT_MS: &str = "next_attempt_at_ms";
     // Check-run items (plus `id`, `repo`, `attempts`, `last_error`, `created_at_ms`, `updated_at_ms`).
     pub const REQUEST: &str = "request";
     pub const VERSION: &str = "version";
@@ -107,11 +112,13 @@ mod attr {
 ///   `conclusion` (S), `queue_time_s`, `execution_time_s` (N, the shortest
 ///   decimal that reads back as the same `f64`), `workflow_name`, `url` (S);
 /// - **outbox** `hud#<OutboxItem::id>`: `id` (S), `body` (S, the JSON text),
-///   `status` (S, `hud_pending` / `hud_sent` / `hud_rejected`), `attempts`
-///   (N), `last_error` (S, absent = none), `created_at_ms`, `updated_at_ms`
-///   (N), and `updated_at` (N) = `created_at_ms`: the GSI orders pending
-///   items by when they were created ("oldest first"), not by their last
-///   attempt. An outbox id starts with `<delivery id>|`, which is how
+///   `status` (S, `hud_pending` / `hud_sent` / `hud_rejected` /
+///   `hud_failed`), `attempts` (N), `last_error` (S, absent = none),
+///   `created_at_ms`, `updated_at_ms`, `next_attempt_at_ms` (N), and
+///   `updated_at` (N) = `next_attempt_at_ms` while pending (the GSI orders
+///   pending items by when they are due, so one HUD keeps failing never
+///   holds the others back), `created_at_ms` once final (parked items are
+///   listed oldest first). An outbox id starts with `<delivery id>|`, which is how
 ///   [`JobStore::mark_outbox`] finds the item from the id alone;
 /// - **check run** `chk#<CheckRunItem::id>` (issue 4): `id`, `repo` (S, the
 ///   upstream), `request` (S, the check run's JSON), `request_status` (S,
@@ -538,11 +545,7 @@ impl JobStore for DynamoJobStore {
             .expression_attribute_values(":version", n(version))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(unavailable("UpdateItem (check run status)", e)),
-        }
+        updated(res, "UpdateItem (check run status)").map(|_| ())
     }
 
     /// `PutItem` of a violation item (a new `sk` each time).
@@ -582,39 +585,53 @@ impl JobStore for DynamoJobStore {
         self.query_in_creation_order(delivery, HUD_PREFIX, parse_outbox, |o| (o.created_at_ms, &o.id)).await
     }
 
-    /// `Query` on the GSI, `status = hud_pending`, ascending by `updated_at`
-    /// (= `created_at_ms` for outbox items), up to `limit` items plus any
-    /// sharing the last one's `created_at_ms`, then sorted by
-    /// (`created_at_ms`, `id`) and cut to `limit`: the same order as the
-    /// SQLite twin even when creation times tie. Eventually consistent.
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+    /// `Query` on the GSI, `status = hud_pending AND updated_at <= now_ms`
+    /// (`updated_at` = `next_attempt_at_ms` for pending items), ascending,
+    /// up to `limit` items plus any sharing the last one's due time, then
+    /// sorted by (`next_attempt_at_ms`, `created_at_ms`, `id`) and cut to
+    /// `limit`: the same order as the SQLite twin even when due times tie.
+    /// Eventually consistent.
+    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let status = hud_status(HudSync::Pending);
         let items = self
-            .by_status(&status, None, limit + 1, |got, next| {
+            .by_status(&status, Some(now_ms.saturating_add(1)), limit + 1, |got, next| {
                 got.len() < limit || gsi_sort(next) == got.get(limit - 1).and_then(gsi_sort)
             })
             .await?;
         let mut items: Vec<OutboxItem> = items.iter().map(parse_outbox).collect::<Result<_, _>>()?;
-        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        items.sort_by(|a, b| {
+            (a.next_attempt_at_ms, a.created_at_ms, &a.id).cmp(&(b.next_attempt_at_ms, b.created_at_ms, &b.id))
+        });
         items.truncate(limit);
         Ok(items)
     }
 
     /// `UpdateItem` on the item `hud#<id>` of partition `<id up to the first
     /// '|'>`, conditioned on `#status = hud_pending`: sets the new status,
-    /// `attempts + 1`, `updated_at_ms`, `expires_at`, and `last_error` when
-    /// `error` is given (else the previous one stays). A failed condition
-    /// (final already, or no such item) is `Ok` and changes nothing.
-    async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
+    /// `attempts + 1`, `updated_at_ms`, `expires_at`, `last_error` when
+    /// `error` is given (else the previous one stays), and the GSI's
+    /// `updated_at`: while pending, the next attempt (also stored as
+    /// `next_attempt_at_ms`); once final, `created_at_ms`. A failed condition (final already, or no such item) is `Ok`
+    /// and changes nothing.
+    async fn mark_outbox(
+        &self,
+        id: &str,
+        sync: HudSync,
+        error: Option<&str>,
+        next_attempt_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let Some(pk) = outbox_pk(id) else {
             return Ok(()); // no outbox item has such an id
         };
+        let next = next_attempt_at_ms.unwrap_or(now_ms);
         let mut update = String::from(
-            "SET #status = :status, #attempts = #attempts + :one, #updated_ms = :now, #expires = :expires",
+            "SET #status = :status, #attempts = #attempts + :one, #updated_ms = :now, #expires = :expires, ",
         );
+        update.push_str(if sync == HudSync::Pending { "#next = :next, #gsi = :next" } else { "#gsi = #created" });
         let mut req = self
             .client
             .update_item()
@@ -625,22 +642,94 @@ impl JobStore for DynamoJobStore {
             .expression_attribute_names("#attempts", attr::ATTEMPTS)
             .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
             .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_names("#gsi", attr::UPDATED_AT)
             .expression_attribute_values(":status", s(&hud_status(sync)))
             .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS));
+        req = if sync == HudSync::Pending {
+            req.expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
+                .expression_attribute_values(":next", n(next))
+        } else {
+            req.expression_attribute_names("#created", attr::CREATED_AT_MS)
+        };
         if let Some(error) = error {
             update.push_str(", #error = :error");
             req = req
                 .expression_attribute_names("#error", attr::LAST_ERROR)
                 .expression_attribute_values(":error", s(error));
         }
-        match req.update_expression(update).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(()),
-            Err(e) => Err(unavailable("UpdateItem (mark outbox)", e)),
+        updated(req.update_expression(update).send().await, "UpdateItem (mark outbox)").map(|_| ())
+    }
+
+    /// `UpdateItem` on `hud#<id>` conditioned on `#status = hud_pending`:
+    /// `next_attempt_at_ms` and the GSI's `updated_at` set to
+    /// `next_attempt_at_ms`. A failed condition is `Ok` and changes nothing.
+    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+        let Some(pk) = outbox_pk(id) else {
+            return Ok(());
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
+            .condition_expression("#status = :pending")
+            .update_expression("SET #next = :next, #gsi = :next")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
+            .expression_attribute_names("#gsi", attr::UPDATED_AT)
+            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":next", n(next_attempt_at_ms))
+            .send()
+            .await;
+        updated(result, "UpdateItem (defer outbox)").map(|_| ())
+    }
+
+    /// `Query` on the GSI, `status = hud_<sync>`, ascending by `updated_at`
+    /// (= `created_at_ms` for final items), up to `limit` items. Eventually
+    /// consistent.
+    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
         }
+        let items = self.by_status(&hud_status(sync), None, limit, |got, _| got.len() < limit).await?;
+        let mut items: Vec<OutboxItem> = items.iter().map(parse_outbox).collect::<Result<_, _>>()?;
+        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(items)
+    }
+
+    /// `UpdateItem` on `hud#<id>` conditioned on the item existing and not
+    /// being pending: status `hud_pending`, `attempts` 0, due (and GSI
+    /// `updated_at`) at `now_ms`. A failed condition is `Ok(false)`.
+    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let Some(pk) = outbox_pk(id) else {
+            return Ok(false);
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
+            .condition_expression("attribute_exists(#status) AND #status <> :pending")
+            .update_expression(
+                "SET #status = :pending, #attempts = :zero, #updated_ms = :now, #next = :now, #gsi = :now, \
+                 #expires = :expires",
+            )
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#attempts", attr::ATTEMPTS)
+            .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
+            .expression_attribute_names("#gsi", attr::UPDATED_AT)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS))
+            .send()
+            .await;
+        updated(result, "UpdateItem (requeue outbox)")
     }
 
     /// `Query` on the GSI, `status = in_progress AND updated_at < before_ms`,
@@ -654,12 +743,11 @@ impl JobStore for DynamoJobStore {
         items.iter().map(parse_job).collect()
     }
 
-    /// Two `Query`s on the GSI, `status = hud_pending`: one with
-    /// `Select=COUNT` over all pages (the count), one for the first item in
-    /// `updated_at` order (= the oldest `created_at_ms`). Eventually
-    /// consistent, like every GSI read.
+    /// Two `Query`s on the GSI: `status = hud_pending` over all pages, projecting `created_at_ms` (the count and the oldest
+    /// creation time: pending items are in due order, not creation order),
+    /// and `status = hud_failed` with `Select=COUNT`. Eventually consistent,
+    /// like every GSI read; O(backlog) in read capacity.
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let status = hud_status(HudSync::Pending);
         let mut pages = self
             .client
             .query()
@@ -667,17 +755,35 @@ impl JobStore for DynamoJobStore {
             .index_name(JOBS_BY_STATUS_INDEX)
             .key_condition_expression("#status = :status")
             .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":status", s(&status))
+            .expression_attribute_names("#created", attr::CREATED_AT_MS)
+            .expression_attribute_values(":status", s(&hud_status(HudSync::Pending)))
+            .projection_expression("#created")
+            .into_paginator()
+            .send();
+        let (mut pending, mut oldest_created_at_ms) = (0u64, None::<i64>);
+        while let Some(page) = pages.next().await {
+            for item in page.map_err(|e| unavailable("Query (outbox backlog)", e))?.items.unwrap_or_default() {
+                pending += 1;
+                let created: i64 = get_n(&item, attr::CREATED_AT_MS)?;
+                oldest_created_at_ms = Some(oldest_created_at_ms.map_or(created, |o| o.min(created)));
+            }
+        }
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(JOBS_BY_STATUS_INDEX)
+            .key_condition_expression("#status = :status")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_values(":status", s(&hud_status(HudSync::Failed)))
             .select(Select::Count)
             .into_paginator()
             .send();
-        let mut pending = 0u64;
+        let mut failed = 0u64;
         while let Some(page) = pages.next().await {
-            pending += page.map_err(|e| unavailable("Query (outbox backlog count)", e))?.count.max(0) as u64;
+            failed += page.map_err(|e| unavailable("Query (failed outbox count)", e))?.count.max(0) as u64;
         }
-        let oldest = self.by_status(&status, None, 1, |got, _| got.is_empty()).await?;
-        let oldest_created_at_ms = oldest.first().map(|item| get_n(item, attr::UPDATED_AT)).transpose()?;
-        Ok(OutboxBacklog { pending, oldest_created_at_ms })
+        Ok(OutboxBacklog { pending, oldest_created_at_ms, failed })
     }
 
     /// `Scan` of the whole table (all pages) for job items changed in the
@@ -804,7 +910,9 @@ fn outbox_item(o: &OutboxItem) -> Item {
     }
     item.insert(attr::CREATED_AT_MS.into(), n(o.created_at_ms));
     item.insert(attr::UPDATED_AT_MS.into(), n(o.updated_at_ms));
-    item.insert(attr::UPDATED_AT.into(), n(o.created_at_ms));
+    item.insert(attr::NEXT_ATTEMPT_AT_MS.into(), n(o.next_attempt_at_ms));
+    let gsi = if o.sync == HudSync::Pending { o.next_attempt_at_ms } else { o.created_at_ms };
+    item.insert(attr::UPDATED_AT.into(), n(gsi));
     item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + JOB_TTL_SECS));
     item
 }
@@ -984,6 +1092,10 @@ fn parse_outbox(item: &Item) -> Result<OutboxItem, StoreError> {
         last_error: opt_s(item, attr::LAST_ERROR)?,
         created_at_ms: get_n(item, attr::CREATED_AT_MS)?,
         updated_at_ms: get_n(item, attr::UPDATED_AT_MS)?,
+        next_attempt_at_ms: match opt_n(item, attr::NEXT_ATTEMPT_AT_MS)? {
+            Some(t) => t,
+            None => get_n(item, attr::CREATED_AT_MS)?,
+        },
     })
 }
 
@@ -994,6 +1106,19 @@ fn parse_violation(item: &Item) -> Result<Violation, StoreError> {
         reason: get_s(item, attr::REASON)?,
         at_ms: get_n(item, attr::AT_MS)?,
     })
+}
+
+/// Whether a conditional `UpdateItem` wrote: `Ok(false)` when its
+/// condition failed (nothing changed), the store's error otherwise.
+fn updated(
+    result: Result<UpdateItemOutput, aws_sdk_dynamodb::error::SdkError<UpdateItemError>>,
+    what: &str,
+) -> Result<bool, StoreError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(false),
+        Err(e) => Err(unavailable(what, e)),
+    }
 }
 
 fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {

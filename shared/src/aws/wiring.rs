@@ -55,8 +55,10 @@ fn clients(sdk: &SdkConfig) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
 ///   `repository_id` bindings, `jti` replay guard and per-repository rate
 ///   limit in `CRCR_KV_TABLE` (shared by every instance), the allowlist
 ///   (`CRCR_ALLOWLIST_URL` / `_FILE`, read with the App's token), request-time
-///   lifecycle checks on `CRCR_DISPATCH_TABLE` and `CRCR_JOBS_TABLE`, then the
-///   reconcile queue (`CRCR_RECONCILE_QUEUE_URL`);
+///   lifecycle checks on `CRCR_DISPATCH_TABLE` and `CRCR_JOBS_TABLE`, the
+///   upstream commit of a `nightly` / `periodic` callback looked up with the
+///   App (cached per instance), then the reconcile queue
+///   (`CRCR_RECONCILE_QUEUE_URL`);
 /// - `GET /healthz`.
 ///
 /// Errors name the missing or malformed variable.
@@ -81,7 +83,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
         DynamoKv::new(dynamo.clone(), aws.kv_table(INGEST)?, clock.clone())
             .with_rate_per_min(cfg.callbacks.rate_per_min),
     );
-    let (_, allowlist) = github_and_allowlist(&cfg)?;
+    let (github, allowlist) = github_and_allowlist(&cfg)?;
     let callbacks = crate::callback_route::router(Arc::new(CallbackState {
         verifier: Arc::new(oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?),
         allowlist,
@@ -89,6 +91,8 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
         jobs: Arc::new(DynamoJobStore::new(dynamo, aws.jobs_table(INGEST)?)),
         queue: reconcile_queue,
         rate: kv,
+        commits: Arc::new(crate::commits::CachedCommitLookup::new(github, clock.clone())),
+        upstream: cfg.upstream.clone(),
         clock,
     }));
     Ok(webhooks.merge(callbacks))

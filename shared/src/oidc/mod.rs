@@ -56,7 +56,8 @@
 //!      "Workload identity federation": tokens must be pinned to an
 //!      organization), so identity comes only from a configured map
 //!      `organization_id/pipeline_id` → `owner/repo`, with optional required
-//!      claims (e.g. `{"build_branch": "main"}`). Both ids are optional
+//!      claims, each a list of allowed values (e.g. `build_branch: [main]`),
+//!      in PyTorch's `ci_providers.yml` format (see [`buildkite`]). Both ids are optional
 //!      claims the job requests with `buildkite-agent oidc request-token
 //!      --claim organization_id,pipeline_id` (Buildkite "buildkite-agent
 //!      oidc"). Slugs are mutable and never used. Not in the map → 403.
@@ -69,6 +70,7 @@
 //! read from an unverified token (`alg`, `kid`, `iss`) are shown shortened
 //! and with non-printable characters replaced.
 
+pub mod buildkite;
 pub mod jwks;
 pub mod stores;
 
@@ -87,6 +89,7 @@ use sha2::Digest as _;
 use crate::domain::RepoFullName;
 use crate::ports::{Clock, StoreError};
 
+pub use buildkite::{parse_buildkite_pipelines, BuildkiteMapError};
 pub use jwks::{Jwk, Jwks, JwksFetchError, JwksFetcher, OctocrabJwksFetcher};
 pub use stores::{IdentityBindings, InMemoryIdentityBindings, InMemoryReplayGuard, ReplayGuard, ReplayVerdict};
 
@@ -148,12 +151,38 @@ impl TrustAnchor {
 }
 
 /// One entry of the Buildkite map: the repository a pipeline speaks for, and
-/// claims its tokens must carry with exactly these (JSON) values.
+/// claims its tokens must carry. Read with [`parse_buildkite_pipelines`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildkitePipeline {
     pub repo: RepoFullName,
+    /// Claim name → allowed values: the token's claim, as a string (a
+    /// number in decimal, a boolean `true` / `false`), must be one of them;
+    /// a missing claim never matches (`_extract_repo_buildkite` in
+    /// pytorch/test-infra `aws/lambda/cross_repo_ci_relay/utils/jwt_helper.py`).
     #[serde(default)]
-    pub required_claims: BTreeMap<String, Value>,
+    pub required_claims: BTreeMap<String, Vec<String>>,
+}
+
+impl BuildkitePipeline {
+    /// Checks `claims` (a verified token's) against [`Self::required_claims`];
+    /// `key` names the pipeline in the error. A mismatch is
+    /// [`OidcError::IdentityNotAllowed`] (403) naming the claim.
+    pub fn check_claims(&self, key: &str, claims: &Value) -> Result<(), OidcError> {
+        for (name, allowed) in &self.required_claims {
+            let got = buildkite::claim_string(claims.get(name));
+            if !got.as_ref().is_some_and(|g| allowed.contains(g)) {
+                let got = match (got, claims.get(name)) {
+                    (Some(g), _) => format!("{:?}", shown(&g)),
+                    (None, Some(v)) => shown(&v.to_string()),
+                    (None, None) => "nothing".into(),
+                };
+                return Err(OidcError::IdentityNotAllowed(format!(
+                    "Buildkite pipeline {key} requires claim {name} to be one of {allowed:?}, the token has {got}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Verifier settings. `Default` is the production trust: GitHub Actions and
@@ -633,15 +662,7 @@ impl OidcVerifier {
             .pipelines
             .get(&key)
             .ok_or_else(|| OidcError::IdentityNotAllowed(format!("Buildkite pipeline {key} is not in the map")))?;
-        for (name, expected) in &pipeline.required_claims {
-            let got = claims.get(name);
-            if got != Some(expected) {
-                let got = got.map(|v| shown(&v.to_string())).unwrap_or_else(|| "nothing".into());
-                return Err(OidcError::IdentityNotAllowed(format!(
-                    "Buildkite pipeline {key} requires claim {name} = {expected}, the token has {got}"
-                )));
-            }
-        }
+        pipeline.check_claims(&key, claims)?;
         Ok(pipeline.repo.clone())
     }
 }

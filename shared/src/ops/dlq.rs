@@ -35,6 +35,7 @@ use crate::ports::{
     BlobStore, Clock, DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueError, QueueSide, ReceivedMessage,
 };
 
+use super::progress::Progress;
 use super::table::Table;
 use super::{format_age, format_time};
 
@@ -839,16 +840,6 @@ pub struct MoveReport {
     pub release_failures: Vec<String>,
 }
 
-/// Progress of a replay or purge, after each message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Progress {
-    pub done: usize,
-    pub total: usize,
-    pub ok: usize,
-    pub skipped: usize,
-    pub failed: usize,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Action {
     Replay,
@@ -860,25 +851,29 @@ impl<'a> Dlq<'a> {
     /// send the copy, then delete the original (never the other way round).
     /// Replayed messages keep their delivery id, so targets already
     /// dispatched are not dispatched again.
+    ///
+    /// `progress` (not in a dry run, which is over at once): `start` with
+    /// the number of selected messages, `inc(1)` and a `message` with the
+    /// tallies (`ok N, skipped N, failed N`) after each, `finish` at the end.
     pub async fn replay(
         &self,
         filter: &DlqFilter,
         scan_opts: &ScanOptions,
         opts: &ReplayOptions,
-        progress: &mut (dyn FnMut(Progress) + Send),
+        progress: &mut dyn Progress,
     ) -> Result<MoveReport, OpsError> {
         self.act(Action::Replay, filter, scan_opts, opts, progress).await
     }
 
     /// Deletes the selected messages from the DLQ (for messages judged
     /// unrecoverable); with `opts.dry_run` only reports them. The caller
-    /// asks for confirmation first.
+    /// asks for confirmation first. `progress` as for [`Dlq::replay`].
     pub async fn purge(
         &self,
         filter: &DlqFilter,
         scan_opts: &ScanOptions,
         opts: &ReplayOptions,
-        progress: &mut (dyn FnMut(Progress) + Send),
+        progress: &mut dyn Progress,
     ) -> Result<MoveReport, OpsError> {
         self.act(Action::Purge, filter, scan_opts, opts, progress).await
     }
@@ -889,7 +884,7 @@ impl<'a> Dlq<'a> {
         filter: &DlqFilter,
         scan_opts: &ScanOptions,
         opts: &ReplayOptions,
-        progress: &mut (dyn FnMut(Progress) + Send),
+        progress: &mut dyn Progress,
     ) -> Result<MoveReport, OpsError> {
         let scan = scan(self.queue, scan_opts).await?;
         let now = self.clock.now_ms();
@@ -940,6 +935,7 @@ impl<'a> Dlq<'a> {
                 }
             }
         }
+        progress.start(Some(total as u64));
         let started = Instant::now();
         for (i, ((until, msg), m)) in selected.into_iter().enumerate() {
             if let Some(step) = interval {
@@ -955,7 +951,7 @@ impl<'a> Dlq<'a> {
             if until.saturating_duration_since(Instant::now()) < Duration::from_secs(30) {
                 if let Err(e) = self.queue.change_visibility(QueueSide::DeadLetter, &msg.receipt, hold).await {
                     report.skipped.push(not_moved(format!("no longer held ({e}); still on the DLQ"), false));
-                    progress(report.progress(i + 1, total));
+                    report.step(progress);
                     continue;
                 }
             }
@@ -988,16 +984,24 @@ impl<'a> Dlq<'a> {
                     }
                 },
             }
-            progress(report.progress(i + 1, total));
+            report.step(progress);
         }
+        progress.finish();
         report.release_failures = release_failures;
         Ok(report)
     }
 }
 
 impl MoveReport {
-    fn progress(&self, done: usize, total: usize) -> Progress {
-        Progress { done, total, ok: self.done.len(), skipped: self.skipped.len(), failed: self.failed.len() }
+    /// One more message handled: reported with the tallies so far.
+    fn step(&self, progress: &mut dyn Progress) {
+        progress.inc(1);
+        progress.message(&format!(
+            "ok {}, skipped {}, failed {}",
+            self.done.len(),
+            self.skipped.len(),
+            self.failed.len()
+        ));
     }
 }
 

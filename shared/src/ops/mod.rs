@@ -1,6 +1,7 @@
-//! On-call operations, the library behind `crcr dlq`, `crcr status` and
-//! `crcr allowlist check`: inspect, replay and purge a dead-letter queue,
+//! On-call operations, the library behind `crcr dlq`, `crcr status`,
+//! `crcr hud retry` and `crcr allowlist check`: inspect, replay and purge a dead-letter queue,
 //! the relay's figures, and the review of a proposed allowlist.
+//! Long runs report how far they are through [`progress::Progress`].
 //!
 //! Everything here works through the ports ([`EventQueue`],
 //! [`DispatchStore`], [`BlobStore`]), so the same code runs against SQS +
@@ -21,6 +22,8 @@
 pub mod allowlist;
 pub mod backend;
 pub mod dlq;
+pub mod hud;
+pub mod progress;
 pub mod status;
 pub mod table;
 

@@ -68,6 +68,9 @@ pub struct HudOutboxStatus {
     pub oldest_created_at_ms: Option<i64>,
     /// Its age at `generated_at_ms`: how far behind HUD is.
     pub oldest_age_ms: Option<i64>,
+    /// Items parked as failed (HUD kept failing them): `crcr hud retry`.
+    #[serde(default)]
+    pub failed: u64,
     pub error: Option<String>,
 }
 
@@ -248,6 +251,7 @@ pub async fn status(
                     pending: b.pending,
                     oldest_created_at_ms: b.oldest_created_at_ms,
                     oldest_age_ms: b.oldest_created_at_ms.map(|t| (now - t).max(0)),
+                    failed: b.failed,
                     error: None,
                 },
                 Err(e) => HudOutboxStatus { error: Some(e.to_string()), ..Default::default() },
@@ -335,12 +339,17 @@ pub fn render_status(r: &StatusReport) -> String {
         }
     }
     if let Some(h) = &r.hud_outbox {
+        let failed = if h.failed > 0 {
+            format!("; {} failed (HUD kept refusing them: crcr hud retry)", h.failed)
+        } else {
+            String::new()
+        };
         match (&h.error, h.oldest_age_ms) {
             (Some(e), _) => out.push_str(&format!("HUD outbox: error: {e}\n")),
             (None, Some(age)) => {
-                out.push_str(&format!("HUD outbox: {} pending, oldest {} ago\n", h.pending, format_age(age)))
+                out.push_str(&format!("HUD outbox: {} pending, oldest {} ago{failed}\n", h.pending, format_age(age)))
             }
-            (None, None) => out.push_str(&format!("HUD outbox: {} pending\n", h.pending)),
+            (None, None) => out.push_str(&format!("HUD outbox: {} pending{failed}\n", h.pending)),
         }
     }
     if let Some(c) = &r.check_runs {

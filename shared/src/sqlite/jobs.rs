@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS hud_outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    updated_at_ms INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL DEFAULT 0 -- OutboxItem::next_attempt_at_ms
 );
 CREATE INDEX IF NOT EXISTS hud_outbox_pending ON hud_outbox (sync, created_at_ms);
 CREATE INDEX IF NOT EXISTS hud_outbox_delivery ON hud_outbox (delivery_id, created_at_ms);
@@ -69,6 +70,18 @@ CREATE TABLE IF NOT EXISTS check_outbox (
 );
 CREATE INDEX IF NOT EXISTS check_outbox_pending ON check_outbox (sync, created_at_ms);
 CREATE INDEX IF NOT EXISTS check_outbox_delivery ON check_outbox (delivery_id);
+"#;
+
+/// Columns of `hud_outbox` added after its first release (name, type and
+/// default as in [`SCHEMA`]): [`super::Db::open`] adds the missing ones to an
+/// older file (its pending items read as due at once), then runs
+/// [`SCHEMA_AFTER_COLUMNS`].
+pub(super) const ADDED_OUTBOX_COLUMNS: [(&str, &str); 1] = [("next_attempt_at_ms", "INTEGER NOT NULL DEFAULT 0")];
+
+/// Indexes over added columns: created once the columns exist.
+pub(super) const SCHEMA_AFTER_COLUMNS: &str = r#"
+-- JobStore::pending_outbox: due items in due order.
+CREATE INDEX IF NOT EXISTS hud_outbox_due ON hud_outbox (sync, next_attempt_at_ms, created_at_ms);
 "#;
 
 /// [`JobStore`] on SQLite.
@@ -139,6 +152,7 @@ fn outbox_item(r: &Row<'_>) -> rusqlite::Result<Result<OutboxItem, StoreError>> 
             last_error: r.get(5).map_err(|e| corrupt(&e.to_string()))?,
             created_at_ms: r.get(6).map_err(|e| corrupt(&e.to_string()))?,
             updated_at_ms: r.get(7).map_err(|e| corrupt(&e.to_string()))?,
+            next_attempt_at_ms: r.get(8).map_err(|e| corrupt(&e.to_string()))?,
             id: id.clone(),
         })
     })();
@@ -171,7 +185,8 @@ fn check_item(r: &Row<'_>) -> rusqlite::Result<Result<CheckRunItem, StoreError>>
     Ok(parsed)
 }
 
-const OUTBOX_COLUMNS: &str = "id, delivery_id, body, sync, attempts, last_error, created_at_ms, updated_at_ms";
+const OUTBOX_COLUMNS: &str =
+    "id, delivery_id, body, sync, attempts, last_error, created_at_ms, updated_at_ms, next_attempt_at_ms";
 
 fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<Result<T, StoreError>>>) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
@@ -240,7 +255,7 @@ impl SqliteJobStore {
         )
         .map_err(unavailable)?;
         tx.execute(
-            &format!("INSERT INTO hud_outbox ({OUTBOX_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            &format!("INSERT INTO hud_outbox ({OUTBOX_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
             params![
                 outbox.id,
                 outbox.delivery_id.as_str(),
@@ -249,7 +264,8 @@ impl SqliteJobStore {
                 outbox.attempts,
                 outbox.last_error,
                 outbox.created_at_ms,
-                outbox.updated_at_ms
+                outbox.updated_at_ms,
+                outbox.next_attempt_at_ms
             ],
         )
         .map_err(unavailable)?;
@@ -433,27 +449,72 @@ impl JobStore for SqliteJobStore {
         collect(rows)
     }
 
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let conn = self.db.lock();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = 'pending' ORDER BY created_at_ms, id LIMIT ?1"
+                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = 'pending' AND next_attempt_at_ms <= ?1
+                 ORDER BY next_attempt_at_ms, created_at_ms, id LIMIT ?2"
             ))
             .map_err(unavailable)?;
-        let rows = stmt.query_map([limit as i64], outbox_item).map_err(unavailable)?;
+        let rows = stmt.query_map(params![now_ms, limit as i64], outbox_item).map_err(unavailable)?;
         collect(rows)
     }
 
-    async fn mark_outbox(&self, id: &str, sync: HudSync, error: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
+    async fn mark_outbox(
+        &self,
+        id: &str,
+        sync: HudSync,
+        error: Option<&str>,
+        next_attempt_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         self.db
             .lock()
             .execute(
                 "UPDATE hud_outbox SET sync = ?2, attempts = attempts + 1, last_error = COALESCE(?3, last_error),
-                 updated_at_ms = ?4 WHERE id = ?1 AND sync = 'pending'",
-                params![id, sync.as_str(), error, now_ms],
+                 updated_at_ms = ?4,
+                 next_attempt_at_ms = CASE WHEN ?2 = 'pending' THEN ?5 ELSE next_attempt_at_ms END
+                 WHERE id = ?1 AND sync = 'pending'",
+                params![id, sync.as_str(), error, now_ms, next_attempt_at_ms.unwrap_or(now_ms)],
             )
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+        self.db
+            .lock()
+            .execute(
+                "UPDATE hud_outbox SET next_attempt_at_ms = ?2 WHERE id = ?1 AND sync = 'pending'",
+                params![id, next_attempt_at_ms],
+            )
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = ?1 ORDER BY created_at_ms, id LIMIT ?2"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map(params![sync.as_str(), limit as i64], outbox_item).map_err(unavailable)?;
+        collect(rows)
+    }
+
+    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let changed = self
+            .db
+            .lock()
+            .execute(
+                "UPDATE hud_outbox SET sync = 'pending', attempts = 0, updated_at_ms = ?2, next_attempt_at_ms = ?2
+                 WHERE id = ?1 AND sync <> 'pending'",
+                params![id, now_ms],
+            )
+            .map_err(unavailable)?;
+        Ok(changed > 0)
     }
 
     async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
@@ -468,16 +529,19 @@ impl JobStore for SqliteJobStore {
         collect(rows)
     }
 
-    /// `COUNT` and `MIN(created_at_ms)` over the pending items (index `hud_outbox_pending`).
+    /// `COUNT` and `MIN(created_at_ms)` over the pending items, `COUNT` of
+    /// the failed ones (index `hud_outbox_pending`).
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let (pending, oldest_created_at_ms) = self
-            .db
-            .lock()
+        let conn = self.db.lock();
+        let (pending, oldest_created_at_ms) = conn
             .query_row("SELECT COUNT(*), MIN(created_at_ms) FROM hud_outbox WHERE sync = 'pending'", [], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))
             })
             .map_err(unavailable)?;
-        Ok(OutboxBacklog { pending, oldest_created_at_ms })
+        let failed = conn
+            .query_row("SELECT COUNT(*) FROM hud_outbox WHERE sync = 'failed'", [], |r| r.get::<_, i64>(0))
+            .map_err(unavailable)? as u64;
+        Ok(OutboxBacklog { pending, oldest_created_at_ms, failed })
     }
 
     async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError> {

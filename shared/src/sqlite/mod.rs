@@ -102,18 +102,10 @@ impl Db {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         // Files written before a column of `dispatches` existed get it.
-        for (column, ddl) in ADDED_DISPATCH_COLUMNS {
-            let present: bool = conn
-                .query_row("SELECT COUNT(*) FROM pragma_table_info('dispatches') WHERE name = ?1", [column], |r| {
-                    r.get::<_, i64>(0).map(|n| n > 0)
-                })
-                .map_err(unavailable)?;
-            if !present {
-                conn.execute_batch(&format!("ALTER TABLE dispatches ADD COLUMN {column} {ddl}"))
-                    .map_err(|e| unavailable(format!("add column dispatches.{column}: {e}")))?;
-            }
-        }
+        add_missing_columns(&conn, "dispatches", &ADDED_DISPATCH_COLUMNS)?;
         conn.execute_batch(jobs::SCHEMA).map_err(unavailable)?;
+        add_missing_columns(&conn, "hud_outbox", &jobs::ADDED_OUTBOX_COLUMNS)?;
+        conn.execute_batch(jobs::SCHEMA_AFTER_COLUMNS).map_err(unavailable)?;
         conn.execute_batch(kv::SCHEMA).map_err(unavailable)?;
         let conn = Arc::new(Mutex::new(conn));
         checkpointer(path.to_owned(), Arc::downgrade(&conn))?;
@@ -125,6 +117,23 @@ impl Db {
         // one transaction), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Adds to `table` each of `columns` (name, type and default) it lacks: a
+/// file written by an older release gains them, its rows reading the default.
+fn add_missing_columns(conn: &Connection, table: &str, columns: &[(&str, &str)]) -> Result<(), StoreError> {
+    for (column, ddl) in columns {
+        let present: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| {
+                r.get::<_, i64>(0).map(|n| n > 0)
+            })
+            .map_err(unavailable)?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+                .map_err(|e| unavailable(format!("add column {table}.{column}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Every 100 ms while any handle on the database lives: a PASSIVE
@@ -155,6 +164,44 @@ mod tests {
     use super::*;
     use crate::domain::{DeliveryId, RepoFullName};
     use crate::ports::DispatchStore;
+
+    /// A file written before `hud_outbox.next_attempt_at_ms` existed opens,
+    /// gains it and its index; its pending records are due at once.
+    #[tokio::test]
+    async fn old_files_gain_the_outbox_next_attempt_column() {
+        use crate::lifecycle::{HudSync, JobStore};
+        let path = std::env::temp_dir().join(format!("crcr-migrate-outbox-{}.sqlite", uuid::Uuid::new_v4()));
+        let column = ",\n    next_attempt_at_ms INTEGER NOT NULL DEFAULT 0 -- OutboxItem::next_attempt_at_ms";
+        assert!(jobs::SCHEMA.contains(column), "jobs::SCHEMA no longer contains {column:?}");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&jobs::SCHEMA.replace(column, "")).unwrap();
+            conn.execute(
+                "INSERT INTO hud_outbox (id, delivery_id, body, sync, attempts, created_at_ms, updated_at_ms)
+                 VALUES ('d-1|org/a|1|1|build|in_progress', 'd-1', '{}', 'pending', 2, 1000, 2000)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let jobs = SqliteJobStore::new(db.clone());
+        let due = jobs.pending_outbox(1, 10).await.unwrap();
+        assert_eq!(due.len(), 1, "an old pending record is due at once");
+        assert_eq!((due[0].sync, due[0].attempts, due[0].next_attempt_at_ms), (HudSync::Pending, 2, 0));
+        let indexed: i64 = db
+            .lock()
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'hud_outbox_due'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(indexed, 1, "the due index was not created");
+        drop(jobs);
+        drop(db);
+        Db::open(&path).expect("a second open finds the column and changes nothing");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 
     /// A file written before `dispatches.check_run`, `dispatches.device` and
     /// the head_sha index existed opens, gains them, and its records read as

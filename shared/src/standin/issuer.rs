@@ -1,15 +1,11 @@
 //! Stand-ins for `crcr demo` and the tests: a local OIDC issuer with a real RSA key and a JWKS endpoint
-//! (`<url>/.well-known/jwks`), minting GitHub Actions-shaped tokens; and a
-//! local HUD that records what it receives and can fail on demand.
-
-use std::sync::{Arc, Mutex};
+//! (`<url>/.well-known/jwks`), minting GitHub Actions- and Buildkite-shaped tokens. The
+//! local HUD is [`super::hud`].
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::KeyPair as _;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -49,9 +45,28 @@ impl Issuer {
         let claims = json!({"iss": self.url, "aud": "pytorch-cross-repo-ci-relay", "repository": repo,
             "repository_id": repo_id, "sub": format!("repo:{repo}:ref:refs/heads/main"),
             "iat": now, "nbf": now, "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string()});
+        self.sign(&claims)
+    }
+
+    /// A Buildkite-shaped token (as `buildkite-agent oidc request-token
+    /// --audience pytorch-cross-repo-ci-relay --claim organization_id,pipeline_id`
+    /// mints it, "OIDC with Buildkite") for the pipeline
+    /// `organization_id/pipeline_id` building `build_branch`, valid for 5 minutes.
+    pub fn buildkite_token(&self, organization_id: &str, pipeline_id: &str, build_branch: &str) -> String {
+        let now = chrono_now();
+        let claims = json!({"iss": self.url, "aud": "pytorch-cross-repo-ci-relay",
+            "sub": format!("organization:acme:pipeline:ci:ref:refs/heads/{build_branch}:commit:b5ffe3ae:step:"),
+            "iat": now, "nbf": now, "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string(),
+            "organization_slug": "acme", "pipeline_slug": "ci", "organization_id": organization_id,
+            "pipeline_id": pipeline_id, "build_number": 5, "build_branch": build_branch,
+            "build_commit": "b5ffe3ae", "step_key": null, "job_id": uuid::Uuid::new_v4().to_string()});
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &Value) -> String {
         let mut h = Header::new(Algorithm::RS256);
         h.kid = Some("k1".into());
-        encode(&h, &claims, &self.key).unwrap()
+        encode(&h, claims, &self.key).unwrap()
     }
 }
 
@@ -59,48 +74,6 @@ fn chrono_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// A local HUD: records every POST to `/crcr/results` (with its bot key
-/// header) and answers the queued statuses first, then 200.
-#[derive(Clone, Default)]
-pub struct Hud {
-    pub url: String,
-    received: Arc<Mutex<Vec<(u16, String, Value)>>>,
-    answers: Arc<Mutex<Vec<u16>>>,
-}
-
-impl Hud {
-    pub async fn start() -> Hud {
-        let mut hud = Hud::default();
-        let state = hud.clone();
-        let app = Router::new()
-            .route(
-                "/crcr/results",
-                post(|State(h): State<Hud>, headers: HeaderMap, Json(body): Json<Value>| async move {
-                    let status = {
-                        let mut a = h.answers.lock().unwrap();
-                        if a.is_empty() {
-                            200
-                        } else {
-                            a.remove(0)
-                        }
-                    };
-                    let key = headers.get("x-hud-internal-bot").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                    h.received.lock().unwrap().push((status, key, body));
-                    (StatusCode::from_u16(status).unwrap(), Json(json!({"status": status})))
-                }),
-            )
-            .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        hud.url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        hud
-    }
-    /// Answer the next requests with these statuses.
-    pub fn answer(&self, statuses: &[u16]) {
-        self.answers.lock().unwrap().extend_from_slice(statuses);
-    }
-    /// Every request: (status answered, bot key sent, body).
-    pub fn received(&self) -> Vec<(u16, String, Value)> {
-        self.received.lock().unwrap().clone()
-    }
-}
+/// The local HUD moved to [`super::hud`] (torchci's rules); kept here for
+/// the callers that import it with the issuer.
+pub use super::hud::Hud;

@@ -38,6 +38,7 @@
 mod apps;
 mod checks;
 mod hooks;
+pub mod hud;
 pub mod issuer;
 mod jwt;
 pub mod moto;
