@@ -77,7 +77,7 @@ async fn hud_retry_puts_a_parked_record_back() {
     assert_eq!(other["matched"], 0, "the repository filter holds");
 
     let text = String::from_utf8(crcr(&["hud", "retry", "--database", database]).stdout).unwrap();
-    assert!(text.contains(&item.id) && text.contains("1 parked record(s) matched; 1 requeued"), "{text}");
+    assert!(text.contains(&item.id) && text.contains("1 parked record(s) read, 1 matched; 1 requeued"), "{text}");
     assert!(!text.contains('\r'), "no progress bar when piped: {text:?}");
 
     let status = json_of(&crcr(&["status", "--json", "--no-peek", "--database", database]));

@@ -1,10 +1,10 @@
 //! The dispatcher Lambda: SQS event source (with `ReportBatchItemFailures`)
 //! → `crcr_shared::aws::wiring::sqs_batch_response` → partial batch response.
-//! Wiring only: see `crcr_shared::aws::wiring::dispatcher_function`.
+//! Wiring only: see `crcr_shared::aws::wiring::dispatcher_init`.
 
 use aws_lambda_events::sqs::SqsEvent;
 use crcr_shared::aws::sdk_config;
-use crcr_shared::aws::wiring::{dispatcher_function, sqs_batch_response};
+use crcr_shared::aws::wiring::{dispatcher_init, sqs_batch_response};
 use crcr_shared::config::Env;
 use crcr_shared::secrets::process_env_with_secrets;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -17,7 +17,8 @@ async fn main() -> Result<(), Error> {
     // The webhook secret and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here) when set.
     let env = process_env_with_secrets(&sdk).await?;
-    let (dispatcher, queue) = dispatcher_function(&env, &sdk)?;
+    // A broken allowlist fails the init, naming the URL and the entry.
+    let (dispatcher, queue) = dispatcher_init(&env, &sdk).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (dispatcher, queue) = (dispatcher.clone(), queue.clone());
         async move {

@@ -57,6 +57,7 @@ ENVIRONMENT = {
     "CRCR_OUTBOX_LEASE_SECS",
     "CRCR_HUD_MAX_ATTEMPTS",
     "CRCR_HUD_MAX_AGE_SECS",
+    "CRCR_PAYLOAD_TTL_SECS",
 }
 
 DLQ_RETENTION_SECONDS = 1209600  # 14 days
@@ -537,6 +538,27 @@ def check_roles_match_usage(m: Module) -> None:
         )
 
 
+def check_payload_retention(m: Module) -> None:
+    """Claim-checked payloads outlive every message naming them (issue 12):
+    ingest (which writes them) gets CRCR_PAYLOAD_TTL_SECS derived from the
+    DLQ retention, at least that plus the source queues' retention (a message
+    `crcr dlq replay` sends back lives that long again) plus a margin."""
+    ttl = function_environment(m, "ingest").get("CRCR_PAYLOAD_TTL_SECS")
+    assert ttl is not None, "ingest: CRCR_PAYLOAD_TTL_SECS missing (claim-checked payloads would expire after the default)"
+    inner = re.fullmatch(r"\$\{tostring\((.*)\)\}", ttl.strip()) if isinstance(ttl, str) else None
+    assert inner, f"ingest: CRCR_PAYLOAD_TTL_SECS must be tostring(<number>), got {ttl!r}"
+    seconds = m.resolve_number("${%s}" % inner.group(1))
+    assert "dlq_retention_seconds" in str(m.local("payload_retention_seconds")), (
+        "local.payload_retention_seconds must be derived from local.dlq_retention_seconds (one setting)"
+    )
+    dlq = m.resolve_number("${local.dlq_retention_seconds}")
+    for q in ("dispatch", "reconcile"):
+        source = m.resolve_number(queues(m)[q]["message_retention_seconds"])
+        assert seconds >= dlq + source + 3600, (
+            f"payload TTL {seconds} s < DLQ retention {dlq} s + {q} queue retention {source} s + margin"
+        )
+
+
 def check_environment(m: Module) -> None:
     envs = {fn: function_environment(m, fn) for fn in FUNCTIONS}
     union = set().union(*envs.values())
@@ -695,6 +717,7 @@ def mod() -> Module:
 CHECKS = [
     check_queues_have_dlqs,
     check_dlq_retention,
+    check_payload_retention,
     check_dlq_message_size,
     check_queue_encryption,
     check_queue_tls_policies,
@@ -792,6 +815,11 @@ MUTATIONS = [
      check_queues_have_dlqs),
     ("max receive count literal", "sqs.tf",
      "maxReceiveCount     = var.max_receive_count", "maxReceiveCount     = 50", check_queues_have_dlqs),
+    ("payload TTL only the DLQ's", "locals.tf",
+     "local.dlq_retention_seconds + var.queue_message_retention_seconds + 86400", "local.dlq_retention_seconds",
+     check_payload_retention),
+    ("payload TTL not passed", "lambda.tf",
+     "    CRCR_PAYLOAD_TTL_SECS    = tostring(local.payload_retention_seconds)\n", "", check_payload_retention),
     ("DLQ retention 4 days", "locals.tf",
      "dlq_retention_seconds = 1209600", "dlq_retention_seconds = 345600", check_dlq_retention),
     ("DLQ as small as its source", "locals.tf",

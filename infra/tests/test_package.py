@@ -325,6 +325,7 @@ def smoke_environment(aws) -> dict[str, str]:
         "CRCR_SECRETS_ARN": aws["secret_arn"],
         "CRCR_METRICS_NAMESPACE": "crcr",
         "CRCR_OIDC_AUDIENCE": "pytorch-cross-repo-ci-relay",
+        "CRCR_PAYLOAD_TTL_SECS": "1728000",
     }
 
 

@@ -2,10 +2,10 @@
 //! URL or API Gateway; `lambda_http` decodes base64 bodies): webhooks
 //! enqueued on the dispatch queue (SQS, DynamoDB claim checks) and OIDC
 //! callbacks enqueued on the reconcile queue. Wiring only: see
-//! `crcr_shared::aws::wiring::ingest_router`.
+//! `crcr_shared::aws::wiring::ingest_init` (a broken allowlist fails the init).
 
 use crcr_shared::aws::sdk_config;
-use crcr_shared::aws::wiring::ingest_router;
+use crcr_shared::aws::wiring::ingest_init;
 use crcr_shared::config::Env;
 use crcr_shared::secrets::process_env_with_secrets;
 
@@ -17,5 +17,5 @@ async fn main() -> Result<(), lambda_http::Error> {
     // The webhook secret and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here) when set.
     let env = process_env_with_secrets(&sdk).await?;
-    lambda_http::run(crcr_shared::metrics::flush_emf_after_each_request(ingest_router(&env, &sdk)?)).await
+    lambda_http::run(crcr_shared::metrics::flush_emf_after_each_request(ingest_init(&env, &sdk).await?)).await
 }

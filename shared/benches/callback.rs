@@ -69,6 +69,7 @@ fn callback(c: &mut Criterion) {
         check_run: false,
         device: None,
         received_at_ms: None,
+        hook_id: None,
     };
     rt.block_on(async {
         let now = chrono::Utc::now().timestamp_millis();

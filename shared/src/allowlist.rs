@@ -38,6 +38,24 @@ pub enum AllowlistError {
     Io { path: String, error: String },
     #[error("cannot fetch allowlist from GitHub: {0}")]
     Fetch(GitHubError),
+    /// A loaded allowlist was refused: `origin` is the file path or the
+    /// GitHub file URL it came from ([`AllowlistSource`]'s `Display`),
+    /// `error` names the line (YAML syntax) or the entry at fault.
+    #[error("{origin}: {error}")]
+    In { origin: String, error: Box<AllowlistError> },
+}
+
+impl AllowlistError {
+    /// Whether the failure may go away by itself: GitHub could not be
+    /// asked for the file (5xx, rate limit, unreachable). A file that does
+    /// not parse, cannot be read, or is not there (404) is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            AllowlistError::Fetch(e) => e.is_transient(),
+            AllowlistError::In { error, .. } => error.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// One allowlisted downstream repository.
@@ -241,6 +259,18 @@ pub enum AllowlistSource {
     },
 }
 
+/// The file path, or `https://github.com/<owner>/<repo>/blob/<ref>/<path>`.
+impl std::fmt::Display for AllowlistSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowlistSource::File(path) => write!(f, "{}", path.display()),
+            AllowlistSource::GitHub { repo, git_ref, path } => {
+                write!(f, "https://github.com/{repo}/blob/{git_ref}/{path}")
+            }
+        }
+    }
+}
+
 impl AllowlistSource {
     /// Parses `https://github.com/<owner>/<repo>/blob/<ref>/<path>`.
     pub fn from_url(url: &str) -> Result<Self, AllowlistError> {
@@ -259,6 +289,13 @@ impl AllowlistSource {
         Ok(Self::GitHub { repo, git_ref: git_ref.to_owned(), path: path.to_owned() })
     }
 }
+
+/// How long [`AllowlistProvider::check_at_start`] waits for the allowlist
+/// before starting anyway (as when GitHub is unavailable): well inside the
+/// 10 s a Lambda function's Init phase may take ("Understand the Lambda
+/// execution environment lifecycle" → "Init phase": "The Init phase is
+/// limited to 10 seconds").
+pub const ALLOWLIST_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the current allowlist: reloads it after `ttl`; when a reload fails,
 /// keeps the last good one, logs the error and counts it in
@@ -337,7 +374,44 @@ impl AllowlistProvider {
         }
     }
 
+    /// The start-up check of the relay (`crcr serve`, and each Lambda
+    /// function that reads the allowlist, at init): loads the allowlist now
+    /// and returns the error when it is broken (does not parse, cannot be
+    /// read, not found), naming the file or URL and the line or entry
+    /// ([`AllowlistError::In`]), so the process refuses to start instead of
+    /// answering healthy with no allowlist. An AWS Lambda function whose
+    /// init fails reports it (`INIT_REPORT` with the error) and Lambda
+    /// tries the init again on the next invoke (AWS Lambda developer guide,
+    /// "Understand the Lambda execution environment lifecycle" → "Failures
+    /// during the Init phase",
+    /// https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html).
+    /// GitHub being unavailable ([`AllowlistError::is_transient`]), or not
+    /// answering within [`ALLOWLIST_START_TIMEOUT`], is not a broken
+    /// allowlist: it is logged and start-up goes on (ingest must keep
+    /// taking webhooks: GitHub does not retry a failed delivery,
+    /// CONTRACTS.md "Webhook input"); the allowlist is fetched on first use.
+    /// Later reload failures keep the last good allowlist ([`Self::current`]).
+    pub async fn check_at_start(&self) -> Result<(), AllowlistError> {
+        let Ok(loaded) = tokio::time::timeout(ALLOWLIST_START_TIMEOUT, self.current()).await else {
+            tracing::error!(timeout_s = ALLOWLIST_START_TIMEOUT.as_secs(), source = %self.source,
+                metric = "allowlist_refresh_failed",
+                "allowlist not loaded at start-up in time (GitHub slow); starting anyway, it is fetched again on first use");
+            return Ok(());
+        };
+        match loaded {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_transient() => {
+                tracing::error!(error = %e, metric = "allowlist_refresh_failed",
+                    "allowlist not loaded at start-up (GitHub unavailable); starting anyway, it is fetched again on first use");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn load(&self) -> Result<Allowlist, AllowlistError> {
+        let within =
+            |error: AllowlistError| AllowlistError::In { origin: self.source.to_string(), error: Box::new(error) };
         let text = match &self.source {
             AllowlistSource::File(path) => tokio::fs::read_to_string(path)
                 .await
@@ -349,11 +423,12 @@ impl AllowlistProvider {
                         reason: "no GitHub App configured".into(),
                     })
                 })?;
-                let bytes = gh.file_contents(repo, path, git_ref).await.map_err(AllowlistError::Fetch)?;
-                String::from_utf8(bytes).map_err(|_| AllowlistError::Yaml("file is not UTF-8".into()))?
+                let bytes =
+                    gh.file_contents(repo, path, git_ref).await.map_err(|e| within(AllowlistError::Fetch(e)))?;
+                String::from_utf8(bytes).map_err(|_| within(AllowlistError::Yaml("file is not UTF-8".into())))?
             }
         };
-        Allowlist::parse(&text)
+        Allowlist::parse(&text).map_err(within)
     }
 }
 

@@ -13,10 +13,20 @@ use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::lifecycle::{seconds_between, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crate::ports::{DispatchStatus, DispatchStore, StoreError};
 
-/// Conclusions GitHub accepts for a completed check run (REST docs, "Create a
-/// check run": `conclusion`).
+/// Conclusions a caller may report for a completed job: those GitHub accepts
+/// when a check run is created or updated (REST docs, "Create a check run",
+/// `conclusion`: `action_required`, `cancelled`, `failure`, `neutral`,
+/// `success`, `skipped`, `timed_out`). `stale` is not one of them: the same
+/// page says "You cannot change a check run conclusion to stale, only GitHub
+/// can set this" (<https://docs.github.com/rest/checks/runs#create-a-check-run>),
+/// so a callback carrying it is refused at request time (400 naming
+/// `workflow.conclusion`) instead of stored and later refused by GitHub.
 pub const CONCLUSIONS: &[&str] =
-    &["action_required", "cancelled", "failure", "neutral", "success", "skipped", "stale", "timed_out"];
+    &["action_required", "cancelled", "failure", "neutral", "success", "skipped", "timed_out"];
+
+/// Conclusions GitHub knows but only GitHub itself sets (REST docs, "Create a
+/// check run": "only GitHub can set this" for `stale`); refused with their own message.
+pub const GITHUB_ONLY_CONCLUSIONS: &[&str] = &["stale"];
 
 /// A callback body that breaks the schema; names the field (answered 400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,6 +132,21 @@ fn check_run_id_field(w: &Value) -> Result<String, SchemaError> {
 /// without `workflow.name`. Refusing them here answers the caller at request
 /// time instead of leaving a record HUD will refuse in the outbox.
 pub fn parse(body: &[u8]) -> Result<(Callback, Value), SchemaError> {
+    parse_with(body, true)
+}
+
+/// [`parse`] for a callback the relay already accepted (the reconciler reads
+/// it from its queue): the request-time requirements of HUD's fields are not
+/// applied again, so a callback accepted by an earlier release without
+/// `workflow.check_run_id` or `workflow.name` is still applied, not
+/// dead-lettered as unreadable. A missing `check_run_id` reads as the
+/// callback action's own fallback `<run_id>-<run_attempt>`
+/// (`report_callback.py`), a missing `name` as empty.
+pub fn parse_accepted(body: &[u8]) -> Result<(Callback, Value), SchemaError> {
+    parse_with(body, false)
+}
+
+fn parse_with(body: &[u8], at_request: bool) -> Result<(Callback, Value), SchemaError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| bad("body", format!("not JSON: {e}")))?;
     if !v.is_object() {
         return Err(bad("body", "must be a JSON object"));
@@ -156,6 +181,12 @@ pub fn parse(body: &[u8]) -> Result<(Callback, Value), SchemaError> {
     let conclusion = string_field(w, "workflow.conclusion")?.map(str::to_owned);
     match (status, conclusion.as_deref()) {
         (JobState::Completed, None) => return Err(bad("workflow.conclusion", "is required when completed")),
+        (JobState::Completed, Some(c)) if GITHUB_ONLY_CONCLUSIONS.contains(&c) => {
+            return Err(bad(
+                "workflow.conclusion",
+                format!("{c:?} can only be set by GitHub, not reported (one of {})", CONCLUSIONS.join(", ")),
+            ))
+        }
         (JobState::Completed, Some(c)) if !CONCLUSIONS.contains(&c) => {
             return Err(bad(
                 "workflow.conclusion",
@@ -176,11 +207,16 @@ pub fn parse(body: &[u8]) -> Result<(Callback, Value), SchemaError> {
     if job_name.is_empty() || job_name.len() > 200 {
         return Err(bad("workflow.job_name", "must be 1 to 200 characters"));
     }
-    let check_run_id = check_run_id_field(w)?;
+    let run_id = number_field(w, "workflow.run_id")?;
+    let check_run_id = match check_run_id_field(w) {
+        Err(_) if !at_request && w.get("check_run_id").is_none_or(Value::is_null) => format!("{run_id}-{run_attempt}"),
+        other => other?,
+    };
     let workflow_name = match string_field(w, "workflow.name")? {
-        Some("") => return Err(bad("workflow.name", "must not be empty")),
+        Some("") if at_request => return Err(bad("workflow.name", "must not be empty")),
         Some(n) => n.to_owned(),
-        None => return Err(bad("workflow.name", "is required (part of HUD's row key)")),
+        None if at_request => return Err(bad("workflow.name", "is required (part of HUD's row key)")),
+        None => String::new(),
     };
     let url = string_field(w, "workflow.url")?.map(str::to_owned);
     if url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
@@ -192,7 +228,7 @@ pub fn parse(body: &[u8]) -> Result<(Callback, Value), SchemaError> {
         delivery_id,
         status,
         conclusion,
-        run_id: number_field(w, "workflow.run_id")?,
+        run_id,
         run_attempt: run_attempt as u32,
         job_name: job_name.to_owned(),
         workflow_name,
@@ -346,6 +382,20 @@ mod tests {
         assert_eq!(e.field, field, "{workflow}: {e}");
     }
 
+    /// A callback accepted by an earlier release without HUD's fields is
+    /// still readable from the queue; at request time it is refused.
+    #[test]
+    fn queued_callbacks_without_hud_fields_are_still_applied() {
+        let old = body(json!({"schema_version": "1", "status": "in_progress", "run_id": "77", "run_attempt": "2",
+            "job_name": "build"}));
+        assert_eq!(parse(&old).unwrap_err().field, "workflow.check_run_id");
+        let (cb, _) = parse_accepted(&old).unwrap();
+        assert_eq!((cb.check_run_id.as_str(), cb.workflow_name.as_str()), ("77-2", ""));
+        let bad = body(json!({"schema_version": "1", "status": "in_progress", "run_id": "77", "run_attempt": "2",
+            "job_name": "build", "check_run_id": ["x"]}));
+        assert_eq!(parse_accepted(&bad).unwrap_err().field, "workflow.check_run_id", "a malformed one still is not");
+    }
+
     #[test]
     fn numbers_as_strings_and_the_schema() {
         let (cb, _) = parse(&body(json!({"schema_version": "1", "status": "completed", "conclusion": "success",
@@ -391,7 +441,12 @@ mod tests {
         let mut done = with("status", json!("completed"));
         check_err(done.clone(), "workflow.conclusion");
         done["conclusion"] = json!("great");
-        check_err(done, "workflow.conclusion");
+        check_err(done.clone(), "workflow.conclusion");
+        // Only GitHub sets `stale` (REST "Create a check run").
+        done["conclusion"] = json!("stale");
+        let e = parse(&body(done)).unwrap_err();
+        assert_eq!(e.field, "workflow.conclusion");
+        assert!(e.problem.contains("only be set by GitHub"), "{e}");
         let e = parse(b"{\"event_type\": \"nightly\", \"delivery_id\": \"abc\", \"workflow\": {}}").unwrap_err();
         assert_eq!(e.field, "delivery_id");
     }

@@ -3,7 +3,10 @@
 //! - 401 bad token (signature, algorithm, issuer, audience, time, replayed `jti`);
 //! - 403 identity not allowed (unmapped Buildkite pipeline or a required
 //!   Buildkite claim not met, a GitHub repository re-created under another
-//!   `repository_id`);
+//!   `repository_id`), or a GitHub Actions token of a run that may not
+//!   report (`event_name` other than `repository_dispatch`, or `schedule` /
+//!   `workflow_dispatch` for `nightly` / `periodic`; `ref` other than the
+//!   repository's default branch: [`crate::oidc::GitHubRunPolicy`]), naming the claim;
 //! - 200 `{"ok": true, "status": "ignored", "reason": "..."}` for a valid
 //!   token of a repository that is not in the allowlist or is L1: nothing is
 //!   enqueued (metric `CallbacksIgnored`). The Python relay answers these so
@@ -20,7 +23,9 @@
 //!   through [`CallbackState::commits`], cached; when GitHub cannot answer
 //!   within [`COMMIT_CHECK_TIMEOUT`] the callback is accepted and the
 //!   reconciler checks again);
-//! - 202 durably enqueued for the reconciler; 503 when the queue or store is down.
+//! - 202 durably enqueued for the reconciler; 503 when the queue or store is
+//!   down, or with `Retry-After` (seconds) while the issuer's keys cannot be
+//!   fetched (the relay fetches them again on the first callback after it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -130,7 +135,13 @@ async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body
     };
     let identity = match st.verifier.verify(token, &body_digest(&body)).await {
         Ok(i) => i,
-        Err(e) => return reject(e.status(), e.code(), e.to_string()),
+        Err(e) => {
+            let mut res = reject(e.status(), e.code(), e.to_string());
+            if let Some(wait) = e.retry_after() {
+                res.headers_mut().insert("retry-after", wait.as_secs().max(1).into());
+            }
+            return res;
+        }
     };
     let repo = identity.repo.clone();
     let allowlist = match st.allowlist.current().await {
@@ -168,6 +179,9 @@ async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body
         Ok((cb, _)) => cb,
         Err(e) => return reject(StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
     };
+    if let Err(e) = st.verifier.check_run(&identity, cb.kind == callback::CallbackKind::Scheduled) {
+        return reject(e.status(), e.code(), e.to_string());
+    }
     match callback::precheck(&cb, &repo, st.dispatches.as_ref(), st.jobs.as_ref()).await {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => return reject(StatusCode::CONFLICT, "lifecycle", reason),

@@ -7,7 +7,8 @@
 //! | `CRCR_LISTEN` | `127.0.0.1:8080` | `crcr serve` address |
 //! | `CRCR_DATABASE` | `crcr.sqlite` | SQLite file (queue, store, blobs) |
 //! | `CRCR_UPSTREAM_REPO` | `pytorch/pytorch` | the only repository whose events are acted on |
-//! | `CRCR_WEBHOOK_SECRET` / `_FILE` | required | webhook secret (HMAC key) |
+//! | `CRCR_WEBHOOK_SECRET` / `_FILE` | required (or `CRCR_WEBHOOK_SECRETS`) | webhook secret (HMAC key) |
+//! | `CRCR_WEBHOOK_SECRETS` | unset | during a rotation: the current and the next webhook secret, comma-separated ([`webhook_secret_from_env`]) |
 //! | `CRCR_GITHUB_APP_ID` | required | GitHub App id |
 //! | `CRCR_GITHUB_APP_PRIVATE_KEY` / `_FILE` | required | App private key, PEM |
 //! | `CRCR_GITHUB_API_URL` | `https://api.github.com` | GitHub REST base URL |
@@ -93,6 +94,46 @@ impl<'a> Env<'a> {
     }
 }
 
+/// Most webhook secrets accepted at once: the current one and the next.
+pub const MAX_WEBHOOK_SECRETS: usize = 2;
+
+/// The webhook secrets: `CRCR_WEBHOOK_SECRETS` (a rotation: the secrets
+/// accepted, comma-separated, at most [`MAX_WEBHOOK_SECRETS`], each trimmed,
+/// none empty or repeated; index 0 is the first) or else
+/// `CRCR_WEBHOOK_SECRET` / `CRCR_WEBHOOK_SECRET_FILE` (one). Setting the list
+/// and the single form together is an error, so a forgotten old variable
+/// never widens what is accepted. GitHub has one webhook secret per App
+/// ("Validating webhook deliveries"; "Update a webhook configuration for an
+/// app", <https://docs.github.com/en/rest/apps/webhooks#update-a-webhook-configuration-for-an-app>), so
+/// two are only ever needed while it is being changed (docs/RUNBOOK.md
+/// "Rotating the webhook secret"). Errors name the variable, never a value.
+pub fn webhook_secret_from_env(env: &Env<'_>) -> Result<WebhookSecret, ConfigError> {
+    const LIST: &str = "CRCR_WEBHOOK_SECRETS";
+    let Some(list) = env.opt(LIST) else {
+        return Ok(WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret()));
+    };
+    for single in ["CRCR_WEBHOOK_SECRET", "CRCR_WEBHOOK_SECRET_FILE"] {
+        if env.opt(single).is_some() {
+            return Err(err(LIST, format!("set either {LIST} or {single}, not both")));
+        }
+    }
+    let secrets: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let Some(i) = secrets.iter().position(|s| s.is_empty()) {
+        return Err(err(LIST, format!("entry {} of {} is empty", i + 1, secrets.len())));
+    }
+    if secrets.len() > MAX_WEBHOOK_SECRETS {
+        return Err(err(
+            LIST,
+            format!("lists {} secrets; at most {MAX_WEBHOOK_SECRETS} (the current and the next)", secrets.len()),
+        ));
+    }
+    if secrets.len() == 2 && secrets[0] == secrets[1] {
+        return Err(err(LIST, "lists the same secret twice"));
+    }
+    let secrets = secrets.into_iter().map(|s| SecretString::from(s.to_owned())).collect();
+    WebhookSecret::any_of(secrets).ok_or_else(|| err(LIST, "lists no secret"))
+}
+
 /// What ingest alone needs (the ingest Lambda reads only these).
 #[derive(Debug)]
 pub struct IngestConfig {
@@ -105,7 +146,7 @@ impl IngestConfig {
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let upstream_raw = env.opt("CRCR_UPSTREAM_REPO").unwrap_or_else(|| "pytorch/pytorch".into());
         let upstream = RepoFullName::parse(&upstream_raw).map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
-        let webhook_secret = WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret());
+        let webhook_secret = webhook_secret_from_env(env)?;
         let max_body_bytes = env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?;
         Ok(Self { upstream, webhook_secret, max_body_bytes })
     }
@@ -156,7 +197,15 @@ impl CallbackConfig {
     /// `CRCR_JOB_TIMEOUT_SECS`, `CRCR_NEVER_STARTED_SECS`, `CRCR_SWEEP_INTERVAL_SECS`,
     /// `CRCR_CANCEL_ON_CLOSE` (`true` / `false`), `CRCR_OUTBOX_LEASE_SECS`,
     /// `CRCR_HUD_BACKOFF_SECS`, `CRCR_HUD_MAX_BACKOFF_SECS`,
-    /// `CRCR_HUD_MAX_ATTEMPTS`, `CRCR_HUD_MAX_AGE_SECS`.
+    /// `CRCR_HUD_MAX_ATTEMPTS`, `CRCR_HUD_MAX_AGE_SECS`;
+    /// `CRCR_OIDC_GITHUB_ISSUERS` (more GitHub Actions issuers, comma-separated,
+    /// e.g. an enterprise's `https://token.actions.githubusercontent.com/<slug>`;
+    /// JWKS at `<issuer>/.well-known/jwks`), and which runs may report
+    /// ([`crate::oidc::GitHubRunPolicy`]): `CRCR_CALLBACK_EVENTS` (default
+    /// `repository_dispatch`), `CRCR_CALLBACK_SCHEDULED_EVENTS` (default
+    /// `repository_dispatch,schedule,workflow_dispatch`),
+    /// `CRCR_CALLBACK_DEFAULT_BRANCH` (default `main`), `CRCR_CALLBACK_BRANCHES`
+    /// (`owner/repo=branch,...`).
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         use crate::oidc::TrustAnchor;
         let d = Self::default();
@@ -176,6 +225,11 @@ impl CallbackConfig {
         };
         oidc.github_actions = anchor("CRCR_OIDC_GITHUB_ISSUER", "CRCR_OIDC_GITHUB_JWKS_URL", oidc.github_actions);
         oidc.buildkite = anchor("CRCR_OIDC_BUILDKITE_ISSUER", "CRCR_OIDC_BUILDKITE_JWKS_URL", oidc.buildkite);
+        if let Some(list) = env.opt("CRCR_OIDC_GITHUB_ISSUERS") {
+            oidc.github_enterprise_issuers =
+                list.split(',').map(str::trim).filter(|i| !i.is_empty()).map(TrustAnchor::new).collect();
+        }
+        oidc.github_runs = github_run_policy(env, oidc.github_runs)?;
         if let Some(path) = env.opt("CRCR_BUILDKITE_PIPELINES_FILE") {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| err("CRCR_BUILDKITE_PIPELINES_FILE", format!("cannot read {path}: {e}")))?;
@@ -207,10 +261,71 @@ impl CallbackConfig {
             hud_retry: hud_retry_policy(env, d.reconciler.hud_retry)?,
             ..d.reconciler
         };
-        let sweep_interval =
-            Duration::from_secs_f64(env.parsed("CRCR_SWEEP_INTERVAL_SECS", d.sweep_interval.as_secs_f64())?);
+        let sweep_interval = seconds(env, "CRCR_SWEEP_INTERVAL_SECS", d.sweep_interval.as_secs_f64())?;
+        if sweep_interval.is_zero() {
+            return Err(err("CRCR_SWEEP_INTERVAL_SECS", "must be more than 0"));
+        }
         Ok(Self { oidc, hud, rate_per_min, reconciler, sweep_interval })
     }
+}
+
+/// `CRCR_CALLBACK_EVENTS`, `CRCR_CALLBACK_SCHEDULED_EVENTS` (comma-separated
+/// `event_name`s, at least one), `CRCR_CALLBACK_DEFAULT_BRANCH` (a branch
+/// name or a full ref) and `CRCR_CALLBACK_BRANCHES` (`owner/repo=branch,...`)
+/// over `d` ([`crate::oidc::GitHubRunPolicy`]).
+fn github_run_policy(
+    env: &Env<'_>,
+    d: crate::oidc::GitHubRunPolicy,
+) -> Result<crate::oidc::GitHubRunPolicy, ConfigError> {
+    use crate::oidc::GitHubRunPolicy;
+    let events = |key: &str, default: std::collections::BTreeSet<String>| match env.opt(key) {
+        None => Ok(default),
+        Some(v) => {
+            let set: std::collections::BTreeSet<String> =
+                v.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+            if set.is_empty() {
+                return Err(err(key, "must name at least one event"));
+            }
+            Ok(set)
+        }
+    };
+    let branch = |key: &str, b: &str| {
+        if b.is_empty() || b.contains(char::is_whitespace) {
+            Err(err(key, format!("{b:?} is not a branch name")))
+        } else {
+            Ok(GitHubRunPolicy::full_ref(b))
+        }
+    };
+    let default_branch = match env.opt("CRCR_CALLBACK_DEFAULT_BRANCH") {
+        None => d.default_branch,
+        Some(b) => branch("CRCR_CALLBACK_DEFAULT_BRANCH", b.trim())?,
+    };
+    let mut branches = d.branches;
+    if let Some(map) = env.opt("CRCR_CALLBACK_BRANCHES") {
+        for entry in map.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let key = "CRCR_CALLBACK_BRANCHES";
+            let (repo, b) =
+                entry.split_once('=').ok_or_else(|| err(key, format!("entry {entry:?} is not owner/repo=branch")))?;
+            let repo = RepoFullName::parse(repo.trim()).map_err(|e| err(key, format!("entry {entry:?}: {e}")))?;
+            let b = branch(key, b.trim())?;
+            if branches.insert(repo.as_str().to_ascii_lowercase(), b).is_some() {
+                return Err(err(key, format!("{repo} is listed twice")));
+            }
+        }
+    }
+    Ok(GitHubRunPolicy {
+        events: events("CRCR_CALLBACK_EVENTS", d.events)?,
+        scheduled_events: events("CRCR_CALLBACK_SCHEDULED_EVENTS", d.scheduled_events)?,
+        default_branch,
+        branches,
+    })
+}
+
+/// `key` as a number of seconds (fractions allowed, e.g. `0.2`); negative,
+/// NaN or too large is an error naming it.
+fn seconds(env: &Env<'_>, key: &str, default: f64) -> Result<Duration, ConfigError> {
+    let v: f64 = env.parsed(key, default)?;
+    Duration::try_from_secs_f64(v).map_err(|e| err(key, format!("{v} is not a valid number of seconds: {e}")))
 }
 
 /// `CRCR_HUD_BACKOFF_SECS`, `CRCR_HUD_MAX_BACKOFF_SECS`,
@@ -288,7 +403,7 @@ impl RelayConfig {
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let upstream_raw = env.opt("CRCR_UPSTREAM_REPO").unwrap_or_else(|| "pytorch/pytorch".into());
         let upstream = RepoFullName::parse(&upstream_raw).map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
-        let webhook_secret = WebhookSecret::new(env.secret("CRCR_WEBHOOK_SECRET")?.expose_secret());
+        let webhook_secret = webhook_secret_from_env(env)?;
         let github = github_app_from_env(env)?;
         let allowlist = match (env.opt("CRCR_ALLOWLIST_URL"), env.opt("CRCR_ALLOWLIST_FILE")) {
             (Some(_), Some(_)) => {
@@ -354,7 +469,7 @@ impl EmbeddedConfig {
             database: PathBuf::from(env.opt("CRCR_DATABASE").unwrap_or_else(|| "crcr.sqlite".into())),
             workers,
             visibility_timeout: Duration::from_secs(env.parsed("CRCR_VISIBILITY_TIMEOUT_SECS", 60)?),
-            shutdown_grace: Duration::from_secs_f64(env.parsed("CRCR_SHUTDOWN_GRACE_SECS", 3.0)?),
+            shutdown_grace: seconds(env, "CRCR_SHUTDOWN_GRACE_SECS", 3.0)?,
         })
     }
 }
@@ -383,8 +498,10 @@ pub fn redeliver_interval(env: &Env<'_>) -> Result<Duration, ConfigError> {
 /// | `CRCR_JOBS_TABLE` | yes | | yes |
 /// | `CRCR_KV_TABLE` | yes | | yes |
 ///
+/// | `CRCR_PAYLOAD_TTL_SECS` | yes | | |
+///
 /// `CRCR_AWS_ENDPOINT_URL`: an AWS emulator (tests); unset on AWS.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AwsResources {
     pub dispatch_queue_url: Option<String>,
     pub dispatch_dlq_url: Option<String>,
@@ -395,11 +512,34 @@ pub struct AwsResources {
     pub jobs_table: Option<String>,
     pub kv_table: Option<String>,
     pub endpoint_url: Option<String>,
+    /// `CRCR_PAYLOAD_TTL_SECS`: how long claim-checked payloads live
+    /// (default [`crate::aws::BLOB_TTL_SECS`]; infra: the DLQ retention +
+    /// the source queue's + 1 day).
+    pub payload_ttl: Duration,
+}
+
+impl Default for AwsResources {
+    /// Nothing named; payloads live [`crate::aws::BLOB_TTL_SECS`].
+    fn default() -> Self {
+        Self {
+            dispatch_queue_url: None,
+            dispatch_dlq_url: None,
+            dispatch_table: None,
+            payload_table: None,
+            reconcile_queue_url: None,
+            reconcile_dlq_url: None,
+            jobs_table: None,
+            kv_table: None,
+            endpoint_url: None,
+            payload_ttl: Duration::from_secs(crate::aws::BLOB_TTL_SECS as u64),
+        }
+    }
 }
 
 impl AwsResources {
-    /// Reads the variables above; never fails (a missing one is reported by
-    /// its accessor, for the function that needs it).
+    /// Reads the variables above; a missing one is reported by its accessor,
+    /// for the function that needs it; a malformed `CRCR_PAYLOAD_TTL_SECS`
+    /// fails here.
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             dispatch_queue_url: env.opt("CRCR_DISPATCH_QUEUE_URL"),
@@ -411,6 +551,10 @@ impl AwsResources {
             jobs_table: env.opt("CRCR_JOBS_TABLE"),
             kv_table: env.opt("CRCR_KV_TABLE"),
             endpoint_url: env.opt("CRCR_AWS_ENDPOINT_URL"),
+            payload_ttl: match env.parsed("CRCR_PAYLOAD_TTL_SECS", crate::aws::BLOB_TTL_SECS as u64)? {
+                0 => return Err(err("CRCR_PAYLOAD_TTL_SECS", "must be at least 1")),
+                s => Duration::from_secs(s),
+            },
         })
     }
 
@@ -487,6 +631,43 @@ mod tests {
         assert!(!dbg.contains("hunter2") && !dbg.contains("abc"), "{dbg}");
     }
 
+    /// A rotation: `CRCR_WEBHOOK_SECRETS` lists the current and the next
+    /// secret (either verifies, in order); a bad list stops start-up naming
+    /// the variable and never quoting a secret.
+    #[test]
+    fn webhook_secrets_list_for_a_rotation() {
+        let body = b"{}";
+        let c = load(&[BASE, &[("CRCR_WEBHOOK_SECRETS", " hunter2 , hunter3 ")]].concat()[1..]).unwrap();
+        let secret = c.webhook_secret;
+        assert_eq!(secret.len(), 2);
+        for (i, s) in ["hunter2", "hunter3"].into_iter().enumerate() {
+            assert_eq!(secret.verify_index(Some(WebhookSecret::new(s).sign(body).as_bytes()), body), Ok(i));
+        }
+        fn list(v: &str) -> [(&'static str, &str); 1] {
+            [("CRCR_WEBHOOK_SECRETS", v)]
+        }
+        for (value, problem) in [
+            ("hunter2,", "entry 2 of 2 is empty"),
+            (",hunter2", "entry 1 of 2 is empty"),
+            ("a,b,c", "lists 3 secrets; at most 2 (the current and the next)"),
+            ("hunter2, hunter2", "lists the same secret twice"),
+        ] {
+            check_err(&list(value), "CRCR_WEBHOOK_SECRET", "CRCR_WEBHOOK_SECRETS", problem);
+            let e = load(&[&BASE[1..], &list(value)[..]].concat()).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        check_err(
+            &list("a,b"),
+            "",
+            "CRCR_WEBHOOK_SECRETS",
+            "set either CRCR_WEBHOOK_SECRETS or CRCR_WEBHOOK_SECRET, not both",
+        );
+        // Neither form: the single one is named, as before.
+        check_err(&[], "CRCR_WEBHOOK_SECRET", "CRCR_WEBHOOK_SECRET", "is required");
+        let ingest = IngestConfig::from_env(&Env::new(|k| (k == "CRCR_WEBHOOK_SECRETS").then(|| "x,y".to_owned())));
+        assert_eq!(ingest.unwrap().webhook_secret.len(), 2);
+    }
+
     #[test]
     fn aws_resources_name_the_missing_variable_and_who_needs_it() {
         let env = Env::new(|k| (k == "CRCR_JOBS_TABLE").then(|| "jobs".to_owned()));
@@ -514,6 +695,48 @@ mod tests {
         let bad_path = bad.to_str().unwrap().to_owned();
         check_err(&[("CRCR_BUILDKITE_PIPELINES_FILE", &bad_path)], "", "CRCR_BUILDKITE_PIPELINES_FILE", "\"org/pipe\"");
         std::fs::remove_file(bad).unwrap();
+    }
+
+    #[test]
+    fn callback_run_rules_and_enterprise_issuers_are_read_and_checked() {
+        let c = load(BASE).unwrap().callbacks.oidc;
+        assert_eq!(c.github_runs, crate::oidc::GitHubRunPolicy::default());
+        assert!(c.github_enterprise_issuers.is_empty());
+        let c = load(
+            &[
+                BASE,
+                &[
+                    ("CRCR_CALLBACK_EVENTS", "repository_dispatch, workflow_run"),
+                    ("CRCR_CALLBACK_SCHEDULED_EVENTS", "schedule"),
+                    ("CRCR_CALLBACK_DEFAULT_BRANCH", "trunk"),
+                    ("CRCR_CALLBACK_BRANCHES", "Org/A=dev,org/b=refs/heads/release"),
+                    (
+                        "CRCR_OIDC_GITHUB_ISSUERS",
+                        "https://token.actions.githubusercontent.com/acme,https://token.actions.githubusercontent.com/b",
+                    ),
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap()
+        .callbacks
+        .oidc;
+        let r = &c.github_runs;
+        assert_eq!(r.events.iter().map(String::as_str).collect::<Vec<_>>(), ["repository_dispatch", "workflow_run"]);
+        assert_eq!(r.scheduled_events.len(), 1);
+        assert_eq!(r.default_branch, "refs/heads/trunk");
+        assert_eq!(
+            (r.branches["org/a"].as_str(), r.branches["org/b"].as_str()),
+            ("refs/heads/dev", "refs/heads/release")
+        );
+        assert_eq!(
+            c.github_enterprise_issuers[1].jwks_url,
+            "https://token.actions.githubusercontent.com/b/.well-known/jwks"
+        );
+        check_err(&[("CRCR_CALLBACK_EVENTS", " , ")], "", "CRCR_CALLBACK_EVENTS", "at least one");
+        check_err(&[("CRCR_CALLBACK_BRANCHES", "org/a")], "", "CRCR_CALLBACK_BRANCHES", "owner/repo=branch");
+        check_err(&[("CRCR_CALLBACK_BRANCHES", "org/a=x,ORG/A=y")], "", "CRCR_CALLBACK_BRANCHES", "twice");
+        check_err(&[("CRCR_CALLBACK_BRANCHES", "nope=x")], "", "CRCR_CALLBACK_BRANCHES", "\"nope=x\"");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! allowlisted repository where the App is installed, once each.
 //!
 //! Per target: look up the installation (cached in the GitHub adapter),
-//! claim the (delivery, target) record under a lease, call GitHub with
+//! claim the (delivery, target) record (the delivery named by its hook and
+//! GUID, see [`crate::ports::record_key`]) under a lease, call GitHub with
 //! exponential backoff + jitter inside a bounded budget (honouring
 //! `Retry-After` / `x-ratelimit-reset`), and record the outcome. Targets run
 //! concurrently, at most `concurrency` at a time. A message whose targets all
@@ -221,7 +222,7 @@ impl Dispatcher {
                 },
                 Err(e) => return MessageOutcome::Poison { reason: e.to_string() },
             };
-        let span = tracing::info_span!("delivery", delivery_id = %msg.delivery_id, event = %msg.event,
+        let span = tracing::info_span!("delivery", delivery_id = %msg.delivery_id, hook_id = msg.hook_id, event = %msg.event,
             action = msg.action.as_deref().unwrap_or(""));
         self.process_dispatch(msg).instrument(span).await
     }
@@ -266,6 +267,7 @@ impl Dispatcher {
             check_run: crate::checks::wants_check_run(entry.level, entry.device.as_deref(), &labels),
             device: entry.device.clone(),
             received_at_ms: Some(msg.received_at_ms),
+            hook_id: msg.hook_id,
         };
         let body = &body;
         let delivery = &msg.delivery_id;
@@ -336,7 +338,7 @@ impl Dispatcher {
                 let reason = format!("payload cannot be sent: {e}");
                 return self
                     .finish(
-                        delivery,
+                        (delivery, meta.hook_id),
                         repo,
                         attempt,
                         AttemptOutcome::Failed { reason: reason.clone() },
@@ -378,7 +380,7 @@ impl Dispatcher {
             Ok(()) => {
                 tracing::info!(attempt, calls, trimmed = body.trimmed, "dispatched");
                 self.finish(
-                    delivery,
+                    (delivery, meta.hook_id),
                     repo,
                     attempt,
                     AttemptOutcome::Dispatched { payload_trimmed: body.trimmed },
@@ -389,7 +391,7 @@ impl Dispatcher {
             Err(GitHubError::Permanent { reason, .. }) => {
                 tracing::warn!(attempt, %reason, "dispatch failed permanently");
                 self.finish(
-                    delivery,
+                    (delivery, meta.hook_id),
                     repo,
                     attempt,
                     AttemptOutcome::Failed { reason: reason.clone() },
@@ -400,7 +402,7 @@ impl Dispatcher {
             Err(GitHubError::Transient { reason, retry_after }) => {
                 tracing::warn!(attempt, %reason, "dispatch still failing; message goes back to the queue");
                 self.finish(
-                    delivery,
+                    (delivery, meta.hook_id),
                     repo,
                     attempt,
                     AttemptOutcome::Retry { reason: reason.clone() },
@@ -416,13 +418,13 @@ impl Dispatcher {
     /// so the message is retried to make the record right.
     async fn finish(
         &self,
-        delivery: &DeliveryId,
+        (delivery, hook_id): (&DeliveryId, Option<u64>),
         repo: &RepoFullName,
         attempt: u32,
         outcome: AttemptOutcome,
         report: TargetOutcome,
     ) -> TargetOutcome {
-        let write = || self.store.finish(delivery, repo, attempt, &outcome, self.clock.now_ms());
+        let write = || self.store.finish_for_hook(delivery, hook_id, repo, attempt, &outcome, self.clock.now_ms());
         let backoff = ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(3);
         match write.retry(backoff).sleep(tokio::time::sleep).await {
             Ok(()) => report,

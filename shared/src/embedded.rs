@@ -36,6 +36,11 @@ pub enum EmbeddedError {
     Hud(#[from] crate::hud::HudUrlError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// The allowlist is broken at start-up
+    /// ([`AllowlistProvider::check_at_start`]): names the file or URL and
+    /// the line or entry.
+    #[error("cannot start with this allowlist (CRCR_ALLOWLIST_FILE / CRCR_ALLOWLIST_URL): {0}")]
+    Allowlist(#[from] crate::allowlist::AllowlistError),
     #[error("CRCR_VISIBILITY_TIMEOUT_SECS ({visibility:?}) must be longer than CRCR_RETRY_BUDGET_SECS ({budget:?}): otherwise a message still being retried reappears and is taken by a second worker")]
     VisibilityTooShort { visibility: Duration, budget: Duration },
 }
@@ -205,7 +210,9 @@ impl EmbeddedRelay {
 
     /// Serves ingest on `listener` and runs the dispatcher workers, the
     /// reconciler, the sweeps and the redeliver task until `shutdown`
-    /// resolves. Then ingest stops taking requests, a sweep stops sending
+    /// resolves. First it loads the allowlist: a broken one
+    /// ([`AllowlistProvider::check_at_start`]) is
+    /// [`EmbeddedError::Allowlist`] before anything is served. Then ingest stops taking requests, a sweep stops sending
     /// ([`crate::reconcile::Reconciler::sweep_until`]) and in-flight
     /// messages get [`EmbeddedRelay::shutdown_grace`] to finish; whatever is
     /// still running after that is dropped and taken up at the next start
@@ -217,6 +224,7 @@ impl EmbeddedRelay {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), EmbeddedError> {
+        self.dispatcher.allowlist.check_at_start().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
         let mut tasks = tokio::task::JoinSet::new();

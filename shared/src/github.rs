@@ -9,7 +9,12 @@
 //! Rules used (GitHub REST docs): installation tokens last 1 h
 //! ("Create an installation access token for an app"); rate limits answer
 //! 403/429 with `Retry-After`, or `x-ratelimit-remaining: 0` and
-//! `x-ratelimit-reset` in epoch seconds ("Rate limits for the REST API").
+//! `x-ratelimit-reset` in epoch seconds, and without either the client
+//! waits at least a minute, longer while it goes on ("Rate limits for the
+//! REST API" → "Exceeding the rate limit": [`SecondaryLimitBackoff`]); a
+//! renamed or transferred repository answers with a redirect, followed once
+//! on the API's own host ("Best practices for using the REST API" → "Follow
+//! redirects": [`GitHubAppClient`]'s `follow_move`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -26,6 +31,15 @@ use serde_json::{json, Value};
 
 use crate::domain::RepoFullName;
 use crate::ports::{GitHubApp, GitHubError, InstallationId};
+
+/// The wait after a rate-limit answer that gives no `retry-after` nor
+/// `x-ratelimit-remaining: 0` + `x-ratelimit-reset` (GitHub docs, "Rate
+/// limits for the REST API" → "Exceeding the rate limit",
+/// https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#exceeding-the-rate-limit:
+/// "Otherwise, wait for at least one minute before retrying").
+pub const SECONDARY_LIMIT_FIRST_WAIT: Duration = Duration::from_secs(60);
+/// The longest wait [`SecondaryLimitBackoff`] doubles up to.
+pub const SECONDARY_LIMIT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// A token is used until this long before GitHub's `expires_at`.
 pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -92,6 +106,58 @@ pub struct GitHubAppClient {
     tokens: Mutex<HashMap<String, CachedToken>>,
     /// Last `x-ratelimit-remaining` seen (-1 = none yet), for metrics.
     rate_limit_remaining: AtomicI64,
+    /// Waits after rate limits answered without a hint, doubling while they go on.
+    secondary: Mutex<SecondaryLimitBackoff>,
+    /// Repositories GitHub answered as moved (renamed or transferred), by
+    /// the key of the name asked for: where they are now.
+    moved: Mutex<HashMap<String, RepoFullName>>,
+}
+
+/// How long to wait after a rate-limit answer without `retry-after` or
+/// `x-ratelimit-reset` ([`is_headerless_rate_limit`]). GitHub docs, "Rate
+/// limits for the REST API" → "Exceeding the rate limit": wait at least
+/// one minute; "If your request continues to fail due to a secondary rate
+/// limit, wait for an exponentially increasing amount of time between
+/// retries". So: [`SECONDARY_LIMIT_FIRST_WAIT`] for the first one; one
+/// answered after that wait was over, while the limit still goes on (within
+/// another wait of its end), doubles it, up to [`SECONDARY_LIMIT_MAX_WAIT`];
+/// answers to requests made during a wait (other requests in flight at the
+/// time) get the current wait, not a doubled one; a success after the wait
+/// (or a quiet spell as long as the wait) starts over at one minute.
+#[derive(Debug, Default, Clone)]
+pub struct SecondaryLimitBackoff {
+    /// 0: not limited; n: the current wait is the first one doubled n - 1 times.
+    level: u32,
+    /// End of the current wait.
+    until: Option<Instant>,
+}
+
+impl SecondaryLimitBackoff {
+    fn wait_at(level: u32) -> Duration {
+        SECONDARY_LIMIT_FIRST_WAIT.saturating_mul(1 << level.saturating_sub(1).min(16)).min(SECONDARY_LIMIT_MAX_WAIT)
+    }
+
+    /// A headerless rate-limit answer arrived at `now`: the wait before retrying.
+    pub fn limited(&mut self, now: Instant) -> Duration {
+        let current = Self::wait_at(self.level);
+        self.level = match self.until {
+            // Another request answered during the wait: same episode, same wait.
+            Some(until) if self.level > 0 && now < until => self.level,
+            // Still limited after waiting: wait twice as long.
+            Some(until) if self.level > 0 && now < until + current => self.level + 1,
+            _ => 1,
+        };
+        let wait = Self::wait_at(self.level);
+        self.until = Some(self.until.map_or(now + wait, |u| u.max(now + wait)));
+        wait
+    }
+
+    /// A 2xx answer arrived at `now`: after the wait, the limit is over.
+    pub fn succeeded(&mut self, now: Instant) {
+        if self.until.is_none_or(|until| now >= until) {
+            *self = Self::default();
+        }
+    }
 }
 
 impl GitHubAppClient {
@@ -115,6 +181,8 @@ impl GitHubAppClient {
             installations: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             rate_limit_remaining: AtomicI64::new(-1),
+            secondary: Mutex::new(SecondaryLimitBackoff::default()),
+            moved: Mutex::new(HashMap::new()),
         })
     }
 
@@ -141,7 +209,7 @@ impl GitHubAppClient {
         let uri = format!("/app/installations/{}/access_tokens", installation.0);
         let (status, headers, bytes) = self.send(self.app._post(uri, Some(&body)).await).await?;
         if !status.is_success() {
-            return Err(classify(status, &headers, &bytes));
+            return Err(self.classify(status, &headers, &bytes));
         }
         let token: octocrab::models::InstallationToken = serde_json::from_slice(&bytes).map_err(|e| {
             GitHubError::Transient { reason: format!("unreadable token answer: {e}"), retry_after: None }
@@ -160,6 +228,95 @@ impl GitHubAppClient {
         let use_until = Instant::now() + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN);
         self.tokens.lock().expect("token cache").insert(key, CachedToken { client: client.clone(), use_until });
         Ok(client)
+    }
+
+    /// Where `repo` is now: the name GitHub's redirect led to when it was
+    /// renamed or transferred ([`Self::follow_move`]), else `repo`.
+    fn current_name(&self, repo: &RepoFullName) -> RepoFullName {
+        self.moved.lock().expect("moved repositories").get(repo.key()).cloned().unwrap_or_else(|| repo.clone())
+    }
+
+    /// Follows, once, the redirect GitHub answered to the installation
+    /// lookup of `repo`: a renamed or transferred repository answers 301
+    /// with `Location: <api>/repositories/<id>/installation` (GitHub docs,
+    /// "Best practices for using the REST API" → "Follow redirects":
+    /// "Receiving an HTTP redirection is not an error, and you should follow
+    /// the redirect", https://docs.github.com/en/rest/using-the-rest-api/best-practices-for-using-the-rest-api#follow-redirects;
+    /// GitHub developer changelog, "Preview repository redirects",
+    /// 2015-04-17: a repository's location changes when it or its owner is
+    /// renamed or it is transferred, and requests to the old location get a
+    /// 301 or a 307 depending on the request). Only a `Location` on the API
+    /// URL's own scheme and host is followed, and only one redirect. The
+    /// new name comes from a token minted for the repository's id
+    /// (`repository_ids`, whose answer lists the repositories with their
+    /// `full_name`: "Create an installation access token for an app");
+    /// later calls for `repo` use it ([`Self::current_name`]). On-call is
+    /// told: a warning naming both names and
+    /// [`crate::metrics::ALLOWLIST_RENAMED_REPOS`]. Returns the answer to
+    /// the redirected request (2xx with the installation, 404, ...).
+    async fn follow_move(
+        &self,
+        repo: &RepoFullName,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
+        let refuse = |why: String| GitHubError::Permanent {
+            status: status.as_u16(),
+            reason: format!("{} for {repo}: {why}", status.as_u16()),
+        };
+        let location = headers
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| refuse("redirect without a Location".into()))?;
+        let target: http::Uri = location.parse().map_err(|_| refuse(format!("Location {location:?} is not a URL")))?;
+        let api: http::Uri = self.cfg.api_url.parse().map_err(|_| refuse("API URL unusable".into()))?;
+        if target.authority().is_some() && (target.scheme() != api.scheme() || target.authority() != api.authority()) {
+            return Err(refuse(format!("not following a redirect to {location} (not {})", self.cfg.api_url)));
+        }
+        let repo_id = target
+            .path()
+            .split('/')
+            .skip_while(|s| *s != "repositories")
+            .nth(1)
+            .and_then(|id| id.parse::<u64>().ok())
+            .ok_or_else(|| refuse(format!("Location {location} names no repository id")))?;
+        // The path only: octocrab puts the App's JWT only on requests
+        // without a host (or to api.github.com); the host was checked above.
+        let path = target.path_and_query().map_or(target.path(), |p| p.as_str()).to_owned();
+        let (status, headers, bytes) = self.send(self.app._get(path).await).await?;
+        if status.is_redirection() {
+            return Err(refuse(format!(
+                "{location} redirected again ({}); only one redirect is followed",
+                status.as_u16()
+            )));
+        }
+        if !status.is_success() {
+            return Ok((status, headers, bytes));
+        }
+        let installation = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v.get("id")?.as_u64());
+        let Some(installation) = installation else {
+            return Ok((status, headers, bytes));
+        };
+        // The repository's name now: a token for its id lists it.
+        let body = json!({"repository_ids": [repo_id], "permissions": {"metadata": "read"}});
+        let uri = format!("/app/installations/{installation}/access_tokens");
+        let (s, h, b) = self.send(self.app._post(uri, Some(&body)).await).await?;
+        if !s.is_success() {
+            return Err(self.classify(s, &h, &b));
+        }
+        let name = serde_json::from_slice::<Value>(&b)
+            .ok()
+            .and_then(|v| v.pointer("/repositories/0/full_name")?.as_str().map(str::to_owned))
+            .and_then(|n| RepoFullName::parse(&n).ok())
+            .ok_or_else(|| GitHubError::Transient {
+                reason: format!("{repo} moved to repository {repo_id}, whose name GitHub did not give"),
+                retry_after: None,
+            })?;
+        tracing::warn!(allowlisted = %repo, now = %name, repository_id = repo_id, metric = "allowlist_renamed_repos",
+            "allowlisted repository was renamed or transferred: dispatching to its new name; update the allowlist");
+        ::metrics::counter!(crate::metrics::ALLOWLIST_RENAMED_REPOS).increment(1);
+        self.moved.lock().expect("moved repositories").insert(repo.key().to_owned(), name);
+        Ok((status, headers, bytes))
     }
 
     fn forget_token(&self, repo: &RepoFullName) {
@@ -184,22 +341,70 @@ impl GitHubAppClient {
             .await
             .map_err(|e| GitHubError::Transient { reason: format!("GitHub answer cut short: {e}"), retry_after: None })?
             .to_bytes();
+        if parts.status.is_success() {
+            self.secondary.lock().expect("secondary limit state").succeeded(Instant::now());
+        }
         Ok((parts.status, parts.headers, bytes))
     }
+
+    /// [`classify`], with the wait after a rate limit GitHub gave no hint
+    /// for taken from [`SecondaryLimitBackoff`] (one minute, doubling while
+    /// it goes on). Every non-2xx answer of this client is classified here,
+    /// once.
+    fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GitHubError {
+        match classify(status, headers, body) {
+            GitHubError::Transient { reason, retry_after: Some(_) }
+                if is_headerless_rate_limit(status, headers, body) =>
+            {
+                let wait = self.secondary.lock().expect("secondary limit state").limited(Instant::now());
+                tracing::warn!(status = status.as_u16(), %reason, wait_s = wait.as_secs(), metric = "github_secondary_rate_limit",
+                    "GitHub rate limit without retry-after or x-ratelimit-reset: not retrying before the wait is over");
+                GitHubError::Transient { reason, retry_after: Some(wait) }
+            }
+            other => other,
+        }
+    }
+}
+
+/// The `message` of a GitHub error answer (or the start of the body).
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+}
+
+/// A rate-limit answer that says nothing about when to retry: 403 or 429
+/// whose message says it is a rate limit ("You have exceeded a secondary
+/// rate limit", "API rate limit exceeded"), or any 429, with neither
+/// `retry-after` nor `x-ratelimit-remaining: 0` (GitHub docs, "Rate limits
+/// for the REST API" → "Exceeding the rate limit": "you will receive a 403
+/// or 429 response and an error message that indicates that you exceeded a
+/// secondary rate limit"). [`classify`] makes it wait
+/// [`SECONDARY_LIMIT_FIRST_WAIT`].
+pub fn is_headerless_rate_limit(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let limited = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::FORBIDDEN && error_message(body).to_ascii_lowercase().contains("rate limit"));
+    limited
+        && header("retry-after").and_then(|v| v.parse::<u64>().ok()).is_none()
+        && header("x-ratelimit-remaining") != Some("0")
 }
 
 /// Classifies a non-2xx GitHub answer, once, for every caller:
 /// - 5xx → transient;
 /// - 403/429 with `Retry-After` → transient, retry after that many seconds;
 /// - 403/429 with `x-ratelimit-remaining: 0` → transient until `x-ratelimit-reset`;
-/// - 429, or 403 whose message mentions a rate limit → transient;
+/// - 429, or 403 whose message mentions a rate limit (GitHub's "You have
+///   exceeded a secondary rate limit"), without those headers → transient,
+///   retry after [`SECONDARY_LIMIT_FIRST_WAIT`] at the earliest (GitHub
+///   docs, "Rate limits for the REST API" → "Exceeding the rate limit":
+///   "Otherwise, wait for at least one minute before retrying"; the client
+///   doubles it while the limit goes on: [`SecondaryLimitBackoff`]);
 /// - 401 (token revoked or expired early) → transient (a new token is minted);
 /// - anything else (404 not installed / not found, 422, other 4xx) → permanent.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GitHubError {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    let message = error_message(body);
     let reason = format!("{} {}", status.as_u16(), message);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if status.is_server_error() {
@@ -216,8 +421,8 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GitHubE
                 .unwrap_or(60);
             return GitHubError::Transient { reason, retry_after: Some(Duration::from_secs(wait)) };
         }
-        if status == StatusCode::TOO_MANY_REQUESTS || message.to_ascii_lowercase().contains("rate limit") {
-            return GitHubError::Transient { reason, retry_after: None };
+        if is_headerless_rate_limit(status, headers, body) {
+            return GitHubError::Transient { reason, retry_after: Some(SECONDARY_LIMIT_FIRST_WAIT) };
         }
     }
     if status == StatusCode::UNAUTHORIZED {
@@ -236,7 +441,14 @@ impl GitHubApp for GitHubAppClient {
             }
         }
         let uri = format!("/repos/{}/{}/installation", repo.owner(), repo.name());
-        let (status, headers, bytes) = self.send(self.app._get(uri).await).await?;
+        let (mut status, mut headers, mut bytes) = self.send(self.app._get(uri).await).await?;
+        if status.is_redirection() {
+            // Renamed or transferred: follow GitHub's redirect once.
+            (status, headers, bytes) = self.follow_move(repo, status, &headers).await?;
+        } else {
+            // Answered under this name: it is (again) where it says.
+            self.moved.lock().expect("moved repositories").remove(repo.key());
+        }
         let found = match status {
             s if s.is_success() => {
                 let v: Value = serde_json::from_slice(&bytes).map_err(|e| GitHubError::Transient {
@@ -250,7 +462,7 @@ impl GitHubApp for GitHubAppClient {
                 Some(InstallationId(id))
             }
             StatusCode::NOT_FOUND => None,
-            _ => return Err(classify(status, &headers, &bytes)),
+            _ => return Err(self.classify(status, &headers, &bytes)),
         };
         self.installations.lock().expect("installation cache").insert(repo.key().to_owned(), (found, Instant::now()));
         Ok(found)
@@ -262,20 +474,48 @@ impl GitHubApp for GitHubAppClient {
         installation: InstallationId,
         body: &Value,
     ) -> Result<(), GitHubError> {
-        let client = self.token_client(repo, installation, ("contents", "write")).await?;
-        let uri = format!("/repos/{}/{}/dispatches", repo.owner(), repo.name());
-        let (status, headers, bytes) = self.send(client._post(uri, Some(body)).await).await?;
+        let mut target = self.current_name(repo);
+        let client = self.token_client(&target, installation, ("contents", "write")).await?;
+        let uri = format!("/repos/{}/{}/dispatches", target.owner(), target.name());
+        let (mut status, mut headers, mut bytes) = self.send(client._post(uri, Some(body)).await).await?;
+        if status.is_redirection() {
+            // Moved since its installation was looked up (GitHub answers a
+            // POST to a moved repository with 307): look it up again, which
+            // follows the move, and send once more to where it is now.
+            self.installations.lock().expect("installation cache").remove(repo.key());
+            let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
+                status: 404,
+                reason: format!("{repo} moved and the App is not installed where it is now"),
+            })?;
+            let now = self.current_name(repo);
+            if now == target {
+                return Err(GitHubError::Permanent {
+                    status: status.as_u16(),
+                    reason: format!("{} redirect for {repo}, which GitHub does not say moved", status.as_u16()),
+                });
+            }
+            target = now;
+            let client = self.token_client(&target, installation, ("contents", "write")).await?;
+            let uri = format!("/repos/{}/{}/dispatches", target.owner(), target.name());
+            (status, headers, bytes) = self.send(client._post(uri, Some(body)).await).await?;
+            if status.is_redirection() {
+                return Err(GitHubError::Permanent {
+                    status: status.as_u16(),
+                    reason: format!("{repo} redirected again after following its move to {target}"),
+                });
+            }
+        }
         if status.is_success() {
             return Ok(());
         }
         if status == StatusCode::UNAUTHORIZED {
-            self.forget_token(repo);
+            self.forget_token(&target);
         }
         if status == StatusCode::NOT_FOUND {
             // The App may have been removed from the repository: look it up again next time.
             self.installations.lock().expect("installation cache").remove(repo.key());
         }
-        Err(classify(status, &headers, &bytes))
+        Err(self.classify(status, &headers, &bytes))
     }
 
     async fn file_contents(&self, repo: &RepoFullName, path: &str, git_ref: &str) -> Result<Vec<u8>, GitHubError> {
@@ -291,7 +531,7 @@ impl GitHubApp for GitHubAppClient {
         if status.is_success() {
             Ok(bytes.to_vec())
         } else {
-            Err(classify(status, &headers, &bytes))
+            Err(self.classify(status, &headers, &bytes))
         }
     }
 }
@@ -338,7 +578,7 @@ impl crate::ports::CommitLookup for GitHubAppClient {
         match status {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
-            _ => Err(classify(status, &headers, &bytes)),
+            _ => Err(self.classify(status, &headers, &bytes)),
         }
     }
 }
@@ -404,7 +644,7 @@ impl GitHubAppClient {
         self.token_client(repo, installation, permission).await
     }
 
-    /// [`classify`], forgetting the token on 401 and the installation on 404.
+    /// [`Self::classify`], forgetting the token on 401 and the installation on 404.
     fn repo_call_error(
         &self,
         repo: &RepoFullName,
@@ -418,7 +658,7 @@ impl GitHubAppClient {
         if status == StatusCode::NOT_FOUND {
             self.installations.lock().expect("installation cache").remove(repo.key());
         }
-        classify(status, headers, bytes)
+        self.classify(status, headers, bytes)
     }
 }
 
@@ -522,12 +762,42 @@ mod tests {
         check(403, &[("Retry-After", "2")], r#"{"message":"You have exceeded a secondary rate limit"}"#, true, Some(2));
         check(429, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)], "{}", true, Some(30));
         check(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1")], "{}", true, Some(1));
-        check(429, &[], "{}", true, None);
-        check(403, &[], r#"{"message":"API rate limit exceeded for installation"}"#, true, None);
+        // No hint: at least one minute (GitHub docs, "Exceeding the rate limit").
+        check(429, &[], "{}", true, Some(60));
+        check(403, &[], r#"{"message":"API rate limit exceeded for installation"}"#, true, Some(60));
+        let secondary = r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#;
+        check(403, &[("x-ratelimit-remaining", "4999")], secondary, true, Some(60));
+        check(429, &[("x-ratelimit-remaining", "12")], secondary, true, Some(60));
         check(401, &[], r#"{"message":"Bad credentials"}"#, true, None);
         check(403, &[], r#"{"message":"Resource not accessible by integration"}"#, false, None);
         check(404, &[], r#"{"message":"Not Found"}"#, false, None);
         check(422, &[], r#"{"message":"Invalid request"}"#, false, None);
+    }
+
+    /// GitHub docs, "Rate limits for the REST API" → "Exceeding the rate
+    /// limit": at least one minute, then exponentially longer while the
+    /// secondary limit goes on.
+    #[test]
+    fn headerless_secondary_limits_wait_a_minute_then_double_while_they_go_on() {
+        let t0 = Instant::now();
+        let s = |n: u64| Duration::from_secs(n);
+        let mut b = SecondaryLimitBackoff::default();
+        assert_eq!(b.limited(t0), s(60));
+        // Other requests answered during the wait: the same wait, not doubled.
+        assert_eq!(b.limited(t0 + s(5)), s(60));
+        // Retried after the wait and still limited: 2, 4, 8 min, then 15 min at most.
+        assert_eq!(b.limited(t0 + s(66)), s(120));
+        assert_eq!(b.limited(t0 + s(190)), s(240));
+        assert_eq!(b.limited(t0 + s(440)), s(480));
+        assert_eq!(b.limited(t0 + s(930)), s(900));
+        assert_eq!(b.limited(t0 + s(1840)), s(900));
+        // A success during the wait does not end it; one after it does.
+        b.succeeded(t0 + s(1900));
+        assert_eq!(b.limited(t0 + s(1901)), s(900));
+        b.succeeded(t0 + s(2900));
+        assert_eq!(b.limited(t0 + s(2901)), s(60));
+        // A limit long after the last one (no success between) starts over too.
+        assert_eq!(b.limited(t0 + s(9000)), s(60));
     }
 
     #[test]

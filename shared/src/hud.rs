@@ -34,7 +34,7 @@ use crate::ports::{Clock, StoreError};
 /// Why HUD did not take a record.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum HudError {
-    /// 4xx: the record is bad; do not resend.
+    /// 4xx about the record (400, 413, 422, ...): it is bad; do not resend.
     #[error("HUD rejected the record ({status}): {answer}")]
     Rejected { status: u16, answer: String },
     /// 5xx, timeout, connection error: try again later.
@@ -101,7 +101,11 @@ impl Hud for HudClient {
             return Ok(());
         }
         let answer: String = res.text().await.unwrap_or_default().chars().take(500).collect();
-        if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+        // 401/403 (bot key wrong or rotated: torchci's checkAuthWithApiToken),
+        // 404/405 (CRCR_HUD_URL names no handler), 408 and 429 are not the
+        // record's fault: it stays pending (and parks, alarmed, if it lasts).
+        let relay_side = matches!(status.as_u16(), 401 | 403 | 404 | 405 | 408 | 429);
+        if status.is_client_error() && !relay_side {
             Err(HudError::Rejected { status: status.as_u16(), answer })
         } else {
             Err(HudError::Unavailable(format!("{status} {answer}")))
@@ -205,29 +209,43 @@ pub async fn sync_outbox(
     for g in &mut groups {
         g.sort_by_key(|i| i.state().map_or(0, |s| s as u8 + 1));
     }
-    // A job whose first due record is `completed`: is its `in_progress`
-    // record (not due now) still pending? Then the job waits.
+    // Each delivery's records as they are now (a consistent read: the due
+    // list may come from an eventually consistent index, DynamoDB's GSI).
     let mut outbox_of: std::collections::HashMap<DeliveryId, Vec<OutboxItem>> = Default::default();
     let mut ready = Vec::with_capacity(groups.len());
-    for g in groups {
-        let first = &g[0];
+    for mut g in groups {
+        let delivery = g[0].delivery_id.clone();
+        if !outbox_of.contains_key(&delivery) {
+            outbox_of.insert(delivery.clone(), jobs.outbox(&delivery).await?);
+        }
+        let now_of = |id: &str| outbox_of[&delivery].iter().find(|o| o.id == id);
+        // A record already settled (a stale index read) is not sent again.
+        g.retain(|i| now_of(&i.id).is_some_and(|o| o.sync == HudSync::Pending));
+        let Some(first) = g.first() else { continue };
+        let job = first.job_id().to_owned();
+        let of_state = |state: JobState| now_of(&format!("{job}|{}", state.as_str()));
+        // `completed` first while the job's `in_progress` (not due now) is
+        // still pending: the job waits, stepping aside until that one's turn.
         if first.state() == Some(JobState::Completed) {
-            if !outbox_of.contains_key(&first.delivery_id) {
-                outbox_of.insert(first.delivery_id.clone(), jobs.outbox(&first.delivery_id).await?);
-            }
-            let earlier = format!("{}|{}", first.job_id(), JobState::InProgress.as_str());
-            if let Some(p) =
-                outbox_of[&first.delivery_id].iter().find(|o| o.id == earlier && o.sync == HudSync::Pending)
-            {
+            if let Some(p) = of_state(JobState::InProgress).filter(|p| p.sync == HudSync::Pending) {
                 jobs.defer_outbox(&first.id, p.next_attempt_at_ms.max(first.next_attempt_at_ms) + 1).await?;
                 report.waiting += g.len();
                 continue;
             }
         }
-        ready.push(g);
+        // `in_progress` alone while HUD already has the job's `completed`
+        // (sent before it, e.g. after `crcr hud retry`): HUD's row would end
+        // in the older state, so `completed` goes again after it.
+        let resend = match (first.state(), g.len()) {
+            (Some(JobState::InProgress), 1) => {
+                of_state(JobState::Completed).filter(|c| c.sync == HudSync::Sent).map(|c| c.id.clone())
+            }
+            _ => None,
+        };
+        ready.push((g, resend));
     }
     let results: Vec<Result<SyncReport, StoreError>> = futures::stream::iter(ready)
-        .map(|g| send_job(jobs, hud, clock, policy, g))
+        .map(|(g, resend)| send_job(jobs, hud, clock, policy, g, resend))
         .buffer_unordered(HUD_CONCURRENCY)
         .collect()
         .await;
@@ -244,13 +262,15 @@ pub async fn sync_outbox(
 }
 
 /// Sends one job's due records in order; stops at the first that stays
-/// pending (the later ones wait for it).
+/// pending (the later ones wait for it). `resend`: the job's newer record
+/// HUD already took, put back in the queue once the older one was sent.
 async fn send_job(
     jobs: &dyn JobStore,
     hud: &dyn Hud,
     clock: &dyn Clock,
     policy: &HudRetryPolicy,
     items: Vec<OutboxItem>,
+    resend: Option<String>,
 ) -> Result<SyncReport, StoreError> {
     let mut report = SyncReport::default();
     let total = items.len();
@@ -262,6 +282,10 @@ async fn send_job(
                 jobs.mark_outbox(&item.id, HudSync::Sent, None, None, now).await?;
                 ::metrics::counter!(crate::metrics::HUD_SYNC, "result" => "sent").increment(1);
                 report.sent += 1;
+                if let Some(newer) = resend.as_deref().filter(|_| item.state() == Some(JobState::InProgress)) {
+                    tracing::info!(outbox_id = %newer, "HUD took an older record of the job after its newer one; sending the newer one again");
+                    jobs.requeue_outbox(newer, now).await?;
+                }
             }
             Err(e @ HudError::Rejected { .. }) => {
                 tracing::error!(outbox_id = %item.id, delivery_id = %item.delivery_id, error = %e, metric = "hud_rejected", "HUD rejected a record");

@@ -3,9 +3,11 @@
 //!
 //! `POST /github/webhook` answers (GitHub waits 10 s; it does not retry):
 //! - 401 bad or missing `X-Hub-Signature-256` (checked first, over the raw bytes);
-//! - 400 missing `X-GitHub-Event` / `X-GitHub-Delivery`, or a body that is not JSON;
+//! - 400 missing `X-GitHub-Event` / `X-GitHub-Delivery`, an `X-GitHub-Hook-ID`
+//!   that is not a number (see `hook_id`), or a body that is not JSON;
 //! - 413 body over `max_body_bytes` (default 25 MB, GitHub's own cap);
-//! - 200 `{"ignored": why}` for `ping`, other repositories, events not acted on;
+//! - 200 `{"ignored": why}` for `ping`, other repositories, events not acted on,
+//!   and a `push` that deleted its ref (`deleted: true`, see `deleted_ref`);
 //! - 202 `{"delivery_id", "message_id"}` once durably enqueued;
 //! - 503 when the queue (or the claim-check store) cannot take it, so the
 //!   delivery shows as failed in GitHub and can be redelivered.
@@ -93,6 +95,8 @@ pub enum Verdict {
     /// the reconcile queue.
     Enqueue {
         delivery_id: DeliveryId,
+        /// `X-GitHub-Hook-ID`, when present (a number; see `hook_id`).
+        hook_id: Option<u64>,
         event: String,
         action: Option<String>,
         message: String,
@@ -108,6 +112,35 @@ pub enum Verdict {
 struct Envelope {
     action: Option<String>,
     repository: Option<EnvelopeRepo>,
+    /// `push`: whether the push deleted the ref, its ref and the SHA after
+    /// it (all zeros for a deletion). Read as plain values so another
+    /// event's fields of the same names never make a body unreadable.
+    deleted: Option<serde_json::Value>,
+    #[serde(rename = "ref")]
+    git_ref: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+}
+
+/// Why a `push` is not a build: it deleted its ref (a tag deletion, a head
+/// branch deleted after a merge). GitHub sends `push` with `deleted: true`
+/// and `after` all zeros then ("Webhook events and payloads" → `push`:
+/// `deleted` "Whether this push deleted the ref", `after` "The SHA of the
+/// most recent commit on `ref` after the push",
+/// <https://docs.github.com/en/webhooks/webhook-events-and-payloads#push>);
+/// there is no commit to build, so nothing is dispatched and no record is
+/// written under the zero SHA. A push that created the ref (`created: true`,
+/// `before` all zeros) has a commit and is dispatched as any push.
+fn deleted_ref(env: &Envelope) -> Option<String> {
+    let zero_after = env
+        .after
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|a| !a.is_empty() && a.bytes().all(|b| b == b'0'));
+    let deleted = env.deleted.as_ref().and_then(serde_json::Value::as_bool) == Some(true);
+    (deleted || zero_after).then(|| {
+        let git_ref = env.git_ref.as_ref().and_then(serde_json::Value::as_str).unwrap_or("?");
+        format!("push deleted {git_ref}: no commit to build")
+    })
 }
 
 #[derive(Deserialize)]
@@ -124,7 +157,11 @@ pub fn verify_and_classify(
     body: &[u8],
     now_ms: i64,
 ) -> Result<Verdict, IngestError> {
-    secret.verify(headers.get("x-hub-signature-256").map(|v| v.as_bytes()), body)?;
+    let signed_by = secret.verify_index(headers.get("x-hub-signature-256").map(|v| v.as_bytes()), body)?;
+    // Which configured secret signed it (an index, never the secret): during a
+    // rotation this says when the old one can go.
+    ::metrics::counter!(crate::metrics::WEBHOOK_SECRET_MATCHES, "secret" => crate::metrics::secret_index_label(signed_by))
+        .increment(1);
     let header = |name: &'static str| {
         headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).ok_or(IngestError::BadHeader(name))
     };
@@ -134,6 +171,7 @@ pub fn verify_and_classify(
     }
     let delivery_id =
         DeliveryId::parse(header("x-github-delivery")?).map_err(|_| IngestError::BadHeader("x-github-delivery"))?;
+    let hook_id = hook_id(headers)?;
     let form = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -157,9 +195,14 @@ pub fn verify_and_classify(
     if event == "ping" {
         return ignore("ping".into());
     }
-    let repo = env.repository.and_then(|r| r.full_name).unwrap_or_default();
+    let repo = env.repository.as_ref().and_then(|r| r.full_name.clone()).unwrap_or_default();
     if RepoFullName::parse(&repo).ok().as_ref() != Some(upstream) {
         return ignore(format!("repository {repo:?} is not the upstream {upstream}"));
+    }
+    if event == "push" {
+        if let Some(why) = deleted_ref(&env) {
+            return ignore(why);
+        }
     }
     let dispatched = is_dispatched(event, env.action.as_deref());
     let upstream = if crate::upstream::is_upstream(event, env.action.as_deref()) {
@@ -187,14 +230,17 @@ pub fn verify_and_classify(
         };
         return ignore(format!("{what} is not acted on"));
     }
-    let head = serde_json::to_string(&json!({
+    let mut head = json!({
         "type": "dispatch_v1",
         "delivery_id": delivery_id,
         "event": event,
         "action": env.action,
         "received_at_ms": now_ms,
-    }))
-    .expect("JSON values serialize");
+    });
+    if let Some(hook) = hook_id {
+        head["hook_id"] = hook.into();
+    }
+    let head = serde_json::to_string(&head).expect("JSON values serialize");
     // `{...head fields...,"payload":{"inline":<payload>}}`
     let mut message = String::with_capacity(head.len() + text.len() + 24);
     message.push_str(&head[..head.len() - 1]);
@@ -202,7 +248,36 @@ pub fn verify_and_classify(
     let payload_start = message.len();
     message.push_str(text);
     message.push_str("}}");
-    Ok(Verdict::Enqueue { delivery_id, event: event.to_owned(), action: env.action, message, payload_start, upstream })
+    Ok(Verdict::Enqueue {
+        delivery_id,
+        hook_id,
+        event: event.to_owned(),
+        action: env.action,
+        message,
+        payload_start,
+        upstream,
+    })
+}
+
+/// `X-GitHub-Hook-ID`, "the unique identifier of the webhook" (GitHub docs
+/// "Webhook events and payloads" → delivery headers,
+/// <https://docs.github.com/en/webhooks/webhook-events-and-payloads#delivery-headers>):
+/// a number. `None` when absent (the delivery is then named by its GUID
+/// alone, as before the header was read); a value that is not a positive
+/// number below 2^63 is refused as a bad header, since it decides
+/// idempotency ([`crate::ports::record_key`]).
+fn hook_id(headers: &HeaderMap) -> Result<Option<u64>, IngestError> {
+    let Some(value) = headers.get("x-github-hook-id") else { return Ok(None) };
+    let bad = || IngestError::BadHeader("x-github-hook-id");
+    let text = value.to_str().map_err(|_| bad())?;
+    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let id: u64 = text.parse().map_err(|_| bad())?;
+    if id == 0 || id > i64::MAX as u64 {
+        return Err(bad());
+    }
+    Ok(Some(id))
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
@@ -261,7 +336,7 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
             return answer(e.status(), json!({"error": e.to_string()}));
         }
     };
-    let (delivery_id, event, action, mut message, payload_start) = match verdict {
+    let (delivery_id, hook_id, event, action, mut message, payload_start) = match verdict {
         Verdict::Ignore { delivery_id, event, why } => {
             tracing::info!(%delivery_id, %event, %why, metric = "webhooks", outcome = "ignored", "webhook ignored");
             count_webhook(&event, "ignored", started);
@@ -285,7 +360,7 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
                 }
             };
         }
-        Verdict::Enqueue { delivery_id, event, action, message, payload_start, upstream } => {
+        Verdict::Enqueue { delivery_id, hook_id, event, action, message, payload_start, upstream } => {
             // The reconciler's part first: if it cannot be queued the
             // delivery fails (503) before anything was fanned out, and its
             // redelivery does both (each side is idempotent per delivery).
@@ -295,13 +370,13 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
                     return resp;
                 }
             }
-            (delivery_id, event, action, message, payload_start)
+            (delivery_id, hook_id, event, action, message, payload_start)
         }
     };
     if message.len() > st.queue.max_message_bytes() {
         // Claim check: store the payload, enqueue a reference.
         let payload = &message[payload_start..message.len() - 2];
-        let key = payload_blob_key(&delivery_id);
+        let key = payload_blob_key(&delivery_id, hook_id);
         if let Err(e) = st.blobs.put(&key, payload.as_bytes()).await {
             tracing::error!(%delivery_id, %event, error = %e, metric = "webhooks", outcome = "unavailable", "claim-check store refused payload");
             count_webhook(&event, "unavailable", started);
@@ -309,6 +384,7 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
         }
         message = QueueMessage::DispatchV1(DispatchV1 {
             delivery_id: delivery_id.clone(),
+            hook_id,
             event: event.clone(),
             action: action.clone(),
             received_at_ms: st.clock.now_ms(),
@@ -406,6 +482,32 @@ mod tests {
         app.oneshot(req).await.unwrap().status().as_u16()
     }
 
+    /// At the route: with the current and the next secret configured, a
+    /// delivery signed with either gets past verification (here to the
+    /// queue, which is down: 503), one signed with neither is 401.
+    #[tokio::test]
+    async fn a_rotation_accepts_either_secret_and_refuses_others_with_401() {
+        let both = WebhookSecret::any_of(vec!["current".into(), "next".into()]).unwrap();
+        let app = router(Arc::new(IngestState {
+            secret: both,
+            upstream: RepoFullName::parse("Codertocat/Hello-World").unwrap(),
+            queue: Arc::new(Down),
+            blobs: Arc::new(Down),
+            clock: Arc::new(SystemClock),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            reconcile: None,
+        }));
+        for (signer, status) in [("current", 503), ("next", 503), ("neither", 401)] {
+            let req = http::Request::post("/github/webhook")
+                .header("x-github-event", "pull_request")
+                .header("x-github-delivery", "d-1")
+                .header("x-hub-signature-256", WebhookSecret::new(signer).sign(OPENED.as_bytes()))
+                .body(axum::body::Body::from(OPENED))
+                .unwrap();
+            assert_eq!(app.clone().oneshot(req).await.unwrap().status().as_u16(), status, "signed with {signer}");
+        }
+    }
+
     #[tokio::test]
     async fn over_the_size_limit_is_413_and_a_queue_outage_is_503() {
         assert_eq!(answer_of(1000, OPENED.as_bytes().to_vec()).await, 413);
@@ -494,6 +596,66 @@ mod tests {
             verify_and_classify(&s, &up, &h, form.as_bytes(), 0),
             Err(IngestError::Signature(SignatureError::Mismatch))
         );
+    }
+
+    /// GitHub docs "Webhook events and payloads" → `push`: a deletion has
+    /// `deleted: true` and `after` all zeros; a creation `created: true` and
+    /// `before` all zeros. Built on the real fixture (a tag creation).
+    #[test]
+    fn a_push_deleting_its_ref_is_ignored_and_a_creation_is_dispatched() {
+        let s = WebhookSecret::new("s");
+        let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
+        let created = include_str!("../../fixtures/webhooks/push.json");
+        let classify = |body: &[u8]| verify_and_classify(&s, &up, &headers(&s, "push", body), body, 0).unwrap();
+        assert!(matches!(classify(created.as_bytes()), Verdict::Enqueue { .. }), "a creation is a build");
+        let mut deletion: serde_json::Value = serde_json::from_str(created).unwrap();
+        deletion["created"] = false.into();
+        deletion["deleted"] = true.into();
+        deletion["before"] = deletion["after"].clone();
+        deletion["after"] = "0000000000000000000000000000000000000000".into();
+        deletion["head_commit"] = serde_json::Value::Null;
+        let v = classify(&serde_json::to_vec(&deletion).unwrap());
+        let Verdict::Ignore { why, event, .. } = v else { panic!("deletion dispatched: {v:?}") };
+        assert_eq!((event.as_str(), why.as_str()), ("push", "push deleted refs/tags/simple-tag: no commit to build"));
+        // Either sign alone is a deletion.
+        let mut only_flag = deletion.clone();
+        only_flag["after"] = only_flag["before"].clone();
+        assert!(matches!(classify(&serde_json::to_vec(&only_flag).unwrap()), Verdict::Ignore { .. }));
+        let mut only_zero = deletion;
+        only_zero["deleted"] = false.into();
+        assert!(matches!(classify(&serde_json::to_vec(&only_zero).unwrap()), Verdict::Ignore { .. }));
+    }
+
+    /// GitHub docs "Validating webhook deliveries": a delivery is signed
+    /// with the App's one secret; during a rotation it may be either the
+    /// old or the new one. Either is accepted, neither is 401, and
+    /// `WebhookSecretMatches{secret}` counts which one signed (by index).
+    #[cfg(feature = "prometheus")]
+    #[test]
+    fn either_rotation_secret_is_accepted_and_its_index_counted() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let both = WebhookSecret::any_of(vec!["old".into(), "next".into()]).unwrap();
+        let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
+        let body = OPENED.as_bytes();
+        let (old, next, neither) = (WebhookSecret::new("old"), WebhookSecret::new("next"), WebhookSecret::new("x"));
+        ::metrics::with_local_recorder(&recorder, || {
+            for signer in [&next, &old, &next] {
+                let v = verify_and_classify(&both, &up, &headers(signer, "pull_request", body), body, 0);
+                assert!(matches!(v, Ok(Verdict::Enqueue { .. })), "{v:?}");
+            }
+            let refused = verify_and_classify(&both, &up, &headers(&neither, "pull_request", body), body, 0);
+            assert_eq!(refused.unwrap_err().status(), StatusCode::UNAUTHORIZED);
+        });
+        let text = handle.render();
+        let count = |label: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("WebhookSecretMatches{{secret=\"{label}\"}} ")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(|v| v.to_owned())
+        };
+        assert_eq!((count("0").as_deref(), count("1").as_deref()), (Some("1"), Some("2")), "{text}");
+        assert!(!text.contains("\"old\"") && !text.contains("\"next\""), "{text}");
     }
 
     #[test]

@@ -259,8 +259,11 @@ pub trait JobStore: Send + Sync {
     /// `crcr hud retry` and `crcr status`), oldest created first.
     async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
     /// Puts a final item (Sent, Rejected or Failed) back in the queue: sync
-    /// Pending, attempts 0, due at `now_ms`, its last answer kept. Returns
-    /// `false`, changing nothing, when the item is unknown or already pending.
+    /// Pending, attempts 0, created and due at `now_ms` (its attempt and age
+    /// limits start over: [`crate::hud::HudRetryPolicy`]), its last answer
+    /// kept. Returns `false`, changing nothing, when the item is unknown or
+    /// already pending. Callers give requeued items distinct `now_ms` (a
+    /// DynamoDB pass reads every item tied on its due time).
     async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
     /// IN_PROGRESS jobs last changed before `before_ms` (for the timeout sweep).
     async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError>;

@@ -46,7 +46,14 @@ pub struct CallbackV1 {
 /// A verified webhook to fan out.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DispatchV1 {
+    /// `X-GitHub-Delivery`: the event's GUID, shared by every webhook that
+    /// receives the event and kept on redelivery.
     pub delivery_id: DeliveryId,
+    /// `X-GitHub-Hook-ID`, when the delivery had it: with `delivery_id` it
+    /// names the delivery ([`crate::ports::record_key`]). Absent in
+    /// messages written before it was read (they read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_id: Option<u64>,
     /// `X-GitHub-Event`.
     pub event: String,
     pub action: Option<String>,
@@ -111,9 +118,15 @@ impl QueueMessage {
     }
 }
 
-/// Blob key of a claim-checked payload.
-pub fn payload_blob_key(delivery: &DeliveryId) -> String {
-    format!("payload/{delivery}")
+/// Blob key of a claim-checked payload: `payload/<delivery>`, or
+/// `payload/<delivery>/hook/<id>` for a delivery naming its webhook (two
+/// webhooks' payloads of one event differ, e.g. in `installation`, so
+/// neither overwrites the other's).
+pub fn payload_blob_key(delivery: &DeliveryId, hook_id: Option<u64>) -> String {
+    match hook_id {
+        None => format!("payload/{delivery}"),
+        Some(hook) => format!("payload/{delivery}/hook/{hook}"),
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +138,7 @@ mod tests {
         let raw = RawValue::from_string(r#"{"a": 1,  "b":[true]}"#.into()).unwrap();
         let m = QueueMessage::DispatchV1(DispatchV1 {
             delivery_id: DeliveryId::parse("d-1").unwrap(),
+            hook_id: None,
             event: "push".into(),
             action: None,
             received_at_ms: 5,

@@ -39,6 +39,21 @@ use std::sync::OnceLock;
 /// refused (413) before the handler runs and are not counted.
 pub const WEBHOOKS: &str = "Webhooks";
 
+/// Counter: verified webhook deliveries by which configured webhook secret
+/// signed them. Label `secret`: the secret's index in the configured list
+/// (`"0"` the first of `CRCR_WEBHOOK_SECRETS` / the only one, `"1"` the
+/// second), never the secret. During a rotation (docs/RUNBOOK.md "Rotating
+/// the webhook secret") `secret="0"` falling to zero while `secret="1"`
+/// takes over says the old secret is no longer in use.
+pub const WEBHOOK_SECRET_MATCHES: &str = "WebhookSecretMatches";
+
+/// The [`WEBHOOK_SECRET_MATCHES`] label value of the secret at `index`:
+/// `"0"`, `"1"`, `"2"`, `"3"`, or `"other"` past that (the configuration
+/// accepts at most two, so label values stay a small fixed set).
+pub fn secret_index_label(index: usize) -> &'static str {
+    ["0", "1", "2", "3"].get(index).copied().unwrap_or("other")
+}
+
 /// Histogram, seconds: time from a webhook request reaching the ingest
 /// handler to its answer (verification, classification, claim check and the
 /// durable enqueue). Label `outcome` as in [`WEBHOOKS`]. Prometheus buckets:
@@ -148,9 +163,19 @@ pub const UPSTREAM_EVENTS: &str = "UpstreamEvents";
 /// retried), `failed` (5xx: the event is received again).
 pub const RUN_REQUESTS: &str = "RunRequests";
 
+/// Counter, no labels (one series, whatever the repository): installation
+/// lookups of an allowlisted repository that GitHub answered with a
+/// redirect because the repository was renamed or transferred; the relay
+/// followed it and dispatches to the new name, and the allowlist should be
+/// updated (the `allowlisted repository was renamed or transferred` warning
+/// names the old and the new name). GitHub docs, "Best practices for using
+/// the REST API" → "Follow redirects".
+pub const ALLOWLIST_RENAMED_REPOS: &str = "AllowlistRenamedRepos";
+
 /// Every metric name, for exporters and docs.
 pub const ALL: &[&str] = &[
     WEBHOOKS,
+    WEBHOOK_SECRET_MATCHES,
     INGEST_LATENCY,
     DISPATCHES,
     DISPATCH_RETRIES,
@@ -168,6 +193,7 @@ pub const ALL: &[&str] = &[
     CHECK_RUN_SYNC,
     UPSTREAM_EVENTS,
     RUN_REQUESTS,
+    ALLOWLIST_RENAMED_REPOS,
 ];
 
 /// Records that this process loaded allowlist `version` now (see
@@ -182,6 +208,11 @@ pub fn allowlist_loaded(version: &str) {
 fn describe() {
     use metrics::Unit;
     metrics::describe_counter!(WEBHOOKS, Unit::Count, "Webhook deliveries answered by ingest, by event and outcome");
+    metrics::describe_counter!(
+        WEBHOOK_SECRET_MATCHES,
+        Unit::Count,
+        "Verified webhook deliveries by the index of the secret that signed them"
+    );
     metrics::describe_histogram!(INGEST_LATENCY, Unit::Seconds, "Time to answer a webhook delivery");
     metrics::describe_counter!(DISPATCHES, Unit::Count, "Dispatch targets handled per receive, by outcome");
     metrics::describe_counter!(DISPATCH_RETRIES, Unit::Count, "repository_dispatch calls retried within a receive");
@@ -199,6 +230,11 @@ fn describe() {
     metrics::describe_counter!(CHECK_RUN_SYNC, Unit::Count, "Upstream check-run items tried, by result");
     metrics::describe_counter!(UPSTREAM_EVENTS, Unit::Count, "Upstream events applied by the reconciler, by outcome");
     metrics::describe_counter!(RUN_REQUESTS, Unit::Count, "Downstream re-run / cancel requests, by kind and result");
+    metrics::describe_counter!(
+        ALLOWLIST_RENAMED_REPOS,
+        Unit::Count,
+        "Installation lookups of allowlisted repositories GitHub redirected (renamed or transferred)"
+    );
 }
 
 /// Metric exporter set-up failed.

@@ -319,6 +319,42 @@ pub struct DispatchMeta {
     /// Records written before it existed read as `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_at_ms: Option<i64>,
+    /// The webhook that delivered the event (`X-GitHub-Hook-ID`), when the
+    /// delivery said: part of the record's identity ([`record_key`]).
+    /// Messages and records written before it existed read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_id: Option<u64>,
+}
+
+/// What identifies a delivery, and so a dispatch record: the webhook
+/// (`X-GitHub-Hook-ID`) and the event's GUID (`X-GitHub-Delivery`).
+///
+/// GitHub gives every webhook subscribed to one event the same GUID (REST
+/// API "Webhook deliveries": `guid` is the "Unique identifier for the event
+/// (shared with all deliveries for all webhooks that subscribe to this
+/// event)", <https://docs.github.com/en/rest/apps/webhooks#list-deliveries-for-an-app-webhook>;
+/// github/docs issue 32822 "Clarify that X-GitHub-Delivery is unique per
+/// event, not per delivery"), and a redelivery keeps the GUID and the hook
+/// ("Webhook events and payloads" → delivery headers `X-GitHub-Hook-ID`,
+/// `X-GitHub-Delivery`, <https://docs.github.com/en/webhooks/webhook-events-and-payloads#delivery-headers>;
+/// "Redelivering webhooks"). So (hook, GUID) names one delivery: two hooks'
+/// deliveries of one event are both dispatched, a redelivery of either is
+/// not.
+///
+/// Design: records stay keyed by the GUID, which is what downstream sees
+/// (`client_payload.delivery_id`), what callbacks and HUD name, and what
+/// [`DispatchStore::records`] looks up, so the callback path is unchanged;
+/// the hook joins the per-target part of the key: `<owner/repo lower-cased>`
+/// without a hook (messages from before the header was read, a delivery
+/// without it), `<owner/repo lower-cased>#hook/<id>` with one (`#` cannot
+/// occur in a repository name). `records(guid)` therefore returns one
+/// record per (hook, target); a callback is matched by target, whichever
+/// hook's dispatch it came from.
+pub fn record_key(target: &RepoFullName, hook_id: Option<u64>) -> String {
+    match hook_id {
+        None => target.key().to_owned(),
+        Some(hook) => format!("{}#hook/{hook}", target.key()),
+    }
 }
 
 /// The durable record per (delivery id, target repository).
@@ -376,7 +412,8 @@ pub enum AttemptOutcome {
 /// a target.
 #[async_trait]
 pub trait DispatchStore: Send + Sync {
-    /// Claims (delivery, target) for one attempt under a lease of `lease`:
+    /// Claims (delivery, `meta.hook_id`, target) ([`record_key`]) for one
+    /// attempt under a lease of `lease`:
     /// creates the record if absent, or takes over a pending record whose
     /// lease expired before `now_ms` (a dead attempt). Increments `attempts`.
     async fn claim(
@@ -387,12 +424,7 @@ pub trait DispatchStore: Send + Sync {
         now_ms: i64,
         lease: Duration,
     ) -> Result<Claim, StoreError>;
-    /// Ends attempt number `attempt` (from [`Claim::Acquired`]). Does nothing
-    /// if the record is not pending any more (an attempt already finished
-    /// it); a `Failed` or `Retry` of an attempt whose lease expired and was
-    /// taken over by a later one (`attempts` moved on) does nothing either,
-    /// so it never releases the newer attempt's lease. A `Dispatched` is
-    /// always recorded while pending: GitHub took it, whichever attempt sent it.
+    /// [`DispatchStore::finish_for_hook`] of a delivery without a hook id.
     async fn finish(
         &self,
         delivery: &DeliveryId,
@@ -400,8 +432,28 @@ pub trait DispatchStore: Send + Sync {
         attempt: u32,
         outcome: &AttemptOutcome,
         now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.finish_for_hook(delivery, None, target, attempt, outcome, now_ms).await
+    }
+    /// Ends attempt number `attempt` (from [`Claim::Acquired`]) of the
+    /// record of (`delivery`, `hook_id`, `target`): `hook_id` as the claim's
+    /// [`DispatchMeta::hook_id`] ([`record_key`]). Does nothing
+    /// if the record is not pending any more (an attempt already finished
+    /// it); a `Failed` or `Retry` of an attempt whose lease expired and was
+    /// taken over by a later one (`attempts` moved on) does nothing either,
+    /// so it never releases the newer attempt's lease. A `Dispatched` is
+    /// always recorded while pending: GitHub took it, whichever attempt sent it.
+    async fn finish_for_hook(
+        &self,
+        delivery: &DeliveryId,
+        hook_id: Option<u64>,
+        target: &RepoFullName,
+        attempt: u32,
+        outcome: &AttemptOutcome,
+        now_ms: i64,
     ) -> Result<(), StoreError>;
-    /// All records of one delivery, ordered by target.
+    /// All records of one delivery (GUID), every hook's, ordered by
+    /// [`record_key`].
     async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError>;
     /// Counts of the records last written at or after `since_ms`, by status
     /// (`crcr status`); `now_ms` tells leases still held from expired ones.

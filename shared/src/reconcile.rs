@@ -219,7 +219,8 @@ impl Reconciler {
             }
             Err(e) => return ReconcileOutcome::Poison(e.to_string()),
         };
-        let (cb, value) = match callback::parse(msg.body.get().as_bytes()) {
+        // Accepted already: HUD's request-time field rules are not applied again.
+        let (cb, value) = match callback::parse_accepted(msg.body.get().as_bytes()) {
             Ok(x) => x,
             Err(e) => return ReconcileOutcome::Poison(e.to_string()),
         };

@@ -22,6 +22,14 @@
 //! names are present, crcr's own key wins and the alias is not read at all
 //! (docs/MIGRATING.md).
 //!
+//! Rotating the webhook secret: `webhook_secret` may also be a list of one
+//! or two strings, the current secret and the next (`{"webhook_secret":
+//! ["current", "next"]}`); it then fills `CRCR_WEBHOOK_SECRETS` (comma-joined,
+//! so no entry may contain a comma) and hides `CRCR_WEBHOOK_SECRET` and its
+//! `_FILE` form, as a string hides `CRCR_WEBHOOK_SECRETS`
+//! ([`crate::config::webhook_secret_from_env`], docs/RUNBOOK.md "Rotating
+//! the webhook secret").
+//!
 //! Without `CRCR_SECRETS_ARN` nothing is fetched and the environment is used
 //! as it is (`crcr serve`, tests).
 //!
@@ -56,6 +64,38 @@ pub const SECRET_KEY_ALIASES: &[(&str, &str)] = &[
     ("GITHUB_APP_PRIVATE_KEY", "github_app_private_key"),
     ("HUD_BOT_KEY", "hud_bot_key"),
 ];
+
+/// The variables of one setting: when the secret fills one of them, the
+/// others read as unset (the single webhook secret, its file form, and the
+/// rotation list).
+const WEBHOOK_SECRET_VARS: [&str; 3] = ["CRCR_WEBHOOK_SECRET", "CRCR_WEBHOOK_SECRET_FILE", "CRCR_WEBHOOK_SECRETS"];
+
+/// The variable a list of webhook secrets in the secret fills.
+const WEBHOOK_SECRETS_VAR: &str = "CRCR_WEBHOOK_SECRETS";
+
+/// `webhook_secret` given as a list (a rotation): its entries comma-joined
+/// for [`WEBHOOK_SECRETS_VAR`]. The error names the key and the entry,
+/// never a value.
+fn webhook_secret_list(key: &str, items: &[serde_json::Value]) -> Result<String, String> {
+    let max = crate::config::MAX_WEBHOOK_SECRETS;
+    if items.is_empty() || items.len() > max {
+        return Err(format!("key {key:?} lists {} secrets; give 1 to {max} (the current and the next)", items.len()));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            serde_json::Value::String(s) if s.trim().is_empty() => {
+                return Err(format!("key {key:?} entry {} is empty", i + 1))
+            }
+            serde_json::Value::String(s) if s.contains(',') => {
+                return Err(format!("key {key:?} entry {} contains a comma", i + 1))
+            }
+            serde_json::Value::String(s) => out.push(s.trim()),
+            _ => return Err(format!("key {key:?} entry {} is not a string", i + 1)),
+        }
+    }
+    Ok(out.join(","))
+}
 
 /// Why the secret could not be used. Never contains a secret value.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +147,11 @@ impl Secrets {
                 continue;
             };
             match value {
+                serde_json::Value::Array(items) if key == "webhook_secret" => {
+                    let joined = webhook_secret_list(key, items)?;
+                    values.insert(WEBHOOK_SECRETS_VAR, SecretString::from(joined));
+                    keys.insert(*var, key);
+                }
                 serde_json::Value::String(s) if !s.trim().is_empty() => {
                     values.insert(*var, SecretString::from(s.clone()));
                     keys.insert(*var, key);
@@ -137,13 +182,17 @@ impl Secrets {
 
     /// `fallback` with these values over it: a variable the secret fills
     /// reads from the secret, and its `_FILE` form reads as unset (so the two
-    /// never conflict); everything else reads from `fallback`.
+    /// never conflict; likewise the other forms of the webhook secret,
+    /// `WEBHOOK_SECRET_VARS`); everything else reads from `fallback`.
     pub fn layer<'a>(self, fallback: Env<'a>) -> Env<'a> {
         Env::new(move |key| {
             if let Some(v) = self.values.get(key) {
                 return Some(v.expose_secret().to_owned());
             }
             if key.strip_suffix("_FILE").is_some_and(|var| self.values.contains_key(var)) {
+                return None;
+            }
+            if WEBHOOK_SECRET_VARS.contains(&key) && WEBHOOK_SECRET_VARS.iter().any(|v| self.values.contains_key(v)) {
                 return None;
             }
             fallback.opt(key)
@@ -270,6 +319,38 @@ mod tests {
         assert!(e.contains("\"GITHUB_APP_SECRET\" is empty"), "{e}");
         let e = Secrets::parse(r#"{"HUD_BOT_KEY": 424242}"#).unwrap_err();
         assert!(e.contains("\"HUD_BOT_KEY\" is not a string") && !e.contains("424242"), "{e}");
+    }
+
+    /// A rotation in the secret: `webhook_secret` as a list fills
+    /// `CRCR_WEBHOOK_SECRETS` and hides the single forms; a bad list is an
+    /// error naming the key and entry, never a value.
+    #[test]
+    fn webhook_secret_as_a_list_is_a_rotation() {
+        let secrets = Secrets::parse(r#"{"webhook_secret": ["current", "next"]}"#).unwrap();
+        assert_eq!(secrets.keys(), ["webhook_secret"]);
+        let env = secrets.layer(map_env(&[("CRCR_WEBHOOK_SECRET", "stale-env"), ("CRCR_WEBHOOK_SECRET_FILE", "/x")]));
+        assert_eq!(env.opt("CRCR_WEBHOOK_SECRETS").as_deref(), Some("current,next"));
+        assert_eq!((env.opt("CRCR_WEBHOOK_SECRET"), env.opt("CRCR_WEBHOOK_SECRET_FILE")), (None, None));
+        let cfg = IngestConfig::from_env(&env).unwrap();
+        let body = b"{}";
+        let next = crate::signature::WebhookSecret::new("next").sign(body);
+        assert_eq!(cfg.webhook_secret.verify_index(Some(next.as_bytes()), body), Ok(1));
+        // A string hides a list left in the process environment.
+        let env =
+            Secrets::parse(r#"{"webhook_secret": "only"}"#).unwrap().layer(map_env(&[("CRCR_WEBHOOK_SECRETS", "a,b")]));
+        assert_eq!(IngestConfig::from_env(&env).unwrap().webhook_secret.len(), 1);
+        for (input, problem) in [
+            (r#"{"webhook_secret": []}"#, "\"webhook_secret\" lists 0 secrets; give 1 to 2"),
+            (r#"{"webhook_secret": ["a1", "b2", "c3"]}"#, "\"webhook_secret\" lists 3 secrets"),
+            (r#"{"webhook_secret": ["hunter2", " "]}"#, "\"webhook_secret\" entry 2 is empty"),
+            (r#"{"webhook_secret": ["hun,ter2"]}"#, "\"webhook_secret\" entry 1 contains a comma"),
+            (r#"{"webhook_secret": ["hunter2", 424242]}"#, "\"webhook_secret\" entry 2 is not a string"),
+            (r#"{"GITHUB_APP_SECRET": ["hunter2"]}"#, "\"GITHUB_APP_SECRET\" is not a string"),
+        ] {
+            let e = Secrets::parse(input).unwrap_err();
+            assert!(e.contains(problem), "{input}: {e}");
+            assert!(!e.contains("hunter2") && !e.contains("424242") && !e.contains("ter2"), "{e}");
+        }
     }
 
     #[tokio::test]

@@ -183,12 +183,14 @@ impl Trace {
         out.push_str("dispatches:\n");
         for d in &self.dispatches {
             out.push_str(&format!(
-                "  {:<40} {:<3} {:<10} attempts {}  dispatched {}{}{}\n",
+                "  {:<40} {:<3} {:<10} attempts {}  dispatched {}{}{}{}\n",
                 d.target.as_str(),
                 d.meta.level.as_str(),
                 d.status.as_str(),
                 d.attempts,
                 time(d.dispatched_at_ms),
+                // Two webhooks' deliveries of one GUID: one line per hook.
+                d.meta.hook_id.map(|h| format!("  (hook {h})")).unwrap_or_default(),
                 if d.payload_trimmed { "  (payload trimmed)" } else { "" },
                 d.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
             ));

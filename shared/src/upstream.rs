@@ -611,6 +611,7 @@ mod tests {
                 check_run: true,
                 device: None,
                 received_at_ms: received,
+                hook_id: None,
             },
         };
         // Accepted before the close, dispatched long after it (a backlog): untracked.

@@ -353,6 +353,7 @@ fn meta() -> DispatchMeta {
         check_run: true,
         device: None,
         received_at_ms: Some(1_700_000_000_123),
+        hook_id: None,
     }
 }
 
@@ -366,6 +367,7 @@ fn bare_meta() -> DispatchMeta {
         check_run: false,
         device: None,
         received_at_ms: None,
+        hook_id: None,
     }
 }
 
@@ -710,6 +712,53 @@ mod cases {
         // Another target of the same delivery is independent.
         assert_eq!(s.claim(&d, &repo("org/b"), &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
         assert_eq!(one_record_of(&*s, &d, "org/a").await.attempts, 1);
+    }
+
+    /// GitHub gives every webhook of one event the same `X-GitHub-Delivery`
+    /// GUID and keeps hook and GUID on redelivery (REST "Webhook
+    /// deliveries": `guid` "shared with all deliveries for all webhooks that
+    /// subscribe to this event"): records are keyed by (GUID, hook, target)
+    /// ([`crcr_shared::ports::record_key`]). Two hooks' deliveries of one
+    /// GUID each get their own record; a redelivery of either finds its
+    /// own; a delivery without a hook id (older messages) is a third; all
+    /// are found by the GUID, with their hook.
+    pub async fn store_hooks_of_one_guid_are_separate_deliveries<B: Backend>() {
+        let s = B::store().await;
+        let (d, t) = (delivery(), repo("Org/A"));
+        let now = 1_700_000_000_000;
+        let hook = |h: Option<u64>| DispatchMeta { hook_id: h, ..meta() };
+        let done = AttemptOutcome::Dispatched { payload_trimmed: false };
+        for h in [Some(292_430_182), Some(7), None] {
+            assert_eq!(s.claim(&d, &t, &hook(h), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 }, "{h:?}");
+        }
+        s.finish_for_hook(&d, Some(292_430_182), &t, 1, &done, now + 10).await.unwrap();
+        s.finish_for_hook(&d, Some(7), &t, 1, &AttemptOutcome::Failed { reason: "422".into() }, now + 10)
+            .await
+            .unwrap();
+        // The delivery without a hook id is still pending: finishing the
+        // others did not touch it.
+        assert_eq!(
+            s.claim(&d, &t, &hook(None), now + 20, LONG).await.unwrap(),
+            Claim::Leased { until_ms: now + 60_000 }
+        );
+        // Redeliveries (same hook, same GUID) find their own record.
+        assert_eq!(s.claim(&d, &t, &hook(Some(292_430_182)), now + 20, LONG).await.unwrap(), Claim::AlreadyDispatched);
+        assert_eq!(s.claim(&d, &t, &hook(Some(7)), now + 20, LONG).await.unwrap(), Claim::AlreadyFailed);
+        s.finish(&d, &t, 1, &done, now + 30).await.unwrap();
+        assert_eq!(s.claim(&d, &t, &hook(None), now + 40, LONG).await.unwrap(), Claim::AlreadyDispatched);
+        // All three under the GUID, in record_key order, each with its hook.
+        let all = s.records(&d).await.unwrap();
+        let got: Vec<_> = all.iter().map(|r| (r.target.as_str(), r.meta.hook_id, r.status)).collect();
+        assert_eq!(
+            got,
+            [
+                ("Org/A", None, DispatchStatus::Dispatched),
+                ("Org/A", Some(292_430_182), DispatchStatus::Dispatched),
+                ("Org/A", Some(7), DispatchStatus::Failed),
+            ]
+        );
+        assert_eq!(all[1].dispatched_at_ms, Some(now + 10));
+        assert_eq!(s.records_for_commit(meta().head_sha.as_deref().unwrap(), 10).await.unwrap().len(), 3);
     }
 
     async fn one_record_of(s: &impl DispatchStore, d: &DeliveryId, target: &str) -> DispatchRecord {
@@ -1476,8 +1525,8 @@ mod cases {
 
     /// Failed parks an item: not pending, final for the sweep, listed by
     /// outbox_in(Failed) with its last answer and counted by the backlog;
-    /// requeue_outbox puts it (or a sent or rejected one) back, due now
-    /// with attempts 0, and refuses a pending or unknown id.
+    /// requeue_outbox puts it (or a sent or rejected one) back, created and
+    /// due now with attempts 0, and refuses a pending or unknown id.
     pub async fn jobs_outbox_failed_and_requeue<B: Backend>() {
         let s = B::jobs().await;
         let (d1, d2) = (delivery(), delivery());
@@ -1520,6 +1569,7 @@ mod cases {
         let requeued = OutboxItem {
             sync: HudSync::Pending,
             attempts: 0,
+            created_at_ms: T0 + 8_000,
             updated_at_ms: T0 + 8_000,
             next_attempt_at_ms: T0 + 8_000,
             ..failed_b
@@ -1534,7 +1584,7 @@ mod cases {
         assert_eq!(s.outbox_in(HudSync::Failed, 10).await.unwrap(), vec![failed_a]);
         assert_eq!(
             s.outbox_backlog().await.unwrap(),
-            OutboxBacklog { pending: 2, oldest_created_at_ms: Some(T0 + 200), failed: 1 }
+            OutboxBacklog { pending: 2, oldest_created_at_ms: Some(T0 + 8_000), failed: 1 }
         );
     }
 
@@ -1914,6 +1964,7 @@ macro_rules! all_cases {
                 queue_depth_counts,
                 queue_rejects_oversized,
                 store_claim_new_then_leased,
+                store_hooks_of_one_guid_are_separate_deliveries,
                 store_dispatched_is_final,
                 store_failed_is_final,
                 store_retry_releases_lease,

@@ -201,6 +201,7 @@ async fn normal_records_pass_refused_ones(backend: &str) {
         w.pass(&policy, 100).await;
         w.clock.advance(Duration::from_secs(2));
     }
+    eprintln!("{backend}: a normal job's two records reached HUD in {sweeps} sweep(s) behind 100 refused records");
     let row = &w.hud.rows()[&row_key];
     assert_eq!(row["conclusion"], "success");
     assert_eq!(row["queue_time"], 1.0);
@@ -299,6 +300,53 @@ async fn retry_puts_parked_records_back_in_order(backend: &str) {
     assert_eq!(w.jobs.outbox_backlog().await.unwrap(), Default::default());
 }
 
+/// A job's `in_progress` record requeued alone while HUD already has its
+/// `completed` one (a `crcr hud retry` that stopped half-way): once the
+/// older record is sent, the newer one goes again, so HUD's row ends
+/// `completed`.
+async fn an_older_record_sent_late_sends_the_newer_one_again(backend: &str) {
+    let w = world(backend).await;
+    let d = DeliveryId::parse("0f1d0000-0000-4000-8000-000000000001").unwrap();
+    let k = key(&d, "build");
+    let started = write(w.jobs.as_ref(), &k, JobState::InProgress, action_body(&k, "in_progress", None), T0).await;
+    let done =
+        write(w.jobs.as_ref(), &k, JobState::Completed, action_body(&k, "completed", Some("failure")), T0 + 1).await;
+    let policy = HudRetryPolicy::default();
+    w.clock.advance(Duration::from_secs(1));
+    assert_eq!(w.pass(&policy, 100).await.sent, 2);
+    assert!(w.jobs.requeue_outbox(&started.id, w.clock.now_ms()).await.unwrap());
+    let mut passes = 0;
+    loop {
+        w.clock.advance(Duration::from_secs(2));
+        w.pass(&policy, 100).await;
+        passes += 1;
+        if w.jobs.outbox_backlog().await.unwrap().pending == 0 {
+            break;
+        }
+        assert!(passes < 5, "the records never settled");
+    }
+    let order: Vec<Value> = w.hud.received().into_iter().map(|(_, _, b)| b).collect();
+    assert_eq!(order, vec![started.body.clone(), done.body.clone(), started.body, done.body]);
+    let rows = w.hud.rows();
+    assert_eq!(rows.values().next().unwrap()["status"], "completed");
+}
+
+/// HUD refusing the relay itself (401: a wrong or rotated bot key) is not
+/// the record's fault: it stays pending, counted, instead of rejected.
+async fn a_refused_bot_key_keeps_records_pending(backend: &str) {
+    let w = world(backend).await;
+    let d = DeliveryId::parse("0b070000-0000-4000-8000-000000000001").unwrap();
+    let k = key(&d, "build");
+    let item = write(w.jobs.as_ref(), &k, JobState::InProgress, action_body(&k, "in_progress", None), T0).await;
+    let wrong = HudClient::new(&w.hud.url, "an-old-key".to_owned().into()).unwrap();
+    let r = sync_outbox(w.jobs.as_ref(), &wrong, w.clock.as_ref(), &HudRetryPolicy::default(), 100).await.unwrap();
+    assert_eq!((r.rejected, r.still_pending), (0, 1));
+    assert_eq!(w.requests_for(&item), vec![401]);
+    let now = w.jobs.outbox(&d).await.unwrap().remove(0);
+    assert_eq!((now.sync, now.attempts), (HudSync::Pending, 1));
+    assert!(now.last_error.unwrap().contains("401"));
+}
+
 macro_rules! both {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -315,4 +363,6 @@ both!(
     normal_records_pass_refused_ones,
     outage_keeps_lifecycle_order,
     retry_puts_parked_records_back_in_order,
+    an_older_record_sent_late_sends_the_newer_one_again,
+    a_refused_bot_key_keeps_records_pending,
 );

@@ -803,3 +803,121 @@ async fn configuration_is_checked() {
     assert_eq!(d.leeway, Duration::from_secs(60));
     assert_eq!(d.jwks_refetch_interval, Duration::from_secs(60));
 }
+
+// ---------------------------------------------------------------- JWKS outage, enterprise issuers, runs
+
+/// While the issuer's JWKS cannot be fetched the verifier answers 503 with a
+/// Retry-After of the seconds left in its back-off (1 s, doubling to 30 s),
+/// fetches nothing during the back-off, and fetches again on the first
+/// request after it: once the issuer is back, that request is verified.
+#[tokio::test]
+async fn jwks_outage_answers_503_with_retry_after_and_recovers_after_the_back_off() {
+    let t = ctx().await;
+    let tok = || sign(key(0), "gha-1", &t.gha_claims("acme/accel", "1"));
+    let unavailable = |r: Result<crcr_shared::oidc::CallerIdentity, OidcError>| {
+        let e = r.expect_err("keys are unavailable");
+        assert!(matches!(e, OidcError::JwksUnavailable { .. }), "{e:?}");
+        assert_eq!(e.status(), 503);
+        e.retry_after().expect("a 503 for unavailable keys carries Retry-After").as_secs()
+    };
+    t.gha.set_failing(true);
+    assert_eq!(unavailable(t.verify(&tok()).await), 1, "first failure: 1 s");
+    assert_eq!(t.gha.fetches(), 1);
+    t.clock.advance(Duration::from_millis(400));
+    assert_eq!(unavailable(t.verify(&tok()).await), 1, "0.6 s left, rounded up");
+    assert_eq!(t.gha.fetches(), 1, "no fetch during the back-off");
+    t.clock.advance(Duration::from_millis(600));
+    assert_eq!(unavailable(t.verify(&tok()).await), 2, "second failure: 2 s");
+    assert_eq!(t.gha.fetches(), 2);
+    let mut expected = 2;
+    for want in [4, 8, 16, 30, 30] {
+        t.clock.advance(Duration::from_secs(expected));
+        assert_eq!(unavailable(t.verify(&tok()).await), want, "doubling, at most 30 s");
+        expected = want;
+    }
+    assert_eq!(t.gha.fetches(), 7);
+    // The issuer recovers: nothing is fetched before the back-off ends ...
+    t.gha.set_failing(false);
+    t.clock.advance(Duration::from_secs(29));
+    assert_eq!(unavailable(t.verify(&tok()).await), 1);
+    assert_eq!(t.gha.fetches(), 7);
+    // ... and the first request after it is verified.
+    t.clock.advance(Duration::from_secs(1));
+    t.verify(&tok()).await.unwrap();
+    assert_eq!(t.gha.fetches(), 8);
+    // A success resets the back-off: the next outage starts at 1 s again
+    // (an unknown kid's refetch fails).
+    t.gha.set_failing(true);
+    t.clock.advance(Duration::from_secs(60));
+    let e = t.verify(&sign(key(2), "gha-new", &t.gha_claims("acme/accel", "1"))).await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{e:?}");
+    // Known keys keep working meanwhile.
+    t.verify(&tok()).await.unwrap();
+    assert_eq!(t.gha.fetches(), 9);
+}
+
+/// An enterprise with a customised issuer
+/// (`https://token.actions.githubusercontent.com/<enterprise slug>`) is
+/// trusted when listed, with its keys from `<issuer>/.well-known/jwks`, and
+/// matched exactly: the same host under another slug, or with a trailing
+/// slash, is not trusted.
+#[tokio::test]
+async fn a_listed_enterprise_issuer_is_trusted_exactly() {
+    use crcr_shared::standin::issuer::Issuer;
+    let enterprise = Issuer::start_at("/acme-enterprise").await;
+    assert!(enterprise.url.ends_with("/acme-enterprise"), "{}", enterprise.url);
+    let t = ctx_with(|c| c.github_enterprise_issuers = vec![TrustAnchor::new(&enterprise.url)]).await;
+    let id = t.verify(&enterprise.token("acme/accel", "7")).await.unwrap();
+    assert_eq!((id.repo.as_str(), id.issuer), ("acme/accel", IssuerKind::GitHubActions));
+    assert_eq!(id.claims["iss"], enterprise.url.as_str());
+    assert_eq!(enterprise.jwks_requests(), 1, "keys fetched from <issuer>/.well-known/jwks");
+    // The public issuer still works alongside.
+    t.verify(&sign(key(0), "gha-1", &t.gha_claims("acme/other", "8"))).await.unwrap();
+    // Another enterprise under the same host is not trusted; neither is a
+    // spelling of the listed one that is not byte for byte the same.
+    let other = Issuer::start_at("/other-enterprise").await;
+    let e = assert_401(t.verify(&other.token("acme/accel", "7")).await, "unlisted enterprise");
+    assert!(matches!(e, OidcError::UntrustedIssuer { .. }), "{e:?}");
+    assert_eq!(other.jwks_requests(), 0, "nothing fetched for an untrusted issuer");
+    let mut claims = t.gha_claims("acme/accel", "7");
+    claims["iss"] = json!(format!("{}/", enterprise.url));
+    let e = assert_401(t.verify(&sign(key(0), "gha-1", &claims)).await, "trailing slash");
+    assert!(matches!(e, OidcError::UntrustedIssuer { .. }), "{e:?}");
+    // The same issuer listed twice is a configuration error.
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+    let fetcher = Arc::new(OctocrabJwksFetcher::new(Duration::from_secs(1)).unwrap());
+    let mut c = default_config(&t.gha, &t.bk);
+    c.github_enterprise_issuers = vec![TrustAnchor::new(&t.gha.url)];
+    assert!(matches!(OidcVerifier::new(c, fetcher, clock).err(), Some(OidcConfigError::SameIssuer(_))));
+}
+
+/// Without a `ref` claim the run's ref is read from the default `sub`
+/// (`repo:<owner>/<repo>:ref:<ref>`); a token with neither is refused 403
+/// naming `ref`. Buildkite tokens are not subject to the GitHub run rule.
+#[tokio::test]
+async fn run_rule_reads_the_ref_from_sub_when_the_ref_claim_is_absent() {
+    let t = ctx().await;
+    let identity = |claims: &Value| {
+        let tok = sign(key(0), "gha-1", claims);
+        let v = t.v.clone();
+        async move { v.verify(&tok, &body_digest(b"{}")).await.unwrap() }
+    };
+    let mut claims = t.gha_claims("acme/accel", "1");
+    claims["event_name"] = json!("repository_dispatch");
+    claims.as_object_mut().unwrap().remove("ref");
+    t.v.check_run(&identity(&claims).await, false).unwrap();
+    claims["sub"] = json!("repo:acme/accel:ref:refs/heads/feature");
+    claims["jti"] = json!(uuid::Uuid::new_v4().to_string());
+    let e = t.v.check_run(&identity(&claims).await, false).unwrap_err();
+    assert_eq!(e.status(), 403);
+    assert!(e.to_string().contains("ref \"refs/heads/feature\""), "{e}");
+    claims["sub"] = json!("repo:acme/accel:environment:prod");
+    claims["jti"] = json!(uuid::Uuid::new_v4().to_string());
+    let e = t.v.check_run(&identity(&claims).await, false).unwrap_err();
+    assert!(e.to_string().contains("no ref claim"), "{e}");
+    // No event_name at all (gha_claims has none).
+    let e = t.v.check_run(&identity(&t.gha_claims("acme/accel", "1")).await, false).unwrap_err();
+    assert!(e.to_string().contains("event_name"), "{e}");
+    let bk = t.verify(&sign(key(1), "bk-1", &t.bk_claims(PIPELINE, "main"))).await.unwrap();
+    t.v.check_run(&bk, false).unwrap();
+}

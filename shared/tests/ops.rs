@@ -116,6 +116,7 @@ fn dispatch_body(
 ) -> String {
     QueueMessage::DispatchV1(DispatchV1 {
         delivery_id: d.clone(),
+        hook_id: None,
         event: event.into(),
         action: action.map(str::to_owned),
         received_at_ms,
@@ -168,6 +169,7 @@ fn meta(event: &str, action: Option<&str>, pr: Option<u64>) -> DispatchMeta {
         check_run: false,
         device: None,
         received_at_ms: None,
+        hook_id: None,
     }
 }
 
@@ -244,7 +246,7 @@ async fn four_dead(w: &World) -> Dead {
     let b1 = dispatch_body(&d1, "pull_request", Some("opened"), now - 600_000, inline(pr_payload(42)));
     dead_letter(&*w.queue, &b1, "still failing after 5 receives: org/c: 503 Service Unavailable").await;
 
-    let key = payload_blob_key(&d2);
+    let key = payload_blob_key(&d2, None);
     let big = push_payload().to_string();
     w.blobs.put(&key, big.as_bytes()).await.unwrap();
     let b2 = dispatch_body(&d2, "push", None, now - 3 * 3_600_000, PayloadRef::Stored { key, bytes: big.len() });

@@ -137,9 +137,25 @@ impl Relay {
     /// Posts `body` as GitHub would, signed with the relay's secret (or
     /// another one when `forge`). Returns status and JSON answer.
     pub async fn post(&self, event: &str, delivery: &str, body: &[u8], forge: bool) -> (u16, Value) {
+        self.post_from_hook(event, delivery, None, body, forge).await
+    }
+
+    /// [`Relay::post`] from the webhook `hook` (`X-GitHub-Hook-ID`; `None`:
+    /// no such header).
+    pub async fn post_from_hook(
+        &self,
+        event: &str,
+        delivery: &str,
+        hook: Option<&str>,
+        body: &[u8],
+        forge: bool,
+    ) -> (u16, Value) {
         let signature = if forge { WebhookSecret::new("forged").sign(body) } else { self.secret.sign(body) };
-        let res = reqwest::Client::new()
-            .post(format!("{}/github/webhook", self.url))
+        let mut req = reqwest::Client::new().post(format!("{}/github/webhook", self.url));
+        if let Some(hook) = hook {
+            req = req.header("X-GitHub-Hook-ID", hook);
+        }
+        let res = req
             .header("content-type", "application/json")
             .header("X-GitHub-Event", event)
             .header("X-GitHub-Delivery", delivery)
@@ -240,5 +256,49 @@ pub async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A log writer that keeps every line in memory (for `tracing_subscriber`'s
+/// JSON format): tests read back what the relay logged.
+#[derive(Clone, Default)]
+pub struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogLines {
+    type Writer = LogLines;
+    fn make_writer(&'a self) -> LogLines {
+        self.clone()
+    }
+}
+
+impl LogLines {
+    /// Everything written, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    /// Every line, each of which must be JSON.
+    pub fn json(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+            .collect()
+    }
+    /// The JSON lines whose message is `message`.
+    pub fn with_message(&self, message: &str) -> Vec<Value> {
+        self.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
     }
 }

@@ -33,6 +33,16 @@ async fn world(job_timeout: Duration) -> World {
 /// A world with these reconciler settings; `upstream_installed`: whether the
 /// App is installed on the upstream repository (commit checks need it).
 async fn world_with(reconciler: ReconcilerSettings, upstream_installed: bool) -> World {
+    world_configured(reconciler, upstream_installed, |_, _| {}).await
+}
+
+/// [`world_with`], with `configure` applied to the callback settings (given
+/// the issuer) before the relay starts.
+async fn world_configured(
+    reconciler: ReconcilerSettings,
+    upstream_installed: bool,
+    configure: impl FnOnce(&mut crcr_shared::config::CallbackConfig, &Issuer),
+) -> World {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
     for r in ["org1/one", "org2/two", "org3/three"] {
         gh.install(r);
@@ -45,6 +55,7 @@ async fn world_with(reconciler: ReconcilerSettings, upstream_installed: bool) ->
     let mut callbacks = callback_config(&issuer, &hud);
     // The tests' short HUD backoff (`callback_config`) stays.
     callbacks.reconciler = ReconcilerSettings { hud_retry: callbacks.reconciler.hud_retry, ..reconciler };
+    configure(&mut callbacks, &issuer);
     let relay = Relay::start_with(&gh, ALLOWLIST, test_settings(), None, "s", callbacks).await;
     let delivery = uuid();
     assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
@@ -368,4 +379,188 @@ async fn a_buildkite_pipeline_of_pytorchs_ci_providers_file_reports_for_its_repo
     wait_for("the Buildkite job's HUD record", || hud.received().len() == 1).await;
     assert_eq!(hud.received()[0].2["trusted"]["verified_repo"], "vllm-project/vllm");
     relay.stop().await;
+}
+
+/// The callback settings read from these environment variables (over the
+/// defaults), for the settings under test.
+fn from_env(vars: &[(&str, &str)]) -> crcr_shared::config::CallbackConfig {
+    let vars: std::collections::HashMap<String, String> =
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    crcr_shared::config::CallbackConfig::from_env(&crcr_shared::config::Env::new(move |k| vars.get(k).cloned()))
+        .expect("valid settings")
+}
+
+/// Refused with `status` and a reason containing `needle`.
+async fn refused(w: &World, token: &str, body: &[u8], status: u16, needle: &str) {
+    let (s, a) = call(w, token, body).await;
+    assert_eq!(s, status, "{a}");
+    let reason = a["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(needle), "reason {reason:?} lacks {needle:?}");
+}
+
+/// `stale` is a conclusion only GitHub sets (REST "Create a check run": "You
+/// cannot change a check run conclusion to stale, only GitHub can set
+/// this"): a callback reporting it is refused 400 naming
+/// `workflow.conclusion` and nothing is stored — the job stays in progress,
+/// so the genuine `completed` that follows is taken and is HUD's last word.
+#[tokio::test]
+async fn a_stale_conclusion_is_refused_and_nothing_is_stored() {
+    let w = world(Duration::from_secs(6 * 3600)).await;
+    let token = || w.issuer.token("org2/two", "22");
+    assert_eq!(call(&w, &token(), &body(&w.delivery, "in_progress", None, 1)).await.0, 202);
+    wait_for("the in_progress HUD record", || w.hud.received().len() == 1).await;
+    refused(&w, &token(), &body(&w.delivery, "completed", Some("stale"), 1), 400, "workflow.conclusion").await;
+    let id = DeliveryId::parse(&w.delivery).unwrap();
+    assert_eq!(jobs(&w).jobs(&id).await.unwrap()[0].state, JobState::InProgress);
+    assert_eq!(call(&w, &token(), &body(&w.delivery, "completed", Some("success"), 1)).await.0, 202);
+    wait_for("the completed HUD record", || w.hud.received().len() == 2).await;
+    let job = &jobs(&w).jobs(&id).await.unwrap()[0];
+    assert_eq!((job.state, job.conclusion.as_deref()), (JobState::Completed, Some("success")));
+    assert!(jobs(&w).violations(&id).await.unwrap().is_empty(), "the refused callback was not recorded");
+    w.relay.stop().await;
+}
+
+/// A token minted by a `pull_request` run of an allowlisted repository (a
+/// branch anyone with write access controls) is not a result for a PyTorch
+/// event: 403 naming `event_name`, nothing stored (the genuine
+/// `repository_dispatch` run's `in_progress` that follows is the first).
+#[tokio::test]
+async fn a_pull_request_run_may_not_report_results() {
+    let w = world(Duration::from_secs(6 * 3600)).await;
+    let started = body(&w.delivery, "in_progress", None, 1);
+    let pr = w.issuer.run_token("org2/two", "22", "pull_request", "refs/pull/7/merge");
+    refused(&w, &pr, &started, 403, r#"event_name "pull_request" is not one of repository_dispatch"#).await;
+    let target = w.issuer.run_token("org2/two", "22", "pull_request_target", "refs/heads/main");
+    refused(&w, &target, &started, 403, r#"event_name "pull_request_target""#).await;
+    let push = w.issuer.run_token("org2/two", "22", "push", "refs/heads/main");
+    refused(&w, &push, &started, 403, r#"event_name "push""#).await;
+    assert!(counter(&w.relay, r#"CallbackRejections{reason="run_not_allowed"}"#).await >= 3.0);
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &started).await.0, 202, "nothing was stored before");
+    wait_for("the genuine in_progress HUD record", || w.hud.received().len() == 1).await;
+    w.relay.stop().await;
+}
+
+/// `repository_dispatch` only runs workflows on the default branch (GitHub
+/// "Events that trigger workflows"), so a `repository_dispatch` token whose
+/// `ref` is another branch did not come from the relay's dispatch: 403
+/// naming `ref`.
+#[tokio::test]
+async fn a_repository_dispatch_token_of_another_ref_is_refused() {
+    let w = world(Duration::from_secs(6 * 3600)).await;
+    let started = body(&w.delivery, "in_progress", None, 1);
+    let feature = w.issuer.run_token("org2/two", "22", "repository_dispatch", "refs/heads/feature");
+    refused(&w, &feature, &started, 403, r#"ref "refs/heads/feature" is not refs/heads/main"#).await;
+    let tag = w.issuer.run_token("org2/two", "22", "repository_dispatch", "refs/tags/v1");
+    refused(&w, &tag, &started, 403, r#"ref "refs/tags/v1""#).await;
+    assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &started).await.0, 202);
+    w.relay.stop().await;
+}
+
+/// `schedule` and `workflow_dispatch` runs report only scheduled results
+/// (`event_type` nightly/periodic), and only from the default branch.
+#[tokio::test]
+async fn a_schedule_run_reports_only_nightly_and_periodic_results() {
+    let w = world(Duration::from_secs(6 * 3600)).await;
+    let sha = "c".repeat(40);
+    w.gh.put_commit(UPSTREAM, &sha);
+    let scheduled = |event_type: &str, run_id: u64| {
+        serde_json::to_vec(&json!({
+            "event_type": event_type, "delivery_id": sha, "payload": {},
+            "workflow": {"schema_version": 1, "status": "completed", "conclusion": "success", "name": "nightly",
+                "url": "https://github.com/org2/two/actions/runs/9", "run_id": run_id, "run_attempt": 1,
+                "job_name": "test", "check_run_id": format!("{run_id}-1")}
+        }))
+        .unwrap()
+    };
+    let schedule = || w.issuer.run_token("org2/two", "22", "schedule", "refs/heads/main");
+    refused(
+        &w,
+        &schedule(),
+        &body(&w.delivery, "in_progress", None, 1),
+        403,
+        r#"event_name "schedule" is not one of repository_dispatch (accepted for dispatched-event callbacks)"#,
+    )
+    .await;
+    let manual_elsewhere = w.issuer.run_token("org2/two", "22", "workflow_dispatch", "refs/heads/experiment");
+    refused(&w, &manual_elsewhere, &scheduled("nightly", 10), 403, r#"ref "refs/heads/experiment""#).await;
+    assert_eq!(call(&w, &schedule(), &scheduled("nightly", 11)).await.0, 202);
+    let manual = w.issuer.run_token("org2/two", "22", "workflow_dispatch", "refs/heads/main");
+    assert_eq!(call(&w, &manual, &scheduled("periodic", 12)).await.0, 202);
+    wait_for("both scheduled HUD records", || w.hud.received().len() == 2).await;
+    w.relay.stop().await;
+}
+
+/// `CRCR_CALLBACK_BRANCHES` names a repository's default branch when it is
+/// not `CRCR_CALLBACK_DEFAULT_BRANCH` (`main`): its runs must be on it, the
+/// other repositories' on the default.
+#[tokio::test]
+async fn the_configured_branch_map_is_honoured() {
+    let settings = from_env(&[("CRCR_CALLBACK_BRANCHES", "Org2/Two=trunk, org9/nine=refs/heads/dev")]);
+    let w =
+        world_configured(ReconcilerSettings::default(), true, |c, _| c.oidc.github_runs = settings.oidc.github_runs)
+            .await;
+    let started = body(&w.delivery, "in_progress", None, 1);
+    let on = |repo: &str, id: &str, r: &str| w.issuer.run_token(repo, id, "repository_dispatch", r);
+    refused(&w, &on("org2/two", "22", "refs/heads/main"), &started, 403, "is not refs/heads/trunk").await;
+    assert_eq!(call(&w, &on("org2/two", "22", "refs/heads/trunk"), &started).await.0, 202);
+    refused(&w, &on("org3/three", "33", "refs/heads/trunk"), &started, 403, "is not refs/heads/main").await;
+    assert_eq!(call(&w, &on("org3/three", "33", "refs/heads/main"), &started).await.0, 202);
+    wait_for("both HUD records", || w.hud.received().len() == 2).await;
+    w.relay.stop().await;
+}
+
+/// An enterprise with a customised OIDC issuer
+/// (`https://token.actions.githubusercontent.com/<enterprise slug>`) listed in
+/// `CRCR_OIDC_GITHUB_ISSUERS` reports like the public issuer's repositories;
+/// an enterprise issuer that is not listed is refused 401.
+#[tokio::test]
+async fn an_enterprise_issuer_listed_in_the_settings_is_trusted() {
+    let enterprise = Issuer::start_at("/acme-enterprise").await;
+    let unlisted = Issuer::start_at("/other-enterprise").await;
+    let settings = from_env(&[("CRCR_OIDC_GITHUB_ISSUERS", &format!(" {} ,", enterprise.url))]);
+    let w = world_configured(ReconcilerSettings::default(), true, |c, _| {
+        c.oidc.github_enterprise_issuers = settings.oidc.github_enterprise_issuers
+    })
+    .await;
+    let started = body(&w.delivery, "in_progress", None, 1);
+    refused(&w, &unlisted.token("org2/two", "22"), &started, 401, "not a trusted issuer").await;
+    assert_eq!(call(&w, &enterprise.token("org2/two", "22"), &started).await.0, 202);
+    assert_eq!(call(&w, &w.issuer.token("org3/three", "33"), &started).await.0, 202);
+    wait_for("both HUD records", || w.hud.received().len() == 2).await;
+    assert_eq!((enterprise.jwks_requests(), unlisted.jwks_requests()), (1, 0));
+    w.relay.stop().await;
+}
+
+/// While the issuer's JWKS answers 503, callbacks get 503 with
+/// `Retry-After` (seconds); once it is back, a callback after that many
+/// seconds is verified (not a minute later).
+#[tokio::test]
+async fn a_jwks_outage_answers_503_with_retry_after_and_recovers_within_seconds() {
+    let w = world(Duration::from_secs(6 * 3600)).await;
+    let started = body(&w.delivery, "in_progress", None, 1);
+    let send = || async {
+        reqwest::Client::new()
+            .post(format!("{}/github/callback", w.relay.url))
+            .bearer_auth(w.issuer.token("org2/two", "22"))
+            .header("content-type", "application/json")
+            .body(started.clone())
+            .send()
+            .await
+            .unwrap()
+    };
+    w.issuer.set_outage(true);
+    let res = send().await;
+    assert_eq!(res.status().as_u16(), 503);
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(retry_after, 1, "first failure: 1 s back-off");
+    assert_eq!(w.issuer.jwks_requests(), 1);
+    w.issuer.set_outage(false);
+    let recovered_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let res = send().await;
+    assert_eq!(res.status().as_u16(), 202, "verified once the Retry-After has passed");
+    assert!(recovered_at.elapsed() < Duration::from_secs(10));
+    assert_eq!(w.issuer.jwks_requests(), 2, "one fetch in the outage, one after it");
+    wait_for("the HUD record", || w.hud.received().len() == 1).await;
+    w.relay.stop().await;
 }

@@ -9,8 +9,6 @@
 //! per process, so nothing else may record into them.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crcr_shared::metrics::{init_logs, LogFormat};
@@ -21,37 +19,6 @@ use serde_json::Value;
 
 const SECRET: &str = "metrics-test-webhook-s3cr3t";
 const ALLOWLIST: &str = "L1:\n  - org/flaky\n  - org/gone\n";
-
-/// A log writer that keeps every line in memory.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
-    type Writer = Lines;
-    fn make_writer(&'a self) -> Lines {
-        self.clone()
-    }
-}
-
-impl Lines {
-    fn json(&self) -> Vec<Value> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// One scrape: series (`name{k="v",...}` with labels sorted) → value, and
 /// the `# TYPE` of each metric name.
@@ -112,7 +79,7 @@ async fn scrape(relay: &Relay) -> (String, Scrape) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_and_json_logs_report_what_a_scenario_did() {
-    let logs = Lines::default();
+    let logs = LogLines::default();
     assert!(init_logs("info", LogFormat::Json, logs.clone()), "the only subscriber of this process");
 
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
@@ -136,6 +103,8 @@ async fn metrics_endpoint_and_json_logs_report_what_a_scenario_did() {
     let expected_counters: BTreeMap<String, f64> = [
         (r#"Webhooks{event="pull_request",outcome="enqueued"}"#, 1.0),
         (r#"Webhooks{event="unknown",outcome="bad_signature"}"#, 1.0),
+        // Verified deliveries by the secret that signed them (one configured: index 0).
+        (r#"WebhookSecretMatches{secret="0"}"#, 1.0),
         (r#"Dispatches{outcome="dispatched"}"#, 1.0),
         (r#"Dispatches{outcome="not_installed"}"#, 1.0),
         ("DispatchRetries", 2.0),
@@ -184,6 +153,7 @@ async fn metrics_endpoint_and_json_logs_report_what_a_scenario_did() {
     let mut expected_counters = expected_counters;
     expected_counters.insert(key.to_owned(), 1.0);
     expected_counters.insert(r#"Webhooks{event="check_suite",outcome="enqueued"}"#.to_owned(), 1.0);
+    expected_counters.insert(r#"WebhookSecretMatches{secret="0"}"#.to_owned(), 2.0);
     assert_eq!(m.of_type("counter"), expected_counters);
 
     // JSON logs: the lines of the delivery's processing carry its fields.

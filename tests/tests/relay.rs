@@ -218,6 +218,82 @@ async fn ignored_events_answer_200_and_dispatch_nothing() {
     relay.stop().await;
 }
 
+/// GitHub docs "Webhook events and payloads" → `push`: deleting a tag or a
+/// branch sends `push` with `deleted: true` and `after` all zeros. That is
+/// not a build: 200 ignored, nothing queued, dispatched or recorded; a
+/// creation (`created: true`, `before` all zeros: the real fixture) is.
+#[tokio::test]
+async fn a_push_deleting_a_ref_is_ignored_and_a_push_creating_one_is_dispatched() {
+    let gh = standin().await;
+    let relay = Relay::start(&gh, SMALL_ALLOWLIST, test_settings(), None, "s").await;
+    let created = fixture("push");
+    let mut deletion: Value = serde_json::from_slice(&created).unwrap();
+    deletion["created"] = false.into();
+    deletion["deleted"] = true.into();
+    deletion["before"] = deletion["after"].clone();
+    deletion["after"] = "0000000000000000000000000000000000000000".into();
+    deletion["head_commit"] = Value::Null;
+    deletion["commits"] = Value::Array(vec![]);
+    let deleted = uuid();
+    let (status, answer) = relay.post("push", &deleted, &serde_json::to_vec(&deletion).unwrap(), false).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["ignored"], "push deleted refs/tags/simple-tag: no commit to build");
+    // Answered without queueing: nothing can reach GitHub later.
+    assert_eq!(relay.queue.depth(QueueSide::Source).await.unwrap(), 0);
+    let creation = uuid();
+    assert_eq!(relay.post("push", &creation, &created, false).await.0, 202);
+    let records = relay.settled(&creation, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 4);
+    assert_eq!(dispatched_to(&gh, &creation), ["org1/one", "org1/two", "org2/three", "org3/four"]);
+    assert!(dispatched_to(&gh, &deleted).is_empty());
+    assert_eq!(gh.dispatches().len(), 4);
+    assert!(relay.store.records(&crcr_shared::domain::DeliveryId::parse(&deleted).unwrap()).await.unwrap().is_empty());
+    let zero = relay.store.records_for_commit("0000000000000000000000000000000000000000", 10).await.unwrap();
+    assert!(zero.is_empty(), "records under the zero SHA: {zero:?}");
+    relay.stop().await;
+}
+
+/// GitHub gives every webhook subscribed to an event the same
+/// `X-GitHub-Delivery` GUID (REST "Webhook deliveries": `guid` is "shared
+/// with all deliveries for all webhooks that subscribe to this event") and a
+/// redelivery keeps hook and GUID: a delivery is (X-GitHub-Hook-ID, GUID).
+/// Two hooks' deliveries of one event are both dispatched (downstream sees
+/// the GUID as `delivery_id` in both); redelivering either sends nothing.
+#[tokio::test]
+async fn two_hooks_with_one_guid_are_both_dispatched_and_a_redelivery_of_either_is_not() {
+    let gh = standin().await;
+    let relay = Relay::start(&gh, SMALL_ALLOWLIST, test_settings(), None, "s").await;
+    let guid = uuid();
+    let body = fixture("pull_request.synchronize");
+    for hook in ["292430182", "7"] {
+        let (status, answer) = relay.post_from_hook("pull_request", &guid, Some(hook), &body, false).await;
+        assert_eq!(status, 202, "hook {hook}: {answer}");
+        relay.settled(&guid, Duration::from_secs(20)).await;
+    }
+    let targets = ["org1/one", "org1/two", "org2/three", "org3/four"];
+    let twice: Vec<_> = targets.iter().flat_map(|t| [t.to_string(), t.to_string()]).collect();
+    assert_eq!(dispatched_to(&gh, &guid), twice);
+    let records = relay.settled(&guid, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 8);
+    assert!(records.iter().all(|r| r.status == DispatchStatus::Dispatched), "{records:?}");
+    let hooks: Vec<_> = records.iter().map(|r| r.meta.hook_id).collect();
+    assert_eq!(hooks.iter().filter(|h| **h == Some(7)).count(), 4);
+    assert_eq!(hooks.iter().filter(|h| **h == Some(292_430_182)).count(), 4);
+    // Redelivering either: accepted, nothing new reaches GitHub.
+    let calls = gh.requests().len();
+    for hook in ["7", "292430182"] {
+        assert_eq!(relay.post_from_hook("pull_request", &guid, Some(hook), &body, false).await.0, 202);
+        relay.settled(&guid, Duration::from_secs(20)).await;
+    }
+    let new_calls: Vec<_> = gh.requests()[calls..].iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert!(new_calls.is_empty(), "a redelivery made GitHub calls: {new_calls:?}");
+    assert_eq!(relay.store.records(&crcr_shared::domain::DeliveryId::parse(&guid).unwrap()).await.unwrap().len(), 8);
+    // A hook id that is not a number: refused, naming the header.
+    let (status, answer) = relay.post_from_hook("pull_request", &uuid(), Some("abc"), &body, false).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("missing or invalid header x-github-hook-id")));
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn allowlist_is_read_from_github_and_the_last_good_one_is_kept_when_a_reload_fails() {
     use crcr_shared::allowlist::{AllowlistProvider, AllowlistSource};

@@ -76,6 +76,7 @@ locals {
     CRCR_SECRETS_ARN         = var.secrets_arn
     CRCR_METRICS_NAMESPACE   = var.metrics_namespace
     CRCR_OIDC_AUDIENCE       = var.oidc_audience
+    CRCR_PAYLOAD_TTL_SECS    = tostring(local.payload_retention_seconds)
   }
 
   # Consume dispatch messages, fan out repository_dispatch, record per-target

@@ -14,6 +14,14 @@ locals {
   # inspect and replay dead letters (crcr dlq list / replay).
   dlq_retention_seconds = 1209600
 
+  # Claim-checked payloads (the payloads table, TTL on expires_at) must outlive
+  # every message that names them: a message dead-letters at the latest
+  # dlq_retention_seconds after it was first sent (a standard queue keeps the
+  # original enqueue time), and one `crcr dlq replay` sends back lives
+  # queue_message_retention_seconds more; plus a day of margin. Passed to
+  # ingest, which writes them, as CRCR_PAYLOAD_TTL_SECS.
+  payload_retention_seconds = local.dlq_retention_seconds + var.queue_message_retention_seconds + 86400
+
   # The code refuses bodies above 256 KiB (larger webhook payloads go through
   # the claim check in the payloads table); the queue enforces it as well.
   queue_max_message_size = 262144

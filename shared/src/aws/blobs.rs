@@ -18,11 +18,15 @@ use super::now_epoch_secs;
 /// for the key and the other attributes.
 pub const BLOB_CHUNK_BYTES: usize = 300_000;
 
-/// Lifetime of a blob: 14 days (in seconds), written to `expires_at` for the
-/// table's TTL. Matches the dead-letter queue's retention (SQS maximum,
-/// 14 days), so a claim-checked message redriven from the DLQ still finds
-/// its payload.
-pub const BLOB_TTL_SECS: i64 = 14 * 24 * 3600;
+/// Default lifetime of a blob (seconds), written to `expires_at` for the
+/// table's TTL: 19 days = the DLQs' retention (14 days, SQS's maximum) + the
+/// source queues' default retention (4 days: a message `crcr dlq replay`
+/// sends back lives that long again before it can dead-letter once more) +
+/// 1 day of margin, so a claim-checked message replayed late from the DLQ
+/// still finds its payload. On AWS the Terraform passes its own sum as
+/// `CRCR_PAYLOAD_TTL_SECS` (`local.payload_retention_seconds`, derived from
+/// `local.dlq_retention_seconds`).
+pub const BLOB_TTL_SECS: i64 = (14 + 4 + 1) * 24 * 3600;
 
 /// Chunk writes in flight at once for one `put`.
 const PUT_CONCURRENCY: usize = 4;
@@ -34,7 +38,7 @@ const PUT_CONCURRENCY: usize = 4;
 /// `[i * BLOB_CHUNK_BYTES, (i + 1) * BLOB_CHUNK_BYTES)` in `data` (B; absent
 /// for an empty blob); chunk 0 also holds `chunks` (N, the number of chunks,
 /// at least 1). Every item has `expires_at` (N, epoch **seconds**, wall
-/// clock + [`BLOB_TTL_SECS`]).
+/// clock + the store's TTL, [`BLOB_TTL_SECS`] by default).
 ///
 /// `put` writes chunk 0 last, so a `get` never sees a blob whose chunk count
 /// promises chunks not yet written (a crashed `put` of a new key leaves no
@@ -43,19 +47,27 @@ const PUT_CONCURRENCY: usize = 4;
 pub struct DynamoBlobStore {
     client: Client,
     table: String,
+    /// Seconds a blob lives ([`BLOB_TTL_SECS`] unless set with [`DynamoBlobStore::with_ttl`]).
+    ttl_secs: i64,
 }
 
 impl DynamoBlobStore {
     /// `table`: the table name (shape above).
     pub fn new(client: Client, table: String) -> Self {
-        Self { client, table }
+        Self { client, table, ttl_secs: BLOB_TTL_SECS }
+    }
+
+    /// Blobs written from now on live `ttl` (whole seconds, at least 1 s).
+    pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.ttl_secs = ttl.as_secs().max(1) as i64;
+        self
     }
 
     async fn put_chunk(&self, key: &str, index: usize, data: &[u8], chunks: Option<usize>) -> Result<(), BlobError> {
         let mut item = HashMap::from([
             ("key".to_owned(), AttributeValue::S(key.to_owned())),
             ("chunk".to_owned(), AttributeValue::N(index.to_string())),
-            ("expires_at".to_owned(), AttributeValue::N((now_epoch_secs() + BLOB_TTL_SECS).to_string())),
+            ("expires_at".to_owned(), AttributeValue::N((now_epoch_secs() + self.ttl_secs).to_string())),
         ]);
         if !data.is_empty() {
             item.insert("data".to_owned(), AttributeValue::B(Blob::new(data)));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::ports::{DispatchMeta, DispatchRecord, DispatchStatus, StoreError};
+use crate::ports::{record_key, DispatchMeta, DispatchRecord, DispatchStatus, StoreError};
 
 use super::dynamo::DISPATCH_TTL_SECS;
 use super::now_epoch_secs;
@@ -41,15 +41,21 @@ pub(super) mod attr {
     pub const DEVICE: &str = "device";
     /// N, [`crate::ports::DispatchMeta::received_at_ms`] (absent = none).
     pub const RECEIVED_AT_MS: &str = "received_at_ms";
+    /// N, [`crate::ports::DispatchMeta::hook_id`] (absent = none).
+    pub const HOOK_ID: &str = "hook_id";
     pub const EXPIRES_AT: &str = "expires_at";
     /// `YYYY-MM-DD` (UTC) of `dispatched_at_ms`, set with it: the partition
     /// key of the sparse GSI `by_dispatch_day` (see `DISPATCH_DAY_INDEX`).
     pub const DISPATCH_DAY: &str = "dispatch_day";
 }
 
-/// The primary key: `delivery_id` + lower-cased `target`.
-pub(super) fn key(delivery: &DeliveryId, target: &RepoFullName) -> Item {
-    HashMap::from([(attr::DELIVERY_ID.to_owned(), s(delivery.as_str())), (attr::TARGET.to_owned(), s(target.key()))])
+/// The primary key: `delivery_id` + `target`, the [`record_key`] of the
+/// target and the delivery's webhook.
+pub(super) fn key(delivery: &DeliveryId, hook_id: Option<u64>, target: &RepoFullName) -> Item {
+    HashMap::from([
+        (attr::DELIVERY_ID.to_owned(), s(delivery.as_str())),
+        (attr::TARGET.to_owned(), s(&record_key(target, hook_id))),
+    ])
 }
 
 /// The item of a new record: pending, attempt 1, leased until `lease_until_ms`.
@@ -60,7 +66,7 @@ pub(super) fn new_item(
     now_ms: i64,
     lease_until_ms: i64,
 ) -> Item {
-    let mut item = key(delivery, target);
+    let mut item = key(delivery, meta.hook_id, target);
     item.insert(attr::TARGET_DISPLAY.into(), s(target.as_str()));
     item.insert(attr::STATUS.into(), s(DispatchStatus::Pending.as_str()));
     item.insert(attr::ATTEMPTS.into(), n(1));
@@ -87,6 +93,9 @@ pub(super) fn new_item(
     }
     if let Some(t) = meta.received_at_ms {
         item.insert(attr::RECEIVED_AT_MS.into(), n(t));
+    }
+    if let Some(h) = meta.hook_id {
+        item.insert(attr::HOOK_ID.into(), n(h));
     }
     item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + DISPATCH_TTL_SECS));
     item
@@ -168,6 +177,7 @@ pub(super) fn parse_record(item: &Item) -> Result<DispatchRecord, StoreError> {
             },
             device: opt_s(item, attr::DEVICE)?,
             received_at_ms: opt_n(item, attr::RECEIVED_AT_MS)?,
+            hook_id: opt_n(item, attr::HOOK_ID)?,
         },
     })
 }

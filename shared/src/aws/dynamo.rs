@@ -9,7 +9,8 @@ use aws_sdk_dynamodb::Client;
 
 use crate::domain::{DeliveryId, RepoFullName};
 use crate::ports::{
-    AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
+    record_key, AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
+    StoreError,
 };
 
 use super::dispatch_item::{attr, get_n, get_s, get_u32, key, n, new_item, parse_record, s, Item};
@@ -49,8 +50,10 @@ const CLAIM_ROUNDS: usize = 3;
 
 /// Dispatch records in one DynamoDB table.
 ///
-/// Table shape: partition key `delivery_id` (S), sort key `target` (S, the
-/// lower-cased [`RepoFullName::key`]); TTL enabled on `expires_at`. Item
+/// Table shape: partition key `delivery_id` (S), sort key `target` (S,
+/// [`record_key`]: the lower-cased [`RepoFullName::key`], with
+/// `#hook/<id>` after it when the delivery named its webhook); TTL enabled
+/// on `expires_at`. Item
 /// attributes, one per [`DispatchRecord`] field: `target_display` (S, the
 /// spelling as given), `status` (S: `pending` / `dispatched` / `failed`),
 /// `attempts` (N), `last_error` (S, absent = none), `lease_until_ms`,
@@ -58,7 +61,7 @@ const CLAIM_ROUNDS: usize = 3;
 /// (N, absent = none), `payload_trimmed` (BOOL), the [`DispatchMeta`] fields
 /// flat: `event` (S), `action` (S, optional), `head_sha` (S, optional),
 /// `pr_number` (N, optional), `level` (S, `L1`..`L4`), `check_run` (BOOL,
-/// absent = false), `device` (S, optional); `dispatch_day` (S, UTC
+/// absent = false), `device` (S, optional), `hook_id` (N, optional); `dispatch_day` (S, UTC
 /// `YYYY-MM-DD` of `dispatched_at_ms`, once dispatched); and `expires_at`
 /// (N, epoch **seconds**, wall clock + [`DISPATCH_TTL_SECS`] at each write).
 /// Two sparse GSIs, projection ALL: [`DISPATCH_DAY_INDEX`] (hash
@@ -117,6 +120,7 @@ impl DynamoDispatchStore {
     async fn take_over(
         &self,
         delivery: &DeliveryId,
+        hook_id: Option<u64>,
         target: &RepoFullName,
         now_ms: i64,
         lease_until_ms: i64,
@@ -125,7 +129,7 @@ impl DynamoDispatchStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(delivery, target)))
+            .set_key(Some(key(delivery, hook_id, target)))
             .update_expression(
                 "SET #attempts = #attempts + :one, #lease = :lease, #updated = :now, #expires = :expires",
             )
@@ -159,12 +163,17 @@ impl DynamoDispatchStore {
     }
 
     /// Consistent read of one record's item.
-    async fn get_item(&self, delivery: &DeliveryId, target: &RepoFullName) -> Result<Option<Item>, StoreError> {
+    async fn get_item(
+        &self,
+        delivery: &DeliveryId,
+        hook_id: Option<u64>,
+        target: &RepoFullName,
+    ) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(delivery, target)))
+            .set_key(Some(key(delivery, hook_id, target)))
             .consistent_read(true)
             .send()
             .await
@@ -177,12 +186,13 @@ impl DynamoDispatchStore {
     async fn current(
         &self,
         delivery: &DeliveryId,
+        hook_id: Option<u64>,
         target: &RepoFullName,
         returned: Option<Item>,
     ) -> Result<Option<DispatchRecord>, StoreError> {
         let item = match returned {
             Some(item) if !item.is_empty() => Some(item),
-            _ => self.get_item(delivery, target).await?,
+            _ => self.get_item(delivery, hook_id, target).await?,
         };
         item.as_ref().map(parse_record).transpose()
     }
@@ -197,14 +207,14 @@ fn within_commit_limit(kept: &[DispatchRecord], limit: usize, next: &DispatchRec
         || limit.checked_sub(1).and_then(|i| kept.get(i)).is_some_and(|last| last.created_at_ms == next.created_at_ms)
 }
 
-/// `records` sorted by (`created_at_ms`, delivery id, target key), cut to
+/// `records` sorted by (`created_at_ms`, delivery id, [`record_key`]), cut to
 /// `limit`: the order of [`DispatchStore::records_for_commit`].
 fn in_commit_order(mut records: Vec<DispatchRecord>, limit: usize) -> Vec<DispatchRecord> {
     records.sort_by(|a, b| {
-        (a.created_at_ms, a.delivery_id.as_str(), a.target.key()).cmp(&(
+        (a.created_at_ms, a.delivery_id.as_str(), record_key(&a.target, a.meta.hook_id)).cmp(&(
             b.created_at_ms,
             b.delivery_id.as_str(),
-            b.target.key(),
+            record_key(&b.target, b.meta.hook_id),
         ))
     });
     records.truncate(limit);
@@ -240,20 +250,21 @@ impl DispatchStore for DynamoDispatchStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let lease_until_ms = now_ms.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
+        let hook = meta.hook_id;
         for _ in 0..CLAIM_ROUNDS {
             let Some(returned) = self.put_new(delivery, target, meta, now_ms, lease_until_ms).await? else {
                 return Ok(Claim::Acquired { attempt: 1 });
             };
-            let Some(rec) = self.current(delivery, target, returned).await? else {
+            let Some(rec) = self.current(delivery, hook, target, returned).await? else {
                 continue; // removed (TTL) since the put: create it again
             };
             if rec.status != DispatchStatus::Pending || rec.lease_until_ms >= now_ms {
                 return Ok(settled(&rec));
             }
-            match self.take_over(delivery, target, now_ms, lease_until_ms).await? {
+            match self.take_over(delivery, hook, target, now_ms, lease_until_ms).await? {
                 Ok(attempt) => return Ok(Claim::Acquired { attempt }),
                 Err(returned) => {
-                    if let Some(rec) = self.current(delivery, target, returned).await? {
+                    if let Some(rec) = self.current(delivery, hook, target, returned).await? {
                         return Ok(settled(&rec));
                     }
                 }
@@ -269,9 +280,10 @@ impl DispatchStore for DynamoDispatchStore {
     /// nothing. Dispatched: status, `dispatched_at_ms`, `payload_trimmed`.
     /// Failed: status, `last_error`. Retry: `last_error`, stays pending. All:
     /// `updated_at_ms` = `now_ms`, `lease_until_ms` = 0 (lease released).
-    async fn finish(
+    async fn finish_for_hook(
         &self,
         delivery: &DeliveryId,
+        hook_id: Option<u64>,
         target: &RepoFullName,
         attempt: u32,
         outcome: &AttemptOutcome,
@@ -281,7 +293,7 @@ impl DispatchStore for DynamoDispatchStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(delivery, target)))
+            .set_key(Some(key(delivery, hook_id, target)))
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
             .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
@@ -329,7 +341,7 @@ impl DispatchStore for DynamoDispatchStore {
     }
 
     /// `Query` on `delivery_id` with `ConsistentRead`, ascending by `target`
-    /// (the lower-cased key, the order of [`RepoFullName`]), all pages.
+    /// ([`record_key`], as the SQLite twin orders), all pages.
     async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
@@ -528,6 +540,7 @@ mod tests {
                 check_run: false,
                 device: None,
                 received_at_ms: None,
+                hook_id: None,
             },
         }
     }

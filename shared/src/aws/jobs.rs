@@ -701,8 +701,8 @@ impl JobStore for DynamoJobStore {
     }
 
     /// `UpdateItem` on `hud#<id>` conditioned on the item existing and not
-    /// being pending: status `hud_pending`, `attempts` 0, due (and GSI
-    /// `updated_at`) at `now_ms`. A failed condition is `Ok(false)`.
+    /// being pending: status `hud_pending`, `attempts` 0, created, due (and
+    /// GSI `updated_at`) at `now_ms`. A failed condition is `Ok(false)`.
     async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let Some(pk) = outbox_pk(id) else {
             return Ok(false);
@@ -714,11 +714,12 @@ impl JobStore for DynamoJobStore {
             .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
             .condition_expression("attribute_exists(#status) AND #status <> :pending")
             .update_expression(
-                "SET #status = :pending, #attempts = :zero, #updated_ms = :now, #next = :now, #gsi = :now, \
-                 #expires = :expires",
+                "SET #status = :pending, #attempts = :zero, #created = :now, #updated_ms = :now, #next = :now, \
+                 #gsi = :now, #expires = :expires",
             )
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_names("#attempts", attr::ATTEMPTS)
+            .expression_attribute_names("#created", attr::CREATED_AT_MS)
             .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
             .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
             .expression_attribute_names("#gsi", attr::UPDATED_AT)

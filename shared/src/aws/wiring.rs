@@ -3,8 +3,10 @@
 //! tests (tests/tests/aws_callbacks.rs) call the same functions, so what is
 //! tested is what is deployed.
 //!
-//! - ingest: [`ingest_router`] (`POST /github/webhook`, `POST /github/callback`, `GET /healthz`);
-//! - dispatcher: [`dispatcher_function`], run with [`sqs_batch_response`] (an SQS batch → partial batch response);
+//! - ingest: [`ingest_router`] (`POST /github/webhook`, `POST /github/callback`, `GET /healthz`),
+//!   started by [`ingest_init`] (which also refuses a broken allowlist);
+//! - dispatcher: [`dispatcher_function`], run with [`sqs_batch_response`] (an SQS batch → partial batch response),
+//!   started by [`dispatcher_init`] (which also refuses a broken allowlist);
 //! - reconciler: [`reconciler_function`] → [`ReconcilerFunction::handle`] (SQS batches
 //!   from the reconcile queue and EventBridge scheduled tasks).
 
@@ -39,6 +41,10 @@ pub enum WiringError {
     Relay(#[from] EmbeddedError),
     #[error("CRCR_HUD_URL: {0}")]
     Hud(#[from] crate::hud::HudUrlError),
+    /// A broken allowlist at init ([`ingest_init`], [`dispatcher_init`]):
+    /// names the file or URL and the line or entry.
+    #[error("cannot start with this allowlist (CRCR_ALLOWLIST_URL / CRCR_ALLOWLIST_FILE): {0}")]
+    Allowlist(#[from] crate::allowlist::AllowlistError),
 }
 
 /// The SDK clients every function builds from one [`SdkConfig`].
@@ -63,6 +69,27 @@ fn clients(sdk: &SdkConfig) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
 ///
 /// Errors name the missing or malformed variable.
 pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringError> {
+    Ok(ingest_parts(env, sdk)?.0)
+}
+
+/// The ingest function as its main starts it: [`ingest_router`], then the
+/// allowlist loaded once ([`crate::allowlist::AllowlistProvider::check_at_start`]):
+/// a broken allowlist fails the init with [`WiringError::Allowlist`]
+/// naming the URL (or file) and the line or entry (Lambda reports a failed
+/// init and tries it again on the next invoke: AWS Lambda developer guide,
+/// "Understand the Lambda execution environment lifecycle" → "Failures
+/// during the Init phase"). GitHub being unavailable does not fail it.
+pub async fn ingest_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringError> {
+    let (router, allowlist) = ingest_parts(env, sdk)?;
+    allowlist.check_at_start().await?;
+    Ok(router)
+}
+
+/// [`ingest_router`] and the allowlist provider its callback route reads.
+fn ingest_parts(
+    env: &Env<'_>,
+    sdk: &SdkConfig,
+) -> Result<(Router, Arc<crate::allowlist::AllowlistProvider>), WiringError> {
     let cfg = RelayConfig::from_env(env)?;
     let aws = AwsResources::from_env(env)?;
     let (sqs, dynamo) = clients(sdk);
@@ -74,7 +101,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
         secret: cfg.webhook_secret.clone(),
         upstream: cfg.upstream.clone(),
         queue: Arc::new(dispatch_queue),
-        blobs: Arc::new(DynamoBlobStore::new(dynamo.clone(), aws.payload_table(INGEST)?)),
+        blobs: Arc::new(DynamoBlobStore::new(dynamo.clone(), aws.payload_table(INGEST)?).with_ttl(aws.payload_ttl)),
         clock: clock.clone(),
         max_body_bytes: cfg.max_body_bytes,
         reconcile: Some(reconcile_queue.clone()),
@@ -86,7 +113,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
     let (github, allowlist) = github_and_allowlist(&cfg)?;
     let callbacks = crate::callback_route::router(Arc::new(CallbackState {
         verifier: Arc::new(oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?),
-        allowlist,
+        allowlist: allowlist.clone(),
         dispatches: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(INGEST)?)),
         jobs: Arc::new(DynamoJobStore::new(dynamo, aws.jobs_table(INGEST)?)),
         queue: reconcile_queue,
@@ -95,7 +122,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
         upstream: cfg.upstream.clone(),
         clock,
     }));
-    Ok(webhooks.merge(callbacks))
+    Ok((webhooks.merge(callbacks), allowlist))
 }
 
 /// The dispatcher function: the [`Dispatcher`] (GitHub App, allowlist,
@@ -117,6 +144,17 @@ pub fn dispatcher_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispat
         clock: Arc::new(SystemClock),
         settings: cfg.dispatcher,
     });
+    Ok((dispatcher, queue))
+}
+
+/// The dispatcher function as its main starts it: [`dispatcher_function`],
+/// then the allowlist loaded once
+/// ([`crate::allowlist::AllowlistProvider::check_at_start`]): a broken
+/// allowlist fails the init with [`WiringError::Allowlist`] (see
+/// [`ingest_init`]). GitHub being unavailable does not fail it.
+pub async fn dispatcher_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispatcher>, Arc<SqsQueue>), WiringError> {
+    let (dispatcher, queue) = dispatcher_function(env, sdk)?;
+    dispatcher.allowlist.check_at_start().await?;
     Ok((dispatcher, queue))
 }
 

@@ -4,8 +4,13 @@
 //! Cache rules:
 //! - keys are loaded on first use and reloaded on the first request after
 //!   [`super::OidcConfig::jwks_max_age`]; a failed reload keeps the last good
-//!   keys (logged), a failed first load answers 503 and is retried at most
-//!   once per refetch interval;
+//!   keys (logged), a failed first load answers 503;
+//! - after any failed fetch no fetch is made before a back-off has passed
+//!   (first [`super::OidcConfig::jwks_backoff`], doubling per further failure
+//!   up to [`super::OidcConfig::jwks_max_backoff`], reset by a success); a
+//!   request that needs the keys meanwhile is answered 503 with the seconds
+//!   left as `Retry-After` (RFC 9110 §10.2.3), and the first request after it
+//!   fetches again, so a recovered issuer is used within seconds;
 //! - an unknown `kid` refetches the set once (OpenID Connect Core 1.0
 //!   §10.1.1: a verifier that sees an unfamiliar `kid` goes back to the
 //!   `jwks_uri`), but at most once per issuer per refetch interval, counted on
@@ -176,8 +181,10 @@ struct KeyState {
     loaded_at_ms: i64,
     /// Last unknown-`kid` refetch (successful or not).
     last_refetch_ms: Option<i64>,
-    /// Last failed load (first load or max-age reload).
-    last_failed_load_ms: Option<i64>,
+    /// Consecutive failed fetches (any kind); 0 after a success.
+    failures: u32,
+    /// No fetch before this time (set by a failed fetch).
+    backoff_until_ms: Option<i64>,
 }
 
 /// The keys of one issuer. See the module documentation for the rules.
@@ -185,16 +192,53 @@ pub(crate) struct KeyCache {
     anchor: TrustAnchor,
     refetch_interval_ms: i64,
     max_age_ms: i64,
+    /// First and longest back-off after a failed fetch, ms.
+    backoff_ms: (i64, i64),
     state: tokio::sync::Mutex<KeyState>,
 }
 
 impl KeyCache {
-    pub(crate) fn new(anchor: TrustAnchor, refetch_interval_ms: i64, max_age_ms: i64) -> Self {
-        Self { anchor, refetch_interval_ms, max_age_ms, state: tokio::sync::Mutex::new(KeyState::default()) }
+    /// `backoff_ms`: first and longest wait after a failed fetch.
+    pub(crate) fn new(anchor: TrustAnchor, refetch_interval_ms: i64, max_age_ms: i64, backoff_ms: (i64, i64)) -> Self {
+        Self {
+            anchor,
+            refetch_interval_ms,
+            max_age_ms,
+            backoff_ms,
+            state: tokio::sync::Mutex::new(KeyState::default()),
+        }
     }
 
-    fn unavailable(&self, reason: String) -> OidcError {
-        OidcError::JwksUnavailable { issuer: self.anchor.issuer.clone(), reason }
+    /// 503 with the whole seconds (rounded up, at least 1) until the back-off ends.
+    fn unavailable(&self, reason: String, st: &KeyState, now_ms: i64) -> OidcError {
+        let left_ms = st.backoff_until_ms.map_or(0, |t| t - now_ms).max(1);
+        OidcError::JwksUnavailable {
+            issuer: self.anchor.issuer.clone(),
+            reason,
+            retry_after_s: ((left_ms + 999) / 1000) as u64,
+        }
+    }
+
+    /// Fetches the set; on failure starts or lengthens the back-off.
+    async fn fetch(&self, st: &mut KeyState, now_ms: i64, fetcher: &dyn JwksFetcher) -> Result<(), String> {
+        match fetcher.fetch(&self.anchor.jwks_url).await {
+            Ok(jwks) => {
+                st.keys = Some(cached_keys(&jwks));
+                st.loaded_at_ms = now_ms;
+                st.failures = 0;
+                st.backoff_until_ms = None;
+                Ok(())
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                let (first, max) = self.backoff_ms;
+                let wait = first.saturating_mul(1i64 << (st.failures - 1).min(30)).min(max);
+                st.backoff_until_ms = Some(now_ms + wait);
+                tracing::warn!(issuer = %self.anchor.issuer, error = %e, failures = st.failures, backoff_ms = wait,
+                    metric = "jwks_fetch_failed", "JWKS fetch failed");
+                Err(e.0)
+            }
+        }
     }
 
     /// The RS256 decoding key `kid` of this issuer.
@@ -208,26 +252,21 @@ impl KeyCache {
         let mut fetched_now = false;
 
         let stale = st.keys.is_none() || now_ms - st.loaded_at_ms >= self.max_age_ms;
-        let may_load = st.last_failed_load_ms.is_none_or(|t| now_ms - t >= self.refetch_interval_ms);
-        if stale && may_load {
+        let backing_off = st.backoff_until_ms.is_some_and(|t| now_ms < t);
+        if stale && !backing_off {
             fetched_now = true;
-            match fetcher.fetch(&self.anchor.jwks_url).await {
-                Ok(jwks) => {
-                    st.keys = Some(cached_keys(&jwks));
-                    st.loaded_at_ms = now_ms;
-                    st.last_failed_load_ms = None;
-                }
-                Err(e) => {
-                    st.last_failed_load_ms = Some(now_ms);
-                    tracing::warn!(issuer = %self.anchor.issuer, error = %e, metric = "jwks_fetch_failed", "JWKS load failed");
-                    if st.keys.is_none() {
-                        return Err(self.unavailable(e.0));
-                    }
+            if let Err(reason) = self.fetch(&mut st, now_ms, fetcher).await {
+                if st.keys.is_none() {
+                    return Err(self.unavailable(reason, &st, now_ms));
                 }
             }
         }
         let Some(keys) = st.keys.as_ref() else {
-            return Err(self.unavailable("the last load failed; retrying after the refetch interval".into()));
+            return Err(self.unavailable(
+                "the last fetch failed; fetching again after the back-off".into(),
+                &st,
+                now_ms,
+            ));
         };
         if let Some(found) = keys.get(kid) {
             return self.usable(kid, found);
@@ -237,17 +276,18 @@ impl KeyCache {
         if fetched_now || st.last_refetch_ms.is_some_and(|t| now_ms - t < self.refetch_interval_ms) {
             return Err(self.unknown(kid));
         }
+        if st.backoff_until_ms.is_some_and(|t| now_ms < t) {
+            // The issuer failed recently: the kid cannot be checked yet.
+            return Err(self.unavailable(
+                "the last fetch failed; fetching again after the back-off".into(),
+                &st,
+                now_ms,
+            ));
+        }
         st.last_refetch_ms = Some(now_ms);
         tracing::info!(issuer = %self.anchor.issuer, kid = %shown(kid), "unknown kid: refetching the JWKS");
-        match fetcher.fetch(&self.anchor.jwks_url).await {
-            Ok(jwks) => {
-                st.keys = Some(cached_keys(&jwks));
-                st.loaded_at_ms = now_ms;
-            }
-            Err(e) => {
-                tracing::warn!(issuer = %self.anchor.issuer, error = %e, metric = "jwks_fetch_failed", "JWKS refetch failed");
-                return Err(self.unavailable(e.0));
-            }
+        if let Err(reason) = self.fetch(&mut st, now_ms, fetcher).await {
+            return Err(self.unavailable(reason, &st, now_ms));
         }
         match st.keys.as_ref().and_then(|k| k.get(kid)) {
             Some(found) => self.usable(kid, found),

@@ -28,6 +28,13 @@
 //!    from a URL it chose. GitHub: "About security hardening with OpenID
 //!    Connect" — the issuer is `https://token.actions.githubusercontent.com`;
 //!    Buildkite "OIDC with Buildkite" — `https://agent.buildkite.com`.
+//!    An enterprise that customised its issuer gets tokens with `iss`
+//!    `https://token.actions.githubusercontent.com/<enterprise slug>` (GitHub
+//!    "About security hardening with OpenID Connect" → "Customizing the
+//!    issuer value for an enterprise"; REST "Set the GitHub Actions OIDC
+//!    custom issuer policy for an enterprise", `include_enterprise_slug`):
+//!    such issuers are listed in [`OidcConfig::github_enterprise_issuers`],
+//!    each matched exactly and with its own JWKS at `<issuer>/.well-known/jwks`.
 //! 5. **Key**: from the issuer's JWKS (`<issuer>/.well-known/jwks` unless
 //!    configured otherwise), cached; the JWK must be `kty: RSA`, ≥ 2048 bits,
 //!    its `alg` (if given) `RS256` and its `use` (if given) `sig` — a key
@@ -35,7 +42,10 @@
 //!    An unknown `kid` refetches the JWKS once (OpenID Connect Core 1.0
 //!    §10.1.1, rotation of asymmetric signing keys), at most once per issuer
 //!    per [`OidcConfig::jwks_refetch_interval`] so a flood of bogus `kid`s
-//!    cannot hammer the issuer (see [`jwks`]).
+//!    cannot hammer the issuer (see [`jwks`]). While the JWKS cannot be
+//!    fetched the answer is 503 with `Retry-After` ([`OidcError::retry_after`]),
+//!    and it is fetched again on the first request after a back-off of
+//!    [`OidcConfig::jwks_backoff`] doubling to [`OidcConfig::jwks_max_backoff`].
 //! 6. **Signature** verified by `jsonwebtoken` with `Validation` allowing
 //!    RS256 only; the same call checks `iss` again and `aud`: the audience
 //!    must be [`OidcConfig::audience`] (default [`DEFAULT_AUDIENCE`]). GitHub
@@ -66,6 +76,13 @@
 //!    request body until `exp` + leeway: the same token with the same body is
 //!    an idempotent retry and accepted, with a different body it is refused.
 //!
+//! 10. **Which run** (GitHub Actions only, applied by the callback route once
+//!     the body says which kind of callback it is: [`OidcVerifier::check_run`]):
+//!     the token's `event_name` must be in [`GitHubRunPolicy::events`]
+//!     (`repository_dispatch`) or, for `nightly` / `periodic` callbacks, in
+//!     [`GitHubRunPolicy::scheduled_events`], and its `ref` (or the ref in
+//!     `sub`) must be the repository's default branch. See [`GitHubRunPolicy`].
+//!
 //! Error messages name what was wrong; they never contain the token. Values
 //! read from an unverified token (`alg`, `kid`, `iss`) are shown shortened
 //! and with non-printable characters replaced.
@@ -74,7 +91,7 @@ pub mod buildkite;
 pub mod jwks;
 pub mod stores;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,16 +202,139 @@ impl BuildkitePipeline {
     }
 }
 
+/// Which GitHub Actions workflow runs may report results.
+///
+/// The relay starts downstream workflows with `repository_dispatch`, which
+/// "will only trigger a workflow run if the workflow file is on the default
+/// branch" and runs with `GITHUB_REF` the default branch (GitHub docs
+/// "Events that trigger workflows" → `repository_dispatch`,
+/// <https://docs.github.com/actions/reference/events-that-trigger-workflows#repository_dispatch>).
+/// Scheduled results (`nightly` / `periodic`) come from `schedule` runs
+/// (also only on the default branch, same page → `schedule`) or from a
+/// manual `workflow_dispatch`. A token from any other run of an allowlisted
+/// repository — a `pull_request` run of a branch anyone with write access (or
+/// a fork's workflow change) controls, `pull_request_target`, a `push` to a
+/// feature branch — must not report a result for a PyTorch commit.
+///
+/// The claims read are GitHub's: `event_name` ("the name of the event that
+/// triggered the workflow run"), `ref` ("the git ref that triggered the
+/// workflow run") and `sub` (`repo:<owner>/<repo>:ref:<ref>` by default), in
+/// GitHub docs "OpenID Connect reference" → "OIDC token claims"
+/// (<https://docs.github.com/actions/reference/security/oidc>). The
+/// default branch comes from this configuration, never from a GitHub call
+/// per callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitHubRunPolicy {
+    /// `event_name`s accepted for callbacks of dispatched events. Default:
+    /// `repository_dispatch` (`CRCR_CALLBACK_EVENTS`).
+    pub events: BTreeSet<String>,
+    /// `event_name`s accepted for `nightly` / `periodic` callbacks. Default:
+    /// `repository_dispatch`, `schedule`, `workflow_dispatch`
+    /// (`CRCR_CALLBACK_SCHEDULED_EVENTS`).
+    pub scheduled_events: BTreeSet<String>,
+    /// The ref runs must be on, for repositories not in [`Self::branches`]:
+    /// a full ref. Default `refs/heads/main` (`CRCR_CALLBACK_DEFAULT_BRANCH`).
+    pub default_branch: String,
+    /// Lower-cased `owner/repo` → the full ref of its default branch
+    /// (`CRCR_CALLBACK_BRANCHES`).
+    pub branches: BTreeMap<String, String>,
+}
+
+impl Default for GitHubRunPolicy {
+    fn default() -> Self {
+        let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            events: set(&["repository_dispatch"]),
+            scheduled_events: set(&["repository_dispatch", "schedule", "workflow_dispatch"]),
+            default_branch: "refs/heads/main".to_owned(),
+            branches: BTreeMap::new(),
+        }
+    }
+}
+
+impl GitHubRunPolicy {
+    /// A branch name as a full ref: `main` → `refs/heads/main`; a value that
+    /// already starts with `refs/` is kept.
+    pub fn full_ref(branch: &str) -> String {
+        let b = branch.trim();
+        if b.starts_with("refs/") {
+            b.to_owned()
+        } else {
+            format!("refs/heads/{b}")
+        }
+    }
+
+    /// The full ref `repo`'s runs must be on.
+    pub fn branch_of(&self, repo: &RepoFullName) -> &str {
+        self.branches.get(&repo.as_str().to_ascii_lowercase()).map_or(self.default_branch.as_str(), String::as_str)
+    }
+
+    /// Checks a verified GitHub Actions token's `claims` for `repo`;
+    /// `scheduled`: a `nightly` / `periodic` callback. Errors
+    /// ([`OidcError::RunNotAllowed`], 403) name the claim: `event_name`
+    /// missing or not allowed, `ref` (or `sub`'s ref) missing or not the
+    /// repository's default branch.
+    pub fn check(&self, repo: &RepoFullName, claims: &Value, scheduled: bool) -> Result<(), OidcError> {
+        let (allowed, kind) =
+            if scheduled { (&self.scheduled_events, "nightly/periodic") } else { (&self.events, "dispatched-event") };
+        let list = allowed.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+        let event = match claims.get("event_name") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err(OidcError::RunNotAllowed("event_name is not a string".into())),
+            None => {
+                return Err(OidcError::RunNotAllowed(format!(
+                    "token has no event_name claim (one of {list} is required for {kind} callbacks)"
+                )))
+            }
+        };
+        if !allowed.contains(event) {
+            return Err(OidcError::RunNotAllowed(format!(
+                "event_name {:?} is not one of {list} (accepted for {kind} callbacks)",
+                shown(event)
+            )));
+        }
+        let git_ref = match claims.get("ref") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.as_str()),
+            Some(Value::String(_)) | None | Some(Value::Null) => None,
+            Some(_) => return Err(OidcError::RunNotAllowed("ref is not a string".into())),
+        };
+        // Without `ref`, the default `sub` template ends in `:ref:<ref>`.
+        let from_sub = || match claims.get("sub") {
+            Some(Value::String(s)) => s.split_once(":ref:").map(|(_, r)| r).filter(|r| !r.is_empty()),
+            _ => None,
+        };
+        let want = self.branch_of(repo);
+        match git_ref.or_else(from_sub) {
+            Some(r) if r == want => Ok(()),
+            Some(r) => Err(OidcError::RunNotAllowed(format!(
+                "ref {:?} is not {want}, the default branch of {repo} (repository_dispatch and schedule runs are on the default branch)",
+                shown(r)
+            ))),
+            None => Err(OidcError::RunNotAllowed(format!("token has no ref claim (and no ref in sub); {want} is required"))),
+        }
+    }
+}
+
 /// Verifier settings. `Default` is the production trust: GitHub Actions and
 /// Buildkite at their real issuers, audience [`DEFAULT_AUDIENCE`], an empty
 /// Buildkite map (every Buildkite token is refused until pipelines are
-/// mapped), 60 s leeway, one JWKS refetch per issuer per 60 s, keys reloaded
-/// after an hour, `jti` required.
+/// mapped), no enterprise issuer, the [`GitHubRunPolicy`] defaults, 60 s
+/// leeway, one unknown-`kid` JWKS refetch per issuer per 60 s, a failed JWKS
+/// fetch retried after 1 s doubling to 30 s, keys reloaded after an hour,
+/// `jti` required.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OidcConfig {
     pub audience: String,
     /// `None` disables the issuer.
     pub github_actions: Option<TrustAnchor>,
+    /// More GitHub Actions issuers: enterprises with a customised issuer
+    /// (`https://token.actions.githubusercontent.com/<enterprise slug>`, GitHub
+    /// "About security hardening with OpenID Connect" → "Customizing the
+    /// issuer value for an enterprise"). Each is matched exactly, has its own
+    /// JWKS and key cache, and its tokens are read like [`Self::github_actions`]'s.
+    pub github_enterprise_issuers: Vec<TrustAnchor>,
+    /// Which GitHub Actions runs may report ([`OidcVerifier::check_run`]).
+    pub github_runs: GitHubRunPolicy,
     /// `None` disables the issuer.
     pub buildkite: Option<TrustAnchor>,
     /// Key `organization_id/pipeline_id` (Buildkite UUIDs, compared
@@ -202,9 +342,15 @@ pub struct OidcConfig {
     pub buildkite_pipelines: BTreeMap<String, BuildkitePipeline>,
     /// Clock-skew allowance for `exp`, `nbf` and `iat`; at most [`MAX_LEEWAY`].
     pub leeway: Duration,
-    /// At most one unknown-`kid` JWKS refetch per issuer per this interval
-    /// (also the wait before retrying a failed JWKS load).
+    /// At most one unknown-`kid` JWKS refetch per issuer per this interval.
     pub jwks_refetch_interval: Duration,
+    /// After a failed JWKS fetch no other fetch of that issuer's keys is made
+    /// for this long (answered 503 with `Retry-After`); it doubles with each
+    /// further failure up to [`Self::jwks_max_backoff`] and is reset by a
+    /// successful fetch. Default 1 s.
+    pub jwks_backoff: Duration,
+    /// Longest JWKS back-off. Default 30 s.
+    pub jwks_max_backoff: Duration,
     /// Cached keys older than this are reloaded (on the next request); a
     /// failed reload keeps the old keys.
     pub jwks_max_age: Duration,
@@ -217,10 +363,14 @@ impl Default for OidcConfig {
         Self {
             audience: DEFAULT_AUDIENCE.to_owned(),
             github_actions: Some(TrustAnchor::github_actions()),
+            github_enterprise_issuers: Vec::new(),
+            github_runs: GitHubRunPolicy::default(),
             buildkite: Some(TrustAnchor::buildkite()),
             buildkite_pipelines: BTreeMap::new(),
             leeway: MAX_LEEWAY,
             jwks_refetch_interval: Duration::from_secs(60),
+            jwks_backoff: Duration::from_secs(1),
+            jwks_max_backoff: Duration::from_secs(30),
             jwks_max_age: Duration::from_secs(3600),
             require_jti: true,
         }
@@ -236,11 +386,13 @@ pub enum OidcConfigError {
     LeewayTooLarge(Duration),
     #[error("JWKS refetch interval must be at least one second")]
     RefetchIntervalTooShort,
+    #[error("JWKS back-off must be at least one second and at most its maximum ({0:?} .. {1:?})")]
+    BadJwksBackoff(Duration, Duration),
     #[error("no OIDC issuer is enabled")]
     NoIssuer,
     #[error("{what} {url:?} must be an https URL (http only on loopback)")]
     BadUrl { what: &'static str, url: String },
-    #[error("the GitHub Actions and Buildkite issuers are the same URL {0:?}")]
+    #[error("the OIDC issuer {0:?} is configured twice")]
     SameIssuer(String),
     #[error("Buildkite map key {0:?} is not of the form organization_id/pipeline_id")]
     BadPipelineKey(String),
@@ -302,8 +454,15 @@ pub enum OidcError {
         "repository {repo} is bound to repository_id {bound}, the token has {got} (renamed or re-created repository)"
     )]
     RepositoryIdMismatch { repo: String, bound: String, got: String },
-    #[error("keys of {issuer} are unavailable: {reason}")]
-    JwksUnavailable { issuer: String, reason: String },
+    #[error("keys of {issuer} are unavailable: {reason} (retry in {retry_after_s} s)")]
+    JwksUnavailable {
+        issuer: String,
+        reason: String,
+        /// Seconds until the relay fetches the keys again (the `Retry-After` answered).
+        retry_after_s: u64,
+    },
+    #[error("workflow run may not report results: {0}")]
+    RunNotAllowed(String),
     #[error("{what} unavailable: {reason}")]
     StoreUnavailable { what: &'static str, reason: String },
 }
@@ -313,9 +472,23 @@ impl OidcError {
     /// allowed, 503 when keys or stores are unreachable (the caller may retry).
     pub fn status(&self) -> StatusCode {
         match self {
-            OidcError::IdentityNotAllowed(_) | OidcError::RepositoryIdMismatch { .. } => StatusCode::FORBIDDEN,
+            OidcError::IdentityNotAllowed(_) | OidcError::RepositoryIdMismatch { .. } | OidcError::RunNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
             OidcError::JwksUnavailable { .. } | OidcError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// How long the caller should wait before retrying (the `Retry-After`
+    /// header, whole seconds, at least 1): `Some` only while an issuer's keys
+    /// cannot be fetched (503 [`OidcError::JwksUnavailable`]). RFC 9110
+    /// §10.2.3: `Retry-After` with a 503 tells how long the service is
+    /// expected to be unavailable.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            OidcError::JwksUnavailable { retry_after_s, .. } => Some(Duration::from_secs((*retry_after_s).max(1))),
+            _ => None,
         }
     }
 
@@ -340,6 +513,7 @@ impl OidcError {
             OidcError::IdentityNotAllowed(_) => "identity_not_allowed",
             OidcError::RepositoryIdMismatch { .. } => "repository_id_mismatch",
             OidcError::JwksUnavailable { .. } => "jwks_unavailable",
+            OidcError::RunNotAllowed(_) => "run_not_allowed",
             OidcError::StoreUnavailable { .. } => "store_unavailable",
         }
     }
@@ -433,10 +607,15 @@ impl OidcVerifier {
         if config.jwks_refetch_interval < Duration::from_secs(1) {
             return Err(OidcConfigError::RefetchIntervalTooShort);
         }
+        if config.jwks_backoff < Duration::from_secs(1) || config.jwks_max_backoff < config.jwks_backoff {
+            return Err(OidcConfigError::BadJwksBackoff(config.jwks_backoff, config.jwks_max_backoff));
+        }
         let mut issuers = Vec::new();
-        for (kind, anchor) in
-            [(IssuerKind::GitHubActions, &config.github_actions), (IssuerKind::Buildkite, &config.buildkite)]
-        {
+        let anchors = [(IssuerKind::GitHubActions, config.github_actions.as_ref())]
+            .into_iter()
+            .chain(config.github_enterprise_issuers.iter().map(|a| (IssuerKind::GitHubActions, Some(a))))
+            .chain([(IssuerKind::Buildkite, config.buildkite.as_ref())]);
+        for (kind, anchor) in anchors {
             let Some(anchor) = anchor else { continue };
             check_url("OIDC issuer", &anchor.issuer)?;
             check_url("JWKS URL", &anchor.jwks_url)?;
@@ -447,6 +626,7 @@ impl OidcVerifier {
                 anchor.clone(),
                 config.jwks_refetch_interval.as_millis() as i64,
                 config.jwks_max_age.as_millis() as i64,
+                (config.jwks_backoff.as_millis() as i64, config.jwks_max_backoff.as_millis() as i64),
             );
             issuers.push(Issuer { kind, anchor: anchor.clone(), keys });
         }
@@ -625,6 +805,18 @@ impl OidcVerifier {
         Ok(CallerIdentity { repo, issuer: issuer.kind, repository_id, claims, jti, exp })
     }
 
+    /// Whether the workflow run that minted `identity`'s token may report a
+    /// callback; `scheduled`: the callback is `nightly` / `periodic`. Only
+    /// GitHub Actions tokens are checked (a Buildkite pipeline's branch rule
+    /// is its `required_claims`). A refusal is [`OidcError::RunNotAllowed`]
+    /// (403) naming the claim. See [`GitHubRunPolicy`].
+    pub fn check_run(&self, identity: &CallerIdentity, scheduled: bool) -> Result<(), OidcError> {
+        if identity.issuer != IssuerKind::GitHubActions {
+            return Ok(());
+        }
+        self.config.github_runs.check(&identity.repo, &identity.claims, scheduled)
+    }
+
     /// GitHub Actions: `repository`, bound to `repository_id` on first sight.
     async fn github_identity(&self, claims: &Value) -> Result<(RepoFullName, Option<String>), OidcError> {
         let repo = match claims.get("repository") {
@@ -733,8 +925,12 @@ mod tests {
         assert_eq!(OidcError::Replay.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(OidcError::IdentityNotAllowed("x".into()).status(), StatusCode::FORBIDDEN);
         assert_eq!(
-            OidcError::JwksUnavailable { issuer: "i".into(), reason: "r".into() }.status(),
+            OidcError::JwksUnavailable { issuer: "i".into(), reason: "r".into(), retry_after_s: 0 }.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        assert_eq!(OidcError::RunNotAllowed("x".into()).status(), StatusCode::FORBIDDEN);
+        let e = OidcError::JwksUnavailable { issuer: "i".into(), reason: "r".into(), retry_after_s: 4 };
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(4)));
+        assert_eq!(OidcError::Replay.retry_after(), None);
     }
 }

@@ -59,7 +59,11 @@ pub struct RetriedRecord {
 /// What [`retry`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HudRetryReport {
-    /// Parked records that matched the filter (at most `max_scan` of each state read).
+    /// Parked records read: the oldest `max_scan` of each state asked for
+    /// (the filter applies to these; when it equals `max_scan`, there may be
+    /// more: give a larger `--max-scan`).
+    pub scanned: usize,
+    /// Parked records that matched the filter.
     pub matched: usize,
     /// Records put back in the queue (with `dry_run`: that would be), the
     /// later records of their jobs included.
@@ -86,9 +90,17 @@ pub async fn retry(
     if filter.include_rejected {
         parked.extend(jobs.outbox_in(HudSync::Rejected, max_scan).await?);
     }
+    let scanned = parked.len();
     parked.retain(|i| filter.matches(i));
     parked.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-    let mut report = HudRetryReport { matched: parked.len(), dry_run, ..Default::default() };
+    let mut report = HudRetryReport { scanned, matched: parked.len(), dry_run, ..Default::default() };
+    // Distinct due times: a DynamoDB pass reads every record tied on its due
+    // time, so thousands requeued at one instant would all be read each pass.
+    let mut at = now_ms;
+    let mut next_at = || {
+        at += 1;
+        at - 1
+    };
     progress.start(Some(parked.len() as u64));
     for item in parked {
         let record = |i: &OutboxItem| RetriedRecord {
@@ -114,11 +126,14 @@ pub async fn retry(
             report.requeued += 1 + later.len();
             report.records.push(record(&item));
             report.records.extend(later.iter().map(record));
-        } else if jobs.requeue_outbox(&item.id, now_ms).await? {
+        } else if jobs.requeue_outbox(&item.id, next_at()).await? {
             report.requeued += 1;
             report.records.push(record(&item));
+            // Should this stop here (the command killed, the store down), the
+            // sweep sends the later record again itself once this one is
+            // sent ([`crate::hud::sync_outbox`]).
             for l in &later {
-                if jobs.requeue_outbox(&l.id, now_ms).await? {
+                if jobs.requeue_outbox(&l.id, next_at()).await? {
                     report.requeued += 1;
                     report.records.push(record(l));
                 }
@@ -147,7 +162,8 @@ pub fn render(report: &HudRetryReport) -> String {
         ));
     }
     out.push_str(&format!(
-        "{} parked record(s) matched; {} {}; {} skipped (no longer parked)\n",
+        "{} parked record(s) read, {} matched; {} {}; {} skipped (no longer parked)\n",
+        report.scanned,
         report.matched,
         report.requeued,
         if report.dry_run { "would be requeued (dry run)" } else { "requeued: the next sweeps send them" },

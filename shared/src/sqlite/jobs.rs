@@ -509,8 +509,8 @@ impl JobStore for SqliteJobStore {
             .db
             .lock()
             .execute(
-                "UPDATE hud_outbox SET sync = 'pending', attempts = 0, updated_at_ms = ?2, next_attempt_at_ms = ?2
-                 WHERE id = ?1 AND sync <> 'pending'",
+                "UPDATE hud_outbox SET sync = 'pending', attempts = 0, created_at_ms = ?2, updated_at_ms = ?2,
+                 next_attempt_at_ms = ?2 WHERE id = ?1 AND sync <> 'pending'",
                 params![id, now_ms],
             )
             .map_err(unavailable)?;

@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS queue_messages (
 CREATE INDEX IF NOT EXISTS queue_messages_visible ON queue_messages (queue, visible_at_ms, seq);
 CREATE TABLE IF NOT EXISTS dispatches (
     delivery_id TEXT NOT NULL,
-    target_key TEXT NOT NULL,            -- lower-cased owner/repo
+    target_key TEXT NOT NULL,            -- ports::record_key: lower-cased owner/repo[#hook/<id>]
     target TEXT NOT NULL,                -- as spelled in the allowlist
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL,
@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS dispatches (
     check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run
     device TEXT,                         -- DispatchMeta::device
     received_at_ms INTEGER,              -- DispatchMeta::received_at_ms
+    hook_id INTEGER,                     -- DispatchMeta::hook_id (then target_key is ports::record_key)
     PRIMARY KEY (delivery_id, target_key)
 );
 CREATE INDEX IF NOT EXISTS dispatches_dispatched_at ON dispatches (dispatched_at_ms)
@@ -74,10 +75,14 @@ CREATE TABLE IF NOT EXISTS blobs (
 
 /// Columns of `dispatches` added after its first release: (name, type and
 /// default as in [`SCHEMA`]). [`Db::open`] adds the missing ones to an older
-/// file, so its existing rows read the default (`check_run` 0, `device` and
-/// `received_at_ms` NULL).
-const ADDED_DISPATCH_COLUMNS: [(&str, &str); 3] =
-    [("check_run", "INTEGER NOT NULL DEFAULT 0"), ("device", "TEXT"), ("received_at_ms", "INTEGER")];
+/// file, so its existing rows read the default (`check_run` 0, `device`,
+/// `received_at_ms` and `hook_id` NULL).
+const ADDED_DISPATCH_COLUMNS: [(&str, &str); 4] = [
+    ("check_run", "INTEGER NOT NULL DEFAULT 0"),
+    ("device", "TEXT"),
+    ("received_at_ms", "INTEGER"),
+    ("hook_id", "INTEGER"),
+];
 
 /// A shared handle on the database file.
 #[derive(Clone)]
@@ -218,6 +223,7 @@ CREATE INDEX IF NOT EXISTS dispatches_head_sha ON dispatches (head_sha, created_
             "    check_run INTEGER NOT NULL DEFAULT 0, -- DispatchMeta::check_run\n",
             "    device TEXT,                         -- DispatchMeta::device\n",
             "    received_at_ms INTEGER,              -- DispatchMeta::received_at_ms\n",
+            "    hook_id INTEGER,                     -- DispatchMeta::hook_id (then target_key is ports::record_key)\n",
             index,
         ] {
             assert!(old_schema.contains(part), "SCHEMA no longer contains {part:?}");
@@ -243,6 +249,7 @@ CREATE INDEX IF NOT EXISTS dispatches_head_sha ON dispatches (head_sha, created_
         assert!(!records[0].meta.check_run);
         assert_eq!(records[0].meta.device, None);
         assert_eq!(records[0].meta.received_at_ms, None);
+        assert_eq!(records[0].meta.hook_id, None);
         assert_eq!(store.records_for_commit(sha, 10).await.unwrap(), records);
         let indexed: i64 = db
             .lock()

@@ -1,4 +1,5 @@
-//! [`DispatchStore`] on SQLite: one row per (delivery id, lower-cased target);
+//! [`DispatchStore`] on SQLite: one row per (delivery id, [`record_key`]: the
+//! lower-cased target and the webhook's id when the delivery named it);
 //! claims are conditional updates inside an immediate transaction.
 
 use std::time::Duration;
@@ -9,7 +10,8 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::Db;
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::ports::{
-    AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore, StoreError,
+    record_key, AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
+    StoreError,
 };
 
 /// [`DispatchStore`] on SQLite.
@@ -29,7 +31,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 const COLUMNS: &str = "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
-    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run, device, received_at_ms";
+    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run, device, received_at_ms,
+    hook_id";
 
 /// The tail of [`DispatchStore::records_for_commit`]'s query (`?1` the
 /// commit, `?2` the limit): the order of the index `dispatches_head_sha`.
@@ -62,6 +65,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
                 check_run: r.get::<_, i64>(15).map_err(|e| corrupt(&e.to_string()))? != 0,
                 device: r.get(16).map_err(|e| corrupt(&e.to_string()))?,
                 received_at_ms: r.get(17).map_err(|e| corrupt(&e.to_string()))?,
+                hook_id: r.get::<_, Option<i64>>(18).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
             },
         })
     })();
@@ -79,12 +83,13 @@ impl DispatchStore for SqliteDispatchStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let lease_until = now_ms + lease.as_millis() as i64;
+        let key = record_key(target, meta.hook_id);
         let mut conn = self.db.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
         let existing: Option<(String, i64, u32)> = tx
             .query_row(
                 "SELECT status, lease_until_ms, attempts FROM dispatches WHERE delivery_id = ?1 AND target_key = ?2",
-                params![delivery.as_str(), target.key()],
+                params![delivery.as_str(), key],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
@@ -94,11 +99,11 @@ impl DispatchStore for SqliteDispatchStore {
                 tx.execute(
                     "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
                         created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device,
-                        received_at_ms)
-                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                        received_at_ms, hook_id)
+                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                     params![
                         delivery.as_str(),
-                        target.key(),
+                        key,
                         target.as_str(),
                         lease_until,
                         now_ms,
@@ -109,7 +114,8 @@ impl DispatchStore for SqliteDispatchStore {
                         meta.level.as_str(),
                         meta.check_run,
                         meta.device,
-                        meta.received_at_ms
+                        meta.received_at_ms,
+                        meta.hook_id.map(|n| n as i64)
                     ],
                 )
                 .map_err(unavailable)?;
@@ -125,7 +131,7 @@ impl DispatchStore for SqliteDispatchStore {
                     tx.execute(
                         "UPDATE dispatches SET attempts = attempts + 1, lease_until_ms = ?3, updated_at_ms = ?4
                          WHERE delivery_id = ?1 AND target_key = ?2",
-                        params![delivery.as_str(), target.key(), lease_until, now_ms],
+                        params![delivery.as_str(), key, lease_until, now_ms],
                     )
                     .map_err(unavailable)?;
                     Claim::Acquired { attempt: attempts + 1 }
@@ -137,9 +143,10 @@ impl DispatchStore for SqliteDispatchStore {
         Ok(claim)
     }
 
-    async fn finish(
+    async fn finish_for_hook(
         &self,
         delivery: &DeliveryId,
+        hook_id: Option<u64>,
         target: &RepoFullName,
         attempt: u32,
         outcome: &AttemptOutcome,
@@ -161,7 +168,7 @@ impl DispatchStore for SqliteDispatchStore {
             sql,
             params![
                 delivery.as_str(),
-                target.key(),
+                record_key(target, hook_id),
                 status,
                 error,
                 now_ms,

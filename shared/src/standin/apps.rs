@@ -37,10 +37,50 @@ pub(crate) async fn repo_installation(
         return resp;
     }
     let world = shared.world();
-    match world.installation_of(&format!("{owner}/{repo}")) {
+    let full = format!("{owner}/{repo}");
+    if let Some(id) = world.moved_id(&full) {
+        return moved(&shared, 301, &format!("/repositories/{id}/installation"));
+    }
+    match world.installation_of(&full) {
         Some(inst) => Json(installation_json(&shared, inst)).into_response(),
         None => gh_error(404, "Not Found", DOC_REPO_INSTALLATION),
     }
+}
+
+/// `GET /repositories/{id}/installation`: where GitHub's redirect for a
+/// renamed or transferred repository leads; answers as
+/// `GET /repos/{owner}/{repo}/installation` of the repository's current name.
+pub(crate) async fn repo_installation_by_id(
+    State(shared): State<Arc<Shared>>,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(resp) = require_app(&auth) {
+        return resp;
+    }
+    let world = shared.world();
+    match id.parse::<u64>().ok().and_then(|id| world.installation_of_id(id)) {
+        Some(inst) => Json(installation_json(&shared, inst)).into_response(),
+        None => gh_error(404, "Not Found", DOC_REPO_INSTALLATION),
+    }
+}
+
+/// GitHub's answer to a request naming a renamed or transferred repository:
+/// `status` (301 for `GET`, 307 for other methods: GitHub developer
+/// changelog, "Preview repository redirects", 2015-04-17) with `Location`
+/// the same request under `/repositories/{id}` and GitHub's JSON body
+/// ("Best practices for using the REST API" → "Follow redirects").
+pub(crate) fn moved(shared: &Shared, status: u16, path: &str) -> Response {
+    let location = format!("{}{path}", shared.base_url);
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let message = if status == 301 { "Moved Permanently" } else { "Temporary Redirect" };
+    let body = json!({"message": message, "url": location,
+        "documentation_url": "https://docs.github.com/rest/guides/best-practices-for-using-the-rest-api#follow-redirects"});
+    let mut resp = (code, Json(body)).into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    resp
 }
 
 fn app_permissions() -> Map<String, Value> {

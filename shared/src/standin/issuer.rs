@@ -1,10 +1,20 @@
 //! Stand-ins for `crcr demo` and the tests: a local OIDC issuer with a real RSA key and a JWKS endpoint
 //! (`<url>/.well-known/jwks`), minting GitHub Actions- and Buildkite-shaped tokens. The
 //! local HUD is [`super::hud`].
+//!
+//! The issuer may serve below a path (an enterprise's customised GitHub
+//! issuer is `https://token.actions.githubusercontent.com/<enterprise slug>`,
+//! with its keys at `<issuer>/.well-known/jwks`: [`Issuer::start_at`]) and
+//! can be put in an outage ([`Issuer::set_outage`]: the JWKS answers 503).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::KeyPair as _;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -14,8 +24,11 @@ use serde_json::{json, Value};
 
 /// A local OIDC issuer (GitHub Actions-shaped tokens, RS256, key id `k1`).
 pub struct Issuer {
+    /// The issuer (`iss`) URL; its JWKS is at `<url>/.well-known/jwks`.
     pub url: String,
     key: EncodingKey,
+    outage: Arc<AtomicBool>,
+    jwks_requests: Arc<AtomicUsize>,
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -25,25 +38,74 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 impl Issuer {
+    /// An issuer at `http://127.0.0.1:<port>`.
     pub async fn start() -> Issuer {
+        Self::start_at("").await
+    }
+
+    /// An issuer at `http://127.0.0.1:<port><path>` (`path` empty or starting
+    /// with `/`, e.g. `/acme-enterprise`), JWKS at `<url>/.well-known/jwks`.
+    pub async fn start_at(path: &str) -> Issuer {
         let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
         let pkcs8: Pkcs8V1Der<'static> = pair.as_der().unwrap();
         let key = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).unwrap();
         let c: PublicKeyComponents<Vec<u8>> = pair.public_key().into();
         let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
             "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]});
-        let app = Router::new().route("/.well-known/jwks", get(move || async move { Json(jwks) }));
+        let (outage, jwks_requests) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (down, count) = (outage.clone(), jwks_requests.clone());
+        let serve_jwks = move || {
+            let (down, count, jwks) = (down.clone(), count.clone(), jwks.clone());
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                if down.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                Json(jwks).into_response()
+            }
+        };
+        let path = path.trim_end_matches('/');
+        let app = Router::new().route(&format!("{path}/.well-known/jwks"), get(serve_jwks));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Issuer { url, key }
+        Issuer { url, key, outage, jwks_requests }
     }
 
-    /// A GitHub Actions-shaped token for `repo`, valid for 5 minutes.
+    /// While `down`, the JWKS endpoint answers 503 (an issuer outage).
+    pub fn set_outage(&self, down: bool) {
+        self.outage.store(down, Ordering::SeqCst);
+    }
+
+    /// JWKS requests answered so far (outage or not).
+    pub fn jwks_requests(&self) -> usize {
+        self.jwks_requests.load(Ordering::SeqCst)
+    }
+
+    /// A GitHub Actions-shaped token for `repo` from a `repository_dispatch`
+    /// run on `refs/heads/main` (what the relay's dispatches start), valid
+    /// for 5 minutes.
     pub fn token(&self, repo: &str, repo_id: &str) -> String {
+        self.run_token(repo, repo_id, "repository_dispatch", "refs/heads/main")
+    }
+
+    /// A GitHub Actions-shaped token for `repo` from a run triggered by
+    /// `event_name` on `git_ref` (e.g. `pull_request` on
+    /// `refs/pull/7/merge`), with the claims GitHub sets ("OpenID Connect
+    /// reference": `event_name`, `ref`, `ref_type`, default `sub`
+    /// `repo:<repo>:ref:<ref>`, or `repo:<repo>:pull_request` for pull
+    /// requests), valid for 5 minutes.
+    pub fn run_token(&self, repo: &str, repo_id: &str, event_name: &str, git_ref: &str) -> String {
         let now = chrono_now();
+        let sub = if event_name.starts_with("pull_request") {
+            format!("repo:{repo}:pull_request")
+        } else {
+            format!("repo:{repo}:ref:{git_ref}")
+        };
+        let ref_type = if git_ref.starts_with("refs/tags/") { "tag" } else { "branch" };
         let claims = json!({"iss": self.url, "aud": "pytorch-cross-repo-ci-relay", "repository": repo,
-            "repository_id": repo_id, "sub": format!("repo:{repo}:ref:refs/heads/main"),
+            "repository_id": repo_id, "sub": sub, "event_name": event_name, "ref": git_ref, "ref_type": ref_type,
+            "repository_owner": repo.split('/').next().unwrap_or_default(), "run_id": "123", "run_attempt": "1",
             "iat": now, "nbf": now, "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string()});
         self.sign(&claims)
     }

@@ -6,7 +6,9 @@
 //! - App JWTs are checked with the public half of an RSA key generated at
 //!   start (RS256, `iss`, `iat`/`exp` rules, GitHub's 401 messages);
 //! - `GET /repos/{owner}/{repo}/installation` answers per repository (404
-//!   when the App is not installed there);
+//!   when the App is not installed there; 301 to
+//!   `/repositories/{id}/installation` for a repository renamed with
+//!   [`StandIn::rename`], and a `POST .../dispatches` to it 307);
 //! - `POST /app/installations/{id}/access_tokens` mints `ghs_` tokens that
 //!   expire, optionally narrowed to repositories and permissions (422 when
 //!   asking for more than the installation has);
@@ -82,6 +84,12 @@ pub enum Fault {
     ServerError(u16),
     /// 403 with `Retry-After` and "You have exceeded a secondary rate limit...".
     SecondaryRateLimit { retry_after_s: u64 },
+    /// `status` (403 or 429) with "You have exceeded a secondary rate
+    /// limit..." and neither `Retry-After` nor `x-ratelimit-remaining: 0`
+    /// (the usual `x-ratelimit-*` of the call), which GitHub also answers:
+    /// the client must then wait at least one minute (GitHub docs, "Rate
+    /// limits for the REST API" → "Exceeding the rate limit").
+    SecondaryRateLimitNoHint { status: u16 },
     /// 429 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` = now + `reset_in_s`.
     PrimaryRateLimit { reset_in_s: u64 },
     /// The same primary rate limit answered as 403, which GitHub also does.
@@ -256,6 +264,16 @@ impl StandIn {
     /// repository added to it. Returns the installation id.
     pub fn install(&self, repo: &str) -> u64 {
         self.shared.world().install(repo)
+    }
+
+    /// Renames (or transfers, within the same installation) `old` to `new`:
+    /// same repository id and installation; requests naming `old` are
+    /// redirected as GitHub does (`GET .../installation` 301 to
+    /// `/repositories/{id}/installation`, which answers like the new name;
+    /// `POST .../dispatches` 307). Returns the repository's id; panics when
+    /// `old` is not installed (a test bug).
+    pub fn rename(&self, old: &str, new: &str) -> u64 {
+        self.shared.world().rename(old, new).unwrap_or_else(|| panic!("{old} is not installed"))
     }
 
     /// Removes `owner/repo` from its installation; tokens stop reaching it.

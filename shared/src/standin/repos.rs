@@ -87,6 +87,10 @@ pub(crate) async fn dispatch(
     body: Bytes,
 ) -> Response {
     let repo = format!("{owner}/{name}");
+    let moved = shared.world().moved_id(&repo);
+    if let Some(id) = moved {
+        return super::apps::moved(&shared, 307, &format!("/repositories/{id}/dispatches"));
+    }
     let access = match require_installation(&shared, &auth, &repo, DOC_DISPATCH) {
         Ok(access) => access,
         Err(resp) => return resp,
@@ -145,6 +149,13 @@ pub(crate) async fn fault_response(fault: Fault, installation_id: u64, request_i
             let mut resp = gh_error(403, &message, DOC_SECONDARY);
             insert(&mut resp, "retry-after", retry_after_s.to_string());
             resp
+        }
+        Fault::SecondaryRateLimitNoHint { status } => {
+            let message = format!(
+                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. \
+                 If you reach out to GitHub Support for help, please include the request ID {request_id}."
+            );
+            gh_error(if status == 429 { 429 } else { 403 }, &message, DOC_SECONDARY)
         }
         Fault::PrimaryRateLimit { reset_in_s } => primary_limit(429, reset_in_s, installation_id),
         Fault::PrimaryRateLimitForbidden { reset_in_s } => primary_limit(403, reset_in_s, installation_id),

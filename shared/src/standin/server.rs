@@ -48,6 +48,7 @@ pub(crate) fn spawn(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> (
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/repos/{owner}/{repo}/installation", get(apps::repo_installation))
+        .route("/repositories/{id}/installation", get(apps::repo_installation_by_id))
         .route("/app/installations/{id}/access_tokens", post(apps::create_token))
         .route("/app/hook/deliveries", get(hooks::list))
         .route("/app/hook/deliveries/{delivery_id}/attempts", post(hooks::redeliver))

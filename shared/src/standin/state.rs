@@ -53,6 +53,8 @@ pub(crate) struct World {
     pub private: HashSet<String>,
     /// lower-case names of repositories that exist (installed once, given a file, ...)
     pub known: HashSet<String>,
+    /// lower-case former names of renamed or transferred repositories -> their id
+    pub moved: HashMap<String, u64>,
     pub requests: Vec<RecordedRequest>,
     /// The App's webhook delivery log (`/app/hook/deliveries`)
     pub hooks: super::hooks::HookLog,
@@ -133,6 +135,7 @@ impl Shared {
                 faults: HashMap::new(),
                 private: HashSet::new(),
                 known: HashSet::new(),
+                moved: HashMap::new(),
                 requests: Vec::new(),
                 hooks: Default::default(),
                 dispatches: Vec::new(),
@@ -191,6 +194,47 @@ impl World {
             *next_repo += 1;
         }
         inst.id
+    }
+
+    /// Renames `old` to `new` (same id, same installation): later requests
+    /// naming `old` are redirected ([`World::moved_id`]); tokens that
+    /// reached `old` reach `new` (GitHub narrows tokens by repository, not
+    /// by name). Returns the repository's id, `None` when `old` is not
+    /// installed.
+    pub(crate) fn rename(&mut self, old: &str, new: &str) -> Option<u64> {
+        let (old_lower, new_lower) = (old.to_ascii_lowercase(), new.to_ascii_lowercase());
+        let repo = self
+            .installations
+            .iter_mut()
+            .flat_map(|i| i.repos.iter_mut())
+            .find(|r| r.full_name.to_ascii_lowercase() == old_lower)?;
+        repo.full_name = new.to_owned();
+        let id = repo.id;
+        self.moved.remove(&new_lower);
+        self.moved.insert(old_lower.clone(), id);
+        self.known.insert(new_lower.clone());
+        for token in self.tokens.values_mut() {
+            if let Some(set) = token.repos.as_mut() {
+                if set.remove(&old_lower) {
+                    set.insert(new_lower.clone());
+                }
+            }
+        }
+        Some(id)
+    }
+
+    /// The id of the repository formerly named `repo`, when it was renamed
+    /// or transferred and no repository has that name now.
+    pub(crate) fn moved_id(&self, repo: &str) -> Option<u64> {
+        if self.installation_of(repo).is_some() {
+            return None;
+        }
+        self.moved.get(&repo.to_ascii_lowercase()).copied()
+    }
+
+    /// The installation holding the repository with id `id`.
+    pub(crate) fn installation_of_id(&self, id: u64) -> Option<&Installation> {
+        self.installations.iter().find(|i| i.repos.iter().any(|r| r.id == id))
     }
 
     /// Removes `repo` from its installation (the owner unchecked it).
