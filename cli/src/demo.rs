@@ -164,6 +164,7 @@ pub async fn run() -> anyhow::Result<bool> {
         workers: 8,
         visibility_timeout: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(10),
+        server: Default::default(),
     };
     let relay = EmbeddedRelay::build(&cfg, &emb)?;
     let store: Arc<SqliteDispatchStore> = relay.store.clone();

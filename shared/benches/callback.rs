@@ -54,6 +54,7 @@ fn callback(c: &mut Criterion) {
             workers: 1,
             visibility_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            server: Default::default(),
         };
         (EmbeddedRelay::build(&cfg, &emb).unwrap(), issuer, gh)
     });

@@ -321,6 +321,29 @@ fn github_run_policy(
     })
 }
 
+/// `CRCR_HEADER_READ_TIMEOUT_SECS`, `CRCR_REQUEST_TIMEOUT_SECS`,
+/// `CRCR_MAX_CONNECTIONS` over [`crate::server::ServerLimits::default`];
+/// each more than 0.
+fn server_limits(env: &Env<'_>) -> Result<crate::server::ServerLimits, ConfigError> {
+    let d = crate::server::ServerLimits::default();
+    let positive = |key: &str, v: Duration| if v.is_zero() { Err(err(key, "must be more than 0")) } else { Ok(v) };
+    let max_connections = env.parsed("CRCR_MAX_CONNECTIONS", d.max_connections)?;
+    if max_connections == 0 {
+        return Err(err("CRCR_MAX_CONNECTIONS", "must be at least 1"));
+    }
+    Ok(crate::server::ServerLimits {
+        header_read_timeout: positive(
+            "CRCR_HEADER_READ_TIMEOUT_SECS",
+            seconds(env, "CRCR_HEADER_READ_TIMEOUT_SECS", d.header_read_timeout.as_secs_f64())?,
+        )?,
+        request_timeout: positive(
+            "CRCR_REQUEST_TIMEOUT_SECS",
+            seconds(env, "CRCR_REQUEST_TIMEOUT_SECS", d.request_timeout.as_secs_f64())?,
+        )?,
+        max_connections,
+    })
+}
+
 /// `key` as a number of seconds (fractions allowed, e.g. `0.2`); negative,
 /// NaN or too large is an error naming it.
 fn seconds(env: &Env<'_>, key: &str, default: f64) -> Result<Duration, ConfigError> {
@@ -456,6 +479,10 @@ pub struct EmbeddedConfig {
     /// left is taken up at the next start: messages reappear after their
     /// visibility timeout, HUD and check-run records stay pending).
     pub shutdown_grace: Duration,
+    /// HTTP limits against slow or idle clients ([`crate::server`]):
+    /// `CRCR_HEADER_READ_TIMEOUT_SECS` (10), `CRCR_REQUEST_TIMEOUT_SECS`
+    /// (30), `CRCR_MAX_CONNECTIONS` (512).
+    pub server: crate::server::ServerLimits,
 }
 
 impl EmbeddedConfig {
@@ -470,6 +497,7 @@ impl EmbeddedConfig {
             workers,
             visibility_timeout: Duration::from_secs(env.parsed("CRCR_VISIBILITY_TIMEOUT_SECS", 60)?),
             shutdown_grace: seconds(env, "CRCR_SHUTDOWN_GRACE_SECS", 3.0)?,
+            server: server_limits(env)?,
         })
     }
 }

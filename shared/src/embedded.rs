@@ -7,7 +7,7 @@
 //! process dies mid-way reappears after the visibility timeout, and its
 //! targets' leases let the next attempt take them over.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,10 @@ pub struct EmbeddedRelay {
     /// How long [`EmbeddedRelay::run`] lets in-flight work finish after the
     /// shutdown signal before it returns anyway (`CRCR_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
+    /// HTTP limits against slow or idle clients ([`crate::server`]).
+    pub server_limits: crate::server::ServerLimits,
+    /// Connections being served, and the most at once.
+    pub connections: crate::server::ConnectionCount,
 }
 
 /// Builds the GitHub client and the allowlist provider both runtimes use.
@@ -196,6 +200,8 @@ impl EmbeddedRelay {
             workers: emb.workers,
             visibility_timeout: emb.visibility_timeout,
             shutdown_grace: emb.shutdown_grace,
+            server_limits: emb.server,
+            connections: Default::default(),
         })
     }
 
@@ -249,14 +255,16 @@ impl EmbeddedRelay {
             stop_tx.subscribe(),
         ));
         let signalled = stop_tx.clone();
-        let mut server = tokio::spawn(
-            axum::serve(listener, self.router)
-                .with_graceful_shutdown(async move {
-                    shutdown.await;
-                    let _ = signalled.send(true);
-                })
-                .into_future(),
-        );
+        let mut server = tokio::spawn(crate::server::serve(
+            listener,
+            self.router,
+            self.server_limits,
+            self.connections.clone(),
+            async move {
+                shutdown.await;
+                let _ = signalled.send(true);
+            },
+        ));
         let mut stopped = stop_tx.subscribe();
         let served = tokio::select! {
             served = &mut server => Some(served),

@@ -27,6 +27,7 @@ pub mod reconcile;
 pub mod redeliver;
 pub mod runs;
 pub mod secrets;
+pub mod server;
 pub mod signature;
 pub mod sqlite;
 #[cfg(feature = "standin")]

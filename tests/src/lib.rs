@@ -102,6 +102,7 @@ impl Relay {
             workers: 8,
             visibility_timeout: VISIBILITY_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
+            server: Default::default(),
         };
         let relay = EmbeddedRelay::build(&cfg, &emb).expect("relay builds");
         let (store, queue, reconciler) = (relay.store.clone(), relay.queue.clone(), relay.reconciler.clone());

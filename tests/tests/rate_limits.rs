@@ -67,6 +67,7 @@ async fn a_secondary_rate_limit_without_headers_requeues_for_at_least_a_minute_t
         workers: 1,
         visibility_timeout: VISIBILITY_TIMEOUT,
         shutdown_grace: Duration::from_secs(1),
+        server: Default::default(),
     };
     let relay = EmbeddedRelay::build(&cfg, &emb).unwrap();
 

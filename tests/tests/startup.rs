@@ -55,6 +55,7 @@ async fn run_embedded(gh: &StandIn, allowlist: &Path) -> Result<(), EmbeddedErro
         workers: 2,
         visibility_timeout: VISIBILITY_TIMEOUT,
         shutdown_grace: Duration::from_secs(1),
+        server: Default::default(),
     };
     let relay = EmbeddedRelay::build(&cfg, &emb).expect("relay builds");
     let listener = tokio::net::TcpListener::bind(emb.listen).await.unwrap();
@@ -87,6 +88,7 @@ async fn embedded_relay_refuses_to_start_with_a_broken_allowlist_naming_file_and
         workers: 2,
         visibility_timeout: VISIBILITY_TIMEOUT,
         shutdown_grace: Duration::from_secs(1),
+        server: Default::default(),
     };
     let relay = EmbeddedRelay::build(&cfg, &emb).unwrap();
     let listener = tokio::net::TcpListener::bind(emb.listen).await.unwrap();
