@@ -66,6 +66,7 @@ CUSTOM_METRICS = {
     "HudOutboxBacklog": "GreaterThanThreshold",
     "HudOutboxFailed": "GreaterThanThreshold",
     "NeverStartedDispatches": "GreaterThanThreshold",
+    "RedeliverIncomplete": "GreaterThanThreshold",
     "GitHubRateLimitRemaining": "LessThanThreshold",
 }
 # Actions with no resource-level permissions: the only ones allowed on "*".

@@ -151,6 +151,15 @@ pub enum Disposition {
     },
 }
 
+/// Whether the relay acts on an event at all: fanned out
+/// ([`is_dispatched`]) or applied by the reconciler
+/// ([`crate::upstream::is_upstream`]). Ingest answers every other event 200
+/// ignored, so a failed delivery of one is not worth redelivering
+/// (`crate::redeliver`).
+pub fn is_acted_on(event: &str, action: Option<&str>) -> bool {
+    is_dispatched(event, action) || crate::upstream::is_upstream(event, action)
+}
+
 /// Events and actions that are fanned out (CONTRACTS.md "Webhook input").
 pub fn is_dispatched(event: &str, action: Option<&str>) -> bool {
     match event {

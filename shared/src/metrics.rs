@@ -18,8 +18,8 @@
 //!   a metric without labels is emitted with an empty dimension set
 //!   (`"Dimensions": [[]]`, which the specification allows), which is what
 //!   the alarms of `infra/modules/crcr/alarms.tf` read for
-//!   [`HUD_OUTBOX_BACKLOG`], [`HUD_OUTBOX_FAILED`], [`NEVER_STARTED_DISPATCHES`] and
-//!   [`GITHUB_RATE_LIMIT_REMAINING`] (`custom_metric_dimensions` = `{}`).
+//!   [`HUD_OUTBOX_BACKLOG`], [`HUD_OUTBOX_FAILED`], [`NEVER_STARTED_DISPATCHES`],
+//!   [`REDELIVER_INCOMPLETE`] and [`GITHUB_RATE_LIMIT_REMAINING`] (`custom_metric_dimensions` = `{}`).
 //!
 //! Names are the same in both exporters (CloudWatch style, as the alarms
 //! name them). Label values are always from small fixed sets (never a
@@ -172,6 +172,21 @@ pub const RUN_REQUESTS: &str = "RunRequests";
 /// the REST API" → "Follow redirects".
 pub const ALLOWLIST_RENAMED_REPOS: &str = "AllowlistRenamedRepos";
 
+/// Gauge, 0 or 1, no labels: whether the last missed-delivery recovery run
+/// (`crate::redeliver`, scheduled: `crcr serve`, the reconciler's
+/// `{"task":"redeliver"}`) could not finish: it stopped before reading the
+/// delivery log down to its bound (page, time or pending limit, a GitHub
+/// error) or left failed deliveries unasked (request limit, rate limit,
+/// refused credentials). The next run goes on from there; alarm
+/// `redeliver-incomplete` fires when no run finished for an hour, before
+/// anything ages out of GitHub's 3-day window.
+pub const REDELIVER_INCOMPLETE: &str = "RedeliverIncomplete";
+
+/// Gauge, no labels: failed deliveries found by missed-delivery recovery
+/// and not asked for yet, after its last run (they are asked for first by
+/// the next run).
+pub const REDELIVER_PENDING: &str = "RedeliverPending";
+
 /// Every metric name, for exporters and docs.
 pub const ALL: &[&str] = &[
     WEBHOOKS,
@@ -194,6 +209,8 @@ pub const ALL: &[&str] = &[
     UPSTREAM_EVENTS,
     RUN_REQUESTS,
     ALLOWLIST_RENAMED_REPOS,
+    REDELIVER_INCOMPLETE,
+    REDELIVER_PENDING,
 ];
 
 /// Records that this process loaded allowlist `version` now (see

@@ -13,7 +13,9 @@
 //!    ([`GITHUB_WINDOW`] minus [`WINDOW_MARGIN`]);
 //! 2. groups the deliveries by GUID (`X-GitHub-Delivery`: the original and
 //!    its redeliveries share it). A GUID counts as delivered when any of its
-//!    attempts got a 2xx `status_code`;
+//!    attempts got a 2xx `status_code`. A GUID of an event the relay does
+//!    not act on ([`crate::dispatch::is_acted_on`]: ingest answers it 200
+//!    ignored) is skipped;
 //! 3. asks GitHub to redeliver (`POST /app/hook/deliveries/{id}/attempts`)
 //!    the newest delivery of each GUID that was not delivered, oldest GUID
 //!    first (events reach the relay in their original order), once per run,
@@ -28,12 +30,25 @@
 //!    receiver that refused the same event three times will refuse it a
 //!    fourth; on-call takes it from there, see `docs/RUNBOOK.md`).
 //!
-//! The cursor advances only after a complete run (every page down to the
-//! lower bound read, no transient error, no request left undone), so a
-//! failure never skips deliveries; the GUIDs already asked for are saved
-//! after each request, so a run that dies never asks twice. Two runs at
-//! once (a CLI run during `crcr serve`'s schedule) may ask for one GUID
-//! twice; the relay's per-delivery idempotency makes that harmless.
+//! A run that cannot finish loses nothing and does not start over:
+//!
+//! - a scan stopped by the page limit, the time budget, a full waiting list
+//!   or an error stores GitHub's cursor of the first page it did not read;
+//!   the next run reads on from there first (older deliveries age out of
+//!   the 3 days first), then the newest pages down to where that scan
+//!   began. A busy log cannot starve older failures;
+//! - failed GUIDs found but not asked for (request limit, time budget, a
+//!   rate limit) wait in the state ([`MAX_PENDING`] at most: a scan stops
+//!   before it could find more) and are asked for first by the next run,
+//!   without reading their pages again.
+//!
+//! The cursor (`scanned_to`) advances once a scan reached its lower bound.
+//! The GUIDs already asked for are saved after each request, so a run that
+//! dies never asks twice. Two runs at once (a CLI run during `crcr serve`'s
+//! schedule) may ask for one GUID twice; the relay's per-delivery
+//! idempotency makes that harmless. A scheduled run that could not finish
+//! sets [`crate::metrics::REDELIVER_INCOMPLETE`] (alarm
+//! `redeliver-incomplete`).
 //!
 //! Runs from `crcr redeliver`, every `CRCR_REDELIVER_INTERVAL_SECS` inside
 //! `crcr serve` ([`run_periodic`]), and on AWS from a scheduled Lambda
@@ -47,6 +62,7 @@ use async_trait::async_trait;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::dispatch::is_acted_on;
 use crate::github::{classify, GitHubAppClient, GitHubAppConfig, GitHubConfigError};
 use crate::ops::progress::{NoProgress, Progress};
 use crate::ops::{format_age, format_time, table::Table};
@@ -66,11 +82,16 @@ pub const CURSOR_OVERLAP: Duration = Duration::from_secs(10 * 60);
 /// The [`StateStore`] key of the stored cursor and requested GUIDs.
 pub const STATE_KEY: &str = "redeliver";
 /// The version of the stored JSON value this code writes and reads.
-pub const STATE_VERSION: u64 = 1;
+pub const STATE_VERSION: u64 = 2;
 /// At most this many requested GUIDs are remembered (oldest forgotten
-/// first): about 100 bytes each, so the value stays far below DynamoDB's
-/// 400 KB item limit.
+/// first): about 100 bytes each.
 pub const MAX_REMEMBERED: usize = 2000;
+/// At most this many failed GUIDs wait in the state for a later run (about
+/// 130 bytes each): a scan stops, to go on next run, before it could find
+/// more. With [`MAX_REMEMBERED`] the stored value stays below ~350 KB,
+/// inside DynamoDB's 400 KB item limit ("Service, account, and table
+/// quotas in Amazon DynamoDB" → item size).
+pub const MAX_PENDING: usize = 1000;
 
 // ---------------------------------------------------------------- port
 
@@ -280,17 +301,44 @@ pub struct RunOptions {
     pub dry_run: bool,
 }
 
-/// The stored value (JSON, versioned): how far the log was read and the
-/// GUIDs asked for.
+/// The stored value (JSON, versioned): how far the log was read, where an
+/// interrupted scan goes on, the GUIDs asked for and those found but not
+/// asked for yet. Version 1 (no `resume`, no `pending`) is read as is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredState {
     version: u64,
-    /// `delivered_at` (ms) of the newest delivery read by the last complete run.
+    /// `delivered_at` (ms) of the newest delivery of the log read down to
+    /// the previous bound: everything older (minus [`CURSOR_OVERLAP`]) was
+    /// scanned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scanned_to_ms: Option<i64>,
+    /// A scan that stopped before its lower bound (page, time or pending
+    /// limit, or an error): the next run reads on from here first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resume: Option<Resume>,
     /// GUID → what was asked for it.
     #[serde(default)]
     requested: BTreeMap<String, Requested>,
+    /// GUID → its newest failed attempt, found by a scan and not asked for
+    /// yet (request limit, time budget, a rate limit): asked for first by
+    /// the next run, oldest first, without reading its page again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pending: BTreeMap<String, Pending>,
+}
+
+/// Where an interrupted scan of `[lower_ms, upper_ms]` goes on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Resume {
+    /// GitHub's `cursor` of the first page not read (GitHub's cursors name
+    /// a delivery, so the page is the same later, minus what aged out).
+    cursor: String,
+    /// The scan's lower bound (ms).
+    lower_ms: i64,
+    /// `delivered_at` (ms) of the newest delivery the scan read: once the
+    /// scan reaches `lower_ms`, the log is scanned up to here.
+    upper_ms: i64,
+    /// `delivered_at` (ms) of the oldest delivery it read so far.
+    read_to_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +349,24 @@ struct Requested {
     id: u64,
     /// When (ms since the epoch, relay clock).
     at_ms: i64,
+    /// A 2xx attempt of the GUID was listed since: its older failed
+    /// attempts, read again by a later scan, are not asked for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ok: bool,
+}
+
+/// A failed GUID left for a later run: its newest attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    id: u64,
+    /// `delivered_at` (ms).
+    at_ms: i64,
+    event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    action: Option<String>,
+    code: u16,
+    /// Failed attempts listed when it was found.
+    failed: usize,
 }
 
 /// Errors that stop a run before it reports.
@@ -354,6 +420,14 @@ pub struct GuidRow {
     pub outcome: GuidOutcome,
 }
 
+/// Deliveries between `from_ms` and `to_ms` (ms, `delivered_at`) that a
+/// scan has not read yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Unscanned {
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
 /// What a run read and did. `complete` runs advanced the cursor.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RedeliverReport {
@@ -362,6 +436,9 @@ pub struct RedeliverReport {
     pub from_ms: i64,
     /// Whether the lower bound came from the stored cursor.
     pub from_cursor: bool,
+    /// Whether the run first went on with a scan an earlier run could not
+    /// finish (from where it stopped, not from the newest page).
+    pub resumed: bool,
     /// Pages read.
     pub pages: usize,
     /// Deliveries listed on those pages.
@@ -381,8 +458,19 @@ pub struct RedeliverReport {
     pub skipped_gave_up: usize,
     /// Failed GUIDs outside `--since` or the 3-day window.
     pub skipped_too_old: usize,
+    /// Failed GUIDs of events the relay does not act on
+    /// ([`crate::dispatch::is_acted_on`]: ingest would answer them 200
+    /// ignored): not asked for.
+    pub skipped_ignored: usize,
+    /// Failed GUIDs found and not asked for yet (limit, budget, rate limit),
+    /// stored for the next run, which asks for them first.
+    pub pending: usize,
+    /// The part of the log a scan could not read yet (page, time or
+    /// pending limit, or an error): the next run reads it first.
+    pub unscanned: Option<Unscanned>,
     /// Every run reads to its lower bound and asks for everything it found;
-    /// `false` when it stopped early (error, limit, budget).
+    /// `false` when it stopped early (error, limit, budget): what it left
+    /// is in `unscanned` and `pending`, and the next run starts there.
     pub complete: bool,
     /// The stored cursor after the run (ms), when one is stored.
     pub cursor_ms: Option<i64>,
@@ -403,11 +491,17 @@ impl RedeliverReport {
             self.deliveries,
             format_time(self.from_ms),
             format_age(now_ms - self.from_ms),
-            if self.from_cursor { ", where the last complete run stopped" } else { "" },
+            if self.resumed {
+                ", going on where the last run stopped"
+            } else if self.from_cursor {
+                ", where the last complete run stopped"
+            } else {
+                ""
+            },
         );
         out.push_str(&format!(
             "{} GUID(s), {} without a successful attempt; {} {}; skipped: {} already OK, {} already requested, \
-             {} given up, {} too old\n",
+             {} given up, {} too old, {} of events the relay does not act on\n",
             self.guids,
             self.failed,
             if self.dry_run { "would redeliver" } else { "redelivered" },
@@ -416,6 +510,7 @@ impl RedeliverReport {
             self.skipped_requested,
             self.skipped_gave_up,
             self.skipped_too_old,
+            self.skipped_ignored,
         ));
         if !self.rows.is_empty() {
             let mut t = Table::new(["GUID", "EVENT", "DELIVERY", "AGE", "STATUS", "FAILED", "OUTCOME"]);
@@ -446,7 +541,18 @@ impl RedeliverReport {
             out.push_str(&t.max_cell(80).render());
         }
         if !self.complete {
-            out.push_str("incomplete: the cursor stays where it was; the next run reads these deliveries again\n");
+            out.push_str("incomplete: the next run goes on from here");
+            if let Some(u) = &self.unscanned {
+                out.push_str(&format!(
+                    "; not read yet: deliveries from {} to {}",
+                    format_time(u.from_ms),
+                    format_time(u.to_ms)
+                ));
+            }
+            if self.pending > 0 {
+                out.push_str(&format!("; {} failed GUID(s) wait to be asked for", self.pending));
+            }
+            out.push('\n');
         }
         for e in &self.errors {
             out.push_str(&format!("error: {e}\n"));
@@ -530,54 +636,146 @@ impl Redeliverer {
         let window_floor = now - ms(GITHUB_WINDOW.saturating_sub(WINDOW_MARGIN));
         let since_floor = (now - ms(opts.since.unwrap_or(DEFAULT_SINCE))).max(window_floor);
         let cursor_floor = state.scanned_to_ms.filter(|_| opts.since.is_none()).map(|c| c - ms(CURSOR_OVERLAP));
-        let (lower, too_old_floor) = match cursor_floor {
+        let (top_lower, too_old_floor) = match cursor_floor {
             Some(c) => (c.max(window_floor), window_floor),
             None => (since_floor, since_floor),
         };
+        // An interrupted scan goes on first (older deliveries age out of
+        // GitHub's window first); then the newest pages, down to where
+        // that scan started.
+        let resume = state.resume.clone().filter(|_| opts.since.is_none());
+        let mut segments: Vec<Segment> = Vec::with_capacity(2);
+        if let Some(r) = &resume {
+            let lower = r.lower_ms.max(window_floor);
+            segments.push(Segment {
+                cursor: Some(r.cursor.clone()),
+                lower,
+                reach: lower,
+                newest: Some(r.upper_ms),
+                oldest: Some(r.read_to_ms),
+            });
+        }
+        // Scanned before up to `reach`; read down to `CURSOR_OVERLAP` below it
+        // when the run has pages left.
+        let (reach, lower) = match (&resume, cursor_floor) {
+            (Some(r), _) => (r.upper_ms.max(window_floor), (r.upper_ms - ms(CURSOR_OVERLAP)).max(window_floor)),
+            (None, Some(_)) => (top_lower + ms(CURSOR_OVERLAP), top_lower),
+            (None, None) => (top_lower, top_lower),
+        };
+        segments.push(Segment { cursor: None, lower, reach, newest: None, oldest: None });
+        let lower = segments.iter().map(|g| g.lower).min().unwrap_or(top_lower);
+        let too_old_floor = too_old_floor.min(lower);
         let mut report = RedeliverReport {
             dry_run: opts.dry_run,
             from_ms: lower,
             from_cursor: cursor_floor.is_some_and(|c| c >= window_floor),
+            resumed: resume.is_some(),
             ..Default::default()
         };
-        // Whether the cursor may advance after this run.
-        let mut complete = true;
 
-        // 1. Read the log down to `lower`.
+        // 1. Read the log, segment by segment, down to each lower bound.
         progress.start(None);
         let mut read: Vec<HookDelivery> = Vec::new();
-        let mut page_cursor: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
+        // Failed deliveries of acted-on events read: a bound on the GUIDs
+        // this run may add to `pending`.
+        let mut found_failed = 0usize;
         let mut refused = false;
-        loop {
-            if report.pages >= s.max_pages || started.elapsed() > s.time_budget {
-                report.errors.push(format!(
-                    "stopped after {} page(s) ({} deliveries) before reaching {}: page or time limit",
-                    report.pages,
-                    report.deliveries,
-                    format_time(lower)
-                ));
-                complete = false;
-                break;
-            }
-            let page = match self.deliveries.list_page(s.per_page, page_cursor.as_deref()).await {
-                Ok(page) => page,
-                Err(e) => {
-                    refused = matches!(e, HookError::Refused { .. });
-                    report.errors.push(format!("listing deliveries (page {}): {e}", report.pages + 1));
-                    complete = false;
+        let mut scanned_to = state.scanned_to_ms;
+        let mut new_resume: Option<Resume> = None;
+        let mut scan_done = true;
+        let mut i = 0;
+        while i < segments.len() {
+            let seg = segments[i].clone();
+            let mut page_cursor = seg.cursor.clone();
+            let (mut newest, mut oldest) = (seg.newest, seg.oldest);
+            let (mut interrupted, mut cursor_refused) = (false, false);
+            loop {
+                let limit = if report.pages >= s.max_pages {
+                    Some("page limit")
+                } else if started.elapsed() > s.time_budget {
+                    Some("time budget")
+                } else if state.pending.len() + found_failed + usize::from(s.per_page) > MAX_PENDING {
+                    Some("too many failed deliveries waiting to be asked for")
+                } else {
+                    None
+                };
+                if limit.is_some() && oldest.is_some_and(|o| o <= seg.reach) {
+                    // Stopped inside the overlap with what was scanned
+                    // before: every delivery newer than that was read.
                     break;
                 }
-            };
-            report.pages += 1;
-            report.deliveries += page.deliveries.len();
-            progress.inc(1);
-            progress.message(&format!("read {} page(s), {} deliveries", report.pages, report.deliveries));
-            let oldest = page.deliveries.iter().map(|d| d.delivered_at_ms).min();
-            read.extend(page.deliveries);
-            match (oldest, page.next_cursor) {
-                (Some(oldest), Some(next)) if oldest >= lower => page_cursor = Some(next),
-                _ => break,
+                if let Some(why) = limit {
+                    report.errors.push(format!(
+                        "stopped after {} page(s) ({} deliveries) before reaching {}: {why}; the next run goes on \
+                         from there",
+                        report.pages,
+                        report.deliveries,
+                        format_time(seg.lower)
+                    ));
+                    interrupted = true;
+                    break;
+                }
+                let page = match self.deliveries.list_page(s.per_page, page_cursor.as_deref()).await {
+                    Ok(page) => page,
+                    Err(HookError::Rejected { status, message })
+                        if seg.cursor.is_some() && page_cursor == seg.cursor =>
+                    {
+                        // GitHub no longer takes the stored cursor: read
+                        // that part again from the newest page.
+                        tracing::warn!(status, %message, "GitHub refused the stored redeliver cursor; scanning from the newest page");
+                        segments[i + 1].lower = segments[i + 1].lower.min(seg.lower);
+                        cursor_refused = true;
+                        break;
+                    }
+                    Err(e) => {
+                        refused = matches!(e, HookError::Refused { .. });
+                        report.errors.push(format!("listing deliveries (page {}): {e}", report.pages + 1));
+                        interrupted = true;
+                        break;
+                    }
+                };
+                report.pages += 1;
+                progress.inc(1);
+                let page_oldest = page.deliveries.iter().map(|d| d.delivered_at_ms).min();
+                for d in page.deliveries {
+                    if !seen.insert(d.id) {
+                        continue;
+                    }
+                    report.deliveries += 1;
+                    if !d.delivered() && d.delivered_at_ms >= seg.lower && is_acted_on(&d.event, d.action.as_deref()) {
+                        found_failed += 1;
+                    }
+                    newest = newest.max(Some(d.delivered_at_ms));
+                    read.push(d);
+                }
+                oldest = match (oldest, page_oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                progress.message(&format!("read {} page(s), {} deliveries", report.pages, report.deliveries));
+                match (page_oldest, page.next_cursor) {
+                    (Some(o), Some(next)) if o >= seg.lower => page_cursor = Some(next),
+                    _ => break,
+                }
             }
+            if interrupted {
+                scan_done = false;
+                // The next run reads on from the first page not read; a scan
+                // that read nothing simply starts again.
+                if let (Some(cursor), Some(upper_ms)) = (page_cursor, newest) {
+                    new_resume =
+                        Some(Resume { cursor, lower_ms: seg.lower, upper_ms, read_to_ms: oldest.unwrap_or(upper_ms) });
+                }
+                break;
+            }
+            if !cursor_refused {
+                // Read down to its lower bound: scanned up to its newest delivery.
+                if let Some(up) = newest {
+                    scanned_to = Some(scanned_to.map_or(up, |a| a.max(up)));
+                }
+            }
+            i += 1;
         }
 
         // 2. Group by GUID.
@@ -593,7 +791,7 @@ impl Redeliverer {
                 v.failed_attempts += 1;
             }
         }
-        let mut candidates: Vec<(&str, &GuidView<'_>)> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         for (guid, v) in &by_guid {
             let at = v.newest.delivered_at_ms;
             if at >= lower {
@@ -601,96 +799,135 @@ impl Redeliverer {
             }
             if v.delivered {
                 // Failed once, delivered since: on this run's pages, or asked for by an earlier run.
-                let asked_before = state.requested.remove(*guid).is_some();
-                if asked_before || (v.failed_attempts > 0 && at >= too_old_floor) {
+                let asked_before = match state.requested.get_mut(*guid) {
+                    Some(r) if !r.ok => {
+                        r.ok = true;
+                        true
+                    }
+                    _ => false,
+                };
+                let was_pending = state.pending.remove(*guid).is_some();
+                if asked_before || was_pending || (v.failed_attempts > 0 && at >= too_old_floor) {
                     report.skipped_ok += 1;
+                }
+                continue;
+            }
+            if !is_acted_on(&v.newest.event, v.newest.action.as_deref()) {
+                // Ingest would answer it 200 ignored: nothing to recover.
+                state.pending.remove(*guid);
+                if at >= lower {
+                    report.skipped_ignored += 1;
+                }
+                continue;
+            }
+            if state.requested.get(*guid).is_some_and(|r| r.ok) {
+                // Delivered after a request (an older scan read the 2xx).
+                state.pending.remove(*guid);
+                continue;
+            }
+            if let Some(p) = state.pending.get_mut(*guid) {
+                // Found by an earlier run: asked for below, as its newest attempt.
+                if v.newest.id > p.id {
+                    *p = Candidate::of(v).pending();
                 }
                 continue;
             }
             if at >= lower {
                 report.failed += 1;
-                candidates.push((guid, v));
+                candidates.push(Candidate::of(v));
             } else if at < too_old_floor {
                 report.skipped_too_old += 1;
-                report.rows.push(row(v, GuidOutcome::TooOld));
+                report.rows.push(Candidate::of(v).row(GuidOutcome::TooOld));
             }
             // Between the window and the cursor: handled by an earlier run.
         }
-        candidates.sort_by_key(|(_, v)| (v.newest.delivered_at_ms, v.newest.id));
+        // Found by earlier runs and not asked for yet.
+        for (guid, p) in std::mem::take(&mut state.pending) {
+            let c = Candidate::from_pending(guid, p);
+            if c.delivered_at_ms < window_floor {
+                report.skipped_too_old += 1;
+                report.rows.push(c.row(GuidOutcome::TooOld));
+            } else {
+                report.failed += 1;
+                candidates.push(c);
+            }
+        }
+        candidates.sort_by_key(|c| (c.delivered_at_ms, c.id));
 
         // 3. Ask for redelivery.
         let candidates_n = candidates.len();
         progress.start(Some(candidates_n as u64));
         let mut asked = 0usize;
         let mut stop: Option<&'static str> = refused.then_some("GitHub refused the App's credentials");
-        for (i, (guid, v)) in candidates.into_iter().enumerate() {
+        for (i, c) in candidates.into_iter().enumerate() {
             // The previous GUID is decided (each arm below ends with `continue` or falls through).
             if i > 0 {
                 progress.inc(1);
                 progress.message(&tally(&report));
             }
-            let d = v.newest;
+            let guid = c.guid.as_str();
             let previous = state.requested.get(guid).cloned();
-            if previous.as_ref().is_some_and(|p| p.id >= d.id) {
+            if previous.as_ref().is_some_and(|p| p.id >= c.id) {
                 report.skipped_requested += 1;
-                report.rows.push(row(v, GuidOutcome::AlreadyRequested));
+                report.rows.push(c.row(GuidOutcome::AlreadyRequested));
                 continue;
             }
             let attempt = previous.as_ref().map_or(1, |p| p.n + 1);
             if attempt > s.max_attempts {
                 report.skipped_gave_up += 1;
-                tracing::warn!(guid, delivery_id = d.id, event = %d.event, attempts = attempt - 1,
+                tracing::warn!(guid, delivery_id = c.id, event = %c.event, attempts = attempt - 1,
                     metric = "redeliver_gave_up", "redelivery keeps failing; not asking again");
-                report.rows.push(row(v, GuidOutcome::GaveUp { attempts: attempt - 1 }));
+                report.rows.push(c.row(GuidOutcome::GaveUp { attempts: attempt - 1 }));
                 continue;
             }
             if stop.is_none() && (asked >= s.max_redeliveries || started.elapsed() > s.time_budget) {
                 stop = Some("redelivery limit or time budget reached");
             }
             if stop.is_some() {
-                complete = false;
-                report.rows.push(row(v, GuidOutcome::Deferred));
+                state.pending.insert(c.guid.clone(), c.pending());
+                report.rows.push(c.row(GuidOutcome::Deferred));
                 continue;
             }
             if opts.dry_run {
                 report.redelivered += 1;
-                report.rows.push(row(v, GuidOutcome::WouldRequest { attempt }));
+                report.rows.push(c.row(GuidOutcome::WouldRequest { attempt }));
                 continue;
             }
             if asked > 0 {
                 tokio::time::sleep(s.request_interval).await;
             }
             asked += 1;
-            match self.deliveries.redeliver(d.id).await {
+            match self.deliveries.redeliver(c.id).await {
                 Ok(()) => {
-                    tracing::info!(guid, delivery_id = d.id, event = %d.event, attempt, "asked GitHub to redeliver");
+                    tracing::info!(guid, delivery_id = c.id, event = %c.event, attempt, "asked GitHub to redeliver");
                     report.redelivered += 1;
-                    state.requested.insert(guid.to_owned(), Requested { n: attempt, id: d.id, at_ms: now });
+                    state.requested.insert(c.guid.clone(), Requested { n: attempt, id: c.id, at_ms: now, ok: false });
                     self.save_state(&state).await?;
-                    report.rows.push(row(v, GuidOutcome::Requested { attempt }));
+                    report.rows.push(c.row(GuidOutcome::Requested { attempt }));
                 }
                 Err(e) => {
-                    tracing::warn!(guid, delivery_id = d.id, error = %e, "redelivery request failed");
+                    tracing::warn!(guid, delivery_id = c.id, error = %e, "redelivery request failed");
                     match &e {
                         HookError::Transient { retry_after, .. } => {
-                            complete = false;
+                            state.pending.insert(c.guid.clone(), c.pending());
                             if retry_after.is_some() {
                                 stop = Some("rate limited by GitHub");
                             }
                         }
                         HookError::Refused { .. } => {
-                            complete = false;
+                            state.pending.insert(c.guid.clone(), c.pending());
                             stop = Some("GitHub refused the App's credentials");
                         }
                         // Asking again will not help: count it as given up.
                         HookError::NotFound(_) | HookError::Rejected { .. } => {
-                            state
-                                .requested
-                                .insert(guid.to_owned(), Requested { n: s.max_attempts, id: d.id, at_ms: now });
+                            state.requested.insert(
+                                c.guid.clone(),
+                                Requested { n: s.max_attempts, id: c.id, at_ms: now, ok: false },
+                            );
                         }
                     }
-                    report.errors.push(format!("redelivering {guid} (delivery {}): {e}", d.id));
-                    report.rows.push(row(v, GuidOutcome::Error { error: e.to_string() }));
+                    report.errors.push(format!("redelivering {guid} (delivery {}): {e}", c.id));
+                    report.rows.push(c.row(GuidOutcome::Error { error: e.to_string() }));
                 }
             }
         }
@@ -704,7 +941,20 @@ impl Redeliverer {
         }
 
         // 4. Remember.
-        report.complete = complete;
+        if opts.since.is_some() {
+            // A `--since` run leaves an earlier run's interrupted scan alone
+            // unless it read all of it.
+            match (&state.resume, scan_done) {
+                (Some(old), true) if lower <= old.lower_ms => state.resume = None,
+                (Some(_), _) => {}
+                (None, _) => state.resume = new_resume,
+            }
+        } else {
+            state.resume = new_resume;
+        }
+        report.pending = state.pending.len();
+        report.unscanned = state.resume.as_ref().map(|r| Unscanned { from_ms: r.lower_ms, to_ms: r.read_to_ms });
+        report.complete = scan_done && state.pending.is_empty();
         if !opts.dry_run {
             let forget_before = now - ms(GITHUB_WINDOW);
             state.requested.retain(|_, r| r.at_ms >= forget_before);
@@ -716,18 +966,12 @@ impl Redeliverer {
                     state.requested.remove(&g);
                 }
             }
-            if complete {
-                let newest = read.iter().map(|d| d.delivered_at_ms).max();
-                state.scanned_to_ms = match (state.scanned_to_ms, newest) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-            }
+            state.scanned_to_ms = scanned_to;
             state.version = STATE_VERSION;
             self.save_state(&state).await?;
             report.cursor_ms = state.scanned_to_ms;
         } else {
-            report.cursor_ms = state.scanned_to_ms;
+            report.cursor_ms = self.load_state().await?.scanned_to_ms;
         }
         Ok(report)
     }
@@ -740,6 +984,8 @@ impl Redeliverer {
         for e in &report.errors {
             tracing::error!(error = %e, "redeliver");
         }
+        ::metrics::gauge!(crate::metrics::REDELIVER_INCOMPLETE).set(if report.complete { 0.0 } else { 1.0 });
+        ::metrics::gauge!(crate::metrics::REDELIVER_PENDING).set(report.pending as f64);
         if report.pages > 0 || !report.errors.is_empty() {
             tracing::info!(
                 pages = report.pages,
@@ -750,6 +996,11 @@ impl Redeliverer {
                 skipped_requested = report.skipped_requested,
                 skipped_gave_up = report.skipped_gave_up,
                 skipped_too_old = report.skipped_too_old,
+                skipped_ignored = report.skipped_ignored,
+                pending = report.pending,
+                resumed = report.resumed,
+                unscanned_from_ms = report.unscanned.map(|u| u.from_ms),
+                unscanned_to_ms = report.unscanned.map(|u| u.to_ms),
                 errors = report.errors.len(),
                 complete = report.complete,
                 metric = "redeliver",
@@ -766,18 +1017,82 @@ fn tally(r: &RedeliverReport) -> String {
     format!("requested {}, skipped {skipped}, errors {}", r.redelivered, r.errors.len())
 }
 
-fn row(v: &GuidView<'_>, outcome: GuidOutcome) -> GuidRow {
-    let d = v.newest;
-    GuidRow {
-        guid: d.guid.clone(),
-        event: d.event.clone(),
-        action: d.action.clone(),
-        delivery_id: d.id,
-        delivered_at_ms: d.delivered_at_ms,
-        status_code: d.status_code,
-        attempts: v.failed_attempts,
-        outcome,
+/// A failed GUID the run may ask for: its newest attempt, read now or
+/// stored by an earlier run.
+struct Candidate {
+    guid: String,
+    id: u64,
+    delivered_at_ms: i64,
+    event: String,
+    action: Option<String>,
+    status_code: u16,
+    failed_attempts: usize,
+}
+
+impl Candidate {
+    fn of(v: &GuidView<'_>) -> Self {
+        let d = v.newest;
+        Self {
+            guid: d.guid.clone(),
+            id: d.id,
+            delivered_at_ms: d.delivered_at_ms,
+            event: d.event.clone(),
+            action: d.action.clone(),
+            status_code: d.status_code,
+            failed_attempts: v.failed_attempts,
+        }
     }
+
+    fn from_pending(guid: String, p: Pending) -> Self {
+        Self {
+            guid,
+            id: p.id,
+            delivered_at_ms: p.at_ms,
+            event: p.event,
+            action: p.action,
+            status_code: p.code,
+            failed_attempts: p.failed,
+        }
+    }
+
+    fn pending(&self) -> Pending {
+        Pending {
+            id: self.id,
+            at_ms: self.delivered_at_ms,
+            event: self.event.clone(),
+            action: self.action.clone(),
+            code: self.status_code,
+            failed: self.failed_attempts,
+        }
+    }
+
+    fn row(&self, outcome: GuidOutcome) -> GuidRow {
+        GuidRow {
+            guid: self.guid.clone(),
+            event: self.event.clone(),
+            action: self.action.clone(),
+            delivery_id: self.id,
+            delivered_at_ms: self.delivered_at_ms,
+            status_code: self.status_code,
+            attempts: self.failed_attempts,
+            outcome,
+        }
+    }
+}
+
+/// One stretch of the log a run reads, newest to oldest.
+#[derive(Clone)]
+struct Segment {
+    /// The first page (`None`: the newest).
+    cursor: Option<String>,
+    /// Read down to deliveries this old (ms).
+    lower: i64,
+    /// Done once read down to here (ms): `lower`, or for the newest pages
+    /// the newest delivery scanned before (`lower` adds the overlap).
+    reach: i64,
+    /// An interrupted scan's newest and oldest delivery read so far (ms).
+    newest: Option<i64>,
+    oldest: Option<i64>,
 }
 
 /// Runs [`Redeliverer::run_scheduled`] now and then every `interval` until

@@ -14,7 +14,8 @@ use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::ops::progress::{ProgressEvent, ProgressLog};
 use crcr_shared::ports::{InMemoryStateStore, StateStore};
 use crcr_shared::redeliver::{
-    run_periodic, GuidOutcome, RedeliverError, RedeliverReport, RedeliverSettings, Redeliverer, RunOptions, STATE_KEY,
+    run_periodic, GuidOutcome, RedeliverError, RedeliverReport, RedeliverSettings, Redeliverer, RunOptions,
+    MAX_PENDING, STATE_KEY,
 };
 use crcr_shared::standin::{Fault, HookDeliverySeed, StandIn, StandInOptions};
 use serde_json::Value;
@@ -103,12 +104,12 @@ fn scenario(s: &StandIn) -> Scenario {
     // Redeliveries (same GUID, newer attempts).
     let b_ok = s.add_hook_delivery(HookDeliverySeed {
         redelivery: true,
-        ..HookDeliverySeed::new("b", "pull_request", 200, SystemTime::now() - 90 * MIN)
+        ..HookDeliverySeed::new("b", "pull_request", 200, SystemTime::now() - 90 * MIN).action("opened")
     });
     ids.insert("b-redelivered", b_ok);
     let d_again = s.add_hook_delivery(HookDeliverySeed {
         redelivery: true,
-        ..HookDeliverySeed::new("d", "pull_request", 502, SystemTime::now() - 150 * MIN)
+        ..HookDeliverySeed::new("d", "pull_request", 502, SystemTime::now() - 150 * MIN).action("opened")
     });
     ids.insert("d-redelivered", d_again);
     Scenario { ids }
@@ -144,7 +145,7 @@ async fn reads_pages_to_six_hours_and_asks_once_per_failed_guid_for_its_newest_a
 
     // The stored value: versioned JSON with the cursor and the GUIDs asked for.
     let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
-    assert_eq!(stored["version"], 1);
+    assert_eq!(stored["version"], 2);
     assert_eq!(stored["requested"]["a"]["n"], 1);
     assert_eq!(stored["requested"]["d"]["id"], sc.ids["d-redelivered"]);
     assert!(stored["requested"].get("b").is_none());
@@ -397,13 +398,19 @@ async fn a_rate_limited_request_stops_the_run_and_the_rest_waits() {
     let limited = run(&r, None, false).await;
     assert_eq!(s.redelivery_requests().len(), 1, "no request after the rate limit");
     assert!(!limited.complete);
-    assert_eq!(limited.cursor_ms, None);
     let o = outcomes(&limited);
     assert!(matches!(o["e"], GuidOutcome::Error { .. }), "{o:?}");
     assert_eq!((&o["d"], &o["a"]), (&GuidOutcome::Deferred, &GuidOutcome::Deferred));
+    // The log was read to its bound; what was not asked for waits in the state.
+    assert!(limited.cursor_ms.is_some() && limited.unscanned.is_none(), "{limited:#?}");
+    assert_eq!(limited.pending, 3, "e (rate limited), d and a");
+    assert!(limited.render(0).contains("3 failed GUID(s) wait to be asked for"), "{}", limited.render(0));
 
+    // The next run asks for them first, without reading their pages again.
     let later = run(&r, None, false).await;
-    assert!(later.complete);
+    assert!(later.complete, "{later:#?}");
+    assert_eq!(later.pending, 0);
+    assert_eq!(later.pages, 1, "only the newest page, down to the cursor");
     assert_eq!(accepted(&s), ["e", "d", "a"]);
 }
 
@@ -444,10 +451,10 @@ async fn a_state_of_a_newer_version_is_refused_untouched_and_a_corrupt_one_resta
     seed(&s, "g", 502, MIN);
     let (r, state) = redeliverer(&s);
 
-    let newer = r#"{"version":2,"whatever":true}"#;
+    let newer = r#"{"version":3,"whatever":true}"#;
     state.put(STATE_KEY, newer).await.unwrap();
     let e = r.run(&RunOptions::default()).await.unwrap_err();
-    assert!(matches!(e, RedeliverError::StateVersion { found: 2 }), "{e}");
+    assert!(matches!(e, RedeliverError::StateVersion { found: 3 }), "{e}");
     assert_eq!(state.get(STATE_KEY).await.unwrap().as_deref(), Some(newer));
     assert!(s.redelivery_requests().is_empty());
 
@@ -455,7 +462,7 @@ async fn a_state_of_a_newer_version_is_refused_untouched_and_a_corrupt_one_resta
     let report = run(&r, None, false).await;
     assert_eq!(report.redelivered, 1);
     let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
-    assert_eq!(stored["version"], 1);
+    assert_eq!(stored["version"], 2);
 }
 
 #[tokio::test]
@@ -506,4 +513,196 @@ fn settings_are_read_from_the_environment() {
     assert_eq!((app.app_id, app.api_url.as_str()), (42, "https://api.github.com"));
     let e = github_app_from_env(&vars(&[("CRCR_GITHUB_APP_ID", "42")])).unwrap_err();
     assert_eq!(e.key, "CRCR_GITHUB_APP_PRIVATE_KEY");
+}
+
+/// The starvation the resume fixes: a run stopped by its page limit, then a
+/// busy log (new deliveries on top, more than a run's pages). Each next run
+/// reads on from the page where the last one stopped, so the old failures
+/// are asked for (oldest first, once each) before the new pages are read.
+#[tokio::test]
+async fn a_run_stopped_by_its_page_limit_goes_on_where_it_stopped_not_from_the_newest_page() {
+    let s = start().await;
+    // 30 deliveries, 1 to 30 minutes old, every 5th failed: old-0 (oldest
+    // failure) .. old-25; pages of 5.
+    for i in 0..30u32 {
+        let age = (60 - 2 * i) * MIN;
+        seed(&s, &format!("old-{i}"), if i % 5 == 0 { 502 } else { 200 }, age);
+    }
+    let (mut r, state) = redeliverer(&s);
+    r.settings.max_pages = 2;
+
+    let first = run(&r, None, false).await;
+    assert!(!first.complete && !first.resumed);
+    assert_eq!(first.pages, 2);
+    let unscanned = first.unscanned.expect("what was not read is reported");
+    assert!(unscanned.from_ms < unscanned.to_ms);
+    assert!(first.render(0).contains("not read yet: deliveries from"), "{}", first.render(0));
+    assert_eq!(accepted(&s), ["old-20", "old-25"], "the newest two pages");
+    let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
+    assert!(stored["resume"]["cursor"].is_string(), "{stored}");
+
+    // Busy log: 15 new deliveries (3 pages) arrive, all delivered but one.
+    for i in 0..15u32 {
+        seed(&s, &format!("new-{i}"), if i == 7 { 503 } else { 200 }, Duration::from_secs(u64::from(30 - i)));
+    }
+    let second = run(&r, None, false).await;
+    assert!(second.resumed, "{second:#?}");
+    assert_eq!(accepted(&s)[2..], ["old-10", "old-15"], "the next older pages, not the new ones");
+
+    let mut runs = 2;
+    loop {
+        let report = run(&r, None, false).await;
+        runs += 1;
+        if report.complete {
+            assert!(report.unscanned.is_none());
+            break;
+        }
+        assert!(runs < 10, "never finished: {report:#?}");
+    }
+    // Every failure asked for exactly once; the old ones before the new one.
+    assert_eq!(accepted(&s), ["old-20", "old-25", "old-10", "old-15", "old-0", "old-5", "new-7"]);
+    let done = run(&r, None, false).await;
+    assert!(done.complete && !done.resumed && done.redelivered == 0, "{done:#?}");
+}
+
+/// A page that fails mid-scan: the next run goes on from that page.
+#[tokio::test]
+async fn a_page_error_mid_scan_is_read_again_from_that_page() {
+    let s = start().await;
+    // 10 minutes apart: the next run's newest page reaches the first scan's
+    // newest delivery minus the 10-minute overlap in one page.
+    for i in 0..15u32 {
+        seed(&s, &format!("g-{i}"), if i % 5 == 0 { 502 } else { 200 }, (150 - 10 * i) * MIN);
+    }
+    let (r, _state) = redeliverer(&s);
+    s.inject_hook_list_fault(1, Fault::ServerError(502));
+    let failed = run(&r, None, false).await;
+    assert_eq!((failed.pages, failed.complete), (1, false));
+    assert!(failed.unscanned.is_some());
+    let next = run(&r, None, false).await;
+    assert!(next.resumed && next.complete, "{next:#?}");
+    // Pages 2 and 3 from the stored cursor, then the newest page down to where the first scan began.
+    assert_eq!(next.pages, 3, "{next:#?}");
+    assert_eq!(accepted(&s), ["g-10", "g-0", "g-5"]);
+}
+
+/// GitHub refuses a stored cursor (422, e.g. a format it no longer takes):
+/// the run reads that part again from the newest page instead of stalling.
+#[tokio::test]
+async fn a_stored_cursor_github_refuses_is_replaced_by_a_scan_from_the_newest_page() {
+    let s = start().await;
+    for i in 0..10u32 {
+        seed(&s, &format!("g-{i}"), if i % 3 == 0 { 502 } else { 200 }, (30 - 2 * i) * MIN);
+    }
+    let (mut r, state) = redeliverer(&s);
+    r.settings.max_pages = 1;
+    let first = run(&r, None, false).await;
+    assert!(!first.complete);
+    let mut stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
+    stored["resume"]["cursor"] = "not-a-cursor".into();
+    state.put(STATE_KEY, &stored.to_string()).await.unwrap();
+
+    r.settings.max_pages = 300;
+    let next = run(&r, None, false).await;
+    assert!(next.complete, "{next:#?}");
+    let mut asked = accepted(&s);
+    asked.sort();
+    assert_eq!(asked, ["g-0", "g-3", "g-6", "g-9"]);
+}
+
+/// Ingest answers events it does not act on 200 ignored
+/// (`dispatch::is_acted_on`): a failed delivery of one is not redelivered.
+#[tokio::test]
+async fn failed_deliveries_of_events_the_relay_does_not_act_on_are_not_asked_for() {
+    let s = start().await;
+    let add = |guid: &str, event: &str, action: Option<&str>| {
+        let mut seed = HookDeliverySeed::new(guid, event, 502, SystemTime::now() - MIN);
+        if let Some(a) = action {
+            seed = seed.action(a);
+        }
+        s.add_hook_delivery(seed);
+    };
+    add("check-run-completed", "check_run", Some("completed"));
+    add("workflow-run", "workflow_run", Some("completed"));
+    add("installation", "installation", Some("created"));
+    add("pr-edited", "pull_request", Some("edited"));
+    add("pr-labeled", "pull_request", Some("labeled"));
+    add("suite-rerequested", "check_suite", Some("rerequested"));
+    add("push", "push", None);
+    let (r, _state) = redeliverer(&s);
+    let report = run(&r, None, false).await;
+    assert_eq!(report.skipped_ignored, 4, "{report:#?}");
+    assert!(report.complete);
+    let mut asked = accepted(&s);
+    asked.sort();
+    assert_eq!(asked, ["pr-labeled", "push", "suite-rerequested"]);
+    assert!(report.render(0).contains("4 of events the relay does not act on"), "{}", report.render(0));
+}
+
+/// More failures than the state keeps ([`MAX_PENDING`]): the scan stops
+/// before it could find more than it can store, and later runs go on;
+/// every failure is asked for once, and the stored value stays bounded.
+#[tokio::test]
+async fn a_flood_of_failures_is_worked_through_over_runs_with_the_waiting_list_bounded() {
+    let s = start().await;
+    let n = MAX_PENDING + 300;
+    for i in 0..n {
+        s.add_hook_delivery(HookDeliverySeed::new(
+            &format!("f-{i:05}"),
+            "push",
+            502,
+            SystemTime::now() - Duration::from_secs(n as u64 - i as u64),
+        ));
+    }
+    let (mut r, state) = redeliverer(&s);
+    r.settings.per_page = 100;
+    r.settings.max_redeliveries = 200;
+    let mut runs = 0;
+    loop {
+        let report = run(&r, None, false).await;
+        runs += 1;
+        assert!(report.pending <= MAX_PENDING, "{}", report.pending);
+        let stored = state.get(STATE_KEY).await.unwrap().unwrap();
+        assert!(stored.len() < 350_000, "{} bytes", stored.len());
+        if report.complete {
+            break;
+        }
+        assert!(runs < 20, "never finished");
+    }
+    let asked = accepted(&s);
+    assert_eq!(asked.len(), n, "each once");
+    let unique: std::collections::HashSet<&String> = asked.iter().collect();
+    assert_eq!(unique.len(), n);
+}
+
+/// The scheduled run sets `RedeliverIncomplete` (the alarm's metric) and
+/// `RedeliverPending`.
+#[cfg(feature = "prometheus")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_scheduled_run_that_could_not_finish_sets_the_incomplete_gauge() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let gauge = |name: &str| {
+        let text = handle.render();
+        text.lines().find(|l| l.starts_with(&format!("{name} "))).and_then(|l| l.rsplit(' ').next()).map(str::to_owned)
+    };
+    let s = start().await;
+    for i in 0..12u32 {
+        seed(&s, &format!("g-{i}"), 502, (i + 1) * MIN);
+    }
+    let (mut r, _state) = redeliverer(&s);
+    r.settings.max_pages = 1;
+    r.settings.max_redeliveries = 2;
+    let first = r.run_scheduled().await.unwrap();
+    assert!(!first.complete);
+    assert_eq!(gauge("RedeliverIncomplete").as_deref(), Some("1"));
+    assert_eq!(gauge("RedeliverPending").as_deref(), Some("3"), "5 found on the page, 2 asked for");
+
+    r.settings.max_pages = 300;
+    r.settings.max_redeliveries = 200;
+    let second = r.run_scheduled().await.unwrap();
+    assert!(second.complete, "{second:#?}");
+    assert_eq!(gauge("RedeliverIncomplete").as_deref(), Some("0"));
+    assert_eq!(gauge("RedeliverPending").as_deref(), Some("0"));
 }

@@ -166,6 +166,29 @@ resource "aws_cloudwatch_metric_alarm" "never_started_dispatches" {
   tags                = var.tags
 }
 
+# Missed-delivery recovery ({"task":"redeliver"}) could not finish a single
+# run for an hour: the App's delivery log is read no further (GitHub refuses
+# the App's credentials, rate limits, or the log is busier than one run can
+# read) and failed deliveries come closer to GitHub's 3-day limit. Each run
+# goes on where the last one stopped; the gauge is 1 for a run that did not
+# finish, so the minimum over an hour is 1 only when none did.
+resource "aws_cloudwatch_metric_alarm" "redeliver_incomplete" {
+  alarm_name          = "${var.name_prefix}-redeliver-incomplete"
+  alarm_description   = "No missed-delivery recovery run finished for an hour (RUNBOOK: Missed webhook deliveries; crcr redeliver --dry-run)."
+  namespace           = var.metrics_namespace
+  metric_name         = "RedeliverIncomplete"
+  dimensions          = var.custom_metric_dimensions
+  statistic           = "Minimum"
+  period              = 3600
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.redeliver_incomplete_threshold
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+  tags                = var.tags
+}
+
 # The App's GitHub API budget is running out: dispatches will start failing
 # with 403/429 until the reset.
 resource "aws_cloudwatch_metric_alarm" "github_rate_limit_low" {

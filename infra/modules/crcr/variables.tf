@@ -348,6 +348,12 @@ variable "hud_outbox_failed_threshold" {
   default     = 0
 }
 
+variable "redeliver_incomplete_threshold" {
+  description = "Alarm when the minimum of RedeliverIncomplete (1: a missed-delivery recovery run could not finish) over an hour is above this; the default 0 fires when no run finished for an hour."
+  type        = number
+  default     = 0
+}
+
 variable "hud_max_attempts" {
   description = "HUD answers 5xx (or nothing) this many times for one record: the record is parked as failed (CRCR_HUD_MAX_ATTEMPTS)."
   type        = number
