@@ -36,8 +36,8 @@ use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
 use crcr_shared::reconcile::{Reconciler, ReconcilerSettings};
 use crcr_shared::signature::WebhookSecret;
 use crcr_shared::sqlite::SqliteDispatchStore;
-use crcr_shared::standin::issuer::{Hud, Issuer};
-use crcr_shared::standin::{Fault, StandIn, StandInOptions};
+use crcr_standin::issuer::{Hud, Issuer};
+use crcr_standin::{Fault, StandIn, StandInOptions};
 use serde_json::{json, Value};
 
 const ALLOWLIST: &str = include_str!("../../fixtures/allowlist/pytorch-allowlist.yml");

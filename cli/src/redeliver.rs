@@ -64,7 +64,7 @@ pub async fn run(args: RedeliverArgs, env: &Env<'_>, out: &mut impl Write) -> an
 mod tests {
     use std::time::SystemTime;
 
-    use crcr_shared::standin::{HookDeliverySeed, StandIn, StandInOptions};
+    use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};
 
     use super::*;
 

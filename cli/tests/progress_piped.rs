@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crcr_shared::ports::{Clock, EventQueue, QueueSide, SystemClock};
 use crcr_shared::sqlite::{Db, SqliteQueue};
-use crcr_shared::standin::{HookDeliverySeed, StandIn, StandInOptions};
+use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};
 
 /// `crcr <args>` with stdout and stderr piped (what `Command::output` does).
 fn crcr(args: &[&str], env: &[(&str, String)]) -> Output {

@@ -13,8 +13,8 @@ use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::lifecycle::{JobKey, JobRecord, JobState, JobStore, OutboxItem};
 use crcr_shared::ports::{Clock, SystemClock};
 use crcr_shared::sqlite::{Db, SqliteJobStore};
-use crcr_shared::standin::hud::Hud;
-use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_standin::hud::Hud;
+use crcr_standin::{StandIn, StandInOptions};
 use serde_json::json;
 
 const RECORDS: usize = 40;
@@ -80,7 +80,7 @@ fn serve(db: &Path, gh: &StandIn, hud: &Hud) -> Child {
         .env("CRCR_GITHUB_API_URL", gh.base_url())
         .env("CRCR_ALLOWLIST_FILE", allowlist)
         .env("CRCR_HUD_URL", &hud.url)
-        .env("CRCR_HUD_BOT_KEY", crcr_shared::standin::hud::DEFAULT_BOT_KEY)
+        .env("CRCR_HUD_BOT_KEY", crcr_standin::hud::DEFAULT_BOT_KEY)
         .env("CRCR_SWEEP_INTERVAL_SECS", "0.2")
         .env("CRCR_REDELIVER_INTERVAL_SECS", "0")
         .stdout(Stdio::null())

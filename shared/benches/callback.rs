@@ -6,7 +6,7 @@
 //! check (dispatch record + job state reads) and the durable enqueue on the
 //! reconcile queue. Tokens are minted outside the measured time.
 //!
-//! Run: `cargo bench -p crcr-shared --features standin --bench callback`.
+//! Run: `cargo bench -p crcr-shared --bench callback`.
 
 use std::time::Duration;
 
@@ -19,8 +19,8 @@ use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::oidc::TrustAnchor;
 use crcr_shared::ports::{AttemptOutcome, DispatchMeta, DispatchStore};
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::standin::issuer::Issuer;
-use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_standin::issuer::Issuer;
+use crcr_standin::{StandIn, StandInOptions};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::Request;
 use tower::ServiceExt;

@@ -30,7 +30,5 @@ pub mod secrets;
 pub mod server;
 pub mod signature;
 pub mod sqlite;
-#[cfg(feature = "standin")]
-pub mod standin;
 pub mod trace;
 pub mod upstream;

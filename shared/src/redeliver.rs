@@ -643,7 +643,13 @@ impl Redeliverer {
         // An interrupted scan goes on first (older deliveries age out of
         // GitHub's window first); then the newest pages, down to where
         // that scan started.
-        let resume = state.resume.clone().filter(|_| opts.since.is_none());
+        let mut scanned_to = state.scanned_to_ms;
+        let mut resume = state.resume.clone().filter(|_| opts.since.is_none());
+        if let Some(r) = resume.as_ref().filter(|r| r.read_to_ms <= window_floor) {
+            // All it had left to read has aged out of GitHub's window.
+            scanned_to = scanned_to.max(Some(r.upper_ms));
+            resume = None;
+        }
         let mut segments: Vec<Segment> = Vec::with_capacity(2);
         if let Some(r) = &resume {
             let lower = r.lower_ms.max(window_floor);
@@ -659,7 +665,7 @@ impl Redeliverer {
         // when the run has pages left.
         let (reach, lower) = match (&resume, cursor_floor) {
             (Some(r), _) => (r.upper_ms.max(window_floor), (r.upper_ms - ms(CURSOR_OVERLAP)).max(window_floor)),
-            (None, Some(_)) => (top_lower + ms(CURSOR_OVERLAP), top_lower),
+            (None, Some(_)) => (scanned_to.unwrap_or(top_lower), top_lower),
             (None, None) => (top_lower, top_lower),
         };
         segments.push(Segment { cursor: None, lower, reach, newest: None, oldest: None });
@@ -681,7 +687,9 @@ impl Redeliverer {
         // this run may add to `pending`.
         let mut found_failed = 0usize;
         let mut refused = false;
-        let mut scanned_to = state.scanned_to_ms;
+        // The scan leaves half the time budget to the requests when there
+        // is anything to ask for.
+        let scan_budget = |waiting: usize| if waiting > 0 { s.time_budget / 2 } else { s.time_budget };
         let mut new_resume: Option<Resume> = None;
         let mut scan_done = true;
         let mut i = 0;
@@ -693,7 +701,7 @@ impl Redeliverer {
             loop {
                 let limit = if report.pages >= s.max_pages {
                     Some("page limit")
-                } else if started.elapsed() > s.time_budget {
+                } else if started.elapsed() > scan_budget(state.pending.len() + found_failed) {
                     Some("time budget")
                 } else if state.pending.len() + found_failed + usize::from(s.per_page) > MAX_PENDING {
                     Some("too many failed deliveries waiting to be asked for")
@@ -718,13 +726,15 @@ impl Redeliverer {
                 }
                 let page = match self.deliveries.list_page(s.per_page, page_cursor.as_deref()).await {
                     Ok(page) => page,
-                    Err(HookError::Rejected { status, message })
+                    Err(e @ (HookError::Rejected { .. } | HookError::NotFound(_)))
                         if seg.cursor.is_some() && page_cursor == seg.cursor =>
                     {
                         // GitHub no longer takes the stored cursor: read
-                        // that part again from the newest page.
-                        tracing::warn!(status, %message, "GitHub refused the stored redeliver cursor; scanning from the newest page");
-                        segments[i + 1].lower = segments[i + 1].lower.min(seg.lower);
+                        // that part again from the newest page, all of it.
+                        tracing::warn!(error = %e, "GitHub refused the stored redeliver cursor; scanning from the newest page");
+                        let top = &mut segments[i + 1];
+                        top.lower = top.lower.min(seg.lower);
+                        top.reach = top.lower;
                         cursor_refused = true;
                         break;
                     }
@@ -841,10 +851,15 @@ impl Redeliverer {
             }
             // Between the window and the cursor: handled by an earlier run.
         }
-        // Found by earlier runs and not asked for yet.
-        for (guid, p) in std::mem::take(&mut state.pending) {
+        // Found by earlier runs and not asked for yet. They stay stored until
+        // settled below, so a run cut off halfway loses none of them.
+        for (guid, p) in state.pending.clone() {
+            if !by_guid.get(guid.as_str()).is_some_and(|v| v.newest.delivered_at_ms >= lower) {
+                report.guids += 1;
+            }
             let c = Candidate::from_pending(guid, p);
             if c.delivered_at_ms < window_floor {
+                state.pending.remove(&c.guid);
                 report.skipped_too_old += 1;
                 report.rows.push(c.row(GuidOutcome::TooOld));
             } else {
@@ -867,6 +882,8 @@ impl Redeliverer {
             }
             let guid = c.guid.as_str();
             let previous = state.requested.get(guid).cloned();
+            // Settled unless deferred or failed for a reason a later run may not meet.
+            state.pending.remove(guid);
             if previous.as_ref().is_some_and(|p| p.id >= c.id) {
                 report.skipped_requested += 1;
                 report.rows.push(c.row(GuidOutcome::AlreadyRequested));
@@ -940,17 +957,15 @@ impl Redeliverer {
             tracing::warn!(reason = why, "redeliver run stopped asking; the rest waits for the next run");
         }
 
-        // 4. Remember.
-        if opts.since.is_some() {
-            // A `--since` run leaves an earlier run's interrupted scan alone
-            // unless it read all of it.
-            match (&state.resume, scan_done) {
-                (Some(old), true) if lower <= old.lower_ms => state.resume = None,
-                (Some(_), _) => {}
-                (None, _) => state.resume = new_resume,
-            }
-        } else {
+        // 4. Remember. A `--since` run that does not reach back to the
+        // stored cursor (or to an interrupted scan's bound) leaves both as
+        // they are: the stretch between them and its bound is still unread.
+        let covers = opts.since.is_none()
+            || (state.scanned_to_ms.is_none_or(|c| lower <= c - ms(CURSOR_OVERLAP))
+                && state.resume.as_ref().is_none_or(|r| lower <= r.lower_ms));
+        if covers {
             state.resume = new_resume;
+            state.scanned_to_ms = scanned_to;
         }
         report.pending = state.pending.len();
         report.unscanned = state.resume.as_ref().map(|r| Unscanned { from_ms: r.lower_ms, to_ms: r.read_to_ms });
@@ -966,7 +981,6 @@ impl Redeliverer {
                     state.requested.remove(&g);
                 }
             }
-            state.scanned_to_ms = scanned_to;
             state.version = STATE_VERSION;
             self.save_state(&state).await?;
             report.cursor_ms = state.scanned_to_ms;

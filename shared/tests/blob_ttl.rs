@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
 use crcr_shared::aws::{DynamoBlobStore, BLOB_CHUNK_BYTES, BLOB_TTL_SECS};
 use crcr_shared::config::{AwsResources, Env};
 use crcr_shared::ports::BlobStore;
-use crcr_shared::standin::moto;
+use crcr_standin::moto;
 
 /// An environment holding exactly `pairs`.
 fn env_of(pairs: &'static [(&'static str, &'static str)]) -> Env<'static> {

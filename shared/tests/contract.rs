@@ -129,7 +129,7 @@ impl Backend for Sqlite {
 
 struct Moto;
 
-use crcr_shared::standin::moto;
+use crcr_standin::moto;
 
 /// moto's SDK configuration; fails the test (never skips) when moto does not answer.
 async fn moto_config() -> aws_config::SdkConfig {

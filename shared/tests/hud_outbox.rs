@@ -1,5 +1,5 @@
 //! The HUD outbox against the HUD stand-in that keeps torchci's rules
-//! (`crcr_shared::standin::hud`), on SQLite and on DynamoDB (moto), with an
+//! (`crcr_standin::hud`), on SQLite and on DynamoDB (moto), with an
 //! injected clock: one record HUD keeps refusing costs one request per
 //! backoff step and never delays the others; a job's records reach HUD in
 //! lifecycle order after an outage; parked records go back with a requeue.
@@ -11,7 +11,7 @@ use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::hud::{sync_outbox, HudClient, HudRetryPolicy};
 use crcr_shared::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem};
 use crcr_shared::ports::{Clock, ManualClock};
-use crcr_shared::standin::hud::{Hud, DEFAULT_BOT_KEY};
+use crcr_standin::hud::{Hud, DEFAULT_BOT_KEY};
 use serde_json::{json, Value};
 
 const T0: i64 = 1_780_000_000_000;
@@ -26,10 +26,10 @@ async fn store(backend: &str) -> (Arc<dyn JobStore>, Option<tempfile_path::Guard
         }
         _ => {
             use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
-            let sdk = crcr_shared::standin::moto::sdk().await;
+            let sdk = crcr_standin::moto::sdk().await;
             let table = format!("crcr-hud-{}", uuid::Uuid::new_v4().simple());
             let index = (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
-            crcr_shared::standin::moto::table(&sdk, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
+            crcr_standin::moto::table(&sdk, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
             (Arc::new(crcr_shared::aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), table)), None)
         }
     }

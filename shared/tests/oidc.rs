@@ -4,8 +4,7 @@
 //! the production fetcher (`OctocrabJwksFetcher`). Each issuer counts the
 //! JWKS requests it answers.
 //!
-//! Run: `cargo test -p crcr-shared --features standin --test oidc`
-#![cfg(feature = "standin")]
+//! Run: `cargo test -p crcr-shared --test oidc`
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -863,7 +862,7 @@ async fn jwks_outage_answers_503_with_retry_after_and_recovers_after_the_back_of
 /// slash, is not trusted.
 #[tokio::test]
 async fn a_listed_enterprise_issuer_is_trusted_exactly() {
-    use crcr_shared::standin::issuer::Issuer;
+    use crcr_standin::issuer::Issuer;
     let enterprise = Issuer::start_at("/acme-enterprise").await;
     assert!(enterprise.url.ends_with("/acme-enterprise"), "{}", enterprise.url);
     let t = ctx_with(|c| c.github_enterprise_issuers = vec![TrustAnchor::new(&enterprise.url)]).await;

@@ -79,8 +79,8 @@ async fn world(kind: Kind, redrive: u32) -> World {
             }
         }
         Kind::Moto => {
-            let cfg = crcr_shared::standin::moto::sdk().await;
-            let res = crcr_shared::standin::moto::Resources::create(&cfg, redrive).await;
+            let cfg = crcr_standin::moto::sdk().await;
+            let res = crcr_standin::moto::Resources::create(&cfg, redrive).await;
             let (sqs, dynamo) = (aws_sdk_sqs::Client::new(&cfg), aws_sdk_dynamodb::Client::new(&cfg));
             World {
                 queue: Arc::new(crcr_shared::aws::SqsQueue::new(sqs, res.dispatch_queue_url, res.dispatch_dlq_url)),

@@ -2,8 +2,7 @@
 //! adapter (`GitHubAppClient`, App JWT) against the GitHub stand-in's
 //! delivery log.
 //!
-//! Run: `cargo test -p crcr-shared --features standin --test redeliver`
-#![cfg(feature = "standin")]
+//! Run: `cargo test -p crcr-shared --test redeliver`
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use crcr_shared::redeliver::{
     run_periodic, GuidOutcome, RedeliverError, RedeliverReport, RedeliverSettings, Redeliverer, RunOptions,
     MAX_PENDING, STATE_KEY,
 };
-use crcr_shared::standin::{Fault, HookDeliverySeed, StandIn, StandInOptions};
+use crcr_standin::{Fault, HookDeliverySeed, StandIn, StandInOptions};
 use serde_json::Value;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -705,4 +704,96 @@ async fn a_scheduled_run_that_could_not_finish_sets_the_incomplete_gauge() {
     assert!(second.complete, "{second:#?}");
     assert_eq!(gauge("RedeliverIncomplete").as_deref(), Some("0"));
     assert_eq!(gauge("RedeliverPending").as_deref(), Some("0"));
+}
+
+/// GUIDs left waiting by one run stay stored while the next run works
+/// through them: a run cut off after its first request (a stop of
+/// `crcr serve`, a Lambda timeout) loses none of the others.
+#[tokio::test]
+async fn a_run_cut_off_halfway_keeps_the_waiting_guids_it_had_not_asked_for() {
+    let s = start().await;
+    for i in 0..4u32 {
+        seed(&s, &format!("w-{i}"), 502, (10 - i) * MIN);
+    }
+    let (mut r, state) = redeliverer(&s);
+    r.settings.max_redeliveries = 0;
+    let first = run(&r, None, false).await;
+    assert_eq!((first.pending, first.redelivered), (4, 0));
+
+    r.settings.max_redeliveries = 200;
+    r.settings.request_interval = Duration::from_secs(3600);
+    {
+        let cut_off = run(&r, None, false);
+        tokio::pin!(cut_off);
+        // Poll the run until its first request reached GitHub, then drop it
+        // (it is waiting out the request interval).
+        loop {
+            tokio::select! {
+                _ = &mut cut_off => panic!("the run should still be waiting between requests"),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            if !accepted(&s).is_empty() {
+                break;
+            }
+        }
+    }
+    assert_eq!(accepted(&s), ["w-0"]);
+    let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
+    let mut waiting: Vec<&String> = stored["pending"].as_object().expect("pending stored").keys().collect();
+    waiting.sort();
+    assert_eq!(waiting, ["w-1", "w-2", "w-3"], "{stored}");
+
+    r.settings.request_interval = Duration::ZERO;
+    let done = run(&r, None, false).await;
+    assert!(done.complete, "{done:#?}");
+    assert_eq!(accepted(&s), ["w-0", "w-1", "w-2", "w-3"]);
+}
+
+/// A stored cursor GitHub refuses, on a log longer than a run reads: the
+/// scan from the newest page must read down to the old scan's bound before
+/// it counts as done (nothing between is skipped).
+#[tokio::test]
+async fn a_refused_cursor_on_a_long_log_still_reads_everything_over_several_runs() {
+    let s = start().await;
+    for i in 0..30u32 {
+        seed(&s, &format!("g-{i:02}"), if i % 4 == 0 { 502 } else { 200 }, (60 - 2 * i) * MIN);
+    }
+    let (mut r, state) = redeliverer(&s);
+    r.settings.max_pages = 2;
+    assert!(!run(&r, None, false).await.complete);
+    let mut stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
+    stored["resume"]["cursor"] = "not-a-cursor".into();
+    state.put(STATE_KEY, &stored.to_string()).await.unwrap();
+
+    for _ in 0..10 {
+        if run(&r, None, false).await.complete {
+            break;
+        }
+    }
+    let mut asked = accepted(&s);
+    asked.sort();
+    let want: Vec<String> = (0..30).filter(|i| i % 4 == 0).map(|i| format!("g-{i:02}")).collect();
+    assert_eq!(asked, want);
+}
+
+/// `--since 1h` after a stored cursor older than that: the stretch between
+/// the cursor and one hour ago is still unread, so the cursor stays.
+#[tokio::test]
+async fn a_since_run_that_does_not_reach_the_cursor_leaves_it() {
+    let s = start().await;
+    seed(&s, "early", 200, 5 * HOUR);
+    let (r, state) = redeliverer(&s);
+    let first = run(&r, None, false).await;
+    let cursor = first.cursor_ms.expect("a cursor");
+    // Failures after the cursor: one 3 h ago (outside --since 1h), one 10 min ago.
+    seed(&s, "mid", 502, 3 * HOUR);
+    seed(&s, "recent", 502, 10 * MIN);
+    let since = run(&r, Some(HOUR), false).await;
+    assert_eq!(accepted(&s), ["recent"]);
+    assert_eq!(since.cursor_ms, Some(cursor), "not moved past the unread stretch");
+    let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored["scanned_to_ms"].as_i64(), Some(cursor));
+
+    run(&r, None, false).await;
+    assert_eq!(accepted(&s), ["recent", "mid"]);
 }

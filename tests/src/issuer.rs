@@ -1,4 +1,4 @@
-//! The local OIDC issuer and HUD stand-ins live in `crcr_shared::standin`
+//! The local OIDC issuer and HUD stand-ins live in `crcr_standin`
 //! (the demo uses them too); re-exported here for the tests.
 
-pub use crcr_shared::standin::issuer::{Hud, Issuer};
+pub use crcr_standin::issuer::{Hud, Issuer};

@@ -17,7 +17,7 @@ use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::ports::{DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueSide};
 use crcr_shared::signature::WebhookSecret;
 use crcr_shared::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
-use crcr_shared::standin::StandIn;
+use crcr_standin::StandIn;
 use serde_json::Value;
 
 /// The fixtures' repository, used as the upstream.

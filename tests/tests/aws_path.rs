@@ -15,8 +15,8 @@ use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_shared::ingest::{router, IngestState};
 use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide, SystemClock};
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::standin::moto;
-use crcr_shared::standin::{Fault, StandIn, StandInOptions};
+use crcr_standin::moto;
+use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::{dispatched_to, fixture, uuid, UPSTREAM};
 use tower::ServiceExt;
 

@@ -11,7 +11,7 @@ use crcr_shared::domain::{DeliveryId, Level};
 use crcr_shared::lifecycle::{HudSync, JobState, JobStore};
 use crcr_shared::reconcile::ReconcilerSettings;
 use crcr_shared::sqlite::SqliteJobStore;
-use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::*;
 use serde_json::{json, Value};

@@ -21,7 +21,7 @@ use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_shared::lifecycle::{JobKey, JobRecord, JobState};
 use crcr_shared::ports::GitHubError;
-use crcr_shared::standin::{AuthKind, Fault, StandIn, StandInOptions};
+use crcr_standin::{AuthKind, Fault, StandIn, StandInOptions};
 use crcr_tests::UPSTREAM;
 
 fn job(state: JobState, conclusion: Option<&str>) -> JobRecord {
@@ -402,7 +402,7 @@ async fn reconciled(w: &World) {
     assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0, "nothing dead-lettered");
 }
 
-fn runs_named(w: &World, name: &str) -> Vec<crcr_shared::standin::RecordedCheckRun> {
+fn runs_named(w: &World, name: &str) -> Vec<crcr_standin::RecordedCheckRun> {
     w.gh.check_runs(UPSTREAM).into_iter().filter(|r| r.name == name).collect()
 }
 
@@ -503,7 +503,7 @@ async fn check_run_rerequested_reruns_the_failed_jobs_and_already_running_is_not
     finished_l4_job(&w, 555, "build", "failure").await;
     let run = runs_named(&w, "crcr/org4/four/CI/build").remove(0);
     // The real payload has an empty `pull_requests` (as for a fork PR): found by head SHA.
-    async fn rerequest(w: &World, run: &crcr_shared::standin::RecordedCheckRun) {
+    async fn rerequest(w: &World, run: &crcr_standin::RecordedCheckRun) {
         post_event(w, "check_run", "check_run.rerequested", |v| {
             assert_eq!(v["check_run"]["pull_requests"], json!([]));
             v["check_run"]["id"] = json!(run.id);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crcr_shared::dispatch::DispatcherSettings;
 use crcr_shared::ports::DispatchStatus;
-use crcr_shared::standin::{Fault, StandIn, StandInOptions};
+use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 
 const ALLOWLIST: &str = "L1:\n  - org1/one\n  - org1/two\nL2:\n  - org2/three\n  - org2/not-installed\nL3:\n  gpu:\n    org3/four: [alice]\n";

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crcr_shared::metrics::{init_logs, LogFormat};
 use crcr_shared::ports::DispatchStatus;
-use crcr_shared::standin::{Fault, StandIn, StandInOptions};
+use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 use serde_json::Value;
 

@@ -11,7 +11,7 @@ use crcr_shared::ops::backend::{self, OpsPorts, QueueName};
 use crcr_shared::ops::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
 use crcr_shared::ops::progress::NoProgress;
 use crcr_shared::ports::{DispatchStatus, QueueSide, SystemClock};
-use crcr_shared::standin::{Fault, StandIn, StandInOptions};
+use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 
 const ALLOWLIST: &str = "L1:\n  - org1/one\n  - org1/two\nL2:\n  - org2/three\nL3:\n  gpu:\n    org3/four: [alice]\n";

@@ -21,7 +21,7 @@ use crcr_shared::embedded::EmbeddedRelay;
 use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::ports::{EventQueue, QueueSide, ReceivedMessage};
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::standin::{Fault, StandIn, StandInOptions};
+use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::{dispatched_to, fixture, test_settings, uuid, UPSTREAM, VISIBILITY_TIMEOUT};
 use tower::ServiceExt;
 

@@ -10,7 +10,7 @@ use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::ports::{DispatchStatus, SystemClock};
 use crcr_shared::redeliver::{Redeliverer, RunOptions};
 use crcr_shared::sqlite::SqliteKv;
-use crcr_shared::standin::{HookDeliverySeed, StandIn, StandInOptions};
+use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};
 use crcr_tests::*;
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crcr_shared::dispatch::DispatcherSettings;
 use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
 use crcr_shared::sqlite::SqliteQueue;
-use crcr_shared::standin::{Fault, StandIn, StandInOptions};
+use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 use serde_json::Value;
 
@@ -321,8 +321,5 @@ async fn allowlist_is_read_from_github_and_the_last_good_one_is_kept_when_a_relo
         .map(|r| (r.status, r.auth))
         .collect();
     assert_eq!(reads.len(), 2);
-    assert!(
-        reads.iter().all(|(s, a)| *s == 200 && *a == crcr_shared::standin::AuthKind::InstallationToken),
-        "{reads:?}"
-    );
+    assert!(reads.iter().all(|(s, a)| *s == 200 && *a == crcr_standin::AuthKind::InstallationToken), "{reads:?}");
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crcr_shared::metrics::{init_logs, LogFormat};
 use crcr_shared::ports::DispatchStatus;
-use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::*;
 
 const ALLOWLIST: &str = "L1:\n  - org/old-name\n  - org/steady\n  - org/later\n";

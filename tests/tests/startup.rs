@@ -16,7 +16,7 @@ use crcr_shared::domain::RepoFullName;
 use crcr_shared::embedded::{EmbeddedError, EmbeddedRelay};
 use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::{test_settings, uuid, UPSTREAM, VISIBILITY_TIMEOUT};
 
 /// A duplicate: the parser names both entries.

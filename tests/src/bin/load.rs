@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::standin::{StandIn, StandInOptions};
+use crcr_standin::{StandIn, StandInOptions};
 
 struct Args {
     rate: u64,

@@ -1,17 +1,16 @@
-//! Tests of the GitHub stand-in (`crcr_shared::standin`).
+//! Tests of the GitHub stand-in (`crcr_standin`).
 //!
-//! Run: `cargo test -p crcr-shared --features standin --test standin`
+//! Run: `cargo test -p crcr-standin --test standin`
 //!
 //! Two clients: octocrab itself, where a real client is the point (App JWT
 //! creation, installation lookup, token minting and dispatch), and a tiny
 //! hand-written HTTP/1.1 client over a `TcpStream`, where a test needs full
 //! control of headers and bodies (forged JWTs, exact limits, keep-alive).
-#![cfg(feature = "standin")]
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use crcr_shared::standin::{AuthKind, Fault, StandIn, StandInOptions};
+use crcr_standin::{AuthKind, Fault, StandIn, StandInOptions};
 use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use octocrab::models::AppId;
 use octocrab::Octocrab;

@@ -5,8 +5,7 @@
 //! completed.", faults), the stand-in's `actions: write` rule, and
 //! "List check runs in a check suite" on the App's suite of one head SHA.
 //!
-//! Run: `cargo test -p crcr-shared --features standin --test standin_runs`
-#![cfg(feature = "standin")]
+//! Run: `cargo test -p crcr-standin --test standin_runs`
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +13,7 @@ use crcr_shared::domain::RepoFullName;
 use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_shared::ports::GitHubError;
 use crcr_shared::runs::{RunRequest, WorkflowRuns};
-use crcr_shared::standin::{Fault, StandIn, StandInOptions, WorkflowRunState};
+use crcr_standin::{Fault, StandIn, StandInOptions, WorkflowRunState};
 use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 

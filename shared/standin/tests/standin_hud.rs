@@ -1,7 +1,7 @@
 //! The HUD stand-in keeps torchci's rules (`torchci/pages/api/crcr/results.ts`,
 //! `torchci/lib/crcr/crcrUtils.ts`): what the relay's HUD tests rely on.
 
-use crcr_shared::standin::hud::{Hud, DEFAULT_BOT_KEY};
+use crcr_standin::hud::{Hud, DEFAULT_BOT_KEY};
 use serde_json::{json, Value};
 
 async fn post(hud: &Hud, key: &str, body: &Value) -> (u16, Value) {

@@ -1,14 +1,13 @@
 //! Tests of the stand-in's App webhook delivery log
 //! (`GET /app/hook/deliveries`, `POST /app/hook/deliveries/{id}/attempts`).
 //!
-//! Run: `cargo test -p crcr-shared --features standin --test standin_hooks`
-#![cfg(feature = "standin")]
+//! Run: `cargo test -p crcr-standin --test standin_hooks`
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::standin::{Fault, HookDeliverySeed, StandIn, StandInOptions};
+use crcr_standin::{Fault, HookDeliverySeed, StandIn, StandInOptions};
 use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
