@@ -23,19 +23,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use crcr_embedded::sqlite::SqliteDispatchStore;
+use crcr_embedded::EmbeddedRelay;
 use crcr_shared::allowlist::{Allowlist, AllowlistSource};
 use crcr_shared::config::CallbackConfig;
 use crcr_shared::config::{EmbeddedConfig, RelayConfig};
 use crcr_shared::dispatch::DispatcherSettings;
 use crcr_shared::domain::{DeliveryId, RepoFullName};
-use crcr_shared::embedded::EmbeddedRelay;
 use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::lifecycle::JobStore;
 use crcr_shared::oidc::TrustAnchor;
 use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
 use crcr_shared::reconcile::{Reconciler, ReconcilerSettings};
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::sqlite::SqliteDispatchStore;
 use crcr_standin::issuer::{Hud, Issuer};
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use serde_json::{json, Value};
@@ -515,7 +515,7 @@ async fn downstream_ci(
         problems.push(format!("never started: {never:?}, expected {expected:?}"));
     }
     println!("\n$ crcr trace {delivery}");
-    print!("{}", crcr_shared::trace::trace(&id, store, jobs).await?.render());
+    print!("{}", crcr_oncall::trace::trace(&id, store, jobs).await?.render());
     println!();
     Ok(())
 }

@@ -9,8 +9,8 @@ mod redeliver;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use crcr_embedded::EmbeddedRelay;
 use crcr_shared::config::{EmbeddedConfig, Env, RelayConfig};
-use crcr_shared::embedded::EmbeddedRelay;
 
 #[derive(Parser)]
 #[command(name = "crcr", version, about = "Cross-repository CI relay")]
@@ -128,9 +128,9 @@ async fn main() -> anyhow::Result<()> {
                     endpoint_url,
                     ..Default::default()
                 };
-                crcr_shared::trace::TraceStores::aws(&res).await?
+                crcr_oncall::trace::TraceStores::aws(&res).await?
             } else {
-                crcr_shared::trace::TraceStores::sqlite(&database)?
+                crcr_oncall::trace::TraceStores::sqlite(&database)?
             };
             let t = stores.trace(&id).await?;
             if json {

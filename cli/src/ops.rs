@@ -1,5 +1,5 @@
 //! On-call commands: `crcr dlq list|show|replay|purge`, `crcr status`, `crcr hud retry`,
-//! `crcr allowlist check`. Wiring only: flags → `crcr_shared::ops` → text
+//! `crcr allowlist check`. Wiring only: flags → `crcr_oncall` → text
 //! (tables for people) or JSON (`--json`, for scripts) on stdout; errors on
 //! stderr, and a progress bar there for people (`crate::progress`). Exit codes: 0 done, 1 failed (or partly failed), 2
 //! refused (purge without `--yes`).
@@ -9,15 +9,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
+use crcr_oncall::allowlist::{diff, render_check, AllowlistSummary, CheckReport};
+use crcr_oncall::backend::{self, OpsPorts, QueueName};
+use crcr_oncall::dlq::{self, Dlq, DlqFilter, ReplayOptions, ScanOptions};
+use crcr_oncall::hud::{self as hud_ops, HudRetryFilter};
+use crcr_oncall::status::{self, AllowlistStatus, StatusOptions};
+use crcr_oncall::{parse_duration, parse_rate};
 use crcr_shared::allowlist::{Allowlist, AllowlistSource};
 use crcr_shared::config::Env;
 use crcr_shared::domain::RepoFullName;
-use crcr_shared::ops::allowlist::{diff, render_check, AllowlistSummary, CheckReport};
-use crcr_shared::ops::backend::{self, OpsPorts, QueueName};
-use crcr_shared::ops::dlq::{self, Dlq, DlqFilter, ReplayOptions, ScanOptions};
-use crcr_shared::ops::hud::{self as hud_ops, HudRetryFilter};
-use crcr_shared::ops::status::{self, AllowlistStatus, StatusOptions};
-use crcr_shared::ops::{parse_duration, parse_rate};
 use crcr_shared::ports::{Clock, SystemClock};
 use serde::Serialize;
 
@@ -434,7 +434,7 @@ async fn load_allowlist(source: &str, env: &Env<'_>) -> anyhow::Result<Allowlist
 
 async fn fetch(url: &str, env: &Env<'_>) -> anyhow::Result<String> {
     if let Ok(AllowlistSource::GitHub { repo, git_ref, path }) = AllowlistSource::from_url(url) {
-        if let Some(text) = crcr_shared::ops::allowlist::fetch_with_app(env, url).await? {
+        if let Some(text) = crcr_oncall::allowlist::fetch_with_app(env, url).await? {
             return Ok(text);
         }
         let raw = format!("https://raw.githubusercontent.com/{}/{}/{git_ref}/{path}", repo.owner(), repo.name());
@@ -500,7 +500,7 @@ mod tests {
     async fn database() -> (PathBuf, String) {
         use crcr_shared::ports::{EventQueue, QueueSide};
         let path = std::env::temp_dir().join(format!("crcr-cli-ops-{}.sqlite", uuid::Uuid::new_v4().simple()));
-        let q = crcr_shared::sqlite::SqliteQueue::new(crcr_shared::sqlite::Db::open(&path).unwrap(), "dispatch", 5);
+        let q = crcr_embedded::sqlite::SqliteQueue::new(crcr_embedded::sqlite::Db::open(&path).unwrap(), "dispatch", 5);
         let delivery = uuid::Uuid::new_v4().to_string();
         let body = format!(
             r#"{{"type":"dispatch_v1","delivery_id":"{delivery}","event":"push","action":null,"received_at_ms":{},"payload":{{"inline":{{"ref":"refs/heads/main"}}}}}}"#,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use crcr_oncall::parse_duration;
 use crcr_shared::config::{github_app_from_env, Env};
-use crcr_shared::ops::parse_duration;
 use crcr_shared::ports::{Clock, InMemoryStateStore, StateStore, SystemClock};
 use crcr_shared::redeliver::{Redeliverer, RunOptions};
 
@@ -40,8 +40,8 @@ pub struct RedeliverArgs {
 pub async fn run(args: RedeliverArgs, env: &Env<'_>, out: &mut impl Write) -> anyhow::Result<i32> {
     let app = github_app_from_env(env)?;
     let state: Arc<dyn StateStore> = if args.database.exists() {
-        let db = crcr_shared::sqlite::Db::open(&args.database)?;
-        Arc::new(crcr_shared::sqlite::SqliteKv::new(db, Arc::new(SystemClock)))
+        let db = crcr_embedded::sqlite::Db::open(&args.database)?;
+        Arc::new(crcr_embedded::sqlite::SqliteKv::new(db, Arc::new(SystemClock)))
     } else {
         eprintln!("note: no database at {}: nothing is remembered between runs", args.database.display());
         Arc::new(InMemoryStateStore::default())
@@ -55,7 +55,7 @@ pub async fn run(args: RedeliverArgs, env: &Env<'_>, out: &mut impl Write) -> an
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;
     } else {
-        write!(out, "{}", report.render(SystemClock.now_ms()))?;
+        write!(out, "{}", crcr_oncall::redeliver::render(&report, SystemClock.now_ms()))?;
     }
     Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
@@ -92,7 +92,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("crcr-redeliver-cli-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let database = dir.join("crcr.sqlite");
-        crcr_shared::sqlite::Db::open(&database).unwrap();
+        crcr_embedded::sqlite::Db::open(&database).unwrap();
 
         let mut out = Vec::new();
         assert_eq!(run(args(database.clone(), false, true), &env, &mut out).await.unwrap(), 0);

@@ -3,13 +3,12 @@
 //! outbox; `crcr status` shows the failed count before and the pending one
 //! after. Piped, it prints only the result (issue 11).
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use crcr_embedded::sqlite::{Db, SqliteJobStore};
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem};
 use crcr_shared::ports::{Clock, SystemClock};
-use crcr_shared::sqlite::{Db, SqliteJobStore};
 use serde_json::{json, Value};
 
 fn crcr(args: &[&str]) -> Output {
@@ -29,7 +28,7 @@ fn json_of(out: &Output) -> Value {
 }
 
 /// One job's in_progress record, parked as failed after HUD answered 500.
-async fn parked(path: &PathBuf) -> OutboxItem {
+async fn parked(path: &std::path::Path) -> OutboxItem {
     let jobs = SqliteJobStore::new(Db::open(path).unwrap());
     let now = SystemClock.now_ms();
     let key = JobKey {

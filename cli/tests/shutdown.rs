@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crcr_embedded::sqlite::{Db, SqliteJobStore};
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::lifecycle::{JobKey, JobRecord, JobState, JobStore, OutboxItem};
 use crcr_shared::ports::{Clock, SystemClock};
-use crcr_shared::sqlite::{Db, SqliteJobStore};
 use crcr_standin::hud::Hud;
 use crcr_standin::{StandIn, StandInOptions};
 use serde_json::json;

@@ -1,12 +1,12 @@
 //! The dispatcher Lambda: SQS event source (with `ReportBatchItemFailures`)
-//! → `crcr_shared::aws::wiring::sqs_batch_response` → partial batch response.
-//! Wiring only: see `crcr_shared::aws::wiring::dispatcher_init`.
+//! → `crcr_aws::wiring::sqs_batch_response` → partial batch response.
+//! Wiring only: see `crcr_aws::wiring::dispatcher_init`.
 
 use aws_lambda_events::sqs::SqsEvent;
-use crcr_shared::aws::sdk_config;
-use crcr_shared::aws::wiring::{dispatcher_init, sqs_batch_response};
+use crcr_aws::sdk_config;
+use crcr_aws::secrets::process_env_with_secrets;
+use crcr_aws::wiring::{dispatcher_init, sqs_batch_response};
 use crcr_shared::config::Env;
-use crcr_shared::secrets::process_env_with_secrets;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]

@@ -2,12 +2,12 @@
 //! URL or API Gateway; `lambda_http` decodes base64 bodies): webhooks
 //! enqueued on the dispatch queue (SQS, DynamoDB claim checks) and OIDC
 //! callbacks enqueued on the reconcile queue. Wiring only: see
-//! `crcr_shared::aws::wiring::ingest_init` (a broken allowlist fails the init).
+//! `crcr_aws::wiring::ingest_init` (a broken allowlist fails the init).
 
-use crcr_shared::aws::sdk_config;
-use crcr_shared::aws::wiring::ingest_init;
+use crcr_aws::sdk_config;
+use crcr_aws::secrets::process_env_with_secrets;
+use crcr_aws::wiring::ingest_init;
 use crcr_shared::config::Env;
-use crcr_shared::secrets::process_env_with_secrets;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {

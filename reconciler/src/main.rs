@@ -1,14 +1,14 @@
 //! The reconciler Lambda: SQS batches from the reconcile queue (partial
 //! batch response, `ReportBatchItemFailures`) and EventBridge scheduled
 //! tasks (`{"task": "sweep"}`, `{"task": "redeliver"}`). Wiring only: see
-//! `crcr_shared::aws::wiring::{reconciler_function, ReconcilerFunction::handle}`.
+//! `crcr_aws::wiring::{reconciler_function, ReconcilerFunction::handle}`.
 
 use std::sync::Arc;
 
-use crcr_shared::aws::sdk_config;
-use crcr_shared::aws::wiring::reconciler_function;
+use crcr_aws::sdk_config;
+use crcr_aws::secrets::process_env_with_secrets;
+use crcr_aws::wiring::reconciler_function;
 use crcr_shared::config::Env;
-use crcr_shared::secrets::process_env_with_secrets;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 

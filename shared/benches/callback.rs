@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use crcr_embedded::EmbeddedRelay;
 use crcr_shared::allowlist::AllowlistSource;
 use crcr_shared::config::{CallbackConfig, EmbeddedConfig, RelayConfig};
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::embedded::EmbeddedRelay;
 use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::oidc::TrustAnchor;
 use crcr_shared::ports::{AttemptOutcome, DispatchMeta, DispatchStore};

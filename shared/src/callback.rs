@@ -271,6 +271,7 @@ fn lifecycle_rule(cb: &Callback, current: Option<JobState>) -> Result<(), String
 
 /// Outcome of [`reconcile`].
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant, reason = "one per callback, moved once; boxing buys nothing")]
 pub enum Reconciled {
     Applied(JobRecord),
     /// Nothing changed; recorded with its reason.

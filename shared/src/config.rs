@@ -53,9 +53,12 @@ fn err(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError { key: key.to_owned(), problem: problem.into() }
 }
 
+/// A variable lookup: its value, `None` when unset.
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 /// Reads variables through `get` (the process environment in production).
 pub struct Env<'a> {
-    get: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    get: Lookup<'a>,
 }
 
 impl<'a> Env<'a> {
@@ -322,16 +325,16 @@ fn github_run_policy(
 }
 
 /// `CRCR_HEADER_READ_TIMEOUT_SECS`, `CRCR_REQUEST_TIMEOUT_SECS`,
-/// `CRCR_MAX_CONNECTIONS` over [`crate::server::ServerLimits::default`];
+/// `CRCR_MAX_CONNECTIONS` over [`ServerLimits::default`];
 /// each more than 0.
-fn server_limits(env: &Env<'_>) -> Result<crate::server::ServerLimits, ConfigError> {
-    let d = crate::server::ServerLimits::default();
+fn server_limits(env: &Env<'_>) -> Result<ServerLimits, ConfigError> {
+    let d = ServerLimits::default();
     let positive = |key: &str, v: Duration| if v.is_zero() { Err(err(key, "must be more than 0")) } else { Ok(v) };
     let max_connections = env.parsed("CRCR_MAX_CONNECTIONS", d.max_connections)?;
     if max_connections == 0 {
         return Err(err("CRCR_MAX_CONNECTIONS", "must be at least 1"));
     }
-    Ok(crate::server::ServerLimits {
+    Ok(ServerLimits {
         header_read_timeout: positive(
             "CRCR_HEADER_READ_TIMEOUT_SECS",
             seconds(env, "CRCR_HEADER_READ_TIMEOUT_SECS", d.header_read_timeout.as_secs_f64())?,
@@ -479,10 +482,10 @@ pub struct EmbeddedConfig {
     /// left is taken up at the next start: messages reappear after their
     /// visibility timeout, HUD and check-run records stay pending).
     pub shutdown_grace: Duration,
-    /// HTTP limits against slow or idle clients ([`crate::server`]):
+    /// HTTP limits against slow or idle clients (`crcr_embedded::server`):
     /// `CRCR_HEADER_READ_TIMEOUT_SECS` (10), `CRCR_REQUEST_TIMEOUT_SECS`
     /// (30), `CRCR_MAX_CONNECTIONS` (512).
-    pub server: crate::server::ServerLimits,
+    pub server: ServerLimits,
 }
 
 impl EmbeddedConfig {
@@ -541,13 +544,13 @@ pub struct AwsResources {
     pub kv_table: Option<String>,
     pub endpoint_url: Option<String>,
     /// `CRCR_PAYLOAD_TTL_SECS`: how long claim-checked payloads live
-    /// (default [`crate::aws::BLOB_TTL_SECS`]; infra: the DLQ retention +
+    /// (default [`BLOB_TTL_SECS`]; infra: the DLQ retention +
     /// the source queue's + 1 day).
     pub payload_ttl: Duration,
 }
 
 impl Default for AwsResources {
-    /// Nothing named; payloads live [`crate::aws::BLOB_TTL_SECS`].
+    /// Nothing named; payloads live [`BLOB_TTL_SECS`].
     fn default() -> Self {
         Self {
             dispatch_queue_url: None,
@@ -559,7 +562,7 @@ impl Default for AwsResources {
             jobs_table: None,
             kv_table: None,
             endpoint_url: None,
-            payload_ttl: Duration::from_secs(crate::aws::BLOB_TTL_SECS as u64),
+            payload_ttl: Duration::from_secs(BLOB_TTL_SECS as u64),
         }
     }
 }
@@ -579,7 +582,7 @@ impl AwsResources {
             jobs_table: env.opt("CRCR_JOBS_TABLE"),
             kv_table: env.opt("CRCR_KV_TABLE"),
             endpoint_url: env.opt("CRCR_AWS_ENDPOINT_URL"),
-            payload_ttl: match env.parsed("CRCR_PAYLOAD_TTL_SECS", crate::aws::BLOB_TTL_SECS as u64)? {
+            payload_ttl: match env.parsed("CRCR_PAYLOAD_TTL_SECS", BLOB_TTL_SECS as u64)? {
                 0 => return Err(err("CRCR_PAYLOAD_TTL_SECS", "must be at least 1")),
                 s => Duration::from_secs(s),
             },
@@ -623,6 +626,38 @@ impl AwsResources {
         Self::need(&self.kv_table, "CRCR_KV_TABLE", by)
     }
 }
+
+/// HTTP limits of `crcr serve` against slow or idle clients
+/// (`crcr_embedded::server::serve`), with their defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// `CRCR_HEADER_READ_TIMEOUT_SECS`, default 10 s.
+    pub header_read_timeout: Duration,
+    /// `CRCR_REQUEST_TIMEOUT_SECS`, default 30 s.
+    pub request_timeout: Duration,
+    /// `CRCR_MAX_CONNECTIONS`, default 512.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 512,
+        }
+    }
+}
+
+/// Default lifetime of a blob (seconds), written to `expires_at` for the
+/// table's TTL: 19 days = the DLQs' retention (14 days, SQS's maximum) + the
+/// source queues' default retention (4 days: a message `crcr dlq replay`
+/// sends back lives that long again before it can dead-letter once more) +
+/// 1 day of margin, so a claim-checked message replayed late from the DLQ
+/// still finds its payload. On AWS the Terraform passes its own sum as
+/// `CRCR_PAYLOAD_TTL_SECS` (`local.payload_retention_seconds`, derived from
+/// `local.dlq_retention_seconds`).
+pub const BLOB_TTL_SECS: i64 = (14 + 4 + 1) * 24 * 3600;
 
 #[cfg(test)]
 mod tests {

@@ -4,16 +4,15 @@
 //! DynamoDB for AWS, GitHub through octocrab.
 
 pub mod allowlist;
-pub mod aws;
 pub mod callback;
 pub mod callback_route;
 pub mod checks;
 pub mod client_payload;
 pub mod commits;
+pub mod compose;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
-pub mod embedded;
 pub mod github;
 pub mod hud;
 pub mod ingest;
@@ -21,14 +20,10 @@ pub mod lifecycle;
 pub mod message;
 pub mod metrics;
 pub mod oidc;
-pub mod ops;
 pub mod ports;
+pub mod progress;
 pub mod reconcile;
 pub mod redeliver;
 pub mod runs;
-pub mod secrets;
-pub mod server;
 pub mod signature;
-pub mod sqlite;
-pub mod trace;
 pub mod upstream;

@@ -183,7 +183,7 @@ pub const ALLOWLIST_RENAMED_REPOS: &str = "AllowlistRenamedRepos";
 pub const REDELIVER_INCOMPLETE: &str = "RedeliverIncomplete";
 
 /// Gauge, no labels: failed deliveries found by missed-delivery recovery
-/// and not asked for yet, after its last run (they are asked for first by
+/// and not asked for yet, after its last run (they are asked for by
 /// the next run).
 pub const REDELIVER_PENDING: &str = "RedeliverPending";
 

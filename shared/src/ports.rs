@@ -1,6 +1,6 @@
 //! Ports: the small traits the domain talks to. Adapters implement them:
-//! SQLite (`crate::sqlite`, the embedded default) and SQS/DynamoDB
-//! (`crate::aws`); GitHub through octocrab (`crate::github`).
+//! SQLite (`crcr_embedded::sqlite`, the embedded default) and SQS/DynamoDB
+//! (crate `crcr-aws`); GitHub through octocrab (`crate::github`).
 //!
 //! Every adapter pair passes one contract suite (`shared/tests/contract.rs`).
 
@@ -554,4 +554,24 @@ pub trait GitHubApp: Send + Sync {
     /// Raw contents of a file (`GET /repos/{o}/{r}/contents/{path}?ref=`),
     /// read with an installation token of `repo`.
     async fn file_contents(&self, repo: &RepoFullName, path: &str, git_ref: &str) -> Result<Vec<u8>, GitHubError>;
+}
+
+/// How long a rate-limit window's counter outlives its window (seconds), so
+/// a store's expiry (DynamoDB TTL, the SQLite sweep) removes it only once
+/// nobody can count into it any more.
+pub const RATE_WINDOW_TTL_SLACK_SECS: i64 = 60;
+
+/// Key prefixes of the key-value store's entries (SQLite table `kv`,
+/// DynamoDB table `kv`), one per use; both adapters write the same keys.
+pub mod kv_prefix {
+    /// `binding#<lower-cased owner/repo>` → `value` (the `repository_id`).
+    pub const BINDING: &str = "binding#";
+    /// `jti#<issuer>|<jti>` → `digest` (hex SHA-256 of the body), `expires_at`.
+    pub const JTI: &str = "jti#";
+    /// `rate#<lower-cased owner/repo>#<minute window>` → `n` (callbacks counted), `expires_at`.
+    pub const RATE: &str = "rate#";
+    /// `state#<key>` → `value`.
+    pub const STATE: &str = "state#";
+    /// `lease#<key>` → `value` (the holder), `expires_at`.
+    pub const LEASE: &str = "lease#";
 }

@@ -162,6 +162,7 @@ pub struct Reconciler {
 
 /// Result of processing one reconcile message.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one per message, moved once; boxing buys nothing")]
 pub enum ReconcileOutcome {
     Done(Reconciled),
     /// An upstream event was applied ([`crate::upstream`]).

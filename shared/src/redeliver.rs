@@ -39,8 +39,10 @@
 //!   began. A busy log cannot starve older failures;
 //! - failed GUIDs found but not asked for (request limit, time budget, a
 //!   rate limit) wait in the state ([`MAX_PENDING`] at most: a scan stops
-//!   before it could find more) and are asked for first by the next run,
-//!   without reading their pages again.
+//!   before it could find more) and are asked for by the next run with
+//!   what it finds, oldest first, without reading their pages again (a
+//!   scan stops at half [`RedeliverSettings::time_budget`] when there is
+//!   something to ask for, so the requests get the other half).
 //!
 //! The cursor (`scanned_to`) advances once a scan reached its lower bound.
 //! The GUIDs already asked for are saved after each request, so a run that
@@ -64,9 +66,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dispatch::is_acted_on;
 use crate::github::{classify, GitHubAppClient, GitHubAppConfig, GitHubConfigError};
-use crate::ops::progress::{NoProgress, Progress};
-use crate::ops::{format_age, format_time, table::Table};
 use crate::ports::{Clock, GitHubError, StateStore, StoreError, SystemClock};
+use crate::progress::{NoProgress, Progress};
 
 /// How far back GitHub keeps and redelivers deliveries: 3 days (GitHub
 /// docs, "Redelivering webhooks").
@@ -320,7 +321,7 @@ struct StoredState {
     #[serde(default)]
     requested: BTreeMap<String, Requested>,
     /// GUID → its newest failed attempt, found by a scan and not asked for
-    /// yet (request limit, time budget, a rate limit): asked for first by
+    /// yet (request limit, time budget, a rate limit): asked for by
     /// the next run, oldest first, without reading its page again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pending: BTreeMap<String, Pending>,
@@ -463,7 +464,8 @@ pub struct RedeliverReport {
     /// ignored): not asked for.
     pub skipped_ignored: usize,
     /// Failed GUIDs found and not asked for yet (limit, budget, rate limit),
-    /// stored for the next run, which asks for them first.
+    /// stored for the next run, which asks for them with what it finds,
+    /// oldest first.
     pub pending: usize,
     /// The part of the log a scan could not read yet (page, time or
     /// pending limit, or an error): the next run reads it first.
@@ -478,87 +480,6 @@ pub struct RedeliverReport {
     pub rows: Vec<GuidRow>,
     /// What went wrong (listing pages, requests); empty when nothing did.
     pub errors: Vec<String>,
-}
-
-impl RedeliverReport {
-    /// The report for people: a summary, one row per GUID not delivered,
-    /// and the errors. `now_ms` gives the ages.
-    pub fn render(&self, now_ms: i64) -> String {
-        let mut out = format!(
-            "{}read {} page(s), {} deliveries back to {} ({} ago{})\n",
-            if self.dry_run { "dry run: " } else { "" },
-            self.pages,
-            self.deliveries,
-            format_time(self.from_ms),
-            format_age(now_ms - self.from_ms),
-            if self.resumed {
-                ", going on where the last run stopped"
-            } else if self.from_cursor {
-                ", where the last complete run stopped"
-            } else {
-                ""
-            },
-        );
-        out.push_str(&format!(
-            "{} GUID(s), {} without a successful attempt; {} {}; skipped: {} already OK, {} already requested, \
-             {} given up, {} too old, {} of events the relay does not act on\n",
-            self.guids,
-            self.failed,
-            if self.dry_run { "would redeliver" } else { "redelivered" },
-            self.redelivered,
-            self.skipped_ok,
-            self.skipped_requested,
-            self.skipped_gave_up,
-            self.skipped_too_old,
-            self.skipped_ignored,
-        ));
-        if !self.rows.is_empty() {
-            let mut t = Table::new(["GUID", "EVENT", "DELIVERY", "AGE", "STATUS", "FAILED", "OUTCOME"]);
-            for r in &self.rows {
-                let event = match &r.action {
-                    Some(a) => format!("{}.{a}", r.event),
-                    None => r.event.clone(),
-                };
-                let outcome = match &r.outcome {
-                    GuidOutcome::Requested { attempt } => format!("redelivery requested (attempt {attempt})"),
-                    GuidOutcome::WouldRequest { attempt } => format!("would request (attempt {attempt})"),
-                    GuidOutcome::AlreadyRequested => "already requested, waiting for GitHub".to_owned(),
-                    GuidOutcome::GaveUp { attempts } => format!("gave up after {attempts} requests"),
-                    GuidOutcome::TooOld => "too old".to_owned(),
-                    GuidOutcome::Deferred => "left for the next run".to_owned(),
-                    GuidOutcome::Error { error } => format!("error: {error}"),
-                };
-                t.row([
-                    r.guid.clone(),
-                    event,
-                    r.delivery_id.to_string(),
-                    format_age(now_ms - r.delivered_at_ms),
-                    r.status_code.to_string(),
-                    r.attempts.to_string(),
-                    outcome,
-                ]);
-            }
-            out.push_str(&t.max_cell(80).render());
-        }
-        if !self.complete {
-            out.push_str("incomplete: the next run goes on from here");
-            if let Some(u) = &self.unscanned {
-                out.push_str(&format!(
-                    "; not read yet: deliveries from {} to {}",
-                    format_time(u.from_ms),
-                    format_time(u.to_ms)
-                ));
-            }
-            if self.pending > 0 {
-                out.push_str(&format!("; {} failed GUID(s) wait to be asked for", self.pending));
-            }
-            out.push('\n');
-        }
-        for e in &self.errors {
-            out.push_str(&format!("error: {e}\n"));
-        }
-        out
-    }
 }
 
 // ---------------------------------------------------------------- the job
@@ -719,7 +640,7 @@ impl Redeliverer {
                          from there",
                         report.pages,
                         report.deliveries,
-                        format_time(seg.lower)
+                        utc(seg.lower)
                     ));
                     interrupted = true;
                     break;
@@ -854,7 +775,7 @@ impl Redeliverer {
         // Found by earlier runs and not asked for yet. They stay stored until
         // settled below, so a run cut off halfway loses none of them.
         for (guid, p) in state.pending.clone() {
-            if !by_guid.get(guid.as_str()).is_some_and(|v| v.newest.delivered_at_ms >= lower) {
+            if by_guid.get(guid.as_str()).is_none_or(|v| v.newest.delivered_at_ms < lower) {
                 report.guids += 1;
             }
             let c = Candidate::from_pending(guid, p);
@@ -1023,6 +944,13 @@ impl Redeliverer {
         }
         Ok(report)
     }
+}
+
+/// A UTC timestamp (`2024-05-01T12:34:56Z`) for ms since the epoch.
+fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// The progress message of the redelivery phase.

@@ -77,8 +77,8 @@ impl TempDb {
     fn new() -> Self {
         Self(std::env::temp_dir().join(format!("crcr-contract-{}.db", uuid::Uuid::new_v4().simple())))
     }
-    fn open(&self) -> crcr_shared::sqlite::Db {
-        crcr_shared::sqlite::Db::open(&self.0).unwrap_or_else(|e| panic!("open SQLite {}: {e}", self.0.display()))
+    fn open(&self) -> crcr_embedded::sqlite::Db {
+        crcr_embedded::sqlite::Db::open(&self.0).unwrap_or_else(|e| panic!("open SQLite {}: {e}", self.0.display()))
     }
 }
 
@@ -95,32 +95,32 @@ impl Drop for TempDb {
 struct Sqlite;
 
 impl Backend for Sqlite {
-    type Queue = crcr_shared::sqlite::SqliteQueue;
-    type Store = crcr_shared::sqlite::SqliteDispatchStore;
-    type Blobs = crcr_shared::sqlite::SqliteBlobStore;
-    type Jobs = crcr_shared::sqlite::SqliteJobStore;
-    type Kv = crcr_shared::sqlite::SqliteKv;
+    type Queue = crcr_embedded::sqlite::SqliteQueue;
+    type Store = crcr_embedded::sqlite::SqliteDispatchStore;
+    type Blobs = crcr_embedded::sqlite::SqliteBlobStore;
+    type Jobs = crcr_embedded::sqlite::SqliteJobStore;
+    type Kv = crcr_embedded::sqlite::SqliteKv;
 
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
         let tmp = TempDb::new();
-        let q = crcr_shared::sqlite::SqliteQueue::new(tmp.open(), "contract", max_receive_count);
+        let q = crcr_embedded::sqlite::SqliteQueue::new(tmp.open(), "contract", max_receive_count);
         Fx { inner: q, _guard: Some(tmp) }
     }
     async fn store() -> Fx<Self::Store> {
         let tmp = TempDb::new();
-        Fx { inner: crcr_shared::sqlite::SqliteDispatchStore::new(tmp.open()), _guard: Some(tmp) }
+        Fx { inner: crcr_embedded::sqlite::SqliteDispatchStore::new(tmp.open()), _guard: Some(tmp) }
     }
     async fn blobs() -> Fx<Self::Blobs> {
         let tmp = TempDb::new();
-        Fx { inner: crcr_shared::sqlite::SqliteBlobStore::new(tmp.open()), _guard: Some(tmp) }
+        Fx { inner: crcr_embedded::sqlite::SqliteBlobStore::new(tmp.open()), _guard: Some(tmp) }
     }
     async fn jobs() -> Fx<Self::Jobs> {
         let tmp = TempDb::new();
-        Fx { inner: crcr_shared::sqlite::SqliteJobStore::new(tmp.open()), _guard: Some(tmp) }
+        Fx { inner: crcr_embedded::sqlite::SqliteJobStore::new(tmp.open()), _guard: Some(tmp) }
     }
     async fn kv_pair(clock: Arc<ManualClock>, rate_per_min: u32) -> Fx<(Self::Kv, Self::Kv)> {
         let tmp = TempDb::new();
-        let kv = |db| crcr_shared::sqlite::SqliteKv::new(db, clock.clone()).with_rate_per_min(rate_per_min);
+        let kv = |db| crcr_embedded::sqlite::SqliteKv::new(db, clock.clone()).with_rate_per_min(rate_per_min);
         Fx { inner: (kv(tmp.open()), kv(tmp.open())), _guard: Some(tmp) }
     }
 }
@@ -224,11 +224,11 @@ async fn forward(host: &str, req: axum::extract::Request) -> axum::response::Res
 }
 
 impl Backend for Moto {
-    type Queue = crcr_shared::aws::SqsQueue;
-    type Store = crcr_shared::aws::DynamoDispatchStore;
-    type Blobs = crcr_shared::aws::DynamoBlobStore;
-    type Jobs = crcr_shared::aws::DynamoJobStore;
-    type Kv = crcr_shared::aws::DynamoKv;
+    type Queue = crcr_aws::SqsQueue;
+    type Store = crcr_aws::DynamoDispatchStore;
+    type Blobs = crcr_aws::DynamoBlobStore;
+    type Jobs = crcr_aws::DynamoJobStore;
+    type Kv = crcr_aws::DynamoKv;
 
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue> {
         use aws_sdk_sqs::error::DisplayErrorContext;
@@ -269,7 +269,7 @@ impl Backend for Moto {
             .unwrap_or_else(|e| panic!("create queue: {}", DisplayErrorContext(e)))
             .queue_url
             .expect("queue url");
-        Fx { inner: crcr_shared::aws::SqsQueue::new(client, queue_url, dlq_url), _guard: None }
+        Fx { inner: crcr_aws::SqsQueue::new(client, queue_url, dlq_url), _guard: None }
     }
 
     async fn store() -> Fx<Self::Store> {
@@ -280,7 +280,7 @@ impl Backend for Moto {
         let table = unique("crcr-dispatches");
         // As infra/modules/crcr/dynamodb.tf creates it (both sparse GSIs).
         moto::dispatch_table(&proxied, &table).await;
-        Fx { inner: crcr_shared::aws::DynamoDispatchStore::new(client, table), _guard: None }
+        Fx { inner: crcr_aws::DynamoDispatchStore::new(client, table), _guard: None }
     }
 
     async fn blobs() -> Fx<Self::Blobs> {
@@ -288,7 +288,7 @@ impl Backend for Moto {
         let client = aws_sdk_dynamodb::Client::new(&cfg);
         let table = unique("crcr-blobs");
         moto::table(&cfg, &table, ("key", S), Some(("chunk", N)), None).await;
-        Fx { inner: crcr_shared::aws::DynamoBlobStore::new(client, table), _guard: None }
+        Fx { inner: crcr_aws::DynamoBlobStore::new(client, table), _guard: None }
     }
 
     async fn jobs() -> Fx<Self::Jobs> {
@@ -301,9 +301,9 @@ impl Backend for Moto {
         let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-jobs");
-        let index = (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
+        let index = (crcr_aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
         moto::table(&proxied, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
-        Fx { inner: crcr_shared::aws::DynamoJobStore::new(client, table), _guard: None }
+        Fx { inner: crcr_aws::DynamoJobStore::new(client, table), _guard: None }
     }
 
     async fn kv_pair(clock: Arc<ManualClock>, rate_per_min: u32) -> Fx<(Self::Kv, Self::Kv)> {
@@ -315,10 +315,8 @@ impl Backend for Moto {
         let table = unique("crcr-kv");
         // The kv table as infra/modules/crcr/dynamodb.tf creates it: hash key `pk` (S), TTL.
         moto::table(&proxied, &table, ("pk", S), None, None).await;
-        let kv = || {
-            crcr_shared::aws::DynamoKv::new(client.clone(), table.clone(), clock.clone())
-                .with_rate_per_min(rate_per_min)
-        };
+        let kv =
+            || crcr_aws::DynamoKv::new(client.clone(), table.clone(), clock.clone()).with_rate_per_min(rate_per_min);
         Fx { inner: (kv(), kv()), _guard: None }
     }
 }
@@ -2020,9 +2018,9 @@ async fn aws_advance_check_run_on_items_without_request_status() {
     let cfg = moto_config().await;
     let client = aws_sdk_dynamodb::Client::new(&cfg);
     let table = unique("crcr-jobs");
-    let index = (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
+    let index = (crcr_aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
     moto::table(&cfg, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
-    let s = crcr_shared::aws::DynamoJobStore::new(client.clone(), table.clone());
+    let s = crcr_aws::DynamoJobStore::new(client.clone(), table.clone());
     let d = delivery();
     let target = CheckRunTarget {
         upstream: repo("pytorch/pytorch"),

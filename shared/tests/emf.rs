@@ -23,7 +23,10 @@ fn flush() -> Vec<Value> {
 
 /// The structural rules of the specification for one document; returns
 /// (namespace, dimension set, metric name → (unit, value)).
-fn check_document(doc: &Value) -> (String, Vec<String>, BTreeMap<String, (Option<String>, Value)>) {
+/// Metric name → (unit, value).
+type Metrics = BTreeMap<String, (Option<String>, Value)>;
+
+fn check_document(doc: &Value) -> (String, Vec<String>, Metrics) {
     let root = doc.as_object().expect("root node is a JSON object");
     let aws = root["_aws"].as_object().expect("_aws metadata object");
     assert!(aws["Timestamp"].as_u64().is_some_and(|t| t > 1_600_000_000_000), "Timestamp in ms: {doc}");

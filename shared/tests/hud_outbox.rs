@@ -21,16 +21,16 @@ async fn store(backend: &str) -> (Arc<dyn JobStore>, Option<tempfile_path::Guard
     match backend {
         "sqlite" => {
             let guard = tempfile_path::Guard::new();
-            let db = crcr_shared::sqlite::Db::open(&guard.0).expect("open SQLite");
-            (Arc::new(crcr_shared::sqlite::SqliteJobStore::new(db)), Some(guard))
+            let db = crcr_embedded::sqlite::Db::open(&guard.0).expect("open SQLite");
+            (Arc::new(crcr_embedded::sqlite::SqliteJobStore::new(db)), Some(guard))
         }
         _ => {
             use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
             let sdk = crcr_standin::moto::sdk().await;
             let table = format!("crcr-hud-{}", uuid::Uuid::new_v4().simple());
-            let index = (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
+            let index = (crcr_aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
             crcr_standin::moto::table(&sdk, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
-            (Arc::new(crcr_shared::aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), table)), None)
+            (Arc::new(crcr_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), table)), None)
         }
     }
 }
@@ -255,8 +255,8 @@ async fn outage_keeps_lifecycle_order(backend: &str) {
 /// HUD's row ends `completed`. A dry run changes nothing; the filter by
 /// repository and by delivery holds.
 async fn retry_puts_parked_records_back_in_order(backend: &str) {
-    use crcr_shared::ops::hud::{retry, HudRetryFilter};
-    use crcr_shared::ops::progress::NoProgress;
+    use crcr_oncall::hud::{retry, HudRetryFilter};
+    use crcr_shared::progress::NoProgress;
     let w = world(backend).await;
     let d = DeliveryId::parse("0e7e0000-0000-4000-8000-000000000001").unwrap();
     let k = key(&d, "build");

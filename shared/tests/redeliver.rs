@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use crcr_shared::config::{github_app_from_env, redeliver_interval, Env};
 use crcr_shared::github::GitHubAppConfig;
-use crcr_shared::ops::progress::{ProgressEvent, ProgressLog};
 use crcr_shared::ports::{InMemoryStateStore, StateStore};
+use crcr_shared::progress::{ProgressEvent, ProgressLog};
 use crcr_shared::redeliver::{
     run_periodic, GuidOutcome, RedeliverError, RedeliverReport, RedeliverSettings, Redeliverer, RunOptions,
     MAX_PENDING, STATE_KEY,
@@ -150,7 +150,7 @@ async fn reads_pages_to_six_hours_and_asks_once_per_failed_guid_for_its_newest_a
     assert!(stored["requested"].get("b").is_none());
     assert_eq!(Some(stored["scanned_to_ms"].as_i64().unwrap()), report.cursor_ms);
 
-    let text = report.render(chrono::Utc::now().timestamp_millis());
+    let text = crcr_oncall::redeliver::render(&report, chrono::Utc::now().timestamp_millis());
     assert!(text.contains("read 3 page(s), 15 deliveries"), "{text}");
     assert!(text.contains("redelivery requested (attempt 1)") && text.contains("too old"), "{text}");
 }
@@ -253,7 +253,7 @@ async fn a_dry_run_asks_for_nothing_and_stores_nothing() {
     assert!(s.redelivery_requests().is_empty());
     assert_eq!(state.get(STATE_KEY).await.unwrap(), None);
     assert_eq!(outcomes(&dry)["a"], GuidOutcome::WouldRequest { attempt: 1 });
-    assert!(dry.render(0).starts_with("dry run: "));
+    assert!(crcr_oncall::redeliver::render(&dry, 0).starts_with("dry run: "));
 
     // The real run then asks for the same three.
     run(&r, None, false).await;
@@ -403,7 +403,11 @@ async fn a_rate_limited_request_stops_the_run_and_the_rest_waits() {
     // The log was read to its bound; what was not asked for waits in the state.
     assert!(limited.cursor_ms.is_some() && limited.unscanned.is_none(), "{limited:#?}");
     assert_eq!(limited.pending, 3, "e (rate limited), d and a");
-    assert!(limited.render(0).contains("3 failed GUID(s) wait to be asked for"), "{}", limited.render(0));
+    assert!(
+        crcr_oncall::redeliver::render(&limited, 0).contains("3 failed GUID(s) wait to be asked for"),
+        "{}",
+        crcr_oncall::redeliver::render(&limited, 0)
+    );
 
     // The next run asks for them first, without reading their pages again.
     let later = run(&r, None, false).await;
@@ -535,7 +539,11 @@ async fn a_run_stopped_by_its_page_limit_goes_on_where_it_stopped_not_from_the_n
     assert_eq!(first.pages, 2);
     let unscanned = first.unscanned.expect("what was not read is reported");
     assert!(unscanned.from_ms < unscanned.to_ms);
-    assert!(first.render(0).contains("not read yet: deliveries from"), "{}", first.render(0));
+    assert!(
+        crcr_oncall::redeliver::render(&first, 0).contains("not read yet: deliveries from"),
+        "{}",
+        crcr_oncall::redeliver::render(&first, 0)
+    );
     assert_eq!(accepted(&s), ["old-20", "old-25"], "the newest two pages");
     let stored: Value = serde_json::from_str(&state.get(STATE_KEY).await.unwrap().unwrap()).unwrap();
     assert!(stored["resume"]["cursor"].is_string(), "{stored}");
@@ -635,7 +643,11 @@ async fn failed_deliveries_of_events_the_relay_does_not_act_on_are_not_asked_for
     let mut asked = accepted(&s);
     asked.sort();
     assert_eq!(asked, ["pr-labeled", "push", "suite-rerequested"]);
-    assert!(report.render(0).contains("4 of events the relay does not act on"), "{}", report.render(0));
+    assert!(
+        crcr_oncall::redeliver::render(&report, 0).contains("4 of events the relay does not act on"),
+        "{}",
+        crcr_oncall::redeliver::render(&report, 0)
+    );
 }
 
 /// More failures than the state keeps ([`MAX_PENDING`]): the scan stops

@@ -8,15 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crcr_embedded::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
+use crcr_embedded::EmbeddedRelay;
 use crcr_shared::allowlist::{Allowlist, AllowlistSource};
 use crcr_shared::config::{EmbeddedConfig, RelayConfig};
 use crcr_shared::dispatch::DispatcherSettings;
 use crcr_shared::domain::{DeliveryId, RepoFullName};
-use crcr_shared::embedded::EmbeddedRelay;
 use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::ports::{DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueSide};
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
 use crcr_standin::StandIn;
 use serde_json::Value;
 

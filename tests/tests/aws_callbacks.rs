@@ -1,5 +1,5 @@
 //! Callbacks on the AWS path, on moto, through exactly what the Lambda
-//! functions run (`crcr_shared::aws::wiring`): a signed webhook through the
+//! functions run (`crcr_aws::wiring`): a signed webhook through the
 //! ingest function's router → dispatch queue (SQS) → the dispatcher
 //! function's batch handler → dispatch records (DynamoDB); then
 //! `in_progress` and `completed` callbacks with OIDC tokens of a local
@@ -19,18 +19,18 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
 use axum::Router;
-use crcr_shared::aws::wiring::{
+use crcr_aws::wiring::{
     dispatcher_function, ingest_router, reconciler_function, sqs_batch_response, ReconcilerEventError,
     ReconcilerFunction,
 };
-use crcr_shared::aws::SqsQueue;
+use crcr_aws::SqsQueue;
+use crcr_oncall::trace::TraceStores;
 use crcr_shared::config::{AwsResources, Env};
 use crcr_shared::domain::DeliveryId;
 use crcr_shared::lifecycle::{HudSync, JobState};
 use crcr_shared::message::QueueMessage;
 use crcr_shared::ports::{DispatchStatus, EventQueue, QueueSide, ReceivedMessage};
 use crcr_shared::signature::WebhookSecret;
-use crcr_shared::trace::TraceStores;
 use crcr_shared::upstream::{UpstreamEvent, UpstreamV1};
 use crcr_standin::issuer::{Hud, Issuer};
 use crcr_standin::moto::{self, Resources};

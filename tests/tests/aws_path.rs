@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crcr_aws::lambda::process_sqs_batch;
+use crcr_aws::{DynamoBlobStore, DynamoDispatchStore, SqsQueue};
 use crcr_shared::allowlist::{Allowlist, AllowlistProvider};
-use crcr_shared::aws::{DynamoBlobStore, DynamoDispatchStore, SqsQueue};
-use crcr_shared::dispatch::{process_sqs_batch, Dispatcher, DispatcherSettings};
+use crcr_shared::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_shared::domain::{DeliveryId, RepoFullName};
 use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_shared::ingest::{router, IngestState};

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
+use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_shared::domain::{DeliveryId, Level};
 use crcr_shared::lifecycle::{HudSync, JobState, JobStore};
 use crcr_shared::reconcile::ReconcilerSettings;
-use crcr_shared::sqlite::SqliteJobStore;
 use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::*;
@@ -132,7 +132,7 @@ async fn in_progress_then_completed_reaches_hud_with_trusted_figures() {
     assert_eq!((job.state, job.conclusion.as_deref()), (JobState::Completed, Some("success")));
     assert!(jobs(&w).outbox(&id).await.unwrap().iter().all(|o| o.sync == HudSync::Sent));
     // crcr trace shows the whole chain.
-    let t = crcr_shared::trace::trace(&id, w.relay.store.as_ref(), &jobs(&w)).await.unwrap();
+    let t = crcr_oncall::trace::trace(&id, w.relay.store.as_ref(), &jobs(&w)).await.unwrap();
     assert_eq!((t.dispatches.len(), t.jobs.len(), t.hud.len()), (3, 1, 2));
     let text = t.render();
     for needle in ["org2/two", "L2", "dispatched", "completed (success)", "queue ", "sent"] {
@@ -292,7 +292,7 @@ async fn a_dispatch_with_no_callback_is_reported_never_started() {
     assert_eq!(report.never_started_error, None);
     // crcr trace shows the silent target.
     let id = DeliveryId::parse(&w.delivery).unwrap();
-    let t = crcr_shared::trace::trace(&id, w.relay.store.as_ref(), &jobs(&w)).await.unwrap();
+    let t = crcr_oncall::trace::trace(&id, w.relay.store.as_ref(), &jobs(&w)).await.unwrap();
     let silent: Vec<&str> = t.silent_targets.iter().map(|s| s.target.as_str()).collect();
     assert_eq!(silent, vec!["org3/three"]);
     assert!(t.render().contains("no callback yet"), "{}", t.render());

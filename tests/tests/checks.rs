@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
+use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_shared::config::CallbackConfig;
 use crcr_shared::lifecycle::{HudSync, JobStore};
 use crcr_shared::ports::DispatchStore;
-use crcr_shared::sqlite::SqliteJobStore;
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::{callback_config, fixture, post_callback, test_settings, uuid, wait_for, Relay};
 use serde_json::{json, Value};
@@ -333,7 +333,7 @@ async fn a_check_run_github_refuses_is_rejected_with_its_answer_and_hud_still_ge
     let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
     wait_item(&jobs, &id, HudSync::Rejected).await;
     assert!(w.gh.check_runs(UPSTREAM).is_empty());
-    let t = crcr_shared::trace::trace(&id, w.relay.store.as_ref(), &jobs).await.unwrap();
+    let t = crcr_oncall::trace::trace(&id, w.relay.store.as_ref(), &jobs).await.unwrap();
     let text = t.render();
     assert!(text.contains("upstream check runs:"), "{text}");
     assert!(text.contains("rejected  crcr/org4/four/CI/build"), "{text}");
@@ -393,7 +393,7 @@ async fn label(w: &World, sha: &str, label: &str) {
 /// Waits until the reconcile queue is empty (every upstream event and callback applied).
 async fn reconciled(w: &World) {
     use crcr_shared::ports::{EventQueue, QueueSide};
-    let q = crcr_shared::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
+    let q = crcr_embedded::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while q.depth(QueueSide::Source).await.unwrap() > 0 {
         assert!(std::time::Instant::now() < deadline, "the reconcile queue never drained");
@@ -579,7 +579,7 @@ async fn a_rate_limited_rerun_waits_at_least_a_minute_before_it_is_tried_again()
     // Not dropped, not dead-lettered: waiting on the queue (hidden), and not
     // tried again after the 2 s a store hiccup would wait.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let q = crcr_shared::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
+    let q = crcr_embedded::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
     let source = q.stats(QueueSide::Source).await.unwrap();
     assert_eq!((source.visible, source.in_flight), (0, 1), "{source:?}");
     assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
@@ -734,7 +734,7 @@ async fn synchronize_supersedes_the_old_heads_jobs() {
     // After: the old head's silent targets are not waited for any more.
     assert!(silent(&w.relay.reconciler.sweep().await.unwrap()).is_empty());
     // `crcr trace` says so, per target.
-    let stores = crcr_shared::trace::TraceStores::sqlite(&w.relay.dir.join("crcr.sqlite")).unwrap();
+    let stores = crcr_oncall::trace::TraceStores::sqlite(&w.relay.dir.join("crcr.sqlite")).unwrap();
     let t = stores.trace(&DeliveryId::parse(&d).unwrap()).await.unwrap();
     assert!(t.silent_targets.is_empty(), "{:?}", t.silent_targets);
     assert_eq!(t.not_tracked.len(), 3, "{:?}", t.not_tracked);
@@ -756,7 +756,7 @@ async fn one_sweep_at_a_time_sends_the_outboxes() {
     use crcr_shared::ports::StateStore;
     let w = world(&[]).await;
     // Another sweep (another Lambda instance) holds the outbox lease.
-    let kv = crcr_shared::sqlite::SqliteKv::new(w.relay.db(), std::sync::Arc::new(crcr_shared::ports::SystemClock));
+    let kv = crcr_embedded::sqlite::SqliteKv::new(w.relay.db(), std::sync::Arc::new(crcr_shared::ports::SystemClock));
     let key = crcr_shared::reconcile::OUTBOX_LEASE_KEY;
     let other = "another-sweep";
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

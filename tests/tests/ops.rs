@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use crcr_oncall::backend::{self, OpsPorts, QueueName};
+use crcr_oncall::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
 use crcr_shared::dispatch::DispatcherSettings;
-use crcr_shared::ops::backend::{self, OpsPorts, QueueName};
-use crcr_shared::ops::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
-use crcr_shared::ops::progress::NoProgress;
 use crcr_shared::ports::{DispatchStatus, QueueSide, SystemClock};
+use crcr_shared::progress::NoProgress;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 

@@ -13,11 +13,11 @@
 
 use std::time::Duration;
 
+use crcr_embedded::EmbeddedRelay;
 use crcr_shared::allowlist::AllowlistSource;
 use crcr_shared::config::{EmbeddedConfig, RelayConfig};
 use crcr_shared::dispatch::{Disposition, MessageOutcome, TargetOutcome};
 use crcr_shared::domain::RepoFullName;
-use crcr_shared::embedded::EmbeddedRelay;
 use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::ports::{EventQueue, QueueSide, ReceivedMessage};
 use crcr_shared::signature::WebhookSecret;

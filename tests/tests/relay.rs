@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crcr_embedded::sqlite::SqliteQueue;
 use crcr_shared::dispatch::DispatcherSettings;
 use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
-use crcr_shared::sqlite::SqliteQueue;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 use serde_json::Value;

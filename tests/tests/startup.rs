@@ -1,6 +1,6 @@
 //! A broken allowlist stops the relay at start-up (issue 12, item 4): the
 //! embedded relay (`crcr serve`) and the Lambda functions' init
-//! (`crcr_shared::aws::wiring::{ingest_init, dispatcher_init}`) refuse to
+//! (`crcr_aws::wiring::{ingest_init, dispatcher_init}`) refuse to
 //! start with an error naming the file and the line or entry, instead of
 //! answering healthy with no allowlist. (The `crcr serve` binary itself:
 //! cli/tests/startup.rs.)
@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crcr_aws::wiring::{dispatcher_init, ingest_init, WiringError};
+use crcr_embedded::{EmbeddedError, EmbeddedRelay};
 use crcr_shared::allowlist::AllowlistSource;
-use crcr_shared::aws::wiring::{dispatcher_init, ingest_init, WiringError};
 use crcr_shared::config::{EmbeddedConfig, Env, RelayConfig};
 use crcr_shared::domain::RepoFullName;
-use crcr_shared::embedded::{EmbeddedError, EmbeddedRelay};
 use crcr_shared::github::GitHubAppConfig;
 use crcr_shared::signature::WebhookSecret;
 use crcr_standin::{StandIn, StandInOptions};
@@ -134,7 +134,7 @@ fn lambda_env(gh: &StandIn, allowlist: &Path) -> Env<'static> {
 #[tokio::test]
 async fn lambda_init_refuses_a_broken_allowlist_naming_file_and_entry() {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
-    let sdk = crcr_shared::aws::sdk_config(Some("http://127.0.0.1:9")).await;
+    let sdk = crcr_aws::sdk_config(Some("http://127.0.0.1:9")).await;
     let path = temp_allowlist(DUPLICATE);
     let env = lambda_env(&gh, &path);
     let check = |err: WiringError, function: &str| {
@@ -143,8 +143,9 @@ async fn lambda_init_refuses_a_broken_allowlist_naming_file_and_entry() {
         assert!(text.contains(&path.display().to_string()), "{function} names the file: {text}");
         assert!(text.contains("at L1[0] and at L2[0]"), "{function} names the entries: {text}");
     };
-    check(ingest_init(&env, &sdk).await.err().expect("ingest init fails"), "ingest");
-    check(dispatcher_init(&env, &sdk).await.err().expect("dispatcher init fails"), "dispatcher");
+    check(ingest_init(&env, &sdk).await.expect_err("ingest init fails"), "ingest");
+    let Err(err) = dispatcher_init(&env, &sdk).await else { panic!("dispatcher init fails") };
+    check(err, "dispatcher");
 
     let good = temp_allowlist("L1:\n  - org/a\n");
     let env = lambda_env(&gh, &good);
@@ -160,7 +161,7 @@ async fn lambda_init_refuses_a_broken_allowlist_naming_file_and_entry() {
 #[tokio::test]
 async fn lambda_init_starts_when_github_cannot_be_asked_for_the_allowlist() {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
-    let sdk = crcr_shared::aws::sdk_config(Some("http://127.0.0.1:9")).await;
+    let sdk = crcr_aws::sdk_config(Some("http://127.0.0.1:9")).await;
     let base = lambda_env(&gh, Path::new("unused.yml"));
     let env = Env::new(move |k| match k {
         "CRCR_ALLOWLIST_FILE" => None,

@@ -30,7 +30,7 @@ pub async fn sdk() -> SdkConfig {
         matches!(reachable, Ok(Ok(_))),
         "moto is not reachable at {url}: run scripts/test, or start `.venv/bin/moto_server -H 127.0.0.1 -p 5000`"
     );
-    let cfg = crcr_shared::aws::sdk_config(Some(&url)).await;
+    let cfg = crcr_aws::sdk_config(Some(&url)).await;
     let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "crcr-standin-moto");
     cfg.to_builder().credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds)).build()
 }
@@ -75,14 +75,14 @@ pub async fn table(sdk: &SdkConfig, name: &str, hash: Attr<'_>, range: Option<At
 
 /// The dispatch table as infra/modules/crcr/dynamodb.tf creates it: hash
 /// key `delivery_id` (S), range key `target` (S), the sparse GSIs
-/// [`crcr_shared::aws::DISPATCH_DAY_INDEX`] (`dispatch_day` S + `dispatched_at_ms`
-/// N) and [`crcr_shared::aws::HEAD_SHA_INDEX`] (`head_sha` S + `created_at_ms` N),
+/// [`crcr_aws::DISPATCH_DAY_INDEX`] (`dispatch_day` S + `dispatched_at_ms`
+/// N) and [`crcr_aws::HEAD_SHA_INDEX`] (`head_sha` S + `created_at_ms` N),
 /// TTL on `expires_at`.
 pub async fn dispatch_table(sdk: &SdkConfig, name: &str) {
     use ScalarAttributeType::{N, S};
     let indexes = [
-        (crcr_shared::aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N)),
-        (crcr_shared::aws::HEAD_SHA_INDEX, ("head_sha", S), ("created_at_ms", N)),
+        (crcr_aws::DISPATCH_DAY_INDEX, ("dispatch_day", S), ("dispatched_at_ms", N)),
+        (crcr_aws::HEAD_SHA_INDEX, ("head_sha", S), ("created_at_ms", N)),
     ];
     table_with_indexes(sdk, name, ("delivery_id", S), Some(("target", S)), &indexes).await
 }
@@ -178,7 +178,7 @@ impl Resources {
         };
         dispatch_table(sdk, &r.dispatch_table).await;
         table(sdk, &r.payload_table, ("key", S), Some(("chunk", N)), None).await;
-        let status_index = (crcr_shared::aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
+        let status_index = (crcr_aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
         table(sdk, &r.jobs_table, ("pk", S), Some(("sk", S)), Some(status_index)).await;
         table(sdk, &r.kv_table, ("pk", S), None, None).await;
         r

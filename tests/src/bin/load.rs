@@ -127,7 +127,9 @@ async fn main() -> anyhow::Result<()> {
     let dispatches_before = gh.dispatches().len();
 
     let total = a.rate * a.seconds;
-    let acks: Arc<Mutex<Vec<(String, Instant, f64, u16)>>> = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    // (delivery id, when sent, latency in s, status)
+    type Acks = Arc<Mutex<Vec<(String, Instant, f64, u16)>>>;
+    let acks: Acks = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / a.rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();

@@ -1,0 +1,311 @@
+//! Wiring of the Lambda functions: configuration → adapters → the router or
+//! handler each function runs. The Lambda mains only call these, and the
+//! tests (tests/tests/aws_callbacks.rs) call the same functions, so what is
+//! tested is what is deployed.
+//!
+//! - ingest: [`ingest_router`] (`POST /github/webhook`, `POST /github/callback`, `GET /healthz`),
+//!   started by [`ingest_init`] (which also refuses a broken allowlist);
+//! - dispatcher: [`dispatcher_function`], run with [`sqs_batch_response`] (an SQS batch → partial batch response),
+//!   started by [`dispatcher_init`] (which also refuses a broken allowlist);
+//! - reconciler: [`reconciler_function`] → [`ReconcilerFunction::handle`] (SQS batches
+//!   from the reconcile queue and EventBridge scheduled tasks).
+
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::{DynamoBlobStore, DynamoDispatchStore, DynamoJobStore, DynamoKv, SqsQueue};
+use crate::lambda::process_sqs_batch;
+use crcr_shared::callback_route::CallbackState;
+use crcr_shared::compose::{github_and_allowlist, hud_from_config, oidc_verifier, StartupError};
+use crcr_shared::config::{AwsResources, ConfigError, Env, RelayConfig};
+use crcr_shared::dispatch::Dispatcher;
+use crcr_shared::ingest::IngestState;
+use crcr_shared::ports::{Clock, EventQueue, ReceivedMessage, StateStore, StoreError, SystemClock};
+use crcr_shared::reconcile::{MessageHandler, Reconciler, SweepReport};
+
+/// Who needs a resource, for configuration errors.
+const INGEST: &str = "the ingest function";
+const RECONCILER: &str = "the reconciler function";
+
+/// Start-up failures of a Lambda function (each names the setting at fault).
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    GitHub(#[from] crcr_shared::github::GitHubConfigError),
+    #[error(transparent)]
+    Relay(#[from] StartupError),
+    #[error("CRCR_HUD_URL: {0}")]
+    Hud(#[from] crcr_shared::hud::HudUrlError),
+    /// A broken allowlist at init ([`ingest_init`], [`dispatcher_init`]):
+    /// names the file or URL and the line or entry.
+    #[error("cannot start with this allowlist (CRCR_ALLOWLIST_URL / CRCR_ALLOWLIST_FILE): {0}")]
+    Allowlist(#[from] crcr_shared::allowlist::AllowlistError),
+}
+
+/// The SDK clients every function builds from one [`SdkConfig`].
+fn clients(sdk: &SdkConfig) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
+    (aws_sdk_sqs::Client::new(sdk), aws_sdk_dynamodb::Client::new(sdk))
+}
+
+/// The ingest function's router, from the environment (`env`, secrets
+/// already layered in by [`crate::secrets::process_env_with_secrets`]):
+///
+/// - `POST /github/webhook` → the dispatch queue (`CRCR_DISPATCH_QUEUE_URL`),
+///   payloads over the queue's limit claim-checked in `CRCR_PAYLOAD_TABLE`;
+/// - `POST /github/callback` → OIDC ([`crcr_shared::config::CallbackConfig`]: issuers, audience),
+///   `repository_id` bindings, `jti` replay guard and per-repository rate
+///   limit in `CRCR_KV_TABLE` (shared by every instance), the allowlist
+///   (`CRCR_ALLOWLIST_URL` / `_FILE`, read with the App's token), request-time
+///   lifecycle checks on `CRCR_DISPATCH_TABLE` and `CRCR_JOBS_TABLE`, the
+///   upstream commit of a `nightly` / `periodic` callback looked up with the
+///   App (cached per instance), then the reconcile queue
+///   (`CRCR_RECONCILE_QUEUE_URL`);
+/// - `GET /healthz`.
+///
+/// Errors name the missing or malformed variable.
+pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringError> {
+    Ok(ingest_parts(env, sdk)?.0)
+}
+
+/// The ingest function as its main starts it: [`ingest_router`], then the
+/// allowlist loaded once ([`crcr_shared::allowlist::AllowlistProvider::check_at_start`]):
+/// a broken allowlist fails the init with [`WiringError::Allowlist`]
+/// naming the URL (or file) and the line or entry (Lambda reports a failed
+/// init and tries it again on the next invoke: AWS Lambda developer guide,
+/// "Understand the Lambda execution environment lifecycle" → "Failures
+/// during the Init phase"). GitHub being unavailable does not fail it.
+pub async fn ingest_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringError> {
+    let (router, allowlist) = ingest_parts(env, sdk)?;
+    allowlist.check_at_start().await?;
+    Ok(router)
+}
+
+/// [`ingest_router`] and the allowlist provider its callback route reads.
+fn ingest_parts(
+    env: &Env<'_>,
+    sdk: &SdkConfig,
+) -> Result<(Router, Arc<crcr_shared::allowlist::AllowlistProvider>), WiringError> {
+    let cfg = RelayConfig::from_env(env)?;
+    let aws = AwsResources::from_env(env)?;
+    let (sqs, dynamo) = clients(sdk);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Ingest only sends: it never reads or writes a DLQ.
+    let dispatch_queue = SqsQueue::new(sqs.clone(), aws.dispatch_queue_url(INGEST)?, String::new());
+    let reconcile_queue = Arc::new(SqsQueue::new(sqs, aws.reconcile_queue_url(INGEST)?, String::new()));
+    let webhooks = crcr_shared::ingest::router(Arc::new(IngestState {
+        secret: cfg.webhook_secret.clone(),
+        upstream: cfg.upstream.clone(),
+        queue: Arc::new(dispatch_queue),
+        blobs: Arc::new(DynamoBlobStore::new(dynamo.clone(), aws.payload_table(INGEST)?).with_ttl(aws.payload_ttl)),
+        clock: clock.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+        reconcile: Some(reconcile_queue.clone()),
+    }));
+    let kv = Arc::new(
+        DynamoKv::new(dynamo.clone(), aws.kv_table(INGEST)?, clock.clone())
+            .with_rate_per_min(cfg.callbacks.rate_per_min),
+    );
+    let (github, allowlist) = github_and_allowlist(&cfg)?;
+    let callbacks = crcr_shared::callback_route::router(Arc::new(CallbackState {
+        verifier: Arc::new(oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?),
+        allowlist: allowlist.clone(),
+        dispatches: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(INGEST)?)),
+        jobs: Arc::new(DynamoJobStore::new(dynamo, aws.jobs_table(INGEST)?)),
+        queue: reconcile_queue,
+        rate: kv,
+        commits: Arc::new(crcr_shared::commits::CachedCommitLookup::new(github, clock.clone())),
+        upstream: cfg.upstream.clone(),
+        clock,
+    }));
+    Ok((webhooks.merge(callbacks), allowlist))
+}
+
+/// The dispatcher function: the [`Dispatcher`] (GitHub App, allowlist,
+/// [`RelayConfig`] settings) on `CRCR_DISPATCH_TABLE` and
+/// `CRCR_PAYLOAD_TABLE`, and the dispatch queue (`CRCR_DISPATCH_QUEUE_URL`)
+/// with its DLQ (`CRCR_DISPATCH_DLQ_URL`); run it with [`sqs_batch_response`].
+pub fn dispatcher_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispatcher>, Arc<SqsQueue>), WiringError> {
+    const BY: &str = "the dispatcher function";
+    let cfg = RelayConfig::from_env(env)?;
+    let aws = AwsResources::from_env(env)?;
+    let (sqs, dynamo) = clients(sdk);
+    let queue = Arc::new(SqsQueue::new(sqs, aws.dispatch_queue_url(BY)?, aws.dlq_url()?));
+    let (github, allowlist) = github_and_allowlist(&cfg)?;
+    let dispatcher = Arc::new(Dispatcher {
+        store: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(BY)?)),
+        blobs: Arc::new(DynamoBlobStore::new(dynamo, aws.payload_table(BY)?)),
+        github,
+        allowlist,
+        clock: Arc::new(SystemClock),
+        settings: cfg.dispatcher,
+    });
+    Ok((dispatcher, queue))
+}
+
+/// The dispatcher function as its main starts it: [`dispatcher_function`],
+/// then the allowlist loaded once
+/// ([`crcr_shared::allowlist::AllowlistProvider::check_at_start`]): a broken
+/// allowlist fails the init with [`WiringError::Allowlist`] (see
+/// [`ingest_init`]). GitHub being unavailable does not fail it.
+pub async fn dispatcher_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispatcher>, Arc<SqsQueue>), WiringError> {
+    let (dispatcher, queue) = dispatcher_function(env, sdk)?;
+    dispatcher.allowlist.check_at_start().await?;
+    Ok((dispatcher, queue))
+}
+
+/// An SQS record as the queue port sees it (`ApproximateReceiveCount` and
+/// `SentTimestamp` from the record's attributes; SQS's own redrive carries
+/// no dead-letter reason).
+pub fn received(m: SqsMessage) -> ReceivedMessage {
+    let attr = |k: &str| m.attributes.get(k).and_then(|v| v.parse::<i64>().ok());
+    ReceivedMessage {
+        receive_count: attr("ApproximateReceiveCount").unwrap_or(1) as u32,
+        sent_at_ms: attr("SentTimestamp").unwrap_or(0),
+        message_id: m.message_id.clone().unwrap_or_default(),
+        receipt: m.receipt_handle.clone().unwrap_or_default(),
+        body: m.body.clone().unwrap_or_default(),
+        dead_letter_reason: None,
+    }
+}
+
+/// Handles an SQS event (an event source mapping with
+/// `ReportBatchItemFailures`) with `handler` ([`process_sqs_batch`]) and
+/// answers the partial batch response: the ids of the messages to receive
+/// again. Lambda deletes the others.
+pub async fn sqs_batch_response<H: MessageHandler + ?Sized>(
+    handler: &H,
+    queue: &dyn EventQueue,
+    event: SqsEvent,
+) -> SqsBatchResponse {
+    let batch = event.records.into_iter().map(received).collect();
+    let failed = process_sqs_batch(handler, queue, batch).await;
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            f
+        })
+        .collect();
+    response
+}
+
+/// The reconciler function: the [`Reconciler`] on DynamoDB, the reconcile
+/// queue on SQS, and the small-state store the scheduled tasks keep their
+/// cursors in.
+pub struct ReconcilerFunction {
+    pub reconciler: Arc<Reconciler>,
+    /// The reconcile queue (`CRCR_RECONCILE_QUEUE_URL`) and its DLQ (`CRCR_RECONCILE_DLQ_URL`).
+    pub queue: Arc<SqsQueue>,
+    /// `CRCR_KV_TABLE` (e.g. the redeliver cursor).
+    pub state: Arc<dyn StateStore>,
+    /// Missed-delivery recovery (`{"task": "redeliver"}`), its cursor in `state`.
+    pub redeliver: crcr_shared::redeliver::Redeliverer,
+}
+
+/// The reconciler function from the environment: job records in
+/// `CRCR_JOBS_TABLE`, DISPATCHED records read from `CRCR_DISPATCH_TABLE`,
+/// the reconcile queue and its DLQ, `CRCR_KV_TABLE`, HUD from `CRCR_HUD_URL`
+/// and the bot key (no URL: records wait in the outbox), upstream commits
+/// looked up with the GitHub App ([`RelayConfig`]).
+pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerFunction, WiringError> {
+    let cfg = RelayConfig::from_env(env)?;
+    let aws = AwsResources::from_env(env)?;
+    let (sqs, dynamo) = clients(sdk);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let queue = Arc::new(SqsQueue::new(sqs, aws.reconcile_queue_url(RECONCILER)?, aws.reconcile_dlq_url(RECONCILER)?));
+    let github = Arc::new(crcr_shared::github::GitHubAppClient::new(cfg.github.clone())?);
+    let state: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo.clone(), aws.kv_table(RECONCILER)?, clock.clone()));
+    let reconciler = Arc::new(Reconciler {
+        dispatches: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(RECONCILER)?)),
+        jobs: Arc::new(DynamoJobStore::new(dynamo.clone(), aws.jobs_table(RECONCILER)?)),
+        hud: hud_from_config(&cfg.callbacks)?,
+        clock: clock.clone(),
+        settings: cfg.callbacks.reconciler.clone(),
+        upstream: cfg.upstream.clone(),
+        commits: Arc::new(crcr_shared::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
+        checks: Some(github.clone()),
+        runs: Some(github.clone()),
+        state: state.clone(),
+    });
+    let redeliver = crcr_shared::redeliver::Redeliverer::new(github, state.clone());
+    Ok(ReconcilerFunction { reconciler, queue, state, redeliver })
+}
+
+/// Why a reconciler invocation failed (Lambda reports it; a scheduled run is
+/// repeated by the next tick).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcilerEventError {
+    #[error(
+        "not an SQS batch ({{\"Records\": [...]}}) nor a scheduled task ({{\"task\": \"sweep\"|\"redeliver\"}}): {0}"
+    )]
+    UnknownEvent(String),
+    #[error("unknown scheduled task {0:?} (known: sweep, redeliver)")]
+    UnknownTask(String),
+    #[error("redeliver task: {0}")]
+    Redeliver(#[from] crcr_shared::redeliver::RedeliverError),
+    #[error("sweep failed: {0}")]
+    Sweep(#[from] StoreError),
+}
+
+impl ReconcilerFunction {
+    /// One invocation. Two event shapes:
+    ///
+    /// - an SQS batch from the reconcile queue (`{"Records": [...]}`) →
+    ///   [`Reconciler`] per message → partial batch response
+    ///   (`{"batchItemFailures": [{"itemIdentifier": <message id>}]}`);
+    /// - an EventBridge schedule whose target input is `{"task": "sweep"}`
+    ///   (timeouts, never-started dispatches, HUD outbox → its figures as
+    ///   JSON) or `{"task": "redeliver"}` (ask GitHub to redeliver webhook
+    ///   deliveries that failed: [`crcr_shared::redeliver`]; its report as JSON)
+    ///   (infra/modules/crcr/schedules.tf).
+    pub async fn handle(&self, event: Value) -> Result<Value, ReconcilerEventError> {
+        if event.get("Records").is_some() {
+            let batch: SqsEvent =
+                serde_json::from_value(event).map_err(|e| ReconcilerEventError::UnknownEvent(e.to_string()))?;
+            let response = sqs_batch_response(self.reconciler.as_ref(), self.queue.as_ref(), batch).await;
+            return Ok(serde_json::to_value(response).expect("a batch response serializes"));
+        }
+        match event.get("task").and_then(Value::as_str) {
+            Some("sweep") => {
+                let report = self.reconciler.sweep().await?;
+                log_sweep(&report);
+                Ok(json!({"task": "sweep", "report": report}))
+            }
+            Some("redeliver") => {
+                // Logs its own summary; GitHub errors are in the report (the
+                // next tick retries), Err only when the state store failed.
+                let report = self.redeliver.run_scheduled().await?;
+                Ok(json!({"task": "redeliver", "report": report}))
+            }
+            Some(other) => Err(ReconcilerEventError::UnknownTask(other.to_owned())),
+            None => {
+                let mut shape: Vec<&str> =
+                    event.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+                shape.sort_unstable();
+                Err(ReconcilerEventError::UnknownEvent(format!("top-level keys {shape:?}")))
+            }
+        }
+    }
+}
+
+/// The sweep's figures in one log line (`metric=sweep`).
+fn log_sweep(r: &SweepReport) {
+    tracing::info!(
+        timed_out = r.timed_out,
+        never_started = r.never_started.len(),
+        never_started_error = r.never_started_error.as_deref().unwrap_or(""),
+        hud_sent = r.hud.sent,
+        hud_rejected = r.hud.rejected,
+        hud_pending = r.hud.still_pending,
+        metric = "sweep",
+        "sweep"
+    );
+}

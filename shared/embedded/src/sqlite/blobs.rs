@@ -1,0 +1,42 @@
+//! Claim-check blobs in the `blobs` table.
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+
+use super::Db;
+use crcr_shared::ports::{BlobError, BlobStore, Clock, SystemClock};
+
+/// [`BlobStore`] on SQLite.
+#[derive(Clone)]
+pub struct SqliteBlobStore {
+    db: Db,
+}
+
+impl SqliteBlobStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl BlobStore for SqliteBlobStore {
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        self.db
+            .lock()
+            .execute(
+                "INSERT OR REPLACE INTO blobs (key, data, created_at_ms) VALUES (?1, ?2, ?3)",
+                params![key, bytes, SystemClock.now_ms()],
+            )
+            .map_err(|e| BlobError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        self.db
+            .lock()
+            .query_row("SELECT data FROM blobs WHERE key = ?1", [key], |r| r.get::<_, Vec<u8>>(0))
+            .optional()
+            .map_err(|e| BlobError::Unavailable(e.to_string()))?
+            .ok_or_else(|| BlobError::NotFound(key.to_owned()))
+    }
+}

@@ -1,0 +1,296 @@
+//! [`DispatchStore`] on SQLite: one row per (delivery id, [`record_key`]: the
+//! lower-cased target and the webhook's id when the delivery named it);
+//! claims are conditional updates inside an immediate transaction.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::Db;
+use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
+use crcr_shared::ports::{
+    record_key, AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
+    StoreError,
+};
+
+/// [`DispatchStore`] on SQLite.
+#[derive(Clone)]
+pub struct SqliteDispatchStore {
+    db: Db,
+}
+
+impl SqliteDispatchStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+const COLUMNS: &str = "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
+    updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run, device, received_at_ms,
+    hook_id";
+
+/// The tail of [`DispatchStore::records_for_commit`]'s query (`?1` the
+/// commit, `?2` the limit): the order of the index `dispatches_head_sha`.
+const FOR_COMMIT: &str = "WHERE head_sha = ?1 ORDER BY created_at_ms, delivery_id, target_key LIMIT ?2";
+
+fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
+    let delivery: String = r.get(0)?;
+    let target: String = r.get(1)?;
+    let status: String = r.get(2)?;
+    let level: String = r.get(14)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("dispatch {delivery}/{target}: {what}"));
+    let parsed = (|| {
+        Ok(DispatchRecord {
+            delivery_id: DeliveryId::parse(&delivery).map_err(|e| corrupt(&e.to_string()))?,
+            target: RepoFullName::parse(&target).map_err(|e| corrupt(&e.to_string()))?,
+            status: DispatchStatus::parse(&status).ok_or_else(|| corrupt("unknown status"))?,
+            attempts: r.get(3).map_err(|e| corrupt(&e.to_string()))?,
+            last_error: r.get(4).map_err(|e| corrupt(&e.to_string()))?,
+            lease_until_ms: r.get(5).map_err(|e| corrupt(&e.to_string()))?,
+            created_at_ms: r.get(6).map_err(|e| corrupt(&e.to_string()))?,
+            updated_at_ms: r.get(7).map_err(|e| corrupt(&e.to_string()))?,
+            dispatched_at_ms: r.get(8).map_err(|e| corrupt(&e.to_string()))?,
+            payload_trimmed: r.get::<_, i64>(9).map_err(|e| corrupt(&e.to_string()))? != 0,
+            meta: DispatchMeta {
+                event: r.get(10).map_err(|e| corrupt(&e.to_string()))?,
+                action: r.get(11).map_err(|e| corrupt(&e.to_string()))?,
+                head_sha: r.get(12).map_err(|e| corrupt(&e.to_string()))?,
+                pr_number: r.get::<_, Option<i64>>(13).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
+                level: Level::parse(&level).ok_or_else(|| corrupt("unknown level"))?,
+                check_run: r.get::<_, i64>(15).map_err(|e| corrupt(&e.to_string()))? != 0,
+                device: r.get(16).map_err(|e| corrupt(&e.to_string()))?,
+                received_at_ms: r.get(17).map_err(|e| corrupt(&e.to_string()))?,
+                hook_id: r.get::<_, Option<i64>>(18).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
+            },
+        })
+    })();
+    Ok(parsed)
+}
+
+#[async_trait]
+impl DispatchStore for SqliteDispatchStore {
+    async fn claim(
+        &self,
+        delivery: &DeliveryId,
+        target: &RepoFullName,
+        meta: &DispatchMeta,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let lease_until = now_ms + lease.as_millis() as i64;
+        let key = record_key(target, meta.hook_id);
+        let mut conn = self.db.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+        let existing: Option<(String, i64, u32)> = tx
+            .query_row(
+                "SELECT status, lease_until_ms, attempts FROM dispatches WHERE delivery_id = ?1 AND target_key = ?2",
+                params![delivery.as_str(), key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(unavailable)?;
+        let claim = match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
+                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device,
+                        received_at_ms, hook_id)
+                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    params![
+                        delivery.as_str(),
+                        key,
+                        target.as_str(),
+                        lease_until,
+                        now_ms,
+                        meta.event,
+                        meta.action,
+                        meta.head_sha,
+                        meta.pr_number.map(|n| n as i64),
+                        meta.level.as_str(),
+                        meta.check_run,
+                        meta.device,
+                        meta.received_at_ms,
+                        meta.hook_id.map(|n| n as i64)
+                    ],
+                )
+                .map_err(unavailable)?;
+                Claim::Acquired { attempt: 1 }
+            }
+            Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
+                Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
+                Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
+                // A lease holds up to and including its last millisecond (as
+                // DynamoDB's `lease_until_ms < :now` take-over condition).
+                Some(DispatchStatus::Pending) if until >= now_ms => Claim::Leased { until_ms: until },
+                Some(DispatchStatus::Pending) => {
+                    tx.execute(
+                        "UPDATE dispatches SET attempts = attempts + 1, lease_until_ms = ?3, updated_at_ms = ?4
+                         WHERE delivery_id = ?1 AND target_key = ?2",
+                        params![delivery.as_str(), key, lease_until, now_ms],
+                    )
+                    .map_err(unavailable)?;
+                    Claim::Acquired { attempt: attempts + 1 }
+                }
+                None => return Err(StoreError::Corrupt(format!("dispatch {delivery}/{target}: status {status:?}"))),
+            },
+        };
+        tx.commit().map_err(unavailable)?;
+        Ok(claim)
+    }
+
+    async fn finish_for_hook(
+        &self,
+        delivery: &DeliveryId,
+        hook_id: Option<u64>,
+        target: &RepoFullName,
+        attempt: u32,
+        outcome: &AttemptOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.db.lock();
+        // A finished attempt (any outcome) releases the lease: lease_until_ms = 0.
+        // ?8: whether only attempt ?9 may write (all outcomes but a 204).
+        let sql = "UPDATE dispatches SET status = ?3, last_error = COALESCE(?4, last_error), lease_until_ms = 0,
+                   updated_at_ms = ?5, dispatched_at_ms = ?6, payload_trimmed = ?7
+                   WHERE delivery_id = ?1 AND target_key = ?2 AND status = 'pending' AND (?8 = 0 OR attempts = ?9)";
+        let own_attempt_only = !matches!(outcome, AttemptOutcome::Dispatched { .. });
+        let (status, error, dispatched_at, trimmed) = match outcome {
+            AttemptOutcome::Dispatched { payload_trimmed } => ("dispatched", None, Some(now_ms), *payload_trimmed),
+            AttemptOutcome::Failed { reason } => ("failed", Some(reason.as_str()), None, false),
+            AttemptOutcome::Retry { reason } => ("pending", Some(reason.as_str()), None, false),
+        };
+        conn.execute(
+            sql,
+            params![
+                delivery.as_str(),
+                record_key(target, hook_id),
+                status,
+                error,
+                now_ms,
+                dispatched_at,
+                trimmed as i64,
+                own_attempt_only as i64,
+                attempt
+            ],
+        )
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM dispatches WHERE delivery_id = ?1 ORDER BY target_key"))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map([delivery.as_str()], record).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(unavailable)??);
+        }
+        Ok(out)
+    }
+
+    /// Reads the partial index on `dispatched_at_ms`.
+    async fn dispatched_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DispatchRecord>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM dispatches WHERE dispatched_at_ms IS NOT NULL AND dispatched_at_ms >= ?1
+                 AND dispatched_at_ms < ?2 AND status = 'dispatched' ORDER BY dispatched_at_ms LIMIT ?3"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map(params![from_ms, to_ms, limit as i64], record).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(unavailable)??);
+        }
+        Ok(out)
+    }
+
+    /// Reads the partial index `dispatches_head_sha` (head_sha, created_at_ms,
+    /// delivery_id, target_key): rows in the answer's order, no sort step.
+    /// An empty `head_sha` matches nothing (no commit has that id; the
+    /// DynamoDB twin cannot index an empty string).
+    async fn records_for_commit(&self, head_sha: &str, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
+        if head_sha.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let conn = self.db.lock();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}")).map_err(unavailable)?;
+        let rows =
+            stmt.query_map(params![head_sha, i64::try_from(limit).unwrap_or(i64::MAX)], record).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(unavailable)??);
+        }
+        Ok(out)
+    }
+
+    /// One `GROUP BY status` over the records with `updated_at_ms >= since_ms`
+    /// (a table scan; fine for on-call use).
+    async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT status, COUNT(*), COALESCE(SUM(lease_until_ms >= ?2), 0) FROM dispatches
+                 WHERE updated_at_ms >= ?1 GROUP BY status",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![since_ms, now_ms], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+            })
+            .map_err(unavailable)?;
+        let mut counts = DispatchCounts::default();
+        for row in rows {
+            let (status, n, leased) = row.map_err(unavailable)?;
+            match DispatchStatus::parse(&status) {
+                Some(DispatchStatus::Dispatched) => counts.dispatched += n,
+                Some(DispatchStatus::Failed) => counts.failed += n,
+                Some(DispatchStatus::Pending) => {
+                    counts.pending += n;
+                    counts.in_progress += leased;
+                }
+                None => return Err(StoreError::Corrupt(format!("dispatch status {status:?}"))),
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `records_for_commit` is answered from `dispatches_head_sha`, in index
+    /// order: no table scan, no temporary sort.
+    #[test]
+    fn records_for_commit_reads_the_head_sha_index() {
+        let path = std::env::temp_dir().join(format!("crcr-plan-{}.sqlite", uuid::Uuid::new_v4()));
+        let db = Db::open(&path).unwrap();
+        let plan: Vec<String> = {
+            let conn = db.lock();
+            let mut stmt =
+                conn.prepare(&format!("EXPLAIN QUERY PLAN SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}")).unwrap();
+            let rows = stmt.query_map(params!["ab", 10], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert!(plan.iter().any(|step| step.contains("USING INDEX dispatches_head_sha")), "{plan:?}");
+        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE") || step.starts_with("SCAN")), "{plan:?}");
+        drop(db);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}
