@@ -154,7 +154,7 @@ pub async fn run() -> anyhow::Result<bool> {
         github: GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url()),
         allowlist: AllowlistSource::File(allowlist_path),
         allowlist_ttl: Duration::from_secs(300),
-        max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: crcr_http::ingest::DEFAULT_MAX_BODY_BYTES,
         dispatcher: DispatcherSettings { requeue_base_delay: Duration::from_millis(500), ..Default::default() },
         callbacks: demo_callbacks(&issuer, &hud, &hud_key),
     };

@@ -5,7 +5,7 @@
 //! the fixtures (every acted-on event, signed).
 #![no_main]
 use crcr_shared::domain::RepoFullName;
-use crcr_shared::ingest::{verify_and_classify, Verdict};
+use crcr_http::ingest::{verify_and_classify, Verdict};
 use crcr_shared::message::QueueMessage;
 use crcr_shared::signature::WebhookSecret;
 use libfuzzer_sys::fuzz_target;

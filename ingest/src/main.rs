@@ -2,11 +2,11 @@
 //! URL or API Gateway; `lambda_http` decodes base64 bodies): webhooks
 //! enqueued on the dispatch queue (SQS, DynamoDB claim checks) and OIDC
 //! callbacks enqueued on the reconcile queue. Wiring only: see
-//! `crcr_aws::wiring::ingest_init` (a broken allowlist fails the init).
+//! `crcr_ingest::ingest_init` (`src/lib.rs`) (a broken allowlist fails the init).
 
 use crcr_aws::sdk_config;
 use crcr_aws::secrets::process_env_with_secrets;
-use crcr_aws::wiring::ingest_init;
+use crcr_ingest::ingest_init;
 use crcr_shared::config::Env;
 
 #[tokio::main]
@@ -17,5 +17,5 @@ async fn main() -> Result<(), lambda_http::Error> {
     // The webhook secret and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here) when set.
     let env = process_env_with_secrets(&sdk).await?;
-    lambda_http::run(crcr_shared::metrics::flush_emf_after_each_request(ingest_init(&env, &sdk).await?)).await
+    lambda_http::run(crcr_http::metrics::flush_emf_after_each_request(ingest_init(&env, &sdk).await?)).await
 }

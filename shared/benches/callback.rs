@@ -44,7 +44,7 @@ fn callback(c: &mut Criterion) {
             github: GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url()),
             allowlist: AllowlistSource::File(dir.join("allowlist.yml")),
             allowlist_ttl: Duration::from_secs(3600),
-            max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes: crcr_http::ingest::DEFAULT_MAX_BODY_BYTES,
             dispatcher: Default::default(),
             callbacks,
         };

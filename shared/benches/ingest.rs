@@ -4,8 +4,8 @@
 //!
 //! Run: `cargo bench -p crcr-shared --bench ingest`.
 
+use crcr_http::ingest::{verify_and_classify, Verdict};
 use crcr_shared::domain::RepoFullName;
-use crcr_shared::ingest::{verify_and_classify, Verdict};
 use crcr_shared::signature::WebhookSecret;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::HeaderMap;

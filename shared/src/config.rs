@@ -150,7 +150,7 @@ impl IngestConfig {
         let upstream_raw = env.opt("CRCR_UPSTREAM_REPO").unwrap_or_else(|| "pytorch/pytorch".into());
         let upstream = RepoFullName::parse(&upstream_raw).map_err(|e| err("CRCR_UPSTREAM_REPO", e.to_string()))?;
         let webhook_secret = webhook_secret_from_env(env)?;
-        let max_body_bytes = env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?;
+        let max_body_bytes = env.parsed("CRCR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?;
         Ok(Self { upstream, webhook_secret, max_body_bytes })
     }
 }
@@ -463,7 +463,7 @@ impl RelayConfig {
             github,
             allowlist,
             allowlist_ttl: Duration::from_secs(env.parsed("CRCR_ALLOWLIST_TTL_SECS", 300)?),
-            max_body_bytes: env.parsed("CRCR_MAX_BODY_BYTES", crate::ingest::DEFAULT_MAX_BODY_BYTES)?,
+            max_body_bytes: env.parsed("CRCR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             dispatcher,
             callbacks: CallbackConfig::from_env(env)?,
         })
@@ -658,6 +658,10 @@ impl Default for ServerLimits {
 /// `CRCR_PAYLOAD_TTL_SECS` (`local.payload_retention_seconds`, derived from
 /// `local.dlq_retention_seconds`).
 pub const BLOB_TTL_SECS: i64 = (14 + 4 + 1) * 24 * 3600;
+
+/// GitHub caps webhook payloads at 25 MB ("Webhook events and payloads"):
+/// the default of `CRCR_MAX_BODY_BYTES`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,6 @@
 
 pub mod allowlist;
 pub mod callback;
-pub mod callback_route;
 pub mod checks;
 pub mod client_payload;
 pub mod commits;
@@ -15,7 +14,6 @@ pub mod dispatch;
 pub mod domain;
 pub mod github;
 pub mod hud;
-pub mod ingest;
 pub mod lifecycle;
 pub mod message;
 pub mod metrics;

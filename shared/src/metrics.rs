@@ -6,12 +6,12 @@
 //! never through an exporter. One recorder is installed per process:
 //!
 //! - `crcr serve`: Prometheus text, served at `GET /metrics` by the relay's
-//!   own router ([`init_prometheus`], [`prometheus_router`]; feature
+//!   own router ([`init_prometheus`], `crcr_http::metrics::prometheus_router`; feature
 //!   `prometheus`). metrics-exporter-prometheus is built without its HTTP
 //!   listener and push gateway.
 //! - Lambda: CloudWatch Embedded Metric Format (EMF) documents on stdout,
 //!   flushed once per invocation ([`init_emf`], [`flush_emf`],
-//!   [`flush_emf_after_each_request`]), through `metrics_cloudwatch_embedded`.
+//!   `crcr_http::metrics::flush_emf_after_each_request`), through `metrics_cloudwatch_embedded`.
 //!   Namespace `crcr` unless `CRCR_METRICS_NAMESPACE` says otherwise. A
 //!   metric's labels become its EMF dimensions (one EMF document per label
 //!   set, "Specification: Embedded metric format", CloudWatch user guide);
@@ -304,39 +304,6 @@ pub fn init_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle
         .map_err(MetricsError::AlreadyInstalled)
 }
 
-/// `GET /metrics`: the metrics of this process in the Prometheus text
-/// format (`text/plain; version=0.0.4`, "Exposition formats", Prometheus
-/// docs), or 503 with the reason when no Prometheus recorder could be
-/// installed ([`init_prometheus`]).
-#[cfg(feature = "prometheus")]
-pub fn prometheus_router() -> axum::Router {
-    use axum::http::{header, StatusCode};
-    use axum::response::IntoResponse;
-    let handle = init_prometheus().map_err(|e| e.to_string());
-    if let Err(e) = &handle {
-        tracing::warn!(error = %e, "GET /metrics will answer 503");
-    }
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move {
-                match handle {
-                    Ok(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
-                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
-                }
-            }
-        }),
-    )
-}
-
-/// Without the `prometheus` feature (the Lambda binaries) the embedded
-/// router has no `/metrics` route.
-#[cfg(not(feature = "prometheus"))]
-pub fn prometheus_router() -> axum::Router {
-    axum::Router::new()
-}
-
 // ---------------------------------------------------------------- CloudWatch EMF (Lambda)
 
 /// The CloudWatch namespace setting and its default (infra variable
@@ -401,16 +368,6 @@ pub fn flush_emf() {
     if let Err(e) = flush_emf_to(&mut lock).and_then(|()| std::io::Write::flush(&mut lock)) {
         tracing::error!(error = %e, "could not write EMF metrics to stdout");
     }
-}
-
-/// `router` with [`flush_emf`] after each request: for the ingest Lambda,
-/// where `lambda_http` turns each invocation into one request (a Lambda
-/// instance runs one invocation at a time).
-pub fn flush_emf_after_each_request(router: axum::Router) -> axum::Router {
-    router.layer(axum::middleware::map_response(|res: axum::response::Response| async move {
-        flush_emf();
-        res
-    }))
 }
 
 // ---------------------------------------------------------------- logs

@@ -556,6 +556,15 @@ pub trait GitHubApp: Send + Sync {
     async fn file_contents(&self, repo: &RepoFullName, path: &str, git_ref: &str) -> Result<Vec<u8>, GitHubError>;
 }
 
+/// Per-repository callback rate limit (fixed one-minute windows; the
+/// in-process one is `crcr_http::callback_route::InMemoryRateLimiter`, the
+/// shared ones the SQLite and DynamoDB `kv` adapters).
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Counts one callback of `repo` at `now_ms`; `Some(wait)` when over the limit.
+    async fn hit(&self, repo: &str, now_ms: i64) -> Result<Option<Duration>, StoreError>;
+}
+
 /// How long a rate-limit window's counter outlives its window (seconds), so
 /// a store's expiry (DynamoDB TTL, the SQLite sweep) removes it only once
 /// nobody can count into it any more.

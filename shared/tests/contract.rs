@@ -22,7 +22,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crcr_shared::callback_route::RateLimiter;
+use crcr_http::callback_route::RateLimiter;
 use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
 use crcr_shared::lifecycle::{
     CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,

@@ -116,7 +116,7 @@ async fn emf_documents_follow_the_specification_and_feed_the_alarms() {
     // The ingest Lambda's router flushes (to stdout) after each request, so
     // what a request recorded is gone from the next flush.
     use tower::ServiceExt;
-    let app = m::flush_emf_after_each_request(axum::Router::new().route(
+    let app = crcr_http::metrics::flush_emf_after_each_request(axum::Router::new().route(
         "/",
         axum::routing::get(|| async {
             metrics::counter!(m::WEBHOOKS, "event" => "ping", "outcome" => "ignored").increment(1);

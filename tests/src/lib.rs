@@ -92,7 +92,7 @@ impl Relay {
             github: GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url()),
             allowlist: AllowlistSource::File(allowlist_path),
             allowlist_ttl: Duration::from_secs(300),
-            max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes: crcr_http::ingest::DEFAULT_MAX_BODY_BYTES,
             dispatcher: settings,
             callbacks,
         };

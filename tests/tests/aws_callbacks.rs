@@ -20,10 +20,10 @@ use std::time::Duration;
 use aws_lambda_events::sqs::SqsEvent;
 use axum::Router;
 use crcr_aws::wiring::{
-    dispatcher_function, ingest_router, reconciler_function, sqs_batch_response, ReconcilerEventError,
-    ReconcilerFunction,
+    dispatcher_function, reconciler_function, sqs_batch_response, ReconcilerEventError, ReconcilerFunction,
 };
 use crcr_aws::SqsQueue;
+use crcr_ingest::ingest_router;
 use crcr_oncall::trace::TraceStores;
 use crcr_shared::config::{AwsResources, Env};
 use crcr_shared::domain::DeliveryId;

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use crcr_aws::lambda::process_sqs_batch;
 use crcr_aws::{DynamoBlobStore, DynamoDispatchStore, SqsQueue};
+use crcr_http::ingest::{router, IngestState};
 use crcr_shared::allowlist::{Allowlist, AllowlistProvider};
 use crcr_shared::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_shared::domain::{DeliveryId, RepoFullName};
 use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
-use crcr_shared::ingest::{router, IngestState};
 use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide, SystemClock};
 use crcr_shared::signature::WebhookSecret;
 use crcr_standin::moto;

@@ -57,7 +57,7 @@ async fn a_secondary_rate_limit_without_headers_requeues_for_at_least_a_minute_t
         github: GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url()),
         allowlist: AllowlistSource::File(dir.join("allowlist.yml")),
         allowlist_ttl: Duration::from_secs(300),
-        max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: crcr_http::ingest::DEFAULT_MAX_BODY_BYTES,
         dispatcher: test_settings(),
         callbacks: Default::default(),
     };

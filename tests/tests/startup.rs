@@ -1,6 +1,6 @@
 //! A broken allowlist stops the relay at start-up (issue 12, item 4): the
 //! embedded relay (`crcr serve`) and the Lambda functions' init
-//! (`crcr_aws::wiring::{ingest_init, dispatcher_init}`) refuse to
+//! (`crcr_ingest::ingest_init`, `crcr_aws::wiring::dispatcher_init`) refuse to
 //! start with an error naming the file and the line or entry, instead of
 //! answering healthy with no allowlist. (The `crcr serve` binary itself:
 //! cli/tests/startup.rs.)
@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crcr_aws::wiring::{dispatcher_init, ingest_init, WiringError};
+use crcr_aws::wiring::{dispatcher_init, WiringError};
 use crcr_embedded::{EmbeddedError, EmbeddedRelay};
+use crcr_ingest::ingest_init;
 use crcr_shared::allowlist::AllowlistSource;
 use crcr_shared::config::{EmbeddedConfig, Env, RelayConfig};
 use crcr_shared::domain::RepoFullName;
@@ -39,7 +40,7 @@ fn relay_config(gh: &StandIn, allowlist: &Path) -> RelayConfig {
         github: GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url()),
         allowlist: AllowlistSource::File(allowlist.to_owned()),
         allowlist_ttl: Duration::from_secs(300),
-        max_body_bytes: crcr_shared::ingest::DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: crcr_http::ingest::DEFAULT_MAX_BODY_BYTES,
         dispatcher: test_settings(),
         callbacks: Default::default(),
     }

@@ -10,14 +10,18 @@ locals {
   dispatch_visibility_timeout  = 6 * var.dispatcher_timeout
   reconcile_visibility_timeout = 6 * var.reconciler_timeout
 
-  # 14 days, SQS's maximum: the longest window an on-call engineer has to
-  # inspect and replay dead letters (crcr dlq list / replay).
+  # 14 days, SQS's maximum (MessageRetentionPeriod, 60..1209600 s: Amazon SQS
+  # API Reference, "SetQueueAttributes"): the longest window an on-call
+  # engineer has to inspect and replay dead letters (crcr dlq list / replay).
   dlq_retention_seconds = 1209600
 
   # Claim-checked payloads (the payloads table, TTL on expires_at) must outlive
   # every message that names them: a message dead-letters at the latest
   # dlq_retention_seconds after it was first sent (a standard queue keeps the
-  # original enqueue time), and one `crcr dlq replay` sends back lives
+  # original enqueue time: "For standard queues, the expiration of a message is
+  # always based on its original enqueue timestamp", Amazon SQS Developer
+  # Guide, "Setting-up dead-letter queue retention in Amazon SQS"), and one
+  # `crcr dlq replay` sends back lives
   # queue_message_retention_seconds more; plus a day of margin. Passed to
   # ingest, which writes them, as CRCR_PAYLOAD_TTL_SECS.
   payload_retention_seconds = local.dlq_retention_seconds + var.queue_message_retention_seconds + 86400

@@ -11,9 +11,9 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
-use crcr_shared::callback_route::RateLimiter;
 use crcr_shared::domain::RepoFullName;
 use crcr_shared::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
+use crcr_shared::ports::RateLimiter;
 use crcr_shared::ports::{Clock, StateStore, StoreError};
 
 use super::dispatch_item::{n, s, Item};

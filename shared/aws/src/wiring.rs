@@ -3,8 +3,9 @@
 //! tests (tests/tests/aws_callbacks.rs) call the same functions, so what is
 //! tested is what is deployed.
 //!
-//! - ingest: [`ingest_router`] (`POST /github/webhook`, `POST /github/callback`, `GET /healthz`),
-//!   started by [`ingest_init`] (which also refuses a broken allowlist);
+//! - ingest: `crcr_ingest::ingest_router` (`POST /github/webhook`, `POST /github/callback`, `GET /healthz`),
+//!   started by `crcr_ingest::ingest_init` (which also refuses a broken allowlist); it lives in the
+//!   ingest crate (`ingest/src/lib.rs`) so that only the ingest function links the HTTP routes;
 //! - dispatcher: [`dispatcher_function`], run with [`sqs_batch_response`] (an SQS batch → partial batch response),
 //!   started by [`dispatcher_init`] (which also refuses a broken allowlist);
 //! - reconciler: [`reconciler_function`] → [`ReconcilerFunction::handle`] (SQS batches
@@ -14,21 +15,17 @@ use std::sync::Arc;
 
 use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use axum::Router;
 use serde_json::{json, Value};
 
 use super::{DynamoBlobStore, DynamoDispatchStore, DynamoJobStore, DynamoKv, SqsQueue};
 use crate::lambda::process_sqs_batch;
-use crcr_shared::callback_route::CallbackState;
-use crcr_shared::compose::{github_and_allowlist, hud_from_config, oidc_verifier, StartupError};
+use crcr_shared::compose::{github_and_allowlist, hud_from_config, StartupError};
 use crcr_shared::config::{AwsResources, ConfigError, Env, RelayConfig};
 use crcr_shared::dispatch::Dispatcher;
-use crcr_shared::ingest::IngestState;
 use crcr_shared::ports::{Clock, EventQueue, ReceivedMessage, StateStore, StoreError, SystemClock};
 use crcr_shared::reconcile::{MessageHandler, Reconciler, SweepReport};
 
 /// Who needs a resource, for configuration errors.
-const INGEST: &str = "the ingest function";
 const RECONCILER: &str = "the reconciler function";
 
 /// Start-up failures of a Lambda function (each names the setting at fault).
@@ -42,88 +39,15 @@ pub enum WiringError {
     Relay(#[from] StartupError),
     #[error("CRCR_HUD_URL: {0}")]
     Hud(#[from] crcr_shared::hud::HudUrlError),
-    /// A broken allowlist at init ([`ingest_init`], [`dispatcher_init`]):
+    /// A broken allowlist at init (`crcr_ingest::ingest_init`, [`dispatcher_init`]):
     /// names the file or URL and the line or entry.
     #[error("cannot start with this allowlist (CRCR_ALLOWLIST_URL / CRCR_ALLOWLIST_FILE): {0}")]
     Allowlist(#[from] crcr_shared::allowlist::AllowlistError),
 }
 
 /// The SDK clients every function builds from one [`SdkConfig`].
-fn clients(sdk: &SdkConfig) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
+pub fn clients(sdk: &SdkConfig) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
     (aws_sdk_sqs::Client::new(sdk), aws_sdk_dynamodb::Client::new(sdk))
-}
-
-/// The ingest function's router, from the environment (`env`, secrets
-/// already layered in by [`crate::secrets::process_env_with_secrets`]):
-///
-/// - `POST /github/webhook` → the dispatch queue (`CRCR_DISPATCH_QUEUE_URL`),
-///   payloads over the queue's limit claim-checked in `CRCR_PAYLOAD_TABLE`;
-/// - `POST /github/callback` → OIDC ([`crcr_shared::config::CallbackConfig`]: issuers, audience),
-///   `repository_id` bindings, `jti` replay guard and per-repository rate
-///   limit in `CRCR_KV_TABLE` (shared by every instance), the allowlist
-///   (`CRCR_ALLOWLIST_URL` / `_FILE`, read with the App's token), request-time
-///   lifecycle checks on `CRCR_DISPATCH_TABLE` and `CRCR_JOBS_TABLE`, the
-///   upstream commit of a `nightly` / `periodic` callback looked up with the
-///   App (cached per instance), then the reconcile queue
-///   (`CRCR_RECONCILE_QUEUE_URL`);
-/// - `GET /healthz`.
-///
-/// Errors name the missing or malformed variable.
-pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringError> {
-    Ok(ingest_parts(env, sdk)?.0)
-}
-
-/// The ingest function as its main starts it: [`ingest_router`], then the
-/// allowlist loaded once ([`crcr_shared::allowlist::AllowlistProvider::check_at_start`]):
-/// a broken allowlist fails the init with [`WiringError::Allowlist`]
-/// naming the URL (or file) and the line or entry (Lambda reports a failed
-/// init and tries it again on the next invoke: AWS Lambda developer guide,
-/// "Understand the Lambda execution environment lifecycle" → "Failures
-/// during the Init phase"). GitHub being unavailable does not fail it.
-pub async fn ingest_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringError> {
-    let (router, allowlist) = ingest_parts(env, sdk)?;
-    allowlist.check_at_start().await?;
-    Ok(router)
-}
-
-/// [`ingest_router`] and the allowlist provider its callback route reads.
-fn ingest_parts(
-    env: &Env<'_>,
-    sdk: &SdkConfig,
-) -> Result<(Router, Arc<crcr_shared::allowlist::AllowlistProvider>), WiringError> {
-    let cfg = RelayConfig::from_env(env)?;
-    let aws = AwsResources::from_env(env)?;
-    let (sqs, dynamo) = clients(sdk);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    // Ingest only sends: it never reads or writes a DLQ.
-    let dispatch_queue = SqsQueue::new(sqs.clone(), aws.dispatch_queue_url(INGEST)?, String::new());
-    let reconcile_queue = Arc::new(SqsQueue::new(sqs, aws.reconcile_queue_url(INGEST)?, String::new()));
-    let webhooks = crcr_shared::ingest::router(Arc::new(IngestState {
-        secret: cfg.webhook_secret.clone(),
-        upstream: cfg.upstream.clone(),
-        queue: Arc::new(dispatch_queue),
-        blobs: Arc::new(DynamoBlobStore::new(dynamo.clone(), aws.payload_table(INGEST)?).with_ttl(aws.payload_ttl)),
-        clock: clock.clone(),
-        max_body_bytes: cfg.max_body_bytes,
-        reconcile: Some(reconcile_queue.clone()),
-    }));
-    let kv = Arc::new(
-        DynamoKv::new(dynamo.clone(), aws.kv_table(INGEST)?, clock.clone())
-            .with_rate_per_min(cfg.callbacks.rate_per_min),
-    );
-    let (github, allowlist) = github_and_allowlist(&cfg)?;
-    let callbacks = crcr_shared::callback_route::router(Arc::new(CallbackState {
-        verifier: Arc::new(oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?),
-        allowlist: allowlist.clone(),
-        dispatches: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(INGEST)?)),
-        jobs: Arc::new(DynamoJobStore::new(dynamo, aws.jobs_table(INGEST)?)),
-        queue: reconcile_queue,
-        rate: kv,
-        commits: Arc::new(crcr_shared::commits::CachedCommitLookup::new(github, clock.clone())),
-        upstream: cfg.upstream.clone(),
-        clock,
-    }));
-    Ok((webhooks.merge(callbacks), allowlist))
 }
 
 /// The dispatcher function: the [`Dispatcher`] (GitHub App, allowlist,

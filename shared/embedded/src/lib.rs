@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteJobStore, SqliteKv, SqliteQueue};
+use crcr_http::ingest::{self, IngestState};
 use crcr_shared::config::{EmbeddedConfig, RelayConfig};
 use crcr_shared::dispatch::Dispatcher;
-use crcr_shared::ingest::{self, IngestState};
 use crcr_shared::ports::{EventQueue, QueueSide, SystemClock};
 
 pub use crcr_shared::compose::{github_and_allowlist, hud_from_config, oidc_verifier, StartupError as EmbeddedError};
@@ -100,7 +100,7 @@ impl EmbeddedRelay {
             runs: Some(github),
             state: kv.clone(),
         });
-        let callbacks = crcr_shared::callback_route::router(Arc::new(crcr_shared::callback_route::CallbackState {
+        let callbacks = crcr_http::callback_route::router(Arc::new(crcr_http::callback_route::CallbackState {
             verifier: Arc::new(verifier),
             allowlist: dispatcher.allowlist.clone(),
             dispatches: store.clone(),
@@ -121,7 +121,7 @@ impl EmbeddedRelay {
             reconcile: Some(reconcile_queue.clone()),
         }))
         .merge(callbacks)
-        .merge(crcr_shared::metrics::prometheus_router());
+        .merge(crcr_http::metrics::prometheus_router());
         let redeliver = Arc::new(crcr_shared::redeliver::Redeliverer::for_app(&cfg.github, kv.clone())?);
         Ok(Self {
             db,

@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{unavailable, Db};
-use crcr_shared::callback_route::RateLimiter;
 use crcr_shared::domain::RepoFullName;
 use crcr_shared::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
 use crcr_shared::ports::kv_prefix as prefix;
+use crcr_shared::ports::RateLimiter;
 use crcr_shared::ports::{Clock, StateStore, StoreError};
 
 pub(super) const SCHEMA: &str = r#"

@@ -26,14 +26,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::dispatch::is_dispatched;
-use crate::domain::{DeliveryId, RepoFullName};
-use crate::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
-use crate::ports::{BlobStore, Clock, EventQueue};
-use crate::signature::{SignatureError, WebhookSecret};
+use crcr_shared::dispatch::is_dispatched;
+use crcr_shared::domain::{DeliveryId, RepoFullName};
+use crcr_shared::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
+use crcr_shared::ports::{BlobStore, Clock, EventQueue};
+use crcr_shared::signature::{SignatureError, WebhookSecret};
 
-/// GitHub caps webhook payloads at 25 MB ("Webhook events and payloads").
-pub const DEFAULT_MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+pub use crcr_shared::config::DEFAULT_MAX_BODY_BYTES;
 
 /// What ingest needs.
 pub struct IngestState {
@@ -45,7 +44,7 @@ pub struct IngestState {
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
     /// The reconcile queue, for the events the reconciler acts on
-    /// ([`crate::upstream`]); `None`: they are answered 200 and ignored,
+    /// ([`crcr_shared::upstream`]); `None`: they are answered 200 and ignored,
     /// saying so.
     pub reconcile: Option<Arc<dyn EventQueue>>,
 }
@@ -160,7 +159,7 @@ pub fn verify_and_classify(
     let signed_by = secret.verify_index(headers.get("x-hub-signature-256").map(|v| v.as_bytes()), body)?;
     // Which configured secret signed it (an index, never the secret): during a
     // rotation this says when the old one can go.
-    ::metrics::counter!(crate::metrics::WEBHOOK_SECRET_MATCHES, "secret" => crate::metrics::secret_index_label(signed_by))
+    ::metrics::counter!(crcr_shared::metrics::WEBHOOK_SECRET_MATCHES, "secret" => crcr_shared::metrics::secret_index_label(signed_by))
         .increment(1);
     let header = |name: &'static str| {
         headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).ok_or(IngestError::BadHeader(name))
@@ -205,12 +204,12 @@ pub fn verify_and_classify(
         }
     }
     let dispatched = is_dispatched(event, env.action.as_deref());
-    let upstream = if crate::upstream::is_upstream(event, env.action.as_deref()) {
+    let upstream = if crcr_shared::upstream::is_upstream(event, env.action.as_deref()) {
         let payload: serde_json::Value = serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
-        let parsed = crate::upstream::parse_event(event, env.action.as_deref(), &payload)
+        let parsed = crcr_shared::upstream::parse_event(event, env.action.as_deref(), &payload)
             .map_err(|e| IngestError::BadBody(e.to_string()))?;
         parsed.map(|event| {
-            QueueMessage::UpstreamV1(crate::upstream::UpstreamV1 {
+            QueueMessage::UpstreamV1(crcr_shared::upstream::UpstreamV1 {
                 delivery_id: delivery_id.clone(),
                 received_at_ms: now_ms,
                 event,
@@ -265,7 +264,7 @@ pub fn verify_and_classify(
 /// a number. `None` when absent (the delivery is then named by its GUID
 /// alone, as before the header was read); a value that is not a positive
 /// number below 2^63 is refused as a bad header, since it decides
-/// idempotency ([`crate::ports::record_key`]).
+/// idempotency ([`crcr_shared::ports::record_key`]).
 fn hook_id(headers: &HeaderMap) -> Result<Option<u64>, IngestError> {
     let Some(value) = headers.get("x-github-hook-id") else { return Ok(None) };
     let bad = || IngestError::BadHeader("x-github-hook-id");
@@ -284,16 +283,17 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Counts a delivery's answer: [`crate::metrics::WEBHOOKS`] and
-/// [`crate::metrics::INGEST_LATENCY`] (seconds since `started`). `event` is
+/// Counts a delivery's answer: [`crcr_shared::metrics::WEBHOOKS`] and
+/// [`crcr_shared::metrics::INGEST_LATENCY`] (seconds since `started`). `event` is
 /// the `X-GitHub-Event` header, which the signature does not cover: only
 /// the events the relay knows are label values (others count as `other`),
 /// so a replayed body under made-up event names cannot add series.
 fn count_webhook(event: &str, outcome: &'static str, started: std::time::Instant) {
     const KNOWN: [&str; 6] = ["pull_request", "push", "ping", "check_run", "check_suite", "unknown"];
     let event: &'static str = KNOWN.into_iter().find(|k| *k == event).unwrap_or("other");
-    ::metrics::counter!(crate::metrics::WEBHOOKS, "event" => event, "outcome" => outcome).increment(1);
-    ::metrics::histogram!(crate::metrics::INGEST_LATENCY, "outcome" => outcome).record(started.elapsed().as_secs_f64());
+    ::metrics::counter!(crcr_shared::metrics::WEBHOOKS, "event" => event, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(crcr_shared::metrics::INGEST_LATENCY, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
 }
 
 const NO_RECONCILE_QUEUE: &str = "no reconcile queue is configured for events the reconciler acts on";
@@ -413,8 +413,8 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{BlobError, QueueError, QueueSide, ReceivedMessage, SystemClock};
     use async_trait::async_trait;
+    use crcr_shared::ports::{BlobError, QueueError, QueueSide, ReceivedMessage, SystemClock};
     use std::time::Duration;
     use tower::ServiceExt;
 
@@ -518,7 +518,7 @@ mod tests {
         assert_eq!(answer_of(DEFAULT_MAX_BODY_BYTES, serde_json::to_vec(&big).unwrap()).await, 503);
     }
 
-    const OPENED: &str = include_str!("../../fixtures/webhooks/pull_request.opened.json");
+    const OPENED: &str = include_str!("../../../fixtures/webhooks/pull_request.opened.json");
 
     fn headers(secret: &WebhookSecret, event: &str, body: &[u8]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -555,13 +555,13 @@ mod tests {
             other => panic!("not upstream_v1: {other:?}"),
         };
         // labeled: the reconciler only.
-        let labeled = include_str!("../../fixtures/webhooks/pull_request.labeled.json");
+        let labeled = include_str!("../../../fixtures/webhooks/pull_request.labeled.json");
         let Verdict::Reconcile { message, .. } = classify("pull_request", labeled) else { panic!("labeled") };
         let u = upstream_of(&message);
         assert_eq!((u.delivery_id.as_str(), u.received_at_ms), ("72d3162e-cc78-11e3-81ab-4c9367dc0958", 9));
         assert_eq!(u.event.name(), "pull_request.labeled");
         // synchronize: dispatched and the reconciler's part.
-        let sync = include_str!("../../fixtures/webhooks/pull_request.synchronize.json");
+        let sync = include_str!("../../../fixtures/webhooks/pull_request.synchronize.json");
         let Verdict::Enqueue { message, upstream: Some(up_msg), .. } = classify("pull_request", sync) else {
             panic!("synchronize")
         };
@@ -570,7 +570,7 @@ mod tests {
         // opened: dispatched only.
         assert!(matches!(classify("pull_request", OPENED), Verdict::Enqueue { upstream: None, .. }));
         // check_suite.rerequested: the reconciler only.
-        let suite = include_str!("../../fixtures/webhooks/check_suite.rerequested.json");
+        let suite = include_str!("../../../fixtures/webhooks/check_suite.rerequested.json");
         assert!(matches!(classify("check_suite", suite), Verdict::Reconcile { .. }));
         // A labeled payload without its label: 400 naming the field.
         let mut v: serde_json::Value = serde_json::from_str(labeled).unwrap();
@@ -605,7 +605,7 @@ mod tests {
     fn a_push_deleting_its_ref_is_ignored_and_a_creation_is_dispatched() {
         let s = WebhookSecret::new("s");
         let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
-        let created = include_str!("../../fixtures/webhooks/push.json");
+        let created = include_str!("../../../fixtures/webhooks/push.json");
         let classify = |body: &[u8]| verify_and_classify(&s, &up, &headers(&s, "push", body), body, 0).unwrap();
         assert!(matches!(classify(created.as_bytes()), Verdict::Enqueue { .. }), "a creation is a build");
         let mut deletion: serde_json::Value = serde_json::from_str(created).unwrap();
