@@ -809,3 +809,44 @@ async fn a_since_run_that_does_not_reach_the_cursor_leaves_it() {
     run(&r, None, false).await;
     assert_eq!(accepted(&s), ["recent", "mid"]);
 }
+
+/// The stored state at its bound ([`MAX_PENDING`] waiting GUIDs of real
+/// length) fits where it is kept: the SQLite `kv` table of `crcr serve` and
+/// the DynamoDB `kv` table on moto, whose items GitHub-sized states must
+/// keep under DynamoDB's 400 KB item limit ("Service, account, and table
+/// quotas in Amazon DynamoDB").
+#[tokio::test]
+async fn the_waiting_list_at_its_bound_is_stored_in_sqlite_and_in_dynamodb() {
+    let s = start().await;
+    for i in 0..(MAX_PENDING + 300) {
+        let guid = uuid::Uuid::new_v4().to_string(); // GitHub's GUIDs: 36 characters
+        let at = SystemTime::now() - Duration::from_secs(3600 + i as u64);
+        s.add_hook_delivery(HookDeliverySeed::new(&guid, "pull_request", 502, at).action("synchronize"));
+    }
+    let cfg = GitHubAppConfig::new(s.app_id(), s.private_key_pem(), s.base_url());
+    let clock: Arc<dyn crcr_shared::ports::Clock> = Arc::new(crcr_shared::ports::SystemClock);
+    let path = std::env::temp_dir().join(format!("crcr-redeliver-{}.db", uuid::Uuid::new_v4().simple()));
+    let sqlite: Arc<dyn StateStore> =
+        Arc::new(crcr_embedded::sqlite::SqliteKv::new(crcr_embedded::sqlite::Db::open(&path).unwrap(), clock.clone()));
+    let sdk = crcr_standin::moto::sdk().await;
+    let table = format!("kv-{}", uuid::Uuid::new_v4().simple());
+    crcr_standin::moto::table(&sdk, &table, ("pk", aws_sdk_dynamodb::types::ScalarAttributeType::S), None, None).await;
+    let dynamo: Arc<dyn StateStore> =
+        Arc::new(crcr_aws::DynamoKv::new(aws_sdk_dynamodb::Client::new(&sdk), table, clock));
+
+    for (name, store) in [("sqlite", sqlite), ("dynamodb", dynamo)] {
+        let mut r = Redeliverer::for_app(&cfg, store.clone()).expect("client builds");
+        r.settings = RedeliverSettings { per_page: 100, max_redeliveries: 0, ..Default::default() };
+        let first = run(&r, None, false).await;
+        assert!(!first.complete && first.pending > MAX_PENDING - 100, "{name}: {}", first.pending);
+        let stored = store.get(STATE_KEY).await.unwrap().expect("state stored");
+        // Close to its largest (moto refuses items over 400 KB, as DynamoDB does).
+        assert!(stored.len() > 100_000, "{name}: {} bytes", stored.len());
+        // Read back by the next run, which goes on from there.
+        let second = run(&r, None, false).await;
+        assert!(second.resumed, "{name}");
+        assert!(second.pending >= first.pending && second.pending <= MAX_PENDING, "{name}: {}", second.pending);
+    }
+    assert!(s.redelivery_requests().is_empty());
+    let _ = std::fs::remove_file(&path);
+}
