@@ -118,6 +118,45 @@ impl QueueMessage {
     }
 }
 
+/// The fields of a `dispatch_v1` message before its payload, in
+/// [`DispatchV1`]'s order.
+#[derive(Serialize)]
+struct DispatchV1Head<'a> {
+    delivery_id: &'a DeliveryId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_id: Option<u64>,
+    event: &'a str,
+    action: Option<&'a str>,
+    received_at_ms: i64,
+}
+
+/// A `dispatch_v1` message with `payload_json` inline, written as is (the
+/// caller has validated it: ingest does not parse a payload of up to 25 MB
+/// twice). The bytes are those [`QueueMessage::encode`] writes for the same
+/// [`DispatchV1`] with [`PayloadRef::Inline`]; returns the message and the
+/// byte range of the payload in it (what a claim check stores).
+pub fn encode_dispatch_v1_inline(
+    delivery_id: &DeliveryId,
+    hook_id: Option<u64>,
+    event: &str,
+    action: Option<&str>,
+    received_at_ms: i64,
+    payload_json: &str,
+) -> (String, std::ops::Range<usize>) {
+    let head = serde_json::to_string(&DispatchV1Head { delivery_id, hook_id, event, action, received_at_ms })
+        .expect("the head always serializes");
+    // `{"type":"dispatch_v1",<head fields>,"payload":{"inline":<payload>}}`
+    let mut message = String::with_capacity(head.len() + payload_json.len() + 48);
+    message.push_str(r#"{"type":"dispatch_v1","#);
+    message.push_str(&head[1..head.len() - 1]);
+    message.push_str(r#","payload":{"inline":"#);
+    let start = message.len();
+    message.push_str(payload_json);
+    let end = message.len();
+    message.push_str("}}");
+    (message, start..end)
+}
+
 /// Blob key of a claim-checked payload: `payload/<delivery>`, or
 /// `payload/<delivery>/hook/<id>` for a delivery naming its webhook (two
 /// webhooks' payloads of one event differ, e.g. in `installation`, so
@@ -132,6 +171,31 @@ pub fn payload_blob_key(delivery: &DeliveryId, hook_id: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One format: the inline encoder writes the bytes serde writes for the
+    /// same message, and decodes back to it.
+    #[test]
+    fn the_inline_dispatch_encoder_writes_what_serde_writes() {
+        let payload = r#"{"action":"opened","number":1,"nested":{"a":[1,2,"x"]}}"#;
+        let id = DeliveryId::parse("72d3162e-cc78-11e3-81ab-4c9367dc0958").unwrap();
+        for (hook_id, action) in [(None, Some("opened")), (Some(42u64), None)] {
+            let (text, range) =
+                encode_dispatch_v1_inline(&id, hook_id, "pull_request", action, 1_700_000_000_000, payload);
+            assert_eq!(&text[range], payload);
+            let serde = QueueMessage::DispatchV1(DispatchV1 {
+                delivery_id: id.clone(),
+                hook_id,
+                event: "pull_request".into(),
+                action: action.map(str::to_owned),
+                received_at_ms: 1_700_000_000_000,
+                payload: PayloadRef::Inline(RawValue::from_string(payload.to_owned()).unwrap()),
+            })
+            .encode();
+            assert_eq!(text, serde);
+            let Ok(QueueMessage::DispatchV1(back)) = QueueMessage::decode(&text) else { panic!("{text}") };
+            assert_eq!((back.hook_id, back.action.as_deref()), (hook_id, action));
+        }
+    }
 
     #[test]
     fn round_trips_and_keeps_payload_bytes() {

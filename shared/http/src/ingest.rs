@@ -229,24 +229,17 @@ pub fn verify_and_classify(
         };
         return ignore(format!("{what} is not acted on"));
     }
-    let mut head = json!({
-        "type": "dispatch_v1",
-        "delivery_id": delivery_id,
-        "event": event,
-        "action": env.action,
-        "received_at_ms": now_ms,
-    });
-    if let Some(hook) = hook_id {
-        head["hook_id"] = hook.into();
-    }
-    let head = serde_json::to_string(&head).expect("JSON values serialize");
-    // `{...head fields...,"payload":{"inline":<payload>}}`
-    let mut message = String::with_capacity(head.len() + text.len() + 24);
-    message.push_str(&head[..head.len() - 1]);
-    message.push_str(r#","payload":{"inline":"#);
-    let payload_start = message.len();
-    message.push_str(text);
-    message.push_str("}}");
+    // The payload's text goes in as received (already validated above):
+    // the one `dispatch_v1` encoder, without parsing the payload again.
+    let (message, payload) = crcr_shared::message::encode_dispatch_v1_inline(
+        &delivery_id,
+        hook_id,
+        event,
+        env.action.as_deref(),
+        now_ms,
+        text,
+    );
+    let payload_start = payload.start;
     Ok(Verdict::Enqueue {
         delivery_id,
         hook_id,
