@@ -220,7 +220,7 @@ pub enum HudCommand {
 pub enum AllowlistCommand {
     /// Validate an allowlist; print its levels, devices and oncalls, and the changes against the one in use.
     Check {
-        /// A file, a https://github.com/<owner>/<repo>/blob/<ref>/<path> URL, or another https URL.
+        /// A file, a `https://github.com/<owner>/<repo>/blob/<ref>/<path>` URL, or another https URL.
         source: String,
         /// Compare against this one instead of the allowlist in use (CRCR_ALLOWLIST_FILE or CRCR_ALLOWLIST_URL).
         #[arg(long)]

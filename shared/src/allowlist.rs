@@ -384,7 +384,7 @@ impl AllowlistProvider {
     /// tries the init again on the next invoke (AWS Lambda developer guide,
     /// "Understand the Lambda execution environment lifecycle" → "Failures
     /// during the Init phase",
-    /// https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html).
+    /// <https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html>).
     /// GitHub being unavailable ([`AllowlistError::is_transient`]), or not
     /// answering within [`ALLOWLIST_START_TIMEOUT`], is not a broken
     /// allowlist: it is logged and start-up goes on (ingest must keep

@@ -35,7 +35,7 @@ use crate::ports::{GitHubApp, GitHubError, InstallationId};
 /// The wait after a rate-limit answer that gives no `retry-after` nor
 /// `x-ratelimit-remaining: 0` + `x-ratelimit-reset` (GitHub docs, "Rate
 /// limits for the REST API" → "Exceeding the rate limit",
-/// https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#exceeding-the-rate-limit:
+/// <https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#exceeding-the-rate-limit>:
 /// "Otherwise, wait for at least one minute before retrying").
 pub const SECONDARY_LIMIT_FIRST_WAIT: Duration = Duration::from_secs(60);
 /// The longest wait [`SecondaryLimitBackoff`] doubles up to.

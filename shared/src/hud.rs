@@ -177,7 +177,7 @@ const HUD_CONCURRENCY: usize = 8;
 
 /// One pass over the outbox: up to `limit` pending items due now
 /// ([`JobStore::pending_outbox`]), grouped by job and sent in lifecycle
-/// order, [`HUD_CONCURRENCY`] jobs at a time. One request per item and pass:
+/// order, `HUD_CONCURRENCY` (8) jobs at a time. One request per item and pass:
 /// 2xx → sent; 4xx → rejected; 5xx or no answer → pending until its backoff
 /// passed, or parked as failed past `policy`'s limits. A job's `completed`
 /// record whose `in_progress` record is still pending is deferred to that

@@ -365,7 +365,7 @@ impl JobStore for DynamoJobStore {
     /// `attribute_not_exists(pk)`. Cancelled for a failed condition →
     /// `Ok(false)`, nothing written. Cancelled only by `TransactionConflict`
     /// (a concurrent transaction on the same item) → sent again, up to
-    /// [`TRANSACTION_ROUNDS`] times. The outbox id must start with
+    /// `TRANSACTION_ROUNDS` (5) times. The outbox id must start with
     /// `<outbox.delivery_id>|` ([`OutboxItem::id_for`]); another id is
     /// refused as [`StoreError::Corrupt`].
     async fn transition(

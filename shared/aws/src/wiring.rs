@@ -76,7 +76,7 @@ pub fn dispatcher_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispat
 /// then the allowlist loaded once
 /// ([`crcr_shared::allowlist::AllowlistProvider::check_at_start`]): a broken
 /// allowlist fails the init with [`WiringError::Allowlist`] (see
-/// [`ingest_init`]). GitHub being unavailable does not fail it.
+/// `crcr_ingest::ingest_init`). GitHub being unavailable does not fail it.
 pub async fn dispatcher_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispatcher>, Arc<SqsQueue>), WiringError> {
     let (dispatcher, queue) = dispatcher_function(env, sdk)?;
     dispatcher.allowlist.check_at_start().await?;

@@ -156,7 +156,7 @@ impl EmbeddedRelay {
     /// Serves ingest on `listener` and runs the dispatcher workers, the
     /// reconciler, the sweeps and the redeliver task until `shutdown`
     /// resolves. First it loads the allowlist: a broken one
-    /// ([`AllowlistProvider::check_at_start`]) is
+    /// ([`crcr_shared::allowlist::AllowlistProvider::check_at_start`]) is
     /// [`EmbeddedError::Allowlist`] before anything is served. Then ingest stops taking requests, a sweep stops sending
     /// ([`crcr_shared::reconcile::Reconciler::sweep_until`]) and in-flight
     /// messages get [`EmbeddedRelay::shutdown_grace`] to finish; whatever is
