@@ -737,14 +737,17 @@ async fn a_run_cut_off_halfway_keeps_the_waiting_guids_it_had_not_asked_for() {
     {
         let cut_off = run(&r, None, false);
         tokio::pin!(cut_off);
-        // Poll the run until its first request reached GitHub, then drop it
-        // (it is waiting out the request interval).
+        // Poll the run until it has saved its first request (the state
+        // names w-0 as requested), then drop it: it is waiting out the
+        // request interval.
         loop {
             tokio::select! {
                 _ = &mut cut_off => panic!("the run should still be waiting between requests"),
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
             }
-            if !accepted(&s).is_empty() {
+            let saved = state.get(STATE_KEY).await.unwrap().unwrap_or_default();
+            let saved: Value = serde_json::from_str(&saved).unwrap_or_default();
+            if saved["requested"]["w-0"].is_object() {
                 break;
             }
         }
