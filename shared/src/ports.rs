@@ -13,6 +13,14 @@ use crate::domain::{DeliveryId, Level, RepoFullName};
 
 // ---------------------------------------------------------------- clock
 
+/// A UTC timestamp (`2024-05-01T12:34:56Z`) for ms since the epoch (a
+/// clock's reading); `<ms> ms` when out of chrono's range.
+pub fn format_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 /// Wall clock in milliseconds since the Unix epoch. Tests use a settable one.
 pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;

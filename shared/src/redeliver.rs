@@ -66,7 +66,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dispatch::is_acted_on;
 use crate::github::{classify, GitHubAppClient, GitHubAppConfig, GitHubConfigError};
-use crate::ports::{Clock, GitHubError, StateStore, StoreError, SystemClock};
+use crate::ports::{format_time, Clock, GitHubError, StateStore, StoreError, SystemClock};
 use crate::progress::{NoProgress, Progress};
 
 /// How far back GitHub keeps and redelivers deliveries: 3 days (GitHub
@@ -553,6 +553,8 @@ impl Redeliverer {
         let s = &self.settings;
         let now = self.clock.now_ms();
         let mut state = self.load_state().await?;
+        // The cursor as stored, for a dry run's report (it stores nothing).
+        let stored_cursor = state.scanned_to_ms;
         let ms = |d: Duration| d.as_millis() as i64;
         let window_floor = now - ms(GITHUB_WINDOW.saturating_sub(WINDOW_MARGIN));
         let since_floor = (now - ms(opts.since.unwrap_or(DEFAULT_SINCE))).max(window_floor);
@@ -640,7 +642,7 @@ impl Redeliverer {
                          from there",
                         report.pages,
                         report.deliveries,
-                        utc(seg.lower)
+                        format_time(seg.lower)
                     ));
                     interrupted = true;
                     break;
@@ -906,7 +908,7 @@ impl Redeliverer {
             self.save_state(&state).await?;
             report.cursor_ms = state.scanned_to_ms;
         } else {
-            report.cursor_ms = self.load_state().await?.scanned_to_ms;
+            report.cursor_ms = stored_cursor;
         }
         Ok(report)
     }
@@ -944,13 +946,6 @@ impl Redeliverer {
         }
         Ok(report)
     }
-}
-
-/// A UTC timestamp (`2024-05-01T12:34:56Z`) for ms since the epoch.
-fn utc(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// The progress message of the redelivery phase.

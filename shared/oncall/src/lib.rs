@@ -104,11 +104,7 @@ pub fn format_age(ms: i64) -> String {
 }
 
 /// A UTC timestamp (`2024-05-01T12:34:56Z`) for ms since the epoch.
-pub fn format_time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| format!("{ms} ms"))
-}
+pub use crcr_shared::ports::format_time;
 
 #[cfg(test)]
 mod tests {
