@@ -25,17 +25,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use crcr_embedded::sqlite::SqliteDispatchStore;
 use crcr_embedded::EmbeddedRelay;
-use crcr_shared::allowlist::{Allowlist, AllowlistSource};
-use crcr_shared::config::CallbackConfig;
-use crcr_shared::config::{EmbeddedConfig, RelayConfig};
-use crcr_shared::dispatch::DispatcherSettings;
-use crcr_shared::domain::{DeliveryId, RepoFullName};
-use crcr_shared::github::GitHubAppConfig;
-use crcr_shared::lifecycle::JobStore;
-use crcr_shared::oidc::TrustAnchor;
-use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
-use crcr_shared::reconcile::{Reconciler, ReconcilerSettings};
-use crcr_shared::signature::WebhookSecret;
+use crcr_core::allowlist::{Allowlist, AllowlistSource};
+use crcr_core::config::CallbackConfig;
+use crcr_core::config::{EmbeddedConfig, RelayConfig};
+use crcr_core::dispatch::DispatcherSettings;
+use crcr_core::domain::{DeliveryId, RepoFullName};
+use crcr_core::github::GitHubAppConfig;
+use crcr_core::lifecycle::JobStore;
+use crcr_core::oidc::TrustAnchor;
+use crcr_core::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_core::reconcile::{Reconciler, ReconcilerSettings};
+use crcr_core::signature::WebhookSecret;
 use crcr_standin::issuer::{Hud, Issuer};
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use serde_json::{json, Value};
@@ -507,7 +507,7 @@ async fn downstream_ci(
         .records(&id)
         .await?
         .into_iter()
-        .filter(|r| r.status == DispatchStatus::Dispatched && r.meta.level >= crcr_shared::domain::Level::L2)
+        .filter(|r| r.status == DispatchStatus::Dispatched && r.meta.level >= crcr_core::domain::Level::L2)
         .map(|r| r.target)
         .filter(|t| !JOBS.iter().any(|j| RepoFullName::parse(j).ok().as_ref() == Some(t)))
         .collect();

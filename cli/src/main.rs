@@ -1,6 +1,6 @@
 //! `crcr`: the relay on one machine (`serve`), a self-contained demo
 //! (`demo`), and the on-call commands (`dlq`, `status`, `allowlist`).
-//! Wiring only: the behaviour lives in `crcr-shared`.
+//! Wiring only: the behaviour lives in `crcr-core`.
 
 mod demo;
 mod ops;
@@ -10,7 +10,7 @@ mod redeliver;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use crcr_embedded::EmbeddedRelay;
-use crcr_shared::config::{EmbeddedConfig, Env, RelayConfig};
+use crcr_core::config::{EmbeddedConfig, Env, RelayConfig};
 
 #[derive(Parser)]
 #[command(name = "crcr", version, about = "Cross-repository CI relay")]
@@ -71,7 +71,7 @@ enum Command {
 
 /// Logs on stderr: `CRCR_LOG` filter (else `default`), `CRCR_LOG_FORMAT=json` for JSON lines.
 fn init_tracing(default: &str) {
-    use crcr_shared::metrics::{init_logs, LogFormat};
+    use crcr_core::metrics::{init_logs, LogFormat};
     init_logs(default, LogFormat::from_env(), std::io::stderr);
 }
 
@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("CRCR_LISTEN {}", emb.listen))?;
             EmbeddedRelay::build(&relay, &emb)?
-                .with_redeliver_interval(crcr_shared::config::redeliver_interval(&env)?)
+                .with_redeliver_interval(crcr_core::config::redeliver_interval(&env)?)
                 .run(listener, shutdown_signal())
                 .await?;
             tracing::info!("stopped");
@@ -119,9 +119,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Trace { delivery_id, database, aws, dispatch_table, jobs_table, kv_table, endpoint_url, json } => {
             init_tracing("off");
-            let id = crcr_shared::domain::DeliveryId::parse(&delivery_id)?;
+            let id = crcr_core::domain::DeliveryId::parse(&delivery_id)?;
             let stores = if aws {
-                let res = crcr_shared::config::AwsResources {
+                let res = crcr_core::config::AwsResources {
                     dispatch_table,
                     jobs_table,
                     kv_table,

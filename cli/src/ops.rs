@@ -15,10 +15,10 @@ use crcr_oncall::dlq::{self, Dlq, DlqFilter, ReplayOptions, ScanOptions};
 use crcr_oncall::hud::{self as hud_ops, HudRetryFilter};
 use crcr_oncall::status::{self, AllowlistStatus, StatusOptions};
 use crcr_oncall::{parse_duration, parse_rate};
-use crcr_shared::allowlist::{Allowlist, AllowlistSource};
-use crcr_shared::config::Env;
-use crcr_shared::domain::RepoFullName;
-use crcr_shared::ports::{Clock, SystemClock};
+use crcr_core::allowlist::{Allowlist, AllowlistSource};
+use crcr_core::config::Env;
+use crcr_core::domain::RepoFullName;
+use crcr_core::ports::{Clock, SystemClock};
 use serde::Serialize;
 
 use crate::progress::progress_for;
@@ -320,7 +320,7 @@ pub async fn run_status(args: StatusArgs, env: &Env<'_>, out: &mut dyn Write) ->
         Err(_) if args.backend.aws => None,
         Err(e) => return Err(e),
     };
-    let mut queues: Vec<(&str, &dyn crcr_shared::ports::EventQueue)> =
+    let mut queues: Vec<(&str, &dyn crcr_core::ports::EventQueue)> =
         vec![(QueueName::Dispatch.as_str(), &*dispatch.queue)];
     if let Some(r) = &reconcile {
         queues.push((QueueName::Reconcile.as_str(), &*r.queue));
@@ -359,7 +359,7 @@ pub async fn run_hud(args: HudArgs, env: &Env<'_>, out: &mut dyn Write) -> anyho
     let now = SystemClock.now_ms();
     let filter = HudRetryFilter {
         delivery: delivery
-            .map(|d| crcr_shared::domain::DeliveryId::parse(&d))
+            .map(|d| crcr_core::domain::DeliveryId::parse(&d))
             .transpose()
             .map_err(|e| anyhow::anyhow!("--delivery: {e}"))?,
         repo,
@@ -498,7 +498,7 @@ mod tests {
 
     /// A database file with one dead-lettered push and one message waiting on the source queue.
     async fn database() -> (PathBuf, String) {
-        use crcr_shared::ports::{EventQueue, QueueSide};
+        use crcr_core::ports::{EventQueue, QueueSide};
         let path = std::env::temp_dir().join(format!("crcr-cli-ops-{}.sqlite", uuid::Uuid::new_v4().simple()));
         let q = crcr_embedded::sqlite::SqliteQueue::new(crcr_embedded::sqlite::Db::open(&path).unwrap(), "dispatch", 5);
         let delivery = uuid::Uuid::new_v4().to_string();

@@ -1,6 +1,6 @@
 //! Progress bars of the long on-call commands (`crcr dlq replay` / `purge`,
 //! `crcr redeliver`, `crcr hud retry`): the CLI side of the library's
-//! [`Progress`] port (`crcr_shared::progress`).
+//! [`Progress`] port (`crcr_core::progress`).
 //!
 //! A command gets its progress object from [`progress_for`] and passes it,
 //! as `&mut *progress`, to the library loop:
@@ -20,7 +20,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use crcr_shared::progress::{NoProgress, Progress};
+use crcr_core::progress::{NoProgress, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The progress object of an on-call command: a bar on stderr labelled

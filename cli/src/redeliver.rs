@@ -1,6 +1,6 @@
 //! `crcr redeliver`: ask GitHub to redeliver the App's webhook deliveries
 //! that never got a 2xx answer. Wiring only: flags and `CRCR_GITHUB_*` →
-//! `crcr_shared::redeliver` → a table for people or JSON (`--json`) on
+//! `crcr_core::redeliver` → a table for people or JSON (`--json`) on
 //! stdout, a progress bar on stderr for people (`crate::progress`). Exit codes: 0 done, 1 something failed (listed in the output).
 
 use std::io::Write;
@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::Args;
 use crcr_oncall::parse_duration;
-use crcr_shared::config::{github_app_from_env, Env};
-use crcr_shared::ports::{Clock, InMemoryStateStore, StateStore, SystemClock};
-use crcr_shared::redeliver::{Redeliverer, RunOptions};
+use crcr_core::config::{github_app_from_env, Env};
+use crcr_core::ports::{Clock, InMemoryStateStore, StateStore, SystemClock};
+use crcr_core::redeliver::{Redeliverer, RunOptions};
 
 /// `crcr redeliver [--since 6h] [--dry-run] [--json]`
 #[derive(Args, Debug)]

@@ -6,9 +6,9 @@
 use std::process::{Command, Output};
 
 use crcr_embedded::sqlite::{Db, SqliteJobStore};
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem};
-use crcr_shared::ports::{Clock, SystemClock};
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem};
+use crcr_core::ports::{Clock, SystemClock};
 use serde_json::{json, Value};
 
 fn crcr(args: &[&str]) -> Output {
@@ -52,7 +52,7 @@ async fn parked(path: &std::path::Path) -> OutboxItem {
         url: None,
         updated_at_ms: now,
     };
-    let body = crcr_shared::callback::hud_body(&rec, &json!({"workflow": {"job_name": "build"}}));
+    let body = crcr_core::callback::hud_body(&rec, &json!({"workflow": {"job_name": "build"}}));
     let item = OutboxItem::pending(&key, JobState::InProgress, body, now);
     assert!(jobs.transition(None, &rec, &item).await.unwrap());
     jobs.mark_outbox(&item.id, HudSync::Failed, Some("HUD answered 500: Internal error"), None, now).await.unwrap();

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use crcr_embedded::sqlite::{Db, SqliteQueue};
-use crcr_shared::ports::{Clock, EventQueue, QueueSide, SystemClock};
+use crcr_core::ports::{Clock, EventQueue, QueueSide, SystemClock};
 use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};
 
 /// `crcr <args>` with stdout and stderr piped (what `Command::output` does).

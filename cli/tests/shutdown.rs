@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crcr_embedded::sqlite::{Db, SqliteJobStore};
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::lifecycle::{JobKey, JobRecord, JobState, JobStore, OutboxItem};
-use crcr_shared::ports::{Clock, SystemClock};
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::lifecycle::{JobKey, JobRecord, JobState, JobStore, OutboxItem};
+use crcr_core::ports::{Clock, SystemClock};
 use crcr_standin::hud::Hud;
 use crcr_standin::{StandIn, StandInOptions};
 use serde_json::json;
@@ -55,7 +55,7 @@ async fn pending_records(path: &Path) {
                 "url": format!("https://github.com/Ascend/pytorch/actions/runs/{}", key.run_id),
                 "run_id": key.run_id.to_string(), "run_attempt": "1", "job_name": "build",
                 "check_run_id": format!("{}-1", key.run_id), "started_at": "2026-12-03T10:00:00Z", "completed_at": null}});
-        let body = crcr_shared::callback::hud_body(&rec, &callback);
+        let body = crcr_core::callback::hud_body(&rec, &callback);
         let item = OutboxItem::pending(&key, JobState::InProgress, body, now);
         assert!(jobs.transition(None, &rec, &item).await.unwrap());
     }

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = crcr_shared::callback::parse(data);
+    let _ = crcr_core::callback::parse(data);
 });

@@ -13,12 +13,12 @@ use std::task::{Context, Poll, Waker};
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use crcr_shared::callback::{self, CONCLUSIONS};
-use crcr_shared::domain::RepoFullName;
-use crcr_shared::oidc::{
+use crcr_core::callback::{self, CONCLUSIONS};
+use crcr_core::domain::RepoFullName;
+use crcr_core::oidc::{
     body_digest, GitHubRunPolicy, Jwks, JwksFetchError, JwksFetcher, OidcConfig, OidcError, OidcVerifier, TrustAnchor,
 };
-use crcr_shared::ports::ManualClock;
+use crcr_core::ports::ManualClock;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 

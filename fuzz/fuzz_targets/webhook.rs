@@ -4,10 +4,10 @@
 //! byte, the event name, the body. `fuzz/seeds/webhook.py` writes seeds from
 //! the fixtures (every acted-on event, signed).
 #![no_main]
-use crcr_shared::domain::RepoFullName;
+use crcr_core::domain::RepoFullName;
 use crcr_http::ingest::{verify_and_classify, Verdict};
-use crcr_shared::message::QueueMessage;
-use crcr_shared::signature::WebhookSecret;
+use crcr_core::message::QueueMessage;
+use crcr_core::signature::WebhookSecret;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

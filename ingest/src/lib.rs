@@ -10,9 +10,9 @@ use crcr_aws::wiring::{clients, WiringError};
 use crcr_aws::{DynamoBlobStore, DynamoDispatchStore, DynamoJobStore, DynamoKv, SqsQueue};
 use crcr_http::callback_route::CallbackState;
 use crcr_http::ingest::IngestState;
-use crcr_shared::compose::{github_and_allowlist, oidc_verifier};
-use crcr_shared::config::{AwsResources, Env, RelayConfig};
-use crcr_shared::ports::{Clock, SystemClock};
+use crcr_core::compose::{github_and_allowlist, oidc_verifier};
+use crcr_core::config::{AwsResources, Env, RelayConfig};
+use crcr_core::ports::{Clock, SystemClock};
 
 /// Who needs a resource, for configuration errors.
 const INGEST: &str = "the ingest function";
@@ -22,7 +22,7 @@ const INGEST: &str = "the ingest function";
 ///
 /// - `POST /github/webhook` → the dispatch queue (`CRCR_DISPATCH_QUEUE_URL`),
 ///   payloads over the queue's limit claim-checked in `CRCR_PAYLOAD_TABLE`;
-/// - `POST /github/callback` → OIDC ([`crcr_shared::config::CallbackConfig`]: issuers, audience),
+/// - `POST /github/callback` → OIDC ([`crcr_core::config::CallbackConfig`]: issuers, audience),
 ///   `repository_id` bindings, `jti` replay guard and per-repository rate
 ///   limit in `CRCR_KV_TABLE` (shared by every instance), the allowlist
 ///   (`CRCR_ALLOWLIST_URL` / `_FILE`, read with the App's token), request-time
@@ -38,7 +38,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
 }
 
 /// The ingest function as its main starts it: [`ingest_router`], then the
-/// allowlist loaded once ([`crcr_shared::allowlist::AllowlistProvider::check_at_start`]):
+/// allowlist loaded once ([`crcr_core::allowlist::AllowlistProvider::check_at_start`]):
 /// a broken allowlist fails the init with [`WiringError::Allowlist`]
 /// naming the URL (or file) and the line or entry (Lambda reports a failed
 /// init and tries it again on the next invoke: AWS Lambda developer guide,
@@ -54,7 +54,7 @@ pub async fn ingest_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, Wirin
 fn ingest_parts(
     env: &Env<'_>,
     sdk: &SdkConfig,
-) -> Result<(Router, Arc<crcr_shared::allowlist::AllowlistProvider>), WiringError> {
+) -> Result<(Router, Arc<crcr_core::allowlist::AllowlistProvider>), WiringError> {
     let cfg = RelayConfig::from_env(env)?;
     let aws = AwsResources::from_env(env)?;
     let (sqs, dynamo) = clients(sdk);
@@ -83,7 +83,7 @@ fn ingest_parts(
         jobs: Arc::new(DynamoJobStore::new(dynamo, aws.jobs_table(INGEST)?)),
         queue: reconcile_queue,
         rate: kv,
-        commits: Arc::new(crcr_shared::commits::CachedCommitLookup::new(github, clock.clone())),
+        commits: Arc::new(crcr_core::commits::CachedCommitLookup::new(github, clock.clone())),
         upstream: cfg.upstream.clone(),
         clock,
     }));

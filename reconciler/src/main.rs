@@ -8,14 +8,14 @@ use std::sync::Arc;
 use crcr_aws::sdk_config;
 use crcr_aws::secrets::process_env_with_secrets;
 use crcr_aws::wiring::reconciler_function;
-use crcr_shared::config::Env;
+use crcr_core::config::Env;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    crcr_shared::metrics::init_emf_from_env();
+    crcr_core::metrics::init_emf_from_env();
     let sdk = sdk_config(Env::process().opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
     // The HUD bot key and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here): a missing secret or permission fails the cold start
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Error> {
         let function = function.clone();
         async move {
             let out = function.handle(event.payload).await;
-            crcr_shared::metrics::flush_emf();
+            crcr_core::metrics::flush_emf();
             Ok::<_, Error>(out?)
         }
     }))

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use crcr_embedded::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
 use crcr_embedded::EmbeddedRelay;
-use crcr_shared::allowlist::{Allowlist, AllowlistSource};
-use crcr_shared::config::{EmbeddedConfig, RelayConfig};
-use crcr_shared::dispatch::DispatcherSettings;
-use crcr_shared::domain::{DeliveryId, RepoFullName};
-use crcr_shared::github::GitHubAppConfig;
-use crcr_shared::ports::{DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueSide};
-use crcr_shared::signature::WebhookSecret;
+use crcr_core::allowlist::{Allowlist, AllowlistSource};
+use crcr_core::config::{EmbeddedConfig, RelayConfig};
+use crcr_core::dispatch::DispatcherSettings;
+use crcr_core::domain::{DeliveryId, RepoFullName};
+use crcr_core::github::GitHubAppConfig;
+use crcr_core::ports::{DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_core::signature::WebhookSecret;
 use crcr_standin::StandIn;
 use serde_json::Value;
 
@@ -38,7 +38,7 @@ pub struct Relay {
     pub store: Arc<SqliteDispatchStore>,
     pub queue: Arc<SqliteQueue>,
     /// The relay's reconciler (to run a sweep step on demand).
-    pub reconciler: Arc<crcr_shared::reconcile::Reconciler>,
+    pub reconciler: Arc<crcr_core::reconcile::Reconciler>,
     pub allowlist: Allowlist,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -79,7 +79,7 @@ impl Relay {
         settings: DispatcherSettings,
         dir: Option<PathBuf>,
         secret: &str,
-        callbacks: crcr_shared::config::CallbackConfig,
+        callbacks: crcr_core::config::CallbackConfig,
     ) -> Relay {
         let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("crcr-e2e-{}", uuid())));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -216,9 +216,9 @@ pub fn dispatched_to(gh: &StandIn, delivery: &str) -> Vec<String> {
 /// Actions trust anchor; no Buildkite), results to `hud` with the bot key
 /// `hud-bot-key`, a sweep every 200 ms; reconciler defaults but the HUD
 /// backoff ([`test_hud_retry`]).
-pub fn callback_config(issuer: &issuer::Issuer, hud: &issuer::Hud) -> crcr_shared::config::CallbackConfig {
-    let mut c = crcr_shared::config::CallbackConfig::default();
-    c.oidc.github_actions = Some(crcr_shared::oidc::TrustAnchor::new(issuer.url.clone()));
+pub fn callback_config(issuer: &issuer::Issuer, hud: &issuer::Hud) -> crcr_core::config::CallbackConfig {
+    let mut c = crcr_core::config::CallbackConfig::default();
+    c.oidc.github_actions = Some(crcr_core::oidc::TrustAnchor::new(issuer.url.clone()));
     c.oidc.buildkite = None;
     c.hud = Some((hud.url.clone(), "hud-bot-key".to_owned().into()));
     c.sweep_interval = Duration::from_millis(200);
@@ -228,8 +228,8 @@ pub fn callback_config(issuer: &issuer::Issuer, hud: &issuer::Hud) -> crcr_share
 
 /// HUD backoff on the tests' time scale: 100 ms after the first failure,
 /// doubling to at most 400 ms (production: 30 s to 30 min); the same limits.
-pub fn test_hud_retry() -> crcr_shared::hud::HudRetryPolicy {
-    crcr_shared::hud::HudRetryPolicy {
+pub fn test_hud_retry() -> crcr_core::hud::HudRetryPolicy {
+    crcr_core::hud::HudRetryPolicy {
         first_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(400),
         ..Default::default()

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use crcr_embedded::sqlite::SqliteJobStore;
-use crcr_shared::domain::{DeliveryId, Level};
-use crcr_shared::lifecycle::{HudSync, JobState, JobStore};
-use crcr_shared::reconcile::ReconcilerSettings;
+use crcr_core::domain::{DeliveryId, Level};
+use crcr_core::lifecycle::{HudSync, JobState, JobStore};
+use crcr_core::reconcile::ReconcilerSettings;
 use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::*;
@@ -41,7 +41,7 @@ async fn world_with(reconciler: ReconcilerSettings, upstream_installed: bool) ->
 async fn world_configured(
     reconciler: ReconcilerSettings,
     upstream_installed: bool,
-    configure: impl FnOnce(&mut crcr_shared::config::CallbackConfig, &Issuer),
+    configure: impl FnOnce(&mut crcr_core::config::CallbackConfig, &Issuer),
 ) -> World {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
     for r in ["org1/one", "org2/two", "org3/three"] {
@@ -354,11 +354,11 @@ async fn a_buildkite_pipeline_of_pytorchs_ci_providers_file_reports_for_its_repo
     gh.install("vllm-project/vllm");
     let (issuer, buildkite, hud) = (Issuer::start().await, Issuer::start().await, Hud::start().await);
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/ci_providers.yml");
-    let env = crcr_shared::config::Env::new(|k| (k == "CRCR_BUILDKITE_PIPELINES_FILE").then(|| file.to_owned()));
+    let env = crcr_core::config::Env::new(|k| (k == "CRCR_BUILDKITE_PIPELINES_FILE").then(|| file.to_owned()));
     let mut callbacks = callback_config(&issuer, &hud);
-    callbacks.oidc.buildkite = Some(crcr_shared::oidc::TrustAnchor::new(buildkite.url.clone()));
+    callbacks.oidc.buildkite = Some(crcr_core::oidc::TrustAnchor::new(buildkite.url.clone()));
     callbacks.oidc.buildkite_pipelines =
-        crcr_shared::config::CallbackConfig::from_env(&env).unwrap().oidc.buildkite_pipelines;
+        crcr_core::config::CallbackConfig::from_env(&env).unwrap().oidc.buildkite_pipelines;
     let relay = Relay::start_with(&gh, "L2:\n  - vllm-project/vllm\n", test_settings(), None, "s", callbacks).await;
     let delivery = uuid();
     assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
@@ -383,10 +383,10 @@ async fn a_buildkite_pipeline_of_pytorchs_ci_providers_file_reports_for_its_repo
 
 /// The callback settings read from these environment variables (over the
 /// defaults), for the settings under test.
-fn from_env(vars: &[(&str, &str)]) -> crcr_shared::config::CallbackConfig {
+fn from_env(vars: &[(&str, &str)]) -> crcr_core::config::CallbackConfig {
     let vars: std::collections::HashMap<String, String> =
         vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    crcr_shared::config::CallbackConfig::from_env(&crcr_shared::config::Env::new(move |k| vars.get(k).cloned()))
+    crcr_core::config::CallbackConfig::from_env(&crcr_core::config::Env::new(move |k| vars.get(k).cloned()))
         .expect("valid settings")
 }
 

@@ -9,18 +9,18 @@
 use std::time::Duration;
 
 use crcr_embedded::sqlite::SqliteJobStore;
-use crcr_shared::config::CallbackConfig;
-use crcr_shared::lifecycle::{HudSync, JobStore};
-use crcr_shared::ports::DispatchStore;
+use crcr_core::config::CallbackConfig;
+use crcr_core::lifecycle::{HudSync, JobStore};
+use crcr_core::ports::DispatchStore;
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::{callback_config, fixture, post_callback, test_settings, uuid, wait_for, Relay};
 use serde_json::{json, Value};
 
-use crcr_shared::checks::{check_run_for, CheckRuns};
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
-use crcr_shared::lifecycle::{JobKey, JobRecord, JobState};
-use crcr_shared::ports::GitHubError;
+use crcr_core::checks::{check_run_for, CheckRuns};
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::github::{GitHubAppClient, GitHubAppConfig};
+use crcr_core::lifecycle::{JobKey, JobRecord, JobState};
+use crcr_core::ports::GitHubError;
 use crcr_standin::{AuthKind, Fault, StandIn, StandInOptions};
 use crcr_tests::UPSTREAM;
 
@@ -228,7 +228,7 @@ async fn call(w: &World, repo: &str, repo_id: &str, body: &[u8]) -> u16 {
 
 /// Waits until the delivery's first check-run item is in `sync` (the relay
 /// records GitHub's answer just after the stand-in does).
-async fn wait_item(jobs: &SqliteJobStore, id: &crcr_shared::domain::DeliveryId, sync: HudSync) {
+async fn wait_item(jobs: &SqliteJobStore, id: &crcr_core::domain::DeliveryId, sync: HudSync) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while jobs.check_runs(id).await.unwrap().first().is_none_or(|c| c.sync != sync) {
         assert!(std::time::Instant::now() < deadline, "the check-run item never reached {sync:?}");
@@ -251,7 +251,7 @@ async fn l4_job_drives_one_check_run_from_in_progress_to_its_conclusion() {
     assert_eq!(call(&w, "org4/four", "44", &callback(&w, "org4/four", "completed", Some("failure"))).await, 202);
     wait_for("the completed check run", || w.gh.check_runs(UPSTREAM)[0].status == "completed").await;
     let jobs = SqliteJobStore::new(w.relay.db());
-    let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
+    let id = crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap();
     wait_item(&jobs, &id, HudSync::Sent).await;
     let runs = w.gh.check_runs(UPSTREAM);
     assert_eq!(runs.len(), 1, "the same check run, updated: {runs:?}");
@@ -269,7 +269,7 @@ async fn l3_job_without_its_label_gets_no_check_run() {
     assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "in_progress", None)).await, 202);
     assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "completed", Some("success"))).await, 202);
     let jobs = SqliteJobStore::new(w.relay.db());
-    let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
+    let id = crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap();
     wait_for("both HUD records", || w.hud.received().len() == 2).await;
     let report = w.relay.reconciler.sweep().await.unwrap();
     assert_eq!(report.check_runs, Default::default());
@@ -296,7 +296,7 @@ async fn a_github_5xx_on_create_is_retried_and_creates_exactly_one_check_run() {
     assert_eq!(posts, vec![502, 503, 201]);
     // Once the relay recorded GitHub's id, more sweeps send nothing more.
     let jobs = SqliteJobStore::new(w.relay.db());
-    let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
+    let id = crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap();
     wait_item(&jobs, &id, HudSync::Sent).await;
     for _ in 0..3 {
         w.relay.reconciler.sweep().await.unwrap();
@@ -330,7 +330,7 @@ async fn a_check_run_github_refuses_is_rejected_with_its_answer_and_hud_still_ge
     assert_eq!(call(&w, "org4/four", "44", &callback(&w, "org4/four", "in_progress", None)).await, 202);
     wait_for("the HUD record", || w.hud.received().len() == 1).await;
     let jobs = SqliteJobStore::new(w.relay.db());
-    let id = crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap();
+    let id = crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap();
     wait_item(&jobs, &id, HudSync::Rejected).await;
     assert!(w.gh.check_runs(UPSTREAM).is_empty());
     let t = crcr_oncall::trace::trace(&id, w.relay.store.as_ref(), &jobs).await.unwrap();
@@ -347,7 +347,7 @@ async fn l3_job_gets_a_check_run_when_its_label_was_on_the_pr_at_dispatch() {
     for label in ["ciflow/crcr/gpu", "ciflow/oot/gpu"] {
         let w = world(&["ciflow/trunk", label]).await;
         let records =
-            w.relay.store.records(&crcr_shared::domain::DeliveryId::parse(&w.delivery).unwrap()).await.unwrap();
+            w.relay.store.records(&crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap()).await.unwrap();
         let wanted: Vec<(&str, bool)> = records.iter().map(|r| (r.target.as_str(), r.meta.check_run)).collect();
         assert_eq!(wanted, vec![("org2/two", false), ("org3/three", true), ("org4/four", true)], "{label}");
         assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "in_progress", None)).await, 202);
@@ -392,7 +392,7 @@ async fn label(w: &World, sha: &str, label: &str) {
 
 /// Waits until the reconcile queue is empty (every upstream event and callback applied).
 async fn reconciled(w: &World) {
-    use crcr_shared::ports::{EventQueue, QueueSide};
+    use crcr_core::ports::{EventQueue, QueueSide};
     let q = crcr_embedded::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while q.depth(QueueSide::Source).await.unwrap() > 0 {
@@ -561,7 +561,7 @@ async fn check_run_rerequested_reruns_the_failed_jobs_and_already_running_is_not
 
 #[tokio::test]
 async fn a_rate_limited_rerun_waits_at_least_a_minute_before_it_is_tried_again() {
-    use crcr_shared::ports::{EventQueue, QueueSide};
+    use crcr_core::ports::{EventQueue, QueueSide};
     let w = world(&[]).await;
     w.gh.add_workflow_run("org4/four", 555, "completed", Some("failure"));
     finished_l4_job(&w, 555, "build", "failure").await;
@@ -714,7 +714,7 @@ async fn synchronize_supersedes_the_old_heads_jobs() {
     );
     wait_for("the in-progress check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
     // Before: the silent L2 and L3 targets of this head are never started.
-    let silent = |r: &crcr_shared::reconcile::SweepReport| -> Vec<String> {
+    let silent = |r: &crcr_core::reconcile::SweepReport| -> Vec<String> {
         r.never_started.iter().filter(|n| n.delivery_id.as_str() == d).map(|n| n.target.to_string()).collect()
     };
     assert_eq!(silent(&w.relay.reconciler.sweep().await.unwrap()), vec!["org2/two", "org3/three"]);
@@ -753,11 +753,11 @@ async fn synchronize_supersedes_the_old_heads_jobs() {
 
 #[tokio::test]
 async fn one_sweep_at_a_time_sends_the_outboxes() {
-    use crcr_shared::ports::StateStore;
+    use crcr_core::ports::StateStore;
     let w = world(&[]).await;
     // Another sweep (another Lambda instance) holds the outbox lease.
-    let kv = crcr_embedded::sqlite::SqliteKv::new(w.relay.db(), std::sync::Arc::new(crcr_shared::ports::SystemClock));
-    let key = crcr_shared::reconcile::OUTBOX_LEASE_KEY;
+    let kv = crcr_embedded::sqlite::SqliteKv::new(w.relay.db(), std::sync::Arc::new(crcr_core::ports::SystemClock));
+    let key = crcr_core::reconcile::OUTBOX_LEASE_KEY;
     let other = "another-sweep";
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !kv.try_lease(key, other, Duration::from_secs(600)).await.unwrap() {

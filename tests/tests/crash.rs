@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crcr_shared::dispatch::DispatcherSettings;
-use crcr_shared::ports::DispatchStatus;
+use crcr_core::dispatch::DispatcherSettings;
+use crcr_core::ports::DispatchStatus;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 

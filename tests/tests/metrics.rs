@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crcr_shared::metrics::{init_logs, LogFormat};
-use crcr_shared::ports::DispatchStatus;
+use crcr_core::metrics::{init_logs, LogFormat};
+use crcr_core::ports::DispatchStatus;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 use serde_json::Value;
@@ -169,7 +169,7 @@ async fn metrics_endpoint_and_json_logs_report_what_a_scenario_did() {
     let dispatch_lines: Vec<&Value> = of_delivery
         .iter()
         .copied()
-        .filter(|l| l["span"]["name"] == "target" && l["target"] == "crcr_shared::dispatch")
+        .filter(|l| l["span"]["name"] == "target" && l["target"] == "crcr_core::dispatch")
         .collect();
     let messages: Vec<&str> = dispatch_lines.iter().map(|l| l["message"].as_str().unwrap()).collect();
     assert_eq!(

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use crcr_oncall::backend::{self, OpsPorts, QueueName};
 use crcr_oncall::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
-use crcr_shared::dispatch::DispatcherSettings;
-use crcr_shared::ports::{DispatchStatus, QueueSide, SystemClock};
-use crcr_shared::progress::NoProgress;
+use crcr_core::dispatch::DispatcherSettings;
+use crcr_core::ports::{DispatchStatus, QueueSide, SystemClock};
+use crcr_core::progress::NoProgress;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 

@@ -14,13 +14,13 @@
 use std::time::Duration;
 
 use crcr_embedded::EmbeddedRelay;
-use crcr_shared::allowlist::AllowlistSource;
-use crcr_shared::config::{EmbeddedConfig, RelayConfig};
-use crcr_shared::dispatch::{Disposition, MessageOutcome, TargetOutcome};
-use crcr_shared::domain::RepoFullName;
-use crcr_shared::github::GitHubAppConfig;
-use crcr_shared::ports::{EventQueue, QueueSide, ReceivedMessage};
-use crcr_shared::signature::WebhookSecret;
+use crcr_core::allowlist::AllowlistSource;
+use crcr_core::config::{EmbeddedConfig, RelayConfig};
+use crcr_core::dispatch::{Disposition, MessageOutcome, TargetOutcome};
+use crcr_core::domain::RepoFullName;
+use crcr_core::github::GitHubAppConfig;
+use crcr_core::ports::{EventQueue, QueueSide, ReceivedMessage};
+use crcr_core::signature::WebhookSecret;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::{dispatched_to, fixture, test_settings, uuid, UPSTREAM, VISIBILITY_TIMEOUT};
 use tower::ServiceExt;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crcr_embedded::sqlite::SqliteKv;
-use crcr_shared::github::GitHubAppConfig;
-use crcr_shared::ports::{DispatchStatus, SystemClock};
-use crcr_shared::redeliver::{Redeliverer, RunOptions};
+use crcr_core::github::GitHubAppConfig;
+use crcr_core::ports::{DispatchStatus, SystemClock};
+use crcr_core::redeliver::{Redeliverer, RunOptions};
 use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};
 use crcr_tests::*;
 

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crcr_embedded::sqlite::SqliteQueue;
-use crcr_shared::dispatch::DispatcherSettings;
-use crcr_shared::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_core::dispatch::DispatcherSettings;
+use crcr_core::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 use serde_json::Value;
@@ -50,7 +50,7 @@ async fn dispatches_exactly_to_allowlisted_and_installed_repos_with_the_payload(
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.status == DispatchStatus::Dispatched && r.attempts == 1));
     let l3 = records.iter().find(|r| r.target.as_str() == "pytorch/crcr-test").unwrap();
-    assert_eq!(l3.meta.level, crcr_shared::domain::Level::L3);
+    assert_eq!(l3.meta.level, crcr_core::domain::Level::L3);
     assert_eq!(l3.meta.pr_number, Some(2));
     assert_eq!(l3.meta.head_sha.as_deref(), Some("ec26c3e57ca3a959ca5aad62de7213c562f8c821"));
     let sent = gh.dispatches().into_iter().find(|d| d.repo == "vllm-project/vllm").unwrap();
@@ -142,7 +142,7 @@ async fn a_message_that_always_fails_ends_in_the_dlq_with_its_reason() {
         assert!(std::time::Instant::now() < deadline, "never dead-lettered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let records = relay.store.records(&crcr_shared::domain::DeliveryId::parse(&delivery).unwrap()).await.unwrap();
+    let records = relay.store.records(&crcr_core::domain::DeliveryId::parse(&delivery).unwrap()).await.unwrap();
     let dead = dlq.receive(QueueSide::DeadLetter, 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
     assert_eq!(dead.len(), 1);
     let reason = dead[0].dead_letter_reason.as_deref().unwrap();
@@ -247,7 +247,7 @@ async fn a_push_deleting_a_ref_is_ignored_and_a_push_creating_one_is_dispatched(
     assert_eq!(dispatched_to(&gh, &creation), ["org1/one", "org1/two", "org2/three", "org3/four"]);
     assert!(dispatched_to(&gh, &deleted).is_empty());
     assert_eq!(gh.dispatches().len(), 4);
-    assert!(relay.store.records(&crcr_shared::domain::DeliveryId::parse(&deleted).unwrap()).await.unwrap().is_empty());
+    assert!(relay.store.records(&crcr_core::domain::DeliveryId::parse(&deleted).unwrap()).await.unwrap().is_empty());
     let zero = relay.store.records_for_commit("0000000000000000000000000000000000000000", 10).await.unwrap();
     assert!(zero.is_empty(), "records under the zero SHA: {zero:?}");
     relay.stop().await;
@@ -287,7 +287,7 @@ async fn two_hooks_with_one_guid_are_both_dispatched_and_a_redelivery_of_either_
     }
     let new_calls: Vec<_> = gh.requests()[calls..].iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     assert!(new_calls.is_empty(), "a redelivery made GitHub calls: {new_calls:?}");
-    assert_eq!(relay.store.records(&crcr_shared::domain::DeliveryId::parse(&guid).unwrap()).await.unwrap().len(), 8);
+    assert_eq!(relay.store.records(&crcr_core::domain::DeliveryId::parse(&guid).unwrap()).await.unwrap().len(), 8);
     // A hook id that is not a number: refused, naming the header.
     let (status, answer) = relay.post_from_hook("pull_request", &uuid(), Some("abc"), &body, false).await;
     assert_eq!((status, answer["error"].as_str()), (400, Some("missing or invalid header x-github-hook-id")));
@@ -296,8 +296,8 @@ async fn two_hooks_with_one_guid_are_both_dispatched_and_a_redelivery_of_either_
 
 #[tokio::test]
 async fn allowlist_is_read_from_github_and_the_last_good_one_is_kept_when_a_reload_fails() {
-    use crcr_shared::allowlist::{AllowlistProvider, AllowlistSource};
-    use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
+    use crcr_core::allowlist::{AllowlistProvider, AllowlistSource};
+    use crcr_core::github::{GitHubAppClient, GitHubAppConfig};
     use std::sync::Arc;
     let gh = standin().await;
     gh.install("pytorch/pytorch");

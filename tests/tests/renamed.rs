@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use crcr_shared::metrics::{init_logs, LogFormat};
-use crcr_shared::ports::DispatchStatus;
+use crcr_core::metrics::{init_logs, LogFormat};
+use crcr_core::ports::DispatchStatus;
 use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::*;
 
@@ -91,7 +91,7 @@ async fn a_renamed_target_gets_its_dispatch_at_the_new_name_once_and_on_call_is_
 /// never goes elsewhere): a `Location` on another host is refused, naming it.
 #[tokio::test]
 async fn a_redirect_to_another_host_is_not_followed() {
-    use crcr_shared::ports::{GitHubApp, GitHubError};
+    use crcr_core::ports::{GitHubApp, GitHubError};
     let key_source = StandIn::start(StandInOptions::default()).await.unwrap();
     let app = axum::Router::new().route(
         "/repos/{owner}/{repo}/installation",
@@ -106,9 +106,9 @@ async fn a_redirect_to_another_host_is_not_followed() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let cfg = crcr_shared::github::GitHubAppConfig::new(key_source.app_id(), key_source.private_key_pem(), url);
-    let client = crcr_shared::github::GitHubAppClient::new(cfg).unwrap();
-    let repo = crcr_shared::domain::RepoFullName::parse("org/old-name").unwrap();
+    let cfg = crcr_core::github::GitHubAppConfig::new(key_source.app_id(), key_source.private_key_pem(), url);
+    let client = crcr_core::github::GitHubAppClient::new(cfg).unwrap();
+    let repo = crcr_core::domain::RepoFullName::parse("org/old-name").unwrap();
     match client.installation(&repo).await {
         Err(GitHubError::Permanent { status: 301, reason }) => {
             assert!(reason.contains("not following a redirect to https://elsewhere.example/"), "{reason}")

@@ -12,11 +12,11 @@ use std::time::Duration;
 use crcr_aws::wiring::{dispatcher_init, WiringError};
 use crcr_embedded::{EmbeddedError, EmbeddedRelay};
 use crcr_ingest::ingest_init;
-use crcr_shared::allowlist::AllowlistSource;
-use crcr_shared::config::{EmbeddedConfig, Env, RelayConfig};
-use crcr_shared::domain::RepoFullName;
-use crcr_shared::github::GitHubAppConfig;
-use crcr_shared::signature::WebhookSecret;
+use crcr_core::allowlist::AllowlistSource;
+use crcr_core::config::{EmbeddedConfig, Env, RelayConfig};
+use crcr_core::domain::RepoFullName;
+use crcr_core::github::GitHubAppConfig;
+use crcr_core::signature::WebhookSecret;
 use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::{test_settings, uuid, UPSTREAM, VISIBILITY_TIMEOUT};
 

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use futures::stream::{self, TryStreamExt};
 
-use crcr_shared::ports::{BlobError, BlobStore};
+use crcr_core::ports::{BlobError, BlobStore};
 
 use super::now_epoch_secs;
 
@@ -18,7 +18,7 @@ use super::now_epoch_secs;
 /// for the key and the other attributes.
 pub const BLOB_CHUNK_BYTES: usize = 300_000;
 
-pub use crcr_shared::config::BLOB_TTL_SECS;
+pub use crcr_core::config::BLOB_TTL_SECS;
 
 /// Chunk writes in flight at once for one `put`.
 const PUT_CONCURRENCY: usize = 4;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::ports::{record_key, DispatchMeta, DispatchRecord, DispatchStatus, StoreError};
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::ports::{record_key, DispatchMeta, DispatchRecord, DispatchStatus, StoreError};
 
 use super::dynamo::DISPATCH_TTL_SECS;
 use super::now_epoch_secs;
@@ -29,19 +29,19 @@ pub(super) mod attr {
     pub const PAYLOAD_TRIMMED: &str = "payload_trimmed";
     pub const EVENT: &str = "event";
     pub const ACTION: &str = "action";
-    /// S, [`crcr_shared::ports::DispatchMeta::head_sha`] (absent = none, and for an
+    /// S, [`crcr_core::ports::DispatchMeta::head_sha`] (absent = none, and for an
     /// empty one: a GSI key cannot be empty). The partition key of the sparse
     /// GSI `by_head_sha` (see `HEAD_SHA_INDEX`), sort key `created_at_ms`.
     pub const HEAD_SHA: &str = "head_sha";
     pub const PR_NUMBER: &str = "pr_number";
     pub const LEVEL: &str = "level";
-    /// BOOL, [`crcr_shared::ports::DispatchMeta::check_run`] (absent = false).
+    /// BOOL, [`crcr_core::ports::DispatchMeta::check_run`] (absent = false).
     pub const CHECK_RUN: &str = "check_run";
-    /// S, [`crcr_shared::ports::DispatchMeta::device`] (absent = none).
+    /// S, [`crcr_core::ports::DispatchMeta::device`] (absent = none).
     pub const DEVICE: &str = "device";
-    /// N, [`crcr_shared::ports::DispatchMeta::received_at_ms`] (absent = none).
+    /// N, [`crcr_core::ports::DispatchMeta::received_at_ms`] (absent = none).
     pub const RECEIVED_AT_MS: &str = "received_at_ms";
-    /// N, [`crcr_shared::ports::DispatchMeta::hook_id`] (absent = none).
+    /// N, [`crcr_core::ports::DispatchMeta::hook_id`] (absent = none).
     pub const HOOK_ID: &str = "hook_id";
     pub const EXPIRES_AT: &str = "expires_at";
     /// `YYYY-MM-DD` (UTC) of `dispatched_at_ms`, set with it: the partition

@@ -7,8 +7,8 @@ use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
-use crcr_shared::domain::{DeliveryId, RepoFullName};
-use crcr_shared::ports::{
+use crcr_core::domain::{DeliveryId, RepoFullName};
+use crcr_core::ports::{
     record_key, AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
     StoreError,
 };
@@ -517,7 +517,7 @@ fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crcr_shared::domain::Level;
+    use crcr_core::domain::Level;
 
     fn rec(delivery: &str, target: &str, created_at_ms: i64) -> DispatchRecord {
         DispatchRecord {

@@ -11,12 +11,12 @@ use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput
 use aws_sdk_dynamodb::types::{AttributeValue, Put, Select, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 
-use crcr_shared::checks::CheckStatus;
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::lifecycle::{
+use crcr_core::checks::CheckStatus;
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::lifecycle::{
     CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
 };
-use crcr_shared::ports::StoreError;
+use crcr_core::ports::StoreError;
 
 use super::dispatch_item::{n, s, Item};
 use super::now_epoch_secs;
@@ -80,7 +80,7 @@ mod attr {
     pub const LAST_ERROR: &str = "last_error";
     pub const CREATED_AT_MS: &str = "created_at_ms";
     pub const UPDATED_AT_MS: &str = "updated_at_ms";
-    /// N, ms: [`crcr_shared::lifecycle::OutboxItem::next_attempt_at_ms`]; absent
+    /// N, ms: [`crcr_core::lifecycle::OutboxItem::next_attempt_at_ms`]; absent
     /// on items written before it existed (read as `created_at_ms`).
     pub const NEXT_ATTEMPT_AT_MS: &str = "next_attempt_at_ms";
     // Check-run items (plus `id`, `repo`, `attempts`, `last_error`, `created_at_ms`, `updated_at_ms`).
@@ -88,7 +88,7 @@ mod attr {
     pub const VERSION: &str = "version";
     pub const CHECK_RUN_ID: &str = "check_run_id";
     /// S, the `status` of `request` (`in_progress` / `completed`): what
-    /// [`crcr_shared::lifecycle::JobStore::advance_check_run`]'s condition reads.
+    /// [`crcr_core::lifecycle::JobStore::advance_check_run`]'s condition reads.
     /// Items written before it existed lack it; the condition then looks
     /// into `request` itself.
     pub const REQUEST_STATUS: &str = "request_status";
@@ -1143,7 +1143,7 @@ mod tests {
     /// completed one even when its text fields quote that very string.
     #[test]
     fn in_progress_marker_matches_only_the_request_status() {
-        use crcr_shared::checks::{CheckOutput, CheckRunRequest};
+        use crcr_core::checks::{CheckOutput, CheckRunRequest};
         let in_progress = request_status(CheckStatus::InProgress).unwrap();
         assert_eq!(in_progress, "in_progress");
         assert_eq!(request_status(CheckStatus::Completed).unwrap(), "completed");

@@ -11,16 +11,16 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
-use crcr_shared::domain::RepoFullName;
-use crcr_shared::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
-use crcr_shared::ports::RateLimiter;
-use crcr_shared::ports::{Clock, StateStore, StoreError};
+use crcr_core::domain::RepoFullName;
+use crcr_core::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
+use crcr_core::ports::RateLimiter;
+use crcr_core::ports::{Clock, StateStore, StoreError};
 
 use super::dispatch_item::{n, s, Item};
 
-pub use crcr_shared::ports::kv_prefix as prefix;
+pub use crcr_core::ports::kv_prefix as prefix;
 
-pub use crcr_shared::ports::RATE_WINDOW_TTL_SLACK_SECS;
+pub use crcr_core::ports::RATE_WINDOW_TTL_SLACK_SECS;
 
 /// Rounds of a replay check when the stored record vanishes (TTL) between
 /// the failed conditional write and the read of it.
@@ -71,7 +71,7 @@ impl std::fmt::Debug for DynamoKv {
 
 impl DynamoKv {
     /// `table`: the table name (shape above). The rate limit is
-    /// [`crcr_shared::config::CallbackConfig`]'s default (100 callbacks per
+    /// [`crcr_core::config::CallbackConfig`]'s default (100 callbacks per
     /// repository per minute) until [`DynamoKv::with_rate_per_min`].
     pub fn new(client: Client, table: String, clock: Arc<dyn Clock>) -> Self {
         Self { client, table, clock, rate_per_min: 100 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crcr_shared::ports::{EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage};
-use crcr_shared::reconcile::MessageHandler;
+use crcr_core::ports::{EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage};
+use crcr_core::reconcile::MessageHandler;
 use futures::StreamExt;
 
 /// Processes a batch delivered by an SQS event source mapping with

@@ -4,7 +4,7 @@
 //!
 //! The resources themselves (queues, tables, TTL settings, redrive policy)
 //! are created by the infrastructure code, not here; each adapter documents
-//! the shape it expects. The same contract suite (`shared/tests/contract.rs`)
+//! the shape it expects. The same contract suite (`shared/core/tests/contract.rs`)
 //! runs against these adapters on moto's server and against the SQLite twins.
 
 mod blobs;

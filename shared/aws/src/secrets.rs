@@ -27,7 +27,7 @@
 //! ["current", "next"]}`); it then fills `CRCR_WEBHOOK_SECRETS` (comma-joined,
 //! so no entry may contain a comma) and hides `CRCR_WEBHOOK_SECRET` and its
 //! `_FILE` form, as a string hides `CRCR_WEBHOOK_SECRETS`
-//! ([`crcr_shared::config::webhook_secret_from_env`], docs/RUNBOOK.md "Rotating
+//! ([`crcr_core::config::webhook_secret_from_env`], docs/RUNBOOK.md "Rotating
 //! the webhook secret").
 //!
 //! Without `CRCR_SECRETS_ARN` nothing is fetched and the environment is used
@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use aws_config::SdkConfig;
 use secrecy::{ExposeSecret, SecretString};
 
-use crcr_shared::config::Env;
+use crcr_core::config::Env;
 
 /// The variable naming the secret (an ARN, or a name in the same account).
 pub const SECRETS_ARN_VAR: &str = "CRCR_SECRETS_ARN";
@@ -77,7 +77,7 @@ const WEBHOOK_SECRETS_VAR: &str = "CRCR_WEBHOOK_SECRETS";
 /// for [`WEBHOOK_SECRETS_VAR`]. The error names the key and the entry,
 /// never a value.
 fn webhook_secret_list(key: &str, items: &[serde_json::Value]) -> Result<String, String> {
-    let max = crcr_shared::config::MAX_WEBHOOK_SECRETS;
+    let max = crcr_core::config::MAX_WEBHOOK_SECRETS;
     if items.is_empty() || items.len() > max {
         return Err(format!("key {key:?} lists {} secrets; give 1 to {max} (the current and the next)", items.len()));
     }
@@ -240,7 +240,7 @@ pub async fn process_env_with_secrets(sdk: &SdkConfig) -> Result<Env<'static>, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crcr_shared::config::{IngestConfig, RelayConfig};
+    use crcr_core::config::{IngestConfig, RelayConfig};
 
     const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBg\n-----END PRIVATE KEY-----";
 
@@ -333,7 +333,7 @@ mod tests {
         assert_eq!((env.opt("CRCR_WEBHOOK_SECRET"), env.opt("CRCR_WEBHOOK_SECRET_FILE")), (None, None));
         let cfg = IngestConfig::from_env(&env).unwrap();
         let body = b"{}";
-        let next = crcr_shared::signature::WebhookSecret::new("next").sign(body);
+        let next = crcr_core::signature::WebhookSecret::new("next").sign(body);
         assert_eq!(cfg.webhook_secret.verify_index(Some(next.as_bytes()), body), Ok(1));
         // A string hides a list left in the process environment.
         let env =

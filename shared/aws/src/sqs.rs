@@ -8,7 +8,7 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
-use crcr_shared::ports::{EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage};
+use crcr_core::ports::{EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage};
 
 /// Largest message body the adapter sends, in bytes: 262,144 (256 KiB).
 ///
@@ -16,7 +16,7 @@ use crcr_shared::ports::{EventQueue, QueueError, QueueSide, QueueStats, Received
 /// since August 2025 SQS (and moto 5.2.5) accept up to 1 MiB by default, but
 /// crcr keeps 256 KiB so queue messages stay within what every SQS queue,
 /// Lambda event source and the SQLite twin accept. Larger payloads go through
-/// the claim check ([`crcr_shared::ports::BlobStore`]). The adapter enforces the limit
+/// the claim check ([`crcr_core::ports::BlobStore`]). The adapter enforces the limit
 /// itself ([`QueueError::TooLarge`]) before calling SQS; the queue should be
 /// created with `MaximumMessageSize` = 262144 as a second guard.
 pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;

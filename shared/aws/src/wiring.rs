@@ -19,11 +19,11 @@ use serde_json::{json, Value};
 
 use super::{DynamoBlobStore, DynamoDispatchStore, DynamoJobStore, DynamoKv, SqsQueue};
 use crate::lambda::process_sqs_batch;
-use crcr_shared::compose::{github_and_allowlist, hud_from_config, StartupError};
-use crcr_shared::config::{AwsResources, ConfigError, Env, RelayConfig};
-use crcr_shared::dispatch::Dispatcher;
-use crcr_shared::ports::{Clock, EventQueue, ReceivedMessage, StateStore, StoreError, SystemClock};
-use crcr_shared::reconcile::{MessageHandler, Reconciler, SweepReport};
+use crcr_core::compose::{github_and_allowlist, hud_from_config, StartupError};
+use crcr_core::config::{AwsResources, ConfigError, Env, RelayConfig};
+use crcr_core::dispatch::Dispatcher;
+use crcr_core::ports::{Clock, EventQueue, ReceivedMessage, StateStore, StoreError, SystemClock};
+use crcr_core::reconcile::{MessageHandler, Reconciler, SweepReport};
 
 /// Who needs a resource, for configuration errors.
 const RECONCILER: &str = "the reconciler function";
@@ -34,15 +34,15 @@ pub enum WiringError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    GitHub(#[from] crcr_shared::github::GitHubConfigError),
+    GitHub(#[from] crcr_core::github::GitHubConfigError),
     #[error(transparent)]
     Relay(#[from] StartupError),
     #[error("CRCR_HUD_URL: {0}")]
-    Hud(#[from] crcr_shared::hud::HudUrlError),
+    Hud(#[from] crcr_core::hud::HudUrlError),
     /// A broken allowlist at init (`crcr_ingest::ingest_init`, [`dispatcher_init`]):
     /// names the file or URL and the line or entry.
     #[error("cannot start with this allowlist (CRCR_ALLOWLIST_URL / CRCR_ALLOWLIST_FILE): {0}")]
-    Allowlist(#[from] crcr_shared::allowlist::AllowlistError),
+    Allowlist(#[from] crcr_core::allowlist::AllowlistError),
 }
 
 /// The SDK clients every function builds from one [`SdkConfig`].
@@ -74,7 +74,7 @@ pub fn dispatcher_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispat
 
 /// The dispatcher function as its main starts it: [`dispatcher_function`],
 /// then the allowlist loaded once
-/// ([`crcr_shared::allowlist::AllowlistProvider::check_at_start`]): a broken
+/// ([`crcr_core::allowlist::AllowlistProvider::check_at_start`]): a broken
 /// allowlist fails the init with [`WiringError::Allowlist`] (see
 /// `crcr_ingest::ingest_init`). GitHub being unavailable does not fail it.
 pub async fn dispatcher_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispatcher>, Arc<SqsQueue>), WiringError> {
@@ -131,7 +131,7 @@ pub struct ReconcilerFunction {
     /// `CRCR_KV_TABLE` (e.g. the redeliver cursor).
     pub state: Arc<dyn StateStore>,
     /// Missed-delivery recovery (`{"task": "redeliver"}`), its cursor in `state`.
-    pub redeliver: crcr_shared::redeliver::Redeliverer,
+    pub redeliver: crcr_core::redeliver::Redeliverer,
 }
 
 /// The reconciler function from the environment: job records in
@@ -145,7 +145,7 @@ pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerF
     let (sqs, dynamo) = clients(sdk);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let queue = Arc::new(SqsQueue::new(sqs, aws.reconcile_queue_url(RECONCILER)?, aws.reconcile_dlq_url(RECONCILER)?));
-    let github = Arc::new(crcr_shared::github::GitHubAppClient::new(cfg.github.clone())?);
+    let github = Arc::new(crcr_core::github::GitHubAppClient::new(cfg.github.clone())?);
     let state: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo.clone(), aws.kv_table(RECONCILER)?, clock.clone()));
     let reconciler = Arc::new(Reconciler {
         dispatches: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(RECONCILER)?)),
@@ -154,12 +154,12 @@ pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerF
         clock: clock.clone(),
         settings: cfg.callbacks.reconciler.clone(),
         upstream: cfg.upstream.clone(),
-        commits: Arc::new(crcr_shared::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
+        commits: Arc::new(crcr_core::commits::CachedCommitLookup::new(github.clone(), clock.clone())),
         checks: Some(github.clone()),
         runs: Some(github.clone()),
         state: state.clone(),
     });
-    let redeliver = crcr_shared::redeliver::Redeliverer::new(github, state.clone());
+    let redeliver = crcr_core::redeliver::Redeliverer::new(github, state.clone());
     Ok(ReconcilerFunction { reconciler, queue, state, redeliver })
 }
 
@@ -174,7 +174,7 @@ pub enum ReconcilerEventError {
     #[error("unknown scheduled task {0:?} (known: sweep, redeliver)")]
     UnknownTask(String),
     #[error("redeliver task: {0}")]
-    Redeliver(#[from] crcr_shared::redeliver::RedeliverError),
+    Redeliver(#[from] crcr_core::redeliver::RedeliverError),
     #[error("sweep failed: {0}")]
     Sweep(#[from] StoreError),
 }
@@ -188,7 +188,7 @@ impl ReconcilerFunction {
     /// - an EventBridge schedule whose target input is `{"task": "sweep"}`
     ///   (timeouts, never-started dispatches, HUD outbox → its figures as
     ///   JSON) or `{"task": "redeliver"}` (ask GitHub to redeliver webhook
-    ///   deliveries that failed: [`crcr_shared::redeliver`]; its report as JSON)
+    ///   deliveries that failed: [`crcr_core::redeliver`]; its report as JSON)
     ///   (infra/modules/crcr/schedules.tf).
     pub async fn handle(&self, event: Value) -> Result<Value, ReconcilerEventError> {
         if event.get("Records").is_some() {

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
 use crcr_aws::{DynamoBlobStore, BLOB_CHUNK_BYTES, BLOB_TTL_SECS};
-use crcr_shared::config::{AwsResources, Env};
-use crcr_shared::ports::BlobStore;
+use crcr_core::config::{AwsResources, Env};
+use crcr_core::ports::BlobStore;
 use crcr_standin::moto;
 
 /// An environment holding exactly `pairs`.

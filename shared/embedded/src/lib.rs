@@ -20,11 +20,11 @@ use tokio::sync::Semaphore;
 
 use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteJobStore, SqliteKv, SqliteQueue};
 use crcr_http::ingest::{self, IngestState};
-use crcr_shared::config::{EmbeddedConfig, RelayConfig};
-use crcr_shared::dispatch::Dispatcher;
-use crcr_shared::ports::{EventQueue, QueueSide, SystemClock};
+use crcr_core::config::{EmbeddedConfig, RelayConfig};
+use crcr_core::dispatch::Dispatcher;
+use crcr_core::ports::{EventQueue, QueueSide, SystemClock};
 
-pub use crcr_shared::compose::{github_and_allowlist, hud_from_config, oidc_verifier, StartupError as EmbeddedError};
+pub use crcr_core::compose::{github_and_allowlist, hud_from_config, oidc_verifier, StartupError as EmbeddedError};
 
 /// The relay wired on SQLite.
 pub struct EmbeddedRelay {
@@ -34,12 +34,12 @@ pub struct EmbeddedRelay {
     pub dispatcher: Arc<Dispatcher>,
     pub reconcile_queue: Arc<SqliteQueue>,
     pub jobs: Arc<SqliteJobStore>,
-    pub reconciler: Arc<crcr_shared::reconcile::Reconciler>,
+    pub reconciler: Arc<crcr_core::reconcile::Reconciler>,
     /// Small named values shared by the relay's tasks (SQLite table `kv`),
     /// e.g. the redeliver cursor.
-    pub state: Arc<dyn crcr_shared::ports::StateStore>,
+    pub state: Arc<dyn crcr_core::ports::StateStore>,
     /// Missed-delivery recovery on the App's own client and `state`.
-    pub redeliver: Arc<crcr_shared::redeliver::Redeliverer>,
+    pub redeliver: Arc<crcr_core::redeliver::Redeliverer>,
     /// How often [`EmbeddedRelay::run`] runs it (zero: never; see
     /// [`EmbeddedRelay::with_redeliver_interval`]).
     pub redeliver_interval: Duration,
@@ -77,7 +77,7 @@ impl EmbeddedRelay {
             clock: Arc::new(SystemClock),
             settings: cfg.dispatcher.clone(),
         });
-        let clock: Arc<dyn crcr_shared::ports::Clock> = Arc::new(SystemClock);
+        let clock: Arc<dyn crcr_core::ports::Clock> = Arc::new(SystemClock);
         let reconcile_queue =
             Arc::new(SqliteQueue::new(db.clone(), "reconcile", cfg.callbacks.reconciler.max_receive_count));
         let jobs = Arc::new(SqliteJobStore::new(db.clone()));
@@ -86,9 +86,9 @@ impl EmbeddedRelay {
         let verifier = oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?;
         let hud = hud_from_config(&cfg.callbacks)?;
         // One cache for the callback route's and the reconciler's commit checks.
-        let commits: Arc<dyn crcr_shared::ports::CommitLookup> =
-            Arc::new(crcr_shared::commits::CachedCommitLookup::new(github.clone(), clock.clone()));
-        let reconciler = Arc::new(crcr_shared::reconcile::Reconciler {
+        let commits: Arc<dyn crcr_core::ports::CommitLookup> =
+            Arc::new(crcr_core::commits::CachedCommitLookup::new(github.clone(), clock.clone()));
+        let reconciler = Arc::new(crcr_core::reconcile::Reconciler {
             dispatches: store.clone(),
             jobs: jobs.clone(),
             hud,
@@ -122,7 +122,7 @@ impl EmbeddedRelay {
         }))
         .merge(callbacks)
         .merge(crcr_http::metrics::prometheus_router());
-        let redeliver = Arc::new(crcr_shared::redeliver::Redeliverer::for_app(&cfg.github, kv.clone())?);
+        let redeliver = Arc::new(crcr_core::redeliver::Redeliverer::for_app(&cfg.github, kv.clone())?);
         Ok(Self {
             db,
             queue,
@@ -145,7 +145,7 @@ impl EmbeddedRelay {
     }
 
     /// Asks GitHub for missed deliveries every `interval` while running
-    /// (`crcr_shared::redeliver::run_periodic`; the first run at start-up). Zero,
+    /// (`crcr_core::redeliver::run_periodic`; the first run at start-up). Zero,
     /// the default of [`EmbeddedRelay::build`], never does; `crcr serve`
     /// passes `CRCR_REDELIVER_INTERVAL_SECS`.
     pub fn with_redeliver_interval(mut self, interval: Duration) -> Self {
@@ -156,9 +156,9 @@ impl EmbeddedRelay {
     /// Serves ingest on `listener` and runs the dispatcher workers, the
     /// reconciler, the sweeps and the redeliver task until `shutdown`
     /// resolves. First it loads the allowlist: a broken one
-    /// ([`crcr_shared::allowlist::AllowlistProvider::check_at_start`]) is
+    /// ([`crcr_core::allowlist::AllowlistProvider::check_at_start`]) is
     /// [`EmbeddedError::Allowlist`] before anything is served. Then ingest stops taking requests, a sweep stops sending
-    /// ([`crcr_shared::reconcile::Reconciler::sweep_until`]) and in-flight
+    /// ([`crcr_core::reconcile::Reconciler::sweep_until`]) and in-flight
     /// messages get [`EmbeddedRelay::shutdown_grace`] to finish; whatever is
     /// still running after that is dropped and taken up at the next start
     /// (messages reappear after their visibility timeout, dispatch leases
@@ -188,7 +188,7 @@ impl EmbeddedRelay {
             stop_tx.subscribe(),
         ));
         tasks.spawn(run_sweeps(self.reconciler.clone(), self.sweep_interval, stop_tx.subscribe()));
-        tasks.spawn(crcr_shared::redeliver::run_periodic(
+        tasks.spawn(crcr_core::redeliver::run_periodic(
             self.redeliver.clone(),
             self.redeliver_interval,
             stop_tx.subscribe(),
@@ -243,7 +243,7 @@ impl EmbeddedRelay {
 /// until `stop` turns true. One sweeper per process, so an outbox item is
 /// never sent by two senders at once.
 pub async fn run_sweeps(
-    reconciler: Arc<crcr_shared::reconcile::Reconciler>,
+    reconciler: Arc<crcr_core::reconcile::Reconciler>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -284,7 +284,7 @@ pub async fn run_sweeps(
 /// messages are done.
 pub async fn run_workers(
     queue: Arc<dyn EventQueue>,
-    dispatcher: Arc<dyn crcr_shared::reconcile::MessageHandler>,
+    dispatcher: Arc<dyn crcr_core::reconcile::MessageHandler>,
     workers: usize,
     visibility: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,

@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use crcr_shared::config::ServerLimits;
+pub use crcr_core::config::ServerLimits;
 
 /// Connections being served now and the most at once so far (for tests and
 /// on-call: both stay at most [`ServerLimits::max_connections`]).

@@ -6,7 +6,7 @@
 //!   `repository_id`), or a GitHub Actions token of a run that may not
 //!   report (`event_name` other than `repository_dispatch`, or `schedule` /
 //!   `workflow_dispatch` for `nightly` / `periodic`; `ref` other than the
-//!   repository's default branch: [`crcr_shared::oidc::GitHubRunPolicy`]), naming the claim;
+//!   repository's default branch: [`crcr_core::oidc::GitHubRunPolicy`]), naming the claim;
 //! - 200 `{"ok": true, "status": "ignored", "reason": "..."}` for a valid
 //!   token of a repository that is not in the allowlist or is L1: nothing is
 //!   enqueued (metric `CallbacksIgnored`). The Python relay answers these so
@@ -41,13 +41,13 @@ use bytes::Bytes;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crcr_shared::allowlist::AllowlistProvider;
-use crcr_shared::callback;
-use crcr_shared::domain::{Level, RepoFullName};
-use crcr_shared::lifecycle::JobStore;
-use crcr_shared::message::{CallbackV1, QueueMessage};
-use crcr_shared::oidc::{bearer_token, body_digest, OidcVerifier};
-use crcr_shared::ports::{Clock, CommitLookup, DispatchStore, EventQueue, StoreError};
+use crcr_core::allowlist::AllowlistProvider;
+use crcr_core::callback;
+use crcr_core::domain::{Level, RepoFullName};
+use crcr_core::lifecycle::JobStore;
+use crcr_core::message::{CallbackV1, QueueMessage};
+use crcr_core::oidc::{bearer_token, body_digest, OidcVerifier};
+use crcr_core::ports::{Clock, CommitLookup, DispatchStore, EventQueue, StoreError};
 
 /// Callback bodies are small (a client_payload is at most 65,535 characters).
 pub const MAX_CALLBACK_BYTES: usize = 1024 * 1024;
@@ -59,7 +59,7 @@ pub const MAX_CALLBACK_BYTES: usize = 1024 * 1024;
 /// pytorch/test-infra `.github/actions/cross-repo-ci-relay-callback/report_callback.py`).
 pub const COMMIT_CHECK_TIMEOUT: Duration = Duration::from_secs(4);
 
-pub use crcr_shared::ports::RateLimiter;
+pub use crcr_core::ports::RateLimiter;
 
 /// Fixed one-minute windows in this process: right for `crcr serve` (one
 /// process); Lambda instances need a shared counter.
@@ -97,7 +97,7 @@ pub struct CallbackState {
     pub rate: Arc<dyn RateLimiter>,
     pub clock: Arc<dyn Clock>,
     /// Commit existence for `nightly` / `periodic` callbacks, cached
-    /// ([`crcr_shared::commits::CachedCommitLookup`]; share it with the reconciler).
+    /// ([`crcr_core::commits::CachedCommitLookup`]; share it with the reconciler).
     pub commits: Arc<dyn CommitLookup>,
     /// The upstream repository (`CRCR_UPSTREAM_REPO`) those commits must be on.
     pub upstream: RepoFullName,
@@ -121,7 +121,7 @@ fn answer(status: StatusCode, error: &str, reason: impl std::fmt::Display) -> Re
 async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body: Bytes) -> Response {
     let reject = |status: StatusCode, code: &'static str, reason: String| {
         tracing::warn!(%reason, code, metric = "callback_rejections", "callback refused");
-        ::metrics::counter!(crcr_shared::metrics::CALLBACK_REJECTIONS, "reason" => code).increment(1);
+        ::metrics::counter!(crcr_core::metrics::CALLBACK_REJECTIONS, "reason" => code).increment(1);
         answer(status, code, reason)
     };
     let token = match bearer_token(headers.get(http::header::AUTHORIZATION)) {
@@ -147,7 +147,7 @@ async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body
     // (callback/callback_handler.py) answer 200 {"ok": true, "status": "ignored"}.
     let ignore = |code: &'static str, reason: String| {
         tracing::info!(%repo, %reason, code, metric = "callbacks_ignored", "callback ignored");
-        ::metrics::counter!(crcr_shared::metrics::CALLBACKS_IGNORED, "reason" => code).increment(1);
+        ::metrics::counter!(crcr_core::metrics::CALLBACKS_IGNORED, "reason" => code).increment(1);
         (StatusCode::OK, Json(json!({"ok": true, "status": "ignored", "reason": reason}))).into_response()
     };
     let level = match allowlist.get(&repo) {
@@ -215,7 +215,7 @@ async fn callback(State(st): State<Arc<CallbackState>>, headers: HeaderMap, body
         Ok(message_id) => {
             tracing::info!(delivery_id = %cb.delivery_id, %repo, status = cb.status.as_str(), run_id = cb.run_id,
                 job = %cb.job_name, metric = "callbacks", outcome = "accepted", "callback accepted");
-            ::metrics::counter!(crcr_shared::metrics::CALLBACKS_ACCEPTED, "status" => cb.status.as_str()).increment(1);
+            ::metrics::counter!(crcr_core::metrics::CALLBACKS_ACCEPTED, "status" => cb.status.as_str()).increment(1);
             (StatusCode::ACCEPTED, Json(json!({"delivery_id": cb.delivery_id, "message_id": message_id})))
                 .into_response()
         }

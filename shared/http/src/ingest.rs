@@ -26,13 +26,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use crcr_shared::dispatch::is_dispatched;
-use crcr_shared::domain::{DeliveryId, RepoFullName};
-use crcr_shared::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
-use crcr_shared::ports::{BlobStore, Clock, EventQueue};
-use crcr_shared::signature::{SignatureError, WebhookSecret};
+use crcr_core::dispatch::is_dispatched;
+use crcr_core::domain::{DeliveryId, RepoFullName};
+use crcr_core::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
+use crcr_core::ports::{BlobStore, Clock, EventQueue};
+use crcr_core::signature::{SignatureError, WebhookSecret};
 
-pub use crcr_shared::config::DEFAULT_MAX_BODY_BYTES;
+pub use crcr_core::config::DEFAULT_MAX_BODY_BYTES;
 
 /// What ingest needs.
 pub struct IngestState {
@@ -44,7 +44,7 @@ pub struct IngestState {
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
     /// The reconcile queue, for the events the reconciler acts on
-    /// ([`crcr_shared::upstream`]); `None`: they are answered 200 and ignored,
+    /// ([`crcr_core::upstream`]); `None`: they are answered 200 and ignored,
     /// saying so.
     pub reconcile: Option<Arc<dyn EventQueue>>,
 }
@@ -159,7 +159,7 @@ pub fn verify_and_classify(
     let signed_by = secret.verify_index(headers.get("x-hub-signature-256").map(|v| v.as_bytes()), body)?;
     // Which configured secret signed it (an index, never the secret): during a
     // rotation this says when the old one can go.
-    ::metrics::counter!(crcr_shared::metrics::WEBHOOK_SECRET_MATCHES, "secret" => crcr_shared::metrics::secret_index_label(signed_by))
+    ::metrics::counter!(crcr_core::metrics::WEBHOOK_SECRET_MATCHES, "secret" => crcr_core::metrics::secret_index_label(signed_by))
         .increment(1);
     let header = |name: &'static str| {
         headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).ok_or(IngestError::BadHeader(name))
@@ -204,12 +204,12 @@ pub fn verify_and_classify(
         }
     }
     let dispatched = is_dispatched(event, env.action.as_deref());
-    let upstream = if crcr_shared::upstream::is_upstream(event, env.action.as_deref()) {
+    let upstream = if crcr_core::upstream::is_upstream(event, env.action.as_deref()) {
         let payload: serde_json::Value = serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
-        let parsed = crcr_shared::upstream::parse_event(event, env.action.as_deref(), &payload)
+        let parsed = crcr_core::upstream::parse_event(event, env.action.as_deref(), &payload)
             .map_err(|e| IngestError::BadBody(e.to_string()))?;
         parsed.map(|event| {
-            QueueMessage::UpstreamV1(crcr_shared::upstream::UpstreamV1 {
+            QueueMessage::UpstreamV1(crcr_core::upstream::UpstreamV1 {
                 delivery_id: delivery_id.clone(),
                 received_at_ms: now_ms,
                 event,
@@ -231,7 +231,7 @@ pub fn verify_and_classify(
     }
     // The payload's text goes in as received (already validated above):
     // the one `dispatch_v1` encoder, without parsing the payload again.
-    let (message, payload) = crcr_shared::message::encode_dispatch_v1_inline(
+    let (message, payload) = crcr_core::message::encode_dispatch_v1_inline(
         &delivery_id,
         hook_id,
         event,
@@ -257,7 +257,7 @@ pub fn verify_and_classify(
 /// a number. `None` when absent (the delivery is then named by its GUID
 /// alone, as before the header was read); a value that is not a positive
 /// number below 2^63 is refused as a bad header, since it decides
-/// idempotency ([`crcr_shared::ports::record_key`]).
+/// idempotency ([`crcr_core::ports::record_key`]).
 fn hook_id(headers: &HeaderMap) -> Result<Option<u64>, IngestError> {
     let Some(value) = headers.get("x-github-hook-id") else { return Ok(None) };
     let bad = || IngestError::BadHeader("x-github-hook-id");
@@ -276,16 +276,16 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Counts a delivery's answer: [`crcr_shared::metrics::WEBHOOKS`] and
-/// [`crcr_shared::metrics::INGEST_LATENCY`] (seconds since `started`). `event` is
+/// Counts a delivery's answer: [`crcr_core::metrics::WEBHOOKS`] and
+/// [`crcr_core::metrics::INGEST_LATENCY`] (seconds since `started`). `event` is
 /// the `X-GitHub-Event` header, which the signature does not cover: only
 /// the events the relay knows are label values (others count as `other`),
 /// so a replayed body under made-up event names cannot add series.
 fn count_webhook(event: &str, outcome: &'static str, started: std::time::Instant) {
     const KNOWN: [&str; 6] = ["pull_request", "push", "ping", "check_run", "check_suite", "unknown"];
     let event: &'static str = KNOWN.into_iter().find(|k| *k == event).unwrap_or("other");
-    ::metrics::counter!(crcr_shared::metrics::WEBHOOKS, "event" => event, "outcome" => outcome).increment(1);
-    ::metrics::histogram!(crcr_shared::metrics::INGEST_LATENCY, "outcome" => outcome)
+    ::metrics::counter!(crcr_core::metrics::WEBHOOKS, "event" => event, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(crcr_core::metrics::INGEST_LATENCY, "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
 }
 
@@ -407,7 +407,7 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use crcr_shared::ports::{BlobError, QueueError, QueueSide, ReceivedMessage, SystemClock};
+    use crcr_core::ports::{BlobError, QueueError, QueueSide, ReceivedMessage, SystemClock};
     use std::time::Duration;
     use tower::ServiceExt;
 

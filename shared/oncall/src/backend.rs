@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use crcr_shared::config::{AwsResources, ConfigError, Env};
-use crcr_shared::ports::{BlobStore, DispatchStore, EventQueue};
+use crcr_core::config::{AwsResources, ConfigError, Env};
+use crcr_core::ports::{BlobStore, DispatchStore, EventQueue};
 
 /// Which queue pair a DLQ command reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,9 +29,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crcr_shared::domain::{DeliveryId, RepoFullName};
-use crcr_shared::message::{PayloadRef, QueueMessage};
-use crcr_shared::ports::{
+use crcr_core::domain::{DeliveryId, RepoFullName};
+use crcr_core::message::{PayloadRef, QueueMessage};
+use crcr_core::ports::{
     BlobStore, Clock, DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueError, QueueSide, ReceivedMessage,
 };
 

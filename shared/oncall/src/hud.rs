@@ -1,7 +1,7 @@
 //! `crcr hud retry`: puts HUD records the sweep gave up on back in the
 //! outbox queue (issue 11). A record is parked as failed when HUD kept
 //! answering 5xx (or nothing) past `CRCR_HUD_MAX_ATTEMPTS` /
-//! `CRCR_HUD_MAX_AGE_SECS` ([`crcr_shared::hud::HudRetryPolicy`]); a rejected one
+//! `CRCR_HUD_MAX_AGE_SECS` ([`crcr_core::hud::HudRetryPolicy`]); a rejected one
 //! (HUD answered 4xx) can be asked for too, once HUD is fixed.
 //!
 //! Requeued records are sent by the relay's next sweeps, at their pace, in
@@ -12,9 +12,9 @@
 
 use serde::Serialize;
 
-use crcr_shared::domain::{DeliveryId, RepoFullName};
-use crcr_shared::lifecycle::{HudSync, JobState, JobStore, OutboxItem};
-use crcr_shared::ports::StoreError;
+use crcr_core::domain::{DeliveryId, RepoFullName};
+use crcr_core::lifecycle::{HudSync, JobState, JobStore, OutboxItem};
+use crcr_core::ports::StoreError;
 
 use super::progress::Progress;
 
@@ -131,7 +131,7 @@ pub async fn retry(
             report.records.push(record(&item));
             // Should this stop here (the command killed, the store down), the
             // sweep sends the later record again itself once this one is
-            // sent ([`crcr_shared::hud::sync_outbox`]).
+            // sent ([`crcr_core::hud::sync_outbox`]).
             for l in &later {
                 if jobs.requeue_outbox(&l.id, next_at()).await? {
                     report.requeued += 1;

@@ -15,9 +15,9 @@
 //! Receiving counts as a receive: the DLQ's receive counts grow with every
 //! read (harmless, a DLQ has no redrive policy).
 //!
-//! [`EventQueue`]: crcr_shared::ports::EventQueue
-//! [`DispatchStore`]: crcr_shared::ports::DispatchStore
-//! [`BlobStore`]: crcr_shared::ports::BlobStore
+//! [`EventQueue`]: crcr_core::ports::EventQueue
+//! [`DispatchStore`]: crcr_core::ports::DispatchStore
+//! [`BlobStore`]: crcr_core::ports::BlobStore
 
 pub mod allowlist;
 pub mod backend;
@@ -30,7 +30,7 @@ pub mod trace;
 
 /// The progress port the long commands report to (defined with the domain
 /// code that reports to it).
-pub use crcr_shared::progress;
+pub use crcr_core::progress;
 
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ pub fn format_age(ms: i64) -> String {
 }
 
 /// A UTC timestamp (`2024-05-01T12:34:56Z`) for ms since the epoch.
-pub use crcr_shared::ports::format_time;
+pub use crcr_core::ports::format_time;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! `crcr redeliver`'s report for people.
 
-use crcr_shared::redeliver::{GuidOutcome, RedeliverReport};
+use crcr_core::redeliver::{GuidOutcome, RedeliverReport};
 
 use crate::table::Table;
 use crate::{format_age, format_time};

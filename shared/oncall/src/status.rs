@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crcr_shared::lifecycle::{CallbackCounts, JobStore};
-use crcr_shared::ports::{Clock, DispatchCounts, DispatchStore, EventQueue, QueueSide};
+use crcr_core::lifecycle::{CallbackCounts, JobStore};
+use crcr_core::ports::{Clock, DispatchCounts, DispatchStore, EventQueue, QueueSide};
 
 use super::allowlist::AllowlistSummary;
 use super::dlq::ScanOptions;
@@ -160,7 +160,7 @@ impl Default for StatusOptions {
 pub async fn job_store(
     aws: bool,
     database: &std::path::Path,
-    env: &crcr_shared::config::Env<'_>,
+    env: &crcr_core::config::Env<'_>,
 ) -> Result<Option<Box<dyn JobStore>>, super::backend::BackendError> {
     use super::backend::BackendError;
     if aws {

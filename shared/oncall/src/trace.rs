@@ -11,18 +11,18 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::backend::BackendError;
-use crcr_shared::config::AwsResources;
-use crcr_shared::domain::DeliveryId;
-use crcr_shared::lifecycle::{CheckRunItem, HudSync, JobRecord, JobStore, OutboxItem, Violation};
-use crcr_shared::ports::{DispatchRecord, DispatchStore, StoreError};
+use crcr_core::config::AwsResources;
+use crcr_core::domain::DeliveryId;
+use crcr_core::lifecycle::{CheckRunItem, HudSync, JobRecord, JobStore, OutboxItem, Violation};
+use crcr_core::ports::{DispatchRecord, DispatchStore, StoreError};
 
 /// The stores a trace reads.
 pub struct TraceStores {
     pub dispatches: Box<dyn DispatchStore>,
     pub jobs: Box<dyn JobStore>,
-    /// The per-commit records of [`crcr_shared::upstream`] (SQLite / DynamoDB
+    /// The per-commit records of [`crcr_core::upstream`] (SQLite / DynamoDB
     /// `kv`): whether a dispatch is still tracked. `None`: not shown.
-    pub state: Option<Box<dyn crcr_shared::ports::StateStore>>,
+    pub state: Option<Box<dyn crcr_core::ports::StateStore>>,
 }
 
 impl TraceStores {
@@ -39,7 +39,7 @@ impl TraceStores {
             jobs: Box::new(crcr_embedded::sqlite::SqliteJobStore::new(db.clone())),
             state: Some(Box::new(crcr_embedded::sqlite::SqliteKv::new(
                 db,
-                std::sync::Arc::new(crcr_shared::ports::SystemClock),
+                std::sync::Arc::new(crcr_core::ports::SystemClock),
             ))),
         })
     }
@@ -54,8 +54,8 @@ impl TraceStores {
         let (dispatch_table, jobs_table) = (res.dispatch_table(BY)?, res.jobs_table(BY)?);
         let sdk = crcr_aws::sdk_config(res.endpoint_url.as_deref()).await;
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-        let state: Option<Box<dyn crcr_shared::ports::StateStore>> = res.kv_table.clone().map(|t| {
-            Box::new(crcr_aws::DynamoKv::new(dynamo.clone(), t, std::sync::Arc::new(crcr_shared::ports::SystemClock)))
+        let state: Option<Box<dyn crcr_core::ports::StateStore>> = res.kv_table.clone().map(|t| {
+            Box::new(crcr_aws::DynamoKv::new(dynamo.clone(), t, std::sync::Arc::new(crcr_core::ports::SystemClock)))
                 as _
         });
         Ok(Self {
@@ -92,7 +92,7 @@ pub struct Trace {
     /// 1 h) these are the "dispatched but never started" ones.
     pub silent_targets: Vec<SilentTarget>,
     /// Targets whose dispatch is no longer tracked (a superseded head or a
-    /// closed pull request, [`crcr_shared::upstream::Tracking`]), with why; filled
+    /// closed pull request, [`crcr_core::upstream::Tracking`]), with why; filled
     /// by [`Trace::add_tracking`].
     pub not_tracked: Vec<NotTracked>,
 }
@@ -100,7 +100,7 @@ pub struct Trace {
 /// A dispatch the relay stopped following.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct NotTracked {
-    pub target: crcr_shared::domain::RepoFullName,
+    pub target: crcr_core::domain::RepoFullName,
     /// `superseded by <sha> (pull request #N)` or `pull request #N closed`.
     pub reason: String,
 }
@@ -108,7 +108,7 @@ pub struct NotTracked {
 /// A dispatched L2+ target with no callback yet.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct SilentTarget {
-    pub target: crcr_shared::domain::RepoFullName,
+    pub target: crcr_core::domain::RepoFullName,
     pub dispatched_at_ms: i64,
     /// Seconds between the dispatch and the trace.
     pub silent_for_s: i64,
@@ -130,7 +130,7 @@ pub async fn trace(
     let silent_targets = dispatches
         .iter()
         .filter_map(|d| {
-            let at = crcr_shared::reconcile::awaiting_callback(d, &jobs_of_delivery)?;
+            let at = crcr_core::reconcile::awaiting_callback(d, &jobs_of_delivery)?;
             Some(SilentTarget {
                 target: d.target.clone(),
                 dispatched_at_ms: at,
@@ -163,10 +163,10 @@ fn secs(s: Option<f64>) -> String {
 impl Trace {
     /// Marks the dispatches the relay stopped following (per commit, in
     /// `state`); they are not waited for, so they leave `silent_targets`.
-    pub async fn add_tracking(&mut self, state: &dyn crcr_shared::ports::StateStore) -> Result<(), StoreError> {
+    pub async fn add_tracking(&mut self, state: &dyn crcr_core::ports::StateStore) -> Result<(), StoreError> {
         for d in &self.dispatches {
             let Some(sha) = &d.meta.head_sha else { continue };
-            if let Some(t) = crcr_shared::upstream::tracking(state, sha).await? {
+            if let Some(t) = crcr_core::upstream::tracking(state, sha).await? {
                 if t.untracks(d) {
                     self.not_tracked.push(NotTracked { target: d.target.clone(), reason: t.reason.clone() });
                 }

@@ -15,16 +15,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use crcr_oncall::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
 use crcr_oncall::status::{status, StatusOptions};
-use crcr_shared::allowlist::{Allowlist, AllowlistProvider};
-use crcr_shared::dispatch::{Dispatcher, DispatcherSettings};
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::lifecycle::{CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
-use crcr_shared::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
-use crcr_shared::ports::{
+use crcr_core::allowlist::{Allowlist, AllowlistProvider};
+use crcr_core::dispatch::{Dispatcher, DispatcherSettings};
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::lifecycle::{CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crcr_core::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
+use crcr_core::ports::{
     AttemptOutcome, BlobStore, Claim, DispatchCounts, DispatchMeta, DispatchStatus, DispatchStore, EventQueue,
     GitHubApp, GitHubError, InstallationId, QueueError, QueueSide, QueueStats, ReceivedMessage, SystemClock,
 };
-use crcr_shared::progress::{NoProgress, ProgressEvent, ProgressLog};
+use crcr_core::progress::{NoProgress, ProgressEvent, ProgressLog};
 use serde_json::value::RawValue;
 
 // ================================================================ backends
@@ -782,7 +782,7 @@ mod cases {
         let checks = r.check_runs.as_ref().unwrap();
         assert_eq!((checks.pending, checks.more, checks.oldest_created_at_ms), (0, false, None), "{checks:?}");
         // One check run waiting for GitHub (a label added after the job ran).
-        let target = crcr_shared::checks::CheckRunTarget {
+        let target = crcr_core::checks::CheckRunTarget {
             upstream: repo("pytorch/pytorch"),
             head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
             pr_number: Some(1),

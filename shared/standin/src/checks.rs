@@ -12,7 +12,7 @@
 //!
 //! Create and update validate the body as GitHub does ("Create a check run"
 //! / "Update a check run", 422 with GitHub's messages): `name` required
-//! (create) and at most [`crcr_shared::checks::MAX_NAME_CHARS`] characters,
+//! (create) and at most [`crcr_core::checks::MAX_NAME_CHARS`] characters,
 //! `head_sha` required (create) and a full 40-hex SHA ("No commit found for
 //! SHA"), `status` and `conclusion` among GitHub's values, `conclusion`
 //! required when `status` is `completed` (and a `conclusion` alone completes
@@ -37,7 +37,7 @@ use super::repos::fault_response;
 use super::server::{gh_error, require_installation, Auth, RequestId, NOT_ACCESSIBLE};
 use super::state::Shared;
 use super::{util, RecordedCheckRun};
-use crcr_shared::checks::{MAX_NAME_CHARS, MAX_OUTPUT_BYTES};
+use crcr_core::checks::{MAX_NAME_CHARS, MAX_OUTPUT_BYTES};
 
 const DOC_CREATE: &str = "https://docs.github.com/rest/checks/runs#create-a-check-run";
 const DOC_UPDATE: &str = "https://docs.github.com/rest/checks/runs#update-a-check-run";

@@ -39,7 +39,7 @@ use super::repos::fault_response;
 use super::server::{gh_error, require_app, Auth, RequestId};
 use super::state::Shared;
 use super::{util, Fault, StandIn};
-use crcr_shared::signature::WebhookSecret;
+use crcr_core::signature::WebhookSecret;
 
 const DOC_LIST: &str = "https://docs.github.com/rest/apps/webhooks#list-deliveries-for-an-app-webhook";
 const DOC_REDELIVER: &str = "https://docs.github.com/rest/apps/webhooks#redeliver-a-delivery-for-an-app-webhook";

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crcr_shared::signature::WebhookSecret;
+use crcr_core::signature::WebhookSecret;
 use crcr_standin::{Fault, HookDeliverySeed, StandIn, StandInOptions};
 use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};

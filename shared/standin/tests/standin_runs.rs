@@ -9,10 +9,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crcr_shared::domain::RepoFullName;
-use crcr_shared::github::{GitHubAppClient, GitHubAppConfig};
-use crcr_shared::ports::GitHubError;
-use crcr_shared::runs::{RunRequest, WorkflowRuns};
+use crcr_core::domain::RepoFullName;
+use crcr_core::github::{GitHubAppClient, GitHubAppConfig};
+use crcr_core::ports::GitHubError;
+use crcr_core::runs::{RunRequest, WorkflowRuns};
 use crcr_standin::{Fault, StandIn, StandInOptions, WorkflowRunState};
 use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};

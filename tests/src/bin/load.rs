@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crcr_shared::signature::WebhookSecret;
+use crcr_core::signature::WebhookSecret;
 use crcr_standin::{StandIn, StandInOptions};
 
 struct Args {

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
 use super::Db;
-use crcr_shared::ports::{BlobError, BlobStore, Clock, SystemClock};
+use crcr_core::ports::{BlobError, BlobStore, Clock, SystemClock};
 
 /// [`BlobStore`] on SQLite.
 #[derive(Clone)]

@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::Db;
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::lifecycle::{
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::lifecycle::{
     CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
 };
-use crcr_shared::ports::StoreError;
+use crcr_core::ports::StoreError;
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (

@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{unavailable, Db};
-use crcr_shared::domain::RepoFullName;
-use crcr_shared::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
-use crcr_shared::ports::kv_prefix as prefix;
-use crcr_shared::ports::RateLimiter;
-use crcr_shared::ports::{Clock, StateStore, StoreError};
+use crcr_core::domain::RepoFullName;
+use crcr_core::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
+use crcr_core::ports::kv_prefix as prefix;
+use crcr_core::ports::RateLimiter;
+use crcr_core::ports::{Clock, StateStore, StoreError};
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS kv (
@@ -141,7 +141,7 @@ impl RateLimiter for SqliteKv {
         let window = now_ms.div_euclid(60_000);
         let window_end_ms = (window + 1) * 60_000;
         let key = format!("{}{}#{window}", prefix::RATE, repo.to_ascii_lowercase());
-        let expires_at = window_end_ms / 1000 + crcr_shared::ports::RATE_WINDOW_TTL_SLACK_SECS;
+        let expires_at = window_end_ms / 1000 + crcr_core::ports::RATE_WINDOW_TTL_SLACK_SECS;
         let count: i64 = self.write(now_ms.div_euclid(1000), |tx| {
             tx.execute(
                 "INSERT INTO kv (key, value, expires_at) VALUES (?1, '1', ?2)

@@ -23,7 +23,7 @@ pub use kv::SqliteKv;
 pub use queue::SqliteQueue;
 pub use store::SqliteDispatchStore;
 
-use crcr_shared::ports::StoreError;
+use crcr_core::ports::StoreError;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS queue_messages (
@@ -167,14 +167,14 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crcr_shared::domain::{DeliveryId, RepoFullName};
-    use crcr_shared::ports::DispatchStore;
+    use crcr_core::domain::{DeliveryId, RepoFullName};
+    use crcr_core::ports::DispatchStore;
 
     /// A file written before `hud_outbox.next_attempt_at_ms` existed opens,
     /// gains it and its index; its pending records are due at once.
     #[tokio::test]
     async fn old_files_gain_the_outbox_next_attempt_column() {
-        use crcr_shared::lifecycle::{HudSync, JobStore};
+        use crcr_core::lifecycle::{HudSync, JobStore};
         let path = std::env::temp_dir().join(format!("crcr-migrate-outbox-{}.sqlite", uuid::Uuid::new_v4()));
         let column = ",\n    next_attempt_at_ms INTEGER NOT NULL DEFAULT 0 -- OutboxItem::next_attempt_at_ms";
         assert!(jobs::SCHEMA.contains(column), "jobs::SCHEMA no longer contains {column:?}");

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Db;
-use crcr_shared::ports::{Clock, EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage, SystemClock};
+use crcr_core::ports::{Clock, EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage, SystemClock};
 
 /// Same limit as SQS (262,144 bytes), so the embedded default exercises the
 /// claim-check path exactly where AWS would.

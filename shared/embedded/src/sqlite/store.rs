@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::Db;
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::ports::{
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::ports::{
     record_key, AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
     StoreError,
 };

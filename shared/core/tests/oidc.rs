@@ -1,10 +1,10 @@
-//! Tests of the callback token verifier (`crcr_shared::oidc`) against local
+//! Tests of the callback token verifier (`crcr_core::oidc`) against local
 //! OIDC issuers: real RSA 2048 key pairs from aws-lc-rs, JWKS documents
 //! served by axum on 127.0.0.1, tokens signed with jsonwebtoken, fetched by
 //! the production fetcher (`OctocrabJwksFetcher`). Each issuer counts the
 //! JWKS requests it answers.
 //!
-//! Run: `cargo test -p crcr-shared --test oidc`
+//! Run: `cargo test -p crcr-core --test oidc`
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,12 +20,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use crcr_shared::domain::RepoFullName;
-use crcr_shared::oidc::{
+use crcr_core::domain::RepoFullName;
+use crcr_core::oidc::{
     body_digest, BuildkitePipeline, IssuerKind, OctocrabJwksFetcher, OidcConfig, OidcConfigError, OidcError,
     OidcVerifier, TrustAnchor, DEFAULT_AUDIENCE,
 };
-use crcr_shared::ports::{Clock, ManualClock};
+use crcr_core::ports::{Clock, ManualClock};
 use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -150,7 +150,7 @@ impl Ctx {
     fn now(&self) -> i64 {
         self.clock.now_ms() / 1000
     }
-    async fn verify(&self, token: &str) -> Result<crcr_shared::oidc::CallerIdentity, OidcError> {
+    async fn verify(&self, token: &str) -> Result<crcr_core::oidc::CallerIdentity, OidcError> {
         self.v.verify(token, &body_digest(b"{}")).await
     }
     /// Claims of a GitHub Actions token for `repo` (id `repo_id`), valid now.
@@ -243,13 +243,13 @@ fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
     )
 }
 
-fn assert_401(r: Result<crcr_shared::oidc::CallerIdentity, OidcError>, what: &str) -> OidcError {
+fn assert_401(r: Result<crcr_core::oidc::CallerIdentity, OidcError>, what: &str) -> OidcError {
     let e = r.expect_err(what);
     assert_eq!(e.status(), 401, "{what}: {e}");
     e
 }
 
-fn assert_403(r: Result<crcr_shared::oidc::CallerIdentity, OidcError>, what: &str) -> OidcError {
+fn assert_403(r: Result<crcr_core::oidc::CallerIdentity, OidcError>, what: &str) -> OidcError {
     let e = r.expect_err(what);
     assert_eq!(e.status(), 403, "{what}: {e}");
     e
@@ -813,7 +813,7 @@ async fn configuration_is_checked() {
 async fn jwks_outage_answers_503_with_retry_after_and_recovers_after_the_back_off() {
     let t = ctx().await;
     let tok = || sign(key(0), "gha-1", &t.gha_claims("acme/accel", "1"));
-    let unavailable = |r: Result<crcr_shared::oidc::CallerIdentity, OidcError>| {
+    let unavailable = |r: Result<crcr_core::oidc::CallerIdentity, OidcError>| {
         let e = r.expect_err("keys are unavailable");
         assert!(matches!(e, OidcError::JwksUnavailable { .. }), "{e:?}");
         assert_eq!(e.status(), 503);

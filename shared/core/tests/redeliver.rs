@@ -1,18 +1,18 @@
-//! Missed-delivery recovery (`crcr_shared::redeliver`) through the real
+//! Missed-delivery recovery (`crcr_core::redeliver`) through the real
 //! adapter (`GitHubAppClient`, App JWT) against the GitHub stand-in's
 //! delivery log.
 //!
-//! Run: `cargo test -p crcr-shared --test redeliver`
+//! Run: `cargo test -p crcr-core --test redeliver`
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crcr_shared::config::{github_app_from_env, redeliver_interval, Env};
-use crcr_shared::github::GitHubAppConfig;
-use crcr_shared::ports::{InMemoryStateStore, StateStore};
-use crcr_shared::progress::{ProgressEvent, ProgressLog};
-use crcr_shared::redeliver::{
+use crcr_core::config::{github_app_from_env, redeliver_interval, Env};
+use crcr_core::github::GitHubAppConfig;
+use crcr_core::ports::{InMemoryStateStore, StateStore};
+use crcr_core::progress::{ProgressEvent, ProgressLog};
+use crcr_core::redeliver::{
     run_periodic, GuidOutcome, RedeliverError, RedeliverReport, RedeliverSettings, Redeliverer, RunOptions,
     MAX_PENDING, STATE_KEY,
 };
@@ -827,7 +827,7 @@ async fn the_waiting_list_at_its_bound_is_stored_in_sqlite_and_in_dynamodb() {
         s.add_hook_delivery(HookDeliverySeed::new(&guid, "pull_request", 502, at).action("synchronize"));
     }
     let cfg = GitHubAppConfig::new(s.app_id(), s.private_key_pem(), s.base_url());
-    let clock: Arc<dyn crcr_shared::ports::Clock> = Arc::new(crcr_shared::ports::SystemClock);
+    let clock: Arc<dyn crcr_core::ports::Clock> = Arc::new(crcr_core::ports::SystemClock);
     let path = std::env::temp_dir().join(format!("crcr-redeliver-{}.db", uuid::Uuid::new_v4().simple()));
     let sqlite: Arc<dyn StateStore> =
         Arc::new(crcr_embedded::sqlite::SqliteKv::new(crcr_embedded::sqlite::Db::open(&path).unwrap(), clock.clone()));

@@ -530,11 +530,11 @@ fn settle(
 mod tests {
     use super::*;
 
-    const LABELED: &str = include_str!("../../fixtures/webhooks/pull_request.labeled.json");
-    const SYNC: &str = include_str!("../../fixtures/webhooks/pull_request.synchronize.json");
-    const CLOSED: &str = include_str!("../../fixtures/webhooks/pull_request.closed.json");
-    const RUN: &str = include_str!("../../fixtures/webhooks/check_run.rerequested.json");
-    const SUITE: &str = include_str!("../../fixtures/webhooks/check_suite.rerequested.json");
+    const LABELED: &str = include_str!("../../../fixtures/webhooks/pull_request.labeled.json");
+    const SYNC: &str = include_str!("../../../fixtures/webhooks/pull_request.synchronize.json");
+    const CLOSED: &str = include_str!("../../../fixtures/webhooks/pull_request.closed.json");
+    const RUN: &str = include_str!("../../../fixtures/webhooks/check_run.rerequested.json");
+    const SUITE: &str = include_str!("../../../fixtures/webhooks/check_suite.rerequested.json");
 
     fn parse(event: &str, action: &str, body: &str) -> Result<Option<UpstreamEvent>, UpstreamPayloadError> {
         parse_event(event, Some(action), &serde_json::from_str(body).unwrap())

@@ -436,8 +436,8 @@ impl AllowlistProvider {
 mod tests {
     use super::*;
 
-    const PYTORCH: &str = include_str!("../../fixtures/allowlist/pytorch-allowlist.yml");
-    const RFC: &str = include_str!("../../fixtures/allowlist/rfc-example-allowlist.yml");
+    const PYTORCH: &str = include_str!("../../../fixtures/allowlist/pytorch-allowlist.yml");
+    const RFC: &str = include_str!("../../../fixtures/allowlist/rfc-example-allowlist.yml");
 
     fn level_of(list: &Allowlist, repo: &str) -> Option<Level> {
         list.get(&RepoFullName::parse(repo).unwrap()).map(|e| e.level)

@@ -1,5 +1,5 @@
 //! CloudWatch Embedded Metric Format output of the Lambda recorder
-//! (`crcr_shared::metrics::init_emf`), checked against the EMF
+//! (`crcr_core::metrics::init_emf`), checked against the EMF
 //! specification ("Specification: Embedded metric format", CloudWatch user
 //! guide) and against what the alarms of infra/modules/crcr/alarms.tf read:
 //! namespace `crcr`, metrics `HudOutboxBacklog`, `NeverStartedDispatches`,
@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crcr_shared::metrics::{self as m, flush_emf_to, init_emf};
+use crcr_core::metrics::{self as m, flush_emf_to, init_emf};
 use serde_json::Value;
 
 /// Flushes and parses every line as one EMF document.

@@ -2,7 +2,7 @@
 //! (the embedded default) and against the AWS adapters (SQS + DynamoDB) on
 //! moto's server.
 //!
-//! Run: `cargo test -p crcr-shared --test contract`. The AWS half needs moto:
+//! Run: `cargo test -p crcr-core --test contract`. The AWS half needs moto:
 //!
 //! ```text
 //! python3 -m venv .venv && .venv/bin/pip install 'moto[server]==5.2.5'
@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crcr_http::callback_route::RateLimiter;
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::lifecycle::{
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::lifecycle::{
     CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
 };
-use crcr_shared::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
-use crcr_shared::ports::{
+use crcr_core::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
+use crcr_core::ports::{
     AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
     EventQueue, ManualClock, QueueError, QueueSide, StateStore,
 };
@@ -373,7 +373,7 @@ async fn receive_all(
     q: &impl EventQueue,
     side: QueueSide,
     visibility: Duration,
-) -> Vec<crcr_shared::ports::ReceivedMessage> {
+) -> Vec<crcr_core::ports::ReceivedMessage> {
     q.receive(side, 10, visibility, Duration::ZERO).await.expect("receive")
 }
 
@@ -716,7 +716,7 @@ mod cases {
     /// GUID and keeps hook and GUID on redelivery (REST "Webhook
     /// deliveries": `guid` "shared with all deliveries for all webhooks that
     /// subscribe to this event"): records are keyed by (GUID, hook, target)
-    /// ([`crcr_shared::ports::record_key`]). Two hooks' deliveries of one
+    /// ([`crcr_core::ports::record_key`]). Two hooks' deliveries of one
     /// GUID each get their own record; a redelivery of either finds its
     /// own; a delivery without a hook id (older messages) is a third; all
     /// are found by the GUID, with their hook.
@@ -1313,8 +1313,8 @@ mod cases {
     /// result of an older version leaves a newer one pending; sent and
     /// rejected leave the pending list.
     pub async fn jobs_check_run_outbox<B: Backend>() {
-        use crcr_shared::checks::CheckRunTarget;
-        use crcr_shared::lifecycle::CheckRunItem;
+        use crcr_core::checks::CheckRunTarget;
+        use crcr_core::lifecycle::CheckRunItem;
         let s = B::jobs().await;
         let d = delivery();
         let target = CheckRunTarget {
@@ -1388,8 +1388,8 @@ mod cases {
     /// time kept); anything else → false and nothing changes. An item
     /// written by transition_with_check_run advances the same way.
     pub async fn jobs_advance_check_run<B: Backend>() {
-        use crcr_shared::checks::{CheckRunTarget, CheckStatus};
-        use crcr_shared::lifecycle::CheckRunItem;
+        use crcr_core::checks::{CheckRunTarget, CheckStatus};
+        use crcr_core::lifecycle::CheckRunItem;
         let s = B::jobs().await;
         let d = delivery();
         let target = CheckRunTarget {
@@ -2013,8 +2013,8 @@ all_cases!(aws, crate::Moto);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_advance_check_run_on_items_without_request_status() {
     use aws_sdk_dynamodb::types::AttributeValue;
-    use crcr_shared::checks::CheckRunTarget;
-    use crcr_shared::lifecycle::CheckRunItem;
+    use crcr_core::checks::CheckRunTarget;
+    use crcr_core::lifecycle::CheckRunItem;
     let cfg = moto_config().await;
     let client = aws_sdk_dynamodb::Client::new(&cfg);
     let table = unique("crcr-jobs");

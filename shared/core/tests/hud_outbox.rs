@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crcr_shared::domain::{DeliveryId, Level, RepoFullName};
-use crcr_shared::hud::{sync_outbox, HudClient, HudRetryPolicy};
-use crcr_shared::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem};
-use crcr_shared::ports::{Clock, ManualClock};
+use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::hud::{sync_outbox, HudClient, HudRetryPolicy};
+use crcr_core::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem};
+use crcr_core::ports::{Clock, ManualClock};
 use crcr_standin::hud::{Hud, DEFAULT_BOT_KEY};
 use serde_json::{json, Value};
 
@@ -97,7 +97,7 @@ fn job(k: &JobKey, state: JobState, at: i64) -> JobRecord {
 /// (under `untrusted.callback_payload`, as `callback::hud_body` does).
 async fn write(jobs: &dyn JobStore, k: &JobKey, state: JobState, callback: Value, at: i64) -> OutboxItem {
     let rec = job(k, state, at);
-    let body = crcr_shared::callback::hud_body(&rec, &callback);
+    let body = crcr_core::callback::hud_body(&rec, &callback);
     let item = OutboxItem::pending(k, state, body, at);
     let expected = (state == JobState::Completed).then_some(JobState::InProgress);
     assert!(jobs.transition(expected, &rec, &item).await.unwrap(), "transition to {state:?}");
@@ -127,7 +127,7 @@ async fn world(backend: &str) -> World {
 
 impl World {
     /// One sweep's HUD pass at the clock's time.
-    async fn pass(&self, policy: &HudRetryPolicy, batch: usize) -> crcr_shared::hud::SyncReport {
+    async fn pass(&self, policy: &HudRetryPolicy, batch: usize) -> crcr_core::hud::SyncReport {
         sync_outbox(self.jobs.as_ref(), &self.client, self.clock.as_ref(), policy, batch).await.unwrap()
     }
     /// HUD requests whose body is that of `item`.
@@ -256,7 +256,7 @@ async fn outage_keeps_lifecycle_order(backend: &str) {
 /// repository and by delivery holds.
 async fn retry_puts_parked_records_back_in_order(backend: &str) {
     use crcr_oncall::hud::{retry, HudRetryFilter};
-    use crcr_shared::progress::NoProgress;
+    use crcr_core::progress::NoProgress;
     let w = world(backend).await;
     let d = DeliveryId::parse("0e7e0000-0000-4000-8000-000000000001").unwrap();
     let k = key(&d, "build");

@@ -748,7 +748,7 @@ mod tests {
 
     #[test]
     fn buildkite_pipelines_file_is_pytorchs_ci_providers_yml() {
-        let real = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/ci_providers.yml");
+        let real = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/ci_providers.yml");
         let c = load(&[BASE, &[("CRCR_BUILDKITE_PIPELINES_FILE", real)]].concat()).unwrap();
         let p = &c.callbacks.oidc.buildkite_pipelines
             ["018b5ec5-c236-4037-ba08-d8a5d29bcdae/018cdabc-d930-49f6-9085-634c4cb582ed"];

@@ -161,8 +161,8 @@ fn set_path(out: &mut Value, path: &[&str], v: Value) {
 mod tests {
     use super::*;
 
-    const SYNC: &str = include_str!("../../fixtures/webhooks/pull_request.synchronize.json");
-    const PUSH: &str = include_str!("../../fixtures/webhooks/push.json");
+    const SYNC: &str = include_str!("../../../fixtures/webhooks/pull_request.synchronize.json");
+    const PUSH: &str = include_str!("../../../fixtures/webhooks/push.json");
 
     #[test]
     fn small_payload_is_sent_whole() {
@@ -261,7 +261,7 @@ mod tests {
         let step =
             regex::Regex::new(r#"\.([A-Za-z_][A-Za-z0-9_-]*)|\.\*|\[\*\]|\[(\d+)\]|\['([^']*)'\]|\["([^"]*)"\]"#)
                 .unwrap();
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/downstream");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/downstream");
         let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         let mut out = Vec::new();
@@ -327,7 +327,7 @@ mod tests {
     /// `merged: true` (and what goes with it), over the size limit.
     fn merged_closed_too_big() -> Value {
         let mut p: Value =
-            serde_json::from_str(include_str!("../../fixtures/webhooks/pull_request.closed.json")).unwrap();
+            serde_json::from_str(include_str!("../../../fixtures/webhooks/pull_request.closed.json")).unwrap();
         let pr = &mut p["pull_request"];
         pr["merged"] = json!(true);
         pr["merged_at"] = pr["closed_at"].clone();
@@ -342,7 +342,7 @@ mod tests {
     /// The real fixtures that are dispatched (every `pull_request` one and
     /// `push`), each over the limit, and the landed PR: (name, event, payload).
     fn big_fixtures() -> Vec<(String, &'static str, Value)> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/webhooks");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/webhooks");
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -2,7 +2,7 @@
 //! SQLite (`crcr_embedded::sqlite`, the embedded default) and SQS/DynamoDB
 //! (crate `crcr-aws`); GitHub through octocrab (`crate::github`).
 //!
-//! Every adapter pair passes one contract suite (`shared/tests/contract.rs`).
+//! Every adapter pair passes one contract suite (`shared/core/tests/contract.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

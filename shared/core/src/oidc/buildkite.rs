@@ -195,7 +195,7 @@ mod tests {
     use http::StatusCode;
     use serde_json::json;
 
-    const REAL: &str = include_str!("../../../fixtures/ci_providers.yml");
+    const REAL: &str = include_str!("../../../../fixtures/ci_providers.yml");
     const VLLM: &str = "018b5ec5-c236-4037-ba08-d8a5d29bcdae/018cdabc-d930-49f6-9085-634c4cb582ed";
 
     fn claims(branch: Json) -> Json {
