@@ -9,8 +9,8 @@ mod redeliver;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use crcr_embedded::EmbeddedRelay;
 use crcr_core::config::{EmbeddedConfig, Env, RelayConfig};
+use crcr_embedded::EmbeddedRelay;
 
 #[derive(Parser)]
 #[command(name = "crcr", version, about = "Cross-repository CI relay")]
@@ -71,7 +71,7 @@ enum Command {
 
 /// Logs on stderr: `CRCR_LOG` filter (else `default`), `CRCR_LOG_FORMAT=json` for JSON lines.
 fn init_tracing(default: &str) {
-    use crcr_core::metrics::{init_logs, LogFormat};
+    use crcr_telemetry::{init_logs, LogFormat};
     init_logs(default, LogFormat::from_env(), std::io::stderr);
 }
 

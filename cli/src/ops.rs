@@ -9,16 +9,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
+use crcr_core::allowlist::{Allowlist, AllowlistSource};
+use crcr_core::config::Env;
+use crcr_core::domain::RepoFullName;
+use crcr_core::ports::{Clock, SystemClock};
 use crcr_oncall::allowlist::{diff, render_check, AllowlistSummary, CheckReport};
 use crcr_oncall::backend::{self, OpsPorts, QueueName};
 use crcr_oncall::dlq::{self, Dlq, DlqFilter, ReplayOptions, ScanOptions};
 use crcr_oncall::hud::{self as hud_ops, HudRetryFilter};
 use crcr_oncall::status::{self, AllowlistStatus, StatusOptions};
 use crcr_oncall::{parse_duration, parse_rate};
-use crcr_core::allowlist::{Allowlist, AllowlistSource};
-use crcr_core::config::Env;
-use crcr_core::domain::RepoFullName;
-use crcr_core::ports::{Clock, SystemClock};
 use serde::Serialize;
 
 use crate::progress::progress_for;

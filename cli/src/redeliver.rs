@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use crcr_oncall::parse_duration;
 use crcr_core::config::{github_app_from_env, Env};
 use crcr_core::ports::{Clock, InMemoryStateStore, StateStore, SystemClock};
-use crcr_core::redeliver::{Redeliverer, RunOptions};
+use crcr_core::redeliver::RunOptions;
+use crcr_oncall::parse_duration;
 
 /// `crcr redeliver [--since 6h] [--dry-run] [--json]`
 #[derive(Args, Debug)]
@@ -46,7 +46,7 @@ pub async fn run(args: RedeliverArgs, env: &Env<'_>, out: &mut impl Write) -> an
         eprintln!("note: no database at {}: nothing is remembered between runs", args.database.display());
         Arc::new(InMemoryStateStore::default())
     };
-    let redeliverer = Redeliverer::for_app(&app, state)?;
+    let redeliverer = crcr_clients::compose::redeliverer(&app, state)?;
     let mut progress = crate::progress::progress_for(args.json, "redeliver");
     let report =
         redeliverer.run_with_progress(&RunOptions { since: args.since, dry_run: args.dry_run }, &mut *progress).await?;

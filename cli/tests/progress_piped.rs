@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use crcr_embedded::sqlite::{Db, SqliteQueue};
 use crcr_core::ports::{Clock, EventQueue, QueueSide, SystemClock};
+use crcr_embedded::sqlite::{Db, SqliteQueue};
 use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};
 
 /// `crcr <args>` with stdout and stderr piped (what `Command::output` does).

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crcr_embedded::sqlite::{Db, SqliteJobStore};
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
 use crcr_core::lifecycle::{JobKey, JobRecord, JobState, JobStore, OutboxItem};
 use crcr_core::ports::{Clock, SystemClock};
+use crcr_embedded::sqlite::{Db, SqliteJobStore};
 use crcr_standin::hud::Hud;
 use crcr_standin::{StandIn, StandInOptions};
 use serde_json::json;

@@ -12,7 +12,7 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    crcr_core::metrics::init_emf_from_env();
+    crcr_telemetry::init_emf_from_env();
     let sdk = sdk_config(Env::process().opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
     // The webhook secret and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here) when set.
@@ -23,7 +23,7 @@ async fn main() -> Result<(), Error> {
         let (dispatcher, queue) = (dispatcher.clone(), queue.clone());
         async move {
             let response = sqs_batch_response(dispatcher.as_ref(), queue.as_ref(), event.payload).await;
-            crcr_core::metrics::flush_emf();
+            crcr_telemetry::flush_emf();
             Ok::<_, Error>(response)
         }
     }))

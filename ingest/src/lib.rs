@@ -8,11 +8,11 @@ use aws_config::SdkConfig;
 use axum::Router;
 use crcr_aws::wiring::{clients, WiringError};
 use crcr_aws::{DynamoBlobStore, DynamoDispatchStore, DynamoJobStore, DynamoKv, SqsQueue};
-use crcr_http::callback_route::CallbackState;
-use crcr_http::ingest::IngestState;
-use crcr_core::compose::{github_and_allowlist, oidc_verifier};
+use crcr_clients::compose::{github_and_allowlist, oidc_verifier};
 use crcr_core::config::{AwsResources, Env, RelayConfig};
 use crcr_core::ports::{Clock, SystemClock};
+use crcr_http::callback_route::CallbackState;
+use crcr_http::ingest::IngestState;
 
 /// Who needs a resource, for configuration errors.
 const INGEST: &str = "the ingest function";

@@ -6,13 +6,13 @@
 
 use crcr_aws::sdk_config;
 use crcr_aws::secrets::process_env_with_secrets;
-use crcr_ingest::ingest_init;
 use crcr_core::config::Env;
+use crcr_ingest::ingest_init;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
-    crcr_core::metrics::init_emf_from_env();
+    crcr_telemetry::init_emf_from_env();
     let sdk = sdk_config(Env::process().opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
     // The webhook secret and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here) when set.

@@ -15,7 +15,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    crcr_core::metrics::init_emf_from_env();
+    crcr_telemetry::init_emf_from_env();
     let sdk = sdk_config(Env::process().opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
     // The HUD bot key and the App's private key come from CRCR_SECRETS_ARN
     // (read once, here): a missing secret or permission fails the cold start
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Error> {
         let function = function.clone();
         async move {
             let out = function.handle(event.payload).await;
-            crcr_core::metrics::flush_emf();
+            crcr_telemetry::flush_emf();
             Ok::<_, Error>(out?)
         }
     }))

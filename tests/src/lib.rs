@@ -8,15 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crcr_embedded::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
-use crcr_embedded::EmbeddedRelay;
+use crcr_clients::github::GitHubAppConfig;
 use crcr_core::allowlist::{Allowlist, AllowlistSource};
 use crcr_core::config::{EmbeddedConfig, RelayConfig};
 use crcr_core::dispatch::DispatcherSettings;
 use crcr_core::domain::{DeliveryId, RepoFullName};
-use crcr_core::github::GitHubAppConfig;
 use crcr_core::ports::{DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueSide};
 use crcr_core::signature::WebhookSecret;
+use crcr_embedded::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
+use crcr_embedded::EmbeddedRelay;
 use crcr_standin::StandIn;
 use serde_json::Value;
 

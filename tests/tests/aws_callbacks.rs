@@ -23,8 +23,6 @@ use crcr_aws::wiring::{
     dispatcher_function, reconciler_function, sqs_batch_response, ReconcilerEventError, ReconcilerFunction,
 };
 use crcr_aws::SqsQueue;
-use crcr_ingest::ingest_router;
-use crcr_oncall::trace::TraceStores;
 use crcr_core::config::{AwsResources, Env};
 use crcr_core::domain::DeliveryId;
 use crcr_core::lifecycle::{HudSync, JobState};
@@ -32,6 +30,8 @@ use crcr_core::message::QueueMessage;
 use crcr_core::ports::{DispatchStatus, EventQueue, QueueSide, ReceivedMessage};
 use crcr_core::signature::WebhookSecret;
 use crcr_core::upstream::{UpstreamEvent, UpstreamV1};
+use crcr_ingest::ingest_router;
+use crcr_oncall::trace::TraceStores;
 use crcr_standin::issuer::{Hud, Issuer};
 use crcr_standin::moto::{self, Resources};
 use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};

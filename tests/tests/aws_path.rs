@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use crcr_aws::lambda::process_sqs_batch;
 use crcr_aws::{DynamoBlobStore, DynamoDispatchStore, SqsQueue};
-use crcr_http::ingest::{router, IngestState};
+use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::allowlist::{Allowlist, AllowlistProvider};
 use crcr_core::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_core::domain::{DeliveryId, RepoFullName};
-use crcr_core::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide, SystemClock};
 use crcr_core::signature::WebhookSecret;
+use crcr_http::ingest::{router, IngestState};
 use crcr_standin::moto;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::{dispatched_to, fixture, uuid, UPSTREAM};

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_core::domain::{DeliveryId, Level};
 use crcr_core::lifecycle::{HudSync, JobState, JobStore};
 use crcr_core::reconcile::ReconcilerSettings;
+use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::*;

@@ -8,17 +8,17 @@
 
 use std::time::Duration;
 
-use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_core::config::CallbackConfig;
 use crcr_core::lifecycle::{HudSync, JobStore};
 use crcr_core::ports::DispatchStore;
+use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::{callback_config, fixture, post_callback, test_settings, uuid, wait_for, Relay};
 use serde_json::{json, Value};
 
+use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::checks::{check_run_for, CheckRuns};
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
-use crcr_core::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::lifecycle::{JobKey, JobRecord, JobState};
 use crcr_core::ports::GitHubError;
 use crcr_standin::{AuthKind, Fault, StandIn, StandInOptions};
@@ -346,8 +346,7 @@ async fn a_check_run_github_refuses_is_rejected_with_its_answer_and_hud_still_ge
 async fn l3_job_gets_a_check_run_when_its_label_was_on_the_pr_at_dispatch() {
     for label in ["ciflow/crcr/gpu", "ciflow/oot/gpu"] {
         let w = world(&["ciflow/trunk", label]).await;
-        let records =
-            w.relay.store.records(&crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap()).await.unwrap();
+        let records = w.relay.store.records(&crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap()).await.unwrap();
         let wanted: Vec<(&str, bool)> = records.iter().map(|r| (r.target.as_str(), r.meta.check_run)).collect();
         assert_eq!(wanted, vec![("org2/two", false), ("org3/three", true), ("org4/four", true)], "{label}");
         assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "in_progress", None)).await, 202);

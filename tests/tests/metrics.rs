@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crcr_core::metrics::{init_logs, LogFormat};
 use crcr_core::ports::DispatchStatus;
 use crcr_standin::{Fault, StandIn, StandInOptions};
+use crcr_telemetry::{init_logs, LogFormat};
 use crcr_tests::*;
 use serde_json::Value;
 

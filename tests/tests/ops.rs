@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use crcr_oncall::backend::{self, OpsPorts, QueueName};
-use crcr_oncall::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
 use crcr_core::dispatch::DispatcherSettings;
 use crcr_core::ports::{DispatchStatus, QueueSide, SystemClock};
 use crcr_core::progress::NoProgress;
+use crcr_oncall::backend::{self, OpsPorts, QueueName};
+use crcr_oncall::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 

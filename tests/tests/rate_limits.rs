@@ -13,14 +13,14 @@
 
 use std::time::Duration;
 
-use crcr_embedded::EmbeddedRelay;
+use crcr_clients::github::GitHubAppConfig;
 use crcr_core::allowlist::AllowlistSource;
 use crcr_core::config::{EmbeddedConfig, RelayConfig};
 use crcr_core::dispatch::{Disposition, MessageOutcome, TargetOutcome};
 use crcr_core::domain::RepoFullName;
-use crcr_core::github::GitHubAppConfig;
 use crcr_core::ports::{EventQueue, QueueSide, ReceivedMessage};
 use crcr_core::signature::WebhookSecret;
+use crcr_embedded::EmbeddedRelay;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::{dispatched_to, fixture, test_settings, uuid, UPSTREAM, VISIBILITY_TIMEOUT};
 use tower::ServiceExt;

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crcr_embedded::sqlite::SqliteKv;
-use crcr_core::github::GitHubAppConfig;
+use crcr_clients::github::GitHubAppConfig;
 use crcr_core::ports::{DispatchStatus, SystemClock};
-use crcr_core::redeliver::{Redeliverer, RunOptions};
+use crcr_core::redeliver::RunOptions;
+use crcr_embedded::sqlite::SqliteKv;
 use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};
 use crcr_tests::*;
 
@@ -36,7 +36,7 @@ async fn a_delivery_github_failed_to_deliver_is_dispatched_once_after_redelivery
     // WHEN recovery runs on the relay's own state (its SQLite `kv` table, as `crcr serve` does)
     let state = Arc::new(SqliteKv::new(relay.db(), Arc::new(SystemClock)));
     let app = GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url());
-    let redeliverer = Redeliverer::for_app(&app, state).unwrap();
+    let redeliverer = crcr_clients::compose::redeliverer(&app, state).unwrap();
     let report = redeliverer.run(&RunOptions::default()).await.unwrap();
     assert_eq!((report.redelivered, report.failed, report.errors.len()), (1, 1, 0), "{report:#?}");
 

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use crcr_embedded::sqlite::SqliteQueue;
 use crcr_core::dispatch::DispatcherSettings;
 use crcr_core::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_embedded::sqlite::SqliteQueue;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;
 use serde_json::Value;
@@ -296,8 +296,8 @@ async fn two_hooks_with_one_guid_are_both_dispatched_and_a_redelivery_of_either_
 
 #[tokio::test]
 async fn allowlist_is_read_from_github_and_the_last_good_one_is_kept_when_a_reload_fails() {
+    use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
     use crcr_core::allowlist::{AllowlistProvider, AllowlistSource};
-    use crcr_core::github::{GitHubAppClient, GitHubAppConfig};
     use std::sync::Arc;
     let gh = standin().await;
     gh.install("pytorch/pytorch");

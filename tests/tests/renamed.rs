@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
-use crcr_core::metrics::{init_logs, LogFormat};
 use crcr_core::ports::DispatchStatus;
 use crcr_standin::{StandIn, StandInOptions};
+use crcr_telemetry::{init_logs, LogFormat};
 use crcr_tests::*;
 
 const ALLOWLIST: &str = "L1:\n  - org/old-name\n  - org/steady\n  - org/later\n";
@@ -106,8 +106,8 @@ async fn a_redirect_to_another_host_is_not_followed() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let cfg = crcr_core::github::GitHubAppConfig::new(key_source.app_id(), key_source.private_key_pem(), url);
-    let client = crcr_core::github::GitHubAppClient::new(cfg).unwrap();
+    let cfg = crcr_clients::github::GitHubAppConfig::new(key_source.app_id(), key_source.private_key_pem(), url);
+    let client = crcr_clients::github::GitHubAppClient::new(cfg).unwrap();
     let repo = crcr_core::domain::RepoFullName::parse("org/old-name").unwrap();
     match client.installation(&repo).await {
         Err(GitHubError::Permanent { status: 301, reason }) => {

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crcr_aws::wiring::{dispatcher_init, WiringError};
-use crcr_embedded::{EmbeddedError, EmbeddedRelay};
-use crcr_ingest::ingest_init;
+use crcr_clients::github::GitHubAppConfig;
 use crcr_core::allowlist::AllowlistSource;
 use crcr_core::config::{EmbeddedConfig, Env, RelayConfig};
 use crcr_core::domain::RepoFullName;
-use crcr_core::github::GitHubAppConfig;
 use crcr_core::signature::WebhookSecret;
+use crcr_embedded::{EmbeddedError, EmbeddedRelay};
+use crcr_ingest::ingest_init;
 use crcr_standin::{StandIn, StandInOptions};
 use crcr_tests::{test_settings, uuid, UPSTREAM, VISIBILITY_TIMEOUT};
 

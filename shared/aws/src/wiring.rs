@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{DynamoBlobStore, DynamoDispatchStore, DynamoJobStore, DynamoKv, SqsQueue};
 use crate::lambda::process_sqs_batch;
-use crcr_core::compose::{github_and_allowlist, hud_from_config, StartupError};
+use crcr_clients::compose::{github_and_allowlist, hud_from_config, StartupError};
 use crcr_core::config::{AwsResources, ConfigError, Env, RelayConfig};
 use crcr_core::dispatch::Dispatcher;
 use crcr_core::ports::{Clock, EventQueue, ReceivedMessage, StateStore, StoreError, SystemClock};
@@ -34,7 +34,7 @@ pub enum WiringError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    GitHub(#[from] crcr_core::github::GitHubConfigError),
+    GitHub(#[from] crcr_clients::github::GitHubConfigError),
     #[error(transparent)]
     Relay(#[from] StartupError),
     #[error("CRCR_HUD_URL: {0}")]
@@ -145,7 +145,7 @@ pub fn reconciler_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<ReconcilerF
     let (sqs, dynamo) = clients(sdk);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let queue = Arc::new(SqsQueue::new(sqs, aws.reconcile_queue_url(RECONCILER)?, aws.reconcile_dlq_url(RECONCILER)?));
-    let github = Arc::new(crcr_core::github::GitHubAppClient::new(cfg.github.clone())?);
+    let github = Arc::new(crcr_clients::github::GitHubAppClient::new(cfg.github.clone())?);
     let state: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo.clone(), aws.kv_table(RECONCILER)?, clock.clone()));
     let reconciler = Arc::new(Reconciler {
         dispatches: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(RECONCILER)?)),

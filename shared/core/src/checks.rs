@@ -207,7 +207,7 @@ pub fn check_run_for(job: &JobRecord, head_sha: &str, pr_number: Option<u64>) ->
 /// Creates and updates check runs on the upstream repository, with an
 /// installation token narrowed to that repository and `checks: write`
 /// (GitHub REST "Create a check run" / "Update a check run"). Errors are
-/// classified once ([`crate::github::classify`]): transient (5xx, rate
+/// classified once (`crcr_clients::github::classify`): transient (5xx, rate
 /// limits, 401) or permanent (404 not installed, 422 validation, other 4xx).
 #[async_trait]
 pub trait CheckRuns: Send + Sync {

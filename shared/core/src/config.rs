@@ -38,7 +38,6 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::allowlist::AllowlistSource;
 use crate::dispatch::DispatcherSettings;
 use crate::domain::RepoFullName;
-use crate::github::GitHubAppConfig;
 use crate::signature::WebhookSecret;
 
 /// A setting that stopped start-up.
@@ -242,8 +241,7 @@ impl CallbackConfig {
         let hud = match env.opt("CRCR_HUD_URL") {
             None => None,
             Some(url) => {
-                crate::hud::HudClient::new(&url, SecretString::from(String::new()))
-                    .map_err(|e| err("CRCR_HUD_URL", e.to_string()))?;
+                crate::hud::check_url(&url).map_err(|e| err("CRCR_HUD_URL", e.to_string()))?;
                 Some((url, env.secret("CRCR_HUD_BOT_KEY")?))
             }
         };
@@ -662,6 +660,44 @@ pub const BLOB_TTL_SECS: i64 = (14 + 4 + 1) * 24 * 3600;
 /// GitHub caps webhook payloads at 25 MB ("Webhook events and payloads"):
 /// the default of `CRCR_MAX_BODY_BYTES`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// Settings of the GitHub App client (`crcr_clients::github::GitHubAppClient`).
+#[derive(Clone)]
+pub struct GitHubAppConfig {
+    pub app_id: u64,
+    /// PEM of the App's RSA private key (PKCS#1 or PKCS#8).
+    pub private_key_pem: SecretString,
+    /// e.g. `https://api.github.com` (no trailing slash needed).
+    pub api_url: String,
+    /// How long an installation lookup is reused (found / not found).
+    pub installation_ttl: Duration,
+    pub not_installed_ttl: Duration,
+    /// Per-request read timeout (GitHub itself gives up after 10 s).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for GitHubAppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubAppConfig")
+            .field("app_id", &self.app_id)
+            .field("private_key_pem", &"<redacted>")
+            .field("api_url", &self.api_url)
+            .finish()
+    }
+}
+
+impl GitHubAppConfig {
+    pub fn new(app_id: u64, private_key_pem: String, api_url: String) -> Self {
+        Self {
+            app_id,
+            private_key_pem: SecretString::from(private_key_pem),
+            api_url,
+            installation_ttl: Duration::from_secs(600),
+            not_installed_ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

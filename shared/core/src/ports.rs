@@ -1,6 +1,6 @@
 //! Ports: the small traits the domain talks to. Adapters implement them:
 //! SQLite (`crcr_embedded::sqlite`, the embedded default) and SQS/DynamoDB
-//! (crate `crcr-aws`); GitHub through octocrab (`crate::github`).
+//! (crate `crcr-aws`); GitHub through octocrab (`crcr-clients`).
 //!
 //! Every adapter pair passes one contract suite (`shared/core/tests/contract.rs`).
 
@@ -514,7 +514,7 @@ pub struct DispatchCounts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct InstallationId(pub u64);
 
-/// A failed GitHub call, classified once (see `crate::github::classify`).
+/// A failed GitHub call, classified once (see `crcr_clients::github::classify`).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GitHubError {
     /// Worth retrying: 5xx, timeouts, connection errors, 403/429 rate limits.

@@ -34,7 +34,7 @@ pub enum RunRequest {
 }
 
 /// Re-runs and cancels downstream workflow runs. Errors are classified once
-/// ([`crate::github::classify`]): transient (5xx, rate limits) or permanent
+/// (`crcr_clients::github::classify`): transient (5xx, rate limits) or permanent
 /// (404 run or installation unknown, other 4xx).
 #[async_trait]
 pub trait WorkflowRuns: Send + Sync {

@@ -22,12 +22,12 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crcr_http::callback_route::RateLimiter;
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
 use crcr_core::lifecycle::{
     CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
 };
 use crcr_core::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
+use crcr_core::ports::RateLimiter;
 use crcr_core::ports::{
     AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
     EventQueue, ManualClock, QueueError, QueueSide, StateStore,

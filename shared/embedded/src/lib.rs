@@ -19,12 +19,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteJobStore, SqliteKv, SqliteQueue};
-use crcr_http::ingest::{self, IngestState};
 use crcr_core::config::{EmbeddedConfig, RelayConfig};
 use crcr_core::dispatch::Dispatcher;
 use crcr_core::ports::{EventQueue, QueueSide, SystemClock};
+use crcr_http::ingest::{self, IngestState};
 
-pub use crcr_core::compose::{github_and_allowlist, hud_from_config, oidc_verifier, StartupError as EmbeddedError};
+pub use crcr_clients::compose::{github_and_allowlist, hud_from_config, oidc_verifier, StartupError as EmbeddedError};
 
 /// The relay wired on SQLite.
 pub struct EmbeddedRelay {
@@ -122,7 +122,7 @@ impl EmbeddedRelay {
         }))
         .merge(callbacks)
         .merge(crcr_http::metrics::prometheus_router());
-        let redeliver = Arc::new(crcr_core::redeliver::Redeliverer::for_app(&cfg.github, kv.clone())?);
+        let redeliver = Arc::new(crcr_clients::compose::redeliverer(&cfg.github, kv.clone())?);
         Ok(Self {
             db,
             queue,

@@ -267,7 +267,7 @@ pub async fn fetch_with_app(env: &Env<'_>, url: &str) -> anyhow::Result<Option<S
         app_id.trim().parse().map_err(|_| anyhow::anyhow!("CRCR_GITHUB_APP_ID must be a positive integer"))?;
     let key = env.secret("CRCR_GITHUB_APP_PRIVATE_KEY")?;
     let api = env.opt("CRCR_GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into());
-    let gh = crcr_core::github::GitHubAppClient::new(crcr_core::github::GitHubAppConfig::new(
+    let gh = crcr_clients::github::GitHubAppClient::new(crcr_clients::github::GitHubAppConfig::new(
         app_id,
         key.expose_secret().to_owned(),
         api,

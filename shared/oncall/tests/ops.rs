@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use crcr_oncall::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
-use crcr_oncall::status::{status, StatusOptions};
 use crcr_core::allowlist::{Allowlist, AllowlistProvider};
 use crcr_core::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
@@ -25,6 +23,8 @@ use crcr_core::ports::{
     GitHubApp, GitHubError, InstallationId, QueueError, QueueSide, QueueStats, ReceivedMessage, SystemClock,
 };
 use crcr_core::progress::{NoProgress, ProgressEvent, ProgressLog};
+use crcr_oncall::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
+use crcr_oncall::status::{status, StatusOptions};
 use serde_json::value::RawValue;
 
 // ================================================================ backends

@@ -9,8 +9,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::domain::RepoFullName;
-use crcr_core::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::ports::GitHubError;
 use crcr_core::runs::{RunRequest, WorkflowRuns};
 use crcr_standin::{Fault, StandIn, StandInOptions, WorkflowRunState};

@@ -1,5 +1,5 @@
-//! JSON Web Key Sets: the fetch port ([`JwksFetcher`]), its octocrab
-//! adapter, and the per-issuer key cache with a rate-limited refetch.
+//! JSON Web Key Sets: the fetch port ([`JwksFetcher`]; its adapter is
+//! `crcr_clients::jwks`) and the per-issuer key cache with a rate-limited refetch.
 //!
 //! Cache rules:
 //! - keys are loaded on first use and reloaded on the first request after
@@ -26,13 +26,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use http_body_util::BodyExt as _;
-use octocrab::jsonwebtoken::DecodingKey;
+use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -87,50 +85,10 @@ impl Jwks {
 #[error("{0}")]
 pub struct JwksFetchError(pub String);
 
-/// Fetches an issuer's JWKS. Adapter: [`OctocrabJwksFetcher`].
+/// Fetches an issuer's JWKS. Adapter: `crcr_clients::jwks::OctocrabJwksFetcher`.
 #[async_trait]
 pub trait JwksFetcher: Send + Sync {
     async fn fetch(&self, jwks_url: &str) -> Result<Jwks, JwksFetchError>;
-}
-
-/// [`JwksFetcher`] over octocrab's HTTP client (hyper + rustls), without
-/// authentication, retries or redirects; answers over [`MAX_JWKS_BYTES`]
-/// are refused.
-pub struct OctocrabJwksFetcher {
-    client: octocrab::Octocrab,
-}
-
-impl OctocrabJwksFetcher {
-    /// A fetcher whose connect and read each time out after `timeout`.
-    pub fn new(timeout: Duration) -> Result<Self, JwksFetchError> {
-        let client = octocrab::Octocrab::builder()
-            .set_connect_timeout(Some(timeout))
-            .set_read_timeout(Some(timeout))
-            .set_write_timeout(Some(timeout))
-            .build()
-            .map_err(|e| JwksFetchError(format!("building the JWKS client: {e}")))?;
-        Ok(Self { client })
-    }
-}
-
-#[async_trait]
-impl JwksFetcher for OctocrabJwksFetcher {
-    async fn fetch(&self, jwks_url: &str) -> Result<Jwks, JwksFetchError> {
-        let uri: http::Uri = jwks_url.parse().map_err(|_| JwksFetchError(format!("bad JWKS URL {jwks_url:?}")))?;
-        let res = self.client._get(uri).await.map_err(|e| JwksFetchError(format!("GET {jwks_url}: {e}")))?;
-        let (parts, body) = res.into_parts();
-        if !parts.status.is_success() {
-            return Err(JwksFetchError(format!("GET {jwks_url}: HTTP {}", parts.status)));
-        }
-        let bytes = http_body_util::Limited::new(body, MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                JwksFetchError(format!("GET {jwks_url}: body unreadable or over {MAX_JWKS_BYTES} bytes: {e}"))
-            })?
-            .to_bytes();
-        Jwks::from_json(&bytes)
-    }
 }
 
 /// A key as cached: usable for RS256, or why not.

@@ -98,7 +98,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::StatusCode;
-use octocrab::jsonwebtoken::{self, errors::ErrorKind, Algorithm, Validation};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Digest as _;
@@ -107,7 +107,7 @@ use crate::domain::RepoFullName;
 use crate::ports::{Clock, StoreError};
 
 pub use buildkite::{parse_buildkite_pipelines, BuildkiteMapError};
-pub use jwks::{Jwk, Jwks, JwksFetchError, JwksFetcher, OctocrabJwksFetcher};
+pub use jwks::{Jwk, Jwks, JwksFetchError, JwksFetcher};
 pub use stores::{IdentityBindings, InMemoryIdentityBindings, InMemoryReplayGuard, ReplayGuard, ReplayVerdict};
 
 /// The audience callers must request (CONTRACTS.md "Callback input").

@@ -29,8 +29,9 @@ use octocrab::Octocrab;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use crate::domain::RepoFullName;
-use crate::ports::{GitHubApp, GitHubError, InstallationId};
+pub use crcr_core::config::GitHubAppConfig;
+use crcr_core::domain::RepoFullName;
+use crcr_core::ports::{GitHubApp, GitHubError, InstallationId};
 
 /// The wait after a rate-limit answer that gives no `retry-after` nor
 /// `x-ratelimit-remaining: 0` + `x-ratelimit-reset` (GitHub docs, "Rate
@@ -43,44 +44,6 @@ pub const SECONDARY_LIMIT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// A token is used until this long before GitHub's `expires_at`.
 pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(5 * 60);
-
-/// Settings for [`GitHubAppClient`].
-#[derive(Clone)]
-pub struct GitHubAppConfig {
-    pub app_id: u64,
-    /// PEM of the App's RSA private key (PKCS#1 or PKCS#8).
-    pub private_key_pem: SecretString,
-    /// e.g. `https://api.github.com` (no trailing slash needed).
-    pub api_url: String,
-    /// How long an installation lookup is reused (found / not found).
-    pub installation_ttl: Duration,
-    pub not_installed_ttl: Duration,
-    /// Per-request read timeout (GitHub itself gives up after 10 s).
-    pub timeout: Duration,
-}
-
-impl std::fmt::Debug for GitHubAppConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitHubAppConfig")
-            .field("app_id", &self.app_id)
-            .field("private_key_pem", &"<redacted>")
-            .field("api_url", &self.api_url)
-            .finish()
-    }
-}
-
-impl GitHubAppConfig {
-    pub fn new(app_id: u64, private_key_pem: String, api_url: String) -> Self {
-        Self {
-            app_id,
-            private_key_pem: SecretString::from(private_key_pem),
-            api_url,
-            installation_ttl: Duration::from_secs(600),
-            not_installed_ttl: Duration::from_secs(60),
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Building the client failed (bad key or URL).
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +215,7 @@ impl GitHubAppClient {
     /// `full_name`: "Create an installation access token for an app");
     /// later calls for `repo` use it ([`Self::current_name`]). On-call is
     /// told: a warning naming both names and
-    /// [`crate::metrics::ALLOWLIST_RENAMED_REPOS`]. Returns the answer to
+    /// [`crcr_core::metrics::ALLOWLIST_RENAMED_REPOS`]. Returns the answer to
     /// the redirected request (2xx with the installation, 404, ...).
     async fn follow_move(
         &self,
@@ -314,7 +277,7 @@ impl GitHubAppClient {
             })?;
         tracing::warn!(allowlisted = %repo, now = %name, repository_id = repo_id, metric = "allowlist_renamed_repos",
             "allowlisted repository was renamed or transferred: dispatching to its new name; update the allowlist");
-        ::metrics::counter!(crate::metrics::ALLOWLIST_RENAMED_REPOS).increment(1);
+        ::metrics::counter!(crcr_core::metrics::ALLOWLIST_RENAMED_REPOS).increment(1);
         self.moved.lock().expect("moved repositories").insert(repo.key().to_owned(), name);
         Ok((status, headers, bytes))
     }
@@ -334,7 +297,7 @@ impl GitHubAppClient {
         let (parts, body) = res.into_parts();
         if let Some(n) = parts.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok()) {
             self.rate_limit_remaining.store(n, Ordering::Relaxed);
-            ::metrics::gauge!(crate::metrics::GITHUB_RATE_LIMIT_REMAINING).set(n as f64);
+            ::metrics::gauge!(crcr_core::metrics::GITHUB_RATE_LIMIT_REMAINING).set(n as f64);
         }
         let bytes = body
             .collect()
@@ -538,33 +501,33 @@ impl GitHubApp for GitHubAppClient {
 
 /// The App's webhook delivery log, with the App JWT (`crcr redeliver`).
 #[async_trait]
-impl crate::redeliver::HookDeliveries for GitHubAppClient {
+impl crcr_core::redeliver::HookDeliveries for GitHubAppClient {
     async fn list_page(
         &self,
         per_page: u8,
         cursor: Option<&str>,
-    ) -> Result<crate::redeliver::DeliveryPage, crate::redeliver::HookError> {
-        let uri = crate::redeliver::list_uri(per_page, cursor);
+    ) -> Result<crcr_core::redeliver::DeliveryPage, crcr_core::redeliver::HookError> {
+        let uri = crate::hook_deliveries::list_uri(per_page, cursor);
         let (status, headers, bytes) = self.send(self.app._get(uri).await).await?;
         if !status.is_success() {
-            return Err(crate::redeliver::hook_error(status, &headers, &bytes));
+            return Err(crate::hook_deliveries::hook_error(status, &headers, &bytes));
         }
-        crate::redeliver::parse_page(&headers, &bytes)
+        crate::hook_deliveries::parse_page(&headers, &bytes)
     }
 
-    async fn redeliver(&self, delivery_id: u64) -> Result<(), crate::redeliver::HookError> {
+    async fn redeliver(&self, delivery_id: u64) -> Result<(), crcr_core::redeliver::HookError> {
         let uri = format!("/app/hook/deliveries/{delivery_id}/attempts");
         let (status, headers, bytes) = self.send(self.app._post(uri, None::<&()>).await).await?;
         if status.is_success() {
             Ok(())
         } else {
-            Err(crate::redeliver::hook_error(status, &headers, &bytes))
+            Err(crate::hook_deliveries::hook_error(status, &headers, &bytes))
         }
     }
 }
 
 #[async_trait]
-impl crate::ports::CommitLookup for GitHubAppClient {
+impl crcr_core::ports::CommitLookup for GitHubAppClient {
     /// With an installation token of `repo` narrowed to `contents: read`
     /// (the App must be installed on the upstream repository).
     async fn commit_exists(&self, repo: &RepoFullName, sha: &str) -> Result<bool, GitHubError> {
@@ -586,11 +549,11 @@ impl crate::ports::CommitLookup for GitHubAppClient {
 /// Upstream check runs (issue 4), with an installation token of the
 /// upstream repository narrowed to `checks: write`.
 #[async_trait]
-impl crate::checks::CheckRuns for GitHubAppClient {
+impl crcr_core::checks::CheckRuns for GitHubAppClient {
     async fn create_check_run(
         &self,
         repo: &RepoFullName,
-        run: &crate::checks::CheckRunRequest,
+        run: &crcr_core::checks::CheckRunRequest,
     ) -> Result<u64, GitHubError> {
         let client = self.checks_client(repo).await?;
         let uri = format!("/repos/{}/{}/check-runs", repo.owner(), repo.name());
@@ -608,7 +571,7 @@ impl crate::checks::CheckRuns for GitHubAppClient {
         &self,
         repo: &RepoFullName,
         id: u64,
-        run: &crate::checks::CheckRunRequest,
+        run: &crcr_core::checks::CheckRunRequest,
     ) -> Result<(), GitHubError> {
         let client = self.checks_client(repo).await?;
         let uri = format!("/repos/{}/{}/check-runs/{id}", repo.owner(), repo.name());
@@ -666,20 +629,20 @@ impl GitHubAppClient {
 /// downstream repository narrowed to `actions: write` (GitHub REST
 /// "Workflow runs": re-run 201, cancel 202).
 #[async_trait]
-impl crate::runs::WorkflowRuns for GitHubAppClient {
+impl crcr_core::runs::WorkflowRuns for GitHubAppClient {
     async fn rerun_failed_jobs(
         &self,
         repo: &RepoFullName,
         run_id: u64,
-    ) -> Result<crate::runs::RunRequest, GitHubError> {
+    ) -> Result<crcr_core::runs::RunRequest, GitHubError> {
         self.run_request(repo, run_id, "rerun-failed-jobs").await
     }
 
-    async fn rerun(&self, repo: &RepoFullName, run_id: u64) -> Result<crate::runs::RunRequest, GitHubError> {
+    async fn rerun(&self, repo: &RepoFullName, run_id: u64) -> Result<crcr_core::runs::RunRequest, GitHubError> {
         self.run_request(repo, run_id, "rerun").await
     }
 
-    async fn cancel(&self, repo: &RepoFullName, run_id: u64) -> Result<crate::runs::RunRequest, GitHubError> {
+    async fn cancel(&self, repo: &RepoFullName, run_id: u64) -> Result<crcr_core::runs::RunRequest, GitHubError> {
         self.run_request(repo, run_id, "cancel").await
     }
 }
@@ -692,7 +655,7 @@ impl GitHubAppClient {
         repo: &RepoFullName,
         run_id: u64,
         action: &str,
-    ) -> Result<crate::runs::RunRequest, GitHubError> {
+    ) -> Result<crcr_core::runs::RunRequest, GitHubError> {
         let client = self.repo_client(repo, ("actions", "write")).await?;
         let uri = format!("/repos/{}/{}/actions/runs/{run_id}/{action}", repo.owner(), repo.name());
         let (status, headers, bytes) = self.send(client._post(uri, None::<&()>).await).await?;
@@ -704,20 +667,20 @@ impl GitHubAppClient {
 }
 
 /// What a re-run (`cancel` false) or cancel (`cancel` true) answer means:
-/// 2xx → [`Accepted`](crate::runs::RunRequest::Accepted); a 403 that
+/// 2xx → [`Accepted`](crcr_core::runs::RunRequest::Accepted); a 403 that
 /// [`classify`] does not read as a rate limit and whose message says
 /// "already running" (GitHub: "This workflow is already running") →
-/// [`AlreadyRunning`](crate::runs::RunRequest::AlreadyRunning); 409 on a
+/// [`AlreadyRunning`](crcr_core::runs::RunRequest::AlreadyRunning); 409 on a
 /// cancel ("Cannot cancel a workflow run that is completed.") →
-/// [`AlreadyCompleted`](crate::runs::RunRequest::AlreadyCompleted);
+/// [`AlreadyCompleted`](crcr_core::runs::RunRequest::AlreadyCompleted);
 /// anything else → [`classify`].
 fn run_answer(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     cancel: bool,
-) -> Result<crate::runs::RunRequest, GitHubError> {
-    use crate::runs::RunRequest;
+) -> Result<crcr_core::runs::RunRequest, GitHubError> {
+    use crcr_core::runs::RunRequest;
     if status.is_success() {
         return Ok(RunRequest::Accepted);
     }
@@ -802,7 +765,7 @@ mod tests {
 
     #[test]
     fn run_answers() {
-        use crate::runs::RunRequest;
+        use crcr_core::runs::RunRequest;
         let answer = |status: u16, headers: &[(&str, &str)], body: &str, cancel: bool| {
             let mut h = HeaderMap::new();
             for (k, v) in headers {

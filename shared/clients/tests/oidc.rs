@@ -20,13 +20,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use crcr_clients::jwks::OctocrabJwksFetcher;
 use crcr_core::domain::RepoFullName;
 use crcr_core::oidc::{
-    body_digest, BuildkitePipeline, IssuerKind, OctocrabJwksFetcher, OidcConfig, OidcConfigError, OidcError,
-    OidcVerifier, TrustAnchor, DEFAULT_AUDIENCE,
+    body_digest, BuildkitePipeline, IssuerKind, OidcConfig, OidcConfigError, OidcError, OidcVerifier, TrustAnchor,
+    DEFAULT_AUDIENCE,
 };
 use crcr_core::ports::{Clock, ManualClock};
-use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- keys

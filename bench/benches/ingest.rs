@@ -2,15 +2,15 @@
 //! and build the queue message, on the `pull_request.synchronize` fixture
 //! (28 KB). Target (issue 2): ≤ 100 µs on the 2-core CI machine.
 //!
-//! Run: `cargo bench -p crcr-core --bench ingest`.
+//! Run: `cargo bench -p crcr-bench --bench ingest`.
 
-use crcr_http::ingest::{verify_and_classify, Verdict};
 use crcr_core::domain::RepoFullName;
 use crcr_core::signature::WebhookSecret;
+use crcr_http::ingest::{verify_and_classify, Verdict};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::HeaderMap;
 
-const SYNC: &[u8] = include_bytes!("../../../fixtures/webhooks/pull_request.synchronize.json");
+const SYNC: &[u8] = include_bytes!("../../fixtures/webhooks/pull_request.synchronize.json");
 
 fn ingest(c: &mut Criterion) {
     let secret = WebhookSecret::new("bench-secret");

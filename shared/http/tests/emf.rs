@@ -1,5 +1,5 @@
 //! CloudWatch Embedded Metric Format output of the Lambda recorder
-//! (`crcr_core::metrics::init_emf`), checked against the EMF
+//! (`crcr_telemetry::init_emf`), checked against the EMF
 //! specification ("Specification: Embedded metric format", CloudWatch user
 //! guide) and against what the alarms of infra/modules/crcr/alarms.tf read:
 //! namespace `crcr`, metrics `HudOutboxBacklog`, `NeverStartedDispatches`,
@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use crcr_core::metrics::{self as m, flush_emf_to, init_emf};
+use crcr_core::metrics as m;
+use crcr_telemetry::{flush_emf_to, init_emf};
 use serde_json::Value;
 
 /// Flushes and parses every line as one EMF document.
@@ -61,7 +62,7 @@ fn check_document(doc: &Value) -> (String, Vec<String>, Metrics) {
 async fn emf_documents_follow_the_specification_and_feed_the_alarms() {
     // Nothing is written before the recorder is installed.
     assert!(flush().is_empty());
-    let collector = init_emf(m::DEFAULT_NAMESPACE).expect("first recorder of this process");
+    let collector = init_emf(crcr_telemetry::DEFAULT_NAMESPACE).expect("first recorder of this process");
     assert!(std::ptr::eq(collector, init_emf("other").unwrap()), "installed once; later calls get it back");
     assert!(init_emf("").is_ok(), "already installed: the namespace argument is not used again");
 

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crcr_clients::github::GitHubAppConfig;
 use crcr_core::config::{github_app_from_env, redeliver_interval, Env};
-use crcr_core::github::GitHubAppConfig;
 use crcr_core::ports::{InMemoryStateStore, StateStore};
 use crcr_core::progress::{ProgressEvent, ProgressLog};
 use crcr_core::redeliver::{
@@ -32,7 +32,7 @@ async fn start() -> StandIn {
 fn redeliverer(s: &StandIn) -> (Redeliverer, Arc<InMemoryStateStore>) {
     let cfg = GitHubAppConfig::new(s.app_id(), s.private_key_pem(), s.base_url());
     let state = Arc::new(InMemoryStateStore::default());
-    let mut r = Redeliverer::for_app(&cfg, state.clone()).expect("client builds");
+    let mut r = crcr_clients::compose::redeliverer(&cfg, state.clone()).expect("client builds");
     r.settings = RedeliverSettings { per_page: 5, request_interval: Duration::ZERO, ..Default::default() };
     (r, state)
 }
@@ -437,7 +437,7 @@ async fn refused_credentials_are_reported_with_what_the_app_needs() {
     seed(&s, "g", 502, MIN);
     let other = start().await; // another App's key
     let cfg = GitHubAppConfig::new(s.app_id(), other.private_key_pem(), s.base_url());
-    let r = Redeliverer::for_app(&cfg, Arc::new(InMemoryStateStore::default())).unwrap();
+    let r = crcr_clients::compose::redeliverer(&cfg, Arc::new(InMemoryStateStore::default())).unwrap();
 
     let report = run(&r, None, false).await;
     assert!(!report.complete);
@@ -688,7 +688,6 @@ async fn a_flood_of_failures_is_worked_through_over_runs_with_the_waiting_list_b
 
 /// The scheduled run sets `RedeliverIncomplete` (the alarm's metric) and
 /// `RedeliverPending`.
-#[cfg(feature = "prometheus")]
 #[tokio::test(flavor = "current_thread")]
 async fn a_scheduled_run_that_could_not_finish_sets_the_incomplete_gauge() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -838,7 +837,7 @@ async fn the_waiting_list_at_its_bound_is_stored_in_sqlite_and_in_dynamodb() {
         Arc::new(crcr_aws::DynamoKv::new(aws_sdk_dynamodb::Client::new(&sdk), table, clock));
 
     for (name, store) in [("sqlite", sqlite), ("dynamodb", dynamo)] {
-        let mut r = Redeliverer::for_app(&cfg, store.clone()).expect("client builds");
+        let mut r = crcr_clients::compose::redeliverer(&cfg, store.clone()).expect("client builds");
         r.settings = RedeliverSettings { per_page: 100, max_redeliveries: 0, ..Default::default() };
         let first = run(&r, None, false).await;
         assert!(!first.complete && first.pending > MAX_PENDING - 100, "{name}: {}", first.pending);

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crcr_clients::hud::HudClient;
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
-use crcr_core::hud::{sync_outbox, HudClient, HudRetryPolicy};
+use crcr_core::hud::{sync_outbox, HudRetryPolicy};
 use crcr_core::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem};
 use crcr_core::ports::{Clock, ManualClock};
 use crcr_standin::hud::{Hud, DEFAULT_BOT_KEY};
@@ -255,8 +256,8 @@ async fn outage_keeps_lifecycle_order(backend: &str) {
 /// HUD's row ends `completed`. A dry run changes nothing; the filter by
 /// repository and by delivery holds.
 async fn retry_puts_parked_records_back_in_order(backend: &str) {
-    use crcr_oncall::hud::{retry, HudRetryFilter};
     use crcr_core::progress::NoProgress;
+    use crcr_oncall::hud::{retry, HudRetryFilter};
     let w = world(backend).await;
     let d = DeliveryId::parse("0e7e0000-0000-4000-8000-000000000001").unwrap();
     let k = key(&d, "build");

@@ -1,14 +1,17 @@
-//! What every runtime (`crcr serve`'s embedded relay, each Lambda) builds
-//! the same way from its configuration: the GitHub client and allowlist,
-//! the OIDC verifier, the HUD client, and the start-up error they share.
+//! What every runtime (`crcr serve`'s embedded relay, each Lambda, the CLI)
+//! builds the same way from its configuration: the GitHub client and
+//! allowlist, the OIDC verifier, the HUD client, the missed-delivery sweep,
+//! and the start-up error they share.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::allowlist::{AllowlistProvider, AllowlistSource};
-use crate::config::RelayConfig;
+use crcr_core::allowlist::{AllowlistProvider, AllowlistSource};
+use crcr_core::config::{GitHubAppConfig, RelayConfig};
+use crcr_core::ports::{GitHubApp, StateStore, StoreError};
+use crcr_core::redeliver::Redeliverer;
+
 use crate::github::{GitHubAppClient, GitHubConfigError};
-use crate::ports::{GitHubApp, StoreError};
 
 /// Start-up failures of a runtime (the embedded relay, a Lambda).
 #[derive(Debug, thiserror::Error)]
@@ -20,14 +23,14 @@ pub enum StartupError {
     #[error("OIDC: {0}")]
     Oidc(String),
     #[error(transparent)]
-    Hud(#[from] crate::hud::HudUrlError),
+    Hud(#[from] crcr_core::hud::HudUrlError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     /// The allowlist is broken at start-up
     /// ([`AllowlistProvider::check_at_start`]): names the file or URL and
     /// the line or entry.
     #[error("cannot start with this allowlist (CRCR_ALLOWLIST_FILE / CRCR_ALLOWLIST_URL): {0}")]
-    Allowlist(#[from] crate::allowlist::AllowlistError),
+    Allowlist(#[from] crcr_core::allowlist::AllowlistError),
     #[error("CRCR_VISIBILITY_TIMEOUT_SECS ({visibility:?}) must be longer than CRCR_RETRY_BUDGET_SECS ({budget:?}): otherwise a message still being retried reappears and is taken by a second worker")]
     VisibilityTooShort { visibility: Duration, budget: Duration },
 }
@@ -50,26 +53,33 @@ pub fn github_and_allowlist(
 /// `jti` replay guard in the given stores (SQLite or DynamoDB `kv`; they
 /// must be shared by every instance of the relay).
 pub fn oidc_verifier(
-    cfg: &crate::config::CallbackConfig,
-    clock: Arc<dyn crate::ports::Clock>,
-    bindings: Arc<dyn crate::oidc::IdentityBindings>,
-    replay: Arc<dyn crate::oidc::ReplayGuard>,
-) -> Result<crate::oidc::OidcVerifier, StartupError> {
+    cfg: &crcr_core::config::CallbackConfig,
+    clock: Arc<dyn crcr_core::ports::Clock>,
+    bindings: Arc<dyn crcr_core::oidc::IdentityBindings>,
+    replay: Arc<dyn crcr_core::oidc::ReplayGuard>,
+) -> Result<crcr_core::oidc::OidcVerifier, StartupError> {
     let fetcher =
-        crate::oidc::OctocrabJwksFetcher::new(Duration::from_secs(5)).map_err(|e| StartupError::Oidc(e.to_string()))?;
-    let verifier = crate::oidc::OidcVerifier::new(cfg.oidc.clone(), Arc::new(fetcher), clock)
+        crate::jwks::OctocrabJwksFetcher::new(Duration::from_secs(5)).map_err(|e| StartupError::Oidc(e.to_string()))?;
+    let verifier = crcr_core::oidc::OidcVerifier::new(cfg.oidc.clone(), Arc::new(fetcher), clock)
         .map_err(|e| StartupError::Oidc(e.to_string()))?;
     Ok(verifier.with_identity_bindings(bindings).with_replay_guard(replay))
 }
 
 /// The HUD client both runtimes use: `CRCR_HUD_URL` + bot key, or
-/// [`crate::hud::NoHud`] (records wait in the outbox) when no URL is set.
+/// [`crcr_core::hud::NoHud`] (records wait in the outbox) when no URL is set.
 /// Errors: the URL is not https (http only on loopback).
 pub fn hud_from_config(
-    cfg: &crate::config::CallbackConfig,
-) -> Result<Arc<dyn crate::hud::Hud>, crate::hud::HudUrlError> {
+    cfg: &crcr_core::config::CallbackConfig,
+) -> Result<Arc<dyn crcr_core::hud::Hud>, crcr_core::hud::HudUrlError> {
     Ok(match &cfg.hud {
         Some((url, key)) => Arc::new(crate::hud::HudClient::new(url, key.clone())?),
-        None => Arc::new(crate::hud::NoHud),
+        None => Arc::new(crcr_core::hud::NoHud),
     })
+}
+
+/// The missed-delivery sweep on the GitHub App's own client (App JWT from
+/// `cfg`): the wiring `crcr redeliver`, `crcr serve` and the scheduled
+/// Lambda share. Errors: the App's key or API URL is unusable.
+pub fn redeliverer(cfg: &GitHubAppConfig, state: Arc<dyn StateStore>) -> Result<Redeliverer, GitHubConfigError> {
+    Ok(Redeliverer::new(Arc::new(GitHubAppClient::new(cfg.clone())?), state))
 }

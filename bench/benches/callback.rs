@@ -6,19 +6,19 @@
 //! check (dispatch record + job state reads) and the durable enqueue on the
 //! reconcile queue. Tokens are minted outside the measured time.
 //!
-//! Run: `cargo bench -p crcr-core --bench callback`.
+//! Run: `cargo bench -p crcr-bench --bench callback`.
 
 use std::time::Duration;
 
 use axum::body::Body;
-use crcr_embedded::EmbeddedRelay;
 use crcr_core::allowlist::AllowlistSource;
+use crcr_core::config::GitHubAppConfig;
 use crcr_core::config::{CallbackConfig, EmbeddedConfig, RelayConfig};
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
-use crcr_core::github::GitHubAppConfig;
 use crcr_core::oidc::TrustAnchor;
 use crcr_core::ports::{AttemptOutcome, DispatchMeta, DispatchStore};
 use crcr_core::signature::WebhookSecret;
+use crcr_embedded::EmbeddedRelay;
 use crcr_standin::issuer::Issuer;
 use crcr_standin::{StandIn, StandInOptions};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
