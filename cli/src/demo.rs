@@ -31,7 +31,7 @@ use crcr_core::dispatch::DispatcherSettings;
 use crcr_core::domain::{DeliveryId, RepoFullName};
 use crcr_core::lifecycle::JobStore;
 use crcr_core::oidc::TrustAnchor;
-use crcr_core::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_core::ports::{DispatchStatus, DispatchStore, QueueInspect, QueueSide};
 use crcr_core::reconcile::{Reconciler, ReconcilerSettings};
 use crcr_core::signature::WebhookSecret;
 use crcr_embedded::sqlite::SqliteDispatchStore;

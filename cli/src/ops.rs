@@ -462,6 +462,7 @@ async fn get(url: &str) -> anyhow::Result<String> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use crcr_core::ports::{QueueReceive, QueueSend, QueueSettle};
 
     #[derive(Parser, Debug)]
     struct T {
@@ -498,7 +499,7 @@ mod tests {
 
     /// A database file with one dead-lettered push and one message waiting on the source queue.
     async fn database() -> (PathBuf, String) {
-        use crcr_core::ports::{EventQueue, QueueSide};
+        use crcr_core::ports::QueueSide;
         let path = std::env::temp_dir().join(format!("crcr-cli-ops-{}.sqlite", uuid::Uuid::new_v4().simple()));
         let q = crcr_embedded::sqlite::SqliteQueue::new(crcr_embedded::sqlite::Db::open(&path).unwrap(), "dispatch", 5);
         let delivery = uuid::Uuid::new_v4().to_string();

@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
-use crcr_core::lifecycle::{HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem};
+use crcr_core::lifecycle::{HudOutbox, HudSync, JobKey, JobLifecycle, JobRecord, JobState, OutboxItem};
 use crcr_core::ports::{Clock, SystemClock};
 use crcr_embedded::sqlite::{Db, SqliteJobStore};
 use serde_json::{json, Value};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use crcr_core::ports::{Clock, EventQueue, QueueSide, SystemClock};
+use crcr_core::ports::{Clock, QueueReceive, QueueSend, QueueSettle, QueueSide, SystemClock};
 use crcr_embedded::sqlite::{Db, SqliteQueue};
 use crcr_standin::{HookDeliverySeed, StandIn, StandInOptions};
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
-use crcr_core::lifecycle::{JobKey, JobRecord, JobState, JobStore, OutboxItem};
+use crcr_core::lifecycle::{HudOutbox, JobKey, JobLifecycle, JobRecord, JobState, OutboxItem};
 use crcr_core::ports::{Clock, SystemClock};
 use crcr_embedded::sqlite::{Db, SqliteJobStore};
 use crcr_standin::hud::Hud;

@@ -13,7 +13,7 @@ use crcr_core::allowlist::{Allowlist, AllowlistSource};
 use crcr_core::config::{EmbeddedConfig, RelayConfig};
 use crcr_core::dispatch::DispatcherSettings;
 use crcr_core::domain::{DeliveryId, RepoFullName};
-use crcr_core::ports::{DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_core::ports::{DispatchRecord, DispatchStatus, DispatchStore, QueueInspect, QueueSide};
 use crcr_core::signature::WebhookSecret;
 use crcr_embedded::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
 use crcr_embedded::EmbeddedRelay;

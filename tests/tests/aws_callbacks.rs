@@ -27,7 +27,9 @@ use crcr_core::config::{AwsResources, Env};
 use crcr_core::domain::DeliveryId;
 use crcr_core::lifecycle::{HudSync, JobState};
 use crcr_core::message::QueueMessage;
-use crcr_core::ports::{DispatchStatus, EventQueue, QueueSide, ReceivedMessage};
+use crcr_core::ports::{
+    DispatchStatus, QueueInspect, QueueReceive, QueueSend, QueueSettle, QueueSide, ReceivedMessage,
+};
 use crcr_core::signature::WebhookSecret;
 use crcr_core::upstream::{UpstreamEvent, UpstreamV1};
 use crcr_ingest::ingest_router;

@@ -13,7 +13,9 @@ use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::allowlist::{Allowlist, AllowlistProvider};
 use crcr_core::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_core::domain::{DeliveryId, RepoFullName};
-use crcr_core::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide, SystemClock};
+use crcr_core::ports::{
+    DispatchStatus, DispatchStore, QueueInspect, QueueReceive, QueueSettle, QueueSide, SystemClock,
+};
 use crcr_core::signature::WebhookSecret;
 use crcr_http::ingest::{router, IngestState};
 use crcr_standin::moto;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crcr_core::domain::{DeliveryId, Level};
-use crcr_core::lifecycle::{HudSync, JobState, JobStore};
+use crcr_core::lifecycle::{HudOutbox, HudSync, JobLifecycle, JobState};
 use crcr_core::reconcile::ReconcilerSettings;
 use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_standin::{StandIn, StandInOptions};

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use crcr_core::config::CallbackConfig;
-use crcr_core::lifecycle::{HudSync, JobStore};
-use crcr_core::ports::DispatchStore;
+use crcr_core::lifecycle::{CheckRunOutbox, HudSync};
+use crcr_core::ports::{DispatchStore, QueueInspect};
 use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::{callback_config, fixture, post_callback, test_settings, uuid, wait_for, Relay};
@@ -391,7 +391,7 @@ async fn label(w: &World, sha: &str, label: &str) {
 
 /// Waits until the reconcile queue is empty (every upstream event and callback applied).
 async fn reconciled(w: &World) {
-    use crcr_core::ports::{EventQueue, QueueSide};
+    use crcr_core::ports::QueueSide;
     let q = crcr_embedded::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while q.depth(QueueSide::Source).await.unwrap() > 0 {
@@ -560,7 +560,7 @@ async fn check_run_rerequested_reruns_the_failed_jobs_and_already_running_is_not
 
 #[tokio::test]
 async fn a_rate_limited_rerun_waits_at_least_a_minute_before_it_is_tried_again() {
-    use crcr_core::ports::{EventQueue, QueueSide};
+    use crcr_core::ports::QueueSide;
     let w = world(&[]).await;
     w.gh.add_workflow_run("org4/four", 555, "completed", Some("failure"));
     finished_l4_job(&w, 555, "build", "failure").await;

@@ -18,7 +18,7 @@ use crcr_core::allowlist::AllowlistSource;
 use crcr_core::config::{EmbeddedConfig, RelayConfig};
 use crcr_core::dispatch::{Disposition, MessageOutcome, TargetOutcome};
 use crcr_core::domain::RepoFullName;
-use crcr_core::ports::{EventQueue, QueueSide, ReceivedMessage};
+use crcr_core::ports::{QueueInspect, QueueReceive, QueueSettle, QueueSide, ReceivedMessage};
 use crcr_core::signature::WebhookSecret;
 use crcr_embedded::EmbeddedRelay;
 use crcr_standin::{Fault, StandIn, StandInOptions};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crcr_core::dispatch::DispatcherSettings;
-use crcr_core::ports::{DispatchStatus, DispatchStore, EventQueue, QueueSide};
+use crcr_core::ports::{DispatchStatus, DispatchStore, QueueInspect, QueueReceive, QueueSide};
 use crcr_embedded::sqlite::SqliteQueue;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::*;

@@ -14,7 +14,8 @@ use aws_sdk_dynamodb::Client;
 use crcr_core::checks::CheckStatus;
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
 use crcr_core::lifecycle::{
-    CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
+    CallbackCounts, CheckRunItem, CheckRunOutbox, HudOutbox, HudSync, JobKey, JobLifecycle, JobRecord, JobState,
+    JobStats, OutboxBacklog, OutboxItem, Violation,
 };
 use crcr_core::ports::StoreError;
 
@@ -88,7 +89,7 @@ mod attr {
     pub const VERSION: &str = "version";
     pub const CHECK_RUN_ID: &str = "check_run_id";
     /// S, the `status` of `request` (`in_progress` / `completed`): what
-    /// [`crcr_core::lifecycle::JobStore::advance_check_run`]'s condition reads.
+    /// [`crcr_core::lifecycle::CheckRunOutbox::advance_check_run`]'s condition reads.
     /// Items written before it existed lack it; the condition then looks
     /// into `request` itself.
     pub const REQUEST_STATUS: &str = "request_status";
@@ -119,7 +120,7 @@ mod attr {
 ///   pending items by when they are due, so one HUD keeps failing never
 ///   holds the others back), `created_at_ms` once final (parked items are
 ///   listed oldest first). An outbox id starts with `<delivery id>|`, which is how
-///   [`JobStore::mark_outbox`] finds the item from the id alone;
+///   [`HudOutbox::mark_outbox`](crcr_core::lifecycle::HudOutbox::mark_outbox) finds the item from the id alone;
 /// - **check run** `chk#<CheckRunItem::id>` (issue 4): `id`, `repo` (S, the
 ///   upstream), `request` (S, the check run's JSON), `request_status` (S,
 ///   the request's `status`: `in_progress` / `completed`; absent on items
@@ -127,15 +128,15 @@ mod attr {
 ///   (N, once GitHub created it), `last_error` (S), `status` (S,
 ///   `chk_pending` / `chk_sent` / `chk_rejected`), `created_at_ms`,
 ///   `updated_at_ms` (N), `updated_at` (N) = `created_at_ms`; upserted by
-///   [`JobStore::transition_with_check_run`] in the same transaction as the
-///   job, or written alone by [`JobStore::advance_check_run`];
+///   [`CheckRunOutbox::transition_with_check_run`](crcr_core::lifecycle::CheckRunOutbox::transition_with_check_run) in the same transaction as the
+///   job, or written alone by [`CheckRunOutbox::advance_check_run`](crcr_core::lifecycle::CheckRunOutbox::advance_check_run);
 /// - **violation** `violation#<at_ms, 20 digits>#<uuid>`: `repo`, `reason`
 ///   (S), `at_ms` (N). No `status`: not in the GSI.
 ///
 /// A transition is one `TransactWriteItems` (job + outbox item, both
 /// conditional), so the two are written together or not at all.
 ///
-/// The sweeps ([`JobStore::pending_outbox`], [`JobStore::in_progress_before`])
+/// The sweeps ([`HudOutbox::pending_outbox`](crcr_core::lifecycle::HudOutbox::pending_outbox), [`JobLifecycle::in_progress_before`](crcr_core::lifecycle::JobLifecycle::in_progress_before))
 /// query the GSI and are eventually consistent (a GSI has no consistent
 /// reads): an item changed a moment ago may still show in its old status.
 /// The per-delivery reads query the table with `ConsistentRead`.
@@ -243,7 +244,7 @@ impl DynamoJobStore {
     }
 
     /// The transition's transaction: job + HUD outbox item (+ check-run
-    /// upsert), retried on `TransactionConflict` only (see [`JobStore::transition`]).
+    /// upsert), retried on `TransactionConflict` only (see [`JobLifecycle::transition`](crcr_core::lifecycle::JobLifecycle::transition)).
     async fn write_transition(
         &self,
         expected: Option<JobState>,
@@ -344,7 +345,7 @@ fn conditional_put(table: &str, item: Item, expected: Option<JobState>) -> Resul
 }
 
 #[async_trait]
-impl JobStore for DynamoJobStore {
+impl JobLifecycle for DynamoJobStore {
     /// `GetItem` with `ConsistentRead`.
     async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError> {
         let out = self
@@ -358,7 +359,6 @@ impl JobStore for DynamoJobStore {
             .map_err(|e| unavailable("GetItem", e))?;
         out.item.as_ref().map(parse_job).transpose()
     }
-
     /// One `TransactWriteItems`: `Put` of the job item conditioned on
     /// `attribute_not_exists(pk)` (`expected` = `None`) or `#status =
     /// :expected`, and `Put` of the outbox item conditioned on
@@ -376,8 +376,243 @@ impl JobStore for DynamoJobStore {
     ) -> Result<bool, StoreError> {
         self.write_transition(expected, record, outbox, None).await
     }
+    /// `PutItem` of a violation item (a new `sk` each time).
+    async fn record_violation(&self, v: &Violation) -> Result<(), StoreError> {
+        let sk = format!("{VIOLATION_PREFIX}{:020}#{}", v.at_ms.max(0), uuid::Uuid::new_v4().simple());
+        let mut item = primary_key(v.delivery_id.as_str(), sk);
+        item.insert(attr::REPO.into(), s(v.repo.as_str()));
+        item.insert(attr::REASON.into(), s(&v.reason));
+        item.insert(attr::AT_MS.into(), n(v.at_ms));
+        item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + JOB_TTL_SECS));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem (violation)", e))?;
+        Ok(())
+    }
+    /// `Query` on `pk` with `begins_with(sk, "job#")`, `ConsistentRead`, all
+    /// pages: ordered by sort key.
+    async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError> {
+        self.query_prefix(delivery.as_str(), JOB_PREFIX).await?.iter().map(parse_job).collect()
+    }
+    /// `Query` on `pk` with `begins_with(sk, "violation#")`, `ConsistentRead`,
+    /// all pages: ordered by `at_ms` (same-millisecond violations in no
+    /// particular order).
+    async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError> {
+        self.query_prefix(delivery.as_str(), VIOLATION_PREFIX).await?.iter().map(parse_violation).collect()
+    }
+    /// `Query` on the GSI, `status = in_progress AND updated_at < before_ms`,
+    /// ascending by `updated_at`, up to `limit` items. Eventually consistent.
+    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let items =
+            self.by_status(JobState::InProgress.as_str(), Some(before_ms), limit, |got, _| got.len() < limit).await?;
+        items.iter().map(parse_job).collect()
+    }
+}
 
-    /// [`JobStore::transition`] with a third item in the transaction: an
+#[async_trait]
+impl HudOutbox for DynamoJobStore {
+    /// `Query` on `pk` with `begins_with(sk, "hud#")`, `ConsistentRead`, all
+    /// pages; sorted by (`created_at_ms`, `id`).
+    async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
+        self.query_in_creation_order(delivery, HUD_PREFIX, parse_outbox, |o| (o.created_at_ms, &o.id)).await
+    }
+    /// `Query` on the GSI, `status = hud_pending AND updated_at <= now_ms`
+    /// (`updated_at` = `next_attempt_at_ms` for pending items), ascending,
+    /// up to `limit` items plus any sharing the last one's due time, then
+    /// sorted by (`next_attempt_at_ms`, `created_at_ms`, `id`) and cut to
+    /// `limit`: the same order as the SQLite twin even when due times tie.
+    /// Eventually consistent.
+    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let status = hud_status(HudSync::Pending);
+        let items = self
+            .by_status(&status, Some(now_ms.saturating_add(1)), limit + 1, |got, next| {
+                got.len() < limit || gsi_sort(next) == got.get(limit - 1).and_then(gsi_sort)
+            })
+            .await?;
+        let mut items: Vec<OutboxItem> = items.iter().map(parse_outbox).collect::<Result<_, _>>()?;
+        items.sort_by(|a, b| {
+            (a.next_attempt_at_ms, a.created_at_ms, &a.id).cmp(&(b.next_attempt_at_ms, b.created_at_ms, &b.id))
+        });
+        items.truncate(limit);
+        Ok(items)
+    }
+    /// `UpdateItem` on the item `hud#<id>` of partition `<id up to the first
+    /// '|'>`, conditioned on `#status = hud_pending`: sets the new status,
+    /// `attempts + 1`, `updated_at_ms`, `expires_at`, `last_error` when
+    /// `error` is given (else the previous one stays), and the GSI's
+    /// `updated_at`: while pending, the next attempt (also stored as
+    /// `next_attempt_at_ms`); once final, `created_at_ms`. A failed condition (final already, or no such item) is `Ok`
+    /// and changes nothing.
+    async fn mark_outbox(
+        &self,
+        id: &str,
+        sync: HudSync,
+        error: Option<&str>,
+        next_attempt_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Some(pk) = outbox_pk(id) else {
+            return Ok(()); // no outbox item has such an id
+        };
+        let next = next_attempt_at_ms.unwrap_or(now_ms);
+        let mut update = String::from(
+            "SET #status = :status, #attempts = #attempts + :one, #updated_ms = :now, #expires = :expires, ",
+        );
+        update.push_str(if sync == HudSync::Pending { "#next = :next, #gsi = :next" } else { "#gsi = #created" });
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
+            .condition_expression("#status = :pending")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#attempts", attr::ATTEMPTS)
+            .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_names("#gsi", attr::UPDATED_AT)
+            .expression_attribute_values(":status", s(&hud_status(sync)))
+            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS));
+        req = if sync == HudSync::Pending {
+            req.expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
+                .expression_attribute_values(":next", n(next))
+        } else {
+            req.expression_attribute_names("#created", attr::CREATED_AT_MS)
+        };
+        if let Some(error) = error {
+            update.push_str(", #error = :error");
+            req = req
+                .expression_attribute_names("#error", attr::LAST_ERROR)
+                .expression_attribute_values(":error", s(error));
+        }
+        updated(req.update_expression(update).send().await, "UpdateItem (mark outbox)").map(|_| ())
+    }
+    /// `UpdateItem` on `hud#<id>` conditioned on `#status = hud_pending`:
+    /// `next_attempt_at_ms` and the GSI's `updated_at` set to
+    /// `next_attempt_at_ms`. A failed condition is `Ok` and changes nothing.
+    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+        let Some(pk) = outbox_pk(id) else {
+            return Ok(());
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
+            .condition_expression("#status = :pending")
+            .update_expression("SET #next = :next, #gsi = :next")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
+            .expression_attribute_names("#gsi", attr::UPDATED_AT)
+            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":next", n(next_attempt_at_ms))
+            .send()
+            .await;
+        updated(result, "UpdateItem (defer outbox)").map(|_| ())
+    }
+    /// `Query` on the GSI, `status = hud_<sync>`, ascending by `updated_at`
+    /// (= `created_at_ms` for final items), up to `limit` items. Eventually
+    /// consistent.
+    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let items = self.by_status(&hud_status(sync), None, limit, |got, _| got.len() < limit).await?;
+        let mut items: Vec<OutboxItem> = items.iter().map(parse_outbox).collect::<Result<_, _>>()?;
+        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(items)
+    }
+    /// `UpdateItem` on `hud#<id>` conditioned on the item existing and not
+    /// being pending: status `hud_pending`, `attempts` 0, created, due (and
+    /// GSI `updated_at`) at `now_ms`. A failed condition is `Ok(false)`.
+    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let Some(pk) = outbox_pk(id) else {
+            return Ok(false);
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
+            .condition_expression("attribute_exists(#status) AND #status <> :pending")
+            .update_expression(
+                "SET #status = :pending, #attempts = :zero, #created = :now, #updated_ms = :now, #next = :now, \
+                 #gsi = :now, #expires = :expires",
+            )
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#attempts", attr::ATTEMPTS)
+            .expression_attribute_names("#created", attr::CREATED_AT_MS)
+            .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
+            .expression_attribute_names("#gsi", attr::UPDATED_AT)
+            .expression_attribute_names("#expires", attr::EXPIRES_AT)
+            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS))
+            .send()
+            .await;
+        updated(result, "UpdateItem (requeue outbox)")
+    }
+    /// Two `Query`s on the GSI: `status = hud_pending` over all pages, projecting `created_at_ms` (the count and the oldest
+    /// creation time: pending items are in due order, not creation order),
+    /// and `status = hud_failed` with `Select=COUNT`. Eventually consistent,
+    /// like every GSI read; O(backlog) in read capacity.
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(JOBS_BY_STATUS_INDEX)
+            .key_condition_expression("#status = :status")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#created", attr::CREATED_AT_MS)
+            .expression_attribute_values(":status", s(&hud_status(HudSync::Pending)))
+            .projection_expression("#created")
+            .into_paginator()
+            .send();
+        let (mut pending, mut oldest_created_at_ms) = (0u64, None::<i64>);
+        while let Some(page) = pages.next().await {
+            for item in page.map_err(|e| unavailable("Query (outbox backlog)", e))?.items.unwrap_or_default() {
+                pending += 1;
+                let created: i64 = get_n(&item, attr::CREATED_AT_MS)?;
+                oldest_created_at_ms = Some(oldest_created_at_ms.map_or(created, |o| o.min(created)));
+            }
+        }
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(JOBS_BY_STATUS_INDEX)
+            .key_condition_expression("#status = :status")
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_values(":status", s(&hud_status(HudSync::Failed)))
+            .select(Select::Count)
+            .into_paginator()
+            .send();
+        let mut failed = 0u64;
+        while let Some(page) = pages.next().await {
+            failed += page.map_err(|e| unavailable("Query (failed outbox count)", e))?.count.max(0) as u64;
+        }
+        Ok(OutboxBacklog { pending, oldest_created_at_ms, failed })
+    }
+}
+
+#[async_trait]
+impl CheckRunOutbox for DynamoJobStore {
+    /// [`JobLifecycle::transition`](crcr_core::lifecycle::JobLifecycle::transition) with a third item in the transaction: an
     /// `Update` of the check-run item that creates it or moves it to the new
     /// request (`version` + 1, `chk_pending`), keeping `check_run_id`,
     /// `attempts` and `created_at_ms` (`if_not_exists`).
@@ -390,7 +625,6 @@ impl JobStore for DynamoJobStore {
     ) -> Result<bool, StoreError> {
         self.write_transition(expected, record, outbox, Some(check)).await
     }
-
     /// Up to two conditional writes on `chk#<id>`: a `PutItem` of `check` as
     /// given (`version` and `sync` included) conditioned on
     /// `attribute_not_exists(pk)` → `true`. When the item exists and
@@ -464,7 +698,6 @@ impl JobStore for DynamoJobStore {
             Err(e) => Err(unavailable("UpdateItem (advance check run)", e)),
         }
     }
-
     /// `Query` on the GSI, `status = chk_pending`, oldest first, up to `limit`.
     async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
         if limit == 0 {
@@ -474,13 +707,11 @@ impl JobStore for DynamoJobStore {
         let items = self.by_status(&status, None, limit, |got, _| got.len() < limit).await?;
         items.iter().map(parse_check).collect()
     }
-
     /// `Query` on `pk` with `begins_with(sk, "chk#")`, `ConsistentRead`;
     /// sorted by (`created_at_ms`, `id`).
     async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError> {
         self.query_in_creation_order(delivery, CHECK_PREFIX, parse_check, |c| (c.created_at_ms, &c.id)).await
     }
-
     /// Two `UpdateItem`s on `chk#<id>`: the attempt (`attempts` + 1,
     /// `check_run_id` and `last_error` when given, `updated_at_ms`), then,
     /// for a final `sync`, the status conditioned on `version = :version AND
@@ -547,246 +778,10 @@ impl JobStore for DynamoJobStore {
             .await;
         updated(res, "UpdateItem (check run status)").map(|_| ())
     }
+}
 
-    /// `PutItem` of a violation item (a new `sk` each time).
-    async fn record_violation(&self, v: &Violation) -> Result<(), StoreError> {
-        let sk = format!("{VIOLATION_PREFIX}{:020}#{}", v.at_ms.max(0), uuid::Uuid::new_v4().simple());
-        let mut item = primary_key(v.delivery_id.as_str(), sk);
-        item.insert(attr::REPO.into(), s(v.repo.as_str()));
-        item.insert(attr::REASON.into(), s(&v.reason));
-        item.insert(attr::AT_MS.into(), n(v.at_ms));
-        item.insert(attr::EXPIRES_AT.into(), n(now_epoch_secs() + JOB_TTL_SECS));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("PutItem (violation)", e))?;
-        Ok(())
-    }
-
-    /// `Query` on `pk` with `begins_with(sk, "job#")`, `ConsistentRead`, all
-    /// pages: ordered by sort key.
-    async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError> {
-        self.query_prefix(delivery.as_str(), JOB_PREFIX).await?.iter().map(parse_job).collect()
-    }
-
-    /// `Query` on `pk` with `begins_with(sk, "violation#")`, `ConsistentRead`,
-    /// all pages: ordered by `at_ms` (same-millisecond violations in no
-    /// particular order).
-    async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError> {
-        self.query_prefix(delivery.as_str(), VIOLATION_PREFIX).await?.iter().map(parse_violation).collect()
-    }
-
-    /// `Query` on `pk` with `begins_with(sk, "hud#")`, `ConsistentRead`, all
-    /// pages; sorted by (`created_at_ms`, `id`).
-    async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
-        self.query_in_creation_order(delivery, HUD_PREFIX, parse_outbox, |o| (o.created_at_ms, &o.id)).await
-    }
-
-    /// `Query` on the GSI, `status = hud_pending AND updated_at <= now_ms`
-    /// (`updated_at` = `next_attempt_at_ms` for pending items), ascending,
-    /// up to `limit` items plus any sharing the last one's due time, then
-    /// sorted by (`next_attempt_at_ms`, `created_at_ms`, `id`) and cut to
-    /// `limit`: the same order as the SQLite twin even when due times tie.
-    /// Eventually consistent.
-    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let status = hud_status(HudSync::Pending);
-        let items = self
-            .by_status(&status, Some(now_ms.saturating_add(1)), limit + 1, |got, next| {
-                got.len() < limit || gsi_sort(next) == got.get(limit - 1).and_then(gsi_sort)
-            })
-            .await?;
-        let mut items: Vec<OutboxItem> = items.iter().map(parse_outbox).collect::<Result<_, _>>()?;
-        items.sort_by(|a, b| {
-            (a.next_attempt_at_ms, a.created_at_ms, &a.id).cmp(&(b.next_attempt_at_ms, b.created_at_ms, &b.id))
-        });
-        items.truncate(limit);
-        Ok(items)
-    }
-
-    /// `UpdateItem` on the item `hud#<id>` of partition `<id up to the first
-    /// '|'>`, conditioned on `#status = hud_pending`: sets the new status,
-    /// `attempts + 1`, `updated_at_ms`, `expires_at`, `last_error` when
-    /// `error` is given (else the previous one stays), and the GSI's
-    /// `updated_at`: while pending, the next attempt (also stored as
-    /// `next_attempt_at_ms`); once final, `created_at_ms`. A failed condition (final already, or no such item) is `Ok`
-    /// and changes nothing.
-    async fn mark_outbox(
-        &self,
-        id: &str,
-        sync: HudSync,
-        error: Option<&str>,
-        next_attempt_at_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let Some(pk) = outbox_pk(id) else {
-            return Ok(()); // no outbox item has such an id
-        };
-        let next = next_attempt_at_ms.unwrap_or(now_ms);
-        let mut update = String::from(
-            "SET #status = :status, #attempts = #attempts + :one, #updated_ms = :now, #expires = :expires, ",
-        );
-        update.push_str(if sync == HudSync::Pending { "#next = :next, #gsi = :next" } else { "#gsi = #created" });
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
-            .condition_expression("#status = :pending")
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_names("#attempts", attr::ATTEMPTS)
-            .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
-            .expression_attribute_names("#expires", attr::EXPIRES_AT)
-            .expression_attribute_names("#gsi", attr::UPDATED_AT)
-            .expression_attribute_values(":status", s(&hud_status(sync)))
-            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS));
-        req = if sync == HudSync::Pending {
-            req.expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
-                .expression_attribute_values(":next", n(next))
-        } else {
-            req.expression_attribute_names("#created", attr::CREATED_AT_MS)
-        };
-        if let Some(error) = error {
-            update.push_str(", #error = :error");
-            req = req
-                .expression_attribute_names("#error", attr::LAST_ERROR)
-                .expression_attribute_values(":error", s(error));
-        }
-        updated(req.update_expression(update).send().await, "UpdateItem (mark outbox)").map(|_| ())
-    }
-
-    /// `UpdateItem` on `hud#<id>` conditioned on `#status = hud_pending`:
-    /// `next_attempt_at_ms` and the GSI's `updated_at` set to
-    /// `next_attempt_at_ms`. A failed condition is `Ok` and changes nothing.
-    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
-        let Some(pk) = outbox_pk(id) else {
-            return Ok(());
-        };
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
-            .condition_expression("#status = :pending")
-            .update_expression("SET #next = :next, #gsi = :next")
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
-            .expression_attribute_names("#gsi", attr::UPDATED_AT)
-            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
-            .expression_attribute_values(":next", n(next_attempt_at_ms))
-            .send()
-            .await;
-        updated(result, "UpdateItem (defer outbox)").map(|_| ())
-    }
-
-    /// `Query` on the GSI, `status = hud_<sync>`, ascending by `updated_at`
-    /// (= `created_at_ms` for final items), up to `limit` items. Eventually
-    /// consistent.
-    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let items = self.by_status(&hud_status(sync), None, limit, |got, _| got.len() < limit).await?;
-        let mut items: Vec<OutboxItem> = items.iter().map(parse_outbox).collect::<Result<_, _>>()?;
-        items.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-        Ok(items)
-    }
-
-    /// `UpdateItem` on `hud#<id>` conditioned on the item existing and not
-    /// being pending: status `hud_pending`, `attempts` 0, created, due (and
-    /// GSI `updated_at`) at `now_ms`. A failed condition is `Ok(false)`.
-    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let Some(pk) = outbox_pk(id) else {
-            return Ok(false);
-        };
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(primary_key(pk, format!("{HUD_PREFIX}{id}"))))
-            .condition_expression("attribute_exists(#status) AND #status <> :pending")
-            .update_expression(
-                "SET #status = :pending, #attempts = :zero, #created = :now, #updated_ms = :now, #next = :now, \
-                 #gsi = :now, #expires = :expires",
-            )
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_names("#attempts", attr::ATTEMPTS)
-            .expression_attribute_names("#created", attr::CREATED_AT_MS)
-            .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
-            .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
-            .expression_attribute_names("#gsi", attr::UPDATED_AT)
-            .expression_attribute_names("#expires", attr::EXPIRES_AT)
-            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS))
-            .send()
-            .await;
-        updated(result, "UpdateItem (requeue outbox)")
-    }
-
-    /// `Query` on the GSI, `status = in_progress AND updated_at < before_ms`,
-    /// ascending by `updated_at`, up to `limit` items. Eventually consistent.
-    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let items =
-            self.by_status(JobState::InProgress.as_str(), Some(before_ms), limit, |got, _| got.len() < limit).await?;
-        items.iter().map(parse_job).collect()
-    }
-
-    /// Two `Query`s on the GSI: `status = hud_pending` over all pages, projecting `created_at_ms` (the count and the oldest
-    /// creation time: pending items are in due order, not creation order),
-    /// and `status = hud_failed` with `Select=COUNT`. Eventually consistent,
-    /// like every GSI read; O(backlog) in read capacity.
-    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(JOBS_BY_STATUS_INDEX)
-            .key_condition_expression("#status = :status")
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_names("#created", attr::CREATED_AT_MS)
-            .expression_attribute_values(":status", s(&hud_status(HudSync::Pending)))
-            .projection_expression("#created")
-            .into_paginator()
-            .send();
-        let (mut pending, mut oldest_created_at_ms) = (0u64, None::<i64>);
-        while let Some(page) = pages.next().await {
-            for item in page.map_err(|e| unavailable("Query (outbox backlog)", e))?.items.unwrap_or_default() {
-                pending += 1;
-                let created: i64 = get_n(&item, attr::CREATED_AT_MS)?;
-                oldest_created_at_ms = Some(oldest_created_at_ms.map_or(created, |o| o.min(created)));
-            }
-        }
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(JOBS_BY_STATUS_INDEX)
-            .key_condition_expression("#status = :status")
-            .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":status", s(&hud_status(HudSync::Failed)))
-            .select(Select::Count)
-            .into_paginator()
-            .send();
-        let mut failed = 0u64;
-        while let Some(page) = pages.next().await {
-            failed += page.map_err(|e| unavailable("Query (failed outbox count)", e))?.count.max(0) as u64;
-        }
-        Ok(OutboxBacklog { pending, oldest_created_at_ms, failed })
-    }
-
+#[async_trait]
+impl JobStats for DynamoJobStore {
     /// `Scan` of the whole table (all pages) for job items changed in the
     /// window and violation items recorded in it, projecting only the times
     /// and the conclusion: O(table) in read capacity (a filter does not

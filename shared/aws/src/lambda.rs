@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crcr_core::ports::{EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage};
+use crcr_core::ports::{QueueError, QueueSettle, QueueSide, ReceivedMessage};
 use crcr_core::reconcile::MessageHandler;
 use futures::StreamExt;
 
@@ -20,7 +20,7 @@ use futures::StreamExt;
 /// so nothing is acked silently or lost.
 pub async fn process_sqs_batch<H: MessageHandler + ?Sized>(
     handler: &H,
-    queue: &dyn EventQueue,
+    queue: &dyn QueueSettle,
     batch: Vec<ReceivedMessage>,
 ) -> Vec<String> {
     let results = futures::stream::iter(batch)
@@ -41,18 +41,18 @@ pub async fn process_sqs_batch<H: MessageHandler + ?Sized>(
     results.into_iter().flatten().collect()
 }
 
-/// The queue as a handler sees it inside a Lambda SQS batch: deleting a
+/// How a handler settles a message inside a Lambda SQS batch: deleting a
 /// source message does nothing (Lambda deletes every message not reported
 /// as a batch item failure); changing a source message's visibility is
-/// passed on and marks it "requeued" (to be reported); everything else is
-/// passed on unchanged.
+/// passed on and marks it "requeued" (to be reported); dead-lettering and
+/// the DLQ side are passed on unchanged.
 pub struct LambdaBatchQueue<'a> {
-    inner: &'a dyn EventQueue,
+    inner: &'a dyn QueueSettle,
     requeued: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> LambdaBatchQueue<'a> {
-    pub fn new(inner: &'a dyn EventQueue) -> Self {
+    pub fn new(inner: &'a dyn QueueSettle) -> Self {
         Self { inner, requeued: Default::default() }
     }
     /// Whether the handler asked for the message to come back later.
@@ -62,22 +62,7 @@ impl<'a> LambdaBatchQueue<'a> {
 }
 
 #[async_trait::async_trait]
-impl EventQueue for LambdaBatchQueue<'_> {
-    fn max_message_bytes(&self) -> usize {
-        self.inner.max_message_bytes()
-    }
-    async fn send(&self, body: &str) -> Result<String, QueueError> {
-        self.inner.send(body).await
-    }
-    async fn receive(
-        &self,
-        side: QueueSide,
-        max: usize,
-        visibility: Duration,
-        wait: Duration,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        self.inner.receive(side, max, visibility, wait).await
-    }
+impl QueueSettle for LambdaBatchQueue<'_> {
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError> {
         match side {
             QueueSide::Source => Ok(()),
@@ -92,11 +77,5 @@ impl EventQueue for LambdaBatchQueue<'_> {
     }
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         self.inner.dead_letter(msg, reason).await
-    }
-    async fn depth(&self, side: QueueSide) -> Result<u64, QueueError> {
-        self.inner.depth(side).await
-    }
-    async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError> {
-        self.inner.stats(side).await
     }
 }

@@ -8,7 +8,9 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
-use crcr_core::ports::{EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage};
+use crcr_core::ports::{
+    QueueError, QueueInspect, QueueReceive, QueueSend, QueueSettle, QueueSide, QueueStats, ReceivedMessage,
+};
 
 /// Largest message body the adapter sends, in bytes: 262,144 (256 KiB).
 ///
@@ -35,7 +37,7 @@ const MAX_BATCH: usize = 10;
 const MAX_WAIT_SECS: u64 = 20;
 const MAX_VISIBILITY_SECS: u64 = 43_200;
 
-/// An SQS source queue and its dead-letter queue as one [`EventQueue`].
+/// An SQS source queue and its dead-letter queue as one [`EventQueue`](crcr_core::ports::EventQueue).
 ///
 /// Expected shape: a standard queue whose `RedrivePolicy` is
 /// `{"deadLetterTargetArn": <dlq arn>, "maxReceiveCount": "<n>"}`. Moving a
@@ -119,12 +121,11 @@ fn convert(m: aws_sdk_sqs::types::Message) -> Result<ReceivedMessage, QueueError
 }
 
 #[async_trait]
-impl EventQueue for SqsQueue {
+impl QueueSend for SqsQueue {
     /// [`SQS_MAX_MESSAGE_BYTES`] (262,144).
     fn max_message_bytes(&self) -> usize {
         SQS_MAX_MESSAGE_BYTES
     }
-
     /// `SendMessage` to the source queue; bodies over
     /// [`SQS_MAX_MESSAGE_BYTES`] are refused with [`QueueError::TooLarge`]
     /// without calling SQS.
@@ -140,7 +141,10 @@ impl EventQueue for SqsQueue {
             .map_err(|e| unavailable("SendMessage", e))?;
         out.message_id.ok_or_else(|| QueueError::Unavailable("SQS SendMessage returned no message id".into()))
     }
+}
 
+#[async_trait]
+impl QueueReceive for SqsQueue {
     /// `ReceiveMessage`: `max` clamped to 1..=10, `visibility` and `wait` in
     /// whole seconds rounded up (visibility ≤ 43,200 s, wait ≤ 20 s: SQS
     /// limits).
@@ -166,7 +170,10 @@ impl EventQueue for SqsQueue {
             .map_err(|e| unavailable("ReceiveMessage", e))?;
         out.messages.unwrap_or_default().into_iter().map(convert).collect()
     }
+}
 
+#[async_trait]
+impl QueueSettle for SqsQueue {
     /// `DeleteMessage`; an invalid receipt handle is [`QueueError::BadReceipt`].
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError> {
         match self.client.delete_message().queue_url(self.url(side)).receipt_handle(receipt).send().await {
@@ -177,7 +184,6 @@ impl EventQueue for SqsQueue {
             Err(e) => Err(unavailable("DeleteMessage", e)),
         }
     }
-
     /// `ChangeMessageVisibility` with `delay` in whole seconds rounded up
     /// (≤ 43,200 s). An invalid receipt or a message no longer in flight is
     /// [`QueueError::BadReceipt`].
@@ -201,7 +207,6 @@ impl EventQueue for SqsQueue {
             Err(e) => Err(unavailable("ChangeMessageVisibility", e)),
         }
     }
-
     /// `SendMessage` of the body to the DLQ with message attribute
     /// [`DEAD_LETTER_REASON_ATTR`] (`String`, at most
     /// [`DEAD_LETTER_REASON_MAX_CHARS`] characters), then `DeleteMessage` of
@@ -233,7 +238,10 @@ impl EventQueue for SqsQueue {
             .map_err(|e| unavailable("DeleteMessage (after dead-lettering)", e))?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl QueueInspect for SqsQueue {
     /// `GetQueueAttributes`: `ApproximateNumberOfMessages` +
     /// `ApproximateNumberOfMessagesNotVisible` (visible + in flight; delayed
     /// messages are not counted). Approximate: SQS updates these counters
@@ -260,11 +268,10 @@ impl EventQueue for SqsQueue {
         Ok(get(&QueueAttributeName::ApproximateNumberOfMessages)?
             + get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?)
     }
-
     /// `GetQueueAttributes`: `ApproximateNumberOfMessages`,
     /// `ApproximateNumberOfMessagesNotVisible` and
     /// `ApproximateNumberOfMessagesDelayed` (approximate, like
-    /// [`EventQueue::depth`]). The age of the oldest message is not an SQS
+    /// [`QueueInspect::depth`](crcr_core::ports::QueueInspect::depth)). The age of the oldest message is not an SQS
     /// queue attribute (it is the CloudWatch metric
     /// `ApproximateAgeOfOldestMessage`): `oldest_sent_at_ms` is `None`.
     async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError> {

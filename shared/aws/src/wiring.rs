@@ -22,7 +22,7 @@ use crate::lambda::process_sqs_batch;
 use crcr_clients::compose::{github_and_allowlist, hud_from_config, StartupError};
 use crcr_core::config::{AwsResources, ConfigError, Env, RelayConfig};
 use crcr_core::dispatch::Dispatcher;
-use crcr_core::ports::{Clock, EventQueue, ReceivedMessage, StateStore, StoreError, SystemClock};
+use crcr_core::ports::{Clock, QueueSettle, ReceivedMessage, StateStore, StoreError, SystemClock};
 use crcr_core::reconcile::{MessageHandler, Reconciler, SweepReport};
 
 /// Who needs a resource, for configuration errors.
@@ -104,7 +104,7 @@ pub fn received(m: SqsMessage) -> ReceivedMessage {
 /// again. Lambda deletes the others.
 pub async fn sqs_batch_response<H: MessageHandler + ?Sized>(
     handler: &H,
-    queue: &dyn EventQueue,
+    queue: &dyn QueueSettle,
     event: SqsEvent,
 ) -> SqsBatchResponse {
     let batch = event.records.into_iter().map(received).collect();

@@ -10,7 +10,7 @@
 use serde_json::{json, Value};
 
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::lifecycle::{seconds_between, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crate::lifecycle::{seconds_between, JobKey, JobLifecycle, JobRecord, JobState, OutboxItem, Violation};
 use crate::ports::{DispatchStatus, DispatchStore, StoreError};
 
 /// Conclusions a caller may report for a completed job: those GitHub accepts
@@ -244,7 +244,7 @@ pub async fn precheck(
     cb: &Callback,
     repo: &RepoFullName,
     dispatches: &dyn DispatchStore,
-    jobs: &dyn JobStore,
+    jobs: &dyn JobLifecycle,
 ) -> Result<Result<(), String>, StoreError> {
     if cb.kind == CallbackKind::Dispatched {
         let records = dispatches.records(&cb.delivery_id).await?;
@@ -288,7 +288,7 @@ pub async fn reconcile(
     level: Level,
     received_at_ms: i64,
     dispatches: &dyn DispatchStore,
-    jobs: &dyn JobStore,
+    jobs: &dyn JobLifecycle,
 ) -> Result<Reconciled, StoreError> {
     let key = cb.key(repo);
     let current = jobs.get(&key).await?;

@@ -28,7 +28,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{DeliveryId, Level, RepoFullName};
-use crate::lifecycle::{CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxItem, Violation};
+use crate::lifecycle::{
+    CheckRunItem, HudSync, JobKey, JobLifecycle, JobRecord, JobState, JobStore, OutboxItem, Violation,
+};
 use crate::ports::{Clock, GitHubError, StoreError};
 
 /// Longest check-run name the relay sends, in characters. GitHub's REST
@@ -232,7 +234,7 @@ pub struct CheckRunTarget {
 impl CheckRunTarget {
     /// The check-run outbox item showing `job` as it is now (pending,
     /// version 1; an existing item keeps its GitHub id, see
-    /// [`JobStore::transition_with_check_run`]).
+    /// [`CheckRunOutbox::transition_with_check_run`](crate::lifecycle::CheckRunOutbox::transition_with_check_run)).
     pub fn item(&self, job: &JobRecord) -> CheckRunItem {
         CheckRunItem {
             id: CheckRunItem::id_for(&job.key),
@@ -250,7 +252,7 @@ impl CheckRunTarget {
     }
 }
 
-/// A [`JobStore`] whose transitions also upsert the job's check-run item
+/// A [`JobLifecycle`] whose transitions also upsert the job's check-run item
 /// (same atomic write): how the reconciler adds check runs to the lifecycle
 /// code without changing it. Every other call goes to `inner`.
 pub struct WithCheckRun<'a> {
@@ -259,7 +261,7 @@ pub struct WithCheckRun<'a> {
 }
 
 #[async_trait]
-impl JobStore for WithCheckRun<'_> {
+impl JobLifecycle for WithCheckRun<'_> {
     async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError> {
         self.inner.get(key).await
     }
@@ -279,31 +281,6 @@ impl JobStore for WithCheckRun<'_> {
     }
     async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError> {
         self.inner.violations(delivery).await
-    }
-    async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
-        self.inner.outbox(delivery).await
-    }
-    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        self.inner.pending_outbox(now_ms, limit).await
-    }
-    async fn mark_outbox(
-        &self,
-        id: &str,
-        sync: HudSync,
-        error: Option<&str>,
-        next_attempt_at_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.inner.mark_outbox(id, sync, error, next_attempt_at_ms, now_ms).await
-    }
-    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
-        self.inner.defer_outbox(id, next_attempt_at_ms).await
-    }
-    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        self.inner.outbox_in(sync, limit).await
-    }
-    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        self.inner.requeue_outbox(id, now_ms).await
     }
     async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         self.inner.in_progress_before(before_ms, limit).await

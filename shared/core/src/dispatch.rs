@@ -25,8 +25,8 @@ use crate::client_payload::{self, DispatchBody};
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::message::{DispatchV1, PayloadRef, QueueMessage};
 use crate::ports::{
-    AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchStore, EventQueue, GitHubApp,
-    GitHubError, QueueError, QueueSide, ReceivedMessage,
+    AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchStore, GitHubApp, GitHubError,
+    QueueError, QueueSettle, QueueSide, ReceivedMessage,
 };
 
 /// Tunables, with their defaults.
@@ -204,7 +204,7 @@ impl Dispatcher {
 
     /// Processes a received message and settles it on `queue` (the embedded
     /// worker's loop; the Lambda maps dispositions to a batch response).
-    pub async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<MessageOutcome, QueueError> {
+    pub async fn handle(&self, queue: &dyn QueueSettle, msg: &ReceivedMessage) -> Result<MessageOutcome, QueueError> {
         let span = tracing::info_span!("message", message_id = %msg.message_id, receive_count = msg.receive_count);
         let outcome = self.process(&msg.body).instrument(span).await;
         match self.disposition(msg, &outcome) {

@@ -132,14 +132,14 @@ impl HudRetryPolicy {
 const HUD_CONCURRENCY: usize = 8;
 
 /// One pass over the outbox: up to `limit` pending items due now
-/// ([`JobStore::pending_outbox`]), grouped by job and sent in lifecycle
+/// ([`HudOutbox::pending_outbox`](crate::lifecycle::HudOutbox::pending_outbox)), grouped by job and sent in lifecycle
 /// order, `HUD_CONCURRENCY` (8) jobs at a time. One request per item and pass:
 /// 2xx → sent; 4xx → rejected; 5xx or no answer → pending until its backoff
 /// passed, or parked as failed past `policy`'s limits. A job's `completed`
 /// record whose `in_progress` record is still pending is deferred to that
 /// record's next attempt. No HUD configured ([`NoHud`]): nothing is tried or
 /// counted. Counts each result in [`crate::metrics::HUD_SYNC`], then sets the
-/// backlog, lag and failed gauges from [`JobStore::outbox_backlog`].
+/// backlog, lag and failed gauges from [`HudOutbox::outbox_backlog`](crate::lifecycle::HudOutbox::outbox_backlog).
 pub async fn sync_outbox(
     jobs: &dyn JobStore,
     hud: &dyn Hud,

@@ -91,7 +91,7 @@ pub enum HudSync {
     /// Parked: HUD kept failing it (5xx or no answer) past the attempt or
     /// age limit ([`crate::hud::HudRetryPolicy`]); kept with HUD's last
     /// answer, never sent by the sweep again, only by `crcr hud retry`
-    /// ([`JobStore::requeue_outbox`]). (A check-run item never takes it.)
+    /// ([`HudOutbox::requeue_outbox`]). (A check-run item never takes it.)
     Failed,
 }
 
@@ -212,10 +212,11 @@ pub struct Violation {
     pub at_ms: i64,
 }
 
-/// Durable job lifecycle + HUD outbox. Writes are conditional so duplicates
-/// and out-of-order callbacks never move a job backwards.
+/// Durable job lifecycle: each downstream job's state and the violations
+/// of the lifecycle rule. Writes are conditional so duplicates and
+/// out-of-order callbacks never move a job backwards.
 #[async_trait]
-pub trait JobStore: Send + Sync {
+pub trait JobLifecycle: Send + Sync {
     async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError>;
     /// Writes `record` (its `state` is the new state) and `outbox` in one
     /// atomic write, only if the job's stored state is `expected` (`None` =
@@ -230,6 +231,14 @@ pub trait JobStore: Send + Sync {
     /// Jobs of one delivery, ordered by sort key.
     async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError>;
     async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError>;
+    /// IN_PROGRESS jobs last changed before `before_ms` (for the timeout sweep).
+    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+}
+
+/// The HUD outbox: the records each job transition wrote for HUD, and
+/// their delivery attempts (`crate::hud::sync_outbox`, `crcr hud retry`).
+#[async_trait]
+pub trait HudOutbox: Send + Sync {
     /// Outbox items of one delivery, oldest first.
     async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError>;
     /// Up to `limit` pending outbox items due at `now_ms` (their
@@ -265,23 +274,28 @@ pub trait JobStore: Send + Sync {
     /// already pending. Callers give requeued items distinct `now_ms` (a
     /// DynamoDB pass reads every item tied on its due time).
     async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
-    /// IN_PROGRESS jobs last changed before `before_ms` (for the timeout sweep).
-    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
-    /// [`JobStore::transition`] that also upserts `check` in the same atomic
+    /// How many outbox items are pending and when the oldest of them was
+    /// created: the HUD backlog and lag (metrics after each sync pass,
+    /// `crcr status`). Cheap: an index read on both adapters.
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
+}
+
+/// The check-run outbox: what each L3/L4 job's upstream check run should
+/// show, written with the job's transition and synced to GitHub by
+/// `crate::checks`.
+#[async_trait]
+pub trait CheckRunOutbox: Send + Sync {
+    /// [`JobLifecycle::transition`] that also upserts `check` in the same atomic
     /// write: a new item is stored as given (version 1); an existing one
     /// (same id) takes `check.request`, version + 1 and sync pending, and
-    /// keeps its `check_run_id`, `attempts` and `created_at_ms`. The default
-    /// says the store keeps no check-run outbox.
+    /// keeps its `check_run_id`, `attempts` and `created_at_ms`.
     async fn transition_with_check_run(
         &self,
         expected: Option<JobState>,
         record: &JobRecord,
         outbox: &OutboxItem,
         check: &CheckRunItem,
-    ) -> Result<bool, StoreError> {
-        let _ = (expected, record, outbox, check);
-        Err(StoreError::Unavailable("this job store keeps no check-run outbox".into()))
-    }
+    ) -> Result<bool, StoreError>;
     /// Writes `check` outside a job transition, only forward: stores it as
     /// given when no item has its id; replaces an existing item's request
     /// (version + 1, sync pending, keeping `check_run_id`, `attempts` and
@@ -289,21 +303,12 @@ pub trait JobStore: Send + Sync {
     /// `in_progress` and `check.request`'s is `completed`. Returns whether it
     /// wrote. For check runs decided after the job moved: a label added
     /// later (backfill from stored job state), a superseded head or a closed
-    /// pull request. The default says the store keeps no check-run outbox.
-    async fn advance_check_run(&self, check: &CheckRunItem) -> Result<bool, StoreError> {
-        let _ = check;
-        Err(StoreError::Unavailable("this job store keeps no check-run outbox".into()))
-    }
+    /// pull request.
+    async fn advance_check_run(&self, check: &CheckRunItem) -> Result<bool, StoreError>;
     /// Up to `limit` pending check-run items, oldest first.
-    async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
-        let _ = limit;
-        Ok(Vec::new())
-    }
+    async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError>;
     /// Check-run items of one delivery (for `crcr trace` and the timeout sweep).
-    async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError> {
-        let _ = delivery;
-        Ok(Vec::new())
-    }
+    async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError>;
     /// Records one sync attempt of version `version` of item `id`: stores
     /// `check_run_id` when given (never unsets it), counts the attempt and
     /// `error`; sets `sync` only while the item is still at `version` and
@@ -316,27 +321,25 @@ pub trait JobStore: Send + Sync {
         sync: HudSync,
         error: Option<&str>,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let _ = (id, version, check_run_id, sync, error, now_ms);
-        Err(StoreError::Unavailable("this job store keeps no check-run outbox".into()))
-    }
-    /// How many outbox items are pending and when the oldest of them was
-    /// created: the HUD backlog and lag (metrics after each sync pass,
-    /// `crcr status`). Cheap: an index read on both adapters. The default
-    /// says the store cannot tell.
-    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        Err(StoreError::Unavailable("this job store cannot count its outbox".into()))
-    }
-    /// Callback activity at or after `since_ms` (relay clock), for on-call
-    /// tools (`crcr status`), not the callback path: an adapter may read the
-    /// whole table (DynamoDB: a Scan). The default says the store cannot count.
-    async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError> {
-        let _ = since_ms;
-        Err(StoreError::Unavailable("this job store cannot count callbacks".into()))
-    }
+    ) -> Result<(), StoreError>;
 }
 
-/// Answer of [`JobStore::outbox_backlog`].
+/// Figures for on-call tools (`crcr status`).
+#[async_trait]
+pub trait JobStats: Send + Sync {
+    /// Callback activity at or after `since_ms` (relay clock), for on-call
+    /// tools (`crcr status`), not the callback path: an adapter may read the
+    /// whole table (DynamoDB: a Scan).
+    async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError>;
+}
+
+/// The whole job store, as the SQLite and DynamoDB adapters provide it.
+/// Every type with the four capabilities is one.
+pub trait JobStore: JobLifecycle + HudOutbox + CheckRunOutbox + JobStats {}
+
+impl<T: JobLifecycle + HudOutbox + CheckRunOutbox + JobStats + ?Sized> JobStore for T {}
+
+/// Answer of [`HudOutbox::outbox_backlog`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxBacklog {
     /// Outbox items in [`HudSync::Pending`].
@@ -350,7 +353,7 @@ pub struct OutboxBacklog {
     pub failed: u64,
 }
 
-/// Answer of [`JobStore::callback_counts`]: what the reconciler applied in
+/// Answer of [`JobStats::callback_counts`]: what the reconciler applied in
 /// the window, from the job records (their relay-clock times) and the
 /// recorded violations. Callbacks refused at request time (401/403/429/400,
 /// 409 before enqueueing) are not stored, so not counted here: they are in

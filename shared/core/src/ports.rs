@@ -93,7 +93,7 @@ pub struct ReceivedMessage {
     pub dead_letter_reason: Option<String>,
 }
 
-/// What [`EventQueue::stats`] reports about one side of a queue.
+/// What [`QueueInspect::stats`] reports about one side of a queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStats {
     /// Messages that can be received now (SQS `ApproximateNumberOfMessages`).
@@ -110,16 +110,22 @@ pub struct QueueStats {
     pub oldest_sent_at_ms: Option<i64>,
 }
 
-/// An at-least-once queue with visibility timeout, receive count and a DLQ:
-/// SQS semantics. A message received and not deleted reappears after its
-/// visibility timeout; once received more than `max_receive_count` times it is
-/// moved to the dead-letter queue on the next receive.
+/// The producer side of an at-least-once queue (SQS semantics): what ingest
+/// and the callback route need.
 #[async_trait]
-pub trait EventQueue: Send + Sync {
+pub trait QueueSend: Send + Sync {
     /// Largest body the queue accepts, in bytes (SQS: 262,144).
     fn max_message_bytes(&self) -> usize;
     /// Durably enqueues `body` on the source queue; returns the message id.
     async fn send(&self, body: &str) -> Result<String, QueueError>;
+}
+
+/// Receiving from a queue with visibility timeout and receive count: a
+/// message received and not deleted reappears after its visibility
+/// timeout; once received more than `max_receive_count` times it is moved
+/// to the dead-letter queue on the next receive.
+#[async_trait]
+pub trait QueueReceive: Send + Sync {
     /// Receives up to `max` (1..=10) visible messages from `side`, hiding each
     /// for `visibility`. Waits up to `wait` for at least one (long polling).
     async fn receive(
@@ -129,6 +135,12 @@ pub trait EventQueue: Send + Sync {
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>, QueueError>;
+}
+
+/// Settling a received message: what a message handler (the dispatcher,
+/// the reconciler) does with it once it has been processed.
+#[async_trait]
+pub trait QueueSettle: Send + Sync {
     /// Deletes a received message (processing done).
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError>;
     /// Makes a received message visible again after `delay` (0 = now).
@@ -137,41 +149,50 @@ pub trait EventQueue: Send + Sync {
     /// deletes it from the source queue. The copy is on the DLQ before the
     /// original is deleted, so a crash in between duplicates, never loses.
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError>;
+}
+
+/// Figures about a queue for on-call tools (`crcr status`) and tests.
+#[async_trait]
+pub trait QueueInspect: Send + Sync {
     /// Number of messages (visible + in flight) on `side`; approximate on SQS.
     async fn depth(&self, side: QueueSide) -> Result<u64, QueueError>;
-    /// Figures about `side` for on-call tools (`crcr status`). The default
-    /// knows only [`EventQueue::depth`]: everything counted as visible, no
-    /// oldest-message time.
-    async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError> {
-        Ok(QueueStats { visible: self.depth(side).await?, ..QueueStats::default() })
-    }
-    /// Redrive: moves up to `limit` messages from the DLQ back to the source
-    /// queue, one by one (send to source, then delete from DLQ). Returns how
-    /// many moved.
-    async fn redrive(&self, limit: usize) -> Result<usize, QueueError> {
-        let mut moved = 0;
-        while moved < limit {
-            let batch = self
-                .receive(
-                    QueueSide::DeadLetter,
-                    (limit - moved).min(10),
-                    Duration::from_secs(30),
-                    // Up to 1 s: SQS may answer a zero-wait receive with
-                    // nothing from a non-empty queue (short polling samples).
-                    Duration::from_secs(1),
-                )
-                .await?;
-            if batch.is_empty() {
-                break;
-            }
-            for m in batch {
-                self.send(&m.body).await?;
-                self.delete(QueueSide::DeadLetter, &m.receipt).await?;
-                moved += 1;
-            }
+    /// Visible, in-flight and delayed counts of `side`, and its oldest
+    /// message's send time when the adapter can tell.
+    async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError>;
+}
+
+/// A whole queue, as its adapters (SQS, SQLite) provide it and on-call
+/// tools use it. Every type with the four capabilities is one.
+pub trait EventQueue: QueueSend + QueueReceive + QueueSettle + QueueInspect {}
+
+impl<T: QueueSend + QueueReceive + QueueSettle + QueueInspect + ?Sized> EventQueue for T {}
+
+/// Redrive: moves up to `limit` messages from the DLQ back to the source
+/// queue, one by one (send to source, then delete from DLQ; a crash in
+/// between duplicates, never loses). Returns how many moved.
+pub async fn redrive(queue: &dyn EventQueue, limit: usize) -> Result<usize, QueueError> {
+    let mut moved = 0;
+    while moved < limit {
+        let batch = queue
+            .receive(
+                QueueSide::DeadLetter,
+                (limit - moved).min(10),
+                Duration::from_secs(30),
+                // Up to 1 s: SQS may answer a zero-wait receive with
+                // nothing from a non-empty queue (short polling samples).
+                Duration::from_secs(1),
+            )
+            .await?;
+        if batch.is_empty() {
+            break;
         }
-        Ok(moved)
+        for m in batch {
+            queue.send(&m.body).await?;
+            queue.delete(QueueSide::DeadLetter, &m.receipt).await?;
+            moved += 1;
+        }
     }
+    Ok(moved)
 }
 
 // ---------------------------------------------------------------- blobs

@@ -25,7 +25,7 @@ use crate::hud::{sync_outbox, timed_out_callback_body, Hud, HudRetryPolicy, Sync
 use crate::lifecycle::{seconds_between, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crate::message::QueueMessage;
 use crate::ports::{
-    Clock, CommitLookup, DispatchRecord, DispatchStatus, DispatchStore, EventQueue, QueueError, QueueSide,
+    Clock, CommitLookup, DispatchRecord, DispatchStatus, DispatchStore, QueueError, QueueSettle, QueueSide,
     ReceivedMessage, StoreError,
 };
 
@@ -134,7 +134,7 @@ pub struct SweepReport {
 #[async_trait]
 pub trait MessageHandler: Send + Sync {
     /// Handles `msg` and settles it on `queue` (delete, requeue or dead-letter).
-    async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<(), QueueError>;
+    async fn handle(&self, queue: &dyn QueueSettle, msg: &ReceivedMessage) -> Result<(), QueueError>;
 }
 
 /// The reconciler and its ports.
@@ -263,7 +263,7 @@ impl Reconciler {
         let without_check_run = cb.kind == CallbackKind::Dispatched && msg.level == Level::L3 && target.is_none();
         let with_check_run = target.is_some();
         let with_check;
-        let jobs: &dyn JobStore = match target {
+        let jobs: &dyn crate::lifecycle::JobLifecycle = match target {
             Some(target) => {
                 with_check = crate::checks::WithCheckRun { inner: self.jobs.as_ref(), target };
                 &with_check
@@ -340,7 +340,7 @@ impl Reconciler {
     }
 
     /// The check run of an L3 `job` stored without one, when `labeled`
-    /// recorded its device for the commit meanwhile ([`JobStore::advance_check_run`]).
+    /// recorded its device for the commit meanwhile ([`CheckRunOutbox::advance_check_run`](crate::lifecycle::CheckRunOutbox::advance_check_run)).
     async fn late_label_check_run(&self, job: &JobRecord) -> Result<(), StoreError> {
         if let Some(target) = self.check_run_target(&job.key.delivery_id, &job.key.repo, job.level).await? {
             self.jobs.advance_check_run(&target.item(job)).await?;
@@ -571,7 +571,7 @@ impl Reconciler {
 
 #[async_trait]
 impl MessageHandler for Reconciler {
-    async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<(), QueueError> {
+    async fn handle(&self, queue: &dyn QueueSettle, msg: &ReceivedMessage) -> Result<(), QueueError> {
         match self.process(&msg.body).await {
             ReconcileOutcome::Done(_) | ReconcileOutcome::Upstream(_) => {
                 queue.delete(QueueSide::Source, &msg.receipt).await
@@ -604,7 +604,7 @@ impl MessageHandler for Reconciler {
 
 #[async_trait]
 impl MessageHandler for crate::dispatch::Dispatcher {
-    async fn handle(&self, queue: &dyn EventQueue, msg: &ReceivedMessage) -> Result<(), QueueError> {
+    async fn handle(&self, queue: &dyn QueueSettle, msg: &ReceivedMessage) -> Result<(), QueueError> {
         crate::dispatch::Dispatcher::handle(self, queue, msg).await.map(|_| ())
     }
 }

@@ -24,13 +24,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
 use crcr_core::lifecycle::{
-    CallbackCounts, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
+    CallbackCounts, CheckRunOutbox, HudOutbox, HudSync, JobKey, JobLifecycle, JobRecord, JobState, JobStats, JobStore,
+    OutboxBacklog, OutboxItem, Violation,
 };
 use crcr_core::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
 use crcr_core::ports::RateLimiter;
 use crcr_core::ports::{
     AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
-    EventQueue, ManualClock, QueueError, QueueSide, StateStore,
+    EventQueue, ManualClock, QueueError, QueueInspect, QueueReceive, QueueSend, QueueSettle, QueueSide, StateStore,
 };
 
 // ================================================================ backends
@@ -523,9 +524,9 @@ mod cases {
         }
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 3);
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0);
-        assert_eq!(q.redrive(2).await.expect("redrive"), 2, "limit not honoured");
+        assert_eq!(crcr_core::ports::redrive(&*q, 2).await.expect("redrive"), 2, "limit not honoured");
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 1);
-        assert_eq!(q.redrive(10).await.expect("redrive"), 1);
+        assert_eq!(crcr_core::ports::redrive(&*q, 10).await.expect("redrive"), 1);
         assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
         assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 3);
         assert!(receive_all(&*q, QueueSide::DeadLetter, LONG).await.is_empty());

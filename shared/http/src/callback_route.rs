@@ -47,7 +47,7 @@ use crcr_core::domain::{Level, RepoFullName};
 use crcr_core::lifecycle::JobStore;
 use crcr_core::message::{CallbackV1, QueueMessage};
 use crcr_core::oidc::{bearer_token, body_digest, OidcVerifier};
-use crcr_core::ports::{Clock, CommitLookup, DispatchStore, EventQueue, StoreError};
+use crcr_core::ports::{Clock, CommitLookup, DispatchStore, QueueSend, StoreError};
 
 /// Callback bodies are small (a client_payload is at most 65,535 characters).
 pub const MAX_CALLBACK_BYTES: usize = 1024 * 1024;
@@ -93,7 +93,7 @@ pub struct CallbackState {
     pub dispatches: Arc<dyn DispatchStore>,
     pub jobs: Arc<dyn JobStore>,
     /// The reconcile queue.
-    pub queue: Arc<dyn EventQueue>,
+    pub queue: Arc<dyn QueueSend>,
     pub rate: Arc<dyn RateLimiter>,
     pub clock: Arc<dyn Clock>,
     /// Commit existence for `nightly` / `periodic` callbacks, cached

@@ -29,7 +29,7 @@ use serde_json::json;
 use crcr_core::dispatch::is_dispatched;
 use crcr_core::domain::{DeliveryId, RepoFullName};
 use crcr_core::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
-use crcr_core::ports::{BlobStore, Clock, EventQueue};
+use crcr_core::ports::{BlobStore, Clock, QueueSend};
 use crcr_core::signature::{SignatureError, WebhookSecret};
 
 pub use crcr_core::config::DEFAULT_MAX_BODY_BYTES;
@@ -39,14 +39,14 @@ pub struct IngestState {
     pub secret: WebhookSecret,
     /// Only this repository's events are acted on.
     pub upstream: RepoFullName,
-    pub queue: Arc<dyn EventQueue>,
+    pub queue: Arc<dyn QueueSend>,
     pub blobs: Arc<dyn BlobStore>,
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
     /// The reconcile queue, for the events the reconciler acts on
     /// ([`crcr_core::upstream`]); `None`: they are answered 200 and ignored,
     /// saying so.
-    pub reconcile: Option<Arc<dyn EventQueue>>,
+    pub reconcile: Option<Arc<dyn QueueSend>>,
 }
 
 /// Builds the ingest router (`POST /github/webhook`, `GET /healthz`).
@@ -407,41 +407,19 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use crcr_core::ports::{BlobError, QueueError, QueueSide, ReceivedMessage, SystemClock};
-    use std::time::Duration;
+    use crcr_core::ports::{BlobError, QueueError, SystemClock};
     use tower::ServiceExt;
 
     /// A queue that is down, and a blob store that is down.
     struct Down;
 
     #[async_trait]
-    impl EventQueue for Down {
+    impl QueueSend for Down {
         fn max_message_bytes(&self) -> usize {
             262_144
         }
         async fn send(&self, _: &str) -> Result<String, QueueError> {
             Err(QueueError::Unavailable("connection refused".into()))
-        }
-        async fn receive(
-            &self,
-            _: QueueSide,
-            _: usize,
-            _: Duration,
-            _: Duration,
-        ) -> Result<Vec<ReceivedMessage>, QueueError> {
-            unreachable!()
-        }
-        async fn delete(&self, _: QueueSide, _: &str) -> Result<(), QueueError> {
-            unreachable!()
-        }
-        async fn change_visibility(&self, _: QueueSide, _: &str, _: Duration) -> Result<(), QueueError> {
-            unreachable!()
-        }
-        async fn dead_letter(&self, _: &ReceivedMessage, _: &str) -> Result<(), QueueError> {
-            unreachable!()
-        }
-        async fn depth(&self, _: QueueSide) -> Result<u64, QueueError> {
-            unreachable!()
         }
     }
 

@@ -20,7 +20,8 @@ use crcr_core::lifecycle::{CallbackCounts, HudSync, JobKey, JobRecord, JobState,
 use crcr_core::message::{payload_blob_key, DispatchV1, PayloadRef, QueueMessage};
 use crcr_core::ports::{
     AttemptOutcome, BlobStore, Claim, DispatchCounts, DispatchMeta, DispatchStatus, DispatchStore, EventQueue,
-    GitHubApp, GitHubError, InstallationId, QueueError, QueueSide, QueueStats, ReceivedMessage, SystemClock,
+    GitHubApp, GitHubError, InstallationId, QueueError, QueueInspect, QueueReceive, QueueSend, QueueSettle, QueueSide,
+    QueueStats, ReceivedMessage, SystemClock,
 };
 use crcr_core::progress::{NoProgress, ProgressEvent, ProgressLog};
 use crcr_oncall::dlq::{Dlq, DlqFilter, FailureClass, ReplayOptions, ScanOptions};
@@ -377,13 +378,17 @@ struct FlakyDeletes {
 }
 
 #[async_trait]
-impl EventQueue for FlakyDeletes {
+impl QueueSend for FlakyDeletes {
     fn max_message_bytes(&self) -> usize {
         self.inner.max_message_bytes()
     }
     async fn send(&self, body: &str) -> Result<String, QueueError> {
         self.inner.send(body).await
     }
+}
+
+#[async_trait]
+impl QueueReceive for FlakyDeletes {
     async fn receive(
         &self,
         side: QueueSide,
@@ -393,6 +398,10 @@ impl EventQueue for FlakyDeletes {
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
         self.inner.receive(side, max, visibility, wait).await
     }
+}
+
+#[async_trait]
+impl QueueSettle for FlakyDeletes {
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError> {
         if side == QueueSide::DeadLetter && self.fail_deletes.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(QueueError::Unavailable("injected: connection reset".into()));
@@ -405,8 +414,15 @@ impl EventQueue for FlakyDeletes {
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         self.inner.dead_letter(msg, reason).await
     }
+}
+
+#[async_trait]
+impl QueueInspect for FlakyDeletes {
     async fn depth(&self, side: QueueSide) -> Result<u64, QueueError> {
         self.inner.depth(side).await
+    }
+    async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError> {
+        self.inner.stats(side).await
     }
 }
 

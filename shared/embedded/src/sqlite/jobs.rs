@@ -8,7 +8,8 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::Db;
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
 use crcr_core::lifecycle::{
-    CallbackCounts, CheckRunItem, HudSync, JobKey, JobRecord, JobState, JobStore, OutboxBacklog, OutboxItem, Violation,
+    CallbackCounts, CheckRunItem, CheckRunOutbox, HudOutbox, HudSync, JobKey, JobLifecycle, JobRecord, JobState,
+    JobStats, OutboxBacklog, OutboxItem, Violation,
 };
 use crcr_core::ports::StoreError;
 
@@ -80,11 +81,11 @@ pub(super) const ADDED_OUTBOX_COLUMNS: [(&str, &str); 1] = [("next_attempt_at_ms
 
 /// Indexes over added columns: created once the columns exist.
 pub(super) const SCHEMA_AFTER_COLUMNS: &str = r#"
--- JobStore::pending_outbox: due items in due order.
+-- HudOutbox::pending_outbox: due items in due order.
 CREATE INDEX IF NOT EXISTS hud_outbox_due ON hud_outbox (sync, next_attempt_at_ms, created_at_ms);
 "#;
 
-/// [`JobStore`] on SQLite.
+/// [`JobStore`](crcr_core::lifecycle::JobStore) on SQLite.
 #[derive(Clone)]
 pub struct SqliteJobStore {
     db: Db,
@@ -312,7 +313,7 @@ fn upsert_check(conn: &rusqlite::Connection, c: &CheckRunItem, forward_only: boo
 }
 
 #[async_trait]
-impl JobStore for SqliteJobStore {
+impl JobLifecycle for SqliteJobStore {
     async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError> {
         let conn = self.db.lock();
         conn.query_row(
@@ -324,7 +325,6 @@ impl JobStore for SqliteJobStore {
         .map_err(unavailable)?
         .transpose()
     }
-
     async fn transition(
         &self,
         expected: Option<JobState>,
@@ -333,7 +333,145 @@ impl JobStore for SqliteJobStore {
     ) -> Result<bool, StoreError> {
         self.write_transition(expected, record, outbox, None)
     }
+    async fn record_violation(&self, v: &Violation) -> Result<(), StoreError> {
+        self.db
+            .lock()
+            .execute(
+                "INSERT INTO violations (delivery_id, repo, reason, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![v.delivery_id.as_str(), v.repo.as_str(), v.reason, v.at_ms],
+            )
+            .map_err(unavailable)?;
+        Ok(())
+    }
+    async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 ORDER BY sort_key"))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map([delivery.as_str()], job).map_err(unavailable)?;
+        collect(rows)
+    }
+    async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT repo, reason, at_ms FROM violations WHERE delivery_id = ?1 ORDER BY seq")
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map([delivery.as_str()], |r| {
+                let (repo, reason, at_ms): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                Ok(RepoFullName::parse(&repo)
+                    .map(|repo| Violation { delivery_id: delivery.clone(), repo, reason, at_ms })
+                    .map_err(|e| StoreError::Corrupt(e.to_string())))
+            })
+            .map_err(unavailable)?;
+        collect(rows)
+    }
+    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' AND updated_at_ms < ?1
+                 ORDER BY updated_at_ms LIMIT ?2"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map(params![before_ms, limit as i64], job).map_err(unavailable)?;
+        collect(rows)
+    }
+}
 
+#[async_trait]
+impl HudOutbox for SqliteJobStore {
+    async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE delivery_id = ?1 ORDER BY created_at_ms, id"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map([delivery.as_str()], outbox_item).map_err(unavailable)?;
+        collect(rows)
+    }
+    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = 'pending' AND next_attempt_at_ms <= ?1
+                 ORDER BY next_attempt_at_ms, created_at_ms, id LIMIT ?2"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map(params![now_ms, limit as i64], outbox_item).map_err(unavailable)?;
+        collect(rows)
+    }
+    async fn mark_outbox(
+        &self,
+        id: &str,
+        sync: HudSync,
+        error: Option<&str>,
+        next_attempt_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.db
+            .lock()
+            .execute(
+                "UPDATE hud_outbox SET sync = ?2, attempts = attempts + 1, last_error = COALESCE(?3, last_error),
+                 updated_at_ms = ?4,
+                 next_attempt_at_ms = CASE WHEN ?2 = 'pending' THEN ?5 ELSE next_attempt_at_ms END
+                 WHERE id = ?1 AND sync = 'pending'",
+                params![id, sync.as_str(), error, now_ms, next_attempt_at_ms.unwrap_or(now_ms)],
+            )
+            .map_err(unavailable)?;
+        Ok(())
+    }
+    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+        self.db
+            .lock()
+            .execute(
+                "UPDATE hud_outbox SET next_attempt_at_ms = ?2 WHERE id = ?1 AND sync = 'pending'",
+                params![id, next_attempt_at_ms],
+            )
+            .map_err(unavailable)?;
+        Ok(())
+    }
+    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let conn = self.db.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = ?1 ORDER BY created_at_ms, id LIMIT ?2"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map(params![sync.as_str(), limit as i64], outbox_item).map_err(unavailable)?;
+        collect(rows)
+    }
+    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let changed = self
+            .db
+            .lock()
+            .execute(
+                "UPDATE hud_outbox SET sync = 'pending', attempts = 0, created_at_ms = ?2, updated_at_ms = ?2,
+                 next_attempt_at_ms = ?2 WHERE id = ?1 AND sync <> 'pending'",
+                params![id, now_ms],
+            )
+            .map_err(unavailable)?;
+        Ok(changed > 0)
+    }
+    /// `COUNT` and `MIN(created_at_ms)` over the pending items, `COUNT` of
+    /// the failed ones (index `hud_outbox_pending`).
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let conn = self.db.lock();
+        let (pending, oldest_created_at_ms) = conn
+            .query_row("SELECT COUNT(*), MIN(created_at_ms) FROM hud_outbox WHERE sync = 'pending'", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))
+            })
+            .map_err(unavailable)?;
+        let failed = conn
+            .query_row("SELECT COUNT(*) FROM hud_outbox WHERE sync = 'failed'", [], |r| r.get::<_, i64>(0))
+            .map_err(unavailable)? as u64;
+        Ok(OutboxBacklog { pending, oldest_created_at_ms, failed })
+    }
+}
+
+#[async_trait]
+impl CheckRunOutbox for SqliteJobStore {
     async fn transition_with_check_run(
         &self,
         expected: Option<JobState>,
@@ -343,7 +481,6 @@ impl JobStore for SqliteJobStore {
     ) -> Result<bool, StoreError> {
         self.write_transition(expected, record, outbox, Some(check))
     }
-
     /// One immediate transaction: reads the stored item's `request`; none →
     /// `INSERT` of `check` as given (every column, `version` and `sync`
     /// included); stored request `in_progress` and `check.request`
@@ -357,7 +494,6 @@ impl JobStore for SqliteJobStore {
         let conn = self.db.lock();
         Ok(upsert_check(&conn, check, true)? == 1)
     }
-
     async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
         let conn = self.db.lock();
         let mut stmt = conn
@@ -368,7 +504,6 @@ impl JobStore for SqliteJobStore {
         let rows = stmt.query_map([limit as i64], check_item).map_err(unavailable)?;
         collect(rows)
     }
-
     async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError> {
         let conn = self.db.lock();
         let mut stmt = conn
@@ -379,7 +514,6 @@ impl JobStore for SqliteJobStore {
         let rows = stmt.query_map([delivery.as_str()], check_item).map_err(unavailable)?;
         collect(rows)
     }
-
     async fn mark_check_run(
         &self,
         id: &str,
@@ -401,149 +535,10 @@ impl JobStore for SqliteJobStore {
             .map_err(unavailable)?;
         Ok(())
     }
+}
 
-    async fn record_violation(&self, v: &Violation) -> Result<(), StoreError> {
-        self.db
-            .lock()
-            .execute(
-                "INSERT INTO violations (delivery_id, repo, reason, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![v.delivery_id.as_str(), v.repo.as_str(), v.reason, v.at_ms],
-            )
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 ORDER BY sort_key"))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map([delivery.as_str()], job).map_err(unavailable)?;
-        collect(rows)
-    }
-
-    async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT repo, reason, at_ms FROM violations WHERE delivery_id = ?1 ORDER BY seq")
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map([delivery.as_str()], |r| {
-                let (repo, reason, at_ms): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                Ok(RepoFullName::parse(&repo)
-                    .map(|repo| Violation { delivery_id: delivery.clone(), repo, reason, at_ms })
-                    .map_err(|e| StoreError::Corrupt(e.to_string())))
-            })
-            .map_err(unavailable)?;
-        collect(rows)
-    }
-
-    async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE delivery_id = ?1 ORDER BY created_at_ms, id"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map([delivery.as_str()], outbox_item).map_err(unavailable)?;
-        collect(rows)
-    }
-
-    async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = 'pending' AND next_attempt_at_ms <= ?1
-                 ORDER BY next_attempt_at_ms, created_at_ms, id LIMIT ?2"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map(params![now_ms, limit as i64], outbox_item).map_err(unavailable)?;
-        collect(rows)
-    }
-
-    async fn mark_outbox(
-        &self,
-        id: &str,
-        sync: HudSync,
-        error: Option<&str>,
-        next_attempt_at_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.db
-            .lock()
-            .execute(
-                "UPDATE hud_outbox SET sync = ?2, attempts = attempts + 1, last_error = COALESCE(?3, last_error),
-                 updated_at_ms = ?4,
-                 next_attempt_at_ms = CASE WHEN ?2 = 'pending' THEN ?5 ELSE next_attempt_at_ms END
-                 WHERE id = ?1 AND sync = 'pending'",
-                params![id, sync.as_str(), error, now_ms, next_attempt_at_ms.unwrap_or(now_ms)],
-            )
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
-        self.db
-            .lock()
-            .execute(
-                "UPDATE hud_outbox SET next_attempt_at_ms = ?2 WHERE id = ?1 AND sync = 'pending'",
-                params![id, next_attempt_at_ms],
-            )
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = ?1 ORDER BY created_at_ms, id LIMIT ?2"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map(params![sync.as_str(), limit as i64], outbox_item).map_err(unavailable)?;
-        collect(rows)
-    }
-
-    async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let changed = self
-            .db
-            .lock()
-            .execute(
-                "UPDATE hud_outbox SET sync = 'pending', attempts = 0, created_at_ms = ?2, updated_at_ms = ?2,
-                 next_attempt_at_ms = ?2 WHERE id = ?1 AND sync <> 'pending'",
-                params![id, now_ms],
-            )
-            .map_err(unavailable)?;
-        Ok(changed > 0)
-    }
-
-    async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' AND updated_at_ms < ?1
-                 ORDER BY updated_at_ms LIMIT ?2"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map(params![before_ms, limit as i64], job).map_err(unavailable)?;
-        collect(rows)
-    }
-
-    /// `COUNT` and `MIN(created_at_ms)` over the pending items, `COUNT` of
-    /// the failed ones (index `hud_outbox_pending`).
-    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let conn = self.db.lock();
-        let (pending, oldest_created_at_ms) = conn
-            .query_row("SELECT COUNT(*), MIN(created_at_ms) FROM hud_outbox WHERE sync = 'pending'", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))
-            })
-            .map_err(unavailable)?;
-        let failed = conn
-            .query_row("SELECT COUNT(*) FROM hud_outbox WHERE sync = 'failed'", [], |r| r.get::<_, i64>(0))
-            .map_err(unavailable)? as u64;
-        Ok(OutboxBacklog { pending, oldest_created_at_ms, failed })
-    }
-
+#[async_trait]
+impl JobStats for SqliteJobStore {
     async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError> {
         let conn = self.db.lock();
         let (in_progress, completed, timed_out) = conn

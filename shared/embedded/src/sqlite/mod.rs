@@ -174,7 +174,7 @@ mod tests {
     /// gains it and its index; its pending records are due at once.
     #[tokio::test]
     async fn old_files_gain_the_outbox_next_attempt_column() {
-        use crcr_core::lifecycle::{HudSync, JobStore};
+        use crcr_core::lifecycle::{HudOutbox, HudSync};
         let path = std::env::temp_dir().join(format!("crcr-migrate-outbox-{}.sqlite", uuid::Uuid::new_v4()));
         let column = ",\n    next_attempt_at_ms INTEGER NOT NULL DEFAULT 0 -- OutboxItem::next_attempt_at_ms";
         assert!(jobs::SCHEMA.contains(column), "jobs::SCHEMA no longer contains {column:?}");

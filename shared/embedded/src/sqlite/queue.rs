@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Db;
-use crcr_core::ports::{Clock, EventQueue, QueueError, QueueSide, QueueStats, ReceivedMessage, SystemClock};
+use crcr_core::ports::{
+    Clock, QueueError, QueueInspect, QueueReceive, QueueSend, QueueSettle, QueueSide, QueueStats, ReceivedMessage,
+    SystemClock,
+};
 
 /// Same limit as SQS (262,144 bytes), so the embedded default exercises the
 /// claim-check path exactly where AWS would.
@@ -126,11 +129,10 @@ fn unavailable(e: impl std::fmt::Display) -> QueueError {
 }
 
 #[async_trait]
-impl EventQueue for SqliteQueue {
+impl QueueSend for SqliteQueue {
     fn max_message_bytes(&self) -> usize {
         MAX_MESSAGE_BYTES
     }
-
     async fn send(&self, body: &str) -> Result<String, QueueError> {
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(QueueError::TooLarge { size: body.len(), limit: MAX_MESSAGE_BYTES });
@@ -139,7 +141,10 @@ impl EventQueue for SqliteQueue {
         self.db.sent.notify_waiters();
         Ok(id)
     }
+}
 
+#[async_trait]
+impl QueueReceive for SqliteQueue {
     async fn receive(
         &self,
         side: QueueSide,
@@ -162,7 +167,10 @@ impl EventQueue for SqliteQueue {
             let _ = tokio::time::timeout(nap, notified).await;
         }
     }
+}
 
+#[async_trait]
+impl QueueSettle for SqliteQueue {
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError> {
         let n = self
             .db
@@ -177,7 +185,6 @@ impl EventQueue for SqliteQueue {
         }
         Ok(())
     }
-
     async fn change_visibility(&self, side: QueueSide, receipt: &str, delay: Duration) -> Result<(), QueueError> {
         let n = self
             .db
@@ -195,7 +202,6 @@ impl EventQueue for SqliteQueue {
         }
         Ok(())
     }
-
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         let mut conn = self.db.lock();
         let tx = conn.transaction().map_err(unavailable)?;
@@ -214,7 +220,10 @@ impl EventQueue for SqliteQueue {
         tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [seq]).map_err(unavailable)?;
         tx.commit().map_err(unavailable)
     }
+}
 
+#[async_trait]
+impl QueueInspect for SqliteQueue {
     async fn depth(&self, side: QueueSide) -> Result<u64, QueueError> {
         self.db
             .lock()
@@ -224,7 +233,6 @@ impl EventQueue for SqliteQueue {
             .map(|n| n as u64)
             .map_err(unavailable)
     }
-
     /// Exact figures from one query: visible (`visible_at_ms` reached),
     /// in flight (hidden; the embedded queue has no delayed sends, so
     /// `delayed` is 0) and the oldest `sent_at_ms`.
