@@ -34,7 +34,14 @@ const INGEST: &str = "the ingest function";
 ///
 /// Errors name the missing or malformed variable.
 pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringError> {
-    Ok(ingest_parts(env, sdk)?.0)
+    ingest_router_on_clock(env, sdk, Arc::new(SystemClock))
+}
+
+/// [`ingest_router`] reading time from `clock` (token lifetimes, the
+/// per-minute callback rate window, `jti` expiry, received-at times): tests
+/// pin it instead of waiting for a minute boundary.
+pub fn ingest_router_on_clock(env: &Env<'_>, sdk: &SdkConfig, clock: Arc<dyn Clock>) -> Result<Router, WiringError> {
+    Ok(ingest_parts(env, sdk, clock)?.0)
 }
 
 /// The ingest function as its main starts it: [`ingest_router`], then the
@@ -45,7 +52,7 @@ pub fn ingest_router(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringErr
 /// "Understand the Lambda execution environment lifecycle" → "Failures
 /// during the Init phase"). GitHub being unavailable does not fail it.
 pub async fn ingest_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, WiringError> {
-    let (router, allowlist) = ingest_parts(env, sdk)?;
+    let (router, allowlist) = ingest_parts(env, sdk, Arc::new(SystemClock))?;
     allowlist.check_at_start().await?;
     Ok(router)
 }
@@ -54,11 +61,11 @@ pub async fn ingest_init(env: &Env<'_>, sdk: &SdkConfig) -> Result<Router, Wirin
 fn ingest_parts(
     env: &Env<'_>,
     sdk: &SdkConfig,
+    clock: Arc<dyn Clock>,
 ) -> Result<(Router, Arc<crcr_core::allowlist::AllowlistProvider>), WiringError> {
     let cfg = RelayConfig::from_env(env)?;
     let aws = AwsResources::from_env(env)?;
     let (sqs, dynamo) = clients(sdk);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // Ingest only sends: it never reads or writes a DLQ.
     let dispatch_queue = SqsQueue::new(sqs.clone(), aws.dispatch_queue_url(INGEST)?, String::new());
     let reconcile_queue = Arc::new(SqsQueue::new(sqs, aws.reconcile_queue_url(INGEST)?, String::new()));

@@ -13,7 +13,7 @@ use crcr_core::allowlist::{Allowlist, AllowlistSource};
 use crcr_core::config::{EmbeddedConfig, RelayConfig};
 use crcr_core::dispatch::DispatcherSettings;
 use crcr_core::domain::{DeliveryId, RepoFullName};
-use crcr_core::ports::{DispatchRecord, DispatchStatus, DispatchStore, QueueInspect, QueueSide};
+use crcr_core::ports::{Clock, DispatchRecord, DispatchStatus, DispatchStore, QueueInspect, QueueSide, SystemClock};
 use crcr_core::signature::WebhookSecret;
 use crcr_embedded::sqlite::{Db, SqliteDispatchStore, SqliteQueue};
 use crcr_embedded::EmbeddedRelay;
@@ -40,6 +40,8 @@ pub struct Relay {
     /// The relay's reconciler (to run a sweep step on demand).
     pub reconciler: Arc<crcr_core::reconcile::Reconciler>,
     pub allowlist: Allowlist,
+    /// Background sweeps finished so far ([`Relay::sweeps_pass`]).
+    sweeps: tokio::sync::watch::Receiver<u64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -81,6 +83,20 @@ impl Relay {
         secret: &str,
         callbacks: crcr_core::config::CallbackConfig,
     ) -> Relay {
+        Self::start_on_clock(gh, allowlist, settings, dir, secret, callbacks, Arc::new(SystemClock)).await
+    }
+
+    /// [`Relay::start_with`] on `clock` (e.g. a [`crcr_core::ports::ManualClock`]
+    /// the test moves instead of sleeping).
+    pub async fn start_on_clock(
+        gh: &StandIn,
+        allowlist: &str,
+        settings: DispatcherSettings,
+        dir: Option<PathBuf>,
+        secret: &str,
+        callbacks: crcr_core::config::CallbackConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Relay {
         let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("crcr-e2e-{}", uuid())));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let allowlist_path = dir.join("allowlist.yml");
@@ -104,7 +120,8 @@ impl Relay {
             shutdown_grace: Duration::from_secs(10),
             server: Default::default(),
         };
-        let relay = EmbeddedRelay::build(&cfg, &emb).expect("relay builds");
+        let relay = EmbeddedRelay::build_with_clock(&cfg, &emb, clock).expect("relay builds");
+        let sweeps = relay.sweeps();
         let (store, queue, reconciler) = (relay.store.clone(), relay.queue.clone(), relay.reconciler.clone());
         let listener = tokio::net::TcpListener::bind(emb.listen).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -125,6 +142,7 @@ impl Relay {
             queue,
             reconciler,
             allowlist: Allowlist::parse(allowlist).unwrap(),
+            sweeps,
             stop: Some(tx),
             task: Some(task),
         }
@@ -183,6 +201,29 @@ impl Relay {
             assert!(Instant::now() < deadline, "delivery {delivery} not settled: depth {depth}, records {records:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits until the dispatch queue holds nothing, in flight or visible
+    /// (15 s at most): no message is left that could dispatch again.
+    pub async fn drained(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while self.queue.depth(QueueSide::Source).await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the dispatch queue never drained");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the background sweeper has finished `n` more sweeps
+    /// than when called (15 s at most, then the test fails). With `n` ≥ 2 at
+    /// least one whole sweep ran after the call: whatever a sweep would
+    /// have sent by then has been sent.
+    pub async fn sweeps_pass(&self, n: u64) {
+        let mut sweeps = self.sweeps.clone();
+        let target = *sweeps.borrow_and_update() + n;
+        tokio::time::timeout(Duration::from_secs(15), sweeps.wait_for(|done| *done >= target))
+            .await
+            .unwrap_or_else(|_| panic!("the sweeper did not finish {n} more sweeps within 15 s"))
+            .expect("the relay stopped");
     }
 
     /// Stops ingest and workers gracefully.

@@ -15,6 +15,7 @@
 //! Needs moto's server (scripts/test starts it).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
@@ -28,11 +29,12 @@ use crcr_core::domain::DeliveryId;
 use crcr_core::lifecycle::{HudSync, JobState};
 use crcr_core::message::QueueMessage;
 use crcr_core::ports::{
-    DispatchStatus, QueueInspect, QueueReceive, QueueSend, QueueSettle, QueueSide, ReceivedMessage,
+    Clock, DispatchStatus, ManualClock, QueueInspect, QueueReceive, QueueSend, QueueSettle, QueueSide, ReceivedMessage,
+    SystemClock,
 };
 use crcr_core::signature::WebhookSecret;
 use crcr_core::upstream::{UpstreamEvent, UpstreamV1};
-use crcr_ingest::ingest_router;
+use crcr_ingest::{ingest_router, ingest_router_on_clock};
 use crcr_oncall::trace::TraceStores;
 use crcr_standin::issuer::{Hud, Issuer};
 use crcr_standin::moto::{self, Resources};
@@ -85,6 +87,20 @@ fn lambda_env(gh: &StandIn, issuer: &Issuer, hud: &Hud, res: &Resources, allowli
         vars.insert(k.to_owned(), v);
     }
     Env::new(move |k| vars.get(k).cloned())
+}
+
+/// `POST /github/callback` with `Bearer <token>` and `body` through `router`:
+/// status, headers and the JSON answer.
+async fn call_via(router: &Router, token: &str, body: &[u8]) -> (u16, http::HeaderMap, Value) {
+    let req = http::Request::post("/github/callback")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_vec()))
+        .unwrap();
+    let res = router.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (res.status().as_u16(), res.headers().clone());
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 async fn world() -> World {
@@ -162,15 +178,7 @@ impl World {
 
     /// `POST /github/callback` through the ingest router.
     async fn call(&self, token: &str, body: &[u8]) -> (u16, http::HeaderMap, Value) {
-        let req = http::Request::post("/github/callback")
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(body.to_vec()))
-            .unwrap();
-        let res = self.ingest.clone().oneshot(req).await.unwrap();
-        let (status, headers) = (res.status().as_u16(), res.headers().clone());
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
-        (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        call_via(&self.ingest, token, body).await
     }
 
     async fn reconcile_depth(&self) -> u64 {
@@ -341,22 +349,23 @@ async fn rate_limit_poison_messages_and_scheduled_tasks() {
     let delivery = w.dispatched_push().await;
 
     // The rate limit: RATE_PER_MIN callbacks of org3/three per minute window
-    // (counted in the kv table, before the lifecycle check), then 429.
-    let wall_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    if wall_ms() % 60_000 > 50_000 {
-        tokio::time::sleep(Duration::from_millis(60_000 - wall_ms() % 60_000 + 100)).await;
-    }
+    // (counted in the kv table, before the lifecycle check), then 429. The
+    // ingest instances here read a clock pinned 1 s into the next minute
+    // (tokens minted now are valid on it), so every call falls in one window.
+    let now = SystemClock.now_ms();
+    let pinned: Arc<dyn Clock> = Arc::new(ManualClock::new((now / 60_000 + 1) * 60_000 + 1_000));
+    let ingest = ingest_router_on_clock(&w.env(), &w.sdk, pinned.clone()).unwrap();
     let completed = body(&delivery, "completed", Some("success")); // without in_progress: 409, but counted
     for _ in 0..RATE_PER_MIN {
-        let (s, _, a) = w.call(&w.issuer.token("org3/three", "33"), &completed).await;
+        let (s, _, a) = call_via(&ingest, &w.issuer.token("org3/three", "33"), &completed).await;
         assert_eq!(s, 409, "{a}");
     }
-    let (s, headers, a) = w.call(&w.issuer.token("org3/three", "33"), &completed).await;
+    let (s, headers, a) = call_via(&ingest, &w.issuer.token("org3/three", "33"), &completed).await;
     assert_eq!(s, 429, "{a}");
     let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(retry_after, 59, "the window's 59 s left");
     // Another instance of the ingest function shares the count (same kv table).
-    let other = ingest_router(&w.env(), &w.sdk).unwrap();
+    let other = ingest_router_on_clock(&w.env(), &w.sdk, pinned).unwrap();
     let req = http::Request::post("/github/callback")
         .header("authorization", format!("Bearer {}", w.issuer.token("org3/three", "33")))
         .body(axum::body::Body::from(completed.clone()))

@@ -5,10 +5,12 @@
 //! out-of-order and malformed callbacks change nothing; HUD outages lose
 //! nothing and send nothing twice; stale jobs time out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crcr_core::domain::{DeliveryId, Level};
 use crcr_core::lifecycle::{HudOutbox, HudSync, JobLifecycle, JobState};
+use crcr_core::ports::{Clock, ManualClock, SystemClock};
 use crcr_core::reconcile::ReconcilerSettings;
 use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_standin::{StandIn, StandInOptions};
@@ -24,6 +26,8 @@ struct World {
     hud: Hud,
     relay: Relay,
     delivery: String,
+    /// The relay's clock when the test moves time itself ([`world_on_clock`]).
+    clock: Option<Arc<ManualClock>>,
 }
 
 async fn world(job_timeout: Duration) -> World {
@@ -43,6 +47,23 @@ async fn world_configured(
     upstream_installed: bool,
     configure: impl FnOnce(&mut crcr_core::config::CallbackConfig, &Issuer),
 ) -> World {
+    world_on(reconciler, upstream_installed, configure, None).await
+}
+
+/// [`world_with`] on a manual clock that starts at the wall clock's now
+/// (tokens the issuer mints are valid on it) and moves only when the test
+/// says so.
+async fn world_on_clock(reconciler: ReconcilerSettings) -> World {
+    let now = SystemClock.now_ms();
+    world_on(reconciler, true, |_, _| {}, Some(Arc::new(ManualClock::new(now)))).await
+}
+
+async fn world_on(
+    reconciler: ReconcilerSettings,
+    upstream_installed: bool,
+    configure: impl FnOnce(&mut crcr_core::config::CallbackConfig, &Issuer),
+    clock: Option<Arc<ManualClock>>,
+) -> World {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
     for r in ["org1/one", "org2/two", "org3/three"] {
         gh.install(r);
@@ -56,11 +77,15 @@ async fn world_configured(
     // The tests' short HUD backoff (`callback_config`) stays.
     callbacks.reconciler = ReconcilerSettings { hud_retry: callbacks.reconciler.hud_retry, ..reconciler };
     configure(&mut callbacks, &issuer);
-    let relay = Relay::start_with(&gh, ALLOWLIST, test_settings(), None, "s", callbacks).await;
+    let relay_clock: Arc<dyn Clock> = match &clock {
+        Some(c) => c.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let relay = Relay::start_on_clock(&gh, ALLOWLIST, test_settings(), None, "s", callbacks, relay_clock).await;
     let delivery = uuid();
     assert_eq!(relay.post("push", &delivery, &fixture("push"), false).await.0, 202);
     relay.settled(&delivery, Duration::from_secs(20)).await;
-    World { gh, issuer, hud, relay, delivery }
+    World { gh, issuer, hud, relay, delivery, clock }
 }
 
 fn body(delivery: &str, status: &str, conclusion: Option<&str>, attempt: u32) -> Vec<u8> {
@@ -206,7 +231,7 @@ async fn refused_callbacks_change_nothing() {
         call(&w, &w.issuer.token("org2/two", "999"), &body(&w.delivery, "completed", Some("success"), 1)).await.0,
         403
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    w.relay.sweeps_pass(3).await;
     let id = DeliveryId::parse(&w.delivery).unwrap();
     assert_eq!(jobs(&w).jobs(&id).await.unwrap().len(), 1);
     assert_eq!(w.hud.received().len(), 1);
@@ -221,7 +246,7 @@ async fn hud_outage_loses_nothing_and_sends_nothing_twice_and_4xx_is_kept_as_rej
     w.hud.answer(&[503, 502, 503, 500, 503, 503, 504]);
     assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &body(&w.delivery, "in_progress", None, 1)).await.0, 202);
     wait_for("HUD to take the record after its outage", || w.hud.received().iter().any(|r| r.0 == 200)).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    w.relay.sweeps_pass(3).await;
     let got = w.hud.received();
     assert_eq!(got.iter().filter(|r| r.0 == 200).count(), 1, "sent exactly once after the 2xx");
     assert_eq!(got.len(), 8);
@@ -229,7 +254,7 @@ async fn hud_outage_loses_nothing_and_sends_nothing_twice_and_4xx_is_kept_as_rej
     w.hud.answer(&[422]);
     assert_eq!(call(&w, &w.issuer.token("org3/three", "33"), &body(&w.delivery, "in_progress", None, 1)).await.0, 202);
     wait_for("the 422", || w.hud.received().len() == 9).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    w.relay.sweeps_pass(3).await;
     assert_eq!(w.hud.received().len(), 9, "a rejected record is not resent");
     let outbox = jobs(&w).outbox(&DeliveryId::parse(&w.delivery).unwrap()).await.unwrap();
     let rejected: Vec<_> = outbox.iter().filter(|o| o.sync == HudSync::Rejected).collect();
@@ -277,12 +302,12 @@ async fn a_job_left_in_progress_past_the_timeout_is_closed_as_timed_out() {
 #[tokio::test]
 async fn a_dispatch_with_no_callback_is_reported_never_started() {
     let settings = ReconcilerSettings { never_started_after: Duration::from_secs(1), ..Default::default() };
-    let w = world_with(settings, true).await;
+    let w = world_on_clock(settings).await;
     let started = body(&w.delivery, "in_progress", None, 1);
     assert_eq!(call(&w, &w.issuer.token("org2/two", "22"), &started).await.0, 202);
     wait_for("the in_progress HUD record", || w.hud.received().len() == 1).await;
     assert_eq!(w.relay.reconciler.never_started().await.unwrap(), vec![], "not yet past the deadline");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    w.clock.as_ref().expect("a manual clock").advance(Duration::from_millis(1100));
     let late = w.relay.reconciler.never_started().await.unwrap();
     let got: Vec<(String, &str, Level)> =
         late.iter().map(|n| (n.delivery_id.to_string(), n.target.as_str(), n.level)).collect();
@@ -536,7 +561,8 @@ async fn an_enterprise_issuer_listed_in_the_settings_is_trusted() {
 /// seconds is verified (not a minute later).
 #[tokio::test]
 async fn a_jwks_outage_answers_503_with_retry_after_and_recovers_within_seconds() {
-    let w = world(Duration::from_secs(6 * 3600)).await;
+    let w =
+        world_on_clock(ReconcilerSettings { job_timeout: Duration::from_secs(6 * 3600), ..Default::default() }).await;
     let started = body(&w.delivery, "in_progress", None, 1);
     let send = || async {
         reqwest::Client::new()
@@ -555,11 +581,13 @@ async fn a_jwks_outage_answers_503_with_retry_after_and_recovers_within_seconds(
     assert_eq!(retry_after, 1, "first failure: 1 s back-off");
     assert_eq!(w.issuer.jwks_requests(), 1);
     w.issuer.set_outage(false);
-    let recovered_at = std::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let clock = w.clock.as_ref().expect("a manual clock");
+    let res = send().await;
+    assert_eq!(res.status().as_u16(), 503, "still backing off before the Retry-After has passed");
+    assert_eq!(w.issuer.jwks_requests(), 1, "no fetch while backing off");
+    clock.advance(Duration::from_secs(retry_after));
     let res = send().await;
     assert_eq!(res.status().as_u16(), 202, "verified once the Retry-After has passed");
-    assert!(recovered_at.elapsed() < Duration::from_secs(10));
     assert_eq!(w.issuer.jwks_requests(), 2, "one fetch in the outage, one after it");
     wait_for("the HUD record", || w.hud.received().len() == 1).await;
     w.relay.stop().await;

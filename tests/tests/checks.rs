@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crcr_core::config::CallbackConfig;
 use crcr_core::lifecycle::{CheckRunOutbox, HudSync};
-use crcr_core::ports::{DispatchStore, QueueInspect};
+use crcr_core::ports::{Clock, DispatchStore, QueueInspect};
 use crcr_embedded::sqlite::SqliteJobStore;
 use crcr_tests::issuer::{Hud, Issuer};
 use crcr_tests::{callback_config, fixture, post_callback, test_settings, uuid, wait_for, Relay};
@@ -575,11 +575,21 @@ async fn a_rate_limited_rerun_waits_at_least_a_minute_before_it_is_tried_again()
     .await;
     wait_for("the rate-limited request", || !w.gh.run_requests("org4/four").is_empty()).await;
     assert_eq!(w.gh.run_requests("org4/four")[0].status, 403);
-    // Not dropped, not dead-lettered: waiting on the queue (hidden), and not
-    // tried again after the 2 s a store hiccup would wait.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let q = crcr_embedded::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5);
-    let source = q.stats(QueueSide::Source).await.unwrap();
+    // Not dropped, not dead-lettered: waiting on the queue, hidden for at
+    // least a minute (not the 2 s a store hiccup would wait). Seen through a
+    // queue whose clock reads 55 s from now: the message is still hidden then.
+    let now = crcr_core::ports::SystemClock.now_ms();
+    let later = std::sync::Arc::new(crcr_core::ports::ManualClock::new(now + 55_000));
+    let q = crcr_embedded::sqlite::SqliteQueue::new(w.relay.db(), "reconcile", 5).with_clock(later);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let source = loop {
+        let source = q.stats(QueueSide::Source).await.unwrap();
+        if source.in_flight == 1 {
+            break source;
+        }
+        assert!(std::time::Instant::now() < deadline, "the message was never hidden for a minute: {source:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!((source.visible, source.in_flight), (0, 1), "{source:?}");
     assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
     assert_eq!(w.gh.run_requests("org4/four").len(), 1);
@@ -771,7 +781,7 @@ async fn one_sweep_at_a_time_sends_the_outboxes() {
     reconciled(&w).await;
     let report = w.relay.reconciler.sweep().await.unwrap();
     assert!(report.outboxes_skipped, "{report:?}");
-    tokio::time::sleep(Duration::from_millis(600)).await; // three more background sweeps
+    w.relay.sweeps_pass(3).await;
     assert!(w.gh.check_runs(UPSTREAM).is_empty(), "nothing sent while another sweep holds the lease");
     assert!(w.hud.received().is_empty());
     kv.release_lease(key, other).await.unwrap();

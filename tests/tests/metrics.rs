@@ -129,8 +129,8 @@ async fn metrics_endpoint_and_json_logs_report_what_a_scenario_did() {
     for absent in ["DlqSends", "CallbackRejections", "CallbacksAccepted", "HudSync"] {
         assert!(!text.contains(absent), "{absent} was never recorded:\n{text}");
     }
-    // The sweep (every 2 s) reports the HUD outbox after each pass: empty.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The sweep reports the HUD outbox after each pass: empty.
+    relay.sweeps_pass(2).await;
     let (text, m) = scrape(&relay).await;
     assert_eq!(m.samples.get("HudOutboxBacklog"), Some(&0.0), "{text}");
     assert_eq!(m.samples.get("HudOutboxLag"), Some(&0.0), "{text}");

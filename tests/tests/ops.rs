@@ -139,7 +139,7 @@ async fn a_replay_that_died_between_send_and_delete_dispatches_nothing_twice() {
     assert_eq!(r.done.len(), 1);
     assert_eq!(r.done[0].pending_targets.len(), 0, "nothing left to send");
     relay.settled(&delivery, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.drained().await;
     assert_eq!(dispatched_to(&gh, &delivery), ["org1/one", "org1/two", "org2/three", "org3/four"], "each exactly once");
     let new_calls: Vec<String> =
         gh.requests()[requests_after_copy..].iter().map(|r| format!("{} {}", r.method, r.path)).collect();

@@ -166,8 +166,8 @@ async fn forged_signature_is_refused_and_nothing_is_enqueued() {
     let delivery = uuid();
     let (status, answer) = relay.post("pull_request", &delivery, &fixture("pull_request.opened"), true).await;
     assert_eq!(status, 401, "{answer}");
+    // Nothing enqueued, so nothing can be dispatched later.
     assert_eq!(relay.queue.depth(QueueSide::Source).await.unwrap(), 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(gh.requests().is_empty());
     relay.stop().await;
 }

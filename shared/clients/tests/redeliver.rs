@@ -484,9 +484,9 @@ async fn the_periodic_task_runs_at_once_then_every_interval_until_stopped() {
     assert_eq!(accepted(&s), ["g"], "asked for once, over several runs");
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap();
-    let after = s.count("GET", "/app/hook/deliveries");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(s.count("GET", "/app/hook/deliveries"), after, "no run after stop");
+    // The task has returned: nothing of it can run any more, and it
+    // returned without starting another run.
+    assert_eq!(accepted(&s), ["g"]);
 
     // Zero disables it.
     let (_stop, stopped) = tokio::sync::watch::channel(false);

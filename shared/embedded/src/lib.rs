@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use crate::sqlite::{Db, SqliteBlobStore, SqliteDispatchStore, SqliteJobStore, SqliteKv, SqliteQueue};
 use crcr_core::config::{EmbeddedConfig, RelayConfig};
 use crcr_core::dispatch::Dispatcher;
-use crcr_core::ports::{EventQueue, QueueSide, SystemClock};
+use crcr_core::ports::{Clock, EventQueue, QueueSide, SystemClock};
 use crcr_http::ingest::{self, IngestState};
 
 pub use crcr_clients::compose::{github_and_allowlist, hud_from_config, oidc_verifier, StartupError as EmbeddedError};
@@ -54,10 +54,28 @@ pub struct EmbeddedRelay {
     pub server_limits: crate::server::ServerLimits,
     /// Connections being served, and the most at once.
     pub connections: crate::server::ConnectionCount,
+    /// Background sweeps finished since start (ok or not): what a test
+    /// waits on ([`EmbeddedRelay::sweeps`]) to know that the sweeper has
+    /// looked again, instead of sleeping.
+    pub sweeps_done: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl EmbeddedRelay {
+    /// The relay on the system clock: what `crcr serve` and `crcr demo` run.
+    /// Errors: the visibility timeout is not longer than the retry budget, the
+    /// database cannot be opened, or a client cannot be built from `cfg`.
     pub fn build(cfg: &RelayConfig, emb: &EmbeddedConfig) -> Result<Self, EmbeddedError> {
+        Self::build_with_clock(cfg, emb, Arc::new(SystemClock))
+    }
+
+    /// [`EmbeddedRelay::build`] with every time the relay reads (queue
+    /// visibility, leases, token checks, job timeouts, HUD back-off, metrics
+    /// of age) taken from `clock`: tests move time instead of sleeping.
+    pub fn build_with_clock(
+        cfg: &RelayConfig,
+        emb: &EmbeddedConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, EmbeddedError> {
         if emb.visibility_timeout <= cfg.dispatcher.retry_budget {
             return Err(EmbeddedError::VisibilityTooShort {
                 visibility: emb.visibility_timeout,
@@ -65,21 +83,24 @@ impl EmbeddedRelay {
             });
         }
         let db = Db::open(&emb.database)?;
-        let queue = Arc::new(SqliteQueue::new(db.clone(), "dispatch", cfg.dispatcher.max_receive_count));
+        let queue = Arc::new(
+            SqliteQueue::new(db.clone(), "dispatch", cfg.dispatcher.max_receive_count).with_clock(clock.clone()),
+        );
         let store = Arc::new(SqliteDispatchStore::new(db.clone()));
-        let blobs = Arc::new(SqliteBlobStore::new(db.clone()));
+        let blobs = Arc::new(SqliteBlobStore::new(db.clone()).with_clock(clock.clone()));
         let (github, allowlist) = github_and_allowlist(cfg)?;
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
             blobs: blobs.clone(),
             github: github.clone(),
             allowlist,
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             settings: cfg.dispatcher.clone(),
         });
-        let clock: Arc<dyn crcr_core::ports::Clock> = Arc::new(SystemClock);
-        let reconcile_queue =
-            Arc::new(SqliteQueue::new(db.clone(), "reconcile", cfg.callbacks.reconciler.max_receive_count));
+        let reconcile_queue = Arc::new(
+            SqliteQueue::new(db.clone(), "reconcile", cfg.callbacks.reconciler.max_receive_count)
+                .with_clock(clock.clone()),
+        );
         let jobs = Arc::new(SqliteJobStore::new(db.clone()));
         // Bindings, used jtis, rate windows and state survive restarts (table `kv`).
         let kv = Arc::new(SqliteKv::new(db.clone(), clock.clone()).with_rate_per_min(cfg.callbacks.rate_per_min));
@@ -107,7 +128,7 @@ impl EmbeddedRelay {
             jobs: jobs.clone(),
             queue: reconcile_queue.clone(),
             rate: kv.clone(),
-            clock,
+            clock: clock.clone(),
             commits,
             upstream: cfg.upstream.clone(),
         }));
@@ -116,13 +137,14 @@ impl EmbeddedRelay {
             upstream: cfg.upstream.clone(),
             queue: queue.clone(),
             blobs,
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             max_body_bytes: cfg.max_body_bytes,
             reconcile: Some(reconcile_queue.clone()),
         }))
         .merge(callbacks)
         .merge(crcr_http::metrics::prometheus_router());
-        let redeliver = Arc::new(crcr_clients::compose::redeliverer(&cfg.github, kv.clone())?);
+        let mut redeliver = crcr_clients::compose::redeliverer(&cfg.github, kv.clone())?;
+        redeliver.clock = clock;
         Ok(Self {
             db,
             queue,
@@ -132,7 +154,7 @@ impl EmbeddedRelay {
             jobs,
             reconciler,
             state: kv,
-            redeliver,
+            redeliver: Arc::new(redeliver),
             redeliver_interval: Duration::ZERO,
             sweep_interval: cfg.callbacks.sweep_interval,
             router,
@@ -141,7 +163,13 @@ impl EmbeddedRelay {
             shutdown_grace: emb.shutdown_grace,
             server_limits: emb.server,
             connections: Default::default(),
+            sweeps_done: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
+    }
+
+    /// Counts the background sweeps [`EmbeddedRelay::run`] finishes.
+    pub fn sweeps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sweeps_done.subscribe()
     }
 
     /// Asks GitHub for missed deliveries every `interval` while running
@@ -187,7 +215,12 @@ impl EmbeddedRelay {
             self.visibility_timeout,
             stop_tx.subscribe(),
         ));
-        tasks.spawn(run_sweeps(self.reconciler.clone(), self.sweep_interval, stop_tx.subscribe()));
+        tasks.spawn(run_sweeps(
+            self.reconciler.clone(),
+            self.sweep_interval,
+            stop_tx.subscribe(),
+            self.sweeps_done.clone(),
+        ));
         tasks.spawn(crcr_core::redeliver::run_periodic(
             self.redeliver.clone(),
             self.redeliver_interval,
@@ -240,12 +273,14 @@ impl EmbeddedRelay {
 }
 
 /// Runs the reconciler's sweep (timeouts, HUD outbox) every `interval`
-/// until `stop` turns true. One sweeper per process, so an outbox item is
-/// never sent by two senders at once.
+/// until `stop` turns true, adding one to `done` after each sweep. One
+/// sweeper per process, so an outbox item is never sent by two senders at
+/// once.
 pub async fn run_sweeps(
     reconciler: Arc<crcr_core::reconcile::Reconciler>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    done: Arc<tokio::sync::watch::Sender<u64>>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,6 +312,7 @@ pub async fn run_sweeps(
             ),
             Err(e) => tracing::error!(error = %e, "sweep failed; retrying next interval"),
         }
+        done.send_modify(|n| *n += 1);
     }
 }
 

@@ -1,5 +1,7 @@
 //! Claim-check blobs in the `blobs` table.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
@@ -10,11 +12,19 @@ use crcr_core::ports::{BlobError, BlobStore, Clock, SystemClock};
 #[derive(Clone)]
 pub struct SqliteBlobStore {
     db: Db,
+    /// Stamps each blob's creation time (for its expiry).
+    clock: Arc<dyn Clock>,
 }
 
 impl SqliteBlobStore {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, clock: Arc::new(SystemClock) }
+    }
+
+    /// The same store on `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
@@ -25,7 +35,7 @@ impl BlobStore for SqliteBlobStore {
             .lock()
             .execute(
                 "INSERT OR REPLACE INTO blobs (key, data, created_at_ms) VALUES (?1, ?2, ?3)",
-                params![key, bytes, SystemClock.now_ms()],
+                params![key, bytes, self.clock.now_ms()],
             )
             .map_err(|e| BlobError::Unavailable(e.to_string()))?;
         Ok(())

@@ -5,6 +5,7 @@
 //! `maxReceiveCount`). Long polling wakes on sends from this process and
 //! re-checks every 100 ms for messages whose visibility timeout ran out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,13 +28,29 @@ pub struct SqliteQueue {
     name: String,
     dlq: String,
     max_receive_count: u32,
+    /// Visibility and send times come from here ([`SystemClock`] unless
+    /// [`SqliteQueue::with_clock`] says otherwise).
+    clock: Arc<dyn Clock>,
 }
 
 impl SqliteQueue {
     /// `name` e.g. `"dispatch"`; its DLQ is `"<name>-dlq"`. `max_receive_count`
     /// as SQS's redrive policy (>= 1).
     pub fn new(db: Db, name: &str, max_receive_count: u32) -> Self {
-        Self { db, name: name.to_owned(), dlq: format!("{name}-dlq"), max_receive_count: max_receive_count.max(1) }
+        Self {
+            db,
+            name: name.to_owned(),
+            dlq: format!("{name}-dlq"),
+            max_receive_count: max_receive_count.max(1),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same queue on `clock` (an injected clock in tests: a message
+    /// hidden for `d` reappears when the clock has moved `d`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn queue_name(&self, side: QueueSide) -> &str {
@@ -43,9 +60,14 @@ impl SqliteQueue {
         }
     }
 
-    fn insert(conn: &Connection, queue: &str, body: &str, reason: Option<&str>) -> Result<String, QueueError> {
+    fn insert(
+        conn: &Connection,
+        queue: &str,
+        body: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<String, QueueError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let now = SystemClock.now_ms();
         conn.execute(
             "INSERT INTO queue_messages (queue, message_id, body, sent_at_ms, visible_at_ms, dead_letter_reason)
              VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
@@ -64,7 +86,7 @@ impl SqliteQueue {
         let queue = self.queue_name(side);
         let mut conn = self.db.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
-        let now = SystemClock.now_ms();
+        let now = self.clock.now_ms();
         let mut out = Vec::new();
         {
             let mut pick = tx
@@ -137,7 +159,7 @@ impl QueueSend for SqliteQueue {
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(QueueError::TooLarge { size: body.len(), limit: MAX_MESSAGE_BYTES });
         }
-        let id = Self::insert(&self.db.lock(), &self.name, body, None)?;
+        let id = Self::insert(&self.db.lock(), &self.name, body, None, self.clock.now_ms())?;
         self.db.sent.notify_waiters();
         Ok(id)
     }
@@ -191,7 +213,7 @@ impl QueueSettle for SqliteQueue {
             .lock()
             .execute(
                 "UPDATE queue_messages SET visible_at_ms = ?3 WHERE queue = ?1 AND receipt = ?2",
-                params![self.queue_name(side), receipt, SystemClock.now_ms() + delay.as_millis() as i64],
+                params![self.queue_name(side), receipt, self.clock.now_ms() + delay.as_millis() as i64],
             )
             .map_err(unavailable)?;
         if n == 0 {
@@ -205,7 +227,7 @@ impl QueueSettle for SqliteQueue {
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         let mut conn = self.db.lock();
         let tx = conn.transaction().map_err(unavailable)?;
-        Self::insert(&tx, &self.dlq, &msg.body, Some(reason))?;
+        Self::insert(&tx, &self.dlq, &msg.body, Some(reason), self.clock.now_ms())?;
         let existing: Option<i64> = tx
             .query_row(
                 "SELECT seq FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
@@ -242,7 +264,7 @@ impl QueueInspect for SqliteQueue {
             .query_row(
                 "SELECT COALESCE(SUM(visible_at_ms <= ?2), 0), COALESCE(SUM(visible_at_ms > ?2), 0), MIN(sent_at_ms)
                  FROM queue_messages WHERE queue = ?1",
-                params![self.queue_name(side), SystemClock.now_ms()],
+                params![self.queue_name(side), self.clock.now_ms()],
                 |r| {
                     Ok(QueueStats {
                         visible: r.get::<_, i64>(0)? as u64,
