@@ -191,24 +191,58 @@ impl ReconcilerFunction {
     ///   deliveries that failed: [`crcr_core::redeliver`]; its report as JSON)
     ///   (infra/modules/crcr/schedules.tf).
     pub async fn handle(&self, event: Value) -> Result<Value, ReconcilerEventError> {
-        if event.get("Records").is_some() {
-            let batch: SqsEvent =
-                serde_json::from_value(event).map_err(|e| ReconcilerEventError::UnknownEvent(e.to_string()))?;
-            let response = sqs_batch_response(self.reconciler.as_ref(), self.queue.as_ref(), batch).await;
-            return Ok(serde_json::to_value(response).expect("a batch response serializes"));
-        }
-        match event.get("task").and_then(Value::as_str) {
-            Some("sweep") => {
+        match ReconcilerEvent::parse(event)? {
+            ReconcilerEvent::Batch(batch) => {
+                let response = sqs_batch_response(self.reconciler.as_ref(), self.queue.as_ref(), batch).await;
+                Ok(serde_json::to_value(response).expect("a batch response serializes"))
+            }
+            ReconcilerEvent::Task(ScheduledTask::Sweep) => {
                 let report = self.reconciler.sweep().await?;
                 log_sweep(&report);
                 Ok(json!({"task": "sweep", "report": report}))
             }
-            Some("redeliver") => {
+            ReconcilerEvent::Task(ScheduledTask::Redeliver) => {
                 // Logs its own summary; GitHub errors are in the report (the
                 // next tick retries), Err only when the state store failed.
                 let report = self.redeliver.run_scheduled().await?;
                 Ok(json!({"task": "redeliver", "report": report}))
             }
+        }
+    }
+}
+
+/// What invokes the reconciler function, parsed once at the edge.
+#[derive(Debug)]
+pub enum ReconcilerEvent {
+    /// An SQS batch from the reconcile queue's event source mapping (`{"Records": [...]}`).
+    Batch(SqsEvent),
+    /// An EventBridge schedule's target input (`{"task": "sweep"|"redeliver"}`,
+    /// infra/modules/crcr/schedules.tf).
+    Task(ScheduledTask),
+}
+
+/// The reconciler's scheduled tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduledTask {
+    /// Timeouts, never-started dispatches, the HUD and check-run outboxes.
+    Sweep,
+    /// Missed-delivery recovery ([`crcr_core::redeliver`]).
+    Redeliver,
+}
+
+impl ReconcilerEvent {
+    /// Reads an invocation's JSON. Errors: [`ReconcilerEventError::UnknownEvent`]
+    /// (neither shape; names the top-level keys, or why the batch did not
+    /// parse) and [`ReconcilerEventError::UnknownTask`] (names the task).
+    pub fn parse(event: Value) -> Result<Self, ReconcilerEventError> {
+        if event.get("Records").is_some() {
+            return serde_json::from_value(event)
+                .map(ReconcilerEvent::Batch)
+                .map_err(|e| ReconcilerEventError::UnknownEvent(e.to_string()));
+        }
+        match event.get("task").and_then(Value::as_str) {
+            Some("sweep") => Ok(ReconcilerEvent::Task(ScheduledTask::Sweep)),
+            Some("redeliver") => Ok(ReconcilerEvent::Task(ScheduledTask::Redeliver)),
             Some(other) => Err(ReconcilerEventError::UnknownTask(other.to_owned())),
             None => {
                 let mut shape: Vec<&str> =
