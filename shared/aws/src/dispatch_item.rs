@@ -46,7 +46,7 @@ pub(super) mod attr {
 /// The primary key: `delivery_id` + `target`, the [`record_key`] of the
 /// target and the delivery's webhook.
 pub(super) fn key(delivery: &DeliveryId, hook_id: Option<u64>, target: &RepoFullName) -> Item {
-    item([(attr::DELIVERY_ID, s(delivery.as_str())), (attr::TARGET, s(&record_key(target, hook_id)))])
+    item([(attr::DELIVERY_ID, s(delivery.as_str())), (attr::TARGET, s(record_key(target, hook_id)))])
 }
 
 /// The item of a new record: pending, attempt 1, leased until `lease_until_ms`.

@@ -319,7 +319,7 @@ impl DispatchStore for DynamoDispatchStore {
                 ))
                 .expression_attribute_names("#dispatched", attr::DISPATCHED_AT_MS)
                 .expression_attribute_names("#day", attr::DISPATCH_DAY)
-                .expression_attribute_values(":day", s(&dispatch_day(now_ms)))
+                .expression_attribute_values(":day", s(dispatch_day(now_ms)))
                 .expression_attribute_names("#trimmed", attr::PAYLOAD_TRIMMED)
                 .expression_attribute_values(":status", s(DispatchStatus::Dispatched.as_str()))
                 .expression_attribute_values(":trimmed", boolean(*payload_trimmed)),
@@ -386,7 +386,7 @@ impl DispatchStore for DynamoDispatchStore {
                 .key_condition_expression("#day = :day AND #at BETWEEN :from AND :last")
                 .expression_attribute_names("#day", attr::DISPATCH_DAY)
                 .expression_attribute_names("#at", attr::DISPATCHED_AT_MS)
-                .expression_attribute_values(":day", s(&dispatch_day(day_start)))
+                .expression_attribute_values(":day", s(dispatch_day(day_start)))
                 .expression_attribute_values(":from", n(from_ms))
                 .expression_attribute_values(":last", n(to_ms - 1))
                 .scan_index_forward(true)

@@ -29,9 +29,10 @@ pub(crate) fn item<const N: usize>(attrs: [(&str, AttributeValue); N]) -> Item {
     attrs.into_iter().map(|(name, value)| (name.to_owned(), value)).collect()
 }
 
-/// A string attribute (`S`). No error.
-pub(crate) fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
+/// A string attribute (`S`) of a `&str` or `String` (an owned one is not
+/// copied). No error.
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
 }
 
 /// A number attribute (`N`) of an integer (or anything whose `to_string` is

@@ -100,7 +100,7 @@ impl DynamoKv {
     }
 
     fn key(pk: String) -> Item {
-        item([(attr::PK, AttributeValue::S(pk))])
+        item([(attr::PK, s(pk))])
     }
 
     /// `GetItem` with `ConsistentRead`.

@@ -85,13 +85,13 @@ impl CheckRunOutbox for DynamoJobStore {
             .expression_attribute_values(":request", s(&request_json(check)?))
             .expression_attribute_values(":rs", s(&request_status(check.request.status)?))
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":pending", s(&format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
+            .expression_attribute_values(":pending", s(format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
             .expression_attribute_values(":updated_ms", n(check.updated_at_ms))
             .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS))
             .expression_attribute_values(":in_progress", s(&in_progress))
             // serde_json's compact form of the request's top-level `status`
             // (a string value's quotes are escaped, so only the key matches).
-            .expression_attribute_values(":in_progress_json", s(&format!("\"status\":\"{in_progress}\"")))
+            .expression_attribute_values(":in_progress_json", s(format!("\"status\":\"{in_progress}\"")))
             .send()
             .await;
         match res {
@@ -173,8 +173,8 @@ impl CheckRunOutbox for DynamoJobStore {
             .condition_expression("#version = :version AND #status = :pending")
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_names("#version", attr::VERSION)
-            .expression_attribute_values(":status", s(&format!("{CHECK_STATUS_PREFIX}{}", sync.as_str())))
-            .expression_attribute_values(":pending", s(&format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
+            .expression_attribute_values(":status", s(format!("{CHECK_STATUS_PREFIX}{}", sync.as_str())))
+            .expression_attribute_values(":pending", s(format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
             .expression_attribute_values(":version", n(version))
             .send()
             .await;

@@ -76,8 +76,8 @@ impl HudOutbox for DynamoJobStore {
             .expression_attribute_names("#updated_ms", attr::UPDATED_AT_MS)
             .expression_attribute_names("#expires", attr::EXPIRES_AT)
             .expression_attribute_names("#gsi", attr::UPDATED_AT)
-            .expression_attribute_values(":status", s(&hud_status(sync)))
-            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":status", s(hud_status(sync)))
+            .expression_attribute_values(":pending", s(hud_status(HudSync::Pending)))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS));
@@ -112,7 +112,7 @@ impl HudOutbox for DynamoJobStore {
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
             .expression_attribute_names("#gsi", attr::UPDATED_AT)
-            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":pending", s(hud_status(HudSync::Pending)))
             .expression_attribute_values(":next", n(next_attempt_at_ms))
             .send()
             .await;
@@ -154,7 +154,7 @@ impl HudOutbox for DynamoJobStore {
             .expression_attribute_names("#next", attr::NEXT_ATTEMPT_AT_MS)
             .expression_attribute_names("#gsi", attr::UPDATED_AT)
             .expression_attribute_names("#expires", attr::EXPIRES_AT)
-            .expression_attribute_values(":pending", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":pending", s(hud_status(HudSync::Pending)))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS))
@@ -175,7 +175,7 @@ impl HudOutbox for DynamoJobStore {
             .key_condition_expression("#status = :status")
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_names("#created", attr::CREATED_AT_MS)
-            .expression_attribute_values(":status", s(&hud_status(HudSync::Pending)))
+            .expression_attribute_values(":status", s(hud_status(HudSync::Pending)))
             .projection_expression("#created")
             .into_paginator()
             .send();
@@ -194,7 +194,7 @@ impl HudOutbox for DynamoJobStore {
             .index_name(JOBS_BY_STATUS_INDEX)
             .key_condition_expression("#status = :status")
             .expression_attribute_names("#status", attr::STATUS)
-            .expression_attribute_values(":status", s(&hud_status(HudSync::Failed)))
+            .expression_attribute_values(":status", s(hud_status(HudSync::Failed)))
             .select(Select::Count)
             .into_paginator()
             .send();

@@ -1,6 +1,6 @@
 //! Building and parsing the items of the jobs table (shapes in [`super::DynamoJobStore`]).
 
-use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 
 use crcr_core::checks::CheckStatus;
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
@@ -12,7 +12,7 @@ use crate::item::{float, item, n, number_text, s, Attrs, Item};
 use crate::now_epoch_secs;
 
 pub(super) fn primary_key(pk: &str, sk: String) -> Item {
-    item([(attr::PK, s(pk)), (attr::SK, AttributeValue::S(sk))])
+    item([(attr::PK, s(pk)), (attr::SK, s(sk))])
 }
 
 /// The delivery id an outbox id starts with (`<delivery id>|...`).
@@ -65,8 +65,8 @@ pub(super) fn job_item(r: &JobRecord) -> Result<Item, StoreError> {
 pub(super) fn outbox_item(o: &OutboxItem) -> Item {
     let mut item = primary_key(o.delivery_id.as_str(), format!("{HUD_PREFIX}{}", o.id));
     item.insert(attr::ID.into(), s(&o.id));
-    item.insert(attr::BODY.into(), s(&o.body.to_string()));
-    item.insert(attr::STATUS.into(), s(&hud_status(o.sync)));
+    item.insert(attr::BODY.into(), s(o.body.to_string()));
+    item.insert(attr::STATUS.into(), s(hud_status(o.sync)));
     item.insert(attr::ATTEMPTS.into(), n(o.attempts));
     if let Some(e) = &o.last_error {
         item.insert(attr::LAST_ERROR.into(), s(e));
@@ -103,7 +103,7 @@ pub(super) fn check_item(c: &CheckRunItem) -> Result<Item, StoreError> {
     item.insert(attr::REPO.into(), s(c.repo.as_str()));
     item.insert(attr::REQUEST.into(), s(&request_json(c)?));
     item.insert(attr::REQUEST_STATUS.into(), s(&request_status(c.request.status)?));
-    item.insert(attr::STATUS.into(), s(&format!("{CHECK_STATUS_PREFIX}{}", c.sync.as_str())));
+    item.insert(attr::STATUS.into(), s(format!("{CHECK_STATUS_PREFIX}{}", c.sync.as_str())));
     item.insert(attr::VERSION.into(), n(c.version));
     item.insert(attr::ATTEMPTS.into(), n(c.attempts));
     if let Some(id) = c.check_run_id {
@@ -146,7 +146,7 @@ pub(super) fn check_upsert(table: &str, c: &CheckRunItem) -> Result<TransactWrit
         .expression_attribute_values(":repo", s(c.repo.as_str()))
         .expression_attribute_values(":request", s(&request))
         .expression_attribute_values(":rs", s(&request_status(c.request.status)?))
-        .expression_attribute_values(":pending", s(&format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
+        .expression_attribute_values(":pending", s(format!("{CHECK_STATUS_PREFIX}{}", HudSync::Pending.as_str())))
         .expression_attribute_values(":zero", n(0))
         .expression_attribute_values(":one", n(1))
         .expression_attribute_values(":created", n(c.created_at_ms))
