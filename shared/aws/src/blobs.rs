@@ -4,13 +4,12 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use futures::stream::{self, TryStreamExt};
 
 use crcr_core::ports::{BlobError, BlobStore};
 
+use super::item::{binary, item, n, number, s, take_binary};
 use super::now_epoch_secs;
 
 /// Bytes of payload per chunk item: 300,000. DynamoDB caps an item at
@@ -56,16 +55,13 @@ impl DynamoBlobStore {
     }
 
     async fn put_chunk(&self, key: &str, index: usize, data: &[u8], chunks: Option<usize>) -> Result<(), BlobError> {
-        let mut item = HashMap::from([
-            ("key".to_owned(), AttributeValue::S(key.to_owned())),
-            ("chunk".to_owned(), AttributeValue::N(index.to_string())),
-            ("expires_at".to_owned(), AttributeValue::N((now_epoch_secs() + self.ttl_secs).to_string())),
-        ]);
+        let mut item =
+            item([("key", s(key)), ("chunk", n(index)), ("expires_at", n(now_epoch_secs() + self.ttl_secs))]);
         if !data.is_empty() {
-            item.insert("data".to_owned(), AttributeValue::B(Blob::new(data)));
+            item.insert("data".to_owned(), binary(data));
         }
         if let Some(c) = chunks {
-            item.insert("chunks".to_owned(), AttributeValue::N(c.to_string()));
+            item.insert("chunks".to_owned(), n(c));
         }
         self.client
             .put_item()
@@ -103,48 +99,30 @@ impl BlobStore for DynamoBlobStore {
     async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
         let mut parts: HashMap<usize, Vec<u8>> = HashMap::new();
         let mut count: Option<usize> = None;
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#k = :k")
-                .expression_attribute_names("#k", "key")
-                .expression_attribute_values(":k", AttributeValue::S(key.to_owned()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query", e))?;
-            for mut item in page.items.unwrap_or_default() {
-                let index = match item.get("chunk") {
-                    Some(AttributeValue::N(v)) => v.parse::<usize>().ok(),
-                    _ => None,
-                }
+        let mut items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#k = :k")
+            .expression_attribute_names("#k", "key")
+            .expression_attribute_values(":k", s(key))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(mut item) = items.try_next().await.map_err(|e| unavailable("Query", e))? {
+            let index = number::<usize>(&item, "chunk")
                 .ok_or_else(|| BlobError::Unavailable(format!("blob {key:?}: chunk item without a valid `chunk`")))?;
-                if index == 0 {
-                    count = match item.get("chunks") {
-                        Some(AttributeValue::N(v)) => v.parse::<usize>().ok(),
-                        _ => None,
-                    };
-                    if count.is_none() {
-                        return Err(BlobError::Unavailable(format!("blob {key:?}: chunk 0 has no valid `chunks`")));
-                    }
+            if index == 0 {
+                count = number::<usize>(&item, "chunks");
+                if count.is_none() {
+                    return Err(BlobError::Unavailable(format!("blob {key:?}: chunk 0 has no valid `chunks`")));
                 }
-                let data = match item.remove("data") {
-                    Some(AttributeValue::B(b)) => b.into_inner(),
-                    None => Vec::new(),
-                    Some(_) => {
-                        return Err(BlobError::Unavailable(format!("blob {key:?}: chunk {index} `data` is not binary")))
-                    }
-                };
-                parts.insert(index, data);
             }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
+            let data = take_binary(&mut item, "data")
+                .map_err(|_| BlobError::Unavailable(format!("blob {key:?}: chunk {index} `data` is not binary")))?
+                .unwrap_or_default();
+            parts.insert(index, data);
         }
         let Some(count) = count else {
             return Err(BlobError::NotFound(key.to_owned()));

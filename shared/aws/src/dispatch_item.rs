@@ -1,18 +1,12 @@
 //! The DynamoDB item of a dispatch record: attribute names, building and
 //! parsing (see [`super::DynamoDispatchStore`] for the table shape).
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::types::AttributeValue;
-
 use crcr_core::domain::{DeliveryId, Level, RepoFullName};
 use crcr_core::ports::{record_key, DispatchMeta, DispatchRecord, DispatchStatus, StoreError};
 
 use super::dynamo::DISPATCH_TTL_SECS;
+use super::item::{boolean, item, n, s, Attrs, Item};
 use super::now_epoch_secs;
-
-/// A DynamoDB item: attribute name → value.
-pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// Attribute names of a dispatch item.
 pub(super) mod attr {
@@ -52,10 +46,7 @@ pub(super) mod attr {
 /// The primary key: `delivery_id` + `target`, the [`record_key`] of the
 /// target and the delivery's webhook.
 pub(super) fn key(delivery: &DeliveryId, hook_id: Option<u64>, target: &RepoFullName) -> Item {
-    HashMap::from([
-        (attr::DELIVERY_ID.to_owned(), s(delivery.as_str())),
-        (attr::TARGET.to_owned(), s(&record_key(target, hook_id))),
-    ])
+    item([(attr::DELIVERY_ID, s(delivery.as_str())), (attr::TARGET, s(record_key(target, hook_id)))])
 }
 
 /// The item of a new record: pending, attempt 1, leased until `lease_until_ms`.
@@ -73,7 +64,7 @@ pub(super) fn new_item(
     item.insert(attr::LEASE_UNTIL_MS.into(), n(lease_until_ms));
     item.insert(attr::CREATED_AT_MS.into(), n(now_ms));
     item.insert(attr::UPDATED_AT_MS.into(), n(now_ms));
-    item.insert(attr::PAYLOAD_TRIMMED.into(), AttributeValue::Bool(false));
+    item.insert(attr::PAYLOAD_TRIMMED.into(), boolean(false));
     item.insert(attr::EVENT.into(), s(&meta.event));
     if let Some(a) = &meta.action {
         item.insert(attr::ACTION.into(), s(a));
@@ -87,7 +78,7 @@ pub(super) fn new_item(
         item.insert(attr::PR_NUMBER.into(), n(p));
     }
     item.insert(attr::LEVEL.into(), s(meta.level.as_str()));
-    item.insert(attr::CHECK_RUN.into(), AttributeValue::Bool(meta.check_run));
+    item.insert(attr::CHECK_RUN.into(), boolean(meta.check_run));
     if let Some(d) = &meta.device {
         item.insert(attr::DEVICE.into(), s(d));
     }
@@ -101,83 +92,41 @@ pub(super) fn new_item(
     item
 }
 
-pub(super) fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
-
-pub(super) fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn corrupt(name: &str, why: &str) -> StoreError {
-    StoreError::Corrupt(format!("dispatch item attribute {name:?} {why}"))
-}
-
-fn opt_s(item: &Item, name: &str) -> Result<Option<String>, StoreError> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
-        Some(_) => Err(corrupt(name, "is not a string")),
-    }
-}
-
-pub(super) fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
-    opt_s(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
-}
-
-fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| corrupt(name, "is out of range")),
-        Some(_) => Err(corrupt(name, "is not a number")),
-    }
-}
-
-pub(super) fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T, StoreError> {
-    opt_n(item, name)?.ok_or_else(|| corrupt(name, "is missing"))
-}
-
-pub(super) fn get_u32(item: &Item, name: &str) -> Result<u32, StoreError> {
-    get_n(item, name)
+/// Typed reads of a dispatch item; errors name it `dispatch item`.
+pub(super) fn read(item: &Item) -> Attrs<'_> {
+    Attrs::new(item, "dispatch item")
 }
 
 pub(super) fn parse_record(item: &Item) -> Result<DispatchRecord, StoreError> {
-    let delivery = get_s(item, attr::DELIVERY_ID)?;
-    let display = match opt_s(item, attr::TARGET_DISPLAY)? {
+    let a = read(item);
+    let delivery = a.s(attr::DELIVERY_ID)?;
+    let display = match a.opt_s(attr::TARGET_DISPLAY)? {
         Some(d) => d,
-        None => get_s(item, attr::TARGET)?,
+        None => a.s(attr::TARGET)?,
     };
-    let status = get_s(item, attr::STATUS)?;
-    let level = get_s(item, attr::LEVEL)?;
+    let status = a.s(attr::STATUS)?;
+    let level = a.s(attr::LEVEL)?;
     Ok(DispatchRecord {
         delivery_id: DeliveryId::parse(&delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         target: RepoFullName::parse(&display).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        status: DispatchStatus::parse(&status).ok_or_else(|| corrupt(attr::STATUS, "is not a known status"))?,
-        attempts: get_u32(item, attr::ATTEMPTS)?,
-        last_error: opt_s(item, attr::LAST_ERROR)?,
-        lease_until_ms: get_n(item, attr::LEASE_UNTIL_MS)?,
-        created_at_ms: get_n(item, attr::CREATED_AT_MS)?,
-        updated_at_ms: get_n(item, attr::UPDATED_AT_MS)?,
-        dispatched_at_ms: opt_n(item, attr::DISPATCHED_AT_MS)?,
-        payload_trimmed: match item.get(attr::PAYLOAD_TRIMMED) {
-            None => false,
-            Some(AttributeValue::Bool(b)) => *b,
-            Some(_) => return Err(corrupt(attr::PAYLOAD_TRIMMED, "is not a boolean")),
-        },
+        status: DispatchStatus::parse(&status).ok_or_else(|| a.corrupt(attr::STATUS, "is not a known status"))?,
+        attempts: a.n(attr::ATTEMPTS)?,
+        last_error: a.opt_s(attr::LAST_ERROR)?,
+        lease_until_ms: a.n(attr::LEASE_UNTIL_MS)?,
+        created_at_ms: a.n(attr::CREATED_AT_MS)?,
+        updated_at_ms: a.n(attr::UPDATED_AT_MS)?,
+        dispatched_at_ms: a.opt_n(attr::DISPATCHED_AT_MS)?,
+        payload_trimmed: a.flag(attr::PAYLOAD_TRIMMED)?,
         meta: DispatchMeta {
-            event: get_s(item, attr::EVENT)?,
-            action: opt_s(item, attr::ACTION)?,
-            head_sha: opt_s(item, attr::HEAD_SHA)?,
-            pr_number: opt_n(item, attr::PR_NUMBER)?,
-            level: Level::parse(&level).ok_or_else(|| corrupt(attr::LEVEL, "is not L1..L4"))?,
-            check_run: match item.get(attr::CHECK_RUN) {
-                None => false,
-                Some(AttributeValue::Bool(b)) => *b,
-                Some(_) => return Err(corrupt(attr::CHECK_RUN, "is not a boolean")),
-            },
-            device: opt_s(item, attr::DEVICE)?,
-            received_at_ms: opt_n(item, attr::RECEIVED_AT_MS)?,
-            hook_id: opt_n(item, attr::HOOK_ID)?,
+            event: a.s(attr::EVENT)?,
+            action: a.opt_s(attr::ACTION)?,
+            head_sha: a.opt_s(attr::HEAD_SHA)?,
+            pr_number: a.opt_n(attr::PR_NUMBER)?,
+            level: Level::parse(&level).ok_or_else(|| a.corrupt(attr::LEVEL, "is not L1..L4"))?,
+            check_run: a.flag(attr::CHECK_RUN)?,
+            device: a.opt_s(attr::DEVICE)?,
+            received_at_ms: a.opt_n(attr::RECEIVED_AT_MS)?,
+            hook_id: a.opt_n(attr::HOOK_ID)?,
         },
     })
 }

@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
 use crcr_core::domain::{DeliveryId, RepoFullName};
@@ -13,7 +12,8 @@ use crcr_core::ports::{
     StoreError,
 };
 
-use super::dispatch_item::{attr, get_n, get_s, get_u32, key, n, new_item, parse_record, s, Item};
+use super::dispatch_item::{attr, key, new_item, parse_record, read};
+use super::item::{boolean, n, s, unavailable, Item};
 use super::now_epoch_secs;
 
 /// Lifetime of a dispatch record: 30 days (in seconds) after its last write,
@@ -151,7 +151,7 @@ impl DynamoDispatchStore {
         match res {
             Ok(out) => {
                 let item = out.attributes.unwrap_or_default();
-                Ok(Ok(get_u32(&item, attr::ATTEMPTS)?))
+                Ok(Ok(read(&item).n(attr::ATTEMPTS)?))
             }
             Err(e) => match e.as_service_error() {
                 Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
@@ -319,10 +319,10 @@ impl DispatchStore for DynamoDispatchStore {
                 ))
                 .expression_attribute_names("#dispatched", attr::DISPATCHED_AT_MS)
                 .expression_attribute_names("#day", attr::DISPATCH_DAY)
-                .expression_attribute_values(":day", s(&dispatch_day(now_ms)))
+                .expression_attribute_values(":day", s(dispatch_day(now_ms)))
                 .expression_attribute_names("#trimmed", attr::PAYLOAD_TRIMMED)
                 .expression_attribute_values(":status", s(DispatchStatus::Dispatched.as_str()))
-                .expression_attribute_values(":trimmed", AttributeValue::Bool(*payload_trimmed)),
+                .expression_attribute_values(":trimmed", boolean(*payload_trimmed)),
             AttemptOutcome::Failed { reason } => req
                 .update_expression(format!("{COMMON}, #status = :status, #error = :error"))
                 .expression_attribute_names("#error", attr::LAST_ERROR)
@@ -343,29 +343,21 @@ impl DispatchStore for DynamoDispatchStore {
     /// `Query` on `delivery_id` with `ConsistentRead`, ascending by `target`
     /// ([`record_key`], as the SQLite twin orders), all pages.
     async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError> {
+        let mut items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#d = :d")
+            .expression_attribute_names("#d", attr::DELIVERY_ID)
+            .expression_attribute_values(":d", s(delivery.as_str()))
+            .consistent_read(true)
+            .scan_index_forward(true)
+            .into_paginator()
+            .items()
+            .send();
         let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#d = :d")
-                .expression_attribute_names("#d", attr::DELIVERY_ID)
-                .expression_attribute_values(":d", s(delivery.as_str()))
-                .consistent_read(true)
-                .scan_index_forward(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query", e))?;
-            for item in page.items.unwrap_or_default() {
-                out.push(parse_record(&item)?);
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
+        while let Some(item) = items.try_next().await.map_err(|e| unavailable("Query", e))? {
+            out.push(parse_record(&item)?);
         }
         Ok(out)
     }
@@ -386,33 +378,31 @@ impl DispatchStore for DynamoDispatchStore {
         }
         let mut day_start = from_ms.div_euclid(DAY_MS) * DAY_MS;
         while day_start < to_ms && out.len() < limit {
-            let mut start: Option<Item> = None;
-            loop {
-                let page = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(DISPATCH_DAY_INDEX)
-                    .key_condition_expression("#day = :day AND #at BETWEEN :from AND :last")
-                    .expression_attribute_names("#day", attr::DISPATCH_DAY)
-                    .expression_attribute_names("#at", attr::DISPATCHED_AT_MS)
-                    .expression_attribute_values(":day", s(&dispatch_day(day_start)))
-                    .expression_attribute_values(":from", n(from_ms))
-                    .expression_attribute_values(":last", n(to_ms - 1))
-                    .scan_index_forward(true)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("Query (by_dispatch_day)", e))?;
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(DISPATCH_DAY_INDEX)
+                .key_condition_expression("#day = :day AND #at BETWEEN :from AND :last")
+                .expression_attribute_names("#day", attr::DISPATCH_DAY)
+                .expression_attribute_names("#at", attr::DISPATCHED_AT_MS)
+                .expression_attribute_values(":day", s(dispatch_day(day_start)))
+                .expression_attribute_values(":from", n(from_ms))
+                .expression_attribute_values(":last", n(to_ms - 1))
+                .scan_index_forward(true)
+                .into_paginator()
+                .send();
+            // Whole pages, as many as it takes to reach `limit` (no request
+            // for the next page once it is reached).
+            while out.len() < limit {
+                let Some(page) = pages.try_next().await.map_err(|e| unavailable("Query (by_dispatch_day)", e))? else {
+                    break;
+                };
                 for item in page.items.unwrap_or_default() {
                     let rec = parse_record(&item)?;
                     if rec.status == DispatchStatus::Dispatched && out.len() < limit {
                         out.push(rec);
                     }
-                }
-                match page.last_evaluated_key {
-                    Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
-                    _ => break,
                 }
             }
             day_start += DAY_MS;
@@ -433,33 +423,25 @@ impl DispatchStore for DynamoDispatchStore {
         if head_sha.is_empty() || limit == 0 {
             return Ok(out);
         }
-        let mut start: Option<Item> = None;
-        'pages: loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(HEAD_SHA_INDEX)
-                .key_condition_expression("#sha = :sha")
-                .expression_attribute_names("#sha", attr::HEAD_SHA)
-                .expression_attribute_values(":sha", s(head_sha))
-                .scan_index_forward(true)
-                .limit(limit.saturating_add(1).min(MAX_PAGE) as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query (by_head_sha)", e))?;
-            for item in page.items.unwrap_or_default() {
-                let rec = parse_record(&item)?;
-                if !within_commit_limit(&out, limit, &rec) {
-                    break 'pages;
-                }
-                out.push(rec);
+        let mut items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(HEAD_SHA_INDEX)
+            .key_condition_expression("#sha = :sha")
+            .expression_attribute_names("#sha", attr::HEAD_SHA)
+            .expression_attribute_values(":sha", s(head_sha))
+            .scan_index_forward(true)
+            .into_paginator()
+            .page_size(limit.saturating_add(1).min(MAX_PAGE) as i32)
+            .items()
+            .send();
+        while let Some(item) = items.try_next().await.map_err(|e| unavailable("Query (by_head_sha)", e))? {
+            let rec = parse_record(&item)?;
+            if !within_commit_limit(&out, limit, &rec) {
+                break;
             }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
+            out.push(rec);
         }
         Ok(in_commit_order(out, limit))
     }
@@ -470,48 +452,37 @@ impl DispatchStore for DynamoDispatchStore {
     /// not reduce what DynamoDB reads). Fine for an on-call command run by
     /// hand; not for anything on the dispatch path. Eventually consistent.
     async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {
+        let mut items = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("#updated >= :since")
+            .projection_expression("#status, #lease")
+            .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
+            .expression_attribute_names("#status", attr::STATUS)
+            .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
+            .expression_attribute_values(":since", n(since_ms))
+            .into_paginator()
+            .items()
+            .send();
         let mut counts = DispatchCounts::default();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("#updated >= :since")
-                .projection_expression("#status, #lease")
-                .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
-                .expression_attribute_names("#status", attr::STATUS)
-                .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
-                .expression_attribute_values(":since", n(since_ms))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Scan", e))?;
-            for item in page.items.unwrap_or_default() {
-                let status = get_s(&item, attr::STATUS)?;
-                match DispatchStatus::parse(&status) {
-                    Some(DispatchStatus::Dispatched) => counts.dispatched += 1,
-                    Some(DispatchStatus::Failed) => counts.failed += 1,
-                    Some(DispatchStatus::Pending) => {
-                        counts.pending += 1;
-                        if get_n::<i64>(&item, attr::LEASE_UNTIL_MS)? >= now_ms {
-                            counts.in_progress += 1;
-                        }
+        while let Some(item) = items.try_next().await.map_err(|e| unavailable("Scan", e))? {
+            let a = read(&item);
+            let status = a.s(attr::STATUS)?;
+            match DispatchStatus::parse(&status) {
+                Some(DispatchStatus::Dispatched) => counts.dispatched += 1,
+                Some(DispatchStatus::Failed) => counts.failed += 1,
+                Some(DispatchStatus::Pending) => {
+                    counts.pending += 1;
+                    if a.n::<i64>(attr::LEASE_UNTIL_MS)? >= now_ms {
+                        counts.in_progress += 1;
                     }
-                    None => return Err(StoreError::Corrupt(format!("dispatch status {status:?}"))),
                 }
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
+                None => return Err(StoreError::Corrupt(format!("dispatch status {status:?}"))),
             }
         }
         Ok(counts)
     }
-}
-
-fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
-    StoreError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
@@ -16,7 +15,7 @@ use crcr_core::oidc::{IdentityBindings, ReplayGuard, ReplayVerdict};
 use crcr_core::ports::RateLimiter;
 use crcr_core::ports::{Clock, StateStore, StoreError};
 
-use super::dispatch_item::{n, s, Item};
+use super::item::{item, n, number, number_text, s, string_text, unavailable, Attrs, Item};
 
 pub use crcr_core::ports::kv_prefix as prefix;
 
@@ -101,7 +100,7 @@ impl DynamoKv {
     }
 
     fn key(pk: String) -> Item {
-        Item::from([(attr::PK.to_owned(), AttributeValue::S(pk))])
+        item([(attr::PK, s(pk))])
     }
 
     /// `GetItem` with `ConsistentRead`.
@@ -128,9 +127,8 @@ impl DynamoKv {
         condition: &str,
         values: &[(&str, AttributeValue)],
     ) -> Result<Option<Option<Item>>, StoreError> {
-        let pk = match item.get(attr::PK) {
-            Some(AttributeValue::S(pk)) => pk.clone(),
-            _ => return Err(StoreError::Unavailable("kv item without a string pk".into())),
+        let Some(pk) = string_text(&item, attr::PK).map(str::to_owned) else {
+            return Err(StoreError::Unavailable("kv item without a string pk".into()));
         };
         let mut req = self
             .client
@@ -162,15 +160,10 @@ impl DynamoKv {
     }
 }
 
+/// The string attribute `name` of a stored kv item ([`Attrs::s`]: a missing
+/// or non-string one is [`StoreError::Corrupt`] naming it).
 fn string_attr(item: &Item, name: &str) -> Result<String, StoreError> {
-    match item.get(name) {
-        Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(StoreError::Corrupt(format!("kv item attribute {name:?} is missing or not a string"))),
-    }
-}
-
-fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
-    StoreError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
+    Attrs::new(item, "kv item").s(name)
 }
 
 #[async_trait]
@@ -252,11 +245,9 @@ impl RateLimiter for DynamoKv {
             .send()
             .await
             .map_err(|e| unavailable("UpdateItem (rate window)", e))?;
-        let count: u64 = match out.attributes.as_ref().and_then(|a| a.get(attr::COUNT)) {
-            Some(AttributeValue::N(v)) => {
-                v.parse().map_err(|_| StoreError::Corrupt(format!("rate counter {v:?} is not a count")))?
-            }
-            _ => return Err(StoreError::Corrupt("UpdateItem returned no rate counter".into())),
+        let count: u64 = match out.attributes.as_ref().and_then(|a| number_text(a, attr::COUNT)) {
+            Some(v) => v.parse().map_err(|_| StoreError::Corrupt(format!("rate counter {v:?} is not a count")))?,
+            None => return Err(StoreError::Corrupt("UpdateItem returned no rate counter".into())),
         };
         Ok((count > u64::from(self.rate_per_min)).then(|| Duration::from_millis((window_end_ms - now_ms) as u64)))
     }
@@ -270,10 +261,7 @@ impl StateStore for DynamoKv {
         let now = self.clock.now_ms().div_euclid(1000);
         match self.get_item(format!("{}{key}", prefix::STATE)).await? {
             Some(item) => {
-                let expired = match item.get(attr::EXPIRES_AT) {
-                    Some(AttributeValue::N(v)) => v.parse::<i64>().is_ok_and(|t| t < now),
-                    _ => false,
-                };
+                let expired = number::<i64>(&item, attr::EXPIRES_AT).is_some_and(|t| t < now);
                 if expired {
                     Ok(None)
                 } else {

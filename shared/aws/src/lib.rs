@@ -10,6 +10,7 @@
 mod blobs;
 mod dispatch_item;
 mod dynamo;
+pub(crate) mod item;
 mod jobs;
 mod kv;
 pub mod lambda;
