@@ -425,7 +425,8 @@ async fn label_after_the_l3_job_failed_backfills_its_check_run_and_a_rerequest_r
     let opened = fixture("pull_request.opened");
     let opened_json: Value = serde_json::from_slice(&opened).unwrap();
     assert_eq!(opened_json["pull_request"]["labels"], json!([]));
-    let head_sha = opened_json["pull_request"]["head"]["sha"].as_str().unwrap().to_owned();
+    let head_sha =
+        crcr_core::domain::HeadSha::parse(opened_json["pull_request"]["head"]["sha"].as_str().unwrap()).unwrap();
     let delivery = w.dispatched("pull_request", opened).await;
     let id = DeliveryId::parse(&delivery).unwrap();
     let stores = TraceStores::aws(&aws_for_trace(&w)).await.unwrap();

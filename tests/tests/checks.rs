@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::checks::{check_run_for, CheckRuns};
-use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::domain::{DeliveryId, HeadSha, Level, RepoFullName};
 use crcr_core::lifecycle::{JobKey, JobRecord, JobState};
 use crcr_core::ports::GitHubError;
 use crcr_standin::{AuthKind, Fault, StandIn, StandInOptions};
@@ -57,22 +57,22 @@ async fn setup() -> (StandIn, GitHubAppClient, RepoFullName) {
 #[tokio::test]
 async fn client_creates_then_updates_a_check_run_with_a_checks_write_token() {
     let (gh, client, upstream) = setup().await;
-    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let sha = HeadSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap();
     let id = client
-        .create_check_run(&upstream, &check_run_for(&job(JobState::InProgress, None), sha, Some(7)))
+        .create_check_run(&upstream, &check_run_for(&job(JobState::InProgress, None), &sha, Some(7)))
         .await
         .unwrap();
     let runs = gh.check_runs(UPSTREAM);
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].id, id);
     assert_eq!(runs[0].name, "crcr/org4/four/CI/build");
-    assert_eq!(runs[0].head_sha, sha);
+    assert_eq!(sha, runs[0].head_sha.as_str());
     assert_eq!(runs[0].status, "in_progress");
     assert_eq!(runs[0].external_id.as_deref(), Some("123:7"));
     assert_eq!(runs[0].details_url.as_deref(), Some("https://github.com/org4/four/actions/runs/123"));
 
     client
-        .update_check_run(&upstream, id, &check_run_for(&job(JobState::Completed, Some("success")), sha, Some(7)))
+        .update_check_run(&upstream, id, &check_run_for(&job(JobState::Completed, Some("success")), &sha, Some(7)))
         .await
         .unwrap();
     let runs = gh.check_runs(UPSTREAM);
@@ -89,14 +89,15 @@ async fn client_creates_then_updates_a_check_run_with_a_checks_write_token() {
 #[tokio::test]
 async fn client_classifies_githubs_refusals() {
     let (gh, client, upstream) = setup().await;
-    let good = check_run_for(&job(JobState::InProgress, None), &"a".repeat(40), None);
+    let good = check_run_for(&job(JobState::InProgress, None), &HeadSha::parse(&"a".repeat(40)).unwrap(), None);
 
-    // 422: a head SHA that is not a commit; permanent, with GitHub's message.
+    // 422: a name over GitHub's 255 characters; permanent, with GitHub's
+    // message. (A head SHA that is not one cannot be built: `HeadSha`.)
     let mut bad = good.clone();
-    bad.head_sha = "not-a-sha".into();
+    bad.name = "x".repeat(256);
     match client.create_check_run(&upstream, &bad).await {
         Err(GitHubError::Permanent { status: 422, reason }) => {
-            assert!(reason.contains("No commit found for SHA"), "{reason}")
+            assert!(reason.contains("Only 255 characters are allowed"), "{reason}")
         }
         other => panic!("expected a 422, got {other:?}"),
     }

@@ -1,7 +1,7 @@
 //! The DynamoDB item of a dispatch record: attribute names, building and
 //! parsing (see [`super::DynamoDispatchStore`] for the table shape).
 
-use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::domain::{DeliveryId, HeadSha, Level, RepoFullName};
 use crcr_core::ports::{record_key, DispatchMeta, DispatchRecord, DispatchStatus, StoreError};
 
 use super::dynamo::DISPATCH_TTL_SECS;
@@ -69,10 +69,8 @@ pub(super) fn new_item(
     if let Some(a) = &meta.action {
         item.insert(attr::ACTION.into(), s(a));
     }
-    // DynamoDB refuses an empty string as an index key: an empty head_sha
-    // (no commit) is stored as none.
-    if let Some(h) = meta.head_sha.as_deref().filter(|h| !h.is_empty()) {
-        item.insert(attr::HEAD_SHA.into(), s(h));
+    if let Some(h) = &meta.head_sha {
+        item.insert(attr::HEAD_SHA.into(), s(h.as_str()));
     }
     if let Some(p) = meta.pr_number {
         item.insert(attr::PR_NUMBER.into(), n(p));
@@ -120,7 +118,8 @@ pub(super) fn parse_record(item: &Item) -> Result<DispatchRecord, StoreError> {
         meta: DispatchMeta {
             event: a.s(attr::EVENT)?,
             action: a.opt_s(attr::ACTION)?,
-            head_sha: a.opt_s(attr::HEAD_SHA)?,
+            // A value that is not a SHA (stored before the type) names no commit.
+            head_sha: a.opt_s(attr::HEAD_SHA)?.and_then(|h| HeadSha::parse(&h).ok()),
             pr_number: a.opt_n(attr::PR_NUMBER)?,
             level: Level::parse(&level).ok_or_else(|| a.corrupt(attr::LEVEL, "is not L1..L4"))?,
             check_run: a.flag(attr::CHECK_RUN)?,

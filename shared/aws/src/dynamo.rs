@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
-use crcr_core::domain::{DeliveryId, RepoFullName};
+use crcr_core::domain::{DeliveryId, HeadSha, RepoFullName};
 use crcr_core::ports::{
     record_key, AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
     StoreError,
@@ -416,11 +416,10 @@ impl DispatchStore for DynamoDispatchStore {
     /// by (`created_at_ms`, delivery id, target key) and cut to `limit`: the
     /// SQLite twin's order even when creation times tie. Eventually
     /// consistent (a GSI has no consistent reads): a record claimed a moment
-    /// ago may be missing, or show an older status. An empty `head_sha`
-    /// matches nothing (no item can carry it).
-    async fn records_for_commit(&self, head_sha: &str, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
+    /// ago may be missing, or show an older status.
+    async fn records_for_commit(&self, head_sha: &HeadSha, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
         let mut out: Vec<DispatchRecord> = Vec::new();
-        if head_sha.is_empty() || limit == 0 {
+        if limit == 0 {
             return Ok(out);
         }
         let mut items = self
@@ -430,7 +429,7 @@ impl DispatchStore for DynamoDispatchStore {
             .index_name(HEAD_SHA_INDEX)
             .key_condition_expression("#sha = :sha")
             .expression_attribute_names("#sha", attr::HEAD_SHA)
-            .expression_attribute_values(":sha", s(head_sha))
+            .expression_attribute_values(":sha", s(head_sha.as_str()))
             .scan_index_forward(true)
             .into_paginator()
             .page_size(limit.saturating_add(1).min(MAX_PAGE) as i32)
@@ -505,7 +504,7 @@ mod tests {
             meta: DispatchMeta {
                 event: "push".into(),
                 action: None,
-                head_sha: Some("ab".repeat(20)),
+                head_sha: Some(crcr_core::domain::HeadSha::parse(&"ab".repeat(20)).unwrap()),
                 pr_number: None,
                 level: Level::L4,
                 check_run: false,

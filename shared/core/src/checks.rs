@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::domain::{DeliveryId, HeadSha, Level, RepoFullName};
 use crate::lifecycle::{
     CheckRunItem, HudSync, JobKey, JobLifecycle, JobRecord, JobState, JobStore, OutboxItem, Violation,
 };
@@ -139,8 +139,8 @@ pub struct CheckOutput {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckRunRequest {
     pub name: String,
-    /// The upstream commit (40 hex digits).
-    pub head_sha: String,
+    /// The upstream commit.
+    pub head_sha: HeadSha,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details_url: Option<String>,
     pub external_id: String,
@@ -163,7 +163,7 @@ fn iso(ms: Option<i64>) -> Option<String> {
 /// The check run showing `job` on upstream commit `head_sha` of pull
 /// request `pr_number`. Title and summary name the job, its state and its
 /// timings (relay clock), within [`MAX_OUTPUT_BYTES`].
-pub fn check_run_for(job: &JobRecord, head_sha: &str, pr_number: Option<u64>) -> CheckRunRequest {
+pub fn check_run_for(job: &JobRecord, head_sha: &HeadSha, pr_number: Option<u64>) -> CheckRunRequest {
     let workflow = job.workflow_name.as_deref().unwrap_or("workflow");
     let name = check_run_name(&job.key.repo, workflow, &job.key.job_name);
     let (status, conclusion) = match job.state {
@@ -192,7 +192,7 @@ pub fn check_run_for(job: &JobRecord, head_sha: &str, pr_number: Option<u64>) ->
     }
     CheckRunRequest {
         name,
-        head_sha: head_sha.to_owned(),
+        head_sha: head_sha.clone(),
         details_url: job.url.clone(),
         external_id: external_id(job.key.run_id, pr_number),
         status,
@@ -226,8 +226,8 @@ pub trait CheckRuns: Send + Sync {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckRunTarget {
     pub upstream: RepoFullName,
-    /// 40-hex upstream commit SHA.
-    pub head_sha: String,
+    /// The upstream commit.
+    pub head_sha: HeadSha,
     pub pr_number: Option<u64>,
 }
 
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn in_progress_and_completed_map_to_github_values() {
-        let sha = "a".repeat(40);
+        let sha = HeadSha::parse(&"a".repeat(40)).unwrap();
         let run = check_run_for(&job(JobState::InProgress, None), &sha, Some(7));
         assert_eq!(run.name, "crcr/org4/four/CI/build");
         assert_eq!(run.status, CheckStatus::InProgress);
@@ -475,7 +475,7 @@ mod tests {
     fn output_stays_within_githubs_limit() {
         let mut j = job(JobState::InProgress, None);
         j.key.job_name = "€".repeat(40_000);
-        let run = check_run_for(&j, &"b".repeat(40), None);
+        let run = check_run_for(&j, &HeadSha::parse(&"b".repeat(40)).unwrap(), None);
         assert!(run.output.title.len() <= MAX_OUTPUT_BYTES);
         assert!(run.output.summary.len() <= MAX_OUTPUT_BYTES);
         assert!(run.name.chars().count() <= MAX_NAME_CHARS);

@@ -270,7 +270,7 @@ impl Dispatcher {
                 .pointer("/pull_request/head/sha")
                 .or_else(|| payload.get("after"))
                 .and_then(Value::as_str)
-                .map(str::to_owned),
+                .and_then(|s| crate::domain::HeadSha::parse(s).ok()),
             pr_number: payload.get("number").and_then(Value::as_u64),
             level: entry.level,
             check_run: crate::checks::wants_check_run(entry.level, entry.device.as_deref(), &labels),

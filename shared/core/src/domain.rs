@@ -15,6 +15,8 @@ pub enum DomainError {
     BadDeliveryId(String),
     #[error("repository {0:?} is not of the form owner/repo")]
     BadRepo(String),
+    #[error("commit SHA {0:?} is not 40 hexadecimal digits")]
+    BadSha(String),
 }
 
 /// GitHub's `X-GitHub-Delivery` GUID, or another opaque id of at most 128
@@ -52,6 +54,55 @@ impl From<DeliveryId> for String {
     }
 }
 impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A commit's SHA-1 as GitHub's payloads give it (`pull_request.head.sha`,
+/// `check_run.head_sha`, `check_suite.head_sha`): 40 hexadecimal digits,
+/// kept lower-case. Parsed once where a payload is read; what holds one
+/// needs no further check.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HeadSha(String);
+
+impl HeadSha {
+    /// Parses a SHA; errors with [`DomainError::BadSha`] naming the input.
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(s.to_ascii_lowercase()))
+        } else {
+            Err(DomainError::BadSha(s.chars().take(64).collect()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HeadSha {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+impl From<HeadSha> for String {
+    fn from(s: HeadSha) -> String {
+        s.0
+    }
+}
+impl PartialEq<str> for HeadSha {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+impl PartialEq<&str> for HeadSha {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+impl fmt::Display for HeadSha {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -179,6 +230,18 @@ impl fmt::Display for Level {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_shas_are_40_hex_digits_kept_lower_case() {
+        let sha = HeadSha::parse("EC26C3E57CA3A959CA5AAD62DE7213C562F8C821").unwrap();
+        assert_eq!(sha.as_str(), "ec26c3e57ca3a959ca5aad62de7213c562f8c821");
+        for bad in ["", "not-a-sha", &"a".repeat(39), &"a".repeat(41), &"g".repeat(40)] {
+            assert!(matches!(HeadSha::parse(bad), Err(DomainError::BadSha(_))), "{bad:?}");
+        }
+        let json = serde_json::to_string(&sha).unwrap();
+        assert_eq!(serde_json::from_str::<HeadSha>(&json).unwrap(), sha);
+        assert!(serde_json::from_str::<HeadSha>("\"abc\"").is_err(), "checked when read back");
+    }
 
     #[test]
     fn repo_names_compare_case_insensitively_and_keep_spelling() {

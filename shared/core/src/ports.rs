@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::domain::{DeliveryId, HeadSha, Level, RepoFullName};
 
 // ---------------------------------------------------------------- clock
 
@@ -328,7 +328,8 @@ pub struct DispatchMeta {
     pub event: String,
     /// Webhook action, when the event has one.
     pub action: Option<String>,
-    pub head_sha: Option<String>,
+    /// The upstream commit (pull requests: `pull_request.head.sha`; pushes: `after`).
+    pub head_sha: Option<HeadSha>,
     pub pr_number: Option<u64>,
     pub level: Level,
     /// Whether this target's jobs get an upstream check run (issue 4): L4
@@ -487,11 +488,8 @@ pub trait DispatchStore: Send + Sync {
     /// Counts of the records last written at or after `since_ms`, by status
     /// (`crcr status`); `now_ms` tells leases still held from expired ones.
     /// For on-call tools, not the dispatch path: an adapter may read the whole
-    /// table. The default says the store cannot count.
-    async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {
-        let _ = (since_ms, now_ms);
-        Err(StoreError::Unavailable("this dispatch store cannot count outcomes".into()))
-    }
+    /// table.
+    async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError>;
     /// Up to `limit` records GitHub accepted (status dispatched) whose
     /// `dispatched_at_ms` is in `[from_ms, to_ms)`, oldest first: the
     /// "dispatched but never started" sweep reads these. Served by an index
@@ -503,16 +501,12 @@ pub trait DispatchStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<DispatchRecord>, StoreError>;
     /// Up to `limit` records (any status) whose `meta.head_sha` is
-    /// `head_sha` (40 hex digits, compared as given), oldest `created_at_ms`
+    /// `head_sha`, oldest `created_at_ms`
     /// first: how `labeled`, `synchronize`, `closed` and the `rerequested`
     /// events find the relay's own records of an upstream commit (fork PRs
     /// included, whose check-run events carry no pull request). Served by an
     /// index (SQLite) or a sparse GSI `by_head_sha` (DynamoDB), not a scan.
-    /// The default says the store has no such index.
-    async fn records_for_commit(&self, head_sha: &str, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
-        let _ = (head_sha, limit);
-        Err(StoreError::Unavailable("this dispatch store cannot look records up by commit".into()))
-    }
+    async fn records_for_commit(&self, head_sha: &HeadSha, limit: usize) -> Result<Vec<DispatchRecord>, StoreError>;
 }
 
 /// Answer of [`DispatchStore::outcome_counts`].

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::callback::{self, hud_body, CallbackKind, Reconciled};
-use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::domain::{DeliveryId, HeadSha, Level, RepoFullName};
 use crate::hud::{sync_outbox, timed_out_callback_body, Hud, HudRetryPolicy, SyncReport};
 use crate::lifecycle::{seconds_between, JobRecord, JobState, JobStore, OutboxItem, Violation};
 use crate::message::QueueMessage;
@@ -185,7 +185,7 @@ impl Reconciler {
         let msg = match QueueMessage::decode(body) {
             Ok(QueueMessage::CallbackV1(m)) => m,
             Ok(QueueMessage::UpstreamV1(u)) => {
-                let span = tracing::info_span!("upstream", delivery_id = %u.delivery_id, event = u.event.name(), head_sha = u.event.head_sha());
+                let span = tracing::info_span!("upstream", delivery_id = %u.delivery_id, event = u.event.name(), head_sha = %u.event.head_sha());
                 let event = u.event.name();
                 return match tracing::Instrument::instrument(self.apply_upstream(&u), span.clone()).await {
                     Ok(report) => {
@@ -389,7 +389,7 @@ impl Reconciler {
         let from = to - self.settings.never_started_lookback.as_millis() as i64;
         let mut out = Vec::new();
         let mut jobs_of: std::collections::HashMap<DeliveryId, Vec<JobRecord>> = Default::default();
-        let mut tracking_of: std::collections::HashMap<String, Option<crate::upstream::Tracking>> = Default::default();
+        let mut tracking_of: std::collections::HashMap<HeadSha, Option<crate::upstream::Tracking>> = Default::default();
         for rec in self.dispatches.dispatched_between(from, to, NEVER_STARTED_SCAN_LIMIT).await? {
             if rec.meta.level < Level::L2 {
                 continue; // no job lookup for L1 targets

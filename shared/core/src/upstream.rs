@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::checks::{CheckRunTarget, CheckStatus, LABEL_PREFIXES};
-use crate::domain::{DeliveryId, Level, RepoFullName};
+use crate::domain::{DeliveryId, HeadSha, Level, RepoFullName};
 use crate::lifecycle::{CheckRunItem, JobState};
 use crate::ports::{DispatchRecord, GitHubError, StateStore, StoreError};
 use crate::reconcile::Reconciler;
@@ -52,15 +52,15 @@ const RECORDS_PER_COMMIT: usize = 500;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum UpstreamEvent {
     /// `pull_request.labeled`: `label.name` on PR `number` at head `pull_request.head.sha`.
-    Labeled { pr_number: u64, head_sha: String, label: String },
+    Labeled { pr_number: u64, head_sha: HeadSha, label: String },
     /// `pull_request.synchronize`: the head moved from `before` to `after`.
-    Synchronize { pr_number: u64, before: String, after: String },
+    Synchronize { pr_number: u64, before: HeadSha, after: HeadSha },
     /// `pull_request.closed` (merged or not) at head `pull_request.head.sha`.
-    Closed { pr_number: u64, head_sha: String, merged: bool },
+    Closed { pr_number: u64, head_sha: HeadSha, merged: bool },
     /// `check_run.rerequested`: the check run's `name`, `external_id` and `head_sha`.
-    CheckRunRerequested { check_run_id: u64, name: String, external_id: String, head_sha: String },
+    CheckRunRerequested { check_run_id: u64, name: String, external_id: String, head_sha: HeadSha },
     /// `check_suite.rerequested`: the suite's `head_sha`.
-    CheckSuiteRerequested { check_suite_id: u64, head_sha: String },
+    CheckSuiteRerequested { check_suite_id: u64, head_sha: HeadSha },
 }
 
 impl UpstreamEvent {
@@ -75,7 +75,7 @@ impl UpstreamEvent {
         }
     }
     /// The upstream commit it is about (for `synchronize`: the superseded head).
-    pub fn head_sha(&self) -> &str {
+    pub fn head_sha(&self) -> &HeadSha {
         match self {
             UpstreamEvent::Labeled { head_sha, .. }
             | UpstreamEvent::Closed { head_sha, .. }
@@ -139,7 +139,7 @@ pub fn parse_event(
     let err = |pointer| UpstreamPayloadError { event: event.into(), action: action.into(), pointer };
     let u64_at = |p: &'static str| payload.pointer(p).and_then(Value::as_u64).ok_or_else(|| err(p));
     let str_at = |p: &'static str| payload.pointer(p).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| err(p));
-    let sha_at = |p: &'static str| str_at(p).and_then(|s| if is_sha(&s) { Ok(s) } else { Err(err(p)) });
+    let sha_at = |p: &'static str| str_at(p).and_then(|s| HeadSha::parse(&s).map_err(|_| err(p)));
     Ok(Some(match (event, action) {
         ("pull_request", "labeled") => UpstreamEvent::Labeled {
             pr_number: u64_at("/number")?,
@@ -167,10 +167,6 @@ pub fn parse_event(
             head_sha: sha_at("/check_suite/head_sha")?,
         },
     }))
-}
-
-fn is_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The device a label asks check runs for: `ciflow/crcr/<device>` or
@@ -211,17 +207,17 @@ impl Tracking {
 }
 
 /// Key of the "check run wanted" record of (`sha`, `device`).
-pub fn wanted_key(sha: &str, device: &str) -> String {
-    format!("check_wanted/{}/{}", sha.to_ascii_lowercase(), device.to_ascii_lowercase())
+pub fn wanted_key(sha: &HeadSha, device: &str) -> String {
+    format!("check_wanted/{}/{}", sha.as_str(), device.to_ascii_lowercase())
 }
 
 /// Key of the [`Tracking`] record of `sha`.
-pub fn tracking_key(sha: &str) -> String {
-    format!("commit_untracked/{}", sha.to_ascii_lowercase())
+pub fn tracking_key(sha: &HeadSha) -> String {
+    format!("commit_untracked/{}", sha.as_str())
 }
 
 /// The [`Tracking`] record of `sha`, if tracking of some of its dispatches ended.
-pub async fn tracking(state: &dyn StateStore, sha: &str) -> Result<Option<Tracking>, StoreError> {
+pub async fn tracking(state: &dyn StateStore, sha: &HeadSha) -> Result<Option<Tracking>, StoreError> {
     match state.get(&tracking_key(sha)).await? {
         None => Ok(None),
         Some(v) => {
@@ -231,7 +227,7 @@ pub async fn tracking(state: &dyn StateStore, sha: &str) -> Result<Option<Tracki
 }
 
 /// Whether `ciflow/crcr/<device>` was seen on commit `sha` (by `labeled`).
-pub async fn wanted(state: &dyn StateStore, sha: &str, device: &str) -> Result<bool, StoreError> {
+pub async fn wanted(state: &dyn StateStore, sha: &HeadSha, device: &str) -> Result<bool, StoreError> {
     Ok(state.get(&wanted_key(sha, device)).await?.is_some())
 }
 
@@ -302,7 +298,7 @@ impl Reconciler {
     }
 
     /// The commit's dispatch records that are still tracked.
-    async fn tracked_records(&self, sha: &str) -> Result<Vec<DispatchRecord>, StoreError> {
+    async fn tracked_records(&self, sha: &HeadSha) -> Result<Vec<DispatchRecord>, StoreError> {
         let mut recs = self.dispatches.records_for_commit(sha, RECORDS_PER_COMMIT).await?;
         if let Some(t) = tracking(self.state.as_ref(), sha).await? {
             recs.retain(|r| !t.untracks(r));
@@ -310,7 +306,7 @@ impl Reconciler {
         Ok(recs)
     }
 
-    async fn labeled(&self, pr: u64, sha: &str, label: &str) -> Result<UpstreamReport, UpstreamError> {
+    async fn labeled(&self, pr: u64, sha: &HeadSha, label: &str) -> Result<UpstreamReport, UpstreamError> {
         let mut report = UpstreamReport::default();
         let Some(device) = label_device(label) else {
             report.ignored = Some(format!("label {label:?} is not ciflow/crcr/<device>"));
@@ -336,14 +332,14 @@ impl Reconciler {
                 }
             }
         }
-        tracing::info!(pr, head_sha = sha, %device, backfilled = report.check_runs_backfilled, "check runs wanted for this commit");
+        tracing::info!(pr, head_sha = %sha, %device, backfilled = report.check_runs_backfilled, "check runs wanted for this commit");
         Ok(report)
     }
 
     async fn untrack(
         &self,
         msg: &UpstreamV1,
-        sha: &str,
+        sha: &HeadSha,
         reason: &str,
         cancel: bool,
     ) -> Result<UpstreamReport, UpstreamError> {
@@ -390,7 +386,7 @@ impl Reconciler {
             let runs = self.runs.as_ref().ok_or(UpstreamError::NoRunsClient)?;
             report.runs.push(settle(runs.cancel(&repo, run_id).await, repo, run_id, "cancel")?);
         }
-        tracing::info!(head_sha = sha, %reason, untracked = report.untracked, check_runs_closed = report.check_runs_closed,
+        tracing::info!(head_sha = %sha, %reason, untracked = report.untracked, check_runs_closed = report.check_runs_closed,
             cancelled = report.runs.len(), "dispatches of this commit no longer tracked");
         Ok(report)
     }
@@ -405,7 +401,7 @@ impl Reconciler {
         check_run_id: u64,
         name: &str,
         external_id: &str,
-        sha: &str,
+        sha: &HeadSha,
     ) -> Result<UpstreamReport, UpstreamError> {
         let mut report = UpstreamReport::default();
         if !name.starts_with("crcr/") {
@@ -443,7 +439,7 @@ impl Reconciler {
         Ok(report)
     }
 
-    async fn check_suite_rerequested(&self, msg: &UpstreamV1, sha: &str) -> Result<UpstreamReport, UpstreamError> {
+    async fn check_suite_rerequested(&self, msg: &UpstreamV1, sha: &HeadSha) -> Result<UpstreamReport, UpstreamError> {
         let mut report = UpstreamReport::default();
         let recs = self.tracked_records(sha).await?;
         let mut runs = BTreeSet::new();
@@ -542,22 +538,22 @@ mod tests {
 
     #[test]
     fn real_payloads_give_their_fields() {
-        let sha = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+        let sha = HeadSha::parse("ec26c3e57ca3a959ca5aad62de7213c562f8c821").unwrap();
         assert_eq!(
             parse("pull_request", "labeled", LABELED).unwrap(),
-            Some(UpstreamEvent::Labeled { pr_number: 2, head_sha: sha.into(), label: "bug".into() })
+            Some(UpstreamEvent::Labeled { pr_number: 2, head_sha: sha.clone(), label: "bug".into() })
         );
         assert_eq!(
             parse("pull_request", "synchronize", SYNC).unwrap(),
             Some(UpstreamEvent::Synchronize {
                 pr_number: 2,
-                before: "f95f852bd8fca8fcc58a9a2d6c842781e32a215e".into(),
-                after: sha.into()
+                before: HeadSha::parse("f95f852bd8fca8fcc58a9a2d6c842781e32a215e").unwrap(),
+                after: sha.clone()
             })
         );
         assert_eq!(
             parse("pull_request", "closed", CLOSED).unwrap(),
-            Some(UpstreamEvent::Closed { pr_number: 2, head_sha: sha.into(), merged: false })
+            Some(UpstreamEvent::Closed { pr_number: 2, head_sha: sha.clone(), merged: false })
         );
         assert_eq!(
             parse("check_run", "rerequested", RUN).unwrap(),
@@ -565,12 +561,12 @@ mod tests {
                 check_run_id: 4,
                 name: "randscape".into(),
                 external_id: String::new(),
-                head_sha: "d6fde92930d4715a2b49857d24b940956b26d2d3".into()
+                head_sha: HeadSha::parse("d6fde92930d4715a2b49857d24b940956b26d2d3").unwrap()
             })
         );
         assert_eq!(
             parse("check_suite", "rerequested", SUITE).unwrap(),
-            Some(UpstreamEvent::CheckSuiteRerequested { check_suite_id: 118578147, head_sha: sha.into() })
+            Some(UpstreamEvent::CheckSuiteRerequested { check_suite_id: 118578147, head_sha: sha.clone() })
         );
         assert_eq!(parse("pull_request", "opened", LABELED).unwrap(), None);
         assert_eq!(parse("check_run", "completed", RUN).unwrap(), None);
@@ -605,7 +601,7 @@ mod tests {
             meta: crate::ports::DispatchMeta {
                 event: "pull_request".into(),
                 action: Some("opened".into()),
-                head_sha: Some("a".repeat(40)),
+                head_sha: Some(HeadSha::parse(&"a".repeat(40)).unwrap()),
                 pr_number: Some(2),
                 level: Level::L4,
                 check_run: true,

@@ -22,7 +22,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::domain::{DeliveryId, HeadSha, Level, RepoFullName};
 use crcr_core::lifecycle::{
     CallbackCounts, CheckRunOutbox, HudOutbox, HudSync, JobKey, JobLifecycle, JobRecord, JobState, JobStats, JobStore,
     OutboxBacklog, OutboxItem, Violation,
@@ -346,7 +346,7 @@ fn meta() -> DispatchMeta {
     DispatchMeta {
         event: "pull_request".into(),
         action: Some("synchronize".into()),
-        head_sha: Some("ec26c78d6d7e1b2a3c4d5e6f708192a3b4c5d6e7".into()),
+        head_sha: Some(HeadSha::parse("ec26c78d6d7e1b2a3c4d5e6f708192a3b4c5d6e7").unwrap()),
         pr_number: Some(12345),
         level: Level::L3,
         check_run: true,
@@ -614,8 +614,8 @@ mod cases {
     }
 
     /// A random 40-hex commit id.
-    fn sha() -> String {
-        format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())[..40].to_owned()
+    fn sha() -> HeadSha {
+        HeadSha::parse(&format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())[..40]).unwrap()
     }
 
     /// `records_for_commit` lists the records (any status) of one commit,
@@ -629,8 +629,8 @@ mod cases {
         ds.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         let [lo, hi] = ds;
         let other = delivery();
-        let on = |sha: &str, device: Option<&str>| DispatchMeta {
-            head_sha: Some(sha.to_owned()),
+        let on = |sha: &HeadSha, device: Option<&str>| DispatchMeta {
+            head_sha: Some(sha.clone()),
             device: device.map(str::to_owned),
             ..meta()
         };
@@ -695,7 +695,6 @@ mod cases {
         assert_eq!(s.records_for_commit(&sha_b, 100).await.unwrap(), vec![find(&other, "org/x")]);
         assert_eq!(find(&other, "org/x").meta.device.as_deref(), Some("b200"));
         assert_eq!(s.records_for_commit(&sha(), 100).await.unwrap(), vec![], "unknown commit");
-        assert_eq!(s.records_for_commit("", 100).await.unwrap(), vec![], "empty commit id");
     }
 
     /// New key → Acquired{1}; again while leased (up to and including the
@@ -757,7 +756,7 @@ mod cases {
             ]
         );
         assert_eq!(all[1].dispatched_at_ms, Some(now + 10));
-        assert_eq!(s.records_for_commit(meta().head_sha.as_deref().unwrap(), 10).await.unwrap().len(), 3);
+        assert_eq!(s.records_for_commit(meta().head_sha.as_ref().unwrap(), 10).await.unwrap().len(), 3);
     }
 
     async fn one_record_of(s: &impl DispatchStore, d: &DeliveryId, target: &str) -> DispatchRecord {
@@ -1320,7 +1319,7 @@ mod cases {
         let d = delivery();
         let target = CheckRunTarget {
             upstream: repo("pytorch/pytorch"),
-            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            head_sha: HeadSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap(),
             pr_number: Some(42),
         };
         let rec = started(&job_key(&d, "org/l4", 1, "build"), T0);
@@ -1395,7 +1394,7 @@ mod cases {
         let d = delivery();
         let target = CheckRunTarget {
             upstream: repo("pytorch/pytorch"),
-            head_sha: "89abcdef0123456789abcdef0123456789abcdef".into(),
+            head_sha: HeadSha::parse("89abcdef0123456789abcdef0123456789abcdef").unwrap(),
             pr_number: Some(7),
         };
         let rec = started(&job_key(&d, "org/l3", 1, "build"), T0);
@@ -2025,7 +2024,7 @@ async fn aws_advance_check_run_on_items_without_request_status() {
     let d = delivery();
     let target = CheckRunTarget {
         upstream: repo("pytorch/pytorch"),
-        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        head_sha: HeadSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap(),
         pr_number: None,
     };
     let job = |name: &str| cases::started(&cases::job_key(&d, "org/l3", 1, name), cases::T0);

@@ -399,7 +399,7 @@ impl<'a> Dlq<'a> {
             Ok(QueueMessage::UpstreamV1(u)) => {
                 m.event = Some(u.event.name().to_owned());
                 m.pr_number = u.event.pr_number();
-                m.head_sha = Some(u.event.head_sha().to_owned());
+                m.head_sha = Some(u.event.head_sha().to_string());
                 m.delivery_id = Some(u.delivery_id);
                 m.received_at_ms = Some(u.received_at_ms);
             }
@@ -422,7 +422,7 @@ impl<'a> Dlq<'a> {
                         m.pr_number = records.iter().find_map(|r| r.meta.pr_number);
                     }
                     if m.head_sha.is_none() {
-                        m.head_sha = records.iter().find_map(|r| r.meta.head_sha.clone());
+                        m.head_sha = records.iter().find_map(|r| r.meta.head_sha.as_ref().map(ToString::to_string));
                     }
                     m.targets = records
                         .into_iter()

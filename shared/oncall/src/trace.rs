@@ -258,7 +258,7 @@ impl Trace {
                 c.sync.as_str(),
                 c.request.name,
                 c.repo,
-                c.request.head_sha.chars().take(12).collect::<String>(),
+                c.request.head_sha.as_str().chars().take(12).collect::<String>(),
                 serde_json::to_value(c.request.status)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))

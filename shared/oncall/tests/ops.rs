@@ -800,7 +800,7 @@ mod cases {
         // One check run waiting for GitHub (a label added after the job ran).
         let target = crcr_core::checks::CheckRunTarget {
             upstream: repo("pytorch/pytorch"),
-            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            head_sha: crcr_core::domain::HeadSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap(),
             pr_number: Some(1),
         };
         let running =

@@ -277,7 +277,7 @@ mod tests {
         let tricky = format!("{marker} {{{marker}}}");
         let request = |status, conclusion: Option<&str>| CheckRunRequest {
             name: tricky.clone(),
-            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            head_sha: crcr_core::domain::HeadSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap(),
             details_url: None,
             external_id: tricky.clone(),
             status,

@@ -250,7 +250,10 @@ CREATE INDEX IF NOT EXISTS dispatches_head_sha ON dispatches (head_sha, created_
         assert_eq!(records[0].meta.device, None);
         assert_eq!(records[0].meta.received_at_ms, None);
         assert_eq!(records[0].meta.hook_id, None);
-        assert_eq!(store.records_for_commit(sha, 10).await.unwrap(), records);
+        assert_eq!(
+            store.records_for_commit(&crcr_core::domain::HeadSha::parse(sha).unwrap(), 10).await.unwrap(),
+            records
+        );
         let indexed: i64 = db
             .lock()
             .query_row(

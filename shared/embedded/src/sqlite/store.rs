@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::Db;
-use crcr_core::domain::{DeliveryId, Level, RepoFullName};
+use crcr_core::domain::{DeliveryId, HeadSha, Level, RepoFullName};
 use crcr_core::ports::{
     record_key, AttemptOutcome, Claim, DispatchCounts, DispatchMeta, DispatchRecord, DispatchStatus, DispatchStore,
     StoreError,
@@ -59,7 +59,11 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
             meta: DispatchMeta {
                 event: r.get(10).map_err(|e| corrupt(&e.to_string()))?,
                 action: r.get(11).map_err(|e| corrupt(&e.to_string()))?,
-                head_sha: r.get(12).map_err(|e| corrupt(&e.to_string()))?,
+                // A value that is not a SHA (stored before the type) names no commit.
+                head_sha: r
+                    .get::<_, Option<String>>(12)
+                    .map_err(|e| corrupt(&e.to_string()))?
+                    .and_then(|s| HeadSha::parse(&s).ok()),
                 pr_number: r.get::<_, Option<i64>>(13).map_err(|e| corrupt(&e.to_string()))?.map(|n| n as u64),
                 level: Level::parse(&level).ok_or_else(|| corrupt("unknown level"))?,
                 check_run: r.get::<_, i64>(15).map_err(|e| corrupt(&e.to_string()))? != 0,
@@ -109,7 +113,7 @@ impl DispatchStore for SqliteDispatchStore {
                         now_ms,
                         meta.event,
                         meta.action,
-                        meta.head_sha,
+                        meta.head_sha.as_ref().map(HeadSha::as_str),
                         meta.pr_number.map(|n| n as i64),
                         meta.level.as_str(),
                         meta.check_run,
@@ -219,17 +223,16 @@ impl DispatchStore for SqliteDispatchStore {
 
     /// Reads the partial index `dispatches_head_sha` (head_sha, created_at_ms,
     /// delivery_id, target_key): rows in the answer's order, no sort step.
-    /// An empty `head_sha` matches nothing (no commit has that id; the
-    /// DynamoDB twin cannot index an empty string).
-    async fn records_for_commit(&self, head_sha: &str, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
-        if head_sha.is_empty() || limit == 0 {
+    async fn records_for_commit(&self, head_sha: &HeadSha, limit: usize) -> Result<Vec<DispatchRecord>, StoreError> {
+        if limit == 0 {
             return Ok(Vec::new());
         }
         let conn = self.db.lock();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}")).map_err(unavailable)?;
-        let rows =
-            stmt.query_map(params![head_sha, i64::try_from(limit).unwrap_or(i64::MAX)], record).map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![head_sha.as_str(), i64::try_from(limit).unwrap_or(i64::MAX)], record)
+            .map_err(unavailable)?;
         let mut out = Vec::new();
         for r in rows {
             out.push(r.map_err(unavailable)??);
