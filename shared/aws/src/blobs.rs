@@ -74,8 +74,10 @@ impl DynamoBlobStore {
     }
 }
 
-fn unavailable<E: std::error::Error>(what: &str, e: E) -> BlobError {
-    BlobError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
+/// A DynamoDB failure as a blob error: the SDK's whole error context in the
+/// message (for logs), the SDK error as its source.
+fn unavailable<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> BlobError {
+    BlobError::Unavailable { what: format!("DynamoDB {what}: {}", DisplayErrorContext(&e)), source: Some(Box::new(e)) }
 }
 
 #[async_trait]
@@ -112,15 +114,15 @@ impl BlobStore for DynamoBlobStore {
             .send();
         while let Some(mut item) = items.try_next().await.map_err(|e| unavailable("Query", e))? {
             let index = number::<usize>(&item, "chunk")
-                .ok_or_else(|| BlobError::Unavailable(format!("blob {key:?}: chunk item without a valid `chunk`")))?;
+                .ok_or_else(|| BlobError::unavailable(format!("blob {key:?}: chunk item without a valid `chunk`")))?;
             if index == 0 {
                 count = number::<usize>(&item, "chunks");
                 if count.is_none() {
-                    return Err(BlobError::Unavailable(format!("blob {key:?}: chunk 0 has no valid `chunks`")));
+                    return Err(BlobError::unavailable(format!("blob {key:?}: chunk 0 has no valid `chunks`")));
                 }
             }
             let data = take_binary(&mut item, "data")
-                .map_err(|_| BlobError::Unavailable(format!("blob {key:?}: chunk {index} `data` is not binary")))?
+                .map_err(|_| BlobError::unavailable(format!("blob {key:?}: chunk {index} `data` is not binary")))?
                 .unwrap_or_default();
             parts.insert(index, data);
         }
@@ -131,7 +133,7 @@ impl BlobStore for DynamoBlobStore {
         for i in 0..count {
             let part = parts
                 .remove(&i)
-                .ok_or_else(|| BlobError::Unavailable(format!("blob {key:?}: chunk {i} of {count} is missing")))?;
+                .ok_or_else(|| BlobError::unavailable(format!("blob {key:?}: chunk {i} of {count} is missing")))?;
             out.extend_from_slice(&part);
         }
         Ok(out)

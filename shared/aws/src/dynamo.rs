@@ -270,7 +270,7 @@ impl DispatchStore for DynamoDispatchStore {
                 }
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "dispatch record ({delivery}, {target}) kept appearing and vanishing during {CLAIM_ROUNDS} claim rounds"
         )))
     }

@@ -174,9 +174,9 @@ pub(crate) fn take_binary(item: &mut Item, name: &str) -> Result<Option<Vec<u8>>
 // ---------------------------------------------------------------- errors
 
 /// [`StoreError::Unavailable`] for a failed DynamoDB request: `DynamoDB
-/// <what>: <the SDK error with its sources>`.
-pub(crate) fn unavailable<E: std::error::Error>(what: &str, e: E) -> StoreError {
-    StoreError::Unavailable(format!("DynamoDB {what}: {}", DisplayErrorContext(e)))
+/// <what>: <the SDK error with its sources>`, the SDK error kept as its source.
+pub(crate) fn unavailable<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> StoreError {
+    StoreError::Unavailable { what: format!("DynamoDB {what}: {}", DisplayErrorContext(&e)), source: Some(Box::new(e)) }
 }
 
 #[cfg(test)]

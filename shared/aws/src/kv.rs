@@ -128,7 +128,7 @@ impl DynamoKv {
         values: &[(&str, AttributeValue)],
     ) -> Result<Option<Option<Item>>, StoreError> {
         let Some(pk) = string_text(&item, attr::PK).map(str::to_owned) else {
-            return Err(StoreError::Unavailable("kv item without a string pk".into()));
+            return Err(StoreError::unavailable("kv item without a string pk"));
         };
         let mut req = self
             .client
@@ -185,7 +185,7 @@ impl IdentityBindings for DynamoKv {
         match self.put_unless(item, "attribute_not_exists(#pk)", &[]).await? {
             None => Ok(repository_id.to_owned()),
             Some(Some(stored)) => string_attr(&stored, attr::VALUE),
-            Some(None) => Err(StoreError::Unavailable(format!("binding of {repo} exists but cannot be read"))),
+            Some(None) => Err(StoreError::unavailable(format!("binding of {repo} exists but cannot be read"))),
         }
     }
 }
@@ -218,7 +218,7 @@ impl ReplayGuard for DynamoKv {
                 Some(None) => continue,
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "replay record of a token id kept appearing and vanishing during {REPLAY_ROUNDS} rounds"
         )))
     }

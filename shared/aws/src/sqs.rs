@@ -77,11 +77,13 @@ impl SqsQueue {
     }
 }
 
+/// An SQS failure as a queue error: the SDK's whole error context in the
+/// message (for logs), the SDK error as its source.
 fn unavailable<E>(what: &str, e: E) -> QueueError
 where
-    E: std::error::Error,
+    E: std::error::Error + Send + Sync + 'static,
 {
-    QueueError::Unavailable(format!("SQS {what}: {}", DisplayErrorContext(e)))
+    QueueError::Unavailable { what: format!("SQS {what}: {}", DisplayErrorContext(&e)), source: Some(Box::new(e)) }
 }
 
 /// Whole seconds, rounded up, clamped to `max`.
@@ -108,7 +110,7 @@ fn convert(m: aws_sdk_sqs::types::Message) -> Result<ReceivedMessage, QueueError
     let dead_letter_reason =
         m.message_attributes.unwrap_or_default().remove(DEAD_LETTER_REASON_ATTR).and_then(|v| v.string_value);
     let (Some(message_id), Some(receipt)) = (m.message_id, m.receipt_handle) else {
-        return Err(QueueError::Unavailable("SQS returned a message without id or receipt handle".into()));
+        return Err(QueueError::unavailable("SQS returned a message without id or receipt handle"));
     };
     Ok(ReceivedMessage {
         message_id,
@@ -139,7 +141,7 @@ impl QueueSend for SqsQueue {
             .send()
             .await
             .map_err(|e| unavailable("SendMessage", e))?;
-        out.message_id.ok_or_else(|| QueueError::Unavailable("SQS SendMessage returned no message id".into()))
+        out.message_id.ok_or_else(|| QueueError::unavailable("SQS SendMessage returned no message id"))
     }
 }
 
@@ -220,7 +222,7 @@ impl QueueSettle for SqsQueue {
             .data_type("String")
             .string_value(reason)
             .build()
-            .map_err(|e| QueueError::Unavailable(format!("building SQS message attribute: {e}")))?;
+            .map_err(|e| QueueError::unavailable(format!("building SQS message attribute: {e}")))?;
         self.client
             .send_message()
             .queue_url(&self.dlq_url)
@@ -262,7 +264,7 @@ impl QueueInspect for SqsQueue {
                 None => Ok(0),
                 Some(v) => v
                     .parse::<u64>()
-                    .map_err(|_| QueueError::Unavailable(format!("SQS returned {k:?} = {v:?}, not a number"))),
+                    .map_err(|_| QueueError::unavailable(format!("SQS returned {k:?} = {v:?}, not a number"))),
             }
         };
         Ok(get(&QueueAttributeName::ApproximateNumberOfMessages)?
@@ -291,7 +293,7 @@ impl QueueInspect for SqsQueue {
                 None => Ok(0),
                 Some(v) => v
                     .parse::<u64>()
-                    .map_err(|_| QueueError::Unavailable(format!("SQS returned {k:?} = {v:?}, not a number"))),
+                    .map_err(|_| QueueError::unavailable(format!("SQS returned {k:?} = {v:?}, not a number"))),
             }
         };
         Ok(QueueStats {

@@ -451,7 +451,7 @@ impl Dispatcher {
             PayloadRef::Stored { key, .. } => {
                 bytes = self.blobs.get(key).await.map_err(|e| match e {
                     BlobError::NotFound(_) => LoadError::Gone(format!("claim-checked payload lost: {e}")),
-                    BlobError::Unavailable(_) => LoadError::Unavailable(e.to_string()),
+                    BlobError::Unavailable { .. } => LoadError::Unavailable(e.to_string()),
                 })?;
                 std::str::from_utf8(&bytes).map_err(|_| LoadError::Gone(format!("payload {key} is not UTF-8")))?
             }

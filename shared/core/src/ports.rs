@@ -57,17 +57,48 @@ impl Clock for ManualClock {
 
 // ---------------------------------------------------------------- queue
 
+/// An adapter's own error (an AWS SDK error, a SQLite error), kept as the
+/// `source()` of the port error it caused.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors of a queue adapter. All of them are "try again later" for the caller:
 /// ingest answers 503, a worker leaves the message to reappear.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("queue unavailable: {0}")]
-    Unavailable(String),
+    /// The queue failed or could not be reached. `what` says what was asked
+    /// and what answered (the backend's message included, for logs); `source`
+    /// is the backend's error when there is one.
+    #[error("queue unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<BackendError>,
+    },
     #[error("message of {size} bytes exceeds the queue's limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("receipt handle is not valid (message deleted or received again): {0}")]
     BadReceipt(String),
 }
+
+macro_rules! unavailable_constructors {
+    ($t:ident) => {
+        impl $t {
+            /// `Unavailable` without an underlying error (a condition the
+            /// adapter itself found).
+            pub fn unavailable(what: impl Into<String>) -> Self {
+                Self::Unavailable { what: what.into(), source: None }
+            }
+            /// `Unavailable` caused by the backend's `source`: `what` (what
+            /// was asked) and the source's text are the message.
+            pub fn backend(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+                Self::Unavailable { what: format!("{what}: {source}"), source: Some(Box::new(source)) }
+            }
+        }
+    };
+}
+unavailable_constructors!(QueueError);
+unavailable_constructors!(BlobError);
+unavailable_constructors!(StoreError);
 
 /// Which queue of a pair: the source queue or its dead-letter queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,8 +230,13 @@ pub async fn redrive(queue: &dyn EventQueue, limit: usize) -> Result<usize, Queu
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("blob store unavailable: {0}")]
-    Unavailable(String),
+    /// As [`QueueError::Unavailable`], for the claim-check store.
+    #[error("blob store unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<BackendError>,
+    },
     #[error("blob {0:?} not found")]
     NotFound(String),
 }
@@ -284,8 +320,13 @@ impl StateStore for InMemoryStateStore {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// As [`QueueError::Unavailable`], for a store.
+    #[error("store unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<BackendError>,
+    },
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
 }

@@ -419,14 +419,14 @@ mod tests {
             262_144
         }
         async fn send(&self, _: &str) -> Result<String, QueueError> {
-            Err(QueueError::Unavailable("connection refused".into()))
+            Err(QueueError::unavailable("connection refused"))
         }
     }
 
     #[async_trait]
     impl BlobStore for Down {
         async fn put(&self, _: &str, _: &[u8]) -> Result<(), BlobError> {
-            Err(BlobError::Unavailable("throttled".into()))
+            Err(BlobError::unavailable("throttled"))
         }
         async fn get(&self, _: &str) -> Result<Vec<u8>, BlobError> {
             unreachable!()

@@ -404,7 +404,7 @@ impl QueueReceive for FlakyDeletes {
 impl QueueSettle for FlakyDeletes {
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError> {
         if side == QueueSide::DeadLetter && self.fail_deletes.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(QueueError::Unavailable("injected: connection reset".into()));
+            return Err(QueueError::unavailable("injected: connection reset"));
         }
         self.inner.delete(side, receipt).await
     }

@@ -153,7 +153,7 @@ pub(super) fn check_upsert(table: &str, c: &CheckRunItem) -> Result<TransactWrit
         .expression_attribute_values(":updated_ms", n(c.updated_at_ms))
         .expression_attribute_values(":expires", n(now_epoch_secs() + JOB_TTL_SECS))
         .build()
-        .map_err(|e| StoreError::Unavailable(format!("DynamoDB Update request: {e}")))?;
+        .map_err(|e| StoreError::unavailable(format!("DynamoDB Update request: {e}")))?;
     Ok(TransactWriteItem::builder().update(update).build())
 }
 

@@ -270,7 +270,7 @@ impl DynamoJobStore {
         match result {
             Ok(applied) => Ok(applied),
             Err(Round::Failed(e)) => Err(e),
-            Err(Round::Conflict) => Err(StoreError::Unavailable(format!(
+            Err(Round::Conflict) => Err(StoreError::unavailable(format!(
                 "job {} transition: TransactWriteItems cancelled by conflicting writes {TRANSACTION_ROUNDS} times",
                 record.key.sort_key()
             ))),
@@ -337,7 +337,7 @@ fn conditional_put(table: &str, item: Item, expected: Option<JobState>) -> Resul
             .expression_attribute_names("#status", attr::STATUS)
             .expression_attribute_values(":expected", s(state.as_str())),
     };
-    let put = put.build().map_err(|e| StoreError::Unavailable(format!("DynamoDB Put request: {e}")))?;
+    let put = put.build().map_err(|e| StoreError::unavailable(format!("DynamoDB Put request: {e}")))?;
     Ok(TransactWriteItem::builder().put(put).build())
 }
 

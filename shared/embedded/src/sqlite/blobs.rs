@@ -37,7 +37,7 @@ impl BlobStore for SqliteBlobStore {
                 "INSERT OR REPLACE INTO blobs (key, data, created_at_ms) VALUES (?1, ?2, ?3)",
                 params![key, bytes, self.clock.now_ms()],
             )
-            .map_err(|e| BlobError::Unavailable(e.to_string()))?;
+            .map_err(|e| BlobError::unavailable(e.to_string()))?;
         Ok(())
     }
 
@@ -46,7 +46,7 @@ impl BlobStore for SqliteBlobStore {
             .lock()
             .query_row("SELECT data FROM blobs WHERE key = ?1", [key], |r| r.get::<_, Vec<u8>>(0))
             .optional()
-            .map_err(|e| BlobError::Unavailable(e.to_string()))?
+            .map_err(|e| BlobError::unavailable(e.to_string()))?
             .ok_or_else(|| BlobError::NotFound(key.to_owned()))
     }
 }

@@ -97,9 +97,7 @@ impl SqliteJobStore {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
+use super::unavailable;
 
 const JOB_COLUMNS: &str = "delivery_id, repo, run_id, run_attempt, job_name, state, level, dispatched_at_ms,
     in_progress_at_ms, completed_at_ms, conclusion, queue_time_s, execution_time_s, workflow_name, url, updated_at_ms";

@@ -96,7 +96,8 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) the database at `path` and its schema.
     pub fn open(path: &Path) -> Result<Db, StoreError> {
-        let conn = Connection::open(path).map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
+        let conn =
+            Connection::open(path).map_err(|e| StoreError::backend(&format!("SQLite open {}", path.display()), e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
@@ -135,7 +136,7 @@ fn add_missing_columns(conn: &Connection, table: &str, columns: &[(&str, &str)])
             .map_err(unavailable)?;
         if !present {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
-                .map_err(|e| unavailable(format!("add column {table}.{column}: {e}")))?;
+                .map_err(|e| StoreError::backend(&format!("SQLite add column {table}.{column}"), e))?;
         }
     }
     Ok(())
@@ -160,8 +161,9 @@ fn checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Connectio
     Ok(())
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// A SQLite failure as a store error, the SQLite error kept as its source.
+pub(crate) fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend("SQLite", e)
 }
 
 #[cfg(test)]
@@ -169,6 +171,18 @@ mod tests {
     use super::*;
     use crcr_core::domain::{DeliveryId, RepoFullName};
     use crcr_core::ports::DispatchStore;
+
+    /// A backend failure keeps SQLite's error as its source, and its text in
+    /// the message (what logs show).
+    #[test]
+    fn a_backend_failure_keeps_its_source() {
+        let dir = std::env::temp_dir().join(format!("crcr-no-such-dir-{}", uuid::Uuid::new_v4()));
+        let e = Db::open(&dir.join("a").join("crcr.sqlite")).err().expect("no such directory");
+        assert!(matches!(e, StoreError::Unavailable { source: Some(_), .. }), "{e:?}");
+        let source = std::error::Error::source(&e).expect("the SQLite error");
+        assert!(source.downcast_ref::<rusqlite::Error>().is_some(), "{source:?}");
+        assert!(e.to_string().contains(&source.to_string()), "{e}");
+    }
 
     /// A file written before `hud_outbox.next_attempt_at_ms` existed opens,
     /// gains it and its index; its pending records are due at once.

@@ -146,8 +146,9 @@ impl SqliteQueue {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> QueueError {
-    QueueError::Unavailable(e.to_string())
+/// A SQLite failure as a queue error, the SQLite error kept as its source.
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+    QueueError::backend("SQLite", e)
 }
 
 #[async_trait]

@@ -26,9 +26,7 @@ impl SqliteDispatchStore {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
+use super::unavailable;
 
 const COLUMNS: &str = "delivery_id, target, status, attempts, last_error, lease_until_ms, created_at_ms,
     updated_at_ms, dispatched_at_ms, payload_trimmed, event, action, head_sha, pr_number, level, check_run, device, received_at_ms,
