@@ -23,6 +23,13 @@ pub use crcr_core::config::BLOB_TTL_SECS;
 /// Chunk writes in flight at once for one `put`.
 const PUT_CONCURRENCY: usize = 4;
 
+/// Key and TTL attribute names (infra/modules/crcr/tables.json, table `payloads`).
+pub(crate) mod attr {
+    pub const KEY: &str = "key";
+    pub const CHUNK: &str = "chunk";
+    pub const EXPIRES_AT: &str = "expires_at";
+}
+
 /// Claim-check blobs in one DynamoDB table.
 ///
 /// Table shape: partition key `key` (S), sort key `chunk` (N, 0-based); TTL
@@ -57,9 +64,9 @@ impl DynamoBlobStore {
 
     async fn put_chunk(&self, key: &str, index: usize, data: &[u8], chunks: Option<usize>) -> Result<(), BlobError> {
         let mut item = HashMap::from([
-            ("key".to_owned(), AttributeValue::S(key.to_owned())),
-            ("chunk".to_owned(), AttributeValue::N(index.to_string())),
-            ("expires_at".to_owned(), AttributeValue::N((now_epoch_secs() + self.ttl_secs).to_string())),
+            (attr::KEY.to_owned(), AttributeValue::S(key.to_owned())),
+            (attr::CHUNK.to_owned(), AttributeValue::N(index.to_string())),
+            (attr::EXPIRES_AT.to_owned(), AttributeValue::N((now_epoch_secs() + self.ttl_secs).to_string())),
         ]);
         if !data.is_empty() {
             item.insert("data".to_owned(), AttributeValue::B(Blob::new(data)));
@@ -110,7 +117,7 @@ impl BlobStore for DynamoBlobStore {
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("#k = :k")
-                .expression_attribute_names("#k", "key")
+                .expression_attribute_names("#k", attr::KEY)
                 .expression_attribute_values(":k", AttributeValue::S(key.to_owned()))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
@@ -118,7 +125,7 @@ impl BlobStore for DynamoBlobStore {
                 .await
                 .map_err(|e| unavailable("Query", e))?;
             for mut item in page.items.unwrap_or_default() {
-                let index = match item.get("chunk") {
+                let index = match item.get(attr::CHUNK) {
                     Some(AttributeValue::N(v)) => v.parse::<usize>().ok(),
                     _ => None,
                 }

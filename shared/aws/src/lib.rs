@@ -13,6 +13,8 @@ mod dynamo;
 mod jobs;
 mod kv;
 pub mod lambda;
+#[cfg(test)]
+mod schema_tests;
 pub mod secrets;
 mod sqs;
 pub mod wiring;
