@@ -28,13 +28,53 @@ EXAMPLE_DIR = INFRA / "examples" / "complete"
 
 FUNCTIONS = ("ingest", "dispatcher", "reconciler")
 
-# The tables the code uses: name -> ((hash key, type), (range key, type) or None).
-TABLES = {
-    "dispatches": (("delivery_id", "S"), ("target", "S")),
-    "payloads": (("key", "S"), ("chunk", "N")),
-    "jobs": (("pk", "S"), ("sk", "S")),
-    "kv": (("pk", "S"), None),
-}
+# The tables' schema: infra/modules/crcr/tables.json, the one source the tests
+# read (shared/standin/src/moto.rs creates the moto tables from it);
+# dynamodb.tf keeps literal HCL and check_table_keys / check_tables_ttl assert
+# that it matches the file exactly. Keys starting with "_" are comments.
+SCHEMA_FILE = "tables.json"
+
+
+def load_schema(module_dir: Path) -> dict[str, dict]:
+    """tables.json of a module directory: Terraform resource name -> table
+    (name_suffix, hash_key, range_key, global_secondary_indexes,
+    ttl_attribute), each key a {"name", "type"} dict, validated."""
+    import json
+
+    doc = json.loads((module_dir / SCHEMA_FILE).read_text(encoding="utf-8"))
+    tables: dict[str, dict] = {}
+    for t in doc["tables"]:
+        t = {k: v for k, v in t.items() if not k.startswith("_")}
+        known = {"resource", "name_suffix", "hash_key", "range_key", "global_secondary_indexes", "ttl_attribute"}
+        assert set(t) <= known, f"{SCHEMA_FILE}: unknown keys {sorted(set(t) - known)}"
+        name = t["resource"]
+        assert name not in tables, f"{SCHEMA_FILE}: table {name} twice"
+        keys = [t["hash_key"], t.get("range_key")]
+        for g in t.get("global_secondary_indexes") or []:
+            g = {k: v for k, v in g.items() if not k.startswith("_")}
+            assert set(g) <= {"name", "hash_key", "range_key", "projection_type"}, f"{SCHEMA_FILE}: {name}: GSI {g}"
+            keys += [g["hash_key"], g.get("range_key")]
+        for k in filter(None, keys):
+            assert set(k) == {"name", "type"} and k["type"] in ("S", "N", "B"), f"{SCHEMA_FILE}: {name}: key {k}"
+        tables[name] = t
+    return tables
+
+
+def table_attributes(t: dict) -> dict[str, str]:
+    """The attribute definitions a table of tables.json needs: every key
+    attribute of the table and of its GSIs, once, with its type."""
+    keys = [t["hash_key"], t.get("range_key")]
+    for g in t.get("global_secondary_indexes") or []:
+        keys += [g["hash_key"], g.get("range_key")]
+    attrs: dict[str, str] = {}
+    for k in filter(None, keys):
+        assert attrs.setdefault(k["name"], k["type"]) == k["type"], (
+            f"{SCHEMA_FILE}: {t['resource']}: {k['name']} used with two types"
+        )
+    return attrs
+
+
+TABLES = load_schema(MODULE_DIR)
 
 # Environment variables the code reads.
 ENVIRONMENT = {
@@ -320,10 +360,12 @@ def check_visibility_timeouts(m: Module) -> None:
 
 
 def check_tables_exist(m: Module) -> None:
+    schema = load_schema(m.path)
     tables = m.resources_of("aws_dynamodb_table")
-    assert set(tables) == set(TABLES), f"tables {sorted(tables)} != {sorted(TABLES)}"
+    assert set(tables) == set(schema), f"tables {sorted(tables)} != {sorted(schema)} of {SCHEMA_FILE}"
     for name, body in tables.items():
-        assert body["name"] == "${var.name_prefix}-" + name, f"table {name}: name {body['name']!r}"
+        want = "${var.name_prefix}-" + schema[name]["name_suffix"]
+        assert body["name"] == want, f"table {name}: name {body['name']!r} != {want!r}"
         assert body.get("billing_mode") == "PAY_PER_REQUEST", f"table {name} is not on-demand"
         assert body.get("deletion_protection_enabled") == "${var.deletion_protection_enabled}", (
             f"table {name}: deletion protection must follow var.deletion_protection_enabled"
@@ -331,36 +373,49 @@ def check_tables_exist(m: Module) -> None:
 
 
 def check_table_keys(m: Module) -> None:
-    for name, (hash_key, range_key) in TABLES.items():
-        body = m.resource("aws_dynamodb_table", name)
-        attrs = {a["name"]: a["type"] for a in body.get("attribute", [])}
-        assert body.get("hash_key") == hash_key[0], f"table {name}: hash key {body.get('hash_key')!r}"
-        assert attrs.get(hash_key[0]) == hash_key[1], f"table {name}: {hash_key[0]} type"
-        want = {hash_key[0]}
+    """Each table of dynamodb.tf has exactly the keys, attribute definitions
+    and GSIs of tables.json."""
+    schema = load_schema(m.path)
+    tables = m.resources_of("aws_dynamodb_table")
+    assert set(tables) == set(schema), f"tables {sorted(tables)} != {sorted(schema)} of {SCHEMA_FILE}"
+    for name, t in schema.items():
+        body = tables[name]
+        attr_list = body.get("attribute", [])
+        attrs = {a["name"]: a["type"] for a in attr_list}
+        assert len(attrs) == len(attr_list), f"table {name}: an attribute defined twice"
+        hash_key, range_key = t["hash_key"], t.get("range_key")
+        assert body.get("hash_key") == hash_key["name"], f"table {name}: hash key {body.get('hash_key')!r}"
+        assert attrs.get(hash_key["name"]) == hash_key["type"], f"table {name}: {hash_key['name']} type"
+        want = {hash_key["name"]}
         if range_key:
-            assert body.get("range_key") == range_key[0], f"table {name}: range key {body.get('range_key')!r}"
-            assert attrs.get(range_key[0]) == range_key[1], f"table {name}: {range_key[0]} type"
-            want.add(range_key[0])
+            assert body.get("range_key") == range_key["name"], f"table {name}: range key {body.get('range_key')!r}"
+            assert attrs.get(range_key["name"]) == range_key["type"], f"table {name}: {range_key['name']} type"
+            want.add(range_key["name"])
         else:
             assert "range_key" not in body, f"table {name}: unexpected range key"
         for gsi in body.get("global_secondary_index", []):
             want.update(k for k in (gsi.get("hash_key"), gsi.get("range_key")) if k)
         # DynamoDB rejects attribute definitions that no key uses.
         assert set(attrs) == want, f"table {name}: attributes {sorted(attrs)} != key attributes {sorted(want)}"
-    # The GSIs the code queries: table -> (index, hash key, range key, their types).
-    for table, index, keys, types in (
-        ("jobs", "by_status", ("status", "updated_at"), ("S", "N")),
-        ("dispatches", "by_dispatch_day", ("dispatch_day", "dispatched_at_ms"), ("S", "N")),
-        ("dispatches", "by_head_sha", ("head_sha", "created_at_ms"), ("S", "N")),
-    ):
-        body = m.resource("aws_dynamodb_table", table)
-        gsis = {g["name"]: g for g in body.get("global_secondary_index", [])}
-        assert index in gsis, f"{table}: GSI {index} missing"
-        g = gsis[index]
-        attrs = {a["name"]: a["type"] for a in body["attribute"]}
-        assert (g.get("hash_key"), g.get("range_key")) == keys, f"{table}: {index} keys"
-        assert (attrs[keys[0]], attrs[keys[1]]) == types, f"{table}: {index} key types"
-        assert g.get("projection_type") == "ALL", f"{table}: {index} must project all attributes"
+        assert attrs == table_attributes(t), f"table {name}: attributes {attrs} != {table_attributes(t)} of {SCHEMA_FILE}"
+        # The GSIs: exactly those of tables.json, each with its keys, their types and its projection.
+        gsi_list = body.get("global_secondary_index", [])
+        gsis = {g["name"]: g for g in gsi_list}
+        assert len(gsis) == len(gsi_list), f"table {name}: a GSI defined twice"
+        want_gsis = {g["name"]: g for g in t.get("global_secondary_indexes") or []}
+        assert set(gsis) == set(want_gsis), f"table {name}: GSIs {sorted(gsis)} != {sorted(want_gsis)} of {SCHEMA_FILE}"
+        for index, w in want_gsis.items():
+            g = gsis[index]
+            keys = (w["hash_key"]["name"], (w.get("range_key") or {}).get("name"))
+            assert (g.get("hash_key"), g.get("range_key")) == keys, f"{name}: {index} keys"
+            types = (w["hash_key"]["type"], (w.get("range_key") or {}).get("type"))
+            assert (attrs.get(keys[0]), attrs.get(keys[1]) if keys[1] else None) == types, f"{name}: {index} key types"
+            assert g.get("projection_type") == w["projection_type"], f"{name}: {index} projection"
+    # The GSIs the code queries are in the schema and project all attributes.
+    for _, table, index in INDEX_QUERIES:
+        gsis = {g["name"]: g for g in schema[table].get("global_secondary_indexes") or []}
+        assert index in gsis, f"{table}: GSI {index} missing from {SCHEMA_FILE}"
+        assert gsis[index]["projection_type"] == "ALL", f"{table}: {index} must project all attributes"
 
 
 # The GSIs each function queries: (function, table, index).
@@ -412,10 +467,17 @@ def check_tables_pitr(m: Module) -> None:
 
 
 def check_tables_ttl(m: Module) -> None:
+    """TTL as tables.json says: on its attribute (the code writes
+    `expires_at`), or no TTL block for a table without one."""
+    schema = load_schema(m.path)
     for name, body in m.resources_of("aws_dynamodb_table").items():
+        want = schema[name].get("ttl_attribute") if name in schema else "expires_at"
+        if want is None:
+            assert "ttl" not in body, f"table {name}: TTL block but no ttl_attribute in {SCHEMA_FILE}"
+            continue
         ttl = body.get("ttl", [{}])[0]
-        assert ttl.get("attribute_name") == "expires_at" and ttl.get("enabled") is True, (
-            f"table {name}: TTL on expires_at not enabled"
+        assert ttl.get("attribute_name") == want and ttl.get("enabled") is True, (
+            f"table {name}: TTL on {want} not enabled"
         )
 
 
@@ -848,6 +910,43 @@ MUTATIONS = [
     ("by_head_sha sorted by update", "dynamodb.tf",
      'hash_key        = "head_sha"\n    range_key       = "created_at_ms"',
      'hash_key        = "head_sha"\n    range_key       = "dispatched_at_ms"', check_table_keys),
+    ("GSI projects keys only", "dynamodb.tf", 'projection_type = "ALL"', 'projection_type = "KEYS_ONLY"',
+     check_table_keys),
+    ("GSI added to the Terraform only", "dynamodb.tf",
+     'hash_key                    = "pk"\n  deletion_protection_enabled = var.deletion_protection_enabled\n',
+     'hash_key                    = "pk"\n  deletion_protection_enabled = var.deletion_protection_enabled\n\n'
+     '  attribute {\n    name = "value"\n    type = "S"\n  }\n\n'
+     '  global_secondary_index {\n    name            = "by_value"\n    hash_key        = "value"\n'
+     '    projection_type = "ALL"\n  }\n',
+     check_table_keys),
+    # Drift from the other side: tables.json changes, dynamodb.tf does not.
+    ("schema: range key type", "tables.json",
+     '"name": "chunk", "type": "N"', '"name": "chunk", "type": "S"', check_table_keys),
+    ("schema: range key dropped", "tables.json",
+     '"range_key": {"name": "target", "type": "S"}', '"range_key": null', check_table_keys),
+    ("schema: hash key renamed", "tables.json",
+     '"hash_key": {"name": "delivery_id", "type": "S"}', '"hash_key": {"name": "delivery", "type": "S"}',
+     check_table_keys),
+    ("schema: GSI renamed", "tables.json", '"name": "by_head_sha"', '"name": "by_commit"', check_table_keys),
+    ("schema: GSI range key", "tables.json",
+     '"range_key": {"name": "updated_at", "type": "N"}', '"range_key": {"name": "updated_at_ms", "type": "N"}',
+     check_table_keys),
+    ("schema: GSI projection", "tables.json", '"projection_type": "ALL"', '"projection_type": "KEYS_ONLY"',
+     check_table_keys),
+    ("schema: GSI dropped", "tables.json",
+     '"global_secondary_indexes": [\n        {\n          "name": "by_status",',
+     '"global_secondary_indexes": [],\n      "_dropped": [\n        {\n          "name": "by_status",',
+     check_table_keys),
+    ("schema: table added", "tables.json", '"tables": [',
+     '"tables": [\n    {"resource": "extra", "name_suffix": "extra", "hash_key": {"name": "pk", "type": "S"}},',
+     check_tables_exist),
+    ("schema: table added (keys)", "tables.json", '"tables": [',
+     '"tables": [\n    {"resource": "extra", "name_suffix": "extra", "hash_key": {"name": "pk", "type": "S"}},',
+     check_table_keys),
+    ("schema: name suffix", "tables.json", '"name_suffix": "kv"', '"name_suffix": "state"', check_tables_exist),
+    ("schema: TTL attribute", "tables.json", '"ttl_attribute": "expires_at"', '"ttl_attribute": "expiry"',
+     check_tables_ttl),
+    ("schema: no TTL", "tables.json", '"ttl_attribute": "expires_at"', '"ttl_attribute": null', check_tables_ttl),
     ("by_head_sha Query not granted", "iam.tf",
      '      "${aws_dynamodb_table.dispatches.arn}/index/by_head_sha",\n', "", check_index_queries),
     ("lease release not granted", "iam.tf",

@@ -258,6 +258,58 @@ def webhook_headers(body: bytes, signature: str, delivery: str) -> dict[str, str
     }
 
 
+SCHEMA = ROOT / "infra" / "modules" / "crcr" / "tables.json"
+
+
+def schema_tables() -> list[dict]:
+    """The tables of infra/modules/crcr/tables.json (the schema dynamodb.tf
+    is checked against by test_infra.py)."""
+    return json.loads(SCHEMA.read_text(encoding="utf-8"))["tables"]
+
+
+def create_table_request(table: dict, table_name: str) -> dict:
+    """DynamoDB CreateTable parameters of one table of tables.json: its keys,
+    GSIs and the attribute definitions of all their keys, on demand."""
+
+    def key_schema(obj: dict) -> list[dict]:
+        keys = [(obj["hash_key"], "HASH"), (obj.get("range_key"), "RANGE")]
+        return [{"AttributeName": k["name"], "KeyType": kt} for k, kt in keys if k]
+
+    attrs: dict[str, str] = {}
+    for obj in [table, *(table.get("global_secondary_indexes") or [])]:
+        for k in filter(None, (obj["hash_key"], obj.get("range_key"))):
+            attrs.setdefault(k["name"], k["type"])
+    req = {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "KeySchema": key_schema(table),
+        "AttributeDefinitions": [{"AttributeName": n, "AttributeType": t} for n, t in attrs.items()],
+    }
+    gsis = table.get("global_secondary_indexes") or []
+    if gsis:
+        req["GlobalSecondaryIndexes"] = [
+            {"IndexName": g["name"], "KeySchema": key_schema(g), "Projection": {"ProjectionType": g["projection_type"]}}
+            for g in gsis
+        ]
+    return req
+
+
+def test_create_table_request_follows_the_schema():
+    """The smoke test's tables have the keys and GSIs of tables.json."""
+    reqs = {t["resource"]: create_table_request(t, t["resource"]) for t in schema_tables()}
+    assert set(reqs) == {"dispatches", "payloads", "jobs", "kv"}
+    assert reqs["dispatches"]["KeySchema"] == [
+        {"AttributeName": "delivery_id", "KeyType": "HASH"},
+        {"AttributeName": "target", "KeyType": "RANGE"},
+    ]
+    assert reqs["kv"]["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert "GlobalSecondaryIndexes" not in reqs["kv"]
+    assert {g["IndexName"] for g in reqs["dispatches"]["GlobalSecondaryIndexes"]} == {"by_dispatch_day", "by_head_sha"}
+    assert {a["AttributeName"]: a["AttributeType"] for a in reqs["jobs"]["AttributeDefinitions"]} == {
+        "pk": "S", "sk": "S", "status": "S", "updated_at": "N",
+    }  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def aws():
     """moto's SQS, DynamoDB and Secrets Manager, with a queue, the two tables
@@ -282,19 +334,15 @@ def aws():
     queue = sqs.create_queue(QueueName=f"crcr-smoke-{run}-dispatch")["QueueUrl"]
     reconcile_queue = sqs.create_queue(QueueName=f"crcr-smoke-{run}-reconcile")["QueueUrl"]
     tables = {}
-    for name, keys in {
-        "dispatches": (("delivery_id", "S"), ("target", "S")),
-        "payloads": (("key", "S"), ("chunk", "N")),
-        "jobs": (("pk", "S"), ("sk", "S")),
-        "kv": (("pk", "S"),),
-    }.items():
-        tables[name] = f"crcr-smoke-{run}-{name}"
-        ddb.create_table(
-            TableName=tables[name],
-            BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": k, "KeyType": t} for (k, _), t in zip(keys, ("HASH", "RANGE"))],
-            AttributeDefinitions=[{"AttributeName": k, "AttributeType": t} for k, t in keys],
-        )
+    for table in schema_tables():
+        name = table["resource"]
+        tables[name] = f"crcr-smoke-{run}-{table['name_suffix']}"
+        ddb.create_table(**create_table_request(table, tables[name]))
+        if table.get("ttl_attribute"):
+            ddb.update_time_to_live(
+                TableName=tables[name],
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": table["ttl_attribute"]},
+            )
     secret = f"smoke-{uuid.uuid4().hex}".encode()
     # The secret as the Terraform's operator fills it: the webhook secret and
     # the App's private key (ingest verifies callbacks' repositories with the App).

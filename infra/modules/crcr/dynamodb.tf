@@ -1,3 +1,11 @@
+# The tables' schema (names, keys and their types, GSIs, TTL) is also in
+# tables.json, next to this file: the source the tests read. The HCL below stays
+# literal (infra/tests/tfmodel.py, the static model the tests use, cannot
+# resolve jsondecode() or dynamic blocks), and infra/tests/test_infra.py checks
+# that it matches tables.json exactly: change both together. The moto tables of
+# the Rust tests (shared/standin/src/moto.rs) and of the package smoke test
+# (infra/tests/test_package.py) are created from tables.json.
+#
 # DynamoDB tables the code uses. All of them:
 # - on demand (PAY_PER_REQUEST): traffic follows PyTorch's PR activity, bursty
 #   and low on average, so no capacity to plan or autoscale;

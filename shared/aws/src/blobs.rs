@@ -22,6 +22,14 @@ pub use crcr_core::config::BLOB_TTL_SECS;
 /// Chunk writes in flight at once for one `put`.
 const PUT_CONCURRENCY: usize = 4;
 
+/// The table's key and TTL attribute names (infra/modules/crcr/tables.json,
+/// checked by `schema_tests`).
+pub(crate) mod attr {
+    pub const KEY: &str = "key";
+    pub const CHUNK: &str = "chunk";
+    pub const EXPIRES_AT: &str = "expires_at";
+}
+
 /// Claim-check blobs in one DynamoDB table.
 ///
 /// Table shape: partition key `key` (S), sort key `chunk` (N, 0-based); TTL
@@ -55,8 +63,11 @@ impl DynamoBlobStore {
     }
 
     async fn put_chunk(&self, key: &str, index: usize, data: &[u8], chunks: Option<usize>) -> Result<(), BlobError> {
-        let mut item =
-            item([("key", s(key)), ("chunk", n(index)), ("expires_at", n(now_epoch_secs() + self.ttl_secs))]);
+        let mut item = item([
+            (attr::KEY, s(key)),
+            (attr::CHUNK, n(index)),
+            (attr::EXPIRES_AT, n(now_epoch_secs() + self.ttl_secs)),
+        ]);
         if !data.is_empty() {
             item.insert("data".to_owned(), binary(data));
         }
@@ -106,14 +117,14 @@ impl BlobStore for DynamoBlobStore {
             .query()
             .table_name(&self.table)
             .key_condition_expression("#k = :k")
-            .expression_attribute_names("#k", "key")
+            .expression_attribute_names("#k", attr::KEY)
             .expression_attribute_values(":k", s(key))
             .consistent_read(true)
             .into_paginator()
             .items()
             .send();
         while let Some(mut item) = items.try_next().await.map_err(|e| unavailable("Query", e))? {
-            let index = number::<usize>(&item, "chunk")
+            let index = number::<usize>(&item, attr::CHUNK)
                 .ok_or_else(|| BlobError::unavailable(format!("blob {key:?}: chunk item without a valid `chunk`")))?;
             if index == 0 {
                 count = number::<usize>(&item, "chunks");

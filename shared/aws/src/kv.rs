@@ -26,7 +26,7 @@ pub use crcr_core::ports::RATE_WINDOW_TTL_SLACK_SECS;
 const REPLAY_ROUNDS: usize = 3;
 
 /// Attribute names.
-mod attr {
+pub(crate) mod attr {
     pub const PK: &str = "pk";
     pub const VALUE: &str = "value";
     pub const DIGEST: &str = "digest";

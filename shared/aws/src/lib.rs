@@ -14,6 +14,8 @@ pub(crate) mod item;
 mod jobs;
 mod kv;
 pub mod lambda;
+#[cfg(test)]
+mod schema_tests;
 pub mod secrets;
 mod sqs;
 pub mod wiring;

@@ -6,7 +6,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
 use crcr_aws::{DynamoBlobStore, BLOB_CHUNK_BYTES, BLOB_TTL_SECS};
 use crcr_core::config::{AwsResources, Env};
 use crcr_core::ports::BlobStore;
@@ -25,7 +24,7 @@ fn now_s() -> i64 {
 async fn every_chunk_expires_after_the_configured_ttl() {
     let sdk = moto::sdk().await;
     let table = format!("crcr-blobs-{}", uuid::Uuid::new_v4().simple());
-    moto::table(&sdk, &table, ("key", S), Some(("chunk", N)), None).await;
+    moto::relay_table(&sdk, "payloads", &table).await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     let env = env_of(&[("CRCR_PAYLOAD_TTL_SECS", "1728000")]);
     let ttl = AwsResources::from_env(&env).unwrap().payload_ttl;

@@ -26,11 +26,9 @@ async fn store(backend: &str) -> (Arc<dyn JobStore>, Option<tempfile_path::Guard
             (Arc::new(crcr_embedded::sqlite::SqliteJobStore::new(db)), Some(guard))
         }
         _ => {
-            use aws_sdk_dynamodb::types::ScalarAttributeType::{N, S};
             let sdk = crcr_standin::moto::sdk().await;
             let table = format!("crcr-hud-{}", uuid::Uuid::new_v4().simple());
-            let index = (crcr_aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
-            crcr_standin::moto::table(&sdk, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
+            crcr_standin::moto::relay_table(&sdk, "jobs", &table).await;
             (Arc::new(crcr_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), table)), None)
         }
     }

@@ -832,7 +832,7 @@ async fn the_waiting_list_at_its_bound_is_stored_in_sqlite_and_in_dynamodb() {
         Arc::new(crcr_embedded::sqlite::SqliteKv::new(crcr_embedded::sqlite::Db::open(&path).unwrap(), clock.clone()));
     let sdk = crcr_standin::moto::sdk().await;
     let table = format!("kv-{}", uuid::Uuid::new_v4().simple());
-    crcr_standin::moto::table(&sdk, &table, ("pk", aws_sdk_dynamodb::types::ScalarAttributeType::S), None, None).await;
+    crcr_standin::moto::relay_table(&sdk, "kv", &table).await;
     let dynamo: Arc<dyn StateStore> =
         Arc::new(crcr_aws::DynamoKv::new(aws_sdk_dynamodb::Client::new(&sdk), table, clock));
 

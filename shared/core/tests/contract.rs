@@ -145,9 +145,6 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-const S: aws_sdk_dynamodb::types::ScalarAttributeType = aws_sdk_dynamodb::types::ScalarAttributeType::S;
-const N: aws_sdk_dynamodb::types::ScalarAttributeType = aws_sdk_dynamodb::types::ScalarAttributeType::N;
-
 /// Starts (on the test's runtime) an HTTP proxy to `upstream` that forwards
 /// one request at a time, and returns its URL.
 ///
@@ -279,7 +276,7 @@ impl Backend for Moto {
         let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-dispatches");
-        // As infra/modules/crcr/dynamodb.tf creates it (both sparse GSIs).
+        // As infra/modules/crcr/tables.json (and so dynamodb.tf) defines it (both sparse GSIs).
         moto::dispatch_table(&proxied, &table).await;
         Fx { inner: crcr_aws::DynamoDispatchStore::new(client, table), _guard: None }
     }
@@ -288,7 +285,8 @@ impl Backend for Moto {
         let cfg = moto_config().await;
         let client = aws_sdk_dynamodb::Client::new(&cfg);
         let table = unique("crcr-blobs");
-        moto::table(&cfg, &table, ("key", S), Some(("chunk", N)), None).await;
+        // As infra/modules/crcr/tables.json (and so dynamodb.tf) defines it.
+        moto::relay_table(&cfg, "payloads", &table).await;
         Fx { inner: crcr_aws::DynamoBlobStore::new(client, table), _guard: None }
     }
 
@@ -302,8 +300,7 @@ impl Backend for Moto {
         let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-jobs");
-        let index = (crcr_aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
-        moto::table(&proxied, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
+        moto::relay_table(&proxied, "jobs", &table).await;
         Fx { inner: crcr_aws::DynamoJobStore::new(client, table), _guard: None }
     }
 
@@ -314,8 +311,8 @@ impl Backend for Moto {
         let proxied = cfg.to_builder().endpoint_url(atomic_proxy(moto_url()).await).build();
         let client = aws_sdk_dynamodb::Client::new(&proxied);
         let table = unique("crcr-kv");
-        // The kv table as infra/modules/crcr/dynamodb.tf creates it: hash key `pk` (S), TTL.
-        moto::table(&proxied, &table, ("pk", S), None, None).await;
+        // The kv table as infra/modules/crcr/tables.json (and so dynamodb.tf) defines it: hash key `pk` (S), TTL.
+        moto::relay_table(&proxied, "kv", &table).await;
         let kv =
             || crcr_aws::DynamoKv::new(client.clone(), table.clone(), clock.clone()).with_rate_per_min(rate_per_min);
         Fx { inner: (kv(), kv()), _guard: None }
@@ -2018,8 +2015,7 @@ async fn aws_advance_check_run_on_items_without_request_status() {
     let cfg = moto_config().await;
     let client = aws_sdk_dynamodb::Client::new(&cfg);
     let table = unique("crcr-jobs");
-    let index = (crcr_aws::JOBS_BY_STATUS_INDEX, ("status", S), ("updated_at", N));
-    moto::table(&cfg, &table, ("pk", S), Some(("sk", S)), Some(index)).await;
+    moto::relay_table(&cfg, "jobs", &table).await;
     let s = crcr_aws::DynamoJobStore::new(client.clone(), table.clone());
     let d = delivery();
     let target = CheckRunTarget {

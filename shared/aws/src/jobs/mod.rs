@@ -51,7 +51,7 @@ const CHECK_STATUS_PREFIX: &str = "chk_";
 const HUD_STATUS_PREFIX: &str = "hud_";
 
 /// Attribute names of the jobs table's items.
-mod attr {
+pub(crate) mod attr {
     pub const PK: &str = "pk";
     pub const SK: &str = "sk";
     /// GSI hash key: job state, or `hud_<sync>` for an outbox item.
