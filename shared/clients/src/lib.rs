@@ -5,7 +5,7 @@
 //! start-up wiring every runtime builds from them ([`compose`]).
 //!
 //! GitHub goes through octocrab without its `retry` feature (one retry
-//! loop: the dispatcher's); HUD through reqwest. Neither AWS nor SQLite nor
+//! loop: the dispatcher's); HUD and JWKS through the same HTTP stack. Neither AWS nor SQLite nor
 //! an HTTP server is linked here.
 
 pub mod compose;
