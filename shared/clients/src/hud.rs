@@ -33,6 +33,8 @@ impl std::fmt::Debug for HudClient {
 
 impl HudClient {
     /// `base_url` is HUD's API base; records go to `<base_url>/crcr/results`.
+    /// Call it inside a tokio runtime (octocrab's client spawns its
+    /// connection task). Errors: the URL is not https (http only on loopback).
     pub fn new(base_url: &str, bot_key: SecretString) -> Result<Self, HudUrlError> {
         check_url(base_url)?;
         let timeout = Some(Duration::from_secs(10));
@@ -50,8 +52,10 @@ impl HudClient {
 impl Hud for HudClient {
     async fn send(&self, body: &Value) -> Result<(), HudError> {
         let unavailable = |e: &dyn std::fmt::Display| HudError::Unavailable(format!("POST {}: {e}", self.url));
-        let bot_key = http::HeaderValue::from_str(self.bot_key.expose_secret())
+        let mut bot_key = http::HeaderValue::from_str(self.bot_key.expose_secret())
             .map_err(|_| HudError::Unavailable("the HUD bot key is not a valid header value".into()))?;
+        // Never shown by a header's Debug (hyper, tracing).
+        bot_key.set_sensitive(true);
         let request = http::Request::post(&self.url)
             .header("x-hud-internal-bot", bot_key)
             .header(http::header::CONTENT_TYPE, "application/json")
