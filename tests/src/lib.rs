@@ -203,16 +203,6 @@ impl Relay {
         }
     }
 
-    /// Waits until the dispatch queue holds nothing, in flight or visible
-    /// (15 s at most): no message is left that could dispatch again.
-    pub async fn drained(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while self.queue.depth(QueueSide::Source).await.unwrap() > 0 {
-            assert!(std::time::Instant::now() < deadline, "the dispatch queue never drained");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// Waits until the background sweeper has finished `n` more sweeps
     /// than when called (15 s at most, then the test fails). With `n` ≥ 2 at
     /// least one whole sweep ran after the call: whatever a sweep would

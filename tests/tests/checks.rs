@@ -66,7 +66,7 @@ async fn client_creates_then_updates_a_check_run_with_a_checks_write_token() {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].id, id);
     assert_eq!(runs[0].name, "crcr/org4/four/CI/build");
-    assert_eq!(sha, runs[0].head_sha.as_str());
+    assert_eq!(sha.as_str(), runs[0].head_sha);
     assert_eq!(runs[0].status, "in_progress");
     assert_eq!(runs[0].external_id.as_deref(), Some("123:7"));
     assert_eq!(runs[0].details_url.as_deref(), Some("https://github.com/org4/four/actions/runs/123"));

@@ -97,11 +97,6 @@ impl PartialEq<str> for HeadSha {
         self.0 == other
     }
 }
-impl PartialEq<&str> for HeadSha {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
 impl fmt::Display for HeadSha {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
