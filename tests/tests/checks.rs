@@ -268,6 +268,8 @@ async fn l4_job_drives_one_check_run_from_in_progress_to_its_conclusion() {
 async fn l3_job_without_its_label_gets_no_check_run() {
     let w = world(&["ciflow/crcr/npu", "ciflow/trunk"]).await;
     assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "in_progress", None)).await, 202);
+    // As a real job: `completed` follows a recorded `in_progress`.
+    reconciled(&w).await;
     assert_eq!(call(&w, "org3/three", "33", &callback(&w, "org3/three", "completed", Some("success"))).await, 202);
     let jobs = SqliteJobStore::new(w.relay.db());
     let id = crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap();
@@ -443,8 +445,9 @@ async fn label_added_after_the_l3_job_finished_creates_its_final_check_run() {
             call(&w, "org3/three", "33", &job_callback(&d, "org3/three", 555, "build", status, conclusion)).await,
             202
         );
+        // As a real job: `completed` follows a recorded `in_progress`.
+        reconciled(&w).await;
     }
-    reconciled(&w).await;
     assert!(w.gh.check_runs(UPSTREAM).is_empty());
     label(&w, &w.head_sha, "ciflow/oot/gpu").await;
     wait_for("the backfilled check run", || w.gh.check_runs(UPSTREAM).len() == 1).await;
@@ -491,6 +494,8 @@ async fn finished_l4_job(w: &World, run_id: u64, job: &str, conclusion: &str) {
             call(w, "org4/four", "44", &job_callback(&w.delivery, "org4/four", run_id, job, status, c)).await,
             202
         );
+        // As a real job: `completed` follows a recorded `in_progress`.
+        reconciled(w).await;
     }
     let name = format!("crcr/org4/four/CI/{job}");
     wait_for("the completed check run", || runs_named(w, &name).first().is_some_and(|r| r.status == "completed")).await;
@@ -610,8 +615,9 @@ async fn check_suite_rerequested_reruns_each_distinct_run_once() {
     for (status, c) in [("in_progress", None), ("completed", Some("success"))] {
         assert_eq!(call(&w, "org3/three", "33", &job_callback(&d, "org3/three", 777, "lint", status, c)).await, 202);
         assert_eq!(call(&w, "org2/two", "22", &job_callback(&d, "org2/two", 222, "build", status, c)).await, 202);
+        // As a real job: `completed` follows a recorded `in_progress`.
+        reconciled(&w).await;
     }
-    reconciled(&w).await;
     let sha = w.head_sha.clone();
     let suite =
         post_event(&w, "check_suite", "check_suite.rerequested", |v| v["check_suite"]["head_sha"] = json!(sha)).await;

@@ -435,7 +435,7 @@ impl GitHubApp for GitHubAppClient {
         &self,
         repo: &RepoFullName,
         installation: InstallationId,
-        body: &Value,
+        body: &serde_json::value::RawValue,
     ) -> Result<(), GitHubError> {
         let mut target = self.current_name(repo);
         let client = self.token_client(&target, installation, ("contents", "write")).await?;

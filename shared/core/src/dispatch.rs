@@ -263,15 +263,20 @@ impl Dispatcher {
         let body = client_payload::build(&msg.event, msg.delivery_id.as_str(), &payload);
         report.payload_trimmed = matches!(&body, Ok(b) if b.trimmed);
         let labels = crate::checks::pr_labels(&payload);
+        let head_sha = payload
+            .pointer("/pull_request/head/sha")
+            .or_else(|| payload.get("after"))
+            .and_then(Value::as_str)
+            .and_then(|s| crate::domain::HeadSha::parse(s).ok());
+        let pr_number = payload.get("number").and_then(Value::as_u64);
+        // The body holds what is sent; the parsed tree (several times the
+        // payload's size) is not kept while the targets are dispatched.
+        drop(payload);
         let meta = |entry: &AllowlistEntry| DispatchMeta {
             event: msg.event.clone(),
             action: msg.action.clone(),
-            head_sha: payload
-                .pointer("/pull_request/head/sha")
-                .or_else(|| payload.get("after"))
-                .and_then(Value::as_str)
-                .and_then(|s| crate::domain::HeadSha::parse(s).ok()),
-            pr_number: payload.get("number").and_then(Value::as_u64),
+            head_sha: head_sha.clone(),
+            pr_number,
             level: entry.level,
             check_run: crate::checks::wants_check_run(entry.level, entry.device.as_deref(), &labels),
             device: entry.device.clone(),

@@ -613,7 +613,7 @@ pub trait GitHubApp: Send + Sync {
         &self,
         repo: &RepoFullName,
         installation: InstallationId,
-        body: &serde_json::Value,
+        body: &serde_json::value::RawValue,
     ) -> Result<(), GitHubError>;
     /// Raw contents of a file (`GET /repos/{o}/{r}/contents/{path}?ref=`),
     /// read with an installation token of `repo`.

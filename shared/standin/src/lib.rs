@@ -147,6 +147,9 @@ pub struct RecordedDispatch {
     pub body: serde_json::Value,
     /// The installation of the token used.
     pub installation_id: u64,
+    /// When the request reached the stand-in (before [`StandInOptions::latency`]).
+    pub arrived: Instant,
+    /// When it was accepted (after the latency).
     pub at: Instant,
     pub at_ms: u64,
 }
@@ -396,6 +399,14 @@ impl StandIn {
             .iter()
             .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.starts_with(path_prefix))
             .count()
+    }
+
+    /// Moves out the requests and dispatches recorded so far, oldest first,
+    /// leaving none: a long load run reads them in slices instead of copying
+    /// every one on each look (each dispatch holds its whole body).
+    pub fn take_records(&self) -> (Vec<RecordedRequest>, Vec<RecordedDispatch>) {
+        let mut world = self.shared.world();
+        (std::mem::take(&mut world.requests), std::mem::take(&mut world.dispatches))
     }
 
     /// Forgets recorded requests, dispatches and run requests

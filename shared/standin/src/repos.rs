@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
-use super::server::{gh_error, require_installation, Auth, RequestId, NOT_ACCESSIBLE};
+use super::server::{gh_error, require_installation, Arrived, Auth, RequestId, NOT_ACCESSIBLE};
 use super::state::{self, Shared};
 use super::{util, Fault, RecordedDispatch};
 
@@ -83,6 +83,7 @@ pub(crate) async fn dispatch(
     State(shared): State<Arc<Shared>>,
     Extension(auth): Extension<Auth>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    Extension(Arrived(arrived)): Extension<Arrived>,
     Path((owner, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -123,6 +124,7 @@ pub(crate) async fn dispatch(
         event_type,
         body: Value::Object(request),
         installation_id: access.installation_id,
+        arrived,
         at,
         at_ms: shared.ms_since_start(at),
     };

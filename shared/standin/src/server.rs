@@ -107,6 +107,10 @@ impl Auth {
 #[derive(Debug, Clone)]
 pub(crate) struct RequestId(pub String);
 
+/// When the request reached the stand-in, before its latency.
+#[derive(Clone, Copy)]
+pub(crate) struct Arrived(pub Instant);
+
 fn resolve_auth(shared: &Shared, headers: &HeaderMap, now: Instant) -> Auth {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Auth::None;
@@ -214,6 +218,7 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     }
     req.extensions_mut().insert(auth.clone());
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    req.extensions_mut().insert(Arrived(arrived));
 
     let mut resp = next.run(req).await;
 

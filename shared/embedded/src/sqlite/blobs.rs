@@ -31,22 +31,28 @@ impl SqliteBlobStore {
 #[async_trait]
 impl BlobStore for SqliteBlobStore {
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        let (key, bytes, now) = (key.to_owned(), bytes.to_vec(), self.clock.now_ms());
         self.db
-            .lock()
-            .execute(
-                "INSERT OR REPLACE INTO blobs (key, data, created_at_ms) VALUES (?1, ?2, ?3)",
-                params![key, bytes, self.clock.now_ms()],
-            )
-            .map_err(|e| BlobError::unavailable(e.to_string()))?;
-        Ok(())
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT OR REPLACE INTO blobs (key, data, created_at_ms) VALUES (?1, ?2, ?3)",
+                    params![key, bytes, now],
+                )
+                .map(|_| ())
+                .map_err(|e| BlobError::backend("SQLite", e))
+            })
+            .await
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        let key = key.to_owned();
         self.db
-            .lock()
-            .query_row("SELECT data FROM blobs WHERE key = ?1", [key], |r| r.get::<_, Vec<u8>>(0))
-            .optional()
-            .map_err(|e| BlobError::unavailable(e.to_string()))?
-            .ok_or_else(|| BlobError::NotFound(key.to_owned()))
+            .read(move |conn| {
+                conn.query_row("SELECT data FROM blobs WHERE key = ?1", [&key], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+                    .map_err(|e| BlobError::backend("SQLite", e))?
+                    .ok_or(BlobError::NotFound(key))
+            })
+            .await
     }
 }

@@ -198,15 +198,24 @@ fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<Result<T, StoreError>>
 impl SqliteJobStore {
     /// The transition, its HUD outbox item and (when given) the check-run
     /// item upsert, in one transaction.
-    fn write_transition(
+    async fn write_transition(
         &self,
         expected: Option<JobState>,
         record: &JobRecord,
         outbox: &OutboxItem,
         check: Option<&CheckRunItem>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+        let (record, outbox, check) = (record.clone(), outbox.clone(), check.cloned());
+        self.db.write(move |tx| Self::transition_in(tx, expected, &record, &outbox, check.as_ref())).await
+    }
+
+    fn transition_in(
+        tx: &rusqlite::Connection,
+        expected: Option<JobState>,
+        record: &JobRecord,
+        outbox: &OutboxItem,
+        check: Option<&CheckRunItem>,
+    ) -> Result<bool, StoreError> {
         let k = &record.key;
         let current: Option<String> = tx
             .query_row(
@@ -269,9 +278,8 @@ impl SqliteJobStore {
         )
         .map_err(unavailable)?;
         if let Some(c) = check {
-            upsert_check(&tx, c, false)?;
+            upsert_check(tx, c, false)?;
         }
-        tx.commit().map_err(unavailable)?;
         Ok(true)
     }
 }
@@ -313,15 +321,19 @@ fn upsert_check(conn: &rusqlite::Connection, c: &CheckRunItem, forward_only: boo
 #[async_trait]
 impl JobLifecycle for SqliteJobStore {
     async fn get(&self, key: &JobKey) -> Result<Option<JobRecord>, StoreError> {
-        let conn = self.db.lock();
-        conn.query_row(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 AND sort_key = ?2"),
-            params![key.delivery_id.as_str(), key.sort_key()],
-            job,
-        )
-        .optional()
-        .map_err(unavailable)?
-        .transpose()
+        let (delivery, sort_key) = (key.delivery_id.as_str().to_owned(), key.sort_key());
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 AND sort_key = ?2"),
+                    params![delivery, sort_key],
+                    job,
+                )
+                .optional()
+                .map_err(unavailable)?
+                .transpose()
+            })
+            .await
     }
     async fn transition(
         &self,
@@ -329,76 +341,65 @@ impl JobLifecycle for SqliteJobStore {
         record: &JobRecord,
         outbox: &OutboxItem,
     ) -> Result<bool, StoreError> {
-        self.write_transition(expected, record, outbox, None)
+        self.write_transition(expected, record, outbox, None).await
     }
     async fn record_violation(&self, v: &Violation) -> Result<(), StoreError> {
+        let v = v.clone();
         self.db
-            .lock()
-            .execute(
-                "INSERT INTO violations (delivery_id, repo, reason, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![v.delivery_id.as_str(), v.repo.as_str(), v.reason, v.at_ms],
-            )
-            .map_err(unavailable)?;
-        Ok(())
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO violations (delivery_id, repo, reason, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![v.delivery_id.as_str(), v.repo.as_str(), v.reason, v.at_ms],
+                )
+                .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
     }
     async fn jobs(&self, delivery: &DeliveryId) -> Result<Vec<JobRecord>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 ORDER BY sort_key"))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map([delivery.as_str()], job).map_err(unavailable)?;
-        collect(rows)
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 ORDER BY sort_key");
+        self.db.rows(sql, vec![delivery.as_str().to_owned().into()], job).await
     }
     async fn violations(&self, delivery: &DeliveryId) -> Result<Vec<Violation>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT repo, reason, at_ms FROM violations WHERE delivery_id = ?1 ORDER BY seq")
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map([delivery.as_str()], |r| {
-                let (repo, reason, at_ms): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                Ok(RepoFullName::parse(&repo)
-                    .map(|repo| Violation { delivery_id: delivery.clone(), repo, reason, at_ms })
-                    .map_err(|e| StoreError::Corrupt(e.to_string())))
+        let delivery = delivery.clone();
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT repo, reason, at_ms FROM violations WHERE delivery_id = ?1 ORDER BY seq")
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([delivery.as_str()], |r| {
+                        let (repo, reason, at_ms): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                        Ok(RepoFullName::parse(&repo)
+                            .map(|repo| Violation { delivery_id: delivery.clone(), repo, reason, at_ms })
+                            .map_err(|e| StoreError::Corrupt(e.to_string())))
+                    })
+                    .map_err(unavailable)?;
+                collect(rows)
             })
-            .map_err(unavailable)?;
-        collect(rows)
+            .await
     }
     async fn in_progress_before(&self, before_ms: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' AND updated_at_ms < ?1
-                 ORDER BY updated_at_ms LIMIT ?2"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map(params![before_ms, limit as i64], job).map_err(unavailable)?;
-        collect(rows)
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' AND updated_at_ms < ?1
+             ORDER BY updated_at_ms LIMIT ?2"
+        );
+        self.db.rows(sql, vec![before_ms.into(), (limit as i64).into()], job).await
     }
 }
 
 #[async_trait]
 impl HudOutbox for SqliteJobStore {
     async fn outbox(&self, delivery: &DeliveryId) -> Result<Vec<OutboxItem>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE delivery_id = ?1 ORDER BY created_at_ms, id"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map([delivery.as_str()], outbox_item).map_err(unavailable)?;
-        collect(rows)
+        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE delivery_id = ?1 ORDER BY created_at_ms, id");
+        self.db.rows(sql, vec![delivery.as_str().to_owned().into()], outbox_item).await
     }
     async fn pending_outbox(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = 'pending' AND next_attempt_at_ms <= ?1
-                 ORDER BY next_attempt_at_ms, created_at_ms, id LIMIT ?2"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map(params![now_ms, limit as i64], outbox_item).map_err(unavailable)?;
-        collect(rows)
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = 'pending' AND next_attempt_at_ms <= ?1
+             ORDER BY next_attempt_at_ms, created_at_ms, id LIMIT ?2"
+        );
+        self.db.rows(sql, vec![now_ms.into(), (limit as i64).into()], outbox_item).await
     }
     async fn mark_outbox(
         &self,
@@ -408,63 +409,70 @@ impl HudOutbox for SqliteJobStore {
         next_attempt_at_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let (id, error) = (id.to_owned(), error.map(str::to_owned));
         self.db
-            .lock()
-            .execute(
-                "UPDATE hud_outbox SET sync = ?2, attempts = attempts + 1, last_error = COALESCE(?3, last_error),
-                 updated_at_ms = ?4,
-                 next_attempt_at_ms = CASE WHEN ?2 = 'pending' THEN ?5 ELSE next_attempt_at_ms END
-                 WHERE id = ?1 AND sync = 'pending'",
-                params![id, sync.as_str(), error, now_ms, next_attempt_at_ms.unwrap_or(now_ms)],
-            )
-            .map_err(unavailable)?;
-        Ok(())
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE hud_outbox SET sync = ?2, attempts = attempts + 1, last_error = COALESCE(?3, last_error),
+                     updated_at_ms = ?4,
+                     next_attempt_at_ms = CASE WHEN ?2 = 'pending' THEN ?5 ELSE next_attempt_at_ms END
+                     WHERE id = ?1 AND sync = 'pending'",
+                    params![id, sync.as_str(), error, now_ms, next_attempt_at_ms.unwrap_or(now_ms)],
+                )
+                .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
     }
     async fn defer_outbox(&self, id: &str, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+        let id = id.to_owned();
         self.db
-            .lock()
-            .execute(
-                "UPDATE hud_outbox SET next_attempt_at_ms = ?2 WHERE id = ?1 AND sync = 'pending'",
-                params![id, next_attempt_at_ms],
-            )
-            .map_err(unavailable)?;
-        Ok(())
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE hud_outbox SET next_attempt_at_ms = ?2 WHERE id = ?1 AND sync = 'pending'",
+                    params![id, next_attempt_at_ms],
+                )
+                .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
     }
     async fn outbox_in(&self, sync: HudSync, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = ?1 ORDER BY created_at_ms, id LIMIT ?2"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map(params![sync.as_str(), limit as i64], outbox_item).map_err(unavailable)?;
-        collect(rows)
+        let sql =
+            format!("SELECT {OUTBOX_COLUMNS} FROM hud_outbox WHERE sync = ?1 ORDER BY created_at_ms, id LIMIT ?2");
+        self.db.rows(sql, vec![sync.as_str().to_owned().into(), (limit as i64).into()], outbox_item).await
     }
     async fn requeue_outbox(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
         let changed = self
             .db
-            .lock()
-            .execute(
-                "UPDATE hud_outbox SET sync = 'pending', attempts = 0, created_at_ms = ?2, updated_at_ms = ?2,
-                 next_attempt_at_ms = ?2 WHERE id = ?1 AND sync <> 'pending'",
-                params![id, now_ms],
-            )
-            .map_err(unavailable)?;
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE hud_outbox SET sync = 'pending', attempts = 0, created_at_ms = ?2, updated_at_ms = ?2,
+                     next_attempt_at_ms = ?2 WHERE id = ?1 AND sync <> 'pending'",
+                    params![id, now_ms],
+                )
+                .map_err(unavailable)
+            })
+            .await?;
         Ok(changed > 0)
     }
     /// `COUNT` and `MIN(created_at_ms)` over the pending items, `COUNT` of
     /// the failed ones (index `hud_outbox_pending`).
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let conn = self.db.lock();
-        let (pending, oldest_created_at_ms) = conn
-            .query_row("SELECT COUNT(*), MIN(created_at_ms) FROM hud_outbox WHERE sync = 'pending'", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))
+        self.db
+            .read(|conn| {
+                let (pending, oldest_created_at_ms) = conn
+                    .query_row("SELECT COUNT(*), MIN(created_at_ms) FROM hud_outbox WHERE sync = 'pending'", [], |r| {
+                        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))
+                    })
+                    .map_err(unavailable)?;
+                let failed = conn
+                    .query_row("SELECT COUNT(*) FROM hud_outbox WHERE sync = 'failed'", [], |r| r.get::<_, i64>(0))
+                    .map_err(unavailable)? as u64;
+                Ok(OutboxBacklog { pending, oldest_created_at_ms, failed })
             })
-            .map_err(unavailable)?;
-        let failed = conn
-            .query_row("SELECT COUNT(*) FROM hud_outbox WHERE sync = 'failed'", [], |r| r.get::<_, i64>(0))
-            .map_err(unavailable)? as u64;
-        Ok(OutboxBacklog { pending, oldest_created_at_ms, failed })
+            .await
     }
 }
 
@@ -477,7 +485,7 @@ impl CheckRunOutbox for SqliteJobStore {
         outbox: &OutboxItem,
         check: &CheckRunItem,
     ) -> Result<bool, StoreError> {
-        self.write_transition(expected, record, outbox, Some(check))
+        self.write_transition(expected, record, outbox, Some(check)).await
     }
     /// One immediate transaction: reads the stored item's `request`; none →
     /// `INSERT` of `check` as given (every column, `version` and `sync`
@@ -489,28 +497,18 @@ impl CheckRunOutbox for SqliteJobStore {
     /// One upsert, its update conditioned on the stored request being in
     /// progress and the new one completed (`json_extract` of `status`).
     async fn advance_check_run(&self, check: &CheckRunItem) -> Result<bool, StoreError> {
-        let conn = self.db.lock();
-        Ok(upsert_check(&conn, check, true)? == 1)
+        let check = check.clone();
+        Ok(self.db.write(move |conn| upsert_check(conn, &check, true)).await? == 1)
     }
     async fn pending_check_runs(&self, limit: usize) -> Result<Vec<CheckRunItem>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {CHECK_COLUMNS} FROM check_outbox WHERE sync = 'pending' ORDER BY created_at_ms, id LIMIT ?1"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map([limit as i64], check_item).map_err(unavailable)?;
-        collect(rows)
+        let sql = format!(
+            "SELECT {CHECK_COLUMNS} FROM check_outbox WHERE sync = 'pending' ORDER BY created_at_ms, id LIMIT ?1"
+        );
+        self.db.rows(sql, vec![(limit as i64).into()], check_item).await
     }
     async fn check_runs(&self, delivery: &DeliveryId) -> Result<Vec<CheckRunItem>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {CHECK_COLUMNS} FROM check_outbox WHERE delivery_id = ?1 ORDER BY created_at_ms, id"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map([delivery.as_str()], check_item).map_err(unavailable)?;
-        collect(rows)
+        let sql = format!("SELECT {CHECK_COLUMNS} FROM check_outbox WHERE delivery_id = ?1 ORDER BY created_at_ms, id");
+        self.db.rows(sql, vec![delivery.as_str().to_owned().into()], check_item).await
     }
     async fn mark_check_run(
         &self,
@@ -521,37 +519,43 @@ impl CheckRunOutbox for SqliteJobStore {
         error: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let (id, error) = (id.to_owned(), error.map(str::to_owned));
         self.db
-            .lock()
-            .execute(
-                "UPDATE check_outbox SET check_run_id = COALESCE(?3, check_run_id), attempts = attempts + 1,
-                    last_error = COALESCE(?5, last_error), updated_at_ms = ?6,
-                    sync = CASE WHEN version = ?2 AND sync = 'pending' THEN ?4 ELSE sync END
-                 WHERE id = ?1",
-                params![id, version, check_run_id.map(|n| n as i64), sync.as_str(), error, now_ms],
-            )
-            .map_err(unavailable)?;
-        Ok(())
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE check_outbox SET check_run_id = COALESCE(?3, check_run_id), attempts = attempts + 1,
+                        last_error = COALESCE(?5, last_error), updated_at_ms = ?6,
+                        sync = CASE WHEN version = ?2 AND sync = 'pending' THEN ?4 ELSE sync END
+                     WHERE id = ?1",
+                    params![id, version, check_run_id.map(|n| n as i64), sync.as_str(), error, now_ms],
+                )
+                .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl JobStats for SqliteJobStore {
     async fn callback_counts(&self, since_ms: i64) -> Result<CallbackCounts, StoreError> {
-        let conn = self.db.lock();
-        let (in_progress, completed, timed_out) = conn
-            .query_row(
-                "SELECT COALESCE(SUM(in_progress_at_ms >= ?1), 0),
+        self.db
+            .read(move |conn| {
+                let (in_progress, completed, timed_out) = conn
+                    .query_row(
+                        "SELECT COALESCE(SUM(in_progress_at_ms >= ?1), 0),
                         COALESCE(SUM(completed_at_ms >= ?1 AND COALESCE(conclusion, '') <> 'timed_out'), 0),
                         COALESCE(SUM(completed_at_ms >= ?1 AND conclusion = 'timed_out'), 0)
                  FROM jobs WHERE updated_at_ms >= ?1",
-                [since_ms],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
-            )
-            .map_err(unavailable)?;
-        let violations = conn
-            .query_row("SELECT COUNT(*) FROM violations WHERE at_ms >= ?1", [since_ms], |r| r.get::<_, i64>(0))
-            .map_err(unavailable)? as u64;
-        Ok(CallbackCounts { in_progress, completed, timed_out, violations })
+                        [since_ms],
+                        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+                    )
+                    .map_err(unavailable)?;
+                let violations = conn
+                    .query_row("SELECT COUNT(*) FROM violations WHERE at_ms >= ?1", [since_ms], |r| r.get::<_, i64>(0))
+                    .map_err(unavailable)? as u64;
+                Ok(CallbackCounts { in_progress, completed, timed_out, violations })
+            })
+            .await
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 
 use super::{unavailable, Db};
 use crcr_core::domain::RepoFullName;
@@ -27,7 +27,7 @@ CREATE INDEX IF NOT EXISTS kv_expires_at ON kv (expires_at) WHERE expires_at IS 
 
 /// Bindings, replay guard, rate limiter and state store in the `kv` table.
 ///
-/// Each call is one immediate transaction, so two callers never both see a
+/// Each call is one write of the writer thread ([`Db::write`]), so two callers never both see a
 /// `jti` as new or both write a binding. Expired rows (`expires_at` before
 /// now, in seconds by `clock`) count as absent and are deleted by the next
 /// write that expires things (`jti#`, `rate#`).
@@ -51,39 +51,45 @@ impl SqliteKv {
         self
     }
 
-    /// Runs `f` in an immediate transaction after deleting rows expired
-    /// before `now_s`; commits when it returns `Ok`.
-    fn write<T>(
+    /// Runs `f` in one write (the writer thread's transaction, see
+    /// [`Db::write`]) after deleting rows expired before `now_s`; kept when
+    /// it returns `Ok`.
+    async fn write<T: Send + 'static>(
         &self,
         now_s: i64,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        tx.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at < ?1", [now_s]).map_err(unavailable)?;
-        let out = f(&tx).map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
-        Ok(out)
+        self.db
+            .write(move |tx| {
+                tx.prepare_cached("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at < ?1")
+                    .and_then(|mut expire| expire.execute([now_s]))
+                    .map_err(unavailable)?;
+                f(tx).map_err(unavailable)
+            })
+            .await
     }
 
-    fn read(&self, key: &str) -> Result<Option<String>, StoreError> {
+    async fn read(&self, key: String) -> Result<Option<String>, StoreError> {
         self.db
-            .lock()
-            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(unavailable)
+            .read(move |conn| {
+                conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()
+                    .map_err(unavailable)
+            })
+            .await
     }
 
     /// `state#<key>` = `value`, expiring at `expires_at` (epoch s) when given.
-    fn put_state(&self, key: &str, value: &str, expires_at: Option<i64>) -> Result<(), StoreError> {
-        let key = format!("{}{key}", prefix::STATE);
-        self.write(self.now_s(), |tx| {
+    async fn put_state(&self, key: &str, value: &str, expires_at: Option<i64>) -> Result<(), StoreError> {
+        let (key, value) = (format!("{}{key}", prefix::STATE), value.to_owned());
+        self.write(self.now_s(), move |tx| {
             tx.execute(
                 "INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3)",
                 params![key, value, expires_at],
             )
             .map(|_| ())
         })
+        .await
     }
 
     fn now_s(&self) -> i64 {
@@ -94,15 +100,16 @@ impl SqliteKv {
 #[async_trait]
 impl IdentityBindings for SqliteKv {
     async fn get(&self, repo: &RepoFullName) -> Result<Option<String>, StoreError> {
-        self.read(&format!("{}{}", prefix::BINDING, repo.key()))
+        self.read(format!("{}{}", prefix::BINDING, repo.key())).await
     }
 
     async fn put_if_absent(&self, repo: &RepoFullName, repository_id: &str) -> Result<String, StoreError> {
-        let key = format!("{}{}", prefix::BINDING, repo.key());
-        self.write(self.now_s(), |tx| {
+        let (key, repository_id) = (format!("{}{}", prefix::BINDING, repo.key()), repository_id.to_owned());
+        self.write(self.now_s(), move |tx| {
             tx.execute("INSERT OR IGNORE INTO kv (key, value) VALUES (?1, ?2)", params![key, repository_id])?;
             tx.query_row("SELECT value FROM kv WHERE key = ?1", [&key], |r| r.get(0))
         })
+        .await
     }
 }
 
@@ -117,7 +124,7 @@ impl ReplayGuard for SqliteKv {
         let key = format!("{}{jti}", prefix::JTI);
         let digest = hex::encode(body_digest);
         // Expired rows are gone once `write` starts: a row still there is live.
-        self.write(self.now_s(), |tx| {
+        self.write(self.now_s(), move |tx| {
             let stored: Option<String> =
                 tx.query_row("SELECT value FROM kv WHERE key = ?1", [&key], |r| r.get(0)).optional()?;
             Ok(match stored {
@@ -132,6 +139,7 @@ impl ReplayGuard for SqliteKv {
                 }
             })
         })
+        .await
     }
 }
 
@@ -142,14 +150,16 @@ impl RateLimiter for SqliteKv {
         let window_end_ms = (window + 1) * 60_000;
         let key = format!("{}{}#{window}", prefix::RATE, repo.to_ascii_lowercase());
         let expires_at = window_end_ms / 1000 + crcr_core::ports::RATE_WINDOW_TTL_SLACK_SECS;
-        let count: i64 = self.write(now_ms.div_euclid(1000), |tx| {
-            tx.execute(
-                "INSERT INTO kv (key, value, expires_at) VALUES (?1, '1', ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-                params![key, expires_at],
-            )?;
-            tx.query_row("SELECT CAST(value AS INTEGER) FROM kv WHERE key = ?1", [&key], |r| r.get(0))
-        })?;
+        let count: i64 = self
+            .write(now_ms.div_euclid(1000), move |tx| {
+                tx.execute(
+                    "INSERT INTO kv (key, value, expires_at) VALUES (?1, '1', ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                    params![key, expires_at],
+                )?;
+                tx.query_row("SELECT CAST(value AS INTEGER) FROM kv WHERE key = ?1", [&key], |r| r.get(0))
+            })
+            .await?;
         Ok((count > i64::from(self.rate_per_min)).then(|| Duration::from_millis((window_end_ms - now_ms) as u64)))
     }
 }
@@ -158,23 +168,26 @@ impl RateLimiter for SqliteKv {
 impl StateStore for SqliteKv {
     /// Not expired (`expires_at` NULL or not yet past).
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let (key, now) = (format!("{}{key}", prefix::STATE), self.now_s());
         self.db
-            .lock()
-            .query_row(
-                "SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at >= ?2)",
-                params![format!("{}{key}", prefix::STATE), self.now_s()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(unavailable)
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at >= ?2)",
+                    params![key, now],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn put_expiring(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError> {
-        self.put_state(key, value, Some(self.now_s() + ttl.as_secs() as i64))
+        self.put_state(key, value, Some(self.now_s() + ttl.as_secs() as i64)).await
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.put_state(key, value, None)
+        self.put_state(key, value, None).await
     }
 
     /// In one immediate transaction (which first deletes expired rows):
@@ -183,7 +196,8 @@ impl StateStore for SqliteKv {
         let key = format!("{}{key}", prefix::LEASE);
         let now = self.now_s();
         let until = now + ttl.as_secs().max(1) as i64;
-        self.write(now, |tx| {
+        let holder = holder.to_owned();
+        self.write(now, move |tx| {
             tx.execute(
                 "INSERT INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE kv.value = excluded.value",
@@ -191,12 +205,15 @@ impl StateStore for SqliteKv {
             )
             .map(|changed| changed == 1)
         })
+        .await
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
         let key = format!("{}{key}", prefix::LEASE);
-        self.write(self.now_s(), |tx| {
+        let holder = holder.to_owned();
+        self.write(self.now_s(), move |tx| {
             tx.execute("DELETE FROM kv WHERE key = ?1 AND value = ?2", params![key, holder]).map(|_| ())
         })
+        .await
     }
 }

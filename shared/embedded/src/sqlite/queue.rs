@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::Db;
 use crcr_core::ports::{
@@ -60,6 +60,10 @@ impl SqliteQueue {
         }
     }
 
+    /// Inserts a message on `queue`, visible at once. Its stored receipt
+    /// token is set now, to a value no one holds, so that receiving it later
+    /// rewrites a row of the same size: SQLite then writes only the page
+    /// that changed, not the body's overflow pages again.
     fn insert(
         conn: &Connection,
         queue: &str,
@@ -68,82 +72,96 @@ impl SqliteQueue {
         now: i64,
     ) -> Result<String, QueueError> {
         let id = uuid::Uuid::new_v4().to_string();
-        conn.execute(
-            "INSERT INTO queue_messages (queue, message_id, body, sent_at_ms, visible_at_ms, dead_letter_reason)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
-            params![queue, id, body, now, reason],
+        conn.prepare_cached(
+            "INSERT INTO queue_messages (queue, message_id, body, sent_at_ms, visible_at_ms, dead_letter_reason, receipt)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
         )
+        .and_then(|mut insert| insert.execute(params![queue, id, body, now, reason, token()]))
         .map_err(unavailable)?;
         Ok(id)
     }
 
+    /// Up to `max` visible messages of `side`, oldest visibility first
+    /// (read in the order of the index `queue_messages_visible`, so no sort
+    /// and no more rows than asked for, however long the backlog), each
+    /// hidden for `visibility`. `redrive`: the DLQ and the receive count
+    /// past which a message moves there (the source side only).
     fn try_receive(
-        &self,
-        side: QueueSide,
+        conn: &Connection,
+        queue: &str,
+        redrive: Option<(&str, u32)>,
         max: usize,
         visibility: Duration,
+        now: i64,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        let queue = self.queue_name(side);
-        let mut conn = self.db.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
-        let now = self.clock.now_ms();
         let mut out = Vec::new();
-        {
-            let mut pick = tx
-                .prepare_cached(
-                    "SELECT seq, message_id, body, sent_at_ms, receive_count, dead_letter_reason
-                     FROM queue_messages WHERE queue = ?1 AND visible_at_ms <= ?2 ORDER BY seq LIMIT ?3",
-                )
-                .map_err(unavailable)?;
-            // Pick a few more than asked: some may move to the DLQ instead.
-            let rows = pick
-                .query_map(params![queue, now, (max * 2 + 10) as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, u32>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                    ))
-                })
-                .map_err(unavailable)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(unavailable)?;
-            for (seq, message_id, body, sent_at_ms, count, reason) in rows {
-                if out.len() >= max {
-                    break;
-                }
-                if side == QueueSide::Source && count >= self.max_receive_count {
-                    // Redrive policy: received maxReceiveCount times already. Like
-                    // SQS, the message keeps its id, sent time and receive count.
-                    tx.execute(
-                        "UPDATE queue_messages SET queue = ?2, visible_at_ms = ?3, receipt = NULL WHERE seq = ?1",
-                        params![seq, self.dlq, now],
-                    )
-                    .map_err(unavailable)?;
-                    continue;
-                }
-                let receipt = format!("{seq}:{}", uuid::Uuid::new_v4());
-                tx.execute(
-                    "UPDATE queue_messages SET receive_count = receive_count + 1, visible_at_ms = ?2, receipt = ?3
-                     WHERE seq = ?1",
-                    params![seq, now + visibility.as_millis() as i64, receipt],
-                )
-                .map_err(unavailable)?;
-                out.push(ReceivedMessage {
-                    message_id,
-                    receipt,
-                    body,
-                    receive_count: count + 1,
-                    sent_at_ms,
-                    dead_letter_reason: reason,
-                });
+        let mut pick = conn
+            .prepare_cached(
+                "SELECT seq, message_id, body, sent_at_ms, receive_count, dead_letter_reason
+                 FROM queue_messages WHERE queue = ?1 AND visible_at_ms <= ?2 ORDER BY visible_at_ms, seq LIMIT ?3",
+            )
+            .map_err(unavailable)?;
+        // Pick a few more than asked: some may move to the DLQ instead.
+        let rows = pick
+            .query_map(params![queue, now, (max * 2 + 10) as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        for (seq, message_id, body, sent_at_ms, count, reason) in rows {
+            if out.len() >= max {
+                break;
             }
+            if let Some((dlq, _)) = redrive.filter(|(_, max_count)| count >= *max_count) {
+                // Redrive policy: received maxReceiveCount times already. Like
+                // SQS, the message keeps its id, sent time and receive count.
+                conn.prepare_cached(
+                    "UPDATE queue_messages SET queue = ?2, visible_at_ms = ?3, receipt = ?4 WHERE seq = ?1",
+                )
+                .and_then(|mut moved| moved.execute(params![seq, dlq, now, token()]))
+                .map_err(unavailable)?;
+                continue;
+            }
+            let token = token();
+            conn.prepare_cached(
+                "UPDATE queue_messages SET receive_count = receive_count + 1, visible_at_ms = ?2, receipt = ?3
+                 WHERE seq = ?1",
+            )
+            .and_then(|mut hide| hide.execute(params![seq, now + visibility.as_millis() as i64, token]))
+            .map_err(unavailable)?;
+            out.push(ReceivedMessage {
+                message_id,
+                receipt: format!("{seq}:{token}"),
+                body,
+                receive_count: count + 1,
+                sent_at_ms,
+                dead_letter_reason: reason,
+            });
         }
-        tx.commit().map_err(unavailable)?;
         Ok(out)
     }
+}
+
+/// A fresh receipt token (36 characters, every one the same length).
+fn token() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A receipt as given by a receive: `<seq>:<token>`, the row's key and the
+/// token stored with it. Anything else is [`QueueError::BadReceipt`].
+fn parse_receipt(receipt: &str) -> Result<(i64, String), QueueError> {
+    receipt
+        .split_once(':')
+        .and_then(|(seq, token)| Some((seq.parse::<i64>().ok()?, token.to_owned())))
+        .ok_or_else(|| QueueError::BadReceipt(receipt.to_owned()))
 }
 
 /// A SQLite failure as a queue error, the SQLite error kept as its source.
@@ -160,7 +178,8 @@ impl QueueSend for SqliteQueue {
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(QueueError::TooLarge { size: body.len(), limit: MAX_MESSAGE_BYTES });
         }
-        let id = Self::insert(&self.db.lock(), &self.name, body, None, self.clock.now_ms())?;
+        let (queue, body, now) = (self.name.clone(), body.to_owned(), self.clock.now_ms());
+        let id = self.db.write(move |conn| Self::insert(conn, &queue, &body, None, now)).await?;
         self.db.sent.notify_waiters();
         Ok(id)
     }
@@ -181,7 +200,15 @@ impl QueueReceive for SqliteQueue {
             let notified = self.db.sent.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.try_receive(side, max, visibility)?;
+            let (queue, dlq, source) = (self.queue_name(side).to_owned(), self.dlq.clone(), side == QueueSide::Source);
+            let (max_receive_count, now) = (self.max_receive_count, self.clock.now_ms());
+            let got = self
+                .db
+                .write(move |conn| {
+                    let redrive = source.then_some((dlq.as_str(), max_receive_count));
+                    Self::try_receive(conn, &queue, redrive, max, visibility, now)
+                })
+                .await?;
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline {
                 return Ok(got);
@@ -195,28 +222,35 @@ impl QueueReceive for SqliteQueue {
 #[async_trait]
 impl QueueSettle for SqliteQueue {
     async fn delete(&self, side: QueueSide, receipt: &str) -> Result<(), QueueError> {
+        let (seq, token) = parse_receipt(receipt)?;
+        let queue = self.queue_name(side).to_owned();
         let n = self
             .db
-            .lock()
-            .execute(
-                "DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
-                params![self.queue_name(side), receipt],
-            )
-            .map_err(unavailable)?;
+            .write(move |conn| {
+                conn.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3")
+                    .and_then(|mut delete| delete.execute(params![seq, queue, token]))
+                    .map_err(unavailable)
+            })
+            .await?;
         if n == 0 {
             return Err(QueueError::BadReceipt(receipt.to_owned()));
         }
         Ok(())
     }
     async fn change_visibility(&self, side: QueueSide, receipt: &str, delay: Duration) -> Result<(), QueueError> {
+        let (seq, token) = parse_receipt(receipt)?;
+        let queue = self.queue_name(side).to_owned();
+        let visible_at = self.clock.now_ms() + delay.as_millis() as i64;
         let n = self
             .db
-            .lock()
-            .execute(
-                "UPDATE queue_messages SET visible_at_ms = ?3 WHERE queue = ?1 AND receipt = ?2",
-                params![self.queue_name(side), receipt, self.clock.now_ms() + delay.as_millis() as i64],
-            )
-            .map_err(unavailable)?;
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE queue_messages SET visible_at_ms = ?4 WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                )
+                .and_then(|mut hide| hide.execute(params![seq, queue, token, visible_at]))
+                .map_err(unavailable)
+            })
+            .await?;
         if n == 0 {
             return Err(QueueError::BadReceipt(receipt.to_owned()));
         }
@@ -226,55 +260,59 @@ impl QueueSettle for SqliteQueue {
         Ok(())
     }
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction().map_err(unavailable)?;
-        Self::insert(&tx, &self.dlq, &msg.body, Some(reason), self.clock.now_ms())?;
-        let existing: Option<i64> = tx
-            .query_row(
-                "SELECT seq FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
-                params![self.name, msg.receipt],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(unavailable)?;
-        let Some(seq) = existing else {
-            return Err(QueueError::BadReceipt(msg.receipt.clone()));
-        };
-        tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [seq]).map_err(unavailable)?;
-        tx.commit().map_err(unavailable)
+        let (seq, token) = parse_receipt(&msg.receipt)?;
+        let (queue, dlq, body, reason, now) =
+            (self.name.clone(), self.dlq.clone(), msg.body.clone(), reason.to_owned(), self.clock.now_ms());
+        let receipt = msg.receipt.clone();
+        self.db
+            .write(move |conn| {
+                let n = conn
+                    .prepare_cached("DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3")
+                    .and_then(|mut delete| delete.execute(params![seq, queue, token]))
+                    .map_err(unavailable)?;
+                if n == 0 {
+                    return Err(QueueError::BadReceipt(receipt));
+                }
+                Self::insert(conn, &dlq, &body, Some(&reason), now).map(|_| ())
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl QueueInspect for SqliteQueue {
     async fn depth(&self, side: QueueSide) -> Result<u64, QueueError> {
+        let queue = self.queue_name(side).to_owned();
         self.db
-            .lock()
-            .query_row("SELECT COUNT(*) FROM queue_messages WHERE queue = ?1", [self.queue_name(side)], |r| {
-                r.get::<_, i64>(0)
+            .read(move |conn| {
+                conn.query_row("SELECT COUNT(*) FROM queue_messages WHERE queue = ?1", [queue], |r| r.get::<_, i64>(0))
+                    .map(|n| n as u64)
+                    .map_err(unavailable)
             })
-            .map(|n| n as u64)
-            .map_err(unavailable)
+            .await
     }
     /// Exact figures from one query: visible (`visible_at_ms` reached),
     /// in flight (hidden; the embedded queue has no delayed sends, so
     /// `delayed` is 0) and the oldest `sent_at_ms`.
     async fn stats(&self, side: QueueSide) -> Result<QueueStats, QueueError> {
+        let (queue, now) = (self.queue_name(side).to_owned(), self.clock.now_ms());
         self.db
-            .lock()
-            .query_row(
-                "SELECT COALESCE(SUM(visible_at_ms <= ?2), 0), COALESCE(SUM(visible_at_ms > ?2), 0), MIN(sent_at_ms)
-                 FROM queue_messages WHERE queue = ?1",
-                params![self.queue_name(side), self.clock.now_ms()],
-                |r| {
-                    Ok(QueueStats {
-                        visible: r.get::<_, i64>(0)? as u64,
-                        in_flight: r.get::<_, i64>(1)? as u64,
-                        delayed: 0,
-                        oldest_sent_at_ms: r.get(2)?,
-                    })
-                },
-            )
-            .map_err(unavailable)
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT COALESCE(SUM(visible_at_ms <= ?2), 0), COALESCE(SUM(visible_at_ms > ?2), 0), MIN(sent_at_ms)
+                     FROM queue_messages WHERE queue = ?1",
+                    params![queue, now],
+                    |r| {
+                        Ok(QueueStats {
+                            visible: r.get::<_, i64>(0)? as u64,
+                            in_flight: r.get::<_, i64>(1)? as u64,
+                            delayed: 0,
+                            oldest_sent_at_ms: r.get(2)?,
+                        })
+                    },
+                )
+                .map_err(unavailable)
+            })
+            .await
     }
 }

@@ -86,63 +86,68 @@ impl DispatchStore for SqliteDispatchStore {
     ) -> Result<Claim, StoreError> {
         let lease_until = now_ms + lease.as_millis() as i64;
         let key = record_key(target, meta.hook_id);
-        let mut conn = self.db.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
-        let existing: Option<(String, i64, u32)> = tx
-            .query_row(
-                "SELECT status, lease_until_ms, attempts FROM dispatches WHERE delivery_id = ?1 AND target_key = ?2",
-                params![delivery.as_str(), key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(unavailable)?;
-        let claim = match existing {
-            None => {
-                tx.execute(
-                    "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
-                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device,
-                        received_at_ms, hook_id)
-                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                    params![
-                        delivery.as_str(),
-                        key,
-                        target.as_str(),
-                        lease_until,
-                        now_ms,
-                        meta.event,
-                        meta.action,
-                        meta.head_sha.as_ref().map(HeadSha::as_str),
-                        meta.pr_number.map(|n| n as i64),
-                        meta.level.as_str(),
-                        meta.check_run,
-                        meta.device,
-                        meta.received_at_ms,
-                        meta.hook_id.map(|n| n as i64)
-                    ],
-                )
-                .map_err(unavailable)?;
-                Claim::Acquired { attempt: 1 }
-            }
-            Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
-                Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
-                Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
-                // A lease holds up to and including its last millisecond (as
-                // DynamoDB's `lease_until_ms < :now` take-over condition).
-                Some(DispatchStatus::Pending) if until >= now_ms => Claim::Leased { until_ms: until },
-                Some(DispatchStatus::Pending) => {
-                    tx.execute(
-                        "UPDATE dispatches SET attempts = attempts + 1, lease_until_ms = ?3, updated_at_ms = ?4
-                         WHERE delivery_id = ?1 AND target_key = ?2",
-                        params![delivery.as_str(), key, lease_until, now_ms],
+        let (delivery, target, meta) = (delivery.clone(), target.clone(), meta.clone());
+        self.db
+            .write(move |tx| {
+                let existing: Option<(String, i64, u32)> = tx
+                    .prepare_cached(
+                        "SELECT status, lease_until_ms, attempts FROM dispatches WHERE delivery_id = ?1 AND target_key = ?2",
                     )
+                    .and_then(|mut s| {
+                        s.query_row(params![delivery.as_str(), key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+                    })
                     .map_err(unavailable)?;
-                    Claim::Acquired { attempt: attempts + 1 }
-                }
-                None => return Err(StoreError::Corrupt(format!("dispatch {delivery}/{target}: status {status:?}"))),
-            },
-        };
-        tx.commit().map_err(unavailable)?;
-        Ok(claim)
+                Ok(match existing {
+                    None => {
+                        tx.prepare_cached(
+                            "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
+                                created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device,
+                                received_at_ms, hook_id)
+                             VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                delivery.as_str(),
+                                key,
+                                target.as_str(),
+                                lease_until,
+                                now_ms,
+                                meta.event,
+                                meta.action,
+                                meta.head_sha.as_ref().map(HeadSha::as_str),
+                                meta.pr_number.map(|n| n as i64),
+                                meta.level.as_str(),
+                                meta.check_run,
+                                meta.device,
+                                meta.received_at_ms,
+                                meta.hook_id.map(|n| n as i64)
+                            ])
+                        })
+                        .map_err(unavailable)?;
+                        Claim::Acquired { attempt: 1 }
+                    }
+                    Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
+                        Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
+                        Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
+                        // A lease holds up to and including its last millisecond (as
+                        // DynamoDB's `lease_until_ms < :now` take-over condition).
+                        Some(DispatchStatus::Pending) if until >= now_ms => Claim::Leased { until_ms: until },
+                        Some(DispatchStatus::Pending) => {
+                            tx.execute(
+                                "UPDATE dispatches SET attempts = attempts + 1, lease_until_ms = ?3, updated_at_ms = ?4
+                                 WHERE delivery_id = ?1 AND target_key = ?2",
+                                params![delivery.as_str(), key, lease_until, now_ms],
+                            )
+                            .map_err(unavailable)?;
+                            Claim::Acquired { attempt: attempts + 1 }
+                        }
+                        None => {
+                            return Err(StoreError::Corrupt(format!("dispatch {delivery}/{target}: status {status:?}")))
+                        }
+                    },
+                })
+            })
+            .await
     }
 
     async fn finish_for_hook(
@@ -154,7 +159,6 @@ impl DispatchStore for SqliteDispatchStore {
         outcome: &AttemptOutcome,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let conn = self.db.lock();
         // A finished attempt (any outcome) releases the lease: lease_until_ms = 0.
         // ?8: whether only attempt ?9 may write (all outcomes but a 204).
         let sql = "UPDATE dispatches SET status = ?3, last_error = COALESCE(?4, last_error), lease_until_ms = 0,
@@ -166,35 +170,33 @@ impl DispatchStore for SqliteDispatchStore {
             AttemptOutcome::Failed { reason } => ("failed", Some(reason.as_str()), None, false),
             AttemptOutcome::Retry { reason } => ("pending", Some(reason.as_str()), None, false),
         };
-        conn.execute(
-            sql,
-            params![
-                delivery.as_str(),
-                record_key(target, hook_id),
-                status,
-                error,
-                now_ms,
-                dispatched_at,
-                trimmed as i64,
-                own_attempt_only as i64,
-                attempt
-            ],
-        )
-        .map_err(unavailable)?;
-        Ok(())
+        let (delivery, key, status, error) =
+            (delivery.as_str().to_owned(), record_key(target, hook_id), status.to_owned(), error.map(str::to_owned));
+        self.db
+            .write(move |conn| {
+                conn.prepare_cached(sql)
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            delivery,
+                            key,
+                            status,
+                            error,
+                            now_ms,
+                            dispatched_at,
+                            trimmed as i64,
+                            own_attempt_only as i64,
+                            attempt
+                        ])
+                    })
+                    .map(|_| ())
+                    .map_err(unavailable)
+            })
+            .await
     }
 
     async fn records(&self, delivery: &DeliveryId) -> Result<Vec<DispatchRecord>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM dispatches WHERE delivery_id = ?1 ORDER BY target_key"))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map([delivery.as_str()], record).map_err(unavailable)?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r.map_err(unavailable)??);
-        }
-        Ok(out)
+        let sql = format!("SELECT {COLUMNS} FROM dispatches WHERE delivery_id = ?1 ORDER BY target_key");
+        self.db.rows(sql, vec![delivery.as_str().to_owned().into()], record).await
     }
 
     /// Reads the partial index on `dispatched_at_ms`.
@@ -204,19 +206,11 @@ impl DispatchStore for SqliteDispatchStore {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<DispatchRecord>, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM dispatches WHERE dispatched_at_ms IS NOT NULL AND dispatched_at_ms >= ?1
-                 AND dispatched_at_ms < ?2 AND status = 'dispatched' ORDER BY dispatched_at_ms LIMIT ?3"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map(params![from_ms, to_ms, limit as i64], record).map_err(unavailable)?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r.map_err(unavailable)??);
-        }
-        Ok(out)
+        let sql = format!(
+            "SELECT {COLUMNS} FROM dispatches WHERE dispatched_at_ms IS NOT NULL AND dispatched_at_ms >= ?1
+             AND dispatched_at_ms < ?2 AND status = 'dispatched' ORDER BY dispatched_at_ms LIMIT ?3"
+        );
+        self.db.rows(sql, vec![from_ms.into(), to_ms.into(), (limit as i64).into()], record).await
     }
 
     /// Reads the partial index `dispatches_head_sha` (head_sha, created_at_ms,
@@ -225,48 +219,43 @@ impl DispatchStore for SqliteDispatchStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let conn = self.db.lock();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}")).map_err(unavailable)?;
-        let rows = stmt
-            .query_map(params![head_sha.as_str(), i64::try_from(limit).unwrap_or(i64::MAX)], record)
-            .map_err(unavailable)?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r.map_err(unavailable)??);
-        }
-        Ok(out)
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!("SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}");
+        self.db.rows(sql, vec![head_sha.as_str().to_owned().into(), limit.into()], record).await
     }
 
     /// One `GROUP BY status` over the records with `updated_at_ms >= since_ms`
     /// (a table scan; fine for on-call use).
     async fn outcome_counts(&self, since_ms: i64, now_ms: i64) -> Result<DispatchCounts, StoreError> {
-        let conn = self.db.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT status, COUNT(*), COALESCE(SUM(lease_until_ms >= ?2), 0) FROM dispatches
-                 WHERE updated_at_ms >= ?1 GROUP BY status",
-            )
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map(params![since_ms, now_ms], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
-            })
-            .map_err(unavailable)?;
-        let mut counts = DispatchCounts::default();
-        for row in rows {
-            let (status, n, leased) = row.map_err(unavailable)?;
-            match DispatchStatus::parse(&status) {
-                Some(DispatchStatus::Dispatched) => counts.dispatched += n,
-                Some(DispatchStatus::Failed) => counts.failed += n,
-                Some(DispatchStatus::Pending) => {
-                    counts.pending += n;
-                    counts.in_progress += leased;
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT status, COUNT(*), COALESCE(SUM(lease_until_ms >= ?2), 0) FROM dispatches
+                         WHERE updated_at_ms >= ?1 GROUP BY status",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![since_ms, now_ms], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+                    })
+                    .map_err(unavailable)?;
+                let mut counts = DispatchCounts::default();
+                for row in rows {
+                    let (status, n, leased) = row.map_err(unavailable)?;
+                    match DispatchStatus::parse(&status) {
+                        Some(DispatchStatus::Dispatched) => counts.dispatched += n,
+                        Some(DispatchStatus::Failed) => counts.failed += n,
+                        Some(DispatchStatus::Pending) => {
+                            counts.pending += n;
+                            counts.in_progress += leased;
+                        }
+                        None => return Err(StoreError::Corrupt(format!("dispatch status {status:?}"))),
+                    }
                 }
-                None => return Err(StoreError::Corrupt(format!("dispatch status {status:?}"))),
-            }
-        }
-        Ok(counts)
+                Ok(counts)
+            })
+            .await
     }
 }
 
@@ -281,7 +270,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("crcr-plan-{}.sqlite", uuid::Uuid::new_v4()));
         let db = Db::open(&path).unwrap();
         let plan: Vec<String> = {
-            let conn = db.lock();
+            let conn = rusqlite::Connection::open(&path).unwrap();
             let mut stmt =
                 conn.prepare(&format!("EXPLAIN QUERY PLAN SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}")).unwrap();
             let rows = stmt.query_map(params!["ab", 10], |r| r.get::<_, String>(3)).unwrap();

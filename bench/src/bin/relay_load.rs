@@ -1,0 +1,424 @@
+//! Sustained-load benchmark of the embedded default (issue 14): for each
+//! rate, a fresh `crcr serve` (the release binary, a child process) on a
+//! fresh database, the GitHub stand-in (in this process) answering after a
+//! fixed latency, and an open-loop generator sending signed
+//! `pull_request.synchronize` deliveries (the real 24.7 KB fixture) at that
+//! rate whatever the relay answers. Per rate it prints:
+//!
+//! - the 202's p50/p99/max (ms, from sending the request to its answer);
+//! - dispatch lag p50/p99/max (ms, from sending a webhook to each of its
+//!   dispatches reaching GitHub, before GitHub's latency);
+//! - drain time (s, from the last webhook sent to the last dispatch);
+//! - relay CPU per webhook (ms, user + system of the `crcr serve` process),
+//!   and this process's (the stand-in's and the generator's: what else
+//!   competes for the machine);
+//! - peak RSS (MiB, the process's VmHWM) and peak WAL (MiB, the
+//!   `-wal` file's size sampled every 20 ms);
+//! - lost and duplicated dispatches;
+//! - GitHub requests and new TCP connections per webhook (connections the
+//!   stand-in had not seen during the warm-up delivery).
+//!
+//! ```text
+//! bench/relay-load --rates 100,200,500 --seconds 60 --targets 10 --latency-ms 50
+//! ```
+//!
+//! (`bench/relay-load` builds `crcr` and this binary in release mode, then
+//! runs it with the arguments given.) The relay, the stand-in and the
+//! generator share the machine, as they would on a developer's laptop; the
+//! relay reads its other settings from the environment (`CRCR_WORKERS`, ...).
+//! It exits non-zero when a rate lost or duplicated a dispatch.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crcr_core::signature::WebhookSecret;
+use crcr_standin::{StandIn, StandInOptions};
+
+struct Args {
+    rates: Vec<u64>,
+    seconds: u64,
+    targets: usize,
+    latency_ms: u64,
+    /// How long to wait for the backlog after the last webhook, at most (s).
+    drain_timeout_s: u64,
+    crcr: PathBuf,
+}
+
+const USAGE: &str = "relay-load [--rates 100,200,500] [--seconds 60] [--targets 10] [--latency-ms 50] \
+                     [--drain-timeout-s 300] [--crcr target/release/crcr]";
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        rates: vec![100, 200, 500],
+        seconds: 60,
+        targets: 10,
+        latency_ms: 50,
+        drain_timeout_s: 300,
+        crcr: "target/release/crcr".into(),
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let (flag, v) = (pair[0].as_str(), pair.get(1).map(String::as_str).unwrap_or_default());
+        let number = |what: &str| v.parse::<u64>().map_err(|_| anyhow::anyhow!("{what} wants a number, got {v:?}"));
+        match flag {
+            "--rates" => {
+                a.rates = v
+                    .split(',')
+                    .map(|r| r.trim().parse::<u64>().ok().filter(|r| *r > 0))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                    anyhow::anyhow!("--rates wants positive numbers separated by commas, got {v:?}")
+                })?
+            }
+            "--seconds" => a.seconds = number("--seconds")?,
+            "--targets" => a.targets = number("--targets")? as usize,
+            "--latency-ms" => a.latency_ms = number("--latency-ms")?,
+            "--drain-timeout-s" => a.drain_timeout_s = number("--drain-timeout-s")?,
+            "--crcr" => a.crcr = v.into(),
+            _ => anyhow::bail!("unknown argument {flag:?}; usage: {USAGE}"),
+        }
+    }
+    anyhow::ensure!(a.seconds > 0 && a.targets > 0, "--seconds and --targets must be at least 1; usage: {USAGE}");
+    Ok(a)
+}
+
+/// Figures of one rate.
+#[derive(Debug, Default)]
+struct Report {
+    rate: u64,
+    sent: usize,
+    accepted: usize,
+    send_s: f64,
+    ack_ms: [f64; 3],
+    lag_ms: [f64; 3],
+    drain_s: f64,
+    cpu_ms_per_webhook: f64,
+    /// CPU of this process (the stand-in and the generator) per webhook, ms.
+    harness_cpu_ms_per_webhook: f64,
+    peak_rss_mib: f64,
+    peak_wal_mib: f64,
+    lost: usize,
+    duplicated: usize,
+    requests_per_webhook: f64,
+    new_connections_per_webhook: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
+    if v.is_empty() {
+        return [f64::NAN; 3];
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    [at(0.5), at(0.99), at(1.0)]
+}
+
+/// `VmHWM` (peak resident set) of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of `pid` so far, in ms (`/proc/<pid>/stat` fields
+/// 14 and 15, in clock ticks of 10 ms: `getconf CLK_TCK` is 100 on Linux).
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields after it follow ')'.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // After ')': field 3 is index 0, so utime (14) is 11 and stime (15) is 12.
+    (tick(11) + tick(12)) * 10
+}
+
+/// The fixture's head commit (`pull_request.head.sha` and `after`).
+const FIXTURE_HEAD_SHA: &[u8] = b"ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+
+/// `body` with every occurrence of the fixture's head SHA replaced by one
+/// made of `delivery_id`'s hex digits (a UUID has 32; padded to 40).
+fn with_head_sha(body: &[u8], delivery_id: &str) -> Vec<u8> {
+    let hex: Vec<u8> =
+        delivery_id.bytes().filter(u8::is_ascii_hexdigit).chain(std::iter::repeat(b'0')).take(40).collect();
+    let mut out = body.to_vec();
+    let mut i = 0;
+    while let Some(at) = out[i..].windows(FIXTURE_HEAD_SHA.len()).position(|w| w == FIXTURE_HEAD_SHA) {
+        out[i + at..i + at + FIXTURE_HEAD_SHA.len()].copy_from_slice(&hex);
+        i += at + FIXTURE_HEAD_SHA.len();
+    }
+    out
+}
+
+/// Kills the relay when dropped, so an error on the way does not leave it running.
+struct Relay(Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the stand-in saw, read off it in slices while the load runs.
+#[derive(Default)]
+struct Seen {
+    /// (delivery id, repository) → arrival times of its dispatches.
+    dispatches: HashMap<(String, String), Vec<Instant>>,
+    dispatch_count: usize,
+    requests: usize,
+    ports: HashSet<u16>,
+    new_ports: usize,
+}
+
+impl Seen {
+    fn take(&mut self, gh: &StandIn) {
+        let (requests, dispatches) = gh.take_records();
+        self.requests += requests.len();
+        for r in requests {
+            if self.ports.insert(r.peer_port) {
+                self.new_ports += 1;
+            }
+        }
+        for d in dispatches {
+            let id = d.body["client_payload"]["delivery_id"].as_str().unwrap_or_default().to_owned();
+            self.dispatches.entry((id, d.repo)).or_default().push(d.arrived);
+            self.dispatch_count += 1;
+        }
+    }
+}
+
+async fn run_rate(a: &Args, rate: u64, body: &bytes::Bytes) -> anyhow::Result<Report> {
+    let gh =
+        StandIn::start(StandInOptions { latency: Duration::from_millis(a.latency_ms), ..Default::default() }).await?;
+    gh.set_rate_limit(u64::MAX / 2);
+    let dir = std::env::temp_dir().join(format!("crcr-relay-load-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run_rate_in(a, rate, body, &gh, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    gh.shutdown().await;
+    result
+}
+
+async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir: &Path) -> anyhow::Result<Report> {
+    let repos: Vec<String> = (0..a.targets).map(|i| format!("vendor{i}/backend")).collect();
+    for r in &repos {
+        gh.install(r);
+    }
+    let allowlist = format!("L1:\n{}", repos.iter().map(|r| format!("  - {r}\n")).collect::<String>());
+    std::fs::write(dir.join("allowlist.yml"), allowlist)?;
+    std::fs::write(dir.join("app.pem"), gh.private_key_pem())?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let database = dir.join("crcr.sqlite");
+    let secret = uuid::Uuid::new_v4().to_string();
+    let relay = Relay(
+        Command::new(&a.crcr)
+            .arg("serve")
+            .env("CRCR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CRCR_DATABASE", &database)
+            .env("CRCR_UPSTREAM_REPO", "Codertocat/Hello-World")
+            .env("CRCR_WEBHOOK_SECRET", &secret)
+            .env("CRCR_GITHUB_APP_ID", gh.app_id().to_string())
+            .env("CRCR_GITHUB_APP_PRIVATE_KEY_FILE", dir.join("app.pem"))
+            .env("CRCR_GITHUB_API_URL", gh.base_url())
+            .env("CRCR_ALLOWLIST_FILE", dir.join("allowlist.yml"))
+            .env("CRCR_LOG", std::env::var("CRCR_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start {} (build it: cargo build --release -p crcr): {e}", a.crcr.display())
+            })?,
+    );
+    let pid = relay.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let url = format!("{base}/github/webhook");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let ready = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        anyhow::ensure!(ready.elapsed() < Duration::from_secs(10), "crcr serve did not start on {base}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signer = WebhookSecret::new(secret);
+    // Each delivery is a push of a new head commit, as real `synchronize`
+    // events are: the fixture's head SHA replaced by a fresh one, signed anew.
+    let post = |id: String| {
+        let body = with_head_sha(body, &id);
+        http.post(&url)
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", id)
+            .header("x-github-hook-id", "1")
+            .header("x-hub-signature-256", signer.sign(&body))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // Warm-up: installation lookups and token minting happen here, and the
+    // connections opened now are not counted as new.
+    let warm = post(uuid::Uuid::new_v4().to_string()).await?;
+    anyhow::ensure!(warm.status() == 202, "the warm-up delivery was answered {}", warm.status());
+    let mut seen = Seen::default();
+    let ready = Instant::now();
+    while seen.dispatch_count < a.targets {
+        anyhow::ensure!(ready.elapsed() < Duration::from_secs(30), "the warm-up delivery was not dispatched in 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen.take(gh);
+    }
+    seen = Seen { ports: std::mem::take(&mut seen.ports), ..Seen::default() };
+
+    // Samplers: the WAL's size, and the stand-in's records in slices.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak_wal = Arc::new(AtomicU64::new(0));
+    let wal_path = PathBuf::from(format!("{}-wal", database.display()));
+    let sampler = {
+        let (stop, peak_wal) = (stop.clone(), peak_wal.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(m) = std::fs::metadata(&wal_path) {
+                    peak_wal.fetch_max(m.len(), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let cpu_before = cpu_ms(pid);
+    let harness_before = cpu_ms(std::process::id());
+    let total = (rate * a.seconds) as usize;
+    // Per delivery id: when sent, the 202's latency (ms) and the status (0: no answer).
+    type Acks = Arc<Mutex<HashMap<String, (Instant, f64, u16)>>>;
+    let acks: Acks = Arc::new(Mutex::new(HashMap::with_capacity(total)));
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut last_take = Instant::now();
+    for _ in 0..total {
+        tick.tick().await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let (request, acks) = (post(id.clone()), acks.clone());
+        in_flight.spawn(async move {
+            let t0 = Instant::now();
+            let status = request.await.map_or(0, |r| r.status().as_u16());
+            acks.lock().unwrap().insert(id, (t0, t0.elapsed().as_secs_f64() * 1e3, status));
+        });
+        while in_flight.try_join_next().is_some() {}
+        if last_take.elapsed() > Duration::from_millis(200) {
+            seen.take(gh);
+            last_take = Instant::now();
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+    let send_s = started.elapsed().as_secs_f64();
+    let sent_done = Instant::now();
+    let accepted = acks.lock().unwrap().values().filter(|a| a.2 == 202).count();
+    let expected = accepted * a.targets;
+    let deadline = Instant::now() + Duration::from_secs(a.drain_timeout_s);
+    while seen.dispatch_count < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen.take(gh);
+    }
+    let cpu_after = cpu_ms(pid);
+    let harness_after = cpu_ms(std::process::id());
+    let peak_rss = peak_rss_kib(pid);
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    drop(relay);
+
+    let acks = acks.lock().unwrap();
+    let mut lags = Vec::with_capacity(seen.dispatch_count);
+    let mut last_dispatch = sent_done;
+    let mut delivered = 0;
+    let mut duplicated = 0;
+    for ((id, _), arrivals) in &seen.dispatches {
+        if arrivals.len() > 1 {
+            duplicated += arrivals.len() - 1;
+        }
+        let Some((sent, _, status)) = acks.get(id) else { continue };
+        if *status == 202 {
+            delivered += 1;
+        }
+        for at in arrivals {
+            lags.push(at.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+            last_dispatch = last_dispatch.max(*at);
+        }
+    }
+    Ok(Report {
+        rate,
+        sent: total,
+        accepted,
+        send_s,
+        ack_ms: percentiles(acks.values().map(|a| a.1).collect()),
+        lag_ms: percentiles(lags),
+        drain_s: last_dispatch.saturating_duration_since(sent_done).as_secs_f64(),
+        cpu_ms_per_webhook: cpu_after.saturating_sub(cpu_before) as f64 / total as f64,
+        harness_cpu_ms_per_webhook: harness_after.saturating_sub(harness_before) as f64 / total as f64,
+        peak_rss_mib: peak_rss as f64 / 1024.0,
+        peak_wal_mib: peak_wal.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0),
+        lost: expected.saturating_sub(delivered),
+        duplicated,
+        requests_per_webhook: seen.requests as f64 / total as f64,
+        new_connections_per_webhook: seen.new_ports as f64 / total as f64,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/webhooks/pull_request.synchronize.json");
+    let body = bytes::Bytes::from(std::fs::read(fixture).map_err(|e| anyhow::anyhow!("{fixture}: {e}"))?);
+    println!(
+        "relay-load: {} s per rate, {} target(s), GitHub latency {} ms, {} B pull_request.synchronize",
+        a.seconds,
+        a.targets,
+        a.latency_ms,
+        body.len()
+    );
+    println!(
+        "| rate/s | sent (achieved/s) | 202 p50 / p99 ms | lag p50 / p99 / max ms | drain s | CPU ms/webhook (relay / \
+         harness) | peak RSS MiB | peak WAL MiB | lost / dup | GitHub req/webhook | new conn/webhook |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut bad = Vec::new();
+    for &rate in &a.rates {
+        let r = run_rate(&a, rate, &body).await?;
+        println!(
+            "| {} | {} ({:.0}) | {:.2} / {:.2} | {:.0} / {:.0} / {:.0} | {:.1} | {:.2} / {:.2} | {:.1} | {:.1} | {} / {} | \
+             {:.2} | {:.4} |",
+            r.rate,
+            r.sent,
+            r.sent as f64 / r.send_s,
+            r.ack_ms[0],
+            r.ack_ms[1],
+            r.lag_ms[0],
+            r.lag_ms[1],
+            r.lag_ms[2],
+            r.drain_s,
+            r.cpu_ms_per_webhook,
+            r.harness_cpu_ms_per_webhook,
+            r.peak_rss_mib,
+            r.peak_wal_mib,
+            r.lost,
+            r.duplicated,
+            r.requests_per_webhook,
+            r.new_connections_per_webhook
+        );
+        if r.accepted < r.sent {
+            println!("  ({rate}/s: {} of {} webhooks were not answered 202)", r.sent - r.accepted, r.sent);
+        }
+        if r.lost > 0 || r.duplicated > 0 {
+            bad.push(rate);
+        }
+    }
+    anyhow::ensure!(bad.is_empty(), "lost or duplicated dispatches at {bad:?}/s");
+    Ok(())
+}
