@@ -329,7 +329,7 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
             return answer(e.status(), json!({"error": e.to_string()}));
         }
     };
-    let (delivery_id, hook_id, event, action, mut message, payload_start) = match verdict {
+    let (delivery_id, hook_id, event, action, message, payload_start, upstream) = match verdict {
         Verdict::Ignore { delivery_id, event, why } => {
             tracing::info!(%delivery_id, %event, %why, metric = "webhooks", outcome = "ignored", "webhook ignored");
             count_webhook(&event, "ignored", started);
@@ -354,53 +354,74 @@ async fn webhook(State(st): State<Arc<IngestState>>, headers: HeaderMap, body: B
             };
         }
         Verdict::Enqueue { delivery_id, hook_id, event, action, message, payload_start, upstream } => {
-            // The reconciler's part first: if it cannot be queued the
-            // delivery fails (503) before anything was fanned out, and its
-            // redelivery does both (each side is idempotent per delivery).
-            if let Some(up) = upstream {
-                if let Err(resp) = send_upstream(&st, &delivery_id, &event, &up).await {
-                    count_webhook(&event, "unavailable", started);
-                    return resp;
-                }
-            }
-            (delivery_id, hook_id, event, action, message, payload_start)
+            (delivery_id, hook_id, event, action, message, payload_start, upstream)
         }
     };
-    if message.len() > st.queue.max_message_bytes() {
-        // Claim check: store the payload, enqueue a reference.
-        let payload = &message[payload_start..message.len() - 2];
-        let key = payload_blob_key(&delivery_id, hook_id);
-        if let Err(e) = st.blobs.put(&key, payload.as_bytes()).await {
-            tracing::error!(%delivery_id, %event, error = %e, metric = "webhooks", outcome = "unavailable", "claim-check store refused payload");
-            count_webhook(&event, "unavailable", started);
-            return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "payload store unavailable"}));
+    // The reconciler's part and the fan-out are queued at once (on SQLite
+    // they share one commit; on AWS the answer waits for the slower call, not
+    // both). The delivery is 202 only if both were queued; otherwise 503 and
+    // GitHub's redelivery queues both again, which changes nothing for the
+    // part already queued (each side is idempotent per delivery).
+    let reconciler_part = async {
+        match &upstream {
+            Some(up) => send_upstream(&st, &delivery_id, &event, up).await.map(|_| ()),
+            None => Ok(()),
         }
-        message = QueueMessage::DispatchV1(DispatchV1 {
-            delivery_id: delivery_id.clone(),
-            hook_id,
-            event: event.clone(),
-            action: action.clone(),
-            received_at_ms: st.clock.now_ms(),
-            payload: PayloadRef::Stored { key, bytes: payload.len() },
-        })
-        .encode();
+    };
+    let (upstream_sent, sent) =
+        tokio::join!(reconciler_part, enqueue(&st, &delivery_id, hook_id, &event, &action, message, payload_start));
+    if let Err(resp) = upstream_sent {
+        count_webhook(&event, "unavailable", started);
+        return resp;
     }
-    match st.queue.send(&message).await {
+    match sent {
         Ok(message_id) => {
             tracing::info!(%delivery_id, %event, action = action.as_deref().unwrap_or(""), %message_id,
                 latency_us = started.elapsed().as_micros() as u64, metric = "webhooks", outcome = "enqueued", "webhook enqueued");
             count_webhook(&event, "enqueued", started);
             answer(StatusCode::ACCEPTED, json!({"delivery_id": delivery_id, "message_id": message_id}))
         }
-        Err(e) => {
-            tracing::error!(%delivery_id, %event, error = %e, metric = "webhooks", outcome = "unavailable", "queue refused webhook");
+        Err(resp) => {
             count_webhook(&event, "unavailable", started);
-            answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "queue unavailable; the delivery can be redelivered"}),
-            )
+            resp
         }
     }
+}
+
+/// Queues the fan-out message of a delivery, its payload claim-checked
+/// first when the message would be over the queue's size limit. `Err` is
+/// the 503 to answer.
+async fn enqueue(
+    st: &IngestState,
+    delivery_id: &DeliveryId,
+    hook_id: Option<u64>,
+    event: &str,
+    action: &Option<String>,
+    mut message: String,
+    payload_start: usize,
+) -> Result<String, Response> {
+    if message.len() > st.queue.max_message_bytes() {
+        // Claim check: store the payload, enqueue a reference.
+        let payload = &message[payload_start..message.len() - 2];
+        let key = payload_blob_key(delivery_id, hook_id);
+        if let Err(e) = st.blobs.put(&key, payload.as_bytes()).await {
+            tracing::error!(%delivery_id, %event, error = %e, metric = "webhooks", outcome = "unavailable", "claim-check store refused payload");
+            return Err(answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "payload store unavailable"})));
+        }
+        message = QueueMessage::DispatchV1(DispatchV1 {
+            delivery_id: delivery_id.clone(),
+            hook_id,
+            event: event.to_owned(),
+            action: action.clone(),
+            received_at_ms: st.clock.now_ms(),
+            payload: PayloadRef::Stored { key, bytes: payload.len() },
+        })
+        .encode();
+    }
+    st.queue.send(&message).await.map_err(|e| {
+        tracing::error!(%delivery_id, %event, error = %e, metric = "webhooks", outcome = "unavailable", "queue refused webhook");
+        answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "queue unavailable; the delivery can be redelivered"}))
+    })
 }
 
 #[cfg(test)]
@@ -487,6 +508,56 @@ mod tests {
         let mut big: serde_json::Value = serde_json::from_str(OPENED).unwrap();
         big["pull_request"]["body"] = serde_json::Value::String("x".repeat(300_000));
         assert_eq!(answer_of(DEFAULT_MAX_BODY_BYTES, serde_json::to_vec(&big).unwrap()).await, 503);
+    }
+
+    /// A queue that keeps what it is sent.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl QueueSend for Kept {
+        fn max_message_bytes(&self) -> usize {
+            262_144
+        }
+        async fn send(&self, body: &str) -> Result<String, QueueError> {
+            let mut kept = self.0.lock().unwrap();
+            kept.push(body.to_owned());
+            Ok(format!("m-{}", kept.len()))
+        }
+    }
+
+    /// A `synchronize` is queued twice (fan-out and the reconciler's part):
+    /// 202 only when both queues took it, 503 when either refused.
+    #[tokio::test]
+    async fn a_delivery_with_a_reconciler_part_is_202_only_when_both_queues_take_it() {
+        let sync = include_str!("../../../fixtures/webhooks/pull_request.synchronize.json");
+        let secret = WebhookSecret::new("s");
+        let post = |dispatch: Arc<dyn QueueSend>, reconcile: Arc<dyn QueueSend>| {
+            let app = router(Arc::new(IngestState {
+                secret: secret.clone(),
+                upstream: RepoFullName::parse("Codertocat/Hello-World").unwrap(),
+                queue: dispatch,
+                blobs: Arc::new(Down),
+                clock: Arc::new(SystemClock),
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                reconcile: Some(reconcile),
+            }));
+            let req = http::Request::post("/github/webhook")
+                .header("x-github-event", "pull_request")
+                .header("x-github-delivery", "d-1")
+                .header("x-hub-signature-256", secret.sign(sync.as_bytes()))
+                .body(axum::body::Body::from(sync))
+                .unwrap();
+            async move { app.oneshot(req).await.unwrap().status().as_u16() }
+        };
+        let (dispatch, reconcile) = (Arc::new(Kept::default()), Arc::new(Kept::default()));
+        assert_eq!(post(dispatch.clone(), reconcile.clone()).await, 202);
+        let (sent, upstream) = (dispatch.0.lock().unwrap().clone(), reconcile.0.lock().unwrap().clone());
+        assert!(matches!(QueueMessage::decode(&sent[0]).unwrap(), QueueMessage::DispatchV1(_)), "{sent:?}");
+        assert!(matches!(QueueMessage::decode(&upstream[0]).unwrap(), QueueMessage::UpstreamV1(_)), "{upstream:?}");
+        assert_eq!((sent.len(), upstream.len()), (1, 1));
+        assert_eq!(post(Arc::new(Down), Arc::new(Kept::default())).await, 503, "the dispatch queue is down");
+        assert_eq!(post(Arc::new(Kept::default()), Arc::new(Down)).await, 503, "the reconcile queue is down");
     }
 
     const OPENED: &str = include_str!("../../../fixtures/webhooks/pull_request.opened.json");

@@ -79,14 +79,19 @@ pub(crate) fn ruby_inspect(v: &Value) -> String {
 /// characters of its compact JSON as Rails' `to_json` writes it. Rails
 /// escapes `<`, `>`, `&`, U+2028 and U+2029 inside strings as `\uXXXX`
 /// (six characters instead of one), so each of those counts 6.
+///
+/// Counted over the UTF-8 bytes (a character is every byte that is not a
+/// continuation byte), which a load run's 28 KB payloads need to be cheap.
 pub(crate) fn github_json_len(v: &Value) -> usize {
     let text = serde_json::to_string(v).unwrap_or_default();
-    text.chars()
-        .map(|c| match c {
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => 6,
-            _ => 1,
-        })
-        .sum()
+    let b = text.as_bytes();
+    let chars = b.iter().filter(|&&x| x & 0xC0 != 0x80).count();
+    let mut escaped = b.iter().filter(|&&x| matches!(x, b'<' | b'>' | b'&')).count();
+    // U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
+    if b.contains(&0xE2) {
+        escaped += b.windows(3).filter(|w| matches!(w, [0xE2, 0x80, 0xA8 | 0xA9])).count();
+    }
+    chars + 5 * escaped
 }
 
 /// The git blob id of `contents` (`sha1("blob <len>\0" + contents)`), which
@@ -136,6 +141,7 @@ mod tests {
     fn github_length_counts_rails_escapes() {
         assert_eq!(github_json_len(&json!({"a": "<&>"})), "{\"a\":\"<&>\"}".len() + 15);
         assert_eq!(github_json_len(&json!({"a": "é"})), 9);
+        assert_eq!(github_json_len(&json!({"a": "\u{2028}x\u{2029}€"})), "{\"a\":\"\"}".len() + 6 + 1 + 6 + 1);
     }
 
     #[test]
