@@ -23,6 +23,21 @@ use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::{dispatched_to, fixture, uuid, UPSTREAM};
 use tower::ServiceExt;
 
+/// Posts fixture `name` (a `pull_request` event) signed with `secret` to the
+/// ingest router, expects 202, and returns its delivery id.
+async fn post_pull_request(app: axum::Router, secret: &WebhookSecret, name: &str) -> String {
+    let body = fixture(name);
+    let delivery = uuid();
+    let req = http::Request::post("/github/webhook")
+        .header("X-GitHub-Event", "pull_request")
+        .header("X-GitHub-Delivery", &delivery)
+        .header("X-Hub-Signature-256", secret.sign(&body))
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    assert_eq!(app.oneshot(req).await.unwrap().status(), 202);
+    delivery
+}
+
 #[tokio::test]
 async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
     let sdk = moto::sdk().await;
@@ -74,15 +89,7 @@ async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
         max_body_bytes: 6 * 1024 * 1024,
         reconcile: None,
     }));
-    let body = fixture("pull_request.opened");
-    let delivery = uuid();
-    let req = http::Request::post("/github/webhook")
-        .header("X-GitHub-Event", "pull_request")
-        .header("X-GitHub-Delivery", &delivery)
-        .header("X-Hub-Signature-256", secret.sign(&body))
-        .body(axum::body::Body::from(body))
-        .unwrap();
-    assert_eq!(app.oneshot(req).await.unwrap().status(), 202);
+    let delivery = post_pull_request(app, &secret, "pull_request.opened").await;
 
     // AND the event source mapping delivers batches until the queue is empty
     // (successes deleted by Lambda, failures reappear after their visibility delay)
@@ -116,4 +123,69 @@ async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
     let reason = dead[0].dead_letter_reason.as_deref().unwrap_or_default();
     assert!(reason.contains("after 3 receives") && reason.contains("org/down: 503"), "{reason}");
     assert!(dead[0].body.contains(&delivery));
+}
+
+/// AWS calls per webhook at their minimum (issue 14), counted on moto: a
+/// `pull_request.synchronize` to 10 targets costs ingest 2 SQS calls (the
+/// fan-out and the reconciler's part, sent at once) and the dispatcher one
+/// conditional DynamoDB write per target to claim it (the idempotency key)
+/// and one to record GitHub's answer: no read, no blob, no SQS call from
+/// the handler (Lambda's event source mapping receives the batch and
+/// deletes what the handler did not report as failed).
+#[tokio::test]
+async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_two_dynamodb_writes_per_target() {
+    let sdk = moto::sdk().await;
+    let res = moto::Resources::create(&sdk, 3).await;
+    let (ingest_calls, dispatcher_calls) = (moto::CallCounter::default(), moto::CallCounter::default());
+    let ingest_queue =
+        Arc::new(SqsQueue::new(ingest_calls.sqs(&sdk), res.dispatch_queue_url.clone(), res.dispatch_dlq_url.clone()));
+    let reconcile_queue =
+        Arc::new(SqsQueue::new(ingest_calls.sqs(&sdk), res.reconcile_queue_url.clone(), res.reconcile_dlq_url.clone()));
+    // What the event source mapping does (receive, delete) is not the handler's.
+    let lambda_service =
+        SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), res.dispatch_queue_url.clone(), res.dispatch_dlq_url.clone());
+    let handler_queue =
+        SqsQueue::new(dispatcher_calls.sqs(&sdk), res.dispatch_queue_url.clone(), res.dispatch_dlq_url.clone());
+    let store = Arc::new(DynamoDispatchStore::new(dispatcher_calls.dynamodb(&sdk), res.dispatch_table.clone()));
+    let blobs = Arc::new(DynamoBlobStore::new(dispatcher_calls.dynamodb(&sdk), res.payload_table.clone()));
+
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    let targets: Vec<String> = (0..10).map(|i| format!("vendor{i}/backend")).collect();
+    for t in &targets {
+        gh.install(t);
+    }
+    let allowlist = Allowlist::parse(&format!("L1: [{}]", targets.join(", "))).unwrap();
+    let dispatcher = Dispatcher {
+        store,
+        blobs: blobs.clone(),
+        github: Arc::new(
+            GitHubAppClient::new(GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url())).unwrap(),
+        ),
+        allowlist: Arc::new(AllowlistProvider::fixed(allowlist)),
+        clock: Arc::new(SystemClock),
+        settings: DispatcherSettings::default(),
+    };
+    let secret = WebhookSecret::new("aws-calls");
+    let app = router(Arc::new(IngestState {
+        secret: secret.clone(),
+        upstream: RepoFullName::parse(UPSTREAM).unwrap(),
+        queue: ingest_queue,
+        blobs,
+        clock: Arc::new(SystemClock),
+        max_body_bytes: 6 * 1024 * 1024,
+        reconcile: Some(reconcile_queue),
+    }));
+    let delivery = post_pull_request(app, &secret, "pull_request.synchronize").await;
+    assert_eq!(ingest_calls.counts(), [("SendMessage".to_owned(), 2)].into());
+
+    let batch =
+        lambda_service.receive(QueueSide::Source, 10, Duration::from_secs(30), Duration::from_secs(1)).await.unwrap();
+    assert_eq!(batch.len(), 1);
+    let failed = process_sqs_batch(&dispatcher, &handler_queue, batch).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let mut sent = dispatched_to(&gh, &delivery);
+    sent.sort();
+    assert_eq!(sent, targets);
+    // Claims are conditional puts (attribute_not_exists), outcomes conditional updates.
+    assert_eq!(dispatcher_calls.counts(), [("PutItem".to_owned(), 10), ("UpdateItem".to_owned(), 10)].into());
 }

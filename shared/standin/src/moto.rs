@@ -370,3 +370,47 @@ impl Resources {
         ]
     }
 }
+
+/// Counts the AWS API calls made through the clients it builds, by
+/// operation: the part of `X-Amz-Target` after its dot (`SendMessage`,
+/// `UpdateItem`, ...; SQS and DynamoDB both speak the JSON protocol). Each
+/// attempt counts, so a retry is a call: what AWS bills and throttles.
+#[derive(Debug, Clone, Default)]
+pub struct CallCounter(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>);
+
+impl CallCounter {
+    /// Calls so far, by operation.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// An SQS client on `sdk` whose calls this counts.
+    pub fn sqs(&self, sdk: &SdkConfig) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(sdk).interceptor(self.clone()).build())
+    }
+
+    /// A DynamoDB client on `sdk` whose calls this counts.
+    pub fn dynamodb(&self, sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(sdk).interceptor(self.clone()).build(),
+        )
+    }
+}
+
+impl aws_sdk_sqs::config::Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_sqs::config::RuntimeComponents,
+        _: &mut aws_sdk_sqs::config::ConfigBag,
+    ) -> Result<(), aws_sdk_sqs::error::BoxError> {
+        let target = context.request().headers().get("x-amz-target").unwrap_or("unknown");
+        let operation = target.rsplit_once('.').map_or(target, |(_, op)| op).to_owned();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(operation).or_default() += 1;
+        Ok(())
+    }
+}
