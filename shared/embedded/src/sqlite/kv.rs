@@ -27,7 +27,7 @@ CREATE INDEX IF NOT EXISTS kv_expires_at ON kv (expires_at) WHERE expires_at IS 
 
 /// Bindings, replay guard, rate limiter and state store in the `kv` table.
 ///
-/// Each call is one write of the writer thread ([`Db::write`]), so two callers never both see a
+/// Each call is one write of the writer thread (`Db::write`), so two callers never both see a
 /// `jti` as new or both write a binding. Expired rows (`expires_at` before
 /// now, in seconds by `clock`) count as absent and are deleted by the next
 /// write that expires things (`jti#`, `rate#`).

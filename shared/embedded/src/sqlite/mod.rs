@@ -88,7 +88,7 @@ const ADDED_DISPATCH_COLUMNS: [(&str, &str); 4] = [
 /// A shared handle on the database file: one writer thread, reader
 /// connections on blocking threads, and the checkpointer thread.
 ///
-/// Every write ([`Db::write`]) is a closure sent to the writer thread, which
+/// Every write (`Db::write`) is a closure sent to the writer thread, which
 /// owns the only write connection. It runs what has queued up since its last
 /// commit as one transaction (group commit, at most [`MAX_GROUP`] writes),
 /// each write inside its own savepoint: a write that fails is rolled back
@@ -96,7 +96,7 @@ const ADDED_DISPATCH_COLUMNS: [(&str, &str); 4] = [
 /// One commit per group instead of one per write is what keeps the WAL's
 /// volume and SQLite's per-transaction cost flat as the load grows, and no
 /// async worker thread ever waits on SQLite's file lock or a checkpoint.
-/// Reads ([`Db::read`]) take a connection of their own on tokio's blocking
+/// Reads (`Db::read`) take a connection of their own on tokio's blocking
 /// pool and see every write whose caller has heard back.
 #[derive(Clone)]
 pub struct Db {
@@ -315,15 +315,23 @@ fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// Undoes a write: back to its savepoint, which is then released.
+fn rollback_to_savepoint(conn: &Connection) -> rusqlite::Result<()> {
+    run(conn, "ROLLBACK TO w")?;
+    run(conn, "RELEASE w")
+}
+
+/// A SQLite error with primary `code` and `message`.
+fn sqlite_error(code: std::ffi::c_int, message: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(message.to_owned()))
+}
+
 /// rusqlite's errors are not `Clone`; a group's commit failure goes to
 /// each of its callers as the same code and message.
 fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
     match e {
         rusqlite::Error::SqliteFailure(code, message) => rusqlite::Error::SqliteFailure(*code, message.clone()),
-        other => rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-            Some(other.to_string()),
-        ),
+        other => sqlite_error(rusqlite::ffi::SQLITE_ERROR, &other.to_string()),
     }
 }
 
@@ -340,40 +348,42 @@ fn write_groups(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, wal: &Pa
                 Err(_) => break,
             }
         }
-        let begun = run(&conn, "BEGIN IMMEDIATE");
+        // Once anything goes wrong with the transaction itself (BEGIN, a
+        // savepoint, a rollback to one, or SQLite rolling the whole
+        // transaction back after an I/O error), no further write of the
+        // group runs and none is committed: every caller hears the error.
+        let mut broken = run(&conn, "BEGIN IMMEDIATE").err();
         let mut replies = Vec::with_capacity(group.len());
         for job in group {
-            if begun.is_err() {
-                // No transaction: nothing runs, every write of the group hears why.
+            if broken.is_none() && conn.is_autocommit() {
+                broken = Some(sqlite_error(rusqlite::ffi::SQLITE_ABORT, "SQLite rolled the group's transaction back"));
+            }
+            if broken.is_none() {
+                broken = run(&conn, "SAVEPOINT w").err();
+            }
+            if broken.is_some() {
                 replies.push(job(None).1);
                 continue;
             }
-            let _ = run(&conn, "SAVEPOINT w");
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn))));
-            match ran {
-                Ok((true, reply)) => {
-                    let _ = run(&conn, "RELEASE w");
-                    replies.push(reply);
-                }
-                Ok((false, reply)) => {
-                    let _ = run(&conn, "ROLLBACK TO w").and_then(|()| run(&conn, "RELEASE w"));
-                    replies.push(reply);
-                }
+            let (settled, reply) = match ran {
+                Ok((true, reply)) => (run(&conn, "RELEASE w"), Some(reply)),
+                Ok((false, reply)) => (rollback_to_savepoint(&conn), Some(reply)),
                 // The job's answer channel was dropped with it: its caller hears "stopped".
-                Err(_) => {
-                    let _ = run(&conn, "ROLLBACK TO w").and_then(|()| run(&conn, "RELEASE w"));
-                }
-            }
+                Err(_) => (rollback_to_savepoint(&conn), None),
+            };
+            broken = settled.err();
+            replies.extend(reply);
         }
-        let committed = match begun {
-            Ok(()) => run(&conn, "COMMIT").err(),
-            Err(e) => Some(e),
+        let failed = match broken {
+            Some(e) => Some(e),
+            None => run(&conn, "COMMIT").err(),
         };
-        if committed.is_some() && !conn.is_autocommit() {
+        if failed.is_some() && !conn.is_autocommit() {
             let _ = run(&conn, "ROLLBACK");
         }
         for reply in replies {
-            reply(committed.as_ref());
+            reply(failed.as_ref());
         }
         if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES) {
             // (busy, frames in the WAL, frames checkpointed); busy 1: another
