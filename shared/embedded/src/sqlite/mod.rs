@@ -125,6 +125,13 @@ const MAX_IDLE_READERS: usize = 4;
 /// (`journal_size_limit`): 16 MiB. See [`Db::open`] for the policy.
 pub const WAL_RESTART_BYTES: u64 = 16 * 1024 * 1024;
 
+/// How long a connection waits for another one's lock (another process's
+/// writer, such as an on-call command) before answering busy.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the writer's RESTART checkpoint waits for readers of the old WAL.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How often the checkpointer thread runs its PASSIVE checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -302,7 +309,7 @@ impl Db {
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn =
         Connection::open(path).map_err(|e| StoreError::backend(&format!("SQLite open {}", path.display()), e))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
@@ -388,9 +395,14 @@ fn write_groups(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, wal: &Pa
         if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES) {
             // (busy, frames in the WAL, frames checkpointed); busy 1: another
             // checkpoint or a reader was in the way, tried after the next group.
+            // RESTART waits for readers of the old WAL with the busy handler:
+            // at most 100 ms here, so a long read (an on-call scan) delays
+            // the restart, not the writes queued behind it.
+            let _ = conn.busy_timeout(RESTART_WAIT);
             let restart = conn.prepare_cached("PRAGMA wal_checkpoint(RESTART)").and_then(|mut s| {
                 s.query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
             });
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
             tracing::debug!(?restart, "WAL RESTART checkpoint");
         }
     }
