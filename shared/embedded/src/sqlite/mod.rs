@@ -443,6 +443,29 @@ fn checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Inner>) -> Resu
     Ok(())
 }
 
+/// For tests: the steps of SQLite's plan for `sql` (three parameters bound
+/// to `'x'`, 1 and 10, as many as it takes) on a fresh database, asserting
+/// it reads index `index` in its order: no table scan, no temporary sort.
+#[cfg(test)]
+pub(crate) fn assert_plan_reads_index(sql: &str, index: &str) {
+    let path = std::env::temp_dir().join(format!("crcr-plan-{}.sqlite", uuid::Uuid::new_v4()));
+    let db = Db::open(&path).unwrap();
+    let plan: Vec<String> = {
+        let conn = Connection::open(&path).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let values: [&dyn rusqlite::ToSql; 3] = [&"x", &1, &10];
+        let n = stmt.parameter_count();
+        let rows = stmt.query_map(&values[..n], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    drop(db);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    assert!(plan.iter().any(|step| step.contains(&format!("USING INDEX {index}"))), "{plan:?}");
+    assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE") || step.starts_with("SCAN")), "{plan:?}");
+}
+
 /// A SQLite failure as a store error, the SQLite error kept as its source.
 pub(crate) fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::backend("SQLite", e)

@@ -333,20 +333,7 @@ mod tests {
     /// temporary sort of the backlog.
     #[test]
     fn a_receive_reads_the_visible_index_in_order() {
-        let path = std::env::temp_dir().join(format!("crcr-pick-{}.sqlite", uuid::Uuid::new_v4()));
-        let db = Db::open(&path).unwrap();
-        let conn = Connection::open(&path).unwrap();
-        let plan: Vec<String> = {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {PICK}")).unwrap();
-            let rows = stmt.query_map(params!["dispatch", 1, 10], |r| r.get::<_, String>(3)).unwrap();
-            rows.map(Result::unwrap).collect()
-        };
-        assert!(plan.iter().any(|step| step.contains("USING INDEX queue_messages_visible")), "{plan:?}");
-        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE") || step.starts_with("SCAN")), "{plan:?}");
-        drop((conn, db));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        super::super::assert_plan_reads_index(PICK, "queue_messages_visible");
     }
 
     /// Receipts name their row; anything else is refused before SQLite.

@@ -267,20 +267,9 @@ mod tests {
     /// order: no table scan, no temporary sort.
     #[test]
     fn records_for_commit_reads_the_head_sha_index() {
-        let path = std::env::temp_dir().join(format!("crcr-plan-{}.sqlite", uuid::Uuid::new_v4()));
-        let db = Db::open(&path).unwrap();
-        let plan: Vec<String> = {
-            let conn = rusqlite::Connection::open(&path).unwrap();
-            let mut stmt =
-                conn.prepare(&format!("EXPLAIN QUERY PLAN SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}")).unwrap();
-            let rows = stmt.query_map(params!["ab", 10], |r| r.get::<_, String>(3)).unwrap();
-            rows.map(Result::unwrap).collect()
-        };
-        assert!(plan.iter().any(|step| step.contains("USING INDEX dispatches_head_sha")), "{plan:?}");
-        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE") || step.starts_with("SCAN")), "{plan:?}");
-        drop(db);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        super::super::assert_plan_reads_index(
+            &format!("SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}"),
+            "dispatches_head_sha",
+        );
     }
 }
