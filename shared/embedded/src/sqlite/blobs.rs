@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
-use super::Db;
+use super::{Db, DbError};
 use crcr_core::ports::{BlobError, BlobStore, Clock, SystemClock};
 
 /// [`BlobStore`] on SQLite.
@@ -39,7 +39,7 @@ impl BlobStore for SqliteBlobStore {
                     params![key, bytes, now],
                 )
                 .map(|_| ())
-                .map_err(|e| BlobError::backend("SQLite", e))
+                .map_err(BlobError::sqlite)
             })
             .await
     }
@@ -50,7 +50,7 @@ impl BlobStore for SqliteBlobStore {
             .read(move |conn| {
                 conn.query_row("SELECT data FROM blobs WHERE key = ?1", [&key], |r| r.get::<_, Vec<u8>>(0))
                     .optional()
-                    .map_err(|e| BlobError::backend("SQLite", e))?
+                    .map_err(BlobError::sqlite)?
                     .ok_or(BlobError::NotFound(key))
             })
             .await

@@ -148,14 +148,15 @@ type Reply = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 pub(crate) trait DbError: Send + 'static {
     /// A SQLite failure, SQLite's error kept as the source.
     fn sqlite(e: rusqlite::Error) -> Self;
-    /// The writer or reader thread is gone (the process is stopping) or
-    /// panicked while running this call.
+    /// No SQLite answer: the writer thread is gone (the process is
+    /// stopping), the call panicked, or a reader connection could not be
+    /// opened (`what` says which).
     fn stopped(what: &str) -> Self;
 }
 
 impl DbError for StoreError {
     fn sqlite(e: rusqlite::Error) -> Self {
-        StoreError::backend("SQLite", e)
+        unavailable(e)
     }
     fn stopped(what: &str) -> Self {
         StoreError::unavailable(what)

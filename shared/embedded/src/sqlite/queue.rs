@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
-use super::Db;
+use super::{Db, DbError};
 use crcr_core::ports::{
     Clock, QueueError, QueueInspect, QueueReceive, QueueSend, QueueSettle, QueueSide, QueueStats, ReceivedMessage,
     SystemClock,
@@ -77,7 +77,7 @@ impl SqliteQueue {
              VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
         )
         .and_then(|mut insert| insert.execute(params![queue, id, body, now, reason, token()]))
-        .map_err(unavailable)?;
+        .map_err(QueueError::sqlite)?;
         Ok(id)
     }
 
@@ -106,7 +106,7 @@ impl SqliteQueue {
                 })?
                 .collect::<Result<Vec<_>, _>>()
             })
-            .map_err(unavailable)?;
+            .map_err(QueueError::sqlite)?;
         for (seq, count) in picked {
             if out.len() >= max {
                 break;
@@ -118,7 +118,7 @@ impl SqliteQueue {
                     "UPDATE queue_messages SET queue = ?2, visible_at_ms = ?3, receipt = ?4 WHERE seq = ?1",
                 )
                 .and_then(|mut moved| moved.execute(params![seq, dlq, now, token()]))
-                .map_err(unavailable)?;
+                .map_err(QueueError::sqlite)?;
                 continue;
             }
             let token = token();
@@ -127,7 +127,7 @@ impl SqliteQueue {
                  WHERE seq = ?1",
             )
             .and_then(|mut hide| hide.execute(params![seq, now + visibility.as_millis() as i64, token]))
-            .map_err(unavailable)?;
+            .map_err(QueueError::sqlite)?;
             let (message_id, body, sent_at_ms, dead_letter_reason) = conn
                 .prepare_cached(
                     "SELECT message_id, body, sent_at_ms, dead_letter_reason FROM queue_messages WHERE seq = ?1",
@@ -137,7 +137,7 @@ impl SqliteQueue {
                         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?))
                     })
                 })
-                .map_err(unavailable)?;
+                .map_err(QueueError::sqlite)?;
             out.push(ReceivedMessage {
                 message_id,
                 receipt: format!("{seq}:{token}"),
@@ -170,11 +170,6 @@ fn parse_receipt(receipt: &str) -> Result<(i64, String), QueueError> {
         .split_once(':')
         .and_then(|(seq, token)| Some((seq.parse::<i64>().ok()?, token.to_owned())))
         .ok_or_else(|| QueueError::BadReceipt(receipt.to_owned()))
-}
-
-/// A SQLite failure as a queue error, the SQLite error kept as its source.
-fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
-    QueueError::backend("SQLite", e)
 }
 
 #[async_trait]
@@ -237,7 +232,7 @@ impl QueueSettle for SqliteQueue {
             .write(move |conn| {
                 conn.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3")
                     .and_then(|mut delete| delete.execute(params![seq, queue, token]))
-                    .map_err(unavailable)
+                    .map_err(QueueError::sqlite)
             })
             .await?;
         if n == 0 {
@@ -256,7 +251,7 @@ impl QueueSettle for SqliteQueue {
                     "UPDATE queue_messages SET visible_at_ms = ?4 WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
                 )
                 .and_then(|mut hide| hide.execute(params![seq, queue, token, visible_at]))
-                .map_err(unavailable)
+                .map_err(QueueError::sqlite)
             })
             .await?;
         if n == 0 {
@@ -277,7 +272,7 @@ impl QueueSettle for SqliteQueue {
                 let n = conn
                     .prepare_cached("DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3")
                     .and_then(|mut delete| delete.execute(params![seq, queue, token]))
-                    .map_err(unavailable)?;
+                    .map_err(QueueError::sqlite)?;
                 if n == 0 {
                     return Err(QueueError::BadReceipt(receipt));
                 }
@@ -295,7 +290,7 @@ impl QueueInspect for SqliteQueue {
             .read(move |conn| {
                 conn.query_row("SELECT COUNT(*) FROM queue_messages WHERE queue = ?1", [queue], |r| r.get::<_, i64>(0))
                     .map(|n| n as u64)
-                    .map_err(unavailable)
+                    .map_err(QueueError::sqlite)
             })
             .await
     }
@@ -319,7 +314,7 @@ impl QueueInspect for SqliteQueue {
                         })
                     },
                 )
-                .map_err(unavailable)
+                .map_err(QueueError::sqlite)
             })
             .await
     }
