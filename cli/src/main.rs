@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
             let env = Env::process();
             let relay = RelayConfig::from_env(&env)?;
             let emb = EmbeddedConfig::from_env(&env)?;
-            tracing::info!(config = ?relay, database = %emb.database.display(), listen = %emb.listen, "starting crcr serve");
+            tracing::info!(config = ?relay, embedded = ?emb, "starting crcr serve");
             let listener = tokio::net::TcpListener::bind(emb.listen)
                 .await
                 .with_context(|| format!("CRCR_LISTEN {}", emb.listen))?;

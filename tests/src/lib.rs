@@ -44,6 +44,17 @@ pub struct Relay {
     sweeps: tokio::sync::watch::Receiver<u64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Whether `dir` was made for this relay (and goes with it) rather than
+    /// given by the test (which may start another relay on it).
+    owns_dir: bool,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// The embedded queue's visibility timeout in these tests (longer than
@@ -97,6 +108,7 @@ impl Relay {
         callbacks: crcr_core::config::CallbackConfig,
         clock: Arc<dyn Clock>,
     ) -> Relay {
+        let owns_dir = dir.is_none();
         let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("crcr-e2e-{}", uuid())));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let allowlist_path = dir.join("allowlist.yml");
@@ -145,6 +157,7 @@ impl Relay {
             sweeps,
             stop: Some(tx),
             task: Some(task),
+            owns_dir,
         }
     }
 

@@ -62,8 +62,14 @@ pub fn build(event: &str, delivery_id: &str, payload: &Value) -> Result<Dispatch
     if event.chars().count() > MAX_EVENT_TYPE_CHARS {
         return Err(PayloadError::EventTypeTooLong(event.to_owned()));
     }
-    let full = serde_json::to_string(&json!({"event_type": event, "delivery_id": delivery_id, "payload": payload}))
-        .expect("JSON values serialize");
+    // `{"delivery_id":D,"event_type":E,"payload":P}`: the bytes `json!`
+    // would write (keys in order), without copying the payload's tree.
+    let full = format!(
+        r#"{{"delivery_id":{},"event_type":{},"payload":{}}}"#,
+        serde_json::to_string(delivery_id).expect("strings serialize"),
+        serde_json::to_string(event).expect("strings serialize"),
+        serde_json::to_string(payload).expect("JSON values serialize"),
+    );
     if github_chars(&full) <= MAX_CLIENT_PAYLOAD_CHARS {
         return Ok(DispatchBody::new(event, &full, false));
     }
@@ -204,6 +210,21 @@ mod tests {
         assert_eq!(body["client_payload"]["payload"], p);
         assert_eq!(body["client_payload"]["delivery_id"], "d-1");
         assert_eq!(body["client_payload"].as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_body_is_what_serializing_its_value_writes() {
+        for (event, text) in [("pull_request", SYNC), ("push", PUSH), ("x\"<y>\u{2028}", r#"{"a": "\u00e9"}"#)] {
+            let p: Value = serde_json::from_str(text).unwrap();
+            let b = build(event, "d-\"1", &p).unwrap();
+            let client_payload = json!({"event_type": event, "delivery_id": "d-\"1", "payload": p});
+            let expected = format!(
+                r#"{{"event_type":{},"client_payload":{}}}"#,
+                serde_json::to_string(event).unwrap(),
+                serde_json::to_string(&client_payload).unwrap()
+            );
+            assert_eq!(b.body.get(), expected);
+        }
     }
 
     #[test]

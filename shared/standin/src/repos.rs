@@ -7,7 +7,7 @@
 //!   `Accept: application/vnd.github.raw` (or `.raw+json`, `.v3.raw`),
 //!   otherwise GitHub's JSON with base64 `content`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,11 +16,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::server::{gh_error, require_installation, Arrived, Auth, RequestId, NOT_ACCESSIBLE};
 use super::state::{self, Shared};
-use super::{util, Fault, RecordedDispatch};
+use super::{util, Fault, RecordedBody, RecordedDispatch};
 
 const DOC_DISPATCH: &str = "https://docs.github.com/rest/repos/repos#create-a-repository-dispatch-event";
 const DOC_CONTENTS: &str = "https://docs.github.com/rest/repos/contents#get-repository-content";
@@ -34,11 +35,31 @@ pub(crate) const MAX_EVENT_TYPE_CHARS: usize = 100;
 pub(crate) const MAX_CLIENT_PAYLOAD_PROPERTIES: usize = 10;
 pub(crate) const MAX_CLIENT_PAYLOAD_CHARS: usize = 65_535;
 
-/// GitHub's schema check of a dispatch body: `Err(message)` for a 422.
-pub(crate) fn validate_dispatch(body: &serde_json::Map<String, Value>) -> Result<(), String> {
+/// GitHub's checks of a dispatch body, in GitHub's order: JSON (400
+/// "Problems parsing JSON"), the schema ([`validate_dispatch`], 422), then
+/// `client_payload`'s size (422). `Ok(event_type)`, or
+/// `Err((status, message))`.
+///
+/// Reads the body without building its value: a 28 KB payload costs one
+/// pass ([`util::github_json_len`]).
+pub(crate) fn check_dispatch(body: &[u8]) -> Result<String, (u16, String)> {
+    let request: BTreeMap<String, &RawValue> =
+        serde_json::from_slice(body).map_err(|_| (400, "Problems parsing JSON".to_owned()))?;
+    let payload_chars = validate_dispatch(&request).map_err(|message| (422, message))?;
+    if payload_chars.is_some_and(|n| n > MAX_CLIENT_PAYLOAD_CHARS) {
+        return Err((422, "client_payload is too large.".to_owned()));
+    }
+    Ok(request.get("event_type").and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or_default())
+}
+
+/// GitHub's schema check of a dispatch body (its top-level keys, each
+/// value as sent): `Err(message)` for a 422, otherwise the characters of
+/// `client_payload` as GitHub counts them ([`util::github_json_len`]), if
+/// there is one.
+fn validate_dispatch(body: &BTreeMap<String, &RawValue>) -> Result<Option<usize>, String> {
     let mut errors = Vec::new();
-    let mut unknown: Vec<&String> = body.keys().filter(|k| *k != "event_type" && *k != "client_payload").collect();
-    unknown.sort();
+    let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null);
+    let unknown: Vec<&String> = body.keys().filter(|k| *k != "event_type" && *k != "client_payload").collect();
     match unknown.len() {
         0 => {}
         1 => errors.push(format!("\"{}\" is not a permitted key.", unknown[0])),
@@ -47,7 +68,7 @@ pub(crate) fn validate_dispatch(body: &serde_json::Map<String, Value>) -> Result
             errors.push(format!("{} are not permitted keys.", list.join(", ")));
         }
     }
-    match body.get("event_type") {
+    match body.get("event_type").map(|raw| parse(raw)).as_ref() {
         None => errors.push("\"event_type\" wasn't supplied.".to_owned()),
         Some(Value::String(s)) => {
             let n = s.chars().count();
@@ -61,19 +82,22 @@ pub(crate) fn validate_dispatch(body: &serde_json::Map<String, Value>) -> Result
             errors.push(format!("For 'properties/event_type', {} is not a string.", util::ruby_inspect(other)))
         }
     }
-    match body.get("client_payload") {
-        None => {}
-        Some(Value::Object(map)) if map.len() > MAX_CLIENT_PAYLOAD_PROPERTIES => errors.push(format!(
-            "No more than {MAX_CLIENT_PAYLOAD_PROPERTIES} properties are allowed; {} were supplied.",
-            map.len()
-        )),
-        Some(Value::Object(_)) => {}
-        Some(other) => {
-            errors.push(format!("For 'properties/client_payload', {} is not an object.", util::ruby_inspect(other)))
+    let mut payload_chars = None;
+    if let Some(raw) = body.get("client_payload") {
+        let shape = util::github_json_len(raw.get()).map_err(|_| "Problems parsing JSON".to_owned())?;
+        match shape.properties {
+            Some(n) if n > MAX_CLIENT_PAYLOAD_PROPERTIES => errors.push(format!(
+                "No more than {MAX_CLIENT_PAYLOAD_PROPERTIES} properties are allowed; {n} were supplied."
+            )),
+            Some(_) => payload_chars = Some(shape.chars),
+            None => errors.push(format!(
+                "For 'properties/client_payload', {} is not an object.",
+                util::ruby_inspect(&parse(raw))
+            )),
         }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(payload_chars)
     } else {
         Err(format!("Invalid request.\n\n{}", errors.join("\n")))
     }
@@ -99,18 +123,10 @@ pub(crate) async fn dispatch(
     if access.permission.as_deref() != Some("write") && access.permission.as_deref() != Some("admin") {
         return gh_error(403, NOT_ACCESSIBLE, DOC_DISPATCH);
     }
-    let request = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => map,
-        _ => return gh_error(400, "Problems parsing JSON", DOC_DISPATCH),
+    let event_type = match check_dispatch(&body) {
+        Ok(event_type) => event_type,
+        Err((status, message)) => return gh_error(status, &message, DOC_DISPATCH),
     };
-    if let Err(message) = validate_dispatch(&request) {
-        return gh_error(422, &message, DOC_DISPATCH);
-    }
-    if let Some(payload) = request.get("client_payload") {
-        if util::github_json_len(payload) > MAX_CLIENT_PAYLOAD_CHARS {
-            return gh_error(422, "client_payload is too large.", DOC_DISPATCH);
-        }
-    }
 
     let fault = shared.world().faults.get_mut(&repo.to_ascii_lowercase()).and_then(|q| q.pop_front());
     if let Some(fault) = fault {
@@ -118,11 +134,10 @@ pub(crate) async fn dispatch(
     }
 
     let at = Instant::now();
-    let event_type = request.get("event_type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let record = RecordedDispatch {
         repo,
         event_type,
-        body: Value::Object(request),
+        body: RecordedBody::new(body),
         installation_id: access.installation_id,
         arrived,
         at,
@@ -269,11 +284,14 @@ pub(crate) async fn contents(
 
 #[cfg(test)]
 mod tests {
-    use super::validate_dispatch;
+    use super::check_dispatch;
     use serde_json::{json, Value};
 
     fn check(v: Value) -> Result<(), String> {
-        validate_dispatch(v.as_object().unwrap())
+        check_dispatch(v.to_string().as_bytes()).map(drop).map_err(|(status, message)| {
+            assert_eq!(status, 422, "{message}");
+            message
+        })
     }
 
     #[test]

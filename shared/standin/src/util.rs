@@ -76,22 +76,134 @@ pub(crate) fn ruby_inspect(v: &Value) -> String {
 }
 
 /// The length GitHub compares with 65,535 for a `client_payload`: the
-/// characters of its compact JSON as Rails' `to_json` writes it. Rails
-/// escapes `<`, `>`, `&`, U+2028 and U+2029 inside strings as `\uXXXX`
-/// (six characters instead of one), so each of those counts 6.
+/// characters of its compact JSON as Rails' `to_json` writes it after
+/// parsing the request. Rails escapes `<`, `>`, `&`, U+2028 and U+2029
+/// inside strings as `\uXXXX` (six characters instead of one), so each of
+/// those counts 6; `"`, `\\` and the control characters count as their JSON
+/// escapes (`\n`: 2, `\u001f`: 6); a key given twice counts once, with its
+/// last value, as the parsed object keeps it.
 ///
-/// Counted over the UTF-8 bytes (a character is every byte that is not a
-/// continuation byte), which a load run's 28 KB payloads need to be cheap.
-pub(crate) fn github_json_len(v: &Value) -> usize {
-    let text = serde_json::to_string(v).unwrap_or_default();
-    let b = text.as_bytes();
-    let chars = b.iter().filter(|&&x| x & 0xC0 != 0x80).count();
-    let mut escaped = b.iter().filter(|&&x| matches!(x, b'<' | b'>' | b'&')).count();
-    // U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
-    if b.contains(&0xE2) {
-        escaped += b.windows(3).filter(|w| matches!(w, [0xE2, 0x80, 0xA8 | 0xA9])).count();
+/// Read from the JSON text without building the value (a load run's 28 KB
+/// payloads, ten per webhook, need this to be cheap). Errors: the text is
+/// not JSON.
+pub(crate) fn github_json_len(text: &str) -> Result<JsonShape, serde_json::Error> {
+    serde_json::from_str::<JsonShape>(text)
+}
+
+/// What [`github_json_len`] reads off one JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JsonShape {
+    /// Characters of its compact JSON as GitHub counts them.
+    pub chars: usize,
+    /// For an object, its distinct keys.
+    pub properties: Option<usize>,
+}
+
+/// Characters of `s` as a JSON string (quotes included), counted as
+/// [`github_json_len`] says.
+fn github_str_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    let mut n = 2;
+    for &x in b {
+        n += match x {
+            b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 2,
+            0x00..=0x1f => 6,
+            b'<' | b'>' | b'&' => 6,
+            _ if x & 0xC0 == 0x80 => 0,
+            _ => 1,
+        };
     }
-    chars + 5 * escaped
+    // U+2028 and U+2029 are E2 80 A8 and E2 80 A9: one character so far, six in all.
+    if b.contains(&0xE2) {
+        n += 5 * b.windows(3).filter(|w| matches!(w, [0xE2, 0x80, 0xA8 | 0xA9])).count();
+    }
+    n
+}
+
+impl<'de> serde::Deserialize<'de> for JsonShape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+struct ShapeVisitor;
+
+impl ShapeVisitor {
+    fn scalar<E>(chars: usize) -> Result<JsonShape, E> {
+        Ok(JsonShape { chars, properties: None })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = JsonShape;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<JsonShape, E> {
+        Self::scalar(4)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<JsonShape, E> {
+        Self::scalar(if v { 4 } else { 5 })
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<JsonShape, E> {
+        Self::scalar(v.checked_ilog10().unwrap_or(0) as usize + 1)
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<JsonShape, E> {
+        Self::scalar(v.unsigned_abs().checked_ilog10().unwrap_or(0) as usize + 1 + usize::from(v < 0))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<JsonShape, E> {
+        // As the parsed value writes it back (serde_json's shortest form).
+        Self::scalar(serde_json::to_string(&v).map_or(4, |t| t.len()))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<JsonShape, E> {
+        Self::scalar(github_str_len(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonShape, A::Error> {
+        let (mut chars, mut items) = (2, 0usize);
+        while let Some(item) = seq.next_element::<JsonShape>()? {
+            chars += item.chars;
+            items += 1;
+        }
+        Self::scalar(chars + items.saturating_sub(1))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonShape, A::Error> {
+        // (key, its characters with the colon and value's): a repeated key
+        // replaces its entry. Linear search: objects in payloads are small.
+        let mut entries: Vec<(Key<'de>, usize)> = Vec::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let value = map.next_value::<JsonShape>()?;
+            let chars = github_str_len(&key.0) + 1 + value.chars;
+            match entries.iter_mut().find(|(k, _)| k.0 == key.0) {
+                Some(entry) => entry.1 = chars,
+                None => entries.push((key, chars)),
+            }
+        }
+        let chars = 2 + entries.iter().map(|(_, c)| c).sum::<usize>() + entries.len().saturating_sub(1);
+        Ok(JsonShape { chars, properties: Some(entries.len()) })
+    }
+}
+
+/// An object key, borrowed from the text unless it holds escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// The git blob id of `contents` (`sha1("blob <len>\0" + contents)`), which
@@ -139,9 +251,53 @@ mod tests {
 
     #[test]
     fn github_length_counts_rails_escapes() {
-        assert_eq!(github_json_len(&json!({"a": "<&>"})), "{\"a\":\"<&>\"}".len() + 15);
-        assert_eq!(github_json_len(&json!({"a": "é"})), 9);
-        assert_eq!(github_json_len(&json!({"a": "\u{2028}x\u{2029}€"})), "{\"a\":\"\"}".len() + 6 + 1 + 6 + 1);
+        let len = |v: Value| github_json_len(&v.to_string()).unwrap().chars;
+        assert_eq!(len(json!({"a": "<&>"})), "{\"a\":\"<&>\"}".len() + 15);
+        assert_eq!(len(json!({"a": "é"})), 9);
+        assert_eq!(len(json!({"a": "\u{2028}x\u{2029}€"})), "{\"a\":\"\"}".len() + 6 + 1 + 6 + 1);
+    }
+
+    /// The rule as first written: the parsed value's compact JSON, counted.
+    fn length_of_the_parsed_value(text: &str) -> usize {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let text = serde_json::to_string(&v).unwrap();
+        let b = text.as_bytes();
+        let chars = b.iter().filter(|&&x| x & 0xC0 != 0x80).count();
+        let escaped = b.iter().filter(|&&x| matches!(x, b'<' | b'>' | b'&')).count()
+            + b.windows(3).filter(|w| matches!(w, [0xE2, 0x80, 0xA8 | 0xA9])).count();
+        chars + 5 * escaped
+    }
+
+    #[test]
+    fn github_length_read_from_text_is_the_parsed_values_length() {
+        let mut texts: Vec<String> = [
+            r#"{"a": 1, "b": [1, -2, 3.5, -0.0, 1e10, 1E-7, 18446744073709551615, -9223372036854775808]}"#,
+            r#"{ "k" : "v" , "k" : "longer value", "z": {"k": 1, "k": {"x": []}} }"#,
+            r#"{"esc": "\"\\\/\b\f\n\r\t\u0001\u001f\u007f\u00e9\u2028\u2029\ud83d\ude00<>&", "\u00e9": null}"#,
+            r#"{"e": {}, "a": [], "n": [[], {}, [null, true, false]], "s": ""}"#,
+            r#"[1, "two", {"three": 3}]"#,
+            r#""just a string \u003c""#,
+            "0",
+            "12345",
+            "-1",
+            "true",
+            "null",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/webhooks");
+        for entry in std::fs::read_dir(&fixtures).unwrap() {
+            texts.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+        assert!(texts.len() > 20, "the fixtures were read");
+        for text in &texts {
+            let shape = github_json_len(text).unwrap();
+            assert_eq!(shape.chars, length_of_the_parsed_value(text), "{text}");
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(shape.properties, v.as_object().map(|m| m.len()), "{text}");
+        }
+        assert!(github_json_len("{\"a\": }").is_err());
     }
 
     #[test]
