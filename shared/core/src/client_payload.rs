@@ -25,6 +25,8 @@ pub enum PayloadError {
     EventTypeTooLong(String),
     #[error("client_payload is {0} characters even after trimming (limit 65,535)")]
     TooLargeAfterTrim(usize),
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
 }
 
 /// A ready `repository_dispatch` body, serialized once for every target
@@ -87,6 +89,35 @@ pub fn build(event: &str, delivery_id: &str, payload: &Value) -> Result<Dispatch
     Ok(DispatchBody::new(event, &client_payload, true))
 }
 
+/// [`build`] from the payload's JSON text, without parsing it into a tree
+/// when it fits: the body then carries the text as received (GitHub parses
+/// `client_payload` and keeps its own serialization, so downstream sees the
+/// same as with [`build`]), and its size is GitHub's count of that parsed
+/// value ([`github_json_len`]). A payload past the limit is parsed and
+/// trimmed as [`build`] does. Errors: [`PayloadError`], or `NotJson` when
+/// `payload_json` is not JSON.
+pub fn build_from_text(event: &str, delivery_id: &str, payload_json: &str) -> Result<DispatchBody, PayloadError> {
+    if event.chars().count() > MAX_EVENT_TYPE_CHARS {
+        return Err(PayloadError::EventTypeTooLong(event.to_owned()));
+    }
+    let payload_chars = github_json_len(payload_json).map_err(|e| PayloadError::NotJson(e.to_string()))?.chars;
+    let (delivery_id_json, event_json) = (
+        serde_json::to_string(delivery_id).expect("strings serialize"),
+        serde_json::to_string(event).expect("strings serialize"),
+    );
+    // `{"delivery_id":D,"event_type":E,"payload":P}`: what [`build`] writes, P as sent.
+    let head_chars = r#"{"delivery_id":,"event_type":,"payload":}"#.len()
+        + github_chars(&delivery_id_json)
+        + github_chars(&event_json);
+    if head_chars + payload_chars <= MAX_CLIENT_PAYLOAD_CHARS {
+        let full =
+            format!(r#"{{"delivery_id":{delivery_id_json},"event_type":{event_json},"payload":{payload_json}}}"#);
+        return Ok(DispatchBody::new(event, &full, false));
+    }
+    let payload: Value = serde_json::from_str(payload_json).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    build(event, delivery_id, &payload)
+}
+
 /// Characters of `v`'s JSON as GitHub measures it: GitHub (Rails) encodes
 /// the payload with `<`, `>`, `&`, U+2028 and U+2029 escaped as `\uXXXX` (6
 /// characters each) and compares the length in characters, not bytes.
@@ -103,6 +134,138 @@ fn github_chars(json: &str) -> usize {
             _ => 1,
         })
         .sum()
+}
+
+/// The length GitHub compares with 65,535 for a `client_payload`: the
+/// characters of its compact JSON as Rails' `to_json` writes it after
+/// parsing the request. Rails escapes `<`, `>`, `&`, U+2028 and U+2029
+/// inside strings as `\uXXXX` (six characters instead of one), so each of
+/// those counts 6; `"`, `\\` and the control characters count as their JSON
+/// escapes (`\n`: 2, `\u001f`: 6); a key given twice counts once, with its
+/// last value, as the parsed object keeps it.
+///
+/// Read from the JSON text without building the value: the dispatcher
+/// measures every payload it forwards, and the GitHub stand-in every
+/// `client_payload` it receives (ten 28 KB payloads per webhook under
+/// load). Errors: the text is not JSON.
+pub fn github_json_len(text: &str) -> Result<JsonShape, serde_json::Error> {
+    serde_json::from_str::<JsonShape>(text)
+}
+
+/// What [`github_json_len`] reads off one JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonShape {
+    /// Characters of its compact JSON as GitHub counts them.
+    pub chars: usize,
+    /// For an object, its distinct keys.
+    pub properties: Option<usize>,
+}
+
+/// Characters of `s` as a JSON string (quotes included), counted as
+/// [`github_json_len`] says.
+fn github_str_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    let mut n = 2;
+    for &x in b {
+        n += match x {
+            b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 2,
+            0x00..=0x1f => 6,
+            b'<' | b'>' | b'&' => 6,
+            _ if x & 0xC0 == 0x80 => 0,
+            _ => 1,
+        };
+    }
+    // U+2028 and U+2029 are E2 80 A8 and E2 80 A9: one character so far, six in all.
+    if b.contains(&0xE2) {
+        n += 5 * b.windows(3).filter(|w| matches!(w, [0xE2, 0x80, 0xA8 | 0xA9])).count();
+    }
+    n
+}
+
+impl<'de> serde::Deserialize<'de> for JsonShape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+struct ShapeVisitor;
+
+impl ShapeVisitor {
+    fn scalar<E>(chars: usize) -> Result<JsonShape, E> {
+        Ok(JsonShape { chars, properties: None })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = JsonShape;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<JsonShape, E> {
+        Self::scalar(4)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<JsonShape, E> {
+        Self::scalar(if v { 4 } else { 5 })
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<JsonShape, E> {
+        Self::scalar(v.checked_ilog10().unwrap_or(0) as usize + 1)
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<JsonShape, E> {
+        Self::scalar(v.unsigned_abs().checked_ilog10().unwrap_or(0) as usize + 1 + usize::from(v < 0))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<JsonShape, E> {
+        // As the parsed value writes it back (serde_json's shortest form).
+        Self::scalar(serde_json::to_string(&v).map_or(4, |t| t.len()))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<JsonShape, E> {
+        Self::scalar(github_str_len(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonShape, A::Error> {
+        let (mut chars, mut items) = (2, 0usize);
+        while let Some(item) = seq.next_element::<JsonShape>()? {
+            chars += item.chars;
+            items += 1;
+        }
+        Self::scalar(chars + items.saturating_sub(1))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonShape, A::Error> {
+        // (key, its characters with the colon and value's): a repeated key
+        // replaces its entry. Linear search: objects in payloads are small.
+        let mut entries: Vec<(Key<'de>, usize)> = Vec::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let value = map.next_value::<JsonShape>()?;
+            let chars = github_str_len(&key.0) + 1 + value.chars;
+            match entries.iter_mut().find(|(k, _)| k.0 == key.0) {
+                Some(entry) => entry.1 = chars,
+                None => entries.push((key, chars)),
+            }
+        }
+        let chars = 2 + entries.iter().map(|(_, c)| c).sum::<usize>() + entries.len().saturating_sub(1);
+        Ok(JsonShape { chars, properties: Some(entries.len()) })
+    }
+}
+
+/// An object key, borrowed from the text unless it holds escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// Paths kept in a trimmed payload, each as JSON object keys from the
@@ -212,6 +375,49 @@ mod tests {
         assert_eq!(body["client_payload"].as_object().unwrap().len(), 3);
     }
 
+    /// The rule as first written: the parsed value's compact JSON, counted.
+    fn length_of_the_parsed_value(text: &str) -> usize {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let text = serde_json::to_string(&v).unwrap();
+        let b = text.as_bytes();
+        let chars = b.iter().filter(|&&x| x & 0xC0 != 0x80).count();
+        let escaped = b.iter().filter(|&&x| matches!(x, b'<' | b'>' | b'&')).count()
+            + b.windows(3).filter(|w| matches!(w, [0xE2, 0x80, 0xA8 | 0xA9])).count();
+        chars + 5 * escaped
+    }
+
+    #[test]
+    fn github_length_read_from_text_is_the_parsed_values_length() {
+        let mut texts: Vec<String> = [
+            r#"{"a": 1, "b": [1, -2, 3.5, -0.0, 1e10, 1E-7, 18446744073709551615, -9223372036854775808]}"#,
+            r#"{ "k" : "v" , "k" : "longer value", "z": {"k": 1, "k": {"x": []}} }"#,
+            r#"{"esc": "\"\\\/\b\f\n\r\t\u0001\u001f\u007f\u00e9\u2028\u2029\ud83d\ude00<>&", "\u00e9": null}"#,
+            r#"{"e": {}, "a": [], "n": [[], {}, [null, true, false]], "s": ""}"#,
+            r#"[1, "two", {"three": 3}]"#,
+            r#""just a string \u003c""#,
+            "0",
+            "12345",
+            "-1",
+            "true",
+            "null",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/webhooks");
+        for entry in std::fs::read_dir(&fixtures).unwrap() {
+            texts.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+        assert!(texts.len() > 20, "the fixtures were read");
+        for text in &texts {
+            let shape = github_json_len(text).unwrap();
+            assert_eq!(shape.chars, length_of_the_parsed_value(text), "{text}");
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(shape.properties, v.as_object().map(|m| m.len()), "{text}");
+        }
+        assert!(github_json_len("{\"a\": }").is_err());
+    }
+
     #[test]
     fn the_body_is_what_serializing_its_value_writes() {
         for (event, text) in [("pull_request", SYNC), ("push", PUSH), ("x\"<y>\u{2028}", r#"{"a": "\u00e9"}"#)] {
@@ -225,6 +431,37 @@ mod tests {
             );
             assert_eq!(b.body.get(), expected);
         }
+    }
+
+    #[test]
+    fn a_body_built_from_text_is_the_value_built_one_and_trims_at_the_same_size() {
+        let sync: Value = serde_json::from_str(SYNC).unwrap();
+        let full = json_chars(&json!({"event_type": "pull_request", "delivery_id": "d-1", "payload": sync}));
+        // Around the limit: a PR body that makes the client payload 1 under, at, and 1 over 65,535.
+        let mut texts = vec![SYNC.to_owned(), PUSH.to_owned(), r#"{"a": 1, "a": "<&>", "b": [1.5e3, -2]}"#.to_owned()];
+        for extra in [-1i64, 0, 1, 40_000] {
+            let mut p = sync.clone();
+            let body = p["pull_request"]["body"].as_str().unwrap_or_default().to_owned();
+            let pad = (MAX_CLIENT_PAYLOAD_CHARS as i64 - full as i64 + extra) as usize;
+            p["pull_request"]["body"] = Value::String(format!("{body}{}", "<".repeat(pad / 6) + &"x".repeat(pad % 6)));
+            texts.push(serde_json::to_string_pretty(&p).unwrap());
+        }
+        let mut trimmed = vec![];
+        for text in &texts {
+            let p: Value = serde_json::from_str(text).unwrap();
+            let from_value = build("pull_request", "d-1", &p).unwrap();
+            let from_text = build_from_text("pull_request", "d-1", text).unwrap();
+            assert_eq!(from_text.trimmed, from_value.trimmed, "{}", &text[..60.min(text.len())]);
+            assert_eq!(from_text.value(), from_value.value());
+            trimmed.push(from_text.trimmed);
+        }
+        assert_eq!(
+            trimmed,
+            [false, false, false, false, false, true, true],
+            "the padding lands on both sides of the limit"
+        );
+        assert!(matches!(build_from_text("pull_request", "d-1", "{"), Err(PayloadError::NotJson(_))));
+        assert!(matches!(build_from_text(&"e".repeat(101), "d-1", "{}"), Err(PayloadError::EventTypeTooLong(_))));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::allowlist::{AllowlistEntry, AllowlistProvider};
@@ -247,7 +247,7 @@ impl Dispatcher {
         if !is_dispatched(&msg.event, msg.action.as_deref()) {
             return MessageOutcome::Done(report);
         }
-        let payload: Value = match self.load_payload(&msg.payload).await {
+        let payload = match self.load_payload(&msg.payload).await {
             Ok(p) => p,
             Err(LoadError::Gone(reason)) => return MessageOutcome::Poison { reason },
             Err(LoadError::Unavailable(reason)) => {
@@ -260,17 +260,16 @@ impl Dispatcher {
                 return MessageOutcome::Retry { report: None, reason: format!("no allowlist: {e}"), delay: None };
             }
         };
-        let body = client_payload::build(&msg.event, msg.delivery_id.as_str(), &payload);
+        // Built from the text: no tree of the payload (several times its
+        // size) is made unless it must be trimmed.
+        let body = match client_payload::build_from_text(&msg.event, msg.delivery_id.as_str(), &payload) {
+            Err(client_payload::PayloadError::NotJson(e)) => {
+                return MessageOutcome::Poison { reason: format!("payload is not JSON: {e}") }
+            }
+            body => body,
+        };
         report.payload_trimmed = matches!(&body, Ok(b) if b.trimmed);
-        let labels = crate::checks::pr_labels(&payload);
-        let head_sha = payload
-            .pointer("/pull_request/head/sha")
-            .or_else(|| payload.get("after"))
-            .and_then(Value::as_str)
-            .and_then(|s| crate::domain::HeadSha::parse(s).ok());
-        let pr_number = payload.get("number").and_then(Value::as_u64);
-        // The body holds what is sent; the parsed tree (several times the
-        // payload's size) is not kept while the targets are dispatched.
+        let PayloadFacts { labels, head_sha, pr_number } = PayloadFacts::read(&payload);
         drop(payload);
         let meta = |entry: &AllowlistEntry| DispatchMeta {
             event: msg.event.clone(),
@@ -449,19 +448,116 @@ impl Dispatcher {
         }
     }
 
-    async fn load_payload(&self, payload: &PayloadRef) -> Result<Value, LoadError> {
-        let bytes;
-        let text = match payload {
-            PayloadRef::Inline(raw) => raw.get(),
+    /// The payload's JSON text: inline in the message, or the claim-checked blob.
+    async fn load_payload<'m>(&self, payload: &'m PayloadRef) -> Result<std::borrow::Cow<'m, str>, LoadError> {
+        match payload {
+            PayloadRef::Inline(raw) => Ok(std::borrow::Cow::Borrowed(raw.get())),
             PayloadRef::Stored { key, .. } => {
-                bytes = self.blobs.get(key).await.map_err(|e| match e {
+                let bytes = self.blobs.get(key).await.map_err(|e| match e {
                     BlobError::NotFound(_) => LoadError::Gone(format!("claim-checked payload lost: {e}")),
                     BlobError::Unavailable { .. } => LoadError::Unavailable(e.to_string()),
                 })?;
-                std::str::from_utf8(&bytes).map_err(|_| LoadError::Gone(format!("payload {key} is not UTF-8")))?
+                String::from_utf8(bytes.to_vec())
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|_| LoadError::Gone(format!("payload {key} is not UTF-8")))
             }
+        }
+    }
+}
+
+/// What the dispatcher reads off a webhook payload besides forwarding it:
+/// the PR's label names (`pull_request.labels[].name`, for
+/// [`crate::checks::wants_check_run`]), the head SHA
+/// (`pull_request.head.sha`, else a push's `after`) and `number`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PayloadFacts {
+    labels: Vec<String>,
+    head_sha: Option<crate::domain::HeadSha>,
+    pr_number: Option<u64>,
+}
+
+impl PayloadFacts {
+    /// Reads them from the payload's JSON text, skipping the rest of it
+    /// (no tree of the whole payload). Text the quick read cannot take as
+    /// the tree would (a key given twice, where the tree keeps the last) is
+    /// read through the tree instead, so the answer is always
+    /// [`PayloadFacts::of_value`]'s.
+    fn read(text: &str) -> PayloadFacts {
+        Self::read_quickly(text)
+            .unwrap_or_else(|| serde_json::from_str::<Value>(text).map(|v| Self::of_value(&v)).unwrap_or_default())
+    }
+
+    /// The facts as read from the whole tree.
+    fn of_value(payload: &Value) -> PayloadFacts {
+        PayloadFacts {
+            labels: crate::checks::pr_labels(payload),
+            head_sha: payload
+                .pointer("/pull_request/head/sha")
+                .or_else(|| payload.get("after"))
+                .and_then(Value::as_str)
+                .and_then(|s| crate::domain::HeadSha::parse(s).ok()),
+            pr_number: payload.get("number").and_then(Value::as_u64),
+        }
+    }
+
+    /// `None` when the text must be read as a tree.
+    fn read_quickly(text: &str) -> Option<PayloadFacts> {
+        use serde_json::value::RawValue;
+        /// A present key's value, `null` included (a plain `Option` reads
+        /// `null` as absent, where the tree has it).
+        fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+            <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
+        }
+        #[derive(serde::Deserialize)]
+        struct Top<'a> {
+            #[serde(borrow, default, deserialize_with = "present")]
+            number: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            after: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            pull_request: Option<&'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct PullRequest<'a> {
+            #[serde(borrow, default, deserialize_with = "present")]
+            head: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            labels: Option<&'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow, default, deserialize_with = "present")]
+            sha: Option<&'a RawValue>,
+        }
+        /// `Some(None)`: not an object (the tree finds nothing in it);
+        /// `None`: an object the quick read cannot take.
+        fn object<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Option<Option<T>> {
+            if !text.trim_start().starts_with('{') {
+                return Some(None);
+            }
+            serde_json::from_str(text).ok().map(Some)
+        }
+        let small = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).ok();
+        let Some(top) = object::<Top>(text)? else {
+            return Some(PayloadFacts::default());
         };
-        serde_json::from_str(text).map_err(|e| LoadError::Gone(format!("payload is not JSON: {e}")))
+        let pr = match top.pull_request {
+            Some(raw) => object::<PullRequest>(raw.get())?,
+            None => None,
+        };
+        let head = match pr.as_ref().and_then(|pr| pr.head) {
+            Some(raw) => object::<Head>(raw.get())?,
+            None => None,
+        };
+        // `pull_request.head.sha` when the path exists (whatever it holds), else `after`.
+        let sha = head.and_then(|h| h.sha).or(top.after).and_then(small);
+        let labels =
+            pr.and_then(|pr| pr.labels).and_then(small).map(|labels| json!({"pull_request": {"labels": labels}}));
+        Some(PayloadFacts {
+            labels: labels.as_ref().map(crate::checks::pr_labels).unwrap_or_default(),
+            head_sha: sha.as_ref().and_then(Value::as_str).and_then(|s| crate::domain::HeadSha::parse(s).ok()),
+            pr_number: top.number.and_then(small).as_ref().and_then(Value::as_u64),
+        })
     }
 }
 
@@ -480,5 +576,51 @@ fn retry_or_fail_unrecorded(e: GitHubError) -> TargetOutcome {
         GitHubError::Permanent { reason, .. } => {
             TargetOutcome::Failed { reason: format!("installation lookup: {reason}") }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PayloadFacts;
+    use serde_json::Value;
+
+    #[test]
+    fn payload_facts_read_from_text_are_the_trees() {
+        let sha = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+        let mut texts: Vec<String> = vec![
+            format!(
+                r#"{{"number": 7, "pull_request": {{"head": {{"sha": "{sha}"}}, "labels": [{{"name": "a"}}, {{"x": 1}}, {{"name": 2}}]}}}}"#
+            ),
+            format!(r#"{{"after": "{sha}", "number": "7"}}"#),
+            format!(r#"{{"after": "{sha}", "pull_request": {{"head": {{"sha": null}}}}}}"#),
+            format!(r#"{{"after": "{sha}", "pull_request": {{"head": {{}}}}, "number": -1}}"#),
+            format!(r#"{{"after": "{sha}", "pull_request": {{"head": [1]}}}}"#),
+            format!(r#"{{"after": "{sha}", "pull_request": "no", "number": 1.0}}"#),
+            format!(r#"{{"after": "{sha}", "pull_request": null, "number": null}}"#),
+            format!(r#"{{"number": 1, "number": 2, "after": "{sha}"}}"#),
+            format!(
+                r#"{{"pull_request": {{"labels": [], "labels": [{{"name": "last"}}], "head": {{"sha": "{sha}", "sha": "no"}}}}}}"#
+            ),
+            format!(r#"[{{"after": "{sha}"}}]"#),
+            r#""text""#.to_owned(),
+            r#"{"after": "not a sha", "pull_request": {"labels": null}}"#.to_owned(),
+        ];
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/webhooks");
+        for entry in std::fs::read_dir(&fixtures).unwrap() {
+            texts.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+        let mut found = [0; 3];
+        for text in &texts {
+            let tree = PayloadFacts::of_value(&serde_json::from_str::<Value>(text).unwrap());
+            assert_eq!(PayloadFacts::read(text), tree, "{text}");
+            found[0] += usize::from(!tree.labels.is_empty());
+            found[1] += usize::from(tree.head_sha.is_some());
+            found[2] += usize::from(tree.pr_number.is_some());
+        }
+        assert!(found.iter().all(|n| *n >= 3), "the cases hold every fact several times: {found:?}");
+        // The quick read declines what the tree must decide (keys given twice).
+        assert!(PayloadFacts::read_quickly(&texts[7]).is_none());
+        assert!(PayloadFacts::read_quickly(&texts[8]).is_none());
+        assert!(PayloadFacts::read_quickly(&texts[0]).is_some());
     }
 }

@@ -185,9 +185,9 @@ pub fn verify_and_classify(
     } else {
         body
     };
-    let text = std::str::from_utf8(json_bytes).map_err(|_| IngestError::BadBody("not UTF-8".into()))?;
-    // Parsing the envelope validates the whole document (serde_json rejects
-    // trailing data), so the text can be embedded in the message as is.
+    let received = std::str::from_utf8(json_bytes).map_err(|_| IngestError::BadBody("not UTF-8".into()))?;
+    let compact = compact_json(received)?;
+    let text = compact.as_str();
     let env: Envelope = serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
     let ignore =
         |why: String| Ok(Verdict::Ignore { delivery_id: delivery_id.to_string(), event: event.to_owned(), why });
@@ -229,8 +229,8 @@ pub fn verify_and_classify(
         };
         return ignore(format!("{what} is not acted on"));
     }
-    // The payload's text goes in as received (already validated above):
-    // the one `dispatch_v1` encoder, without parsing the payload again.
+    // The payload's compact text goes in (validated above): the one
+    // `dispatch_v1` encoder, without parsing the payload again.
     let (message, payload) = crcr_core::message::encode_dispatch_v1_inline(
         &delivery_id,
         hook_id,
@@ -249,6 +249,22 @@ pub fn verify_and_classify(
         payload_start,
         upstream,
     })
+}
+
+/// `text` (one JSON document, nothing after it) without the whitespace
+/// between its tokens, written by serde_json as it writes any value (keys
+/// in their order, strings with serde_json's escapes). GitHub sends its
+/// payloads indented (a 28 KB `pull_request.synchronize` is about 21 KB
+/// compact); the compact text is what is queued, stored and sent to every
+/// target, and it reads as the same value. Streamed token by token, no
+/// tree. Errors: `BadBody` when `text` is not one JSON document.
+fn compact_json(text: &str) -> Result<String, IngestError> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_transcode::transcode(&mut de, &mut serde_json::Serializer::new(&mut out))
+        .map_err(|e| IngestError::BadBody(e.to_string()))?;
+    de.end().map_err(|e| IngestError::BadBody(e.to_string()))?;
+    String::from_utf8(out).map_err(|_| IngestError::BadBody("not UTF-8".into()))
 }
 
 /// `X-GitHub-Hook-ID`, "the unique identifier of the webhook" (GitHub docs
@@ -571,7 +587,7 @@ mod tests {
     }
 
     #[test]
-    fn enqueued_message_decodes_with_the_exact_payload() {
+    fn enqueued_message_decodes_with_the_payload_compacted() {
         let s = WebhookSecret::new("s");
         let up = RepoFullName::parse("Codertocat/Hello-World").unwrap();
         let v = verify_and_classify(&s, &up, &headers(&s, "pull_request", OPENED.as_bytes()), OPENED.as_bytes(), 7)
@@ -582,7 +598,13 @@ mod tests {
         assert_eq!(m.delivery_id.as_str(), "72d3162e-cc78-11e3-81ab-4c9367dc0958");
         assert_eq!(m.received_at_ms, 7);
         let PayloadRef::Inline(p) = m.payload else { panic!() };
-        assert!(p.get() == OPENED.trim_end(), "payload bytes changed");
+        // The same value, with no byte between tokens: as long as serde_json's
+        // compact writing of it (which sorts keys; the queued text keeps GitHub's order).
+        let sent: serde_json::Value = serde_json::from_str(OPENED).unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(p.get()).unwrap(), sent);
+        assert_eq!(p.get().len(), serde_json::to_string(&sent).unwrap().len());
+        assert!(p.get().len() < OPENED.len() * 9 / 10, "GitHub's indentation is gone");
+        assert!(p.get().starts_with(r#"{"action":"opened","number":2,"pull_request":{"#), "keys keep GitHub's order");
     }
 
     #[test]

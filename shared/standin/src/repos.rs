@@ -41,7 +41,7 @@ pub(crate) const MAX_CLIENT_PAYLOAD_CHARS: usize = 65_535;
 /// `Err((status, message))`.
 ///
 /// Reads the body without building its value: a 28 KB payload costs one
-/// pass ([`util::github_json_len`]).
+/// pass ([`crcr_core::client_payload::github_json_len`]).
 pub(crate) fn check_dispatch(body: &[u8]) -> Result<String, (u16, String)> {
     let request: BTreeMap<String, &RawValue> =
         serde_json::from_slice(body).map_err(|_| (400, "Problems parsing JSON".to_owned()))?;
@@ -54,7 +54,7 @@ pub(crate) fn check_dispatch(body: &[u8]) -> Result<String, (u16, String)> {
 
 /// GitHub's schema check of a dispatch body (its top-level keys, each
 /// value as sent): `Err(message)` for a 422, otherwise the characters of
-/// `client_payload` as GitHub counts them ([`util::github_json_len`]), if
+/// `client_payload` as GitHub counts them ([`crcr_core::client_payload::github_json_len`]), if
 /// there is one.
 fn validate_dispatch(body: &BTreeMap<String, &RawValue>) -> Result<Option<usize>, String> {
     let mut errors = Vec::new();
@@ -84,7 +84,8 @@ fn validate_dispatch(body: &BTreeMap<String, &RawValue>) -> Result<Option<usize>
     }
     let mut payload_chars = None;
     if let Some(raw) = body.get("client_payload") {
-        let shape = util::github_json_len(raw.get()).map_err(|_| "Problems parsing JSON".to_owned())?;
+        let shape =
+            crcr_core::client_payload::github_json_len(raw.get()).map_err(|_| "Problems parsing JSON".to_owned())?;
         match shape.properties {
             Some(n) if n > MAX_CLIENT_PAYLOAD_PROPERTIES => errors.push(format!(
                 "No more than {MAX_CLIENT_PAYLOAD_PROPERTIES} properties are allowed; {n} were supplied."
