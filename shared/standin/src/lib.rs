@@ -32,6 +32,12 @@
 //!   workflow runs put with [`StandIn::add_workflow_run`]
 //!   ([`StandIn::run_requests`]).
 //!
+//! With [`StandIn::enforce_secondary_limits`] it also keeps GitHub's
+//! secondary rate limits (concurrency, points per endpoint, content
+//! creation per minute and hour; a time scale for tests), answering 403
+//! with GitHub's message, with or without `Retry-After` (`secondary.rs`
+//! cites the docs each rule comes from).
+//!
 //! Every answer carries `x-ratelimit-*` and `x-github-request-id` headers;
 //! every request is recorded ([`StandIn::requests`]) with the client's port,
 //! so connection reuse can be measured. The server stops when the last
@@ -46,6 +52,7 @@ mod jwt;
 pub mod moto;
 mod repos;
 mod runs;
+mod secondary;
 mod server;
 mod state;
 mod util;
@@ -58,6 +65,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use hooks::{HookDeliveryEntry, HookDeliverySeed, RedeliveryRequest, HOOK_RETENTION};
+pub use secondary::{SecondaryLimit, SecondaryLimits};
 use state::Shared;
 
 /// How to start a [`StandIn`].
@@ -382,6 +390,18 @@ impl StandIn {
     /// The `x-ratelimit-limit` per identity and hour (default 5000; reported, not enforced).
     pub fn set_rate_limit(&self, limit: u64) {
         self.shared.world().rate_limit = limit;
+    }
+
+    /// Enforces GitHub's secondary rate limits from now on (`None`: stops;
+    /// see [`SecondaryLimits`]): a request past one is answered 403 with
+    /// GitHub's message, and `Retry-After` if [`SecondaryLimits::retry_after`].
+    pub fn enforce_secondary_limits(&self, limits: Option<SecondaryLimits>) {
+        self.shared.world().secondary.limits = limits;
+    }
+
+    /// Requests refused by each secondary limit so far.
+    pub fn secondary_refusals(&self) -> std::collections::HashMap<SecondaryLimit, u64> {
+        self.shared.world().secondary.refused.clone()
     }
 
     /// Every request answered so far, oldest first.

@@ -148,6 +148,21 @@ pub(crate) async fn dispatch(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// GitHub's answer past a secondary rate limit: `status` (403 or 429) with
+/// its message, and `Retry-After` when given (GitHub docs, "Rate limits for
+/// the REST API" → "Exceeding the rate limit").
+pub(crate) fn secondary_limit(status: u16, request_id: &str, retry_after_s: Option<u64>) -> Response {
+    let message = format!(
+        "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. \
+         If you reach out to GitHub Support for help, please include the request ID {request_id}."
+    );
+    let mut resp = gh_error(status, &message, DOC_SECONDARY);
+    if let Some(s) = retry_after_s {
+        insert(&mut resp, "retry-after", s.to_string());
+    }
+    resp
+}
+
 /// The answer GitHub gives for a fault.
 pub(crate) async fn fault_response(fault: Fault, installation_id: u64, request_id: &str) -> Response {
     match fault {
@@ -159,21 +174,9 @@ pub(crate) async fn fault_response(fault: Fault, installation_id: u64, request_i
             };
             (code, Json(json!({"message": message}))).into_response()
         }
-        Fault::SecondaryRateLimit { retry_after_s } => {
-            let message = format!(
-                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. \
-                 If you reach out to GitHub Support for help, please include the request ID {request_id}."
-            );
-            let mut resp = gh_error(403, &message, DOC_SECONDARY);
-            insert(&mut resp, "retry-after", retry_after_s.to_string());
-            resp
-        }
+        Fault::SecondaryRateLimit { retry_after_s } => secondary_limit(403, request_id, Some(retry_after_s)),
         Fault::SecondaryRateLimitNoHint { status } => {
-            let message = format!(
-                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. \
-                 If you reach out to GitHub Support for help, please include the request ID {request_id}."
-            );
-            gh_error(if status == 429 { 429 } else { 403 }, &message, DOC_SECONDARY)
+            secondary_limit(if status == 429 { 429 } else { 403 }, request_id, None)
         }
         Fault::PrimaryRateLimit { reset_in_s } => primary_limit(429, reset_in_s, installation_id),
         Fault::PrimaryRateLimitForbidden { reset_in_s } => primary_limit(403, reset_in_s, installation_id),

@@ -200,6 +200,18 @@ fn repo_of_path(path: &str) -> Option<String> {
     Some(format!("{owner}/{name}"))
 }
 
+/// A request counted in flight by the secondary limits.
+struct InFlight {
+    shared: Arc<Shared>,
+    identity: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.world().secondary.finish(&self.identity);
+    }
+}
+
 /// Every request passes here: resolve the credential, wait the configured
 /// latency, run the handler, add GitHub's headers, record.
 async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
@@ -209,24 +221,38 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     let query = req.uri().query().map(str::to_owned);
     let peer_port = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(0, |c| c.0.port());
     let auth = resolve_auth(&shared, req.headers(), arrived);
-    let (latency, request_id) = {
-        let mut world = shared.world();
-        (world.latency, world.next_request_id())
-    };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    req.extensions_mut().insert(auth.clone());
-    req.extensions_mut().insert(RequestId(request_id.clone()));
-    req.extensions_mut().insert(Arrived(arrived));
-
-    let mut resp = next.run(req).await;
-
     let identity = match &auth {
         Auth::App => "app".to_owned(),
         Auth::Installation { installation_id, .. } => format!("installation:{installation_id}"),
         _ => format!("anonymous:{peer_port}"),
     };
+    let cost = super::secondary::Cost::of(&method, &path);
+    let (latency, request_id, admitted, retry_after) = {
+        let mut world = shared.world();
+        let request_id = world.next_request_id();
+        let admitted = world.secondary.admit(&identity, &cost, arrived);
+        let retry_after = world.secondary.limits.as_ref().is_some_and(|l| l.retry_after);
+        (world.latency, request_id, admitted, retry_after)
+    };
+    let mut resp = match admitted {
+        Err((_, wait)) => {
+            let retry_after_s =
+                retry_after.then(|| wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).map(|s| s.max(1));
+            super::repos::secondary_limit(403, &request_id, retry_after_s)
+        }
+        Ok(counted) => {
+            // Counted in flight until answered, or dropped with the connection.
+            let _in_flight = counted.then(|| InFlight { shared: shared.clone(), identity: identity.clone() });
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            req.extensions_mut().insert(auth.clone());
+            req.extensions_mut().insert(RequestId(request_id.clone()));
+            req.extensions_mut().insert(Arrived(arrived));
+            next.run(req).await
+        }
+    };
+
     let now_s = util::epoch_now();
     let mut world = shared.world();
     let (limit, remaining, used, reset) = world.count_call(&identity, now_s);

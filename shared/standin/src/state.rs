@@ -69,6 +69,8 @@ pub(crate) struct World {
     pub run_requests: Vec<RecordedRunRequest>,
     /// identity -> (window start, Unix s; calls in the window)
     pub rate: HashMap<String, (u64, u64)>,
+    /// GitHub's secondary rate limits, when enforced.
+    pub secondary: super::secondary::SecondaryState,
     next_installation: u64,
     next_account: u64,
     next_repo: u64,
@@ -144,6 +146,7 @@ impl Shared {
                 workflow_runs: HashMap::new(),
                 run_requests: Vec::new(),
                 rate: HashMap::new(),
+                secondary: Default::default(),
                 next_installation: 40_000_001,
                 next_account: 90_000_001,
                 next_repo: 700_000_001,

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use crcr_standin::{AuthKind, Fault, StandIn, StandInOptions};
+use crcr_standin::{AuthKind, Fault, SecondaryLimit, SecondaryLimits, StandIn, StandInOptions};
 use octocrab::jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use octocrab::models::AppId;
 use octocrab::Octocrab;
@@ -651,4 +651,124 @@ async fn the_server_stops_on_shutdown_and_when_the_last_handle_is_dropped() {
         assert!(Instant::now() < deadline, "still listening after the last handle was dropped");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Scaled-down secondary limits: the rules of [`SecondaryLimits::github`]
+/// with small numbers, so a test reaches each in a few requests.
+fn small_limits(window: Duration) -> SecondaryLimits {
+    SecondaryLimits {
+        concurrent: 100,
+        points_per_window: 10_000,
+        content_per_window: 10_000,
+        content_per_60_windows: 10_000,
+        ..SecondaryLimits::scaled(window)
+    }
+}
+
+fn is_secondary_refusal(r: &Resp) -> bool {
+    r.status == 403 && r.message().starts_with("You have exceeded a secondary rate limit.")
+}
+
+#[tokio::test]
+async fn mutation_points_are_limited_per_endpoint_and_identity_with_githubs_403() {
+    let s = start().await;
+    let (one, other) = (s.install("org/one"), s.install("other/two"));
+    let (t1, t2) = (mint(&s, one, json!({})).await, mint(&s, other, json!({})).await);
+    // 20 points a window: four dispatches (5 points each), not five.
+    s.enforce_secondary_limits(Some(SecondaryLimits {
+        points_per_window: 20,
+        ..small_limits(Duration::from_secs(60))
+    }));
+    let body = json!({"event_type": "e"});
+    for _ in 0..4 {
+        assert_eq!(dispatch(&s, "org/one", &t1, &body).await.status, 204);
+    }
+    let refused = dispatch(&s, "org/one", &t1, &body).await;
+    assert!(is_secondary_refusal(&refused), "{} {}", refused.status, refused.message());
+    assert!(refused.message().contains(refused.header("x-github-request-id").unwrap()), "{}", refused.message());
+    let retry_after: u64 = refused.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(s.secondary_refusals().get(&SecondaryLimit::Points), Some(&1));
+    // Another endpoint of the same identity, and another identity on the same endpoint, have their own points.
+    let get =
+        call(&s, "GET", "/repos/org/one/installation", &[("Authorization", &format!("Bearer {}", app_jwt(&s)))], b"")
+            .await;
+    assert_eq!(get.status, 200);
+    assert_eq!(dispatch(&s, "other/two", &t2, &body).await.status, 204);
+    // The refused request did nothing.
+    assert_eq!(s.dispatches().iter().filter(|d| d.repo == "org/one").count(), 4);
+    // Without Retry-After, as GitHub also answers.
+    s.enforce_secondary_limits(Some(SecondaryLimits {
+        points_per_window: 20,
+        retry_after: false,
+        ..small_limits(Duration::from_secs(60))
+    }));
+    let refused = dispatch(&s, "org/one", &t1, &body).await;
+    assert!(is_secondary_refusal(&refused) && refused.header("retry-after").is_none());
+    s.enforce_secondary_limits(None);
+    assert_eq!(dispatch(&s, "org/one", &t1, &body).await.status, 204);
+}
+
+#[tokio::test]
+async fn content_creation_is_limited_per_window_and_per_sixty_windows() {
+    let s = start().await;
+    let token = mint(&s, s.install("org/one"), json!({})).await;
+    let window = Duration::from_millis(400);
+    s.enforce_secondary_limits(Some(SecondaryLimits {
+        content_per_window: 3,
+        content_per_60_windows: 5,
+        ..small_limits(window)
+    }));
+    let body = json!({"event_type": "e"});
+    let first = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(dispatch(&s, "org/one", &token, &body).await.status, 204);
+    }
+    assert!(is_secondary_refusal(&dispatch(&s, "org/one", &token, &body).await));
+    assert_eq!(s.secondary_refusals().get(&SecondaryLimit::ContentPerMinute), Some(&1));
+    // The window slides: the next one goes through once the first three are a window old.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = dispatch(&s, "org/one", &token, &body).await;
+        if r.status == 204 {
+            break;
+        }
+        assert!(is_secondary_refusal(&r), "{} {}", r.status, r.message());
+        assert!(Instant::now() < deadline, "the window never slid");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(first.elapsed() >= window, "accepted {:?} after the first, within the window", first.elapsed());
+    assert_eq!(dispatch(&s, "org/one", &token, &body).await.status, 204);
+    // Five in sixty windows: the sixth is refused by the hourly limit, whatever the minute says.
+    let r = dispatch(&s, "org/one", &token, &body).await;
+    assert!(is_secondary_refusal(&r));
+    assert!(
+        s.secondary_refusals().get(&SecondaryLimit::ContentPerHour).is_some_and(|n| *n >= 1),
+        "{:?}",
+        s.secondary_refusals()
+    );
+    assert_eq!(s.dispatches().len(), 5);
+}
+
+#[tokio::test]
+async fn requests_in_flight_past_the_concurrency_limit_are_refused_at_once() {
+    let s = start().await;
+    s.install("org/one");
+    s.enforce_secondary_limits(Some(SecondaryLimits { concurrent: 2, ..small_limits(Duration::from_secs(60)) }));
+    s.set_latency(Duration::from_millis(500));
+    let auth = format!("Bearer {}", app_jwt(&s));
+    let headers = [("Authorization", auth.as_str())];
+    let get = || call(&s, "GET", "/repos/org/one/installation", &headers, b"");
+    let (a, b, c, d, e) = tokio::join!(get(), get(), get(), get(), get());
+    let answers = [a, b, c, d, e];
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 403, 403, 403]);
+    assert!(answers.iter().filter(|r| r.status == 403).all(is_secondary_refusal));
+    // Refused at arrival, not after the latency; the two admitted waited it.
+    let durations: Vec<(u16, Duration)> = s.requests().iter().map(|r| (r.status, r.duration)).collect();
+    assert!(durations.iter().all(|(st, d)| (*st == 403) == (*d < Duration::from_millis(500))), "{durations:?}");
+    assert_eq!(s.secondary_refusals().get(&SecondaryLimit::Concurrency), Some(&3));
+    // Once answered they no longer count.
+    assert_eq!(get().await.status, 200);
 }
