@@ -767,14 +767,15 @@ async fn synchronize_supersedes_the_old_heads_jobs() {
     w.relay.stop().await;
 }
 
-#[tokio::test]
-async fn one_sweep_at_a_time_sends_the_outboxes() {
+/// Takes the outbox lease as another sweep would (another Lambda
+/// instance), then has org4/four's job `build` report `in_progress` and
+/// waits until it is reconciled. Returns the lease's store, key and holder.
+async fn in_progress_while_another_sweep_holds_the_outbox(
+    w: &World,
+) -> (crcr_embedded::sqlite::SqliteKv, &'static str, &'static str) {
     use crcr_core::ports::StateStore;
-    let w = world(&[]).await;
-    // Another sweep (another Lambda instance) holds the outbox lease.
     let kv = crcr_embedded::sqlite::SqliteKv::new(w.relay.db(), std::sync::Arc::new(crcr_core::ports::SystemClock));
-    let key = crcr_core::reconcile::OUTBOX_LEASE_KEY;
-    let other = "another-sweep";
+    let (key, other) = (crcr_core::reconcile::OUTBOX_LEASE_KEY, "another-sweep");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !kv.try_lease(key, other, Duration::from_secs(600)).await.unwrap() {
         assert!(std::time::Instant::now() < deadline, "the relay's sweeper never released the lease");
@@ -782,10 +783,47 @@ async fn one_sweep_at_a_time_sends_the_outboxes() {
     }
     let d = w.delivery.clone();
     assert_eq!(
-        call(&w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "in_progress", None)).await,
+        call(w, "org4/four", "44", &job_callback(&d, "org4/four", 555, "build", "in_progress", None)).await,
         202
     );
+    reconciled(w).await;
+    (kv, key, other)
+}
+
+/// Issue 15 ("coalesced check-run writes"): a check run's states queued
+/// while its outbox waits reach GitHub as one write of the newest; an
+/// `in_progress` already superseded by `completed` is never sent.
+#[tokio::test]
+async fn states_queued_while_the_outbox_waits_reach_github_as_one_write_of_the_newest() {
+    use crcr_core::ports::StateStore;
+    let w = world(&[]).await;
+    // The outbox waits: another sweep holds its lease.
+    let (kv, key, other) = in_progress_while_another_sweep_holds_the_outbox(&w).await;
+    let d = w.delivery.clone();
+    let done = job_callback(&d, "org4/four", 555, "build", "completed", Some("success"));
+    assert_eq!(call(&w, "org4/four", "44", &done).await, 202);
     reconciled(&w).await;
+    let jobs = SqliteJobStore::new(w.relay.db());
+    let id = crcr_core::domain::DeliveryId::parse(&w.delivery).unwrap();
+    let items = jobs.check_runs(&id).await.unwrap();
+    assert_eq!((items.len(), items[0].version, items[0].sync), (1, 2, HudSync::Pending), "{items:?}");
+    kv.release_lease(key, other).await.unwrap();
+    wait_item(&jobs, &id, HudSync::Sent).await;
+    let runs = w.gh.check_runs(UPSTREAM);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!((runs[0].status.as_str(), runs[0].conclusion.as_deref()), ("completed", Some("success")));
+    assert_eq!(runs[0].updates, 0, "created completed, never sent in progress");
+    let writes = w.gh.requests().iter().filter(|r| r.path.contains("/check-runs") && r.method != "GET").count();
+    assert_eq!(writes, 1, "one write to GitHub for two states");
+    w.relay.stop().await;
+}
+
+#[tokio::test]
+async fn one_sweep_at_a_time_sends_the_outboxes() {
+    use crcr_core::ports::StateStore;
+    let w = world(&[]).await;
+    // Another sweep (another Lambda instance) holds the outbox lease.
+    let (kv, key, other) = in_progress_while_another_sweep_holds_the_outbox(&w).await;
     let report = w.relay.reconciler.sweep().await.unwrap();
     assert!(report.outboxes_skipped, "{report:?}");
     w.relay.sweeps_pass(3).await;

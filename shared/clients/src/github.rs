@@ -74,6 +74,8 @@ pub struct GitHubAppClient {
     /// Repositories GitHub answered as moved (renamed or transferred), by
     /// the key of the name asked for: where they are now.
     moved: Mutex<HashMap<String, RepoFullName>>,
+    /// One permit per request in flight ([`GitHubAppConfig::max_in_flight`]).
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// How long to wait after a rate-limit answer without `retry-after` or
@@ -140,12 +142,13 @@ impl GitHubAppClient {
             .map_err(|e| bad_url(e.to_string()))?;
         Ok(Self {
             app,
-            cfg,
             installations: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             rate_limit_remaining: AtomicI64::new(-1),
             secondary: Mutex::new(SecondaryLimitBackoff::default()),
             moved: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(cfg.max_in_flight.max(1)),
+            cfg,
         })
     }
 
@@ -170,7 +173,7 @@ impl GitHubAppClient {
         }
         let body = json!({"repositories": [repo.name()], "permissions": {permission.0: permission.1}});
         let uri = format!("/app/installations/{}/access_tokens", installation.0);
-        let (status, headers, bytes) = self.send(self.app._post(uri, Some(&body)).await).await?;
+        let (status, headers, bytes) = self.send(self.app._post(uri, Some(&body))).await?;
         if !status.is_success() {
             return Err(self.classify(status, &headers, &bytes));
         }
@@ -246,7 +249,7 @@ impl GitHubAppClient {
         // The path only: octocrab puts the App's JWT only on requests
         // without a host (or to api.github.com); the host was checked above.
         let path = target.path_and_query().map_or(target.path(), |p| p.as_str()).to_owned();
-        let (status, headers, bytes) = self.send(self.app._get(path).await).await?;
+        let (status, headers, bytes) = self.send(self.app._get(path)).await?;
         if status.is_redirection() {
             return Err(refuse(format!(
                 "{location} redirected again ({}); only one redirect is followed",
@@ -263,7 +266,7 @@ impl GitHubAppClient {
         // The repository's name now: a token for its id lists it.
         let body = json!({"repository_ids": [repo_id], "permissions": {"metadata": "read"}});
         let uri = format!("/app/installations/{installation}/access_tokens");
-        let (s, h, b) = self.send(self.app._post(uri, Some(&body)).await).await?;
+        let (s, h, b) = self.send(self.app._post(uri, Some(&body))).await?;
         if !s.is_success() {
             return Err(self.classify(s, &h, &b));
         }
@@ -287,13 +290,19 @@ impl GitHubAppClient {
         self.tokens.lock().expect("token cache").retain(|k, _| !k.starts_with(&prefix));
     }
 
-    /// Reads a response fully; transport errors are transient.
+    /// Sends `request` once a slot of [`GitHubAppConfig::max_in_flight`] is
+    /// free and reads its answer fully (the slot is held until then);
+    /// transport errors are transient.
     async fn send(
         &self,
-        res: octocrab::Result<http::Response<http_body_util::combinators::BoxBody<Bytes, octocrab::Error>>>,
+        request: impl std::future::Future<
+            Output = octocrab::Result<http::Response<http_body_util::combinators::BoxBody<Bytes, octocrab::Error>>>,
+        >,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
-        let res =
-            res.map_err(|e| GitHubError::Transient { reason: format!("GitHub unreachable: {e}"), retry_after: None })?;
+        let _slot = self.in_flight.acquire().await.expect("the in-flight semaphore is never closed");
+        let res = request
+            .await
+            .map_err(|e| GitHubError::Transient { reason: format!("GitHub unreachable: {e}"), retry_after: None })?;
         let (parts, body) = res.into_parts();
         if let Some(n) = parts.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok()) {
             self.rate_limit_remaining.store(n, Ordering::Relaxed);
@@ -404,7 +413,7 @@ impl GitHubApp for GitHubAppClient {
             }
         }
         let uri = format!("/repos/{}/{}/installation", repo.owner(), repo.name());
-        let (mut status, mut headers, mut bytes) = self.send(self.app._get(uri).await).await?;
+        let (mut status, mut headers, mut bytes) = self.send(self.app._get(uri)).await?;
         if status.is_redirection() {
             // Renamed or transferred: follow GitHub's redirect once.
             (status, headers, bytes) = self.follow_move(repo, status, &headers).await?;
@@ -440,7 +449,7 @@ impl GitHubApp for GitHubAppClient {
         let mut target = self.current_name(repo);
         let client = self.token_client(&target, installation, ("contents", "write")).await?;
         let uri = format!("/repos/{}/{}/dispatches", target.owner(), target.name());
-        let (mut status, mut headers, mut bytes) = self.send(client._post(uri, Some(body)).await).await?;
+        let (mut status, mut headers, mut bytes) = self.send(client._post(uri, Some(body))).await?;
         if status.is_redirection() {
             // Moved since its installation was looked up (GitHub answers a
             // POST to a moved repository with 307): look it up again, which
@@ -460,7 +469,7 @@ impl GitHubApp for GitHubAppClient {
             target = now;
             let client = self.token_client(&target, installation, ("contents", "write")).await?;
             let uri = format!("/repos/{}/{}/dispatches", target.owner(), target.name());
-            (status, headers, bytes) = self.send(client._post(uri, Some(body)).await).await?;
+            (status, headers, bytes) = self.send(client._post(uri, Some(body))).await?;
             if status.is_redirection() {
                 return Err(GitHubError::Permanent {
                     status: status.as_u16(),
@@ -490,7 +499,7 @@ impl GitHubApp for GitHubAppClient {
         let uri = format!("/repos/{}/{}/contents/{}?ref={}", repo.owner(), repo.name(), path, git_ref);
         let mut accept = HeaderMap::new();
         accept.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.github.raw"));
-        let (status, headers, bytes) = self.send(client._get_with_headers(uri, Some(accept)).await).await?;
+        let (status, headers, bytes) = self.send(client._get_with_headers(uri, Some(accept))).await?;
         if status.is_success() {
             Ok(bytes.to_vec())
         } else {
@@ -508,7 +517,7 @@ impl crcr_core::redeliver::HookDeliveries for GitHubAppClient {
         cursor: Option<&str>,
     ) -> Result<crcr_core::redeliver::DeliveryPage, crcr_core::redeliver::HookError> {
         let uri = crate::hook_deliveries::list_uri(per_page, cursor);
-        let (status, headers, bytes) = self.send(self.app._get(uri).await).await?;
+        let (status, headers, bytes) = self.send(self.app._get(uri)).await?;
         if !status.is_success() {
             return Err(crate::hook_deliveries::hook_error(status, &headers, &bytes));
         }
@@ -517,7 +526,7 @@ impl crcr_core::redeliver::HookDeliveries for GitHubAppClient {
 
     async fn redeliver(&self, delivery_id: u64) -> Result<(), crcr_core::redeliver::HookError> {
         let uri = format!("/app/hook/deliveries/{delivery_id}/attempts");
-        let (status, headers, bytes) = self.send(self.app._post(uri, None::<&()>).await).await?;
+        let (status, headers, bytes) = self.send(self.app._post(uri, None::<&()>)).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -537,7 +546,7 @@ impl crcr_core::ports::CommitLookup for GitHubAppClient {
         })?;
         let client = self.token_client(repo, installation, ("contents", "read")).await?;
         let uri = format!("/repos/{}/{}/commits/{}", repo.owner(), repo.name(), sha);
-        let (status, headers, bytes) = self.send(client._get(uri).await).await?;
+        let (status, headers, bytes) = self.send(client._get(uri)).await?;
         match status {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
@@ -557,7 +566,7 @@ impl crcr_core::checks::CheckRuns for GitHubAppClient {
     ) -> Result<u64, GitHubError> {
         let client = self.checks_client(repo).await?;
         let uri = format!("/repos/{}/{}/check-runs", repo.owner(), repo.name());
-        let (status, headers, bytes) = self.send(client._post(uri, Some(run)).await).await?;
+        let (status, headers, bytes) = self.send(client._post(uri, Some(run))).await?;
         if !status.is_success() {
             return Err(self.repo_call_error(repo, status, &headers, &bytes));
         }
@@ -581,7 +590,7 @@ impl crcr_core::checks::CheckRuns for GitHubAppClient {
         if let Some(fields) = body.as_object_mut() {
             fields.remove("head_sha");
         }
-        let (status, headers, bytes) = self.send(client._patch(uri, Some(&body)).await).await?;
+        let (status, headers, bytes) = self.send(client._patch(uri, Some(&body))).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -658,7 +667,7 @@ impl GitHubAppClient {
     ) -> Result<crcr_core::runs::RunRequest, GitHubError> {
         let client = self.repo_client(repo, ("actions", "write")).await?;
         let uri = format!("/repos/{}/{}/actions/runs/{run_id}/{action}", repo.owner(), repo.name());
-        let (status, headers, bytes) = self.send(client._post(uri, None::<&()>).await).await?;
+        let (status, headers, bytes) = self.send(client._post(uri, None::<&()>)).await?;
         run_answer(status, &headers, &bytes, action == "cancel").map_err(|_| {
             // Forget the token on 401 and the installation on 404.
             self.repo_call_error(repo, status, &headers, &bytes)

@@ -12,6 +12,7 @@
 //! | `CRCR_GITHUB_APP_ID` | required | GitHub App id |
 //! | `CRCR_GITHUB_APP_PRIVATE_KEY` / `_FILE` | required | App private key, PEM |
 //! | `CRCR_GITHUB_API_URL` | `https://api.github.com` | GitHub REST base URL |
+//! | `CRCR_GITHUB_MAX_IN_FLIGHT` | `100` | requests to GitHub in flight at once per process (GitHub's secondary limit: 100 concurrent) |
 //! | `CRCR_ALLOWLIST_URL` or `CRCR_ALLOWLIST_FILE` | one required | `https://github.com/<o>/<r>/blob/<ref>/<path>` or a local path |
 //! | `CRCR_ALLOWLIST_TTL_SECS` | `300` | allowlist cache lifetime |
 //! | `CRCR_MAX_BODY_BYTES` | `26214400` | webhook body limit (GitHub caps at 25 MB) |
@@ -395,7 +396,11 @@ pub fn github_app_from_env(env: &Env<'_>) -> Result<GitHubAppConfig, ConfigError
     {
         return Err(err("CRCR_GITHUB_API_URL", "must be https (plain http only for loopback)"));
     }
-    Ok(GitHubAppConfig::new(app_id, key.expose_secret().to_owned(), api_url))
+    let max_in_flight = env.parsed("CRCR_GITHUB_MAX_IN_FLIGHT", GITHUB_MAX_IN_FLIGHT)?;
+    if max_in_flight == 0 {
+        return Err(err("CRCR_GITHUB_MAX_IN_FLIGHT", "must be at least 1"));
+    }
+    Ok(GitHubAppConfig { max_in_flight, ..GitHubAppConfig::new(app_id, key.expose_secret().to_owned(), api_url) })
 }
 
 /// Settings every runtime (Lambda or `crcr serve`) shares.
@@ -674,7 +679,18 @@ pub struct GitHubAppConfig {
     pub not_installed_ttl: Duration,
     /// Per-request read timeout (GitHub itself gives up after 10 s).
     pub timeout: Duration,
+    /// Requests to GitHub in flight at once from this process, at most
+    /// (`CRCR_GITHUB_MAX_IN_FLIGHT`, default [`GITHUB_MAX_IN_FLIGHT`]);
+    /// more wait for a slot.
+    pub max_in_flight: usize,
 }
+
+/// GitHub's secondary rate limit on concurrency: "No more than 100
+/// concurrent requests are allowed" (REST docs, "Rate limits for the REST
+/// API" → "About secondary rate limits"), per user or App installation.
+/// One process never has more in flight, whatever its workers and
+/// per-message target concurrency multiply to (32 × 64 by default).
+pub const GITHUB_MAX_IN_FLIGHT: usize = 100;
 
 impl std::fmt::Debug for GitHubAppConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -682,6 +698,7 @@ impl std::fmt::Debug for GitHubAppConfig {
             .field("app_id", &self.app_id)
             .field("private_key_pem", &"<redacted>")
             .field("api_url", &self.api_url)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
     }
 }
@@ -695,6 +712,7 @@ impl GitHubAppConfig {
             installation_ttl: Duration::from_secs(600),
             not_installed_ttl: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
+            max_in_flight: GITHUB_MAX_IN_FLIGHT,
         }
     }
 }
