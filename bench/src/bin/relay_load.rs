@@ -25,7 +25,9 @@
 //! (`bench/relay-load` builds `crcr` and this binary in release mode, then
 //! runs it with the arguments given.) The relay, the stand-in and the
 //! generator share the machine, as they would on a developer's laptop; the
-//! relay reads its other settings from the environment (`CRCR_WORKERS`, ...).
+//! relay reads its other settings from the environment (`CRCR_WORKERS`, ...),
+//! except `CRCR_GITHUB_MAX_IN_FLIGHT`, 4096 unless set: this measures the
+//! relay, and the stand-in enforces no GitHub limit here.
 //! It exits non-zero when a rate lost or duplicated a dispatch.
 
 use std::collections::{HashMap, HashSet};
@@ -244,6 +246,13 @@ async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir
             .env("CRCR_GITHUB_API_URL", gh.base_url())
             .env("CRCR_ALLOWLIST_FILE", dir.join("allowlist.yml"))
             .env("CRCR_LOG", std::env::var("CRCR_LOG").unwrap_or_else(|_| "warn".into()))
+            // The relay's throughput, not GitHub's limits: the stand-in
+            // enforces none here, and 5,000 dispatches/s at 50 ms need 250
+            // in flight (the default cap is GitHub's 100).
+            .env(
+                "CRCR_GITHUB_MAX_IN_FLIGHT",
+                std::env::var("CRCR_GITHUB_MAX_IN_FLIGHT").unwrap_or_else(|_| "4096".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| {
