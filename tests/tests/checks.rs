@@ -767,6 +767,45 @@ async fn synchronize_supersedes_the_old_heads_jobs() {
     w.relay.stop().await;
 }
 
+/// Issue 15: check runs are created no faster than GitHub's content
+/// limits allow (here scaled: 3 a second), so GitHub refuses none; the
+/// rest wait in the outbox for later sweeps.
+#[tokio::test]
+async fn check_run_creates_keep_to_githubs_content_limit_and_the_rest_wait() {
+    let second = Duration::from_secs(1);
+    let pace = crcr_core::checks::CheckRunPace {
+        creates_per_minute: 3,
+        minute: second,
+        slack: Duration::from_millis(250),
+        ..Default::default()
+    };
+    let w = world_cfg(&[], |c| c.reconciler.check_run_pace = pace).await;
+    w.gh.enforce_secondary_limits(Some(crcr_standin::SecondaryLimits {
+        content_per_window: 3,
+        ..crcr_standin::SecondaryLimits::scaled(second)
+    }));
+    let d = w.delivery.clone();
+    for job in 0..8 {
+        let body = job_callback(&d, "org4/four", 555, &format!("job{job}"), "in_progress", None);
+        assert_eq!(call(&w, "org4/four", "44", &body).await, 202);
+    }
+    reconciled(&w).await;
+    wait_for("eight check runs", || w.gh.check_runs(UPSTREAM).len() == 8).await;
+    assert!(w.gh.secondary_refusals().is_empty(), "{:?}", w.gh.secondary_refusals());
+    let mut creates: Vec<u64> =
+        w.gh.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/check-runs"))
+            .map(|r| r.at_ms)
+            .collect();
+    creates.sort();
+    assert_eq!(creates.len(), 8, "one create each");
+    for (i, at) in creates.iter().enumerate().skip(3) {
+        assert!(at - creates[i - 3] >= 1000, "four creates within a second: {creates:?}");
+    }
+    w.relay.stop().await;
+}
+
 /// Takes the outbox lease as another sweep would (another Lambda
 /// instance), then has org4/four's job `build` report `in_progress` and
 /// waits until it is reconciled. Returns the lease's store, key and holder.

@@ -263,6 +263,11 @@ fn log_sweep(r: &SweepReport) {
         hud_sent = r.hud.sent,
         hud_rejected = r.hud.rejected,
         hud_pending = r.hud.still_pending,
+        check_runs_created = r.check_runs.created,
+        check_runs_updated = r.check_runs.updated,
+        check_runs_rejected = r.check_runs.rejected,
+        check_runs_pending = r.check_runs.still_pending,
+        check_runs_deferred = r.check_runs.deferred,
         metric = "sweep",
         "sweep"
     );

@@ -23,6 +23,8 @@
 //!   dispatch is the next slice.
 
 use async_trait::async_trait;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -287,6 +289,96 @@ impl JobLifecycle for WithCheckRun<'_> {
     }
 }
 
+/// GitHub's secondary rate limits on the check-run writes, which all go
+/// through the upstream installation (REST docs, "Rate limits for the REST
+/// API" → "About secondary rate limits"): "no more than 80
+/// content-generating requests per minute and no more than 500
+/// content-generating requests per hour" (a check-run create generates
+/// content), and "no more than 900 points per minute" per endpoint, a
+/// POST or PATCH costing 5 (so 180 updates a minute). The check-run sync
+/// spends from this budget before each write and leaves the rest pending
+/// for a later sweep when it is spent, instead of sending writes to be
+/// refused. A ghstack push of 30 PRs with 3 L4 repositories × 5 jobs is
+/// 450 creates: about 6 minutes at 80 a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckRunPace {
+    /// Creates per [`CheckRunPace::minute`] (GitHub: 80).
+    pub creates_per_minute: usize,
+    /// Creates per 60 of them (GitHub: 500 per hour).
+    pub creates_per_hour: usize,
+    /// Updates per minute (GitHub: 900 points / 5).
+    pub updates_per_minute: usize,
+    /// GitHub's minute (60 s); tests shorten it.
+    pub minute: Duration,
+    /// Added to each window (default 2 s): a write is counted from when it
+    /// is spent, GitHub counts it from when it arrives, later by up to a
+    /// token mint and the network.
+    pub slack: Duration,
+}
+
+impl Default for CheckRunPace {
+    fn default() -> Self {
+        CheckRunPace {
+            creates_per_minute: 80,
+            creates_per_hour: 500,
+            updates_per_minute: 180,
+            minute: Duration::from_secs(60),
+            slack: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The `kv` key of the check-run writes sent recently ([`CheckRunPace`]):
+/// only the sweep holding the outbox lease sends, so one reader-writer at a
+/// time, shared by every process.
+pub const CHECK_RUN_PACE_KEY: &str = "github_budget/check_runs";
+
+/// Check-run writes sent within the pace's windows (ms since epoch).
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct SentWrites {
+    creates: std::collections::VecDeque<i64>,
+    updates: std::collections::VecDeque<i64>,
+}
+
+impl SentWrites {
+    async fn load(state: &dyn crate::ports::StateStore) -> Result<SentWrites, StoreError> {
+        Ok(state.get(CHECK_RUN_PACE_KEY).await?.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default())
+    }
+
+    /// Spends one write of the kind (a create when `create`) at `now_ms`, or
+    /// says how long until the pace allows it.
+    fn spend(&mut self, pace: &CheckRunPace, create: bool, now_ms: i64) -> Result<(), Duration> {
+        let slack = pace.slack.as_millis() as i64;
+        let minute = pace.minute.as_millis() as i64 + slack;
+        let hour = pace.minute.as_millis() as i64 * 60 + slack;
+        let prune = |log: &mut std::collections::VecDeque<i64>, span: i64| {
+            while log.front().is_some_and(|at| now_ms - at >= span) {
+                log.pop_front();
+            }
+        };
+        prune(&mut self.creates, hour);
+        prune(&mut self.updates, minute);
+        // How long until `log` has fewer than `limit` entries within `span`.
+        let wait = |log: &std::collections::VecDeque<i64>, span: i64, limit: usize| -> Option<Duration> {
+            let within: Vec<i64> = log.iter().copied().filter(|at| now_ms - at < span).collect();
+            (within.len() >= limit.max(1)).then(|| {
+                let freeing = within[within.len() - limit.max(1)];
+                Duration::from_millis((freeing + span - now_ms).max(1) as u64)
+            })
+        };
+        let waits = if create {
+            [wait(&self.creates, minute, pace.creates_per_minute), wait(&self.creates, hour, pace.creates_per_hour)]
+        } else {
+            [wait(&self.updates, minute, pace.updates_per_minute), None]
+        };
+        if let Some(longest) = waits.into_iter().flatten().max() {
+            return Err(longest);
+        }
+        if create { &mut self.creates } else { &mut self.updates }.push_back(now_ms);
+        Ok(())
+    }
+}
+
 /// Counts of one check-run sync pass.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CheckSyncReport {
@@ -298,6 +390,9 @@ pub struct CheckSyncReport {
     pub rejected: usize,
     /// 5xx, rate limits, no answer: pending for the next sweep.
     pub still_pending: usize,
+    /// Not sent this pass: GitHub's limits allow no more writes yet
+    /// ([`CheckRunPace`]); pending for a later sweep.
+    pub deferred: usize,
 }
 
 /// Sends up to `limit` pending check-run items: creates the check run once
@@ -306,14 +401,38 @@ pub struct CheckSyncReport {
 /// by `crcr trace`); transient ones → pending until a later sweep. A create
 /// GitHub took whose id could not be stored is created again next time
 /// (GitHub shows the newest check run of a name, so the copy is harmless).
+///
+/// Each write first spends from `pace` (its record in `state`, written
+/// before the write is sent, so a crash can only waste budget); once the
+/// pace allows no more, the rest stay pending (`deferred`) for a later
+/// sweep. Called by the sweep holding the outbox lease only.
 pub async fn sync_check_runs(
     jobs: &dyn JobStore,
     checks: &dyn CheckRuns,
     clock: &dyn Clock,
     limit: usize,
+    state: &dyn crate::ports::StateStore,
+    pace: &CheckRunPace,
 ) -> Result<CheckSyncReport, StoreError> {
     let mut report = CheckSyncReport::default();
-    for item in jobs.pending_check_runs(limit).await? {
+    let mut sent = SentWrites::load(state).await?;
+    let items = jobs.pending_check_runs(limit).await?;
+    let total = items.len();
+    for (n, item) in items.into_iter().enumerate() {
+        if let Err(wait) = sent.spend(pace, item.check_run_id.is_none(), clock.now_ms()) {
+            report.deferred = total - n;
+            ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => "deferred")
+                .increment(report.deferred as u64);
+            tracing::info!(
+                deferred = report.deferred,
+                next_in_s = wait.as_secs_f64(),
+                metric = "check_run_writes_paced",
+                "GitHub's limits allow no more check-run writes yet; the rest wait for a later sweep"
+            );
+            break;
+        }
+        let record = serde_json::to_string(&sent).expect("timestamps serialize");
+        state.put_expiring(CHECK_RUN_PACE_KEY, &record, pace.minute * 61 + pace.slack).await?;
         let result = match item.check_run_id {
             None => checks.create_check_run(&item.repo, &item.request).await.map(Some),
             Some(id) => checks.update_check_run(&item.repo, id, &item.request).await.map(|()| None),
@@ -353,6 +472,35 @@ pub async fn sync_check_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pace_spends_creates_per_minute_and_hour_and_updates_per_minute() {
+        let pace = CheckRunPace {
+            creates_per_minute: 3,
+            creates_per_hour: 5,
+            updates_per_minute: 2,
+            minute: Duration::from_millis(1000),
+            slack: Duration::ZERO,
+        };
+        let mut sent = SentWrites::default();
+        for t in [0, 1, 2] {
+            assert_eq!(sent.spend(&pace, true, t), Ok(()));
+        }
+        // The fourth create waits for the first to be a minute old.
+        assert_eq!(sent.spend(&pace, true, 10), Err(Duration::from_millis(990)));
+        // Updates have their own count.
+        assert_eq!(sent.spend(&pace, false, 10), Ok(()));
+        assert_eq!(sent.spend(&pace, false, 11), Ok(()));
+        assert_eq!(sent.spend(&pace, false, 12), Err(Duration::from_millis(998)));
+        assert_eq!(sent.spend(&pace, true, 1000), Ok(()));
+        assert_eq!(sent.spend(&pace, true, 1001), Ok(()));
+        // Five creates in the hour: the sixth waits for the first to be an hour old, whatever the minute says.
+        assert_eq!(sent.spend(&pace, true, 5000), Err(Duration::from_millis(55_000)));
+        assert_eq!(sent.spend(&pace, true, 60_000), Ok(()));
+        // Kept across sweeps as the kv record.
+        let again: SentWrites = serde_json::from_str(&serde_json::to_string(&sent).unwrap()).unwrap();
+        assert_eq!(again.creates, sent.creates);
+    }
     use crate::domain::DeliveryId;
     use crate::lifecycle::JobKey;
 

@@ -145,7 +145,9 @@ pub const ALLOWLIST_LOADED: &str = "AllowlistLoaded";
 
 /// Counter: upstream check-run items sent to GitHub by a sync pass, by
 /// `result`: `created`, `updated` (2xx), `rejected` (4xx, final, kept with
-/// GitHub's answer), `failed` (5xx, rate limit: pending for the next pass).
+/// GitHub's answer), `failed` (5xx, rate limit: pending for the next pass),
+/// `deferred` (not sent: GitHub's limits allow no more writes yet,
+/// [`crate::checks::CheckRunPace`]).
 pub const CHECK_RUN_SYNC: &str = "CheckRunSync";
 
 /// Counter: upstream events applied by the reconciler (`crate::upstream`),

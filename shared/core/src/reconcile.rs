@@ -55,6 +55,9 @@ pub struct ReconcilerSettings {
     /// long (`crcr serve` sweeps one at a time anyway: the default only
     /// bounds the wait after a crash).
     pub outbox_lease: Duration,
+    /// How fast check runs are written to the upstream repository
+    /// ([`crate::checks::CheckRunPace`]: GitHub's secondary limits).
+    pub check_run_pace: crate::checks::CheckRunPace,
 }
 
 impl Default for ReconcilerSettings {
@@ -68,6 +71,7 @@ impl Default for ReconcilerSettings {
             never_started_lookback: Duration::from_secs(24 * 3600),
             cancel_on_close: false,
             outbox_lease: Duration::from_secs(60),
+            check_run_pace: Default::default(),
         }
     }
 }
@@ -555,6 +559,8 @@ impl Reconciler {
                 checks.as_ref(),
                 self.clock.as_ref(),
                 self.settings.hud_batch,
+                self.state.as_ref(),
+                &self.settings.check_run_pace,
             )
             .await;
             match synced {

@@ -307,6 +307,7 @@ pub async fn run_sweeps(
                 check_runs_updated = r.check_runs.updated,
                 check_runs_rejected = r.check_runs.rejected,
                 check_runs_pending = r.check_runs.still_pending,
+                check_runs_deferred = r.check_runs.deferred,
                 metric = "hud_sync",
                 "sweep"
             ),
