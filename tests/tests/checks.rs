@@ -790,6 +790,14 @@ async fn check_run_creates_keep_to_githubs_content_limit_and_the_rest_wait() {
         assert_eq!(call(&w, "org4/four", "44", &body).await, 202);
     }
     reconciled(&w).await;
+    // An update waits for no create: job0's completion goes while creates are still paced.
+    let job0 = |w: &World| w.gh.check_runs(UPSTREAM).into_iter().find(|r| r.name.ends_with("/job0"));
+    wait_for("job0's check run", || job0(&w).is_some()).await;
+    let done = job_callback(&d, "org4/four", 555, "job0", "completed", Some("success"));
+    assert_eq!(call(&w, "org4/four", "44", &done).await, 202);
+    wait_for("job0's check run completed", || job0(&w).is_some_and(|r| r.status == "completed")).await;
+    assert_eq!(job0(&w).unwrap().updates, 1);
+    assert!(w.gh.check_runs(UPSTREAM).len() < 8, "the update waited for every create");
     wait_for("eight check runs", || w.gh.check_runs(UPSTREAM).len() == 8).await;
     assert!(w.gh.secondary_refusals().is_empty(), "{:?}", w.gh.secondary_refusals());
     let mut creates: Vec<u64> =

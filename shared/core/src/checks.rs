@@ -22,9 +22,9 @@
 //!   the labels of the event that was dispatched; `labeled` after the
 //!   dispatch is the next slice.
 
-use async_trait::async_trait;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -403,9 +403,10 @@ pub struct CheckSyncReport {
 /// (GitHub shows the newest check run of a name, so the copy is harmless).
 ///
 /// Each write first spends from `pace` (its record in `state`, written
-/// before the write is sent, so a crash can only waste budget); once the
-/// pace allows no more, the rest stay pending (`deferred`) for a later
-/// sweep. Called by the sweep holding the outbox lease only.
+/// before the write is sent, so a crash can only waste budget); a write the
+/// pace does not allow yet stays pending (`deferred`) for a later sweep,
+/// and the items after it still go if theirs does (updates have a budget
+/// of their own). Called by the sweep holding the outbox lease only.
 pub async fn sync_check_runs(
     jobs: &dyn JobStore,
     checks: &dyn CheckRuns,
@@ -416,20 +417,14 @@ pub async fn sync_check_runs(
 ) -> Result<CheckSyncReport, StoreError> {
     let mut report = CheckSyncReport::default();
     let mut sent = SentWrites::load(state).await?;
-    let items = jobs.pending_check_runs(limit).await?;
-    let total = items.len();
-    for (n, item) in items.into_iter().enumerate() {
+    let mut next_write: Option<Duration> = None;
+    for item in jobs.pending_check_runs(limit).await? {
+        // A create the pace does not allow yet waits; an update behind it
+        // (its own budget) still goes.
         if let Err(wait) = sent.spend(pace, item.check_run_id.is_none(), clock.now_ms()) {
-            report.deferred = total - n;
-            ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => "deferred")
-                .increment(report.deferred as u64);
-            tracing::info!(
-                deferred = report.deferred,
-                next_in_s = wait.as_secs_f64(),
-                metric = "check_run_writes_paced",
-                "GitHub's limits allow no more check-run writes yet; the rest wait for a later sweep"
-            );
-            break;
+            report.deferred += 1;
+            next_write = Some(next_write.map_or(wait, |w| w.min(wait)));
+            continue;
         }
         let record = serde_json::to_string(&sent).expect("timestamps serialize");
         state.put_expiring(CHECK_RUN_PACE_KEY, &record, pace.minute * 61 + pace.slack).await?;
@@ -465,6 +460,15 @@ pub async fn sync_check_runs(
                 report.still_pending += 1;
             }
         }
+    }
+    if let Some(wait) = next_write {
+        ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => "deferred").increment(report.deferred as u64);
+        tracing::info!(
+            deferred = report.deferred,
+            next_in_s = wait.as_secs_f64(),
+            metric = "check_run_writes_paced",
+            "GitHub's limits allow no more check-run writes yet; the rest wait for a later sweep"
+        );
     }
     Ok(report)
 }
