@@ -254,7 +254,7 @@ pub fn verify_and_classify(
 /// `text` (one JSON document, nothing after it) without the whitespace
 /// between its tokens, written by serde_json as it writes any value (keys
 /// in their order, strings with serde_json's escapes). GitHub sends its
-/// payloads indented (a 28 KB `pull_request.synchronize` is about 21 KB
+/// payloads indented (a 28 KB `pull_request.synchronize` is about 24 KB
 /// compact); the compact text is what is queued, stored and sent to every
 /// target, and it reads as the same value. Streamed token by token, no
 /// tree. Errors: `BadBody` when `text` is not one JSON document.
