@@ -59,43 +59,19 @@ impl DispatchBody {
 }
 
 /// Builds the body for `event` / `delivery_id` / the upstream `payload`,
-/// trimming when the full payload would break GitHub's limits.
+/// trimming when the full payload would break GitHub's limits
+/// ([`build_from_text`] of its compact JSON).
 pub fn build(event: &str, delivery_id: &str, payload: &Value) -> Result<DispatchBody, PayloadError> {
-    if event.chars().count() > MAX_EVENT_TYPE_CHARS {
-        return Err(PayloadError::EventTypeTooLong(event.to_owned()));
-    }
-    // `{"delivery_id":D,"event_type":E,"payload":P}`: the bytes `json!`
-    // would write (keys in order), without copying the payload's tree.
-    let full = format!(
-        r#"{{"delivery_id":{},"event_type":{},"payload":{}}}"#,
-        serde_json::to_string(delivery_id).expect("strings serialize"),
-        serde_json::to_string(event).expect("strings serialize"),
-        serde_json::to_string(payload).expect("JSON values serialize"),
-    );
-    if github_chars(&full) <= MAX_CLIENT_PAYLOAD_CHARS {
-        return Ok(DispatchBody::new(event, &full, false));
-    }
-    let client_payload = json!({
-        "event_type": event,
-        "delivery_id": delivery_id,
-        "payload": trim(payload),
-        "payload_trimmed": true,
-    });
-    let client_payload = serde_json::to_string(&client_payload).expect("JSON values serialize");
-    let n = github_chars(&client_payload);
-    if n > MAX_CLIENT_PAYLOAD_CHARS {
-        return Err(PayloadError::TooLargeAfterTrim(n));
-    }
-    Ok(DispatchBody::new(event, &client_payload, true))
+    build_from_text(event, delivery_id, &serde_json::to_string(payload).expect("JSON values serialize"))
 }
 
 /// [`build`] from the payload's JSON text, without parsing it into a tree
 /// when it fits: the body then carries the text as received (GitHub parses
 /// `client_payload` and keeps its own serialization, so downstream sees the
-/// same as with [`build`]), and its size is GitHub's count of that parsed
-/// value ([`github_json_len`]). A payload past the limit is parsed and
-/// trimmed as [`build`] does. Errors: [`PayloadError`], or `NotJson` when
-/// `payload_json` is not JSON.
+/// same as from the parsed value), and its size is GitHub's count of that
+/// parsed value ([`github_json_len`]). A payload past the limit is parsed
+/// and replaced by its [`trim`]. Errors: [`PayloadError`], or `NotJson`
+/// when `payload_json` is not JSON.
 pub fn build_from_text(event: &str, delivery_id: &str, payload_json: &str) -> Result<DispatchBody, PayloadError> {
     if event.chars().count() > MAX_EVENT_TYPE_CHARS {
         return Err(PayloadError::EventTypeTooLong(event.to_owned()));
@@ -105,7 +81,8 @@ pub fn build_from_text(event: &str, delivery_id: &str, payload_json: &str) -> Re
         serde_json::to_string(delivery_id).expect("strings serialize"),
         serde_json::to_string(event).expect("strings serialize"),
     );
-    // `{"delivery_id":D,"event_type":E,"payload":P}`: what [`build`] writes, P as sent.
+    // `{"delivery_id":D,"event_type":E,"payload":P}`: the keys in the order
+    // `json!` writes them, P as sent.
     let head_chars = r#"{"delivery_id":,"event_type":,"payload":}"#.len()
         + github_chars(&delivery_id_json)
         + github_chars(&event_json);
@@ -115,7 +92,18 @@ pub fn build_from_text(event: &str, delivery_id: &str, payload_json: &str) -> Re
         return Ok(DispatchBody::new(event, &full, false));
     }
     let payload: Value = serde_json::from_str(payload_json).map_err(|e| PayloadError::NotJson(e.to_string()))?;
-    build(event, delivery_id, &payload)
+    let client_payload = json!({
+        "event_type": event,
+        "delivery_id": delivery_id,
+        "payload": trim(&payload),
+        "payload_trimmed": true,
+    });
+    let client_payload = serde_json::to_string(&client_payload).expect("JSON values serialize");
+    let n = github_chars(&client_payload);
+    if n > MAX_CLIENT_PAYLOAD_CHARS {
+        return Err(PayloadError::TooLargeAfterTrim(n));
+    }
+    Ok(DispatchBody::new(event, &client_payload, true))
 }
 
 /// Characters of `v`'s JSON as GitHub measures it: GitHub (Rails) encodes
@@ -504,6 +492,14 @@ mod tests {
         for ptr in ["/ref", "/before", "/after", "/head_commit/id", "/repository/full_name"] {
             assert_eq!(t.pointer(ptr), p.pointer(ptr), "{ptr}");
         }
+    }
+
+    #[test]
+    fn github_length_counts_rails_escapes() {
+        let len = |v: Value| github_json_len(&v.to_string()).unwrap().chars;
+        assert_eq!(len(json!({"a": "<&>"})), "{\"a\":\"<&>\"}".len() + 15);
+        assert_eq!(len(json!({"a": "é"})), 9);
+        assert_eq!(len(json!({"a": "\u{2028}x\u{2029}€"})), "{\"a\":\"\"}".len() + 6 + 1 + 6 + 1);
     }
 
     #[test]
