@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crcr_aws::lambda::process_sqs_batch;
-use crcr_aws::{DynamoBlobStore, DynamoDispatchStore, SqsQueue};
+use crcr_aws::{DynamoBlobStore, DynamoDispatchStore, DynamoKv, SqsQueue};
 use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::allowlist::{Allowlist, AllowlistProvider};
+use crcr_core::budget::{DispatchPace, StoredDispatchBudget};
 use crcr_core::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_core::domain::{DeliveryId, RepoFullName};
 use crcr_core::ports::{
@@ -66,6 +67,10 @@ async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
         store: store.clone(),
         blobs: blobs.clone(),
         github,
+        budget: DispatchPace::stored(
+            Some(DispatchPace::default()),
+            Arc::new(DynamoKv::new(db.clone(), res.kv_table.clone(), Arc::new(SystemClock))),
+        ),
         allowlist: Arc::new(AllowlistProvider::fixed(allowlist)),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings {
@@ -127,13 +132,15 @@ async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
 
 /// AWS calls per webhook at their minimum (issue 14), counted on moto: a
 /// `pull_request.synchronize` to 10 targets costs ingest 2 SQS calls (the
-/// fan-out and the reconciler's part, sent at once) and the dispatcher one
-/// conditional DynamoDB write per target to claim it (the idempotency key)
-/// and one to record GitHub's answer: no read, no blob, no SQS call from
-/// the handler (Lambda's event source mapping receives the batch and
-/// deletes what the handler did not report as failed).
+/// fan-out and the reconciler's part, sent at once) and the dispatcher, per
+/// target, one conditional DynamoDB write to claim it (the idempotency
+/// key), one to spend from GitHub's budget of its installation (issue 15,
+/// shared by every instance; read once per instance first) and one to
+/// record GitHub's answer: no blob, no SQS call from the handler (Lambda's
+/// event source mapping receives the batch and deletes what the handler
+/// did not report as failed).
 #[tokio::test]
-async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_two_dynamodb_writes_per_target() {
+async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_three_dynamodb_writes_per_target() {
     let sdk = moto::sdk().await;
     let res = moto::Resources::create(&sdk, 3).await;
     let (ingest_calls, dispatcher_calls) = (moto::CallCounter::default(), moto::CallCounter::default());
@@ -161,6 +168,10 @@ async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_two_dyna
         github: Arc::new(
             GitHubAppClient::new(GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url())).unwrap(),
         ),
+        budget: Arc::new(StoredDispatchBudget::new(
+            DispatchPace::default(),
+            Arc::new(DynamoKv::new(dispatcher_calls.dynamodb(&sdk), res.kv_table.clone(), Arc::new(SystemClock))),
+        )),
         allowlist: Arc::new(AllowlistProvider::fixed(allowlist)),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings::default(),
@@ -175,17 +186,28 @@ async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_two_dyna
         max_body_bytes: 6 * 1024 * 1024,
         reconcile: Some(reconcile_queue),
     }));
-    let delivery = post_pull_request(app, &secret, "pull_request.synchronize").await;
-    assert_eq!(ingest_calls.counts(), [("SendMessage".to_owned(), 2)].into());
+    for round in 1..=2 {
+        let delivery = post_pull_request(app.clone(), &secret, "pull_request.synchronize").await;
+        assert_eq!(ingest_calls.counts(), [("SendMessage".to_owned(), 2 * round)].into());
 
-    let batch =
-        lambda_service.receive(QueueSide::Source, 10, Duration::from_secs(30), Duration::from_secs(1)).await.unwrap();
-    assert_eq!(batch.len(), 1);
-    let failed = process_sqs_batch(&dispatcher, &handler_queue, batch).await;
-    assert!(failed.is_empty(), "{failed:?}");
-    let mut sent = dispatched_to(&gh, &delivery);
-    sent.sort();
-    assert_eq!(sent, targets);
-    // Claims are conditional puts (attribute_not_exists), outcomes conditional updates.
-    assert_eq!(dispatcher_calls.counts(), [("PutItem".to_owned(), 10), ("UpdateItem".to_owned(), 10)].into());
+        let batch = lambda_service
+            .receive(QueueSide::Source, 10, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        let failed = process_sqs_batch(&dispatcher, &handler_queue, batch).await;
+        assert!(failed.is_empty(), "{failed:?}");
+        let mut sent = dispatched_to(&gh, &delivery);
+        sent.sort();
+        assert_eq!(sent, targets);
+        // Claims and budget spends are conditional puts, outcomes
+        // conditional updates; each installation's budget is read once by
+        // this instance, then known from its own writes.
+        assert_eq!(
+            dispatcher_calls.counts(),
+            [("GetItem".to_owned(), 10), ("PutItem".to_owned(), 20 * round), ("UpdateItem".to_owned(), 10 * round)]
+                .into(),
+            "after webhook {round}"
+        );
+    }
 }

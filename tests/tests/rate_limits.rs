@@ -5,27 +5,33 @@
 //! at least one minute before retrying. The dispatcher must then not retry
 //! inside the receive (the wait is longer than its retry budget) but put the
 //! message back on the queue for at least that long; after that it is
-//! dispatched.
+//! dispatched. Until then nothing more is sent to that installation (the
+//! limit is per identity, issue 15): another webhook's dispatches to it wait
+//! in the dispatch budget, and its message is postponed without the receive
+//! counting towards the DLQ.
 //!
 //! The test drives the embedded relay's queue and dispatcher itself (the
-//! relay is built, not run), so "a minute later" is the message becoming
-//! visible again, not a sleep.
+//! relay is built, not run) on a manual clock, so "a minute later" is the
+//! clock moved, not a sleep.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crcr_clients::github::GitHubAppConfig;
 use crcr_core::allowlist::AllowlistSource;
+use crcr_core::budget::DispatchPace;
 use crcr_core::config::{EmbeddedConfig, RelayConfig};
-use crcr_core::dispatch::{Disposition, MessageOutcome, TargetOutcome};
+use crcr_core::dispatch::{DispatcherSettings, Disposition, MessageOutcome, TargetOutcome};
 use crcr_core::domain::RepoFullName;
-use crcr_core::ports::{QueueInspect, QueueReceive, QueueSettle, QueueSide, ReceivedMessage};
+use crcr_core::ports::{ManualClock, QueueInspect, QueueReceive, QueueSide, ReceivedMessage};
 use crcr_core::signature::WebhookSecret;
 use crcr_embedded::EmbeddedRelay;
 use crcr_standin::{Fault, StandIn, StandInOptions};
-use crcr_tests::{dispatched_to, fixture, test_settings, uuid, UPSTREAM, VISIBILITY_TIMEOUT};
+use crcr_tests::{dispatched_to, fixture, test_settings, uuid, wait_for, Relay, UPSTREAM, VISIBILITY_TIMEOUT};
 use tower::ServiceExt;
 
-const ALLOWLIST: &str = "L1:\n  - org/limited\n  - org/fine\n  - org/too-many\n";
+// Three owners: three installations, each with its own limits.
+const ALLOWLIST: &str = "L1:\n  - limited/backend\n  - fine/backend\n  - too-many/backend\n";
 
 fn dispatch_statuses(gh: &StandIn, repo: &str) -> Vec<u16> {
     gh.requests()
@@ -40,14 +46,25 @@ async fn receive_one(relay: &EmbeddedRelay) -> Option<ReceivedMessage> {
     got.pop()
 }
 
+fn signed_push(delivery: &str) -> http::Request<axum::body::Body> {
+    let body = fixture("push");
+    http::Request::post("/github/webhook")
+        .header("content-type", "application/json")
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", WebhookSecret::new("s").sign(&body))
+        .body(axum::body::Body::from(body))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_secondary_rate_limit_without_headers_requeues_for_at_least_a_minute_then_dispatches() {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
-    for r in ["org/limited", "org/fine", "org/too-many"] {
+    for r in ["limited/backend", "fine/backend", "too-many/backend"] {
         gh.install(r);
     }
-    gh.inject("org/limited", Fault::SecondaryRateLimitNoHint { status: 403 });
-    gh.inject("org/too-many", Fault::SecondaryRateLimitNoHint { status: 429 });
+    gh.inject("limited/backend", Fault::SecondaryRateLimitNoHint { status: 403 });
+    gh.inject("too-many/backend", Fault::SecondaryRateLimitNoHint { status: 429 });
     let dir = std::env::temp_dir().join(format!("crcr-rate-limits-{}", uuid()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("allowlist.yml"), ALLOWLIST).unwrap();
@@ -69,31 +86,26 @@ async fn a_secondary_rate_limit_without_headers_requeues_for_at_least_a_minute_t
         shutdown_grace: Duration::from_secs(1),
         server: Default::default(),
     };
-    let relay = EmbeddedRelay::build(&cfg, &emb).unwrap();
+    // Queue visibility and the dispatch budget read this clock: "a minute
+    // later" is the clock moved, not a sleep.
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let relay = EmbeddedRelay::build_with_clock(&cfg, &emb, clock.clone()).unwrap();
 
     // A signed push through ingest: one message on the dispatch queue.
-    let body = fixture("push");
     let delivery = uuid();
-    let req = http::Request::post("/github/webhook")
-        .header("content-type", "application/json")
-        .header("X-GitHub-Event", "push")
-        .header("X-GitHub-Delivery", &delivery)
-        .header("X-Hub-Signature-256", WebhookSecret::new("s").sign(&body))
-        .body(axum::body::Body::from(body))
-        .unwrap();
-    assert_eq!(relay.router.clone().oneshot(req).await.unwrap().status(), 202);
+    assert_eq!(relay.router.clone().oneshot(signed_push(&delivery)).await.unwrap().status(), 202);
 
     // First receive: the limited targets are asked once each, not again
     // within the receive (a minute is longer than the 5 s retry budget).
     let msg = receive_one(&relay).await.expect("the push is on the queue");
     let outcome = relay.dispatcher.handle(relay.queue.as_ref(), &msg).await.unwrap();
-    assert_eq!(dispatch_statuses(&gh, "org/limited"), [403]);
-    assert_eq!(dispatch_statuses(&gh, "org/too-many"), [429]);
-    assert_eq!(dispatched_to(&gh, &delivery), ["org/fine"]);
+    assert_eq!(dispatch_statuses(&gh, "limited/backend"), [403]);
+    assert_eq!(dispatch_statuses(&gh, "too-many/backend"), [429]);
+    assert_eq!(dispatched_to(&gh, &delivery), ["fine/backend"]);
     let MessageOutcome::Retry { report: Some(report), delay, .. } = &outcome else {
         panic!("expected a retry: {outcome:?}");
     };
-    for t in report.targets.iter().filter(|t| t.repo.as_str() != "org/fine") {
+    for t in report.targets.iter().filter(|t| t.repo.as_str() != "fine/backend") {
         match &t.outcome {
             TargetOutcome::Retry { retry_after_ms: Some(ms), .. } => assert!(*ms >= 60_000, "{}: {ms} ms", t.repo),
             other => panic!("{}: {other:?}", t.repo),
@@ -105,20 +117,103 @@ async fn a_secondary_rate_limit_without_headers_requeues_for_at_least_a_minute_t
         Disposition::Requeue { delay } => assert!(delay >= Duration::from_secs(60), "requeued for {delay:?}"),
         other => panic!("{other:?}"),
     }
-    assert!(receive_one(&relay).await.is_none(), "the message came back before its delay");
-    let stats = relay.queue.stats(QueueSide::Source).await.unwrap();
-    assert_eq!((stats.visible, stats.in_flight), (0, 1), "{stats:?}");
 
-    // A minute later (the message visible again, as the queue makes it):
-    // dispatched, once each, and nothing sent twice.
-    relay.queue.change_visibility(QueueSide::Source, &msg.receipt, Duration::ZERO).await.unwrap();
-    let again = receive_one(&relay).await.expect("the message is back");
-    assert_eq!(again.receive_count, 2);
-    let outcome = relay.dispatcher.handle(relay.queue.as_ref(), &again).await.unwrap();
-    assert!(matches!(outcome, MessageOutcome::Done(_)), "{outcome:?}");
-    assert_eq!(dispatch_statuses(&gh, "org/limited"), [403, 204]);
-    assert_eq!(dispatch_statuses(&gh, "org/too-many"), [429, 204]);
-    assert_eq!(dispatched_to(&gh, &delivery), ["org/fine", "org/limited", "org/too-many"]);
+    // Meanwhile another push: the limited installations get nothing (the
+    // limit holds every request of theirs), the other one its dispatch;
+    // the message is postponed, its receive not counted.
+    let second = uuid();
+    assert_eq!(relay.router.clone().oneshot(signed_push(&second)).await.unwrap().status(), 202);
+    let msg2 = receive_one(&relay).await.expect("the second push is on the queue");
+    let outcome2 = relay.dispatcher.handle(relay.queue.as_ref(), &msg2).await.unwrap();
+    assert_eq!(dispatch_statuses(&gh, "limited/backend"), [403], "sent during GitHub's limit");
+    assert_eq!(dispatch_statuses(&gh, "too-many/backend"), [429], "sent during GitHub's limit");
+    assert_eq!(dispatched_to(&gh, &second), ["fine/backend"]);
+    let MessageOutcome::Postpone { report, delay } = &outcome2 else {
+        panic!("expected a postponement: {outcome2:?}");
+    };
+    assert!(*delay >= Duration::from_secs(59), "{delay:?}");
+    let paced: Vec<_> = report
+        .targets
+        .iter()
+        .filter(|t| matches!(t.outcome, TargetOutcome::Paced { .. }))
+        .map(|t| t.repo.as_str())
+        .collect();
+    assert_eq!(paced, ["limited/backend", "too-many/backend"]);
+    assert!(receive_one(&relay).await.is_none(), "a message came back before its delay");
+    let stats = relay.queue.stats(QueueSide::Source).await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 2), "{stats:?}");
+
+    // A minute later (the clock moved; the queue makes both visible):
+    // dispatched, once each, and nothing sent twice. The postponed message
+    // comes back as on its first receive.
+    clock.advance(Duration::from_secs(61));
+    let mut counts = vec![];
+    while let Some(again) = receive_one(&relay).await {
+        counts.push(again.receive_count);
+        let outcome = relay.dispatcher.handle(relay.queue.as_ref(), &again).await.unwrap();
+        assert!(matches!(outcome, MessageOutcome::Done(_)), "{outcome:?}");
+    }
+    counts.sort();
+    assert_eq!(counts, [1, 2], "receive counts of the postponed and the requeued message");
+    assert_eq!(dispatch_statuses(&gh, "limited/backend"), [403, 204, 204]);
+    assert_eq!(dispatch_statuses(&gh, "too-many/backend"), [429, 204, 204]);
+    let all = ["fine/backend", "limited/backend", "too-many/backend"];
+    assert_eq!(dispatched_to(&gh, &delivery), all);
+    assert_eq!(dispatched_to(&gh, &second), all);
     assert_eq!(relay.queue.depth(QueueSide::Source).await.unwrap(), 0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 15: dispatches to one installation are paced to GitHub's
+/// content-creation limit (here scaled: 4 a second per installation,
+/// GitHub's 80 a minute) before they are sent, so a burst of webhooks gets
+/// no secondary-limit refusal: what the budget does not allow yet waits in
+/// the receive, or its message is postponed, and every dispatch arrives.
+/// Unpaced, the same burst is refused.
+#[tokio::test]
+async fn a_burst_of_dispatches_keeps_to_githubs_content_limit_per_installation() {
+    let second = Duration::from_secs(1);
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    let targets = ["vendor-a/backend", "vendor-b/backend"];
+    for t in targets {
+        gh.install(t);
+    }
+    gh.enforce_secondary_limits(Some(crcr_standin::SecondaryLimits {
+        content_per_window: 4,
+        ..crcr_standin::SecondaryLimits::scaled(second)
+    }));
+    let allowlist = format!("L1: [{}]\n", targets.join(", "));
+    let pace = DispatchPace { per_minute: 4, minute: second, slack: Duration::from_millis(250), ..Default::default() };
+    let paced = DispatcherSettings { pace: Some(pace), ..test_settings() };
+    let relay = Relay::start(&gh, &allowlist, paced, None, "s").await;
+    let deliveries: Vec<String> = (0..12).map(|_| uuid()).collect();
+    for d in &deliveries {
+        assert_eq!(relay.post("push", d, &fixture("push"), false).await.0, 202);
+    }
+    for d in &deliveries {
+        wait_for("every dispatch of the burst", || dispatched_to(&gh, d) == targets).await;
+    }
+    assert!(gh.secondary_refusals().is_empty(), "{:?}", gh.secondary_refusals());
+    for t in targets {
+        let mut sent: Vec<u64> = gh
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == format!("/repos/{t}/dispatches"))
+            .map(|r| r.at_ms)
+            .collect();
+        sent.sort();
+        assert_eq!(sent.len(), 12, "{t}: one each");
+        for (i, at) in sent.iter().enumerate().skip(4) {
+            assert!(at - sent[i - 4] >= 1000, "{t}: five dispatches within a second: {sent:?}");
+        }
+    }
+    relay.stop().await;
+
+    // The same burst unpaced: GitHub refuses some.
+    let unpaced = Relay::start(&gh, &allowlist, DispatcherSettings { pace: None, ..test_settings() }, None, "s").await;
+    for _ in 0..12 {
+        assert_eq!(unpaced.post("push", &uuid(), &fixture("push"), false).await.0, 202);
+    }
+    wait_for("a refusal", || !gh.secondary_refusals().is_empty()).await;
+    unpaced.stop().await;
 }

@@ -26,8 +26,9 @@
 //! runs it with the arguments given.) The relay, the stand-in and the
 //! generator share the machine, as they would on a developer's laptop; the
 //! relay reads its other settings from the environment (`CRCR_WORKERS`, ...),
-//! except `CRCR_GITHUB_MAX_IN_FLIGHT`, 4096 unless set: this measures the
-//! relay, and the stand-in enforces no GitHub limit here.
+//! except `CRCR_GITHUB_MAX_IN_FLIGHT`, 4096 unless set, and
+//! `CRCR_DISPATCH_PACE`, `off` unless set: this measures the relay, and the
+//! stand-in enforces no GitHub limit here.
 //! It exits non-zero when a rate lost or duplicated a dispatch.
 
 use std::collections::{HashMap, HashSet};
@@ -253,6 +254,9 @@ async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir
                 "CRCR_GITHUB_MAX_IN_FLIGHT",
                 std::env::var("CRCR_GITHUB_MAX_IN_FLIGHT").unwrap_or_else(|_| "4096".into()),
             )
+            // GitHub's content limits would allow 80 dispatches a minute
+            // per installation, and the targets here share one.
+            .env("CRCR_DISPATCH_PACE", std::env::var("CRCR_DISPATCH_PACE").unwrap_or_else(|_| "off".into()))
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| {

@@ -284,6 +284,40 @@ impl StateStore for DynamoKv {
         self.put_state(key, value, None).await
     }
 
+    /// `PutItem` of `state#<key>` with `expires_at` = now + `ttl`,
+    /// conditioned on the stored value being `expected` and unexpired, or,
+    /// for `None`, on there being no item or an expired one. On a failed
+    /// condition the stored value comes back with it
+    /// (`ReturnValuesOnConditionCheckFailure`), so no read follows.
+    async fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Result<(), Option<String>>, StoreError> {
+        let now = self.clock.now_ms().div_euclid(1000);
+        let mut item = Self::key(format!("{}{key}", prefix::STATE));
+        item.insert(attr::VALUE.into(), s(value));
+        item.insert(attr::EXPIRES_AT.into(), n(now + ttl.as_secs() as i64));
+        let failed = match expected {
+            None => self.put_unless(item, "attribute_not_exists(#pk) OR #exp < :now", &[(":now", n(now))]).await?,
+            Some(expected) => {
+                let condition =
+                    "attribute_exists(#pk) AND #v = :expected AND (attribute_not_exists(#exp) OR #exp >= :now)";
+                self.put_unless(item, condition, &[(":now", n(now)), (":expected", s(expected))]).await?
+            }
+        };
+        match failed {
+            None => Ok(Ok(())),
+            Some(None) => Ok(Err(None)),
+            Some(Some(stored)) => {
+                let expired = number::<i64>(&stored, attr::EXPIRES_AT).is_some_and(|t| t < now);
+                Ok(Err(if expired { None } else { Some(string_attr(&stored, attr::VALUE)?) }))
+            }
+        }
+    }
+
     /// `PutItem` of `lease#<key>` (value = holder, `expires_at` = now + ttl,
     /// also the table's TTL attribute) conditioned on `attribute_not_exists(pk)
     /// OR expires_at < :now OR value = :holder`.

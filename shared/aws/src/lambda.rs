@@ -78,4 +78,9 @@ impl QueueSettle for LambdaBatchQueue<'_> {
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         self.inner.dead_letter(msg, reason).await
     }
+    /// Passed on (a delayed copy, the original deleted): not reported, so
+    /// Lambda's own delete of it finds it gone, which SQS allows.
+    async fn postpone(&self, msg: &ReceivedMessage, delay: Duration) -> Result<(), QueueError> {
+        self.inner.postpone(msg, delay).await
+    }
 }

@@ -209,6 +209,22 @@ impl QueueSettle for SqsQueue {
             Err(e) => Err(unavailable("ChangeMessageVisibility", e)),
         }
     }
+    /// `SendMessage` of the body to the source queue with `DelaySeconds` =
+    /// `delay` in whole seconds rounded up (at most 900), then
+    /// `DeleteMessage` of `msg`: the copy is a new message whose receive
+    /// count starts afresh, so the queue's redrive policy does not count
+    /// the wait.
+    async fn postpone(&self, msg: &ReceivedMessage, delay: Duration) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(&msg.body)
+            .delay_seconds(secs_ceil(delay, crcr_core::ports::MAX_POSTPONE.as_secs()))
+            .send()
+            .await
+            .map_err(|e| unavailable("SendMessage (postponed copy)", e))?;
+        self.delete(QueueSide::Source, &msg.receipt).await
+    }
     /// `SendMessage` of the body to the DLQ with message attribute
     /// [`DEAD_LETTER_REASON_ATTR`] (`String`, at most
     /// [`DEAD_LETTER_REASON_MAX_CHARS`] characters), then `DeleteMessage` of

@@ -61,12 +61,16 @@ pub fn dispatcher_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispat
     let (sqs, dynamo) = clients(sdk);
     let queue = Arc::new(SqsQueue::new(sqs, aws.dispatch_queue_url(BY)?, aws.dlq_url()?));
     let (github, allowlist) = github_and_allowlist(&cfg)?;
+    let clock: Arc<dyn crcr_core::ports::Clock> = Arc::new(SystemClock);
+    // One budget per target installation for every dispatcher instance.
+    let kv: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo.clone(), aws.kv_table(BY)?, clock.clone()));
     let dispatcher = Arc::new(Dispatcher {
         store: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(BY)?)),
         blobs: Arc::new(DynamoBlobStore::new(dynamo, aws.payload_table(BY)?)),
         github,
+        budget: crcr_core::budget::DispatchPace::stored(cfg.dispatcher.pace, kv),
         allowlist,
-        clock: Arc::new(SystemClock),
+        clock,
         settings: cfg.dispatcher,
     });
     Ok((dispatcher, queue))

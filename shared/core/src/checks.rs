@@ -336,8 +336,8 @@ pub const CHECK_RUN_PACE_KEY: &str = "github_budget/check_runs";
 /// Check-run writes sent within the pace's windows (ms since epoch).
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 struct SentWrites {
-    creates: std::collections::VecDeque<i64>,
-    updates: std::collections::VecDeque<i64>,
+    creates: crate::budget::SendLog,
+    updates: crate::budget::SendLog,
 }
 
 impl SentWrites {
@@ -351,30 +351,17 @@ impl SentWrites {
         let slack = pace.slack.as_millis() as i64;
         let minute = pace.minute.as_millis() as i64 + slack;
         let hour = pace.minute.as_millis() as i64 * 60 + slack;
-        let prune = |log: &mut std::collections::VecDeque<i64>, span: i64| {
-            while log.front().is_some_and(|at| now_ms - at >= span) {
-                log.pop_front();
-            }
-        };
-        prune(&mut self.creates, hour);
-        prune(&mut self.updates, minute);
-        // How long until `log` has fewer than `limit` entries within `span`.
-        let wait = |log: &std::collections::VecDeque<i64>, span: i64, limit: usize| -> Option<Duration> {
-            let within: Vec<i64> = log.iter().copied().filter(|at| now_ms - at < span).collect();
-            (within.len() >= limit.max(1)).then(|| {
-                let freeing = within[within.len() - limit.max(1)];
-                Duration::from_millis((freeing + span - now_ms).max(1) as u64)
-            })
-        };
-        let waits = if create {
-            [wait(&self.creates, minute, pace.creates_per_minute), wait(&self.creates, hour, pace.creates_per_hour)]
+        self.creates.prune(now_ms, hour);
+        self.updates.prune(now_ms, minute);
+        let (log, windows) = if create {
+            (&mut self.creates, vec![(minute, pace.creates_per_minute), (hour, pace.creates_per_hour)])
         } else {
-            [wait(&self.updates, minute, pace.updates_per_minute), None]
+            (&mut self.updates, vec![(minute, pace.updates_per_minute)])
         };
-        if let Some(longest) = waits.into_iter().flatten().max() {
-            return Err(longest);
+        if let Some(wait) = log.wait(now_ms, &windows) {
+            return Err(wait);
         }
-        if create { &mut self.creates } else { &mut self.updates }.push_back(now_ms);
+        log.push(now_ms);
         Ok(())
     }
 }

@@ -18,7 +18,10 @@
 //! | `CRCR_MAX_BODY_BYTES` | `26214400` | webhook body limit (GitHub caps at 25 MB) |
 //! | `CRCR_MAX_RECEIVE_COUNT` | `5` | receives before a message goes to the DLQ |
 //! | `CRCR_DISPATCH_CONCURRENCY` | `64` | targets dispatched at once per message |
-//! | `CRCR_RETRY_BUDGET_SECS` | `20` | time one target may retry within one receive |
+//! | `CRCR_RETRY_BUDGET_SECS` | `20` | time one target may retry (or wait for GitHub's budget) within one receive |
+//! | `CRCR_DISPATCH_PACE` | `github` | `github`: dispatches per target installation kept to GitHub's content limits (below); `off`: unpaced (benchmarks) |
+//! | `CRCR_DISPATCHES_PER_MINUTE` | `80` | dispatches per target installation per minute (GitHub: 80 content-generating requests a minute) |
+//! | `CRCR_DISPATCHES_PER_HOUR` | `500` | dispatches per target installation per hour (GitHub: 500 content-generating requests an hour) |
 //! | `CRCR_REQUEUE_DELAY_SECS` | `5` | first delay before a failed message is retried (doubles) |
 //! | `CRCR_WORKERS` | `32` | messages processed at once by `crcr serve` (bench/relay-load: 8 kept up with ~130 webhooks/s of 10 targets at 50 ms GitHub latency, 32 with the machine's CPU) |
 //! | `CRCR_VISIBILITY_TIMEOUT_SECS` | `60` | embedded queue visibility timeout |
@@ -452,6 +455,7 @@ impl RelayConfig {
             requeue_base_delay: Duration::from_secs_f64(
                 env.parsed("CRCR_REQUEUE_DELAY_SECS", d.requeue_base_delay.as_secs_f64())?,
             ),
+            pace: dispatch_pace(env)?,
             ..d
         };
         if dispatcher.concurrency == 0 {
@@ -513,6 +517,30 @@ impl EmbeddedConfig {
 /// failed (`crate::redeliver`; the scheduled Lambda has its own schedule).
 pub fn redeliver_interval(env: &Env<'_>) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(env.parsed("CRCR_REDELIVER_INTERVAL_SECS", 600)?))
+}
+
+/// `CRCR_DISPATCH_PACE` (`github`, the default, or `off`) with
+/// `CRCR_DISPATCHES_PER_MINUTE` and `CRCR_DISPATCHES_PER_HOUR`
+/// ([`crate::budget::DispatchPace`]).
+fn dispatch_pace(env: &Env<'_>) -> Result<Option<crate::budget::DispatchPace>, ConfigError> {
+    let d = crate::budget::DispatchPace::default();
+    match env.opt("CRCR_DISPATCH_PACE").as_deref().map(str::trim) {
+        None | Some("github") => {}
+        Some("off") => return Ok(None),
+        Some(other) => return Err(err("CRCR_DISPATCH_PACE", format!("must be `github` or `off`, not {other:?}"))),
+    }
+    let pace = crate::budget::DispatchPace {
+        per_minute: env.parsed("CRCR_DISPATCHES_PER_MINUTE", d.per_minute)?,
+        per_hour: env.parsed("CRCR_DISPATCHES_PER_HOUR", d.per_hour)?,
+        ..d
+    };
+    if pace.per_minute == 0 {
+        return Err(err("CRCR_DISPATCHES_PER_MINUTE", "must be at least 1 (CRCR_DISPATCH_PACE=off for no pace)"));
+    }
+    if pace.per_hour == 0 {
+        return Err(err("CRCR_DISPATCHES_PER_HOUR", "must be at least 1 (CRCR_DISPATCH_PACE=off for no pace)"));
+    }
+    Ok(Some(pace))
 }
 
 /// AWS resources (Lambda runtimes, on-call commands with `--aws`), named by
@@ -748,6 +776,14 @@ mod tests {
         assert_eq!(c.upstream.as_str(), "pytorch/pytorch");
         assert_eq!(c.github.api_url, "https://api.github.com");
         assert_eq!(c.dispatcher.max_receive_count, 5);
+        assert_eq!(c.dispatcher.pace, Some(crate::budget::DispatchPace::default()), "GitHub's limits by default");
+        let c = load(&[BASE, &[("CRCR_DISPATCH_PACE", "off")]].concat()).unwrap();
+        assert_eq!(c.dispatcher.pace, None);
+        let c = load(&[BASE, &[("CRCR_DISPATCHES_PER_MINUTE", "40"), ("CRCR_DISPATCHES_PER_HOUR", "5000")]].concat())
+            .unwrap();
+        let pace = c.dispatcher.pace.unwrap();
+        assert_eq!((pace.per_minute, pace.per_hour), (40, 5000));
+        let c = load(BASE).unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2") && !dbg.contains("abc"), "{dbg}");
     }
@@ -880,6 +916,9 @@ mod tests {
         );
         check_err(&[("CRCR_UPSTREAM_REPO", "pytorch")], "", "CRCR_UPSTREAM_REPO", "owner/repo");
         check_err(&[("CRCR_MAX_RECEIVE_COUNT", "0")], "", "CRCR_MAX_RECEIVE_COUNT", "at least 1");
+        check_err(&[("CRCR_DISPATCH_PACE", "fast")], "", "CRCR_DISPATCH_PACE", "`github` or `off`");
+        check_err(&[("CRCR_DISPATCHES_PER_MINUTE", "0")], "", "CRCR_DISPATCHES_PER_MINUTE", "at least 1");
+        check_err(&[("CRCR_DISPATCHES_PER_HOUR", "-1")], "", "CRCR_DISPATCHES_PER_HOUR", "");
         check_err(&[("CRCR_GITHUB_API_URL", "http://evil.example")], "", "CRCR_GITHUB_API_URL", "https");
         check_err(
             &[("CRCR_WEBHOOK_SECRET_FILE", "/nonexistent")],

@@ -21,12 +21,13 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::allowlist::{AllowlistEntry, AllowlistProvider};
+use crate::budget::DispatchBudget;
 use crate::client_payload::{self, DispatchBody};
 use crate::domain::{DeliveryId, Level, RepoFullName};
 use crate::message::{DispatchV1, PayloadRef, QueueMessage};
 use crate::ports::{
     AttemptOutcome, BlobError, BlobStore, Claim, Clock, DispatchMeta, DispatchStore, GitHubApp, GitHubError,
-    QueueError, QueueSettle, QueueSide, ReceivedMessage,
+    InstallationId, QueueError, QueueSettle, QueueSide, ReceivedMessage,
 };
 
 /// Tunables, with their defaults.
@@ -51,6 +52,14 @@ pub struct DispatcherSettings {
     /// Delay before a requeued message is seen again, doubled per receive,
     /// capped at 15 min (default 5 s), unless GitHub asked for longer.
     pub requeue_base_delay: Duration,
+    /// How many dispatches one target installation may take (default
+    /// GitHub's content-creation limits, 80 a minute and 500 an hour:
+    /// [`crate::budget`]); `None`: unpaced (`CRCR_DISPATCH_PACE=off`, for
+    /// the load benchmark). A dispatch waits for the budget within
+    /// `retry_budget`; past it the message is postponed
+    /// ([`crate::ports::QueueSettle::postpone`]), which does not count as
+    /// a failed receive.
+    pub pace: Option<crate::budget::DispatchPace>,
 }
 
 impl Default for DispatcherSettings {
@@ -64,6 +73,7 @@ impl Default for DispatcherSettings {
             max_backoff: Duration::from_secs(5),
             max_receive_count: 5,
             requeue_base_delay: Duration::from_secs(5),
+            pace: Some(Default::default()),
         }
     }
 }
@@ -91,6 +101,12 @@ pub enum TargetOutcome {
         reason: String,
         retry_after_ms: Option<u64>,
     },
+    /// Not sent: GitHub's budget for the target's installation allows no
+    /// dispatch for `retry_after_ms` ([`crate::budget`]); the message is
+    /// postponed that long.
+    Paced {
+        retry_after_ms: u64,
+    },
 }
 
 impl TargetOutcome {
@@ -104,6 +120,7 @@ impl TargetOutcome {
             TargetOutcome::Failed { .. } => "failed",
             TargetOutcome::AlreadyFailed => "already_failed",
             TargetOutcome::Retry { .. } => "retry",
+            TargetOutcome::Paced { .. } => "paced",
         }
     }
 }
@@ -134,6 +151,9 @@ pub enum MessageOutcome {
     Done(DeliveryReport),
     /// Some target failed transiently: receive it again later.
     Retry { report: Option<DeliveryReport>, reason: String, delay: Option<Duration> },
+    /// No target failed, but some wait for GitHub's budget: receive it
+    /// again after `delay`, without counting this receive.
+    Postpone { report: DeliveryReport, delay: Duration },
     /// The message can never be processed (unknown version, payload lost).
     Poison { reason: String },
 }
@@ -144,6 +164,11 @@ pub enum Disposition {
     Delete,
     /// Make it visible again after `delay`.
     Requeue {
+        delay: Duration,
+    },
+    /// Receive it again after `delay`, this receive not counted
+    /// ([`QueueSettle::postpone`]).
+    Postpone {
         delay: Duration,
     },
     DeadLetter {
@@ -174,6 +199,8 @@ pub struct Dispatcher {
     pub store: Arc<dyn DispatchStore>,
     pub blobs: Arc<dyn BlobStore>,
     pub github: Arc<dyn GitHubApp>,
+    /// Spent before each dispatch ([`crate::budget`]).
+    pub budget: Arc<dyn DispatchBudget>,
     pub allowlist: Arc<AllowlistProvider>,
     pub clock: Arc<dyn Clock>,
     pub settings: DispatcherSettings,
@@ -185,6 +212,7 @@ impl Dispatcher {
         match outcome {
             MessageOutcome::Done(_) => Disposition::Delete,
             MessageOutcome::Poison { reason } => Disposition::DeadLetter { reason: reason.clone() },
+            MessageOutcome::Postpone { delay, .. } => Disposition::Postpone { delay: *delay },
             MessageOutcome::Retry { reason, delay, .. } => {
                 if msg.receive_count >= self.settings.max_receive_count {
                     Disposition::DeadLetter {
@@ -210,6 +238,11 @@ impl Dispatcher {
         match self.disposition(msg, &outcome) {
             Disposition::Delete => queue.delete(QueueSide::Source, &msg.receipt).await?,
             Disposition::Requeue { delay } => queue.change_visibility(QueueSide::Source, &msg.receipt, delay).await?,
+            Disposition::Postpone { delay } => {
+                tracing::info!(message_id = %msg.message_id, delay_s = delay.as_secs_f64(), metric = "dispatch_postponed",
+                    "GitHub's budget allows no more dispatches to some targets yet; message postponed");
+                queue.postpone(msg, delay).await?
+            }
             Disposition::DeadLetter { reason } => {
                 tracing::error!(message_id = %msg.message_id, %reason, metric = "dlq_sends", "message sent to the dead-letter queue");
                 queue.dead_letter(msg, &reason).await?;
@@ -309,7 +342,19 @@ impl Dispatcher {
             })
             .collect();
         if retrying.is_empty() {
-            return MessageOutcome::Done(report);
+            let paced = report
+                .targets
+                .iter()
+                .filter_map(|t| match t.outcome {
+                    TargetOutcome::Paced { retry_after_ms } => Some(retry_after_ms),
+                    _ => None,
+                })
+                .max();
+            return match paced {
+                // The longest wait: every paced target's budget is free by then.
+                Some(ms) => MessageOutcome::Postpone { report, delay: Duration::from_millis(ms) },
+                None => MessageOutcome::Done(report),
+            };
         }
         let reason = retrying.iter().map(|(t, r, _)| format!("{}: {r}", t.repo)).collect::<Vec<_>>().join("; ");
         let delay = retrying.iter().filter_map(|(_, _, ms)| *ms).max().map(Duration::from_millis);
@@ -360,7 +405,7 @@ impl Dispatcher {
                     .await;
             }
         };
-        let mut calls = 0u32;
+        let calls = std::sync::atomic::AtomicU32::new(0);
         let started = tokio::time::Instant::now();
         let budget = self.settings.retry_budget;
         let backoff = ExponentialBuilder::default()
@@ -368,17 +413,26 @@ impl Dispatcher {
             .with_max_delay(self.settings.max_backoff)
             .with_max_times(self.settings.max_calls.saturating_sub(1))
             .with_jitter();
-        let result = (|| {
-            calls += 1;
-            tracing::debug!(attempt, call = calls, "repository_dispatch");
-            self.github.dispatch(repo, installation, &body.body)
+        let result = (|| async {
+            self.spend_budget(installation, started).await?;
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            tracing::debug!(attempt, call, "repository_dispatch");
+            let sent = self.github.dispatch(repo, installation, &body.body).await;
+            if let Err(GitHubError::Transient { retry_after: Some(wait), .. }) = &sent {
+                // A rate limit: every sender to this installation waits it out.
+                let until = self.clock.now_ms() + wait.as_millis() as i64;
+                if let Err(e) = self.budget.hold(installation, until).await {
+                    tracing::warn!(error = %e, "could not record GitHub's rate limit in the dispatch budget");
+                }
+            }
+            sent.map_err(CallError::GitHub)
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(GitHubError::is_transient)
+        .when(|e| matches!(e, CallError::GitHub(e) if e.is_transient()))
         .adjust(|e, next| {
             let next = match e {
-                GitHubError::Transient { retry_after: Some(hint), .. } => next.map(|_| *hint),
+                CallError::GitHub(GitHubError::Transient { retry_after: Some(hint), .. }) => next.map(|_| *hint),
                 _ => next,
             }?;
             // Only wait if the next call still fits in the budget.
@@ -389,6 +443,28 @@ impl Dispatcher {
             tracing::warn!(attempt, error = %e, wait_ms = wait.as_millis() as u64, metric = "dispatch_retries", "retrying repository_dispatch")
         })
         .await;
+        let calls = calls.into_inner();
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(CallError::GitHub(e)) => Err(e),
+            Err(CallError::Paced(wait)) => {
+                let reason = format!(
+                    "GitHub's budget for installation {} allows no dispatch for {:.1} s; postponed",
+                    installation.0,
+                    wait.as_secs_f64()
+                );
+                tracing::info!(attempt, calls, wait_ms = wait.as_millis() as u64, "dispatch paced");
+                return self
+                    .finish(
+                        (delivery, meta.hook_id),
+                        repo,
+                        attempt,
+                        AttemptOutcome::Retry { reason },
+                        TargetOutcome::Paced { retry_after_ms: wait.as_millis() as u64 },
+                    )
+                    .await;
+            }
+        };
         match result {
             Ok(()) => {
                 tracing::info!(attempt, calls, trimmed = body.trimmed, "dispatched");
@@ -422,6 +498,29 @@ impl Dispatcher {
                     TargetOutcome::Retry { reason, retry_after_ms: retry_after.map(|d| d.as_millis() as u64) },
                 )
                 .await
+            }
+        }
+    }
+
+    /// Spends one dispatch to `installation` from the budget, waiting for
+    /// it while the wait ends within the retry budget counted from
+    /// `started`; else [`CallError::Paced`] with the wait. A budget that
+    /// cannot be read is a transient failure.
+    async fn spend_budget(&self, installation: InstallationId, started: tokio::time::Instant) -> Result<(), CallError> {
+        loop {
+            match self.budget.spend(installation, self.clock.now_ms()).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) if started.elapsed() + wait <= self.settings.retry_budget => {
+                    ::metrics::counter!(crate::metrics::DISPATCH_BUDGET_WAITS).increment(1);
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Some(wait)) => return Err(CallError::Paced(wait)),
+                Err(e) => {
+                    return Err(CallError::GitHub(GitHubError::Transient {
+                        reason: format!("dispatch budget: {e}"),
+                        retry_after: None,
+                    }))
+                }
             }
         }
     }
@@ -567,6 +666,16 @@ enum LoadError {
 }
 
 /// A failed installation lookup (before any record exists).
+/// Why one call of a target's dispatch did not succeed.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    GitHub(GitHubError),
+    /// The budget allows no dispatch for this long (not sent).
+    #[error("GitHub's budget allows no dispatch for {0:?}")]
+    Paced(Duration),
+}
+
 fn retry_or_fail_unrecorded(e: GitHubError) -> TargetOutcome {
     match e {
         GitHubError::Transient { reason, retry_after } => TargetOutcome::Retry {

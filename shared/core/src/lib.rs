@@ -10,6 +10,7 @@
 //! `crcr-http` (the routes), `crcr-telemetry` (exporters, logs).
 
 pub mod allowlist;
+pub mod budget;
 pub mod callback;
 pub mod checks;
 pub mod client_payload;

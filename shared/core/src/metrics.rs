@@ -77,6 +77,12 @@ pub const DISPATCHES: &str = "Dispatches";
 /// backoff waits of the dispatcher. No labels.
 pub const DISPATCH_RETRIES: &str = "DispatchRetries";
 
+/// Counter: waits of a dispatch for GitHub's budget of its target
+/// installation within a receive ([`crate::budget`]); a dispatch that
+/// could not wait long enough is counted in [`DISPATCHES`] as
+/// `outcome="paced"` and its message postponed. No labels.
+pub const DISPATCH_BUDGET_WAITS: &str = "DispatchBudgetWaits";
+
 /// Gauge: the last `x-ratelimit-remaining` GitHub answered with (requests
 /// left in the current rate-limit window of the identity that made the
 /// call; "Rate limits for the REST API", GitHub docs). No labels (alarm
@@ -194,6 +200,7 @@ pub const ALL: &[&str] = &[
     INGEST_LATENCY,
     DISPATCHES,
     DISPATCH_RETRIES,
+    DISPATCH_BUDGET_WAITS,
     GITHUB_RATE_LIMIT_REMAINING,
     DLQ_SENDS,
     CALLBACKS_ACCEPTED,

@@ -180,7 +180,19 @@ pub trait QueueSettle: Send + Sync {
     /// deletes it from the source queue. The copy is on the DLQ before the
     /// original is deleted, so a crash in between duplicates, never loses.
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError>;
+    /// Puts a source-queue message back to be received after `delay`
+    /// without this receive counting towards the queue's redrive (at most
+    /// [`MAX_POSTPONE`]; SQS: a copy sent with `DelaySeconds`, then the
+    /// original deleted, so a crash in between duplicates, never loses).
+    /// For a message that waited on GitHub's budget rather than failed
+    /// ([`crate::budget`]): waiting is not a reason to dead-letter it.
+    async fn postpone(&self, msg: &ReceivedMessage, delay: Duration) -> Result<(), QueueError>;
 }
+
+/// The longest [`QueueSettle::postpone`] (SQS's largest `DelaySeconds`,
+/// 900 s: "SendMessage", Amazon SQS API reference); a longer wait is
+/// postponed again when the message comes back.
+pub const MAX_POSTPONE: Duration = Duration::from_secs(900);
 
 /// Figures about a queue for on-call tools (`crcr status`) and tests.
 #[async_trait]
@@ -264,6 +276,19 @@ pub trait StateStore: Send + Sync {
     /// `None` and the store removes it (SQLite on its next write, DynamoDB by
     /// TTL). For per-commit records that only matter for a while.
     async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Stores `value` under `key` for `ttl` (as [`StateStore::put_expiring`])
+    /// only if what is stored now is `expected` (`None`: nothing, or an
+    /// expired value). `Ok(Ok(()))` when written; `Ok(Err(current))` when
+    /// not, with what is stored now. One conditional write (DynamoDB returns
+    /// the stored item with the failed condition), so of two callers that
+    /// read the same value at most one writes over it.
+    async fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Result<(), Option<String>>, StoreError>;
     /// Takes (or renews) the lease `key` for `holder` for `ttl` (whole
     /// seconds, at least 1): `true` when no one else holds an unexpired lease
     /// on it. One conditional write, so of two callers at once exactly one
@@ -297,6 +322,22 @@ impl StateStore for InMemoryStateStore {
         let until = std::time::Instant::now() + ttl;
         self.map.lock().expect("state store").insert(key.to_owned(), (value.to_owned(), Some(until)));
         Ok(())
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Result<(), Option<String>>, StoreError> {
+        let now = std::time::Instant::now();
+        let mut map = self.map.lock().expect("state store");
+        let current = map.get(key).filter(|(_, until)| until.is_none_or(|u| u > now)).map(|(v, _)| v.as_str());
+        if current != expected {
+            return Ok(Err(current.map(str::to_owned)));
+        }
+        map.insert(key.to_owned(), (value.to_owned(), Some(now + ttl)));
+        Ok(Ok(()))
     }
     async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = std::time::Instant::now();

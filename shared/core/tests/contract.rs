@@ -57,7 +57,7 @@ trait Backend {
     type Blobs: BlobStore + 'static;
     type Jobs: JobStore + 'static;
     /// The small stores (bindings, replay guard, rate limiter, state) in one adapter.
-    type Kv: IdentityBindings + ReplayGuard + RateLimiter + StateStore + 'static;
+    type Kv: IdentityBindings + ReplayGuard + RateLimiter + StateStore + Clone + 'static;
     /// A source queue whose messages move to its DLQ after `max_receive_count` receives.
     async fn queue(max_receive_count: u32) -> Fx<Self::Queue>;
     async fn store() -> Fx<Self::Store>;
@@ -482,6 +482,27 @@ mod cases {
         assert_eq!(Some(dl[0].sent_at_ms), sent_at, "sent time must be kept on the DLQ");
         assert_eq!(dl[0].dead_letter_reason, None);
         assert_eq!(dl[0].receive_count, MAX + 1, "receive count carries on into the DLQ (moto/SQS)");
+    }
+
+    /// postpone: the message is hidden for the delay, then back with its
+    /// body and a receive count that did not grow, however often it is
+    /// postponed: never redriven to the DLQ for waiting.
+    pub async fn queue_postpone_does_not_count_the_receive<B: Backend>() {
+        const MAX: u32 = 2;
+        let q = B::queue(MAX).await;
+        let b = body("pp");
+        q.send(&b).await.unwrap();
+        for round in 1..=MAX + 1 {
+            let got = q.receive(QueueSide::Source, 1, LONG, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(got.len(), 1, "postponed message not back in round {round}");
+            assert_eq!((got[0].receive_count, got[0].body.as_str()), (1, b.as_str()), "round {round}");
+            q.postpone(&got[0], Duration::from_secs(1)).await.expect("postpone");
+            assert!(receive_all(&*q, QueueSide::Source, LONG).await.is_empty(), "visible during its delay");
+        }
+        assert_eq!(q.depth(QueueSide::DeadLetter).await.unwrap(), 0);
+        let got = q.receive(QueueSide::Source, 1, LONG, Duration::from_secs(5)).await.unwrap();
+        q.delete(QueueSide::Source, &got[0].receipt).await.unwrap();
+        assert_eq!(q.depth(QueueSide::Source).await.unwrap(), 0, "postponing left no copy behind");
     }
 
     /// dead_letter puts a copy with the reason on the DLQ and removes the original.
@@ -1899,6 +1920,71 @@ mod cases {
         assert_eq!(StateStore::get(a, &key).await.unwrap().as_deref(), Some("43"), "put: no expiry");
     }
 
+    /// Conditional writes: written only over what was expected (nothing, an
+    /// expired value, or the value read), across instances; a refused
+    /// write returns what is stored; of eight writers over the same value,
+    /// exactly one wins.
+    pub async fn kv_state_put_if<B: Backend>() {
+        let clock = kv_clock();
+        let kv = B::kv_pair(clock.clone(), 100).await;
+        let (a, b) = (&kv.0, &kv.1);
+        let key = format!("github_budget/dispatch/{}", uuid::Uuid::new_v4().simple());
+        let ttl = Duration::from_secs(60);
+        assert_eq!(a.put_if(&key, Some("x"), "1", ttl).await.unwrap(), Err(None), "nothing stored");
+        assert_eq!(a.put_if(&key, None, "1", ttl).await.unwrap(), Ok(()));
+        assert_eq!(b.put_if(&key, None, "2", ttl).await.unwrap(), Err(Some("1".into())), "1 is stored");
+        assert_eq!(b.put_if(&key, Some("0"), "2", ttl).await.unwrap(), Err(Some("1".into())));
+        assert_eq!(b.put_if(&key, Some("1"), "2", ttl).await.unwrap(), Ok(()));
+        assert_eq!(StateStore::get(a, &key).await.unwrap().as_deref(), Some("2"));
+        // Expired: stored no more, whether or not the store removed it yet.
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(a.put_if(&key, Some("2"), "3", ttl).await.unwrap(), Err(None), "expired");
+        assert_eq!(a.put_if(&key, None, "3", ttl).await.unwrap(), Ok(()));
+        // Eight writers over the same value, on both instances: one wins.
+        let calls = (0..8).map(|i| {
+            let store: &B::Kv = if i % 2 == 0 { &kv.0 } else { &kv.1 };
+            let (key, value) = (key.clone(), format!("w{i}"));
+            async move { store.put_if(&key, Some("3"), &value, ttl).await.expect("put_if") }
+        });
+        let results = futures::future::join_all(calls).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        let stored = StateStore::get(a, &key).await.unwrap().expect("a winner's value");
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(r.as_deref().is_some_and(|v| v.starts_with('w')), "a loser sees a written value: {r:?}");
+        }
+        assert!(stored.starts_with('w'));
+    }
+
+    /// GitHub's dispatch budget kept in the store (issue 15): two relay
+    /// instances spending for the same installation at once spend at most
+    /// its limit between them, and a hold set by one stops the other.
+    pub async fn kv_dispatch_budget_shared<B: Backend>() {
+        use crcr_core::budget::{DispatchBudget, DispatchPace, StoredDispatchBudget};
+        use crcr_core::ports::InstallationId;
+        let clock = kv_clock();
+        let kv = B::kv_pair(clock.clone(), 100).await;
+        let pace = DispatchPace { per_minute: 5, per_hour: 7, ..DispatchPace::default() };
+        let (a, b) = (kv.0.clone(), kv.1.clone());
+        let one = StoredDispatchBudget::new(pace, Arc::new(a));
+        let two = StoredDispatchBudget::new(pace, Arc::new(b));
+        let installation = InstallationId((uuid::Uuid::new_v4().as_u128() >> 80) as u64);
+        let now = clock.now_ms();
+        let spends = (0..12).map(|i| {
+            let budget = if i % 2 == 0 { &one } else { &two };
+            async move { budget.spend(installation, now).await.expect("spend") }
+        });
+        let spent = futures::future::join_all(spends).await.into_iter().filter(Option::is_none).count();
+        assert_eq!(spent, 5, "5 a minute between both instances");
+        let later = now + 63_000;
+        assert_eq!(one.spend(installation, later).await.unwrap(), None);
+        assert_eq!(two.spend(installation, later).await.unwrap(), None);
+        let wait = one.spend(installation, later).await.unwrap().expect("7 an hour");
+        assert!(wait > Duration::from_secs(3000), "{wait:?}");
+        let other = InstallationId(installation.0 + 1);
+        two.hold(other, now + 30_000).await.unwrap();
+        assert_eq!(one.spend(other, now + 10_000).await.unwrap(), Some(Duration::from_secs(20)), "held by two");
+    }
+
     /// Leases: one holder at a time across instances; the holder renews;
     /// release by another holder does nothing; released or expired → free.
     pub async fn kv_lease_one_holder<B: Backend>() {
@@ -1955,6 +2041,7 @@ macro_rules! all_cases {
                 queue_change_visibility_zero,
                 queue_moves_to_dlq_after_max_receives,
                 queue_dead_letter_with_reason,
+                queue_postpone_does_not_count_the_receive,
                 queue_redrive_moves_back,
                 queue_depth_counts,
                 queue_rejects_oversized,
@@ -1993,6 +2080,8 @@ macro_rules! all_cases {
                 kv_rate_limit_shared_and_windowed,
                 kv_state_put_get_overwrite,
                 kv_state_expiring,
+                kv_state_put_if,
+                kv_dispatch_budget_shared,
                 kv_lease_one_holder,
             ]
         );

@@ -93,6 +93,7 @@ impl EmbeddedRelay {
             store: store.clone(),
             blobs: blobs.clone(),
             github: github.clone(),
+            budget: crcr_core::budget::DispatchPace::in_memory(cfg.dispatcher.pace),
             allowlist,
             clock: clock.clone(),
             settings: cfg.dispatcher.clone(),

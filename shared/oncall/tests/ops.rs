@@ -328,6 +328,7 @@ fn dispatcher(w: &World, gh: Arc<FakeGitHub>) -> Dispatcher {
         store: w.store.clone(),
         blobs: w.blobs.clone(),
         github: gh,
+        budget: Arc::new(crcr_core::budget::Unpaced),
         allowlist: Arc::new(AllowlistProvider::fixed(Allowlist::parse(ALLOWLIST).unwrap())),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings {
@@ -414,6 +415,9 @@ impl QueueSettle for FlakyDeletes {
     }
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         self.inner.dead_letter(msg, reason).await
+    }
+    async fn postpone(&self, msg: &ReceivedMessage, delay: Duration) -> Result<(), QueueError> {
+        self.inner.postpone(msg, delay).await
     }
 }
 

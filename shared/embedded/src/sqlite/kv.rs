@@ -190,6 +190,33 @@ impl StateStore for SqliteKv {
         self.put_state(key, value, None).await
     }
 
+    /// In one immediate transaction (which first deletes expired rows, so a
+    /// row still there is live): compare, then replace.
+    async fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Result<(), Option<String>>, StoreError> {
+        let (key, value, expected) = (format!("{}{key}", prefix::STATE), value.to_owned(), expected.map(str::to_owned));
+        let now = self.now_s();
+        let expires_at = now + ttl.as_secs() as i64;
+        self.write(now, move |tx| {
+            let stored: Option<String> =
+                tx.query_row("SELECT value FROM kv WHERE key = ?1", [&key], |r| r.get(0)).optional()?;
+            if stored != expected {
+                return Ok(Err(stored));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3)",
+                params![key, value, expires_at],
+            )?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     /// In one immediate transaction (which first deletes expired rows):
     /// insert `lease#<key>` = holder, or renew it when `holder` has it.
     async fn try_lease(&self, key: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {

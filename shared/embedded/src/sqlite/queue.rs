@@ -262,6 +262,28 @@ impl QueueSettle for SqliteQueue {
         }
         Ok(())
     }
+    /// Hidden for `delay` (at most [`crcr_core::ports::MAX_POSTPONE`]) with
+    /// this receive taken off its count, as SQS's new copy would start.
+    async fn postpone(&self, msg: &ReceivedMessage, delay: Duration) -> Result<(), QueueError> {
+        let (seq, token) = parse_receipt(&msg.receipt)?;
+        let queue = self.name.clone();
+        let visible_at = self.clock.now_ms() + delay.min(crcr_core::ports::MAX_POSTPONE).as_millis() as i64;
+        let n = self
+            .db
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE queue_messages SET visible_at_ms = ?4, receive_count = MAX(receive_count - 1, 0)
+                     WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                )
+                .and_then(|mut hide| hide.execute(params![seq, queue, token, visible_at]))
+                .map_err(QueueError::sqlite)
+            })
+            .await?;
+        if n == 0 {
+            return Err(QueueError::BadReceipt(msg.receipt.clone()));
+        }
+        Ok(())
+    }
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         let (seq, token) = parse_receipt(&msg.receipt)?;
         let (queue, dlq, body, reason, now) =

@@ -1,0 +1,409 @@
+//! The GitHub budget repository dispatches spend from, per target
+//! installation, so the relay keeps under GitHub's secondary rate limits
+//! instead of sending requests to be refused.
+//!
+//! GitHub's REST docs, "Rate limits for the REST API" → "About secondary
+//! rate limits"
+//! (<https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits>):
+//! "In general, no more than 80 content-generating requests per minute and
+//! no more than 500 content-generating requests per hour are allowed", and
+//! "no more than 900 points per minute" per endpoint, a POST costing 5. A
+//! repository dispatch starts workflow runs: it is read here as content
+//! generating (GitHub does not list which requests are), so one target
+//! installation takes at most 80 dispatches a minute and 500 an hour (the
+//! points allow 180). Each installation is its own identity: the vendors'
+//! repositories are in their own organizations, each with its own
+//! installation of the App. Past a limit GitHub answers 403 or 429, with
+//! `Retry-After` or not ("Exceeding the rate limit"); such an answer holds
+//! every sender to that installation until it has passed
+//! ([`DispatchBudget::hold`]).
+//!
+//! The primary limit (5,000 requests an hour per installation, "Primary
+//! rate limit for GitHub App installations") is not paced separately: a
+//! dispatch is the only request the relay makes with a target's
+//! installation token, and 500 an hour keeps far below it.
+//!
+//! Two budgets: [`MemoryDispatchBudget`] for one process (`crcr serve`),
+//! [`StoredDispatchBudget`] in the shared `kv` store with conditional
+//! writes, so every Lambda instance spends from the same one.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::ports::{InstallationId, StateStore, StoreError};
+
+/// A log of the requests sent within a pace's windows (ms since epoch,
+/// oldest first): the sliding windows GitHub counts over.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SendLog(VecDeque<i64>);
+
+impl SendLog {
+    /// Forgets what was sent `span_ms` or longer before `now_ms`.
+    pub fn prune(&mut self, now_ms: i64, span_ms: i64) {
+        while self.0.front().is_some_and(|at| now_ms - at >= span_ms) {
+            self.0.pop_front();
+        }
+    }
+
+    /// How long from `now_ms` until one more request keeps every
+    /// `(span_ms, limit)` window under its limit (`None`: now). A limit of
+    /// 0 is read as 1.
+    pub fn wait(&self, now_ms: i64, windows: &[(i64, usize)]) -> Option<Duration> {
+        windows
+            .iter()
+            .filter_map(|&(span, limit)| {
+                let within: Vec<i64> = self.0.iter().copied().filter(|at| now_ms - at < span).collect();
+                let limit = limit.max(1);
+                (within.len() >= limit).then(|| {
+                    let freeing = within[within.len() - limit];
+                    Duration::from_millis((freeing + span - now_ms).max(1) as u64)
+                })
+            })
+            .max()
+    }
+
+    /// Records a request sent at `now_ms`.
+    pub fn push(&mut self, now_ms: i64) {
+        self.0.push_back(now_ms);
+    }
+
+    /// Requests in the log.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// How many repository dispatches one target installation may take
+/// (GitHub's content-creation limits, see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchPace {
+    /// Dispatches per [`DispatchPace::minute`] (GitHub: 80).
+    pub per_minute: usize,
+    /// Dispatches per 60 minutes (GitHub: 500).
+    pub per_hour: usize,
+    /// GitHub's minute (60 s); tests shorten it.
+    pub minute: Duration,
+    /// Added to each window (default 2 s): a dispatch is counted from when
+    /// it is spent, GitHub counts it when it arrives, later by a token mint
+    /// and the network.
+    pub slack: Duration,
+}
+
+impl Default for DispatchPace {
+    fn default() -> Self {
+        DispatchPace { per_minute: 80, per_hour: 500, minute: Duration::from_secs(60), slack: Duration::from_secs(2) }
+    }
+}
+
+impl DispatchPace {
+    /// The budget for one process: in memory, or [`Unpaced`] for `None`.
+    pub fn in_memory(pace: Option<DispatchPace>) -> Arc<dyn DispatchBudget> {
+        match pace {
+            Some(pace) => Arc::new(MemoryDispatchBudget::new(pace)),
+            None => Arc::new(Unpaced),
+        }
+    }
+
+    /// The budget shared through `state` (every Lambda instance), or
+    /// [`Unpaced`] for `None`.
+    pub fn stored(pace: Option<DispatchPace>, state: Arc<dyn StateStore>) -> Arc<dyn DispatchBudget> {
+        match pace {
+            Some(pace) => Arc::new(StoredDispatchBudget::new(pace, state)),
+            None => Arc::new(Unpaced),
+        }
+    }
+
+    /// The windows as `(span ms, limit)`.
+    fn windows(&self) -> [(i64, usize); 2] {
+        let slack = self.slack.as_millis() as i64;
+        let minute = self.minute.as_millis() as i64;
+        [(minute + slack, self.per_minute), (minute * 60 + slack, self.per_hour)]
+    }
+
+    /// How long a record of an installation's dispatches is worth keeping.
+    fn horizon(&self) -> Duration {
+        self.minute * 60 + self.slack
+    }
+}
+
+/// One installation's budget: what it sent, and until when GitHub said to
+/// stop (ms since epoch).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallationBudget {
+    pub sent: SendLog,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_until_ms: Option<i64>,
+}
+
+impl InstallationBudget {
+    /// Spends one dispatch at `now_ms` under `pace`, or says how long until
+    /// one is allowed.
+    pub fn spend(&mut self, pace: &DispatchPace, now_ms: i64) -> Result<(), Duration> {
+        if let Some(until) = self.hold_until_ms.filter(|u| *u > now_ms) {
+            return Err(Duration::from_millis((until - now_ms) as u64));
+        }
+        self.hold_until_ms = None;
+        let windows = pace.windows();
+        self.sent.prune(now_ms, windows.iter().map(|w| w.0).max().unwrap_or(0));
+        if let Some(wait) = self.sent.wait(now_ms, &windows) {
+            return Err(wait);
+        }
+        self.sent.push(now_ms);
+        Ok(())
+    }
+
+    /// No dispatch before `until_ms` (kept if a later hold is already set).
+    pub fn hold(&mut self, until_ms: i64) {
+        self.hold_until_ms = Some(self.hold_until_ms.map_or(until_ms, |u| u.max(until_ms)));
+    }
+}
+
+/// Where the dispatcher spends before each repository dispatch.
+#[async_trait]
+pub trait DispatchBudget: Send + Sync {
+    /// Spends one dispatch to `installation` at `now_ms`: `None` when it
+    /// may be sent now, else how long until the budget allows one (nothing
+    /// spent).
+    async fn spend(&self, installation: InstallationId, now_ms: i64) -> Result<Option<Duration>, StoreError>;
+    /// GitHub answered a request of `installation` with a rate limit that
+    /// lasts until `until_ms`: no dispatch to it is spent before then.
+    async fn hold(&self, installation: InstallationId, until_ms: i64) -> Result<(), StoreError>;
+}
+
+/// No budget: every dispatch is sent at once (the load benchmark, which
+/// measures the relay, not GitHub's limits; `CRCR_DISPATCH_PACE=off`).
+#[derive(Debug, Default)]
+pub struct Unpaced;
+
+#[async_trait]
+impl DispatchBudget for Unpaced {
+    async fn spend(&self, _: InstallationId, _: i64) -> Result<Option<Duration>, StoreError> {
+        Ok(None)
+    }
+    async fn hold(&self, _: InstallationId, _: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The budget in process memory: for a relay that is the only sender
+/// (`crcr serve`).
+#[derive(Debug, Default)]
+pub struct MemoryDispatchBudget {
+    pace: DispatchPace,
+    installations: std::sync::Mutex<HashMap<u64, InstallationBudget>>,
+}
+
+impl MemoryDispatchBudget {
+    pub fn new(pace: DispatchPace) -> Self {
+        MemoryDispatchBudget { pace, installations: Default::default() }
+    }
+}
+
+#[async_trait]
+impl DispatchBudget for MemoryDispatchBudget {
+    async fn spend(&self, installation: InstallationId, now_ms: i64) -> Result<Option<Duration>, StoreError> {
+        let mut all = self.installations.lock().expect("dispatch budget");
+        Ok(all.entry(installation.0).or_default().spend(&self.pace, now_ms).err())
+    }
+    async fn hold(&self, installation: InstallationId, until_ms: i64) -> Result<(), StoreError> {
+        self.installations.lock().expect("dispatch budget").entry(installation.0).or_default().hold(until_ms);
+        Ok(())
+    }
+}
+
+/// The `kv` key of one installation's budget.
+pub fn budget_key(installation: InstallationId) -> String {
+    format!("github_budget/dispatch/{}", installation.0)
+}
+
+/// Rounds of read and conditional write before a spend gives up on a
+/// budget other senders keep changing (then it waits a little).
+const STORED_SPEND_ROUNDS: usize = 8;
+
+/// The budget in the shared `kv` store ([`StateStore::put_if`]): one item
+/// per installation ([`budget_key`]), written back with a condition on
+/// what was read, so senders in every process (50 Lambda instances) spend
+/// from one budget and two of them never spend the same slot. Each sender
+/// remembers the value it last wrote or saw, so a spend is one conditional
+/// write while no one else spends from that installation, and two (the
+/// failed one returns the stored value) when someone did. At most 80
+/// dispatches a minute succeed per installation, so the writes contend
+/// little; a spend the pace refuses writes nothing.
+pub struct StoredDispatchBudget {
+    pace: DispatchPace,
+    state: Arc<dyn StateStore>,
+    /// installation → the stored value as last written or seen (`None`
+    /// inside: nothing stored); not there: not known, read it first.
+    known: std::sync::Mutex<HashMap<u64, Option<String>>>,
+}
+
+impl StoredDispatchBudget {
+    pub fn new(pace: DispatchPace, state: Arc<dyn StateStore>) -> Self {
+        StoredDispatchBudget { pace, state, known: Default::default() }
+    }
+
+    /// Applies `change` to the installation's budget and writes it back if
+    /// it is still what this sender knew; tries again on what is stored if
+    /// it is not. `change` refusing (a wait) writes nothing: a stale value
+    /// lacks only other senders' spends, so it never refuses wrongly.
+    async fn update<T>(
+        &self,
+        installation: InstallationId,
+        mut change: impl FnMut(&mut InstallationBudget) -> Result<T, Duration>,
+    ) -> Result<Result<T, Duration>, StoreError> {
+        let key = budget_key(installation);
+        let known = self.known.lock().expect("known budgets").get(&installation.0).cloned();
+        let mut stored = match known {
+            Some(value) => value,
+            None => self.state.get(&key).await?,
+        };
+        for _ in 0..STORED_SPEND_ROUNDS {
+            let mut budget: InstallationBudget = match &stored {
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| StoreError::Corrupt(format!("dispatch budget {key}: {e}")))?,
+                None => InstallationBudget::default(),
+            };
+            let done = match change(&mut budget) {
+                Ok(done) => done,
+                Err(wait) => return Ok(Err(wait)),
+            };
+            let text = serde_json::to_string(&budget).expect("a budget serializes");
+            match self.state.put_if(&key, stored.as_deref(), &text, self.pace.horizon()).await? {
+                Ok(()) => {
+                    self.known.lock().expect("known budgets").insert(installation.0, Some(text));
+                    return Ok(Ok(done));
+                }
+                Err(current) => stored = current,
+            }
+        }
+        self.known.lock().expect("known budgets").insert(installation.0, stored);
+        tracing::warn!(
+            installation = installation.0,
+            rounds = STORED_SPEND_ROUNDS,
+            "dispatch budget kept changing under this sender; waiting before spending again"
+        );
+        Ok(Err(Duration::from_millis(100)))
+    }
+}
+
+#[async_trait]
+impl DispatchBudget for StoredDispatchBudget {
+    async fn spend(&self, installation: InstallationId, now_ms: i64) -> Result<Option<Duration>, StoreError> {
+        let pace = self.pace;
+        Ok(self.update(installation, |b| b.spend(&pace, now_ms)).await?.err())
+    }
+    async fn hold(&self, installation: InstallationId, until_ms: i64) -> Result<(), StoreError> {
+        let _ = self
+            .update(installation, |b| {
+                b.hold(until_ms);
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace() -> DispatchPace {
+        DispatchPace { per_minute: 3, per_hour: 5, minute: Duration::from_millis(1000), slack: Duration::ZERO }
+    }
+
+    #[test]
+    fn an_installation_spends_per_minute_and_per_hour() {
+        let mut b = InstallationBudget::default();
+        for t in [0, 10, 20] {
+            assert_eq!(b.spend(&pace(), t), Ok(()));
+        }
+        // The fourth in the same minute waits until the first leaves it.
+        assert_eq!(b.spend(&pace(), 30), Err(Duration::from_millis(970)));
+        assert_eq!(b.spend(&pace(), 1000), Ok(()));
+        assert_eq!(b.spend(&pace(), 1010), Ok(()));
+        // Five within the hour: the sixth waits for the first to age out of it.
+        assert_eq!(b.spend(&pace(), 2500), Err(Duration::from_millis(57_500)));
+        assert_eq!(b.spend(&pace(), 60_000), Ok(()));
+    }
+
+    #[test]
+    fn a_hold_stops_spending_until_it_ends() {
+        let mut b = InstallationBudget::default();
+        b.hold(5_000);
+        b.hold(4_000);
+        assert_eq!(b.spend(&pace(), 1_000), Err(Duration::from_millis(4_000)));
+        assert_eq!(b.spend(&pace(), 5_000), Ok(()));
+        assert_eq!(b.hold_until_ms, None);
+    }
+
+    #[test]
+    fn slack_widens_each_window() {
+        let pace = DispatchPace { slack: Duration::from_millis(200), ..pace() };
+        let mut b = InstallationBudget::default();
+        for t in [0, 1, 2] {
+            assert_eq!(b.spend(&pace, t), Ok(()));
+        }
+        assert_eq!(b.spend(&pace, 1000), Err(Duration::from_millis(200)));
+    }
+
+    /// A store whose reads let other tasks run before they return, so
+    /// concurrent spends read the same budget and race to write it.
+    #[derive(Default)]
+    struct Interleaving(crate::ports::InMemoryStateStore);
+
+    #[async_trait]
+    impl StateStore for Interleaving {
+        async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+            let read = self.0.get(key).await;
+            tokio::task::yield_now().await;
+            read
+        }
+        async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
+            self.0.put(key, value).await
+        }
+        async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+            self.0.put_expiring(key, value, ttl).await
+        }
+        async fn put_if(
+            &self,
+            key: &str,
+            expected: Option<&str>,
+            value: &str,
+            ttl: Duration,
+        ) -> Result<Result<(), Option<String>>, StoreError> {
+            tokio::task::yield_now().await;
+            self.0.put_if(key, expected, value, ttl).await
+        }
+        async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+            self.0.try_lease(key, holder, ttl).await
+        }
+        async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+            self.0.release_lease(key, holder).await
+        }
+    }
+
+    #[tokio::test]
+    async fn senders_sharing_a_stored_budget_never_spend_the_same_slot() {
+        let state: Arc<dyn StateStore> = Arc::new(Interleaving::default());
+        let budgets: Vec<_> = (0..4).map(|_| StoredDispatchBudget::new(pace(), state.clone())).collect();
+        let spends =
+            futures::future::join_all((0..40).map(|i| budgets[i % 4].spend(InstallationId(7), 100 + (i as i64 % 3))))
+                .await;
+        let spent = spends.into_iter().filter(|r| matches!(r, Ok(None))).count();
+        assert_eq!(spent, 3, "3 a minute, however many senders");
+        // Another installation has its own budget.
+        assert_eq!(budgets[0].spend(InstallationId(8), 100).await.unwrap(), None);
+        budgets[1].hold(InstallationId(8), 10_000).await.unwrap();
+        assert_eq!(budgets[2].spend(InstallationId(8), 9_000).await.unwrap(), Some(Duration::from_millis(1_000)));
+    }
+}
