@@ -11,6 +11,7 @@ use crcr_aws::lambda::process_sqs_batch;
 use crcr_aws::{DynamoBlobStore, DynamoDispatchStore, DynamoKv, SqsQueue};
 use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::allowlist::{Allowlist, AllowlistProvider};
+use crcr_core::breaker::Breakers;
 use crcr_core::budget::{DispatchPace, StoredDispatchBudget};
 use crcr_core::dispatch::{Dispatcher, DispatcherSettings};
 use crcr_core::domain::{DeliveryId, RepoFullName};
@@ -63,14 +64,14 @@ async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
     let allowlist = Allowlist::parse("L1: [org/ok, org/flaky]\nL2: [org/down, org/not-installed]").unwrap();
     let github =
         Arc::new(GitHubAppClient::new(GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url())).unwrap());
+    let kv: Arc<dyn crcr_core::ports::StateStore> =
+        Arc::new(DynamoKv::new(db.clone(), res.kv_table.clone(), Arc::new(SystemClock)));
     let dispatcher = Dispatcher {
         store: store.clone(),
         blobs: blobs.clone(),
         github,
-        budget: DispatchPace::stored(
-            Some(DispatchPace::default()),
-            Arc::new(DynamoKv::new(db.clone(), res.kv_table.clone(), Arc::new(SystemClock))),
-        ),
+        budget: DispatchPace::stored(Some(DispatchPace::default()), kv.clone()),
+        breakers: Arc::new(Breakers::new(kv, Default::default(), Arc::new(SystemClock))),
         allowlist: Arc::new(AllowlistProvider::fixed(allowlist)),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings {
@@ -136,9 +137,10 @@ async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
 /// target, one conditional DynamoDB write to claim it (the idempotency
 /// key), one to spend from GitHub's budget of its installation (issue 15,
 /// shared by every instance; read once per instance first) and one to
-/// record GitHub's answer: no blob, no SQS call from the handler (Lambda's
-/// event source mapping receives the batch and deletes what the handler
-/// did not report as failed).
+/// record GitHub's answer; the target's breaker is read at most every 10 s
+/// per instance and, while the target is healthy, never written: no blob,
+/// no SQS call from the handler (Lambda's event source mapping receives
+/// the batch and deletes what the handler did not report as failed).
 #[tokio::test]
 async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_three_dynamodb_writes_per_target() {
     let sdk = moto::sdk().await;
@@ -162,16 +164,16 @@ async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_three_dy
         gh.install(t);
     }
     let allowlist = Allowlist::parse(&format!("L1: [{}]", targets.join(", "))).unwrap();
+    let kv: Arc<dyn crcr_core::ports::StateStore> =
+        Arc::new(DynamoKv::new(dispatcher_calls.dynamodb(&sdk), res.kv_table.clone(), Arc::new(SystemClock)));
     let dispatcher = Dispatcher {
         store,
         blobs: blobs.clone(),
         github: Arc::new(
             GitHubAppClient::new(GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url())).unwrap(),
         ),
-        budget: Arc::new(StoredDispatchBudget::new(
-            DispatchPace::default(),
-            Arc::new(DynamoKv::new(dispatcher_calls.dynamodb(&sdk), res.kv_table.clone(), Arc::new(SystemClock))),
-        )),
+        budget: Arc::new(StoredDispatchBudget::new(DispatchPace::default(), kv.clone())),
+        breakers: Arc::new(Breakers::new(kv, Default::default(), Arc::new(SystemClock))),
         allowlist: Arc::new(AllowlistProvider::fixed(allowlist)),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings::default(),
@@ -202,10 +204,11 @@ async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_three_dy
         assert_eq!(sent, targets);
         // Claims and budget spends are conditional puts, outcomes
         // conditional updates; each installation's budget is read once by
-        // this instance, then known from its own writes.
+        // this instance, then known from its own writes; each target's
+        // breaker is read once (both webhooks within its 10 s).
         assert_eq!(
             dispatcher_calls.counts(),
-            [("GetItem".to_owned(), 10), ("PutItem".to_owned(), 20 * round), ("UpdateItem".to_owned(), 10 * round)]
+            [("GetItem".to_owned(), 20), ("PutItem".to_owned(), 20 * round), ("UpdateItem".to_owned(), 10 * round)]
                 .into(),
             "after webhook {round}"
         );

@@ -55,7 +55,7 @@ const CLAIM_ROUNDS: usize = 3;
 /// `#hook/<id>` after it when the delivery named its webhook); TTL enabled
 /// on `expires_at`. Item
 /// attributes, one per [`DispatchRecord`] field: `target_display` (S, the
-/// spelling as given), `status` (S: `pending` / `dispatched` / `failed`),
+/// spelling as given), `status` (S: `pending` / `dispatched` / `failed` / `paused`),
 /// `attempts` (N), `last_error` (S, absent = none), `lease_until_ms`,
 /// `created_at_ms`, `updated_at_ms` (N, ms since epoch), `dispatched_at_ms`
 /// (N, absent = none), `payload_trimmed` (BOOL), the [`DispatchMeta`] fields
@@ -114,7 +114,8 @@ impl DynamoDispatchStore {
         }
     }
 
-    /// Takes over a pending record whose lease expired before `now_ms`.
+    /// Takes over a pending record whose lease expired before `now_ms`, or
+    /// a paused one (which becomes pending again).
     /// `Ok(Ok(attempt))`: taken, this is attempt number `attempt`.
     /// `Ok(Err(item))`: lost the race; `item` is the stored item if returned.
     async fn take_over(
@@ -131,9 +132,10 @@ impl DynamoDispatchStore {
             .table_name(&self.table)
             .set_key(Some(key(delivery, hook_id, target)))
             .update_expression(
-                "SET #attempts = #attempts + :one, #lease = :lease, #updated = :now, #expires = :expires",
+                "SET #attempts = #attempts + :one, #lease = :lease, #updated = :now, #expires = :expires, #status = :pending",
             )
-            .condition_expression("#status = :pending AND #lease < :now")
+            .condition_expression("(#status = :pending AND #lease < :now) OR #status = :paused")
+            .expression_attribute_values(":paused", s(DispatchStatus::Paused.as_str()))
             .expression_attribute_names("#attempts", attr::ATTEMPTS)
             .expression_attribute_names("#lease", attr::LEASE_UNTIL_MS)
             .expression_attribute_names("#updated", attr::UPDATED_AT_MS)
@@ -227,6 +229,8 @@ fn settled(rec: &DispatchRecord) -> Claim {
         DispatchStatus::Dispatched => Claim::AlreadyDispatched,
         DispatchStatus::Failed => Claim::AlreadyFailed,
         DispatchStatus::Pending => Claim::Leased { until_ms: rec.lease_until_ms },
+        // Only seen after losing the race to take it over: the winner holds it now.
+        DispatchStatus::Paused => Claim::Leased { until_ms: rec.lease_until_ms },
     }
 }
 
@@ -237,9 +241,10 @@ impl DispatchStore for DynamoDispatchStore {
     /// stored item (returned with the failed condition, else a consistent
     /// `GetItem`) decides: dispatched / failed / pending under a lease ending
     /// at or after `now_ms` (`Leased`). A pending record whose lease ended
-    /// before `now_ms` is taken over with `UpdateItem` conditioned on
-    /// `#status = :pending AND lease_until_ms < :now` (attempts + 1, new
-    /// lease, the record's original meta kept); losing that race answers by
+    /// before `now_ms`, or a paused one, is taken over with `UpdateItem`
+    /// conditioned on `(#status = :pending AND lease_until_ms < :now) OR
+    /// #status = :paused` (pending, attempts + 1, new lease, the record's
+    /// original meta kept); losing that race answers by
     /// the winner's record (`Leased { until_ms: <its lease> }` while pending).
     async fn claim(
         &self,
@@ -258,7 +263,12 @@ impl DispatchStore for DynamoDispatchStore {
             let Some(rec) = self.current(delivery, hook, target, returned).await? else {
                 continue; // removed (TTL) since the put: create it again
             };
-            if rec.status != DispatchStatus::Pending || rec.lease_until_ms >= now_ms {
+            let free = match rec.status {
+                DispatchStatus::Paused => true,
+                DispatchStatus::Pending => rec.lease_until_ms < now_ms,
+                DispatchStatus::Dispatched | DispatchStatus::Failed => false,
+            };
+            if !free {
                 return Ok(settled(&rec));
             }
             match self.take_over(delivery, hook, target, now_ms, lease_until_ms).await? {
@@ -331,6 +341,11 @@ impl DispatchStore for DynamoDispatchStore {
             AttemptOutcome::Retry { reason } => req
                 .update_expression(format!("{COMMON}, #error = :error"))
                 .expression_attribute_names("#error", attr::LAST_ERROR)
+                .expression_attribute_values(":error", s(reason)),
+            AttemptOutcome::Paused { reason } => req
+                .update_expression(format!("{COMMON}, #status = :status, #error = :error"))
+                .expression_attribute_names("#error", attr::LAST_ERROR)
+                .expression_attribute_values(":status", s(DispatchStatus::Paused.as_str()))
                 .expression_attribute_values(":error", s(reason)),
         };
         match req.send().await {
@@ -471,6 +486,7 @@ impl DispatchStore for DynamoDispatchStore {
             match DispatchStatus::parse(&status) {
                 Some(DispatchStatus::Dispatched) => counts.dispatched += 1,
                 Some(DispatchStatus::Failed) => counts.failed += 1,
+                Some(DispatchStatus::Paused) => counts.paused += 1,
                 Some(DispatchStatus::Pending) => {
                     counts.pending += 1;
                     if a.n::<i64>(attr::LEASE_UNTIL_MS)? >= now_ms {

@@ -284,7 +284,7 @@ impl StateStore for DynamoKv {
         self.put_state(key, value, None).await
     }
 
-    /// `PutItem` of `state#<key>` with `expires_at` = now + `ttl`,
+    /// `PutItem` of `state#<key>` with `expires_at` = now + `ttl` (none for `None`),
     /// conditioned on the stored value being `expected` and unexpired, or,
     /// for `None`, on there being no item or an expired one. On a failed
     /// condition the stored value comes back with it
@@ -294,12 +294,14 @@ impl StateStore for DynamoKv {
         key: &str,
         expected: Option<&str>,
         value: &str,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<Result<(), Option<String>>, StoreError> {
         let now = self.clock.now_ms().div_euclid(1000);
         let mut item = Self::key(format!("{}{key}", prefix::STATE));
         item.insert(attr::VALUE.into(), s(value));
-        item.insert(attr::EXPIRES_AT.into(), n(now + ttl.as_secs() as i64));
+        if let Some(ttl) = ttl {
+            item.insert(attr::EXPIRES_AT.into(), n(now + ttl.as_secs() as i64));
+        }
         let failed = match expected {
             None => self.put_unless(item, "attribute_not_exists(#pk) OR #exp < :now", &[(":now", n(now))]).await?,
             Some(expected) => {

@@ -226,73 +226,23 @@ pub fn budget_key(installation: InstallationId) -> String {
     format!("github_budget/dispatch/{}", installation.0)
 }
 
-/// Rounds of read and conditional write before a spend gives up on a
-/// budget other senders keep changing (then it waits a little).
-const STORED_SPEND_ROUNDS: usize = 8;
-
-/// The budget in the shared `kv` store ([`StateStore::put_if`]): one item
-/// per installation ([`budget_key`]), written back with a condition on
-/// what was read, so senders in every process (50 Lambda instances) spend
-/// from one budget and two of them never spend the same slot. Each sender
-/// remembers the value it last wrote or saw, so a spend is one conditional
-/// write while no one else spends from that installation, and two (the
-/// failed one returns the stored value) when someone did. At most 80
-/// dispatches a minute succeed per installation, so the writes contend
-/// little; a spend the pace refuses writes nothing.
+/// The budget in the shared `kv` store: one record per installation
+/// ([`budget_key`]) changed by conditional writes
+/// ([`crate::shared_state::SharedRecords`]), so senders in every process (50
+/// Lambda instances) spend from one budget and two of them never spend the
+/// same slot. A spend is one conditional write while no other process
+/// spends from that installation, two when one did. At most 80 dispatches
+/// a minute succeed per installation, so the writes contend little; a spend
+/// the pace refuses writes nothing (a refusal made on an older value holds:
+/// the log only grows between writes).
 pub struct StoredDispatchBudget {
     pace: DispatchPace,
-    state: Arc<dyn StateStore>,
-    /// installation → the stored value as last written or seen (`None`
-    /// inside: nothing stored); not there: not known, read it first.
-    known: std::sync::Mutex<HashMap<u64, Option<String>>>,
+    records: crate::shared_state::SharedRecords<InstallationBudget>,
 }
 
 impl StoredDispatchBudget {
     pub fn new(pace: DispatchPace, state: Arc<dyn StateStore>) -> Self {
-        StoredDispatchBudget { pace, state, known: Default::default() }
-    }
-
-    /// Applies `change` to the installation's budget and writes it back if
-    /// it is still what this sender knew; tries again on what is stored if
-    /// it is not. `change` refusing (a wait) writes nothing: a stale value
-    /// lacks only other senders' spends, so it never refuses wrongly.
-    async fn update<T>(
-        &self,
-        installation: InstallationId,
-        mut change: impl FnMut(&mut InstallationBudget) -> Result<T, Duration>,
-    ) -> Result<Result<T, Duration>, StoreError> {
-        let key = budget_key(installation);
-        let known = self.known.lock().expect("known budgets").get(&installation.0).cloned();
-        let mut stored = match known {
-            Some(value) => value,
-            None => self.state.get(&key).await?,
-        };
-        for _ in 0..STORED_SPEND_ROUNDS {
-            let mut budget: InstallationBudget = match &stored {
-                Some(text) => serde_json::from_str(text)
-                    .map_err(|e| StoreError::Corrupt(format!("dispatch budget {key}: {e}")))?,
-                None => InstallationBudget::default(),
-            };
-            let done = match change(&mut budget) {
-                Ok(done) => done,
-                Err(wait) => return Ok(Err(wait)),
-            };
-            let text = serde_json::to_string(&budget).expect("a budget serializes");
-            match self.state.put_if(&key, stored.as_deref(), &text, self.pace.horizon()).await? {
-                Ok(()) => {
-                    self.known.lock().expect("known budgets").insert(installation.0, Some(text));
-                    return Ok(Ok(done));
-                }
-                Err(current) => stored = current,
-            }
-        }
-        self.known.lock().expect("known budgets").insert(installation.0, stored);
-        tracing::warn!(
-            installation = installation.0,
-            rounds = STORED_SPEND_ROUNDS,
-            "dispatch budget kept changing under this sender; waiting before spending again"
-        );
-        Ok(Err(Duration::from_millis(100)))
+        StoredDispatchBudget { pace, records: crate::shared_state::SharedRecords::new(state, Some(pace.horizon())) }
     }
 }
 
@@ -300,15 +250,15 @@ impl StoredDispatchBudget {
 impl DispatchBudget for StoredDispatchBudget {
     async fn spend(&self, installation: InstallationId, now_ms: i64) -> Result<Option<Duration>, StoreError> {
         let pace = self.pace;
-        Ok(self.update(installation, |b| b.spend(&pace, now_ms)).await?.err())
+        Ok(self.records.update(&budget_key(installation), |b| b.spend(&pace, now_ms)).await?.err())
     }
     async fn hold(&self, installation: InstallationId, until_ms: i64) -> Result<(), StoreError> {
-        let _ = self
-            .update(installation, |b| {
-                b.hold(until_ms);
-                Ok(())
-            })
-            .await?;
+        let key = budget_key(installation);
+        let held = self.records.update(&key, |b| {
+            b.hold(until_ms);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        held.await?.unwrap_or_else(|never| match never {});
         Ok(())
     }
 }
@@ -356,45 +306,9 @@ mod tests {
         assert_eq!(b.spend(&pace, 1000), Err(Duration::from_millis(200)));
     }
 
-    /// A store whose reads let other tasks run before they return, so
-    /// concurrent spends read the same budget and race to write it.
-    #[derive(Default)]
-    struct Interleaving(crate::ports::InMemoryStateStore);
-
-    #[async_trait]
-    impl StateStore for Interleaving {
-        async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-            let read = self.0.get(key).await;
-            tokio::task::yield_now().await;
-            read
-        }
-        async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-            self.0.put(key, value).await
-        }
-        async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
-            self.0.put_expiring(key, value, ttl).await
-        }
-        async fn put_if(
-            &self,
-            key: &str,
-            expected: Option<&str>,
-            value: &str,
-            ttl: Duration,
-        ) -> Result<Result<(), Option<String>>, StoreError> {
-            tokio::task::yield_now().await;
-            self.0.put_if(key, expected, value, ttl).await
-        }
-        async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-            self.0.try_lease(key, holder, ttl).await
-        }
-        async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
-            self.0.release_lease(key, holder).await
-        }
-    }
-
     #[tokio::test]
     async fn senders_sharing_a_stored_budget_never_spend_the_same_slot() {
-        let state: Arc<dyn StateStore> = Arc::new(Interleaving::default());
+        let state: Arc<dyn StateStore> = Arc::new(crate::ports::InterleavingStateStore::default());
         let budgets: Vec<_> = (0..4).map(|_| StoredDispatchBudget::new(pace(), state.clone())).collect();
         let spends =
             futures::future::join_all((0..40).map(|i| budgets[i % 4].spend(InstallationId(7), 100 + (i as i64 % 3))))

@@ -22,6 +22,8 @@
 //! | `CRCR_DISPATCH_PACE` | `github` | `github`: dispatches per target installation kept to GitHub's content limits (below); `off`: unpaced (benchmarks) |
 //! | `CRCR_DISPATCHES_PER_MINUTE` | `80` | dispatches per target installation per minute (GitHub: 80 content-generating requests a minute) |
 //! | `CRCR_DISPATCHES_PER_HOUR` | `500` | dispatches per target installation per hour (GitHub: 500 content-generating requests an hour) |
+//! | `CRCR_BREAKER_FAILURES` | `5` | permanent dispatch failures in a row that pause a target (0: never) |
+//! | `CRCR_BREAKER_COOL_DOWN_SECS` | `1800` | how long a paused target waits before a probe dispatch (doubling per failed probe, up to 6 h) |
 //! | `CRCR_REQUEUE_DELAY_SECS` | `5` | first delay before a failed message is retried (doubles) |
 //! | `CRCR_WORKERS` | `32` | messages processed at once by `crcr serve` (bench/relay-load: 8 kept up with ~130 webhooks/s of 10 targets at 50 ms GitHub latency, 32 with the machine's CPU) |
 //! | `CRCR_VISIBILITY_TIMEOUT_SECS` | `60` | embedded queue visibility timeout |
@@ -456,6 +458,13 @@ impl RelayConfig {
                 env.parsed("CRCR_REQUEUE_DELAY_SECS", d.requeue_base_delay.as_secs_f64())?,
             ),
             pace: dispatch_pace(env)?,
+            breaker: crate::breaker::BreakerSettings {
+                failures_to_open: env.parsed("CRCR_BREAKER_FAILURES", d.breaker.failures_to_open)?,
+                cool_down: Duration::from_secs(
+                    env.parsed("CRCR_BREAKER_COOL_DOWN_SECS", d.breaker.cool_down.as_secs())?.max(1),
+                ),
+                ..d.breaker
+            },
             ..d
         };
         if dispatcher.concurrency == 0 {
@@ -779,6 +788,9 @@ mod tests {
         assert_eq!(c.dispatcher.pace, Some(crate::budget::DispatchPace::default()), "GitHub's limits by default");
         let c = load(&[BASE, &[("CRCR_DISPATCH_PACE", "off")]].concat()).unwrap();
         assert_eq!(c.dispatcher.pace, None);
+        let c =
+            load(&[BASE, &[("CRCR_BREAKER_FAILURES", "0"), ("CRCR_BREAKER_COOL_DOWN_SECS", "60")]].concat()).unwrap();
+        assert_eq!((c.dispatcher.breaker.failures_to_open, c.dispatcher.breaker.cool_down.as_secs()), (0, 60));
         let c = load(&[BASE, &[("CRCR_DISPATCHES_PER_MINUTE", "40"), ("CRCR_DISPATCHES_PER_HOUR", "5000")]].concat())
             .unwrap();
         let pace = c.dispatcher.pace.unwrap();

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::allowlist::{AllowlistEntry, AllowlistProvider};
+use crate::breaker::Admission;
 use crate::budget::DispatchBudget;
 use crate::client_payload::{self, DispatchBody};
 use crate::domain::{DeliveryId, Level, RepoFullName};
@@ -60,6 +61,8 @@ pub struct DispatcherSettings {
     /// ([`crate::ports::QueueSettle::postpone`]), which does not count as
     /// a failed receive.
     pub pace: Option<crate::budget::DispatchPace>,
+    /// When a target's breaker opens, and for how long ([`crate::breaker`]).
+    pub breaker: crate::breaker::BreakerSettings,
 }
 
 impl Default for DispatcherSettings {
@@ -74,6 +77,7 @@ impl Default for DispatcherSettings {
             max_receive_count: 5,
             requeue_base_delay: Duration::from_secs(5),
             pace: Some(Default::default()),
+            breaker: Default::default(),
         }
     }
 }
@@ -107,6 +111,13 @@ pub enum TargetOutcome {
     Paced {
         retry_after_ms: u64,
     },
+    /// Not sent: the target's breaker is open ([`crate::breaker`]);
+    /// recorded `paused` with the reason. `probe_at_ms`: when a probe will
+    /// be sent (`None`: paused by on-call).
+    Paused {
+        reason: String,
+        probe_at_ms: Option<i64>,
+    },
 }
 
 impl TargetOutcome {
@@ -121,6 +132,7 @@ impl TargetOutcome {
             TargetOutcome::AlreadyFailed => "already_failed",
             TargetOutcome::Retry { .. } => "retry",
             TargetOutcome::Paced { .. } => "paced",
+            TargetOutcome::Paused { .. } => "paused",
         }
     }
 }
@@ -201,6 +213,8 @@ pub struct Dispatcher {
     pub github: Arc<dyn GitHubApp>,
     /// Spent before each dispatch ([`crate::budget`]).
     pub budget: Arc<dyn DispatchBudget>,
+    /// Asked before each dispatch, told of its result ([`crate::breaker`]).
+    pub breakers: Arc<crate::breaker::Breakers>,
     pub allowlist: Arc<AllowlistProvider>,
     pub clock: Arc<dyn Clock>,
     pub settings: DispatcherSettings,
@@ -374,6 +388,11 @@ impl Dispatcher {
             Ok(None) => return TargetOutcome::NotInstalled,
             Err(e) => return retry_or_fail_unrecorded(e),
         };
+        let admission = self.breakers.admit(repo).await.unwrap_or_else(|e| {
+            // The breaker is a safeguard: without it, send.
+            tracing::warn!(error = %e, "target breaker unreadable; dispatching");
+            Admission::Send
+        });
         let attempt = match self.store.claim(delivery, repo, meta, self.clock.now_ms(), self.settings.lease).await {
             Ok(Claim::Acquired { attempt }) => {
                 tracing::Span::current().record("attempt", attempt);
@@ -390,6 +409,22 @@ impl Dispatcher {
             }
             Err(e) => return TargetOutcome::Retry { reason: format!("dispatch store: {e}"), retry_after_ms: None },
         };
+        if let Admission::Paused { reason, probe_at_ms } = admission {
+            let when = probe_at_ms.map_or("when on-call resumes it (crcr target resume)".to_owned(), |at| {
+                format!("a probe goes at {}", crate::ports::format_time(at))
+            });
+            let reason = format!("paused: the target's breaker is open ({reason}); {when}");
+            tracing::info!(attempt, %reason, "dispatch paused");
+            return self
+                .finish(
+                    (delivery, meta.hook_id),
+                    repo,
+                    attempt,
+                    AttemptOutcome::Paused { reason: reason.clone() },
+                    TargetOutcome::Paused { reason, probe_at_ms },
+                )
+                .await;
+        }
         let body = match body {
             Ok(b) => b,
             Err(e) => {
@@ -465,6 +500,14 @@ impl Dispatcher {
                     .await;
             }
         };
+        let told = match &result {
+            Ok(()) => self.breakers.delivered(repo).await,
+            Err(GitHubError::Permanent { reason, .. }) => self.breakers.refused(repo, reason).await,
+            Err(GitHubError::Transient { .. }) => Ok(None),
+        };
+        if let Err(e) = told {
+            tracing::warn!(error = %e, "could not update the target's breaker");
+        }
         match result {
             Ok(()) => {
                 tracing::info!(attempt, calls, trimmed = body.trimmed, "dispatched");

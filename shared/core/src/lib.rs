@@ -10,6 +10,7 @@
 //! `crcr-http` (the routes), `crcr-telemetry` (exporters, logs).
 
 pub mod allowlist;
+pub mod breaker;
 pub mod budget;
 pub mod callback;
 pub mod checks;
@@ -28,5 +29,6 @@ pub mod progress;
 pub mod reconcile;
 pub mod redeliver;
 pub mod runs;
+pub mod shared_state;
 pub mod signature;
 pub mod upstream;

@@ -83,6 +83,11 @@ pub const DISPATCH_RETRIES: &str = "DispatchRetries";
 /// `outcome="paced"` and its message postponed. No labels.
 pub const DISPATCH_BUDGET_WAITS: &str = "DispatchBudgetWaits";
 
+/// Counter: target breakers that changed state ([`crate::breaker`]), label
+/// `to` = `open` (a repository's dispatches are paused: alarm
+/// `<prefix>-target-breaker-opened`) or `closed`.
+pub const TARGET_BREAKER_TRANSITIONS: &str = "TargetBreakerTransitions";
+
 /// Gauge: the last `x-ratelimit-remaining` GitHub answered with (requests
 /// left in the current rate-limit window of the identity that made the
 /// call; "Rate limits for the REST API", GitHub docs). No labels (alarm
@@ -201,6 +206,7 @@ pub const ALL: &[&str] = &[
     DISPATCHES,
     DISPATCH_RETRIES,
     DISPATCH_BUDGET_WAITS,
+    TARGET_BREAKER_TRANSITIONS,
     GITHUB_RATE_LIMIT_REMAINING,
     DLQ_SENDS,
     CALLBACKS_ACCEPTED,

@@ -276,9 +276,9 @@ pub trait StateStore: Send + Sync {
     /// `None` and the store removes it (SQLite on its next write, DynamoDB by
     /// TTL). For per-commit records that only matter for a while.
     async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
-    /// Stores `value` under `key` for `ttl` (as [`StateStore::put_expiring`])
-    /// only if what is stored now is `expected` (`None`: nothing, or an
-    /// expired value). `Ok(Ok(()))` when written; `Ok(Err(current))` when
+    /// Stores `value` under `key` for `ttl` (as [`StateStore::put_expiring`];
+    /// `None`: for good, as [`StateStore::put`]) only if what is stored now
+    /// is `expected` (`None`: nothing, or an expired value). `Ok(Ok(()))` when written; `Ok(Err(current))` when
     /// not, with what is stored now. One conditional write (DynamoDB returns
     /// the stored item with the failed condition), so of two callers that
     /// read the same value at most one writes over it.
@@ -287,7 +287,7 @@ pub trait StateStore: Send + Sync {
         key: &str,
         expected: Option<&str>,
         value: &str,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<Result<(), Option<String>>, StoreError>;
     /// Takes (or renews) the lease `key` for `holder` for `ttl` (whole
     /// seconds, at least 1): `true` when no one else holds an unexpired lease
@@ -296,6 +296,49 @@ pub trait StateStore: Send + Sync {
     async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
     /// Gives the lease `key` back if `holder` still holds it (else nothing).
     async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError>;
+}
+
+/// [`InMemoryStateStore`] that lets other tasks run before each read and
+/// conditional write returns (so concurrent changers interleave) and counts
+/// conditional writes: for tests of what is built on [`StateStore::put_if`].
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct InterleavingStateStore {
+    inner: InMemoryStateStore,
+    pub conditional_writes: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+#[async_trait]
+impl StateStore for InterleavingStateStore {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let read = self.inner.get(key).await;
+        tokio::task::yield_now().await;
+        read
+    }
+    async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.put(key, value).await
+    }
+    async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.put_expiring(key, value, ttl).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Result<(), Option<String>>, StoreError> {
+        tokio::task::yield_now().await;
+        self.conditional_writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.put_if(key, expected, value, ttl).await
+    }
+    async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.try_lease(key, holder, ttl).await
+    }
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(key, holder).await
+    }
 }
 
 /// [`StateStore`] in process memory (tests, one-shot CLI runs).
@@ -328,7 +371,7 @@ impl StateStore for InMemoryStateStore {
         key: &str,
         expected: Option<&str>,
         value: &str,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<Result<(), Option<String>>, StoreError> {
         let now = std::time::Instant::now();
         let mut map = self.map.lock().expect("state store");
@@ -336,7 +379,7 @@ impl StateStore for InMemoryStateStore {
         if current != expected {
             return Ok(Err(current.map(str::to_owned)));
         }
-        map.insert(key.to_owned(), (value.to_owned(), Some(now + ttl)));
+        map.insert(key.to_owned(), (value.to_owned(), ttl.map(|ttl| now + ttl)));
         Ok(Ok(()))
     }
     async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -382,6 +425,10 @@ pub enum DispatchStatus {
     Dispatched,
     /// Permanent failure (404, 422, ...): not retried.
     Failed,
+    /// Not sent: the target's breaker was open ([`crate::breaker`]);
+    /// `last_error` says why. A later receive of the message claims it
+    /// again (and sends it if the breaker has closed by then).
+    Paused,
 }
 
 impl DispatchStatus {
@@ -390,6 +437,7 @@ impl DispatchStatus {
             DispatchStatus::Pending => "pending",
             DispatchStatus::Dispatched => "dispatched",
             DispatchStatus::Failed => "failed",
+            DispatchStatus::Paused => "paused",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -397,6 +445,7 @@ impl DispatchStatus {
             "pending" => Some(Self::Pending),
             "dispatched" => Some(Self::Dispatched),
             "failed" => Some(Self::Failed),
+            "paused" => Some(Self::Paused),
             _ => None,
         }
     }
@@ -517,6 +566,11 @@ pub enum AttemptOutcome {
     Retry {
         reason: String,
     },
+    /// Not sent because the target's breaker is open: `paused` with the
+    /// reason, lease released; a later claim takes it again.
+    Paused {
+        reason: String,
+    },
 }
 
 /// Durable per-(delivery, target) dispatch records: the idempotency keys of
@@ -598,6 +652,9 @@ pub struct DispatchCounts {
     pub dispatched: u64,
     /// Failed permanently (404, 422, ...).
     pub failed: u64,
+    /// Not sent: the target's breaker was open.
+    #[serde(default)]
+    pub paused: u64,
     /// Not finished: `in_progress` of them under a live lease (an attempt is
     /// running), the rest waiting for the message's next receive, on the DLQ,
     /// or left by an attempt that died.

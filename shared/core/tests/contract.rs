@@ -1929,7 +1929,7 @@ mod cases {
         let kv = B::kv_pair(clock.clone(), 100).await;
         let (a, b) = (&kv.0, &kv.1);
         let key = format!("github_budget/dispatch/{}", uuid::Uuid::new_v4().simple());
-        let ttl = Duration::from_secs(60);
+        let ttl = Some(Duration::from_secs(60));
         assert_eq!(a.put_if(&key, Some("x"), "1", ttl).await.unwrap(), Err(None), "nothing stored");
         assert_eq!(a.put_if(&key, None, "1", ttl).await.unwrap(), Ok(()));
         assert_eq!(b.put_if(&key, None, "2", ttl).await.unwrap(), Err(Some("1".into())), "1 is stored");
@@ -1939,6 +1939,14 @@ mod cases {
         // Expired: stored no more, whether or not the store removed it yet.
         clock.advance(Duration::from_secs(61));
         assert_eq!(a.put_if(&key, Some("2"), "3", ttl).await.unwrap(), Err(None), "expired");
+        assert_eq!(a.put_if(&key, None, "3", ttl).await.unwrap(), Ok(()));
+        // Without a time to live: kept for good.
+        let lasting = format!("breaker/{}", uuid::Uuid::new_v4().simple());
+        assert_eq!(b.put_if(&lasting, None, "open", None).await.unwrap(), Ok(()));
+        clock.advance(Duration::from_secs(400 * 24 * 3600));
+        assert_eq!(StateStore::get(a, &lasting).await.unwrap().as_deref(), Some("open"), "no expiry");
+        assert_eq!(a.put_if(&lasting, Some("open"), "closed", None).await.unwrap(), Ok(()));
+        assert_eq!(a.put_if(&key, Some("3"), "4", ttl).await.unwrap(), Err(None), "the other one expired meanwhile");
         assert_eq!(a.put_if(&key, None, "3", ttl).await.unwrap(), Ok(()));
         // Eight writers over the same value, on both instances: one wins.
         let calls = (0..8).map(|i| {

@@ -89,11 +89,14 @@ impl EmbeddedRelay {
         let store = Arc::new(SqliteDispatchStore::new(db.clone()));
         let blobs = Arc::new(SqliteBlobStore::new(db.clone()).with_clock(clock.clone()));
         let (github, allowlist) = github_and_allowlist(cfg)?;
+        // Bindings, used jtis, rate windows, breakers and state survive restarts (table `kv`).
+        let kv = Arc::new(SqliteKv::new(db.clone(), clock.clone()).with_rate_per_min(cfg.callbacks.rate_per_min));
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
             blobs: blobs.clone(),
             github: github.clone(),
             budget: crcr_core::budget::DispatchPace::in_memory(cfg.dispatcher.pace),
+            breakers: Arc::new(crcr_core::breaker::Breakers::new(kv.clone(), cfg.dispatcher.breaker, clock.clone())),
             allowlist,
             clock: clock.clone(),
             settings: cfg.dispatcher.clone(),
@@ -103,8 +106,6 @@ impl EmbeddedRelay {
                 .with_clock(clock.clone()),
         );
         let jobs = Arc::new(SqliteJobStore::new(db.clone()));
-        // Bindings, used jtis, rate windows and state survive restarts (table `kv`).
-        let kv = Arc::new(SqliteKv::new(db.clone(), clock.clone()).with_rate_per_min(cfg.callbacks.rate_per_min));
         let verifier = oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?;
         let hud = hud_from_config(&cfg.callbacks)?;
         // One cache for the callback route's and the reconciler's commit checks.

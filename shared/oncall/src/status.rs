@@ -315,9 +315,10 @@ pub fn render_status(r: &StatusReport) -> String {
     ));
     match (&r.dispatches.counts, &r.dispatches.error) {
         (Some(c), _) => out.push_str(&format!(
-            "  dispatched {}  failed {}  pending {} (in progress {}, waiting {})\n",
+            "  dispatched {}  failed {}  paused {}  pending {} (in progress {}, waiting {})\n",
             c.dispatched,
             c.failed,
+            c.paused,
             c.pending,
             c.in_progress,
             c.pending - c.in_progress.min(c.pending)

@@ -329,6 +329,11 @@ fn dispatcher(w: &World, gh: Arc<FakeGitHub>) -> Dispatcher {
         blobs: w.blobs.clone(),
         github: gh,
         budget: Arc::new(crcr_core::budget::Unpaced),
+        breakers: Arc::new(crcr_core::breaker::Breakers::new(
+            Arc::new(crcr_core::ports::InMemoryStateStore::default()),
+            Default::default(),
+            Arc::new(SystemClock),
+        )),
         allowlist: Arc::new(AllowlistProvider::fixed(Allowlist::parse(ALLOWLIST).unwrap())),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings {
@@ -784,7 +789,10 @@ mod cases {
                 assert_eq!(q.dead_letter.oldest_from.as_deref(), Some("peek"));
             }
         }
-        assert_eq!(r.dispatches.counts, Some(DispatchCounts { dispatched: 2, failed: 1, pending: 2, in_progress: 1 }));
+        assert_eq!(
+            r.dispatches.counts,
+            Some(DispatchCounts { dispatched: 2, failed: 1, paused: 0, pending: 2, in_progress: 1 })
+        );
         let wide = StatusOptions { window: Duration::from_secs(3 * 3600), ..Default::default() };
         let r3 = status(&[("dispatch", &*w.queue)], &*w.store, Some(&*w.jobs), &SystemClock, &wide).await;
         assert_eq!(r3.dispatches.counts.as_ref().unwrap().dispatched, 3, "the 2 h old record is inside a 3 h window");
@@ -820,7 +828,7 @@ mod cases {
         assert_eq!((without_jobs.callbacks, without_jobs.hud_outbox, without_jobs.check_runs), (None, None, None));
         assert_eq!(stats(&*w.queue, QueueSide::DeadLetter).await.visible, 2, "status released its DLQ peek");
         let text = crcr_oncall::status::render_status(&r);
-        assert!(text.contains("dispatched 2  failed 1  pending 2 (in progress 1, waiting 1)"), "{text}");
+        assert!(text.contains("dispatched 2  failed 1  paused 0  pending 2 (in progress 1, waiting 1)"), "{text}");
         assert!(text.contains("in_progress 2  completed 1  timed out 1  lifecycle violations 1"), "{text}");
         assert!(text.contains("HUD outbox: 3 pending, oldest 1m0"), "{text}");
     }

@@ -128,8 +128,8 @@ fn installation_json(shared: &Shared, inst: &Installation) -> Value {
         "single_file_name": null,
         "has_multiple_single_files": false,
         "single_file_paths": [],
-        "suspended_by": null,
-        "suspended_at": null,
+        "suspended_by": if inst.suspended_at.is_some() { account_json(shared, &inst.account_login, inst.account_id) } else { Value::Null },
+        "suspended_at": inst.suspended_at.map(util::rfc3339),
     })
 }
 
@@ -151,6 +151,9 @@ fn invalid(property: &str, value: &Value, expected: &str) -> Response {
     gh_error(422, &message, DOC_CREATE_TOKEN)
 }
 
+/// GitHub's answer for a suspended installation.
+pub(crate) const SUSPENDED: &str = "This installation has been suspended";
+
 pub(crate) async fn create_token(
     State(shared): State<Arc<Shared>>,
     Extension(auth): Extension<Auth>,
@@ -164,8 +167,14 @@ pub(crate) async fn create_token(
     let Ok(id) = id.parse::<u64>() else {
         return not_found();
     };
-    if shared.world().installation(id).is_none() {
-        return not_found();
+    match shared.world().installation(id) {
+        None => return not_found(),
+        // A suspended installation gets no token (GitHub: 403 "This
+        // installation has been suspended", as octokit.rb#1307 and
+        // ossf/allstar#314 quote it; "Suspending a GitHub App installation":
+        // a suspended App cannot access the account's resources).
+        Some(inst) if inst.suspended_at.is_some() => return gh_error(403, SUSPENDED, DOC_CREATE_TOKEN),
+        Some(_) => {}
     }
 
     let request: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {

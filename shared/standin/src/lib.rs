@@ -332,6 +332,30 @@ impl StandIn {
         self.shared.world().rename(old, new).unwrap_or_else(|| panic!("{old} is not installed"))
     }
 
+    /// Suspends the installation `repo` is in (its owner or the App's owner
+    /// did): no token is minted for it, and its tokens are refused, 403
+    /// "This installation has been suspended".
+    pub fn suspend(&self, repo: &str) {
+        self.shared.world().suspend(repo, true)
+    }
+
+    /// Lifts [`StandIn::suspend`].
+    pub fn unsuspend(&self, repo: &str) {
+        self.shared.world().suspend(repo, false)
+    }
+
+    /// Archives `repo` (`archived = false`: unarchives it): dispatches to
+    /// it are refused 403 "Repository was archived so is read-only.".
+    pub fn set_archived(&self, repo: &str, archived: bool) {
+        let lower = repo.to_ascii_lowercase();
+        let mut world = self.shared.world();
+        if archived {
+            world.archived.insert(lower);
+        } else {
+            world.archived.remove(&lower);
+        }
+    }
+
     /// Removes `owner/repo` from its installation; tokens stop reaching it.
     pub fn uninstall(&self, repo: &str) {
         self.shared.world().uninstall(repo)

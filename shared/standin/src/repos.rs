@@ -23,6 +23,8 @@ use super::server::{gh_error, require_installation, Arrived, Auth, RequestId, NO
 use super::state::{self, Shared};
 use super::{util, Fault, RecordedBody, RecordedDispatch};
 
+/// GitHub's answer to a write to an archived repository.
+pub(crate) const ARCHIVED: &str = "Repository was archived so is read-only.";
 const DOC_DISPATCH: &str = "https://docs.github.com/rest/repos/repos#create-a-repository-dispatch-event";
 const DOC_CONTENTS: &str = "https://docs.github.com/rest/repos/contents#get-repository-content";
 const DOC_COMMIT: &str = "https://docs.github.com/rest/commits/commits#get-a-commit";
@@ -123,6 +125,12 @@ pub(crate) async fn dispatch(
     };
     if access.permission.as_deref() != Some("write") && access.permission.as_deref() != Some("admin") {
         return gh_error(403, NOT_ACCESSIBLE, DOC_DISPATCH);
+    }
+    // An archived repository is read-only: GitHub answers writes 403
+    // "Repository was archived so is read-only." (as gh and hub4j quote it,
+    // cli/cli#7176, hub4j/github-api#473; "Archiving repositories").
+    if shared.world().archived.contains(&repo.to_ascii_lowercase()) {
+        return gh_error(403, ARCHIVED, DOC_DISPATCH);
     }
     let event_type = match check_dispatch(&body) {
         Ok(event_type) => event_type,

@@ -180,6 +180,10 @@ pub(crate) fn require_installation(
     let Some(t) = world.tokens.get(token) else {
         return Err(gh_error(401, "Bad credentials", DOC_REST));
     };
+    // Tokens minted before a suspension stop working with it.
+    if world.installation(t.installation_id).is_some_and(|i| i.suspended_at.is_some()) {
+        return Err(gh_error(403, super::apps::SUSPENDED, doc));
+    }
     if !world.token_covers(t, repo) {
         return Err(if !exists || private {
             gh_error(404, "Not Found", doc)

@@ -51,6 +51,8 @@ pub(crate) struct World {
     pub faults: HashMap<String, VecDeque<Fault>>,
     /// lower-case names of repositories answered as private (404 instead of 403)
     pub private: HashSet<String>,
+    /// lower-case names of archived (read-only) repositories
+    pub archived: HashSet<String>,
     /// lower-case names of repositories that exist (installed once, given a file, ...)
     pub known: HashSet<String>,
     /// lower-case former names of renamed or transferred repositories -> their id
@@ -84,6 +86,8 @@ pub(crate) struct Installation {
     pub account_id: u64,
     pub created_at: u64,
     pub repos: Vec<Repo>,
+    /// When the installation was suspended (Unix s), while it is.
+    pub suspended_at: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -136,6 +140,7 @@ impl Shared {
                 commits: HashSet::new(),
                 faults: HashMap::new(),
                 private: HashSet::new(),
+                archived: HashSet::new(),
                 known: HashSet::new(),
                 moved: HashMap::new(),
                 requests: Vec::new(),
@@ -183,6 +188,7 @@ impl World {
                     account_id: self.next_account,
                     created_at: util::epoch_now(),
                     repos: Vec::new(),
+                    suspended_at: None,
                 };
                 self.next_installation += 1;
                 self.next_account += 1;
@@ -238,6 +244,16 @@ impl World {
     /// The installation holding the repository with id `id`.
     pub(crate) fn installation_of_id(&self, id: u64) -> Option<&Installation> {
         self.installations.iter().find(|i| i.repos.iter().any(|r| r.id == id))
+    }
+
+    /// Suspends (or, with `false`, unsuspends) the installation `repo` is in.
+    pub(crate) fn suspend(&mut self, repo: &str, suspended: bool) {
+        let now = util::epoch_now();
+        for inst in &mut self.installations {
+            if inst.repos.iter().any(|r| r.full_name.eq_ignore_ascii_case(repo)) {
+                inst.suspended_at = suspended.then_some(now);
+            }
+        }
     }
 
     /// Removes `repo` from its installation (the owner unchecked it).

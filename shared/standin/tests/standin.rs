@@ -357,6 +357,39 @@ async fn a_token_narrowed_to_repo_a_cannot_dispatch_to_repo_b() {
     assert_eq!(ds[0].body, body);
 }
 
+/// A suspended installation mints no token and its live tokens are
+/// refused; an archived repository refuses dispatches; both as GitHub
+/// answers them (403 with its message), until lifted.
+#[tokio::test]
+async fn suspended_installations_and_archived_repositories_refuse_dispatches_with_githubs_403() {
+    let s = start().await;
+    let id = s.install("org/a");
+    s.install("org/b");
+    let body = json!({"event_type": "pull_request", "client_payload": {"n": 1}});
+    let token = mint(&s, id, json!({})).await;
+    s.suspend("org/a");
+    let r = dispatch(&s, "org/b", &token, &body).await;
+    assert_eq!((r.status, r.message().as_str()), (403, "This installation has been suspended"));
+    let r = post_json(
+        &s,
+        &format!("/app/installations/{id}/access_tokens"),
+        &format!("Bearer {}", app_jwt(&s)),
+        &json!({}),
+    )
+    .await;
+    assert_eq!((r.status, r.message().as_str()), (403, "This installation has been suspended"));
+    s.unsuspend("org/a");
+    assert_eq!(dispatch(&s, "org/b", &token, &body).await.status, 204);
+
+    s.set_archived("org/a", true);
+    let r = dispatch(&s, "org/a", &token, &body).await;
+    assert_eq!((r.status, r.message().as_str()), (403, "Repository was archived so is read-only."));
+    assert_eq!(dispatch(&s, "org/b", &token, &body).await.status, 204, "only that repository");
+    s.set_archived("org/a", false);
+    assert_eq!(dispatch(&s, "org/a", &token, &body).await.status, 204);
+    assert_eq!(s.dispatches().len(), 3);
+}
+
 #[tokio::test]
 async fn an_expired_installation_token_gets_401_bad_credentials() {
     let s = StandIn::start(StandInOptions { token_ttl: Duration::from_secs(1), ..Default::default() }).await.unwrap();

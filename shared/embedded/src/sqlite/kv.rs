@@ -197,11 +197,11 @@ impl StateStore for SqliteKv {
         key: &str,
         expected: Option<&str>,
         value: &str,
-        ttl: std::time::Duration,
+        ttl: Option<std::time::Duration>,
     ) -> Result<Result<(), Option<String>>, StoreError> {
         let (key, value, expected) = (format!("{}{key}", prefix::STATE), value.to_owned(), expected.map(str::to_owned));
         let now = self.now_s();
-        let expires_at = now + ttl.as_secs() as i64;
+        let expires_at = ttl.map(|ttl| now + ttl.as_secs() as i64);
         self.write(now, move |tx| {
             let stored: Option<String> =
                 tx.query_row("SELECT value FROM kv WHERE key = ?1", [&key], |r| r.get(0)).optional()?;

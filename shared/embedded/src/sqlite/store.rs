@@ -129,6 +129,16 @@ impl DispatchStore for SqliteDispatchStore {
                     Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
                         Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
                         Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
+                        // Paused by the target's breaker: taken again, pending.
+                        Some(DispatchStatus::Paused) => {
+                            tx.execute(
+                                "UPDATE dispatches SET status = 'pending', attempts = attempts + 1, lease_until_ms = ?3,
+                                 updated_at_ms = ?4 WHERE delivery_id = ?1 AND target_key = ?2",
+                                params![delivery.as_str(), key, lease_until, now_ms],
+                            )
+                            .map_err(unavailable)?;
+                            Claim::Acquired { attempt: attempts + 1 }
+                        }
                         // A lease holds up to and including its last millisecond (as
                         // DynamoDB's `lease_until_ms < :now` take-over condition).
                         Some(DispatchStatus::Pending) if until >= now_ms => Claim::Leased { until_ms: until },
@@ -169,6 +179,7 @@ impl DispatchStore for SqliteDispatchStore {
             AttemptOutcome::Dispatched { payload_trimmed } => ("dispatched", None, Some(now_ms), *payload_trimmed),
             AttemptOutcome::Failed { reason } => ("failed", Some(reason.as_str()), None, false),
             AttemptOutcome::Retry { reason } => ("pending", Some(reason.as_str()), None, false),
+            AttemptOutcome::Paused { reason } => ("paused", Some(reason.as_str()), None, false),
         };
         let (delivery, key, status, error) =
             (delivery.as_str().to_owned(), record_key(target, hook_id), status.to_owned(), error.map(str::to_owned));
@@ -246,6 +257,7 @@ impl DispatchStore for SqliteDispatchStore {
                     match DispatchStatus::parse(&status) {
                         Some(DispatchStatus::Dispatched) => counts.dispatched += n,
                         Some(DispatchStatus::Failed) => counts.failed += n,
+                        Some(DispatchStatus::Paused) => counts.paused += n,
                         Some(DispatchStatus::Pending) => {
                             counts.pending += n;
                             counts.in_progress += leased;
