@@ -60,6 +60,8 @@ enum Command {
     },
     /// HUD records the relay gave up on: put them back in the outbox (SQLite file, or --aws).
     Hud(ops::HudArgs),
+    /// Downstream targets' breakers: list, pause, resume (SQLite file, or --aws with CRCR_KV_TABLE).
+    Target(ops::TargetArgs),
     /// Ask GitHub to redeliver the App's webhook deliveries that failed (past 3 days at most).
     Redeliver(redeliver::RedeliverArgs),
     /// Review an allowlist (validate, show, diff against the one in use).
@@ -116,6 +118,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Hud(args) => {
             init_tracing("off");
             exit_with(ops::run_hud(args, &Env::process(), &mut std::io::stdout().lock()).await)
+        }
+        Command::Target(args) => {
+            init_tracing("off");
+            exit_with(ops::run_target(args, &Env::process(), &mut std::io::stdout().lock()).await)
         }
         Command::Trace { delivery_id, database, aws, dispatch_table, jobs_table, kv_table, endpoint_url, json } => {
             init_tracing("off");

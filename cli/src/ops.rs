@@ -1,5 +1,5 @@
 //! On-call commands: `crcr dlq list|show|replay|purge`, `crcr status`, `crcr hud retry`,
-//! `crcr allowlist check`. Wiring only: flags → `crcr_oncall` → text
+//! `crcr target list|pause|resume`, `crcr allowlist check`. Wiring only: flags → `crcr_oncall` → text
 //! (tables for people) or JSON (`--json`, for scripts) on stdout; errors on
 //! stderr, and a progress bar there for people (`crate::progress`). Exit codes: 0 done, 1 failed (or partly failed), 2
 //! refused (purge without `--yes`).
@@ -216,6 +216,46 @@ pub enum HudCommand {
     },
 }
 
+/// `crcr target ...`
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(subcommand)]
+    pub command: TargetCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TargetCommand {
+    /// Every allowlisted target (CRCR_ALLOWLIST_FILE or CRCR_ALLOWLIST_URL) with its breaker: sending, open (paused
+    /// by the relay after failing for good, probing after the cool-down) or paused (by on-call).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop dispatching to a target until `crcr target resume` (its dispatches are recorded paused). Every relay
+    /// process stops within 10 s.
+    Pause {
+        #[arg(value_parser = parse_repo)]
+        repo: RepoFullName,
+        /// Why (shown by `crcr target list` and in the paused dispatch records).
+        #[arg(long)]
+        reason: String,
+        /// Who (default: $USER).
+        #[arg(long, env = "USER", default_value = "on-call")]
+        by: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dispatch to a target again now: its breaker closed, its failures forgotten.
+    Resume {
+        #[arg(value_parser = parse_repo)]
+        repo: RepoFullName,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AllowlistCommand {
     /// Validate an allowlist; print its levels, devices and oncalls, and the changes against the one in use.
@@ -334,6 +374,7 @@ pub async fn run_status(args: StatusArgs, env: &Env<'_>, out: &mut dyn Write) ->
             let read_at_ms = SystemClock.now_ms();
             Some(match load_allowlist(&source, env).await {
                 Ok(list) => {
+                    report.paused_targets = paused_targets(&args.backend, &list, env).await;
                     AllowlistStatus { source, read_at_ms, summary: Some(AllowlistSummary::of(&list)), error: None }
                 }
                 Err(e) => AllowlistStatus { source, read_at_ms, summary: None, error: Some(format!("{e:#}")) },
@@ -346,6 +387,66 @@ pub async fn run_status(args: StatusArgs, env: &Env<'_>, out: &mut dyn Write) ->
         write!(out, "{}", status::render_status(&report))?;
     }
     Ok(if report.has_errors() { 1 } else { 0 })
+}
+
+/// Runs `crcr target ...`; returns the exit code (1 when `list` has no
+/// allowlist to list).
+pub async fn run_target(args: TargetArgs, env: &Env<'_>, out: &mut dyn Write) -> anyhow::Result<i32> {
+    use crcr_oncall::targets::{self, TargetLine};
+    let state = targets::state_store(args.backend.aws, &args.backend.database, env).await?;
+    let breakers = targets::breakers(state);
+    match args.command {
+        TargetCommand::List { json } => {
+            let Some(source) = in_use_source(env) else {
+                bail!("no allowlist to list: set CRCR_ALLOWLIST_FILE or CRCR_ALLOWLIST_URL");
+            };
+            let allowlist = load_allowlist(&source, env).await?;
+            let lines = targets::list(&breakers, &allowlist).await?;
+            if json {
+                json_out(out, &lines)?;
+            } else {
+                write!(out, "{}", targets::render_list(&lines))?;
+            }
+        }
+        TargetCommand::Pause { repo, reason, by, json } => {
+            let breaker = breakers.pause(&repo, &by, &reason).await?;
+            let line = TargetLine::of(repo, None, breaker);
+            if json {
+                json_out(out, &line)?;
+            } else {
+                writeln!(out, "{}: paused by {by} until `crcr target resume {}`", line.repo, line.repo)?;
+            }
+        }
+        TargetCommand::Resume { repo, json } => {
+            let was = breakers.resume(&repo).await?;
+            let line = TargetLine::of(repo, None, was);
+            if json {
+                json_out(out, &line)?;
+            } else {
+                writeln!(out, "{}: sending again (was {})", line.repo, line.state)?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The allowlisted targets whose breaker is open or paused, for `crcr
+/// status` (`None` on AWS without `CRCR_KV_TABLE`).
+async fn paused_targets(backend: &BackendArgs, list: &Allowlist, env: &Env<'_>) -> Option<status::PausedTargets> {
+    use crcr_oncall::targets;
+    if backend.aws && env.opt("CRCR_KV_TABLE").is_none() {
+        return None;
+    }
+    let read = async {
+        let state = targets::state_store(backend.aws, &backend.database, env).await?;
+        anyhow::Ok(targets::list(&targets::breakers(state), list).await?)
+    };
+    Some(match read.await {
+        Ok(lines) => {
+            status::PausedTargets { targets: lines.into_iter().filter(|l| l.is_paused()).collect(), error: None }
+        }
+        Err(e) => status::PausedTargets { targets: vec![], error: Some(format!("{e:#}")) },
+    })
 }
 
 /// Runs `crcr allowlist ...`; returns the exit code (1 when the allowlist is not valid).

@@ -107,6 +107,7 @@ CUSTOM_METRICS = {
     "HudOutboxFailed": "GreaterThanThreshold",
     "NeverStartedDispatches": "GreaterThanThreshold",
     "RedeliverIncomplete": "GreaterThanThreshold",
+    "TargetBreakersOpened": "GreaterThanThreshold",
     "GitHubRateLimitRemaining": "LessThanThreshold",
 }
 # Actions with no resource-level permissions: the only ones allowed on "*".

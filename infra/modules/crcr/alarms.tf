@@ -166,6 +166,27 @@ resource "aws_cloudwatch_metric_alarm" "never_started_dispatches" {
   tags                = var.tags
 }
 
+# A downstream repository's dispatches failed for good so often (App
+# uninstalled or suspended, repository archived or gone, no workflow) that
+# the relay paused it: its dispatches are recorded paused, not sent, until a
+# probe after the cool-down is delivered (crcr target list).
+resource "aws_cloudwatch_metric_alarm" "target_breaker_opened" {
+  alarm_name          = "${var.name_prefix}-target-breaker-opened"
+  alarm_description   = "A downstream target's dispatches are paused after failing for good (RUNBOOK; crcr target list)."
+  namespace           = var.metrics_namespace
+  metric_name         = "TargetBreakersOpened"
+  dimensions          = var.custom_metric_dimensions
+  statistic           = "Sum"
+  period              = 900
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.target_breaker_opened_threshold
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+  tags                = var.tags
+}
+
 # Missed-delivery recovery ({"task":"redeliver"}) could not finish a single
 # run for an hour: the App's delivery log is read no further (GitHub refuses
 # the App's credentials, rate limits, or the log is busier than one run can

@@ -348,6 +348,12 @@ variable "hud_outbox_failed_threshold" {
   default     = 0
 }
 
+variable "target_breaker_opened_threshold" {
+  description = "TargetBreakersOpened (sum over 15 min) above this fires: the relay paused a downstream target whose dispatches kept failing for good."
+  type        = number
+  default     = 0
+}
+
 variable "redeliver_incomplete_threshold" {
   description = "Alarm when the minimum of RedeliverIncomplete (1: a missed-delivery recovery run could not finish) over an hour is above this; the default 0 fires when no run finished for an hour."
   type        = number

@@ -24,7 +24,7 @@
 //!
 //! Reported: log lines `metric=target_breaker_opened` (error) and
 //! `target_breaker_closed`, the counter
-//! [`crate::metrics::TARGET_BREAKER_TRANSITIONS`] (alarm in `infra/`), and
+//! [`crate::metrics::TARGET_BREAKERS_OPENED`] (alarm in `infra/`), and
 //! `crcr target list` / `crcr status`.
 
 use std::sync::Arc;
@@ -223,7 +223,6 @@ impl Breakers {
             return Ok(None);
         }
         tracing::info!(target_repo = %repo, metric = "target_breaker_closed", "target breaker closed: dispatching again");
-        ::metrics::counter!(crate::metrics::TARGET_BREAKER_TRANSITIONS, "to" => "closed").increment(1);
         Ok(Some(Transition::Closed))
     }
 
@@ -272,7 +271,7 @@ impl Breakers {
             probe_in_s = self.settings.cool_down.as_secs(), metric = "target_breaker_opened",
             "target breaker opened: dispatches to this repository are paused until a probe succeeds \
              (crcr target list; crcr target resume to send again now)");
-        ::metrics::counter!(crate::metrics::TARGET_BREAKER_TRANSITIONS, "to" => "open").increment(1);
+        ::metrics::counter!(crate::metrics::TARGET_BREAKERS_OPENED).increment(1);
         Ok(Some(Transition::Opened))
     }
 

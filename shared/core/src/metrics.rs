@@ -19,7 +19,7 @@
 //!   (`"Dimensions": [[]]`, which the specification allows), which is what
 //!   the alarms of `infra/modules/crcr/alarms.tf` read for
 //!   [`HUD_OUTBOX_BACKLOG`], [`HUD_OUTBOX_FAILED`], [`NEVER_STARTED_DISPATCHES`],
-//!   [`REDELIVER_INCOMPLETE`] and [`GITHUB_RATE_LIMIT_REMAINING`] (`custom_metric_dimensions` = `{}`).
+//!   [`REDELIVER_INCOMPLETE`], [`TARGET_BREAKERS_OPENED`] and [`GITHUB_RATE_LIMIT_REMAINING`] (`custom_metric_dimensions` = `{}`).
 //!
 //! Names are the same in both exporters (CloudWatch style, as the alarms
 //! name them). Label values are always from small fixed sets (never a
@@ -83,10 +83,11 @@ pub const DISPATCH_RETRIES: &str = "DispatchRetries";
 /// `outcome="paced"` and its message postponed. No labels.
 pub const DISPATCH_BUDGET_WAITS: &str = "DispatchBudgetWaits";
 
-/// Counter: target breakers that changed state ([`crate::breaker`]), label
-/// `to` = `open` (a repository's dispatches are paused: alarm
-/// `<prefix>-target-breaker-opened`) or `closed`.
-pub const TARGET_BREAKER_TRANSITIONS: &str = "TargetBreakerTransitions";
+/// Counter: target breakers the relay opened ([`crate::breaker`]): a
+/// repository's dispatches failed for good so often that they are paused
+/// (alarm `<prefix>-target-breaker-opened`). No labels (the repository is
+/// in the log line `metric=target_breaker_opened` and `crcr target list`).
+pub const TARGET_BREAKERS_OPENED: &str = "TargetBreakersOpened";
 
 /// Gauge: the last `x-ratelimit-remaining` GitHub answered with (requests
 /// left in the current rate-limit window of the identity that made the
@@ -206,7 +207,7 @@ pub const ALL: &[&str] = &[
     DISPATCHES,
     DISPATCH_RETRIES,
     DISPATCH_BUDGET_WAITS,
-    TARGET_BREAKER_TRANSITIONS,
+    TARGET_BREAKERS_OPENED,
     GITHUB_RATE_LIMIT_REMAINING,
     DLQ_SENDS,
     CALLBACKS_ACCEPTED,

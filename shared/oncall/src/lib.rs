@@ -1,5 +1,5 @@
 //! On-call operations, the library behind `crcr dlq`, `crcr status`,
-//! `crcr hud retry` and `crcr allowlist check`: inspect, replay and purge a dead-letter queue,
+//! `crcr hud retry`, `crcr target` and `crcr allowlist check`: inspect, replay and purge a dead-letter queue,
 //! the relay's figures, and the review of a proposed allowlist.
 //! Long runs report how far they are through [`progress::Progress`].
 //!
@@ -26,6 +26,7 @@ pub mod hud;
 pub mod redeliver;
 pub mod status;
 pub mod table;
+pub mod targets;
 pub mod trace;
 
 /// The progress port the long commands report to (defined with the domain

@@ -123,6 +123,17 @@ pub struct StatusReport {
     #[serde(default)]
     pub check_runs: Option<CheckRunOutboxStatus>,
     pub allowlist: Option<AllowlistStatus>,
+    /// Allowlisted targets whose breaker is open or paused (`None`: not
+    /// read, e.g. no allowlist).
+    #[serde(default)]
+    pub paused_targets: Option<PausedTargets>,
+}
+
+/// Targets not dispatched to ([`crcr_core::breaker`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedTargets {
+    pub targets: Vec<super::targets::TargetLine>,
+    pub error: Option<String>,
 }
 
 impl StatusReport {
@@ -134,6 +145,7 @@ impl StatusReport {
             || self.hud_outbox.as_ref().is_some_and(|h| h.error.is_some())
             || self.check_runs.as_ref().is_some_and(|c| c.error.is_some())
             || self.allowlist.as_ref().is_some_and(|a| a.error.is_some())
+            || self.paused_targets.as_ref().is_some_and(|p| p.error.is_some())
     }
 }
 
@@ -280,6 +292,7 @@ pub async fn status(
         hud_outbox,
         check_runs,
         allowlist: None,
+        paused_targets: None,
     }
 }
 
@@ -384,6 +397,20 @@ pub fn render_status(r: &StatusReport) -> String {
                 e.as_deref().unwrap_or("unknown error")
             )),
         },
+    }
+    match &r.paused_targets {
+        None => {}
+        Some(PausedTargets { error: Some(e), .. }) => out.push_str(&format!("targets: breakers cannot be read: {e}\n")),
+        Some(PausedTargets { targets, .. }) if targets.is_empty() => {
+            out.push_str("targets: none paused (crcr target list)\n")
+        }
+        Some(PausedTargets { targets, .. }) => {
+            out.push_str(&format!("targets: {} paused, not dispatched to (crcr target list):\n", targets.len()));
+            for t in targets {
+                let why = t.breaker.open.as_ref().map(|o| o.reason.as_str()).unwrap_or_default();
+                out.push_str(&format!("  {} ({}): {why}\n", t.repo, t.state));
+            }
+        }
     }
     out
 }

@@ -31,6 +31,16 @@ fn describe() {
     metrics::describe_histogram!(INGEST_LATENCY, Unit::Seconds, "Time to answer a webhook delivery");
     metrics::describe_counter!(DISPATCHES, Unit::Count, "Dispatch targets handled per receive, by outcome");
     metrics::describe_counter!(DISPATCH_RETRIES, Unit::Count, "repository_dispatch calls retried within a receive");
+    metrics::describe_counter!(
+        DISPATCH_BUDGET_WAITS,
+        Unit::Count,
+        "Dispatches that waited for GitHub's budget of their target installation"
+    );
+    metrics::describe_counter!(
+        TARGET_BREAKERS_OPENED,
+        Unit::Count,
+        "Target breakers opened: a repository's dispatches failed for good and are paused"
+    );
     metrics::describe_gauge!(GITHUB_RATE_LIMIT_REMAINING, Unit::Count, "Last x-ratelimit-remaining from GitHub");
     metrics::describe_counter!(DLQ_SENDS, Unit::Count, "Messages sent to a dead-letter queue, by queue");
     metrics::describe_counter!(CALLBACKS_ACCEPTED, Unit::Count, "Callbacks accepted, by status");
