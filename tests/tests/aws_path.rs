@@ -72,6 +72,7 @@ async fn webhook_to_sqs_to_lambda_batches_to_github_with_dynamodb_records() {
         github,
         budget: DispatchPace::stored(Some(DispatchPace::default()), kv.clone()),
         breakers: Arc::new(Breakers::new(kv, Default::default(), Arc::new(SystemClock))),
+        paused_checks: None,
         allowlist: Arc::new(AllowlistProvider::fixed(allowlist)),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings {
@@ -174,6 +175,7 @@ async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_three_dy
         ),
         budget: Arc::new(StoredDispatchBudget::new(DispatchPace::default(), kv.clone())),
         breakers: Arc::new(Breakers::new(kv, Default::default(), Arc::new(SystemClock))),
+        paused_checks: None,
         allowlist: Arc::new(AllowlistProvider::fixed(allowlist)),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings::default(),

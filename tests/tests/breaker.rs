@@ -14,7 +14,7 @@ use crcr_core::breaker::BreakerSettings;
 use crcr_core::dispatch::DispatcherSettings;
 use crcr_core::ports::{DispatchStatus, ManualClock};
 use crcr_standin::{StandIn, StandInOptions};
-use crcr_tests::{dispatched_to, fixture, test_settings, uuid, Relay};
+use crcr_tests::{dispatched_to, fixture, test_settings, uuid, Relay, UPSTREAM};
 
 const HEALTHY: &str = "vendor-a/backend";
 const ARCHIVED: &str = "vendor-b/backend";
@@ -37,6 +37,11 @@ async fn push(relay: &Relay) -> (String, Vec<crcr_core::ports::DispatchRecord>) 
 /// A relay on a manual clock dispatching to both targets, whose breakers
 /// open after `failures` permanent failures and probe after 60 s.
 async fn start(gh: &StandIn, failures: u32) -> (Relay, Arc<ManualClock>) {
+    start_with(gh, failures, &format!("L1: [{HEALTHY}, {ARCHIVED}]\n")).await
+}
+
+/// [`start`] with `allowlist`.
+async fn start_with(gh: &StandIn, failures: u32, allowlist: &str) -> (Relay, Arc<ManualClock>) {
     let settings = DispatcherSettings {
         breaker: BreakerSettings {
             failures_to_open: failures,
@@ -47,8 +52,7 @@ async fn start(gh: &StandIn, failures: u32) -> (Relay, Arc<ManualClock>) {
         ..test_settings()
     };
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let allowlist = format!("L1: [{HEALTHY}, {ARCHIVED}]\n");
-    let relay = Relay::start_on_clock(gh, &allowlist, settings, None, "s", Default::default(), clock.clone()).await;
+    let relay = Relay::start_on_clock(gh, allowlist, settings, None, "s", Default::default(), clock.clone()).await;
     (relay, clock)
 }
 
@@ -139,5 +143,44 @@ async fn a_failed_probe_keeps_the_target_paused_for_twice_as_long() {
     let (delivery, records) = push(&relay).await;
     assert_eq!(status_of(&records, ARCHIVED).0, DispatchStatus::Dispatched);
     assert_eq!(dispatched_to(&gh, &delivery), [HEALTHY, ARCHIVED]);
+    relay.stop().await;
+}
+
+/// A paused L4 target's reviewers are told on the pull request: its check
+/// run for the commit is completed `neutral`, saying why and when the relay
+/// tries again (issue 15), sent by the reconciler's sweep like the others.
+#[tokio::test]
+async fn a_paused_l4_target_gets_a_neutral_check_run_saying_why() {
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    for t in [HEALTHY, ARCHIVED, UPSTREAM] {
+        gh.install(t);
+    }
+    gh.set_archived(ARCHIVED, true);
+    let (relay, _clock) = start_with(&gh, 1, &format!("L1: [{HEALTHY}]\nL4: [{ARCHIVED}]\n")).await;
+    let post = |name: &'static str| {
+        let relay = &relay;
+        async move {
+            let delivery = uuid();
+            assert_eq!(relay.post("pull_request", &delivery, &fixture(name), false).await.0, 202);
+            relay.settled(&delivery, Duration::from_secs(15)).await
+        }
+    };
+    // Refused once: failed, and the breaker opens (threshold 1).
+    let records = post("pull_request.opened").await;
+    assert_eq!(status_of(&records, ARCHIVED).0, DispatchStatus::Failed);
+    // The next event is not sent: paused, with a neutral check run on its commit.
+    let records = post("pull_request.synchronize").await;
+    assert_eq!(status_of(&records, ARCHIVED).0, DispatchStatus::Paused);
+    let sha: serde_json::Value = serde_json::from_slice(&fixture("pull_request.synchronize")).unwrap();
+    let sha = sha["pull_request"]["head"]["sha"].as_str().unwrap().to_ascii_lowercase();
+    relay.sweeps_pass(2).await;
+    let runs = gh.check_runs(UPSTREAM);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!((run.name.as_str(), run.head_sha.as_str()), ("crcr/vendor-b/backend/crcr/dispatch", sha.as_str()));
+    assert_eq!((run.status.as_str(), run.conclusion.as_deref()), ("completed", Some("neutral")));
+    let summary = run.output_summary.clone().unwrap_or_default();
+    assert!(summary.contains("breaker is open") && summary.contains("a probe goes at"), "{summary}");
+    assert_eq!(dispatch_calls(&gh, ARCHIVED), [403], "nothing sent while paused");
     relay.stop().await;
 }

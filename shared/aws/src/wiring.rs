@@ -66,10 +66,15 @@ pub fn dispatcher_function(env: &Env<'_>, sdk: &SdkConfig) -> Result<(Arc<Dispat
     let kv: Arc<dyn StateStore> = Arc::new(DynamoKv::new(dynamo.clone(), aws.kv_table(BY)?, clock.clone()));
     let dispatcher = Arc::new(Dispatcher {
         store: Arc::new(DynamoDispatchStore::new(dynamo.clone(), aws.dispatch_table(BY)?)),
-        blobs: Arc::new(DynamoBlobStore::new(dynamo, aws.payload_table(BY)?)),
+        blobs: Arc::new(DynamoBlobStore::new(dynamo.clone(), aws.payload_table(BY)?)),
         github,
         budget: crcr_core::budget::DispatchPace::stored(cfg.dispatcher.pace, kv.clone()),
         breakers: Arc::new(crcr_core::breaker::Breakers::new(kv, cfg.dispatcher.breaker, clock.clone())),
+        // The jobs table, when set: a paused L3/L4 dispatch's check run.
+        paused_checks: aws.jobs_table.clone().map(|table| crcr_core::dispatch::PausedChecks {
+            outbox: Arc::new(DynamoJobStore::new(dynamo.clone(), table)),
+            upstream: cfg.upstream.clone(),
+        }),
         allowlist,
         clock,
         settings: cfg.dispatcher,

@@ -208,6 +208,58 @@ pub fn check_run_for(job: &JobRecord, head_sha: &HeadSha, pr_number: Option<u64>
     }
 }
 
+/// The check run telling an L3/L4 target's reviewers that its CI was not
+/// started for this commit because the target's breaker is open
+/// ([`crate::breaker`]): completed, `neutral` (not a failure: GitHub takes a
+/// neutral conclusion as passing a required check, as palantir/bulldozer
+/// v1.12.0 "Fix handling of skipped and neutral check results" notes), named `crcr/<owner>/<repo>/crcr/dispatch`, with `reason` (why, and when
+/// dispatches are tried again) in its summary. Item id
+/// `<delivery>|<target>|paused`: one per delivery and target, written once.
+#[allow(clippy::too_many_arguments)]
+pub fn paused_check_run(
+    upstream: &RepoFullName,
+    delivery: &crate::domain::DeliveryId,
+    target: &RepoFullName,
+    level: crate::domain::Level,
+    head_sha: &HeadSha,
+    pr_number: Option<u64>,
+    reason: &str,
+    now_ms: i64,
+) -> CheckRunItem {
+    let title = format!("{target}: CI not started (target paused)");
+    let summary = format!(
+        "crcr did not send this event to `{target}` (level {}): {reason}.\n\n\
+         Its CI runs again for the next push once the relay dispatches to it again.",
+        level.as_str()
+    );
+    CheckRunItem {
+        id: format!("{delivery}|{}|paused", target.key()),
+        delivery_id: delivery.clone(),
+        repo: upstream.clone(),
+        request: CheckRunRequest {
+            name: check_run_name(target, "crcr", "dispatch"),
+            head_sha: head_sha.clone(),
+            details_url: None,
+            external_id: format!("paused:{}", pr_number.map(|n| n.to_string()).unwrap_or_default()),
+            status: CheckStatus::Completed,
+            conclusion: Some("neutral".into()),
+            started_at: iso(Some(now_ms)),
+            completed_at: iso(Some(now_ms)),
+            output: CheckOutput {
+                title: truncate_utf8(&title, MAX_OUTPUT_BYTES).to_owned(),
+                summary: truncate_utf8(&summary, MAX_OUTPUT_BYTES).to_owned(),
+            },
+        },
+        version: 1,
+        check_run_id: None,
+        sync: HudSync::Pending,
+        attempts: 0,
+        last_error: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    }
+}
+
 /// Creates and updates check runs on the upstream repository, with an
 /// installation token narrowed to that repository and `checks: write`
 /// (GitHub REST "Create a check run" / "Update a check run"). Errors are

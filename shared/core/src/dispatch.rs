@@ -206,6 +206,13 @@ pub fn is_dispatched(event: &str, action: Option<&str>) -> bool {
     }
 }
 
+/// The check-run outbox of the upstream repository, for paused dispatches.
+#[derive(Clone)]
+pub struct PausedChecks {
+    pub outbox: Arc<dyn crate::lifecycle::CheckRunOutbox>,
+    pub upstream: RepoFullName,
+}
+
 /// The dispatcher and the ports it needs.
 pub struct Dispatcher {
     pub store: Arc<dyn DispatchStore>,
@@ -215,6 +222,10 @@ pub struct Dispatcher {
     pub budget: Arc<dyn DispatchBudget>,
     /// Asked before each dispatch, told of its result ([`crate::breaker`]).
     pub breakers: Arc<crate::breaker::Breakers>,
+    /// Where a paused L3/L4 dispatch's neutral check run is queued for the
+    /// reconciler's sweep ([`crate::checks::paused_check_run`]); `None`:
+    /// none is written.
+    pub paused_checks: Option<PausedChecks>,
     pub allowlist: Arc<AllowlistProvider>,
     pub clock: Arc<dyn Clock>,
     pub settings: DispatcherSettings,
@@ -415,6 +426,7 @@ impl Dispatcher {
             });
             let reason = format!("paused: the target's breaker is open ({reason}); {when}");
             tracing::info!(attempt, %reason, "dispatch paused");
+            self.queue_paused_check_run(delivery, repo, meta, &reason).await;
             return self
                 .finish(
                     (delivery, meta.hook_id),
@@ -542,6 +554,35 @@ impl Dispatcher {
                 )
                 .await
             }
+        }
+    }
+
+    /// Queues the neutral check run of a paused dispatch when the target
+    /// gets check runs for this event (L4, or L3 with its label) and the
+    /// event names a commit. A failure is logged: the dispatch record says
+    /// `paused` either way.
+    async fn queue_paused_check_run(
+        &self,
+        delivery: &DeliveryId,
+        repo: &RepoFullName,
+        meta: &DispatchMeta,
+        reason: &str,
+    ) {
+        let (Some(checks), Some(head_sha), true) = (&self.paused_checks, &meta.head_sha, meta.check_run) else {
+            return;
+        };
+        let item = crate::checks::paused_check_run(
+            &checks.upstream,
+            delivery,
+            repo,
+            meta.level,
+            head_sha,
+            meta.pr_number,
+            reason,
+            self.clock.now_ms(),
+        );
+        if let Err(e) = checks.outbox.advance_check_run(&item).await {
+            tracing::warn!(error = %e, "could not queue the paused target's check run");
         }
     }
 

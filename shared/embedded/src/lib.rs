@@ -91,12 +91,17 @@ impl EmbeddedRelay {
         let (github, allowlist) = github_and_allowlist(cfg)?;
         // Bindings, used jtis, rate windows, breakers and state survive restarts (table `kv`).
         let kv = Arc::new(SqliteKv::new(db.clone(), clock.clone()).with_rate_per_min(cfg.callbacks.rate_per_min));
+        let jobs = Arc::new(SqliteJobStore::new(db.clone()));
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
             blobs: blobs.clone(),
             github: github.clone(),
             budget: crcr_core::budget::DispatchPace::in_memory(cfg.dispatcher.pace),
             breakers: Arc::new(crcr_core::breaker::Breakers::new(kv.clone(), cfg.dispatcher.breaker, clock.clone())),
+            paused_checks: Some(crcr_core::dispatch::PausedChecks {
+                outbox: jobs.clone(),
+                upstream: cfg.upstream.clone(),
+            }),
             allowlist,
             clock: clock.clone(),
             settings: cfg.dispatcher.clone(),
@@ -105,7 +110,6 @@ impl EmbeddedRelay {
             SqliteQueue::new(db.clone(), "reconcile", cfg.callbacks.reconciler.max_receive_count)
                 .with_clock(clock.clone()),
         );
-        let jobs = Arc::new(SqliteJobStore::new(db.clone()));
         let verifier = oidc_verifier(&cfg.callbacks, clock.clone(), kv.clone(), kv.clone())?;
         let hud = hud_from_config(&cfg.callbacks)?;
         // One cache for the callback route's and the reconciler's commit checks.

@@ -334,6 +334,7 @@ fn dispatcher(w: &World, gh: Arc<FakeGitHub>) -> Dispatcher {
             Default::default(),
             Arc::new(SystemClock),
         )),
+        paused_checks: None,
         allowlist: Arc::new(AllowlistProvider::fixed(Allowlist::parse(ALLOWLIST).unwrap())),
         clock: Arc::new(SystemClock),
         settings: DispatcherSettings {
