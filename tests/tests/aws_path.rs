@@ -216,3 +216,118 @@ async fn a_synchronize_to_ten_targets_costs_two_sqs_calls_at_ingest_and_three_dy
         );
     }
 }
+
+/// Issue 15, through the Lambda wiring on moto: three dispatcher instances
+/// (three Lambda instances, each with its own GitHub client and its own
+/// view of the budget) take a burst of 8 webhooks to 3 target
+/// installations from SQS at once, spending from one budget per
+/// installation in the DynamoDB `kv` table. GitHub's content limit (scaled:
+/// 4 per 2-second window per installation) refuses none of their dispatches, what
+/// waits is postponed with SQS `DelaySeconds` (not failed), and every
+/// dispatch arrives once.
+#[tokio::test]
+async fn lambda_instances_sharing_the_dynamodb_budget_keep_to_githubs_content_limit() {
+    // Two-second windows, one second of slack: a scaled minute still long
+    // against the jitter between spending and arriving on a loaded machine.
+    let window = Duration::from_secs(2);
+    let sdk = moto::sdk().await;
+    let res = moto::Resources::create(&sdk, 5).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let db = aws_sdk_dynamodb::Client::new(&sdk);
+    let queue = Arc::new(SqsQueue::new(sqs.clone(), res.dispatch_queue_url.clone(), res.dispatch_dlq_url.clone()));
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    let targets = ["vendor-a/backend", "vendor-b/backend", "vendor-c/backend"];
+    for t in targets {
+        gh.install(t);
+    }
+    gh.enforce_secondary_limits(Some(crcr_standin::SecondaryLimits {
+        content_per_window: 4,
+        ..crcr_standin::SecondaryLimits::scaled(window)
+    }));
+    let pace = DispatchPace { per_minute: 4, minute: window, slack: Duration::from_secs(1), ..Default::default() };
+    let allowlist = Allowlist::parse(&format!("L1: [{}]", targets.join(", "))).unwrap();
+    let instances: Vec<Dispatcher> = (0..3)
+        .map(|_| {
+            let kv: Arc<dyn crcr_core::ports::StateStore> =
+                Arc::new(DynamoKv::new(db.clone(), res.kv_table.clone(), Arc::new(SystemClock)));
+            Dispatcher {
+                store: Arc::new(DynamoDispatchStore::new(db.clone(), res.dispatch_table.clone())),
+                blobs: Arc::new(DynamoBlobStore::new(db.clone(), res.payload_table.clone())),
+                github: Arc::new(
+                    GitHubAppClient::new(GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url()))
+                        .unwrap(),
+                ),
+                budget: Arc::new(StoredDispatchBudget::new(pace, kv.clone())),
+                breakers: Arc::new(Breakers::new(kv, Default::default(), Arc::new(SystemClock))),
+                paused_checks: None,
+                allowlist: Arc::new(AllowlistProvider::fixed(allowlist.clone())),
+                clock: Arc::new(SystemClock),
+                settings: DispatcherSettings {
+                    pace: Some(pace),
+                    retry_budget: Duration::from_secs(2),
+                    ..Default::default()
+                },
+            }
+        })
+        .collect();
+    let secret = WebhookSecret::new("aws-budget");
+    let app = router(Arc::new(IngestState {
+        secret: secret.clone(),
+        upstream: RepoFullName::parse(UPSTREAM).unwrap(),
+        queue: queue.clone(),
+        blobs: Arc::new(DynamoBlobStore::new(db.clone(), res.payload_table.clone())),
+        clock: Arc::new(SystemClock),
+        max_body_bytes: 6 * 1024 * 1024,
+        reconcile: None,
+    }));
+    let mut deliveries = vec![];
+    for _ in 0..8 {
+        deliveries.push(post_pull_request(app.clone(), &secret, "pull_request.synchronize").await);
+    }
+
+    // Each instance polls the queue as its event source mapping would,
+    // until every delivery reached every target.
+    let all_sent = || deliveries.iter().all(|d| dispatched_to(&gh, d) == targets);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !all_sent() {
+        assert!(std::time::Instant::now() < deadline, "not every dispatch arrived within 60 s");
+        let polls = instances.iter().map(|d| {
+            let queue = queue.clone();
+            async move {
+                let batch =
+                    queue.receive(QueueSide::Source, 4, Duration::from_secs(30), Duration::from_secs(1)).await.unwrap();
+                process_sqs_batch(d, queue.as_ref(), batch).await
+            }
+        });
+        let failed: Vec<String> = futures::future::join_all(polls).await.into_iter().flatten().collect();
+        if !failed.is_empty() {
+            let store = DynamoDispatchStore::new(db.clone(), res.dispatch_table.clone());
+            let mut why = vec![];
+            for d in &deliveries {
+                for r in store.records(&DeliveryId::parse(d).unwrap()).await.unwrap() {
+                    why.push(format!("{} {:?} {:?}", r.target, r.status, r.last_error));
+                }
+            }
+            panic!(
+                "waiting for the budget is not a failure: {failed:?}; refusals {:?}; records {why:#?}",
+                gh.secondary_refusals()
+            );
+        }
+    }
+    assert!(gh.secondary_refusals().is_empty(), "{:?}", gh.secondary_refusals());
+    for t in targets {
+        let mut sent: Vec<u64> = gh
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == format!("/repos/{t}/dispatches"))
+            .map(|r| r.at_ms)
+            .collect();
+        sent.sort();
+        assert_eq!(sent.len(), 8, "{t}: one each");
+        for (i, at) in sent.iter().enumerate().skip(4) {
+            assert!(at - sent[i - 4] >= 2000, "{t}: five dispatches within a window: {sent:?}");
+        }
+    }
+    let dead = queue.stats(QueueSide::DeadLetter).await.unwrap();
+    assert_eq!(dead.visible + dead.in_flight + dead.delayed, 0, "nothing dead-lettered");
+}

@@ -165,14 +165,16 @@ async fn a_secondary_rate_limit_without_headers_requeues_for_at_least_a_minute_t
 }
 
 /// Issue 15: dispatches to one installation are paced to GitHub's
-/// content-creation limit (here scaled: 4 a second per installation,
+/// content-creation limit (here scaled: 4 per 2-second window per installation,
 /// GitHub's 80 a minute) before they are sent, so a burst of webhooks gets
 /// no secondary-limit refusal: what the budget does not allow yet waits in
 /// the receive, or its message is postponed, and every dispatch arrives.
 /// Unpaced, the same burst is refused.
 #[tokio::test]
 async fn a_burst_of_dispatches_keeps_to_githubs_content_limit_per_installation() {
-    let second = Duration::from_secs(1);
+    // Two-second windows, one second of slack: a scaled minute still long
+    // against the jitter between spending and arriving on a loaded machine.
+    let window = Duration::from_secs(2);
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
     let targets = ["vendor-a/backend", "vendor-b/backend"];
     for t in targets {
@@ -180,13 +182,13 @@ async fn a_burst_of_dispatches_keeps_to_githubs_content_limit_per_installation()
     }
     gh.enforce_secondary_limits(Some(crcr_standin::SecondaryLimits {
         content_per_window: 4,
-        ..crcr_standin::SecondaryLimits::scaled(second)
+        ..crcr_standin::SecondaryLimits::scaled(window)
     }));
     let allowlist = format!("L1: [{}]\n", targets.join(", "));
-    let pace = DispatchPace { per_minute: 4, minute: second, slack: Duration::from_millis(250), ..Default::default() };
+    let pace = DispatchPace { per_minute: 4, minute: window, slack: Duration::from_secs(1), ..Default::default() };
     let paced = DispatcherSettings { pace: Some(pace), ..test_settings() };
     let relay = Relay::start(&gh, &allowlist, paced, None, "s").await;
-    let deliveries: Vec<String> = (0..12).map(|_| uuid()).collect();
+    let deliveries: Vec<String> = (0..8).map(|_| uuid()).collect();
     for d in &deliveries {
         assert_eq!(relay.post("push", d, &fixture("push"), false).await.0, 202);
     }
@@ -202,9 +204,9 @@ async fn a_burst_of_dispatches_keeps_to_githubs_content_limit_per_installation()
             .map(|r| r.at_ms)
             .collect();
         sent.sort();
-        assert_eq!(sent.len(), 12, "{t}: one each");
+        assert_eq!(sent.len(), 8, "{t}: one each");
         for (i, at) in sent.iter().enumerate().skip(4) {
-            assert!(at - sent[i - 4] >= 1000, "{t}: five dispatches within a second: {sent:?}");
+            assert!(at - sent[i - 4] >= 2000, "{t}: five dispatches within a window: {sent:?}");
         }
     }
     relay.stop().await;
