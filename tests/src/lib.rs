@@ -240,6 +240,26 @@ impl Relay {
     }
 }
 
+/// Asserts that `repo` got `count` dispatches, never more than `limit`
+/// within `window` of each other by their arrival at the stand-in.
+pub fn assert_dispatches_paced(gh: &StandIn, repo: &str, count: usize, limit: usize, window: Duration) {
+    let mut sent: Vec<u64> = gh
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/repos/{repo}/dispatches"))
+        .map(|r| r.at_ms)
+        .collect();
+    sent.sort();
+    assert_eq!(sent.len(), count, "{repo}: one dispatch each");
+    for (i, at) in sent.iter().enumerate().skip(limit) {
+        assert!(
+            at - sent[i - limit] >= window.as_millis() as u64,
+            "{repo}: {} dispatches within {window:?}: {sent:?}",
+            limit + 1
+        );
+    }
+}
+
 pub fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }

@@ -22,7 +22,7 @@ use crcr_core::signature::WebhookSecret;
 use crcr_http::ingest::{router, IngestState};
 use crcr_standin::moto;
 use crcr_standin::{Fault, StandIn, StandInOptions};
-use crcr_tests::{dispatched_to, fixture, uuid, UPSTREAM};
+use crcr_tests::{assert_dispatches_paced, dispatched_to, fixture, uuid, UPSTREAM};
 use tower::ServiceExt;
 
 /// Posts fixture `name` (a `pull_request` event) signed with `secret` to the
@@ -316,17 +316,7 @@ async fn lambda_instances_sharing_the_dynamodb_budget_keep_to_githubs_content_li
     }
     assert!(gh.secondary_refusals().is_empty(), "{:?}", gh.secondary_refusals());
     for t in targets {
-        let mut sent: Vec<u64> = gh
-            .requests()
-            .iter()
-            .filter(|r| r.method == "POST" && r.path == format!("/repos/{t}/dispatches"))
-            .map(|r| r.at_ms)
-            .collect();
-        sent.sort();
-        assert_eq!(sent.len(), 8, "{t}: one each");
-        for (i, at) in sent.iter().enumerate().skip(4) {
-            assert!(at - sent[i - 4] >= 2000, "{t}: five dispatches within a window: {sent:?}");
-        }
+        assert_dispatches_paced(&gh, t, 8, 4, window);
     }
     let dead = queue.stats(QueueSide::DeadLetter).await.unwrap();
     assert_eq!(dead.visible + dead.in_flight + dead.delayed, 0, "nothing dead-lettered");

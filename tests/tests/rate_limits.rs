@@ -27,7 +27,9 @@ use crcr_core::ports::{ManualClock, QueueInspect, QueueReceive, QueueSide, Recei
 use crcr_core::signature::WebhookSecret;
 use crcr_embedded::EmbeddedRelay;
 use crcr_standin::{Fault, StandIn, StandInOptions};
-use crcr_tests::{dispatched_to, fixture, test_settings, uuid, wait_for, Relay, UPSTREAM, VISIBILITY_TIMEOUT};
+use crcr_tests::{
+    assert_dispatches_paced, dispatched_to, fixture, test_settings, uuid, wait_for, Relay, UPSTREAM, VISIBILITY_TIMEOUT,
+};
 use tower::ServiceExt;
 
 // Three owners: three installations, each with its own limits.
@@ -197,17 +199,7 @@ async fn a_burst_of_dispatches_keeps_to_githubs_content_limit_per_installation()
     }
     assert!(gh.secondary_refusals().is_empty(), "{:?}", gh.secondary_refusals());
     for t in targets {
-        let mut sent: Vec<u64> = gh
-            .requests()
-            .iter()
-            .filter(|r| r.method == "POST" && r.path == format!("/repos/{t}/dispatches"))
-            .map(|r| r.at_ms)
-            .collect();
-        sent.sort();
-        assert_eq!(sent.len(), 8, "{t}: one each");
-        for (i, at) in sent.iter().enumerate().skip(4) {
-            assert!(at - sent[i - 4] >= 2000, "{t}: five dispatches within a window: {sent:?}");
-        }
+        assert_dispatches_paced(&gh, t, 8, 4, window);
     }
     relay.stop().await;
 
