@@ -184,3 +184,45 @@ async fn a_paused_l4_target_gets_a_neutral_check_run_saying_why() {
     assert_eq!(dispatch_calls(&gh, ARCHIVED), [403], "nothing sent while paused");
     relay.stop().await;
 }
+
+/// A target whose dispatches GitHub takes (204) but whose workflow never
+/// calls back (missing, disabled, not listening) is paused too, after
+/// `never_started_to_open` such dispatches in a row: the reconciler's sweep
+/// counts them once they are past the never-started deadline (1 h).
+#[tokio::test]
+async fn dispatches_that_never_start_pause_the_target() {
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    for t in [HEALTHY, ARCHIVED] {
+        gh.install(t);
+    }
+    let settings = DispatcherSettings {
+        breaker: BreakerSettings { never_started_to_open: 3, cache_for: Duration::ZERO, ..Default::default() },
+        ..test_settings()
+    };
+    let callbacks = crcr_core::config::CallbackConfig {
+        reconciler: crcr_core::reconcile::ReconcilerSettings { breaker: settings.breaker, ..Default::default() },
+        ..Default::default()
+    };
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    // vendor-b is L2: it owes callbacks, and never sends one.
+    let allowlist = format!("L1: [{HEALTHY}]\nL2: [{ARCHIVED}]\n");
+    let relay = Relay::start_on_clock(&gh, &allowlist, settings, None, "s", callbacks, clock.clone()).await;
+    for _ in 0..3 {
+        let (_, records) = push(&relay).await;
+        assert_eq!(status_of(&records, ARCHIVED).0, DispatchStatus::Dispatched);
+        clock.advance(Duration::from_secs(1));
+    }
+    // Within the hour nothing is owed yet; past it, three never started.
+    relay.reconciler.sweep().await.unwrap();
+    let (_, records) = push(&relay).await;
+    assert_eq!(status_of(&records, ARCHIVED).0, DispatchStatus::Dispatched, "not yet past the deadline");
+    clock.advance(Duration::from_secs(3601));
+    let report = relay.reconciler.sweep().await.unwrap();
+    assert_eq!(report.never_started.len(), 4, "{:?}", report.never_started);
+    let (delivery, records) = push(&relay).await;
+    let (status, error) = status_of(&records, ARCHIVED);
+    assert_eq!(status, DispatchStatus::Paused, "{error}");
+    assert!(error.contains("4 dispatches in a row never started"), "{error}");
+    assert_eq!(dispatched_to(&gh, &delivery), [HEALTHY]);
+    relay.stop().await;
+}

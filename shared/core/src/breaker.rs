@@ -6,7 +6,11 @@
 //!
 //! - Closed (normal): every dispatch goes. [`BreakerSettings::failures_to_open`]
 //!   permanent failures in a row open it; one delivered dispatch resets the
-//!   count.
+//!   count. So do [`BreakerSettings::never_started_to_open`] dispatches in a
+//!   row that GitHub took but that never started (no callback by the
+//!   never-started deadline: the workflow is missing, disabled or not
+//!   listening), counted by the reconciler's sweep over the dispatches
+//!   since the breaker last closed ([`Breakers::never_started`]).
 //! - Open: dispatches are not sent; their records say `paused` with the
 //!   reason ([`crate::ports::DispatchStatus::Paused`]). After the cool-down
 //!   one sender takes the probe ([`Admission::Probe`]): its dispatch goes;
@@ -42,6 +46,11 @@ pub struct BreakerSettings {
     /// Permanent failures in a row that open a target's breaker (default
     /// 5; 0 turns breakers off).
     pub failures_to_open: u32,
+    /// Dispatches in a row GitHub took (204) whose target never called
+    /// back ([`crate::reconcile::NeverStarted`]) that open its breaker
+    /// (default 10; 0: never for this reason). Counted by the reconciler's
+    /// sweep over dispatches since the breaker last closed.
+    pub never_started_to_open: u32,
     /// How long an opened breaker waits before its probe (default 30 min).
     pub cool_down: Duration,
     /// The longest wait, doubling from `cool_down` per failed probe (default 6 h).
@@ -58,6 +67,7 @@ impl Default for BreakerSettings {
     fn default() -> Self {
         BreakerSettings {
             failures_to_open: 5,
+            never_started_to_open: 10,
             cool_down: Duration::from_secs(30 * 60),
             max_cool_down: Duration::from_secs(6 * 3600),
             probe_lease: Duration::from_secs(120),
@@ -81,6 +91,10 @@ pub struct TargetBreaker {
     /// Set while the breaker is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open: Option<OpenBreaker>,
+    /// When it last closed (a delivered probe, or on-call's resume), ms
+    /// since epoch: never-started dispatches before it no longer count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at_ms: Option<i64>,
 }
 
 /// An open breaker.
@@ -209,12 +223,16 @@ impl Breakers {
         if known.failures == 0 && known.open.is_none() {
             return Ok(None);
         }
+        let now = self.clock.now_ms();
         let closed = self
             .records
             .update(&key, |b| {
                 let was_open = b.open.take().is_some();
                 b.failures = 0;
                 b.last_failure = None;
+                if was_open {
+                    b.closed_at_ms = Some(now);
+                }
                 Ok::<_, std::convert::Infallible>(was_open)
             })
             .await?
@@ -298,10 +316,64 @@ impl Breakers {
     /// On-call resumes `repo` (`crcr target resume`): closed, failures
     /// forgotten. Returns the breaker as it was.
     pub async fn resume(&self, repo: &RepoFullName) -> Result<TargetBreaker, StoreError> {
+        let now = self.clock.now_ms();
         self.records
-            .update(&breaker_key(repo), |b| Ok::<_, std::convert::Infallible>(std::mem::take(b)))
+            .update(&breaker_key(repo), |b| {
+                let was = std::mem::take(b);
+                b.closed_at_ms = Some(now);
+                Ok::<_, std::convert::Infallible>(was)
+            })
             .await
             .map(|r| r.unwrap_or_else(|never| match never {}))
+    }
+
+    /// The reconciler found `repo`'s newest `in_a_row` dispatches since its
+    /// breaker last closed all never started (GitHub took them; no
+    /// callback came within `after`): at
+    /// [`BreakerSettings::never_started_to_open`] or more, a closed breaker
+    /// opens (its workflow is missing, disabled or not listening, and
+    /// every dispatch only starts nothing).
+    pub async fn never_started(
+        &self,
+        repo: &RepoFullName,
+        in_a_row: u32,
+        after: Duration,
+    ) -> Result<Option<Transition>, StoreError> {
+        let threshold = self.settings.never_started_to_open;
+        if !self.enabled() || threshold == 0 || in_a_row < threshold {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let opened = self
+            .records
+            .update(&breaker_key(repo), |b| {
+                if b.open.is_some() {
+                    return Ok::<_, std::convert::Infallible>(false);
+                }
+                b.open = Some(OpenBreaker {
+                    since_ms: now,
+                    reason: format!(
+                        "{in_a_row} dispatches in a row never started: GitHub took them but no callback came within {} s \
+                         (workflow missing, disabled, or not listening to repository_dispatch)",
+                        after.as_secs()
+                    ),
+                    by: OPENED_AUTOMATICALLY.into(),
+                    probe_at_ms: Some(now + self.cool_down(0).as_millis() as i64),
+                    failed_probes: 0,
+                    probing_until_ms: None,
+                });
+                Ok(true)
+            })
+            .await?
+            .unwrap_or_else(|never| match never {});
+        if !opened {
+            return Ok(None);
+        }
+        tracing::error!(target_repo = %repo, never_started = in_a_row, metric = "target_breaker_opened",
+            "target breaker opened: dispatches never start there; paused until a probe succeeds \
+             (crcr target list; crcr target resume to send again now)");
+        ::metrics::counter!(crate::metrics::TARGET_BREAKERS_OPENED).increment(1);
+        Ok(Some(Transition::Opened))
     }
 }
 
@@ -317,6 +389,7 @@ mod tests {
     fn breakers(state: Arc<dyn StateStore>, clock: Arc<ManualClock>) -> Breakers {
         let settings = BreakerSettings {
             failures_to_open: 3,
+            never_started_to_open: 10,
             cool_down: Duration::from_secs(60),
             max_cool_down: Duration::from_secs(150),
             probe_lease: Duration::from_secs(10),
@@ -361,7 +434,8 @@ mod tests {
         // It is delivered: closed, for everyone.
         assert_eq!(b.delivered(&r).await.unwrap(), Some(Transition::Closed));
         assert_eq!(a.admit(&r).await.unwrap(), Admission::Send);
-        assert_eq!(a.get(&r).await.unwrap(), TargetBreaker::default());
+        let closed = TargetBreaker { closed_at_ms: Some(clock.now_ms()), ..TargetBreaker::default() };
+        assert_eq!(a.get(&r).await.unwrap(), closed);
     }
 
     #[tokio::test]
@@ -397,6 +471,30 @@ mod tests {
         let was = a.resume(&r).await.unwrap();
         assert_eq!(was.open.unwrap().by, "alice");
         assert_eq!(a.admit(&r).await.unwrap(), Admission::Send);
+    }
+
+    #[tokio::test]
+    async fn never_started_dispatches_in_a_row_open_a_closed_breaker() {
+        let clock = Arc::new(ManualClock::new(5_000));
+        let a = breakers(Arc::new(InMemoryStateStore::default()), clock.clone());
+        let settings = BreakerSettings { never_started_to_open: 4, ..*a.settings() };
+        let a = Breakers::new(Arc::new(InMemoryStateStore::default()), settings, clock.clone());
+        let (r, hour) = (repo(), Duration::from_secs(3600));
+        assert_eq!(a.never_started(&r, 3, hour).await.unwrap(), None, "3 < 4");
+        assert_eq!(a.never_started(&r, 4, hour).await.unwrap(), Some(Transition::Opened));
+        let Admission::Paused { reason, .. } = a.admit(&r).await.unwrap() else { panic!("not paused") };
+        assert!(reason.contains("4 dispatches in a row never started") && reason.contains("3600 s"), "{reason}");
+        assert_eq!(a.never_started(&r, 9, hour).await.unwrap(), None, "already open");
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(a.admit(&r).await.unwrap(), Admission::Probe);
+        assert_eq!(a.delivered(&r).await.unwrap(), Some(Transition::Closed));
+        assert_eq!(a.get(&r).await.unwrap().closed_at_ms, Some(65_000), "later counts start here");
+        let off = Breakers::new(
+            Arc::new(InMemoryStateStore::default()),
+            BreakerSettings { never_started_to_open: 0, ..settings },
+            clock,
+        );
+        assert_eq!(off.never_started(&r, 100, hour).await.unwrap(), None, "0: never for this reason");
     }
 
     #[tokio::test]

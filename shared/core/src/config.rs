@@ -23,6 +23,7 @@
 //! | `CRCR_DISPATCHES_PER_MINUTE` | `80` | dispatches per target installation per minute (GitHub: 80 content-generating requests a minute) |
 //! | `CRCR_DISPATCHES_PER_HOUR` | `500` | dispatches per target installation per hour (GitHub: 500 content-generating requests an hour) |
 //! | `CRCR_BREAKER_FAILURES` | `5` | permanent dispatch failures in a row that pause a target (0: never) |
+//! | `CRCR_BREAKER_NEVER_STARTED` | `10` | dispatches in a row that GitHub took but whose target never called back that pause it (the reconciler's sweep; 0: never) |
 //! | `CRCR_BREAKER_COOL_DOWN_SECS` | `1800` | how long a paused target waits before a probe dispatch (doubling per failed probe, up to 6 h) |
 //! | `CRCR_REQUEUE_DELAY_SECS` | `5` | first delay before a failed message is retried (doubles) |
 //! | `CRCR_WORKERS` | `32` | messages processed at once by `crcr serve` (bench/relay-load: 8 kept up with ~130 webhooks/s of 10 targets at 50 ms GitHub latency, 32 with the machine's CPU) |
@@ -266,6 +267,7 @@ impl CallbackConfig {
                 env.parsed("CRCR_OUTBOX_LEASE_SECS", d.reconciler.outbox_lease.as_secs())?.max(1),
             ),
             hud_retry: hud_retry_policy(env, d.reconciler.hud_retry)?,
+            breaker: breaker_settings(env)?,
             ..d.reconciler
         };
         let sweep_interval = seconds(env, "CRCR_SWEEP_INTERVAL_SECS", d.sweep_interval.as_secs_f64())?;
@@ -458,13 +460,7 @@ impl RelayConfig {
                 env.parsed("CRCR_REQUEUE_DELAY_SECS", d.requeue_base_delay.as_secs_f64())?,
             ),
             pace: dispatch_pace(env)?,
-            breaker: crate::breaker::BreakerSettings {
-                failures_to_open: env.parsed("CRCR_BREAKER_FAILURES", d.breaker.failures_to_open)?,
-                cool_down: Duration::from_secs(
-                    env.parsed("CRCR_BREAKER_COOL_DOWN_SECS", d.breaker.cool_down.as_secs())?.max(1),
-                ),
-                ..d.breaker
-            },
+            breaker: breaker_settings(env)?,
             ..d
         };
         if dispatcher.concurrency == 0 {
@@ -526,6 +522,20 @@ impl EmbeddedConfig {
 /// failed (`crate::redeliver`; the scheduled Lambda has its own schedule).
 pub fn redeliver_interval(env: &Env<'_>) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(env.parsed("CRCR_REDELIVER_INTERVAL_SECS", 600)?))
+}
+
+/// `CRCR_BREAKER_FAILURES`, `CRCR_BREAKER_NEVER_STARTED` and
+/// `CRCR_BREAKER_COOL_DOWN_SECS` ([`crate::breaker::BreakerSettings`]):
+/// the dispatcher opens breakers on failures, the reconciler's sweep on
+/// never-started dispatches.
+fn breaker_settings(env: &Env<'_>) -> Result<crate::breaker::BreakerSettings, ConfigError> {
+    let d = crate::breaker::BreakerSettings::default();
+    Ok(crate::breaker::BreakerSettings {
+        failures_to_open: env.parsed("CRCR_BREAKER_FAILURES", d.failures_to_open)?,
+        never_started_to_open: env.parsed("CRCR_BREAKER_NEVER_STARTED", d.never_started_to_open)?,
+        cool_down: Duration::from_secs(env.parsed("CRCR_BREAKER_COOL_DOWN_SECS", d.cool_down.as_secs())?.max(1)),
+        ..d
+    })
 }
 
 /// `CRCR_DISPATCH_PACE` (`github`, the default, or `off`) with

@@ -58,6 +58,10 @@ pub struct ReconcilerSettings {
     /// How fast check runs are written to the upstream repository
     /// ([`crate::checks::CheckRunPace`]: GitHub's secondary limits).
     pub check_run_pace: crate::checks::CheckRunPace,
+    /// The target breakers' settings: the sweep opens a breaker after
+    /// [`crate::breaker::BreakerSettings::never_started_to_open`]
+    /// never-started dispatches in a row.
+    pub breaker: crate::breaker::BreakerSettings,
 }
 
 impl Default for ReconcilerSettings {
@@ -72,6 +76,7 @@ impl Default for ReconcilerSettings {
             cancel_on_close: false,
             outbox_lease: Duration::from_secs(60),
             check_run_pace: Default::default(),
+            breaker: Default::default(),
         }
     }
 }
@@ -101,6 +106,10 @@ pub fn awaiting_callback(rec: &DispatchRecord, jobs: &[JobRecord]) -> Option<i64
         && !jobs.iter().any(|j| j.key.repo == rec.target);
     waiting.then(|| rec.dispatched_at_ms.unwrap_or(rec.updated_at_ms))
 }
+
+/// Per target, the dispatches a never-started scan looked at: (dispatched
+/// at, ms since epoch; never started).
+type DispatchesByTarget = std::collections::HashMap<RepoFullName, Vec<(i64, bool)>>;
 
 /// One L2+ target that GitHub accepted a dispatch for and that never called back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -388,6 +397,13 @@ impl Reconciler {
     /// `never_started_after + never_started_lookback` and
     /// `never_started_after` old, oldest first.
     pub async fn never_started(&self) -> Result<Vec<NeverStarted>, StoreError> {
+        Ok(self.never_started_scan().await?.0)
+    }
+
+    /// [`Reconciler::never_started`], and per target the dispatches it
+    /// looked at: (dispatched at, never started), for the breakers.
+    async fn never_started_scan(&self) -> Result<(Vec<NeverStarted>, DispatchesByTarget), StoreError> {
+        let mut by_target = DispatchesByTarget::new();
         let now = self.clock.now_ms();
         let to = now - self.settings.never_started_after.as_millis() as i64;
         let from = to - self.settings.never_started_lookback.as_millis() as i64;
@@ -404,24 +420,56 @@ impl Reconciler {
             if !jobs_of.contains_key(&rec.delivery_id) {
                 jobs_of.insert(rec.delivery_id.clone(), self.jobs.jobs(&rec.delivery_id).await?);
             }
-            if let Some(dispatched_at_ms) = awaiting_callback(&rec, &jobs_of[&rec.delivery_id]) {
-                if let Some(sha) = &rec.meta.head_sha {
-                    if !tracking_of.contains_key(sha) {
-                        tracking_of.insert(sha.clone(), crate::upstream::tracking(self.state.as_ref(), sha).await?);
-                    }
-                    if tracking_of[sha].as_ref().is_some_and(|t| t.untracks(&rec)) {
-                        continue; // superseded head or closed PR: not waited for
-                    }
+            let Some(dispatched_at_ms) = awaiting_callback(&rec, &jobs_of[&rec.delivery_id]) else {
+                let at = rec.dispatched_at_ms.unwrap_or(rec.updated_at_ms);
+                by_target.entry(rec.target.clone()).or_default().push((at, false));
+                continue;
+            };
+            if let Some(sha) = &rec.meta.head_sha {
+                if !tracking_of.contains_key(sha) {
+                    tracking_of.insert(sha.clone(), crate::upstream::tracking(self.state.as_ref(), sha).await?);
                 }
-                out.push(NeverStarted {
-                    dispatched_at_ms,
-                    delivery_id: rec.delivery_id,
-                    target: rec.target,
-                    level: rec.meta.level,
-                });
+                if tracking_of[sha].as_ref().is_some_and(|t| t.untracks(&rec)) {
+                    continue; // superseded head or closed PR: not waited for
+                }
+            }
+            by_target.entry(rec.target.clone()).or_default().push((dispatched_at_ms, true));
+            out.push(NeverStarted {
+                dispatched_at_ms,
+                delivery_id: rec.delivery_id,
+                target: rec.target,
+                level: rec.meta.level,
+            });
+        }
+        Ok((out, by_target))
+    }
+
+    /// Opens the breaker of each target whose newest dispatches since its
+    /// breaker last closed never started, as many in a row as
+    /// [`crate::breaker::BreakerSettings::never_started_to_open`]
+    /// ([`crate::breaker::Breakers::never_started`]). A breaker that cannot
+    /// be read or written is logged; the sweep goes on.
+    async fn open_breakers_of_silent_targets(&self, by_target: DispatchesByTarget) {
+        let settings = self.settings.breaker;
+        if settings.never_started_to_open == 0 || settings.failures_to_open == 0 {
+            return;
+        }
+        let breakers = crate::breaker::Breakers::new(self.state.clone(), settings, self.clock.clone());
+        for (target, mut dispatches) in by_target {
+            if dispatches.iter().filter(|(_, silent)| *silent).count() < settings.never_started_to_open as usize {
+                continue;
+            }
+            let result = async {
+                let since = breakers.get(&target).await?.closed_at_ms.unwrap_or(i64::MIN);
+                dispatches.retain(|(at, _)| *at > since);
+                dispatches.sort_by_key(|d| std::cmp::Reverse(d.0));
+                let in_a_row = dispatches.iter().take_while(|(_, silent)| *silent).count() as u32;
+                breakers.never_started(&target, in_a_row, self.settings.never_started_after).await
+            };
+            if let Err(e) = result.await {
+                tracing::warn!(target_repo = %target, error = %e, "could not update the target's breaker");
             }
         }
-        Ok(out)
     }
 
     /// One pass of the scheduled work: time out stale IN_PROGRESS jobs, look
@@ -490,8 +538,9 @@ impl Reconciler {
                 report.timed_out += 1;
             }
         }
-        match self.never_started().await {
-            Ok(list) => {
+        match self.never_started_scan().await {
+            Ok((list, by_target)) => {
+                self.open_breakers_of_silent_targets(by_target).await;
                 // Every sweep, 0 included, so the alarm clears.
                 ::metrics::gauge!(crate::metrics::NEVER_STARTED_DISPATCHES).set(list.len() as f64);
                 if !list.is_empty() {
