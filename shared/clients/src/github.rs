@@ -67,6 +67,11 @@ pub struct GitHubAppClient {
     installations: Mutex<HashMap<String, (Option<InstallationId>, Instant)>>,
     /// Key: `<repo key>|<permission>`.
     tokens: Mutex<HashMap<String, CachedToken>>,
+    /// One mint at a time per token key: callers that find no token while
+    /// one is being minted wait for it instead of minting their own (a
+    /// burst of 300 dispatches would otherwise mint up to 300 tokens at
+    /// once, past GitHub's 900 points a minute for the App: 5 per mint).
+    minting: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// Last `x-ratelimit-remaining` seen (-1 = none yet), for metrics.
     rate_limit_remaining: AtomicI64,
     /// Waits after rate limits answered without a hint, doubling while they go on.
@@ -144,6 +149,7 @@ impl GitHubAppClient {
             app,
             installations: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            minting: Mutex::new(HashMap::new()),
             rate_limit_remaining: AtomicI64::new(-1),
             secondary: Mutex::new(SecondaryLimitBackoff::default()),
             moved: Mutex::new(HashMap::new()),
@@ -166,10 +172,22 @@ impl GitHubAppClient {
         permission: (&str, &str),
     ) -> Result<Octocrab, GitHubError> {
         let key = format!("{}|{}:{}", repo.key(), permission.0, permission.1);
-        if let Some(t) = self.tokens.lock().expect("token cache").get(&key) {
-            if Instant::now() < t.use_until {
-                return Ok(t.client.clone());
-            }
+        let cached = || {
+            self.tokens
+                .lock()
+                .expect("token cache")
+                .get(&key)
+                .filter(|t| Instant::now() < t.use_until)
+                .map(|t| t.client.clone())
+        };
+        if let Some(client) = cached() {
+            return Ok(client);
+        }
+        let gate = self.minting.lock().expect("token mints").entry(key.clone()).or_default().clone();
+        let _turn = gate.lock().await;
+        // Minted by the caller we waited for?
+        if let Some(client) = cached() {
+            return Ok(client);
         }
         let body = json!({"repositories": [repo.name()], "permissions": {permission.0: permission.1}});
         let uri = format!("/app/installations/{}/access_tokens", installation.0);
