@@ -240,6 +240,16 @@ impl Relay {
     }
 }
 
+/// GitHub's answers to the dispatches the stand-in received for `repo`, in
+/// order.
+pub fn dispatch_statuses(gh: &StandIn, repo: &str) -> Vec<u16> {
+    gh.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/repos/{repo}/dispatches"))
+        .map(|r| r.status)
+        .collect()
+}
+
 /// Asserts that `repo` got `count` dispatches, never more than `limit`
 /// within `window` of each other by their arrival at the stand-in.
 pub fn assert_dispatches_paced(gh: &StandIn, repo: &str, count: usize, limit: usize, window: Duration) {

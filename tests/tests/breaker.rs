@@ -14,18 +14,10 @@ use crcr_core::breaker::BreakerSettings;
 use crcr_core::dispatch::DispatcherSettings;
 use crcr_core::ports::{DispatchStatus, ManualClock};
 use crcr_standin::{StandIn, StandInOptions};
-use crcr_tests::{dispatched_to, fixture, test_settings, uuid, Relay, UPSTREAM};
+use crcr_tests::{dispatch_statuses, dispatched_to, fixture, test_settings, uuid, Relay, UPSTREAM};
 
 const HEALTHY: &str = "vendor-a/backend";
 const ARCHIVED: &str = "vendor-b/backend";
-
-fn dispatch_calls(gh: &StandIn, repo: &str) -> Vec<u16> {
-    gh.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path == format!("/repos/{repo}/dispatches"))
-        .map(|r| r.status)
-        .collect()
-}
 
 async fn push(relay: &Relay) -> (String, Vec<crcr_core::ports::DispatchRecord>) {
     let delivery = uuid();
@@ -78,7 +70,7 @@ async fn a_target_failing_for_good_is_paused_then_probed_and_closed_after_the_co
         assert_eq!(status, DispatchStatus::Failed, "push {n}: {error}");
         assert!(error.contains("archived"), "{error}");
     }
-    assert_eq!(dispatch_calls(&gh, ARCHIVED), [403, 403, 403]);
+    assert_eq!(dispatch_statuses(&gh, ARCHIVED), [403, 403, 403]);
 
     // Open: the archived repository is no longer asked; the other target is.
     for _ in 0..2 {
@@ -90,7 +82,7 @@ async fn a_target_failing_for_good_is_paused_then_probed_and_closed_after_the_co
         assert!(error.contains("a probe goes at"), "{error}");
         assert_eq!(status_of(&records, HEALTHY).0, DispatchStatus::Dispatched);
     }
-    assert_eq!(dispatch_calls(&gh, ARCHIVED), [403, 403, 403], "sent while paused");
+    assert_eq!(dispatch_statuses(&gh, ARCHIVED), [403, 403, 403], "sent while paused");
 
     // The vendor fixes it; after the cool-down the probe is delivered and
     // the breaker closes: dispatches go again.
@@ -101,7 +93,7 @@ async fn a_target_failing_for_good_is_paused_then_probed_and_closed_after_the_co
         assert_eq!(dispatched_to(&gh, &delivery), [HEALTHY, ARCHIVED]);
         assert_eq!(status_of(&records, ARCHIVED).0, DispatchStatus::Dispatched);
     }
-    assert_eq!(dispatch_calls(&gh, ARCHIVED), [403, 403, 403, 204, 204]);
+    assert_eq!(dispatch_statuses(&gh, ARCHIVED), [403, 403, 403, 204, 204]);
     relay.stop().await;
 }
 
@@ -181,7 +173,7 @@ async fn a_paused_l4_target_gets_a_neutral_check_run_saying_why() {
     assert_eq!((run.status.as_str(), run.conclusion.as_deref()), ("completed", Some("neutral")));
     let summary = run.output_summary.clone().unwrap_or_default();
     assert!(summary.contains("breaker is open") && summary.contains("a probe goes at"), "{summary}");
-    assert_eq!(dispatch_calls(&gh, ARCHIVED), [403], "nothing sent while paused");
+    assert_eq!(dispatch_statuses(&gh, ARCHIVED), [403], "nothing sent while paused");
     relay.stop().await;
 }
 

@@ -28,20 +28,13 @@ use crcr_core::signature::WebhookSecret;
 use crcr_embedded::EmbeddedRelay;
 use crcr_standin::{Fault, StandIn, StandInOptions};
 use crcr_tests::{
-    assert_dispatches_paced, dispatched_to, fixture, test_settings, uuid, wait_for, Relay, UPSTREAM, VISIBILITY_TIMEOUT,
+    assert_dispatches_paced, dispatch_statuses, dispatched_to, fixture, test_settings, uuid, wait_for, Relay, UPSTREAM,
+    VISIBILITY_TIMEOUT,
 };
 use tower::ServiceExt;
 
 // Three owners: three installations, each with its own limits.
 const ALLOWLIST: &str = "L1:\n  - limited/backend\n  - fine/backend\n  - too-many/backend\n";
-
-fn dispatch_statuses(gh: &StandIn, repo: &str) -> Vec<u16> {
-    gh.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path == format!("/repos/{repo}/dispatches"))
-        .map(|r| r.status)
-        .collect()
-}
 
 async fn receive_one(relay: &EmbeddedRelay) -> Option<ReceivedMessage> {
     let mut got = relay.queue.receive(QueueSide::Source, 1, VISIBILITY_TIMEOUT, Duration::ZERO).await.unwrap();

@@ -226,17 +226,16 @@ impl Breakers {
         let now = self.clock.now_ms();
         let closed = self
             .records
-            .update(&key, |b| {
+            .change(&key, |b| {
                 let was_open = b.open.take().is_some();
                 b.failures = 0;
                 b.last_failure = None;
                 if was_open {
                     b.closed_at_ms = Some(now);
                 }
-                Ok::<_, std::convert::Infallible>(was_open)
+                was_open
             })
-            .await?
-            .unwrap_or_else(|never| match never {});
+            .await?;
         if !closed {
             return Ok(None);
         }
@@ -255,7 +254,7 @@ impl Breakers {
         let threshold = self.settings.failures_to_open;
         let opened = self
             .records
-            .update(&breaker_key(repo), |b| {
+            .change(&breaker_key(repo), |b| {
                 b.failures = b.failures.saturating_add(1);
                 b.last_failure = Some(reason.to_owned());
                 match &mut b.open {
@@ -264,33 +263,42 @@ impl Breakers {
                             o.failed_probes += 1;
                             o.probe_at_ms = Some(now + self.cool_down(o.failed_probes).as_millis() as i64);
                         }
-                        Ok::<_, std::convert::Infallible>(false)
+                        None
                     }
                     None if b.failures >= threshold => {
-                        b.open = Some(OpenBreaker {
-                            since_ms: now,
-                            reason: format!("{} dispatches in a row failed for good; the last: {reason}", b.failures),
-                            by: OPENED_AUTOMATICALLY.into(),
-                            probe_at_ms: Some(now + self.cool_down(0).as_millis() as i64),
-                            failed_probes: 0,
-                            probing_until_ms: None,
-                        });
-                        Ok(true)
+                        let why = format!("{} dispatches in a row failed for good; the last: {reason}", b.failures);
+                        Some(self.open_now(b, now, why))
                     }
-                    None => Ok(false),
+                    None => None,
                 }
             })
-            .await?
-            .unwrap_or_else(|never| match never {});
-        if !opened {
-            return Ok(None);
-        }
-        tracing::error!(target_repo = %repo, failures = threshold, last_error = %reason,
-            probe_in_s = self.settings.cool_down.as_secs(), metric = "target_breaker_opened",
+            .await?;
+        Ok(opened.map(|why| self.announce_opened(repo, &why)))
+    }
+
+    /// Opens `breaker` at `now` for `reason`, its probe after the first
+    /// cool-down; returns the reason.
+    fn open_now(&self, breaker: &mut TargetBreaker, now: i64, reason: String) -> String {
+        breaker.open = Some(OpenBreaker {
+            since_ms: now,
+            reason: reason.clone(),
+            by: OPENED_AUTOMATICALLY.into(),
+            probe_at_ms: Some(now + self.cool_down(0).as_millis() as i64),
+            failed_probes: 0,
+            probing_until_ms: None,
+        });
+        reason
+    }
+
+    /// Tells on-call that the relay opened `repo`'s breaker (the error log
+    /// line `metric=target_breaker_opened`, [`crate::metrics::TARGET_BREAKERS_OPENED`]).
+    fn announce_opened(&self, repo: &RepoFullName, reason: &str) -> Transition {
+        tracing::error!(target_repo = %repo, %reason, probe_in_s = self.settings.cool_down.as_secs(),
+            metric = "target_breaker_opened",
             "target breaker opened: dispatches to this repository are paused until a probe succeeds \
              (crcr target list; crcr target resume to send again now)");
         ::metrics::counter!(crate::metrics::TARGET_BREAKERS_OPENED).increment(1);
-        Ok(Some(Transition::Opened))
+        Transition::Opened
     }
 
     /// On-call pauses `repo` (`crcr target pause`): nothing is sent to it,
@@ -298,7 +306,7 @@ impl Breakers {
     pub async fn pause(&self, repo: &RepoFullName, by: &str, reason: &str) -> Result<TargetBreaker, StoreError> {
         let now = self.clock.now_ms();
         self.records
-            .update(&breaker_key(repo), |b| {
+            .change(&breaker_key(repo), |b| {
                 b.open = Some(OpenBreaker {
                     since_ms: now,
                     reason: format!("paused by {by}: {reason}"),
@@ -307,10 +315,9 @@ impl Breakers {
                     failed_probes: 0,
                     probing_until_ms: None,
                 });
-                Ok::<_, std::convert::Infallible>(b.clone())
+                b.clone()
             })
             .await
-            .map(|r| r.unwrap_or_else(|never| match never {}))
     }
 
     /// On-call resumes `repo` (`crcr target resume`): closed, failures
@@ -318,13 +325,12 @@ impl Breakers {
     pub async fn resume(&self, repo: &RepoFullName) -> Result<TargetBreaker, StoreError> {
         let now = self.clock.now_ms();
         self.records
-            .update(&breaker_key(repo), |b| {
+            .change(&breaker_key(repo), |b| {
                 let was = std::mem::take(b);
                 b.closed_at_ms = Some(now);
-                Ok::<_, std::convert::Infallible>(was)
+                was
             })
             .await
-            .map(|r| r.unwrap_or_else(|never| match never {}))
     }
 
     /// The reconciler found `repo`'s newest `in_a_row` dispatches since its
@@ -344,36 +350,16 @@ impl Breakers {
             return Ok(None);
         }
         let now = self.clock.now_ms();
+        let why = format!(
+            "{in_a_row} dispatches in a row never started: GitHub took them but no callback came within {} s \
+             (workflow missing, disabled, or not listening to repository_dispatch)",
+            after.as_secs()
+        );
         let opened = self
             .records
-            .update(&breaker_key(repo), |b| {
-                if b.open.is_some() {
-                    return Ok::<_, std::convert::Infallible>(false);
-                }
-                b.open = Some(OpenBreaker {
-                    since_ms: now,
-                    reason: format!(
-                        "{in_a_row} dispatches in a row never started: GitHub took them but no callback came within {} s \
-                         (workflow missing, disabled, or not listening to repository_dispatch)",
-                        after.as_secs()
-                    ),
-                    by: OPENED_AUTOMATICALLY.into(),
-                    probe_at_ms: Some(now + self.cool_down(0).as_millis() as i64),
-                    failed_probes: 0,
-                    probing_until_ms: None,
-                });
-                Ok(true)
-            })
-            .await?
-            .unwrap_or_else(|never| match never {});
-        if !opened {
-            return Ok(None);
-        }
-        tracing::error!(target_repo = %repo, never_started = in_a_row, metric = "target_breaker_opened",
-            "target breaker opened: dispatches never start there; paused until a probe succeeds \
-             (crcr target list; crcr target resume to send again now)");
-        ::metrics::counter!(crate::metrics::TARGET_BREAKERS_OPENED).increment(1);
-        Ok(Some(Transition::Opened))
+            .change(&breaker_key(repo), |b| b.open.is_none().then(|| self.open_now(b, now, why.clone())))
+            .await?;
+        Ok(opened.map(|why| self.announce_opened(repo, &why)))
     }
 }
 

@@ -44,7 +44,7 @@ pub struct SendLog(VecDeque<i64>);
 
 impl SendLog {
     /// Forgets what was sent `span_ms` or longer before `now_ms`.
-    pub fn prune(&mut self, now_ms: i64, span_ms: i64) {
+    fn prune(&mut self, now_ms: i64, span_ms: i64) {
         while self.0.front().is_some_and(|at| now_ms - at >= span_ms) {
             self.0.pop_front();
         }
@@ -53,7 +53,7 @@ impl SendLog {
     /// How long from `now_ms` until one more request keeps every
     /// `(span_ms, limit)` window under its limit (`None`: now). A limit of
     /// 0 is read as 1.
-    pub fn wait(&self, now_ms: i64, windows: &[(i64, usize)]) -> Option<Duration> {
+    fn wait(&self, now_ms: i64, windows: &[(i64, usize)]) -> Option<Duration> {
         windows
             .iter()
             .filter_map(|&(span, limit)| {
@@ -67,20 +67,25 @@ impl SendLog {
             .max()
     }
 
-    /// Records a request sent at `now_ms`.
-    pub fn push(&mut self, now_ms: i64) {
+    /// Records a request sent at `now_ms` if every `(span_ms, limit)`
+    /// window allows one more (a limit of 0 is read as 1), first forgetting what
+    /// left the longest of them; else how long until one is allowed.
+    pub fn spend(&mut self, now_ms: i64, windows: &[(i64, usize)]) -> Result<(), Duration> {
+        self.prune(now_ms, windows.iter().map(|w| w.0).max().unwrap_or(0));
+        if let Some(wait) = self.wait(now_ms, windows) {
+            return Err(wait);
+        }
         self.0.push_back(now_ms);
+        Ok(())
     }
+}
 
-    /// Requests in the log.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the log is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
+/// GitHub's minute and hour as sliding-window spans (ms), each widened by
+/// `slack` (a request is counted from when it is spent, GitHub counts it
+/// when it arrives), the hour being 60 of `minute` (tests shorten it).
+pub fn minute_and_hour_spans(minute: Duration, slack: Duration) -> (i64, i64) {
+    let (minute, slack) = (minute.as_millis() as i64, slack.as_millis() as i64);
+    (minute + slack, minute * 60 + slack)
 }
 
 /// How many repository dispatches one target installation may take
@@ -125,9 +130,8 @@ impl DispatchPace {
 
     /// The windows as `(span ms, limit)`.
     fn windows(&self) -> [(i64, usize); 2] {
-        let slack = self.slack.as_millis() as i64;
-        let minute = self.minute.as_millis() as i64;
-        [(minute + slack, self.per_minute), (minute * 60 + slack, self.per_hour)]
+        let (minute, hour) = minute_and_hour_spans(self.minute, self.slack);
+        [(minute, self.per_minute), (hour, self.per_hour)]
     }
 
     /// How long a record of an installation's dispatches is worth keeping.
@@ -153,13 +157,7 @@ impl InstallationBudget {
             return Err(Duration::from_millis((until - now_ms) as u64));
         }
         self.hold_until_ms = None;
-        let windows = pace.windows();
-        self.sent.prune(now_ms, windows.iter().map(|w| w.0).max().unwrap_or(0));
-        if let Some(wait) = self.sent.wait(now_ms, &windows) {
-            return Err(wait);
-        }
-        self.sent.push(now_ms);
-        Ok(())
+        self.sent.spend(now_ms, &pace.windows())
     }
 
     /// No dispatch before `until_ms` (kept if a later hold is already set).
@@ -253,13 +251,7 @@ impl DispatchBudget for StoredDispatchBudget {
         Ok(self.records.update(&budget_key(installation), |b| b.spend(&pace, now_ms)).await?.err())
     }
     async fn hold(&self, installation: InstallationId, until_ms: i64) -> Result<(), StoreError> {
-        let key = budget_key(installation);
-        let held = self.records.update(&key, |b| {
-            b.hold(until_ms);
-            Ok::<(), std::convert::Infallible>(())
-        });
-        held.await?.unwrap_or_else(|never| match never {});
-        Ok(())
+        self.records.change(&budget_key(installation), |b| b.hold(until_ms)).await
     }
 }
 

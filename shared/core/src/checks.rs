@@ -400,21 +400,12 @@ impl SentWrites {
     /// Spends one write of the kind (a create when `create`) at `now_ms`, or
     /// says how long until the pace allows it.
     fn spend(&mut self, pace: &CheckRunPace, create: bool, now_ms: i64) -> Result<(), Duration> {
-        let slack = pace.slack.as_millis() as i64;
-        let minute = pace.minute.as_millis() as i64 + slack;
-        let hour = pace.minute.as_millis() as i64 * 60 + slack;
-        self.creates.prune(now_ms, hour);
-        self.updates.prune(now_ms, minute);
-        let (log, windows) = if create {
-            (&mut self.creates, vec![(minute, pace.creates_per_minute), (hour, pace.creates_per_hour)])
+        let (minute, hour) = crate::budget::minute_and_hour_spans(pace.minute, pace.slack);
+        if create {
+            self.creates.spend(now_ms, &[(minute, pace.creates_per_minute), (hour, pace.creates_per_hour)])
         } else {
-            (&mut self.updates, vec![(minute, pace.updates_per_minute)])
-        };
-        if let Some(wait) = log.wait(now_ms, &windows) {
-            return Err(wait);
+            self.updates.spend(now_ms, &[(minute, pace.updates_per_minute)])
         }
-        log.push(now_ms);
-        Ok(())
     }
 }
 

@@ -111,4 +111,10 @@ impl<V: Serialize + DeserializeOwned + Default> SharedRecords<V> {
             "{key} kept changing under this sender during {ROUNDS} conditional writes"
         )))
     }
+
+    /// [`SharedRecords::update`] with a change that always writes.
+    pub async fn change<T>(&self, key: &str, mut change: impl FnMut(&mut V) -> T) -> Result<T, StoreError> {
+        let written = self.update(key, |record| Ok::<T, std::convert::Infallible>(change(record))).await?;
+        Ok(written.unwrap_or_else(|never| match never {}))
+    }
 }

@@ -46,16 +46,23 @@ pub enum BackendError {
     Config(#[from] ConfigError),
 }
 
+/// The SQLite file of `crcr serve` at `path`, which must exist: a command
+/// pointed at the wrong path does not create an empty database and report
+/// it empty.
+pub fn open_database(path: &Path) -> Result<crcr_embedded::sqlite::Db, BackendError> {
+    if !path.is_file() {
+        return Err(BackendError::NoDatabase(path.display().to_string()));
+    }
+    crcr_embedded::sqlite::Db::open(path)
+        .map_err(|e| BackendError::Database { path: path.display().to_string(), error: e.to_string() })
+}
+
 /// The adapters on the SQLite file at `path`, which must exist (a command
 /// pointed at the wrong path should not create an empty database and
 /// report an empty queue). `max_receive_count` as `CRCR_MAX_RECEIVE_COUNT`:
 /// only receives from the source queue use it, which these commands never do.
 pub fn sqlite(path: &Path, queue: QueueName, max_receive_count: u32) -> Result<OpsPorts, BackendError> {
-    if !path.is_file() {
-        return Err(BackendError::NoDatabase(path.display().to_string()));
-    }
-    let db = crcr_embedded::sqlite::Db::open(path)
-        .map_err(|e| BackendError::Database { path: path.display().to_string(), error: e.to_string() })?;
+    let db = open_database(path)?;
     Ok(OpsPorts {
         queue: Box::new(crcr_embedded::sqlite::SqliteQueue::new(db.clone(), queue.as_str(), max_receive_count)),
         store: Box::new(crcr_embedded::sqlite::SqliteDispatchStore::new(db.clone())),

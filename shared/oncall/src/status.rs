@@ -174,7 +174,6 @@ pub async fn job_store(
     database: &std::path::Path,
     env: &crcr_core::config::Env<'_>,
 ) -> Result<Option<Box<dyn JobStore>>, super::backend::BackendError> {
-    use super::backend::BackendError;
     if aws {
         let Some(table) = env.opt("CRCR_JOBS_TABLE") else {
             return Ok(None);
@@ -182,11 +181,7 @@ pub async fn job_store(
         let sdk = crcr_aws::sdk_config(env.opt("CRCR_AWS_ENDPOINT_URL").as_deref()).await;
         return Ok(Some(Box::new(crcr_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), table))));
     }
-    if !database.is_file() {
-        return Err(BackendError::NoDatabase(database.display().to_string()));
-    }
-    let db = crcr_embedded::sqlite::Db::open(database)
-        .map_err(|e| BackendError::Database { path: database.display().to_string(), error: e.to_string() })?;
+    let db = super::backend::open_database(database)?;
     Ok(Some(Box::new(crcr_embedded::sqlite::SqliteJobStore::new(db))))
 }
 

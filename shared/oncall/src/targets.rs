@@ -31,11 +31,7 @@ pub async fn state_store(
             Arc::new(SystemClock),
         )));
     }
-    if !database.is_file() {
-        return Err(BackendError::NoDatabase(database.display().to_string()));
-    }
-    let db = crcr_embedded::sqlite::Db::open(database)
-        .map_err(|e| BackendError::Database { path: database.display().to_string(), error: e.to_string() })?;
+    let db = super::backend::open_database(database)?;
     Ok(Arc::new(crcr_embedded::sqlite::SqliteKv::new(db, Arc::new(SystemClock))))
 }
 

@@ -29,11 +29,7 @@ impl TraceStores {
     /// The SQLite file of `crcr serve` at `path`, which must exist (a wrong
     /// path must not create an empty database and report "nothing recorded").
     pub fn sqlite(path: &Path) -> Result<Self, BackendError> {
-        if !path.is_file() {
-            return Err(BackendError::NoDatabase(path.display().to_string()));
-        }
-        let db = crcr_embedded::sqlite::Db::open(path)
-            .map_err(|e| BackendError::Database { path: path.display().to_string(), error: e.to_string() })?;
+        let db = super::backend::open_database(path)?;
         Ok(Self {
             dispatches: Box::new(crcr_embedded::sqlite::SqliteDispatchStore::new(db.clone())),
             jobs: Box::new(crcr_embedded::sqlite::SqliteJobStore::new(db.clone())),

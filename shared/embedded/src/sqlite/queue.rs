@@ -60,6 +60,29 @@ impl SqliteQueue {
         }
     }
 
+    /// Makes the in-flight message of `receipt` on `queue` visible again
+    /// `delay` from now, taking this receive off its count when `uncount`.
+    async fn hide(&self, queue: &str, receipt: &str, delay: Duration, uncount: bool) -> Result<(), QueueError> {
+        let (seq, token) = parse_receipt(receipt)?;
+        let queue = queue.to_owned();
+        let visible_at = self.clock.now_ms() + delay.as_millis() as i64;
+        let n = self
+            .db
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE queue_messages SET visible_at_ms = ?4, receive_count = MAX(receive_count - ?5, 0)
+                     WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                )
+                .and_then(|mut hide| hide.execute(params![seq, queue, token, visible_at, uncount as i64]))
+                .map_err(QueueError::sqlite)
+            })
+            .await?;
+        if n == 0 {
+            return Err(QueueError::BadReceipt(receipt.to_owned()));
+        }
+        Ok(())
+    }
+
     /// Inserts a message on `queue`, visible at once. Its stored receipt
     /// token is set now, to a value no one holds, so that receiving it later
     /// rewrites a row of the same size: SQLite then writes only the page
@@ -241,22 +264,7 @@ impl QueueSettle for SqliteQueue {
         Ok(())
     }
     async fn change_visibility(&self, side: QueueSide, receipt: &str, delay: Duration) -> Result<(), QueueError> {
-        let (seq, token) = parse_receipt(receipt)?;
-        let queue = self.queue_name(side).to_owned();
-        let visible_at = self.clock.now_ms() + delay.as_millis() as i64;
-        let n = self
-            .db
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "UPDATE queue_messages SET visible_at_ms = ?4 WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
-                )
-                .and_then(|mut hide| hide.execute(params![seq, queue, token, visible_at]))
-                .map_err(QueueError::sqlite)
-            })
-            .await?;
-        if n == 0 {
-            return Err(QueueError::BadReceipt(receipt.to_owned()));
-        }
+        self.hide(self.queue_name(side), receipt, delay, false).await?;
         if delay.is_zero() {
             self.db.sent.notify_waiters();
         }
@@ -265,24 +273,7 @@ impl QueueSettle for SqliteQueue {
     /// Hidden for `delay` (at most [`crcr_core::ports::MAX_POSTPONE`]) with
     /// this receive taken off its count, as SQS's new copy would start.
     async fn postpone(&self, msg: &ReceivedMessage, delay: Duration) -> Result<(), QueueError> {
-        let (seq, token) = parse_receipt(&msg.receipt)?;
-        let queue = self.name.clone();
-        let visible_at = self.clock.now_ms() + delay.min(crcr_core::ports::MAX_POSTPONE).as_millis() as i64;
-        let n = self
-            .db
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "UPDATE queue_messages SET visible_at_ms = ?4, receive_count = MAX(receive_count - 1, 0)
-                     WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
-                )
-                .and_then(|mut hide| hide.execute(params![seq, queue, token, visible_at]))
-                .map_err(QueueError::sqlite)
-            })
-            .await?;
-        if n == 0 {
-            return Err(QueueError::BadReceipt(msg.receipt.clone()));
-        }
-        Ok(())
+        self.hide(&self.name, &msg.receipt, delay.min(crcr_core::ports::MAX_POSTPONE), true).await
     }
     async fn dead_letter(&self, msg: &ReceivedMessage, reason: &str) -> Result<(), QueueError> {
         let (seq, token) = parse_receipt(&msg.receipt)?;

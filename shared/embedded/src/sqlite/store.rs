@@ -129,23 +129,15 @@ impl DispatchStore for SqliteDispatchStore {
                     Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
                         Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
                         Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
-                        // Paused by the target's breaker: taken again, pending.
-                        Some(DispatchStatus::Paused) => {
-                            tx.execute(
-                                "UPDATE dispatches SET status = 'pending', attempts = attempts + 1, lease_until_ms = ?3,
-                                 updated_at_ms = ?4 WHERE delivery_id = ?1 AND target_key = ?2",
-                                params![delivery.as_str(), key, lease_until, now_ms],
-                            )
-                            .map_err(unavailable)?;
-                            Claim::Acquired { attempt: attempts + 1 }
-                        }
                         // A lease holds up to and including its last millisecond (as
                         // DynamoDB's `lease_until_ms < :now` take-over condition).
                         Some(DispatchStatus::Pending) if until >= now_ms => Claim::Leased { until_ms: until },
-                        Some(DispatchStatus::Pending) => {
+                        // An expired lease, or paused by the target's breaker: taken
+                        // again, pending.
+                        Some(DispatchStatus::Pending | DispatchStatus::Paused) => {
                             tx.execute(
-                                "UPDATE dispatches SET attempts = attempts + 1, lease_until_ms = ?3, updated_at_ms = ?4
-                                 WHERE delivery_id = ?1 AND target_key = ?2",
+                                "UPDATE dispatches SET status = 'pending', attempts = attempts + 1, lease_until_ms = ?3,
+                                 updated_at_ms = ?4 WHERE delivery_id = ?1 AND target_key = ?2",
                                 params![delivery.as_str(), key, lease_until, now_ms],
                             )
                             .map_err(unavailable)?;
