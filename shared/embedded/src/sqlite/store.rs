@@ -211,7 +211,7 @@ impl DispatchStore for SqliteDispatchStore {
     ) -> Result<Vec<DispatchRecord>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM dispatches WHERE dispatched_at_ms IS NOT NULL AND dispatched_at_ms >= ?1
-             AND dispatched_at_ms < ?2 AND status = 'dispatched' ORDER BY dispatched_at_ms LIMIT ?3"
+             AND dispatched_at_ms < ?2 AND status = 'dispatched' ORDER BY dispatched_at_ms, delivery_id, target_key LIMIT ?3"
         );
         self.db.rows(sql, vec![from_ms.into(), to_ms.into(), (limit as i64).into()], record).await
     }
