@@ -122,10 +122,18 @@ async fn metrics_endpoint_and_json_logs_report_what_a_scenario_did() {
         assert_eq!(last, 1.0, "{text}");
     }
     assert_eq!(m.types.get("IngestLatency").map(String::as_str), Some("histogram"));
-    // The stand-in answers every call with x-ratelimit-remaining (limit 100
-    // per identity): the last call was the third dispatch with org/flaky's
-    // installation token.
-    assert_eq!(m.samples.get("GitHubRateLimitRemaining"), Some(&97.0), "{text}");
+    // The stand-in answers every call with x-ratelimit-* (limit 100 per
+    // identity): org/flaky's installation made the three dispatches, the App
+    // (its JWT) the installation lookups and the token mint. The unlabelled
+    // gauge is the identity with the least left.
+    let flaky = gh.requests().iter().find_map(|r| r.installation_id).expect("calls with org/flaky's token");
+    let app_calls = gh.requests().iter().filter(|r| r.auth == crcr_standin::AuthKind::AppJwt).count() as f64;
+    let by_identity = |who: &str| m.samples.get(&format!(r#"GitHubRateLimitLeft{{identity="{who}"}}"#)).copied();
+    assert_eq!(by_identity(&format!("installation:{flaky}")), Some(97.0), "{text}");
+    assert_eq!(by_identity("app"), Some(100.0 - app_calls), "{text}");
+    assert_eq!(m.samples.get("GitHubRateLimitRemaining"), Some(&(97.0f64).min(100.0 - app_calls)), "{text}");
+    // The dispatcher read org/flaky's breaker: closed.
+    assert_eq!(m.samples.get(r#"TargetBreakerOpen{target="org/flaky"}"#), Some(&0.0), "{text}");
     for absent in ["DlqSends", "CallbackRejections", "CallbacksAccepted", "HudSync"] {
         assert!(!text.contains(absent), "{absent} was never recorded:\n{text}");
     }

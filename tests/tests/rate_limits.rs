@@ -204,3 +204,48 @@ async fn a_burst_of_dispatches_keeps_to_githubs_content_limit_per_installation()
     wait_for("a refusal", || !gh.secondary_refusals().is_empty()).await;
     unpaced.stop().await;
 }
+
+/// Issue 15: GitHub's primary limit per installation (here 5 calls per
+/// 3-second window) is tracked from GitHub's `x-ratelimit-*` answers, so a
+/// burst of dispatches stops at the installation's 0 instead of being
+/// refused ("API rate limit exceeded for installation ID N."): what is left
+/// is postponed until the window resets (the wait is longer than the retry
+/// budget; the receive does not count towards the DLQ) and then sent.
+#[tokio::test]
+async fn a_burst_stops_at_the_installations_primary_limit_and_goes_on_after_the_reset() {
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    let targets = ["vendor-a/backend", "vendor-b/backend"];
+    for t in targets {
+        gh.install(t);
+    }
+    gh.set_rate_limit(5);
+    gh.enforce_primary_limit(true, Duration::from_secs(3));
+    let allowlist = format!("L1: [{}]\n", targets.join(", "));
+    let settings = DispatcherSettings { retry_budget: Duration::from_millis(500), ..test_settings() };
+    let relay = Relay::start(&gh, &allowlist, settings, None, "s").await;
+    let deliveries: Vec<String> = (0..8).map(|_| uuid()).collect();
+    for d in &deliveries {
+        assert_eq!(relay.post("push", d, &fixture("push"), false).await.0, 202);
+    }
+    for d in &deliveries {
+        wait_for("every dispatch of the burst", || dispatched_to(&gh, d) == targets).await;
+    }
+    assert!(gh.primary_refusals().is_empty(), "GitHub refused {:?}", gh.primary_refusals());
+    for t in targets {
+        assert_eq!(dispatch_statuses(&gh, t), [204; 8], "{t}: each sent once");
+    }
+    // Some waited for a reset: sent on a later attempt.
+    let mut later = 0;
+    for d in &deliveries {
+        let records = crcr_core::ports::DispatchStore::records(
+            relay.store.as_ref(),
+            &crcr_core::domain::DeliveryId::parse(d).unwrap(),
+        )
+        .await
+        .unwrap();
+        later += records.iter().map(|r| r.attempts as usize - 1).sum::<usize>();
+    }
+    assert!(later >= 6, "8 dispatches per installation, 5 per window: {later} later attempts");
+    assert_eq!(relay.queue.depth(QueueSide::DeadLetter).await.unwrap(), 0);
+    relay.stop().await;
+}

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 pub use crcr_core::config::GitHubAppConfig;
 use crcr_core::domain::RepoFullName;
 use crcr_core::ports::{GitHubApp, GitHubError, InstallationId};
+use crcr_core::rate_limit::{InFlightGate, PrimaryLimits, RateLimitIdentity, RequestPriority};
 
 /// The wait after a rate-limit answer that gives no `retry-after` nor
 /// `x-ratelimit-remaining: 0` + `x-ratelimit-reset` (GitHub docs, "Rate
@@ -72,15 +73,39 @@ pub struct GitHubAppClient {
     /// burst of 300 dispatches would otherwise mint up to 300 tokens at
     /// once, past GitHub's 900 points a minute for the App: 5 per mint).
     minting: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
-    /// Last `x-ratelimit-remaining` seen (-1 = none yet), for metrics.
+    /// Last `x-ratelimit-remaining` seen (-1 = none yet).
     rate_limit_remaining: AtomicI64,
+    /// Each identity's primary-limit window, from GitHub's answers: a
+    /// request is not sent when its priority may not spend what is left.
+    primary: PrimaryLimits,
     /// Waits after rate limits answered without a hint, doubling while they go on.
     secondary: Mutex<SecondaryLimitBackoff>,
     /// Repositories GitHub answered as moved (renamed or transferred), by
     /// the key of the name asked for: where they are now.
     moved: Mutex<HashMap<String, RepoFullName>>,
-    /// One permit per request in flight ([`GitHubAppConfig::max_in_flight`]).
-    in_flight: tokio::sync::Semaphore,
+    /// One slot per request in flight ([`GitHubAppConfig::max_in_flight`]),
+    /// freed slots going to the highest priority waiting.
+    in_flight: std::sync::Arc<InFlightGate>,
+}
+
+/// Who sends a request and for what: the identity whose primary limit it
+/// spends, and its priority ([`crcr_core::rate_limit`]).
+#[derive(Clone, Copy, Debug)]
+struct Call {
+    identity: RateLimitIdentity,
+    priority: RequestPriority,
+}
+
+impl Call {
+    /// With the App's JWT.
+    fn app(priority: RequestPriority) -> Self {
+        Call { identity: RateLimitIdentity::App, priority }
+    }
+
+    /// With an installation token of `installation`.
+    fn installation(installation: InstallationId, priority: RequestPriority) -> Self {
+        Call { identity: RateLimitIdentity::Installation(installation), priority }
+    }
 }
 
 /// How long to wait after a rate-limit answer without `retry-after` or
@@ -151,9 +176,10 @@ impl GitHubAppClient {
             tokens: Mutex::new(HashMap::new()),
             minting: Mutex::new(HashMap::new()),
             rate_limit_remaining: AtomicI64::new(-1),
+            primary: PrimaryLimits::new(),
             secondary: Mutex::new(SecondaryLimitBackoff::default()),
             moved: Mutex::new(HashMap::new()),
-            in_flight: tokio::sync::Semaphore::new(cfg.max_in_flight.max(1)),
+            in_flight: InFlightGate::new(cfg.max_in_flight),
             cfg,
         })
     }
@@ -163,6 +189,12 @@ impl GitHubAppClient {
         Some(self.rate_limit_remaining.load(Ordering::Relaxed)).filter(|n| *n >= 0)
     }
 
+    /// The primary-limit window of `identity` as this client sees it now
+    /// (GitHub's last answer less what was sent since), if one is known.
+    pub fn rate_limit_window(&self, identity: RateLimitIdentity) -> Option<crcr_core::rate_limit::RateLimitWindow> {
+        self.primary.window(identity, chrono::Utc::now().timestamp())
+    }
+
     /// An octocrab client authorised with a token narrowed to `repo` and
     /// `permission` (e.g. `("contents", "write")`), minted if needed.
     async fn token_client(
@@ -170,6 +202,7 @@ impl GitHubAppClient {
         repo: &RepoFullName,
         installation: InstallationId,
         permission: (&str, &str),
+        priority: RequestPriority,
     ) -> Result<Octocrab, GitHubError> {
         let key = format!("{}|{}:{}", repo.key(), permission.0, permission.1);
         let cached = || {
@@ -191,7 +224,7 @@ impl GitHubAppClient {
         }
         let body = json!({"repositories": [repo.name()], "permissions": {permission.0: permission.1}});
         let uri = format!("/app/installations/{}/access_tokens", installation.0);
-        let (status, headers, bytes) = self.send(self.app._post(uri, Some(&body))).await?;
+        let (status, headers, bytes) = self.send(Call::app(priority), || self.app._post(uri, Some(&body))).await?;
         if !status.is_success() {
             return Err(self.classify(status, &headers, &bytes));
         }
@@ -243,6 +276,7 @@ impl GitHubAppClient {
         repo: &RepoFullName,
         status: StatusCode,
         headers: &HeaderMap,
+        priority: RequestPriority,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
         let refuse = |why: String| GitHubError::Permanent {
             status: status.as_u16(),
@@ -267,7 +301,7 @@ impl GitHubAppClient {
         // The path only: octocrab puts the App's JWT only on requests
         // without a host (or to api.github.com); the host was checked above.
         let path = target.path_and_query().map_or(target.path(), |p| p.as_str()).to_owned();
-        let (status, headers, bytes) = self.send(self.app._get(path)).await?;
+        let (status, headers, bytes) = self.send(Call::app(priority), || self.app._get(path)).await?;
         if status.is_redirection() {
             return Err(refuse(format!(
                 "{location} redirected again ({}); only one redirect is followed",
@@ -284,7 +318,7 @@ impl GitHubAppClient {
         // The repository's name now: a token for its id lists it.
         let body = json!({"repository_ids": [repo_id], "permissions": {"metadata": "read"}});
         let uri = format!("/app/installations/{installation}/access_tokens");
-        let (s, h, b) = self.send(self.app._post(uri, Some(&body))).await?;
+        let (s, h, b) = self.send(Call::app(priority), || self.app._post(uri, Some(&body))).await?;
         if !s.is_success() {
             return Err(self.classify(s, &h, &b));
         }
@@ -308,23 +342,53 @@ impl GitHubAppClient {
         self.tokens.lock().expect("token cache").retain(|k, _| !k.starts_with(&prefix));
     }
 
-    /// Sends `request` once a slot of [`GitHubAppConfig::max_in_flight`] is
-    /// free and reads its answer fully (the slot is held until then);
-    /// transport errors are transient.
-    async fn send(
+    /// Sends the request `request` makes, as `call`: not at all when the
+    /// identity's primary limit has no more for its priority
+    /// ([`GitHubError::Deferred`], counted in
+    /// [`crcr_core::metrics::GITHUB_REQUESTS_DEFERRED`]), else once a slot
+    /// of [`GitHubAppConfig::max_in_flight`] is free (the highest priority
+    /// waiting first), reading its answer fully (the slot is held until
+    /// then) and GitHub's `x-ratelimit-*` headers; transport errors are
+    /// transient.
+    async fn send<F>(
         &self,
-        request: impl std::future::Future<
+        call: Call,
+        request: impl FnOnce() -> F,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError>
+    where
+        F: std::future::Future<
             Output = octocrab::Result<http::Response<http_body_util::combinators::BoxBody<Bytes, octocrab::Error>>>,
         >,
-    ) -> Result<(StatusCode, HeaderMap, Bytes), GitHubError> {
-        let _slot = self.in_flight.acquire().await.expect("the in-flight semaphore is never closed");
-        let res = request
+    {
+        let priority = call.priority.as_str();
+        let (_slot, waited) = self.in_flight.acquire(call.priority).await;
+        if waited {
+            ::metrics::counter!(crcr_core::metrics::GITHUB_IN_FLIGHT_WAITS, "priority" => priority).increment(1);
+        }
+        // Admitted once the slot is ours: what was sent meanwhile is counted.
+        if let Err(deferral) = self.primary.admit(call.identity, call.priority, chrono::Utc::now().timestamp()) {
+            ::metrics::counter!(crcr_core::metrics::GITHUB_REQUESTS_DEFERRED, "priority" => priority).increment(1);
+            tracing::info!(identity = %call.identity, priority, wait_s = deferral.wait.as_secs(),
+                metric = "github_requests_deferred", "{deferral}");
+            return Err(GitHubError::Deferred { reason: deferral.to_string(), retry_after: deferral.wait });
+        }
+        let res = request()
             .await
             .map_err(|e| GitHubError::Transient { reason: format!("GitHub unreachable: {e}"), retry_after: None })?;
         let (parts, body) = res.into_parts();
         if let Some(n) = parts.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok()) {
             self.rate_limit_remaining.store(n, Ordering::Relaxed);
-            ::metrics::gauge!(crcr_core::metrics::GITHUB_RATE_LIMIT_REMAINING).set(n as f64);
+        }
+        if let Some((limit, remaining, reset_s)) = crcr_core::rate_limit::read_headers(&parts.headers) {
+            self.primary.observe(call.identity, limit, remaining, reset_s);
+            let now_s = chrono::Utc::now().timestamp();
+            if let Some(window) = self.primary.window(call.identity, now_s) {
+                ::metrics::gauge!(crcr_core::metrics::GITHUB_RATE_LIMIT_LEFT, "identity" => call.identity.to_string())
+                    .set(window.remaining as f64);
+            }
+            if let Some(lowest) = self.primary.lowest_remaining(now_s) {
+                ::metrics::gauge!(crcr_core::metrics::GITHUB_RATE_LIMIT_REMAINING).set(lowest as f64);
+            }
         }
         let bytes = body
             .collect()
@@ -421,9 +485,14 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GitHubE
     GitHubError::Permanent { status: status.as_u16(), reason }
 }
 
-#[async_trait]
-impl GitHubApp for GitHubAppClient {
-    async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError> {
+impl GitHubAppClient {
+    /// The installation of the App on `repo` (cached), looked up with the
+    /// App's JWT for a `priority` request; `None` when GitHub answers 404.
+    async fn installation_for(
+        &self,
+        repo: &RepoFullName,
+        priority: RequestPriority,
+    ) -> Result<Option<InstallationId>, GitHubError> {
         if let Some((found, at)) = self.installations.lock().expect("installation cache").get(repo.key()) {
             let ttl = if found.is_some() { self.cfg.installation_ttl } else { self.cfg.not_installed_ttl };
             if at.elapsed() < ttl {
@@ -431,10 +500,10 @@ impl GitHubApp for GitHubAppClient {
             }
         }
         let uri = format!("/repos/{}/{}/installation", repo.owner(), repo.name());
-        let (mut status, mut headers, mut bytes) = self.send(self.app._get(uri)).await?;
+        let (mut status, mut headers, mut bytes) = self.send(Call::app(priority), || self.app._get(uri)).await?;
         if status.is_redirection() {
             // Renamed or transferred: follow GitHub's redirect once.
-            (status, headers, bytes) = self.follow_move(repo, status, &headers).await?;
+            (status, headers, bytes) = self.follow_move(repo, status, &headers, priority).await?;
         } else {
             // Answered under this name: it is (again) where it says.
             self.moved.lock().expect("moved repositories").remove(repo.key());
@@ -457,6 +526,13 @@ impl GitHubApp for GitHubAppClient {
         self.installations.lock().expect("installation cache").insert(repo.key().to_owned(), (found, Instant::now()));
         Ok(found)
     }
+}
+
+#[async_trait]
+impl GitHubApp for GitHubAppClient {
+    async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError> {
+        self.installation_for(repo, RequestPriority::Dispatch).await
+    }
 
     async fn dispatch(
         &self,
@@ -465,15 +541,17 @@ impl GitHubApp for GitHubAppClient {
         body: &serde_json::value::RawValue,
     ) -> Result<(), GitHubError> {
         let mut target = self.current_name(repo);
-        let client = self.token_client(&target, installation, ("contents", "write")).await?;
+        let dispatch = RequestPriority::Dispatch;
+        let client = self.token_client(&target, installation, ("contents", "write"), dispatch).await?;
         let uri = format!("/repos/{}/{}/dispatches", target.owner(), target.name());
-        let (mut status, mut headers, mut bytes) = self.send(client._post(uri, Some(body))).await?;
+        let (mut status, mut headers, mut bytes) =
+            self.send(Call::installation(installation, dispatch), || client._post(uri, Some(body))).await?;
         if status.is_redirection() {
             // Moved since its installation was looked up (GitHub answers a
             // POST to a moved repository with 307): look it up again, which
             // follows the move, and send once more to where it is now.
             self.installations.lock().expect("installation cache").remove(repo.key());
-            let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
+            let installation = self.installation_for(repo, dispatch).await?.ok_or_else(|| GitHubError::Permanent {
                 status: 404,
                 reason: format!("{repo} moved and the App is not installed where it is now"),
             })?;
@@ -485,9 +563,10 @@ impl GitHubApp for GitHubAppClient {
                 });
             }
             target = now;
-            let client = self.token_client(&target, installation, ("contents", "write")).await?;
+            let client = self.token_client(&target, installation, ("contents", "write"), dispatch).await?;
             let uri = format!("/repos/{}/{}/dispatches", target.owner(), target.name());
-            (status, headers, bytes) = self.send(client._post(uri, Some(body))).await?;
+            (status, headers, bytes) =
+                self.send(Call::installation(installation, dispatch), || client._post(uri, Some(body))).await?;
             if status.is_redirection() {
                 return Err(GitHubError::Permanent {
                     status: status.as_u16(),
@@ -509,15 +588,12 @@ impl GitHubApp for GitHubAppClient {
     }
 
     async fn file_contents(&self, repo: &RepoFullName, path: &str, git_ref: &str) -> Result<Vec<u8>, GitHubError> {
-        let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
-            status: 404,
-            reason: format!("the App is not installed on {repo}"),
-        })?;
-        let client = self.token_client(repo, installation, ("contents", "read")).await?;
+        // The allowlist: dispatches need it.
+        let (client, call) = self.repo_client(repo, ("contents", "read"), RequestPriority::Dispatch).await?;
         let uri = format!("/repos/{}/{}/contents/{}?ref={}", repo.owner(), repo.name(), path, git_ref);
         let mut accept = HeaderMap::new();
         accept.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.github.raw"));
-        let (status, headers, bytes) = self.send(client._get_with_headers(uri, Some(accept))).await?;
+        let (status, headers, bytes) = self.send(call, || client._get_with_headers(uri, Some(accept))).await?;
         if status.is_success() {
             Ok(bytes.to_vec())
         } else {
@@ -535,7 +611,7 @@ impl crcr_core::redeliver::HookDeliveries for GitHubAppClient {
         cursor: Option<&str>,
     ) -> Result<crcr_core::redeliver::DeliveryPage, crcr_core::redeliver::HookError> {
         let uri = crate::hook_deliveries::list_uri(per_page, cursor);
-        let (status, headers, bytes) = self.send(self.app._get(uri)).await?;
+        let (status, headers, bytes) = self.send(Call::app(RequestPriority::Redelivery), || self.app._get(uri)).await?;
         if !status.is_success() {
             return Err(crate::hook_deliveries::hook_error(status, &headers, &bytes));
         }
@@ -544,7 +620,8 @@ impl crcr_core::redeliver::HookDeliveries for GitHubAppClient {
 
     async fn redeliver(&self, delivery_id: u64) -> Result<(), crcr_core::redeliver::HookError> {
         let uri = format!("/app/hook/deliveries/{delivery_id}/attempts");
-        let (status, headers, bytes) = self.send(self.app._post(uri, None::<&()>)).await?;
+        let (status, headers, bytes) =
+            self.send(Call::app(RequestPriority::Redelivery), || self.app._post(uri, None::<&()>)).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -558,13 +635,10 @@ impl crcr_core::ports::CommitLookup for GitHubAppClient {
     /// With an installation token of `repo` narrowed to `contents: read`
     /// (the App must be installed on the upstream repository).
     async fn commit_exists(&self, repo: &RepoFullName, sha: &str) -> Result<bool, GitHubError> {
-        let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
-            status: 404,
-            reason: format!("the App is not installed on {repo}"),
-        })?;
-        let client = self.token_client(repo, installation, ("contents", "read")).await?;
+        // A callback's commit: its check runs and HUD records wait on it.
+        let (client, call) = self.repo_client(repo, ("contents", "read"), RequestPriority::CheckRun).await?;
         let uri = format!("/repos/{}/{}/commits/{}", repo.owner(), repo.name(), sha);
-        let (status, headers, bytes) = self.send(client._get(uri)).await?;
+        let (status, headers, bytes) = self.send(call, || client._get(uri)).await?;
         match status {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
@@ -582,9 +656,9 @@ impl crcr_core::checks::CheckRuns for GitHubAppClient {
         repo: &RepoFullName,
         run: &crcr_core::checks::CheckRunRequest,
     ) -> Result<u64, GitHubError> {
-        let client = self.checks_client(repo).await?;
+        let (client, call) = self.checks_client(repo).await?;
         let uri = format!("/repos/{}/{}/check-runs", repo.owner(), repo.name());
-        let (status, headers, bytes) = self.send(client._post(uri, Some(run))).await?;
+        let (status, headers, bytes) = self.send(call, || client._post(uri, Some(run))).await?;
         if !status.is_success() {
             return Err(self.repo_call_error(repo, status, &headers, &bytes));
         }
@@ -600,7 +674,7 @@ impl crcr_core::checks::CheckRuns for GitHubAppClient {
         id: u64,
         run: &crcr_core::checks::CheckRunRequest,
     ) -> Result<(), GitHubError> {
-        let client = self.checks_client(repo).await?;
+        let (client, call) = self.checks_client(repo).await?;
         let uri = format!("/repos/{}/{}/check-runs/{id}", repo.owner(), repo.name());
         // "Update a check run" takes no `head_sha`: a check run stays on its commit.
         let mut body =
@@ -608,7 +682,7 @@ impl crcr_core::checks::CheckRuns for GitHubAppClient {
         if let Some(fields) = body.as_object_mut() {
             fields.remove("head_sha");
         }
-        let (status, headers, bytes) = self.send(client._patch(uri, Some(&body))).await?;
+        let (status, headers, bytes) = self.send(call, || client._patch(uri, Some(&body))).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -618,20 +692,26 @@ impl crcr_core::checks::CheckRuns for GitHubAppClient {
 }
 
 impl GitHubAppClient {
-    /// A client with a token of `repo` narrowed to `checks: write`.
-    async fn checks_client(&self, repo: &RepoFullName) -> Result<Octocrab, GitHubError> {
-        self.repo_client(repo, ("checks", "write")).await
+    /// A client with a token of `repo` narrowed to `checks: write`, for check-run writes.
+    async fn checks_client(&self, repo: &RepoFullName) -> Result<(Octocrab, Call), GitHubError> {
+        self.repo_client(repo, ("checks", "write"), RequestPriority::CheckRun).await
     }
 
     /// A client with a token of `repo` narrowed to `permission`, the
-    /// installation looked up (cached); 404 permanent when the App is not
-    /// installed there.
-    async fn repo_client(&self, repo: &RepoFullName, permission: (&str, &str)) -> Result<Octocrab, GitHubError> {
-        let installation = self.installation(repo).await?.ok_or_else(|| GitHubError::Permanent {
+    /// installation looked up (cached), and the [`Call`] of a `priority`
+    /// request with it; 404 permanent when the App is not installed there.
+    async fn repo_client(
+        &self,
+        repo: &RepoFullName,
+        permission: (&str, &str),
+        priority: RequestPriority,
+    ) -> Result<(Octocrab, Call), GitHubError> {
+        let installation = self.installation_for(repo, priority).await?.ok_or_else(|| GitHubError::Permanent {
             status: 404,
             reason: format!("the App is not installed on {repo}"),
         })?;
-        self.token_client(repo, installation, permission).await
+        let client = self.token_client(repo, installation, permission, priority).await?;
+        Ok((client, Call::installation(installation, priority)))
     }
 
     /// [`Self::classify`], forgetting the token on 401 and the installation on 404.
@@ -683,9 +763,9 @@ impl GitHubAppClient {
         run_id: u64,
         action: &str,
     ) -> Result<crcr_core::runs::RunRequest, GitHubError> {
-        let client = self.repo_client(repo, ("actions", "write")).await?;
+        let (client, call) = self.repo_client(repo, ("actions", "write"), RequestPriority::Rerun).await?;
         let uri = format!("/repos/{}/{}/actions/runs/{run_id}/{action}", repo.owner(), repo.name());
-        let (status, headers, bytes) = self.send(client._post(uri, None::<&()>)).await?;
+        let (status, headers, bytes) = self.send(call, || client._post(uri, None::<&()>)).await?;
         run_answer(status, &headers, &bytes, action == "cancel").map_err(|_| {
             // Forget the token on 401 and the installation on 404.
             self.repo_call_error(repo, status, &headers, &bytes)

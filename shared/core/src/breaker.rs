@@ -181,6 +181,8 @@ impl Breakers {
         let key = breaker_key(repo);
         let breaker = self.records.read(&key, self.settings.cache_for).await?;
         let now = self.clock.now_ms();
+        let state = if breaker.open.is_some() { 1.0 } else { 0.0 };
+        ::metrics::gauge!(crate::metrics::TARGET_BREAKER_OPEN, "target" => repo.as_str().to_owned()).set(state);
         let Some(open) = breaker.open else {
             return Ok(Admission::Send);
         };

@@ -19,9 +19,10 @@
 //! ([`DispatchBudget::hold`]).
 //!
 //! The primary limit (5,000 requests an hour per installation, "Primary
-//! rate limit for GitHub App installations") is not paced separately: a
-//! dispatch is the only request the relay makes with a target's
-//! installation token, and 500 an hour keeps far below it.
+//! rate limit for GitHub App installations") is not paced here: 500
+//! dispatches an hour keep far below it, and the GitHub client tracks it
+//! from GitHub's answers and defers what would pass it
+//! ([`crate::rate_limit`]; a deferred dispatch is postponed like a paced one).
 //!
 //! Two budgets: [`MemoryDispatchBudget`] for one process (`crcr serve`),
 //! [`StoredDispatchBudget`] in the shared `kv` store with conditional

@@ -421,7 +421,8 @@ pub struct CheckSyncReport {
     /// 5xx, rate limits, no answer: pending for the next sweep.
     pub still_pending: usize,
     /// Not sent this pass: GitHub's limits allow no more writes yet
-    /// ([`CheckRunPace`]); pending for a later sweep.
+    /// ([`CheckRunPace`], or the upstream installation's primary limit is
+    /// kept for dispatches: [`crate::rate_limit`]); pending for a later sweep.
     pub deferred: usize,
 }
 
@@ -448,11 +449,14 @@ pub async fn sync_check_runs(
     let mut report = CheckSyncReport::default();
     let mut sent = SentWrites::load(state).await?;
     let mut next_write: Option<Duration> = None;
+    // Deferred by the pace (the rest of `report.deferred` by GitHub's primary limit, counted as they come).
+    let mut paced = 0;
     for item in jobs.pending_check_runs(limit).await? {
         // A create the pace does not allow yet waits; an update behind it
         // (its own budget) still goes.
         if let Err(wait) = sent.spend(pace, item.check_run_id.is_none(), clock.now_ms()) {
             report.deferred += 1;
+            paced += 1;
             next_write = Some(next_write.map_or(wait, |w| w.min(wait)));
             continue;
         }
@@ -467,7 +471,8 @@ pub async fn sync_check_runs(
             Ok(Some(_)) => "created",
             Ok(None) => "updated",
             Err(GitHubError::Permanent { .. }) => "rejected",
-            Err(_) => "failed",
+            Err(GitHubError::Deferred { .. }) => "deferred",
+            Err(GitHubError::Transient { .. }) => "failed",
         };
         ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => counted).increment(1);
         match result {
@@ -484,6 +489,12 @@ pub async fn sync_check_runs(
                 jobs.mark_check_run(&item.id, item.version, None, HudSync::Rejected, Some(&e.to_string()), now).await?;
                 report.rejected += 1;
             }
+            Err(GitHubError::Deferred { retry_after, .. }) => {
+                // Not sent: the upstream installation's primary limit is
+                // kept for dispatches until its reset.
+                report.deferred += 1;
+                next_write = Some(next_write.map_or(retry_after, |w| w.min(retry_after)));
+            }
             Err(e) => {
                 tracing::warn!(check_run_item = %item.id, error = %e, metric = "check_run_sync_failures", "GitHub unavailable; check run stays pending");
                 jobs.mark_check_run(&item.id, item.version, None, HudSync::Pending, Some(&e.to_string()), now).await?;
@@ -492,7 +503,7 @@ pub async fn sync_check_runs(
         }
     }
     if let Some(wait) = next_write {
-        ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => "deferred").increment(report.deferred as u64);
+        ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => "deferred").increment(paced);
         tracing::info!(
             deferred = report.deferred,
             next_in_s = wait.as_secs_f64(),

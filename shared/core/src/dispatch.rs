@@ -479,7 +479,7 @@ impl Dispatcher {
         .when(|e| matches!(e, CallError::GitHub(e) if e.is_transient()))
         .adjust(|e, next| {
             let next = match e {
-                CallError::GitHub(GitHubError::Transient { retry_after: Some(hint), .. }) => next.map(|_| *hint),
+                CallError::GitHub(e) if e.retry_after().is_some() => next.and(e.retry_after()),
                 _ => next,
             }?;
             // Only wait if the next call still fits in the budget.
@@ -491,16 +491,27 @@ impl Dispatcher {
         })
         .await;
         let calls = calls.into_inner();
-        let result = match result {
-            Ok(()) => Ok(()),
-            Err(CallError::GitHub(e)) => Err(e),
-            Err(CallError::Paced(wait)) => {
-                let reason = format!(
-                    "GitHub's budget for installation {} allows no dispatch for {:.1} s; postponed",
+        let paced = match result {
+            Err(CallError::Paced(wait)) => Some((
+                format!(
+                    "GitHub's budget for installation {} allows no dispatch for {:.1} s",
                     installation.0,
                     wait.as_secs_f64()
-                );
-                tracing::info!(attempt, calls, wait_ms = wait.as_millis() as u64, "dispatch paced");
+                ),
+                wait,
+            )),
+            Err(CallError::GitHub(GitHubError::Deferred { ref reason, retry_after })) => {
+                Some((reason.clone(), retry_after))
+            }
+            _ => None,
+        };
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(CallError::GitHub(e)) if paced.is_none() => Err(e),
+            Err(_) => {
+                let (reason, wait) = paced.expect("paced or deferred");
+                let reason = format!("{reason}; postponed");
+                tracing::info!(attempt, calls, wait_ms = wait.as_millis() as u64, %reason, "dispatch paced");
                 return self
                     .finish(
                         (delivery, meta.hook_id),
@@ -515,7 +526,7 @@ impl Dispatcher {
         let told = match &result {
             Ok(()) => self.breakers.delivered(repo).await,
             Err(GitHubError::Permanent { reason, .. }) => self.breakers.refused(repo, reason).await,
-            Err(GitHubError::Transient { .. }) => Ok(None),
+            Err(GitHubError::Transient { .. } | GitHubError::Deferred { .. }) => Ok(None),
         };
         if let Err(e) = told {
             tracing::warn!(error = %e, "could not update the target's breaker");
@@ -554,6 +565,7 @@ impl Dispatcher {
                 )
                 .await
             }
+            Err(GitHubError::Deferred { .. }) => unreachable!("a deferred dispatch was postponed above"),
         }
     }
 
@@ -766,6 +778,10 @@ fn retry_or_fail_unrecorded(e: GitHubError) -> TargetOutcome {
             reason: format!("installation lookup: {reason}"),
             retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
         },
+        // Not sent: the App's primary limit is spent until its reset.
+        GitHubError::Deferred { retry_after, .. } => {
+            TargetOutcome::Paced { retry_after_ms: retry_after.as_millis() as u64 }
+        }
         GitHubError::Permanent { reason, .. } => {
             TargetOutcome::Failed { reason: format!("installation lookup: {reason}") }
         }

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod ports;
 pub mod progress;
+pub mod rate_limit;
 pub mod reconcile;
 pub mod redeliver;
 pub mod runs;

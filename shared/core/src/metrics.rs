@@ -89,11 +89,35 @@ pub const DISPATCH_BUDGET_WAITS: &str = "DispatchBudgetWaits";
 /// in the log line `metric=target_breaker_opened` and `crcr target list`).
 pub const TARGET_BREAKERS_OPENED: &str = "TargetBreakersOpened";
 
-/// Gauge: the last `x-ratelimit-remaining` GitHub answered with (requests
-/// left in the current rate-limit window of the identity that made the
-/// call; "Rate limits for the REST API", GitHub docs). No labels (alarm
+/// Gauge: 1 while a target's breaker is open (its dispatches paused), 0
+/// while closed, as the dispatcher last read it (at each dispatch to the
+/// target, [`crate::breaker::Breakers::admit`]; cached up to 10 s). Label
+/// `target`: the repository.
+pub const TARGET_BREAKER_OPEN: &str = "TargetBreakerOpen";
+
+/// Gauge: requests left in the primary rate-limit window of the identity
+/// (the App, or one installation) nearest its limit, from GitHub's
+/// `x-ratelimit-remaining` less what was sent since ("Rate limits for the
+/// REST API", GitHub docs; [`crate::rate_limit`]). No labels (alarm
 /// `github-rate-limit-low`).
 pub const GITHUB_RATE_LIMIT_REMAINING: &str = "GitHubRateLimitRemaining";
+
+/// Gauge: requests left in one identity's primary rate-limit window, as
+/// [`GITHUB_RATE_LIMIT_REMAINING`]. Label `identity`: `app` or
+/// `installation:<id>` (one series per installation the relay calls with).
+pub const GITHUB_RATE_LIMIT_LEFT: &str = "GitHubRateLimitLeft";
+
+/// Counter: GitHub requests not sent because their identity's primary
+/// rate limit has no more left for their priority until its reset
+/// ([`crate::rate_limit::RequestPriority::reserve_percent`]); the work is
+/// postponed (dispatches), kept pending (check runs) or retried later.
+/// Label `priority`: `dispatch`, `check_run`, `rerun`, `redelivery`.
+pub const GITHUB_REQUESTS_DEFERRED: &str = "GitHubRequestsDeferred";
+
+/// Counter: GitHub requests that waited for one of the process's in-flight
+/// slots (`CRCR_GITHUB_MAX_IN_FLIGHT`; freed slots go to the highest
+/// priority first). Label `priority`, as [`GITHUB_REQUESTS_DEFERRED`].
+pub const GITHUB_IN_FLIGHT_WAITS: &str = "GitHubInFlightWaits";
 
 /// Counter: messages the relay itself sent to a dead-letter queue (with a
 /// reason). Label `queue`: `dispatch` or `reconcile`. Messages moved by SQS's
@@ -208,7 +232,11 @@ pub const ALL: &[&str] = &[
     DISPATCH_RETRIES,
     DISPATCH_BUDGET_WAITS,
     TARGET_BREAKERS_OPENED,
+    TARGET_BREAKER_OPEN,
     GITHUB_RATE_LIMIT_REMAINING,
+    GITHUB_RATE_LIMIT_LEFT,
+    GITHUB_REQUESTS_DEFERRED,
+    GITHUB_IN_FLIGHT_WAITS,
     DLQ_SENDS,
     CALLBACKS_ACCEPTED,
     CALLBACK_REJECTIONS,

@@ -679,11 +679,27 @@ pub enum GitHubError {
     /// Will not succeed by retrying: 404 (App not installed), 422, other 4xx.
     #[error("GitHub rejected the request ({status}): {reason}")]
     Permanent { status: u16, reason: String },
+    /// Not sent: GitHub's primary rate limit of the identity that would
+    /// send it has no more left for this kind of request until
+    /// `retry_after` (the window's reset; [`crate::rate_limit`]). Transient,
+    /// and no sign that anything is wrong with the target.
+    #[error("not sent: {reason}")]
+    Deferred { reason: String, retry_after: Duration },
 }
 
 impl GitHubError {
+    /// Worth trying again later: [`GitHubError::Transient`] and [`GitHubError::Deferred`].
     pub fn is_transient(&self) -> bool {
-        matches!(self, GitHubError::Transient { .. })
+        matches!(self, GitHubError::Transient { .. } | GitHubError::Deferred { .. })
+    }
+
+    /// When to try again, if known: GitHub's hint, or the reset a deferred request waits for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GitHubError::Transient { retry_after, .. } => *retry_after,
+            GitHubError::Deferred { retry_after, .. } => Some(*retry_after),
+            GitHubError::Permanent { .. } => None,
+        }
     }
 }
 

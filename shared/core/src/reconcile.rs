@@ -216,10 +216,7 @@ impl Reconciler {
                         span.in_scope(|| tracing::warn!(error = %e, "upstream event: will be received again"));
                         match &e {
                             crate::upstream::UpstreamError::GitHub { error, .. } => {
-                                let hint = match error {
-                                    crate::ports::GitHubError::Transient { retry_after, .. } => *retry_after,
-                                    _ => None,
-                                };
+                                let hint = error.retry_after();
                                 let after = hint.unwrap_or(GITHUB_RETRY_MIN).clamp(GITHUB_RETRY_MIN, GITHUB_RETRY_MAX);
                                 ReconcileOutcome::RetryAfter { reason: e.to_string(), after }
                             }

@@ -156,6 +156,9 @@ impl From<GitHubError> for HookError {
     fn from(e: GitHubError) -> Self {
         match e {
             GitHubError::Transient { reason, retry_after } => HookError::Transient { reason, retry_after },
+            GitHubError::Deferred { reason, retry_after } => {
+                HookError::Transient { reason: format!("not sent: {reason}"), retry_after: Some(retry_after) }
+            }
             GitHubError::Permanent { status: 404, reason } => HookError::NotFound(reason),
             GitHubError::Permanent { status: 403, reason } => HookError::Refused { status: 403, message: reason },
             GitHubError::Permanent { status, reason } => HookError::Rejected { status, message: reason },

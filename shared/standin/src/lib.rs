@@ -411,9 +411,30 @@ impl StandIn {
         self.shared.world().latency = latency;
     }
 
-    /// The `x-ratelimit-limit` per identity and hour (default 5000; reported, not enforced).
+    /// The `x-ratelimit-limit` per identity and window (default 5000;
+    /// reported, and enforced after [`Self::enforce_primary_limit`]).
     pub fn set_rate_limit(&self, limit: u64) {
         self.shared.world().rate_limit = limit;
+    }
+
+    /// GitHub's primary rate limit, enforced from now on (or not): a call
+    /// by an identity (the App's JWT, or one installation's tokens) that
+    /// has made [`Self::set_rate_limit`] calls in the current window is
+    /// answered 403 "API rate limit exceeded for installation ID N." (or
+    /// "for app ID N.") with `x-ratelimit-remaining: 0` and the window's
+    /// `x-ratelimit-reset`, and not counted. `window` is the window's
+    /// length (GitHub: an hour; whole seconds, at least 1, as the reset is
+    /// in epoch seconds), for tests on a time scale.
+    pub fn enforce_primary_limit(&self, enforce: bool, window: Duration) {
+        let mut world = self.shared.world();
+        world.enforce_primary = enforce;
+        world.rate_window_s = window.as_secs().max(1);
+    }
+
+    /// Calls refused by the primary limit so far, by identity (`app`,
+    /// `installation:<id>`).
+    pub fn primary_refusals(&self) -> std::collections::HashMap<String, u64> {
+        self.shared.world().primary_refused.clone()
     }
 
     /// Enforces GitHub's secondary rate limits from now on (`None`: stops;

@@ -206,6 +206,33 @@ fn primary_limit(status: u16, reset_in_s: u64, installation_id: u64) -> Response
     resp
 }
 
+/// GitHub's answer to a call past the identity's primary rate limit
+/// (GitHub docs, "Rate limits for the REST API" → "Exceeding the rate
+/// limit": "If you exceed your primary rate limit, you will receive a 403
+/// or 429 response, and the `x-ratelimit-remaining` header will be 0";
+/// the messages are GitHub's, as quoted by octokit users: "API rate limit
+/// exceeded for installation ID N." / "... for app ID N.").
+pub(crate) fn primary_limit_exhausted(
+    auth: &super::server::Auth,
+    app_id: u64,
+    limit: u64,
+    used: u64,
+    reset: u64,
+) -> Response {
+    let who = match auth {
+        super::server::Auth::Installation { installation_id, .. } => format!("installation ID {installation_id}"),
+        super::server::Auth::App => format!("app ID {app_id}"),
+        _ => "this client".to_owned(),
+    };
+    let mut resp = gh_error(403, &format!("API rate limit exceeded for {who}."), DOC_RATE_LIMITS);
+    insert(&mut resp, "x-ratelimit-limit", limit.to_string());
+    insert(&mut resp, "x-ratelimit-remaining", "0".to_owned());
+    insert(&mut resp, "x-ratelimit-used", used.to_string());
+    insert(&mut resp, "x-ratelimit-reset", reset.to_string());
+    insert(&mut resp, "x-ratelimit-resource", "core".to_owned());
+    resp
+}
+
 fn insert(resp: &mut Response, name: &'static str, value: String) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         resp.headers_mut().insert(name, v);

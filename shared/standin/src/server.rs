@@ -234,6 +234,15 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     let (latency, request_id, admitted, retry_after) = {
         let mut world = shared.world();
         let request_id = world.next_request_id();
+        // GitHub's primary limit first: a refused call spends nothing else.
+        if let Some((limit, used, reset)) = world.primary_exhausted(&identity, util::epoch_now()) {
+            let mut resp = super::repos::primary_limit_exhausted(&auth, shared.app_id, limit, used, reset);
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                resp.headers_mut().insert("x-github-request-id", v);
+            }
+            drop(world);
+            return record(&shared, resp, method, path, query, &auth, arrived, peer_port, request_id);
+        }
         let admitted = world.secondary.admit(&identity, &cost, arrived);
         let retry_after = world.secondary.limits.as_ref().is_some_and(|l| l.retry_after);
         (world.latency, request_id, admitted, retry_after)
@@ -277,7 +286,24 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     set("x-github-media-type", "github.v3; format=json".to_owned());
     set("server", "github.com".to_owned());
 
-    let installation_id = match &auth {
+    drop(world);
+    record(&shared, resp, method, path, query, &auth, arrived, peer_port, request_id)
+}
+
+/// Records an answered request (`StandIn::requests`) and returns its answer.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    shared: &Shared,
+    resp: Response,
+    method: String,
+    path: String,
+    query: Option<String>,
+    auth: &Auth,
+    arrived: Instant,
+    peer_port: u16,
+    request_id: String,
+) -> Response {
+    let installation_id = match auth {
         Auth::Installation { installation_id, .. } => Some(*installation_id),
         _ => None,
     };
@@ -295,7 +321,7 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
         peer_port,
         request_id,
     };
-    world.requests.push(record);
+    shared.world().requests.push(record);
     resp
 }
 

@@ -71,6 +71,12 @@ pub(crate) struct World {
     pub run_requests: Vec<RecordedRunRequest>,
     /// identity -> (window start, Unix s; calls in the window)
     pub rate: HashMap<String, (u64, u64)>,
+    /// Length of a primary rate-limit window (GitHub: an hour).
+    pub rate_window_s: u64,
+    /// Whether a call past `rate_limit` in its window is refused.
+    pub enforce_primary: bool,
+    /// Calls refused by the primary limit, by identity.
+    pub primary_refused: HashMap<String, u64>,
     /// GitHub's secondary rate limits, when enforced.
     pub secondary: super::secondary::SecondaryState,
     next_installation: u64,
@@ -151,6 +157,9 @@ impl Shared {
                 workflow_runs: HashMap::new(),
                 run_requests: Vec::new(),
                 rate: HashMap::new(),
+                rate_window_s: 3600,
+                enforce_primary: false,
+                primary_refused: HashMap::new(),
                 secondary: Default::default(),
                 next_installation: 40_000_001,
                 next_account: 90_000_001,
@@ -323,13 +332,27 @@ impl World {
     /// Counts a call against `identity`'s hourly window and returns
     /// (limit, remaining, used, reset as Unix seconds).
     pub(crate) fn count_call(&mut self, identity: &str, now_s: u64) -> (u64, u64, u64, u64) {
+        let span = self.rate_window_s;
         let window = self.rate.entry(identity.to_owned()).or_insert((now_s, 0));
-        if now_s >= window.0 + 3600 {
+        if now_s >= window.0 + span {
             *window = (now_s, 0);
         }
         window.1 += 1;
         let used = window.1;
-        (self.rate_limit, self.rate_limit.saturating_sub(used), used, window.0 + 3600)
+        (self.rate_limit, self.rate_limit.saturating_sub(used), used, window.0 + span)
+    }
+
+    /// When `identity` has used its whole primary limit in the current
+    /// window and the limit is enforced: `Some((limit, used, reset))`, the
+    /// call refused (and counted in `primary_refused`, not in the window).
+    pub(crate) fn primary_exhausted(&mut self, identity: &str, now_s: u64) -> Option<(u64, u64, u64)> {
+        let (start, used) = *self.rate.get(identity)?;
+        let reset = start + self.rate_window_s;
+        if !self.enforce_primary || now_s >= reset || used < self.rate_limit {
+            return None;
+        }
+        *self.primary_refused.entry(identity.to_owned()).or_default() += 1;
+        Some((self.rate_limit, used, reset))
     }
 }
 

@@ -41,7 +41,31 @@ fn describe() {
         Unit::Count,
         "Target breakers opened: a repository's dispatches failed for good and are paused"
     );
-    metrics::describe_gauge!(GITHUB_RATE_LIMIT_REMAINING, Unit::Count, "Last x-ratelimit-remaining from GitHub");
+    metrics::describe_gauge!(
+        TARGET_BREAKER_OPEN,
+        Unit::Count,
+        "1 while a target's breaker is open (its dispatches paused), by target"
+    );
+    metrics::describe_gauge!(
+        GITHUB_RATE_LIMIT_REMAINING,
+        Unit::Count,
+        "Requests left in the primary rate-limit window of the identity nearest its limit"
+    );
+    metrics::describe_gauge!(
+        GITHUB_RATE_LIMIT_LEFT,
+        Unit::Count,
+        "Requests left in an identity's primary rate-limit window, by identity"
+    );
+    metrics::describe_counter!(
+        GITHUB_REQUESTS_DEFERRED,
+        Unit::Count,
+        "GitHub requests not sent: their identity's primary limit is kept for higher priorities, by priority"
+    );
+    metrics::describe_counter!(
+        GITHUB_IN_FLIGHT_WAITS,
+        Unit::Count,
+        "GitHub requests that waited for an in-flight slot, by priority"
+    );
     metrics::describe_counter!(DLQ_SENDS, Unit::Count, "Messages sent to a dead-letter queue, by queue");
     metrics::describe_counter!(CALLBACKS_ACCEPTED, Unit::Count, "Callbacks accepted, by status");
     metrics::describe_counter!(CALLBACK_REJECTIONS, Unit::Count, "Callbacks refused, by reason");
