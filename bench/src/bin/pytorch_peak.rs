@@ -5,12 +5,14 @@
 //! `--jobs` jobs per dispatch calling back `in_progress` then `completed`.
 //! The GitHub stand-in enforces GitHub's secondary limits (concurrency,
 //! points per endpoint, 80 content-generating requests a minute and 500 an
-//! hour per identity) on a time scale: `--minute-ms` is GitHub's minute
-//! (60000: real time). The relay paces dispatches and check runs on the
-//! same scale.
+//! hour per identity) and its primary limit (5,000 requests an hour per
+//! identity) on a time scale: `--minute-ms` is GitHub's minute (60000:
+//! real time). The relay paces dispatches and check runs on the same scale.
 //!
 //! Prints: webhooks, dispatches, callbacks, check runs created and updated,
-//! HUD records, the stand-in's secondary-limit refusals (the goal: 0), and
+//! HUD records, the stand-in's secondary- and primary-limit refusals (the
+//! goal: 0), the most requests one identity made (against its 5,000 an
+//! hour), and
 //! the time from the first webhook until every dispatch was delivered and
 //! every check run and HUD record was sent (drain), in scaled minutes too.
 //!
@@ -115,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
         gh.install(t);
     }
     gh.enforce_secondary_limits(Some(SecondaryLimits::scaled(minute)));
+    // GitHub's hour, scaled (whole seconds: the reset is in epoch seconds).
+    gh.enforce_primary_limit(true, minute * 60);
     let (issuer, hud) = (Issuer::start().await, Hud::start().await);
 
     let dir = std::env::temp_dir().join(format!("crcr-peak-{}", uuid::Uuid::new_v4().simple()));
@@ -290,21 +294,29 @@ async fn main() -> anyhow::Result<()> {
 
     let runs = gh.check_runs(UPSTREAM);
     let refusals = gh.secondary_refusals();
-    let refused: u64 = refusals.values().sum();
+    let primary = gh.primary_refusals();
+    let mut by_identity = std::collections::HashMap::<Option<u64>, u64>::new();
+    for r in gh.requests() {
+        *by_identity.entry(r.installation_id).or_default() += 1;
+    }
+    let busiest = by_identity.values().max().copied().unwrap_or(0);
+    let refused: u64 = refusals.values().sum::<u64>() + primary.values().sum::<u64>();
     println!("pytorch-peak: GitHub minute = {} ms, {} targets ({} L4 x {} jobs), {} PRs at once + {} synchronize/s for {} s, GitHub latency {} ms",
         a.minute_ms, a.targets, a.l4, a.jobs, a.prs, a.sync_per_s, a.seconds, a.latency_ms);
-    println!("| webhooks | dispatches | callbacks (202) | check runs created / updates | HUD records | secondary refusals | drain s (GitHub minutes) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| webhooks | dispatches | callbacks (202) | check runs created / updates | HUD records | secondary refusals | primary refusals | most requests by one identity | drain s (GitHub minutes) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let drain = drained.map_or("not drained".to_owned(), |d| {
         format!("{:.1} ({:.2})", d.as_secs_f64(), d.as_secs_f64() * 1000.0 / a.minute_ms as f64)
     });
     println!(
-        "| {webhooks} | {} / {want_dispatches} | {} | {} / {} | {} | {refused} {refusals:?} | {drain} |",
+        "| {webhooks} | {} / {want_dispatches} | {} | {} / {} | {} | {} {refusals:?} | {} {primary:?} | {busiest} | {drain} |",
         gh.dispatches().len(),
         callbacks_sent.load(std::sync::atomic::Ordering::Relaxed),
         runs.len(),
         runs.iter().map(|r| r.updates as u64).sum::<u64>(),
         hud.received().len(),
+        refusals.values().sum::<u64>(),
+        primary.values().sum::<u64>(),
     );
     if refused > 0 {
         // Which requests GitHub refused, by method and path shape.

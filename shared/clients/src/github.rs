@@ -17,7 +17,6 @@
 //! redirects": [`GitHubAppClient`]'s `follow_move`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -73,8 +72,6 @@ pub struct GitHubAppClient {
     /// burst of 300 dispatches would otherwise mint up to 300 tokens at
     /// once, past GitHub's 900 points a minute for the App: 5 per mint).
     minting: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
-    /// Last `x-ratelimit-remaining` seen (-1 = none yet).
-    rate_limit_remaining: AtomicI64,
     /// Each identity's primary-limit window, from GitHub's answers: a
     /// request is not sent when its priority may not spend what is left.
     primary: PrimaryLimits,
@@ -175,18 +172,12 @@ impl GitHubAppClient {
             installations: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             minting: Mutex::new(HashMap::new()),
-            rate_limit_remaining: AtomicI64::new(-1),
             primary: PrimaryLimits::new(),
             secondary: Mutex::new(SecondaryLimitBackoff::default()),
             moved: Mutex::new(HashMap::new()),
             in_flight: InFlightGate::new(cfg.max_in_flight),
             cfg,
         })
-    }
-
-    /// Last `x-ratelimit-remaining` GitHub reported, if any.
-    pub fn rate_limit_remaining(&self) -> Option<i64> {
-        Some(self.rate_limit_remaining.load(Ordering::Relaxed)).filter(|n| *n >= 0)
     }
 
     /// The primary-limit window of `identity` as this client sees it now
@@ -376,9 +367,6 @@ impl GitHubAppClient {
             .await
             .map_err(|e| GitHubError::Transient { reason: format!("GitHub unreachable: {e}"), retry_after: None })?;
         let (parts, body) = res.into_parts();
-        if let Some(n) = parts.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok()) {
-            self.rate_limit_remaining.store(n, Ordering::Relaxed);
-        }
         if let Some((limit, remaining, reset_s)) = crcr_core::rate_limit::read_headers(&parts.headers) {
             self.primary.observe(call.identity, limit, remaining, reset_s);
             let now_s = chrono::Utc::now().timestamp();
