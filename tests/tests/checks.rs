@@ -816,6 +816,82 @@ async fn check_run_creates_keep_to_githubs_content_limit_and_the_rest_wait() {
     w.relay.stop().await;
 }
 
+/// Issue 15: re-runs leave a target installation's last fifth of its
+/// primary limit (here 12 calls per 3-second window: 3 kept) to
+/// dispatches: past that a `rerequested`'s re-run is not sent, and its
+/// upstream event is postponed until the reset (not counted towards the
+/// DLQ, not retried a minute later), then sent. GitHub refuses none. (The
+/// limit is lowered from 5,000 after the App's set-up calls: 12 leaves the
+/// App room for the re-runs' token.)
+#[tokio::test]
+async fn a_rerun_past_the_targets_reserve_waits_for_the_reset_without_counting_a_receive() {
+    let w = world(&[]).await;
+    w.gh.add_workflow_run("org4/four", 555, "completed", Some("failure"));
+    finished_l4_job(&w, 555, "build", "failure").await;
+    let run = runs_named(&w, "crcr/org4/four/CI/build").remove(0);
+    w.gh.set_rate_limit(12);
+    w.gh.enforce_primary_limit(true, Duration::from_secs(3));
+    for n in 1..=12 {
+        post_event(&w, "check_run", "check_run.rerequested", |v| {
+            v["check_run"]["id"] = json!(run.id);
+            v["check_run"]["name"] = json!(run.name);
+            v["check_run"]["external_id"] = json!(run.external_id);
+            v["check_run"]["head_sha"] = json!(run.head_sha);
+        })
+        .await;
+        wait_for("the re-run request", || w.gh.run_requests("org4/four").len() == n).await;
+    }
+    // Within reconciled's 15 s: the postponed event came back after the
+    // reset, not after the minute a counted retry waits at least.
+    reconciled(&w).await;
+    assert!(w.gh.primary_refusals().is_empty(), "GitHub refused {:?}", w.gh.primary_refusals());
+    let at: Vec<u64> = w.gh.run_requests("org4/four").iter().map(|r| r.at_ms).collect();
+    assert!(at.windows(2).any(|p| p[1] - p[0] >= 1000), "one waited for the reset: {at:?}");
+    w.relay.stop().await;
+}
+
+/// Issue 15: check-run writes leave the upstream installation's last tenth
+/// of its primary limit (here 10 calls per 3-second window) to dispatches:
+/// 9 creates go in a window, the rest wait in the outbox for the reset, and
+/// GitHub refuses none. A write that was not sent gives back what it spent
+/// of the check-run pace: after 12 creates the pace holds 12.
+#[tokio::test]
+async fn check_run_writes_keep_the_upstream_installations_reserve_and_go_on_after_the_reset() {
+    let w = world(&[]).await;
+    w.gh.set_rate_limit(10);
+    w.gh.enforce_primary_limit(true, Duration::from_secs(3));
+    let d = w.delivery.clone();
+    for job in 0..12 {
+        let body = job_callback(&d, "org4/four", 555, &format!("job{job}"), "in_progress", None);
+        assert_eq!(call(&w, "org4/four", "44", &body).await, 202);
+    }
+    reconciled(&w).await;
+    wait_for("twelve check runs", || w.gh.check_runs(UPSTREAM).len() == 12).await;
+    assert!(w.gh.primary_refusals().is_empty(), "GitHub refused {:?}", w.gh.primary_refusals());
+    let upstream =
+        w.gh.requests()
+            .iter()
+            .filter_map(|r| (r.repo.as_deref() == Some(UPSTREAM)).then_some(r.installation_id))
+            .flatten()
+            .next();
+    let upstream = upstream.expect("calls with the upstream installation's token");
+    let mut creates: Vec<u64> =
+        w.gh.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/check-runs") && r.installation_id == Some(upstream))
+            .map(|r| r.at_ms)
+            .collect();
+    creates.sort();
+    assert_eq!(creates.len(), 12, "one create each");
+    assert!(creates[11] - creates[0] >= 1000, "the last ones waited for a reset: {creates:?}");
+    use crcr_core::ports::StateStore;
+    let kv = crcr_embedded::sqlite::SqliteKv::new(w.relay.db(), std::sync::Arc::new(crcr_core::ports::SystemClock));
+    let pace: Value =
+        serde_json::from_str(&kv.get(crcr_core::checks::CHECK_RUN_PACE_KEY).await.unwrap().unwrap()).unwrap();
+    assert_eq!(pace["creates"].as_array().map(Vec::len), Some(12), "deferred writes gave their pace back: {pace}");
+    w.relay.stop().await;
+}
+
 /// Takes the outbox lease as another sweep would (another Lambda
 /// instance), then has org4/four's job `build` report `in_progress` and
 /// waits until it is reconciled. Returns the lease's store, key and holder.

@@ -77,9 +77,11 @@ pub fn hud_from_config(
     })
 }
 
-/// The missed-delivery sweep on the GitHub App's own client (App JWT from
-/// `cfg`): the wiring `crcr redeliver`, `crcr serve` and the scheduled
-/// Lambda share. Errors: the App's key or API URL is unusable.
+/// The missed-delivery sweep on a GitHub App client of its own (App JWT
+/// from `cfg`), for `crcr redeliver` (`crcr serve` and the Lambdas give it
+/// the relay's client, whose primary-limit count and in-flight slots it
+/// shares at the lowest priority). Errors: the App's key or API URL is
+/// unusable.
 pub fn redeliverer(cfg: &GitHubAppConfig, state: Arc<dyn StateStore>) -> Result<Redeliverer, GitHubConfigError> {
     Ok(Redeliverer::new(Arc::new(GitHubAppClient::new(cfg.clone())?), state))
 }

@@ -361,7 +361,7 @@ impl GitHubAppClient {
             ::metrics::counter!(crcr_core::metrics::GITHUB_REQUESTS_DEFERRED, "priority" => priority).increment(1);
             tracing::info!(identity = %call.identity, priority, wait_s = deferral.wait.as_secs(),
                 metric = "github_requests_deferred", "{deferral}");
-            return Err(GitHubError::Deferred { reason: deferral.to_string(), retry_after: deferral.wait });
+            return Err(GitHubError::Deferred { reason: format!("not sent: {deferral}"), retry_after: deferral.wait });
         }
         let res = request()
             .await
@@ -436,7 +436,7 @@ pub fn is_headerless_rate_limit(status: StatusCode, headers: &HeaderMap, body: &
 /// Classifies a non-2xx GitHub answer, once, for every caller:
 /// - 5xx → transient;
 /// - 403/429 with `Retry-After` → transient, retry after that many seconds;
-/// - 403/429 with `x-ratelimit-remaining: 0` → transient until `x-ratelimit-reset`;
+/// - 403/429 with `x-ratelimit-remaining: 0` → [`GitHubError::Deferred`] until `x-ratelimit-reset` (the primary limit);
 /// - 429, or 403 whose message mentions a rate limit (GitHub's "You have
 ///   exceeded a secondary rate limit"), without those headers → transient,
 ///   retry after [`SECONDARY_LIMIT_FIRST_WAIT`] at the earliest (GitHub
@@ -461,7 +461,11 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GitHubE
                 .and_then(|v| v.parse::<i64>().ok())
                 .map(|reset| (reset - chrono::Utc::now().timestamp()).max(1) as u64)
                 .unwrap_or(60);
-            return GitHubError::Transient { reason, retry_after: Some(Duration::from_secs(wait)) };
+            // The primary limit: spent until the reset, whoever spent it.
+            return GitHubError::Deferred {
+                reason: format!("GitHub refused: {reason} (primary rate limit spent until its reset)"),
+                retry_after: Duration::from_secs(wait),
+            };
         }
         if is_headerless_rate_limit(status, headers, body) {
             return GitHubError::Transient { reason, retry_after: Some(SECONDARY_LIMIT_FIRST_WAIT) };
@@ -806,8 +810,8 @@ mod tests {
         }
         let e = classify(StatusCode::from_u16(status).unwrap(), &h, body.as_bytes());
         assert_eq!(e.is_transient(), transient, "{status} {headers:?} {body} -> {e:?}");
-        if let GitHubError::Transient { retry_after: ra, .. } = &e {
-            assert_eq!(ra.map(|d| d.as_secs()), retry_after, "{status} {headers:?}");
+        if transient {
+            assert_eq!(e.retry_after().map(|d| d.as_secs()), retry_after, "{status} {headers:?}");
         }
         assert!(e.to_string().contains(&status.to_string()), "{e}");
     }
@@ -820,6 +824,16 @@ mod tests {
         check(403, &[("Retry-After", "2")], r#"{"message":"You have exceeded a secondary rate limit"}"#, true, Some(2));
         check(429, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)], "{}", true, Some(30));
         check(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1")], "{}", true, Some(1));
+        // The primary limit: the work waits for the reset, not counted as a failure.
+        let mut spent = HeaderMap::new();
+        spent.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        spent.insert("x-ratelimit-reset", reset.parse().unwrap());
+        let e =
+            classify(StatusCode::FORBIDDEN, &spent, br#"{"message":"API rate limit exceeded for installation ID 1."}"#);
+        assert!(
+            matches!(&e, GitHubError::Deferred { reason, .. } if reason.starts_with("GitHub refused: 403")),
+            "{e:?}"
+        );
         // No hint: at least one minute (GitHub docs, "Exceeding the rate limit").
         check(429, &[], "{}", true, Some(60));
         check(403, &[], r#"{"message":"API rate limit exceeded for installation"}"#, true, Some(60));

@@ -79,6 +79,13 @@ impl SendLog {
         self.0.push_back(now_ms);
         Ok(())
     }
+
+    /// Gives back the request spent at `at_ms` that was not sent after all.
+    pub fn refund(&mut self, at_ms: i64) {
+        if let Some(i) = self.0.iter().rposition(|t| *t == at_ms) {
+            self.0.remove(i);
+        }
+    }
 }
 
 /// GitHub's minute and hour as sliding-window spans (ms), each widened by

@@ -407,6 +407,12 @@ impl SentWrites {
             self.updates.spend(now_ms, &[(minute, pace.updates_per_minute)])
         }
     }
+
+    /// Gives back a write spent at `at_ms` and not sent.
+    fn refund(&mut self, create: bool, at_ms: i64) {
+        let log = if create { &mut self.creates } else { &mut self.updates };
+        log.refund(at_ms);
+    }
 }
 
 /// Counts of one check-run sync pass.
@@ -451,10 +457,13 @@ pub async fn sync_check_runs(
     let mut next_write: Option<Duration> = None;
     // Deferred by the pace (the rest of `report.deferred` by GitHub's primary limit, counted as they come).
     let mut paced = 0;
-    for item in jobs.pending_check_runs(limit).await? {
+    let items = jobs.pending_check_runs(limit).await?;
+    let count = items.len();
+    for (n, item) in items.into_iter().enumerate() {
         // A create the pace does not allow yet waits; an update behind it
         // (its own budget) still goes.
-        if let Err(wait) = sent.spend(pace, item.check_run_id.is_none(), clock.now_ms()) {
+        let spent_at = clock.now_ms();
+        if let Err(wait) = sent.spend(pace, item.check_run_id.is_none(), spent_at) {
             report.deferred += 1;
             paced += 1;
             next_write = Some(next_write.map_or(wait, |w| w.min(wait)));
@@ -491,9 +500,16 @@ pub async fn sync_check_runs(
             }
             Err(GitHubError::Deferred { retry_after, .. }) => {
                 // Not sent: the upstream installation's primary limit is
-                // kept for dispatches until its reset.
-                report.deferred += 1;
+                // kept for dispatches until its reset. Its pace is given
+                // back, and the rest (the same installation's) wait too.
+                sent.refund(item.check_run_id.is_none(), spent_at);
+                let record = serde_json::to_string(&sent).expect("timestamps serialize");
+                state.put_expiring(CHECK_RUN_PACE_KEY, &record, pace.minute * 61 + pace.slack).await?;
+                report.deferred += count - n;
                 next_write = Some(next_write.map_or(retry_after, |w| w.min(retry_after)));
+                ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => "deferred")
+                    .increment((count - n - 1) as u64);
+                break;
             }
             Err(e) => {
                 tracing::warn!(check_run_item = %item.id, error = %e, metric = "check_run_sync_failures", "GitHub unavailable; check run stays pending");

@@ -476,10 +476,12 @@ impl Dispatcher {
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(|e| matches!(e, CallError::GitHub(e) if e.is_transient()))
+        // A deferral waits for a primary-limit window's reset: the message
+        // is postponed, not slept on.
+        .when(|e| matches!(e, CallError::GitHub(GitHubError::Transient { .. })))
         .adjust(|e, next| {
             let next = match e {
-                CallError::GitHub(e) if e.retry_after().is_some() => next.and(e.retry_after()),
+                CallError::GitHub(GitHubError::Transient { retry_after: Some(hint), .. }) => next.map(|_| *hint),
                 _ => next,
             }?;
             // Only wait if the next call still fits in the budget.

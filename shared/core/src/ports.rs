@@ -679,11 +679,14 @@ pub enum GitHubError {
     /// Will not succeed by retrying: 404 (App not installed), 422, other 4xx.
     #[error("GitHub rejected the request ({status}): {reason}")]
     Permanent { status: u16, reason: String },
-    /// Not sent: GitHub's primary rate limit of the identity that would
-    /// send it has no more left for this kind of request until
-    /// `retry_after` (the window's reset; [`crate::rate_limit`]). Transient,
-    /// and no sign that anything is wrong with the target.
-    #[error("not sent: {reason}")]
+    /// GitHub's primary rate limit of the identity that makes the request
+    /// has no more left for it until `retry_after` (the window's reset):
+    /// not sent, as the relay's own count has nothing left for this kind
+    /// of request ([`crate::rate_limit`]), or refused by GitHub with
+    /// `x-ratelimit-remaining: 0`. Transient, and no sign that anything is
+    /// wrong with the target: the work waits for the reset without the
+    /// wait counting as a failure.
+    #[error("{reason}")]
     Deferred { reason: String, retry_after: Duration },
 }
 

@@ -41,6 +41,12 @@ use std::time::Duration;
 
 use crate::ports::InstallationId;
 
+/// Seconds a window is kept past its `x-ratelimit-reset`: the reset is in
+/// whole seconds, and this host's clock may run a little ahead of
+/// GitHub's; sending in the reset's second could still be counted in the
+/// spent window (and refused).
+pub const RESET_SLACK_S: i64 = 1;
+
 /// The kinds of GitHub requests the relay makes, highest priority first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestPriority {
@@ -160,12 +166,12 @@ impl PrimaryLimits {
     /// (its answer will tell).
     pub fn admit(&self, identity: RateLimitIdentity, priority: RequestPriority, now_s: i64) -> Result<(), Deferral> {
         let mut windows = self.windows.lock().expect("rate-limit windows");
-        let Some(window) = windows.get_mut(&identity).filter(|w| now_s < w.reset_s) else {
+        let Some(window) = windows.get_mut(&identity).filter(|w| now_s < w.reset_s + RESET_SLACK_S) else {
             return Ok(());
         };
-        let reserve = (window.limit * priority.reserve_percent()).div_ceil(100);
+        let reserve = window.limit.saturating_mul(priority.reserve_percent()).div_ceil(100);
         if window.remaining <= reserve {
-            let wait = Duration::from_secs((window.reset_s - now_s).max(1) as u64);
+            let wait = Duration::from_secs((window.reset_s + RESET_SLACK_S - now_s).max(1) as u64);
             return Err(Deferral { identity, priority, window: *window, wait });
         }
         window.remaining -= 1;
@@ -174,8 +180,10 @@ impl PrimaryLimits {
 
     /// An answer to a request as `identity` said `limit`, `remaining` and
     /// `reset_s`. Answers of the same window can only lower the count (an
-    /// answer that left before others arrives after them); a later window
-    /// replaces it; an answer of an earlier window is ignored.
+    /// answer that left before others arrives after them); an answer of a
+    /// later window replaces it, and so does one of another window with
+    /// less left (GitHub saying less is left is believed: the limit may
+    /// have been changed, or the window started over on GitHub's side).
     pub fn observe(&self, identity: RateLimitIdentity, limit: u64, remaining: u64, reset_s: i64) {
         let mut windows = self.windows.lock().expect("rate-limit windows");
         let reported = RateLimitWindow { limit, remaining, reset_s };
@@ -184,8 +192,8 @@ impl PrimaryLimits {
                 w.limit = limit;
                 w.remaining = w.remaining.min(remaining);
             }
-            Some(w) if w.reset_s > reset_s => {}
-            Some(w) => *w = reported,
+            Some(w) if reset_s > w.reset_s || remaining < w.remaining => *w = reported,
+            Some(_) => {}
             None => {
                 windows.insert(identity, reported);
             }
@@ -194,14 +202,15 @@ impl PrimaryLimits {
 
     /// `identity`'s window at `now_s`, if one is known and not reset.
     pub fn window(&self, identity: RateLimitIdentity, now_s: i64) -> Option<RateLimitWindow> {
-        self.windows.lock().expect("rate-limit windows").get(&identity).copied().filter(|w| now_s < w.reset_s)
+        let windows = self.windows.lock().expect("rate-limit windows");
+        windows.get(&identity).copied().filter(|w| now_s < w.reset_s + RESET_SLACK_S)
     }
 
     /// The least `remaining` of any identity's current window at `now_s`
     /// (the `GitHubRateLimitRemaining` gauge: the identity nearest its limit).
     pub fn lowest_remaining(&self, now_s: i64) -> Option<u64> {
         let windows = self.windows.lock().expect("rate-limit windows");
-        windows.values().filter(|w| now_s < w.reset_s).map(|w| w.remaining).min()
+        windows.values().filter(|w| now_s < w.reset_s + RESET_SLACK_S).map(|w| w.remaining).min()
     }
 }
 
@@ -326,7 +335,7 @@ mod tests {
         let sent = (0..20).take_while(|_| limits.admit(INSTALLATION, RequestPriority::Redelivery, 900).is_ok()).count();
         assert_eq!(sent, 10);
         let deferred = limits.admit(INSTALLATION, RequestPriority::Redelivery, 900).unwrap_err();
-        assert_eq!(deferred.wait, Duration::from_secs(100));
+        assert_eq!(deferred.wait, Duration::from_secs(101), "until the reset, and its second");
         assert_eq!(deferred.window.remaining, 50);
         assert!(deferred.to_string().contains("installation:7: 50 of 100 left"), "{deferred}");
         // Re-runs down to 20, check runs to 10, dispatches to 0.
@@ -347,19 +356,30 @@ mod tests {
         limits.observe(INSTALLATION, 10, 0, 1_000);
         assert_eq!(
             limits.admit(INSTALLATION, RequestPriority::Dispatch, 999).unwrap_err().wait,
-            Duration::from_secs(1)
+            Duration::from_secs(2)
         );
+        // The reset's own second still counts as the old window.
+        assert!(limits.admit(INSTALLATION, RequestPriority::Dispatch, 1_000).is_err());
         // A late answer of the same window (sent earlier) does not give back what later ones spent.
         limits.observe(INSTALLATION, 10, 5, 1_000);
         assert_eq!(limits.window(INSTALLATION, 999).unwrap().remaining, 0);
         // The window is over: admitted, nothing known.
-        assert!(limits.admit(INSTALLATION, RequestPriority::Redelivery, 1_000).is_ok());
-        assert_eq!(limits.window(INSTALLATION, 1_000), None);
-        // The next window replaces it; an answer from the old one changes nothing.
+        assert!(limits.admit(INSTALLATION, RequestPriority::Redelivery, 1_001).is_ok());
+        assert_eq!(limits.window(INSTALLATION, 1_001), None);
+        // The next window replaces it; an answer of another window with as
+        // much or more left changes nothing.
         limits.observe(INSTALLATION, 10, 9, 4_600);
-        limits.observe(INSTALLATION, 10, 0, 1_000);
+        limits.observe(INSTALLATION, 10, 9, 1_000);
         assert_eq!(limits.window(INSTALLATION, 1_001).unwrap().remaining, 9);
         assert_eq!(limits.lowest_remaining(1_001), Some(9));
+        // GitHub saying less is left, in a window ending sooner (its limit
+        // was lowered): believed.
+        limits.observe(INSTALLATION, 5, 0, 2_000);
+        assert_eq!(limits.window(INSTALLATION, 1_001).map(|w| (w.remaining, w.reset_s)), Some((0, 2_000)));
+        assert!(limits.admit(INSTALLATION, RequestPriority::Dispatch, 1_001).is_err());
+        // A limit no product overflows.
+        limits.observe(RateLimitIdentity::App, u64::MAX, 5, 9_000);
+        assert!(limits.admit(RateLimitIdentity::App, RequestPriority::Redelivery, 1_001).is_err());
     }
 
     #[test]

@@ -189,6 +189,15 @@ pub enum ReconcileOutcome {
         reason: String,
         after: Duration,
     },
+    /// An upstream event's call was not made: GitHub's primary limit of
+    /// its identity is kept for higher priorities until `after` (the
+    /// window's reset, [`crate::rate_limit`]). Received again then, this
+    /// receive not counted towards the DLQ (postponed, at most 15 min at a
+    /// time).
+    Postpone {
+        reason: String,
+        after: Duration,
+    },
     /// Never processable.
     Poison(String),
 }
@@ -215,6 +224,10 @@ impl Reconciler {
                             .increment(1);
                         span.in_scope(|| tracing::warn!(error = %e, "upstream event: will be received again"));
                         match &e {
+                            crate::upstream::UpstreamError::GitHub {
+                                error: crate::ports::GitHubError::Deferred { retry_after, .. },
+                                ..
+                            } => ReconcileOutcome::Postpone { reason: e.to_string(), after: *retry_after },
                             crate::upstream::UpstreamError::GitHub { error, .. } => {
                                 let hint = error.retry_after();
                                 let after = hint.unwrap_or(GITHUB_RETRY_MIN).clamp(GITHUB_RETRY_MIN, GITHUB_RETRY_MAX);
@@ -650,6 +663,7 @@ impl MessageHandler for Reconciler {
                 let delay = after.max(Duration::from_secs(1 << msg.receive_count.min(8)));
                 queue.change_visibility(QueueSide::Source, &msg.receipt, delay).await
             }
+            ReconcileOutcome::Postpone { after, .. } => queue.postpone(msg, after.min(GITHUB_RETRY_MAX)).await,
         }
     }
 }

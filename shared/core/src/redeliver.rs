@@ -157,7 +157,7 @@ impl From<GitHubError> for HookError {
         match e {
             GitHubError::Transient { reason, retry_after } => HookError::Transient { reason, retry_after },
             GitHubError::Deferred { reason, retry_after } => {
-                HookError::Transient { reason: format!("not sent: {reason}"), retry_after: Some(retry_after) }
+                HookError::Transient { reason, retry_after: Some(retry_after) }
             }
             GitHubError::Permanent { status: 404, reason } => HookError::NotFound(reason),
             GitHubError::Permanent { status: 403, reason } => HookError::Refused { status: 403, message: reason },

@@ -124,7 +124,7 @@ impl EmbeddedRelay {
             upstream: cfg.upstream.clone(),
             commits: commits.clone(),
             checks: Some(github.clone()),
-            runs: Some(github),
+            runs: Some(github.clone()),
             state: kv.clone(),
         });
         let callbacks = crcr_http::callback_route::router(Arc::new(crcr_http::callback_route::CallbackState {
@@ -149,7 +149,10 @@ impl EmbeddedRelay {
         }))
         .merge(callbacks)
         .merge(crcr_http::metrics::prometheus_router());
-        let mut redeliver = crcr_clients::compose::redeliverer(&cfg.github, kv.clone())?;
+        // The relay's own GitHub client: the redelivery job competes with
+        // dispatches for its in-flight slots and the App's primary limit
+        // (it comes last, crcr_core::rate_limit).
+        let mut redeliver = crcr_core::redeliver::Redeliverer::new(github.clone(), kv.clone());
         redeliver.clock = clock;
         Ok(Self {
             db,

@@ -231,11 +231,14 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
         _ => format!("anonymous:{peer_port}"),
     };
     let cost = super::secondary::Cost::of(&method, &path);
-    let (latency, request_id, admitted, retry_after) = {
+    let (latency, request_id, admitted, retry_after, primary) = {
         let mut world = shared.world();
         let request_id = world.next_request_id();
-        // GitHub's primary limit first: a refused call spends nothing else.
-        if let Some((limit, used, reset)) = world.primary_exhausted(&identity, util::epoch_now()) {
+        // GitHub's primary limit first: a refused call spends nothing else;
+        // an admitted one counts from its arrival (as concurrent calls
+        // are checked against it).
+        let now_s = util::epoch_now();
+        if let Some((limit, used, reset)) = world.primary_exhausted(&identity, now_s) {
             let mut resp = super::repos::primary_limit_exhausted(&auth, shared.app_id, limit, used, reset);
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 resp.headers_mut().insert("x-github-request-id", v);
@@ -243,9 +246,10 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
             drop(world);
             return record(&shared, resp, method, path, query, &auth, arrived, peer_port, request_id);
         }
+        let primary = world.count_call(&identity, now_s);
         let admitted = world.secondary.admit(&identity, &cost, arrived);
         let retry_after = world.secondary.limits.as_ref().is_some_and(|l| l.retry_after);
-        (world.latency, request_id, admitted, retry_after)
+        (world.latency, request_id, admitted, retry_after, primary)
     };
     let mut resp = match admitted {
         Err((_, wait)) => {
@@ -266,9 +270,7 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
         }
     };
 
-    let now_s = util::epoch_now();
-    let mut world = shared.world();
-    let (limit, remaining, used, reset) = world.count_call(&identity, now_s);
+    let (limit, remaining, used, reset) = primary;
     let headers = resp.headers_mut();
     let mut set = |name: &'static str, value: String| {
         if !headers.contains_key(name) {
@@ -286,7 +288,6 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     set("x-github-media-type", "github.v3; format=json".to_owned());
     set("server", "github.com".to_owned());
 
-    drop(world);
     record(&shared, resp, method, path, query, &auth, arrived, peer_port, request_id)
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Run: `cargo test -p crcr-standin --test standin_runs`
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crcr_clients::github::{GitHubAppClient, GitHubAppConfig};
 use crcr_core::domain::RepoFullName;
@@ -203,13 +203,11 @@ async fn injected_faults_are_answered_first_and_classified() {
     let (gh, client, down) = setup().await;
     gh.add_workflow_run(DOWN, 61, "completed", Some("failure"));
     gh.inject(DOWN, Fault::ServerError(502));
-    gh.inject(DOWN, Fault::PrimaryRateLimitForbidden { reset_in_s: 30 });
     gh.inject(DOWN, Fault::SecondaryRateLimit { retry_after_s: 2 });
     gh.inject(DOWN, Fault::ServerError(503));
 
     assert!(client.rerun_failed_jobs(&down, 61).await.unwrap_err().is_transient(), "502");
     assert_eq!(gh.workflow_run(DOWN, 61), state("completed", Some("failure"), 1), "a fault changes nothing");
-    assert!(client.rerun_failed_jobs(&down, 61).await.unwrap_err().is_transient(), "403 rate limit");
     assert!(client.cancel(&down, 61).await.unwrap_err().is_transient(), "403 secondary rate limit");
     // Faults come before the run lookup: an unknown run gets the fault.
     assert!(client.rerun(&down, 999).await.unwrap_err().is_transient(), "503");
@@ -217,14 +215,28 @@ async fn injected_faults_are_answered_first_and_classified() {
 
     assert_eq!(client.rerun_failed_jobs(&down, 61).await.unwrap(), RunRequest::Accepted);
     assert_eq!(gh.workflow_run(DOWN, 61), state("in_progress", None, 2));
+    // The primary limit (403, x-ratelimit-remaining: 0): the installation's
+    // requests wait for its reset, and the next one is not sent.
+    gh.inject(DOWN, Fault::PrimaryRateLimitForbidden { reset_in_s: 30 });
+    let refused = client.cancel(&down, 61).await.unwrap_err();
+    assert!(
+        matches!(&refused, GitHubError::Deferred { reason, .. } if reason.starts_with("GitHub refused: 403")),
+        "{refused:?}"
+    );
+    let held = client.cancel(&down, 61).await.unwrap_err();
+    assert!(
+        matches!(&held, GitHubError::Deferred { reason, retry_after } if reason.starts_with("not sent")
+        && *retry_after > Duration::from_secs(25)),
+        "{held:?}"
+    );
     assert_eq!(
         requests(&gh, DOWN),
         vec![
             ("rerun-failed-jobs".into(), 61, 502),
-            ("rerun-failed-jobs".into(), 61, 403),
             ("cancel".into(), 61, 403),
             ("rerun".into(), 999, 503),
             ("rerun-failed-jobs".into(), 61, 201),
+            ("cancel".into(), 61, 403),
         ]
     );
 }

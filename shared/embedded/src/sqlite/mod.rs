@@ -456,8 +456,8 @@ fn add_missing_columns(conn: &Connection, table: &str, columns: &[(&str, &str)])
 
 /// Every 50 ms while any handle on the database lives: a PASSIVE
 /// checkpoint, which never blocks the writer (see [`Db::open`]), while the
-/// WAL file is within [`WAL_RESTART_BYTES`]. Past it the WAL is the
-/// writer's RESTART's to checkpoint: a passive checkpoint under way makes
+/// WAL file is within [`WAL_RESTART_BYTES`] or no longer written to. Past
+/// it and written to, the WAL is the writer's RESTART's to checkpoint: a passive checkpoint under way makes
 /// the RESTART answer busy, and on a slow disk (its fsync) one can take
 /// longer than the RESTART waits, group after group, while the WAL grows
 /// (a clean-clone CI run saw 32 MB with a build running beside it).
@@ -465,6 +465,7 @@ fn checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Inner>) -> Resu
     let conn = Connection::open(&path).map_err(unavailable)?;
     conn.busy_timeout(std::time::Duration::from_millis(100)).map_err(unavailable)?;
     let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    let mut last_len = 0;
     std::thread::Builder::new()
         .name("crcr-sqlite-checkpoint".into())
         .spawn(move || loop {
@@ -472,7 +473,11 @@ fn checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Inner>) -> Resu
             if alive.strong_count() == 0 {
                 break;
             }
-            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES) {
+            // Past the limit and still written to: the writer's RESTART's
+            // (once writes stop, the passive one copies what is left).
+            let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+            let written = std::mem::replace(&mut last_len, len) != len;
+            if len > WAL_RESTART_BYTES && written {
                 continue;
             }
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
