@@ -501,23 +501,25 @@ async fn finished_l4_job(w: &World, run_id: u64, job: &str, conclusion: &str) {
     wait_for("the completed check run", || runs_named(w, &name).first().is_some_and(|r| r.status == "completed")).await;
 }
 
+/// `check_run.rerequested` of the relay's check run `run`. The real payload
+/// has an empty `pull_requests` (as for a fork PR): found by head SHA.
+async fn rerequest(w: &World, run: &crcr_standin::RecordedCheckRun) {
+    post_event(w, "check_run", "check_run.rerequested", |v| {
+        assert_eq!(v["check_run"]["pull_requests"], json!([]));
+        v["check_run"]["id"] = json!(run.id);
+        v["check_run"]["name"] = json!(run.name);
+        v["check_run"]["external_id"] = json!(run.external_id);
+        v["check_run"]["head_sha"] = json!(run.head_sha);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn check_run_rerequested_reruns_the_failed_jobs_and_already_running_is_not_an_error() {
     let w = world(&[]).await;
     w.gh.add_workflow_run("org4/four", 555, "completed", Some("failure"));
     finished_l4_job(&w, 555, "build", "failure").await;
     let run = runs_named(&w, "crcr/org4/four/CI/build").remove(0);
-    // The real payload has an empty `pull_requests` (as for a fork PR): found by head SHA.
-    async fn rerequest(w: &World, run: &crcr_standin::RecordedCheckRun) {
-        post_event(w, "check_run", "check_run.rerequested", |v| {
-            assert_eq!(v["check_run"]["pull_requests"], json!([]));
-            v["check_run"]["id"] = json!(run.id);
-            v["check_run"]["name"] = json!(run.name);
-            v["check_run"]["external_id"] = json!(run.external_id);
-            v["check_run"]["head_sha"] = json!(run.head_sha);
-        })
-        .await;
-    }
     rerequest(&w, &run).await;
     wait_for("the re-run", || !w.gh.run_requests("org4/four").is_empty()).await;
     reconciled(&w).await;
@@ -572,13 +574,7 @@ async fn a_rate_limited_rerun_waits_at_least_a_minute_before_it_is_tried_again()
     finished_l4_job(&w, 555, "build", "failure").await;
     let run = runs_named(&w, "crcr/org4/four/CI/build").remove(0);
     w.gh.inject("org4/four", Fault::SecondaryRateLimit { retry_after_s: 1 });
-    post_event(&w, "check_run", "check_run.rerequested", |v| {
-        v["check_run"]["id"] = json!(run.id);
-        v["check_run"]["name"] = json!(run.name);
-        v["check_run"]["external_id"] = json!(run.external_id);
-        v["check_run"]["head_sha"] = json!(run.head_sha);
-    })
-    .await;
+    rerequest(&w, &run).await;
     wait_for("the rate-limited request", || !w.gh.run_requests("org4/four").is_empty()).await;
     assert_eq!(w.gh.run_requests("org4/four")[0].status, 403);
     // Not dropped, not dead-lettered: waiting on the queue, hidden for at
@@ -832,13 +828,7 @@ async fn a_rerun_past_the_targets_reserve_waits_for_the_reset_without_counting_a
     w.gh.set_rate_limit(12);
     w.gh.enforce_primary_limit(true, Duration::from_secs(3));
     for n in 1..=12 {
-        post_event(&w, "check_run", "check_run.rerequested", |v| {
-            v["check_run"]["id"] = json!(run.id);
-            v["check_run"]["name"] = json!(run.name);
-            v["check_run"]["external_id"] = json!(run.external_id);
-            v["check_run"]["head_sha"] = json!(run.head_sha);
-        })
-        .await;
+        rerequest(&w, &run).await;
         wait_for("the re-run request", || w.gh.run_requests("org4/four").len() == n).await;
     }
     // Within reconciled's 15 s: the postponed event came back after the
