@@ -98,6 +98,7 @@ ENVIRONMENT = {
     "CRCR_HUD_MAX_ATTEMPTS",
     "CRCR_HUD_MAX_AGE_SECS",
     "CRCR_PAYLOAD_TTL_SECS",
+    "CRCR_GITHUB_MAX_IN_FLIGHT",
 }
 
 DLQ_RETENTION_SECONDS = 1209600  # 14 days
@@ -650,6 +651,15 @@ def check_environment(m: Module) -> None:
     lease = [fn for fn, env in envs.items() if "CRCR_OUTBOX_LEASE_SECS" in env]
     assert lease == ["reconciler"], f"CRCR_OUTBOX_LEASE_SECS given to {lease}: only the reconciler sweeps"
     assert "var.reconciler_timeout" in envs["reconciler"]["CRCR_OUTBOX_LEASE_SECS"]
+    # GitHub's 100 concurrent requests are shared by every instance that
+    # calls GitHub: each gets its share of them, from both consumers' concurrency.
+    callers = sorted(fn for fn, env in envs.items() if "CRCR_GITHUB_MAX_IN_FLIGHT" in env)
+    assert callers == ["dispatcher", "reconciler"], f"CRCR_GITHUB_MAX_IN_FLIGHT given to {callers}"
+    share = m.locals["github_max_in_flight"]
+    for var in ("var.dispatcher_max_concurrency", "var.reconciler_max_concurrency", "100"):
+        assert var in share, f"github_max_in_flight must divide GitHub's 100 by every caller: {share}"
+    for fn in callers:
+        assert envs[fn]["CRCR_GITHUB_MAX_IN_FLIGHT"] == "${local.github_max_in_flight}", envs[fn]
 
 
 def check_functions(m: Module) -> None:

@@ -60,6 +60,13 @@ resource "aws_cloudwatch_log_group" "reconciler" {
 # reads the secret named by CRCR_SECRETS_ARN at start-up and caches it.
 
 locals {
+  # GitHub allows 100 concurrent requests ("Rate limits for the REST API" ->
+  # "About secondary rate limits"), and each Lambda instance caps only its
+  # own: the cap per instance is 100 shared by every instance that can call
+  # GitHub at once (the dispatcher's and the reconciler's SQS consumers, plus
+  # the scheduled sweep and redeliver invocations of the reconciler).
+  github_max_in_flight = tostring(max(1, floor(100 / (var.dispatcher_max_concurrency + var.reconciler_max_concurrency + 2))))
+
   # Webhooks: verify, enqueue (claim check for big payloads).
   # Callbacks: verify OIDC (jti, repository_id binding, rate limit in kv), check
   # the DISPATCHED record and the job state, enqueue for the reconciler.
@@ -94,6 +101,8 @@ locals {
     CRCR_MAX_RECEIVE_COUNT  = tostring(var.max_receive_count)
     CRCR_SECRETS_ARN        = var.secrets_arn
     CRCR_METRICS_NAMESPACE  = var.metrics_namespace
+    # GitHub's 100 concurrent requests, shared by every instance (see above).
+    CRCR_GITHUB_MAX_IN_FLIGHT = local.github_max_in_flight
   }
 
   # Consume callbacks (lifecycle, HUD outbox, check runs), run the sweeps and
@@ -113,6 +122,8 @@ locals {
     CRCR_HUD_URL             = var.hud_url
     CRCR_HUD_MAX_ATTEMPTS    = tostring(var.hud_max_attempts)
     CRCR_HUD_MAX_AGE_SECS    = tostring(var.hud_max_age_seconds)
+    # GitHub's 100 concurrent requests, shared by every instance (see above).
+    CRCR_GITHUB_MAX_IN_FLIGHT = local.github_max_in_flight
     # A sweep cannot outlive its invocation: the outbox lease lasts exactly
     # that long, so a sweep killed by the timeout blocks the next one no longer.
     CRCR_OUTBOX_LEASE_SECS = tostring(var.reconciler_timeout)
