@@ -457,10 +457,11 @@ fn add_missing_columns(conn: &Connection, table: &str, columns: &[(&str, &str)])
 /// Every 50 ms while any handle on the database lives: a PASSIVE
 /// checkpoint, which never blocks the writer (see [`Db::open`]), while the
 /// WAL file is within [`WAL_RESTART_BYTES`] or no longer written to. Past
-/// it and written to, the WAL is the writer's RESTART's to checkpoint: a passive checkpoint under way makes
-/// the RESTART answer busy, and on a slow disk (its fsync) one can take
-/// longer than the RESTART waits, group after group, while the WAL grows
-/// (a clean-clone CI run saw 32 MB with a build running beside it).
+/// it and written to, the WAL is the writer's RESTART's to checkpoint: a
+/// passive checkpoint under way makes the RESTART answer busy, and on a
+/// slow disk (its fsync) one can take longer than the RESTART waits, group
+/// after group, while the WAL grows (a clean-clone CI run saw 32 MB with a
+/// build running beside it).
 fn checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Inner>) -> Result<(), StoreError> {
     let conn = Connection::open(&path).map_err(unavailable)?;
     conn.busy_timeout(std::time::Duration::from_millis(100)).map_err(unavailable)?;
