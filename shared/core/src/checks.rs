@@ -408,6 +408,13 @@ impl SentWrites {
         }
     }
 
+    /// Writes the record to `state`, for a minute and an hour of `pace` (its
+    /// longest window).
+    async fn save(&self, state: &dyn crate::ports::StateStore, pace: &CheckRunPace) -> Result<(), StoreError> {
+        let record = serde_json::to_string(self).expect("timestamps serialize");
+        state.put_expiring(CHECK_RUN_PACE_KEY, &record, pace.minute * 61 + pace.slack).await
+    }
+
     /// Gives back a write spent at `at_ms` and not sent.
     fn refund(&mut self, create: bool, at_ms: i64) {
         let log = if create { &mut self.creates } else { &mut self.updates };
@@ -469,8 +476,7 @@ pub async fn sync_check_runs(
             next_write = Some(next_write.map_or(wait, |w| w.min(wait)));
             continue;
         }
-        let record = serde_json::to_string(&sent).expect("timestamps serialize");
-        state.put_expiring(CHECK_RUN_PACE_KEY, &record, pace.minute * 61 + pace.slack).await?;
+        sent.save(state, pace).await?;
         let result = match item.check_run_id {
             None => checks.create_check_run(&item.repo, &item.request).await.map(Some),
             Some(id) => checks.update_check_run(&item.repo, id, &item.request).await.map(|()| None),
@@ -503,8 +509,7 @@ pub async fn sync_check_runs(
                 // kept for dispatches until its reset. Its pace is given
                 // back, and the rest (the same installation's) wait too.
                 sent.refund(item.check_run_id.is_none(), spent_at);
-                let record = serde_json::to_string(&sent).expect("timestamps serialize");
-                state.put_expiring(CHECK_RUN_PACE_KEY, &record, pace.minute * 61 + pace.slack).await?;
+                sent.save(state, pace).await?;
                 report.deferred += count - n;
                 next_write = Some(next_write.map_or(retry_after, |w| w.min(retry_after)));
                 ::metrics::counter!(crate::metrics::CHECK_RUN_SYNC, "result" => "deferred")

@@ -493,37 +493,26 @@ impl Dispatcher {
         })
         .await;
         let calls = calls.into_inner();
-        let paced = match result {
-            Err(CallError::Paced(wait)) => Some((
-                format!(
-                    "GitHub's budget for installation {} allows no dispatch for {:.1} s",
-                    installation.0,
-                    wait.as_secs_f64()
-                ),
-                wait,
-            )),
-            Err(CallError::GitHub(GitHubError::Deferred { ref reason, retry_after })) => {
-                Some((reason.clone(), retry_after))
-            }
-            _ => None,
+        let postponed = |reason: String, wait: Duration| async move {
+            let reason = format!("{reason}; postponed");
+            tracing::info!(attempt, calls, wait_ms = wait.as_millis() as u64, %reason, "dispatch paced");
+            let outcome = TargetOutcome::Paced { retry_after_ms: wait.as_millis() as u64 };
+            self.finish((delivery, meta.hook_id), repo, attempt, AttemptOutcome::Retry { reason }, outcome).await
         };
         let result = match result {
             Ok(()) => Ok(()),
-            Err(CallError::GitHub(e)) if paced.is_none() => Err(e),
-            Err(_) => {
-                let (reason, wait) = paced.expect("paced or deferred");
-                let reason = format!("{reason}; postponed");
-                tracing::info!(attempt, calls, wait_ms = wait.as_millis() as u64, %reason, "dispatch paced");
-                return self
-                    .finish(
-                        (delivery, meta.hook_id),
-                        repo,
-                        attempt,
-                        AttemptOutcome::Retry { reason },
-                        TargetOutcome::Paced { retry_after_ms: wait.as_millis() as u64 },
-                    )
-                    .await;
+            Err(CallError::Paced(wait)) => {
+                let reason = format!(
+                    "GitHub's budget for installation {} allows no dispatch for {:.1} s",
+                    installation.0,
+                    wait.as_secs_f64()
+                );
+                return postponed(reason, wait).await;
             }
+            Err(CallError::GitHub(GitHubError::Deferred { reason, retry_after })) => {
+                return postponed(reason, retry_after).await;
+            }
+            Err(CallError::GitHub(e)) => Err(e),
         };
         let told = match &result {
             Ok(()) => self.breakers.delivered(repo).await,

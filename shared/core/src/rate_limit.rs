@@ -121,6 +121,14 @@ pub struct RateLimitWindow {
     pub reset_s: i64,
 }
 
+impl RateLimitWindow {
+    /// Whether the window still counts at `now_s`: until its reset and
+    /// [`RESET_SLACK_S`] past it.
+    pub fn is_current(&self, now_s: i64) -> bool {
+        now_s < self.reset_s + RESET_SLACK_S
+    }
+}
+
 /// A request that must not be sent now ([`PrimaryLimits::admit`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deferral {
@@ -166,7 +174,7 @@ impl PrimaryLimits {
     /// (its answer will tell).
     pub fn admit(&self, identity: RateLimitIdentity, priority: RequestPriority, now_s: i64) -> Result<(), Deferral> {
         let mut windows = self.windows.lock().expect("rate-limit windows");
-        let Some(window) = windows.get_mut(&identity).filter(|w| now_s < w.reset_s + RESET_SLACK_S) else {
+        let Some(window) = windows.get_mut(&identity).filter(|w| w.is_current(now_s)) else {
             return Ok(());
         };
         let reserve = window.limit.saturating_mul(priority.reserve_percent()).div_ceil(100);
@@ -203,14 +211,14 @@ impl PrimaryLimits {
     /// `identity`'s window at `now_s`, if one is known and not reset.
     pub fn window(&self, identity: RateLimitIdentity, now_s: i64) -> Option<RateLimitWindow> {
         let windows = self.windows.lock().expect("rate-limit windows");
-        windows.get(&identity).copied().filter(|w| now_s < w.reset_s + RESET_SLACK_S)
+        windows.get(&identity).copied().filter(|w| w.is_current(now_s))
     }
 
     /// The least `remaining` of any identity's current window at `now_s`
     /// (the `GitHubRateLimitRemaining` gauge: the identity nearest its limit).
     pub fn lowest_remaining(&self, now_s: i64) -> Option<u64> {
         let windows = self.windows.lock().expect("rate-limit windows");
-        windows.values().filter(|w| now_s < w.reset_s + RESET_SLACK_S).map(|w| w.remaining).min()
+        windows.values().filter(|w| w.is_current(now_s)).map(|w| w.remaining).min()
     }
 }
 

@@ -199,11 +199,8 @@ pub(crate) async fn fault_response(fault: Fault, installation_id: u64, request_i
 }
 
 fn primary_limit(status: u16, reset_in_s: u64, installation_id: u64) -> Response {
-    let message = format!("API rate limit exceeded for installation ID {installation_id}.");
-    let mut resp = gh_error(status, &message, DOC_RATE_LIMITS);
-    insert(&mut resp, "x-ratelimit-remaining", "0".to_owned());
-    insert(&mut resp, "x-ratelimit-reset", (util::epoch_now() + reset_in_s).to_string());
-    resp
+    let who = format!("installation ID {installation_id}");
+    primary_limit_answer(status, &who, util::epoch_now() + reset_in_s)
 }
 
 /// GitHub's answer to a call past the identity's primary rate limit
@@ -211,7 +208,17 @@ fn primary_limit(status: u16, reset_in_s: u64, installation_id: u64) -> Response
 /// limit": "If you exceed your primary rate limit, you will receive a 403
 /// or 429 response, and the `x-ratelimit-remaining` header will be 0";
 /// the messages are GitHub's, as quoted by octokit users: "API rate limit
-/// exceeded for installation ID N." / "... for app ID N.").
+/// exceeded for installation ID N." / "... for app ID N."), `who` being
+/// `installation ID N` or `app ID N`, the window ending at `reset` (Unix s).
+fn primary_limit_answer(status: u16, who: &str, reset: u64) -> Response {
+    let mut resp = gh_error(status, &format!("API rate limit exceeded for {who}."), DOC_RATE_LIMITS);
+    insert(&mut resp, "x-ratelimit-remaining", "0".to_owned());
+    insert(&mut resp, "x-ratelimit-reset", reset.to_string());
+    resp
+}
+
+/// [`primary_limit_answer`] for a call the enforced limit refuses
+/// (`StandIn::enforce_primary_limit`), with the window's other headers.
 pub(crate) fn primary_limit_exhausted(
     auth: &super::server::Auth,
     app_id: u64,
@@ -224,11 +231,9 @@ pub(crate) fn primary_limit_exhausted(
         super::server::Auth::App => format!("app ID {app_id}"),
         _ => "this client".to_owned(),
     };
-    let mut resp = gh_error(403, &format!("API rate limit exceeded for {who}."), DOC_RATE_LIMITS);
+    let mut resp = primary_limit_answer(403, &who, reset);
     insert(&mut resp, "x-ratelimit-limit", limit.to_string());
-    insert(&mut resp, "x-ratelimit-remaining", "0".to_owned());
     insert(&mut resp, "x-ratelimit-used", used.to_string());
-    insert(&mut resp, "x-ratelimit-reset", reset.to_string());
     insert(&mut resp, "x-ratelimit-resource", "core".to_owned());
     resp
 }
