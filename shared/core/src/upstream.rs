@@ -169,6 +169,71 @@ pub fn parse_event(
     }))
 }
 
+/// [`parse_event`] on a payload's JSON text, building only the parts it
+/// reads (`number`, `before`, `after`, `label`, `check_run`, `check_suite`,
+/// and of `pull_request` only `head.sha` and `merged`): a 28 KB
+/// `pull_request.synchronize` is mostly `pull_request`, whose tree ingest
+/// would otherwise build per webhook. Text the quick read cannot take as
+/// the tree would (a field given twice, where the tree keeps the last; a
+/// `pull_request` or `head` that is not an object) is read whole, so the
+/// answer is always [`parse_event`]'s on the tree. Errors: the text is not
+/// JSON (serde_json's error), or the event's [`UpstreamPayloadError`].
+pub fn parse_event_text(
+    event: &str,
+    action: Option<&str>,
+    text: &str,
+) -> Result<Result<Option<UpstreamEvent>, UpstreamPayloadError>, serde_json::Error> {
+    if !is_upstream(event, action) {
+        return Ok(Ok(None));
+    }
+    #[derive(Deserialize)]
+    struct Part {
+        number: Option<Value>,
+        before: Option<Value>,
+        after: Option<Value>,
+        label: Option<Value>,
+        check_run: Option<Value>,
+        check_suite: Option<Value>,
+        pull_request: Option<PullRequestPart>,
+    }
+    #[derive(Deserialize)]
+    struct PullRequestPart {
+        head: Option<HeadPart>,
+        merged: Option<Value>,
+    }
+    #[derive(Deserialize)]
+    struct HeadPart {
+        sha: Option<Value>,
+    }
+    let payload = match serde_json::from_str::<Part>(text) {
+        Ok(p) => {
+            let mut top = serde_json::Map::new();
+            let fields = [
+                ("number", p.number),
+                ("before", p.before),
+                ("after", p.after),
+                ("label", p.label),
+                ("check_run", p.check_run),
+                ("check_suite", p.check_suite),
+            ];
+            top.extend(fields.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))));
+            if let Some(pr) = p.pull_request {
+                let mut part = serde_json::Map::new();
+                if let Some(sha) = pr.head.and_then(|h| h.sha) {
+                    part.insert("head".into(), serde_json::json!({ "sha": sha }));
+                }
+                if let Some(merged) = pr.merged {
+                    part.insert("merged".into(), merged);
+                }
+                top.insert("pull_request".into(), Value::Object(part));
+            }
+            Value::Object(top)
+        }
+        Err(_) => serde_json::from_str::<Value>(text)?,
+    };
+    Ok(parse_event(event, action, &payload))
+}
+
 /// The device a label asks check runs for: `ciflow/crcr/<device>` or
 /// `ciflow/oot/<device>` (prefix compared case-insensitively), lower-cased.
 pub fn label_device(label: &str) -> Option<String> {
@@ -570,6 +635,53 @@ mod tests {
         );
         assert_eq!(parse("pull_request", "opened", LABELED).unwrap(), None);
         assert_eq!(parse("check_run", "completed", RUN).unwrap(), None);
+    }
+
+    /// Read from the text, an event is what the whole tree gives: on the
+    /// real payloads, and on texts the quick read must hand to the tree (a
+    /// field given twice, `pull_request` or `head` not an object, `null`s).
+    #[test]
+    fn read_from_text_is_what_the_tree_gives() {
+        let mut cases: Vec<(&str, &str, String)> = vec![
+            ("pull_request", "labeled", LABELED.into()),
+            ("pull_request", "synchronize", SYNC.into()),
+            ("pull_request", "closed", CLOSED.into()),
+            ("check_run", "rerequested", RUN.into()),
+            ("check_suite", "rerequested", SUITE.into()),
+            ("pull_request", "opened", SYNC.into()),
+        ];
+        let sha = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+        let other = "f95f852bd8fca8fcc58a9a2d6c842781e32a215e";
+        for text in [
+            format!(r#"{{"number": 1, "before": "{other}", "after": "{sha}", "number": 2}}"#),
+            format!(
+                r#"{{"number": 3, "pull_request": {{"head": {{"sha": "{other}", "sha": "{sha}"}}, "merged": true}}}}"#
+            ),
+            format!(r#"{{"number": 4, "pull_request": {{"head": "{sha}"}}}}"#),
+            format!(r#"{{"number": 5, "pull_request": "{sha}", "label": {{"name": "x"}}}}"#),
+            r#"{"number": null, "pull_request": {"head": null, "merged": null}}"#.to_owned(),
+            format!(r#"{{"number": 7, "pull_request": {{"head": {{"sha": "{sha}"}}, "merged": true}}}}"#),
+            format!(
+                r#"{{"number": 6, "pull_request": {{"head": {{"sha": "{sha}"}}, "merged": "yes"}}, "label": {{"name": "ciflow/crcr/cuda"}}}}"#
+            ),
+            format!(
+                r#"{{"check_run": {{"id": 9, "name": "crcr/a", "head_sha": "{sha}"}}, "check_run": {{"id": 10, "name": "crcr/b", "head_sha": "{sha}"}}}}"#
+            ),
+        ] {
+            for (event, action) in [
+                ("pull_request", "labeled"),
+                ("pull_request", "synchronize"),
+                ("pull_request", "closed"),
+                ("check_run", "rerequested"),
+            ] {
+                cases.push((event, action, text.clone()));
+            }
+        }
+        for (event, action, text) in &cases {
+            let tree = parse_event(event, Some(action), &serde_json::from_str(text).unwrap());
+            assert_eq!(parse_event_text(event, Some(action), text).unwrap(), tree, "{event}.{action} {text}");
+        }
+        assert!(parse_event_text("pull_request", Some("closed"), "{\"number\": ").is_err());
     }
 
     #[test]

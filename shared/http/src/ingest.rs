@@ -205,8 +205,8 @@ pub fn verify_and_classify(
     }
     let dispatched = is_dispatched(event, env.action.as_deref());
     let upstream = if crcr_core::upstream::is_upstream(event, env.action.as_deref()) {
-        let payload: serde_json::Value = serde_json::from_str(text).map_err(|e| IngestError::BadBody(e.to_string()))?;
-        let parsed = crcr_core::upstream::parse_event(event, env.action.as_deref(), &payload)
+        let parsed = crcr_core::upstream::parse_event_text(event, env.action.as_deref(), text)
+            .map_err(|e| IngestError::BadBody(e.to_string()))?
             .map_err(|e| IngestError::BadBody(e.to_string()))?;
         parsed.map(|event| {
             QueueMessage::UpstreamV1(crcr_core::upstream::UpstreamV1 {
