@@ -61,17 +61,7 @@ fn callback(c: &mut Criterion) {
     // The dispatch the callbacks report on.
     let delivery = DeliveryId::parse("72d3162e-cc78-11e3-81ab-4c9367dc0958").unwrap();
     let repo = RepoFullName::parse(REPO).unwrap();
-    let meta = DispatchMeta {
-        event: "push".into(),
-        action: None,
-        head_sha: None,
-        pr_number: None,
-        level: Level::L2,
-        check_run: false,
-        device: None,
-        received_at_ms: None,
-        hook_id: None,
-    };
+    let meta = DispatchMeta::new("push", Level::L2);
     rt.block_on(async {
         let now = chrono::Utc::now().timestamp_millis();
         relay.store.claim(&delivery, &repo, &meta, now, Duration::from_secs(60)).await.unwrap();

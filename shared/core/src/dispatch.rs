@@ -5,8 +5,10 @@
 //! claim the (delivery, target) record (the delivery named by its hook and
 //! GUID, see [`crate::ports::record_key`]) under a lease, call GitHub with
 //! exponential backoff + jitter inside a bounded budget (honouring
-//! `Retry-After` / `x-ratelimit-reset`), and record the outcome. Targets run
-//! concurrently, at most `concurrency` at a time. A message whose targets all
+//! `Retry-After` / `x-ratelimit-reset`), and record the outcome. Targets go
+//! in turns of `concurrency`: a turn's claims are one store call
+//! ([`DispatchStore::claim_each`]: one SQLite write), then its targets are
+//! sent concurrently; a target's lease starts with its turn. A message whose targets all
 //! ended (dispatched, failed permanently, or not installed) is done; one with
 //! a transient failure goes back to the queue, and after `max_receive_count`
 //! receives to the DLQ with the reason.
@@ -154,6 +156,14 @@ pub struct DeliveryReport {
     pub action: Option<String>,
     pub payload_trimmed: bool,
     pub targets: Vec<TargetReport>,
+}
+
+/// A target before its claim ([`Dispatcher::prepare`]).
+enum Prepared {
+    /// Ended without a record: not installed, or its installation lookup failed.
+    Ended(TargetOutcome),
+    /// To claim and send (or pause, as `admission` says).
+    Ready { installation: InstallationId, admission: Admission },
 }
 
 /// The verdict on a message.
@@ -342,19 +352,12 @@ impl Dispatcher {
         };
         let body = &body;
         let delivery = &msg.delivery_id;
-        report.targets = futures::stream::iter(allowlist.entries().iter().cloned())
-            .map(|entry| {
-                let meta = meta(&entry);
-                let span = tracing::info_span!("target", repo = %entry.repo, attempt = tracing::field::Empty);
-                async move {
-                    let outcome = self.dispatch_target(delivery, &entry, &meta, body).await;
-                    TargetReport { repo: entry.repo, level: entry.level, outcome }
-                }
-                .instrument(span)
-            })
-            .buffered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
+        // In turns of `concurrency` targets, so that a target's lease starts
+        // when it is about to be sent, not while it waits for its turn.
+        for turn in allowlist.entries().chunks(self.settings.concurrency.max(1)) {
+            let reports = self.dispatch_turn(delivery, turn, &meta, body).await;
+            report.targets.extend(reports);
+        }
         for t in &report.targets {
             ::metrics::counter!(crate::metrics::DISPATCHES, "outcome" => t.outcome.class()).increment(1);
         }
@@ -386,25 +389,99 @@ impl Dispatcher {
         MessageOutcome::Retry { report: Some(report), reason, delay }
     }
 
-    async fn dispatch_target(
+    /// One turn of targets (at most `concurrency`): each one's installation
+    /// and breaker (both cached: no call for a healthy target), then one
+    /// claim write for all of them to send to
+    /// ([`DispatchStore::claim_each`]), then their dispatches, concurrently.
+    async fn dispatch_turn(
         &self,
         delivery: &DeliveryId,
-        entry: &AllowlistEntry,
-        meta: &DispatchMeta,
+        entries: &[AllowlistEntry],
+        meta: &(dyn Fn(&AllowlistEntry) -> DispatchMeta + Sync),
         body: &Result<DispatchBody, client_payload::PayloadError>,
-    ) -> TargetOutcome {
-        let repo = &entry.repo;
+    ) -> Vec<TargetReport> {
+        let concurrency = entries.len().max(1);
+        let repos: Vec<RepoFullName> = entries.iter().map(|e| e.repo.clone()).collect();
+        let prepared: Vec<Prepared> = futures::stream::iter(repos)
+            .map(|repo| {
+                let span = tracing::info_span!("target", repo = %repo);
+                async move { self.prepare(&repo).await }.instrument(span)
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        let to_claim: Vec<(RepoFullName, DispatchMeta)> = entries
+            .iter()
+            .zip(&prepared)
+            .filter(|(_, p)| matches!(p, Prepared::Ready { .. }))
+            .map(|(entry, _)| (entry.repo.clone(), meta(entry)))
+            .collect();
+        let claims = match to_claim.is_empty() {
+            true => vec![],
+            false => self.store.claim_each(delivery, &to_claim, self.clock.now_ms(), self.settings.lease).await,
+        };
+        let mut claimed = to_claim.into_iter().zip(claims);
+        let work: Vec<_> = entries
+            .iter()
+            .zip(prepared)
+            .map(|(entry, prepared)| match prepared {
+                Prepared::Ended(outcome) => (entry.clone(), Err(outcome)),
+                Prepared::Ready { installation, admission } => {
+                    let ((_, meta), claim) = claimed.next().expect("one claim per target ready to send");
+                    (entry.clone(), Ok((installation, admission, meta, claim)))
+                }
+            })
+            .collect();
+        futures::stream::iter(work)
+            .map(|(entry, ready)| {
+                let span = tracing::info_span!("target", repo = %entry.repo, attempt = tracing::field::Empty);
+                async move {
+                    let outcome = match ready {
+                        Err(outcome) => outcome,
+                        Ok((installation, admission, meta, claim)) => {
+                            self.dispatch_target(delivery, &entry, &meta, body, installation, admission, claim).await
+                        }
+                    };
+                    TargetReport { repo: entry.repo, level: entry.level, outcome }
+                }
+                .instrument(span)
+            })
+            .buffered(concurrency)
+            .collect()
+            .await
+    }
+
+    /// A target's installation and what its breaker admits, or how it
+    /// ended without a record (not installed, lookup failed).
+    async fn prepare(&self, repo: &RepoFullName) -> Prepared {
         let installation = match self.github.installation(repo).await {
             Ok(Some(i)) => i,
-            Ok(None) => return TargetOutcome::NotInstalled,
-            Err(e) => return retry_or_fail_unrecorded(e),
+            Ok(None) => return Prepared::Ended(TargetOutcome::NotInstalled),
+            Err(e) => return Prepared::Ended(retry_or_fail_unrecorded(e)),
         };
         let admission = self.breakers.admit(repo).await.unwrap_or_else(|e| {
             // The breaker is a safeguard: without it, send.
             tracing::warn!(error = %e, "target breaker unreadable; dispatching");
             Admission::Send
         });
-        let attempt = match self.store.claim(delivery, repo, meta, self.clock.now_ms(), self.settings.lease).await {
+        Prepared::Ready { installation, admission }
+    }
+
+    /// One target once [`Dispatcher::prepare`]d and claimed: paused, failed
+    /// for its payload, or sent (with retries), then recorded.
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch_target(
+        &self,
+        delivery: &DeliveryId,
+        entry: &AllowlistEntry,
+        meta: &DispatchMeta,
+        body: &Result<DispatchBody, client_payload::PayloadError>,
+        installation: InstallationId,
+        admission: Admission,
+        claim: Result<Claim, crate::ports::StoreError>,
+    ) -> TargetOutcome {
+        let repo = &entry.repo;
+        let attempt = match claim {
             Ok(Claim::Acquired { attempt }) => {
                 tracing::Span::current().record("attempt", attempt);
                 attempt

@@ -487,6 +487,25 @@ pub struct DispatchMeta {
     pub hook_id: Option<u64>,
 }
 
+impl DispatchMeta {
+    /// The meta of a dispatch of `event` to a target at `level`, with
+    /// nothing else known: no action, commit, pull request, check run,
+    /// device, receive time or hook.
+    pub fn new(event: &str, level: Level) -> DispatchMeta {
+        DispatchMeta {
+            event: event.to_owned(),
+            action: None,
+            head_sha: None,
+            pr_number: None,
+            level,
+            check_run: false,
+            device: None,
+            received_at_ms: None,
+            hook_id: None,
+        }
+    }
+}
+
 /// What identifies a delivery, and so a dispatch record: the webhook
 /// (`X-GitHub-Hook-ID`) and the event's GUID (`X-GitHub-Delivery`).
 ///
@@ -590,6 +609,24 @@ pub trait DispatchStore: Send + Sync {
         now_ms: i64,
         lease: Duration,
     ) -> Result<Claim, StoreError>;
+    /// [`DispatchStore::claim`] of several targets of one delivery (each
+    /// with its own meta) at the same `now_ms`: one answer per target, in
+    /// their order, each a claim's own success or failure. The default
+    /// claims them concurrently; an adapter may write them together
+    /// (SQLite: one write, so a delivery's ten records dirty their table's
+    /// and indexes' pages in one commit instead of ten).
+    async fn claim_each(
+        &self,
+        delivery: &DeliveryId,
+        targets: &[(RepoFullName, DispatchMeta)],
+        now_ms: i64,
+        lease: Duration,
+    ) -> Vec<Result<Claim, StoreError>> {
+        futures::future::join_all(
+            targets.iter().map(|(target, meta)| self.claim(delivery, target, meta, now_ms, lease)),
+        )
+        .await
+    }
     /// [`DispatchStore::finish_for_hook`] of a delivery without a hook id.
     async fn finish(
         &self,

@@ -730,6 +730,55 @@ mod cases {
         assert_eq!(one_record_of(&*s, &d, "org/a").await.attempts, 1);
     }
 
+    /// `claim_each` answers each target as its own `claim` would, in the
+    /// order given, and writes each record with its own meta: a dispatched,
+    /// a leased and a failed target next to two new ones (one under a hook
+    /// id); once the lease expired, the leased one is taken over.
+    pub async fn store_claim_each_answers_each_target<B: Backend>() {
+        let s = B::store().await;
+        let d = delivery();
+        let now = 1_700_000_000_000;
+        for (t, outcome) in [
+            ("org/done", Some(AttemptOutcome::Dispatched { payload_trimmed: false })),
+            ("org/held", None),
+            ("org/refused", Some(AttemptOutcome::Failed { reason: "422".into() })),
+        ] {
+            assert_eq!(s.claim(&d, &repo(t), &meta(), now, LONG).await.unwrap(), Claim::Acquired { attempt: 1 });
+            if let Some(outcome) = outcome {
+                s.finish(&d, &repo(t), 1, &outcome, now + 1).await.unwrap();
+            }
+        }
+        let device = |name: &str| DispatchMeta { device: Some(name.into()), ..meta() };
+        let targets = [
+            (repo("org/done"), meta()),
+            (repo("org/held"), meta()),
+            (repo("org/refused"), meta()),
+            (repo("org/new"), device("cuda")),
+            (repo("org/hooked"), DispatchMeta { hook_id: Some(7), ..device("rocm") }),
+        ];
+        let answers: Vec<Claim> =
+            s.claim_each(&d, &targets, now + 5, LONG).await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            answers,
+            [
+                Claim::AlreadyDispatched,
+                Claim::Leased { until_ms: now + 60_000 },
+                Claim::AlreadyFailed,
+                Claim::Acquired { attempt: 1 },
+                Claim::Acquired { attempt: 1 },
+            ]
+        );
+        let new = one_record_of(&*s, &d, "org/new").await;
+        assert_eq!(
+            (new.status, new.meta.device.as_deref(), new.lease_until_ms),
+            (DispatchStatus::Pending, Some("cuda"), now + 5 + 60_000)
+        );
+        let hooked = one_record_of(&*s, &d, "org/hooked").await;
+        assert_eq!((hooked.meta.hook_id, hooked.meta.device.as_deref()), (Some(7), Some("rocm")));
+        let again = s.claim_each(&d, &targets[1..2], now + 60_001, LONG).await;
+        assert_eq!(again.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [Claim::Acquired { attempt: 2 }]);
+    }
+
     /// GitHub gives every webhook of one event the same `X-GitHub-Delivery`
     /// GUID and keeps hook and GUID on redelivery (REST "Webhook
     /// deliveries": `guid` "shared with all deliveries for all webhooks that
@@ -2054,6 +2103,7 @@ macro_rules! all_cases {
                 queue_depth_counts,
                 queue_rejects_oversized,
                 store_claim_new_then_leased,
+                store_claim_each_answers_each_target,
                 store_hooks_of_one_guid_are_separate_deliveries,
                 store_dispatched_is_final,
                 store_failed_is_final,

@@ -342,6 +342,21 @@ fn rollback_to_savepoint(conn: &Connection) -> rusqlite::Result<()> {
     run(conn, "RELEASE w")
 }
 
+/// Runs `f` inside a savepoint of the writer's transaction (nested in the
+/// write's own): kept if it answers `Ok`, undone alone otherwise, so one
+/// part of a write can fail without the others. Errors: `f`'s own, or the
+/// savepoint's.
+pub(crate) fn in_savepoint<T>(conn: &Connection, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    run(conn, "SAVEPOINT part").map_err(unavailable)?;
+    let out = f();
+    let settled = match &out {
+        Ok(_) => run(conn, "RELEASE part"),
+        Err(_) => run(conn, "ROLLBACK TO part").and_then(|_| run(conn, "RELEASE part")),
+    };
+    settled.map_err(unavailable)?;
+    out
+}
+
 /// A SQLite error with primary `code` and `message`.
 fn sqlite_error(code: std::ffi::c_int, message: &str) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(message.to_owned()))

@@ -74,6 +74,76 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Result<DispatchRecord, StoreError>> {
     Ok(parsed)
 }
 
+/// [`DispatchStore::claim`] inside the writer's transaction.
+fn claim_row(
+    tx: &rusqlite::Connection,
+    delivery: &DeliveryId,
+    target: &RepoFullName,
+    meta: &DispatchMeta,
+    now_ms: i64,
+    lease: Duration,
+) -> Result<Claim, StoreError> {
+    let lease_until = now_ms + lease.as_millis() as i64;
+    let key = record_key(target, meta.hook_id);
+    let existing: Option<(String, i64, u32)> = tx
+        .prepare_cached(
+            "SELECT status, lease_until_ms, attempts FROM dispatches WHERE delivery_id = ?1 AND target_key = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![delivery.as_str(), key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+        })
+        .map_err(unavailable)?;
+    Ok(match existing {
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
+                        created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device,
+                        received_at_ms, hook_id)
+                     VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    delivery.as_str(),
+                    key,
+                    target.as_str(),
+                    lease_until,
+                    now_ms,
+                    meta.event,
+                    meta.action,
+                    meta.head_sha.as_ref().map(HeadSha::as_str),
+                    meta.pr_number.map(|n| n as i64),
+                    meta.level.as_str(),
+                    meta.check_run,
+                    meta.device,
+                    meta.received_at_ms,
+                    meta.hook_id.map(|n| n as i64)
+                ])
+            })
+            .map_err(unavailable)?;
+            Claim::Acquired { attempt: 1 }
+        }
+        Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
+            Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
+            Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
+            // A lease holds up to and including its last millisecond (as
+            // DynamoDB's `lease_until_ms < :now` take-over condition).
+            Some(DispatchStatus::Pending) if until >= now_ms => Claim::Leased { until_ms: until },
+            // An expired lease, or paused by the target's breaker: taken
+            // again, pending.
+            Some(DispatchStatus::Pending | DispatchStatus::Paused) => {
+                tx.execute(
+                    "UPDATE dispatches SET status = 'pending', attempts = attempts + 1, lease_until_ms = ?3,
+                         updated_at_ms = ?4 WHERE delivery_id = ?1 AND target_key = ?2",
+                    params![delivery.as_str(), key, lease_until, now_ms],
+                )
+                .map_err(unavailable)?;
+                Claim::Acquired { attempt: attempts + 1 }
+            }
+            None => return Err(StoreError::Corrupt(format!("dispatch {delivery}/{target}: status {status:?}"))),
+        },
+    })
+}
+
 #[async_trait]
 impl DispatchStore for SqliteDispatchStore {
     async fn claim(
@@ -84,72 +154,36 @@ impl DispatchStore for SqliteDispatchStore {
         now_ms: i64,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let lease_until = now_ms + lease.as_millis() as i64;
-        let key = record_key(target, meta.hook_id);
         let (delivery, target, meta) = (delivery.clone(), target.clone(), meta.clone());
-        self.db
+        self.db.write(move |tx| claim_row(tx, &delivery, &target, &meta, now_ms, lease)).await
+    }
+
+    /// One write for all of them: each claim in its own savepoint, so one
+    /// that fails is undone alone and answers its own error.
+    async fn claim_each(
+        &self,
+        delivery: &DeliveryId,
+        targets: &[(RepoFullName, DispatchMeta)],
+        now_ms: i64,
+        lease: Duration,
+    ) -> Vec<Result<Claim, StoreError>> {
+        let (delivery, owned) = (delivery.clone(), targets.to_vec());
+        let claimed: Result<Vec<Result<Claim, StoreError>>, StoreError> = self
+            .db
             .write(move |tx| {
-                let existing: Option<(String, i64, u32)> = tx
-                    .prepare_cached(
-                        "SELECT status, lease_until_ms, attempts FROM dispatches WHERE delivery_id = ?1 AND target_key = ?2",
-                    )
-                    .and_then(|mut s| {
-                        s.query_row(params![delivery.as_str(), key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+                Ok(owned
+                    .iter()
+                    .map(|(target, meta)| {
+                        super::in_savepoint(tx, || claim_row(tx, &delivery, target, meta, now_ms, lease))
                     })
-                    .map_err(unavailable)?;
-                Ok(match existing {
-                    None => {
-                        tx.prepare_cached(
-                            "INSERT INTO dispatches (delivery_id, target_key, target, status, attempts, lease_until_ms,
-                                created_at_ms, updated_at_ms, event, action, head_sha, pr_number, level, check_run, device,
-                                received_at_ms, hook_id)
-                             VALUES (?1, ?2, ?3, 'pending', 1, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                delivery.as_str(),
-                                key,
-                                target.as_str(),
-                                lease_until,
-                                now_ms,
-                                meta.event,
-                                meta.action,
-                                meta.head_sha.as_ref().map(HeadSha::as_str),
-                                meta.pr_number.map(|n| n as i64),
-                                meta.level.as_str(),
-                                meta.check_run,
-                                meta.device,
-                                meta.received_at_ms,
-                                meta.hook_id.map(|n| n as i64)
-                            ])
-                        })
-                        .map_err(unavailable)?;
-                        Claim::Acquired { attempt: 1 }
-                    }
-                    Some((status, until, attempts)) => match DispatchStatus::parse(&status) {
-                        Some(DispatchStatus::Dispatched) => Claim::AlreadyDispatched,
-                        Some(DispatchStatus::Failed) => Claim::AlreadyFailed,
-                        // A lease holds up to and including its last millisecond (as
-                        // DynamoDB's `lease_until_ms < :now` take-over condition).
-                        Some(DispatchStatus::Pending) if until >= now_ms => Claim::Leased { until_ms: until },
-                        // An expired lease, or paused by the target's breaker: taken
-                        // again, pending.
-                        Some(DispatchStatus::Pending | DispatchStatus::Paused) => {
-                            tx.execute(
-                                "UPDATE dispatches SET status = 'pending', attempts = attempts + 1, lease_until_ms = ?3,
-                                 updated_at_ms = ?4 WHERE delivery_id = ?1 AND target_key = ?2",
-                                params![delivery.as_str(), key, lease_until, now_ms],
-                            )
-                            .map_err(unavailable)?;
-                            Claim::Acquired { attempt: attempts + 1 }
-                        }
-                        None => {
-                            return Err(StoreError::Corrupt(format!("dispatch {delivery}/{target}: status {status:?}")))
-                        }
-                    },
-                })
+                    .collect::<Vec<_>>())
             })
-            .await
+            .await;
+        match claimed {
+            Ok(each) => each,
+            // The write as a whole failed (its commit, or the writer stopped): every claim did.
+            Err(e) => targets.iter().map(|_| Err(StoreError::unavailable(e.to_string()))).collect(),
+        }
     }
 
     async fn finish_for_hook(
@@ -275,5 +309,44 @@ mod tests {
             &format!("SELECT {COLUMNS} FROM dispatches {FOR_COMMIT}"),
             "dispatches_head_sha",
         );
+    }
+
+    /// In one `claim_each` write, a claim that fails (a record whose status
+    /// is unreadable) answers its own error and changes nothing; the claims
+    /// before and after it are kept.
+    #[tokio::test]
+    async fn a_failed_claim_in_claim_each_fails_alone() {
+        let path = std::env::temp_dir().join(format!("crcr-claim-each-{}.sqlite", uuid::Uuid::new_v4()));
+        let db = Db::open(&path).unwrap();
+        let store = SqliteDispatchStore::new(db.clone());
+        let d = DeliveryId::parse("d-1").unwrap();
+        let meta = DispatchMeta::new("push", Level::L2);
+        let repo = |r: &str| RepoFullName::parse(r).unwrap();
+        assert_eq!(
+            store.claim(&d, &repo("org/b"), &meta, 1, Duration::from_secs(60)).await.unwrap(),
+            Claim::Acquired { attempt: 1 }
+        );
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE dispatches SET status = 'bogus' WHERE target_key = 'org/b'", [])
+            .unwrap();
+        let targets = [(repo("org/a"), meta.clone()), (repo("org/b"), meta.clone()), (repo("org/c"), meta.clone())];
+        let answers = store.claim_each(&d, &targets, 2, Duration::from_secs(60)).await;
+        assert!(matches!(answers[0], Ok(Claim::Acquired { attempt: 1 })), "{answers:?}");
+        assert!(matches!(&answers[1], Err(StoreError::Corrupt(m)) if m.contains("bogus")), "{answers:?}");
+        assert!(matches!(answers[2], Ok(Claim::Acquired { attempt: 1 })), "{answers:?}");
+        let kept: Vec<(String, String)> = {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            let mut q = c.prepare("SELECT target_key, status FROM dispatches ORDER BY target_key").unwrap();
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+        };
+        assert_eq!(
+            kept,
+            [("org/a".into(), "pending".into()), ("org/b".into(), "bogus".into()), ("org/c".into(), "pending".into())]
+        );
+        drop((store, db));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }
