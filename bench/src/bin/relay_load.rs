@@ -457,7 +457,7 @@ mod tests {
     fn a_dispatch_body_gives_its_delivery_id() {
         let payload = r#"{"x":"\"delivery_id\":\"not this one\""}"#;
         let body = crcr_core::client_payload::build_from_text("pull_request", "d-7f3a", payload).unwrap();
-        assert_eq!(sent_delivery_id(body.body.get().as_bytes()), "d-7f3a");
+        assert_eq!(sent_delivery_id(body.json().as_bytes()), "d-7f3a");
         assert_eq!(sent_delivery_id(br#"{"event_type":"push","client_payload":{}}"#), "");
     }
 

@@ -520,6 +520,21 @@ impl GitHubAppClient {
     }
 }
 
+/// `POST uri` with `json` as the body, sent as it is: octocrab's `_post`
+/// would serialize it again and keep two copies per request (a 24 KB
+/// payload to ten targets, for every message in flight). The request gets
+/// octocrab's own headers (its API version) from `build_request`.
+async fn post_json(
+    client: &Octocrab,
+    uri: String,
+    json: Bytes,
+) -> octocrab::Result<http::Response<http_body_util::combinators::BoxBody<Bytes, octocrab::Error>>> {
+    let (mut parts, _) = client.build_request::<()>(http::Request::post(uri), None)?.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    client.execute(http::Request::from_parts(parts, octocrab::OctoBody::from(json))).await
+}
+
 #[async_trait]
 impl GitHubApp for GitHubAppClient {
     async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError> {
@@ -530,14 +545,14 @@ impl GitHubApp for GitHubAppClient {
         &self,
         repo: &RepoFullName,
         installation: InstallationId,
-        body: &serde_json::value::RawValue,
+        body: &crcr_core::client_payload::DispatchBody,
     ) -> Result<(), GitHubError> {
         let mut target = self.current_name(repo);
         let dispatch = RequestPriority::Dispatch;
         let client = self.token_client(&target, installation, ("contents", "write"), dispatch).await?;
         let uri = format!("/repos/{}/{}/dispatches", target.owner(), target.name());
         let (mut status, mut headers, mut bytes) =
-            self.send(Call::installation(installation, dispatch), || client._post(uri, Some(body))).await?;
+            self.send(Call::installation(installation, dispatch), || post_json(&client, uri, body.bytes())).await?;
         if status.is_redirection() {
             // Moved since its installation was looked up (GitHub answers a
             // POST to a moved repository with 307): look it up again, which
@@ -558,7 +573,7 @@ impl GitHubApp for GitHubAppClient {
             let client = self.token_client(&target, installation, ("contents", "write"), dispatch).await?;
             let uri = format!("/repos/{}/{}/dispatches", target.owner(), target.name());
             (status, headers, bytes) =
-                self.send(Call::installation(installation, dispatch), || client._post(uri, Some(body))).await?;
+                self.send(Call::installation(installation, dispatch), || post_json(&client, uri, body.bytes())).await?;
             if status.is_redirection() {
                 return Err(GitHubError::Permanent {
                     status: status.as_u16(),

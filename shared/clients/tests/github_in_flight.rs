@@ -38,7 +38,7 @@ async fn dispatch_all(gh: &StandIn, client: GitHubAppClient, repos: &[RepoFullNa
         concurrent: 4,
         ..SecondaryLimits::scaled(Duration::from_secs(60))
     }));
-    let body = serde_json::value::RawValue::from_string(r#"{"event_type":"e"}"#.to_owned()).unwrap();
+    let body = crcr_core::client_payload::build_from_text("e", "d-1", "{}").unwrap();
     let calls = repos.iter().zip(installations).map(|(r, i)| {
         let (client, body, repo) = (client.clone(), body.clone(), r.clone());
         tokio::spawn(async move { client.dispatch(&repo, i, &body).await })
@@ -88,7 +88,7 @@ async fn a_burst_to_one_repository_mints_one_token() {
     let client = Arc::new(client(&gh, 100));
     let repo = repos[0].clone();
     let installation = client.installation(&repo).await.unwrap().expect("installed");
-    let body = serde_json::value::RawValue::from_string(r#"{"event_type":"e"}"#.to_owned()).unwrap();
+    let body = crcr_core::client_payload::build_from_text("e", "d-1", "{}").unwrap();
     let calls: Vec<_> = (0..20)
         .map(|_| {
             let (client, body, repo) = (client.clone(), body.clone(), repo.clone());

@@ -32,8 +32,8 @@ fn client(gh: &StandIn) -> GitHubAppClient {
     GitHubAppClient::new(GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), gh.base_url())).unwrap()
 }
 
-fn body() -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string(r#"{"event_type":"e"}"#.to_owned()).unwrap()
+fn body() -> crcr_core::client_payload::DispatchBody {
+    crcr_core::client_payload::build_from_text("e", "d-1", "{}").unwrap()
 }
 
 /// Looks up `repo`'s installation and dispatches to it.

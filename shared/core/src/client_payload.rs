@@ -34,27 +34,36 @@ pub enum PayloadError {
 /// was the dispatcher's largest CPU cost after SQLite).
 #[derive(Debug, Clone)]
 pub struct DispatchBody {
-    /// `{"event_type": E, "client_payload": {...}}` as sent.
-    pub body: Box<serde_json::value::RawValue>,
+    /// `{"event_type": E, "client_payload": {...}}` as sent (UTF-8 JSON),
+    /// shared by every target's request: a clone copies nothing.
+    json: bytes::Bytes,
     /// The payload was replaced by its trimmed form.
     pub trimmed: bool,
 }
 
 impl DispatchBody {
-    /// The body parsed back (tests and tools; the dispatcher sends [`DispatchBody::body`]).
+    /// The body's JSON text.
+    pub fn json(&self) -> &str {
+        std::str::from_utf8(&self.json).expect("a dispatch body is built from a String")
+    }
+
+    /// The body's JSON as a request body: the same bytes, not a copy.
+    pub fn bytes(&self) -> bytes::Bytes {
+        self.json.clone()
+    }
+
+    /// The body parsed back (tests and tools; the dispatcher sends [`DispatchBody::bytes`]).
     pub fn value(&self) -> Value {
-        serde_json::from_str(self.body.get()).expect("a dispatch body is JSON")
+        serde_json::from_str(self.json()).expect("a dispatch body is JSON")
     }
 
     /// `{"event_type": event, "client_payload": <client_payload>}`, the
-    /// client payload already serialized.
+    /// client payload already serialized (by serde_json, or the payload's
+    /// text [`github_json_len`] read as JSON).
     fn new(event: &str, client_payload: &str, trimmed: bool) -> DispatchBody {
         let event = serde_json::to_string(event).expect("strings serialize");
         let body = format!(r#"{{"event_type":{event},"client_payload":{client_payload}}}"#);
-        DispatchBody {
-            body: serde_json::value::RawValue::from_string(body).expect("two JSON values in an object are JSON"),
-            trimmed,
-        }
+        DispatchBody { json: bytes::Bytes::from(body), trimmed }
     }
 }
 
@@ -678,7 +687,7 @@ mod tests {
                 serde_json::to_string(event).unwrap(),
                 serde_json::to_string(&client_payload).unwrap()
             );
-            assert_eq!(b.body.get(), expected);
+            assert_eq!(b.json(), expected);
         }
     }
 

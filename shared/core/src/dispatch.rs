@@ -541,7 +541,7 @@ impl Dispatcher {
             self.spend_budget(installation, started).await?;
             let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             tracing::debug!(attempt, call, "repository_dispatch");
-            let sent = self.github.dispatch(repo, installation, &body.body).await;
+            let sent = self.github.dispatch(repo, installation, body).await;
             if let Err(GitHubError::Transient { retry_after: Some(wait), .. }) = &sent {
                 // A rate limit: every sender to this installation waits it out.
                 let until = self.clock.now_ms() + wait.as_millis() as i64;

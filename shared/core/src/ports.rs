@@ -761,13 +761,13 @@ pub trait GitHubApp: Send + Sync {
     /// installed there (404).
     async fn installation(&self, repo: &RepoFullName) -> Result<Option<InstallationId>, GitHubError>;
     /// `POST /repos/{owner}/{repo}/dispatches` with `body` (already within
-    /// GitHub's limits) and an installation token narrowed to `repo` with
-    /// `contents: write`.
+    /// GitHub's limits; every target's request sends the same bytes) and an
+    /// installation token narrowed to `repo` with `contents: write`.
     async fn dispatch(
         &self,
         repo: &RepoFullName,
         installation: InstallationId,
-        body: &serde_json::value::RawValue,
+        body: &crate::client_payload::DispatchBody,
     ) -> Result<(), GitHubError>;
     /// Raw contents of a file (`GET /repos/{o}/{r}/contents/{path}?ref=`),
     /// read with an installation token of `repo`.

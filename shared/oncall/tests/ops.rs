@@ -302,9 +302,9 @@ impl GitHubApp for FakeGitHub {
         &self,
         repo: &RepoFullName,
         _installation: InstallationId,
-        body: &serde_json::value::RawValue,
+        body: &crcr_core::client_payload::DispatchBody,
     ) -> Result<(), GitHubError> {
-        let body: serde_json::Value = serde_json::from_str(body.get()).expect("a dispatch body is JSON");
+        let body = body.value();
         let delivery = body["client_payload"]["delivery_id"].as_str().unwrap_or_default().to_owned();
         let down = self.down.lock().unwrap().contains(repo.key());
         self.calls.lock().unwrap().push((repo.key().to_owned(), delivery, !down));
