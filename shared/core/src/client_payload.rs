@@ -172,7 +172,8 @@ struct Scanner<'a> {
     hashes: Vec<u64>,
 }
 
-/// How a byte inside a string counts ([`Scanner::string`]).
+/// What a byte of a string is to the count: [`value_byte_chars`] in a
+/// string's value, [`Scanner::string`] in its JSON text.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum StrByte {
     /// Printable ASCII other than the ones below, or a UTF-8 lead byte: 1.
@@ -185,7 +186,7 @@ enum StrByte {
     E2,
     Quote,
     Backslash,
-    /// A control character, which JSON does not allow raw.
+    /// A control character: in JSON text only escaped.
     Control,
 }
 
@@ -298,12 +299,6 @@ impl<'a> Scanner<'a> {
                 i += 8;
             }
             match STR_BYTES[*text.get(i)? as usize] {
-                StrByte::One => chars += 1,
-                StrByte::Continuation => {}
-                StrByte::Html => chars += 6,
-                StrByte::E2 => {
-                    chars += if matches!(text.get(i + 1..i + 3), Some([0x80, 0xa8 | 0xa9])) { 6 } else { 1 };
-                }
                 StrByte::Quote => {
                     self.at = i + 1;
                     return Some((chars, escaped));
@@ -318,7 +313,11 @@ impl<'a> Scanner<'a> {
                         _ => return None,
                     };
                 }
+                // Raw, it is not JSON: left to serde_json, which says so.
                 StrByte::Control => return None,
+                StrByte::One | StrByte::Continuation | StrByte::Html | StrByte::E2 => {
+                    chars += value_byte_chars(text, i)
+                }
             }
             i += 1;
         }
@@ -423,21 +422,26 @@ pub struct JsonShape {
 /// [`github_json_len`] says.
 fn github_str_len(s: &str) -> usize {
     let b = s.as_bytes();
-    let mut n = 2;
-    for &x in b {
-        n += match x {
-            b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 2,
-            0x00..=0x1f => 6,
-            b'<' | b'>' | b'&' => 6,
-            _ if x & 0xC0 == 0x80 => 0,
-            _ => 1,
-        };
+    2 + (0..b.len()).map(|i| value_byte_chars(b, i)).sum::<usize>()
+}
+
+/// Characters the byte at `i` of a string's value adds to its JSON as
+/// [`github_json_len`] counts it: printable ASCII or a UTF-8 lead byte 1, a
+/// continuation byte 0 (its character is counted), `<`, `>`, `&`, U+2028
+/// and U+2029 6 (Rails' `\uXXXX`), `"` and `\` 2, a control character its
+/// escape (`\n` 2, `\u001f` 6).
+fn value_byte_chars(value: &[u8], i: usize) -> usize {
+    match STR_BYTES[value[i] as usize] {
+        StrByte::One => 1,
+        StrByte::Continuation => 0,
+        StrByte::Html => 6,
+        // U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
+        StrByte::E2 if matches!(value.get(i + 1..i + 3), Some([0x80, 0xa8 | 0xa9])) => 6,
+        StrByte::E2 => 1,
+        StrByte::Quote | StrByte::Backslash => 2,
+        StrByte::Control if matches!(value[i], 0x08 | 0x0c | b'\n' | b'\r' | b'\t') => 2,
+        StrByte::Control => 6,
     }
-    // U+2028 and U+2029 are E2 80 A8 and E2 80 A9: one character so far, six in all.
-    if b.contains(&0xE2) {
-        n += 5 * b.windows(3).filter(|w| matches!(w, [0xE2, 0x80, 0xA8 | 0xA9])).count();
-    }
-    n
 }
 
 impl<'de> serde::Deserialize<'de> for JsonShape {
