@@ -166,6 +166,14 @@ enum Prepared {
     Ready { installation: InstallationId, admission: Admission },
 }
 
+/// A target ready to send, with its turn's answer to its claim.
+struct Claimed {
+    installation: InstallationId,
+    admission: Admission,
+    meta: DispatchMeta,
+    claim: Result<Claim, crate::ports::StoreError>,
+}
+
 /// The verdict on a message.
 #[derive(Debug)]
 pub enum MessageOutcome {
@@ -428,7 +436,7 @@ impl Dispatcher {
                 Prepared::Ended(outcome) => (entry.clone(), Err(outcome)),
                 Prepared::Ready { installation, admission } => {
                     let ((_, meta), claim) = claimed.next().expect("one claim per target ready to send");
-                    (entry.clone(), Ok((installation, admission, meta, claim)))
+                    (entry.clone(), Ok(Claimed { installation, admission, meta, claim }))
                 }
             })
             .collect();
@@ -438,9 +446,7 @@ impl Dispatcher {
                 async move {
                     let outcome = match ready {
                         Err(outcome) => outcome,
-                        Ok((installation, admission, meta, claim)) => {
-                            self.dispatch_target(delivery, &entry, &meta, body, installation, admission, claim).await
-                        }
+                        Ok(claimed) => self.dispatch_target(delivery, &entry, body, claimed).await,
                     };
                     TargetReport { repo: entry.repo, level: entry.level, outcome }
                 }
@@ -469,18 +475,14 @@ impl Dispatcher {
 
     /// One target once [`Dispatcher::prepare`]d and claimed: paused, failed
     /// for its payload, or sent (with retries), then recorded.
-    #[allow(clippy::too_many_arguments)]
     async fn dispatch_target(
         &self,
         delivery: &DeliveryId,
         entry: &AllowlistEntry,
-        meta: &DispatchMeta,
         body: &Result<DispatchBody, client_payload::PayloadError>,
-        installation: InstallationId,
-        admission: Admission,
-        claim: Result<Claim, crate::ports::StoreError>,
+        Claimed { installation, admission, meta, claim }: Claimed,
     ) -> TargetOutcome {
-        let repo = &entry.repo;
+        let (repo, meta) = (&entry.repo, &meta);
         let attempt = match claim {
             Ok(Claim::Acquired { attempt }) => {
                 tracing::Span::current().record("attempt", attempt);
