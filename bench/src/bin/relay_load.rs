@@ -26,9 +26,14 @@
 //! runs it with the arguments given.) The relay, the stand-in and the
 //! generator share the machine, as they would on a developer's laptop; the
 //! relay reads its other settings from the environment (`CRCR_WORKERS`, ...),
-//! except `CRCR_GITHUB_MAX_IN_FLIGHT`, 4096 unless set, and
-//! `CRCR_DISPATCH_PACE`, `off` unless set: this measures the relay, and the
-//! stand-in enforces no GitHub limit here.
+//! except `CRCR_DISPATCH_PACE`, `off` unless set, and
+//! `CRCR_GITHUB_MAX_IN_FLIGHT`, unless set twice what the rate keeps in
+//! flight on average (rate × targets × latency; at least GitHub's 100):
+//! this measures the relay, and the stand-in enforces no GitHub limit here.
+//! The relay's memory grows with the requests in flight (each holds an
+//! HTTP/1.1 connection, some 33 KB, and its dispatch's state): sized so, as
+//! an operator would size it for the load, not left at 4096 (the pool then
+//! kept about 600 connections at 500/s, some 20 MB).
 //! It exits non-zero when a rate lost or duplicated a dispatch.
 
 use std::collections::{HashMap, HashSet};
@@ -64,6 +69,10 @@ fn args() -> anyhow::Result<Args> {
         crcr: "target/release/crcr".into(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.iter().any(|a| a == "--help" || a == "-h") {
+        println!("usage: {USAGE}");
+        std::process::exit(0);
+    }
     for pair in argv.chunks(2) {
         let (flag, v) = (pair[0].as_str(), pair.get(1).map(String::as_str).unwrap_or_default());
         let number = |what: &str| v.parse::<u64>().map_err(|_| anyhow::anyhow!("{what} wants a number, got {v:?}"));
@@ -87,6 +96,13 @@ fn args() -> anyhow::Result<Args> {
     }
     anyhow::ensure!(a.seconds > 0 && a.targets > 0, "--seconds and --targets must be at least 1; usage: {USAGE}");
     Ok(a)
+}
+
+/// `CRCR_GITHUB_MAX_IN_FLIGHT` for `rate` webhooks/s of `targets`
+/// dispatches each, GitHub answering in `latency_ms`: twice the requests
+/// in flight on average, and at least GitHub's 100.
+fn max_in_flight(rate: u64, targets: usize, latency_ms: u64) -> u64 {
+    (2 * rate * targets as u64 * latency_ms / 1000).max(100)
 }
 
 /// Figures of one rate.
@@ -251,7 +267,8 @@ async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir
             // in flight (the default cap is GitHub's 100).
             .env(
                 "CRCR_GITHUB_MAX_IN_FLIGHT",
-                std::env::var("CRCR_GITHUB_MAX_IN_FLIGHT").unwrap_or_else(|_| "4096".into()),
+                std::env::var("CRCR_GITHUB_MAX_IN_FLIGHT")
+                    .unwrap_or_else(|_| max_in_flight(rate, a.targets, a.latency_ms).to_string()),
             )
             // GitHub's content limits would allow 80 dispatches a minute
             // per installation, and the targets here share one.
@@ -401,11 +418,14 @@ async fn main() -> anyhow::Result<()> {
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/webhooks/pull_request.synchronize.json");
     let body = bytes::Bytes::from(std::fs::read(fixture).map_err(|e| anyhow::anyhow!("{fixture}: {e}"))?);
     println!(
-        "relay-load: {} s per rate, {} target(s), GitHub latency {} ms, {} B pull_request.synchronize",
+        "relay-load: {} s per rate, {} target(s), GitHub latency {} ms, {} B pull_request.synchronize, \
+         GitHub requests in flight at most {}",
         a.seconds,
         a.targets,
         a.latency_ms,
-        body.len()
+        body.len(),
+        std::env::var("CRCR_GITHUB_MAX_IN_FLIGHT")
+            .unwrap_or_else(|_| "2 x rate x targets x latency (at least 100)".into())
     );
     println!(
         "| rate/s | sent (achieved/s) | 202 p50 / p99 ms | lag p50 / p99 / max ms | drain s | CPU ms/webhook (relay / \

@@ -141,6 +141,18 @@ pub const MAX_GROUP: usize = 256;
 /// than the adapters' distinct statements, so none is prepared twice.
 const STATEMENTS_CACHED: usize = 128;
 
+/// Page cache of the writer's connection, KiB: the pages every group
+/// writes (the tables' and indexes' last leaves, their parents) stay in it.
+/// SQLite's default is 2,000 KiB per connection.
+const WRITER_CACHE_KIB: i64 = 1024;
+
+/// Page cache of every other connection (readers, the checkpointer's),
+/// KiB: a reader's cache starts empty again after each write of another
+/// connection, which under load is every read, so a larger one only holds
+/// memory (at 500 webhooks/s for 150 s: 256 KiB caches, 66 MiB peak RSS;
+/// SQLite's 2,000 KiB, 72 MiB; same CPU and lag).
+const READER_CACHE_KIB: i64 = 256;
+
 /// Idle reader connections kept open between reads.
 const MAX_IDLE_READERS: usize = 4;
 
@@ -157,8 +169,12 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// WAL file size past which the writer runs its RESTART checkpoint without
 /// waiting to be asked, and waits for a checkpoint under way (the
 /// checkpointer's passive one, slow on a slow disk) to end so that the
-/// RESTART can run: 24 MiB. See [`Db::open`].
-pub const WAL_HARD_BYTES: u64 = WAL_RESTART_BYTES * 3 / 2;
+/// RESTART can run: 32 MiB, 16 MiB past [`WAL_RESTART_BYTES`], which at
+/// 500 webhooks/s (some 90 MB/s into the WAL) leaves the checkpointer
+/// 180 ms to catch up. With 8 MiB it ran out at times, and the writer then
+/// held every write until the checkpointer's pass ended (90 ms lags). See
+/// [`Db::open`].
+pub const WAL_HARD_BYTES: u64 = WAL_RESTART_BYTES * 2;
 
 /// The longest the writer waits so ([`WAL_HARD_BYTES`]) after a group.
 const RESTART_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
@@ -254,14 +270,15 @@ impl Db {
     /// webhooks/s) to fsync and copy, and held every write 3 to 29 ms.
     /// Should the checkpointer fall behind (a slow disk: its fsync), the
     /// writer runs the RESTART itself once the WAL passes
-    /// [`WAL_HARD_BYTES`] (24 MiB), and waits (up to 1 s) for a checkpoint
+    /// [`WAL_HARD_BYTES`] (32 MiB), and waits (up to 1 s) for a checkpoint
     /// under way to end (SQLite does not wait for the checkpoint lock). A
     /// RESTART that finds a checkpoint or a reader in the way is tried
     /// again after the next group. The WAL's file thus stays at about 16
-    /// MiB plus 50 ms of writes, and under 24 MiB and a group when the disk
+    /// MiB plus 50 ms of writes, and under 32 MiB and a group when the disk
     /// is slow.
     pub fn open(path: &Path) -> Result<Db, StoreError> {
         let conn = open_connection(path)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         // Files written before a column of `dispatches` existed get it.
         add_missing_columns(&conn, "dispatches", &ADDED_DISPATCH_COLUMNS)?;
@@ -383,6 +400,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         Connection::open(path).map_err(|e| StoreError::backend(&format!("SQLite open {}", path.display()), e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     conn.pragma_update(None, "temp_store", "MEMORY").map_err(unavailable)?;
+    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB).map_err(unavailable)?;
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(unavailable)?;
     conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
     conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
@@ -558,6 +576,7 @@ fn checkpointer(
 ) -> Result<(), StoreError> {
     let conn = Connection::open(&path).map_err(unavailable)?;
     conn.busy_timeout(std::time::Duration::from_millis(100)).map_err(unavailable)?;
+    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB).map_err(unavailable)?;
     let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
     // (frames in the WAL, frames checkpointed), or None on an error.
     let passive = move || {
@@ -727,13 +746,13 @@ mod tests {
     /// queue under load) the WAL stays near [`WAL_RESTART_BYTES`]: at least
     /// 96 MiB go through it and its file never passes [`WAL_HARD_BYTES`]
     /// and a group, even with the disk busy (a passive checkpoint's fsync
-    /// slow: it passed 24 MiB by 8 MiB on a clean-clone CI run with a build
-    /// beside it, before the writer waited for it). Without the RESTART
+    /// slow: it once passed the bound by 8 MiB on a clean-clone CI run with
+    /// a build beside it, before the writer waited for it). Without the RESTART
     /// the passive checkpoints never catch the WAL's end and it grows by
     /// every write (issue 14: 2.43 GB after 60 s at 100/s). And the
     /// checkpointer catches up and asks for the RESTART (the writes go on
     /// until it has, at most 280 MiB): were it never to ask, the writer
-    /// would still start the WAL over at 24 MiB, each time copying and
+    /// would still start the WAL over at 32 MiB, each time copying and
     /// fsyncing all the passive checkpoints had left while every write
     /// waits (3 to 29 ms at 500 webhooks/s).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -773,7 +792,7 @@ mod tests {
         assert!(restarts_seen > 0, "the WAL file never shrank back");
         let (asked, forced) =
             (state.restarts_asked.load(Ordering::Relaxed), state.restarts_forced.load(Ordering::Relaxed));
-        assert!(asked > 0, "the checkpointer never asked for the RESTART ({forced} past 24 MiB)");
+        assert!(asked > 0, "the checkpointer never asked for the RESTART ({forced} past 32 MiB)");
         drop(db);
         remove(&path);
     }
