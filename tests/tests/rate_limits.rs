@@ -211,6 +211,14 @@ async fn a_burst_of_dispatches_keeps_to_githubs_content_limit_per_installation()
 /// refused ("API rate limit exceeded for installation ID N."): what is left
 /// is postponed until the window resets (the wait is longer than the retry
 /// budget; the receive does not count towards the DLQ) and then sent.
+///
+/// The relay learns a window from GitHub's answers: an identity it has not
+/// heard from yet is not limited ahead of time (`PrimaryLimits::admit`),
+/// and GitHub's own refusal of what overshot is a deferral too. So the
+/// first delivery goes alone and its answers give the window; the burst
+/// follows. (Sent together, the burst went out before any answer when the
+/// dispatcher received the eight deliveries at once: 3 refusals on a busy
+/// clean-clone CI run.)
 #[tokio::test]
 async fn a_burst_stops_at_the_installations_primary_limit_and_goes_on_after_the_reset() {
     let gh = StandIn::start(StandInOptions::default()).await.unwrap();
@@ -224,7 +232,12 @@ async fn a_burst_stops_at_the_installations_primary_limit_and_goes_on_after_the_
     let settings = DispatcherSettings { retry_budget: Duration::from_millis(500), ..test_settings() };
     let relay = Relay::start(&gh, &allowlist, settings, None, "s").await;
     let deliveries: Vec<String> = (0..8).map(|_| uuid()).collect();
-    for d in &deliveries {
+    assert_eq!(relay.post("push", &deliveries[0], &fixture("push"), false).await.0, 202);
+    wait_for("the first delivery's dispatches", || dispatched_to(&gh, &deliveries[0]) == targets).await;
+    // ... and their answers read (the records are written after them).
+    let first = relay.settled(&deliveries[0], Duration::from_secs(15)).await;
+    assert!(first.len() == 2 && first.iter().all(|r| r.dispatched_at_ms.is_some()), "{first:?}");
+    for d in &deliveries[1..] {
         assert_eq!(relay.post("push", d, &fixture("push"), false).await.0, 202);
     }
     for d in &deliveries {
