@@ -395,6 +395,8 @@ impl Db {
 ///   is bound (SQLite reads the bound LIMIT, `sqlite3ExprIsInteger`).
 /// - Room for [`STATEMENTS_CACHED`] prepared statements, the adapters' own
 ///   (rusqlite keeps 16 by default, and the writer runs more than that).
+///
+/// Its page cache is [`READER_CACHE_KIB`] (the writer's is set larger).
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn =
         Connection::open(path).map_err(|e| StoreError::backend(&format!("SQLite open {}", path.display()), e))?;
