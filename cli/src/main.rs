@@ -79,12 +79,12 @@ fn init_tracing(default: &str) {
 
 /// The process's allocator: jemalloc, configured in `.cargo/config.toml`
 /// (background threads return pages unused for 1 s). With glibc's malloc
-/// `crcr serve` held what its busiest moment had allocated: at 500
-/// webhooks/s for 135 s, 31 MB in use and 69 MB taken from the system
-/// (fragmentation across its per-thread arenas). With jemalloc, same load
-/// for 150 s (`relay-load`, bench/): peak RSS 64 MiB (was 73 over 5 min),
-/// 202 p99 4.3 ms (was 7.3), CPU per webhook 1.76 ms (was 1.87).
-/// mimalloc held more (93 MiB).
+/// `crcr serve` kept what its busiest moments had allocated: at 500
+/// webhooks/s (`relay-load`, bench/), 31 MB in use but 69 MB taken from
+/// the system at 135 s (fragmentation across its per-thread arenas). With
+/// jemalloc the process holds 54-58 MiB between bursts over 5 minutes; its
+/// peaks (72-74 MiB, glibc's 73-76) come with bursts of connections. CPU
+/// per webhook 1.77-1.88 ms (glibc 1.87-1.91). mimalloc held more (93 MiB).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
