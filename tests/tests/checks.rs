@@ -130,7 +130,7 @@ async fn standin_refuses_tokens_without_checks_write() {
         )
         .build()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().user_agent("crcr-tests").build().unwrap();
     let token_with = |perm: &'static str| {
         let app = app.clone();
         async move {

@@ -29,11 +29,14 @@
 //! except `CRCR_DISPATCH_PACE`, `off` unless set, and
 //! `CRCR_GITHUB_MAX_IN_FLIGHT`, unless set twice what the rate keeps in
 //! flight on average (rate × targets × latency; at least GitHub's 100):
-//! this measures the relay, and the stand-in enforces no GitHub limit here.
-//! The relay's memory grows with the requests in flight (each holds an
-//! HTTP/1.1 connection, some 33 KB, and its dispatch's state): sized so, as
-//! an operator would size it for the load, not left at 4096 (the pool then
-//! kept about 600 connections at 500/s, some 20 MB).
+//! this measures the relay, and the stand-in enforces no GitHub limit here;
+//! and `CRCR_GITHUB_H2C`, `true` unless set: the relay speaks HTTP/2 to the
+//! stand-in (plain http, so by prior knowledge), as it does to api.github.com
+//! (negotiated by ALPN), a connection per 100 requests in flight. The
+//! relay's memory grows with the requests in flight (each holds its
+//! dispatch's state and, over HTTP/1.1, a connection of its own, some 33 KB):
+//! sized so, as an operator would size it for the load, not left at 4096
+//! (over HTTP/1.1 the pool then kept about 600 connections at 500/s, some 20 MB).
 //! It exits non-zero when a rate lost or duplicated a dispatch.
 
 use std::collections::{HashMap, HashSet};
@@ -270,6 +273,10 @@ async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir
                 std::env::var("CRCR_GITHUB_MAX_IN_FLIGHT")
                     .unwrap_or_else(|_| max_in_flight(rate, a.targets, a.latency_ms).to_string()),
             )
+            // HTTP/2, as api.github.com negotiates by ALPN (the stand-in
+            // is plain http: prior knowledge). `CRCR_GITHUB_H2C=false`
+            // measures HTTP/1.1, a connection per request in flight.
+            .env("CRCR_GITHUB_H2C", std::env::var("CRCR_GITHUB_H2C").unwrap_or_else(|_| "true".into()))
             // GitHub's content limits would allow 80 dispatches a minute
             // per installation, and the targets here share one.
             .env("CRCR_DISPATCH_PACE", std::env::var("CRCR_DISPATCH_PACE").unwrap_or_else(|_| "off".into()))
@@ -419,13 +426,14 @@ async fn main() -> anyhow::Result<()> {
     let body = bytes::Bytes::from(std::fs::read(fixture).map_err(|e| anyhow::anyhow!("{fixture}: {e}"))?);
     println!(
         "relay-load: {} s per rate, {} target(s), GitHub latency {} ms, {} B pull_request.synchronize, \
-         GitHub requests in flight at most {}",
+         GitHub requests in flight at most {}, over HTTP/{}",
         a.seconds,
         a.targets,
         a.latency_ms,
         body.len(),
         std::env::var("CRCR_GITHUB_MAX_IN_FLIGHT")
-            .unwrap_or_else(|_| "2 x rate x targets x latency (at least 100)".into())
+            .unwrap_or_else(|_| "2 x rate x targets x latency (at least 100)".into()),
+        if std::env::var("CRCR_GITHUB_H2C").is_ok_and(|v| v.trim() == "false") { "1.1" } else { "2" }
     );
     println!(
         "| rate/s | sent (achieved/s) | 202 p50 / p99 ms | lag p50 / p99 / max ms | drain s | CPU ms/webhook (relay / \

@@ -32,6 +32,10 @@ pub use crcr_core::config::GitHubAppConfig;
 use crcr_core::domain::RepoFullName;
 use crcr_core::ports::{GitHubApp, GitHubError, InstallationId};
 use crcr_core::rate_limit::{InFlightGate, PrimaryLimits, RateLimitIdentity, RequestPriority};
+use octocrab::service::middleware::base_uri::BaseUriLayer;
+use octocrab::service::middleware::extra_headers::ExtraHeadersLayer;
+
+use crate::transport::{ConnectionSpread, TransportConfig};
 
 /// The wait after a rate-limit answer that gives no `retry-after` nor
 /// `x-ratelimit-remaining: 0` + `x-ratelimit-reset` (GitHub docs, "Rate
@@ -41,6 +45,9 @@ use crcr_core::rate_limit::{InFlightGate, PrimaryLimits, RateLimitIdentity, Requ
 pub const SECONDARY_LIMIT_FIRST_WAIT: Duration = Duration::from_secs(60);
 /// The longest wait [`SecondaryLimitBackoff`] doubles up to.
 pub const SECONDARY_LIMIT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// The `User-Agent` of every request: the App's software and version.
+pub const USER_AGENT: &str = concat!("crcr/", env!("CARGO_PKG_VERSION"));
 
 /// A token is used until this long before GitHub's `expires_at`.
 pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -158,15 +165,28 @@ impl GitHubAppClient {
         let key = octocrab::jsonwebtoken::EncodingKey::from_rsa_pem(cfg.private_key_pem.expose_secret().as_bytes())
             .map_err(|e| GitHubConfigError::BadKey(e.to_string()))?;
         let bad_url = |e: String| GitHubConfigError::BadUrl { url: cfg.api_url.clone(), error: e };
-        let app = Octocrab::builder()
-            .base_uri(cfg.api_url.as_str())
-            .map_err(|e| bad_url(e.to_string()))?
-            .app(cfg.app_id.into(), key)
-            .set_connect_timeout(Some(Duration::from_secs(5)))
-            .set_read_timeout(Some(cfg.timeout))
-            .set_write_timeout(Some(cfg.timeout))
+        let base_uri: http::Uri = cfg.api_url.parse().map_err(|e: http::uri::InvalidUri| bad_url(e.to_string()))?;
+        if base_uri.scheme().is_none() || base_uri.authority().is_none() {
+            return Err(bad_url("not an absolute URL".into()));
+        }
+        let transport = ConnectionSpread::new(&TransportConfig {
+            connect_timeout: Duration::from_secs(5),
+            max_in_flight: cfg.max_in_flight,
+            h2c: cfg.h2c,
+        })
+        .map_err(|e| bad_url(e.to_string()))?;
+        // What octocrab's default client adds, over our transport: the
+        // base URL and a User-Agent ("All API requests must include a valid
+        // User-Agent header", REST docs, "Getting started with the REST
+        // API" → "User agent"); the App's JWT is octocrab's (`AuthState::App`).
+        let user_agent = (http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT));
+        let app = octocrab::OctocrabBuilder::new_empty()
+            .with_service(transport)
+            .with_layer(&ExtraHeadersLayer::new(std::sync::Arc::new(vec![user_agent])))
+            .with_layer(&BaseUriLayer::new(base_uri))
+            .with_auth(octocrab::AuthState::App(octocrab::auth::AppAuth { app_id: cfg.app_id.into(), key }))
             .build()
-            .map_err(|e| bad_url(e.to_string()))?;
+            .unwrap_or_else(|never| match never {});
         Ok(Self {
             app,
             installations: Mutex::new(HashMap::new()),
@@ -363,8 +383,17 @@ impl GitHubAppClient {
                 metric = "github_requests_deferred", "{deferral}");
             return Err(GitHubError::Deferred { reason: format!("not sent: {deferral}"), retry_after: deferral.wait });
         }
-        let res = request()
+        // The whole exchange within the timeout: over HTTP/2 a connection
+        // busy with other streams never times out reading, however long one
+        // answer takes.
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let timed_out = || GitHubError::Transient {
+            reason: format!("GitHub did not answer within {} s", self.cfg.timeout.as_secs_f64()),
+            retry_after: None,
+        };
+        let res = tokio::time::timeout_at(deadline, request())
             .await
+            .map_err(|_| timed_out())?
             .map_err(|e| GitHubError::Transient { reason: format!("GitHub unreachable: {e}"), retry_after: None })?;
         let (parts, body) = res.into_parts();
         if let Some((limit, remaining, reset_s)) = crcr_core::rate_limit::read_headers(&parts.headers) {
@@ -378,9 +407,9 @@ impl GitHubAppClient {
                 ::metrics::gauge!(crcr_core::metrics::GITHUB_RATE_LIMIT_REMAINING).set(lowest as f64);
             }
         }
-        let bytes = body
-            .collect()
+        let bytes = tokio::time::timeout_at(deadline, body.collect())
             .await
+            .map_err(|_| timed_out())?
             .map_err(|e| GitHubError::Transient { reason: format!("GitHub answer cut short: {e}"), retry_after: None })?
             .to_bytes();
         if parts.status.is_success() {

@@ -5,7 +5,9 @@
 //! start-up wiring every runtime builds from them ([`compose`]).
 //!
 //! GitHub goes through octocrab without its `retry` feature (one retry
-//! loop: the dispatcher's); HUD and JWKS through the same HTTP stack. Neither AWS nor SQLite nor
+//! loop: the dispatcher's), over our own HTTP stack ([`transport`]: HTTP/2
+//! by ALPN, a connection per 100 requests in flight); HUD and JWKS through
+//! octocrab's default one (HTTP/1.1). Neither AWS nor SQLite nor
 //! an HTTP server is linked here.
 
 pub mod compose;
@@ -13,3 +15,4 @@ pub mod github;
 pub mod hook_deliveries;
 pub mod hud;
 pub mod jwks;
+pub mod transport;

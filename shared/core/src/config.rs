@@ -13,6 +13,7 @@
 //! | `CRCR_GITHUB_APP_PRIVATE_KEY` / `_FILE` | required | App private key, PEM |
 //! | `CRCR_GITHUB_API_URL` | `https://api.github.com` | GitHub REST base URL |
 //! | `CRCR_GITHUB_MAX_IN_FLIGHT` | `100` | requests to GitHub in flight at once per process (GitHub's secondary limit: 100 concurrent) |
+//! | `CRCR_GITHUB_H2C` | `false` | `true`: HTTP/2 without TLS (prior knowledge) to a plain-http loopback `CRCR_GITHUB_API_URL` (a stand-in or proxy that speaks it); over https, HTTP/2 is negotiated by ALPN whatever this says |
 //! | `CRCR_ALLOWLIST_URL` or `CRCR_ALLOWLIST_FILE` | one required | `https://github.com/<o>/<r>/blob/<ref>/<path>` or a local path |
 //! | `CRCR_ALLOWLIST_TTL_SECS` | `300` | allowlist cache lifetime |
 //! | `CRCR_MAX_BODY_BYTES` | `26214400` | webhook body limit (GitHub caps at 25 MB) |
@@ -407,7 +408,14 @@ pub fn github_app_from_env(env: &Env<'_>) -> Result<GitHubAppConfig, ConfigError
     if max_in_flight == 0 {
         return Err(err("CRCR_GITHUB_MAX_IN_FLIGHT", "must be at least 1"));
     }
-    Ok(GitHubAppConfig { max_in_flight, ..GitHubAppConfig::new(app_id, key.expose_secret().to_owned(), api_url) })
+    let h2c = env.parsed("CRCR_GITHUB_H2C", false)?;
+    if h2c && !api_url.starts_with("http://") {
+        return Err(err(
+            "CRCR_GITHUB_H2C",
+            "applies to a plain-http (loopback) CRCR_GITHUB_API_URL only; over https HTTP/2 is negotiated",
+        ));
+    }
+    Ok(GitHubAppConfig { max_in_flight, h2c, ..GitHubAppConfig::new(app_id, key.expose_secret().to_owned(), api_url) })
 }
 
 /// Settings every runtime (Lambda or `crcr serve`) shares.
@@ -724,12 +732,17 @@ pub struct GitHubAppConfig {
     /// How long an installation lookup is reused (found / not found).
     pub installation_ttl: Duration,
     pub not_installed_ttl: Duration,
-    /// Per-request read timeout (GitHub itself gives up after 10 s).
+    /// Per request: the whole exchange (connection if needed, the answer
+    /// and its body) must be done within this (GitHub itself gives up
+    /// after 10 s: REST docs, "Troubleshooting the REST API" → "Timeouts").
     pub timeout: Duration,
     /// Requests to GitHub in flight at once from this process, at most
     /// (`CRCR_GITHUB_MAX_IN_FLIGHT`, default [`GITHUB_MAX_IN_FLIGHT`]);
     /// more wait for a slot.
     pub max_in_flight: usize,
+    /// HTTP/2 without TLS to a plain-http `api_url` (`CRCR_GITHUB_H2C`,
+    /// prior knowledge, RFC 9113 §3.3); over https ALPN negotiates it.
+    pub h2c: bool,
 }
 
 /// GitHub's secondary rate limit on concurrency: "No more than 100
@@ -746,6 +759,7 @@ impl std::fmt::Debug for GitHubAppConfig {
             .field("private_key_pem", &"<redacted>")
             .field("api_url", &self.api_url)
             .field("max_in_flight", &self.max_in_flight)
+            .field("h2c", &self.h2c)
             .finish()
     }
 }
@@ -760,6 +774,7 @@ impl GitHubAppConfig {
             not_installed_ttl: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
             max_in_flight: GITHUB_MAX_IN_FLIGHT,
+            h2c: false,
         }
     }
 }
@@ -794,6 +809,9 @@ mod tests {
         let c = load(BASE).unwrap();
         assert_eq!(c.upstream.as_str(), "pytorch/pytorch");
         assert_eq!(c.github.api_url, "https://api.github.com");
+        assert!(!c.github.h2c);
+        let loopback = [("CRCR_GITHUB_API_URL", "http://127.0.0.1:8080"), ("CRCR_GITHUB_H2C", "true")];
+        assert!(load(&BASE.iter().chain(&loopback).copied().collect::<Vec<_>>()).unwrap().github.h2c);
         assert_eq!(c.dispatcher.max_receive_count, 5);
         assert_eq!(c.dispatcher.pace, Some(crate::budget::DispatchPace::default()), "GitHub's limits by default");
         let c = load(&[BASE, &[("CRCR_DISPATCH_PACE", "off")]].concat()).unwrap();
@@ -942,6 +960,8 @@ mod tests {
         check_err(&[("CRCR_DISPATCHES_PER_MINUTE", "0")], "", "CRCR_DISPATCHES_PER_MINUTE", "at least 1");
         check_err(&[("CRCR_DISPATCHES_PER_HOUR", "-1")], "", "CRCR_DISPATCHES_PER_HOUR", "");
         check_err(&[("CRCR_GITHUB_API_URL", "http://evil.example")], "", "CRCR_GITHUB_API_URL", "https");
+        check_err(&[("CRCR_GITHUB_H2C", "true")], "", "CRCR_GITHUB_H2C", "plain-http (loopback)");
+        check_err(&[("CRCR_GITHUB_H2C", "yes")], "", "CRCR_GITHUB_H2C", "not valid");
         check_err(
             &[("CRCR_WEBHOOK_SECRET_FILE", "/nonexistent")],
             "CRCR_WEBHOOK_SECRET",

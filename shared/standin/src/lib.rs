@@ -142,6 +142,8 @@ pub struct RecordedRequest {
     pub duration: Duration,
     /// The client's TCP port: one port per connection, so equal ports mean a reused connection.
     pub peer_port: u16,
+    /// `HTTP/1.1`, or `HTTP/2.0` (a client speaking HTTP/2 with prior knowledge).
+    pub http_version: http::Version,
     pub request_id: String,
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -204,6 +204,16 @@ fn repo_of_path(path: &str) -> Option<String> {
     Some(format!("{owner}/{name}"))
 }
 
+/// The connection a request came on.
+#[derive(Clone, Copy)]
+struct Peer {
+    /// The client's TCP port.
+    port: u16,
+    /// HTTP/1.1, or HTTP/2 (cleartext, prior knowledge: axum's server
+    /// answers both on one port).
+    version: axum::http::Version,
+}
+
 /// A request counted in flight by the secondary limits.
 struct InFlight {
     shared: Arc<Shared>,
@@ -223,12 +233,26 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let peer_port = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(0, |c| c.0.port());
+    let peer = Peer {
+        port: req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(0, |c| c.0.port()),
+        version: req.version(),
+    };
     let auth = resolve_auth(&shared, req.headers(), arrived);
+    // REST docs, "Getting started with the REST API" → "User agent": "All
+    // API requests must include a valid User-Agent header. Requests with no
+    // User-Agent header will be rejected." (403, this text, as GitHub answers.)
+    if req.headers().get(header::USER_AGENT).is_none_or(|ua| ua.as_bytes().iter().all(u8::is_ascii_whitespace)) {
+        let text = "Request forbidden by administrative rules. Please make sure your request has a User-Agent \
+                    header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required). \
+                    Check https://developer.github.com for other possible causes.\n";
+        let resp = (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "text/html")], text).into_response();
+        let request_id = shared.world().next_request_id();
+        return record(&shared, resp, method, path, query, &auth, arrived, peer, request_id);
+    }
     let identity = match &auth {
         Auth::App => "app".to_owned(),
         Auth::Installation { installation_id, .. } => format!("installation:{installation_id}"),
-        _ => format!("anonymous:{peer_port}"),
+        _ => format!("anonymous:{}", peer.port),
     };
     let cost = super::secondary::Cost::of(&method, &path);
     let (latency, request_id, admitted, retry_after, primary) = {
@@ -244,7 +268,7 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
                 resp.headers_mut().insert("x-github-request-id", v);
             }
             drop(world);
-            return record(&shared, resp, method, path, query, &auth, arrived, peer_port, request_id);
+            return record(&shared, resp, method, path, query, &auth, arrived, peer, request_id);
         }
         let primary = world.count_call(&identity, now_s);
         let admitted = world.secondary.admit(&identity, &cost, arrived);
@@ -288,7 +312,7 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     set("x-github-media-type", "github.v3; format=json".to_owned());
     set("server", "github.com".to_owned());
 
-    record(&shared, resp, method, path, query, &auth, arrived, peer_port, request_id)
+    record(&shared, resp, method, path, query, &auth, arrived, peer, request_id)
 }
 
 /// Records an answered request (`StandIn::requests`) and returns its answer.
@@ -301,7 +325,7 @@ fn record(
     query: Option<String>,
     auth: &Auth,
     arrived: Instant,
-    peer_port: u16,
+    peer: Peer,
     request_id: String,
 ) -> Response {
     let installation_id = match auth {
@@ -319,7 +343,8 @@ fn record(
         at: arrived,
         at_ms: shared.ms_since_start(arrived),
         duration: arrived.elapsed(),
-        peer_port,
+        peer_port: peer.port,
+        http_version: peer.version,
         request_id,
     };
     shared.world().requests.push(record);

@@ -39,8 +39,11 @@ impl Resp {
     }
 }
 
+/// GitHub refuses requests without a User-Agent; these name the tests.
+const UA_LINE: &str = "User-Agent: crcr-standin-tests\r\n";
+
 fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{UA_LINE}Content-Length: {}\r\n", body.len());
     if close {
         out.push_str("Connection: close\r\n");
     }
@@ -508,6 +511,26 @@ async fn faults_are_consumed_in_order_then_204() {
         s.requests().iter().filter(|r| r.repo.as_deref() == Some("org/a")).map(|r| r.status).collect();
     assert_eq!(statuses, vec![422, 502, 403, 429, 403, 422, 504, 204]);
     assert_eq!(s.dispatches().iter().filter(|d| d.repo == "org/a").count(), 1);
+}
+
+/// REST docs, "Getting started with the REST API" → "User agent":
+/// "Requests with no User-Agent header will be rejected": 403, whatever the
+/// route or credential.
+#[tokio::test]
+async fn a_request_without_a_user_agent_is_refused_with_githubs_403() {
+    let s = start().await;
+    let jwt = app_jwt(&s);
+    let auth = format!("Bearer {jwt}");
+    for path in ["/app/installations/1/access_tokens", "/nowhere"] {
+        let mut stream = TcpStream::connect(s.local_addr()).await.expect("connect");
+        let bytes = request_bytes("POST", path, &[("Authorization", &auth)], b"{}", true);
+        let without = String::from_utf8(bytes).unwrap().replace(UA_LINE, "");
+        stream.write_all(without.as_bytes()).await.unwrap();
+        let resp = read_response(&mut stream, &mut Vec::new()).await;
+        assert_eq!(resp.status, 403, "{path}");
+        assert!(String::from_utf8_lossy(&resp.body).contains("make sure your request has a User-Agent header"));
+    }
+    assert_eq!(call(&s, "GET", "/nowhere", &[], b"").await.status, 404, "with one, the route answers");
 }
 
 #[tokio::test]

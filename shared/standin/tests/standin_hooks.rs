@@ -44,7 +44,8 @@ struct Answer {
 }
 
 async fn call(s: &StandIn, method: reqwest::Method, path: &str, auth: Option<&str>) -> Answer {
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", s.base_url()));
+    let mut req =
+        reqwest::Client::new().request(method, format!("{}{path}", s.base_url())).header("user-agent", "crcr-tests");
     if let Some(a) = auth {
         req = req.header("authorization", format!("Bearer {a}"));
     }

@@ -54,7 +54,8 @@ struct Answer {
 }
 
 async fn call(s: &StandIn, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", s.base_url()));
+    let mut req =
+        reqwest::Client::new().request(method, format!("{}{path}", s.base_url())).header("user-agent", "crcr-tests");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
