@@ -111,27 +111,26 @@ impl ConnectionSpread {
         // acknowledged waits for the peer's delayed ACK (up to 40 ms on Linux).
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(cfg.connect_timeout));
-        let lanes = (0..cfg.max_in_flight.div_ceil(STREAMS_PER_CONNECTION).max(1))
-            .map(|_| {
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_native_roots(provider.clone())
-                    .map_err(|e| TransportError(e.to_string()))?
-                    .https_or_http()
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(tcp.clone());
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .http2_keep_alive_interval(HTTP2_KEEP_ALIVE)
-                    .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE)
-                    .http2_only(cfg.h2c)
-                    .build(https);
-                Ok(Lane { client, in_flight: AtomicUsize::new(0) })
-            })
-            .collect::<Result<Vec<_>, TransportError>>()?;
-        Ok(Self { lanes: lanes.into() })
+        // The roots are read once; each lane's client has a pool of its own.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| TransportError(e.to_string()))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let lanes = (0..cfg.max_in_flight.div_ceil(STREAMS_PER_CONNECTION).max(1)).map(|_| Lane {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_keep_alive_interval(HTTP2_KEEP_ALIVE)
+                .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE)
+                .http2_only(cfg.h2c)
+                .build(https.clone()),
+            in_flight: AtomicUsize::new(0),
+        });
+        Ok(Self { lanes: lanes.collect() })
     }
 
     /// The lane the next request takes (see the type's doc).
@@ -140,11 +139,6 @@ impl ConnectionSpread {
         (0..self.lanes.len())
             .find(|&i| load(i) < STREAMS_PER_CONNECTION)
             .unwrap_or_else(|| (0..self.lanes.len()).min_by_key(|&i| load(i)).unwrap_or(0))
-    }
-
-    /// How many connections requests are spread over.
-    pub fn lanes(&self) -> usize {
-        self.lanes.len()
     }
 }
 

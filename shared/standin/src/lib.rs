@@ -3,6 +3,11 @@
 //! An axum server on `127.0.0.1:0` that keeps GitHub's real rules instead of
 //! answering 200 to everything:
 //!
+//! - HTTP/1.1, or HTTP/2 with prior knowledge, on one port (api.github.com
+//!   negotiates `h2` by ALPN); each request's version and client port are
+//!   recorded ([`RecordedRequest`]);
+//! - a request without a `User-Agent` (or an empty one) gets GitHub's 403
+//!   ("Request forbidden by administrative rules"), whatever its route;
 //! - App JWTs are checked with the public half of an RSA key generated at
 //!   start (RS256, `iss`, `iat`/`exp` rules, GitHub's 401 messages);
 //! - `GET /repos/{owner}/{repo}/installation` answers per repository (404

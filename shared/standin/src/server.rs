@@ -240,7 +240,10 @@ async fn around(State(shared): State<Arc<Shared>>, mut req: Request, next: Next)
     let auth = resolve_auth(&shared, req.headers(), arrived);
     // REST docs, "Getting started with the REST API" → "User agent": "All
     // API requests must include a valid User-Agent header. Requests with no
-    // User-Agent header will be rejected." (403, this text, as GitHub answers.)
+    // User-Agent header will be rejected." Their example sends an empty one
+    // (`curl -IH 'User-Agent: ' https://api.github.com/meta`) and gets 403,
+    // `Content-Type: text/html`, "Request forbidden by administrative rules.
+    // Please make sure your request has a User-Agent header".
     if req.headers().get(header::USER_AGENT).is_none_or(|ua| ua.as_bytes().iter().all(u8::is_ascii_whitespace)) {
         let text = "Request forbidden by administrative rules. Please make sure your request has a User-Agent \
                     header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required). \

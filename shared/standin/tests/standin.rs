@@ -515,19 +515,19 @@ async fn faults_are_consumed_in_order_then_204() {
 
 /// REST docs, "Getting started with the REST API" → "User agent":
 /// "Requests with no User-Agent header will be rejected": 403, whatever the
-/// route or credential.
+/// route or credential; an empty one too (the docs' own example).
 #[tokio::test]
 async fn a_request_without_a_user_agent_is_refused_with_githubs_403() {
     let s = start().await;
     let jwt = app_jwt(&s);
     let auth = format!("Bearer {jwt}");
-    for path in ["/app/installations/1/access_tokens", "/nowhere"] {
+    for (path, ua) in [("/app/installations/1/access_tokens", ""), ("/nowhere", ""), ("/nowhere", "User-Agent: \r\n")] {
         let mut stream = TcpStream::connect(s.local_addr()).await.expect("connect");
         let bytes = request_bytes("POST", path, &[("Authorization", &auth)], b"{}", true);
-        let without = String::from_utf8(bytes).unwrap().replace(UA_LINE, "");
+        let without = String::from_utf8(bytes).unwrap().replace(UA_LINE, ua);
         stream.write_all(without.as_bytes()).await.unwrap();
         let resp = read_response(&mut stream, &mut Vec::new()).await;
-        assert_eq!(resp.status, 403, "{path}");
+        assert_eq!(resp.status, 403, "{path} {ua:?}");
         assert!(String::from_utf8_lossy(&resp.body).contains("make sure your request has a User-Agent header"));
     }
     assert_eq!(call(&s, "GET", "/nowhere", &[], b"").await.status, 404, "with one, the route answers");
