@@ -46,6 +46,22 @@ pub const SECONDARY_LIMIT_FIRST_WAIT: Duration = Duration::from_secs(60);
 /// The longest wait [`SecondaryLimitBackoff`] doubles up to.
 pub const SECONDARY_LIMIT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
+/// `error` and its sources, `: `-separated, each said once: octocrab's own
+/// text ("client error (Connect)") does not say whether the address refused
+/// the connection or its certificate was not trusted; its sources do.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The `User-Agent` of every request: the App's software and version.
 pub const USER_AGENT: &str = concat!("crcr/", env!("CARGO_PKG_VERSION"));
 
@@ -391,10 +407,9 @@ impl GitHubAppClient {
             reason: format!("GitHub did not answer within {} s", self.cfg.timeout.as_secs_f64()),
             retry_after: None,
         };
-        let res = tokio::time::timeout_at(deadline, request())
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| GitHubError::Transient { reason: format!("GitHub unreachable: {e}"), retry_after: None })?;
+        let res = tokio::time::timeout_at(deadline, request()).await.map_err(|_| timed_out())?.map_err(|e| {
+            GitHubError::Transient { reason: format!("GitHub unreachable: {}", causes(&e)), retry_after: None }
+        })?;
         let (parts, body) = res.into_parts();
         if let Some((limit, remaining, reset_s)) = crcr_core::rate_limit::read_headers(&parts.headers) {
             self.primary.observe(call.identity, limit, remaining, reset_s);
@@ -410,7 +425,10 @@ impl GitHubAppClient {
         let bytes = tokio::time::timeout_at(deadline, body.collect())
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| GitHubError::Transient { reason: format!("GitHub answer cut short: {e}"), retry_after: None })?
+            .map_err(|e| GitHubError::Transient {
+                reason: format!("GitHub answer cut short: {}", causes(&e)),
+                retry_after: None,
+            })?
             .to_bytes();
         if parts.status.is_success() {
             self.secondary.lock().expect("secondary limit state").succeeded(Instant::now());

@@ -5,7 +5,7 @@
 //! over HTTP/1.1 each request in flight holds one; every request names its
 //! User-Agent (GitHub refuses those that do not); and an answer that takes
 //! longer than the timeout fails even while its connection is busy with
-//! others.
+//! others; an unreachable GitHub is reported with its cause.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -171,4 +171,21 @@ async fn an_answer_slower_than_the_timeout_fails_while_its_connection_is_busy() 
     assert!(others > 1, "the connection was busy meanwhile ({others} other requests)");
     let ports: HashSet<u16> = gh.requests().iter().map(|r| r.peer_port).collect();
     assert_eq!(ports.len(), 1, "one connection throughout: {ports:?}");
+}
+
+/// Unreachable GitHub: the reason says why (hyper-util's "tcp connect
+/// error" and the OS's refusal), not only octocrab's "client error (Connect)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_github_is_reported_with_its_cause() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gh = StandIn::start(StandInOptions::default()).await.unwrap();
+    let cfg = GitHubAppConfig::new(gh.app_id(), gh.private_key_pem(), format!("http://{closed}"));
+    let client = GitHubAppClient::new(cfg).unwrap();
+    match client.installation(&RepoFullName::parse(REPO).unwrap()).await {
+        Err(GitHubError::Transient { reason, .. }) => {
+            assert!(reason.starts_with("GitHub unreachable: "), "{reason}");
+            assert!(reason.contains("tcp connect error"), "{reason}");
+        }
+        other => panic!("expected GitHub unreachable, got {other:?}"),
+    }
 }
