@@ -68,13 +68,17 @@ pub const USER_AGENT: &str = concat!("crcr/", env!("CARGO_PKG_VERSION"));
 /// A token is used until this long before GitHub's `expires_at`.
 pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(5 * 60);
 
-/// Building the client failed (bad key or URL).
+/// Building the client failed (bad key, URL, or TLS roots).
 #[derive(Debug, thiserror::Error)]
 pub enum GitHubConfigError {
     #[error("GitHub App private key is not an RSA PEM key: {0}")]
     BadKey(String),
     #[error("GitHub API URL {url:?} is not usable: {error}")]
     BadUrl { url: String, error: String },
+    /// The root certificates (the system's, or `SSL_CERT_FILE` /
+    /// `SSL_CERT_DIR`) could not be loaded.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
 }
 
 struct CachedToken {
@@ -189,8 +193,7 @@ impl GitHubAppClient {
             connect_timeout: Duration::from_secs(5),
             max_in_flight: cfg.max_in_flight,
             h2c: cfg.h2c,
-        })
-        .map_err(|e| bad_url(e.to_string()))?;
+        })?;
         // What octocrab's default client adds, over our transport: the
         // base URL and a User-Agent ("All API requests must include a valid
         // User-Agent header", REST docs, "Getting started with the REST
