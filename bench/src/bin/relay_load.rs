@@ -101,6 +101,11 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
+/// The relay's `CRCR_GITHUB_H2C`: this process's, else `true` (HTTP/2).
+fn github_h2c() -> String {
+    std::env::var("CRCR_GITHUB_H2C").unwrap_or_else(|_| "true".into())
+}
+
 /// `CRCR_GITHUB_MAX_IN_FLIGHT` for `rate` webhooks/s of `targets`
 /// dispatches each, GitHub answering in `latency_ms`: twice the requests
 /// in flight on average, and at least GitHub's 100.
@@ -276,7 +281,7 @@ async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir
             // HTTP/2, as api.github.com negotiates by ALPN (the stand-in
             // is plain http: prior knowledge). `CRCR_GITHUB_H2C=false`
             // measures HTTP/1.1, a connection per request in flight.
-            .env("CRCR_GITHUB_H2C", std::env::var("CRCR_GITHUB_H2C").unwrap_or_else(|_| "true".into()))
+            .env("CRCR_GITHUB_H2C", github_h2c())
             // GitHub's content limits would allow 80 dispatches a minute
             // per installation, and the targets here share one.
             .env("CRCR_DISPATCH_PACE", std::env::var("CRCR_DISPATCH_PACE").unwrap_or_else(|_| "off".into()))
@@ -433,7 +438,7 @@ async fn main() -> anyhow::Result<()> {
         body.len(),
         std::env::var("CRCR_GITHUB_MAX_IN_FLIGHT")
             .unwrap_or_else(|_| "2 x rate x targets x latency (at least 100)".into()),
-        if std::env::var("CRCR_GITHUB_H2C").is_ok_and(|v| v.trim() == "false") { "1.1" } else { "2" }
+        if github_h2c().trim() == "true" { "2" } else { "1.1" }
     );
     println!(
         "| rate/s | sent (achieved/s) | 202 p50 / p99 ms | lag p50 / p99 / max ms | drain s | CPU ms/webhook (relay / \
