@@ -131,6 +131,8 @@ struct WalState {
     /// RESTART checkpoints that started the WAL over because it passed
     /// [`WAL_HARD_BYTES`] before the checkpointer asked (it fell behind).
     restarts_forced: AtomicU64,
+    /// Bytes of frames in the WAL after the writer's last commit.
+    wal_bytes: AtomicU64,
 }
 
 /// Most writes one transaction holds: bounds how long a write waits behind
@@ -156,20 +158,26 @@ const READER_CACHE_KIB: i64 = 256;
 /// Idle reader connections kept open between reads.
 const MAX_IDLE_READERS: usize = 4;
 
-/// WAL file size past which the checkpointer asks the writer for a RESTART
-/// checkpoint between two groups, and to which the file is truncated when
-/// the WAL starts over (`journal_size_limit`): 16 MiB. See [`Db::open`]
-/// for the policy.
+/// Frames in the WAL (bytes: pages and their 24-byte frame headers) past
+/// which the checkpointer asks the writer for a RESTART checkpoint between
+/// two groups: 16 MiB.
+/// See [`Db::open`] for the policy.
 pub const WAL_RESTART_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The WAL file's size past which SQLite truncates it when the WAL starts
+/// over (`journal_size_limit`): 64 MiB. Below it the file is kept and
+/// written over from its start (see [`Db::open`]); past it only when a
+/// RESTART was held off (a long read), and then truncated back.
+pub const WAL_FILE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long a connection waits for another one's lock (another process's
 /// writer, such as an on-call command) before answering busy.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// WAL file size past which the writer runs its RESTART checkpoint without
-/// waiting to be asked, and waits for a checkpoint under way (the
-/// checkpointer's passive one, slow on a slow disk) to end so that the
-/// RESTART can run: 32 MiB, 16 MiB past [`WAL_RESTART_BYTES`], which at
+/// Frames in the WAL (bytes) past which the writer runs its RESTART
+/// checkpoint without waiting to be asked, and waits for a checkpoint under
+/// way (the checkpointer's passive one, slow on a slow disk) to end so that
+/// the RESTART can run: 32 MiB, 16 MiB past [`WAL_RESTART_BYTES`], which at
 /// 500 webhooks/s (some 90 MB/s into the WAL) leaves the checkpointer
 /// 180 ms to catch up. With 8 MiB it ran out at times, and the writer then
 /// held every write until the checkpointer's pass ended (90 ms lags). See
@@ -256,26 +264,30 @@ impl Db {
     /// WAL's end, so the WAL would never start over and grows without
     /// bound (SQLite docs, "Write-Ahead Logging" → "Avoiding Excessively
     /// Large WAL Files"; issue 14 saw 2.43 GB after 60 s at 100
-    /// webhooks/s). So once the WAL file passes [`WAL_RESTART_BYTES`]
-    /// (16 MiB), the checkpointer catches up: it fsyncs the database file
+    /// webhooks/s). So once the WAL holds [`WAL_RESTART_BYTES`] (16 MiB of
+    /// frames), the checkpointer catches up: it fsyncs the database file
     /// and runs more PASSIVE checkpoints at once, each copying what was
     /// committed during the one before (up to three), and then asks
     /// the writer for a RESTART checkpoint after its group: with no write
     /// in flight it copies the last few milliseconds of commits, and the next
-    /// group starts the WAL from its beginning, its first commit truncating
-    /// the file back to 16 MiB (`journal_size_limit`). Writes wait during
+    /// group starts the WAL from its beginning, writing over the frames
+    /// already copied. The file keeps its size (SQLite truncates it only past
+    /// [`WAL_FILE_LIMIT_BYTES`], `journal_size_limit`): truncating it to 16
+    /// MiB at every restart cost the writer 1 to 3.4 ms more each time
+    /// (`strace -T`: the ftruncate and an fsync), 3 to 4 times a second at
+    /// 500 webhooks/s, while every write waited. Writes wait during
     /// the RESTART, so it is left as little as possible to copy and to
     /// fsync: the RESTART the writer ran on its own as soon as the WAL
     /// passed 16 MiB had up to 50 ms of commits (some 4 MB at 500
     /// webhooks/s) to fsync and copy, and held every write 3 to 29 ms.
     /// Should the checkpointer fall behind (a slow disk: its fsync), the
-    /// writer runs the RESTART itself once the WAL passes
+    /// writer runs the RESTART itself once the WAL holds
     /// [`WAL_HARD_BYTES`] (32 MiB), and waits (up to 1 s) for a checkpoint
     /// under way to end (SQLite does not wait for the checkpoint lock). A
     /// RESTART that finds a checkpoint or a reader in the way is tried
-    /// again after the next group. The WAL's file thus stays at about 16
-    /// MiB plus 50 ms of writes, and under 32 MiB and a group when the disk
-    /// is slow.
+    /// again after the next group. The WAL thus holds about 16 MiB plus
+    /// 50 ms of writes, and under 32 MiB and a group when the disk is slow;
+    /// its file is as large as the most it held.
     pub fn open(path: &Path) -> Result<Db, StoreError> {
         let conn = open_connection(path)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB).map_err(unavailable)?;
@@ -287,12 +299,14 @@ impl Db {
         conn.execute_batch(jobs::SCHEMA_AFTER_COLUMNS).map_err(unavailable)?;
         conn.execute_batch(kv::SCHEMA).map_err(unavailable)?;
         let (writer, jobs) = std::sync::mpsc::channel::<Job>();
-        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let frame_bytes = frame_bytes(&conn)?;
+        // After `wal_autocheckpoint` (open_connection), which replaces the hook.
+        conn.wal_hook(Some(note_wal_frames));
         let wal_state = Arc::new(WalState::default());
         let state = wal_state.clone();
         std::thread::Builder::new()
             .name("crcr-sqlite-writer".into())
-            .spawn(move || write_groups(conn, jobs, &wal, &state))
+            .spawn(move || write_groups(conn, jobs, frame_bytes, &state))
             .map_err(unavailable)?;
         let inner = Arc::new(Inner {
             path: path.to_owned(),
@@ -384,7 +398,7 @@ impl Db {
 
 /// A connection with the relay's settings: WAL, `synchronous=NORMAL`, no
 /// automatic checkpoint (see [`Db::open`]), a `journal_size_limit` of
-/// [`WAL_RESTART_BYTES`], a 5 s busy timeout, and three that keep a
+/// [`WAL_FILE_LIMIT_BYTES`], a 5 s busy timeout, and three that keep a
 /// write's CPU down (measured with `perf` on the writer thread at 500
 /// webhooks/s, where they took a fifth of its time):
 /// - `temp_store=MEMORY`: the savepoints' sub-journal (a copy of each page
@@ -408,7 +422,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
-    conn.pragma_update(None, "journal_size_limit", WAL_RESTART_BYTES as i64).map_err(unavailable)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_FILE_LIMIT_BYTES as i64).map_err(unavailable)?;
     Ok(conn)
 }
 
@@ -457,7 +471,7 @@ fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
 /// answers them; between groups, the RESTART checkpoint of [`Db::open`]'s
 /// policy when [`WalState::restart_due`] (the checkpointer asks) or past
 /// [`WAL_HARD_BYTES`]. Ends when every [`Db`] handle is dropped.
-fn write_groups(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, wal: &Path, state: &WalState) {
+fn write_groups(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, frame_bytes: u64, state: &WalState) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -503,7 +517,8 @@ fn write_groups(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, wal: &Pa
         for reply in replies {
             reply(failed.as_ref());
         }
-        let wal_len = std::fs::metadata(wal).map_or(0, |m| m.len());
+        let wal_len = WAL_FRAMES.get() * frame_bytes;
+        state.wal_bytes.store(wal_len, Ordering::Relaxed);
         let asked = state.restart_due.swap(false, Ordering::AcqRel);
         if wal_len > WAL_HARD_BYTES || (asked && wal_len > WAL_RESTART_BYTES) {
             // (busy, frames in the WAL, frames checkpointed); busy 1: another
@@ -524,7 +539,7 @@ fn write_groups(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, wal: &Pa
             // wait, the WAL stops growing).
             let hold_until = std::time::Instant::now() + RESTART_HOLD;
             while matches!(restart, Ok((1, -1, _)))
-                && std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_HARD_BYTES)
+                && wal_len > WAL_HARD_BYTES
                 && std::time::Instant::now() < hold_until
             {
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -543,6 +558,26 @@ fn write_groups(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, wal: &Pa
             tracing::debug!(?restart, "WAL RESTART checkpoint");
         }
     }
+}
+
+thread_local! {
+    /// Frames in the WAL after the writer's last commit ([`note_wal_frames`];
+    /// it holds them until the next commit after a RESTART starts it over).
+    static WAL_FRAMES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The writer connection's WAL hook (`sqlite3_wal_hook`): SQLite calls it
+/// after each commit with the frames now in the WAL.
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(u64::try_from(frames).unwrap_or(0));
+    Ok(())
+}
+
+/// Bytes a WAL frame takes: a page and its 24-byte header ("Database File
+/// Format" → "WAL File Format", SQLite docs).
+fn frame_bytes(conn: &Connection) -> Result<u64, StoreError> {
+    let page: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(unavailable)?;
+    Ok(page + 24)
 }
 
 /// Adds to `table` each of `columns` (name, type and default) it lacks: a
@@ -564,7 +599,7 @@ fn add_missing_columns(conn: &Connection, table: &str, columns: &[(&str, &str)])
 
 /// Every 50 ms while any handle on the database lives: a PASSIVE
 /// checkpoint, which never blocks the writer (see [`Db::open`]). Past
-/// [`WAL_RESTART_BYTES`]: an fsync of the database file and up to
+/// [`WAL_RESTART_BYTES`] of frames in the WAL: an fsync of the database file and up to
 /// [`CATCH_UP_PASSES`] more passive checkpoints, each copying what was
 /// committed during the one before, until one copies at most
 /// [`FEW_FRAMES`]; then an fsync of both files, and
@@ -580,6 +615,7 @@ fn checkpointer(
     conn.busy_timeout(std::time::Duration::from_millis(100)).map_err(unavailable)?;
     conn.pragma_update(None, "cache_size", -READER_CACHE_KIB).map_err(unavailable)?;
     let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    let frame_bytes = frame_bytes(&conn)?;
     // (frames in the WAL, frames checkpointed), or None on an error.
     let passive = move || {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))).ok()
@@ -592,7 +628,7 @@ fn checkpointer(
                 break;
             }
             let mut done = passive();
-            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES) {
+            if done.is_some_and(|(frames, _)| u64::try_from(frames).unwrap_or(0) * frame_bytes > WAL_RESTART_BYTES) {
                 // A passive checkpoint that does not reach the WAL's end
                 // (under constant writes, none does) leaves the database
                 // file unsynced: the RESTART would fsync every page copied
@@ -746,26 +782,28 @@ mod tests {
 
     /// Under constant writes (a 28 KB row in and one out per write, as the
     /// queue under load) the WAL stays near [`WAL_RESTART_BYTES`]: at least
-    /// 96 MiB go through it and its file never passes [`WAL_HARD_BYTES`]
-    /// and a group, even with the disk busy (a passive checkpoint's fsync
-    /// slow: it once passed the bound by 8 MiB on a clean-clone CI run with
-    /// a build beside it, before the writer waited for it). Without the RESTART
-    /// the passive checkpoints never catch the WAL's end and it grows by
-    /// every write (issue 14: 2.43 GB after 60 s at 100/s). And the
-    /// checkpointer catches up and asks for the RESTART (the writes go on
-    /// until it has, at most 280 MiB): were it never to ask, the writer
-    /// would still start the WAL over at 32 MiB, each time copying and
-    /// fsyncing all the passive checkpoints had left while every write
-    /// waits (3 to 29 ms at 500 webhooks/s).
+    /// 96 MiB go through it and neither its frames nor its file ever pass
+    /// [`WAL_HARD_BYTES`] and a group, even with the disk busy (a passive
+    /// checkpoint's fsync slow: it once passed the bound by 8 MiB on a
+    /// clean-clone CI run with a build beside it, before the writer waited
+    /// for it). Without the RESTART the passive checkpoints never catch the
+    /// WAL's end and it grows by every write (issue 14: 2.43 GB after 60 s
+    /// at 100/s). The checkpointer catches up and asks for the RESTART (the
+    /// writes go on until it has, at most 280 MiB): were it never to ask,
+    /// the writer would still start the WAL over at 32 MiB, each time
+    /// copying and fsyncing all the passive checkpoints had left while
+    /// every write waits (3 to 29 ms at 500 webhooks/s). And the file is
+    /// written over from its start, never truncated (the WAL started over,
+    /// its file did not shrink), which cost every restart 1 to 3.4 ms more.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_stays_bounded_under_constant_writes() {
         let (path, db) = temp_db("wal");
         let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
         let state = db.inner.wal_state.clone();
         let row = vec![7u8; 28 * 1024];
-        let mut peak = 0;
-        let mut restarts_seen = 0;
-        let mut last_size = 0;
+        let (mut peak_file, mut peak_frames) = (0, 0);
+        let (mut started_over, mut shrank) = (0, 0);
+        let (mut last_file, mut last_frames) = (0, 0);
         for i in 0..10_000i64 {
             if i >= 3500 && state.restarts_asked.load(Ordering::Relaxed) > 0 {
                 break;
@@ -780,18 +818,20 @@ mod tests {
             })
             .await
             .unwrap();
-            let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-            peak = peak.max(size);
-            if size < last_size {
-                restarts_seen += 1;
-            }
-            last_size = size;
+            let file = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            let frames = state.wal_bytes.load(Ordering::Relaxed);
+            (peak_file, peak_frames) = (peak_file.max(file), peak_frames.max(frames));
+            started_over += usize::from(frames < last_frames);
+            shrank += usize::from(file < last_file);
+            (last_file, last_frames) = (file, frames);
         }
-        assert!(peak > 0, "no WAL file was seen");
+        assert!(peak_file > 0 && peak_frames > 0, "no WAL was seen");
         // The writer holds writes past WAL_HARD_BYTES until its RESTART can
         // run: at most a group (here one 28 KB write) more.
-        assert!(peak <= WAL_HARD_BYTES + 1024 * 1024, "the WAL reached {peak} bytes");
-        assert!(restarts_seen > 0, "the WAL file never shrank back");
+        assert!(peak_frames <= WAL_HARD_BYTES + 1024 * 1024, "the WAL held {peak_frames} bytes of frames");
+        assert!(peak_file <= WAL_HARD_BYTES + 1024 * 1024, "the WAL file reached {peak_file} bytes");
+        assert!(started_over > 0, "the WAL never started over");
+        assert_eq!(shrank, 0, "the WAL file was truncated when the WAL started over");
         let (asked, forced) =
             (state.restarts_asked.load(Ordering::Relaxed), state.restarts_forced.load(Ordering::Relaxed));
         assert!(asked > 0, "the checkpointer never asked for the RESTART ({forced} past 32 MiB)");
