@@ -18,7 +18,10 @@
 //!   `-wal` file's size sampled every 20 ms);
 //! - lost and duplicated dispatches;
 //! - GitHub requests and new TCP connections per webhook (connections the
-//!   stand-in had not seen during the warm-up delivery).
+//!   stand-in had not seen during the warm-up delivery);
+//! - under the row, the share of the relay's 202s it answered within 5 ms
+//!   and 10 ms by its own clock (its `IngestLatency` histogram, read off
+//!   `GET /metrics` before and after sending).
 //!
 //! ```text
 //! bench/relay-load --rates 100,200,500 --seconds 60 --targets 10 --latency-ms 50
@@ -134,6 +137,53 @@ struct Report {
     duplicated: usize,
     requests_per_webhook: f64,
     new_connections_per_webhook: f64,
+    /// Of the deliveries the relay enqueued while sending, the share it
+    /// answered within 5 ms and within 10 ms by its own clock
+    /// ([`IngestLatency`]).
+    relay_ingest_within: [f64; 2],
+}
+
+/// The relay's `IngestLatency` histogram of enqueued deliveries, from its
+/// `GET /metrics` (Prometheus text: cumulative `_bucket` counts per upper
+/// bound `le`, in seconds): its own time from the ingest handler having a
+/// request, body read, to its answer; not the network, the generator, nor
+/// the relay's wait to read the request.
+struct IngestLatency(Vec<(f64, u64)>);
+
+impl IngestLatency {
+    /// The counts observed after `before` was read.
+    fn since(&self, before: &IngestLatency) -> IngestLatency {
+        IngestLatency(self.0.iter().map(|&(le, n)| (le, n.saturating_sub(before.count_within(le)))).collect())
+    }
+    fn count_within(&self, seconds: f64) -> u64 {
+        self.0.iter().find(|(le, _)| *le == seconds).map_or(0, |(_, n)| *n)
+    }
+    /// The share (0..=1) answered within `seconds`, a bucket bound; NaN
+    /// when none was observed.
+    fn share_within(&self, seconds: f64) -> f64 {
+        self.count_within(seconds) as f64 / self.count_within(f64::INFINITY) as f64
+    }
+}
+
+async fn ingest_latency(http: &reqwest::Client, base: &str) -> anyhow::Result<IngestLatency> {
+    let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+    Ok(parse_ingest_latency(&text))
+}
+
+fn parse_ingest_latency(text: &str) -> IngestLatency {
+    IngestLatency(
+        text.lines()
+            .filter_map(|line| {
+                let labels = line.strip_prefix("IngestLatency_bucket{")?;
+                if !labels.contains(r#"outcome="enqueued""#) {
+                    return None;
+                }
+                let le = labels.split(r#"le=""#).nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, line.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect(),
+    )
 }
 
 fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
@@ -386,6 +436,7 @@ async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir
         })
     };
 
+    let ingest_before = ingest_latency(&http, &base).await?;
     let cpu_before = cpu_ms(pid);
     let harness_before = cpu_ms(std::process::id());
     let total = (rate * a.seconds) as usize;
@@ -409,6 +460,7 @@ async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir
     }
     let send_s = sending.join().map_err(|_| anyhow::anyhow!("the webhook generator panicked"))?;
     let sent_done = Instant::now();
+    let ingest = ingest_latency(&http, &base).await?.since(&ingest_before);
     let accepted = acks.lock().unwrap().values().filter(|a| a.2 == 202).count();
     let expected = accepted * a.targets;
     let deadline = Instant::now() + Duration::from_secs(a.drain_timeout_s);
@@ -457,6 +509,7 @@ async fn run_rate_in(a: &Args, rate: u64, body: &bytes::Bytes, gh: &StandIn, dir
         duplicated,
         requests_per_webhook: seen.requests as f64 / total as f64,
         new_connections_per_webhook: seen.new_ports as f64 / total as f64,
+        relay_ingest_within: [5e-3, 10e-3].map(|s| ingest.share_within(s)),
     })
 }
 
@@ -505,6 +558,11 @@ async fn main() -> anyhow::Result<()> {
             r.requests_per_webhook,
             r.new_connections_per_webhook
         );
+        println!(
+            "  ({rate}/s: the relay's own IngestLatency: {:.2}% of its 202s within 5 ms, {:.2}% within 10 ms)",
+            r.relay_ingest_within[0] * 100.0,
+            r.relay_ingest_within[1] * 100.0
+        );
         if r.accepted < r.sent {
             println!("  ({rate}/s: {} of {} webhooks were not answered 202)", r.sent - r.accepted, r.sent);
         }
@@ -528,6 +586,28 @@ mod tests {
         let body = crcr_core::client_payload::build_from_text("pull_request", "d-7f3a", payload).unwrap();
         assert_eq!(sent_delivery_id(body.json().as_bytes()), "d-7f3a");
         assert_eq!(sent_delivery_id(br#"{"event_type":"push","client_payload":{}}"#), "");
+    }
+
+    /// The relay's histogram is read per bucket bound, for enqueued
+    /// deliveries only, and counted from a first reading.
+    #[test]
+    fn the_relays_ingest_latency_is_read_off_its_metrics() {
+        let before = parse_ingest_latency(
+            "IngestLatency_bucket{outcome=\"enqueued\",le=\"0.005\"} 10\n\
+             IngestLatency_bucket{outcome=\"enqueued\",le=\"0.01\"} 10\n\
+             IngestLatency_bucket{outcome=\"enqueued\",le=\"+Inf\"} 10\n",
+        );
+        let after = parse_ingest_latency(
+            "# TYPE IngestLatency histogram\n\
+             IngestLatency_bucket{outcome=\"ignored\",le=\"0.005\"} 7\n\
+             IngestLatency_bucket{outcome=\"enqueued\",le=\"0.005\"} 100\n\
+             IngestLatency_bucket{outcome=\"enqueued\",le=\"0.01\"} 109\n\
+             IngestLatency_bucket{outcome=\"enqueued\",le=\"+Inf\"} 110\n\
+             IngestLatency_count{outcome=\"enqueued\"} 110\n",
+        )
+        .since(&before);
+        assert_eq!(after.share_within(5e-3), 0.9);
+        assert_eq!(after.share_within(10e-3), 0.99);
     }
 
     /// Every occurrence of the fixture's head SHA becomes the delivery's.
