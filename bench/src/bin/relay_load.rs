@@ -317,7 +317,6 @@ impl Webhook {
 /// whatever the relay answers), recording each answer in `acks`; returns
 /// the seconds sending took.
 async fn send_open_loop(webhook: Webhook, rate: u64, total: usize, acks: Acks) -> f64 {
-    let webhook = Arc::new(webhook);
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
